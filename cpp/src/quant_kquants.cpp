@@ -1,0 +1,2 @@
+// stub: filled in by its issue
+namespace tova {}

@@ -1,0 +1,12 @@
+// Pieces of the tova._core module, one per concern; module.cpp calls each.
+#pragma once
+
+#include <nanobind/nanobind.h>
+
+namespace nb = nanobind;
+
+void bind_gguf(nb::module_& m);
+void bind_quant(nb::module_& m);
+void bind_tokenizer(nb::module_& m);
+void bind_sampler(nb::module_& m);
+void bind_engine(nb::module_& m);
