@@ -1,2 +1,100 @@
-// stub: filled in by its issue
-namespace tova {}
+#include "arch.h"
+
+#include "common.h"
+#include "gguf.h"
+
+namespace tova {
+
+ArchSpec arch_llama();
+ArchSpec arch_qwen2();
+ArchSpec arch_gemma3();
+
+const std::vector<ArchSpec>& arch_registry() {
+  static const std::vector<ArchSpec> registry = {arch_llama(), arch_qwen2(), arch_gemma3()};
+  return registry;
+}
+
+const ArchSpec& find_arch(const std::string& name, const std::string& file) {
+  for (const ArchSpec& a : arch_registry())
+    if (name == a.name) return a;
+  std::string known;
+  for (const ArchSpec& a : arch_registry()) known += cat(known.empty() ? "" : ", ", a.name);
+  throw FormatError(cat(file, ": unsupported architecture '", name, "' (supported: ", known, ")"));
+}
+
+namespace {
+
+void read_rope_scaling(const GgufFile& f, const std::string& a, HParams& hp) {
+  std::string type = f.get_string(a + ".rope.scaling.type", "none");
+  double factor = f.get_float(a + ".rope.scaling.factor", 0.0);
+  if (type == "none" || factor == 0.0 || factor == 1.0) {
+    hp.rope_scaling = RopeScaling::None;
+  } else if (type == "linear") {
+    hp.rope_scaling = RopeScaling::Linear;
+  } else if (type == "yarn") {
+    hp.rope_scaling = RopeScaling::Yarn;
+    hp.rope_orig_ctx = static_cast<int>(
+        f.get_int(a + ".rope.scaling.original_context_length", hp.n_ctx_train));
+    hp.yarn_beta_fast = static_cast<float>(f.get_float(a + ".rope.scaling.yarn_beta_fast", 32.0));
+    hp.yarn_beta_slow = static_cast<float>(f.get_float(a + ".rope.scaling.yarn_beta_slow", 1.0));
+  } else {
+    throw FormatError(cat(f.path(), ": unsupported RoPE scaling type '", type,
+                          "' (supported: none, linear, yarn)"));
+  }
+  if (hp.rope_scaling != RopeScaling::None) hp.rope_scale_factor = static_cast<float>(factor);
+}
+
+void check_positive(const GgufFile& f, const char* what, int v) {
+  if (v <= 0) throw FormatError(cat(f.path(), ": hyperparameter ", what, " must be positive, found ", v));
+}
+
+}  // namespace
+
+HParams load_hparams(const GgufFile& f) {
+  HParams hp;
+  hp.arch = f.require_string("general.architecture");
+  const ArchSpec& spec = find_arch(hp.arch, f.path());
+  const std::string& a = hp.arch;
+  auto geti = [&](const std::string& key) { return static_cast<int>(f.require_int(a + "." + key)); };
+
+  hp.n_embd = geti("embedding_length");
+  hp.n_layer = geti("block_count");
+  hp.n_ff = geti("feed_forward_length");
+  hp.n_head = geti("attention.head_count");
+  hp.n_head_kv = static_cast<int>(f.get_int(a + ".attention.head_count_kv", hp.n_head));
+  hp.n_ctx_train = static_cast<int>(f.get_int(a + ".context_length", 2048));
+  check_positive(f, "embedding_length", hp.n_embd);
+  check_positive(f, "block_count", hp.n_layer);
+  check_positive(f, "attention.head_count", hp.n_head);
+  check_positive(f, "attention.head_count_kv", hp.n_head_kv);
+  check_positive(f, "feed_forward_length", hp.n_ff);
+  hp.head_dim = static_cast<int>(f.get_int(a + ".attention.key_length", hp.n_embd / hp.n_head));
+  hp.head_dim_v = static_cast<int>(f.get_int(a + ".attention.value_length", hp.head_dim));
+  check_positive(f, "attention.key_length", hp.head_dim);
+  if (hp.head_dim_v != hp.head_dim)
+    throw FormatError(cat(f.path(), ": value length ", hp.head_dim_v, " != key length ",
+                          hp.head_dim, " is not supported"));
+  if (hp.n_head % hp.n_head_kv != 0)
+    throw FormatError(cat(f.path(), ": head_count ", hp.n_head,
+                          " is not a multiple of head_count_kv ", hp.n_head_kv));
+  hp.rms_eps = static_cast<float>(f.get_float(a + ".attention.layer_norm_rms_epsilon", 1e-5));
+  hp.rope_base = static_cast<float>(f.get_float(a + ".rope.freq_base", 10000.0));
+  hp.rope_dim = static_cast<int>(f.get_int(a + ".rope.dimension_count", hp.head_dim));
+  if (hp.rope_dim <= 0 || hp.rope_dim > hp.head_dim || hp.rope_dim % 2 != 0)
+    throw FormatError(cat(f.path(), ": rope.dimension_count ", hp.rope_dim,
+                          " must be even and at most the head size ", hp.head_dim));
+  read_rope_scaling(f, a, hp);
+
+  spec.load(f, hp);
+
+  // The vocabulary size: the metadata key when present, else the token list.
+  hp.n_vocab = static_cast<int>(f.get_int(a + ".vocab_size", 0));
+  if (hp.n_vocab == 0) {
+    if (const GgufValue* toks = f.find_array("tokenizer.ggml.tokens", GgufType::STRING))
+      hp.n_vocab = static_cast<int>(toks->count);
+  }
+  check_positive(f, "vocab_size", hp.n_vocab);
+  return hp;
+}
+
+}  // namespace tova

@@ -1,2 +1,226 @@
-// stub: filled in by its issue
-namespace tova {}
+#include "attention_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "common.h"
+
+namespace tova {
+
+namespace {
+
+float kv_dot(KvType t, const uint8_t* row, const float* q, int d) {
+  switch (t) {
+    case KvType::F32: return dot_f32(reinterpret_cast<const float*>(row), q, d);
+    case KvType::F16: return dot_f16_f32(reinterpret_cast<const uint16_t*>(row), q, d);
+    case KvType::Q8_0: return type_traits(GgmlType::Q8_0).vec_dot_f32(d, row, q);
+  }
+  return 0.0f;
+}
+
+void kv_axpy(KvType t, float a, const uint8_t* row, float* y, int d, std::vector<float>& tmp) {
+  switch (t) {
+    case KvType::F32: axpy_f32(a, reinterpret_cast<const float*>(row), y, d); break;
+    case KvType::F16: axpy_f16(a, reinterpret_cast<const uint16_t*>(row), y, d); break;
+    case KvType::Q8_0:
+      tmp.resize(static_cast<size_t>(d));
+      type_traits(GgmlType::Q8_0).dequantize(row, tmp.data(), d);
+      axpy_f32(a, tmp.data(), y, d);
+      break;
+  }
+}
+
+// softmax in place over n scores, float32 as the spec requires.
+void softmax(float* s, int n) {
+  float mx = -INFINITY;
+  for (int j = 0; j < n; ++j) mx = std::max(mx, s[j]);
+  float sum = 0.0f;
+  for (int j = 0; j < n; ++j) {
+    s[j] = std::exp(s[j] - mx);
+    sum += s[j];
+  }
+  const float inv = 1.0f / sum;
+  for (int j = 0; j < n; ++j) s[j] *= inv;
+}
+
+}  // namespace
+
+void AttentionCpu::attend(const KvStore& store, const LayerKv& L, int kvh, const float* q,
+                          const int32_t* idx, int n_idx, float scale, float* scores, float* out,
+                          std::vector<float>& tmp) const {
+  const int d = store.head_dim();
+  const KvType t = store.type();
+  for (int j = 0; j < n_idx; ++j) scores[j] = kv_dot(t, L.k_row(kvh, idx[j]), q, d) * scale;
+  softmax(scores, n_idx);
+  std::memset(out, 0, sizeof(float) * static_cast<size_t>(d));
+  for (int j = 0; j < n_idx; ++j) kv_axpy(t, scores[j], L.v_row(kvh, idx[j]), out, d, tmp);
+}
+
+void AttentionCpu::insert(KvStore& store, LayerKv& L, const AttentionArgs& a, int i) {
+  const int s = L.free_slot();
+  if (s < 0)
+    throw Error(cat("layer ", a.layer, ": no free KV slot for position ", a.t0 + i, " (",
+                    L.n_slots, " slots", a.never_evicts ? ": the context is full" : "", ")"));
+  const int d = store.head_dim();
+  const int hkv = store.n_head_kv();
+  const float* k = a.k + static_cast<size_t>(i) * hkv * d;
+  const float* v = a.v + static_cast<size_t>(i) * hkv * d;
+  for (int h = 0; h < hkv; ++h) {
+    store.write(L.k, static_cast<size_t>(L.k_row(h, s) - L.k.data()), k + h * d);
+    store.write(L.v, static_cast<size_t>(L.v_row(h, s) - L.v.data()), v + h * d);
+  }
+  const int64_t p = a.t0 + i;
+  L.pos[static_cast<size_t>(s)] = static_cast<int32_t>(p);
+  L.protect[static_cast<size_t>(s)] =
+      !L.sliding && (p < a.n_sink || p < a.protect_below) ? 1 : 0;
+  L.state[static_cast<size_t>(s)] = 0.0f;
+  L.n_valid++;
+  slot_of_[static_cast<size_t>(i)] = s;
+}
+
+void AttentionCpu::run(ThreadPool& pool, KvStore& store, const AttentionArgs& a) {
+  LayerKv& L = store.layer(a.layer);
+  const int nth = pool.size();
+  if (static_cast<int>(scratch_.size()) < nth) {
+    scratch_.resize(static_cast<size_t>(nth));
+    tmp_.resize(static_cast<size_t>(nth));
+  }
+  for (auto& s : scratch_) s.resize(static_cast<size_t>(L.n_slots));
+  slot_of_.assign(static_cast<size_t>(a.n_tokens), -1);
+  const tova_policy* pol = a.policy;
+  const bool every_step = pol && (pol->flags & TOVA_POLICY_EVERY_STEP);
+  const bool fits = L.n_valid + a.n_tokens <= L.capacity;
+  if (a.never_evicts || (fits && !every_step && !(pol && pol->on_insert))) {
+    if (a.never_evicts && L.n_valid + a.n_tokens > L.capacity)
+      throw Error(cat("context full: ", L.n_valid, " tokens cached + ", a.n_tokens,
+                      " new > n_ctx ", L.capacity));
+    for (int i = 0; i < a.n_tokens; ++i) insert(store, L, a, i);
+    rows_parallel(pool, store, L, a);
+    return;
+  }
+  for (int i = 0; i < a.n_tokens; ++i) row_walk(pool, store, L, a, i);
+}
+
+// No eviction inside this chunk: row i sees every stored slot with position <= t0 + i.
+void AttentionCpu::rows_parallel(ThreadPool& pool, KvStore& store, LayerKv& L,
+                                 const AttentionArgs& a) {
+  // Slots sorted by position, so row i's visible set is a prefix.
+  alive_.clear();
+  for (int s = 0; s < L.n_slots; ++s)
+    if (L.pos[static_cast<size_t>(s)] >= 0) alive_.push_back(s);
+  std::sort(alive_.begin(), alive_.end(),
+            [&](int32_t x, int32_t y) { return L.pos[static_cast<size_t>(x)] < L.pos[static_cast<size_t>(y)]; });
+  const int n_before = static_cast<int>(alive_.size()) - a.n_tokens;
+  const int G = a.n_head / store.n_head_kv();
+  const int d = a.head_dim;
+  pool.run(static_cast<int64_t>(a.n_tokens) * a.n_head, [&](int64_t task, int th) {
+    const int i = static_cast<int>(task / a.n_head), h = static_cast<int>(task % a.n_head);
+    const float* q = a.q + (static_cast<size_t>(i) * a.n_head + h) * d;
+    float* out = a.out + (static_cast<size_t>(i) * a.n_head + h) * d;
+    attend(store, L, h / G, q, alive_.data(), n_before + i + 1, a.scale,
+           scratch_[static_cast<size_t>(th)].data(), out, tmp_[static_cast<size_t>(th)]);
+  });
+}
+
+// One row of the exact walk: insert token i, attend over the kept set plus it, let the policy
+// evict down to capacity using this row's probabilities.
+void AttentionCpu::row_walk(ThreadPool& pool, KvStore& store, LayerKv& L, const AttentionArgs& a,
+                            int i) {
+  const int n_slots = L.n_slots;
+  insert(store, L, a, i);
+  const int s_new = slot_of_[static_cast<size_t>(i)];
+  const int64_t t = a.t0 + i;
+  tova_policy_view view{};
+  view.layer = a.layer;
+  view.capacity = L.capacity;
+  view.n_slots = n_slots;
+  view.n_heads = a.n_head;
+  view.t = t;
+  view.new_slot = s_new;
+  view.pos = L.pos.data();
+  view.protect = L.protect.data();
+  view.state = L.state.data();
+  tova_policy* pol = a.policy;
+  if (pol && pol->on_insert) {
+    view.n_valid = L.n_valid;
+    pol->on_insert(pol->user, &view, s_new);
+  }
+
+  alive_.clear();
+  for (int s = 0; s < n_slots; ++s)
+    if (L.pos[static_cast<size_t>(s)] >= 0) alive_.push_back(s);
+  const int n_alive = static_cast<int>(alive_.size());
+  const int G = a.n_head / store.n_head_kv();
+  const int d = a.head_dim;
+  probs_.assign(static_cast<size_t>(a.n_head) * n_slots, 0.0f);
+  pool.run(a.n_head, [&](int64_t h, int th) {
+    const float* q = a.q + (static_cast<size_t>(i) * a.n_head + h) * d;
+    float* out = a.out + (static_cast<size_t>(i) * a.n_head + h) * d;
+    float* sc = scratch_[static_cast<size_t>(th)].data();
+    attend(store, L, static_cast<int>(h) / G, q, alive_.data(), n_alive, a.scale, sc, out,
+           tmp_[static_cast<size_t>(th)]);
+    float* row = probs_.data() + static_cast<size_t>(h) * n_slots;
+    for (int j = 0; j < n_alive; ++j) row[alive_[static_cast<size_t>(j)]] = sc[j];
+  });
+  mean_.assign(static_cast<size_t>(n_slots), 0.0f);
+  // Mean over all query heads (with GQA too), summed in head order.
+  for (int h = 0; h < a.n_head; ++h) {
+    const float* row = probs_.data() + static_cast<size_t>(h) * n_slots;
+    for (int j = 0; j < n_alive; ++j) {
+      const int s = alive_[static_cast<size_t>(j)];
+      mean_[static_cast<size_t>(s)] += row[s];
+    }
+  }
+  const float inv_h = 1.0f / static_cast<float>(a.n_head);
+  for (int j = 0; j < n_alive; ++j) mean_[static_cast<size_t>(alive_[static_cast<size_t>(j)])] *= inv_h;
+
+  const int n_evict = std::max(0, L.n_valid - L.capacity);
+  if (!pol) {
+    TOVA_ASSERT(n_evict == 0);
+    return;
+  }
+  if (n_evict == 0 && !(pol->flags & TOVA_POLICY_EVERY_STEP)) return;
+  if (n_evict > 0 && a.never_evicts)
+    throw Error(cat("context full: n_ctx ", L.capacity, " reached at position ", t));
+  view.n_valid = L.n_valid;
+  view.n_evict = n_evict;
+  view.probs = probs_.data();
+  view.probs_mean = mean_.data();
+  evict(L, a, view);
+}
+
+void AttentionCpu::evict(LayerKv& L, const AttentionArgs& a, const tova_policy_view& view) {
+  tova_policy* pol = a.policy;
+  const int n = view.n_evict;
+  victims_.assign(static_cast<size_t>(std::max(n, 1)), -1);
+  int rc = pol->select(pol->user, &view, victims_.data());
+  if (rc != 0) {
+    const char* e = pol->last_error ? pol->last_error(pol->user) : nullptr;
+    throw Error(cat("policy '", pol->name ? pol->name : "?", "' failed at layer ", a.layer,
+                    ", position ", view.t, e ? cat(": ", e) : std::string()));
+  }
+  if (n == 0) return;
+  // Check the answer before touching the store: right count, distinct, valid, not protected.
+  for (int j = 0; j < n; ++j) {
+    const int32_t s = victims_[static_cast<size_t>(j)];
+    const std::string who = cat("policy '", pol->name ? pol->name : "?", "' at layer ", a.layer,
+                                ", position ", view.t, ": ");
+    if (s < 0 || s >= L.n_slots) throw Error(cat(who, "slot ", s, " is out of range [0, ", L.n_slots, ")"));
+    if (L.pos[static_cast<size_t>(s)] < 0) throw Error(cat(who, "slot ", s, " is empty"));
+    if (L.protect[static_cast<size_t>(s)]) throw Error(cat(who, "slot ", s, " (position ", L.pos[static_cast<size_t>(s)], ") is protected"));
+    for (int k = 0; k < j; ++k)
+      if (victims_[static_cast<size_t>(k)] == s) throw Error(cat(who, "slot ", s, " was returned twice"));
+  }
+  if (pol->on_evict) pol->on_evict(pol->user, &view, victims_.data(), n);
+  for (int j = 0; j < n; ++j) {
+    const size_t s = static_cast<size_t>(victims_[static_cast<size_t>(j)]);
+    L.pos[s] = -1;
+    L.protect[s] = 0;
+    L.state[s] = 0.0f;
+  }
+  L.n_valid -= n;
+  L.n_evicted += n;
+}
+
+}  // namespace tova

@@ -1,2 +1,156 @@
-// stub: filled in by its issue
-namespace tova {}
+#include "ops_cpu.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "common.h"
+
+namespace tova {
+
+void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps) {
+  double ss = 0.0;
+  for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const float scale = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(n) + eps));
+  if (w) {
+    for (int64_t i = 0; i < n; ++i) y[i] = x[i] * scale * w[i];
+  } else {
+    for (int64_t i = 0; i < n; ++i) y[i] = x[i] * scale;
+  }
+}
+
+Rope::Rope(const HParams& hp, float base) : style_(hp.rope_style), dim_(hp.rope_dim) {
+  const int pairs = dim_ / 2;
+  inv_freq_.resize(static_cast<size_t>(pairs));
+  for (int i = 0; i < pairs; ++i)
+    inv_freq_[static_cast<size_t>(i)] =
+        static_cast<float>(std::pow(static_cast<double>(base), -2.0 * i / dim_));
+  if (hp.rope_scaling == RopeScaling::Linear) {
+    freq_scale_ = 1.0f / hp.rope_scale_factor;
+  } else if (hp.rope_scaling == RopeScaling::Yarn) {
+    // YaRN (Peng et al. 2023): pairs whose wavelength is short compared with the original
+    // context keep their frequency (extrapolate), long ones are interpolated by the factor, a
+    // linear ramp in between; attention logits are rescaled through cos/sin by mscale.
+    yarn_ = true;
+    freq_scale_ = 1.0f / hp.rope_scale_factor;
+    const double two_pi = 2.0 * M_PI;
+    auto corr_dim = [&](double n_rot) {
+      return dim_ * std::log(hp.rope_orig_ctx / (n_rot * two_pi)) / (2.0 * std::log(base));
+    };
+    double lo = std::max(0.0, std::floor(corr_dim(hp.yarn_beta_fast)));
+    double hi = std::min(static_cast<double>(dim_ - 1), std::ceil(corr_dim(hp.yarn_beta_slow)));
+    ramp_mix_.resize(static_cast<size_t>(pairs));
+    for (int i = 0; i < pairs; ++i) {
+      double y = (i - lo) / std::max(0.001, hi - lo);
+      double ramp = 1.0 - std::min(1.0, std::max(0.0, y));
+      ramp_mix_[static_cast<size_t>(i)] = static_cast<float>(ramp * hp.yarn_ext_factor);
+    }
+    mscale_ = hp.yarn_attn_factor * (1.0f + 0.1f * std::log(1.0f / freq_scale_));
+  }
+}
+
+void Rope::apply(float* x, int n_heads, int head_dim, int64_t pos) const {
+  const int pairs = dim_ / 2;
+  const double p = static_cast<double>(pos);
+  // cos/sin per pair, computed once for all heads (double angle: exact for long positions).
+  float cs[512], sn[512];
+  TOVA_ASSERT(pairs <= 512);
+  for (int i = 0; i < pairs; ++i) {
+    double theta_extrap = p * inv_freq_[static_cast<size_t>(i)];
+    double theta = theta_extrap * freq_scale_;
+    if (yarn_) {
+      double mix = ramp_mix_[static_cast<size_t>(i)];
+      theta = theta * (1.0 - mix) + theta_extrap * mix;
+    }
+    cs[i] = static_cast<float>(std::cos(theta)) * mscale_;
+    sn[i] = static_cast<float>(std::sin(theta)) * mscale_;
+  }
+  for (int h = 0; h < n_heads; ++h) {
+    float* v = x + static_cast<size_t>(h) * head_dim;
+    if (style_ == RopeStyle::Normal) {
+      for (int i = 0; i < pairs; ++i) {
+        float a = v[2 * i], b = v[2 * i + 1];
+        v[2 * i] = a * cs[i] - b * sn[i];
+        v[2 * i + 1] = a * sn[i] + b * cs[i];
+      }
+    } else {
+      for (int i = 0; i < pairs; ++i) {
+        float a = v[i], b = v[i + pairs];
+        v[i] = a * cs[i] - b * sn[i];
+        v[i + pairs] = a * sn[i] + b * cs[i];
+      }
+    }
+  }
+}
+
+void silu_mul(float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    float g = gate[i];
+    gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+void gelu_tanh_mul(float* gate, const float* up, int64_t n) {
+  const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+  for (int64_t i = 0; i < n; ++i) {
+    float g = gate[i];
+    gate[i] = 0.5f * g * (1.0f + std::tanh(k * (g + 0.044715f * g * g * g))) * up[i];
+  }
+}
+
+void Matmul::run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* jobs, int n_jobs) {
+  TOVA_ASSERT(n_jobs >= 1 && n_jobs <= 4);
+  const int64_t cols = jobs[0].w->cols;
+  // Quantize the activations once per distinct vec_dot_type.
+  GgmlType vt[2];
+  int n_vt = 0;
+  int which[4];
+  for (int j = 0; j < n_jobs; ++j) {
+    TOVA_ASSERT(jobs[j].w->cols == cols);
+    GgmlType t = jobs[j].w->traits->vec_dot_type;
+    int k = 0;
+    while (k < n_vt && vt[k] != t) ++k;
+    if (k == n_vt) {
+      TOVA_ASSERT(n_vt < 2);
+      vt[n_vt++] = t;
+    }
+    which[j] = k;
+  }
+  size_t xrow[2];
+  for (int k = 0; k < n_vt; ++k) {
+    const TypeTraits& tr = type_traits(vt[k]);
+    xrow[k] = row_bytes(vt[k], cols);
+    size_t need = xrow[k] * static_cast<size_t>(n);
+    if (xq_[k].size() < need) xq_[k].resize(need);
+    uint8_t* dst = xq_[k].data();
+    if (vt[k] == GgmlType::F32) {
+      std::memcpy(dst, x, need);
+    } else {
+      pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
+        for (int64_t i = b; i < e; ++i) tr.quantize(x + i * cols, dst + i * xrow[k], cols);
+      });
+    }
+  }
+  // Tasks are blocks of rows across all jobs; each block runs over every input row so the
+  // weight rows stay in cache.
+  constexpr int64_t kBlock = 16;
+  int64_t starts[5] = {0};
+  for (int j = 0; j < n_jobs; ++j) starts[j + 1] = starts[j] + (jobs[j].w->rows + kBlock - 1) / kBlock;
+  pool.run(starts[n_jobs], [&](int64_t task, int) {
+    int j = 0;
+    while (task >= starts[j + 1]) ++j;
+    const Matrix& w = *jobs[j].w;
+    const int64_t r0 = (task - starts[j]) * kBlock;
+    const int64_t r1 = std::min(r0 + kBlock, w.rows);
+    const uint8_t* xq = xq_[which[j]].data();
+    const size_t xr = xrow[which[j]];
+    float* y = jobs[j].y;
+    const auto dot = w.traits->vec_dot;
+    for (int64_t i = 0; i < n; ++i) {
+      const uint8_t* xi = xq + static_cast<size_t>(i) * xr;
+      float* yi = y + i * w.rows;
+      for (int64_t r = r0; r < r1; ++r) yi[r] = dot(cols, w.row(r), xi);
+    }
+  });
+}
+
+}  // namespace tova

@@ -50,7 +50,13 @@ struct TypeTraits {
 const TypeTraits& type_traits(uint32_t type_id);
 inline const TypeTraits& type_traits(GgmlType t) { return type_traits(static_cast<uint32_t>(t)); }
 
+// The same table with only the portable scalar kernels, whatever this CPU supports (tests compare
+// its results with the SIMD kernels of type_traits()).
+const TypeTraits& scalar_type_traits(uint32_t type_id);
+
 bool type_known(uint32_t type_id);
+// Known and with kernels (dequantize, vec_dot, vec_dot_f32): tova can compute with it.
+bool type_supported(uint32_t type_id);
 // Throws FormatError naming `what` (a tensor) when the type cannot be computed with.
 const TypeTraits& require_computable(uint32_t type_id, const std::string& what);
 
@@ -65,5 +71,11 @@ float fp16_to_fp32(uint16_t h);
 uint16_t fp32_to_fp16(float f);  // round to nearest even
 float bf16_to_fp32(uint16_t h);
 uint16_t fp32_to_bf16(float f);  // round to nearest even
+
+// Plain float helpers for attention, dispatched like vec_dot (any n, no alignment needed).
+float dot_f32(const float* a, const float* b, int64_t n);
+float dot_f16_f32(const uint16_t* a, const float* b, int64_t n);
+void axpy_f32(float a, const float* x, float* y, int64_t n);   // y += a * x
+void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);  // y += a * x
 
 }  // namespace tova

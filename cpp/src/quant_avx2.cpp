@@ -1,2 +1,240 @@
-// stub: filled in by its issue
-namespace tova {}
+// AVX2 + FMA + F16C kernels of the float types and the 32-element formats. Only called when
+// cpu_features() reports all three (quant.cpp picks them); results equal the portable kernels'
+// up to the order of float additions, and quantize_q8_0 equals them bit for bit.
+#include <cstring>
+
+#include "quant_avx2_util.h"
+#include "quant_kernels.h"
+
+namespace tova {
+namespace avx2 {
+
+// --- float types -------------------------------------------------------------------------------
+
+namespace {
+
+// Converts 8 values at p to float32; the loaders differ per element type.
+inline __m256 load8_f32(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8_f16(const uint16_t* p) { return _mm256_cvtph_ps(load128(p)); }
+inline __m256 load8_bf16(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(load128(p)), 16));
+}
+inline float load1_f32(const float* p) { return *p; }
+inline float load1_f16(const uint16_t* p) { return half_to_float(*p); }
+inline float load1_bf16(const uint16_t* p) {
+  const uint32_t bits = static_cast<uint32_t>(*p) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Four independent accumulators hide the FMA latency.
+template <class T, __m256 (*Load8)(const T*), float (*Load1)(const T*)>
+float dot(int64_t n, const T* x, const float* y) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm256_fmadd_ps(Load8(x + i), _mm256_loadu_ps(y + i), acc0);
+    acc1 = _mm256_fmadd_ps(Load8(x + i + 8), _mm256_loadu_ps(y + i + 8), acc1);
+    acc2 = _mm256_fmadd_ps(Load8(x + i + 16), _mm256_loadu_ps(y + i + 16), acc2);
+    acc3 = _mm256_fmadd_ps(Load8(x + i + 24), _mm256_loadu_ps(y + i + 24), acc3);
+  }
+  for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(Load8(x + i), _mm256_loadu_ps(y + i), acc0);
+  float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+  for (; i < n; ++i) sum += Load1(x + i) * y[i];
+  return sum;
+}
+
+template <class T, __m256 (*Load8)(const T*), float (*Load1)(const T*)>
+void axpy(float a, const T* x, float* y, int64_t n) {
+  const __m256 va = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, Load8(x + i), _mm256_loadu_ps(y + i)));
+    _mm256_storeu_ps(y + i + 8, _mm256_fmadd_ps(va, Load8(x + i + 8), _mm256_loadu_ps(y + i + 8)));
+  }
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, Load8(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += a * Load1(x + i);
+}
+
+}  // namespace
+
+float vec_dot_f32_f32(int64_t n, const void* x, const float* y) {
+  return dot<float, load8_f32, load1_f32>(n, static_cast<const float*>(x), y);
+}
+
+float vec_dot_f16_f32(int64_t n, const void* x, const float* y) {
+  return dot<uint16_t, load8_f16, load1_f16>(n, static_cast<const uint16_t*>(x), y);
+}
+
+float vec_dot_bf16_f32(int64_t n, const void* x, const float* y) {
+  return dot<uint16_t, load8_bf16, load1_bf16>(n, static_cast<const uint16_t*>(x), y);
+}
+
+void axpy_f32(float a, const float* x, float* y, int64_t n) { axpy<float, load8_f32, load1_f32>(a, x, y, n); }
+
+void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
+  axpy<uint16_t, load8_f16, load1_f16>(a, x, y, n);
+}
+
+void quantize_f16(const float* src, void* dst, int64_t n) {
+  // vcvtps2ph with round-to-nearest-even equals fp32_to_fp16 for every non-NaN input.
+  auto* out = static_cast<uint8_t*>(dst);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 2 * i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  }
+  for (; i < n; ++i) {
+    const uint16_t h = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT);
+    std::memcpy(out + 2 * i, &h, 2);
+  }
+}
+
+// --- Q8_0 activations ---------------------------------------------------------------------------
+
+namespace {
+
+// roundf() on 8 lanes: round half away from zero (vroundps only offers ties-to-even).
+// floor(|v|) plus one when the exact fractional part is >= 0.5, with v's sign put back.
+inline __m256 round_half_away(__m256 v) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256 a = _mm256_andnot_ps(sign, v);
+  const __m256 f = _mm256_floor_ps(a);
+  const __m256 up = _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(a, f), _mm256_set1_ps(0.5f), _CMP_GE_OQ),
+                                  _mm256_set1_ps(1.0f));
+  return _mm256_or_ps(_mm256_add_ps(f, up), _mm256_and_ps(v, sign));
+}
+
+}  // namespace
+
+void quantize_q8_0(const float* src, void* dst, int64_t n) {
+  auto* b = static_cast<BlockQ8_0*>(dst);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t i = 0; i < n / kQK; ++i, src += kQK) {
+    __m256 v[4];
+    for (int k = 0; k < 4; ++k) v[k] = _mm256_loadu_ps(src + 8 * k);
+    const __m256 m01 = _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1]));
+    const __m256 m23 = _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3]));
+    const float amax = hmax_ps(_mm256_max_ps(m01, m23));
+    // Same float operations as the portable kernel (and gguf-py): d = amax / 127, id = 1 / d.
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    b[i].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i q[4];
+    for (int k = 0; k < 4; ++k) q[k] = _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(v[k], vid)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b[i].qs), pack_i32_to_i8(q[0], q[1], q[2], q[3]));
+  }
+}
+
+// --- dot products with Q8_0 activations ------------------------------------------------------
+
+namespace {
+
+// Signed quants of x for block i as 32 int8 in element order; the dot is then dot_s8_s8.
+inline __m256i quants(const BlockQ4_0& b) { return _mm256_sub_epi8(unpack_nibbles(b.qs), _mm256_set1_epi8(8)); }
+
+inline __m256i quants(const BlockQ5_0& b) {
+  uint32_t qh;
+  std::memcpy(&qh, b.qh, 4);
+  // Where the fifth bit is clear, q - 16 = low nibble - 16: set the high nibble (0xF0 | q).
+  const __m256i minus16 = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(static_cast<char>(0xF0)));
+  return _mm256_or_si256(unpack_nibbles(b.qs), minus16);
+}
+
+inline __m256i quants(const BlockQ8_0& b) { return load256(b.qs); }
+
+// Unsigned quants of the formats with a minimum.
+inline __m256i quants(const BlockQ4_1& b) { return unpack_nibbles(b.qs); }
+
+inline __m256i quants(const BlockQ5_1& b) {
+  uint32_t qh;
+  std::memcpy(&qh, b.qh, 4);
+  return _mm256_or_si256(unpack_nibbles(b.qs), _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
+}
+
+// x . y for the symmetric formats: sum of d_x * d_y * (q_x . q_y). Two blocks per step with
+// separate accumulators, so consecutive FMAs do not wait on each other.
+template <class Block>
+float dot_symmetric(int64_t n, const void* vx, const void* vy) {
+  const auto* x = static_cast<const Block*>(vx);
+  const auto* y = static_cast<const BlockQ8_0*>(vy);
+  const int64_t nb = n / kQK;
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 2 <= nb; i += 2) {
+    const __m256i p0 = dot_s8_s8(quants(x[i]), load256(y[i].qs));
+    const __m256i p1 = dot_s8_s8(quants(x[i + 1]), load256(y[i + 1].qs));
+    const __m256 d0 = _mm256_set1_ps(half_to_float(x[i].d) * half_to_float(y[i].d));
+    const __m256 d1 = _mm256_set1_ps(half_to_float(x[i + 1].d) * half_to_float(y[i + 1].d));
+    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), d0, acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), d1, acc1);
+  }
+  for (; i < nb; ++i) {
+    const __m256i p = dot_s8_s8(quants(x[i]), load256(y[i].qs));
+    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(half_to_float(x[i].d) * half_to_float(y[i].d)), acc0);
+  }
+  return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+// x . y for the formats with a minimum m: d_x * d_y * (q_x . q_y) + m_x * d_y * sum(q_y).
+template <class Block>
+float dot_with_min(int64_t n, const void* vx, const void* vy) {
+  const auto* x = static_cast<const Block*>(vx);
+  const auto* y = static_cast<const BlockQ8_0*>(vy);
+  const int64_t nb = n / kQK;
+  const __m256i ones = _mm256_set1_epi8(1);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const __m256i qy = load256(y[i].qs);
+    const __m256i p = dot_u8_s8(quants(x[i]), qy);
+    const __m256i s = dot_u8_s8(ones, qy);
+    const float dy = half_to_float(y[i].d);
+    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(half_to_float(x[i].d) * dy), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(half_to_float(x[i].m) * dy), acc1);
+  }
+  return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+}  // namespace
+
+float vec_dot_q4_0_q8_0(int64_t n, const void* x, const void* y) { return dot_symmetric<BlockQ4_0>(n, x, y); }
+float vec_dot_q5_0_q8_0(int64_t n, const void* x, const void* y) { return dot_symmetric<BlockQ5_0>(n, x, y); }
+float vec_dot_q8_0_q8_0(int64_t n, const void* x, const void* y) { return dot_symmetric<BlockQ8_0>(n, x, y); }
+float vec_dot_q4_1_q8_0(int64_t n, const void* x, const void* y) { return dot_with_min<BlockQ4_1>(n, x, y); }
+float vec_dot_q5_1_q8_0(int64_t n, const void* x, const void* y) { return dot_with_min<BlockQ5_1>(n, x, y); }
+
+// --- dot products with float32 y (quantized KV entries against a float query) -------------------
+
+namespace {
+
+// 32 int8 quants times 32 floats, as 8 float lanes.
+inline __m256 dot_i8_f32(__m256i q, const float* y) {
+  const __m128i lo = _mm256_castsi256_si128(q);
+  const __m128i hi = _mm256_extracti128_si256(q, 1);
+  __m256 s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), _mm256_loadu_ps(y));
+  s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), _mm256_loadu_ps(y + 8), s);
+  s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), _mm256_loadu_ps(y + 16), s);
+  s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), _mm256_loadu_ps(y + 24), s);
+  return s;
+}
+
+template <class Block>
+float dot_f32_symmetric(int64_t n, const void* vx, const float* y) {
+  const auto* x = static_cast<const Block*>(vx);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(x[i].d)), dot_i8_f32(quants(x[i]), y), acc);
+  }
+  return hsum_ps(acc);
+}
+
+}  // namespace
+
+float vec_dot_q4_0_f32(int64_t n, const void* x, const float* y) { return dot_f32_symmetric<BlockQ4_0>(n, x, y); }
+float vec_dot_q8_0_f32(int64_t n, const void* x, const float* y) { return dot_f32_symmetric<BlockQ8_0>(n, x, y); }
+
+}  // namespace avx2
+}  // namespace tova

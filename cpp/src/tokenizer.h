@@ -2,10 +2,12 @@
 // (byte-level BPE "gpt2", SentencePiece-style "llama") is a sibling implementation.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace tova {
@@ -17,12 +19,36 @@ enum class TokenType : int32_t {
   Undefined = 0, Normal = 1, Unknown = 2, Control = 3, UserDefined = 4, Unused = 5, Byte = 6,
 };
 
+// Everything a tokenizer is built from, as read from tokenizer.ggml.* (from_gguf fills it; tests
+// and tools may build one by hand).
+struct TokenizerData {
+  std::string source = "<memory>";  // the file, for error messages
+  std::string model;                // tokenizer.ggml.model: "gpt2" or "llama"
+  std::string pre;                  // tokenizer.ggml.pre ("default" when absent)
+  std::vector<std::string> tokens;
+  std::vector<TokenType> types;     // empty: every token Normal
+  std::vector<float> scores;        // empty: every score 0
+  std::vector<std::string> merges;  // "left right", highest priority first (gpt2 only)
+  int32_t bos_id = -1, eos_id = -1, unk_id = -1, eot_id = -1, eom_id = -1;
+  bool add_bos = false;
+  bool add_space_prefix = false;    // llama: prepend a space to text that follows BOS or a special
+};
+
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
 
   // Builds the tokenizer the file names (tokenizer.ggml.model); FormatError if unsupported.
   static std::unique_ptr<Tokenizer> from_gguf(const GgufFile& file);
+  // The same from already-read data (FormatError names data.source).
+  static std::unique_ptr<Tokenizer> from_data(TokenizerData data);
+  // The tokenizer.ggml.* fields of a file, checked for consistency.
+  static TokenizerData read_gguf(const GgufFile& file);
+  // Pre-tokenizer names (tokenizer.ggml.pre) the gpt2 model accepts.
+  static std::vector<std::string> supported_pre_tokenizers();
+
+  Tokenizer(const Tokenizer&) = delete;
+  Tokenizer& operator=(const Tokenizer&) = delete;
 
   // Text -> ids. add_bos: prepend BOS. parse_special: text of control / user-defined tokens
   // ("<|im_start|>") becomes that token; otherwise it is tokenized as plain text.
@@ -48,18 +74,56 @@ class Tokenizer {
   // Id of a token given its exact text, or -1.
   int32_t find_token(std::string_view text) const;
   const char* model_name() const { return model_name_.c_str(); }
+  const std::string& pre_tokenizer() const { return pre_; }
+  int32_t unk_id() const { return unk_id_; }
 
  protected:
+  Tokenizer() = default;
+
+  // A piece of the input: special token `token`, or (token < 0) text bytes [begin, end).
+  struct Fragment {
+    int32_t token;
+    size_t begin, end;
+  };
+  // Moves the vocabulary out of `data`, checks it, and builds the lookup tables.
+  void init_vocab(TokenizerData& data);
+  // Cuts the special tokens out of `text` the way llama.cpp does: tokens in order of decreasing
+  // length, each taking its leftmost non-overlapping occurrences in what earlier ones left.
+  // User-defined tokens are always cut; control and unknown tokens only with parse_special.
+  std::vector<Fragment> split_special(std::string_view text, bool parse_special) const;
+  // Token with exactly this text, or -1 (the last one when texts repeat, as llama.cpp does).
+  int32_t lookup(std::string_view text) const {
+    auto it = token_to_id_.find(text);
+    return it == token_to_id_.end() ? -1 : it->second;
+  }
+  void check_id(int32_t id) const;  // ArgumentError unless 0 <= id < n_vocab
+
   std::string model_name_;          // "gpt2", "llama"
   std::vector<std::string> tokens_;
   std::vector<TokenType> types_;
   int32_t bos_id_ = -1, eos_id_ = -1;
   bool add_bos_ = false;
   std::vector<int32_t> eog_ids_;
+  std::string pre_;
+  std::string source_;
+  int32_t unk_id_ = -1;
+  // Views into tokens_ (never resized after init_vocab; the class is not copyable).
+  std::unordered_map<std::string_view, int32_t> token_to_id_;
+
+ private:
+  // Byte trie over the special tokens' texts, for split_special. Node k ends token
+  // trie_token_[k] (or -1); edges are keyed by node << 8 | byte; the root's are an array.
+  std::vector<int32_t> trie_token_;
+  std::unordered_map<uint64_t, int32_t> trie_next_;
+  std::array<int32_t, 256> trie_root_{};
+  std::vector<int32_t> special_rank_;     // per token: its place in the longest-first order, or -1
+  std::vector<int32_t> special_by_rank_;  // the special tokens in that order
+  bool has_user_defined_ = false;
 };
 
 // Streaming decode: feed token bytes, get back only complete UTF-8 characters; bytes of a
-// character split across tokens are held until the character is complete.
+// character split across tokens are held until the character is complete. Output is always
+// valid UTF-8: bytes that can never form a character become U+FFFD as soon as that is known.
 class Utf8Stream {
  public:
   std::string push(const std::string& bytes);

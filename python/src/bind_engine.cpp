@@ -1,3 +1,213 @@
-#include "bindings.h"
+// tova._core.Engine and tova._core.Generation: the compute runs with the GIL released; between
+// tokens (and between prompt chunks) the GIL is taken back briefly to let Ctrl-C through.
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
-void bind_engine(nb::module_& m) {}
+#include <memory>
+
+#include "bindings.h"
+#include "common.h"
+#include "engine.h"
+
+using namespace tova;
+
+namespace {
+
+using FloatArray = nb::ndarray<nb::numpy, float>;
+
+FloatArray to_numpy(std::vector<float>&& v, size_t rows, size_t cols) {
+  auto* heap = new std::vector<float>(std::move(v));
+  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
+  if (rows == 0) {
+    size_t shape[1] = {cols};
+    return FloatArray(heap->data(), 1, shape, owner);
+  }
+  size_t shape[2] = {rows, cols};
+  return FloatArray(heap->data(), 2, shape, owner);
+}
+
+nb::ndarray<nb::numpy, int32_t> to_numpy_i32(std::vector<int32_t>&& v) {
+  auto* heap = new std::vector<int32_t>(std::move(v));
+  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<int32_t>*>(p); });
+  size_t shape[1] = {heap->size()};
+  return nb::ndarray<nb::numpy, int32_t>(heap->data(), 1, shape, owner);
+}
+
+nb::dict stats_dict(const Stats& s) {
+  nb::dict d;
+  d["prompt_tokens"] = s.prompt_tokens;
+  d["completion_tokens"] = s.completion_tokens;
+  d["prompt_seconds"] = s.prompt_seconds;
+  d["generation_seconds"] = s.generation_seconds;
+  d["prompt_tokens_per_second"] = s.prompt_tps();
+  d["generation_tokens_per_second"] = s.generation_tps();
+  d["finish_reason"] = finish_reason_name(s.finish);
+  return d;
+}
+
+// Raises KeyboardInterrupt (or whatever a signal handler raised) in the calling thread.
+void check_signals() {
+  if (PyErr_CheckSignals() != 0) throw nb::python_error();
+}
+
+std::string next_piece(Generation& g) {
+  std::string piece;
+  {
+    nb::gil_scoped_release release;
+    piece = g.next();
+  }
+  return piece;
+}
+
+}  // namespace
+
+void bind_engine(nb::module_& m) {
+  nb::class_<Engine>(m, "Engine")
+      .def("__init__",
+           [](Engine* self, const std::string& path, int n_threads, const std::string& policy,
+              int kv_size, int n_ctx, int n_sink, const std::string& kv_type,
+              const std::string& prefill, int chunk) {
+             EngineParams p;
+             p.n_threads = n_threads;
+             p.policy = policy;
+             p.kv_size = kv_size;
+             p.n_ctx = n_ctx;
+             p.n_sink = n_sink;
+             p.kv_type = kv_type;
+             p.prefill = prefill;
+             p.chunk = chunk;
+             nb::gil_scoped_release release;
+             new (self) Engine(path, std::move(p));
+           },
+           nb::arg("path"), nb::arg("n_threads") = 0, nb::arg("policy") = "tova",
+           nb::arg("kv_size") = 512, nb::arg("n_ctx") = 2048, nb::arg("n_sink") = -1,
+           nb::arg("kv_type") = "f16", nb::arg("prefill") = "exact", nb::arg("chunk") = 64)
+      .def("tokenize",
+           [](const Engine& e, const std::string& text, bool add_bos, bool special) {
+             nb::gil_scoped_release release;
+             return e.tokenize(text, add_bos, special);
+           },
+           nb::arg("text"), nb::arg("add_bos"), nb::arg("special"))
+      .def("detokenize",
+           [](const Engine& e, const std::vector<int32_t>& ids, bool special) {
+             std::string s = e.detokenize(ids, special);
+             return nb::bytes(s.data(), s.size());
+           },
+           nb::arg("ids"), nb::arg("special") = false)
+      .def("token_bytes",
+           [](const Engine& e, int32_t id, bool special) {
+             const Tokenizer& t = e.model().tokenizer();
+             if (id < 0 || id >= t.n_vocab())
+               throw ArgumentError(cat("token id ", id, " is out of range [0, ", t.n_vocab(), ")"));
+             std::string s = t.token_bytes(id, special);
+             return nb::bytes(s.data(), s.size());
+           },
+           nb::arg("id"), nb::arg("special") = false)
+      .def("eval",
+           [](Engine& e, const std::vector<int32_t>& ids, bool all_logits) {
+             std::vector<float> out;
+             {
+               nb::gil_scoped_release release;
+               e.eval(ids, all_logits, out);
+             }
+             const size_t V = static_cast<size_t>(e.model().hp().n_vocab);
+             return to_numpy(std::move(out), all_logits ? ids.size() : 0, V);
+           },
+           nb::arg("ids"), nb::arg("all_logits") = false)
+      .def("reset", &Engine::reset)
+      .def("set_protect_below", &Engine::set_protect_below, nb::arg("pos"))
+      .def("cancel", [](Engine& e) { e.cancel_requested.store(true); })
+      .def_prop_ro("n_past", &Engine::n_past)
+      .def_prop_ro("history", &Engine::history)
+      .def_prop_ro("kv_bytes", &Engine::kv_bytes)
+      .def_prop_ro("n_threads", &Engine::n_threads)
+      .def_prop_ro("evictions", &Engine::evictions)
+      .def_prop_ro("policy_name", [](const Engine& e) { return std::string(e.policy_name()); })
+      .def("kv_positions", [](const Engine& e, int layer) { return to_numpy_i32(e.kv_positions(layer)); },
+           nb::arg("layer"))
+      .def("kv_layer_summary", [](const Engine& e) {
+        nb::list out;
+        const KvStore& s = e.kv_store();
+        for (int l = 0; l < s.n_layer(); ++l) {
+          const LayerKv& L = s.layer(l);
+          nb::dict d;
+          d["layer"] = l;
+          d["capacity"] = L.capacity;
+          d["slots"] = L.n_slots;
+          d["valid"] = L.n_valid;
+          d["sliding"] = L.sliding;
+          d["evicted"] = L.n_evicted;
+          out.append(d);
+        }
+        return out;
+      })
+      .def_prop_ro("last_stats", [](const Engine& e) { return stats_dict(e.last_stats); })
+      .def("model_info", [](const Engine& e) {
+        const Model& mo = e.model();
+        const HParams& h = mo.hp();
+        nb::dict d;
+        d["name"] = mo.name();
+        d["path"] = mo.path();
+        d["arch"] = h.arch;
+        d["n_vocab"] = h.n_vocab;
+        d["n_embd"] = h.n_embd;
+        d["n_layer"] = h.n_layer;
+        d["n_head"] = h.n_head;
+        d["n_head_kv"] = h.n_head_kv;
+        d["head_dim"] = h.head_dim;
+        d["n_ff"] = h.n_ff;
+        d["n_ctx_train"] = h.n_ctx_train;
+        d["n_swa"] = h.n_swa;
+        d["quant"] = mo.quant_summary();
+        d["weight_bytes"] = mo.weight_bytes();
+        d["tied_output"] = mo.tied_output;
+        d["tokenizer"] = std::string(mo.tokenizer().model_name());
+        d["bos_id"] = mo.tokenizer().bos_id();
+        d["eos_id"] = mo.tokenizer().eos_id();
+        d["add_bos"] = mo.tokenizer().add_bos_default();
+        d["eog_ids"] = mo.tokenizer().end_of_generation_ids();
+        d["chat_template"] = mo.file().get_string("tokenizer.chat_template", "");
+        return d;
+      });
+
+  nb::class_<Generation>(m, "Generation")
+      .def("__init__",
+           [](Generation* self, Engine& e, const std::vector<int32_t>& prompt, int max_tokens,
+              const std::vector<std::string>& stop, bool ignore_eos, const SamplingParams& sp) {
+             GenerateParams gp;
+             gp.max_tokens = max_tokens;
+             gp.stop = stop;
+             gp.ignore_eos = ignore_eos;
+             gp.sampling = sp;
+             nb::gil_scoped_release release;
+             new (self) Generation(e, prompt, gp);
+           },
+           nb::arg("engine"), nb::arg("prompt"), nb::arg("max_tokens"), nb::arg("stop"),
+           nb::arg("ignore_eos"), nb::arg("sampling"), nb::keep_alive<1, 2>())
+      .def("next", [](Generation& g) {
+        check_signals();
+        std::string piece = next_piece(g);
+        if (PyErr_CheckSignals() != 0) {
+          g.cancel();
+          throw nb::python_error();
+        }
+        return nb::str(piece.data(), piece.size());
+      }, "The next piece of text; '' while text is held back or when finished.")
+      .def("run_to_end", [](Generation& g) {
+        // generate(): the same loop, text collected here; Ctrl-C checked after every token.
+        std::string text;
+        while (!g.finished()) {
+          text += next_piece(g);
+          if (PyErr_CheckSignals() != 0) {
+            g.cancel();
+            throw nb::python_error();
+          }
+        }
+        return nb::str(text.data(), text.size());
+      })
+      .def("cancel", &Generation::cancel)
+      .def_prop_ro("finished", &Generation::finished)
+      .def_prop_ro("finish_reason", [](const Generation& g) { return finish_reason_name(g.finish_reason()); })
+      .def_prop_ro("tokens", &Generation::tokens);
+}

@@ -1,3 +1,208 @@
-#include "bindings.h"
+// tova._core quant functions: the type table and its kernels, for tests and tova.GGUFFile.
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
-void bind_quant(nb::module_& m) {}
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "bindings.h"
+#include "common.h"
+#include "quant.h"
+
+using namespace tova;
+
+namespace {
+
+using BytesIn = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using FloatsIn = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+template <class T>
+using ArrayOut = nb::ndarray<nb::numpy, T, nb::ndim<1>>;
+
+// A numpy array that owns `data` (allocated with new[]).
+template <class T>
+ArrayOut<T> to_numpy(T* data, size_t n) {
+  nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<T*>(p); });
+  return ArrayOut<T>(data, {n}, owner);
+}
+
+const TypeTraits& known_type(uint32_t type_id) {
+  const TypeTraits& t = type_traits(type_id);
+  if (t.name == nullptr) throw ArgumentError(cat("unknown ggml type id ", type_id));
+  return t;
+}
+
+// The table for the `isa` argument: "best" (what the engine uses) or "scalar".
+const TypeTraits& traits_for(uint32_t type_id, const std::string& isa) {
+  known_type(type_id);
+  if (isa == "best") return type_traits(type_id);
+  if (isa == "scalar") return scalar_type_traits(type_id);
+  throw ArgumentError(cat("isa must be 'best' or 'scalar', got '", isa, "'"));
+}
+
+// Kernels read blocks through structs; a numpy view at an odd offset is copied to aligned memory.
+class AlignedBytes {
+ public:
+  explicit AlignedBytes(const BytesIn& a) : ptr_(a.data()) {
+    if (reinterpret_cast<uintptr_t>(ptr_) % alignof(uint64_t) != 0) {
+      copy_.resize((a.size() + 7) / 8);
+      if (a.size() != 0) std::memcpy(copy_.data(), a.data(), a.size());
+      ptr_ = copy_.data();
+    }
+  }
+  const void* data() const { return ptr_; }
+
+ private:
+  const void* ptr_;
+  std::vector<uint64_t> copy_;
+};
+
+// Elements held by `bytes` bytes of the type; the byte count must be whole blocks.
+int64_t elements_in(const TypeTraits& t, size_t bytes, const char* what) {
+  if (bytes % t.type_size != 0) {
+    throw ArgumentError(cat(what, ": ", bytes, " bytes is not a whole number of ", t.name, " blocks of ",
+                            t.type_size, " bytes"));
+  }
+  return static_cast<int64_t>(bytes / t.type_size) * t.block_size;
+}
+
+ArrayOut<float> dequantize(uint32_t type_id, const BytesIn& data, int64_t n_elements, const std::string& isa) {
+  const TypeTraits& t = traits_for(type_id, isa);
+  if (t.dequantize == nullptr) throw ArgumentError(cat("dequantize: type ", t.name, " is not supported"));
+  if (n_elements < 0 || n_elements % t.block_size != 0) {
+    throw ArgumentError(cat("dequantize: n_elements ", n_elements, " is not a multiple of the ", t.name,
+                            " block size ", t.block_size));
+  }
+  const size_t expected = row_bytes(static_cast<GgmlType>(type_id), n_elements);
+  if (data.size() != expected) {
+    throw ArgumentError(cat("dequantize: ", n_elements, " elements of ", t.name, " take ", expected,
+                            " bytes, got ", data.size()));
+  }
+  AlignedBytes src(data);
+  auto* out = new float[n_elements > 0 ? n_elements : 1];
+  {
+    nb::gil_scoped_release unlocked;
+    t.dequantize(src.data(), out, n_elements);
+  }
+  return to_numpy(out, static_cast<size_t>(n_elements));
+}
+
+ArrayOut<uint8_t> quantize(uint32_t type_id, const FloatsIn& values, const std::string& isa) {
+  const TypeTraits& t = traits_for(type_id, isa);
+  if (t.quantize == nullptr) throw ArgumentError(cat("quantize: tova cannot write type ", t.name));
+  const auto n = static_cast<int64_t>(values.size());
+  if (n % t.block_size != 0) {
+    throw ArgumentError(cat("quantize: ", n, " values is not a multiple of the ", t.name, " block size ",
+                            t.block_size));
+  }
+  const size_t bytes = row_bytes(static_cast<GgmlType>(type_id), n);
+  // uint64_t storage keeps every block struct aligned while the kernel writes it.
+  std::vector<uint64_t> buf((bytes + 7) / 8);
+  {
+    nb::gil_scoped_release unlocked;
+    t.quantize(values.data(), buf.data(), n);
+  }
+  auto* out = new uint8_t[bytes > 0 ? bytes : 1];
+  if (bytes != 0) std::memcpy(out, buf.data(), bytes);
+  return to_numpy(out, bytes);
+}
+
+float vec_dot(uint32_t type_id, const BytesIn& x, const FloatsIn& y, const std::string& mode,
+              const std::string& isa) {
+  const TypeTraits& t = traits_for(type_id, isa);
+  if (t.vec_dot == nullptr || t.vec_dot_f32 == nullptr) {
+    throw ArgumentError(cat("vec_dot: type ", t.name, " is not supported"));
+  }
+  const int64_t n = elements_in(t, x.size(), "vec_dot");
+  if (static_cast<int64_t>(y.size()) != n) {
+    throw ArgumentError(cat("vec_dot: x holds ", n, " ", t.name, " values but y has ", y.size()));
+  }
+  AlignedBytes xs(x);
+  if (mode == "f32") {
+    nb::gil_scoped_release unlocked;
+    return t.vec_dot_f32(n, xs.data(), y.data());
+  }
+  if (mode != "q8") throw ArgumentError(cat("vec_dot: mode must be 'q8' or 'f32', got '", mode, "'"));
+  const auto act_id = static_cast<uint32_t>(t.vec_dot_type);
+  if (t.vec_dot_type == GgmlType::F32) {
+    nb::gil_scoped_release unlocked;
+    return t.vec_dot(n, xs.data(), y.data());
+  }
+  const TypeTraits& act = traits_for(act_id, isa);
+  std::vector<uint64_t> ybuf((row_bytes(t.vec_dot_type, n) + 7) / 8);
+  nb::gil_scoped_release unlocked;
+  act.quantize(y.data(), ybuf.data(), n);
+  return t.vec_dot(n, xs.data(), ybuf.data());
+}
+
+nb::dict type_info(uint32_t type_id) {
+  const TypeTraits& t = known_type(type_id);
+  nb::dict d;
+  d["name"] = t.name;
+  d["block_size"] = t.block_size;
+  d["type_size"] = t.type_size;
+  d["is_quantized"] = t.is_quantized;
+  d["supported"] = type_supported(type_id);
+  d["vec_dot_type"] = static_cast<uint32_t>(t.vec_dot_type);
+  d["can_quantize"] = t.quantize != nullptr;
+  return d;
+}
+
+std::vector<uint32_t> type_ids() {
+  std::vector<uint32_t> ids;
+  for (uint32_t id = 0; id < kGgmlTypeLimit; ++id) {
+    if (type_known(id)) ids.push_back(id);
+  }
+  return ids;
+}
+
+using HalvesIn = nb::ndarray<const uint16_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+void check_same_size(size_t a, size_t b, const char* what) {
+  if (a != b) throw ArgumentError(cat(what, ": arrays of different sizes (", a, " and ", b, ")"));
+}
+
+ArrayOut<float> axpy_copy(size_t n, const float* y, const std::function<void(float*)>& apply) {
+  auto* out = new float[n > 0 ? n : 1];
+  if (n != 0) std::memcpy(out, y, n * sizeof(float));
+  apply(out);
+  return to_numpy(out, n);
+}
+
+}  // namespace
+
+void bind_quant(nb::module_& m) {
+  m.def("type_info", &type_info, nb::arg("type_id"),
+        "Layout of a ggml type id: name, block_size, type_size, is_quantized, supported, "
+        "vec_dot_type, can_quantize. ValueError for unknown ids.");
+  m.def("type_ids", &type_ids, "The ggml type ids tova knows the layout of.");
+  m.def("dequantize", &dequantize, nb::arg("type_id"), nb::arg("data"), nb::arg("n_elements"), nb::kw_only(),
+        nb::arg("isa") = "best", "Decode n_elements values of the type from raw bytes to float32.");
+  m.def("quantize", &quantize, nb::arg("type_id"), nb::arg("values"), nb::kw_only(), nb::arg("isa") = "best",
+        "Encode float32 values (a whole number of blocks) as raw bytes of the type.");
+  m.def("vec_dot", &vec_dot, nb::arg("type_id"), nb::arg("x"), nb::arg("y"), nb::kw_only(),
+        nb::arg("mode") = "q8", nb::arg("isa") = "best",
+        "Dot product of a row x (raw bytes of the type) with float32 y. mode 'q8' quantizes y to "
+        "the type's activation type first (as matmuls do), 'f32' uses y as is. isa 'scalar' "
+        "forces the portable kernels.");
+  // The attention helpers, exposed (privately) so tests reach their SIMD tails.
+  m.def("_dot_f32", [](const FloatsIn& a, const FloatsIn& b) {
+    check_same_size(a.size(), b.size(), "_dot_f32");
+    return dot_f32(a.data(), b.data(), static_cast<int64_t>(a.size()));
+  });
+  m.def("_dot_f16_f32", [](const HalvesIn& a, const FloatsIn& b) {
+    check_same_size(a.size(), b.size(), "_dot_f16_f32");
+    return dot_f16_f32(a.data(), b.data(), static_cast<int64_t>(a.size()));
+  });
+  m.def("_axpy_f32", [](float a, const FloatsIn& x, const FloatsIn& y) {
+    check_same_size(x.size(), y.size(), "_axpy_f32");
+    return axpy_copy(y.size(), y.data(), [&](float* out) { axpy_f32(a, x.data(), out, static_cast<int64_t>(x.size())); });
+  }, "y + a * x as a new array");
+  m.def("_axpy_f16", [](float a, const HalvesIn& x, const FloatsIn& y) {
+    check_same_size(x.size(), y.size(), "_axpy_f16");
+    return axpy_copy(y.size(), y.data(), [&](float* out) { axpy_f16(a, x.data(), out, static_cast<int64_t>(x.size())); });
+  }, "y + a * x (x fp16 bits) as a new array");
+  m.def("kernel_isa", []() { return std::string(kernel_isa()); }, "SIMD level of the kernels in use.");
+}

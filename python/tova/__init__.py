@@ -1,5 +1,18 @@
-"""tova: fixed-memory LLM inference on GGUF models."""
+"""tova: fixed-memory LLM inference on GGUF models.
+
+The KV cache is a fixed pool of slots per layer that never grows; when it is full, a policy
+(TOVA by default) decides which cached token to drop.
+
+>>> import tova                                                           # doctest: +SKIP
+>>> tova.Engine("smollm2-135m-instruct").generate("The capital of France is", temperature=0)
+"""
 from . import _core
 from ._core import GGUFError, TovaError
+from .engine import Engine
+from .gguf import GGUFFile, TensorInfo
+from .sampling import SamplingParams
 
-__version__ = _core.__version__
+__version__: str = _core.__version__
+
+__all__ = ["Engine", "SamplingParams", "GGUFError", "TovaError", "GGUFFile", "TensorInfo",
+           "__version__"]

@@ -1,0 +1,53 @@
+// Eviction policies behind the C ABI of <tova/policy_plugin.h>: the built-ins (full, window,
+// sink, h2o, tova), policies loaded from shared libraries, and an owning handle the KV store uses.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tova/policy_plugin.h"
+
+namespace tova {
+
+// Owns a tova_policy (calls its destroy callback) and, for plugins, the library it came from.
+class PolicyHandle {
+ public:
+  PolicyHandle() = default;
+  PolicyHandle(tova_policy* p, std::shared_ptr<void> library, std::string origin);
+  ~PolicyHandle();
+  PolicyHandle(PolicyHandle&& o) noexcept;
+  PolicyHandle& operator=(PolicyHandle&& o) noexcept;
+  PolicyHandle(const PolicyHandle&) = delete;
+  PolicyHandle& operator=(const PolicyHandle&) = delete;
+
+  tova_policy* get() const { return p_; }
+  tova_policy* operator->() const { return p_; }
+  explicit operator bool() const { return p_ != nullptr; }
+  const std::string& origin() const { return origin_; }
+
+ private:
+  tova_policy* p_ = nullptr;
+  std::shared_ptr<void> library_;  // dlclose'd after the policy is destroyed
+  std::string origin_;
+};
+
+// Names of the built-in policies, in the order `tova --help` lists them.
+const std::vector<std::string>& builtin_policy_names();
+bool is_builtin_policy(const std::string& name);
+
+// A new instance of a built-in policy; ArgumentError listing the names for an unknown one.
+// "full" has no eviction callback use: the store never evicts with it.
+PolicyHandle make_builtin_policy(const std::string& name);
+
+// Loads `tova_policy_create` from a shared library and calls it with `args`; Error naming the
+// library on failure (not found, missing symbol, NULL result, ABI version mismatch).
+PolicyHandle load_policy_plugin(const std::string& path, const std::string& args);
+
+// Checks a policy object's ABI fields (version, size, required callbacks).
+void check_policy_abi(const tova_policy* p, const std::string& origin);
+
+// Default number of protected first tokens for a policy name ("sink": 4, others 0).
+int default_n_sink(const std::string& policy);
+
+}  // namespace tova

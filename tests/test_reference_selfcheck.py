@@ -1,0 +1,320 @@
+"""Checks that the numpy references in tests/reference/ are themselves right, before tova's engine
+is tested against them: against llama.cpp's outputs on SmolLM2, against the worked policy example of
+the spec, against gguf-py's decoders, and against their own invariants (prefill == decode, RoPE's
+relative-position property, chunk-size independence of exact prefill)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gguf
+from gguf.constants import GGMLQuantizationType as QT
+from gguf.quants import dequantize
+
+from reference import synthetic
+from reference.kv_policy_ref import run_policy
+from reference.llama_ref import LlamaRef, load_ref
+
+SMOLLM2_DEFAULT = Path("/root/.cache/tova/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+# ---- fixtures ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def smollm2_ref(request) -> LlamaRef:
+    """SmolLM2 dequantized once per session (float32). Uses conftest's `smollm2_path` (it knows
+    how to fetch the model) when that fixture exists, else the usual cache path."""
+    try:
+        path = Path(request.getfixturevalue("smollm2_path"))
+    except pytest.FixtureLookupError:
+        path = SMOLLM2_DEFAULT
+        if not path.exists():  # like conftest: a missing model is a broken environment
+            pytest.fail(f"SmolLM2 model not present at {path}", pytrace=False)
+    return load_ref(str(path))
+
+
+@pytest.fixture(scope="session")
+def load_json(reference_dir):
+    def load(name: str) -> dict:
+        return json.loads((reference_dir / name).read_text())
+    return load
+
+
+SYNTH_CONFIGS = {
+    "llama-f32-tied": dict(tied_output=True, weight_type="F32"),
+    "llama-q8_0": dict(weight_type="Q8_0"),
+    "qwen2-mixed": dict(arch="qwen2", weight_type={"default": "Q4_0", "token_embd": "Q8_0",
+                                                   "ffn_down": "Q5_1", "attn_v": "F16"}),
+    "llama-kquants": dict(n_embd=256, n_ff=512, n_head=8, n_head_kv=2, n_vocab=300,
+                          weight_type={"default": "Q4_K", "ffn_down": "Q6_K", "attn_v": "Q5_K",
+                                       "attn_output": "Q3_K", "ffn_up": "Q2_K", "output": "Q4_1"}),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(SYNTH_CONFIGS))
+def synth(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp("synth") / f"{request.param}.gguf"
+    info = synthetic.write_llama_gguf(path, seed=3, **SYNTH_CONFIGS[request.param])
+    return info, LlamaRef(path)
+
+
+def _rel_rms(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b ** 2)))
+
+
+# ---- synthetic models -----------------------------------------------------------------------
+
+# Relative RMS error of our simple K-quant encoders on Gaussian data (measured 0.32 / 0.15 / 0.077
+# / 0.037 / 0.019); the bounds leave ~30 % headroom and would catch a broken scale or packing.
+KQ_MAX_REL_RMS = {"Q2_K": 0.42, "Q3_K": 0.2, "Q4_K": 0.1, "Q5_K": 0.05, "Q6_K": 0.025}
+
+
+@pytest.mark.parametrize("qtype", synthetic.KQUANTS)
+def test_kquant_encoder_agrees_with_gguf_decoder(qtype):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((6, 512)).astype(np.float32)
+    x[0, :256] = 0.0                       # an all-zero block: scales 0, must decode to 0
+    x[1, :256] = np.abs(x[1, :256])        # no negatives: min 0
+    x[2] *= 1e-3                           # tiny values: f16 scales still representable
+    x[3, 256:] *= -1                       # sign flip
+    blocks, meant = synthetic.kquant_encode(x, qtype)
+    decoded = dequantize(blocks, QT[qtype])
+    # Both sides compute d*sc*q - dmin*m in float32 in the same order: equal to the last bit.
+    np.testing.assert_array_equal(decoded, meant)
+    assert np.all(decoded[0, :256] == 0)
+    err = _rel_rms(decoded, x)
+    assert err < KQ_MAX_REL_RMS[qtype], f"{qtype}: relative RMS error {err:.3f}"
+
+
+def test_synthetic_metadata_and_shapes(tmp_path):
+    path = tmp_path / "m.gguf"
+    info = synthetic.write_llama_gguf(path, n_vocab=320, n_embd=64, n_layer=3, n_head=4,
+                                      n_head_kv=2, n_ff=96, rope_base=5000.0,
+                                      weight_type={"default": "Q8_0", "ffn_down": "F16"})
+    r = gguf.GGUFReader(path)
+    f = {k: v.contents() for k, v in r.fields.items()}
+    assert f["general.architecture"] == "llama"
+    assert f["llama.block_count"] == 3 and f["llama.embedding_length"] == 64
+    assert f["llama.feed_forward_length"] == 96 and f["llama.attention.head_count"] == 4
+    assert f["llama.attention.head_count_kv"] == 2 and f["llama.rope.freq_base"] == 5000.0
+    assert f["llama.rope.dimension_count"] == 16 and f["llama.vocab_size"] == 320
+    assert f["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-5)
+    assert f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.pre"] == "smollm"
+    assert len(f["tokenizer.ggml.tokens"]) == 320 == len(f["tokenizer.ggml.token_type"])
+    assert f["tokenizer.ggml.tokens"][:3] == list(synthetic.SPECIAL_TOKENS)
+    assert f["tokenizer.ggml.bos_token_id"] == 1 and f["tokenizer.ggml.eos_token_id"] == 2
+    t = {x.name: x for x in r.tensors}
+    assert "output.weight" in t
+    # GGUF ne order is [in, out]: numpy (out, in) appears reversed.
+    assert list(t["blk.0.ffn_down.weight"].shape) == [96, 64]
+    assert list(t["blk.0.attn_k.weight"].shape) == [64, 32]
+    assert list(t["token_embd.weight"].shape) == [64, 320]
+    assert t["blk.2.ffn_down.weight"].tensor_type == QT.F16
+    assert t["blk.2.ffn_gate.weight"].tensor_type == QT.Q8_0
+    assert t["blk.2.attn_norm.weight"].tensor_type == QT.F32
+    assert info.tensor_types["blk.1.ffn_up.weight"] == "Q8_0"
+
+
+def test_synthetic_rejects_bad_block_size(tmp_path):
+    with pytest.raises(ValueError, match=r"token_embd\.weight.*multiple of 256"):
+        synthetic.write_llama_gguf(tmp_path / "x.gguf", weight_type="Q4_K")
+
+
+def test_synthetic_tokenizer_is_a_valid_bpe():
+    """The vocabulary/merges load into HF `tokenizers` as a byte-level BPE and round-trip text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    tokens, types, merges = synthetic.make_bpe_vocab(400)
+    assert len(tokens) == len(set(tokens)) == 400
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    for m in merges:  # every merge's parts and result are in the vocabulary
+        a, b = m.split(" ")
+        assert a in vocab and b in vocab and a + b in vocab
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tk.decoder = decoders.ByteLevel()
+    text = "the cat and the hat, ünïcödé 🙂\n\tend"
+    enc = tk.encode(text)
+    assert tk.decode(enc.ids) == text
+    assert "Ġthe" in enc.tokens and "Ġand" in enc.tokens  # merges are applied
+
+
+def test_synthetic_logits_finite_and_spread(synth):
+    info, ref = synth
+    toks = np.random.default_rng(0).integers(0, info.n_vocab, 32)
+    logits = ref.forward(toks)
+    assert np.isfinite(logits).all()
+    # Not degenerate: logits spread by a few units, the argmax varies along the sequence.
+    std = float(logits.std(axis=1).mean())
+    assert 1.0 < std < 10.0, std
+    assert len(set(logits.argmax(axis=1).tolist())) > 16
+
+
+def test_synthetic_prefill_equals_decode(synth):
+    info, ref = synth
+    toks = np.random.default_rng(1).integers(0, info.n_vocab, 40)
+    full = ref.forward(toks)
+    cache = ref.new_cache()
+    step = np.concatenate([ref.forward([t], i, cache) for i, t in enumerate(toks)])
+    cache = ref.new_cache()
+    split = np.concatenate([ref.forward(toks[:13], 0, cache), ref.forward(toks[13:], 13, cache)])
+    # float32, logits of magnitude ~10: reduction-order differences measured at <= 2.2e-5.
+    np.testing.assert_allclose(step, full, rtol=0, atol=2e-4)
+    np.testing.assert_allclose(split, full, rtol=0, atol=2e-4)
+    assert cache.n_tokens() == 40 and cache.positions(0) == list(range(40))
+
+
+def test_float32_reference_close_to_float64(synth):
+    info, ref32 = synth
+    ref64 = LlamaRef(info.path, dtype=np.float64)
+    toks = np.random.default_rng(2).integers(0, info.n_vocab, 24)
+    # float32 rounding through a 2-layer model: ~1e-5 relative; 1e-3 absolute on O(10) logits.
+    np.testing.assert_allclose(ref32.forward(toks), ref64.forward(toks), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_rope_relative_position_property(tmp_path, arch):
+    """RoPE(q, m) . RoPE(k, n) depends only on m - n, and it preserves norms; with the wrong pair
+    layout applied consistently the property still holds, so also pin the pairing: rotating by
+    pos 1 must move exactly the dims paired by the style (2i, 2i+1) or (i, i + d/2)."""
+    info = synthetic.write_llama_gguf(tmp_path / "r.gguf", arch=arch)
+    ref = LlamaRef(info.path, dtype=np.float64)
+    d = ref.hp.head_dim
+    rng = np.random.default_rng(0)
+    q, k = rng.standard_normal((1, 1, d)), rng.standard_normal((1, 1, d))
+
+    def dot(m, n):
+        return float((ref.rope(q, np.array([m])) * ref.rope(k, np.array([n]))).sum())
+
+    assert dot(7, 3) == pytest.approx(dot(104, 100), abs=1e-9)
+    assert np.linalg.norm(ref.rope(q, np.array([55]))) == pytest.approx(np.linalg.norm(q))
+    e0 = np.zeros((1, 1, d))
+    e0[0, 0, 0] = 1.0
+    moved = np.flatnonzero(np.abs(ref.rope(e0, np.array([1]))[0, 0]) > 1e-12).tolist()
+    assert moved == ([0, d // 2] if arch == "qwen2" else [0, 1])
+
+
+# ---- policies on synthetic models ---------------------------------------------------------------
+
+def test_policy_full_and_large_window_equal_plain_forward(synth):
+    info, ref = synth
+    toks = np.random.default_rng(4).integers(0, info.n_vocab, 20)
+    plain = ref.forward(toks)
+    for policy in ("full", "window", "tova", "h2o"):
+        r = run_policy(ref, toks, kv_size=20, policy=policy)
+        assert all(v == [] for v in r["victims"].values()), policy
+        np.testing.assert_allclose(r["logits"], plain, rtol=0, atol=2e-4)  # as prefill==decode
+    with pytest.raises(ValueError, match="exceed kv_size"):
+        run_policy(ref, toks, kv_size=10, policy="full")
+
+
+@pytest.mark.parametrize("policy", ["window", "sink", "h2o", "tova"])
+def test_policy_invariants_and_chunk_independence(synth, policy):
+    info, ref = synth
+    n, C = 40, 12
+    toks = np.random.default_rng(5).integers(0, info.n_vocab, n)
+    one = run_policy(ref, toks, kv_size=C, policy=policy)
+    chunked = run_policy(ref, toks, kv_size=C, policy=policy, chunk=7)
+    # exact prefill: the chunk size changes nothing but float reduction order
+    assert chunked["victims"] == one["victims"]
+    np.testing.assert_allclose(chunked["logits"], one["logits"], rtol=0, atol=2e-4)
+    for layer, kept in one["kept"].items():
+        victims = one["victims"][layer]
+        assert len(kept) == C and len(victims) == n - C
+        assert [t for t, _ in victims] == list(range(C, n))  # one eviction per step once full
+        assert sorted(kept + [p for _, p in victims]) == list(range(n))
+        assert all(p <= t for t, p in victims)
+        if policy == "window":
+            assert kept == list(range(n - C, n))
+        elif policy == "sink":
+            assert kept == list(range(4)) + list(range(n - C + 4, n))
+        elif policy == "h2o":
+            assert set(range(n - C // 2, n)) <= set(kept)  # the recent half is protected
+    if policy == "tova":
+        sunk = run_policy(ref, toks, kv_size=C, policy="tova", n_sink=2)
+        assert all({0, 1} <= set(k) for k in sunk["kept"].values())
+
+
+# ---- the real model -----------------------------------------------------------------------------
+
+def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
+    def logp(x):
+        x = x.astype(np.float64) - x.max()
+        return x - np.log(np.exp(x).sum())
+    lp, lq = logp(p_logits), logp(q_logits)
+    return float((np.exp(lp) * (lp - lq)).sum())
+
+
+@pytest.mark.model
+def test_smollm2_last_logits_match_llamacpp(smollm2_ref, load_json, reference_dir):
+    data = load_json("smollm2_greedy.json")
+    worst = 0.0
+    for case in data["cases"]:
+        logits = smollm2_ref.forward(case["prompt_ids"], all_logits=False)[0]
+        ref_top = case["last_top10"]
+        assert int(np.argmax(logits)) == ref_top[0][0], case["prompt"]
+        diff = max(abs(float(logits[i]) - v) for i, v in ref_top)
+        worst = max(worst, diff)
+        # llama.cpp quantizes activations to 8 bits; measured top-10 |diff| 0.17..0.59 over the
+        # six prompts (README: 0.27..0.6 for another float32 implementation).
+        assert diff < 0.75, f"{case['prompt']!r}: top-10 logits differ by up to {diff:.3f}"
+        if "last_logits_npy" in case:
+            full = np.load(reference_dir / case["last_logits_npy"])
+            d = np.abs(full - logits)
+            kl = _kl(full, logits)
+            # measured: mean 0.20, max 0.75, KL ~1e-3; llama.cpp vs itself: mean 0.15-0.29,
+            # max 1.1-3.6, KL 2.5e-3-1.2e-2 (README).
+            assert d.mean() < 0.3 and d.max() < 1.5 and kl < 5e-3, (d.mean(), d.max(), kl)
+
+
+@pytest.mark.model
+def test_smollm2_cached_decode_matches_llamacpp_steps(smollm2_ref, load_json):
+    """Prefill then decode llama.cpp's own greedy tokens through the cache (teacher forcing):
+    the top-1 matches at every step except where llama.cpp's top-two gap is inside its own noise."""
+    data = load_json("smollm2_greedy.json")
+    for case in data["cases"][:2]:
+        cache = smollm2_ref.new_cache()
+        smollm2_ref.forward(case["prompt_ids"], 0, cache, all_logits=False)
+        pos = len(case["prompt_ids"])
+        for s, tok in enumerate(case["gen_ids"][:-1]):
+            logits = smollm2_ref.forward([tok], pos, cache)[0]
+            pos += 1
+            top5 = case["step_top5"][s]
+            gap = top5[0][1] - top5[1][1]
+            if int(np.argmax(logits)) != top5[0][0]:
+                # README: a top-two gap under 0.5 is within llama.cpp's self-noise (measured
+                # mismatches here only at gaps 0.04..0.26)
+                assert gap < 0.5, f"step {s}: argmax differs with llama.cpp gap {gap:.3f}"
+            diff = max(abs(float(logits[i]) - v) for i, v in top5)
+            assert diff < 1.0, f"step {s}: top-5 logits differ by {diff:.3f}"  # measured <= 0.74
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("policy", ["window", "sink", "h2o", "tova"])
+def test_smollm2_policy_example(smollm2_ref, load_json, policy):
+    ex = load_json("smollm2_policy_example.json")
+    exp = ex["policies"][policy]
+    r = run_policy(smollm2_ref, ex["token_ids"], kv_size=ex["kv_size"], policy=policy,
+                   n_sink=ex["n_sink"] if policy == "sink" else None, h2o_recent=ex["h2o_recent"])
+    n_layer = smollm2_ref.hp.n_layer
+    total = same = 0
+    for layer in range(n_layer):
+        got, want = r["victims"][layer], exp["victims"][str(layer)]
+        assert len(got) == len(want) == ex["n_tokens"] - ex["kv_size"]
+        total += len(want)
+        same += sum(a == b for a, b in zip(got, want))
+    kept_same = sum(r["kept"][l] == exp["kept_at_end"][str(l)] for l in range(n_layer))
+    msg = f"{policy}: victims agree {same}/{total}, kept sets agree {kept_same}/{n_layer} layers"
+    if policy in ("window", "sink"):
+        assert same == total and kept_same == n_layer, msg
+    else:
+        # near-tied scores may flip under float rounding (spec §8); measured: 100 % agreement
+        assert same >= 0.95 * total and kept_same >= 0.95 * n_layer, msg
+    logits = r["logits"][-1]
+    want_top = exp["last_top5"]
+    assert [int(i) for i in np.argsort(-logits, kind="stable")[:5]] == [i for i, _ in want_top], msg
+    # float32 reduction-order noise; measured <= 5e-5 with identical evictions
+    assert max(abs(float(logits[i]) - v) for i, v in want_top) < 0.05, msg
