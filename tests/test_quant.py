@@ -183,6 +183,14 @@ def test_quantize_f16_bf16_bit_patterns():
         # numpy keeps signalling NaNs signalling, the F16C instruction quiets them: NaN either way.
         assert np.array_equal(got[~nan].view(np.uint16), ref16[~nan].view(np.uint16)), isa
         assert np.isnan(got[nan]).all()
+    # Every exact midpoint between neighbouring finite halves (subnormals included): the ties
+    # that round-to-nearest-even must break towards the even neighbour.
+    halves = np.arange(0x7BFF, dtype=np.uint16).view(np.float16).astype(np.float32)
+    nxt = np.arange(1, 0x7C00, dtype=np.uint16).view(np.float16).astype(np.float32)
+    mid = np.concatenate([(halves + nxt) / 2, -(halves + nxt) / 2]).astype(np.float32)
+    for isa in ("best", "scalar"):
+        got = _core.quantize(int(T.F16), mid, isa=isa).view(np.uint16)
+        assert np.array_equal(got, mid.astype(np.float16).view(np.uint16)), isa
     ref_bf16 = gguf.quants.quantize(f, T.BF16).view(np.uint8).reshape(-1)
     assert np.array_equal(_core.quantize(int(T.BF16), f), ref_bf16)
 

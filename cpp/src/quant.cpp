@@ -4,6 +4,7 @@
 #include "quant.h"
 
 #include <array>
+#include <cstdint>
 #include <cstring>
 
 #include "common.h"
@@ -209,6 +210,8 @@ Table best_table() {
     at(GgmlType::Q8_0).vec_dot = avx2::vec_dot_q8_0_q8_0;
     at(GgmlType::Q4_0).vec_dot_f32 = avx2::vec_dot_q4_0_f32;
     at(GgmlType::Q8_0).vec_dot_f32 = avx2::vec_dot_q8_0_f32;
+    at(GgmlType::Q4_0).dequantize = avx2::dequantize_q4_0;
+    at(GgmlType::Q8_0).dequantize = avx2::dequantize_q8_0;
     at(GgmlType::Q2_K).vec_dot = avx2::vec_dot_q2_K_q8_K;
     at(GgmlType::Q3_K).vec_dot = avx2::vec_dot_q3_K_q8_K;
     at(GgmlType::Q4_K).vec_dot = avx2::vec_dot_q4_K_q8_K;
@@ -221,10 +224,6 @@ Table best_table() {
 }
 
 const TypeTraits kUnknown{};
-
-}  // namespace
-
-namespace {
 
 const Table& table() {
   static const Table t = best_table();
@@ -288,7 +287,11 @@ size_t row_bytes(GgmlType type, int64_t n) {
     throw ArgumentError(cat("row_bytes: ", n, " elements of type ", t.name,
                             " is not a whole number of blocks of ", t.block_size));
   }
-  return static_cast<size_t>(n / t.block_size) * t.type_size;
+  const auto blocks = static_cast<uint64_t>(n / t.block_size);
+  if (blocks > SIZE_MAX / t.type_size) {
+    throw ArgumentError(cat("row_bytes: ", n, " elements of type ", t.name, " do not fit in memory"));
+  }
+  return static_cast<size_t>(blocks) * t.type_size;
 }
 
 const char* kernel_isa() { return use_avx2() ? "avx2" : "scalar"; }

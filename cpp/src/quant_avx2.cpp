@@ -180,22 +180,29 @@ float dot_symmetric(int64_t n, const void* vx, const void* vy) {
 }
 
 // x . y for the formats with a minimum m: d_x * d_y * (q_x . q_y) + m_x * d_y * sum(q_y).
+// Two blocks per step, each with its own pair of accumulators (four independent FMA chains).
 template <class Block>
 float dot_with_min(int64_t n, const void* vx, const void* vy) {
   const auto* x = static_cast<const Block*>(vx);
   const auto* y = static_cast<const BlockQ8_0*>(vy);
   const int64_t nb = n / kQK;
   const __m256i ones = _mm256_set1_epi8(1);
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  for (int64_t i = 0; i < nb; ++i) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  auto step = [&](int64_t i, __m256& acc_q, __m256& acc_m) {
     const __m256i qy = load256(y[i].qs);
     const __m256i p = dot_u8_s8(quants(x[i]), qy);
     const __m256i s = dot_u8_s8(ones, qy);
     const float dy = half_to_float(y[i].d);
-    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(half_to_float(x[i].d) * dy), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(half_to_float(x[i].m) * dy), acc1);
+    acc_q = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(half_to_float(x[i].d) * dy), acc_q);
+    acc_m = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(half_to_float(x[i].m) * dy), acc_m);
+  };
+  int64_t i = 0;
+  for (; i + 2 <= nb; i += 2) {
+    step(i, acc[0], acc[1]);
+    step(i + 1, acc[2], acc[3]);
   }
-  return hsum_ps(_mm256_add_ps(acc0, acc1));
+  if (i < nb) step(i, acc[0], acc[1]);
+  return hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
 }
 
 }  // namespace
@@ -234,6 +241,26 @@ float dot_f32_symmetric(int64_t n, const void* vx, const float* y) {
 }  // namespace
 
 float vec_dot_q4_0_f32(int64_t n, const void* x, const float* y) { return dot_f32_symmetric<BlockQ4_0>(n, x, y); }
+
+// Dequantization of the symmetric formats is one float multiply per value (q * d), exactly as
+// the portable kernels and gguf-py compute it, so these equal them bit for bit.
+template <class Block>
+void dequantize_symmetric(const void* vx, float* dst, int64_t n) {
+  const auto* x = static_cast<const Block*>(vx);
+  for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
+    const __m256 d = _mm256_set1_ps(half_to_float(x[i].d));
+    const __m256i q = quants(x[i]);
+    const __m128i lo = _mm256_castsi256_si128(q);
+    const __m128i hi = _mm256_extracti128_si256(q, 1);
+    _mm256_storeu_ps(dst, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), d));
+    _mm256_storeu_ps(dst + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), d));
+    _mm256_storeu_ps(dst + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), d));
+    _mm256_storeu_ps(dst + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), d));
+  }
+}
+
+void dequantize_q4_0(const void* x, float* dst, int64_t n) { dequantize_symmetric<BlockQ4_0>(x, dst, n); }
+void dequantize_q8_0(const void* x, float* dst, int64_t n) { dequantize_symmetric<BlockQ8_0>(x, dst, n); }
 float vec_dot_q8_0_f32(int64_t n, const void* x, const float* y) { return dot_f32_symmetric<BlockQ8_0>(n, x, y); }
 
 }  // namespace avx2

@@ -29,7 +29,8 @@ void quantize_q8_K(const float* src, void* dst, int64_t n) {
     float max = 0.0f;
     const __m256 vamax = _mm256_set1_ps(amax);
     for (int k = 0; k < kQK_K; k += 8) {
-      const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(src + k)), vamax, _CMP_EQ_OQ));
+      const __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(src + k));
+      const int hit = _mm256_movemask_ps(_mm256_cmp_ps(a, vamax, _CMP_EQ_OQ));
       if (hit != 0) {
         max = src[k + __builtin_ctz(static_cast<unsigned>(hit))];
         break;
@@ -85,6 +86,25 @@ float vec_dot_q2_K_q8_K(int64_t n, const void* vx, const void* vy) {
   return hsum_ps(acc) - hsum_ps(acc_min);
 }
 
+namespace {
+
+// The 16 signed scales of a Q3_K block (see q3k_scales), four at a time from 32-bit words:
+// low nibbles from bytes 0..7, the two high bits of scale i from byte 8 + i % 4 at bit 2 * (i / 4).
+inline void unpack_q3k_scales(const uint8_t* packed, int8_t* out) {
+  uint32_t a[3];
+  std::memcpy(a, packed, 12);
+  const uint32_t w0 = (a[0] & 0x0F0F0F0F) | ((a[2] << 4) & 0x30303030);
+  const uint32_t w1 = (a[1] & 0x0F0F0F0F) | ((a[2] << 2) & 0x30303030);
+  const uint32_t w2 = ((a[0] >> 4) & 0x0F0F0F0F) | (a[2] & 0x30303030);
+  const uint32_t w3 = ((a[1] >> 4) & 0x0F0F0F0F) | ((a[2] >> 2) & 0x30303030);
+  const __m128i v = _mm_sub_epi8(_mm_setr_epi32(static_cast<int>(w0), static_cast<int>(w1), static_cast<int>(w2),
+                                                static_cast<int>(w3)),
+                                 _mm_set1_epi8(32));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), v);
+}
+
+}  // namespace
+
 float vec_dot_q3_K_q8_K(int64_t n, const void* vx, const void* vy) {
   const auto* x = static_cast<const BlockQ3_K*>(vx);
   const auto* y = static_cast<const BlockQ8_K*>(vy);
@@ -94,7 +114,7 @@ float vec_dot_q3_K_q8_K(int64_t n, const void* vx, const void* vy) {
   for (int64_t i = 0; i < n / kQK_K; ++i) {
     const float d = y[i].d * half_to_float(x[i].d);
     int8_t sc[16];
-    q3k_scales(x[i].scales, sc);
+    unpack_q3k_scales(x[i].scales, sc);
     // Quants are read as q' = q + 4 in 0..7 (low bits | high bit << 2); the +4 is taken back
     // through the block sums: sum_g sc_g * (q' . y - 4 * bsum_g).
     const __m256i offset = _mm256_madd_epi16(_mm256_cvtepi8_epi16(load128(sc)), load256(y[i].bsums));

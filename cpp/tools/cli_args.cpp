@@ -1,1 +1,78 @@
-namespace tova {}
+#include "cli_args.h"
+
+#include <cstdlib>
+
+#include "common.h"
+
+namespace tova {
+
+CliArgs::CliArgs(const std::vector<std::string>& argv, const std::set<std::string>& with_value,
+                 const std::set<std::string>& flags, const std::map<std::string, std::string>& aliases) {
+  for (size_t i = 0; i < argv.size(); ++i) {
+    std::string a = argv[i];
+    if (a.size() < 2 || a[0] != '-' || a == "--") {
+      if (a == "--") {
+        for (size_t j = i + 1; j < argv.size(); ++j) positional_.push_back(argv[j]);
+        break;
+      }
+      positional_.push_back(a);
+      continue;
+    }
+    std::string value;
+    bool inline_value = false;
+    const size_t eq = a.find('=');
+    if (a.rfind("--", 0) == 0 && eq != std::string::npos) {
+      value = a.substr(eq + 1);
+      a = a.substr(0, eq);
+      inline_value = true;
+    }
+    auto al = aliases.find(a);
+    const std::string name = al != aliases.end() ? al->second : a;
+    if (flags.count(name)) {
+      if (inline_value) throw ArgumentError(cat("option ", a, " takes no value"));
+      values_[name] = "1";
+    } else if (with_value.count(name)) {
+      if (!inline_value) {
+        if (i + 1 >= argv.size()) throw ArgumentError(cat("option ", a, " needs a value"));
+        value = argv[++i];
+      }
+      values_[name] = value;
+    } else {
+      throw ArgumentError(cat("unknown option ", a, " (see --help)"));
+    }
+  }
+}
+
+std::string CliArgs::str(const std::string& name, const std::string& def) const {
+  auto it = values_.find(name);
+  return it == values_.end() ? def : it->second;
+}
+
+long long CliArgs::integer64(const std::string& name, long long def) const {
+  auto it = values_.find(name);
+  if (it == values_.end()) return def;
+  char* end = nullptr;
+  long long v = std::strtoll(it->second.c_str(), &end, 10);
+  if (it->second.empty() || *end != '\0')
+    throw ArgumentError(cat("option ", name, " needs an integer, got '", it->second, "'"));
+  return v;
+}
+
+int CliArgs::integer(const std::string& name, int def) const {
+  long long v = integer64(name, def);
+  if (v < -2147483647LL || v > 2147483647LL)
+    throw ArgumentError(cat("option ", name, " is out of range: ", v));
+  return static_cast<int>(v);
+}
+
+double CliArgs::number(const std::string& name, double def) const {
+  auto it = values_.find(name);
+  if (it == values_.end()) return def;
+  char* end = nullptr;
+  double v = std::strtod(it->second.c_str(), &end);
+  if (it->second.empty() || *end != '\0')
+    throw ArgumentError(cat("option ", name, " needs a number, got '", it->second, "'"));
+  return v;
+}
+
+}  // namespace tova

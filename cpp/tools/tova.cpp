@@ -1,2 +1,346 @@
+// tova: the command-line program. Subcommands: info, run, bench, pull, list (pull and list go
+// through the Python package, which owns the model registry and downloads).
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <csignal>
 #include <cstdio>
-int main() { std::puts("tova 0.1.0"); return 0; }
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cli_args.h"
+#include "common.h"
+#include "engine.h"
+#include "gguf.h"
+#include "quant.h"
+
+using namespace tova;
+
+namespace {
+
+volatile std::sig_atomic_t g_interrupted = 0;  // set by SIGINT, read by the decode loop
+void on_sigint(int) { g_interrupted = 1; }
+
+const char* kVersion = "0.1.0";
+
+const char* kUsage = R"(usage: tova COMMAND [options]
+
+commands:
+  info MODEL                 print the model's metadata, tensors, load time and memory
+  run -m MODEL -p PROMPT     generate a continuation, streamed as it is produced
+  bench -m MODEL             prompt-processing and generation speed (llama-bench style)
+  pull NAME                  fetch a registry model into the cache
+  list                       show the model registry and what is cached
+  --version                  print the version
+
+MODEL is a GGUF path or a registry name (see `tova list`).
+
+run / bench options:
+  -m, --model MODEL          model path or name
+  -p, --prompt TEXT          prompt (run); -p N prompt tokens (bench, default 512)
+  -n, --n-predict N          tokens to generate (run: 128; bench: 128)
+  -t, --threads N            compute threads (default: all cores)
+      --temp T               temperature (run: 0.8; 0 = greedy)
+      --top-k K, --top-p P, --min-p P, --repeat-penalty R, --seed S
+      --kv-size N            tokens kept per layer by an evicting policy (default 512)
+      --policy P             tova (default), h2o, sink, window, full
+      --n-sink N             first positions never evicted (sink: 4)
+      --kv-type T            f16 (default), f32, q8_0
+      --ctx N                n_ctx for the full policy (default 2048)
+      --chunk N              prefill chunk size (default 64)
+      --policy-plugin LIB    load an eviction policy from a shared library
+      --policy-args TEXT     arguments for the plugin's tova_policy_create
+      --ignore-eos           do not stop at end-of-generation tokens
+  bench only: -r, --repetitions N (default 3), --json
+)";
+
+bool is_file(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// The Python interpreter that carries the tova package: the one beside this program (a venv's
+// bin/), else python3 on PATH.
+std::string python_exe() {
+  char buf[4096];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n > 0) {
+    buf[n] = '\0';
+    std::string dir(buf);
+    dir = dir.substr(0, dir.rfind('/'));
+    for (const char* name : {"/python3", "/python"}) {
+      if (is_file(dir + name)) return dir + name;
+      if (is_file(dir + "/../../../bin" + name)) return dir + "/../../../bin" + name;  // tova/bin/
+    }
+  }
+  return "python3";
+}
+
+std::string shell_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+int run_models_cli(const std::vector<std::string>& args) {
+  std::string cmd = shell_quote(python_exe()) + " -m tova.models";
+  for (const auto& a : args) cmd += " " + shell_quote(a);
+  int rc = std::system(cmd.c_str());
+  return rc == -1 ? 1 : WEXITSTATUS(rc);
+}
+
+// A path as given, else a registry name resolved (and fetched) by the Python package.
+std::string resolve_model(const std::string& model) {
+  if (model.empty()) throw ArgumentError("no model given (-m MODEL)");
+  if (is_file(model)) return model;
+  if (model.find('/') != std::string::npos || model.size() > 5 && model.substr(model.size() - 5) == ".gguf")
+    throw FileNotFound(cat(model, ": no such file"));
+  std::string cmd = shell_quote(python_exe()) + " -m tova.models path " + shell_quote(model);
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) throw Error("cannot run the Python model resolver");
+  std::string out;
+  char buf[4096];
+  while (std::fgets(buf, sizeof buf, p)) out += buf;
+  int rc = ::pclose(p);
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  if (rc != 0 || out.empty()) throw FileNotFound(cat("model '", model, "' could not be resolved"));
+  const size_t nl = out.rfind('\n');
+  return nl == std::string::npos ? out : out.substr(nl + 1);
+}
+
+EngineParams engine_params(const CliArgs& a, const std::string& default_policy) {
+  EngineParams p;
+  p.n_threads = a.integer("--threads", 0);
+  p.policy = a.str("--policy", default_policy);
+  p.kv_size = a.integer("--kv-size", 512);
+  p.n_ctx = a.integer("--ctx", 2048);
+  p.n_sink = a.integer("--n-sink", -1);
+  p.kv_type = a.str("--kv-type", "f16");
+  p.chunk = a.integer("--chunk", 64);
+  if (a.has("--policy-plugin"))
+    p.plugin = load_policy_plugin(a.str("--policy-plugin", ""), a.str("--policy-args", ""));
+  return p;
+}
+
+const std::set<std::string> kValueOpts = {
+    "--model", "--prompt", "--n-predict", "--threads", "--temp", "--top-k", "--top-p", "--min-p",
+    "--repeat-penalty", "--seed", "--kv-size", "--policy", "--n-sink", "--kv-type", "--ctx",
+    "--chunk", "--policy-plugin", "--policy-args", "--repetitions", "--file"};
+const std::set<std::string> kFlags = {"--json", "--ignore-eos", "--help"};
+const std::map<std::string, std::string> kAliases = {
+    {"-m", "--model"}, {"-p", "--prompt"}, {"-n", "--n-predict"}, {"-t", "--threads"},
+    {"-r", "--repetitions"}, {"-s", "--seed"}, {"-h", "--help"}, {"-f", "--file"}};
+
+int cmd_info(const std::vector<std::string>& argv) {
+  CliArgs a(argv, kValueOpts, kFlags, kAliases);
+  if (a.positional().empty() && !a.has("--model")) throw ArgumentError("usage: tova info MODEL");
+  const std::string path = resolve_model(a.has("--model") ? a.str("--model", "") : a.positional()[0]);
+  const uint64_t rss0 = resident_bytes();
+  double t0 = now_seconds();
+  GgufFile f(path);
+  const double t_parse = now_seconds() - t0;
+  std::printf("file:        %s\n", path.c_str());
+  std::printf("size:        %s, GGUF v%u, %zu metadata keys, %zu tensors, alignment %llu\n",
+              format_bytes(f.file_size()).c_str(), f.version(), f.metadata().size(),
+              f.tensors().size(), static_cast<unsigned long long>(f.alignment()));
+  std::map<std::string, std::pair<int, uint64_t>> types;
+  for (const auto& t : f.tensors()) {
+    auto& e = types[type_traits(t.type_id).name];
+    e.first++;
+    e.second += t.nbytes;
+  }
+  std::printf("tensors:    ");
+  for (const auto& [name, e] : types)
+    std::printf(" %s x%d (%s)", name.c_str(), e.first, format_bytes(e.second).c_str());
+  std::printf("\nmetadata:\n");
+  for (const auto& [k, v] : f.metadata()) {
+    std::string s;
+    if (v.type == GgufType::ARRAY)
+      s = cat("[", v.count, " x ", gguf_type_name(v.elem_type), "]");
+    else if (v.type == GgufType::STRING)
+      s = v.str.size() > 60 ? cat(std::string(v.str.substr(0, 57)), "...") : std::string(v.str);
+    else if (v.is_float())
+      s = cat(v.f);
+    else
+      s = cat(v.as_int());
+    for (char& c : s)
+      if (c == '\n') c = ' ';
+    std::printf("  %-42s %s\n", k.c_str(), s.c_str());
+  }
+  t0 = now_seconds();
+  Model m(path);
+  const double t_load = now_seconds() - t0;
+  const HParams& h = m.hp();
+  std::printf("model:       %s (%s), %d layers, n_embd %d, heads %d/%d, head_dim %d, vocab %d, ctx %d\n",
+              m.name().c_str(), h.arch.c_str(), h.n_layer, h.n_embd, h.n_head, h.n_head_kv,
+              h.head_dim, h.n_vocab, h.n_ctx_train);
+  std::printf("tokenizer:   %s, %d tokens, bos %d, eos %d\n", m.tokenizer().model_name(),
+              m.tokenizer().n_vocab(), m.tokenizer().bos_id(), m.tokenizer().eos_id());
+  std::printf("kernels:     %s\n", kernel_isa());
+  std::printf("load time:   %.1f ms (GGUF parse %.1f ms; weights mapped, not copied)\n",
+              (t_parse + t_load) * 1e3, t_parse * 1e3);
+  std::printf("resident:    %s (process), +%s while loading\n", format_bytes(resident_bytes()).c_str(),
+              format_bytes(resident_bytes() - rss0).c_str());
+  return 0;
+}
+
+int cmd_run(const std::vector<std::string>& argv) {
+  CliArgs a(argv, kValueOpts, kFlags, kAliases);
+  if (a.has("--help")) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (!a.has("--prompt") && !a.has("--file")) throw ArgumentError("no prompt given (-p PROMPT)");
+  std::string prompt = a.str("--prompt", "");
+  Engine engine(resolve_model(a.str("--model", "")), engine_params(a, "tova"));
+  GenerateParams gp;
+  gp.max_tokens = a.integer("--n-predict", 128);
+  gp.ignore_eos = a.has("--ignore-eos");
+  gp.sampling.temperature = static_cast<float>(a.number("--temp", gp.sampling.temperature));
+  gp.sampling.top_k = a.integer("--top-k", gp.sampling.top_k);
+  gp.sampling.top_p = static_cast<float>(a.number("--top-p", gp.sampling.top_p));
+  gp.sampling.min_p = static_cast<float>(a.number("--min-p", gp.sampling.min_p));
+  gp.sampling.repeat_penalty = static_cast<float>(a.number("--repeat-penalty", gp.sampling.repeat_penalty));
+  gp.sampling.seed = a.integer64("--seed", gp.sampling.seed);
+  gp.sampling.validate();
+  const auto ids = engine.tokenize(prompt, engine.model().tokenizer().add_bos_default(), false);
+  std::signal(SIGINT, on_sigint);
+  Generation g(engine, ids, gp);
+  std::fputs(prompt.c_str(), stdout);
+  std::fflush(stdout);
+  while (!g.finished()) {
+    if (g_interrupted) g.cancel();
+    std::string piece = g.next();
+    std::fputs(piece.c_str(), stdout);
+    std::fflush(stdout);
+  }
+  const Stats& s = engine.last_stats;
+  std::fprintf(stderr,
+               "\n\nprompt: %lld tokens, %.1f tokens/s | generated: %lld tokens, %.1f tokens/s | "
+               "finish: %s | kv: %s, policy %s\n",
+               static_cast<long long>(s.prompt_tokens), s.prompt_tps(),
+               static_cast<long long>(s.completion_tokens), s.generation_tps(),
+               finish_reason_name(s.finish), format_bytes(engine.kv_bytes()).c_str(),
+               engine.policy_name());
+  return g.finish_reason() == FinishReason::Cancelled ? 130 : 0;
+}
+
+struct MeanSd {
+  double mean, sd;
+};
+MeanSd mean_sd(const std::vector<double>& v) {
+  double m = 0;
+  for (double x : v) m += x;
+  m /= static_cast<double>(v.size());
+  double ss = 0;
+  for (double x : v) ss += (x - m) * (x - m);
+  return {m, v.size() > 1 ? std::sqrt(ss / static_cast<double>(v.size() - 1)) : 0.0};
+}
+
+int cmd_bench(const std::vector<std::string>& argv) {
+  CliArgs a(argv, kValueOpts, kFlags, kAliases);
+  const int n_prompt = a.integer("--prompt", 512);
+  const int n_gen = a.integer("--n-predict", 128);
+  const int reps = a.integer("--repetitions", 3);
+  if (n_prompt < 0 || n_gen < 0 || reps < 1) throw ArgumentError("-p, -n must be >= 0 and -r >= 1");
+  EngineParams ep = engine_params(a, "full");
+  if (!a.has("--ctx")) ep.n_ctx = std::max(n_prompt + n_gen, 16);
+  const std::string path = resolve_model(a.str("--model", ""));
+  Engine engine(path, std::move(ep));
+  const int V = engine.model().hp().n_vocab;
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int> tok(0, V - 1);
+  std::vector<float> logits;
+  struct Test {
+    std::string name;
+    int n_prompt, n_gen;
+    std::vector<double> ts;
+  };
+  std::vector<Test> tests;
+  if (n_prompt > 0) tests.push_back({cat("pp", n_prompt), n_prompt, 0, {}});
+  if (n_gen > 0) tests.push_back({cat("tg", n_gen), 0, n_gen, {}});
+  for (Test& t : tests) {
+    for (int r = -1; r < reps; ++r) {  // r = -1: warm-up
+      engine.reset();
+      const int n = t.n_prompt > 0 ? t.n_prompt : t.n_gen;
+      std::vector<int32_t> ids(static_cast<size_t>(n));
+      for (auto& x : ids) x = tok(rng);
+      const double t0 = now_seconds();
+      if (t.n_prompt > 0) {
+        engine.eval(ids, false, logits);
+      } else {
+        for (int i = 0; i < n; ++i) engine.eval({ids[static_cast<size_t>(i)]}, false, logits);
+      }
+      const double dt = now_seconds() - t0;
+      if (r >= 0) t.ts.push_back(n / dt);
+    }
+  }
+  const std::string model_name = path.substr(path.rfind('/') + 1);
+  if (a.has("--json")) {
+    std::printf("[\n");
+    for (size_t i = 0; i < tests.size(); ++i) {
+      const Test& t = tests[i];
+      MeanSd ms = mean_sd(t.ts);
+      std::printf("  {\"model_filename\": \"%s\", \"model_type\": \"%s %s\", \"n_threads\": %d, "
+                  "\"n_prompt\": %d, \"n_gen\": %d, \"policy\": \"%s\", \"kv_size\": %d, "
+                  "\"type_k\": \"%s\", \"cpu_kernels\": \"%s\", \"avg_ts\": %.6f, \"stddev_ts\": %.6f, "
+                  "\"samples_ts\": [",
+                  model_name.c_str(), engine.model().hp().arch.c_str(),
+                  engine.model().quant_summary().c_str(), engine.n_threads(), t.n_prompt, t.n_gen,
+                  engine.policy_name(), engine.params().kv_size, engine.params().kv_type.c_str(),
+                  kernel_isa(), ms.mean, ms.sd);
+      for (size_t k = 0; k < t.ts.size(); ++k) std::printf("%s%.6f", k ? ", " : "", t.ts[k]);
+      std::printf("]}%s\n", i + 1 < tests.size() ? "," : "");
+    }
+    std::printf("]\n");
+  } else {
+    std::printf("| model | arch | quant | threads | policy | test | t/s |\n");
+    std::printf("| --- | --- | --- | ---: | --- | --- | ---: |\n");
+    for (const Test& t : tests) {
+      MeanSd ms = mean_sd(t.ts);
+      std::printf("| %s | %s | %s | %d | %s | %s | %.2f ± %.2f |\n", model_name.c_str(),
+                  engine.model().hp().arch.c_str(), engine.model().quant_summary().c_str(),
+                  engine.n_threads(), engine.policy_name(), t.name.c_str(), ms.mean, ms.sd);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::fputs(kUsage, args.empty() ? stderr : stdout);
+    return args.empty() ? 2 : 0;
+  }
+  const std::string cmd = args[0];
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  try {
+    if (cmd == "--version" || cmd == "version") {
+      std::printf("tova %s (kernels: %s)\n", kVersion, kernel_isa());
+      return 0;
+    }
+    if (cmd == "info") return cmd_info(rest);
+    if (cmd == "run") return cmd_run(rest);
+    if (cmd == "bench") return cmd_bench(rest);
+    if (cmd == "pull" || cmd == "list") {
+      rest.insert(rest.begin(), cmd);
+      return run_models_cli(rest);
+    }
+    std::fprintf(stderr, "tova: unknown command '%s' (see tova --help)\n", cmd.c_str());
+    return 2;
+  } catch (const ArgumentError& e) {
+    std::fprintf(stderr, "tova: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "tova: error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,31 @@
+// A small command-line option parser for the tova program: "-m X", "--model X", "--model=X",
+// flags without values; unknown options and missing values are errors naming the option.
+#pragma once
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace tova {
+
+class CliArgs {
+ public:
+  // `with_value`: option names (long and short) that take a value; `flags`: those that do not;
+  // `aliases`: short -> long.
+  CliArgs(const std::vector<std::string>& argv, const std::set<std::string>& with_value,
+          const std::set<std::string>& flags, const std::map<std::string, std::string>& aliases);
+
+  bool has(const std::string& name) const { return values_.count(name) > 0; }
+  std::string str(const std::string& name, const std::string& def) const;
+  int integer(const std::string& name, int def) const;
+  long long integer64(const std::string& name, long long def) const;
+  double number(const std::string& name, double def) const;
+  const std::vector<std::string>& positional() const { return positional_; }
+
+ private:
+  std::map<std::string, std::string> values_;
+  std::vector<std::string> positional_;
+};
+
+}  // namespace tova
