@@ -302,11 +302,10 @@ std::vector<int32_t> BpeTokenizer::encode(std::string_view text, bool add_bos,
 
 void BpeTokenizer::encode_word(std::string_view bytes, std::vector<int32_t>& out,
                                Workspace& ws) const {
+  // A byte whose character is not in the vocabulary (SmolLM2 has no token for 0xF1, say) is
+  // dropped, as llama.cpp and HF tokenizers drop it.
   const auto emit = [&](int32_t id) {
-    if (id >= 0)
-      out.push_back(id);
-    else if (unk_id_ >= 0)
-      out.push_back(unk_id_);
+    if (id >= 0) out.push_back(id);
   };
   if (ignore_merges_) {
     ws.mapped.clear();

@@ -70,14 +70,18 @@ std::vector<int32_t> SpmTokenizer::encode(std::string_view text, bool add_bos,
       after_special = true;
       continue;
     }
+    // Invalid UTF-8 becomes U+FFFD, as in the BPE tokenizer. (llama.cpp would cut characters
+    // by lead byte alone and could swallow the next character's bytes into a broken one.)
+    const std::string valid =
+        unicode::sanitize_utf8(text.substr(frag.begin, frag.end - frag.begin));
     std::string& s = ws.escaped;
     s.clear();
     if (add_space_prefix_ && after_special) s += kSpace;
-    for (size_t k = frag.begin; k < frag.end; ++k) {
-      if (text[k] == ' ')
+    for (char c : valid) {
+      if (c == ' ')
         s += kSpace;
       else
-        s += text[k];
+        s += c;
     }
     encode_text(s, out, ws);
     after_special = false;
@@ -89,7 +93,7 @@ void SpmTokenizer::encode_text(std::string_view text, std::vector<int32_t>& out,
                                Workspace& ws) const {
   auto& sym = ws.symbols;
   sym.clear();
-  // Characters cut by their lead byte alone, as llama.cpp does (so invalid bytes stay bytes).
+  // Characters cut by their lead byte alone, as llama.cpp does (the text is valid UTF-8 here).
   for (size_t pos = 0; pos < text.size();) {
     const size_t len =
         std::min(unicode::sequence_length(static_cast<uint8_t>(text[pos])), text.size() - pos);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <map>
@@ -65,9 +66,12 @@ bool is_file(const std::string& p) {
   return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
-// The Python interpreter that carries the tova package: the one beside this program (a venv's
-// bin/), else python3 on PATH.
+// The Python interpreter that carries the tova package: $TOVA_PYTHON, the one beside this
+// program (a venv's bin/), else python3 on PATH.
 std::string python_exe() {
+  if (const char* env = std::getenv("TOVA_PYTHON")) {  // set by `python -m tova`
+    if (*env) return env;
+  }
   char buf[4096];
   ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
   if (n > 0) {

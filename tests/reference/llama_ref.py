@@ -8,6 +8,12 @@ Supported architectures (`general.architecture`):
   q/k projection rows permuted (the HF -> GGUF converter does it) exactly so that this style is
   right; applying the NeoX style to a GGUF llama would be wrong.
 - `qwen2`: RoPE in the NeoX style, rotating the pairs (i, i + n_rot/2), and biases on q, k, v.
+- `gemma3`: NeoX RoPE; the embedding scaled by sqrt(n_embd); per-head RMSNorm of q and k; extra
+  RMSNorms on the attention and FFN outputs before they join the residual; GELU (tanh form)
+  instead of SiLU in the gated FFN; head_dim from `attention.key_length` (not n_embd/n_head);
+  sliding-window attention (`attention.sliding_window` keys, the query's own included) on every
+  layer except each 6th, with RoPE base 10000 there (the global layers use `rope.freq_base`).
+  The converter already folded Gemma's `1 + weight` into the norm weights: used as stored.
 
 Weights are dequantized once with `gguf.quants.dequantize` and kept in the compute dtype
 (float32 by default, float64 for a tighter oracle). Every matrix `W` is numpy-shaped (out, in), so
@@ -36,8 +42,12 @@ from gguf.quants import dequantize
 
 # Architectures this reference implements, with what differs between them.
 _ARCHS = {
-    "llama": {"rope_neox": False},
-    "qwen2": {"rope_neox": True},
+    "llama": {"rope_neox": False, "embd_scale": False, "act": "silu", "swa_period": 0},
+    "qwen2": {"rope_neox": True, "embd_scale": False, "act": "silu", "swa_period": 0},
+    # Gemma 3: layers il with (il + 1) % 6 != 0 use sliding-window attention (llama.cpp's and HF's
+    # pattern); their RoPE base is fixed at 10000 (not in the GGUF metadata).
+    "gemma3": {"rope_neox": True, "embd_scale": True, "act": "gelu_tanh", "swa_period": 6,
+               "rope_base_swa": 10000.0},
 }
 
 
@@ -56,6 +66,15 @@ class Hparams:
     rope_neox: bool
     rms_eps: float
     n_ctx_train: int
+    act: str = "silu"
+    embd_scale: float = 1.0          # multiplies the token embedding (gemma3: sqrt(n_embd))
+    n_swa: int = 0                   # sliding window in keys (0: none)
+    swa_layers: tuple = ()           # per layer: True where the sliding window applies
+    rope_base_swa: float = 10000.0
+    rope_linear_factor: float = 1.0  # rope.scaling.type linear: positions divided by it
+
+    def is_swa(self, layer: int) -> bool:
+        return bool(self.swa_layers) and self.swa_layers[layer]
 
 
 def _field(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
@@ -77,20 +96,35 @@ def read_hparams(reader: gguf.GGUFReader) -> Hparams:
     head_dim = int(_field(reader, p + "attention.key_length", n_embd // n_head))
     emb = next(t for t in reader.tensors if t.name == "token_embd.weight")
     n_vocab = int(emb.shape[1])  # GGUF ne order: [n_embd, n_vocab]
+    a = _ARCHS[arch]
+    n_layer = int(_field(reader, p + "block_count"))
+    n_swa, swa_layers = 0, ()
+    if a["swa_period"]:
+        n_swa = int(_field(reader, p + "attention.sliding_window"))
+        swa_layers = tuple((il + 1) % a["swa_period"] != 0 for il in range(n_layer))
+    factor = 1.0
+    if _field(reader, p + "rope.scaling.type", "none") == "linear":
+        factor = float(_field(reader, p + "rope.scaling.factor", 1.0))
     return Hparams(
         arch=arch,
         n_vocab=n_vocab,
         n_embd=n_embd,
-        n_layer=int(_field(reader, p + "block_count")),
+        n_layer=n_layer,
         n_head=n_head,
         n_head_kv=int(_field(reader, p + "attention.head_count_kv", n_head)),
         head_dim=head_dim,
         n_ff=int(_field(reader, p + "feed_forward_length")),
         n_rot=int(_field(reader, p + "rope.dimension_count", head_dim)),
         rope_base=float(_field(reader, p + "rope.freq_base", 10000.0)),
-        rope_neox=_ARCHS[arch]["rope_neox"],
+        rope_neox=a["rope_neox"],
         rms_eps=float(_field(reader, p + "attention.layer_norm_rms_epsilon")),
         n_ctx_train=int(_field(reader, p + "context_length", 0) or 0),
+        act=a["act"],
+        embd_scale=float(np.sqrt(n_embd)) if a["embd_scale"] else 1.0,
+        n_swa=n_swa,
+        swa_layers=swa_layers,
+        rope_base_swa=float(a.get("rope_base_swa", 10000.0)),
+        rope_linear_factor=factor,
     )
 
 
@@ -186,26 +220,37 @@ class LlamaRef:
                 "bk": get(b + "attn_k.bias", (kv_dim,), required=False),
                 "bv": get(b + "attn_v.bias", (kv_dim,), required=False),
                 "wo": get(b + "attn_output.weight", (hp.n_embd, q_dim)),
+                "q_norm": get(b + "attn_q_norm.weight", (hp.head_dim,), required=False),
+                "k_norm": get(b + "attn_k_norm.weight", (hp.head_dim,), required=False),
+                "post_attn_norm": get(b + "post_attention_norm.weight", (hp.n_embd,),
+                                      required=False),
                 "ffn_norm": get(b + "ffn_norm.weight", (hp.n_embd,)),
+                "post_ffn_norm": get(b + "post_ffw_norm.weight", (hp.n_embd,), required=False),
                 "w_gate": get(b + "ffn_gate.weight", (hp.n_ff, hp.n_embd)),
                 "w_up": get(b + "ffn_up.weight", (hp.n_ff, hp.n_embd)),
                 "w_down": get(b + "ffn_down.weight", (hp.n_embd, hp.n_ff)),
             })
         # Inverse frequencies theta_i = base^(-2i / n_rot), in float64 so that the cos/sin tables
-        # carry no error of their own beyond the final cast to the compute dtype.
-        inv = hp.rope_base ** (-np.arange(0, hp.n_rot, 2, dtype=np.float64) / hp.n_rot)
-        if self.rope_freqs is not None:
-            inv = inv / self.rope_freqs.astype(np.float64)
-        self._inv_freq = inv
+        # carry no error of their own beyond the final cast to the compute dtype. Sliding-window
+        # layers have their own base and no linear scaling (as llama.cpp does for gemma3).
+        def inv_freq(base: float, factor: float) -> np.ndarray:
+            inv = base ** (-np.arange(0, hp.n_rot, 2, dtype=np.float64) / hp.n_rot) / factor
+            if self.rope_freqs is not None:
+                inv = inv / self.rope_freqs.astype(np.float64)
+            return inv
+        glob = inv_freq(hp.rope_base, hp.rope_linear_factor)
+        swa = inv_freq(hp.rope_base_swa, 1.0)
+        self._inv_freq = [swa if hp.is_swa(il) else glob for il in range(hp.n_layer)]
 
     def new_cache(self) -> KVCache:
         return KVCache(self.hp.n_layer, self.hp.n_head_kv, self.hp.head_dim, self.dtype)
 
     # ---- pieces -------------------------------------------------------------------------------
-    def rope(self, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        """x: (n, heads, head_dim), pos: (n,) absolute positions. Rotates the first n_rot dims."""
+    def rope(self, x: np.ndarray, pos: np.ndarray, layer: int = 0) -> np.ndarray:
+        """x: (n, heads, head_dim), pos: (n,) absolute positions. Rotates the first n_rot dims
+        with `layer`'s frequencies (they differ only between sliding-window and global layers)."""
         hp = self.hp
-        ang = pos.astype(np.float64)[:, None] * self._inv_freq[None, :]  # (n, n_rot/2)
+        ang = pos.astype(np.float64)[:, None] * self._inv_freq[layer][None, :]  # (n, n_rot/2)
         cos = np.cos(ang).astype(x.dtype)[:, None, :]
         sin = np.sin(ang).astype(x.dtype)[:, None, :]
         out = x.copy()
@@ -220,6 +265,13 @@ class LlamaRef:
             out[..., 1: hp.n_rot: 2] = a * sin + b * cos
         return out
 
+    def _visible(self, layer: int, q_pos, k_pos):
+        """Causal by position; sliding-window layers also hide keys n_swa or more behind."""
+        vis = k_pos <= q_pos
+        if self.hp.is_swa(layer):
+            vis = vis & (q_pos - k_pos < self.hp.n_swa)
+        return vis
+
     def _attention(self, layer: int, q: np.ndarray, q_pos: np.ndarray, cache: KVCache, hook):
         """q: (n, n_head, head_dim) after RoPE. Returns (n, n_head * head_dim)."""
         hp = self.hp
@@ -230,7 +282,7 @@ class LlamaRef:
             k = np.repeat(cache.k[layer], g, axis=1)  # (m, n_head, d): query head h reads kv head h // g
             v = np.repeat(cache.v[layer], g, axis=1)
             s = np.einsum("nhd,mhd->hnm", q, k) * scale
-            visible = cache.pos[layer][None, :] <= q_pos[:, None]  # (n, m), causal by position
+            visible = self._visible(layer, q_pos[:, None], cache.pos[layer][None, :])  # (n, m)
             s = np.where(visible[None], s, -np.inf)
             p = _softmax(s)
             o = np.einsum("hnm,mhd->nhd", p, v)
@@ -238,7 +290,7 @@ class LlamaRef:
         out = np.empty((n, hp.n_head, hp.head_dim), self.dtype)
         for i in range(n):  # row by row: the hook may evict between rows
             kp = cache.pos[layer]
-            vis = kp <= q_pos[i]
+            vis = self._visible(layer, q_pos[i], kp)
             key_pos = kp[vis]
             k = np.repeat(cache.k[layer][vis], g, axis=1)
             v = np.repeat(cache.v[layer][vis], g, axis=1)
@@ -250,6 +302,14 @@ class LlamaRef:
             out[i] = np.einsum("hm,mhd->hd", p, v)
             hook.observe(layer, int(q_pos[i]), key_pos, p)
         return out.reshape(n, -1)
+
+    def _act(self, g: np.ndarray) -> np.ndarray:
+        one = self.dtype.type(1)
+        if self.hp.act == "gelu_tanh":
+            c, k = self.dtype.type(np.sqrt(2.0 / np.pi)), self.dtype.type(0.044715)
+            return self.dtype.type(0.5) * g * (one + np.tanh(c * (g + k * g ** 3)))
+        with np.errstate(over="ignore"):  # exp(-g) -> inf for very negative g: silu -> 0
+            return g / (one + np.exp(-g))
 
     # ---- forward ------------------------------------------------------------------------------
     def forward(self, tokens, start_pos: int = 0, cache: KVCache | None = None, hook=None,
@@ -268,6 +328,8 @@ class LlamaRef:
         n = tokens.size
         pos = np.arange(start_pos, start_pos + n, dtype=np.int64)
         x = self.tok_embd[tokens]  # (n, n_embd)
+        if hp.embd_scale != 1.0:
+            x = x * self.dtype.type(hp.embd_scale)
         for li, L in enumerate(self.layers):
             h = _rms_norm(x, L["attn_norm"], hp.rms_eps)
             q, k, v = h @ L["wq"].T, h @ L["wk"].T, h @ L["wv"].T
@@ -277,15 +339,23 @@ class LlamaRef:
                 k = k + L["bk"]
             if L["bv"] is not None:
                 v = v + L["bv"]
-            q = self.rope(q.reshape(n, hp.n_head, hp.head_dim), pos)
-            k = self.rope(k.reshape(n, hp.n_head_kv, hp.head_dim), pos)
+            q = q.reshape(n, hp.n_head, hp.head_dim)
+            k = k.reshape(n, hp.n_head_kv, hp.head_dim)
+            if L["q_norm"] is not None:  # per-head RMSNorm before RoPE
+                q = _rms_norm(q, L["q_norm"], hp.rms_eps)
+            if L["k_norm"] is not None:
+                k = _rms_norm(k, L["k_norm"], hp.rms_eps)
+            q, k = self.rope(q, pos, li), self.rope(k, pos, li)
             cache.append(li, k, v.reshape(n, hp.n_head_kv, hp.head_dim), pos)
-            x = x + self._attention(li, q, pos, cache, hook) @ L["wo"].T
+            a = self._attention(li, q, pos, cache, hook) @ L["wo"].T
+            if L["post_attn_norm"] is not None:
+                a = _rms_norm(a, L["post_attn_norm"], hp.rms_eps)
+            x = x + a
             h = _rms_norm(x, L["ffn_norm"], hp.rms_eps)
-            gate = h @ L["w_gate"].T
-            with np.errstate(over="ignore"):  # exp(-gate) -> inf for very negative gate: silu -> 0
-                silu = gate / (self.dtype.type(1) + np.exp(-gate))
-            x = x + (silu * (h @ L["w_up"].T)) @ L["w_down"].T
+            f = (self._act(h @ L["w_gate"].T) * (h @ L["w_up"].T)) @ L["w_down"].T
+            if L["post_ffn_norm"] is not None:
+                f = _rms_norm(f, L["post_ffn_norm"], hp.rms_eps)
+            x = x + f
         if not all_logits:
             x = x[-1:]
         return _rms_norm(x, self.output_norm, hp.rms_eps) @ self.output.T

@@ -1,0 +1,83 @@
+"""The tova program as a user runs it: version, info, run, bench, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tova._cli import binary
+
+
+def run(*args, timeout=300, **kw):
+    env = dict(os.environ, TOVA_PYTHON=sys.executable)
+    return subprocess.run([str(binary()), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, **kw)
+
+
+def test_version():
+    r = run("--version")
+    assert r.returncode == 0
+    assert r.stdout.startswith("tova 0.1.0")
+
+
+def test_python_dash_m_runs_the_binary():
+    r = subprocess.run([sys.executable, "-m", "tova", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("tova 0.1.0")
+
+
+def test_unknown_command_and_option():
+    r = run("frobnicate")
+    assert r.returncode == 2 and "unknown command 'frobnicate'" in r.stderr
+    r = run("run", "--bogus", "1")
+    assert r.returncode == 2 and r.stderr.strip() == "tova: error: unknown option --bogus (see --help)"
+
+
+def test_missing_model():
+    r = run("run", "-m", "/nonexistent/m.gguf", "-p", "hi")
+    assert r.returncode == 1
+    assert "no such file" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_corrupt_model(tmp_path):
+    p = tmp_path / "bad.gguf"
+    p.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 20)
+    r = run("info", p)
+    assert r.returncode == 1 and "tova: error:" in r.stderr and str(p) in r.stderr
+
+
+@pytest.mark.model
+def test_info(smollm2_path):
+    r = run("info", smollm2_path)
+    assert r.returncode == 0, r.stderr
+    assert "general.architecture" in r.stdout and "llama" in r.stdout
+    assert "load time:" in r.stdout and "resident:" in r.stdout
+    assert "Q4_1 x210" in r.stdout
+
+
+@pytest.mark.model
+def test_run_greedy(smollm2_path):
+    r = run("run", "-m", smollm2_path, "-p", "The capital of France is", "-n", "12", "--temp", "0",
+            "-t", "2", "--policy", "full")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("The capital of France is Paris.\n\nThe United States")
+    assert "prompt: 5 tokens" in r.stderr and "generated: 12 tokens" in r.stderr
+
+
+@pytest.mark.model
+def test_run_by_registry_name(smollm2_path):
+    r = run("run", "-m", "smollm2-135m-instruct", "-p", "Hello", "-n", "3", "--temp", "0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Hello")
+
+
+@pytest.mark.model
+def test_bench_json(smollm2_path):
+    r = run("bench", "-m", smollm2_path, "-p", "32", "-n", "8", "-r", "1", "-t", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [(x["n_prompt"], x["n_gen"]) for x in rows] == [(32, 0), (0, 8)]
+    for x in rows:
+        assert x["avg_ts"] > 0 and len(x["samples_ts"]) == 1 and x["n_threads"] == 2

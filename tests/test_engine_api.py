@@ -1,0 +1,205 @@
+"""Engine's Python API on the real SmolLM2: generate / stream share one loop, stop strings,
+seeds, argument validation, Ctrl-C, context management."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import tova
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2_path):
+    with tova.Engine(smollm2_path, policy="full", n_ctx=512, n_threads=2) as e:
+        yield e
+
+
+def test_stream_equals_generate(engine):
+    text = engine.generate("Once upon a time", max_tokens=40, temperature=0)
+    pieces = list(engine.stream("Once upon a time", max_tokens=40, temperature=0))
+    assert "".join(pieces) == text
+    assert len(pieces) > 5  # really incremental
+    for p in pieces:
+        p.encode("utf-8")  # every piece is complete UTF-8 (a str with no lone surrogates)
+
+
+def test_last_stats(engine):
+    engine.generate("The capital of France is", max_tokens=7, temperature=0, ignore_eos=True)
+    s = engine.last_stats
+    assert s["prompt_tokens"] == 5
+    assert s["completion_tokens"] == 7
+    assert s["finish_reason"] == "length"
+    assert s["generation_tokens_per_second"] > 0 and s["prompt_tokens_per_second"] > 0
+    assert s["n_past"] == 5 + 6  # the last sampled token is not evaluated
+
+
+def test_stop_string_not_included(engine):
+    full = engine.generate("The capital of France is", max_tokens=20, temperature=0)
+    assert "\n" in full
+    cut = engine.generate("The capital of France is", max_tokens=20, temperature=0, stop="\n")
+    assert cut == full[: full.index("\n")]
+    assert engine.last_stats["finish_reason"] == "stop"
+    streamed = "".join(engine.stream("The capital of France is", max_tokens=20, temperature=0,
+                                     stop=["\n", "zzz"]))
+    assert streamed == cut
+
+
+def test_eos_stops(engine):
+    # A chat turn ends with <|im_end|> (an end-of-generation token of SmolLM2).
+    prompt = "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n"
+    ids = engine.tokenize(prompt, special=True)
+    text = engine.generate(ids, max_tokens=100, temperature=0)
+    assert engine.last_stats["finish_reason"] == "stop"
+    assert "<|im_end|>" not in text and len(text) > 0
+
+
+def test_seeded_sampling_reproduces(engine):
+    a = engine.generate("Once upon a time", max_tokens=24, temperature=1.0, seed=42)
+    b = engine.generate("Once upon a time", max_tokens=24, temperature=1.0, seed=42)
+    c = engine.generate("Once upon a time", max_tokens=24, temperature=1.0, seed=43)
+    assert a == b
+    assert a != c
+
+
+def test_sampling_params_object(engine):
+    sp = tova.SamplingParams(temperature=0)
+    assert engine.generate("The capital of France is", max_tokens=5, sampling=sp) == \
+        engine.generate("The capital of France is", max_tokens=5, temperature=0)
+
+
+def test_tokenize_detokenize(engine):
+    ids = engine.tokenize("Hello world")
+    assert ids == [19556, 905]
+    assert engine.detokenize(ids) == "Hello world"
+    assert engine.tokenize("<|im_start|>", special=True) == [1]
+    assert engine.tokenize("<|im_start|>", special=False) != [1]
+
+
+def test_eval_all_logits(engine):
+    engine.reset()
+    ids = engine.tokenize("The capital of France is")
+    all_l = engine.eval(ids, all_logits=True)
+    assert all_l.shape == (5, engine.n_vocab) and all_l.dtype == np.float32
+    engine.reset()
+    last = engine.eval(ids)
+    np.testing.assert_allclose(all_l[-1], last, atol=1e-5)
+    engine.reset()
+    assert engine.n_past == 0
+
+
+@pytest.mark.parametrize("kwargs, exc, pattern", [
+    (dict(max_tokens=-1), ValueError, "max_tokens must be >= 0"),
+    (dict(top_p=0.0), ValueError, "top_p"),
+    (dict(top_p=1.5), ValueError, "top_p"),
+    (dict(temperature=-1.0), ValueError, "temperature"),
+    (dict(stop=[""]), ValueError, "stop strings must not be empty"),
+    (dict(bogus=1), TypeError, "bogus"),
+])
+def test_bad_generate_arguments(engine, kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        engine.generate("Hi", **kwargs)
+
+
+def test_prompt_longer_than_n_ctx(smollm2_path):
+    with tova.Engine(smollm2_path, policy="full", n_ctx=16, n_threads=1) as e:
+        prompt = " ".join(["word"] * 30)
+        n = len(e.tokenize(prompt))
+        assert n > 16
+        with pytest.raises(ValueError, match=f"prompt of {n} tokens is longer than n_ctx=16"):
+            e.generate(prompt)
+        with pytest.raises(ValueError, match=f"{n} tokens exceed n_ctx 16"):
+            e.eval(e.tokenize(prompt))
+        # generation that reaches n_ctx ends with 'length', not an error
+        e.generate("one two", max_tokens=100, temperature=0, ignore_eos=True)
+        assert e.last_stats["finish_reason"] == "length"
+        assert e.n_past <= 16
+
+
+@pytest.mark.parametrize("kwargs, exc, pattern", [
+    (dict(n_ctx=0), ValueError, "n_ctx must be >= 1"),
+    (dict(kv_size=0), ValueError, "kv_size must be >= 1"),
+    (dict(policy="nope"), ValueError, "unknown policy 'nope'"),
+    (dict(kv_type="q3"), ValueError, "unknown kv_type 'q3'"),
+    (dict(n_threads=0), ValueError, "n_threads must be >= 1"),
+    (dict(policy="sink", kv_size=4), ValueError, "kv_size 4 is too small"),
+    (dict(kv_size=100000), ValueError, "larger than the model's context 8192"),
+])
+def test_bad_engine_arguments(smollm2_path, kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        tova.Engine(smollm2_path, **kwargs)
+
+
+def test_missing_model_file():
+    with pytest.raises(FileNotFoundError):
+        tova.Engine("/nonexistent/model.gguf")
+
+
+def test_not_a_gguf(tmp_path):
+    p = tmp_path / "x.gguf"
+    p.write_bytes(b"hello, not a model" * 10)
+    with pytest.raises(tova.GGUFError, match="bad magic"):
+        tova.Engine(p)
+
+
+def test_closed_engine(smollm2_path):
+    e = tova.Engine(smollm2_path, policy="full", n_ctx=64, n_threads=1)
+    e.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        e.generate("Hi")
+
+
+def test_gil_released_during_generation(engine):
+    """Another Python thread keeps running while the core computes."""
+    ticks = []
+    stop = threading.Event()
+
+    def ticker():
+        while not stop.is_set():
+            ticks.append(1)
+            stop.wait(0.001)
+
+    t = threading.Thread(target=ticker)
+    t.start()
+    engine.generate("Once upon a time", max_tokens=40, temperature=0, ignore_eos=True)
+    stop.set()
+    t.join()
+    assert len(ticks) > 10
+
+
+def test_ctrl_c_interrupts_and_engine_stays_usable(smollm2_path):
+    """SIGINT during generate raises KeyboardInterrupt within a token; the engine still works."""
+    code = textwrap.dedent(f"""
+        import os, signal, threading, time, tova
+        e = tova.Engine({str(smollm2_path)!r}, policy="tova", kv_size=64, n_threads=1)
+        threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        t0 = time.time()
+        try:
+            e.generate("Once upon a time", max_tokens=100000, temperature=0, ignore_eos=True)
+            print("NOT INTERRUPTED")
+        except KeyboardInterrupt:
+            print("INTERRUPTED after %.2f s" % (time.time() - t0))
+        print("AGAIN", repr(e.generate("The capital of France is", max_tokens=3, temperature=0)))
+        it = e.stream("Once upon a time", max_tokens=100000, temperature=0, ignore_eos=True)
+        threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        try:
+            for piece in it:
+                pass
+        except KeyboardInterrupt:
+            print("STREAM INTERRUPTED")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "INTERRUPTED after" in r.stdout, r.stdout
+    secs = float(r.stdout.split("INTERRUPTED after ")[1].split()[0])
+    assert secs < 5.0
+    assert "AGAIN ' Paris." in r.stdout, r.stdout
+    assert "STREAM INTERRUPTED" in r.stdout, r.stdout
