@@ -6,11 +6,12 @@ References, by strength:
   prompt_ids of *_greedy.json): must match exactly.
 - HF `tokenizers` (a Rust implementation) built from the same GGUF vocabulary and merges, with
   the pre-tokenizer pattern llama.cpp uses for the model, on thousands of seeded random strings
-  (byte-level BPE: SmolLM2, Qwen2.5).
+  (byte-level BPE: SmolLM2, Qwen2.5); texts with a byte the vocabulary has no token for are left
+  out, since there HF and llama.cpp differ (see test_unrepresentable_bytes_block_merges).
 - For Gemma's SentencePiece-style tokenizer there is no equivalent in HF `tokenizers` (its
   Unigram model is a Viterbi search; llama.cpp merges the best-scoring pair greedily), so the
   reference is a plain Python re-implementation of llama.cpp's documented algorithm below
-  (`spm_reference`), which rescans all pairs at every step instead of keeping a queue.
+  (`SpmReference`), which rescans all pairs at every step instead of keeping a queue.
 - The pre-tokenizer patterns alone against the regex engine of HF `tokenizers` (no model).
 
 The GGUF vocabulary for the references is read by `read_gguf_metadata`, a few lines of struct
@@ -166,7 +167,7 @@ def random_text(rng: random.Random, specials=()) -> str:
     return "".join(parts)
 
 
-# ------------------------------------------------------------------------------ llama.cpp references
+# ------------------------------------------------------------------------------ llama.cpp outputs
 
 
 def _model_cases(reference_dir: Path, name: str):
@@ -246,8 +247,6 @@ def test_invalid_utf8(name, request):
     # Decoding never validates: a lone piece of a character comes back as raw bytes.
     emoji_ids = tok.encode("🙂", False, False)
     assert b"".join(tok.token_bytes(i) for i in emoji_ids) == "🙂".encode()
-    for i in emoji_ids:
-        tok.token_bytes(i)
     with pytest.raises(ValueError):
         tok.decode([tok.n_vocab])
     with pytest.raises(ValueError):

@@ -88,15 +88,22 @@ void AttentionCpu::run(ThreadPool& pool, KvStore& store, const AttentionArgs& a)
   }
   for (auto& s : scratch_) s.resize(static_cast<size_t>(L.n_slots));
   slot_of_.assign(static_cast<size_t>(a.n_tokens), -1);
+  if (a.rank_rope) ensure_rank_table(*a.rank_rope, L.n_slots + 1);
   const tova_policy* pol = a.policy;
   const bool every_step = pol && (pol->flags & TOVA_POLICY_EVERY_STEP);
   const bool fits = L.n_valid + a.n_tokens <= L.capacity;
-  if (a.never_evicts || (fits && !every_step && !(pol && pol->on_insert))) {
-    if (a.never_evicts && L.n_valid + a.n_tokens > L.capacity)
-      throw Error(cat("context full: ", L.n_valid, " tokens cached + ", a.n_tokens,
-                      " new > n_ctx ", L.capacity));
+  if (a.never_evicts && L.n_valid + a.n_tokens > L.capacity)
+    throw Error(cat("context full: ", L.n_valid, " tokens cached + ", a.n_tokens, " new > n_ctx ",
+                    L.capacity));
+  const bool simple = a.never_evicts || (fits && !every_step && !(pol && pol->on_insert));
+  if (!a.rank_rope && (simple || (a.chunked && a.n_tokens > 1))) {
     for (int i = 0; i < a.n_tokens; ++i) insert(store, L, a, i);
     rows_parallel(pool, store, L, a);
+    if (!simple) {  // chunked: one eviction down to capacity with the last row's probabilities
+      const int n_alive = static_cast<int>(alive_.size());
+      probs_for_policy(a, L.n_slots, n_alive);
+      run_policy(L, a, a.t0 + a.n_tokens - 1, slot_of_.back(), n_alive);
+    }
     return;
   }
   for (int i = 0; i < a.n_tokens; ++i) row_walk(pool, store, L, a, i);
@@ -114,12 +121,19 @@ void AttentionCpu::rows_parallel(ThreadPool& pool, KvStore& store, LayerKv& L,
   const int n_before = static_cast<int>(alive_.size()) - a.n_tokens;
   const int G = a.n_head / store.n_head_kv();
   const int d = a.head_dim;
+  const int last = a.n_tokens - 1;
+  if (a.chunked) probs_.assign(static_cast<size_t>(a.n_head) * L.n_slots, 0.0f);
   pool.run(static_cast<int64_t>(a.n_tokens) * a.n_head, [&](int64_t task, int th) {
     const int i = static_cast<int>(task / a.n_head), h = static_cast<int>(task % a.n_head);
     const float* q = a.q + (static_cast<size_t>(i) * a.n_head + h) * d;
     float* out = a.out + (static_cast<size_t>(i) * a.n_head + h) * d;
-    attend(store, L, h / G, q, alive_.data(), n_before + i + 1, a.scale,
-           scratch_[static_cast<size_t>(th)].data(), out, tmp_[static_cast<size_t>(th)]);
+    float* sc = scratch_[static_cast<size_t>(th)].data();
+    const int n_idx = n_before + i + 1;
+    attend(store, L, h / G, q, alive_.data(), n_idx, a.scale, sc, out, tmp_[static_cast<size_t>(th)]);
+    if (a.chunked && i == last) {
+      float* row = probs_.data() + static_cast<size_t>(h) * L.n_slots;
+      for (int j = 0; j < n_idx; ++j) row[alive_[static_cast<size_t>(j)]] = sc[j];
+    }
   });
 }
 
@@ -131,25 +145,29 @@ void AttentionCpu::row_walk(ThreadPool& pool, KvStore& store, LayerKv& L, const 
   insert(store, L, a, i);
   const int s_new = slot_of_[static_cast<size_t>(i)];
   const int64_t t = a.t0 + i;
-  tova_policy_view view{};
-  view.layer = a.layer;
-  view.capacity = L.capacity;
-  view.n_slots = n_slots;
-  view.n_heads = a.n_head;
-  view.t = t;
-  view.new_slot = s_new;
-  view.pos = L.pos.data();
-  view.protect = L.protect.data();
-  view.state = L.state.data();
   tova_policy* pol = a.policy;
   if (pol && pol->on_insert) {
+    tova_policy_view view{};
+    view.layer = a.layer;
+    view.capacity = L.capacity;
+    view.n_slots = n_slots;
     view.n_valid = L.n_valid;
+    view.n_heads = a.n_head;
+    view.t = t;
+    view.new_slot = s_new;
+    view.pos = L.pos.data();
+    view.protect = L.protect.data();
+    view.state = L.state.data();
     pol->on_insert(pol->user, &view, s_new);
   }
 
   alive_.clear();
   for (int s = 0; s < n_slots; ++s)
     if (L.pos[static_cast<size_t>(s)] >= 0) alive_.push_back(s);
+  if (a.rank_rope)  // ranks follow positions
+    std::sort(alive_.begin(), alive_.end(), [&](int32_t x, int32_t y) {
+      return L.pos[static_cast<size_t>(x)] < L.pos[static_cast<size_t>(y)];
+    });
   const int n_alive = static_cast<int>(alive_.size());
   const int G = a.n_head / store.n_head_kv();
   const int d = a.head_dim;
@@ -158,13 +176,22 @@ void AttentionCpu::row_walk(ThreadPool& pool, KvStore& store, LayerKv& L, const 
     const float* q = a.q + (static_cast<size_t>(i) * a.n_head + h) * d;
     float* out = a.out + (static_cast<size_t>(i) * a.n_head + h) * d;
     float* sc = scratch_[static_cast<size_t>(th)].data();
-    attend(store, L, static_cast<int>(h) / G, q, alive_.data(), n_alive, a.scale, sc, out,
-           tmp_[static_cast<size_t>(th)]);
+    if (a.rank_rope)
+      attend_by_rank(store, L, static_cast<int>(h) / G, q, alive_.data(), n_alive, a, sc, out,
+                     tmp_[static_cast<size_t>(th)]);
+    else
+      attend(store, L, static_cast<int>(h) / G, q, alive_.data(), n_alive, a.scale, sc, out,
+             tmp_[static_cast<size_t>(th)]);
     float* row = probs_.data() + static_cast<size_t>(h) * n_slots;
     for (int j = 0; j < n_alive; ++j) row[alive_[static_cast<size_t>(j)]] = sc[j];
   });
+  probs_for_policy(a, n_slots, n_alive);
+  run_policy(L, a, t, s_new, n_alive);
+}
+
+// probs_mean over all query heads (with GQA too), summed in head order, for the alive slots.
+void AttentionCpu::probs_for_policy(const AttentionArgs& a, int n_slots, int n_alive) {
   mean_.assign(static_cast<size_t>(n_slots), 0.0f);
-  // Mean over all query heads (with GQA too), summed in head order.
   for (int h = 0; h < a.n_head; ++h) {
     const float* row = probs_.data() + static_cast<size_t>(h) * n_slots;
     for (int j = 0; j < n_alive; ++j) {
@@ -174,7 +201,10 @@ void AttentionCpu::row_walk(ThreadPool& pool, KvStore& store, LayerKv& L, const 
   }
   const float inv_h = 1.0f / static_cast<float>(a.n_head);
   for (int j = 0; j < n_alive; ++j) mean_[static_cast<size_t>(alive_[static_cast<size_t>(j)])] *= inv_h;
+}
 
+void AttentionCpu::run_policy(LayerKv& L, const AttentionArgs& a, int64_t t, int s_new, int n_alive) {
+  tova_policy* pol = a.policy;
   const int n_evict = std::max(0, L.n_valid - L.capacity);
   if (!pol) {
     TOVA_ASSERT(n_evict == 0);
@@ -183,11 +213,60 @@ void AttentionCpu::row_walk(ThreadPool& pool, KvStore& store, LayerKv& L, const 
   if (n_evict == 0 && !(pol->flags & TOVA_POLICY_EVERY_STEP)) return;
   if (n_evict > 0 && a.never_evicts)
     throw Error(cat("context full: n_ctx ", L.capacity, " reached at position ", t));
+  tova_policy_view view{};
+  view.layer = a.layer;
+  view.capacity = L.capacity;
+  view.n_slots = L.n_slots;
   view.n_valid = L.n_valid;
   view.n_evict = n_evict;
+  view.n_heads = a.n_head;
+  view.t = t;
+  view.new_slot = s_new;
+  view.pos = L.pos.data();
+  view.protect = L.protect.data();
+  view.state = L.state.data();
   view.probs = probs_.data();
   view.probs_mean = mean_.data();
+  (void)n_alive;
   evict(L, a, view);
+}
+
+void AttentionCpu::ensure_rank_table(const Rope& rope, int n) {
+  if (table_rope_ == &rope && table_n_ >= n) return;
+  const int pairs = rope.pairs();
+  rank_cs_.resize(static_cast<size_t>(n) * pairs);
+  rank_sn_.resize(static_cast<size_t>(n) * pairs);
+  for (int r = 0; r < n; ++r)
+    rope.angles(r, rank_cs_.data() + static_cast<size_t>(r) * pairs, rank_sn_.data() + static_cast<size_t>(r) * pairs);
+  table_rope_ = &rope;
+  table_n_ = n;
+}
+
+// cache_index positions: key j (in position order) is rotated by rank j, the query by the last.
+void AttentionCpu::attend_by_rank(const KvStore& store, const LayerKv& L, int kvh, const float* q,
+                                  const int32_t* idx, int n_idx, const AttentionArgs& a,
+                                  float* scores, float* out, std::vector<float>& tmp) {
+  const int d = store.head_dim();
+  const int pairs = a.rank_rope->pairs();
+  tmp.resize(static_cast<size_t>(3 * d));
+  float* qr = tmp.data();
+  float* kr = tmp.data() + d;
+  std::memcpy(qr, q, sizeof(float) * static_cast<size_t>(d));
+  const size_t qrank = static_cast<size_t>(n_idx - 1) * pairs;
+  a.rank_rope->rotate(qr, 1, d, rank_cs_.data() + qrank, rank_sn_.data() + qrank);
+  const KvType t = store.type();
+  const GgmlType gt = t == KvType::F32 ? GgmlType::F32 : t == KvType::F16 ? GgmlType::F16 : GgmlType::Q8_0;
+  const TypeTraits& tr = type_traits(gt);
+  for (int j = 0; j < n_idx; ++j) {
+    tr.dequantize(L.k_row(kvh, idx[j]), kr, d);
+    const size_t r = static_cast<size_t>(j) * pairs;
+    a.rank_rope->rotate(kr, 1, d, rank_cs_.data() + r, rank_sn_.data() + r);
+    scores[j] = dot_f32(qr, kr, d) * a.scale;
+  }
+  softmax(scores, n_idx);
+  std::memset(out, 0, sizeof(float) * static_cast<size_t>(d));
+  std::vector<float> vt;
+  for (int j = 0; j < n_idx; ++j) kv_axpy(t, scores[j], L.v_row(kvh, idx[j]), out, d, vt);
 }
 
 void AttentionCpu::evict(LayerKv& L, const AttentionArgs& a, const tova_policy_view& view) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kv_store.h"
+#include "ops_cpu.h"
 #include "thread_pool.h"
 #include "tova/policy_plugin.h"
 
@@ -28,6 +29,15 @@ struct AttentionArgs {
   bool never_evicts = false;      // the full policy: capacity is a hard limit
   int n_sink = 0;                 // positions below this are protected
   int64_t protect_below = -1;     // positions below this are protected too (pinned prompt)
+  // Positions "cache_index" (spec §6): q and k arrive without RoPE; K is stored unrotated and
+  // each key is rotated inside attention by its rank among the kept positions, the query by the
+  // largest rank. Rotating keys on the fly costs about one extra pass over K per step, the same
+  // as re-rotating on every eviction (which happens every step once the store is full), and
+  // keeps the stored K independent of what was evicted.
+  const Rope* rank_rope = nullptr;
+  // Prefill "chunked" (spec §5): the chunk attends to the kept slots plus its causal prefix;
+  // afterwards the policy evicts down to capacity once, using the chunk's last row.
+  bool chunked = false;
 };
 
 class AttentionCpu {
@@ -46,6 +56,16 @@ class AttentionCpu {
               const int32_t* idx, int n_idx, float scale, float* scores, float* out,
               std::vector<float>& tmp) const;
   void evict(LayerKv& L, const AttentionArgs& a, const tova_policy_view& view);
+  void attend_by_rank(const KvStore& store, const LayerKv& L, int kv_head, const float* q,
+                      const int32_t* idx_by_pos, int n_idx, const AttentionArgs& a,
+                      float* scores, float* out, std::vector<float>& tmp);
+  void ensure_rank_table(const Rope& rope, int n);
+  void probs_for_policy(const AttentionArgs& a, int n_slots, int n_alive);
+  void run_policy(LayerKv& L, const AttentionArgs& a, int64_t t, int s_new, int n_alive);
+
+  const Rope* table_rope_ = nullptr;
+  int table_n_ = 0;
+  std::vector<float> rank_cs_, rank_sn_;  // [rank][pair]
 
   std::vector<float> probs_, mean_;
   std::vector<int32_t> alive_, victims_, row_pos_;

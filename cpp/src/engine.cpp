@@ -13,8 +13,10 @@ void EngineParams::validate() const {
   if (n_ctx < 1) throw ArgumentError(cat("n_ctx must be at least 1, got ", n_ctx));
   if (chunk < 1) throw ArgumentError(cat("chunk must be at least 1, got ", chunk));
   if (!plugin && !is_builtin_policy(policy)) make_builtin_policy(policy);  // throws the listing
-  if (prefill != "exact")
-    throw ArgumentError(cat("unknown prefill mode '", prefill, "' (known: exact)"));
+  if (prefill != "exact" && prefill != "chunked")
+    throw ArgumentError(cat("unknown prefill mode '", prefill, "' (known: exact, chunked)"));
+  if (positions != "original" && positions != "cache_index")
+    throw ArgumentError(cat("unknown positions mode '", positions, "' (known: original, cache_index)"));
   parse_kv_type(kv_type);
   const int sink = n_sink >= 0 ? n_sink : default_n_sink(policy);
   if (policy != "full" && kv_size < sink + 1)
@@ -60,6 +62,8 @@ Engine::Engine(const std::string& model_path, EngineParams params) : params_(std
   for (int l = 0; l < h.n_layer; ++l)
     policies_.policy[static_cast<size_t>(l)] = h.is_swa_layer(l) ? window_.get() : policy_.get();
   policies_.never_evicts = full;
+  policies_.cache_index = params_.positions == "cache_index";
+  policies_.chunked = params_.prefill == "chunked";
   policies_.n_sink = kc.n_sink;
   logits_.resize(static_cast<size_t>(h.n_vocab));
 }
@@ -105,7 +109,12 @@ void Engine::eval(const std::vector<int32_t>& ids, bool all_logits, std::vector<
     const int n = static_cast<int>(std::min(ids.size() - b, static_cast<size_t>(U)));
     const bool last = b + static_cast<size_t>(n) == ids.size();
     float* out = all_logits ? logits.data() + b * static_cast<size_t>(V) : (last ? logits_.data() : nullptr);
-    forward_->run(*pool_, *store_, policies_, ids.data() + b, n, n_past_, all_logits, out);
+    try {
+      forward_->run(*pool_, *store_, policies_, ids.data() + b, n, n_past_, all_logits, out);
+    } catch (...) {
+      reset();  // the store may be half-updated: start the sequence over, keep the engine usable
+      throw;
+    }
     n_past_ += n;
     history_.insert(history_.end(), ids.begin() + static_cast<std::ptrdiff_t>(b),
                     ids.begin() + static_cast<std::ptrdiff_t>(b) + n);

@@ -25,6 +25,7 @@ struct EngineParams {
   int n_sink = -1;              // -1: the policy's default (sink: 4, others 0)
   std::string kv_type = "f16";  // f16, f32, q8_0
   std::string prefill = "exact";  // exact (the default) or chunked
+  std::string positions = "original";  // original (the default) or cache_index
   int chunk = 64;               // U: tokens per prefill step
   PolicyHandle plugin;          // a user policy (C plugin or Python adapter); overrides `policy`
 

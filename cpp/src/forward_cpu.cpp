@@ -64,9 +64,11 @@ void ForwardCpu::run(ThreadPool& pool, KvStore& store, const LayerPolicies& lp,
         for (int hh = 0; hh < h.n_head; ++hh) rms_norm(q + hh * D, w.q_norm.data(), q + hh * D, D, h.rms_eps);
         for (int hh = 0; hh < h.n_head_kv; ++hh) rms_norm(k + hh * D, w.k_norm.data(), k + hh * D, D, h.rms_eps);
       }
-      const Rope& rope = swa ? rope_swa_ : rope_;
-      rope.apply(q, h.n_head, static_cast<int>(D), t0 + i);
-      rope.apply(k, h.n_head_kv, static_cast<int>(D), t0 + i);
+      if (!lp.cache_index) {
+        const Rope& rope = swa ? rope_swa_ : rope_;
+        rope.apply(q, h.n_head, static_cast<int>(D), t0 + i);
+        rope.apply(k, h.n_head_kv, static_cast<int>(D), t0 + i);
+      }
     }
 
     AttentionArgs a;
@@ -84,6 +86,8 @@ void ForwardCpu::run(ThreadPool& pool, KvStore& store, const LayerPolicies& lp,
     a.never_evicts = lp.never_evicts && !swa;
     a.n_sink = lp.n_sink;
     a.protect_below = lp.protect_below;
+    a.rank_rope = lp.cache_index ? (swa ? &rope_swa_ : &rope_) : nullptr;
+    a.chunked = lp.chunked;
     attention_.run(pool, store, a);
 
     mm_.run(pool, w.wo, att_.data(), n, o_.data());

@@ -20,6 +20,8 @@ struct LayerPolicies {
   bool never_evicts = false;         // the full policy on the non-sliding layers
   int n_sink = 0;
   int64_t protect_below = -1;
+  bool cache_index = false;  // positions "cache_index": RoPE by rank inside attention
+  bool chunked = false;      // prefill "chunked"
 };
 
 class ForwardCpu {

@@ -48,13 +48,11 @@ Rope::Rope(const HParams& hp, float base) : style_(hp.rope_style), dim_(hp.rope_
   }
 }
 
-void Rope::apply(float* x, int n_heads, int head_dim, int64_t pos) const {
+void Rope::angles(int64_t pos, float* cs, float* sn) const {
   const int pairs = dim_ / 2;
   const double p = static_cast<double>(pos);
-  // cos/sin per pair, computed once for all heads (double angle: exact for long positions).
-  float cs[512], sn[512];
-  TOVA_ASSERT(pairs <= 512);
   for (int i = 0; i < pairs; ++i) {
+    // double angle: exact for long positions
     double theta_extrap = p * inv_freq_[static_cast<size_t>(i)];
     double theta = theta_extrap * freq_scale_;
     if (yarn_) {
@@ -64,6 +62,10 @@ void Rope::apply(float* x, int n_heads, int head_dim, int64_t pos) const {
     cs[i] = static_cast<float>(std::cos(theta)) * mscale_;
     sn[i] = static_cast<float>(std::sin(theta)) * mscale_;
   }
+}
+
+void Rope::rotate(float* x, int n_heads, int head_dim, const float* cs, const float* sn) const {
+  const int pairs = dim_ / 2;
   for (int h = 0; h < n_heads; ++h) {
     float* v = x + static_cast<size_t>(h) * head_dim;
     if (style_ == RopeStyle::Normal) {
@@ -80,6 +82,13 @@ void Rope::apply(float* x, int n_heads, int head_dim, int64_t pos) const {
       }
     }
   }
+}
+
+void Rope::apply(float* x, int n_heads, int head_dim, int64_t pos) const {
+  float cs[512], sn[512];
+  TOVA_ASSERT(dim_ / 2 <= 512);
+  angles(pos, cs, sn);
+  rotate(x, n_heads, head_dim, cs, sn);
 }
 
 void silu_mul(float* gate, const float* up, int64_t n) {

@@ -20,6 +20,11 @@ class Rope {
  public:
   Rope(const HParams& hp, float base);
   void apply(float* x, int n_heads, int head_dim, int64_t pos) const;
+  // cos and sin (magnitude-corrected) of every rotated pair at a position: pairs() values each.
+  void angles(int64_t pos, float* cs, float* sn) const;
+  // Rotates n_heads vectors by precomputed angles.
+  void rotate(float* x, int n_heads, int head_dim, const float* cs, const float* sn) const;
+  int pairs() const { return dim_ / 2; }
 
  private:
   RopeStyle style_;

@@ -55,6 +55,9 @@ run / bench options:
       --kv-type T            f16 (default), f32, q8_0
       --ctx N                n_ctx for the full policy (default 2048)
       --chunk N              prefill chunk size (default 64)
+      --prefill MODE         exact (default: as if token by token) or chunked (faster, approximate)
+      --positions MODE       original (default) or cache_index (RoPE by rank: runs past the
+                             model's trained context)
       --policy-plugin LIB    load an eviction policy from a shared library
       --policy-args TEXT     arguments for the plugin's tova_policy_create
       --ignore-eos           do not stop at end-of-generation tokens
@@ -127,6 +130,8 @@ EngineParams engine_params(const CliArgs& a, const std::string& default_policy) 
   p.n_sink = a.integer("--n-sink", -1);
   p.kv_type = a.str("--kv-type", "f16");
   p.chunk = a.integer("--chunk", 64);
+  p.prefill = a.str("--prefill", "exact");
+  p.positions = a.str("--positions", "original");
   if (a.has("--policy-plugin"))
     p.plugin = load_policy_plugin(a.str("--policy-plugin", ""), a.str("--policy-args", ""));
   return p;
@@ -135,7 +140,7 @@ EngineParams engine_params(const CliArgs& a, const std::string& default_policy) 
 const std::set<std::string> kValueOpts = {
     "--model", "--prompt", "--n-predict", "--threads", "--temp", "--top-k", "--top-p", "--min-p",
     "--repeat-penalty", "--seed", "--kv-size", "--policy", "--n-sink", "--kv-type", "--ctx",
-    "--chunk", "--policy-plugin", "--policy-args", "--repetitions", "--file"};
+    "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--repetitions", "--file"};
 const std::set<std::string> kFlags = {"--json", "--ignore-eos", "--help"};
 const std::map<std::string, std::string> kAliases = {
     {"-m", "--model"}, {"-p", "--prompt"}, {"-n", "--n-predict"}, {"-t", "--threads"},

@@ -43,6 +43,12 @@ std::string text_arg(nb::handle text) {
 
 }  // namespace
 
+// A Python tova._core.Tokenizer for a tokenizer held elsewhere (the engine's). Declare it in
+// bindings.h to use it from another binding.
+nb::object make_py_tokenizer(std::shared_ptr<const Tokenizer> tok) {
+  return nb::cast(PyTokenizer{std::move(tok)});
+}
+
 void bind_tokenizer(nb::module_& m) {
   nb::class_<PyTokenizer>(m, "Tokenizer",
                           "The tokenizer of a GGUF model (tokenizer.ggml.*): byte-level BPE "
@@ -162,6 +168,7 @@ void bind_tokenizer(nb::module_& m) {
       nb::arg("name"), nb::arg("text"));
   m.attr("_unicode_version") = nb::str(unicode::kUnicodeVersion);
   nb::list names;
-  for (const std::string& n : Tokenizer::supported_pre_tokenizers()) names.append(nb::str(n.c_str()));
+  for (const std::string& n : Tokenizer::supported_pre_tokenizers())
+    names.append(nb::str(n.c_str()));
   m.attr("PRE_TOKENIZERS") = nb::tuple(names);
 }

@@ -26,9 +26,14 @@ class Engine:
         policy: ``"tova"`` (default), ``"h2o"``, ``"sink"``, ``"window"`` or ``"full"``.
         n_sink: first positions never evicted; default: 4 for ``"sink"``, 0 otherwise.
         kv_type: element type of the stored K and V: ``"f16"`` (default), ``"f32"``, ``"q8_0"``.
-        prefill: how prompts longer than ``kv_size`` are read: ``"exact"`` (equal to feeding the
-            prompt one token at a time, evicting after every token).
-        chunk: tokens per prefill step.
+        prefill: how prompts longer than ``kv_size`` are read: ``"exact"`` (default; equal to
+            feeding the prompt one token at a time, evicting after every token) or ``"chunked"``
+            (each chunk attends to the kept tokens plus its own prefix, then the policy evicts
+            once, using the chunk's last row: faster, approximate).
+        chunk: tokens per prefill step (``U``).
+        positions: ``"original"`` (default: RoPE at the absolute position; valid below the
+            model's trained context) or ``"cache_index"`` (keys rotated by their rank among the
+            kept tokens, StreamingLLM-style: generation can run past the trained context).
         n_threads: compute threads; ``None`` = all cores.
         seed: default seed of the sampler (``None``: a fresh random seed for every generation).
 
@@ -46,6 +51,7 @@ class Engine:
         kv_type: str = "f16",
         prefill: str = "exact",
         chunk: int = 64,
+        positions: str = "original",
         n_threads: Optional[int] = None,
         seed: Optional[int] = None,
     ) -> None:
@@ -72,6 +78,7 @@ class Engine:
             kv_type=kv_type,
             prefill=prefill,
             chunk=chunk,
+            positions=positions,
         )
         self.path = str(path)
         self.n_ctx = n_ctx

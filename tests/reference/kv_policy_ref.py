@@ -18,6 +18,10 @@ Semantics implemented (section numbers of the spec):
   many tokens go through one `forward` call; by construction the evictions are the same for any
   chunk, which the self-check confirms.
 - Positions `original` (§6): RoPE at the absolute position, applied before K is cached.
+- Sliding-window layers (Gemma 3, §6) keep their window: a window policy with C = n_swa there,
+  whatever `policy` and `kv_size` say (those apply to the global layers). The model's own mask
+  already hides keys n_swa or more behind the query, so the state kept beyond that is never read:
+  C = n_swa - 1 would give the same logits; the victims recorded for those layers are t - n_swa.
 
 The engine is compared with `run_policy`'s victims (per layer, per step), kept sets and logits.
 """
@@ -35,6 +39,7 @@ class _PolicyHook:
 
     def __init__(self, model: LlamaRef, cache: KVCache, *, kv_size: int, policy: str,
                  n_sink: int, h2o_recent: int):
+        self.model = model
         self.cache = cache
         self.C = kv_size
         self.policy = policy
@@ -47,7 +52,20 @@ class _PolicyHook:
     def select(self, layer: int, q_pos: int, key_pos: np.ndarray):
         return None  # the cache holds exactly the valid entries: nothing to hide
 
+    def _evict(self, layer: int, q_pos: int, positions: list[int]) -> None:
+        for p in positions:
+            self.victims[layer].append([q_pos, p])
+            self.acc[layer].pop(p, None)
+        self.cache.evict(layer, positions)
+
     def observe(self, layer: int, q_pos: int, key_pos: np.ndarray, probs: np.ndarray) -> None:
+        if self.model.hp.is_swa(layer):
+            cached = self.cache.pos[layer]
+            cached = np.sort(cached[cached <= q_pos])  # later rows of the chunk are not in yet
+            n_swa = self.model.hp.n_swa
+            if cached.size > n_swa:
+                self._evict(layer, q_pos, [int(p) for p in cached[: cached.size - n_swa]])
+            return
         n_valid = key_pos.size
         dt = probs.dtype.type
         head_mean = probs.sum(axis=0) / dt(self.n_head)  # (n_keys,), mean over ALL query heads
@@ -75,11 +93,7 @@ class _PolicyHook:
             raise ValueError(f"layer {layer}, t={q_pos}: {n_evict} to evict but only "
                              f"{cand.size} unprotected of {n_valid}")
         order = cand[np.lexsort((key_pos[cand], score[cand]))]  # by score, then smallest pos
-        gone = sorted(int(p) for p in key_pos[order[:n_evict]])
-        for p in gone:
-            self.victims[layer].append([q_pos, p])
-            self.acc[layer].pop(p, None)
-        self.cache.evict(layer, gone)
+        self._evict(layer, q_pos, sorted(int(p) for p in key_pos[order[:n_evict]]))
 
 
 def run_policy(model_ref: LlamaRef, tokens, *, kv_size: int, policy: str,

@@ -293,6 +293,35 @@ def _type_for(weight_type: WeightType, name: str) -> str:
     return "F32"
 
 
+def _write_tensors(w: "gguf.GGUFWriter", weights: dict, weight_type: WeightType) -> dict:
+    """Encode every tensor (1-D ones stay F32), write the file, close it; returns name -> type."""
+    tensor_types: dict[str, str] = {}
+    for name, arr in weights.items():
+        t = "F32" if arr.ndim == 1 else _type_for(weight_type, name)
+        try:
+            data, raw = encode_tensor(arr, t)
+        except ValueError as e:
+            raise ValueError(f"tensor {name} {arr.shape}: {e}") from None
+        w.add_tensor(name, data, raw_dtype=raw)
+        tensor_types[name] = t
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return tensor_types
+
+
+def _random_init(rng: np.random.Generator):
+    def mat(n_out: int, n_in: int, gain: float = 1.0) -> np.ndarray:
+        # std 1/sqrt(n_in): a projection of an RMS-normalized vector gives O(1) entries
+        return (rng.standard_normal((n_out, n_in)) * (gain / np.sqrt(n_in))).astype(np.float32)
+
+    def norm_w(n: int, center: float = 1.0) -> np.ndarray:
+        return (center * (1.0 + 0.1 * rng.standard_normal(n))).astype(np.float32)
+
+    return mat, norm_w
+
+
 def write_llama_gguf(path, *, n_vocab: int = 384, n_embd: int = 64, n_layer: int = 2,
                      n_head: int = 4, n_head_kv: int = 2, n_ff: int | None = None,
                      rope_base: float = 10000.0, n_rot: int | None = None,
@@ -313,13 +342,7 @@ def write_llama_gguf(path, *, n_vocab: int = 384, n_embd: int = 64, n_layer: int
     rng = np.random.default_rng(seed)
     tokens, token_types, merges = make_bpe_vocab(n_vocab)
 
-    def mat(n_out: int, n_in: int, gain: float = 1.0) -> np.ndarray:
-        # std 1/sqrt(n_in): a projection of an RMS-normalized vector gives O(1) entries
-        return (rng.standard_normal((n_out, n_in)) * (gain / np.sqrt(n_in))).astype(np.float32)
-
-    def norm_w(n: int) -> np.ndarray:
-        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
-
+    mat, norm_w = _random_init(rng)
     q_dim, kv_dim = n_head * head_dim, n_head_kv * head_dim
     # Embedding std 3/sqrt(n_embd): tied logits = normed h . E have std ~3, peaked but not one-hot.
     weights: dict[str, np.ndarray] = {
@@ -371,19 +394,138 @@ def write_llama_gguf(path, *, n_vocab: int = 384, n_embd: int = 64, n_layer: int
     w.add_add_bos_token(False)
     w.add_chat_template(CHATML_TEMPLATE)
 
-    tensor_types: dict[str, str] = {}
-    for name, arr in weights.items():
-        t = "F32" if arr.ndim == 1 else _type_for(weight_type, name)
-        try:
-            data, raw = encode_tensor(arr, t)
-        except ValueError as e:
-            raise ValueError(f"tensor {name} {arr.shape}: {e}") from None
-        w.add_tensor(name, data, raw_dtype=raw)
-        tensor_types[name] = t
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    tensor_types = _write_tensors(w, weights, weight_type)
     return SyntheticModel(path=os.fspath(path), arch=arch, n_vocab=n_vocab, n_embd=n_embd,
                           n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff,
                           tokens=tokens, merges=merges, tensor_types=tensor_types)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gemma 3: SentencePiece ("llama") tokenizer, sliding-window layers, q/k norms, post norms.
+# ---------------------------------------------------------------------------------------------
+
+SPM_SPECIALS = (("<pad>", 3), ("<eos>", 3), ("<bos>", 3), ("<unk>", 2),
+                ("<start_of_turn>", 3), ("<end_of_turn>", 3))  # (piece, type): 2 UNKNOWN, 3 CONTROL
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<start_of_turn>"
+    "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{{ message['content'] }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+_SPM_CHARS = ("▁" + "etaoinshrdlcumwfgypbvkjxqz" + "ETAOINSHRDLCUMWFGYPBVKJXQZ"
+              + "0123456789" + ".,!?'\"-:;()")
+_SPM_PIECES = ("▁t", "he", "▁the", "in", "▁a", "er", "an", "on", "re", "▁s", "at", "en", "▁w",
+               "▁o", "or", "es", "it", "is", "▁c", "▁b", "nd", "▁and", "ed", "▁f", "ing", "▁p",
+               "ou", "▁m", "ar", "▁d", "ll", "▁to", "▁of", "▁h", "▁i", "▁l", "▁n", "▁▁")
+
+
+def make_spm_vocab(n_vocab: int) -> tuple[list[str], list[int], list[float]]:
+    """(tokens, token_types, scores): specials, the 256 byte-fallback pieces <0xXX> (type 6),
+    single characters, then pieces that are each the concatenation of two earlier pieces (so the
+    SentencePiece BPE merge walk can reach them), scored by rank: higher score merges first."""
+    bytes_ = [f"<0x{b:02X}>" for b in range(256)]
+    head = len(SPM_SPECIALS) + len(bytes_) + len(_SPM_CHARS)
+    n_piece = n_vocab - head
+    if n_piece < 0:
+        raise ValueError(f"n_vocab must be >= {head}, got {n_vocab}")
+    have = set(_SPM_CHARS)
+    pieces: list[str] = []
+
+    def candidates():
+        yield from _SPM_PIECES
+        letters = "etaoinshrdlcumwfgypbvkjxqz"
+        for a in letters:
+            yield "▁" + a
+        for a in letters:
+            for b in letters:
+                yield a + b
+        for a in letters:
+            for b in letters:
+                for c in letters:
+                    yield a + b + c
+
+    for p in candidates():
+        if len(pieces) == n_piece:
+            break
+        if p not in have and any(p[:i] in have and p[i:] in have for i in range(1, len(p))):
+            pieces.append(p)
+            have.add(p)
+    if len(pieces) < n_piece:
+        raise ValueError(f"n_vocab {n_vocab} too large for the synthetic tokenizer")
+    tokens = [t for t, _ in SPM_SPECIALS] + bytes_ + list(_SPM_CHARS) + pieces
+    types = [ty for _, ty in SPM_SPECIALS] + [6] * 256 + [1] * (len(_SPM_CHARS) + len(pieces))
+    scores = ([-1000.0] * len(SPM_SPECIALS) + [0.0] * 256
+              + [-1000.0 - i for i in range(len(_SPM_CHARS))]   # chars never compete in merges
+              + [-float(i + 1) for i in range(len(pieces))])
+    return tokens, types, scores
+
+
+def write_gemma3_gguf(path, *, n_vocab: int = 512, n_embd: int = 64, n_layer: int = 6,
+                      n_head: int = 4, n_head_kv: int = 1, head_dim: int = 32,
+                      n_ff: int | None = None, rope_base: float = 1e6, sliding_window: int = 8,
+                      context_length: int = 512, rms_eps: float = 1e-6,
+                      weight_type: WeightType = "F32", seed: int = 0) -> SyntheticModel:
+    """Write a random Gemma 3 model: tied output, layers il with (il + 1) % 6 != 0 use a sliding
+    window of `sliding_window` keys (so the default 6 layers are 5 local + 1 global). Norm weights
+    are stored as the converter stores them (Gemma's 1 + w already folded in)."""
+    if n_head % n_head_kv:
+        raise ValueError("n_head must divide by n_head_kv")
+    n_ff = 2 * n_embd if n_ff is None else n_ff
+    rng = np.random.default_rng(seed)
+    mat, norm_w = _random_init(rng)
+    tokens, token_types, scores = make_spm_vocab(n_vocab)
+    q_dim, kv_dim = n_head * head_dim, n_head_kv * head_dim
+    weights: dict[str, np.ndarray] = {
+        # the forward pass multiplies by sqrt(n_embd): the residual starts at RMS ~3
+        "token_embd.weight": (rng.standard_normal((n_vocab, n_embd)) * (3 / np.sqrt(n_embd))
+                              ).astype(np.float32),
+    }
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        weights[b + "attn_norm.weight"] = norm_w(n_embd)
+        weights[b + "attn_q.weight"] = mat(q_dim, n_embd)
+        weights[b + "attn_k.weight"] = mat(kv_dim, n_embd)
+        weights[b + "attn_v.weight"] = mat(kv_dim, n_embd)
+        # q/k are RMS-normalized per head: their norm weights set the logit scale (q.k/sqrt(d)
+        # with weights ~1.4 gives scores of std ~2)
+        weights[b + "attn_q_norm.weight"] = norm_w(head_dim, 1.4)
+        weights[b + "attn_k_norm.weight"] = norm_w(head_dim, 1.4)
+        weights[b + "attn_output.weight"] = mat(n_embd, q_dim)
+        # post norms fix each block's contribution to RMS ~3, as large as the embedding
+        weights[b + "post_attention_norm.weight"] = norm_w(n_embd, 3.0)
+        weights[b + "ffn_norm.weight"] = norm_w(n_embd)
+        weights[b + "ffn_gate.weight"] = mat(n_ff, n_embd)
+        weights[b + "ffn_up.weight"] = mat(n_ff, n_embd)
+        weights[b + "ffn_down.weight"] = mat(n_embd, n_ff)
+        weights[b + "post_ffw_norm.weight"] = norm_w(n_embd, 3.0)
+    weights["output_norm.weight"] = norm_w(n_embd)
+
+    w = gguf.GGUFWriter(os.fspath(path), "gemma3")
+    w.add_name(f"synthetic-gemma3-{n_layer}x{n_embd}")
+    w.add_context_length(context_length)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(float(rms_eps))
+    w.add_rope_freq_base(float(rope_base))
+    w.add_sliding_window(sliding_window)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(token_types)
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(1)
+    w.add_unk_token_id(3)
+    w.add_pad_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_add_space_prefix(False)
+    w.add_chat_template(GEMMA_TEMPLATE)
+    tensor_types = _write_tensors(w, weights, weight_type)
+    return SyntheticModel(path=os.fspath(path), arch="gemma3", n_vocab=n_vocab, n_embd=n_embd,
+                          n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff,
+                          tokens=tokens, merges=[], tensor_types=tensor_types, bos_id=2, eos_id=1)
