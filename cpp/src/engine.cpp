@@ -54,7 +54,7 @@ Engine::Engine(const std::string& model_path, EngineParams params) : params_(std
   kc.type = parse_kv_type(params_.kv_type);
   kc.n_sink = params_.n_sink >= 0 ? params_.n_sink : default_n_sink(params_.policy);
   store_ = std::make_unique<KvStore>(h, kc, full);
-  forward_ = std::make_unique<ForwardCpu>(*model_, params_.chunk);
+  forward_ = std::make_unique<ForwardCpu>(*model_, params_.chunk, params_.float_activations);
   policy_ = params_.plugin ? std::move(params_.plugin) : make_builtin_policy(params_.policy);
   check_policy_abi(policy_.get(), policy_.origin());
   window_ = make_builtin_policy("window");

@@ -27,6 +27,7 @@ struct EngineParams {
   std::string prefill = "exact";  // exact (the default) or chunked
   std::string positions = "original";  // original (the default) or cache_index
   int chunk = 64;               // U: tokens per prefill step
+  bool float_activations = false;  // exact float32 matmuls instead of 8-bit activations
   PolicyHandle plugin;          // a user policy (C plugin or Python adapter); overrides `policy`
 
   void validate() const;

@@ -7,9 +7,10 @@
 
 namespace tova {
 
-ForwardCpu::ForwardCpu(const Model& model, int max_tokens)
+ForwardCpu::ForwardCpu(const Model& model, int max_tokens, bool float_activations)
     : m_(model),
       max_tokens_(max_tokens),
+      mm_(float_activations),
       rope_(model.hp(), model.hp().rope_base),
       rope_swa_(model.hp(), model.hp().rope_base_swa) {
   const HParams& h = m_.hp();

@@ -26,7 +26,7 @@ struct LayerPolicies {
 
 class ForwardCpu {
  public:
-  ForwardCpu(const Model& model, int max_tokens);
+  ForwardCpu(const Model& model, int max_tokens, bool float_activations = false);
 
   // Runs n tokens (n <= max_tokens) at positions t0.. through the model, updating the store.
   // Writes logits of the last token to `logits` ([n_vocab]) or, with all_logits, of every

@@ -109,6 +109,21 @@ void gelu_tanh_mul(float* gate, const float* up, int64_t n) {
 void Matmul::run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* jobs, int n_jobs) {
   TOVA_ASSERT(n_jobs >= 1 && n_jobs <= 4);
   const int64_t cols = jobs[0].w->cols;
+  constexpr int64_t kBlock = 16;
+  if (float_activations_) {
+    int64_t starts[5] = {0};
+    for (int j = 0; j < n_jobs; ++j) starts[j + 1] = starts[j] + (jobs[j].w->rows + kBlock - 1) / kBlock;
+    pool.run(starts[n_jobs], [&](int64_t task, int) {
+      int j = 0;
+      while (task >= starts[j + 1]) ++j;
+      const Matrix& w = *jobs[j].w;
+      const int64_t r0 = (task - starts[j]) * kBlock, r1 = std::min(r0 + kBlock, w.rows);
+      const auto dot = w.traits->vec_dot_f32;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t r = r0; r < r1; ++r) jobs[j].y[i * w.rows + r] = dot(cols, w.row(r), x + i * cols);
+    });
+    return;
+  }
   // Quantize the activations once per distinct vec_dot_type.
   GgmlType vt[2];
   int n_vt = 0;
@@ -141,7 +156,6 @@ void Matmul::run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* j
   }
   // Tasks are blocks of rows across all jobs; each block runs over every input row so the
   // weight rows stay in cache.
-  constexpr int64_t kBlock = 16;
   int64_t starts[5] = {0};
   for (int j = 0; j < n_jobs; ++j) starts[j + 1] = starts[j] + (jobs[j].w->rows + kBlock - 1) / kBlock;
   pool.run(starts[n_jobs], [&](int64_t task, int) {

@@ -47,6 +47,9 @@ struct MatmulJob {
 };
 class Matmul {
  public:
+  // float_activations: multiply by the float32 activations directly (vec_dot_f32), skipping the
+  // 8-bit quantization llama.cpp applies: slower, closer to exact, for evaluation.
+  explicit Matmul(bool float_activations = false) : float_activations_(float_activations) {}
   void run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* jobs, int n_jobs);
   void run(ThreadPool& pool, const Matrix& w, const float* x, int64_t n, float* y) {
     MatmulJob j{&w, y};
@@ -54,6 +57,7 @@ class Matmul {
   }
 
  private:
+  bool float_activations_;
   std::vector<uint8_t> xq_[2];  // activations quantized per distinct vec_dot_type (reused)
 };
 

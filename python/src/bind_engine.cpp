@@ -67,7 +67,8 @@ void bind_engine(nb::module_& m) {
       .def("__init__",
            [](Engine* self, const std::string& path, int n_threads, const std::string& policy,
               int kv_size, int n_ctx, int n_sink, const std::string& kv_type,
-              const std::string& prefill, int chunk, const std::string& positions) {
+              const std::string& prefill, int chunk, const std::string& positions,
+              bool float_activations) {
              EngineParams p;
              p.n_threads = n_threads;
              p.policy = policy;
@@ -78,13 +79,14 @@ void bind_engine(nb::module_& m) {
              p.prefill = prefill;
              p.chunk = chunk;
              p.positions = positions;
+             p.float_activations = float_activations;
              nb::gil_scoped_release release;
              new (self) Engine(path, std::move(p));
            },
            nb::arg("path"), nb::arg("n_threads") = 0, nb::arg("policy") = "tova",
            nb::arg("kv_size") = 512, nb::arg("n_ctx") = 2048, nb::arg("n_sink") = -1,
            nb::arg("kv_type") = "f16", nb::arg("prefill") = "exact", nb::arg("chunk") = 64,
-           nb::arg("positions") = "original")
+           nb::arg("positions") = "original", nb::arg("float_activations") = false)
       .def("tokenize",
            [](const Engine& e, const std::string& text, bool add_bos, bool special) {
              nb::gil_scoped_release release;

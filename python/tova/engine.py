@@ -34,6 +34,8 @@ class Engine:
         positions: ``"original"`` (default: RoPE at the absolute position; valid below the
             model's trained context) or ``"cache_index"`` (keys rotated by their rank among the
             kept tokens, StreamingLLM-style: generation can run past the trained context).
+        float_activations: multiply weights by float32 activations instead of quantizing them
+            to 8 bits first (llama.cpp's way, the default): slower, closer to exact arithmetic.
         n_threads: compute threads; ``None`` = all cores.
         seed: default seed of the sampler (``None``: a fresh random seed for every generation).
 
@@ -52,6 +54,7 @@ class Engine:
         prefill: str = "exact",
         chunk: int = 64,
         positions: str = "original",
+        float_activations: bool = False,
         n_threads: Optional[int] = None,
         seed: Optional[int] = None,
     ) -> None:
@@ -79,6 +82,7 @@ class Engine:
             prefill=prefill,
             chunk=chunk,
             positions=positions,
+            float_activations=bool(float_activations),
         )
         self.path = str(path)
         self.n_ctx = n_ctx

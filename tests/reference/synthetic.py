@@ -2,7 +2,8 @@
 
 `write_llama_gguf(path, ...)` writes a llama (or qwen2) model with the metadata a real file of that
 architecture has and a small but valid byte-level BPE ("gpt2") tokenizer, so the engine loads it
-exactly like a downloaded model. Weights are random, scaled so activations stay O(1), attention is
+exactly like a downloaded model. `write_gemma3_gguf(path, ...)` does the same for Gemma 3, with a
+SentencePiece ("llama") tokenizer with byte fallback and a small sliding window. Weights are random, scaled so activations stay O(1), attention is
 neither uniform nor one-hot, and logits spread over a few units (no ties, no overflow).
 
 Quantization: the types gguf-py can encode (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) go
@@ -475,8 +476,10 @@ def write_gemma3_gguf(path, *, n_vocab: int = 512, n_embd: int = 64, n_layer: in
     tokens, token_types, scores = make_spm_vocab(n_vocab)
     q_dim, kv_dim = n_head * head_dim, n_head_kv * head_dim
     weights: dict[str, np.ndarray] = {
-        # the forward pass multiplies by sqrt(n_embd): the residual starts at RMS ~3
-        "token_embd.weight": (rng.standard_normal((n_vocab, n_embd)) * (3 / np.sqrt(n_embd))
+        # The forward pass multiplies by sqrt(n_embd): the residual starts at RMS ~1, small next
+        # to the blocks' (post norms ~6), so the tied head does not just echo the input token;
+        # output_norm ~3 then spreads the logits by a few units.
+        "token_embd.weight": (rng.standard_normal((n_vocab, n_embd)) / np.sqrt(n_embd)
                               ).astype(np.float32),
     }
     for i in range(n_layer):
@@ -490,14 +493,14 @@ def write_gemma3_gguf(path, *, n_vocab: int = 512, n_embd: int = 64, n_layer: in
         weights[b + "attn_q_norm.weight"] = norm_w(head_dim, 1.4)
         weights[b + "attn_k_norm.weight"] = norm_w(head_dim, 1.4)
         weights[b + "attn_output.weight"] = mat(n_embd, q_dim)
-        # post norms fix each block's contribution to RMS ~3, as large as the embedding
-        weights[b + "post_attention_norm.weight"] = norm_w(n_embd, 3.0)
+        # post norms fix each block's contribution to the residual at RMS ~6
+        weights[b + "post_attention_norm.weight"] = norm_w(n_embd, 6.0)
         weights[b + "ffn_norm.weight"] = norm_w(n_embd)
         weights[b + "ffn_gate.weight"] = mat(n_ff, n_embd)
         weights[b + "ffn_up.weight"] = mat(n_ff, n_embd)
         weights[b + "ffn_down.weight"] = mat(n_embd, n_ff)
-        weights[b + "post_ffw_norm.weight"] = norm_w(n_embd, 3.0)
-    weights["output_norm.weight"] = norm_w(n_embd)
+        weights[b + "post_ffw_norm.weight"] = norm_w(n_embd, 6.0)
+    weights["output_norm.weight"] = norm_w(n_embd, 3.0)
 
     w = gguf.GGUFWriter(os.fspath(path), "gemma3")
     w.add_name(f"synthetic-gemma3-{n_layer}x{n_embd}")
