@@ -121,6 +121,7 @@ class Engine {
   // Tokens the next eval may take before the limit (full policy: n_ctx); -1 = unlimited.
   int64_t remaining_context() const;
   const char* policy_name() const;
+  tova_policy* policy() const { return policy_.get(); }
 
  private:
   friend class Generation;

@@ -9,6 +9,7 @@
 #include "bindings.h"
 #include "common.h"
 #include "engine.h"
+#include "policy_adapter.h"
 
 using namespace tova;
 
@@ -60,18 +61,42 @@ std::string next_piece(Generation& g) {
   return piece;
 }
 
+// The engine holds a Python policy object through C++: tell the cycle collector about it, so a
+// policy whose class refers back to the engine (through module globals) can still be freed.
+int engine_traverse(PyObject* self, visitproc visit, void* arg) {
+  Py_VISIT(Py_TYPE(self));
+  if (!nb::inst_ready(self)) return 0;
+  Engine* e = nb::inst_ptr<Engine>(self);
+  if (PyObject* p = python_policy_object(e->policy())) Py_VISIT(p);
+  return 0;
+}
+
+int engine_clear(PyObject* self) {
+  if (nb::inst_ready(self)) clear_python_policy(nb::inst_ptr<Engine>(self)->policy());
+  return 0;
+}
+
+PyType_Slot engine_slots[] = {{Py_tp_traverse, reinterpret_cast<void*>(engine_traverse)},
+                              {Py_tp_clear, reinterpret_cast<void*>(engine_clear)},
+                              {0, nullptr}};
+
 }  // namespace
 
 void bind_engine(nb::module_& m) {
-  nb::class_<Engine>(m, "Engine")
+  nb::class_<Engine>(m, "Engine", nb::type_slots(engine_slots))
       .def("__init__",
-           [](Engine* self, const std::string& path, int n_threads, const std::string& policy,
+           [](Engine* self, const std::string& path, int n_threads, nb::handle policy,
               int kv_size, int n_ctx, int n_sink, const std::string& kv_type,
               const std::string& prefill, int chunk, const std::string& positions,
               bool float_activations) {
              EngineParams p;
              p.n_threads = n_threads;
-             p.policy = policy;
+             if (nb::isinstance<nb::str>(policy)) {
+               p.policy = nb::cast<std::string>(policy);
+             } else {
+               p.policy = "python";
+               p.plugin = make_python_policy(policy);
+             }
              p.kv_size = kv_size;
              p.n_ctx = n_ctx;
              p.n_sink = n_sink;
@@ -119,6 +144,10 @@ void bind_engine(nb::module_& m) {
              return to_numpy(std::move(out), all_logits ? ids.size() : 0, V);
            },
            nb::arg("ids"), nb::arg("all_logits") = false)
+      .def("_attach_policy_owner", [](nb::handle self) {
+        Engine& e = nb::cast<Engine&>(self);
+        set_python_policy_engine(e.policy(), self.ptr());
+      })
       .def("reset", &Engine::reset)
       .def("set_protect_below", &Engine::set_protect_below, nb::arg("pos"))
       .def("cancel", [](Engine& e) { e.cancel_requested.store(true); })

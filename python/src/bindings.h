@@ -9,4 +9,5 @@ void bind_gguf(nb::module_& m);
 void bind_quant(nb::module_& m);
 void bind_tokenizer(nb::module_& m);
 void bind_sampler(nb::module_& m);
+void bind_policy(nb::module_& m);
 void bind_engine(nb::module_& m);

@@ -28,5 +28,6 @@ NB_MODULE(_core, m) {
   bind_quant(m);
   bind_tokenizer(m);
   bind_sampler(m);
+  bind_policy(m);
   bind_engine(m);
 }

@@ -10,9 +10,10 @@ from . import _core
 from ._core import GGUFError, TovaError
 from .engine import Engine
 from .gguf import GGUFFile, TensorInfo
+from .policy import Policy
 from .sampling import SamplingParams
 
 __version__: str = _core.__version__
 
-__all__ = ["Engine", "SamplingParams", "GGUFError", "TovaError", "GGUFFile", "TensorInfo",
+__all__ = ["Engine", "SamplingParams", "Policy", "GGUFError", "TovaError", "GGUFFile", "TensorInfo",
            "__version__"]

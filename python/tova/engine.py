@@ -7,6 +7,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from . import _core
+from .policy import Policy
 from .sampling import SamplingParams
 
 __all__ = ["Engine"]
@@ -23,7 +24,8 @@ class Engine:
         n_ctx: with ``policy="full"``, the cache size and the most tokens a sequence may hold
             (llama.cpp's ``n_ctx``); ignored by evicting policies, which never run out.
         kv_size: ``C``, the tokens kept per layer by an evicting policy (the multi-state size).
-        policy: ``"tova"`` (default), ``"h2o"``, ``"sink"``, ``"window"`` or ``"full"``.
+        policy: ``"tova"`` (default), ``"h2o"``, ``"sink"``, ``"window"``, ``"full"``, or an
+            instance of a :class:`tova.Policy` subclass (your own policy, run inside the engine).
         n_sink: first positions never evicted; default: 4 for ``"sink"``, 0 otherwise.
         kv_type: element type of the stored K and V: ``"f16"`` (default), ``"f32"``, ``"q8_0"``.
         prefill: how prompts longer than ``kv_size`` are read: ``"exact"`` (default; equal to
@@ -48,7 +50,7 @@ class Engine:
         *,
         n_ctx: int = 2048,
         kv_size: int = 512,
-        policy: str = "tova",
+        policy: "Union[str, Policy]" = "tova",
         n_sink: Optional[int] = None,
         kv_type: str = "f16",
         prefill: str = "exact",
@@ -67,8 +69,9 @@ class Engine:
             _check_int("n_threads", n_threads, minimum=1)
         if n_sink is not None:
             _check_int("n_sink", n_sink, minimum=0)
-        if not isinstance(policy, str):
-            raise TypeError(f"policy must be a policy name (str), got {type(policy).__name__}")
+        if not isinstance(policy, (str, Policy)):
+            raise TypeError("policy must be a policy name (str) or a tova.Policy instance, "
+                            f"got {type(policy).__name__}")
         path = resolve(model)
         self._seed = seed
         self._core: Optional[_core.Engine] = _core.Engine(
@@ -84,10 +87,11 @@ class Engine:
             positions=positions,
             float_activations=bool(float_activations),
         )
+        self._core._attach_policy_owner()
         self.path = str(path)
         self.n_ctx = n_ctx
         self.kv_size = kv_size
-        self.policy = policy
+        self.policy = policy if isinstance(policy, str) else policy.name
         self._info: Dict[str, Any] = self._core.model_info()
 
     # ---- lifetime -----------------------------------------------------------------------------
