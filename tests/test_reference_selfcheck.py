@@ -161,7 +161,8 @@ def test_synthetic_gemma3_metadata_and_vocab(tmp_path):
     tokens, types = f["tokenizer.ggml.tokens"], f["tokenizer.ggml.token_type"]
     scores = f["tokenizer.ggml.scores"]
     assert len(tokens) == len(set(tokens)) == len(types) == len(scores) == 400
-    assert [tokens[i] for i, t in enumerate(types) if t == 6] == [f"<0x{b:02X}>" for b in range(256)]
+    byte_pieces = [tokens[i] for i, t in enumerate(types) if t == 6]
+    assert byte_pieces == [f"<0x{b:02X}>" for b in range(256)]
     normal = [tok for tok, t in zip(tokens, types) if t == 1]
     have = set()
     for tok in normal:  # each multi-char piece is reachable by merging two earlier pieces
@@ -242,6 +243,37 @@ def test_rope_relative_position_property(tmp_path, arch):
             assert got == pytest.approx(np.cos(base ** (-2 / d)), abs=1e-12)
 
 
+def test_attention_hook_select_equals_eviction(synth):
+    """Masking positions through hook.select gives the same logits as evicting them from the
+    cache, and observe sees each row's per-head softmax (zero where masked, rows sum to 1)."""
+    info, ref = synth
+    toks = np.random.default_rng(6).integers(0, info.n_vocab, 16)
+    hidden = [1, 2, 4, 7]
+    seen = []
+
+    class Hook:
+        def select(self, layer, q_pos, key_pos):
+            return ~np.isin(key_pos, hidden)
+
+        def observe(self, layer, q_pos, key_pos, probs):
+            seen.append((layer, q_pos, key_pos.copy(), probs.copy()))
+
+    a = ref.new_cache()
+    ref.forward(toks[:10], 0, a)
+    masked = ref.forward(toks[10:], 10, a, hook=Hook())
+    b = ref.new_cache()
+    ref.forward(toks[:10], 0, b)
+    for layer in range(ref.hp.n_layer):
+        b.evict(layer, hidden)
+    evicted = ref.forward(toks[10:], 10, b)
+    np.testing.assert_allclose(masked, evicted, rtol=0, atol=2e-4)  # reduction order only
+    assert len(seen) == ref.hp.n_layer * 6
+    for layer, q_pos, key_pos, probs in seen:
+        assert probs.shape == (ref.hp.n_head, key_pos.size) and key_pos.max() == q_pos
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+        assert np.all(probs[:, np.isin(key_pos, hidden)] == 0)
+
+
 # ---- policies on synthetic models ---------------------------------------------------------------
 
 def _check_swa_layers(ref: LlamaRef, r: dict, n: int) -> None:
@@ -273,11 +305,13 @@ def test_policy_invariants_and_chunk_independence(synth, policy):
     info, ref = synth
     n, C = 40, 12
     toks = np.random.default_rng(5).integers(0, info.n_vocab, n)
-    one = run_policy(ref, toks, kv_size=C, policy=policy)
+    one = run_policy(ref, toks, kv_size=C, policy=policy, chunk=1)  # literally token by token
     chunked = run_policy(ref, toks, kv_size=C, policy=policy, chunk=7)
+    whole = run_policy(ref, toks, kv_size=C, policy=policy)  # default: one forward call
     # exact prefill: the chunk size changes nothing but float reduction order
-    assert chunked["victims"] == one["victims"]
-    np.testing.assert_allclose(chunked["logits"], one["logits"], rtol=0, atol=2e-4)
+    for other in (chunked, whole):
+        assert other["victims"] == one["victims"] and other["kept"] == one["kept"]
+        np.testing.assert_allclose(other["logits"], one["logits"], rtol=0, atol=2e-4)
     _check_swa_layers(ref, one, n)
     for layer, kept in one["kept"].items():
         if ref.hp.is_swa(layer):

@@ -24,7 +24,8 @@ each query row in order,
     mask = hook.select(layer, q_pos, key_pos)     # bool (n_keys,) or None: restrict the keys
     hook.observe(layer, q_pos, key_pos, probs)    # probs: (n_head, n_keys) softmax of that row
 where `key_pos` are the absolute positions of the cached keys visible to the row (causal: pos <=
-q_pos) and `probs[:, j]` is the probability each query head gave to `key_pos[j]` (0 for keys the
+q_pos; on sliding-window layers also q_pos - pos < n_swa), `mask` must keep at least one key, and
+`probs[:, j]` is the probability each query head gave to `key_pos[j]` (0 for keys the
 mask removed). `observe` may evict entries from the cache (`cache.evict(layer, positions)`); the
 next row then sees the cache without them, which is exactly the per-row semantics of the spec.
 """
@@ -279,7 +280,8 @@ class LlamaRef:
         scale = self.dtype.type(1.0 / np.sqrt(hp.head_dim))
         n = q.shape[0]
         if hook is None:
-            k = np.repeat(cache.k[layer], g, axis=1)  # (m, n_head, d): query head h reads kv head h // g
+            # (m, n_head, d): query head h reads kv head h // g
+            k = np.repeat(cache.k[layer], g, axis=1)
             v = np.repeat(cache.v[layer], g, axis=1)
             s = np.einsum("nhd,mhd->hnm", q, k) * scale
             visible = self._visible(layer, q_pos[:, None], cache.pos[layer][None, :])  # (n, m)

@@ -3,8 +3,10 @@
 `write_llama_gguf(path, ...)` writes a llama (or qwen2) model with the metadata a real file of that
 architecture has and a small but valid byte-level BPE ("gpt2") tokenizer, so the engine loads it
 exactly like a downloaded model. `write_gemma3_gguf(path, ...)` does the same for Gemma 3, with a
-SentencePiece ("llama") tokenizer with byte fallback and a small sliding window. Weights are random, scaled so activations stay O(1), attention is
-neither uniform nor one-hot, and logits spread over a few units (no ties, no overflow).
+SentencePiece ("llama") tokenizer with byte fallback and a small sliding window.
+
+Weights are random, scaled so activations stay O(1), attention is neither uniform nor one-hot,
+and logits spread over a few units (no ties, no overflow); greedy output does not get stuck.
 
 Quantization: the types gguf-py can encode (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) go
 through `gguf.quants.quantize`. gguf-py (0.19) only *decodes* the K-quants, so Q2_K..Q6_K are
@@ -87,7 +89,7 @@ def _pack_scale_min_6bit(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 
 def _pack_nibbles_k(q: np.ndarray) -> np.ndarray:
-    """(nb, 8, 32) 4-bit values -> 128 bytes: byte g*32+l holds sub-block 2g (low) and 2g+1 (high)."""
+    """(nb, 8, 32) 4-bit values -> 128 bytes: byte g*32+l holds sub-blocks 2g (low), 2g+1 (high)."""
     lo, hi = q[:, 0::2, :] & 0xF, q[:, 1::2, :] & 0xF
     return (lo | (hi << 4)).reshape(q.shape[0], 128).astype(np.uint8)
 
@@ -154,7 +156,8 @@ def _q6_k(x: np.ndarray):
     lo = (u & 0xF).reshape(nb, 2, 2, 64)  # element h*128 + s*64 + l -> ql[h*64+l], nibble s
     ql = (lo[:, :, 0] | (lo[:, :, 1] << 4)).reshape(nb, 128)
     hi = (u >> 4).reshape(nb, 2, 4, 32)   # element h*128 + s*32 + l -> qh[h*32+l], bits 2s
-    qh = (hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)).reshape(nb, 64)
+    qh = hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)
+    qh = qh.reshape(nb, 64)
     blk = np.concatenate([ql, qh, sc.view(np.uint8), d.view(np.uint8).reshape(nb, 2)], axis=1)
     return blk, meant.reshape(nb, 256)
 
@@ -181,7 +184,8 @@ def encode_tensor(w: np.ndarray, type_name: str) -> tuple[np.ndarray, QT | None]
     qt = QT[type_name]
     block = GGML_QUANT_SIZES[qt][0]
     if w.shape[-1] % block:
-        raise ValueError(f"{type_name} needs rows of a multiple of {block} values, got {w.shape[-1]}")
+        raise ValueError(f"{type_name} needs rows of a multiple of {block} values, "
+                         f"got {w.shape[-1]}")
     if type_name == "F32":
         return np.ascontiguousarray(w, np.float32), None
     if type_name == "F16":
