@@ -6,6 +6,10 @@ makes the test fail with the reason (never skip): a missing model is a broken en
 from __future__ import annotations
 
 import os
+
+# Set before numpy loads: OpenBLAS threads fight the engine and each other on small machines.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from pathlib import Path
 
 import pytest

@@ -1,0 +1,141 @@
+"""tova against independent numpy references (tests/reference/) on tiny random-weight models
+written with gguf.GGUFWriter: the forward pass (llama, qwen2, gemma3; GQA; quantized, tied and
+untied weights) and the KV policies of shared/spec/KV_POLICIES.md step by step.
+
+Tolerances: with `float_activations=True` and an f32 cache tova computes in float32 what the
+reference computes in float32 too; the two differ only by summation order: max |Δlogit| 2e-3
+(logits here are O(1-10)). In the default mode tova quantizes activations to 8 bits before each
+matrix product, as llama.cpp does: that rounding (relative ~1/254 per activation) accumulates to
+about 1e-2 relative on these logits; we hold 5% of the logit range.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tova
+from reference.kv_policy_ref import run_policy
+from reference.llama_ref import LlamaRef
+from reference.synthetic import write_gemma3_gguf, write_llama_gguf
+
+EXACT_TOL = 2e-3
+
+
+def _engine(path, **kw):
+    kw.setdefault("n_threads", 2)
+    kw.setdefault("kv_type", "f32")
+    return tova.Engine(path, **kw)
+
+
+def _tokens(n, vocab, seed=0):
+    return np.random.default_rng(seed).integers(3, vocab, size=n).tolist()
+
+
+LLAMA_CASES = {
+    "f32-gqa-untied": dict(weight_type="F32", n_head=4, n_head_kv=2, tied_output=False),
+    "f32-mha-tied": dict(weight_type="F32", n_head=4, n_head_kv=4, tied_output=True),
+    "q8_0-q4_0-mixed": dict(weight_type={"default": "Q8_0", "ffn_down": "Q4_0", "attn_v": "Q5_1",
+                                         "output": "F16"}, n_head=4, n_head_kv=1),
+    "q4_1-q5_0": dict(weight_type={"default": "Q4_1", "attn_q": "Q5_0"}, n_head=4, n_head_kv=2),
+    "kquants": dict(weight_type={"default": "Q4_K", "ffn_down": "Q6_K", "attn_v": "Q5_K",
+                                 "attn_k": "Q3_K", "attn_q": "Q2_K", "token_embd": "Q8_0"},
+                    n_embd=256, n_ff=512, n_head=4, n_head_kv=2),
+    "qwen2-biases-neox": dict(arch="qwen2", weight_type="F32", n_head=4, n_head_kv=2),
+}
+
+
+@pytest.fixture(scope="module", params=list(LLAMA_CASES))
+def llama_model(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp("syn") / f"{request.param}.gguf"
+    write_llama_gguf(path, seed=7, **LLAMA_CASES[request.param])
+    return path, LlamaRef(str(path))
+
+
+def test_forward_matches_reference(llama_model):
+    path, ref = llama_model
+    ids = _tokens(40, 384)  # write_llama_gguf's default vocabulary
+    want = ref.forward(ids)
+    with _engine(path, policy="full", n_ctx=64, float_activations=True, chunk=16) as e:
+        prefill = e.eval(ids, all_logits=True)
+        e.reset()
+        decode = np.stack([e.eval([t]) for t in ids])
+    np.testing.assert_allclose(prefill, want, atol=EXACT_TOL, rtol=0)
+    np.testing.assert_allclose(decode, want, atol=EXACT_TOL, rtol=0)
+    with _engine(path, policy="full", n_ctx=64) as e:  # 8-bit activations, f16 cache default
+        q8 = e.eval(ids, all_logits=True)
+    spread = float(want.max() - want.min())
+    assert np.abs(q8 - want).max() < 0.05 * spread
+    assert (q8.argmax(-1) == want.argmax(-1)).mean() > 0.9
+
+
+def test_gemma3_sliding_and_global_layers(tmp_path):
+    """5 sliding-window layers (window 8) and a global one: 30 tokens exercise the window."""
+    path = tmp_path / "gemma3.gguf"
+    write_gemma3_gguf(path, seed=3, sliding_window=8)
+    ref = LlamaRef(str(path))
+    ids = _tokens(30, 512, seed=1)
+    want = ref.forward(ids)
+    with _engine(path, policy="full", n_ctx=64, float_activations=True, chunk=7) as e:
+        prefill = e.eval(ids, all_logits=True)
+        e.reset()
+        decode = np.stack([e.eval([t]) for t in ids])
+        # sliding layers keep exactly their window (n_swa - 1 after each step: the query itself
+        # makes n_swa visible keys), the global layer everything
+        assert len(e.kv_positions(0)) == 7 and len(e.kv_positions(5)) == 30
+    np.testing.assert_allclose(prefill, want, atol=EXACT_TOL, rtol=0)
+    np.testing.assert_allclose(decode, want, atol=EXACT_TOL, rtol=0)
+
+
+# ---- the policies, step by step, against the spec's numpy reference ---------------------------
+
+
+@pytest.fixture(scope="module")
+def policy_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pol") / "pol.gguf"
+    write_llama_gguf(path, seed=11, n_layer=3, n_head=4, n_head_kv=2, weight_type="F32")
+    return path, LlamaRef(str(path))
+
+
+def _kept_after(victims, t, n_layer):
+    """Kept positions after step t, from the reference's victim list."""
+    out = []
+    for l in range(n_layer):
+        gone = {p for (s, p) in victims[l] if s <= t}
+        out.append(sorted(set(range(t + 1)) - gone))
+    return out
+
+
+@pytest.mark.parametrize("policy", ["window", "sink", "h2o", "tova"])
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_policy_matches_spec_reference(policy_model, policy, chunk):
+    path, ref = policy_model
+    ids = _tokens(90, 384, seed=5)
+    C = 12
+    want = run_policy(ref, ids, kv_size=C, policy=policy)
+    n_layer = 3
+    with _engine(path, policy=policy, kv_size=C, chunk=chunk) as e:
+        got_logits = []
+        for s in range(0, len(ids), chunk):
+            part = ids[s:s + chunk]
+            got_logits.append(e.eval(part, all_logits=True))
+            t = s + len(part) - 1
+            got = [e.kv_positions(l).tolist() for l in range(n_layer)]
+            assert got == _kept_after(want["victims"], t, n_layer), f"after step {t}"
+    np.testing.assert_allclose(np.concatenate(got_logits), want["logits"], atol=EXACT_TOL, rtol=0)
+
+
+def test_decode_after_prefill_matches_reference(policy_model):
+    """A prompt longer than kv_size read in chunks of 7, then single-token decode: the kept sets
+    and logits follow the reference at every decode step."""
+    path, ref = policy_model
+    ids = _tokens(60, 384, seed=9)
+    want = run_policy(ref, ids, kv_size=10, policy="tova")
+    with _engine(path, policy="tova", kv_size=10, chunk=7) as e:
+        e.eval(ids[:40])
+        for t in range(40, 60):
+            lg = e.eval([ids[t]])
+            np.testing.assert_allclose(lg, want["logits"][t], atol=EXACT_TOL, rtol=0)
+            got = [e.kv_positions(l).tolist() for l in range(3)]
+            assert got == _kept_after(want["victims"], t, 3)
