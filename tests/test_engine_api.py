@@ -203,3 +203,25 @@ def test_ctrl_c_interrupts_and_engine_stays_usable(smollm2_path):
     assert secs < 5.0
     assert "AGAIN ' Paris." in r.stdout, r.stdout
     assert "STREAM INTERRUPTED" in r.stdout, r.stdout
+
+
+def test_ctrl_c_during_a_long_prompt(smollm2_path):
+    """SIGINT while a long prompt is evaluated stops between chunks; the engine works after."""
+    code = textwrap.dedent(f"""
+        import os, signal, threading, time, tova
+        e = tova.Engine({str(smollm2_path)!r}, policy="tova", kv_size=64, chunk=16, n_threads=1)
+        ids = e.tokenize("word " * 4000)
+        threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        t0 = time.time()
+        try:
+            e.eval(ids)
+            print("NOT INTERRUPTED")
+        except KeyboardInterrupt:
+            print("INTERRUPTED after %.2f s, n_past=%d" % (time.time() - t0, e.n_past))
+        print("AGAIN", repr(e.generate("The capital of France is", max_tokens=2, temperature=0)))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "INTERRUPTED after" in r.stdout and "n_past=0" in r.stdout, r.stdout
+    assert float(r.stdout.split("after ")[1].split()[0]) < 5.0
+    assert "AGAIN ' Paris" in r.stdout, r.stdout

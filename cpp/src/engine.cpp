@@ -110,6 +110,7 @@ void Engine::eval(const std::vector<int32_t>& ids, bool all_logits, std::vector<
     const bool last = b + static_cast<size_t>(n) == ids.size();
     float* out = all_logits ? logits.data() + b * static_cast<size_t>(V) : (last ? logits_.data() : nullptr);
     try {
+      if (b > 0 && interrupt_hook) interrupt_hook();
       forward_->run(*pool_, *store_, policies_, ids.data() + b, n, n_past_, all_logits, out);
     } catch (...) {
       reset();  // the store may be half-updated: start the sequence over, keep the engine usable

@@ -115,6 +115,9 @@ class Engine {
   void set_protect_below(int64_t pos) { policies_.protect_below = pos; }
 
   Stats last_stats;
+  // Called between prefill chunks of a long eval; may throw to abort it (the sequence is then
+  // reset). Python installs a Ctrl-C check here, the CLI a check of its SIGINT flag.
+  std::function<void()> interrupt_hook;
   // Set from another thread (or a signal handler) to stop the running generation.
   std::atomic<bool> cancel_requested{false};
 

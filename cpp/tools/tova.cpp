@@ -220,6 +220,9 @@ int cmd_run(const std::vector<std::string>& argv) {
   gp.sampling.validate();
   const auto ids = engine.tokenize(prompt, engine.model().tokenizer().add_bos_default(), false);
   std::signal(SIGINT, on_sigint);
+  engine.interrupt_hook = [] {
+    if (g_interrupted) throw Cancelled("interrupted");
+  };
   Generation g(engine, ids, gp);
   std::fputs(prompt.c_str(), stdout);
   std::fflush(stdout);

@@ -105,8 +105,15 @@ void bind_engine(nb::module_& m) {
              p.chunk = chunk;
              p.positions = positions;
              p.float_activations = float_activations;
-             nb::gil_scoped_release release;
-             new (self) Engine(path, std::move(p));
+             {
+               nb::gil_scoped_release release;
+               new (self) Engine(path, std::move(p));
+             }
+             // Ctrl-C between the chunks of a long prompt: KeyboardInterrupt, sequence reset.
+             self->interrupt_hook = [] {
+               nb::gil_scoped_acquire gil;
+               if (PyErr_CheckSignals() != 0) throw nb::python_error();
+             };
            },
            nb::arg("path"), nb::arg("n_threads") = 0, nb::arg("policy") = "tova",
            nb::arg("kv_size") = 512, nb::arg("n_ctx") = 2048, nb::arg("n_sink") = -1,
