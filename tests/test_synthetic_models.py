@@ -139,3 +139,47 @@ def test_decode_after_prefill_matches_reference(policy_model):
             np.testing.assert_allclose(lg, want["logits"][t], atol=EXACT_TOL, rtol=0)
             got = [e.kv_positions(l).tolist() for l in range(3)]
             assert got == _kept_after(want["victims"], t, 3)
+
+
+def test_linear_rope_scaling(tmp_path):
+    """rope.scaling.type=linear, factor 4: positions are divided by the factor (the reference
+    reads the same keys); the same weights without the keys give different logits."""
+    scaled, plain = tmp_path / "linear.gguf", tmp_path / "plain.gguf"
+    write_llama_gguf(scaled, seed=2, extra_kv={"llama.rope.scaling.type": "linear",
+                                               "llama.rope.scaling.factor": 4.0})
+    write_llama_gguf(plain, seed=2)
+    ref = LlamaRef(str(scaled))
+    assert ref.hp.rope_linear_factor == 4.0
+    ids = _tokens(24, 384, seed=4)
+    with _engine(scaled, policy="full", n_ctx=32, float_activations=True) as e:
+        got = e.eval(ids, all_logits=True)
+    with _engine(plain, policy="full", n_ctx=32, float_activations=True) as e:
+        unscaled = e.eval(ids, all_logits=True)
+    np.testing.assert_allclose(got, ref.forward(ids), atol=EXACT_TOL, rtol=0)
+    assert np.abs(unscaled - got).max() > 0.1
+
+
+def test_unknown_architecture_lists_supported(tmp_path):
+    import gguf
+    path = tmp_path / "mamba.gguf"
+    w = gguf.GGUFWriter(str(path), "mamba")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((8, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(tova.GGUFError, match=r"unsupported architecture 'mamba' \(supported: llama, qwen2, gemma3\)"):
+        tova.Engine(path)
+
+
+def test_missing_tensor_and_wrong_shape(tmp_path):
+    import gguf
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, seed=1)
+    data = bytearray(path.read_bytes())
+    i = data.find(b"blk.1.ffn_up.weight")
+    data[i:i + 19] = b"blk.1.ffn_XX.weight"
+    path.write_bytes(bytes(data))
+    with pytest.raises(tova.GGUFError, match="required tensor 'blk.1.ffn_up.weight' is missing"):
+        tova.Engine(path)

@@ -189,6 +189,11 @@ int cmd_info(const std::vector<std::string>& argv) {
   std::printf("model:       %s (%s), %d layers, n_embd %d, heads %d/%d, head_dim %d, vocab %d, ctx %d\n",
               m.name().c_str(), h.arch.c_str(), h.n_layer, h.n_embd, h.n_head, h.n_head_kv,
               h.head_dim, h.n_vocab, h.n_ctx_train);
+  const char* scaling = h.rope_scaling == RopeScaling::Linear ? "linear"
+                        : h.rope_scaling == RopeScaling::Yarn ? "yarn" : "none";
+  std::printf("rope:        %s style, base %g, %d dims, scaling %s (factor %g)\n",
+              h.rope_style == RopeStyle::NeoX ? "neox" : "normal", h.rope_base, h.rope_dim, scaling,
+              h.rope_scale_factor);
   std::printf("tokenizer:   %s, %d tokens, bos %d, eos %d\n", m.tokenizer().model_name(),
               m.tokenizer().n_vocab(), m.tokenizer().bos_id(), m.tokenizer().eos_id());
   std::printf("kernels:     %s\n", kernel_isa());

@@ -333,6 +333,7 @@ def write_llama_gguf(path, *, n_vocab: int = 384, n_embd: int = 64, n_layer: int
                      context_length: int = 512, rms_eps: float = 1e-5,
                      tied_output: bool = False, weight_type: WeightType = "F32",
                      arch: str = "llama", tokenizer_pre: str | None = None,
+                     extra_kv: Mapping[str, object] | None = None,
                      seed: int = 0) -> SyntheticModel:
     """Write a random llama/qwen2 model to `path`. Norm weights and biases are always F32 (as in
     llama.cpp's files); `weight_type` applies to the matrices (token_embd and output included)."""
@@ -398,6 +399,13 @@ def write_llama_gguf(path, *, n_vocab: int = 384, n_embd: int = 64, n_layer: int
     w.add_pad_token_id(2)
     w.add_add_bos_token(False)
     w.add_chat_template(CHATML_TEMPLATE)
+    for key, value in (extra_kv or {}).items():  # e.g. RoPE scaling keys
+        if isinstance(value, str):
+            w.add_string(key, value)
+        elif isinstance(value, float):
+            w.add_float32(key, value)
+        else:
+            w.add_uint32(key, int(value))
 
     tensor_types = _write_tensors(w, weights, weight_type)
     return SyntheticModel(path=os.fspath(path), arch=arch, n_vocab=n_vocab, n_embd=n_embd,
