@@ -44,6 +44,22 @@ void softmax(float* s, int n) {
   for (int j = 0; j < n; ++j) s[j] *= inv;
 }
 
+// The policy's view of a layer, without the probabilities.
+tova_policy_view base_view(LayerKv& L, const AttentionArgs& a, int64_t t, int s_new) {
+  tova_policy_view view{};
+  view.layer = a.layer;
+  view.capacity = L.capacity;
+  view.n_slots = L.n_slots;
+  view.n_valid = L.n_valid;
+  view.n_heads = a.n_head;
+  view.t = t;
+  view.new_slot = s_new;
+  view.pos = L.pos.data();
+  view.protect = L.protect.data();
+  view.state = L.state.data();
+  return view;
+}
+
 }  // namespace
 
 void AttentionCpu::attend(const KvStore& store, const LayerKv& L, int kvh, const float* q,
@@ -147,17 +163,7 @@ void AttentionCpu::row_walk(ThreadPool& pool, KvStore& store, LayerKv& L, const 
   const int64_t t = a.t0 + i;
   tova_policy* pol = a.policy;
   if (pol && pol->on_insert) {
-    tova_policy_view view{};
-    view.layer = a.layer;
-    view.capacity = L.capacity;
-    view.n_slots = n_slots;
-    view.n_valid = L.n_valid;
-    view.n_heads = a.n_head;
-    view.t = t;
-    view.new_slot = s_new;
-    view.pos = L.pos.data();
-    view.protect = L.protect.data();
-    view.state = L.state.data();
+    tova_policy_view view = base_view(L, a, t, s_new);
     pol->on_insert(pol->user, &view, s_new);
   }
 
@@ -213,18 +219,8 @@ void AttentionCpu::run_policy(LayerKv& L, const AttentionArgs& a, int64_t t, int
   if (n_evict == 0 && !(pol->flags & TOVA_POLICY_EVERY_STEP)) return;
   if (n_evict > 0 && a.never_evicts)
     throw Error(cat("context full: n_ctx ", L.capacity, " reached at position ", t));
-  tova_policy_view view{};
-  view.layer = a.layer;
-  view.capacity = L.capacity;
-  view.n_slots = L.n_slots;
-  view.n_valid = L.n_valid;
+  tova_policy_view view = base_view(L, a, t, s_new);
   view.n_evict = n_evict;
-  view.n_heads = a.n_head;
-  view.t = t;
-  view.new_slot = s_new;
-  view.pos = L.pos.data();
-  view.protect = L.protect.data();
-  view.state = L.state.data();
   view.probs = probs_.data();
   view.probs_mean = mean_.data();
   (void)n_alive;

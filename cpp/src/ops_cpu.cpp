@@ -110,14 +110,22 @@ void Matmul::run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* j
   TOVA_ASSERT(n_jobs >= 1 && n_jobs <= 4);
   const int64_t cols = jobs[0].w->cols;
   constexpr int64_t kBlock = 16;
+  // Tasks are blocks of rows across all jobs; each block runs over every input row so the
+  // weight rows stay in cache. starts[j]: the first task of job j.
+  int64_t starts[5] = {0};
+  for (int j = 0; j < n_jobs; ++j) starts[j + 1] = starts[j] + (jobs[j].w->rows + kBlock - 1) / kBlock;
+  auto job_of = [&](int64_t task, int64_t& r0, int64_t& r1) {
+    int j = 0;
+    while (task >= starts[j + 1]) ++j;
+    r0 = (task - starts[j]) * kBlock;
+    r1 = std::min(r0 + kBlock, jobs[j].w->rows);
+    return j;
+  };
   if (float_activations_) {
-    int64_t starts[5] = {0};
-    for (int j = 0; j < n_jobs; ++j) starts[j + 1] = starts[j] + (jobs[j].w->rows + kBlock - 1) / kBlock;
     pool.run(starts[n_jobs], [&](int64_t task, int) {
-      int j = 0;
-      while (task >= starts[j + 1]) ++j;
+      int64_t r0, r1;
+      const int j = job_of(task, r0, r1);
       const Matrix& w = *jobs[j].w;
-      const int64_t r0 = (task - starts[j]) * kBlock, r1 = std::min(r0 + kBlock, w.rows);
       const auto dot = w.traits->vec_dot_f32;
       for (int64_t i = 0; i < n; ++i)
         for (int64_t r = r0; r < r1; ++r) jobs[j].y[i * w.rows + r] = dot(cols, w.row(r), x + i * cols);
@@ -154,16 +162,10 @@ void Matmul::run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* j
       });
     }
   }
-  // Tasks are blocks of rows across all jobs; each block runs over every input row so the
-  // weight rows stay in cache.
-  int64_t starts[5] = {0};
-  for (int j = 0; j < n_jobs; ++j) starts[j + 1] = starts[j] + (jobs[j].w->rows + kBlock - 1) / kBlock;
   pool.run(starts[n_jobs], [&](int64_t task, int) {
-    int j = 0;
-    while (task >= starts[j + 1]) ++j;
+    int64_t r0, r1;
+    const int j = job_of(task, r0, r1);
     const Matrix& w = *jobs[j].w;
-    const int64_t r0 = (task - starts[j]) * kBlock;
-    const int64_t r1 = std::min(r0 + kBlock, w.rows);
     const uint8_t* xq = xq_[which[j]].data();
     const size_t xr = xrow[which[j]];
     float* y = jobs[j].y;
