@@ -18,10 +18,12 @@ ArchSpec arch_gemma3() {
             hp.ffn_act = FfnActivation::GeluTanh;
             // Not in the GGUF metadata; fixed by the architecture (Hugging Face Gemma3Config and
             // the Gemma 3 technical report): query_pre_attn_scalar = head_dim for the released
-            // text models, local layers use RoPE base 10000, and five sliding-window layers
-            // alternate with one global layer (sliding_window_pattern = 6: layer l is global
-            // when (l + 1) % 6 == 0).
-            hp.attn_scale = 1.0f / std::sqrt(static_cast<float>(hp.head_dim));
+            // text models except the 27B (62 layers), whose configuration sets it to
+            // n_embd / n_head (168, while its head_dim is 128); local layers use RoPE base 10000
+            // (unscaled: forward_cpu.cpp), and five sliding-window layers alternate with one
+            // global layer (sliding_window_pattern = 6: layer l is global when (l + 1) % 6 == 0).
+            const int qpas = hp.n_layer == 62 ? hp.n_embd / hp.n_head : hp.head_dim;
+            hp.attn_scale = 1.0f / std::sqrt(static_cast<float>(qpas));
             hp.rope_base_swa = 10000.0f;
             hp.n_swa = static_cast<int>(f.get_int("gemma3.attention.sliding_window", 0));
             if (hp.n_swa > 0) {

@@ -7,12 +7,27 @@
 
 namespace tova {
 
+namespace {
+
+// Sliding-window layers rotate with their own base and no context-extension scaling: the
+// scaling (Gemma 3 4B+: linear, factor 8) belongs to the global layers only (Hugging Face
+// Gemma3 applies rope_scaling to the global rotary embedding alone; llama.cpp fixes the
+// sliding layers' frequency scale at 1).
+HParams unscaled_rope(const HParams& hp) {
+  HParams h = hp;
+  h.rope_scaling = RopeScaling::None;
+  h.rope_scale_factor = 1.0f;
+  return h;
+}
+
+}  // namespace
+
 ForwardCpu::ForwardCpu(const Model& model, int max_tokens, bool float_activations)
     : m_(model),
       max_tokens_(max_tokens),
       mm_(float_activations),
       rope_(model.hp(), model.hp().rope_base),
-      rope_swa_(model.hp(), model.hp().rope_base_swa) {
+      rope_swa_(unscaled_rope(model.hp()), model.hp().rope_base_swa) {
   const HParams& h = m_.hp();
   const size_t U = static_cast<size_t>(max_tokens);
   const size_t E = static_cast<size_t>(h.n_embd), D = static_cast<size_t>(h.head_dim);
@@ -88,7 +103,10 @@ void ForwardCpu::run(ThreadPool& pool, KvStore& store, const LayerPolicies& lp,
     a.n_sink = lp.n_sink;
     a.protect_below = lp.protect_below;
     a.rank_rope = lp.cache_index ? (swa ? &rope_swa_ : &rope_) : nullptr;
-    a.chunked = lp.chunked;
+    // Chunked prefill approximates the policy's choices, but a sliding-window layer's window is
+    // the model itself: a chunk's rows must not see keys n_swa or more behind them, so those
+    // layers always walk row by row once their window is full.
+    a.chunked = lp.chunked && !swa;
     attention_.run(pool, store, a);
 
     mm_.run(pool, w.wo, att_.data(), n, o_.data());

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -15,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "chat_cli.h"
+#include "perplexity_cli.h"
 #include "cli_args.h"
 #include "common.h"
 #include "engine.h"
@@ -35,6 +38,8 @@ const char* kUsage = R"(usage: tova COMMAND [options]
 commands:
   info MODEL                 print the model's metadata, tensors, load time and memory
   run -m MODEL -p PROMPT     generate a continuation, streamed as it is produced
+  chat -m MODEL              chat in the terminal (see tova chat --help)
+  perplexity -m MODEL -f FILE  perplexity through the fixed cache (see tova perplexity --help)
   bench -m MODEL             prompt-processing and generation speed (llama-bench style)
   pull NAME                  fetch a registry model into the cache
   list                       show the model registry and what is cached
@@ -45,6 +50,7 @@ MODEL is a GGUF path or a registry name (see `tova list`).
 run / bench options:
   -m, --model MODEL          model path or name
   -p, --prompt TEXT          prompt (run); -p N prompt tokens (bench, default 512)
+  -f, --file FILE            run: read the prompt from a file (then -p TEXT is appended)
   -n, --n-predict N          tokens to generate (run: 128; bench: 128)
   -t, --threads N            compute threads (default: all cores)
       --temp T               temperature (run: 0.8; 0 = greedy)
@@ -119,6 +125,17 @@ std::string resolve_model(const std::string& model) {
   if (rc != 0 || out.empty()) throw FileNotFound(cat("model '", model, "' could not be resolved"));
   const size_t nl = out.rfind('\n');
   return nl == std::string::npos ? out : out.substr(nl + 1);
+}
+
+std::string read_text_file(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) throw FileNotFound(cat(path, ": cannot open: ", std::strerror(errno)));
+  std::string s;
+  char buf[65536];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
+  std::fclose(f);
+  return s;
 }
 
 EngineParams engine_params(const CliArgs& a, const std::string& default_policy) {
@@ -210,8 +227,11 @@ int cmd_run(const std::vector<std::string>& argv) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  if (!a.has("--prompt") && !a.has("--file")) throw ArgumentError("no prompt given (-p PROMPT)");
+  if (!a.has("--prompt") && !a.has("--file"))
+    throw ArgumentError("no prompt given (-p PROMPT or -f FILE)");
   std::string prompt = a.str("--prompt", "");
+  if (a.has("--file")) prompt = read_text_file(a.str("--file", "")) + prompt;
+  const bool echo_prompt = !a.has("--file");
   Engine engine(resolve_model(a.str("--model", "")), engine_params(a, "tova"));
   GenerateParams gp;
   gp.max_tokens = a.integer("--n-predict", 128);
@@ -229,7 +249,7 @@ int cmd_run(const std::vector<std::string>& argv) {
     if (g_interrupted) throw Cancelled("interrupted");
   };
   Generation g(engine, ids, gp);
-  std::fputs(prompt.c_str(), stdout);
+  if (echo_prompt) std::fputs(prompt.c_str(), stdout);
   std::fflush(stdout);
   while (!g.finished()) {
     if (g_interrupted) g.cancel();
@@ -346,6 +366,8 @@ int main(int argc, char** argv) {
     }
     if (cmd == "info") return cmd_info(rest);
     if (cmd == "run") return cmd_run(rest);
+    if (cmd == "chat") return cmd_chat(rest, resolve_model);
+    if (cmd == "perplexity") return cmd_perplexity(rest, resolve_model);
     if (cmd == "bench") return cmd_bench(rest);
     if (cmd == "pull" || cmd == "list") {
       rest.insert(rest.begin(), cmd);

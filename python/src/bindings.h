@@ -11,3 +11,4 @@ void bind_tokenizer(nb::module_& m);
 void bind_sampler(nb::module_& m);
 void bind_policy(nb::module_& m);
 void bind_engine(nb::module_& m);
+void bind_chat(nb::module_& m);

@@ -30,4 +30,5 @@ NB_MODULE(_core, m) {
   bind_sampler(m);
   bind_policy(m);
   bind_engine(m);
+  bind_chat(m);
 }

@@ -255,6 +255,97 @@ class Engine:
         return (f"Engine({i['name'] or os.path.basename(self.path)!r}, arch={i['arch']}, "
                 f"policy={self.policy}, kv_size={self.kv_size})")
 
+    # ---- chat (tova/chat.py) ------------------------------------------------------------------
+    def chat(
+        self,
+        messages: Sequence[Dict[str, Any]],
+        *,
+        chat_template: Optional[str] = None,
+        keep_system: bool = False,
+        max_tokens: int = 512,
+        stop: Union[None, str, Sequence[str]] = None,
+        ignore_eos: bool = False,
+        sampling: Optional[SamplingParams] = None,
+        **fields: Any,
+    ) -> str:
+        """Replies to a conversation (``[{"role": "user", "content": "Hi"}, ...]``) and returns
+        the assistant's text.
+
+        The prompt is the model's own chat template (GGUF ``tokenizer.chat_template``) rendered
+        with jinja2 as Hugging Face does; ``chat_template`` overrides it (jinja text, or a family:
+        ``"chatml"``, ``"gemma"``, ``"llama3"``); a file without one gets its family's built-in
+        template. The conversation stays in the engine's sequence: the next call with the
+        messages extended evaluates only the new turn's tokens. ``keep_system`` pins the system
+        prompt (never evicted). Stopping and sampling options are those of :meth:`generate`.
+        """
+        from . import chat as _chat
+
+        turn = _chat.ChatTurn(self, messages, chat_template=chat_template, keep_system=keep_system,
+                              max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos,
+                              sampling=sampling, fields=fields)
+        return "".join(turn.pieces())
+
+    def chat_stream(
+        self,
+        messages: Sequence[Dict[str, Any]],
+        *,
+        chat_template: Optional[str] = None,
+        keep_system: bool = False,
+        max_tokens: int = 512,
+        stop: Union[None, str, Sequence[str]] = None,
+        ignore_eos: bool = False,
+        sampling: Optional[SamplingParams] = None,
+        **fields: Any,
+    ) -> Iterator[str]:
+        """Like :meth:`chat`, yielding the reply's text pieces as they are produced."""
+        from . import chat as _chat
+
+        turn = _chat.ChatTurn(self, messages, chat_template=chat_template, keep_system=keep_system,
+                              max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos,
+                              sampling=sampling, fields=fields)
+        return turn.pieces()
+
+    def create_chat_completion(
+        self,
+        messages: Sequence[Dict[str, Any]],
+        *,
+        chat_template: Optional[str] = None,
+        keep_system: bool = False,
+        max_tokens: int = 512,
+        stop: Union[None, str, Sequence[str]] = None,
+        ignore_eos: bool = False,
+        sampling: Optional[SamplingParams] = None,
+        **fields: Any,
+    ) -> Dict[str, Any]:
+        """:meth:`chat` returning an OpenAI-style ``chat.completion`` dict (the shape
+        llama-cpp-python returns): ``id``, ``object``, ``created``, ``model``, ``choices`` (one,
+        with ``message`` and ``finish_reason``: ``"stop"`` or ``"length"``) and ``usage``
+        (``prompt_tokens`` of the whole rendered conversation, ``completion_tokens`` without the
+        final end-of-turn token, ``total_tokens``)."""
+        from . import chat as _chat
+
+        turn = _chat.ChatTurn(self, messages, chat_template=chat_template, keep_system=keep_system,
+                              max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos,
+                              sampling=sampling, fields=fields)
+        content = "".join(turn.pieces())
+        return _chat.completion_dict(self, turn, content)
+
+    def reset_chat(self) -> None:
+        """Forgets the conversation held in the sequence (the next chat reads its prompt in full)."""
+        from . import chat as _chat
+
+        _chat.reset(self)
+
+    # ---- perplexity (tova/perplexity.py) --------------------------------------------------------
+    def perplexity(self, text_or_tokens: Union[str, Sequence[int]], **kwargs: Any) -> Any:
+        """Perplexity of the model on a text read through the fixed cache (from an empty one: the
+        sequence held before is dropped); keywords and result as :func:`tova.perplexity.perplexity`
+        (``kv_size``, ``policy``, ``prefill``, ``context``, ``stride``, ``chunks``, ``progress``).
+        Settings this engine does not have are read through a new engine on the same model."""
+        from .perplexity import perplexity
+
+        return perplexity(self, text_or_tokens, **kwargs)
+
 
 def _stream(gen: "_core.Generation") -> Iterator[str]:
     try:

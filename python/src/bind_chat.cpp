@@ -1,0 +1,108 @@
+// tova._core chat pieces: the C++ renderers and format recognition (Python's fallback when a
+// file has no template, and the tests comparing them with jinja2), and ChatSession, the
+// conversation the CLI runs.
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/unique_ptr.h>
+#include <nanobind/stl/vector.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "bindings.h"
+#include "chat.h"
+#include "common.h"
+#include "engine.h"
+
+using namespace tova;
+
+namespace {
+
+using Pairs = std::vector<std::pair<std::string, std::string>>;
+
+std::vector<ChatMessage> to_messages(const Pairs& in) {
+  std::vector<ChatMessage> out;
+  out.reserve(in.size());
+  for (const auto& [role, content] : in) out.push_back({role, content});
+  return out;
+}
+
+nb::dict format_dict(const ChatFormatChoice& c) {
+  nb::dict d;
+  d["family"] = chat_family_name(c.format.family);
+  d["bos"] = c.format.bos;
+  d["default_system"] = c.format.default_system;
+  d["recognized"] = c.recognized;
+  d["source"] = c.source;
+  return d;
+}
+
+}  // namespace
+
+void bind_chat(nb::module_& m) {
+  m.def("render_chat",
+        [](const std::string& family, const Pairs& messages, bool add_generation_prompt,
+           const std::string& bos_token, const std::string& default_system) {
+          ChatFormat f;
+          f.family = parse_chat_family(family);
+          f.bos = bos_token;
+          f.default_system = default_system;
+          return render_chat(f, to_messages(messages), add_generation_prompt);
+        },
+        nb::arg("family"), nb::arg("messages"), nb::arg("add_generation_prompt") = true,
+        nb::arg("bos_token") = "", nb::arg("default_system") = "",
+        "The C++ renderer's prompt text for [(role, content), ...].");
+  m.def("chat_family_from_template",
+        [](const std::string& tmpl) -> std::optional<std::string> {
+          auto f = chat_family_from_template(tmpl);
+          if (!f) return std::nullopt;
+          return std::string(chat_family_name(*f));
+        },
+        nb::arg("template"));
+  m.def("chatml_default_system", &chatml_default_system, nb::arg("template"));
+  m.def("chat_format",
+        [](const Engine& e, const std::string& forced) {
+          return format_dict(choose_chat_format(e.model(), forced));
+        },
+        nb::arg("engine"), nb::arg("forced") = "",
+        "The chat format chosen for an engine's model: {family, bos, default_system, recognized, source}.");
+
+  nb::class_<ChatSession>(m, "ChatSession")
+      .def("__init__",
+           [](ChatSession* self, Engine& e, const std::string& forced, bool keep_system) {
+             new (self) ChatSession(e, choose_chat_format(e.model(), forced).format, keep_system);
+           },
+           nb::arg("engine"), nb::arg("chat_format") = "", nb::arg("keep_system") = false,
+           nb::keep_alive<1, 2>())
+      .def_prop_rw("system", &ChatSession::system, &ChatSession::set_system)
+      .def("messages",
+           [](const ChatSession& s) {
+             Pairs out;
+             for (const auto& msg : s.messages()) out.emplace_back(msg.role, msg.content);
+             return out;
+           })
+      .def("reset", &ChatSession::reset)
+      .def("start_reply",
+           [](ChatSession& s, const std::string& text, int max_tokens, const SamplingParams& sp) {
+             GenerateParams gp;
+             gp.max_tokens = max_tokens;
+             gp.sampling = sp;
+             nb::gil_scoped_release release;
+             return s.start_reply(text, gp);
+           },
+           nb::arg("text"), nb::arg("max_tokens"), nb::arg("sampling"), nb::keep_alive<0, 1>())
+      .def("finish_reply", &ChatSession::finish_reply, nb::arg("generation"), nb::arg("text"))
+      .def_prop_ro("pinned_tokens", &ChatSession::pinned_tokens)
+      .def_prop_ro("counters", [](const ChatSession& s) {
+        const ChatCounters& c = s.counters();
+        nb::dict d;
+        d["turns"] = c.turns;
+        d["fed_tokens"] = c.fed_tokens;
+        d["last_fed_tokens"] = c.last_fed_tokens;
+        d["full_refeeds"] = c.full_refeeds;
+        return d;
+      });
+}

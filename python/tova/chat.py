@@ -1,0 +1,364 @@
+"""Chat on an :class:`~tova.Engine`: the model's chat template rendered with jinja2 the way Hugging
+Face's ``apply_chat_template`` does, and a conversation kept in the engine's one sequence.
+
+Each call renders the whole conversation, then evaluates only the part of the prompt the sequence
+does not hold yet (a prefix check on the rendered text), so a multi-turn chat never re-reads its
+history. When the rendering does not extend what was fed (an edited history, a changed system
+prompt, the engine used for something else meanwhile), the sequence is reset and the prompt read
+in full. The fixed-memory KV store evicts as the conversation grows: it never runs out.
+
+Files without a template (the Gemma 3 base GGUF) get a built-in template of their family,
+recognized from the vocabulary's special tokens (``<start_of_turn>`` -> Gemma, ``<|im_start|>``
+-> ChatML, ``<|eot_id|>`` -> Llama 3).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+
+from . import _core
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import Engine
+    from .sampling import SamplingParams
+
+__all__ = ["FALLBACK_TEMPLATES", "render_template", "chat_template_for", "render_prompt"]
+
+Message = Mapping[str, Any]
+
+# Templates of the families tova knows, for files that carry none. They render exactly what the
+# C++ renderers (cpp/src/chat.cpp) do; tests/test_chat.py checks that they agree.
+FALLBACK_TEMPLATES: Dict[str, str] = {
+    # ChatML as SmolLM2 and Qwen write it (without their default system prompts).
+    "chatml": (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    ),
+    # Gemma's turns: user / model, no system role (a system message opens the first user turn).
+    "gemma": r"""{{ bos_token }}
+{%- if messages and messages[0]['role'] == 'system' -%}
+    {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = '' -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+    {%- endif -%}
+    {%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}
+    {{- message['content'] | trim }}
+    {{- '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{ '<start_of_turn>model\n' }}
+{%- endif -%}
+""",
+    # Llama 3: header-wrapped roles, turns closed by <|eot_id|>.
+    "llama3": r"""{%- for message in messages -%}
+    {%- if loop.first -%}{{ bos_token }}{%- endif -%}
+    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}{%- endif -%}
+""",
+}
+
+
+# ---- jinja2, the Hugging Face way ----------------------------------------------------------------
+def _jinja2() -> Any:
+    try:
+        import jinja2
+    except ImportError as e:  # an optional dependency: say which extra brings it
+        raise ImportError("chat templates need jinja2: pip install 'tova[chat]' (or jinja2)") from e
+    return jinja2
+
+
+@functools.lru_cache(maxsize=16)
+def _compile(template: str) -> Any:
+    jinja2 = _jinja2()
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: Optional[int] = None,
+               separators: Any = None, sort_keys: bool = False) -> str:
+        # Hugging Face replaces jinja's tojson (which escapes HTML characters) with plain json.dumps.
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                          sort_keys=sort_keys)
+
+    def strftime_now(fmt: str) -> str:
+        return datetime.now().strftime(fmt)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    return env.from_string(template)
+
+
+def render_template(
+    template: str,
+    messages: Sequence[Message],
+    *,
+    add_generation_prompt: bool = True,
+    bos_token: str = "",
+    eos_token: str = "",
+    **extra: Any,
+) -> str:
+    """Renders a chat template as ``transformers``' ``apply_chat_template(tokenize=False)``
+    does: sandboxed jinja2 with ``trim_blocks`` and ``lstrip_blocks``, ``raise_exception``,
+    ``tojson``, ``strftime_now``, and ``messages``, ``add_generation_prompt``, ``bos_token``,
+    ``eos_token`` (plus ``extra``) as variables. A template's ``raise_exception`` or a template
+    error becomes a ``ValueError``."""
+    jinja2 = _jinja2()
+    _check_messages(messages)
+    try:
+        compiled = _compile(template)
+        return compiled.render(messages=list(messages), tools=extra.pop("tools", None),
+                               documents=extra.pop("documents", None),
+                               add_generation_prompt=bool(add_generation_prompt),
+                               bos_token=bos_token, eos_token=eos_token, **extra)
+    except jinja2.exceptions.TemplateError as e:
+        raise ValueError(f"chat template: {e}") from e
+
+
+def _check_messages(messages: Sequence[Message]) -> None:
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise TypeError("messages must be a list of {'role': ..., 'content': ...} dicts")
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise TypeError(f"messages[{i}] must be a dict with 'role' and 'content', "
+                            f"got {type(m).__name__}")
+        if not isinstance(m.get("role"), str):
+            raise ValueError(f"messages[{i}] needs a 'role' string (system, user, assistant)")
+        if not isinstance(m.get("content"), str):
+            raise ValueError(f"messages[{i}] needs a 'content' string")
+
+
+# ---- the template of an engine's model ------------------------------------------------------------
+def _token_text(engine: "Engine", token_id: int) -> str:
+    if token_id < 0:
+        return ""
+    return engine._e.token_bytes(int(token_id), True).decode("utf-8", errors="replace")
+
+
+def chat_template_for(engine: "Engine", chat_template: Optional[str] = None) -> str:
+    """The template a chat on ``engine`` uses: ``chat_template`` when given (jinja text, or a
+    family name: ``"chatml"``, ``"gemma"``, ``"llama3"``), else the model's own
+    ``tokenizer.chat_template``, else the built-in template of the family its special tokens
+    show (ChatML with a warning when they show none)."""
+    if chat_template is not None:
+        if not isinstance(chat_template, str) or not chat_template:
+            raise TypeError("chat_template must be a non-empty str (jinja text or a family name)")
+        return FALLBACK_TEMPLATES.get(chat_template, chat_template)
+    own = engine._info.get("chat_template") or ""
+    if own:
+        return own
+    fmt = _core.chat_format(engine._e)
+    if not fmt["recognized"]:
+        warnings.warn(f"{engine.path}: no chat template and no known turn tokens; using "
+                      f"{fmt['family']} (pass chat_template= to choose)", stacklevel=3)
+    return FALLBACK_TEMPLATES[fmt["family"]]
+
+
+def render_prompt(engine: "Engine", messages: Sequence[Message], *,
+                  chat_template: Optional[str] = None, add_generation_prompt: bool = True) -> str:
+    """The prompt text of ``messages`` for ``engine``'s model (see :func:`chat_template_for`)."""
+    return render_template(chat_template_for(engine, chat_template), messages,
+                           add_generation_prompt=add_generation_prompt,
+                           bos_token=_token_text(engine, engine._info["bos_id"]),
+                           eos_token=_token_text(engine, engine._info["eos_id"]))
+
+
+# ---- the conversation held in the engine's sequence ---------------------------------------------
+@dataclass
+class _Fed:
+    """What the engine's sequence holds, as text: the prompt fed so far plus the reply tokens
+    that were evaluated (special tokens as text). ``n_past`` and ``tail`` detect another use of
+    the engine in between."""
+    text: bytes
+    n_past: int
+    tail: List[int]
+
+
+@dataclass
+class ChatCounters:
+    turns: int = 0
+    fed_tokens: int = 0
+    full_refeeds: int = 0
+
+
+@dataclass
+class _ChatState:
+    fed: Optional[_Fed] = None
+    counters: ChatCounters = field(default_factory=ChatCounters)
+
+
+_TAIL = 16  # tokens of history compared to notice that the sequence changed under us
+
+
+def _state(engine: "Engine") -> _ChatState:
+    st = engine.__dict__.get("_chat_state")
+    if st is None:
+        st = _ChatState()
+        engine.__dict__["_chat_state"] = st
+    return st
+
+
+def reset(engine: "Engine") -> None:
+    """Forgets the conversation and empties the sequence."""
+    _state(engine).fed = None
+    engine._e.reset()
+
+
+def _suffix_ids(engine: "Engine", fed: Optional[_Fed], prompt: bytes) -> Optional[List[int]]:
+    if fed is None or fed.n_past <= 0 or engine._e.n_past != fed.n_past:
+        return None
+    if len(prompt) <= len(fed.text) or not prompt.startswith(fed.text):
+        return None
+    if list(engine._e.history[-_TAIL:]) != fed.tail:
+        return None
+    try:
+        suffix = prompt[len(fed.text):].decode("utf-8")
+    except UnicodeDecodeError:  # the cut fell inside a character: read it all again
+        return None
+    ids = list(engine._e.tokenize(suffix, False, True))
+    return ids or None
+
+
+def _pinned_tokens(engine: "Engine", template: str, messages: Sequence[Message]) -> int:
+    """Tokens of the prompt's start that do not depend on the first user message: the system
+    prompt and what the template wraps around it."""
+    system = messages[0]["content"]
+    kw = dict(bos_token=_token_text(engine, engine._info["bos_id"]),
+              eos_token=_token_text(engine, engine._info["eos_id"]), add_generation_prompt=False)
+    a = render_template(template, [{"role": "system", "content": system},
+                                   {"role": "user", "content": "a"}], **kw)
+    b = render_template(template, [{"role": "system", "content": system},
+                                   {"role": "user", "content": "b"}], **kw)
+    k = 0
+    while k < min(len(a), len(b)) and a[k] == b[k]:
+        k += 1
+    n = len(engine._e.tokenize(a[:k], False, True))
+    if engine.policy != "full" and 2 * n > engine.kv_size:
+        raise ValueError(f"keep_system: the system prompt takes {n} tokens; pinning it needs "
+                         f"kv_size >= {2 * n} (got {engine.kv_size})")
+    return n
+
+
+class ChatTurn:
+    """One reply in progress: the prompt is evaluated; iterate for the text pieces."""
+
+    def __init__(self, engine: "Engine", messages: Sequence[Message], *,
+                 chat_template: Optional[str], keep_system: bool, max_tokens: int,
+                 stop: Union[None, str, Sequence[str]], ignore_eos: bool,
+                 sampling: "Optional[SamplingParams]", fields: Dict[str, Any]) -> None:
+        if not messages:
+            raise ValueError("messages is empty: a chat needs at least one message")
+        template = chat_template_for(engine, chat_template)
+        self.prompt = render_template(template, messages, add_generation_prompt=True,
+                                      bos_token=_token_text(engine, engine._info["bos_id"]),
+                                      eos_token=_token_text(engine, engine._info["eos_id"]))
+        self._engine = engine
+        self._bytes = self.prompt.encode("utf-8")
+        st = _state(engine)
+        ids = _suffix_ids(engine, st.fed, self._bytes)
+        if ids is None:
+            if st.fed is not None:
+                st.counters.full_refeeds += 1
+            st.fed = None
+            pinned = 0
+            if keep_system and messages[0]["role"] == "system":
+                pinned = _pinned_tokens(engine, template, messages)
+            engine._e.reset()
+            if pinned:
+                engine._e.set_protect_below(pinned)
+            ids = list(engine._e.tokenize(self.prompt, False, True))
+        self.fed_tokens = len(ids)
+        try:
+            self.gen = engine._start(ids, max_tokens, stop, ignore_eos, sampling, fields,
+                                     keep_history=True)
+        except BaseException:
+            if st.fed is not None and engine._e.n_past != st.fed.n_past:
+                st.fed = None  # the prompt was (partly) evaluated, or a failed step reset it
+            raise
+        st.fed = None  # until the reply is recorded, the sequence is in flux
+        self._after_prompt = engine._e.n_past
+        st.counters.turns += 1
+        st.counters.fed_tokens += len(ids)
+        self._recorded = False
+
+    def pieces(self) -> Iterator[str]:
+        gen = self.gen
+        try:
+            while not gen.finished:
+                piece = gen.next()
+                if piece:
+                    yield piece
+        finally:
+            if not gen.finished:
+                gen.cancel()
+            self._record()
+
+    def _record(self) -> None:
+        """Notes what the sequence now holds: the prompt and every generated token but the
+        last (a finished generation never evaluates its last token)."""
+        if self._recorded:
+            return
+        self._recorded = True
+        e = self._engine._e
+        toks = list(self.gen.tokens)
+        n_eval = max(0, len(toks) - 1)
+        if e.n_past != self._after_prompt + n_eval:
+            return  # the sequence was reset (a failed step): the next turn reads it all
+        text = self._bytes + e.detokenize(toks[:n_eval], True)
+        _state(self._engine).fed = _Fed(text, e.n_past, list(e.history[-_TAIL:]))
+
+    @property
+    def completion_tokens(self) -> int:
+        """Generated tokens, not counting a final end-of-generation token (as llama-cpp-python)."""
+        toks = list(self.gen.tokens)
+        if toks and self.gen.finish_reason == "stop" and toks[-1] in self._engine._info["eog_ids"]:
+            return len(toks) - 1
+        return len(toks)
+
+
+def completion_dict(engine: "Engine", turn: ChatTurn, content: str) -> Dict[str, Any]:
+    """The OpenAI / llama-cpp-python ``chat.completion`` object of a finished turn."""
+    prompt_tokens = len(engine._e.tokenize(turn.prompt, False, True))
+    completion_tokens = turn.completion_tokens
+    finish = turn.gen.finish_reason
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": engine._info.get("name") or engine.path,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "finish_reason": "length" if finish == "length" else "stop",
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def counters(engine: "Engine") -> ChatCounters:
+    """Turns, prompt tokens fed and full re-reads of the chats on ``engine`` so far."""
+    return _state(engine).counters

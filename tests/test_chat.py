@@ -1,0 +1,318 @@
+"""Chat: the C++ renderers against jinja2 renderings of the models' own templates, Gemma's
+documented turn format, Engine.chat / chat_stream / create_chat_completion, multi-turn chats
+that evaluate only the new turn, and a long chat in fixed memory."""
+from __future__ import annotations
+
+import pytest
+
+import tova
+from tova import _core
+from tova.chat import FALLBACK_TEMPLATES, counters, render_prompt, render_template
+
+THREE_TURNS = [
+    {"role": "system", "content": "You are a concise assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "And of Italy?"},
+    {"role": "assistant", "content": "Rome.  "},  # trailing spaces: kept by ChatML, trimmed by Gemma
+    {"role": "user", "content": "Thanks! Ünïcödé & <tags>\nsecond line"},
+]
+
+
+def pairs(messages):
+    return [(m["role"], m["content"]) for m in messages]
+
+
+def cxx_render(engine, messages, add_generation_prompt=True):
+    """The C++ renderer with the format tova chose for the engine's model."""
+    fmt = _core.chat_format(engine._e)
+    return _core.render_chat(fmt["family"], pairs(messages), add_generation_prompt, fmt["bos"],
+                             fmt["default_system"])
+
+
+def jinja_render(engine, messages, add_generation_prompt=True):
+    """The model's own template (GGUF tokenizer.chat_template) through jinja2, HF style."""
+    info = engine.model_info
+    assert info["chat_template"], "this test needs a model whose file carries a template"
+    return render_template(info["chat_template"], messages,
+                           add_generation_prompt=add_generation_prompt,
+                           bos_token=engine.detokenize([info["bos_id"]], special=True),
+                           eos_token=engine.detokenize([info["eos_id"]], special=True))
+
+
+def token_ids(engine, text):
+    return engine.tokenize(text, add_bos=False, special=True)
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_path):
+    with tova.Engine(smollm2_path, kv_size=512, n_threads=2) as e:
+        yield e
+
+
+# ---- rendering --------------------------------------------------------------------------------
+@pytest.mark.model
+@pytest.mark.parametrize("n_messages", [6, 5, 1])
+@pytest.mark.parametrize("with_system", [True, False])
+def test_smollm2_cxx_renderer_equals_jinja(smollm2, n_messages, with_system):
+    messages = THREE_TURNS[: n_messages + 1] if with_system else THREE_TURNS[1 : n_messages + 1]
+    fmt = _core.chat_format(smollm2._e)
+    assert (fmt["family"], fmt["source"]) == ("chatml", "template")
+    # The template's own default system prompt, read out of the template text.
+    assert fmt["default_system"] == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    for agp in (True, False):
+        want = jinja_render(smollm2, messages, agp)
+        got = cxx_render(smollm2, messages, agp)
+        assert got == want
+        assert token_ids(smollm2, got) == token_ids(smollm2, want)
+    ids = token_ids(smollm2, cxx_render(smollm2, messages))
+    im_start = smollm2.tokenize("<|im_start|>", add_bos=False, special=True)
+    assert len(im_start) == 1 and ids.count(im_start[0]) == len(messages) + (not with_system) + 1
+
+
+@pytest.mark.model
+def test_qwen_cxx_renderer_equals_jinja(qwen05_path):
+    with tova.Engine(qwen05_path, kv_size=64, n_threads=2) as q:
+        fmt = _core.chat_format(q._e)
+        assert fmt["family"] == "chatml"
+        assert fmt["default_system"] == "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+        for messages in (THREE_TURNS, THREE_TURNS[1:]):
+            got, want = cxx_render(q, messages), jinja_render(q, messages)
+            assert got == want
+            assert token_ids(q, got) == token_ids(q, want)
+
+
+GEMMA_EXPECTED = (
+    # Gemma's documented format: <start_of_turn>user / model, <end_of_turn> and a newline after
+    # each turn, the system prompt at the start of the first user turn, contents trimmed.
+    "<bos><start_of_turn>user\n"
+    "You are a concise assistant.\n\nWhat is the capital of France?<end_of_turn>\n"
+    "<start_of_turn>model\nParis.<end_of_turn>\n"
+    "<start_of_turn>user\nAnd of Italy?<end_of_turn>\n"
+    "<start_of_turn>model\nRome.<end_of_turn>\n"
+    "<start_of_turn>user\nThanks! Ünïcödé & <tags>\nsecond line<end_of_turn>\n"
+    "<start_of_turn>model\n"
+)
+
+
+@pytest.mark.model
+def test_gemma_rendering_follows_the_documented_format(gemma3_path):
+    with tova.Engine(gemma3_path, kv_size=64, n_threads=2) as g:
+        assert g.model_info["chat_template"] == ""  # the base GGUF carries none
+        fmt = _core.chat_format(g._e)
+        assert (fmt["family"], fmt["source"], fmt["bos"]) == ("gemma", "vocabulary", "<bos>")
+        assert cxx_render(g, THREE_TURNS) == GEMMA_EXPECTED
+        assert render_prompt(g, THREE_TURNS) == GEMMA_EXPECTED  # the jinja fallback agrees
+        ids = token_ids(g, GEMMA_EXPECTED)
+        # Turn markers are single control tokens, not text.
+        start, end = (g.tokenize(t, add_bos=False, special=True) for t in ("<start_of_turn>", "<end_of_turn>"))
+        assert len(start) == 1 and len(end) == 1
+        assert ids[0] == g.model_info["bos_id"] and ids[1] == start[0]
+        assert ids.count(start[0]) == 6 and ids.count(end[0]) == 5
+        # No system message: the first user turn starts plainly.
+        assert cxx_render(g, THREE_TURNS[1:3], False) == (
+            "<bos><start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n"
+            "<start_of_turn>model\nParis.<end_of_turn>\n")
+        # Roles must alternate, as Gemma's template insists.
+        bad = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+        with pytest.raises(ValueError, match="alternate"):
+            cxx_render(g, bad)
+        with pytest.raises(ValueError, match="alternate"):
+            render_prompt(g, bad)
+
+
+def test_llama3_renderer_equals_its_template():
+    want = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+            "You are a concise assistant.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nWhat is the capital of France?<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\nParis.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nAnd of Italy?<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\nRome.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nThanks! Ünïcödé & <tags>\nsecond line<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert _core.render_chat("llama3", pairs(THREE_TURNS), True, "<|begin_of_text|>") == want
+    assert render_template(FALLBACK_TEMPLATES["llama3"], THREE_TURNS,
+                           bos_token="<|begin_of_text|>") == want
+
+
+@pytest.mark.parametrize("family", ["chatml", "gemma", "llama3"])
+def test_fallback_templates_equal_the_cxx_renderers(family):
+    # Whitespace that Python's str.strip (jinja's trim) removes, beyond ASCII: the C++ trim agrees.
+    odd = [{"role": "user", "content": "\u00a0\u3000 hi\x1f\t\n"},
+           {"role": "assistant", "content": "\u2028ok\u00a0é"},
+           {"role": "user", "content": ""}]
+    for messages in (THREE_TURNS, THREE_TURNS[1:], odd, []):
+        for agp in (True, False):
+            want = render_template(FALLBACK_TEMPLATES[family], messages, add_generation_prompt=agp,
+                                   bos_token="<B>")
+            assert _core.render_chat(family, pairs(messages), agp, "<B>") == want
+
+
+def test_template_recognition():
+    assert _core.chat_family_from_template("{{ '<|im_start|>' + m }}") == "chatml"
+    assert _core.chat_family_from_template("{{ '<start_of_turn>model' }}") == "gemma"
+    assert _core.chat_family_from_template("<|start_header_id|>x<|eot_id|>") == "llama3"
+    assert _core.chat_family_from_template("{{ '[INST]' }}") is None
+    # A default system prompt is taken only from a literal string, escapes undone.
+    assert _core.chatml_default_system("{{ '<|im_start|>system\\nBe nice.\\tOK<|im_end|>\\n' }}") == "Be nice.\tOK"
+    assert _core.chatml_default_system("{{ '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>' }}") == ""
+    with pytest.raises(ValueError, match="unknown chat format 'vicuna'"):
+        _core.render_chat("vicuna", [("user", "hi")], True)
+
+
+def test_render_template_hf_behaviour():
+    tmpl = ("{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}{% endif %}"
+            "{% for m in messages %}\n  {% if m %}{{ m | tojson }}{% endif %}\n\n{% endfor %}"
+            "{{ bos_token }}|{{ eos_token }}")
+    out = render_template(tmpl, [{"role": "user", "content": "é<&>"}], bos_token="<s>", eos_token="</s>")
+    # trim_blocks / lstrip_blocks: the newline after a block tag and the indent before one go; tojson does not escape HTML or non-ASCII.
+    assert out == '{"role": "user", "content": "é<&>"}\n<s>|</s>'
+    with pytest.raises(ValueError, match="first must be user"):
+        render_template(tmpl, [{"role": "system", "content": "x"}])
+    with pytest.raises(TypeError):
+        render_template(tmpl, "hello")
+    with pytest.raises(ValueError, match="content"):
+        render_template(tmpl, [{"role": "user"}])
+
+
+# ---- Engine.chat ---------------------------------------------------------------------------------
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.mark.model
+def test_chat_greedy_is_stable_and_completion_usage(smollm2, smollm2_path):
+    first = smollm2.chat(QUESTION, temperature=0, max_tokens=24)
+    assert first.strip()
+    smollm2.reset_chat()
+    assert smollm2.chat(QUESTION, temperature=0, max_tokens=24) == first
+    with tova.Engine(smollm2_path, kv_size=512, n_threads=2) as other:  # a fresh engine too
+        assert other.chat(QUESTION, temperature=0, max_tokens=24) == first
+    assert "".join(smollm2.chat_stream(QUESTION, temperature=0, max_tokens=24)) == first
+
+    c = smollm2.create_chat_completion(QUESTION, temperature=0, max_tokens=24)
+    assert c["object"] == "chat.completion" and c["id"].startswith("chatcmpl-")
+    assert isinstance(c["created"], int) and c["model"]
+    (choice,) = c["choices"]
+    assert choice["index"] == 0 and choice["message"] == {"role": "assistant", "content": first}
+    stats = smollm2.last_stats
+    u = c["usage"]
+    # prompt_tokens: the whole rendered conversation, even when only part of it was evaluated.
+    assert u["prompt_tokens"] == len(token_ids(smollm2, render_prompt(smollm2, QUESTION)))
+    if stats["finish_reason"] == "stop":  # ended by <|im_end|>: that token is not content
+        assert choice["finish_reason"] == "stop"
+        assert u["completion_tokens"] == stats["completion_tokens"] - 1
+    else:
+        assert choice["finish_reason"] == "length" and u["completion_tokens"] == 24
+    assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+
+    c = smollm2.create_chat_completion(QUESTION, temperature=0, max_tokens=3)
+    assert c["choices"][0]["finish_reason"] == "length"
+    assert c["usage"]["completion_tokens"] == 3
+    assert c["usage"]["total_tokens"] == c["usage"]["prompt_tokens"] + 3
+
+
+@pytest.mark.model
+def test_multi_turn_evaluates_only_the_new_turn(smollm2):
+    smollm2.reset_chat()
+    start = counters(smollm2).full_refeeds
+    messages = [{"role": "system", "content": "Reply with a single word only."}]
+    prev_prompt = prev_finish = None
+    # The third reply is cut short (max_tokens 3) so that the fourth turn follows a cut reply.
+    for question, max_tokens in (("Hi!", 64), ("What is 2+2?", 64), ("Name a color.", 3), ("Thanks!", 64)):
+        messages.append({"role": "user", "content": question})
+        prompt = render_prompt(smollm2, messages)
+        n_past = smollm2.n_past
+        reply = smollm2.chat(messages, temperature=0, max_tokens=max_tokens)
+        s = smollm2.last_stats
+        if prev_prompt is None:
+            assert s["prompt_tokens"] == len(token_ids(smollm2, prompt))
+        else:
+            # Only the text after what the sequence held was evaluated: the previous reply's
+            # end-of-turn marker and the new user turn.
+            held = prev_prompt + prev_reply
+            assert prompt.startswith(held)
+            new = len(token_ids(smollm2, prompt[len(held):]))
+            if prev_finish == "stop":
+                assert s["prompt_tokens"] == new
+            else:
+                # A reply cut by max_tokens: its last token was sampled but never evaluated, so
+                # it is read with the new turn (as 1 token, or 2 if it re-tokenizes differently).
+                assert new + 1 <= s["prompt_tokens"] <= new + 2
+            assert s["prompt_tokens"] < 25 < len(token_ids(smollm2, prompt))
+            assert smollm2.n_past == n_past + s["prompt_tokens"] + s["completion_tokens"] - 1
+        messages.append({"role": "assistant", "content": reply})
+        prev_prompt, prev_reply, prev_finish = prompt, reply, s["finish_reason"]
+        assert prev_finish == ("length" if max_tokens == 3 else "stop")
+    assert counters(smollm2).full_refeeds == start
+
+    # An edited history does not extend what the sequence holds: it is read again, in full.
+    edited = [dict(m) for m in messages]
+    edited[1]["content"] = "Hello!"
+    edited.append({"role": "user", "content": "Thanks."})
+    smollm2.chat(edited, temperature=0, max_tokens=8)
+    assert counters(smollm2).full_refeeds == start + 1
+    assert smollm2.last_stats["prompt_tokens"] == len(token_ids(smollm2, render_prompt(smollm2, edited)))
+
+    # Using the engine for something else in between is noticed too.
+    n = counters(smollm2).full_refeeds
+    smollm2.generate("Once upon a time", max_tokens=4, temperature=0)
+    smollm2.chat(edited, temperature=0, max_tokens=4)
+    assert counters(smollm2).full_refeeds == n + 1
+
+
+@pytest.mark.model
+def test_cxx_chat_session_feeds_only_new_tokens(smollm2):
+    session = _core.ChatSession(smollm2._e)
+    greedy = tova.SamplingParams(temperature=0).to_core()
+    session.system = "Answer briefly."
+    for i, question in enumerate(("Hi!", "What is 2+2?", "Name a color.")):
+        before = smollm2.n_past
+        gen = session.start_reply(question, 40, greedy)
+        text = gen.run_to_end()
+        session.finish_reply(gen, text)
+        c = session.counters
+        assert c["turns"] == i + 1 and c["full_refeeds"] == 0
+        # The first turn starts the sequence over (the engine held another one before).
+        assert smollm2.n_past == (before if i else 0) + c["last_fed_tokens"] + len(gen.tokens) - 1
+        if i:
+            assert c["last_fed_tokens"] < 25
+    msgs = session.messages()
+    assert [r for r, _ in msgs] == ["system", "user", "assistant"] * 1 + ["user", "assistant"] * 2
+    # The C++ session's conversation renders as the jinja template does.
+    assert _core.render_chat("chatml", msgs, False) == jinja_render(
+        smollm2, [{"role": r, "content": c} for r, c in msgs], False)
+    session.system = "Answer in French."  # the start changed: the next turn reads it all again
+    gen = session.start_reply("Thanks.", 4, greedy)
+    session.finish_reply(gen, gen.run_to_end())
+    assert session.counters["full_refeeds"] == 1
+
+
+@pytest.mark.model
+def test_forty_turns_in_fixed_memory(smollm2_path):
+    # kv_size 256 with a pinned system prompt; every reply capped at 4 tokens to keep this quick.
+    with tova.Engine(smollm2_path, kv_size=256, n_threads=2) as e:
+        kv_bytes = e.kv_bytes
+        messages = [{"role": "system", "content": "You are a friendly assistant who answers briefly."}]
+        for i in range(40):
+            messages.append({"role": "user", "content": f"Say a word about the number {i}."})
+            reply = e.chat(messages, keep_system=True, temperature=0, max_tokens=4)
+            messages.append({"role": "assistant", "content": reply})
+            assert e.kv_bytes == kv_bytes  # memory fixed at creation, whatever the length
+        assert e.n_past > 3 * 256  # the history far outgrew the store...
+        assert e.last_stats["evictions"] > 0  # ...so the policy evicted, and the chat went on
+        assert counters(e).full_refeeds == 0 and counters(e).turns == 40
+        assert all(m["content"] for m in messages[2::2])
+        n_pinned = len(token_ids(e, "<|im_start|>system\n" + messages[0]["content"] + "<|im_end|>\n"))
+        for layer in range(e.model_info["n_layer"]):
+            kept = e.kv_positions(layer)
+            assert len(kept) <= 256
+            assert set(range(n_pinned)) <= set(kept.tolist())  # the system prompt was never evicted
+
+
+@pytest.mark.model
+def test_keep_system_too_long_for_kv_size(smollm2_path):
+    with tova.Engine(smollm2_path, kv_size=16, n_threads=2) as e:
+        msgs = [{"role": "system", "content": "word " * 20}, {"role": "user", "content": "Hi"}]
+        with pytest.raises(ValueError, match="kv_size"):
+            e.chat(msgs, keep_system=True, max_tokens=2)
+        assert e.chat(msgs, max_tokens=2, temperature=0)  # without pinning it just evicts
