@@ -35,13 +35,14 @@ class PyWindow(tova.Policy):
 
 
 def decode_tps(model, policy, kv_size, history, gen, reps, threads):
+    """Reads the history once (the store is then full), then times `reps` runs of `gen` greedy
+    decode steps that continue the same sequence (every step evicts)."""
     samples = []
-    with tova.Engine(model, policy=policy, kv_size=kv_size, n_ctx=len(history) + gen + 8,
+    with tova.Engine(model, policy=policy, kv_size=kv_size, n_ctx=len(history) + gen * reps + 8,
                      prefill="chunked", n_threads=threads) as e:
+        e.eval(history)  # chunked prefill: only the state matters here, not its exactness
+        tok = history[-1]
         for _ in range(reps):
-            e.reset()
-            e.eval(history)  # chunked prefill: only the state matters here, not its exactness
-            tok = history[-1]
             t0 = time.perf_counter()
             for _ in range(gen):
                 logits = e.eval([tok])

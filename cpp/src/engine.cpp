@@ -119,6 +119,9 @@ void Engine::eval(const std::vector<int32_t>& ids, bool all_logits, std::vector<
     n_past_ += n;
     history_.insert(history_.end(), ids.begin() + static_cast<std::ptrdiff_t>(b),
                     ids.begin() + static_cast<std::ptrdiff_t>(b) + n);
+    // Fixed memory: keep only the most recent tokens (amortized: trim at twice the bound).
+    if (history_.size() > 2 * kHistoryKeep)
+      history_.erase(history_.begin(), history_.end() - static_cast<std::ptrdiff_t>(kHistoryKeep));
   }
   if (all_logits) {
     std::copy(logits.end() - V, logits.end(), logits_.begin());

@@ -104,7 +104,10 @@ class Engine {
   // Clears the sequence (the store keeps its memory).
   void reset();
   int64_t n_past() const { return n_past_; }
+  // The most recent tokens of the sequence (at least the last kHistoryKeep, at most twice that:
+  // the sequence itself may be unbounded, its record is not).
   const std::vector<int32_t>& history() const { return history_; }
+  static constexpr size_t kHistoryKeep = 4096;
 
   uint64_t kv_bytes() const { return store_->bytes(); }
   const KvStore& kv_store() const { return *store_; }
