@@ -178,6 +178,7 @@ void AttentionCpu::row_walk(ThreadPool& pool, KvStore& store, LayerKv& L, const 
   const int G = a.n_head / store.n_head_kv();
   const int d = a.head_dim;
   probs_.assign(static_cast<size_t>(a.n_head) * n_slots, 0.0f);
+  if (a.rank_rope) rotate_keys_by_rank(pool, store, L, a, n_alive);
   pool.run(a.n_head, [&](int64_t h, int th) {
     const float* q = a.q + (static_cast<size_t>(i) * a.n_head + h) * d;
     float* out = a.out + (static_cast<size_t>(i) * a.n_head + h) * d;
@@ -238,31 +239,43 @@ void AttentionCpu::ensure_rank_table(const Rope& rope, int n) {
   table_n_ = n;
 }
 
-// cache_index positions: key j (in position order) is rotated by rank j, the query by the last.
+// cache_index positions: key j (in position order) is rotated by rank j, once per KV head.
+void AttentionCpu::rotate_keys_by_rank(ThreadPool& pool, const KvStore& store, const LayerKv& L,
+                                       const AttentionArgs& a, int n_idx) {
+  const int d = store.head_dim(), hkv = store.n_head_kv();
+  const int pairs = a.rank_rope->pairs();
+  rotated_k_.resize(static_cast<size_t>(hkv) * n_idx * d);
+  const KvType t = store.type();
+  const GgmlType gt = t == KvType::F32 ? GgmlType::F32 : t == KvType::F16 ? GgmlType::F16 : GgmlType::Q8_0;
+  const TypeTraits& tr = type_traits(gt);
+  pool.parallel_for(static_cast<int64_t>(hkv) * n_idx, [&](int64_t b, int64_t e, int) {
+    for (int64_t k = b; k < e; ++k) {
+      const int h = static_cast<int>(k / n_idx), j = static_cast<int>(k % n_idx);
+      float* kr = rotated_k_.data() + static_cast<size_t>(k) * d;
+      tr.dequantize(L.k_row(h, alive_[static_cast<size_t>(j)]), kr, d);
+      const size_t r = static_cast<size_t>(j) * pairs;
+      a.rank_rope->rotate(kr, 1, d, rank_cs_.data() + r, rank_sn_.data() + r);
+    }
+  }, 16);
+}
+
+// The query takes the largest rank; keys come pre-rotated from rotate_keys_by_rank.
 void AttentionCpu::attend_by_rank(const KvStore& store, const LayerKv& L, int kvh, const float* q,
                                   const int32_t* idx, int n_idx, const AttentionArgs& a,
                                   float* scores, float* out, std::vector<float>& tmp) {
   const int d = store.head_dim();
   const int pairs = a.rank_rope->pairs();
-  tmp.resize(static_cast<size_t>(3 * d));
+  tmp.resize(static_cast<size_t>(2 * d));
   float* qr = tmp.data();
-  float* kr = tmp.data() + d;
   std::memcpy(qr, q, sizeof(float) * static_cast<size_t>(d));
   const size_t qrank = static_cast<size_t>(n_idx - 1) * pairs;
   a.rank_rope->rotate(qr, 1, d, rank_cs_.data() + qrank, rank_sn_.data() + qrank);
-  const KvType t = store.type();
-  const GgmlType gt = t == KvType::F32 ? GgmlType::F32 : t == KvType::F16 ? GgmlType::F16 : GgmlType::Q8_0;
-  const TypeTraits& tr = type_traits(gt);
-  for (int j = 0; j < n_idx; ++j) {
-    tr.dequantize(L.k_row(kvh, idx[j]), kr, d);
-    const size_t r = static_cast<size_t>(j) * pairs;
-    a.rank_rope->rotate(kr, 1, d, rank_cs_.data() + r, rank_sn_.data() + r);
-    scores[j] = dot_f32(qr, kr, d) * a.scale;
-  }
+  const float* keys = rotated_k_.data() + static_cast<size_t>(kvh) * n_idx * d;
+  for (int j = 0; j < n_idx; ++j) scores[j] = dot_f32(qr, keys + static_cast<size_t>(j) * d, d) * a.scale;
   softmax(scores, n_idx);
   std::memset(out, 0, sizeof(float) * static_cast<size_t>(d));
-  std::vector<float> vt;
-  for (int j = 0; j < n_idx; ++j) kv_axpy(t, scores[j], L.v_row(kvh, idx[j]), out, d, vt);
+  std::vector<float>& vt = tmp;  // reused for q8_0 rows (qr is no longer needed)
+  for (int j = 0; j < n_idx; ++j) kv_axpy(store.type(), scores[j], L.v_row(kvh, idx[j]), out, d, vt);
 }
 
 void AttentionCpu::evict(LayerKv& L, const AttentionArgs& a, const tova_policy_view& view) {

@@ -56,9 +56,13 @@ class AttentionCpu {
               const int32_t* idx, int n_idx, float scale, float* scores, float* out,
               std::vector<float>& tmp) const;
   void evict(LayerKv& L, const AttentionArgs& a, const tova_policy_view& view);
+  // cache_index: keys of every KV head rotated by rank once per row, shared by the query heads
+  void rotate_keys_by_rank(ThreadPool& pool, const KvStore& store, const LayerKv& L,
+                           const AttentionArgs& a, int n_idx);
   void attend_by_rank(const KvStore& store, const LayerKv& L, int kv_head, const float* q,
                       const int32_t* idx_by_pos, int n_idx, const AttentionArgs& a,
                       float* scores, float* out, std::vector<float>& tmp);
+  std::vector<float> rotated_k_;  // [n_head_kv][n_idx][head_dim]
   void ensure_rank_table(const Rope& rope, int n);
   void probs_for_policy(const AttentionArgs& a, int n_slots, int n_alive);
   void run_policy(LayerKv& L, const AttentionArgs& a, int64_t t, int s_new, int n_alive);
