@@ -1,0 +1,110 @@
+"""Perplexity against multi-state size, per policy: the paper's central figure, on any GGUF.
+
+The text is cut into `--segment` token segments (4096, the paper's setting), each read from an
+empty cache through the policy's fixed store (exact prefill: as if fed one token at a time);
+every token after the first of each segment is scored; PPL is over all scored tokens of the
+first `--segments` segments (at least 4). kv_size in {32, 64, 128, 256, 512, 1024} for window,
+sink, h2o and tova, plus the full cache. Rows go to a CSV as they are measured (a run can be
+stopped and resumed: rows already in the CSV are skipped), then a PNG plot (log-scale PPL, one
+line per policy, the full cache dashed).
+
+    python bench/policy_sweep.py --model smollm2-135m-instruct \\
+        --text ../shared/texts/botchan_natsume_en1919.txt --out bench/results/smollm2_botchan
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import tova
+from tova.perplexity import perplexity
+
+POLICIES = ("window", "sink", "h2o", "tova")
+FIELDS = ["model", "text", "policy", "kv_size", "segment", "segments", "n_scored", "ppl",
+          "stderr", "seconds"]
+
+
+def run(a) -> Path:
+    csv_path = Path(f"{a.out}.csv")
+    done = set()
+    if csv_path.exists():
+        with csv_path.open() as f:
+            done = {(r["policy"], r["kv_size"]) for r in csv.DictReader(f)}
+    text = Path(a.text).read_text()
+    with tova.Engine(a.model, policy="full", n_ctx=16, n_threads=1) as e:
+        ids = e.tokenize(text)
+    need = a.segment * a.segments
+    if len(ids) < need:
+        raise SystemExit(f"{a.text}: {len(ids)} tokens, {need} needed")
+    configs = [("full", "full")] + [(p, str(k)) for p in a.policies.split(",")
+                                    for k in a.kv_sizes.split(",")]
+    new = not csv_path.exists()
+    with csv_path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            w.writeheader()
+        for policy, kv in configs:
+            if (policy, kv) in done:
+                continue
+            t0 = time.time()
+            kw = dict(policy="full") if policy == "full" else dict(policy=policy, kv_size=int(kv))
+            r = perplexity(a.model, ids[:need], context=a.segment, chunks=a.segments, score_from=0,
+                           add_bos=False, progress=False, n_threads=a.threads, **kw)
+            w.writerow(dict(model=a.model, text=Path(a.text).name, policy=policy, kv_size=kv,
+                            segment=a.segment, segments=a.segments, n_scored=r.n_scored,
+                            ppl=f"{r.ppl:.4f}", stderr=f"{r.stderr:.4f}",
+                            seconds=f"{time.time() - t0:.1f}"))
+            f.flush()
+            print(f"{policy:>6} kv={kv:>5}: PPL {r.ppl:.3f} ± {r.stderr:.3f} "
+                  f"({r.n_scored} tokens, {time.time() - t0:.0f} s)", flush=True)
+    return csv_path
+
+
+def plot(csv_path: Path, png_path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = list(csv.DictReader(csv_path.open()))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    full = [float(r["ppl"]) for r in rows if r["policy"] == "full"]
+    for policy in POLICIES:
+        pts = sorted((int(r["kv_size"]), float(r["ppl"])) for r in rows if r["policy"] == policy)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=policy)
+    if full:
+        ax.axhline(full[0], linestyle="--", color="gray", label="full cache")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("kv_size (multi-state size C)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--text", default=str(Path(__file__).resolve().parents[1].parent / "shared" /
+                                         "texts" / "botchan_natsume_en1919.txt"))
+    ap.add_argument("--segment", type=int, default=4096)
+    ap.add_argument("--segments", type=int, default=4)
+    ap.add_argument("--kv-sizes", default="32,64,128,256,512,1024")
+    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="bench/results/sweep")
+    ap.add_argument("--plot-only", action="store_true")
+    a = ap.parse_args(argv)
+    csv_path = Path(f"{a.out}.csv") if a.plot_only else run(a)
+    plot(csv_path, Path(f"{a.out}.png"), f"{a.model}, {Path(a.text).name}, {a.segments} x {a.segment} tokens")
+    print(f"wrote {csv_path} and {a.out}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
