@@ -54,8 +54,10 @@ KvStore::KvStore(const HParams& hp, const KvConfig& cfg, bool full)
     L.sliding = hp.is_swa_layer(l);
     // A sliding window of n_swa lets a query see n_swa keys, itself included: C = n_swa - 1.
     // With a full cache the window is still applied, but the layer never needs more.
-    L.capacity = L.sliding ? std::min(hp.n_swa - 1, cfg.capacity) : cfg.capacity;
-    if (L.sliding && full) L.capacity = std::min(hp.n_swa - 1, cfg.capacity);
+    // Sliding layers keep their whole window whatever kv_size is (spec §6: the policy and C
+    // apply to the global layers); a full cache smaller than the window bounds them too.
+    L.capacity = L.sliding ? (full ? std::min(hp.n_swa - 1, cfg.capacity) : hp.n_swa - 1)
+                           : cfg.capacity;
     L.n_slots = full && !L.sliding ? cfg.capacity : L.capacity + cfg.max_step;
     L.row_bytes = rb;
     const size_t kv_bytes = static_cast<size_t>(n_head_kv_) * L.n_slots * rb;

@@ -92,6 +92,12 @@ class Engine:
         self.n_ctx = n_ctx
         self.kv_size = kv_size
         self.policy = policy if isinstance(policy, str) else policy.name
+        self.n_sink = n_sink
+        self.kv_type = kv_type
+        self.prefill = prefill
+        self.chunk = chunk
+        self.positions = positions
+        self.float_activations = bool(float_activations)
         self._info: Dict[str, Any] = self._core.model_info()
 
     # ---- lifetime -----------------------------------------------------------------------------
