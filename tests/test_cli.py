@@ -81,3 +81,14 @@ def test_bench_json(smollm2_path):
     assert [(x["n_prompt"], x["n_gen"]) for x in rows] == [(32, 0), (0, 8)]
     for x in rows:
         assert x["avg_ts"] > 0 and len(x["samples_ts"]) == 1 and x["n_threads"] == 2
+
+
+def test_list_and_pull_go_through_the_registry(smollm2_path):
+    r = run("list")
+    assert r.returncode == 0, r.stderr
+    assert "smollm2-135m-instruct" in r.stdout and "gemma-3-270m" in r.stdout
+    r = run("pull", "smollm2-135m-instruct")  # cached: verifies and prints the path
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith(".gguf") or "SmolLM2" in (r.stdout + r.stderr)
+    r = run("pull", "no-such-model")
+    assert r.returncode != 0 and "no-such-model" in r.stderr
