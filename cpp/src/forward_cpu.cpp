@@ -25,9 +25,9 @@ HParams unscaled_rope(const HParams& hp) {
 ForwardCpu::ForwardCpu(const Model& model, int max_tokens, bool float_activations)
     : m_(model),
       max_tokens_(max_tokens),
-      mm_(float_activations),
       rope_(model.hp(), model.hp().rope_base),
-      rope_swa_(unscaled_rope(model.hp()), model.hp().rope_base_swa) {
+      rope_swa_(unscaled_rope(model.hp()), model.hp().rope_base_swa),
+      mm_(float_activations) {
   const HParams& h = m_.hp();
   const size_t U = static_cast<size_t>(max_tokens);
   const size_t E = static_cast<size_t>(h.n_embd), D = static_cast<size_t>(h.head_dim);
