@@ -137,22 +137,6 @@ std::string trim(const std::string& s) {
   return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
 }
 
-EngineParams engine_params(const CliArgs& a) {
-  EngineParams p;
-  p.n_threads = a.integer("--threads", 0);
-  p.policy = a.str("--policy", "tova");
-  p.kv_size = a.integer("--kv-size", 512);
-  p.n_ctx = a.integer("--ctx", 2048);
-  p.n_sink = a.integer("--n-sink", -1);
-  p.kv_type = a.str("--kv-type", "f16");
-  p.chunk = a.integer("--chunk", 64);
-  p.prefill = a.str("--prefill", "exact");
-  p.positions = a.str("--positions", "original");
-  if (a.has("--policy-plugin"))
-    p.plugin = load_policy_plugin(a.str("--policy-plugin", ""), a.str("--policy-args", ""));
-  return p;
-}
-
 GenerateParams generate_params(const CliArgs& a) {
   GenerateParams gp;
   gp.max_tokens = a.integer("--max-tokens", 512);
@@ -396,7 +380,7 @@ int cmd_chat(const std::vector<std::string>& argv, const ModelResolver& resolve_
   if (!a.positional().empty())
     throw ArgumentError(cat("unexpected argument '", a.positional()[0], "' (see tova chat --help)"));
   if (!a.has("--model")) throw ArgumentError("no model given (-m MODEL)");
-  EngineParams ep = engine_params(a);
+  EngineParams ep = engine_params_from(a, "tova");
   ep.validate();
   const GenerateParams gp = generate_params(a);
   const std::string forced = a.str("--chat-format", "");

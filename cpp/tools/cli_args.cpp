@@ -75,4 +75,20 @@ double CliArgs::number(const std::string& name, double def) const {
   return v;
 }
 
+EngineParams engine_params_from(const CliArgs& a, const std::string& default_policy) {
+  EngineParams p;
+  p.n_threads = a.integer("--threads", 0);
+  p.policy = a.str("--policy", default_policy);
+  p.kv_size = a.integer("--kv-size", 512);
+  p.n_ctx = a.integer("--ctx", 2048);
+  p.n_sink = a.integer("--n-sink", -1);
+  p.kv_type = a.str("--kv-type", "f16");
+  p.chunk = a.integer("--chunk", 64);
+  p.prefill = a.str("--prefill", "exact");
+  p.positions = a.str("--positions", "original");
+  if (a.has("--policy-plugin"))
+    p.plugin = load_policy_plugin(a.str("--policy-plugin", ""), a.str("--policy-args", ""));
+  return p;
+}
+
 }  // namespace tova

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "engine.h"
+
 namespace tova {
 
 class CliArgs {
@@ -27,5 +29,9 @@ class CliArgs {
   std::map<std::string, std::string> values_;
   std::vector<std::string> positional_;
 };
+
+// The engine options every command shares (--threads, --policy, --kv-size, --ctx, --n-sink,
+// --kv-type, --chunk, --prefill, --positions, --policy-plugin, --policy-args).
+EngineParams engine_params_from(const CliArgs& a, const std::string& default_policy);
 
 }  // namespace tova

@@ -116,21 +116,6 @@ double row_nll(const float* row, int n_vocab, int32_t target) {
   return std::log(sum) + static_cast<double>(mx) - static_cast<double>(row[target]);
 }
 
-EngineParams params_from(const CliArgs& a) {
-  EngineParams p;
-  p.n_threads = a.integer("--threads", 0);
-  p.policy = a.str("--policy", "full");
-  p.kv_size = a.integer("--kv-size", 512);
-  p.n_sink = a.integer("--n-sink", -1);
-  p.kv_type = a.str("--kv-type", "f16");
-  p.chunk = a.integer("--chunk", 64);
-  p.prefill = a.str("--prefill", "exact");
-  p.positions = a.str("--positions", "original");
-  if (a.has("--policy-plugin"))
-    p.plugin = load_policy_plugin(a.str("--policy-plugin", ""), a.str("--policy-args", ""));
-  return p;
-}
-
 std::string read_all(const std::string& path) {
   FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) throw FileNotFound(cat(path, ": cannot open: ", std::strerror(errno)));
@@ -156,7 +141,7 @@ int cmd_perplexity(const std::vector<std::string>& argv,
     throw ArgumentError(cat("unexpected argument '", a.positional()[0], "' (see --help)"));
   const std::string text = read_all(a.str("--file", ""));
   const std::string path = resolve_model(a.str("--model", ""));
-  EngineParams ep = params_from(a);
+  EngineParams ep = engine_params_from(a, "full");
 
   // Tokenize with the model alone, so a full cache can be sized to the text.
   std::vector<int32_t> tokens;

@@ -138,22 +138,6 @@ std::string read_text_file(const std::string& path) {
   return s;
 }
 
-EngineParams engine_params(const CliArgs& a, const std::string& default_policy) {
-  EngineParams p;
-  p.n_threads = a.integer("--threads", 0);
-  p.policy = a.str("--policy", default_policy);
-  p.kv_size = a.integer("--kv-size", 512);
-  p.n_ctx = a.integer("--ctx", 2048);
-  p.n_sink = a.integer("--n-sink", -1);
-  p.kv_type = a.str("--kv-type", "f16");
-  p.chunk = a.integer("--chunk", 64);
-  p.prefill = a.str("--prefill", "exact");
-  p.positions = a.str("--positions", "original");
-  if (a.has("--policy-plugin"))
-    p.plugin = load_policy_plugin(a.str("--policy-plugin", ""), a.str("--policy-args", ""));
-  return p;
-}
-
 const std::set<std::string> kValueOpts = {
     "--model", "--prompt", "--n-predict", "--threads", "--temp", "--top-k", "--top-p", "--min-p",
     "--repeat-penalty", "--seed", "--kv-size", "--policy", "--n-sink", "--kv-type", "--ctx",
@@ -232,7 +216,7 @@ int cmd_run(const std::vector<std::string>& argv) {
   std::string prompt = a.str("--prompt", "");
   if (a.has("--file")) prompt = read_text_file(a.str("--file", "")) + prompt;
   const bool echo_prompt = !a.has("--file");
-  Engine engine(resolve_model(a.str("--model", "")), engine_params(a, "tova"));
+  Engine engine(resolve_model(a.str("--model", "")), engine_params_from(a, "tova"));
   GenerateParams gp;
   gp.max_tokens = a.integer("--n-predict", 128);
   gp.ignore_eos = a.has("--ignore-eos");
@@ -286,7 +270,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
   const int n_gen = a.integer("--n-predict", 128);
   const int reps = a.integer("--repetitions", 3);
   if (n_prompt < 0 || n_gen < 0 || reps < 1) throw ArgumentError("-p, -n must be >= 0 and -r >= 1");
-  EngineParams ep = engine_params(a, "full");
+  EngineParams ep = engine_params_from(a, "full");
   if (!a.has("--ctx")) ep.n_ctx = std::max(n_prompt + n_gen, 16);
   const std::string path = resolve_model(a.str("--model", ""));
   Engine engine(path, std::move(ep));
