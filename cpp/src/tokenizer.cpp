@@ -294,4 +294,20 @@ std::string Utf8Stream::flush() {
   return out;
 }
 
+bool Tokenizer::special_token_bytes(int32_t id, bool special, std::string& out) const {
+  const std::string& text = tokens_[static_cast<size_t>(id)];
+  switch (types_[static_cast<size_t>(id)]) {
+    case TokenType::UserDefined:
+      out = text;
+      return true;
+    case TokenType::Control:
+    case TokenType::Unknown:
+    case TokenType::Unused:
+      out = special ? text : std::string();
+      return true;
+    default:
+      return false;
+  }
+}
+
 }  // namespace tova

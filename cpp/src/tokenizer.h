@@ -87,6 +87,9 @@ class Tokenizer {
   };
   // Moves the vocabulary out of `data`, checks it, and builds the lookup tables.
   void init_vocab(TokenizerData& data);
+  // The bytes of a token whose type alone decides them (user-defined: its text; control,
+  // unknown, unused: its text only when `special`); false for the other types.
+  bool special_token_bytes(int32_t id, bool special, std::string& out) const;
   // Cuts the special tokens out of `text` the way llama.cpp does: tokens in order of decreasing
   // length, each taking its leftmost non-overlapping occurrences in what earlier ones left.
   // User-defined tokens are always cut; control and unknown tokens only with parse_special.

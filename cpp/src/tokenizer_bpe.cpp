@@ -363,18 +363,9 @@ void BpeTokenizer::encode_word(std::string_view bytes, std::vector<int32_t>& out
 
 std::string BpeTokenizer::token_bytes(int32_t id, bool special) const {
   check_id(id);
-  const std::string& text = tokens_[id];
-  switch (types_[id]) {
-    case TokenType::UserDefined:
-      return text;
-    case TokenType::Control:
-    case TokenType::Unknown:
-    case TokenType::Unused:
-      return special ? text : std::string();
-    default:
-      break;
-  }
   std::string out;
+  if (special_token_bytes(id, special, out)) return out;
+  const std::string& text = tokens_[id];
   out.reserve(text.size());
   for (size_t pos = 0; pos < text.size();) {
     const unicode::Decoded d = unicode::decode(text, pos);

@@ -154,22 +154,13 @@ void SpmTokenizer::encode_text(std::string_view text, std::vector<int32_t>& out,
 
 std::string SpmTokenizer::token_bytes(int32_t id, bool special) const {
   check_id(id);
-  const std::string& text = tokens_[id];
-  switch (types_[id]) {
-    case TokenType::UserDefined:
-      return text;
-    case TokenType::Control:
-    case TokenType::Unknown:
-    case TokenType::Unused:
-      return special ? text : std::string();
-    case TokenType::Byte: {
-      const int b = parse_byte_token(text);
-      return b < 0 ? text : std::string(1, static_cast<char>(b));
-    }
-    default:
-      break;
-  }
   std::string out;
+  if (special_token_bytes(id, special, out)) return out;
+  const std::string& text = tokens_[id];
+  if (types_[id] == TokenType::Byte) {
+    const int b = parse_byte_token(text);
+    return b < 0 ? text : std::string(1, static_cast<char>(b));
+  }
   out.reserve(text.size());
   for (size_t pos = 0; pos < text.size();) {
     if (text.compare(pos, kSpace.size(), kSpace) == 0) {

@@ -284,12 +284,9 @@ class Engine:
         messages extended evaluates only the new turn's tokens. ``keep_system`` pins the system
         prompt (never evicted). Stopping and sampling options are those of :meth:`generate`.
         """
-        from . import chat as _chat
-
-        turn = _chat.ChatTurn(self, messages, chat_template=chat_template, keep_system=keep_system,
-                              max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos,
-                              sampling=sampling, fields=fields)
-        return "".join(turn.pieces())
+        return "".join(self.chat_stream(
+            messages, chat_template=chat_template, keep_system=keep_system, max_tokens=max_tokens,
+            stop=stop, ignore_eos=ignore_eos, sampling=sampling, **fields))
 
     def chat_stream(
         self,
