@@ -159,6 +159,43 @@ def test_linear_rope_scaling(tmp_path):
     assert np.abs(unscaled - got).max() > 0.1
 
 
+def test_yarn_rope_scaling(tmp_path):
+    """rope.scaling.type=yarn (as Qwen2.5 GGUFs carry it for long context), factor 8 over an
+    original context of 64: the reference implements Hugging Face's YaRN definition (ramp over
+    the pair index, cos/sin scaled by 0.1 ln 8 + 1); positions run past the original context."""
+    scaled = tmp_path / "yarn.gguf"
+    write_llama_gguf(scaled, seed=5, arch="qwen2", context_length=512,
+                     extra_kv={"qwen2.rope.scaling.type": "yarn", "qwen2.rope.scaling.factor": 8.0,
+                               "qwen2.rope.scaling.original_context_length": 64})
+    ref = LlamaRef(str(scaled))
+    assert ref.hp.rope_yarn == (8.0, 64, 32.0, 1.0)
+    ids = _tokens(100, 384, seed=6)
+    with _engine(scaled, policy="full", n_ctx=128, float_activations=True) as e:
+        got = e.eval(ids, all_logits=True)
+    np.testing.assert_allclose(got, ref.forward(ids), atol=EXACT_TOL, rtol=0)
+    plain = tmp_path / "plain.gguf"
+    write_llama_gguf(plain, seed=5, arch="qwen2", context_length=512)
+    with _engine(plain, policy="full", n_ctx=128, float_activations=True) as e:
+        assert np.abs(e.eval(ids, all_logits=True) - got).max() > 0.1
+
+
+def test_rope_frequency_factors(tmp_path):
+    """Llama 3.1-style `rope_freqs.weight`: each pair's frequency is divided by its factor."""
+    factors = np.linspace(1.0, 8.0, 8).astype(np.float32)  # head_dim 16: 8 pairs
+    path = tmp_path / "freqs.gguf"
+    write_llama_gguf(path, seed=7, extra_tensors={"rope_freqs.weight": factors})
+    ref = LlamaRef(str(path))
+    assert ref.rope_freqs is not None
+    ids = _tokens(40, 384, seed=8)
+    with _engine(path, policy="full", n_ctx=64, float_activations=True) as e:
+        got = e.eval(ids, all_logits=True)
+    np.testing.assert_allclose(got, ref.forward(ids), atol=EXACT_TOL, rtol=0)
+    bad = tmp_path / "bad_freqs.gguf"
+    write_llama_gguf(bad, seed=7, extra_tensors={"rope_freqs.weight": np.zeros(8, np.float32)})
+    with pytest.raises(tova.GGUFError, match="rope_freqs.weight.*must be positive"):
+        tova.Engine(bad)
+
+
 def test_unknown_architecture_lists_supported(tmp_path):
     import gguf
     path = tmp_path / "mamba.gguf"

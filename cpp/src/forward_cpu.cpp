@@ -25,7 +25,7 @@ HParams unscaled_rope(const HParams& hp) {
 ForwardCpu::ForwardCpu(const Model& model, int max_tokens, bool float_activations)
     : m_(model),
       max_tokens_(max_tokens),
-      rope_(model.hp(), model.hp().rope_base),
+      rope_(model.hp(), model.hp().rope_base, model.rope_freqs),
       rope_swa_(unscaled_rope(model.hp()), model.hp().rope_base_swa),
       mm_(float_activations) {
   const HParams& h = m_.hp();

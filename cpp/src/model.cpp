@@ -19,6 +19,11 @@ Model::Model(const std::string& path) : file_(path), hp_(load_hparams(file_)) {
     output = tok_embd;
     tied_output = true;
   }
+  rope_freqs = vector("rope_freqs.weight", h.rope_dim / 2, /*required=*/false);
+  for (float f : rope_freqs)
+    if (!(f > 0.0f))
+      throw FormatError(cat(path, ": tensor 'rope_freqs.weight' holds ", f,
+                            "; RoPE frequency factors must be positive"));
   layers.resize(static_cast<size_t>(h.n_layer));
   for (int l = 0; l < h.n_layer; ++l) {
     LayerWeights& w = layers[static_cast<size_t>(l)];

@@ -51,6 +51,8 @@ class Model {
   Matrix tok_embd;
   Vector output_norm;
   Matrix output;  // the embedding matrix itself when the model ties them
+  // Llama 3.1-style per-pair RoPE frequency divisors (`rope_freqs.weight`); empty when absent.
+  Vector rope_freqs;
   bool tied_output = false;
   std::vector<LayerWeights> layers;
 

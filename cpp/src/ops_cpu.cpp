@@ -18,12 +18,16 @@ void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps) {
   }
 }
 
-Rope::Rope(const HParams& hp, float base) : style_(hp.rope_style), dim_(hp.rope_dim) {
+Rope::Rope(const HParams& hp, float base, const std::vector<float>& freq_factors)
+    : style_(hp.rope_style), dim_(hp.rope_dim) {
   const int pairs = dim_ / 2;
+  TOVA_ASSERT(freq_factors.empty() || freq_factors.size() == static_cast<size_t>(pairs));
   inv_freq_.resize(static_cast<size_t>(pairs));
-  for (int i = 0; i < pairs; ++i)
-    inv_freq_[static_cast<size_t>(i)] =
-        static_cast<float>(std::pow(static_cast<double>(base), -2.0 * i / dim_));
+  for (int i = 0; i < pairs; ++i) {
+    double f = std::pow(static_cast<double>(base), -2.0 * i / dim_);
+    if (!freq_factors.empty()) f /= freq_factors[static_cast<size_t>(i)];
+    inv_freq_[static_cast<size_t>(i)] = static_cast<float>(f);
+  }
   if (hp.rope_scaling == RopeScaling::Linear) {
     freq_scale_ = 1.0f / hp.rope_scale_factor;
   } else if (hp.rope_scaling == RopeScaling::Yarn) {

@@ -18,7 +18,8 @@ void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps);
 // Rotates `n_heads` vectors of `head_dim` at absolute position `pos` in place.
 class Rope {
  public:
-  Rope(const HParams& hp, float base);
+  // freq_factors: empty, or one divisor per pair (a model's `rope_freqs.weight`).
+  Rope(const HParams& hp, float base, const std::vector<float>& freq_factors = {});
   void apply(float* x, int n_heads, int head_dim, int64_t pos) const;
   // cos and sin (magnitude-corrected) of every rotated pair at a position: pairs() values each.
   void angles(int64_t pos, float* cs, float* sn) const;

@@ -73,6 +73,8 @@ class Hparams:
     swa_layers: tuple = ()           # per layer: True where the sliding window applies
     rope_base_swa: float = 10000.0
     rope_linear_factor: float = 1.0  # rope.scaling.type linear: positions divided by it
+    # rope.scaling.type yarn: (factor, original context, beta_fast, beta_slow), else None
+    rope_yarn: tuple | None = None
 
     def is_swa(self, layer: int) -> bool:
         return bool(self.swa_layers) and self.swa_layers[layer]
@@ -103,9 +105,16 @@ def read_hparams(reader: gguf.GGUFReader) -> Hparams:
     if a["swa_period"]:
         n_swa = int(_field(reader, p + "attention.sliding_window"))
         swa_layers = tuple((il + 1) % a["swa_period"] != 0 for il in range(n_layer))
-    factor = 1.0
-    if _field(reader, p + "rope.scaling.type", "none") == "linear":
+    factor, yarn = 1.0, None
+    scaling = _field(reader, p + "rope.scaling.type", "none")
+    if scaling == "linear":
         factor = float(_field(reader, p + "rope.scaling.factor", 1.0))
+    elif scaling == "yarn":
+        yarn = (float(_field(reader, p + "rope.scaling.factor")),
+                int(_field(reader, p + "rope.scaling.original_context_length",
+                           _field(reader, p + "context_length"))),
+                float(_field(reader, p + "rope.scaling.yarn_beta_fast", 32.0)),
+                float(_field(reader, p + "rope.scaling.yarn_beta_slow", 1.0)))
     return Hparams(
         arch=arch,
         n_vocab=n_vocab,
@@ -126,6 +135,7 @@ def read_hparams(reader: gguf.GGUFReader) -> Hparams:
         swa_layers=swa_layers,
         rope_base_swa=float(a.get("rope_base_swa", 10000.0)),
         rope_linear_factor=factor,
+        rope_yarn=yarn,
     )
 
 
@@ -164,6 +174,23 @@ class KVCache:
     def n_tokens(self) -> int:
         """How many positions have been fed (the next position to use when nothing was evicted)."""
         return int(max((p.max() + 1 for p in self.pos if p.size), default=0))
+
+
+def _yarn(inv_freq: np.ndarray, base: float, n_rot: int, factor: float, orig_ctx: int,
+          beta_fast: float, beta_slow: float) -> tuple[np.ndarray, float]:
+    """YaRN (Peng et al. 2023) as Hugging Face's `rope_scaling={"type": "yarn"}` defines it:
+    a pair whose wavelength fits fewer than beta_slow times into the original context is
+    interpolated (frequency / factor), one that fits more than beta_fast times is kept, a linear
+    ramp over the pair index between the two (bounds floored / ceiled); cos and sin are scaled
+    by 0.1 ln(factor) + 1. Returns (inverse frequencies, cos/sin scale)."""
+    def pair_for(n_turns: float) -> float:  # the pair index whose wavelength fits n_turns times
+        return n_rot * np.log(orig_ctx / (n_turns * 2 * np.pi)) / (2 * np.log(base))
+    low = max(int(np.floor(pair_for(beta_fast))), 0)
+    high = min(int(np.ceil(pair_for(beta_slow))), n_rot - 1)
+    ramp = np.clip((np.arange(n_rot // 2) - low) / max(high - low, 0.001), 0.0, 1.0)
+    keep = 1.0 - ramp  # 1: extrapolate (the trained frequency), 0: interpolate
+    out = inv_freq / factor * (1.0 - keep) + inv_freq * keep
+    return out, 0.1 * np.log(factor) + 1.0
 
 
 def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
@@ -240,8 +267,12 @@ class LlamaRef:
                 inv = inv / self.rope_freqs.astype(np.float64)
             return inv
         glob = inv_freq(hp.rope_base, hp.rope_linear_factor)
+        glob_scale = 1.0
+        if hp.rope_yarn is not None:
+            glob, glob_scale = _yarn(glob, hp.rope_base, hp.n_rot, *hp.rope_yarn)
         swa = inv_freq(hp.rope_base_swa, 1.0)
         self._inv_freq = [swa if hp.is_swa(il) else glob for il in range(hp.n_layer)]
+        self._rope_scale = [1.0 if hp.is_swa(il) else glob_scale for il in range(hp.n_layer)]
 
     def new_cache(self) -> KVCache:
         return KVCache(self.hp.n_layer, self.hp.n_head_kv, self.hp.head_dim, self.dtype)
@@ -252,8 +283,8 @@ class LlamaRef:
         with `layer`'s frequencies (they differ only between sliding-window and global layers)."""
         hp = self.hp
         ang = pos.astype(np.float64)[:, None] * self._inv_freq[layer][None, :]  # (n, n_rot/2)
-        cos = np.cos(ang).astype(x.dtype)[:, None, :]
-        sin = np.sin(ang).astype(x.dtype)[:, None, :]
+        cos = (np.cos(ang) * self._rope_scale[layer]).astype(x.dtype)[:, None, :]
+        sin = (np.sin(ang) * self._rope_scale[layer]).astype(x.dtype)[:, None, :]
         out = x.copy()
         r = x[..., :hp.n_rot]
         if hp.rope_neox:

@@ -334,8 +334,9 @@ def write_llama_gguf(path, *, n_vocab: int = 384, n_embd: int = 64, n_layer: int
                      tied_output: bool = False, weight_type: WeightType = "F32",
                      arch: str = "llama", tokenizer_pre: str | None = None,
                      extra_kv: Mapping[str, object] | None = None,
+                     extra_tensors: Mapping[str, np.ndarray] | None = None,
                      seed: int = 0) -> SyntheticModel:
-    """Write a random llama/qwen2 model to `path`. Norm weights and biases are always F32 (as in
+    """Write a random llama/qwen2 model to `path` (`extra_tensors`: e.g. `rope_freqs.weight`). Norm weights and biases are always F32 (as in
     llama.cpp's files); `weight_type` applies to the matrices (token_embd and output included)."""
     if arch not in ("llama", "qwen2"):
         raise ValueError(f"arch must be 'llama' or 'qwen2', got {arch!r}")
@@ -375,6 +376,7 @@ def write_llama_gguf(path, *, n_vocab: int = 384, n_embd: int = 64, n_layer: int
     weights["output_norm.weight"] = norm_w(n_embd)
     if not tied_output:
         weights["output.weight"] = mat(n_vocab, n_embd, 3.0)
+    weights.update(extra_tensors or {})
 
     w = gguf.GGUFWriter(os.fspath(path), arch)
     w.add_name(f"synthetic-{arch}-{n_layer}x{n_embd}")
