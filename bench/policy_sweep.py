@@ -39,8 +39,9 @@ def run(a) -> Path:
     need = a.segment * a.segments
     if len(ids) < need:
         raise SystemExit(f"{a.text}: {len(ids)} tokens, {need} needed")
-    configs = [("full", "full")] + [(p, str(k)) for p in a.policies.split(",")
-                                    for k in a.kv_sizes.split(",")]
+    policies = a.policies.split(",")
+    configs = [("full", "full")] if "full" in policies else []
+    configs += [(p, str(k)) for p in policies if p != "full" for k in a.kv_sizes.split(",")]
     new = not csv_path.exists()
     with csv_path.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
@@ -95,7 +96,9 @@ def main(argv=None) -> int:
     ap.add_argument("--segment", type=int, default=4096)
     ap.add_argument("--segments", type=int, default=4)
     ap.add_argument("--kv-sizes", default="32,64,128,256,512,1024")
-    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--policies", default=",".join(("full",) + POLICIES),
+                    help="comma-separated; 'full' is the full-cache baseline (two runs on parts of "
+                         "the policies can write to separate CSVs, concatenated afterwards)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="bench/results/sweep")
     ap.add_argument("--plot-only", action="store_true")

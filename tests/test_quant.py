@@ -56,9 +56,21 @@ def q8_k_dequantize(raw):
     return (d * qs).reshape(-1)
 
 
+def q8_1_blocks(raw):
+    """ggml's Q8_1 (36 bytes: fp16 d, fp16 s = d * sum(q), 32 int8): (d, s, q) per block.
+    gguf-py still describes an older 40-byte layout, so it is decoded here."""
+    b = np.asarray(raw, np.uint8).reshape(-1, 36)
+    d = b[:, 0:2].copy().view(np.float16).astype(np.float32).reshape(-1, 1)
+    s = b[:, 2:4].copy().view(np.float16).astype(np.float32).reshape(-1)
+    return d, s, b[:, 4:].copy().view(np.int8)
+
+
 def reference_dequantize(qtype, raw):
     if qtype == T.Q8_K:
         return q8_k_dequantize(raw)
+    if qtype == T.Q8_1:
+        d, _, q = q8_1_blocks(raw)
+        return (q.astype(np.float32) * d).reshape(-1)
     return np.asarray(gguf.quants.dequantize(raw, qtype), dtype=np.float32).reshape(-1)
 
 
@@ -214,7 +226,7 @@ def q8_rounding_bound(qtype, x, y):
     act = _core.type_info(int(qtype))["vec_dot_type"]
     if act == int(T.F32):
         return 0.0
-    block = 32 if act == int(T.Q8_0) else 256
+    block = 32 if act in (int(T.Q8_0), int(T.Q8_1)) else 256
     d = np.abs(y.reshape(-1, block)).max(axis=1, keepdims=True) / 127.0
     return float(np.sum(np.abs(x.reshape(-1, block)) * 0.57 * d))
 
@@ -246,7 +258,34 @@ def test_vec_dot_q8_mode(qtype):
         # so the integer paths (offsets, minima, block sums) are checked to full precision.
         yq = activation_dequantize(qtype, y, isa)
         ref = float(np.dot(xf.astype(np.float64), yq.astype(np.float64)))
-        assert abs(got - ref) <= float_dot_tolerance(xf, yq), (qtype.name, isa, got, ref)
+        tol = float_dot_tolerance(xf, yq) + q8_1_sum_rounding_bound(qtype, raw, y, isa)
+        assert abs(got - ref) <= tol, (qtype.name, isa, got, ref, tol)
+
+
+def q8_1_sum_rounding_bound(qtype, raw, y, isa):
+    """Q4_1 / Q5_1 take the minimum term m_x * s_y from the Q8_1 block, where s_y = d * sum(q)
+    is stored in fp16: off by at most 2^-11 * |s_y| per block (the integer paths stay exact)."""
+    if qtype not in (T.Q4_1, T.Q5_1):
+        return 0.0
+    size = 20 if qtype == T.Q4_1 else 24
+    m = np.asarray(raw, np.uint8).reshape(-1, size)[:, 2:4].copy().view(np.float16).astype(np.float64)
+    _, s, _ = q8_1_blocks(_core.quantize(int(T.Q8_1), y, isa=isa))
+    return float(np.sum(np.abs(m.reshape(-1) * s)) * 2.0 ** -11)
+
+
+def test_q8_1_activations_carry_their_sum():
+    rng = np.random.default_rng(7)
+    y = (rng.standard_normal(N) * 3).astype(np.float32)
+    for isa in ("best", "scalar"):
+        d, s, q = q8_1_blocks(_core.quantize(int(T.Q8_1), y, isa=isa))
+        d32 = np.abs(y.reshape(-1, 32)).max(axis=1) / np.float32(127.0)  # d before fp16 rounding
+        want = (d32 * q.astype(np.int32).sum(axis=1).astype(np.float32)).astype(np.float16)
+        assert np.array_equal(s.astype(np.float16), want), isa
+        # the quants are Q8_0's
+        q8_0 = np.asarray(_core.quantize(int(T.Q8_0), y, isa=isa), np.uint8).reshape(-1, 34)
+        assert np.array_equal(q8_0[:, 2:].view(np.int8), q), isa
+    assert _core.type_info(int(T.Q4_1))["vec_dot_type"] == int(T.Q8_1)
+    assert _core.type_info(int(T.Q5_1))["vec_dot_type"] == int(T.Q8_1)
 
 
 @pytest.mark.parametrize("qtype", COMPUTED, ids=lambda t: t.name)

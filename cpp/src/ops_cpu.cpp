@@ -137,7 +137,7 @@ void Matmul::run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* j
     return;
   }
   // Quantize the activations once per distinct vec_dot_type.
-  GgmlType vt[2];
+  GgmlType vt[3];
   int n_vt = 0;
   int which[4];
   for (int j = 0; j < n_jobs; ++j) {
@@ -146,12 +146,12 @@ void Matmul::run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* j
     int k = 0;
     while (k < n_vt && vt[k] != t) ++k;
     if (k == n_vt) {
-      TOVA_ASSERT(n_vt < 2);
+      TOVA_ASSERT(n_vt < 3);
       vt[n_vt++] = t;
     }
     which[j] = k;
   }
-  size_t xrow[2];
+  size_t xrow[3];
   for (int k = 0; k < n_vt; ++k) {
     const TypeTraits& tr = type_traits(vt[k]);
     xrow[k] = row_bytes(vt[k], cols);

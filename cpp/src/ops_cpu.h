@@ -59,7 +59,7 @@ class Matmul {
 
  private:
   bool float_activations_;
-  std::vector<uint8_t> xq_[2];  // activations quantized per distinct vec_dot_type (reused)
+  std::vector<uint8_t> xq_[3];  // activations quantized per distinct vec_dot_type (reused)
 };
 
 }  // namespace tova

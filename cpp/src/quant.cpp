@@ -165,11 +165,12 @@ Table scalar_table() {
   t[static_cast<uint32_t>(GgmlType::BF16)].quantize = s::quantize_bf16;
 
   constexpr auto Q8_0 = GgmlType::Q8_0;
+  constexpr auto Q8_1 = GgmlType::Q8_1;
   constexpr auto Q8_K = GgmlType::Q8_K;
   quant<BlockQ4_0, kQK, s::dequantize_q4_0>(t, GgmlType::Q4_0, "Q4_0", s::quantize_q4_0, Q8_0, s::vec_dot_q4_0_q8_0);
-  quant<BlockQ4_1, kQK, s::dequantize_q4_1>(t, GgmlType::Q4_1, "Q4_1", s::quantize_q4_1, Q8_0, s::vec_dot_q4_1_q8_0);
+  quant<BlockQ4_1, kQK, s::dequantize_q4_1>(t, GgmlType::Q4_1, "Q4_1", s::quantize_q4_1, Q8_1, s::vec_dot_q4_1_q8_1);
   quant<BlockQ5_0, kQK, s::dequantize_q5_0>(t, GgmlType::Q5_0, "Q5_0", s::quantize_q5_0, Q8_0, s::vec_dot_q5_0_q8_0);
-  quant<BlockQ5_1, kQK, s::dequantize_q5_1>(t, GgmlType::Q5_1, "Q5_1", s::quantize_q5_1, Q8_0, s::vec_dot_q5_1_q8_0);
+  quant<BlockQ5_1, kQK, s::dequantize_q5_1>(t, GgmlType::Q5_1, "Q5_1", s::quantize_q5_1, Q8_1, s::vec_dot_q5_1_q8_1);
   quant<BlockQ8_0, kQK, s::dequantize_q8_0>(t, GgmlType::Q8_0, "Q8_0", s::quantize_q8_0, Q8_0, s::vec_dot_q8_0_q8_0);
   quant<BlockQ8_1, kQK, s::dequantize_q8_1>(t, GgmlType::Q8_1, "Q8_1", s::quantize_q8_1, Q8_0, s::vec_dot_q8_1_q8_0);
   quant<BlockQ2_K, kQK_K, s::dequantize_q2_K>(t, GgmlType::Q2_K, "Q2_K", nullptr, Q8_K, s::vec_dot_q2_K_q8_K);
@@ -202,11 +203,12 @@ Table best_table() {
     at(GgmlType::BF16).vec_dot = f32_activations<avx2::vec_dot_bf16_f32>;
     at(GgmlType::F16).quantize = avx2::quantize_f16;
     at(GgmlType::Q8_0).quantize = avx2::quantize_q8_0;
+    at(GgmlType::Q8_1).quantize = avx2::quantize_q8_1;
     at(GgmlType::Q8_K).quantize = avx2::quantize_q8_K;
     at(GgmlType::Q4_0).vec_dot = avx2::vec_dot_q4_0_q8_0;
-    at(GgmlType::Q4_1).vec_dot = avx2::vec_dot_q4_1_q8_0;
+    at(GgmlType::Q4_1).vec_dot = avx2::vec_dot_q4_1_q8_1;
     at(GgmlType::Q5_0).vec_dot = avx2::vec_dot_q5_0_q8_0;
-    at(GgmlType::Q5_1).vec_dot = avx2::vec_dot_q5_1_q8_0;
+    at(GgmlType::Q5_1).vec_dot = avx2::vec_dot_q5_1_q8_1;
     at(GgmlType::Q8_0).vec_dot = avx2::vec_dot_q8_0_q8_0;
     at(GgmlType::Q4_0).vec_dot_f32 = avx2::vec_dot_q4_0_f32;
     at(GgmlType::Q8_0).vec_dot_f32 = avx2::vec_dot_q8_0_f32;

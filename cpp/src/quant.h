@@ -3,7 +3,8 @@
 //
 // Kernels work on whole blocks: every `n` below is a multiple of the type's block_size.
 // Matrix products quantize the float32 activations once per row of input to the weight type's
-// `vec_dot_type` (Q8_0 for the 32-element formats, Q8_K for the k-quants, F32 for float types)
+// `vec_dot_type` (Q8_0 for the symmetric 32-element formats, Q8_1 for those with a minimum,
+// Q8_K for the k-quants, F32 for float types)
 // and then call `vec_dot` for every weight row, as ggml does.
 #pragma once
 

@@ -107,25 +107,41 @@ inline __m256 round_half_away(__m256 v) {
   return _mm256_or_ps(_mm256_add_ps(f, up), _mm256_and_ps(v, sign));
 }
 
+// One block of 32 values to int8 quants: returns d (as float32) and the sum of the quants.
+inline float quantize_block_q8(const float* src, int8_t* qs, int* sum) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 v[4];
+  for (int k = 0; k < 4; ++k) v[k] = _mm256_loadu_ps(src + 8 * k);
+  const __m256 m01 = _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1]));
+  const __m256 m23 = _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3]));
+  const float amax = hmax_ps(_mm256_max_ps(m01, m23));
+  // Same float operations as the portable kernel (and gguf-py): d = amax / 127, id = 1 / d.
+  const float d = amax / 127.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  const __m256 vid = _mm256_set1_ps(id);
+  __m256i q[4];
+  for (int k = 0; k < 4; ++k) q[k] = _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(v[k], vid)));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs), pack_i32_to_i8(q[0], q[1], q[2], q[3]));
+  if (sum) *sum = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+  return d;
+}
+
+inline uint16_t to_half(float f) { return static_cast<uint16_t>(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT)); }
+
 }  // namespace
 
 void quantize_q8_0(const float* src, void* dst, int64_t n) {
   auto* b = static_cast<BlockQ8_0*>(dst);
-  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t i = 0; i < n / kQK; ++i, src += kQK) b[i].d = to_half(quantize_block_q8(src, b[i].qs, nullptr));
+}
+
+void quantize_q8_1(const float* src, void* dst, int64_t n) {
+  auto* b = static_cast<BlockQ8_1*>(dst);
   for (int64_t i = 0; i < n / kQK; ++i, src += kQK) {
-    __m256 v[4];
-    for (int k = 0; k < 4; ++k) v[k] = _mm256_loadu_ps(src + 8 * k);
-    const __m256 m01 = _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1]));
-    const __m256 m23 = _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3]));
-    const float amax = hmax_ps(_mm256_max_ps(m01, m23));
-    // Same float operations as the portable kernel (and gguf-py): d = amax / 127, id = 1 / d.
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    b[i].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
-    const __m256 vid = _mm256_set1_ps(id);
-    __m256i q[4];
-    for (int k = 0; k < 4; ++k) q[k] = _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(v[k], vid)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b[i].qs), pack_i32_to_i8(q[0], q[1], q[2], q[3]));
+    int sum = 0;
+    const float d = quantize_block_q8(src, b[i].qs, &sum);
+    b[i].d = to_half(d);
+    b[i].s = to_half(d * static_cast<float>(sum));  // as the portable kernel: fp16(d * sum)
   }
 }
 
@@ -179,30 +195,28 @@ float dot_symmetric(int64_t n, const void* vx, const void* vy) {
   return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
-// x . y for the formats with a minimum m: d_x * d_y * (q_x . q_y) + m_x * d_y * sum(q_y).
-// Two blocks per step, each with its own pair of accumulators (four independent FMA chains).
+// x . y for the formats with a minimum m against Q8_1 activations:
+// d_x * d_y * (q_x . q_y) + m_x * s_y, with s_y = d_y * sum(q_y) stored in the block. Two blocks
+// per step with separate vector accumulators; the minimum terms add up in scalar.
 template <class Block>
 float dot_with_min(int64_t n, const void* vx, const void* vy) {
   const auto* x = static_cast<const Block*>(vx);
-  const auto* y = static_cast<const BlockQ8_0*>(vy);
+  const auto* y = static_cast<const BlockQ8_1*>(vy);
   const int64_t nb = n / kQK;
-  const __m256i ones = _mm256_set1_epi8(1);
-  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-  auto step = [&](int64_t i, __m256& acc_q, __m256& acc_m) {
-    const __m256i qy = load256(y[i].qs);
-    const __m256i p = dot_u8_s8(quants(x[i]), qy);
-    const __m256i s = dot_u8_s8(ones, qy);
-    const float dy = half_to_float(y[i].d);
-    acc_q = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(half_to_float(x[i].d) * dy), acc_q);
-    acc_m = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(half_to_float(x[i].m) * dy), acc_m);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  float mins0 = 0.0f, mins1 = 0.0f;
+  auto step = [&](int64_t i, __m256& acc, float& mins) {
+    const __m256i p = dot_u8_s8(quants(x[i]), load256(y[i].qs));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(half_to_float(x[i].d) * half_to_float(y[i].d)), acc);
+    mins += half_to_float(x[i].m) * half_to_float(y[i].s);
   };
   int64_t i = 0;
   for (; i + 2 <= nb; i += 2) {
-    step(i, acc[0], acc[1]);
-    step(i + 1, acc[2], acc[3]);
+    step(i, acc0, mins0);
+    step(i + 1, acc1, mins1);
   }
-  if (i < nb) step(i, acc[0], acc[1]);
-  return hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+  if (i < nb) step(i, acc0, mins0);
+  return hsum_ps(_mm256_add_ps(acc0, acc1)) + (mins0 + mins1);
 }
 
 }  // namespace
@@ -210,8 +224,8 @@ float dot_with_min(int64_t n, const void* vx, const void* vy) {
 float vec_dot_q4_0_q8_0(int64_t n, const void* x, const void* y) { return dot_symmetric<BlockQ4_0>(n, x, y); }
 float vec_dot_q5_0_q8_0(int64_t n, const void* x, const void* y) { return dot_symmetric<BlockQ5_0>(n, x, y); }
 float vec_dot_q8_0_q8_0(int64_t n, const void* x, const void* y) { return dot_symmetric<BlockQ8_0>(n, x, y); }
-float vec_dot_q4_1_q8_0(int64_t n, const void* x, const void* y) { return dot_with_min<BlockQ4_1>(n, x, y); }
-float vec_dot_q5_1_q8_0(int64_t n, const void* x, const void* y) { return dot_with_min<BlockQ5_1>(n, x, y); }
+float vec_dot_q4_1_q8_1(int64_t n, const void* x, const void* y) { return dot_with_min<BlockQ4_1>(n, x, y); }
+float vec_dot_q5_1_q8_1(int64_t n, const void* x, const void* y) { return dot_with_min<BlockQ5_1>(n, x, y); }
 
 // --- dot products with float32 y (quantized KV entries against a float query) -------------------
 

@@ -137,9 +137,9 @@ void quantize_q5_1(const float* src, void* dst, int64_t n);
 void quantize_q8_0(const float* src, void* dst, int64_t n);
 void quantize_q8_1(const float* src, void* dst, int64_t n);
 float vec_dot_q4_0_q8_0(int64_t n, const void* x, const void* y);
-float vec_dot_q4_1_q8_0(int64_t n, const void* x, const void* y);
+float vec_dot_q4_1_q8_1(int64_t n, const void* x, const void* y);
 float vec_dot_q5_0_q8_0(int64_t n, const void* x, const void* y);
-float vec_dot_q5_1_q8_0(int64_t n, const void* x, const void* y);
+float vec_dot_q5_1_q8_1(int64_t n, const void* x, const void* y);
 float vec_dot_q8_0_q8_0(int64_t n, const void* x, const void* y);
 float vec_dot_q8_1_q8_0(int64_t n, const void* x, const void* y);
 
@@ -175,10 +175,11 @@ void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
 void quantize_f16(const float* src, void* dst, int64_t n);
 
 void quantize_q8_0(const float* src, void* dst, int64_t n);
+void quantize_q8_1(const float* src, void* dst, int64_t n);
 float vec_dot_q4_0_q8_0(int64_t n, const void* x, const void* y);
-float vec_dot_q4_1_q8_0(int64_t n, const void* x, const void* y);
+float vec_dot_q4_1_q8_1(int64_t n, const void* x, const void* y);
 float vec_dot_q5_0_q8_0(int64_t n, const void* x, const void* y);
-float vec_dot_q5_1_q8_0(int64_t n, const void* x, const void* y);
+float vec_dot_q5_1_q8_1(int64_t n, const void* x, const void* y);
 float vec_dot_q8_0_q8_0(int64_t n, const void* x, const void* y);
 float vec_dot_q4_0_f32(int64_t n, const void* x, const float* y);
 float vec_dot_q8_0_f32(int64_t n, const void* x, const float* y);

@@ -4,11 +4,11 @@
 // float32 operations in the same order ((d * q) + m, never a fused multiply-add).
 // Quantization follows gguf-py too (Q8_0 there is bit-exact with ggml's reference).
 //
-// The activations of every format here are Q8_0 (as ggml does for Q4_0 / Q5_0 / Q8_0). For the
-// formats with a minimum (Q4_1, Q5_1) the dot product also needs the sum of the activation
-// quants of each block; it is recomputed from the Q8_0 block (exact, 32 int8 adds) instead of
-// using ggml's Q8_1 activations, whose stored sum is rounded to fp16. One activation format
-// per input row also keeps mixed-type models to a single quantization pass.
+// Activations are Q8_0 for the symmetric formats (Q4_0, Q5_0, Q8_0) and Q8_1 for the formats
+// with a minimum (Q4_1, Q5_1), as ggml does: x . y = d_x d_y (q_x . q_y) + m_x s_y, where the
+// Q8_1 block carries s_y = d_y * sum(q_y) (rounded to fp16) so that no row recomputes the sum.
+// The rounding of s costs at most 2^-11 of |m_x s_y| per block, far below the weights' own
+// 4-bit rounding.
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
 #elif defined(__GNUC__) && defined(__FP_FAST_FMAF)
@@ -239,16 +239,15 @@ float vec_dot_q4_0_q8_0(int64_t n, const void* vx, const void* vy) {
   return sum;
 }
 
-float vec_dot_q4_1_q8_0(int64_t n, const void* vx, const void* vy) {
+float vec_dot_q4_1_q8_1(int64_t n, const void* vx, const void* vy) {
   const auto* x = static_cast<const BlockQ4_1*>(vx);
-  const auto* y = static_cast<const BlockQ8_0*>(vy);
+  const auto* y = static_cast<const BlockQ8_1*>(vy);
   float sum = 0.0f;
   for (int64_t i = 0; i < n / kQK; ++i) {
     int sumi = 0;
     for (int j = 0; j < kQK; ++j) sumi += nibble(x[i].qs, j) * y[i].qs[j];
-    const float dy = fp16_to_fp32(y[i].d);
-    sum += static_cast<float>(sumi) * (fp16_to_fp32(x[i].d) * dy) +
-           static_cast<float>(q8_sum(y[i].qs)) * (fp16_to_fp32(x[i].m) * dy);
+    sum += static_cast<float>(sumi) * (fp16_to_fp32(x[i].d) * fp16_to_fp32(y[i].d)) +
+           fp16_to_fp32(x[i].m) * fp16_to_fp32(y[i].s);
   }
   return sum;
 }
@@ -268,9 +267,9 @@ float vec_dot_q5_0_q8_0(int64_t n, const void* vx, const void* vy) {
   return sum;
 }
 
-float vec_dot_q5_1_q8_0(int64_t n, const void* vx, const void* vy) {
+float vec_dot_q5_1_q8_1(int64_t n, const void* vx, const void* vy) {
   const auto* x = static_cast<const BlockQ5_1*>(vx);
-  const auto* y = static_cast<const BlockQ8_0*>(vy);
+  const auto* y = static_cast<const BlockQ8_1*>(vy);
   float sum = 0.0f;
   for (int64_t i = 0; i < n / kQK; ++i) {
     int sumi = 0;
@@ -278,9 +277,8 @@ float vec_dot_q5_1_q8_0(int64_t n, const void* vx, const void* vy) {
       const int q = nibble(x[i].qs, j) | (high_bit(x[i].qh, j) << 4);
       sumi += q * y[i].qs[j];
     }
-    const float dy = fp16_to_fp32(y[i].d);
-    sum += static_cast<float>(sumi) * (fp16_to_fp32(x[i].d) * dy) +
-           static_cast<float>(q8_sum(y[i].qs)) * (fp16_to_fp32(x[i].m) * dy);
+    sum += static_cast<float>(sumi) * (fp16_to_fp32(x[i].d) * fp16_to_fp32(y[i].d)) +
+           fp16_to_fp32(x[i].m) * fp16_to_fp32(y[i].s);
   }
   return sum;
 }
