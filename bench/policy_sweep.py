@@ -41,7 +41,9 @@ def run(a) -> Path:
         raise SystemExit(f"{a.text}: {len(ids)} tokens, {need} needed")
     policies = a.policies.split(",")
     configs = [("full", "full")] if "full" in policies else []
-    configs += [(p, str(k)) for p in policies if p != "full" for k in a.kv_sizes.split(",")]
+    # kv-major: every policy at one kv_size before the next, so that a run cut short (and
+    # resumed later) already holds whole columns of the table
+    configs += [(p, str(k)) for k in a.kv_sizes.split(",") for p in policies if p != "full"]
     new = not csv_path.exists()
     with csv_path.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
@@ -88,6 +90,24 @@ def plot(csv_path: Path, png_path: Path, title: str) -> None:
     fig.savefig(png_path, dpi=120)
 
 
+def table(csv_path: Path) -> str:
+    """The sweep as a markdown table: one row per kv_size, one column per policy (the best of
+    each row in bold), the full cache in the last column."""
+    rows = list(csv.DictReader(csv_path.open()))
+    ppl = {(r["policy"], r["kv_size"]): float(r["ppl"]) for r in rows}
+    full = next((v for (p, _), v in ppl.items() if p == "full"), None)
+    policies = [p for p in POLICIES if any(q == p for q, _ in ppl)]
+    sizes = sorted({int(k) for p, k in ppl if p != "full"})
+    out = ["| kv_size | " + " | ".join(policies) + " | full |",
+           "|---:|" + "---:|" * (len(policies) + 1)]
+    for k in sizes:
+        vals = [ppl.get((p, str(k))) for p in policies]
+        best = min((v for v in vals if v is not None), default=None)
+        cells = ["" if v is None else (f"**{v:.2f}**" if v == best else f"{v:.2f}") for v in vals]
+        out.append(f"| {k} | " + " | ".join(cells) + f" | {'' if full is None else f'{full:.2f}'} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -105,6 +125,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     csv_path = Path(f"{a.out}.csv") if a.plot_only else run(a)
     plot(csv_path, Path(f"{a.out}.png"), f"{a.model}, {Path(a.text).name}, {a.segments} x {a.segment} tokens")
+    print(table(csv_path))
     print(f"wrote {csv_path} and {a.out}.png")
     return 0
 
