@@ -301,6 +301,22 @@ def test_vec_dot_scalar_equals_simd(qtype):
             assert abs(a - b) <= float_dot_tolerance(xf, y), (qtype.name, mode, n, a, b)
 
 
+@pytest.mark.parametrize("qtype", COMPUTED, ids=lambda t: t.name)
+def test_vec_dot_rows_equal_vec_dot(qtype):
+    """The prompt path's multi-row kernels (one weight row against up to 4 activation rows)
+    give every row's vec_dot result bit for bit: same integer sums, same float operations."""
+    if not _core.type_info(int(qtype))["has_vec_dot_rows"]:
+        assert _core.kernel_isa() == "scalar" or qtype in (T.F32, T.F16, T.BF16, T.Q2_K, T.Q3_K, T.Q8_K)
+        return
+    rng = np.random.default_rng(400 + int(qtype))
+    for n in (N, 8 * 256 + 256):
+        raw, _ = random_row(qtype, rng, n)
+        for rows in (1, 2, 3, 4):
+            y = rng.standard_normal((rows, n)).astype(np.float32)
+            got = _core._vec_dot_rows(int(qtype), raw, y)
+            assert np.array_equal(got[:, 0], got[:, 1]), (qtype.name, n, rows, got)
+
+
 def test_vec_dot_extreme_quants():
     # Saturation corners of the SIMD paths: a Q8_0 weight of -128 (legal in the format) and
     # activations at +-127 everywhere.

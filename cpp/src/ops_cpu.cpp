@@ -1,5 +1,6 @@
 #include "ops_cpu.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -174,7 +175,21 @@ void Matmul::run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* j
     const size_t xr = xrow[which[j]];
     float* y = jobs[j].y;
     const auto dot = w.traits->vec_dot;
-    for (int64_t i = 0; i < n; ++i) {
+    const auto dot_rows = w.traits->vec_dot_rows;
+    int64_t i = 0;
+    if (dot_rows) {
+      // Up to kMaxDotRows input rows per weight row: each weight block is decoded once for all.
+      float out[kMaxDotRows];
+      for (; i + 1 < n; i += kMaxDotRows) {
+        const int m = static_cast<int>(std::min<int64_t>(kMaxDotRows, n - i));
+        const uint8_t* xi = xq + static_cast<size_t>(i) * xr;
+        for (int64_t r = r0; r < r1; ++r) {
+          dot_rows(cols, w.row(r), xi, xr, m, out);
+          for (int k = 0; k < m; ++k) y[(i + k) * w.rows + r] = out[k];
+        }
+      }
+    }
+    for (; i < n; ++i) {
       const uint8_t* xi = xq + static_cast<size_t>(i) * xr;
       float* yi = y + i * w.rows;
       for (int64_t r = r0; r < r1; ++r) yi[r] = dot(cols, w.row(r), xi);

@@ -220,6 +220,14 @@ Table best_table() {
     at(GgmlType::Q5_K).vec_dot = avx2::vec_dot_q5_K_q8_K;
     at(GgmlType::Q6_K).vec_dot = avx2::vec_dot_q6_K_q8_K;
     at(GgmlType::Q8_K).vec_dot = avx2::vec_dot_q8_K_q8_K;
+    at(GgmlType::Q4_0).vec_dot_rows = avx2::vec_dot_rows_q4_0_q8_0;
+    at(GgmlType::Q5_0).vec_dot_rows = avx2::vec_dot_rows_q5_0_q8_0;
+    at(GgmlType::Q8_0).vec_dot_rows = avx2::vec_dot_rows_q8_0_q8_0;
+    at(GgmlType::Q4_1).vec_dot_rows = avx2::vec_dot_rows_q4_1_q8_1;
+    at(GgmlType::Q5_1).vec_dot_rows = avx2::vec_dot_rows_q5_1_q8_1;
+    at(GgmlType::Q4_K).vec_dot_rows = avx2::vec_dot_rows_q4_K_q8_K;
+    at(GgmlType::Q5_K).vec_dot_rows = avx2::vec_dot_rows_q5_K_q8_K;
+    at(GgmlType::Q6_K).vec_dot_rows = avx2::vec_dot_rows_q6_K_q8_K;
   }
 #endif
   return t;

@@ -34,6 +34,12 @@ using QuantizeFn = void (*)(const float* src, void* dst, int64_t n);
 using VecDotFn = float (*)(int64_t n, const void* x, const void* y);
 // Dot product of n values: x in this type, y plain float32 (reference / fallback path).
 using VecDotF32Fn = float (*)(int64_t n, const void* x, const float* y);
+// Dot products of one row x with n_rows (1..kMaxDotRows) activation rows `stride` bytes apart:
+// out[k] = vec_dot(n, x, y + k * stride), bit for bit. The weight block is decoded once for all
+// rows, which is what makes a prompt's matrix products faster than one row at a time.
+using VecDotRowsFn = void (*)(int64_t n, const void* x, const void* y, size_t stride, int n_rows,
+                              float* out);
+constexpr int kMaxDotRows = 4;
 
 struct TypeTraits {
   const char* name = nullptr;     // "Q4_K" (nullptr: id unknown)
@@ -45,6 +51,7 @@ struct TypeTraits {
   GgmlType vec_dot_type = GgmlType::F32;
   VecDotFn vec_dot = nullptr;         // uses the best kernel this CPU has (chosen at start-up)
   VecDotF32Fn vec_dot_f32 = nullptr;  // always available where dequantize is
+  VecDotRowsFn vec_dot_rows = nullptr;  // optional (SIMD tables only); else vec_dot per row
 };
 
 // Traits of a type id; returns an entry with name == nullptr for unknown ids.

@@ -171,44 +171,58 @@ inline __m256i quants(const BlockQ5_1& b) {
   return _mm256_or_si256(unpack_nibbles(b.qs), _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
 }
 
-// x . y for the symmetric formats: sum of d_x * d_y * (q_x . q_y). Two blocks per step with
-// separate accumulators, so consecutive FMAs do not wait on each other.
-template <class Block>
-float dot_symmetric(int64_t n, const void* vx, const void* vy) {
+// x . y_k for R activation rows at once (the weight block is decoded once for all of them) for
+// the symmetric formats: sum of d_x * d_y * (q_x . q_y). Two blocks per step with separate
+// accumulators, so consecutive FMAs do not wait on each other. For each row the operations and
+// their order are those of R = 1: every row's result is bit-identical to the one-row kernel's.
+template <class Block, int R>
+void dot_symmetric(int64_t n, const void* vx, const void* vy, size_t stride, float* out) {
   const auto* x = static_cast<const Block*>(vx);
-  const auto* y = static_cast<const BlockQ8_0*>(vy);
+  const YRows<BlockQ8_0, R> y(vy, stride);
   const int64_t nb = n / kQK;
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  __m256 acc0[R], acc1[R];
+  for (int k = 0; k < R; ++k) acc0[k] = acc1[k] = _mm256_setzero_ps();
+  // |q_x| and q_y with q_x's sign: dot_s8_s8 split so that the x half is shared by the rows.
+  auto step = [&](int64_t i, __m256* acc) {
+    const __m256i qx = quants(x[i]);
+    const __m256i ax = _mm256_sign_epi8(qx, qx);
+    const float dx = half_to_float(x[i].d);
+    for (int k = 0; k < R; ++k) {
+      const __m256i p = dot_u8_s8(ax, _mm256_sign_epi8(load256(y.r[k][i].qs), qx));
+      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dx * half_to_float(y.r[k][i].d)), acc[k]);
+    }
+  };
   int64_t i = 0;
   for (; i + 2 <= nb; i += 2) {
-    const __m256i p0 = dot_s8_s8(quants(x[i]), load256(y[i].qs));
-    const __m256i p1 = dot_s8_s8(quants(x[i + 1]), load256(y[i + 1].qs));
-    const __m256 d0 = _mm256_set1_ps(half_to_float(x[i].d) * half_to_float(y[i].d));
-    const __m256 d1 = _mm256_set1_ps(half_to_float(x[i + 1].d) * half_to_float(y[i + 1].d));
-    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), d0, acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), d1, acc1);
+    step(i, acc0);
+    step(i + 1, acc1);
   }
-  for (; i < nb; ++i) {
-    const __m256i p = dot_s8_s8(quants(x[i]), load256(y[i].qs));
-    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(half_to_float(x[i].d) * half_to_float(y[i].d)), acc0);
-  }
-  return hsum_ps(_mm256_add_ps(acc0, acc1));
+  if (i < nb) step(i, acc0);
+  for (int k = 0; k < R; ++k) out[k] = hsum_ps(_mm256_add_ps(acc0[k], acc1[k]));
 }
 
-// x . y for the formats with a minimum m against Q8_1 activations:
+// The formats with a minimum m against Q8_1 activations:
 // d_x * d_y * (q_x . q_y) + m_x * s_y, with s_y = d_y * sum(q_y) stored in the block. Two blocks
 // per step with separate vector accumulators; the minimum terms add up in scalar.
-template <class Block>
-float dot_with_min(int64_t n, const void* vx, const void* vy) {
+template <class Block, int R>
+void dot_with_min(int64_t n, const void* vx, const void* vy, size_t stride, float* out) {
   const auto* x = static_cast<const Block*>(vx);
-  const auto* y = static_cast<const BlockQ8_1*>(vy);
+  const YRows<BlockQ8_1, R> y(vy, stride);
   const int64_t nb = n / kQK;
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  float mins0 = 0.0f, mins1 = 0.0f;
-  auto step = [&](int64_t i, __m256& acc, float& mins) {
-    const __m256i p = dot_u8_s8(quants(x[i]), load256(y[i].qs));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(half_to_float(x[i].d) * half_to_float(y[i].d)), acc);
-    mins += half_to_float(x[i].m) * half_to_float(y[i].s);
+  __m256 acc0[R], acc1[R];
+  float mins0[R], mins1[R];
+  for (int k = 0; k < R; ++k) {
+    acc0[k] = acc1[k] = _mm256_setzero_ps();
+    mins0[k] = mins1[k] = 0.0f;
+  }
+  auto step = [&](int64_t i, __m256* acc, float* mins) {
+    const __m256i qx = quants(x[i]);
+    const float dx = half_to_float(x[i].d), mx = half_to_float(x[i].m);
+    for (int k = 0; k < R; ++k) {
+      const __m256i p = dot_u8_s8(qx, load256(y.r[k][i].qs));
+      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dx * half_to_float(y.r[k][i].d)), acc[k]);
+      mins[k] += mx * half_to_float(y.r[k][i].s);
+    }
   };
   int64_t i = 0;
   for (; i + 2 <= nb; i += 2) {
@@ -216,16 +230,30 @@ float dot_with_min(int64_t n, const void* vx, const void* vy) {
     step(i + 1, acc1, mins1);
   }
   if (i < nb) step(i, acc0, mins0);
-  return hsum_ps(_mm256_add_ps(acc0, acc1)) + (mins0 + mins1);
+  for (int k = 0; k < R; ++k) out[k] = hsum_ps(_mm256_add_ps(acc0[k], acc1[k])) + (mins0[k] + mins1[k]);
 }
+
+template <class Block, int R>
+struct Symmetric {
+  static void run(int64_t n, const void* x, const void* y, size_t s, float* o) { dot_symmetric<Block, R>(n, x, y, s, o); }
+};
+template <class Block, int R>
+struct WithMin {
+  static void run(int64_t n, const void* x, const void* y, size_t s, float* o) { dot_with_min<Block, R>(n, x, y, s, o); }
+};
 
 }  // namespace
 
-float vec_dot_q4_0_q8_0(int64_t n, const void* x, const void* y) { return dot_symmetric<BlockQ4_0>(n, x, y); }
-float vec_dot_q5_0_q8_0(int64_t n, const void* x, const void* y) { return dot_symmetric<BlockQ5_0>(n, x, y); }
-float vec_dot_q8_0_q8_0(int64_t n, const void* x, const void* y) { return dot_symmetric<BlockQ8_0>(n, x, y); }
-float vec_dot_q4_1_q8_1(int64_t n, const void* x, const void* y) { return dot_with_min<BlockQ4_1>(n, x, y); }
-float vec_dot_q5_1_q8_1(int64_t n, const void* x, const void* y) { return dot_with_min<BlockQ5_1>(n, x, y); }
+float vec_dot_q4_0_q8_0(int64_t n, const void* x, const void* y) { return one_row<Symmetric<BlockQ4_0, 1>::run>(n, x, y); }
+float vec_dot_q5_0_q8_0(int64_t n, const void* x, const void* y) { return one_row<Symmetric<BlockQ5_0, 1>::run>(n, x, y); }
+float vec_dot_q8_0_q8_0(int64_t n, const void* x, const void* y) { return one_row<Symmetric<BlockQ8_0, 1>::run>(n, x, y); }
+float vec_dot_q4_1_q8_1(int64_t n, const void* x, const void* y) { return one_row<WithMin<BlockQ4_1, 1>::run>(n, x, y); }
+float vec_dot_q5_1_q8_1(int64_t n, const void* x, const void* y) { return one_row<WithMin<BlockQ5_1, 1>::run>(n, x, y); }
+void vec_dot_rows_q4_0_q8_0(int64_t n, const void* x, const void* y, size_t s, int r, float* o) { rows<BlockQ4_0, Symmetric>(n, x, y, s, r, o); }
+void vec_dot_rows_q5_0_q8_0(int64_t n, const void* x, const void* y, size_t s, int r, float* o) { rows<BlockQ5_0, Symmetric>(n, x, y, s, r, o); }
+void vec_dot_rows_q8_0_q8_0(int64_t n, const void* x, const void* y, size_t s, int r, float* o) { rows<BlockQ8_0, Symmetric>(n, x, y, s, r, o); }
+void vec_dot_rows_q4_1_q8_1(int64_t n, const void* x, const void* y, size_t s, int r, float* o) { rows<BlockQ4_1, WithMin>(n, x, y, s, r, o); }
+void vec_dot_rows_q5_1_q8_1(int64_t n, const void* x, const void* y, size_t s, int r, float* o) { rows<BlockQ5_1, WithMin>(n, x, y, s, r, o); }
 
 // --- dot products with float32 y (quantized KV entries against a float query) -------------------
 

@@ -172,97 +172,116 @@ inline float hsum_ps128(__m128 s) {
 
 }  // namespace
 
-float vec_dot_q4_K_q8_K(int64_t n, const void* vx, const void* vy) {
-  const auto* x = static_cast<const BlockQ4_K*>(vx);
-  const auto* y = static_cast<const BlockQ8_K*>(vy);
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
-  __m256 acc = _mm256_setzero_ps();
-  __m128 acc_min = _mm_setzero_ps();
-  for (int64_t i = 0; i < n / kQK_K; ++i) {
-    uint8_t scales[8], mins[8];
-    unpack_scales_mins(x[i].scales, scales, mins);
-    acc_min = _mm_add_ps(acc_min, min_part(mins, y[i], y[i].d * half_to_float(x[i].dmin)));
-    __m256i sumi = _mm256_setzero_si256();
-    for (int c = 0; c < 4; ++c) {
-      const __m256i qv = load256(x[i].qs + 32 * c);
-      const __m256i lo = _mm256_and_si256(qv, m4);
-      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
-      const __m256i plo = _mm256_maddubs_epi16(lo, load256(y[i].qs + 64 * c));
-      const __m256i phi = _mm256_maddubs_epi16(hi, load256(y[i].qs + 64 * c + 32));
-      sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(plo, _mm256_set1_epi16(scales[2 * c])));
-      sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(phi, _mm256_set1_epi16(scales[2 * c + 1])));
-    }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * half_to_float(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
-  }
-  return hsum_ps(acc) - hsum_ps128(acc_min);
-}
+namespace {
 
-float vec_dot_q5_K_q8_K(int64_t n, const void* vx, const void* vy) {
-  const auto* x = static_cast<const BlockQ5_K*>(vx);
-  const auto* y = static_cast<const BlockQ8_K*>(vy);
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
-  const __m256i m1 = _mm256_set1_epi8(1);
-  __m256 acc = _mm256_setzero_ps();
-  __m128 acc_min = _mm_setzero_ps();
-  for (int64_t i = 0; i < n / kQK_K; ++i) {
-    uint8_t scales[8], mins[8];
-    unpack_scales_mins(x[i].scales, scales, mins);
-    acc_min = _mm_add_ps(acc_min, min_part(mins, y[i], y[i].d * half_to_float(x[i].dmin)));
-    __m256i hbits = load256(x[i].qh);
-    __m256i sumi = _mm256_setzero_si256();
-    for (int c = 0; c < 4; ++c) {
-      // Sub-block 2c takes bit 2c of qh, sub-block 2c + 1 bit 2c + 1.
-      const __m256i qv = load256(x[i].qs + 32 * c);
-      const __m256i hlo = _mm256_slli_epi16(_mm256_and_si256(hbits, m1), 4);
-      const __m256i hhi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 1), m1), 4);
-      const __m256i lo = _mm256_or_si256(_mm256_and_si256(qv, m4), hlo);
-      const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qv, 4), m4), hhi);
-      hbits = _mm256_srli_epi16(hbits, 2);
-      const __m256i plo = _mm256_maddubs_epi16(lo, load256(y[i].qs + 64 * c));
-      const __m256i phi = _mm256_maddubs_epi16(hi, load256(y[i].qs + 64 * c + 32));
-      sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(plo, _mm256_set1_epi16(scales[2 * c])));
-      sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(phi, _mm256_set1_epi16(scales[2 * c + 1])));
+// Q4_K and Q5_K share everything but the quants: the fifth bit of Q5_K comes from qh, two
+// sub-blocks per 32 bytes of qs. The kernels take R activation rows at once (the weight
+// super-block is unpacked once for all); per row, operations and order are those of R = 1.
+template <class Block, int R>
+struct DotQ45K {
+  static void run(int64_t n, const void* vx, const void* vy, size_t stride, float* out) {
+    constexpr bool kFive = sizeof(Block) == sizeof(BlockQ5_K);
+    const auto* x = static_cast<const Block*>(vx);
+    const YRows<BlockQ8_K, R> y(vy, stride);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i m1 = _mm256_set1_epi8(1);
+    __m256 acc[R];
+    __m128 acc_min[R];
+    for (int k = 0; k < R; ++k) {
+      acc[k] = _mm256_setzero_ps();
+      acc_min[k] = _mm_setzero_ps();
     }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * half_to_float(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+    for (int64_t i = 0; i < n / kQK_K; ++i) {
+      uint8_t scales[8], mins[8];
+      unpack_scales_mins(x[i].scales, scales, mins);
+      const float dx = half_to_float(x[i].d), dmin = half_to_float(x[i].dmin);
+      for (int k = 0; k < R; ++k)
+        acc_min[k] = _mm_add_ps(acc_min[k], min_part(mins, y.r[k][i], y.r[k][i].d * dmin));
+      __m256i hbits = _mm256_setzero_si256();
+      if constexpr (kFive) hbits = load256(x[i].qh);
+      __m256i sumi[R];
+      for (int k = 0; k < R; ++k) sumi[k] = _mm256_setzero_si256();
+      for (int c = 0; c < 4; ++c) {
+        const __m256i qv = load256(x[i].qs + 32 * c);
+        __m256i lo = _mm256_and_si256(qv, m4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+        if constexpr (kFive) {
+          // Sub-block 2c takes bit 2c of qh, sub-block 2c + 1 bit 2c + 1.
+          lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(hbits, m1), 4));
+          hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 1), m1), 4));
+          hbits = _mm256_srli_epi16(hbits, 2);
+        }
+        const __m256i slo = _mm256_set1_epi16(scales[2 * c]), shi = _mm256_set1_epi16(scales[2 * c + 1]);
+        for (int k = 0; k < R; ++k) {
+          const __m256i plo = _mm256_maddubs_epi16(lo, load256(y.r[k][i].qs + 64 * c));
+          const __m256i phi = _mm256_maddubs_epi16(hi, load256(y.r[k][i].qs + 64 * c + 32));
+          sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(plo, slo));
+          sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(phi, shi));
+        }
+      }
+      for (int k = 0; k < R; ++k)
+        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(y.r[k][i].d * dx), _mm256_cvtepi32_ps(sumi[k]), acc[k]);
+    }
+    for (int k = 0; k < R; ++k) out[k] = hsum_ps(acc[k]) - hsum_ps128(acc_min[k]);
   }
-  return hsum_ps(acc) - hsum_ps128(acc_min);
-}
+};
 
-float vec_dot_q6_K_q8_K(int64_t n, const void* vx, const void* vy) {
-  const auto* x = static_cast<const BlockQ6_K*>(vx);
-  const auto* y = static_cast<const BlockQ8_K*>(vy);
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
-  const __m256i m2 = _mm256_set1_epi8(3);
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t i = 0; i < n / kQK_K; ++i) {
-    const int8_t* sc = x[i].scales;
-    // Quants are read unsigned (0..63); the -32 offset comes back as 32 * sum_g sc_g * bsum_g.
-    const __m256i offset = _mm256_madd_epi16(_mm256_cvtepi8_epi16(load128(sc)), load256(y[i].bsums));
-    __m256i sumi = _mm256_setzero_si256();
-    for (int h = 0; h < 2; ++h) {
-      const __m256i ql0 = load256(x[i].ql + 64 * h);
-      const __m256i ql1 = load256(x[i].ql + 64 * h + 32);
-      const __m256i qh = load256(x[i].qh + 32 * h);
-      __m256i q[4];
-      q[0] = _mm256_and_si256(ql0, m4);
-      q[1] = _mm256_and_si256(ql1, m4);
-      q[2] = _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4);
-      q[3] = _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4);
-      q[0] = _mm256_or_si256(q[0], _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
-      q[1] = _mm256_or_si256(q[1], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
-      q[2] = _mm256_or_si256(q[2], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
-      q[3] = _mm256_or_si256(q[3], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
-      for (int t = 0; t < 4; ++t) {
-        const int g = 8 * h + 2 * t;
-        const __m256i p = _mm256_maddubs_epi16(q[t], load256(y[i].qs + 128 * h + 32 * t));
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(sc[g], sc[g + 1])));
+template <class Block, int R>
+struct DotQ6K {
+  static void run(int64_t n, const void* vx, const void* vy, size_t stride, float* out) {
+    const auto* x = static_cast<const BlockQ6_K*>(vx);
+    const YRows<BlockQ8_K, R> y(vy, stride);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i m2 = _mm256_set1_epi8(3);
+    __m256 acc[R];
+    for (int k = 0; k < R; ++k) acc[k] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / kQK_K; ++i) {
+      const int8_t* sc = x[i].scales;
+      const __m256i sc16 = _mm256_cvtepi8_epi16(load128(sc));
+      __m256i sumi[R];
+      for (int k = 0; k < R; ++k) sumi[k] = _mm256_setzero_si256();
+      for (int h = 0; h < 2; ++h) {
+        const __m256i ql0 = load256(x[i].ql + 64 * h);
+        const __m256i ql1 = load256(x[i].ql + 64 * h + 32);
+        const __m256i qh = load256(x[i].qh + 32 * h);
+        __m256i q[4];
+        q[0] = _mm256_and_si256(ql0, m4);
+        q[1] = _mm256_and_si256(ql1, m4);
+        q[2] = _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4);
+        q[3] = _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4);
+        q[0] = _mm256_or_si256(q[0], _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+        q[1] = _mm256_or_si256(q[1], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+        q[2] = _mm256_or_si256(q[2], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+        q[3] = _mm256_or_si256(q[3], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+        for (int t = 0; t < 4; ++t) {
+          const int g = 8 * h + 2 * t;
+          const __m256i s = scale_pair(sc[g], sc[g + 1]);
+          for (int k = 0; k < R; ++k) {
+            const __m256i p = _mm256_maddubs_epi16(q[t], load256(y.r[k][i].qs + 128 * h + 32 * t));
+            sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(p, s));
+          }
+        }
+      }
+      const float dx = half_to_float(x[i].d);
+      for (int k = 0; k < R; ++k) {
+        // Quants are read unsigned (0..63); the -32 offset comes back as 32 * sum_g sc_g * bsum_g.
+        const __m256i offset = _mm256_madd_epi16(sc16, load256(y.r[k][i].bsums));
+        sumi[k] = _mm256_sub_epi32(sumi[k], _mm256_slli_epi32(offset, 5));
+        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(y.r[k][i].d * dx), _mm256_cvtepi32_ps(sumi[k]), acc[k]);
       }
     }
-    sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(offset, 5));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * half_to_float(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+    for (int k = 0; k < R; ++k) out[k] = hsum_ps(acc[k]);
   }
-  return hsum_ps(acc);
-}
+};
+
+}  // namespace
+
+float vec_dot_q4_K_q8_K(int64_t n, const void* x, const void* y) { return one_row<DotQ45K<BlockQ4_K, 1>::run>(n, x, y); }
+float vec_dot_q5_K_q8_K(int64_t n, const void* x, const void* y) { return one_row<DotQ45K<BlockQ5_K, 1>::run>(n, x, y); }
+float vec_dot_q6_K_q8_K(int64_t n, const void* x, const void* y) { return one_row<DotQ6K<BlockQ6_K, 1>::run>(n, x, y); }
+void vec_dot_rows_q4_K_q8_K(int64_t n, const void* x, const void* y, size_t s, int r, float* o) { rows<BlockQ4_K, DotQ45K>(n, x, y, s, r, o); }
+void vec_dot_rows_q5_K_q8_K(int64_t n, const void* x, const void* y, size_t s, int r, float* o) { rows<BlockQ5_K, DotQ45K>(n, x, y, s, r, o); }
+void vec_dot_rows_q6_K_q8_K(int64_t n, const void* x, const void* y, size_t s, int r, float* o) { rows<BlockQ6_K, DotQ6K>(n, x, y, s, r, o); }
 
 float vec_dot_q8_K_q8_K(int64_t n, const void* vx, const void* vy) {
   const auto* x = static_cast<const BlockQ8_K*>(vx);

@@ -6,6 +6,7 @@
 
 #include <immintrin.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace tova {
@@ -80,6 +81,35 @@ static inline __m256i pack_i32_to_i8(__m256i a, __m256i b, __m256i c, __m256i d)
 // A scale pair for madd on a 32-quant product: the low 16 lanes get s0, the high 16 get s1.
 static inline __m256i scale_pair(int s0, int s1) {
   return _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(s1)), _mm_set1_epi16(static_cast<int16_t>(s0)));
+}
+
+// The activation rows of a multi-row dot product: R rows `stride` bytes apart.
+template <class YBlock, int R>
+struct YRows {
+  const YBlock* r[R];
+  YRows(const void* y, size_t stride) {
+    for (int k = 0; k < R; ++k)
+      r[k] = reinterpret_cast<const YBlock*>(static_cast<const uint8_t*>(y) + k * stride);
+  }
+};
+
+// A kernel template Kernel<Block, R>::run(n, x, y, stride, out) as vec_dot (one row) ...
+template <void (*Run)(int64_t, const void*, const void*, size_t, float*)>
+static inline float one_row(int64_t n, const void* x, const void* y) {
+  float r;
+  Run(n, x, y, 0, &r);
+  return r;
+}
+
+// ... and as vec_dot_rows (1 to 4 rows).
+template <class Block, template <class, int> class Kernel>
+static inline void rows(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out) {
+  switch (n_rows) {
+    case 4: return Kernel<Block, 4>::run(n, x, y, stride, out);
+    case 3: return Kernel<Block, 3>::run(n, x, y, stride, out);
+    case 2: return Kernel<Block, 2>::run(n, x, y, stride, out);
+    default: return Kernel<Block, 1>::run(n, x, y, stride, out);
+  }
 }
 
 }  // namespace avx2

@@ -194,6 +194,16 @@ float vec_dot_q5_K_q8_K(int64_t n, const void* x, const void* y);
 float vec_dot_q6_K_q8_K(int64_t n, const void* x, const void* y);
 float vec_dot_q8_K_q8_K(int64_t n, const void* x, const void* y);
 
+// The same dot products against 1..kMaxDotRows activation rows (VecDotRowsFn).
+void vec_dot_rows_q4_0_q8_0(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
+void vec_dot_rows_q5_0_q8_0(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
+void vec_dot_rows_q8_0_q8_0(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
+void vec_dot_rows_q4_1_q8_1(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
+void vec_dot_rows_q5_1_q8_1(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
+void vec_dot_rows_q4_K_q8_K(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
+void vec_dot_rows_q5_K_q8_K(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
+void vec_dot_rows_q6_K_q8_K(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
+
 }  // namespace avx2
 #endif
 

@@ -137,6 +137,38 @@ float vec_dot(uint32_t type_id, const BytesIn& x, const FloatsIn& y, const std::
   return t.vec_dot(n, xs.data(), ybuf.data());
 }
 
+using FloatsIn2 = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+
+// vec_dot_rows of x against every row of y (1..kMaxDotRows rows), each quantized to the
+// activation type; also, for comparison, vec_dot row by row. Returns both as (rows, 2).
+nb::ndarray<nb::numpy, float, nb::ndim<2>> vec_dot_rows(uint32_t type_id, const BytesIn& x, const FloatsIn2& y) {
+  const TypeTraits& t = traits_for(type_id, "best");
+  if (t.vec_dot_rows == nullptr) throw ArgumentError(cat("vec_dot_rows: type ", t.name, " has no multi-row kernel"));
+  const int64_t n = elements_in(t, x.size(), "vec_dot_rows");
+  const auto R = static_cast<int>(y.shape(0));
+  if (R < 1 || R > kMaxDotRows) throw ArgumentError(cat("vec_dot_rows: 1 to ", kMaxDotRows, " rows of y, got ", R));
+  if (static_cast<int64_t>(y.shape(1)) != n) throw ArgumentError(cat("vec_dot_rows: x holds ", n, " values, y rows ", y.shape(1)));
+  AlignedBytes xs(x);
+  const TypeTraits& act = type_traits(t.vec_dot_type);
+  const size_t stride = row_bytes(t.vec_dot_type, n);
+  std::vector<uint64_t> ybuf((stride * static_cast<size_t>(R) + 7) / 8 + 1);
+  // rows at an odd stride (Q8_0 rows are 34 bytes a block) exercise unaligned loads
+  auto* yq = reinterpret_cast<uint8_t*>(ybuf.data());
+  auto* out = new float[static_cast<size_t>(2 * R)];
+  {
+    nb::gil_scoped_release unlocked;
+    for (int k = 0; k < R; ++k) act.quantize(y.data() + k * n, yq + k * stride, n);
+    float rows_out[kMaxDotRows];
+    t.vec_dot_rows(n, xs.data(), yq, stride, R, rows_out);
+    for (int k = 0; k < R; ++k) {
+      out[2 * k] = rows_out[k];
+      out[2 * k + 1] = t.vec_dot(n, xs.data(), yq + k * stride);
+    }
+  }
+  nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+  return nb::ndarray<nb::numpy, float, nb::ndim<2>>(out, {static_cast<size_t>(R), 2}, owner);
+}
+
 nb::dict type_info(uint32_t type_id) {
   const TypeTraits& t = known_type(type_id);
   nb::dict d;
@@ -147,6 +179,7 @@ nb::dict type_info(uint32_t type_id) {
   d["supported"] = type_supported(type_id);
   d["vec_dot_type"] = static_cast<uint32_t>(t.vec_dot_type);
   d["can_quantize"] = t.quantize != nullptr;
+  d["has_vec_dot_rows"] = t.vec_dot_rows != nullptr;
   return d;
 }
 
@@ -187,6 +220,8 @@ void bind_quant(nb::module_& m) {
         "Dot product of a row x (raw bytes of the type) with float32 y. mode 'q8' quantizes y to "
         "the type's activation type first (as matmuls do), 'f32' uses y as is. isa 'scalar' "
         "forces the portable kernels.");
+  m.def("_vec_dot_rows", &vec_dot_rows, nb::arg("type_id"), nb::arg("x"), nb::arg("y"),
+        "(rows, 2): the multi-row kernel's dot of x with each row of y, and vec_dot's.");
   // The attention helpers, exposed (privately) so tests reach their SIMD tails.
   m.def("_dot_f32", [](const FloatsIn& a, const FloatsIn& b) {
     check_same_size(a.size(), b.size(), "_dot_f32");
