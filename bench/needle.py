@@ -38,6 +38,10 @@ def main(argv=None) -> int:
     ap.add_argument("--policies", default="window,sink,h2o,tova")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--depth", default="early", choices=("early", "late"),
+                    help="early: the passkey within the first eighth of the text (the probe of "
+                         "long-range recall); late: within the last eighth (a control: a bounded "
+                         "cache should still hold it)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     rng = random.Random(a.seed)
@@ -47,7 +51,10 @@ def main(argv=None) -> int:
         trials = []
         for _ in range(a.trials):
             key = f"{rng.randrange(10000, 99999)}"
-            depth = rng.randrange(16, a.context // 8)
+            if a.depth == "early":
+                depth = rng.randrange(16, a.context // 8)
+            else:
+                depth = rng.randrange(a.context - a.context // 8, a.context - 64)
             trials.append((key, build_prompt(e, filler, key, depth, a.context)))
     configs = [("full", a.context + 16)] + [(p, int(k)) for p in a.policies.split(",")
                                               for k in a.kv_sizes.split(",")]
@@ -61,7 +68,8 @@ def main(argv=None) -> int:
             for key, ids in trials:
                 answer = e.generate(ids, max_tokens=8, temperature=0)
                 found += key in answer.replace(" ", "")
-        rows.append(dict(policy=policy, kv_size=kv, context=a.context, trials=a.trials, found=found))
+        rows.append(dict(policy=policy, kv_size=kv, context=a.context, depth=a.depth, trials=a.trials,
+                         found=found))
         print(f"| {policy} | {kv if policy != 'full' else 'all'} | {found} |", flush=True)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
