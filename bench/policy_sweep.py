@@ -1,8 +1,9 @@
 """Perplexity against multi-state size, per policy: the paper's central figure, on any GGUF.
 
 The text is cut into `--segment` token segments (4096, the paper's setting), each read from an
-empty cache through the policy's fixed store (exact prefill: as if fed one token at a time);
-every token after the first of each segment is scored; PPL is over all scored tokens of the
+empty cache through the policy's fixed store (exact prefill: as if fed one token at a time),
+starting with BOS where the model adds one (its first token replaced, as llama-perplexity
+does); every token after the first of each segment is scored; PPL is over all scored tokens of the
 first `--segments` segments (at least 4). kv_size in {32, 64, 128, 256, 512, 1024} for window,
 sink, h2o and tova, plus the full cache. Rows go to a CSV as they are measured (a run can be
 stopped and resumed: rows already in the CSV are skipped), then a PNG plot (log-scale PPL, one
@@ -54,8 +55,10 @@ def run(a) -> Path:
                 continue
             t0 = time.time()
             kw = dict(policy="full") if policy == "full" else dict(policy=policy, kv_size=int(kv))
+            # add_bos=None: a model that adds BOS (Gemma 3) gets it at the start of every segment,
+            # as llama-perplexity does (its first token replaced); SmolLM2 adds none.
             r = perplexity(a.model, ids[:need], context=a.segment, chunks=a.segments, score_from=0,
-                           add_bos=False, progress=False, n_threads=a.threads, **kw)
+                           add_bos=None, progress=False, n_threads=a.threads, **kw)
             w.writerow(dict(model=a.model, text=Path(a.text).name, policy=policy, kv_size=kv,
                             segment=a.segment, segments=a.segments, n_scored=r.n_scored,
                             ppl=f"{r.ppl:.4f}", stderr=f"{r.stderr:.4f}",
