@@ -114,9 +114,25 @@ void gelu_tanh_mul(float* gate, const float* up, int64_t n) {
 void Matmul::run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* jobs, int n_jobs) {
   TOVA_ASSERT(n_jobs >= 1 && n_jobs <= 4);
   const int64_t cols = jobs[0].w->cols;
-  constexpr int64_t kBlock = 16;
   // Tasks are blocks of rows across all jobs; each block runs over every input row so the
-  // weight rows stay in cache. starts[j]: the first task of job j.
+  // weight rows stay in cache. Blocks are contiguous runs of rows, about kTasksPerThread per
+  // thread in all: long enough that each core streams its rows in order (the hardware
+  // prefetcher's case) and claims few tasks from the shared counter, enough of them that a
+  // core slowed by another process hands its share to the others. starts[j]: the first task
+  // of job j. With several input rows the block's weights are read once per group of rows, so
+  // a block is also kept small enough to stay in a core's L2 cache (kBlockBytes).
+  constexpr int64_t kTasksPerThread = 4;
+  constexpr size_t kBlockBytes = 256 * 1024;
+  int64_t total_rows = 0;
+  size_t widest = 1;
+  for (int j = 0; j < n_jobs; ++j) {
+    total_rows += jobs[j].w->rows;
+    widest = std::max(widest, jobs[j].w->row_bytes);
+  }
+  const int64_t want = std::max<int64_t>(1, kTasksPerThread * pool.size());
+  int64_t rows_per_task = total_rows / want;
+  if (n > 1) rows_per_task = std::min<int64_t>(rows_per_task, static_cast<int64_t>(kBlockBytes / widest));
+  const int64_t kBlock = std::max<int64_t>(16, (rows_per_task + 15) / 16 * 16);
   int64_t starts[5] = {0};
   for (int j = 0; j < n_jobs; ++j) starts[j + 1] = starts[j] + (jobs[j].w->rows + kBlock - 1) / kBlock;
   auto job_of = [&](int64_t task, int64_t& r0, int64_t& r1) {
