@@ -335,6 +335,34 @@ def test_vec_dot_extreme_quants():
 
 # --- float helpers for attention -------------------------------------------------------------------
 
+@pytest.mark.parametrize("d", [8, 20, 64, 96, 128, 256])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 40])
+def test_gathered_attention_helpers(d, n):
+    """Scores and value sums over KV rows picked by index (the attention inner loops): equal
+    to float64 numpy within float32 reassociation, for head sizes with and without an 8- or
+    32-element tail and row counts around the 8-row step."""
+    rng = np.random.default_rng(d * 100 + n)
+    table = rng.standard_normal((50, d)).astype(np.float32)
+    half = table.astype(np.float16)
+    idx = rng.permutation(50)[:n].astype(np.int32)
+    q = rng.standard_normal(d).astype(np.float32)
+    p = rng.random(n).astype(np.float32)
+    y = rng.standard_normal(d).astype(np.float32)
+    empty32, empty16 = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.uint16)
+    for f16, rows in ((False, table), (True, half.astype(np.float32))):
+        want = 0.125 * (rows[idx].astype(np.float64) @ q)
+        got = _core._gather_dot(empty32 if f16 else table, half.view(np.uint16) if f16 else empty16,
+                                idx, q, 0.125, f16)
+        tol = [0.125 * float_dot_tolerance(rows[i], q) for i in idx]
+        assert np.all(np.abs(got - want) <= tol), (f16, got - want)
+        want_v = y + p.astype(np.float64) @ rows[idx].astype(np.float64)
+        got_v = _core._gather_axpy(empty32 if f16 else table, half.view(np.uint16) if f16 else empty16,
+                                   idx, p, y, f16)
+        np.testing.assert_allclose(got_v, want_v, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="out of range"):
+        _core._gather_dot(table, empty16, np.array([50], np.int32), q, 1.0, False)
+
+
 @pytest.mark.parametrize("n", [1, 7, 8, 31, 33, 100, 1000])
 def test_float_helpers(n):
     rng = np.random.default_rng(n)

@@ -67,10 +67,27 @@ void AttentionCpu::attend(const KvStore& store, const LayerKv& L, int kvh, const
                           std::vector<float>& tmp) const {
   const int d = store.head_dim();
   const KvType t = store.type();
-  for (int j = 0; j < n_idx; ++j) scores[j] = kv_dot(t, L.k_row(kvh, idx[j]), q, d) * scale;
-  softmax(scores, n_idx);
   std::memset(out, 0, sizeof(float) * static_cast<size_t>(d));
-  for (int j = 0; j < n_idx; ++j) kv_axpy(t, scores[j], L.v_row(kvh, idx[j]), out, d, tmp);
+  // Rows of one head are row_bytes apart in the store: slot s at k_row(kvh, 0) + s * row_bytes.
+  if (t == KvType::F16) {
+    const auto* kb = reinterpret_cast<const uint16_t*>(L.k_row(kvh, 0));
+    const auto* vb = reinterpret_cast<const uint16_t*>(L.v_row(kvh, 0));
+    const size_t stride = L.row_bytes / sizeof(uint16_t);
+    gather_dot_f16(kb, stride, idx, n_idx, q, d, scale, scores);
+    softmax(scores, n_idx);
+    gather_axpy_f16(vb, stride, idx, n_idx, scores, d, out);
+  } else if (t == KvType::F32) {
+    const auto* kb = reinterpret_cast<const float*>(L.k_row(kvh, 0));
+    const auto* vb = reinterpret_cast<const float*>(L.v_row(kvh, 0));
+    const size_t stride = L.row_bytes / sizeof(float);
+    gather_dot_f32(kb, stride, idx, n_idx, q, d, scale, scores);
+    softmax(scores, n_idx);
+    gather_axpy_f32(vb, stride, idx, n_idx, scores, d, out);
+  } else {
+    for (int j = 0; j < n_idx; ++j) scores[j] = kv_dot(t, L.k_row(kvh, idx[j]), q, d) * scale;
+    softmax(scores, n_idx);
+    for (int j = 0; j < n_idx; ++j) kv_axpy(t, scores[j], L.v_row(kvh, idx[j]), out, d, tmp);
+  }
 }
 
 void AttentionCpu::insert(KvStore& store, LayerKv& L, const AttentionArgs& a, int i) {

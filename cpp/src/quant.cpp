@@ -356,4 +356,36 @@ void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
   fn(a, x, y, n);
 }
 
+#if defined(TOVA_X86)
+#define TOVA_PICK(Type, name) static const Type fn = pick<Type>(scalar::name, avx2::name)
+#else
+#define TOVA_PICK(Type, name) static const Type fn = scalar::name
+#endif
+
+void gather_dot_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q,
+                    int d, float scale, float* scores) {
+  TOVA_PICK(GatherDotF32Fn, gather_dot_f32);
+  fn(base, stride, idx, n, q, d, scale, scores);
+}
+
+void gather_dot_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q,
+                    int d, float scale, float* scores) {
+  TOVA_PICK(GatherDotF16Fn, gather_dot_f16);
+  fn(base, stride, idx, n, q, d, scale, scores);
+}
+
+void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p,
+                     int d, float* out) {
+  TOVA_PICK(GatherAxpyF32Fn, gather_axpy_f32);
+  fn(base, stride, idx, n, p, d, out);
+}
+
+void gather_axpy_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p,
+                     int d, float* out) {
+  TOVA_PICK(GatherAxpyF16Fn, gather_axpy_f16);
+  fn(base, stride, idx, n, p, d, out);
+}
+
+#undef TOVA_PICK
+
 }  // namespace tova

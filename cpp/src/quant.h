@@ -86,4 +86,16 @@ float dot_f16_f32(const uint16_t* a, const float* b, int64_t n);
 void axpy_f32(float a, const float* x, float* y, int64_t n);   // y += a * x
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);  // y += a * x
 
+// Attention over rows gathered from a KV store: row j is base + idx[j] * stride (elements), d
+// long. scores[j] = scale * (row_j . q); out[0..d) += sum_j p[j] * row_j. The SIMD versions
+// work on several rows at once (q and out stay in registers); any d.
+void gather_dot_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q,
+                    int d, float scale, float* scores);
+void gather_dot_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q,
+                    int d, float scale, float* scores);
+void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p,
+                     int d, float* out);
+void gather_axpy_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p,
+                     int d, float* out);
+
 }  // namespace tova

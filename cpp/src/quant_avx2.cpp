@@ -58,7 +58,76 @@ void axpy(float a, const T* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] += a * Load1(x + i);
 }
 
+// Eight sums at once: lane k of the result is the sum of the lanes of v[k].
+inline __m256 hsum8(const __m256* v) {
+  const __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  const __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
+}
+
+// Scores of eight gathered rows per step: each row's dot in its own accumulator, the eight
+// reduced together. d % 8 != 0 (no model has such a head size) falls back to one row at a time.
+template <class T, __m256 (*Load8)(const T*), float (*Load1)(const T*)>
+void gather_dot(const T* base, size_t stride, const int32_t* idx, int n, const float* q, int d,
+                float scale, float* scores) {
+  int j = 0;
+  if (d % 8 == 0) {
+    const __m256 vs = _mm256_set1_ps(scale);
+    for (; j + 8 <= n; j += 8) {
+      const T* r[8];
+      __m256 acc[8];
+      for (int k = 0; k < 8; ++k) {
+        r[k] = base + static_cast<size_t>(idx[j + k]) * stride;
+        acc[k] = _mm256_setzero_ps();
+      }
+      for (int c = 0; c < d; c += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + c);
+        for (int k = 0; k < 8; ++k) acc[k] = _mm256_fmadd_ps(Load8(r[k] + c), qv, acc[k]);
+      }
+      _mm256_storeu_ps(scores + j, _mm256_mul_ps(hsum8(acc), vs));
+    }
+  }
+  for (; j < n; ++j) scores[j] = dot<T, Load8, Load1>(d, base + static_cast<size_t>(idx[j]) * stride, q) * scale;
+}
+
+// out += sum_j p[j] * row_j, 32 outputs at a time held in registers over all rows.
+template <class T, __m256 (*Load8)(const T*), float (*Load1)(const T*)>
+void gather_axpy(const T* base, size_t stride, const int32_t* idx, int n, const float* p, int d,
+                 float* out) {
+  int c = 0;
+  for (; c + 32 <= d; c += 32) {
+    __m256 acc[4];
+    for (int k = 0; k < 4; ++k) acc[k] = _mm256_loadu_ps(out + c + 8 * k);
+    for (int j = 0; j < n; ++j) {
+      const T* r = base + static_cast<size_t>(idx[j]) * stride + c;
+      const __m256 pj = _mm256_set1_ps(p[j]);
+      for (int k = 0; k < 4; ++k) acc[k] = _mm256_fmadd_ps(pj, Load8(r + 8 * k), acc[k]);
+    }
+    for (int k = 0; k < 4; ++k) _mm256_storeu_ps(out + c + 8 * k, acc[k]);
+  }
+  if (c < d)
+    for (int j = 0; j < n; ++j)
+      axpy<T, Load8, Load1>(p[j], base + static_cast<size_t>(idx[j]) * stride + c, out + c, d - c);
+}
+
 }  // namespace
+
+void gather_dot_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, int d,
+                    float scale, float* scores) {
+  gather_dot<float, load8_f32, load1_f32>(base, stride, idx, n, q, d, scale, scores);
+}
+void gather_dot_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q,
+                    int d, float scale, float* scores) {
+  gather_dot<uint16_t, load8_f16, load1_f16>(base, stride, idx, n, q, d, scale, scores);
+}
+void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, int d,
+                     float* out) {
+  gather_axpy<float, load8_f32, load1_f32>(base, stride, idx, n, p, d, out);
+}
+void gather_axpy_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p,
+                     int d, float* out) {
+  gather_axpy<uint16_t, load8_f16, load1_f16>(base, stride, idx, n, p, d, out);
+}
 
 float vec_dot_f32_f32(int64_t n, const void* x, const float* y) {
   return dot<float, load8_f32, load1_f32>(n, static_cast<const float*>(x), y);

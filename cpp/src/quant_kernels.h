@@ -99,6 +99,12 @@ static inline void q3k_scales(const uint8_t* s, int8_t* out) {
   }
 }
 
+// Signatures of the gathered attention helpers (quant.h), for their dispatch.
+using GatherDotF32Fn = void (*)(const float*, size_t, const int32_t*, int, const float*, int, float, float*);
+using GatherDotF16Fn = void (*)(const uint16_t*, size_t, const int32_t*, int, const float*, int, float, float*);
+using GatherAxpyF32Fn = void (*)(const float*, size_t, const int32_t*, int, const float*, int, float*);
+using GatherAxpyF16Fn = void (*)(const uint16_t*, size_t, const int32_t*, int, const float*, int, float*);
+
 // --- portable kernels (quant_float.cpp, quant_legacy.cpp, quant_kquants.cpp) -----------------
 namespace scalar {
 
@@ -123,6 +129,10 @@ float vec_dot_i32_f32(int64_t n, const void* x, const float* y);
 float vec_dot_i64_f32(int64_t n, const void* x, const float* y);
 void axpy_f32(float a, const float* x, float* y, int64_t n);
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
+void gather_dot_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, int d, float scale, float* scores);
+void gather_dot_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q, int d, float scale, float* scores);
+void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, int d, float* out);
+void gather_axpy_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p, int d, float* out);
 
 void dequantize_q4_0(const void* src, float* dst, int64_t n);
 void dequantize_q4_1(const void* src, float* dst, int64_t n);
@@ -172,6 +182,10 @@ float vec_dot_f16_f32(int64_t n, const void* x, const float* y);
 float vec_dot_bf16_f32(int64_t n, const void* x, const float* y);
 void axpy_f32(float a, const float* x, float* y, int64_t n);
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
+void gather_dot_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, int d, float scale, float* scores);
+void gather_dot_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q, int d, float scale, float* scores);
+void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, int d, float* out);
+void gather_axpy_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p, int d, float* out);
 void quantize_f16(const float* src, void* dst, int64_t n);
 
 void quantize_q8_0(const float* src, void* dst, int64_t n);

@@ -239,5 +239,36 @@ void bind_quant(nb::module_& m) {
     check_same_size(x.size(), y.size(), "_axpy_f16");
     return axpy_copy(y.size(), y.data(), [&](float* out) { axpy_f16(a, x.data(), out, static_cast<int64_t>(x.size())); });
   }, "y + a * x (x fp16 bits) as a new array");
+  // Gathered attention helpers: rows of a 2-D table (float32 or fp16 bits) picked by idx.
+  using RowsF32 = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+  using RowsF16 = nb::ndarray<const uint16_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+  using Idx = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+  auto check_gather = [](size_t rows, size_t cols, const Idx& idx, size_t vec, const char* what) {
+    if (vec != cols) throw ArgumentError(cat(what, ": vector of ", vec, " for rows of ", cols));
+    for (size_t j = 0; j < idx.size(); ++j)
+      if (idx.data()[j] < 0 || static_cast<size_t>(idx.data()[j]) >= rows)
+        throw ArgumentError(cat(what, ": index ", idx.data()[j], " out of range"));
+  };
+  m.def("_gather_dot", [check_gather](const RowsF32& rows32, const RowsF16& rows16, const Idx& idx,
+                                      const FloatsIn& q, float scale, bool f16) {
+    const size_t R = f16 ? rows16.shape(0) : rows32.shape(0), d = f16 ? rows16.shape(1) : rows32.shape(1);
+    check_gather(R, d, idx, q.size(), "_gather_dot");
+    auto* out = new float[idx.size() + 1];
+    const auto n = static_cast<int>(idx.size());
+    if (f16) gather_dot_f16(rows16.data(), d, idx.data(), n, q.data(), static_cast<int>(d), scale, out);
+    else gather_dot_f32(rows32.data(), d, idx.data(), n, q.data(), static_cast<int>(d), scale, out);
+    return to_numpy(out, idx.size());
+  }, "scale * (rows[idx[j]] . q) for every j (rows16 when f16, else rows32)");
+  m.def("_gather_axpy", [check_gather](const RowsF32& rows32, const RowsF16& rows16, const Idx& idx,
+                                       const FloatsIn& p, const FloatsIn& y, bool f16) {
+    const size_t R = f16 ? rows16.shape(0) : rows32.shape(0), d = f16 ? rows16.shape(1) : rows32.shape(1);
+    check_gather(R, d, idx, y.size(), "_gather_axpy");
+    check_same_size(idx.size(), p.size(), "_gather_axpy");
+    const auto n = static_cast<int>(idx.size());
+    return axpy_copy(y.size(), y.data(), [&](float* out) {
+      if (f16) gather_axpy_f16(rows16.data(), d, idx.data(), n, p.data(), static_cast<int>(d), out);
+      else gather_axpy_f32(rows32.data(), d, idx.data(), n, p.data(), static_cast<int>(d), out);
+    });
+  }, "y + sum_j p[j] * rows[idx[j]] as a new array");
   m.def("kernel_isa", []() { return std::string(kernel_isa()); }, "SIMD level of the kernels in use.");
 }
