@@ -126,6 +126,24 @@ def test_policy_matches_spec_reference(policy_model, policy, chunk):
     np.testing.assert_allclose(np.concatenate(got_logits), want["logits"], atol=EXACT_TOL, rtol=0)
 
 
+@pytest.mark.parametrize("policy", ["sink", "tova"])
+def test_cache_index_positions_match_reference(policy_model, policy):
+    """positions='cache_index': every row rotates the kept keys by their rank and the query by the
+    largest (spec section 6); the same kept sets and logits as the reference's row-by-row walk,
+    through prefill chunks and single-token decode."""
+    path, ref = policy_model
+    ids = _tokens(50, 384, seed=13)
+    C = 12
+    want = run_policy(ref, ids, kv_size=C, policy=policy, positions="cache_index")
+    plain = run_policy(ref, ids, kv_size=C, policy=policy)
+    assert np.abs(plain["logits"][C + 1:] - want["logits"][C + 1:]).max() > 0.05  # it matters
+    with _engine(path, policy=policy, kv_size=C, chunk=7, positions="cache_index") as e:
+        got = [e.eval(ids[:35], all_logits=True)]
+        got += [e.eval([t], all_logits=True) for t in ids[35:]]
+        assert [e.kv_positions(l).tolist() for l in range(3)] == _kept_after(want["victims"], 49, 3)
+    np.testing.assert_allclose(np.concatenate(got), want["logits"], atol=EXACT_TOL, rtol=0)
+
+
 def test_decode_after_prefill_matches_reference(policy_model):
     """A prompt longer than kv_size read in chunks of 7, then single-token decode: the kept sets
     and logits follow the reference at every decode step."""

@@ -44,6 +44,21 @@ void softmax(float* s, int n) {
   for (int j = 0; j < n; ++j) s[j] *= inv;
 }
 
+// out = sum_j p[j] * V[idx[j]] for one KV head.
+void weighted_values(const KvStore& store, const LayerKv& L, int kvh, const int32_t* idx, int n_idx,
+                     const float* p, float* out, std::vector<float>& tmp) {
+  const int d = store.head_dim();
+  const KvType t = store.type();
+  std::memset(out, 0, sizeof(float) * static_cast<size_t>(d));
+  if (t == KvType::F16) {
+    gather_axpy_f16(reinterpret_cast<const uint16_t*>(L.v_row(kvh, 0)), L.row_bytes / 2, idx, n_idx, p, d, out);
+  } else if (t == KvType::F32) {
+    gather_axpy_f32(reinterpret_cast<const float*>(L.v_row(kvh, 0)), L.row_bytes / 4, idx, n_idx, p, d, out);
+  } else {
+    for (int j = 0; j < n_idx; ++j) kv_axpy(t, p[j], L.v_row(kvh, idx[j]), out, d, tmp);
+  }
+}
+
 // The policy's view of a layer, without the probabilities.
 tova_policy_view base_view(LayerKv& L, const AttentionArgs& a, int64_t t, int s_new) {
   tova_policy_view view{};
@@ -67,27 +82,18 @@ void AttentionCpu::attend(const KvStore& store, const LayerKv& L, int kvh, const
                           std::vector<float>& tmp) const {
   const int d = store.head_dim();
   const KvType t = store.type();
-  std::memset(out, 0, sizeof(float) * static_cast<size_t>(d));
   // Rows of one head are row_bytes apart in the store: slot s at k_row(kvh, 0) + s * row_bytes.
   if (t == KvType::F16) {
-    const auto* kb = reinterpret_cast<const uint16_t*>(L.k_row(kvh, 0));
-    const auto* vb = reinterpret_cast<const uint16_t*>(L.v_row(kvh, 0));
-    const size_t stride = L.row_bytes / sizeof(uint16_t);
-    gather_dot_f16(kb, stride, idx, n_idx, q, d, scale, scores);
-    softmax(scores, n_idx);
-    gather_axpy_f16(vb, stride, idx, n_idx, scores, d, out);
+    gather_dot_f16(reinterpret_cast<const uint16_t*>(L.k_row(kvh, 0)), L.row_bytes / 2, idx, n_idx, q, d,
+                   scale, scores);
   } else if (t == KvType::F32) {
-    const auto* kb = reinterpret_cast<const float*>(L.k_row(kvh, 0));
-    const auto* vb = reinterpret_cast<const float*>(L.v_row(kvh, 0));
-    const size_t stride = L.row_bytes / sizeof(float);
-    gather_dot_f32(kb, stride, idx, n_idx, q, d, scale, scores);
-    softmax(scores, n_idx);
-    gather_axpy_f32(vb, stride, idx, n_idx, scores, d, out);
+    gather_dot_f32(reinterpret_cast<const float*>(L.k_row(kvh, 0)), L.row_bytes / 4, idx, n_idx, q, d,
+                   scale, scores);
   } else {
     for (int j = 0; j < n_idx; ++j) scores[j] = kv_dot(t, L.k_row(kvh, idx[j]), q, d) * scale;
-    softmax(scores, n_idx);
-    for (int j = 0; j < n_idx; ++j) kv_axpy(t, scores[j], L.v_row(kvh, idx[j]), out, d, tmp);
   }
+  softmax(scores, n_idx);
+  weighted_values(store, L, kvh, idx, n_idx, scores, out, tmp);
 }
 
 void AttentionCpu::insert(KvStore& store, LayerKv& L, const AttentionArgs& a, int i) {
@@ -262,6 +268,10 @@ void AttentionCpu::rotate_keys_by_rank(ThreadPool& pool, const KvStore& store, c
   const int d = store.head_dim(), hkv = store.n_head_kv();
   const int pairs = a.rank_rope->pairs();
   rotated_k_.resize(static_cast<size_t>(hkv) * n_idx * d);
+  if (static_cast<int>(iota_.size()) < n_idx) {  // rotated keys are contiguous: rows 0, 1, ...
+    iota_.resize(static_cast<size_t>(n_idx));
+    for (int j = 0; j < n_idx; ++j) iota_[static_cast<size_t>(j)] = j;
+  }
   const KvType t = store.type();
   const GgmlType gt = t == KvType::F32 ? GgmlType::F32 : t == KvType::F16 ? GgmlType::F16 : GgmlType::Q8_0;
   const TypeTraits& tr = type_traits(gt);
@@ -288,11 +298,9 @@ void AttentionCpu::attend_by_rank(const KvStore& store, const LayerKv& L, int kv
   const size_t qrank = static_cast<size_t>(n_idx - 1) * pairs;
   a.rank_rope->rotate(qr, 1, d, rank_cs_.data() + qrank, rank_sn_.data() + qrank);
   const float* keys = rotated_k_.data() + static_cast<size_t>(kvh) * n_idx * d;
-  for (int j = 0; j < n_idx; ++j) scores[j] = dot_f32(qr, keys + static_cast<size_t>(j) * d, d) * a.scale;
+  gather_dot_f32(keys, static_cast<size_t>(d), iota_.data(), n_idx, qr, d, a.scale, scores);
   softmax(scores, n_idx);
-  std::memset(out, 0, sizeof(float) * static_cast<size_t>(d));
-  std::vector<float>& vt = tmp;  // reused for q8_0 rows (qr is no longer needed)
-  for (int j = 0; j < n_idx; ++j) kv_axpy(store.type(), scores[j], L.v_row(kvh, idx[j]), out, d, vt);
+  weighted_values(store, L, kvh, idx, n_idx, scores, out, tmp);  // tmp: qr is no longer needed
 }
 
 void AttentionCpu::evict(LayerKv& L, const AttentionArgs& a, const tova_policy_view& view) {

@@ -63,6 +63,7 @@ class AttentionCpu {
                       const int32_t* idx_by_pos, int n_idx, const AttentionArgs& a,
                       float* scores, float* out, std::vector<float>& tmp);
   std::vector<float> rotated_k_;  // [n_head_kv][n_idx][head_dim]
+  std::vector<int32_t> iota_;     // 0, 1, 2, ...: the rows of rotated_k_ in order
   void ensure_rank_table(const Rope& rope, int n);
   void probs_for_policy(const AttentionArgs& a, int n_slots, int n_alive);
   void run_policy(LayerKv& L, const AttentionArgs& a, int64_t t, int s_new, int n_alive);

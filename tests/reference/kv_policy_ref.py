@@ -99,7 +99,7 @@ class _PolicyHook:
 
 def run_policy(model_ref: LlamaRef, tokens, *, kv_size: int, policy: str,
                n_sink: int | None = None, h2o_recent: int | None = None,
-               chunk: int | None = None) -> dict:
+               chunk: int | None = None, positions: str = "original") -> dict:
     """Feed `tokens` from position 0 under a fixed-size KV store.
 
     Returns dict(logits=(n_tokens, vocab) array, kept={layer: sorted positions kept at the end},
@@ -127,6 +127,7 @@ def run_policy(model_ref: LlamaRef, tokens, *, kv_size: int, policy: str,
                        h2o_recent=h2o_recent)
     logits = []
     for s in range(0, tokens.size, chunk):
-        logits.append(model_ref.forward(tokens[s: s + chunk], start_pos=s, cache=cache, hook=hook))
+        logits.append(model_ref.forward(tokens[s: s + chunk], start_pos=s, cache=cache, hook=hook,
+                                        positions=positions))
     kept = {layer: cache.positions(layer) for layer in range(model_ref.hp.n_layer)}
     return {"logits": np.concatenate(logits), "kept": kept, "victims": hook.victims}

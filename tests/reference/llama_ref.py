@@ -304,8 +304,10 @@ class LlamaRef:
             vis = vis & (q_pos - k_pos < self.hp.n_swa)
         return vis
 
-    def _attention(self, layer: int, q: np.ndarray, q_pos: np.ndarray, cache: KVCache, hook):
-        """q: (n, n_head, head_dim) after RoPE. Returns (n, n_head * head_dim)."""
+    def _attention(self, layer: int, q: np.ndarray, q_pos: np.ndarray, cache: KVCache, hook,
+                   by_rank: bool = False):
+        """q: (n, n_head, head_dim) after RoPE (before it when by_rank: then every row rotates
+        its keys by rank and itself by the largest). Returns (n, n_head * head_dim)."""
         hp = self.hp
         g = hp.n_head // hp.n_head_kv
         scale = self.dtype.type(1.0 / np.sqrt(hp.head_dim))
@@ -325,9 +327,16 @@ class LlamaRef:
             kp = cache.pos[layer]
             vis = self._visible(layer, q_pos[i], kp)
             key_pos = kp[vis]
-            k = np.repeat(cache.k[layer][vis], g, axis=1)
+            k = cache.k[layer][vis]
+            qi = q[i]
+            if by_rank:
+                rank = np.empty(key_pos.size, np.int64)
+                rank[np.argsort(key_pos, kind="stable")] = np.arange(key_pos.size)
+                k = self.rope(k, rank, layer)
+                qi = self.rope(qi[None], np.array([key_pos.size - 1]), layer)[0]
+            k = np.repeat(k, g, axis=1)
             v = np.repeat(cache.v[layer][vis], g, axis=1)
-            s = np.einsum("hd,mhd->hm", q[i], k) * scale
+            s = np.einsum("hd,mhd->hm", qi, k) * scale
             mask = hook.select(layer, int(q_pos[i]), key_pos)
             if mask is not None:
                 s = np.where(np.asarray(mask, bool)[None, :], s, -np.inf)
@@ -346,10 +355,18 @@ class LlamaRef:
 
     # ---- forward ------------------------------------------------------------------------------
     def forward(self, tokens, start_pos: int = 0, cache: KVCache | None = None, hook=None,
-                all_logits: bool = True) -> np.ndarray:
+                all_logits: bool = True, positions: str = "original") -> np.ndarray:
         """Feed `tokens` at positions start_pos, start_pos+1, ...; returns logits (n_tokens, vocab)
         (only the last row, shape (1, vocab), when all_logits is False). `cache` carries state
-        between calls; None means a fresh one (then start_pos is normally 0)."""
+        between calls; None means a fresh one (then start_pos is normally 0).
+
+        positions="cache_index" (spec section 6, StreamingLLM): the cache keeps keys before RoPE,
+        and each query row rotates the keys it sees by their rank among the kept positions,
+        itself taking the largest rank (row by row; needs a `hook`)."""
+        if positions not in ("original", "cache_index"):
+            raise ValueError(f"positions must be 'original' or 'cache_index', got {positions!r}")
+        if positions == "cache_index" and hook is None:
+            raise ValueError("positions='cache_index' runs row by row: give a hook")
         hp = self.hp
         tokens = np.asarray(tokens, np.int64).reshape(-1)
         if tokens.size == 0:
@@ -378,9 +395,10 @@ class LlamaRef:
                 q = _rms_norm(q, L["q_norm"], hp.rms_eps)
             if L["k_norm"] is not None:
                 k = _rms_norm(k, L["k_norm"], hp.rms_eps)
-            q, k = self.rope(q, pos, li), self.rope(k, pos, li)
+            if positions == "original":
+                q, k = self.rope(q, pos, li), self.rope(k, pos, li)
             cache.append(li, k, v.reshape(n, hp.n_head_kv, hp.head_dim), pos)
-            a = self._attention(li, q, pos, cache, hook) @ L["wo"].T
+            a = self._attention(li, q, pos, cache, hook, by_rank=positions == "cache_index") @ L["wo"].T
             if L["post_attn_norm"] is not None:
                 a = _rms_norm(a, L["post_attn_norm"], hp.rms_eps)
             x = x + a
