@@ -86,7 +86,7 @@ def plot(csv_path: Path, png_path: Path, title: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("kv_size (multi-state size C)")
     ax.set_ylabel("perplexity")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--plot-only", action="store_true")
     a = ap.parse_args(argv)
     csv_path = Path(f"{a.out}.csv") if a.plot_only else run(a)
-    plot(csv_path, Path(f"{a.out}.png"), f"{a.model}, {Path(a.text).name}, {a.segments} x {a.segment} tokens")
+    plot(csv_path, Path(f"{a.out}.png"), f"{a.model}, {Path(a.text).stem}, {a.segments} x {a.segment} tokens")
     print(table(csv_path))
     print(f"wrote {csv_path} and {a.out}.png")
     return 0
