@@ -179,6 +179,9 @@ def test_ctrl_c_interrupts_and_engine_stays_usable(smollm2_path):
     """SIGINT during generate raises KeyboardInterrupt within a token; the engine still works."""
     code = textwrap.dedent(f"""
         import os, signal, threading, time, tova
+        # A shell that starts a job in the background without job control has it ignore SIGINT,
+        # and Python then installs no KeyboardInterrupt handler: restore it, as a terminal has it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         e = tova.Engine({str(smollm2_path)!r}, policy="tova", kv_size=64, n_threads=1)
         threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
         t0 = time.time()
@@ -209,6 +212,9 @@ def test_ctrl_c_during_a_long_prompt(smollm2_path):
     """SIGINT while a long prompt is evaluated stops between chunks; the engine works after."""
     code = textwrap.dedent(f"""
         import os, signal, threading, time, tova
+        # A shell that starts a job in the background without job control has it ignore SIGINT,
+        # and Python then installs no KeyboardInterrupt handler: restore it, as a terminal has it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         e = tova.Engine({str(smollm2_path)!r}, policy="tova", kv_size=64, chunk=16, n_threads=1)
         ids = e.tokenize("word " * 4000)
         threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
