@@ -317,21 +317,21 @@ Fn pick(Fn portable, Fn simd) {
 
 }  // namespace
 
-float dot_f32(const float* a, const float* b, int64_t n) {
+// The kernel this CPU runs, chosen once: avx2::name where the AVX2 kernels can run, else
+// scalar::name.
 #if defined(TOVA_X86)
-  static const VecDotF32Fn fn = pick<VecDotF32Fn>(scalar::vec_dot_f32_f32, avx2::vec_dot_f32_f32);
+#define TOVA_PICK(Type, name) static const Type fn = pick<Type>(scalar::name, avx2::name)
 #else
-  static const VecDotF32Fn fn = scalar::vec_dot_f32_f32;
+#define TOVA_PICK(Type, name) static const Type fn = scalar::name
 #endif
+
+float dot_f32(const float* a, const float* b, int64_t n) {
+  TOVA_PICK(VecDotF32Fn, vec_dot_f32_f32);
   return fn(n, a, b);
 }
 
 float dot_f16_f32(const uint16_t* a, const float* b, int64_t n) {
-#if defined(TOVA_X86)
-  static const VecDotF32Fn fn = pick<VecDotF32Fn>(scalar::vec_dot_f16_f32, avx2::vec_dot_f16_f32);
-#else
-  static const VecDotF32Fn fn = scalar::vec_dot_f16_f32;
-#endif
+  TOVA_PICK(VecDotF32Fn, vec_dot_f16_f32);
   return fn(n, a, b);
 }
 
@@ -339,28 +339,14 @@ using AxpyF32Fn = void (*)(float, const float*, float*, int64_t);
 using AxpyF16Fn = void (*)(float, const uint16_t*, float*, int64_t);
 
 void axpy_f32(float a, const float* x, float* y, int64_t n) {
-#if defined(TOVA_X86)
-  static const AxpyF32Fn fn = pick<AxpyF32Fn>(scalar::axpy_f32, avx2::axpy_f32);
-#else
-  static const AxpyF32Fn fn = scalar::axpy_f32;
-#endif
+  TOVA_PICK(AxpyF32Fn, axpy_f32);
   fn(a, x, y, n);
 }
 
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
-#if defined(TOVA_X86)
-  static const AxpyF16Fn fn = pick<AxpyF16Fn>(scalar::axpy_f16, avx2::axpy_f16);
-#else
-  static const AxpyF16Fn fn = scalar::axpy_f16;
-#endif
+  TOVA_PICK(AxpyF16Fn, axpy_f16);
   fn(a, x, y, n);
 }
-
-#if defined(TOVA_X86)
-#define TOVA_PICK(Type, name) static const Type fn = pick<Type>(scalar::name, avx2::name)
-#else
-#define TOVA_PICK(Type, name) static const Type fn = scalar::name
-#endif
 
 void gather_dot_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q,
                     int d, float scale, float* scores) {
