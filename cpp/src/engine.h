@@ -1,148 +1,165 @@
-// The engine: a model, one sequence with its fixed-memory KV store and policy, and the one decode
-// loop (Generation) that Python's generate/stream/chat and the CLI all run.
+// The engine: a model, a backend, n_seq sequences each with its own fixed-memory KV store, and
+// the scheduler that runs generation requests in them (continuous batching: sequences join and
+// leave between steps; a joining prompt is read in chunks interleaved with the others' decode
+// steps, under a per-step token budget). Every face (Python's generate/stream/chat/submit, the
+// CLI) runs the one decode loop of request.cpp through it.
+//
+// Threads: any number of threads may use one Engine. Requests are queued; a thread waiting for
+// its request's next piece runs scheduler steps itself while no other thread does (so there is
+// no background thread, and a step is never run twice at once). Direct calls on one sequence
+// (eval, reset, kv_positions) wait until that sequence is not running a request.
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
-#include "forward_cpu.h"
+#include "backend.h"
+#include "config.h"
+#include "forward.h"
 #include "kv_policy.h"
 #include "kv_store.h"
 #include "model.h"
-#include "sampler.h"
-#include "thread_pool.h"
+#include "request.h"
 
 namespace tova {
 
-struct EngineParams {
-  int n_threads = 0;            // 0: the number of cores, at most 8... (see engine.cpp)
-  std::string policy = "tova";  // tova, h2o, sink, window, full (ignored when plugin is set)
-  int kv_size = 512;            // C: tokens kept per layer (evicting policies)
-  int n_ctx = 2048;             // full policy: the cache size and the most tokens a sequence holds
-  int n_sink = -1;              // -1: the policy's default (sink: 4, others 0)
-  std::string kv_type = "f16";  // f16, f32, q8_0
-  std::string prefill = "exact";  // exact (the default) or chunked
-  std::string positions = "original";  // original (the default) or cache_index
-  int chunk = 64;               // U: tokens per prefill step
-  bool float_activations = false;  // exact float32 matmuls instead of 8-bit activations
-  PolicyHandle plugin;          // a user policy (C plugin or Python adapter); overrides `policy`
-
-  void validate() const;
-};
-
-enum class FinishReason { None, Stop, Length, Cancelled };
-const char* finish_reason_name(FinishReason r);
-
-struct GenerateParams {
-  int max_tokens = 128;
-  std::vector<std::string> stop;  // stop strings (not included in the output)
-  bool ignore_eos = false;
-  SamplingParams sampling;
-};
-
-struct Stats {
-  int64_t prompt_tokens = 0;
-  int64_t completion_tokens = 0;
-  double prompt_seconds = 0;
-  double generation_seconds = 0;
-  FinishReason finish = FinishReason::None;
-  double prompt_tps() const { return prompt_seconds > 0 ? prompt_tokens / prompt_seconds : 0; }
-  double generation_tps() const {
-    return generation_seconds > 0 ? completion_tokens / generation_seconds : 0;
-  }
-};
-
-class Engine;
-
-// The decode loop as a state machine: start() evaluates the prompt; each next() samples one
-// token, evaluates it, and returns the text that became final (UTF-8 complete, not part of a
-// possible stop string). Done when finished() is true.
-class Generation {
- public:
-  Generation(Engine& engine, const std::vector<int32_t>& prompt, const GenerateParams& params);
-  // Returns the next piece of text ("" is possible while text is held back).
-  std::string next();
-  bool finished() const { return finish_ != FinishReason::None; }
-  FinishReason finish_reason() const { return finish_; }
-  void cancel();  // finish now with reason Cancelled
-  const std::vector<int32_t>& tokens() const { return generated_; }
-
- private:
-  std::string release_text(bool final);
-
-  Engine& engine_;
-  GenerateParams params_;
-  Sampler sampler_;
-  Utf8Stream utf8_;
-  std::string held_;  // decoded text not yet returned (could start a stop string)
-  std::vector<int32_t> generated_;
-  FinishReason finish_ = FinishReason::None;
-  bool need_eval_ = false;
-  int32_t last_token_ = -1;
+struct Sequence {
+  int id = 0;
+  std::unique_ptr<KvStore> store;
+  int64_t n_past = 0;
+  std::vector<int32_t> history;  // the most recent tokens (bounded, see Engine::kHistoryKeep)
+  int64_t protect_below = -1;    // positions below this are never evicted (pinned prompt)
+  bool busy = false;             // running a request, or in a direct call
 };
 
 class Engine {
  public:
   Engine(const std::string& model_path, EngineParams params);
   ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
 
   const Model& model() const { return *model_; }
   const EngineParams& params() const { return params_; }
-  int n_threads() const { return pool_->size(); }
+  const Backend& backend() const { return *backend_; }
+  int n_threads() const { return backend_->n_threads(); }
+  int n_seq() const { return static_cast<int>(seqs_.size()); }
+  int n_batch() const { return n_batch_; }
 
   std::vector<int32_t> tokenize(const std::string& text, bool add_bos, bool special) const;
   std::string detokenize(const std::vector<int32_t>& ids, bool special = false) const;
 
-  // Appends tokens to the sequence and runs them through the model in chunks. Writes the
-  // last position's logits (or every position's, [n][n_vocab], with all_logits).
-  void eval(const std::vector<int32_t>& ids, bool all_logits, std::vector<float>& logits);
-  const std::vector<float>& last_logits() const { return logits_; }
-
-  // Clears the sequence (the store keeps its memory).
-  void reset();
-  int64_t n_past() const { return n_past_; }
-  // The most recent tokens of the sequence (at least the last kHistoryKeep, at most twice that:
-  // the sequence itself may be unbounded, its record is not).
-  const std::vector<int32_t>& history() const { return history_; }
+  // ---- one sequence, run directly in the calling thread ----
+  // Appends tokens to sequence `seq` and runs them through the model in chunks. Writes the last
+  // position's logits (or every position's, [n][n_vocab], with all_logits). On an error the
+  // sequence is reset and the error rethrown.
+  void eval(int seq, const std::vector<int32_t>& ids, bool all_logits, std::vector<float>& logits);
+  void eval(const std::vector<int32_t>& ids, bool all_logits, std::vector<float>& logits) {
+    eval(0, ids, all_logits, logits);
+  }
+  // Clears a sequence (the store keeps its memory).
+  void reset(int seq = 0);
+  int64_t n_past(int seq = 0) const;
+  std::vector<int32_t> history(int seq = 0) const;
   static constexpr size_t kHistoryKeep = 4096;
+  std::vector<int32_t> kv_positions(int layer, int seq = 0) const;
+  int64_t evictions(int seq = 0) const;
+  // Protects every position below `pos` of a sequence from eviction from now on.
+  void set_protect_below(int64_t pos, int seq = 0);
+  // Tokens the next eval of a sequence may take (full policy: n_ctx - n_past); -1 = unlimited.
+  int64_t remaining_context(int seq = 0) const;
+  const KvStore& kv_store(int seq = 0) const;
 
-  uint64_t kv_bytes() const { return store_->bytes(); }
-  const KvStore& kv_store() const { return *store_; }
-  std::vector<int32_t> kv_positions(int layer) const;
-  int64_t evictions() const;
+  // Exact bytes of every sequence's KV store together, and of one sequence's.
+  uint64_t kv_bytes() const;
+  uint64_t kv_bytes_per_seq() const { return seqs_.front()->store->bytes(); }
 
-  // Protects every position below `pos` from eviction from now on (a pinned system prompt).
-  void set_protect_below(int64_t pos) { policies_.protect_below = pos; }
+  // ---- the scheduler ----
+  std::shared_ptr<Request> submit(std::vector<int32_t> prompt, const GenerateParams& params,
+                                  int seq = -1, bool keep = false);
+  enum class Wait { Piece, Timeout, Done };
+  // The request's next piece of text (Piece), or Done when it has finished and every piece was
+  // taken; Timeout when timeout_s >= 0 passed first. Runs scheduler steps while waiting. A
+  // request that failed rethrows its error here (once).
+  Wait next(Request& r, std::string& piece, double timeout_s = -1);
+  // Copies of the request's generated tokens and statistics as of its last step.
+  std::vector<int32_t> tokens(const Request& r) const;
+  Stats stats(const Request& r) const;
+  bool finished(const Request& r) const;
+  // Waits (stepping meanwhile) until the request has read its whole prompt or finished.
+  void wait_prefilled(Request& r);
+  // Runs one scheduler step if there is work and no other thread is stepping; false otherwise.
+  bool step();
 
-  Stats last_stats;
-  // Called between prefill chunks of a long eval; may throw to abort it (the sequence is then
-  // reset). Python installs a Ctrl-C check here, the CLI a check of its SIGINT flag.
-  std::function<void()> interrupt_hook;
-  // Set from another thread (or a signal handler) to stop the running generation.
+  // Set from another thread (or a signal handler) to cancel every running request.
   std::atomic<bool> cancel_requested{false};
+  // Called between the prefill chunks of a long direct eval; may throw to abort it (the
+  // sequence is then reset). Python installs a Ctrl-C check here, the CLI a check of its flag.
+  std::function<void()> interrupt_hook;
 
-  // Tokens the next eval may take before the limit (full policy: n_ctx); -1 = unlimited.
-  int64_t remaining_context() const;
   const char* policy_name() const;
   tova_policy* policy() const { return policy_.get(); }
 
  private:
-  friend class Generation;
-  void check_fits(int64_t n_new) const;
+  Sequence& seq_at(int seq);
+  const Sequence& seq_at(int seq) const;
+  void clear_sequence(Sequence& s);
+  void check_fits(const Sequence& s, int64_t n_new) const;
+  void record(Sequence& s, const int32_t* ids, int n);
+  // Takes the compute token and sequence `seq` (waiting, and stepping for others meanwhile).
+  void acquire_direct(std::unique_lock<std::mutex>& lk, int seq);
+  void release_direct(int seq);
+  bool has_work() const;
+  // Until ready() holds (under mu_): runs steps when there is work and nobody steps, else
+  // waits. False when timeout_s >= 0 passed first.
+  template <class Ready>
+  bool drive(std::unique_lock<std::mutex>& lk, Ready ready, double timeout_s);
+  void run_step();  // the step itself: stepping_ is held by the caller
+  void step_locked(std::unique_lock<std::mutex>& lk);
+  void admit(double now);
+  void fail(Request& r, std::exception_ptr e, double now);
+  void publish(double now);
 
   EngineParams params_;
   std::unique_ptr<Model> model_;
-  std::unique_ptr<ThreadPool> pool_;
-  std::unique_ptr<KvStore> store_;
-  std::unique_ptr<ForwardCpu> forward_;
+  std::unique_ptr<Backend> backend_;
   PolicyHandle policy_, window_;
   LayerPolicies policies_;
-  std::vector<float> logits_;
-  std::vector<int32_t> history_;
-  int64_t n_past_ = 0;
+  std::unique_ptr<Forward> forward_;
+  std::vector<std::unique_ptr<Sequence>> seqs_;
+  int n_batch_ = 0;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stepping_ = false;  // a thread is running a step or a direct call
+  std::deque<std::shared_ptr<Request>> queue_;
+  std::vector<std::shared_ptr<Request>> running_;
+  std::vector<SeqBatch> batch_;  // the step being run (stepping thread only)
+  std::vector<Request*> batch_req_;
+};
+
+// A C++ convenience over one request on sequence 0, continuing what it holds (the CLI's run and
+// chat): the constructor reads the prompt; next() returns the next piece ("" possible).
+class Generation {
+ public:
+  Generation(Engine& engine, const std::vector<int32_t>& prompt, const GenerateParams& params);
+  std::string next();
+  bool finished() const { return finished_; }
+  FinishReason finish_reason() const { return engine_.stats(*req_).finish; }
+  void cancel() { req_->cancel(); }
+  std::vector<int32_t> tokens() const { return engine_.tokens(*req_); }
+  Stats stats() const { return engine_.stats(*req_); }
+
+ private:
+  Engine& engine_;
+  std::shared_ptr<Request> req_;
+  bool finished_ = false;
 };
 
 }  // namespace tova

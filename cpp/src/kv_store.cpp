@@ -1,29 +1,15 @@
 #include "kv_store.h"
 
-#include <cstring>
+#include <algorithm>
 
 #include "arch.h"
 #include "common.h"
 
 namespace tova {
 
-KvType parse_kv_type(const std::string& name) {
-  if (name == "f16") return KvType::F16;
-  if (name == "f32") return KvType::F32;
-  if (name == "q8_0") return KvType::Q8_0;
-  throw ArgumentError(cat("unknown kv_type '", name, "' (known: f16, f32, q8_0)"));
-}
+namespace {
 
-const char* kv_type_name(KvType t) {
-  switch (t) {
-    case KvType::F32: return "f32";
-    case KvType::F16: return "f16";
-    case KvType::Q8_0: return "q8_0";
-  }
-  return "?";
-}
-
-static GgmlType ggml_type_of(KvType t) {
+GgmlType ggml_type_of(KvType t) {
   switch (t) {
     case KvType::F32: return GgmlType::F32;
     case KvType::F16: return GgmlType::F16;
@@ -32,46 +18,81 @@ static GgmlType ggml_type_of(KvType t) {
   return GgmlType::F32;
 }
 
-int LayerKv::free_slot() const {
+const char* name_of(const tova_policy* p) { return p->name ? p->name : "?"; }
+
+}  // namespace
+
+uint64_t KvLayout::payload_bytes() const {
+  uint64_t b = 0;
+  for (int n : n_slots) b += 2ull * static_cast<uint64_t>(n_head_kv) * static_cast<uint64_t>(n) * row_bytes;
+  return b;
+}
+
+int LayerCells::free_slot() const {
   for (int s = 0; s < n_slots; ++s)
     if (pos[static_cast<size_t>(s)] < 0) return s;
   return -1;
 }
 
-KvStore::KvStore(const HParams& hp, const KvConfig& cfg, bool full)
-    : cfg_(cfg), head_dim_(hp.head_dim), n_head_kv_(hp.n_head_kv) {
+void LayerCells::alive_by_position(std::vector<int32_t>& out) const {
+  out.clear();
+  for (int s = 0; s < n_slots; ++s)
+    if (pos[static_cast<size_t>(s)] >= 0) out.push_back(s);
+  std::sort(out.begin(), out.end(),
+            [&](int32_t x, int32_t y) { return pos[static_cast<size_t>(x)] < pos[static_cast<size_t>(y)]; });
+}
+
+KvPlan plan_kv(const HParams& hp, const KvConfig& cfg) {
   if (cfg.capacity < 1) throw ArgumentError(cat("kv_size must be at least 1, got ", cfg.capacity));
   if (cfg.max_step < 1) throw ArgumentError(cat("chunk size must be at least 1, got ", cfg.max_step));
   const GgmlType gt = ggml_type_of(cfg.type);
   const TypeTraits& tr = type_traits(gt);
-  if (head_dim_ % tr.block_size != 0)
+  if (hp.head_dim % tr.block_size != 0)
     throw ArgumentError(cat("kv_type ", kv_type_name(cfg.type), " needs a head size that is a multiple of ",
-                            tr.block_size, ", the model's is ", head_dim_));
-  const size_t rb = row_bytes(gt, head_dim_);
-  layers_.resize(static_cast<size_t>(hp.n_layer));
+                            tr.block_size, ", the model's is ", hp.head_dim));
+  KvPlan plan;
+  plan.layout.type = cfg.type;
+  plan.layout.n_head_kv = hp.n_head_kv;
+  plan.layout.head_dim = hp.head_dim;
+  plan.layout.row_bytes = row_bytes(gt, hp.head_dim);
+  plan.layers.resize(static_cast<size_t>(hp.n_layer));
+  uint64_t tables = 0;
   for (int l = 0; l < hp.n_layer; ++l) {
-    LayerKv& L = layers_[static_cast<size_t>(l)];
+    LayerCells& L = plan.layers[static_cast<size_t>(l)];
     L.sliding = hp.is_swa_layer(l);
     // A sliding window of n_swa lets a query see n_swa keys, itself included: C = n_swa - 1.
-    // With a full cache the window is still applied, but the layer never needs more.
     // Sliding layers keep their whole window whatever kv_size is (spec §6: the policy and C
     // apply to the global layers); a full cache smaller than the window bounds them too.
-    L.capacity = L.sliding ? (full ? std::min(hp.n_swa - 1, cfg.capacity) : hp.n_swa - 1)
+    L.capacity = L.sliding ? (cfg.full ? std::min(hp.n_swa - 1, cfg.capacity) : hp.n_swa - 1)
                            : cfg.capacity;
-    L.n_slots = full && !L.sliding ? cfg.capacity : L.capacity + cfg.max_step;
-    L.row_bytes = rb;
-    const size_t kv_bytes = static_cast<size_t>(n_head_kv_) * L.n_slots * rb;
-    L.k.assign(kv_bytes, 0);
-    L.v.assign(kv_bytes, 0);
+    L.n_slots = cfg.full && !L.sliding ? cfg.capacity : L.capacity + cfg.max_step;
+    plan.layout.n_slots.push_back(L.n_slots);
+    tables += static_cast<uint64_t>(L.n_slots) * (sizeof(int32_t) + 1 + sizeof(float));
+  }
+  plan.bytes = plan.layout.payload_bytes() + tables;
+  return plan;
+}
+
+KvStore::KvStore(const HParams& hp, const KvConfig& cfg, Backend& backend) : cfg_(cfg) {
+  KvPlan plan = plan_kv(hp, cfg);
+  layers_ = std::move(plan.layers);
+  for (LayerCells& L : layers_) {
     L.pos.assign(static_cast<size_t>(L.n_slots), -1);
     L.protect.assign(static_cast<size_t>(L.n_slots), 0);
     L.state.assign(static_cast<size_t>(L.n_slots), 0.0f);
-    bytes_ += 2 * kv_bytes + static_cast<uint64_t>(L.n_slots) * (sizeof(int32_t) + 1 + sizeof(float));
   }
+  payload_ = backend.new_kv(plan.layout);
+  bytes_ = plan.bytes;
+}
+
+int64_t KvStore::evictions() const {
+  int64_t n = 0;
+  for (const LayerCells& L : layers_) n += L.n_evicted;
+  return n;
 }
 
 void KvStore::clear() {
-  for (LayerKv& L : layers_) {
+  for (LayerCells& L : layers_) {
     std::fill(L.pos.begin(), L.pos.end(), -1);
     std::fill(L.protect.begin(), L.protect.end(), 0);
     std::fill(L.state.begin(), L.state.end(), 0.0f);
@@ -80,17 +101,84 @@ void KvStore::clear() {
   }
 }
 
-void KvStore::write(std::vector<uint8_t>& dst, size_t offset, const float* x) const {
-  uint8_t* p = dst.data() + offset;
-  switch (cfg_.type) {
-    case KvType::F32: std::memcpy(p, x, sizeof(float) * static_cast<size_t>(head_dim_)); break;
-    case KvType::F16: {
-      auto* h = reinterpret_cast<uint16_t*>(p);
-      for (int i = 0; i < head_dim_; ++i) h[i] = fp32_to_fp16(x[i]);
-      break;
-    }
-    case KvType::Q8_0: type_traits(GgmlType::Q8_0).quantize(x, p, head_dim_); break;
+int KvStore::insert(int layer, int64_t p, int64_t protect_below, bool never_evicts) {
+  LayerCells& L = this->layer(layer);
+  const int s = L.free_slot();
+  if (s < 0)
+    throw Error(cat("layer ", layer, ": no free KV slot for position ", p, " (", L.n_slots, " slots",
+                    never_evicts ? ": the context is full" : "", ")"));
+  L.pos[static_cast<size_t>(s)] = static_cast<int32_t>(p);
+  L.protect[static_cast<size_t>(s)] = !L.sliding && (p < cfg_.n_sink || p < protect_below) ? 1 : 0;
+  L.state[static_cast<size_t>(s)] = 0.0f;
+  L.n_valid++;
+  return s;
+}
+
+tova_policy_view KvStore::view(int layer, int64_t t, int slot_new, const PolicyCall& call) {
+  LayerCells& L = this->layer(layer);
+  tova_policy_view v{};
+  v.layer = layer;
+  v.capacity = L.capacity;
+  v.n_slots = L.n_slots;
+  v.n_valid = L.n_valid;
+  v.n_heads = call.n_head;
+  v.t = t;
+  v.new_slot = slot_new;
+  v.pos = L.pos.data();
+  v.protect = L.protect.data();
+  v.state = L.state.data();
+  v.seq = call.seq;
+  return v;
+}
+
+void KvStore::notify_insert(int layer, int slot, int64_t t, const PolicyCall& call) {
+  tova_policy* pol = call.policy;
+  if (!pol || !pol->on_insert) return;
+  tova_policy_view v = view(layer, t, slot, call);
+  pol->on_insert(pol->user, &v, slot);
+}
+
+void KvStore::apply_policy(int layer, int64_t t, int slot_new, bool never_evicts, const PolicyCall& call) {
+  LayerCells& L = this->layer(layer);
+  tova_policy* pol = call.policy;
+  const int n = std::max(0, L.n_valid - L.capacity);
+  if (!pol) {
+    TOVA_ASSERT(n == 0);
+    return;
   }
+  if (n == 0 && !(pol->flags & TOVA_POLICY_EVERY_STEP)) return;
+  if (n > 0 && never_evicts) throw Error(cat("context full: n_ctx ", L.capacity, " reached at position ", t));
+  tova_policy_view v = view(layer, t, slot_new, call);
+  v.n_evict = n;
+  v.probs = call.probs;
+  v.probs_mean = call.probs_mean;
+  victims_.assign(static_cast<size_t>(std::max(n, 1)), -1);
+  if (pol->select(pol->user, &v, victims_.data()) != 0) {
+    const char* e = pol->last_error ? pol->last_error(pol->user) : nullptr;
+    throw Error(cat("policy '", name_of(pol), "' failed at layer ", layer, ", position ", t,
+                    e ? cat(": ", e) : std::string()));
+  }
+  if (n == 0) return;
+  // Check the answer before touching the store: right count, distinct, valid, not protected.
+  for (int j = 0; j < n; ++j) {
+    const int32_t s = victims_[static_cast<size_t>(j)];
+    auto who = [&] { return cat("policy '", name_of(pol), "' at layer ", layer, ", position ", t, ": "); };
+    if (s < 0 || s >= L.n_slots) throw Error(cat(who(), "slot ", s, " is out of range [0, ", L.n_slots, ")"));
+    if (L.pos[static_cast<size_t>(s)] < 0) throw Error(cat(who(), "slot ", s, " is empty"));
+    if (L.protect[static_cast<size_t>(s)])
+      throw Error(cat(who(), "slot ", s, " (position ", L.pos[static_cast<size_t>(s)], ") is protected"));
+    for (int k = 0; k < j; ++k)
+      if (victims_[static_cast<size_t>(k)] == s) throw Error(cat(who(), "slot ", s, " was returned twice"));
+  }
+  if (pol->on_evict) pol->on_evict(pol->user, &v, victims_.data(), n);
+  for (int j = 0; j < n; ++j) {
+    const size_t s = static_cast<size_t>(victims_[static_cast<size_t>(j)]);
+    L.pos[s] = -1;
+    L.protect[s] = 0;
+    L.state[s] = 0.0f;
+  }
+  L.n_valid -= n;
+  L.n_evicted += n;
 }
 
 }  // namespace tova

@@ -1,78 +1,101 @@
-// The fixed-memory KV store of one sequence (spec §2): per layer a pool of slots allocated once,
-// each holding K and V for every KV head, its absolute position (-1 = empty), a protection flag
-// and the policy's per-slot float. Nothing here grows while generating.
+// The fixed-memory KV store of one sequence (spec §2): per layer a pool of slots allocated once.
+// This file keeps the bookkeeping of every slot (absolute position, -1 = empty; protection; the
+// policy's per-slot float) and the one implementation of insert, policy call, victim validation
+// and eviction; the K/V vectors themselves live in a backend-owned KvPayload. Nothing here grows
+// while generating.
 #pragma once
 
 #include <cstdint>
-#include <string>
+#include <memory>
 #include <vector>
 
-#include "kv_policy.h"
-#include "quant.h"
+#include "backend.h"
+#include "config.h"
+#include "tova/policy_plugin.h"
 
 namespace tova {
 
 struct HParams;
 
-enum class KvType { F32, F16, Q8_0 };
-KvType parse_kv_type(const std::string& name);  // "f32", "f16", "q8_0"
-const char* kv_type_name(KvType t);
-
 struct KvConfig {
   int capacity = 512;      // C for the policy's layers (states kept after each step)
-  int max_step = 64;       // U: the most tokens handled in one step (prefill chunk)
+  int max_step = 64;       // U: the most tokens of this sequence handled in one step
   KvType type = KvType::F16;
   int n_sink = 0;          // first positions never evicted
+  bool full = false;       // every non-sliding layer a plain cache of `capacity` that never evicts
 };
 
-// One layer's pool. K and V are stored head-major: [n_head_kv][n_slots][head_dim] elements of
-// the KV type, so one head's keys are contiguous.
-struct LayerKv {
-  int capacity = 0;  // C of this layer
-  int n_slots = 0;   // P = C + U
-  bool sliding = false;  // a sliding-window layer (window policy, fixed by the model)
-  size_t row_bytes = 0;  // bytes of one head_dim vector in the KV type
-  std::vector<uint8_t> k, v;
+// One layer's slot table.
+struct LayerCells {
+  int capacity = 0;       // C of this layer
+  int n_slots = 0;        // P = C + U
+  bool sliding = false;   // a sliding-window layer (window policy, fixed by the model)
   std::vector<int32_t> pos;       // -1 = empty
   std::vector<uint8_t> protect;   // 1 = never evicted
   std::vector<float> state;       // the policy's per-slot value
   int n_valid = 0;
   int64_t n_evicted = 0;          // total evictions, for stats
 
-  uint8_t* k_row(int head, int slot) { return k.data() + (static_cast<size_t>(head) * n_slots + slot) * row_bytes; }
-  uint8_t* v_row(int head, int slot) { return v.data() + (static_cast<size_t>(head) * n_slots + slot) * row_bytes; }
-  const uint8_t* k_row(int head, int slot) const { return k.data() + (static_cast<size_t>(head) * n_slots + slot) * row_bytes; }
-  const uint8_t* v_row(int head, int slot) const { return v.data() + (static_cast<size_t>(head) * n_slots + slot) * row_bytes; }
   int free_slot() const;  // lowest empty slot, -1 if none
+  // Slots holding a token, in ascending position order.
+  void alive_by_position(std::vector<int32_t>& out) const;
+};
+
+// The slot tables' shapes and the payload layout for a model and configuration; `bytes` is what
+// one sequence's store allocates (K/V payload + slot tables), exactly.
+struct KvPlan {
+  std::vector<LayerCells> layers;  // empty tables with capacity, n_slots, sliding set
+  KvLayout layout;
+  uint64_t bytes = 0;
+};
+KvPlan plan_kv(const HParams& hp, const KvConfig& cfg);
+
+// What a policy call needs besides the layer's cells.
+struct PolicyCall {
+  tova_policy* policy = nullptr;
+  int32_t seq = 0;
+  int n_head = 0;
+  const float* probs = nullptr;       // [n_head][n_slots] or null
+  const float* probs_mean = nullptr;  // [n_slots] or null
 };
 
 class KvStore {
  public:
-  // `full` makes every layer a plain cache of `capacity` slots that never evicts.
-  KvStore(const HParams& hp, const KvConfig& cfg, bool full);
+  KvStore(const HParams& hp, const KvConfig& cfg, Backend& backend);
 
   int n_layer() const { return static_cast<int>(layers_.size()); }
-  LayerKv& layer(int l) { return layers_[static_cast<size_t>(l)]; }
-  const LayerKv& layer(int l) const { return layers_[static_cast<size_t>(l)]; }
+  LayerCells& layer(int l) { return layers_[static_cast<size_t>(l)]; }
+  const LayerCells& layer(int l) const { return layers_[static_cast<size_t>(l)]; }
   const KvConfig& config() const { return cfg_; }
-  KvType type() const { return cfg_.type; }
-  int head_dim() const { return head_dim_; }
-  int n_head_kv() const { return n_head_kv_; }
+  KvPayload& payload() { return *payload_; }
 
   // Exact bytes of K/V and the per-slot tables, allocated at construction.
   uint64_t bytes() const { return bytes_; }
+  int64_t evictions() const;
 
   // Empties every slot.
   void clear();
 
-  // Writes one head's K or V vector (float32) into a slot in the store's type.
-  void write(std::vector<uint8_t>& dst, size_t offset, const float* x) const;
+  // Takes the lowest free slot of a layer for position `pos` (protected below n_sink or
+  // protect_below, except on sliding layers); Error when the layer is full.
+  int insert(int layer, int64_t pos, int64_t protect_below, bool never_evicts);
+
+  // Calls the policy's on_insert hook for the token just written to `slot`.
+  void notify_insert(int layer, int slot, int64_t t, const PolicyCall& call);
+
+  // Lets the policy evict down to the layer's capacity (or run its every-step hook): builds the
+  // view, calls select(), checks the answer (count, range, occupied, unprotected, distinct)
+  // before touching the store, then evicts. Error naming the policy, layer and position.
+  void apply_policy(int layer, int64_t t, int slot_new, bool never_evicts, const PolicyCall& call);
 
  private:
+  tova_policy_view view(int layer, int64_t t, int slot_new, const PolicyCall& call);
+
   KvConfig cfg_;
-  int head_dim_ = 0, n_head_kv_ = 0;
-  std::vector<LayerKv> layers_;
+  std::vector<LayerCells> layers_;
+  std::unique_ptr<KvPayload> payload_;
   uint64_t bytes_ = 0;
+  std::vector<int32_t> victims_;
 };
 
 }  // namespace tova

@@ -8,7 +8,7 @@
 #include <cstring>
 
 #include "common.h"
-#include "cpu_features.h"
+#include "cpu/cpu_features.h"
 #include "quant_kernels.h"
 
 namespace tova {

@@ -13,7 +13,7 @@
 #include "gguf.h"
 #include "kv_policy.h"
 #include "quant.h"
-#include "thread_pool.h"
+#include "cpu/thread_pool.h"
 #include "tokenizer.h"
 
 using namespace tova;

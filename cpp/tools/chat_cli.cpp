@@ -170,6 +170,7 @@ class ChatProgram {
   void note(const std::string& text);  // a remark for the person at the terminal
 
   Engine& engine_;
+  Stats last_;  // of the last reply
   ChatSession& chat_;
   GenerateParams gp_;
   bool json_, interactive_;
@@ -243,7 +244,8 @@ void ChatProgram::reply(const std::string& msg) {
   }
   chat_.finish_reply(*gen, text);
   have_reply_ = true;
-  const Stats& s = engine_.last_stats;
+  last_ = gen->stats();
+  const Stats& s = last_;
   if (json_) {
     std::printf("{\"role\": \"assistant\", \"content\": %s, \"finish_reason\": \"%s\", "
                 "\"prompt_tokens\": %lld, \"completion_tokens\": %lld, \"tokens_per_second\": %.2f, "
@@ -301,7 +303,7 @@ void ChatProgram::print_stats() {
     int64_t evicted = 0;
   } global, sliding;
   for (int l = 0; l < kv.n_layer(); ++l) {
-    const LayerKv& L = kv.layer(l);
+    const LayerCells& L = kv.layer(l);
     Group& g = L.sliding ? sliding : global;
     g.min = g.n == 0 ? L.n_valid : std::min(g.min, L.n_valid);
     g.max = g.n == 0 ? L.n_valid : std::max(g.max, L.n_valid);
@@ -329,7 +331,7 @@ void ChatProgram::print_stats() {
               full ? engine_.params().n_ctx : engine_.params().kv_size,
               chat_.pinned_tokens() ? cat(", ", chat_.pinned_tokens(), " system tokens pinned").c_str() : "");
   if (have_reply_) {
-    const Stats& s = engine_.last_stats;
+    const Stats& s = last_;
     std::printf("last reply: %lld tokens, %.1f tokens/s (prompt %lld tokens, %.1f tokens/s), finish %s\n",
                 static_cast<long long>(s.completion_tokens), s.generation_tps(),
                 static_cast<long long>(s.prompt_tokens), s.prompt_tps(), finish_reason_name(s.finish));

@@ -78,14 +78,16 @@ double CliArgs::number(const std::string& name, double def) const {
 EngineParams engine_params_from(const CliArgs& a, const std::string& default_policy) {
   EngineParams p;
   p.n_threads = a.integer("--threads", 0);
-  p.policy = a.str("--policy", default_policy);
+  p.policy = parse_policy(a.str("--policy", default_policy));
   p.kv_size = a.integer("--kv-size", 512);
   p.n_ctx = a.integer("--ctx", 2048);
   p.n_sink = a.integer("--n-sink", -1);
-  p.kv_type = a.str("--kv-type", "f16");
+  p.kv_type = parse_kv_type(a.str("--kv-type", "f16"));
   p.chunk = a.integer("--chunk", 64);
-  p.prefill = a.str("--prefill", "exact");
-  p.positions = a.str("--positions", "original");
+  p.prefill = parse_prefill(a.str("--prefill", "exact"));
+  p.positions = parse_positions(a.str("--positions", "original"));
+  p.n_seq = a.integer("--n-seq", 1);
+  if (a.has("--kv-budget")) p.kv_budget = parse_bytes(a.str("--kv-budget", ""));
   if (a.has("--policy-plugin"))
     p.plugin = load_policy_plugin(a.str("--policy-plugin", ""), a.str("--policy-args", ""));
   return p;

@@ -157,18 +157,18 @@ int cmd_perplexity(const std::vector<std::string>& argv,
   const Plan plan = make_plan(a, n, add_bos && bos_id >= 0);
   const int N = plan.windows[0].length;
   ep.n_ctx = N;
-  const bool full = !ep.plugin && ep.policy == "full";
+  const bool full = ep.full();
   Engine engine(path, std::move(ep));
   const EngineParams& P = engine.params();
   const int V = engine.model().hp().n_vocab;
   const int U = P.chunk;
   // Chunked prefill depends on where eval calls cut the sequence: keep the chunk grid of one
   // eval per window and compute the logits of unscored rows too.
-  const bool split = P.prefill == "exact" || full;
+  const bool split = P.prefill == PrefillMode::Exact || full;
 
   std::printf("model: %s (%s), policy %s%s, prefill %s, %lld tokens\n", path.c_str(),
               engine.model().hp().arch.c_str(), engine.policy_name(),
-              full ? "" : cat(", kv_size ", P.kv_size).c_str(), P.prefill.c_str(),
+              full ? "" : cat(", kv_size ", P.kv_size).c_str(), prefill_name(P.prefill),
               static_cast<long long>(n));
   if (a.has("--ctx"))
     std::printf("windows: %zu of %d tokens starting every %lld, each from an empty cache%s; "

@@ -241,7 +241,7 @@ int cmd_run(const std::vector<std::string>& argv) {
     std::fputs(piece.c_str(), stdout);
     std::fflush(stdout);
   }
-  const Stats& s = engine.last_stats;
+  const Stats s = g.stats();
   std::fprintf(stderr,
                "\n\nprompt: %lld tokens, %.1f tokens/s | generated: %lld tokens, %.1f tokens/s | "
                "finish: %s | kv: %s, policy %s\n",
@@ -314,7 +314,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
                   "\"samples_ts\": [",
                   model_name.c_str(), engine.model().hp().arch.c_str(),
                   engine.model().quant_summary().c_str(), engine.n_threads(), t.n_prompt, t.n_gen,
-                  engine.policy_name(), engine.params().kv_size, engine.params().kv_type.c_str(),
+                  engine.policy_name(), engine.params().kv_size, kv_type_name(engine.params().kv_type),
                   kernel_isa(), ms.mean, ms.sd);
       for (size_t k = 0; k < t.ts.size(); ++k) std::printf("%s%.6f", k ? ", " : "", t.ts[k]);
       std::printf("]}%s\n", i + 1 < tests.size() ? "," : "");

@@ -1,6 +1,7 @@
-// tova._core.Engine and tova._core.Generation: the compute runs with the GIL released; between
+// tova._core.Engine and tova._core.Request: the compute runs with the GIL released; between
 // tokens (and between prompt chunks) the GIL is taken back briefly to let Ctrl-C through.
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -44,6 +45,7 @@ nb::dict stats_dict(const Stats& s) {
   d["prompt_tokens_per_second"] = s.prompt_tps();
   d["generation_tokens_per_second"] = s.generation_tps();
   d["finish_reason"] = finish_reason_name(s.finish);
+  d["seq"] = s.seq;
   return d;
 }
 
@@ -52,14 +54,15 @@ void check_signals() {
   if (PyErr_CheckSignals() != 0) throw nb::python_error();
 }
 
-std::string next_piece(Generation& g) {
-  std::string piece;
-  {
-    nb::gil_scoped_release release;
-    piece = g.next();
+// A request as Python holds it: the engine (kept alive by the binding) and the request. Dropping
+// the handle cancels a request still running, so an abandoned one frees its sequence.
+struct PyRequest {
+  Engine* engine = nullptr;
+  std::shared_ptr<Request> req;
+  ~PyRequest() {
+    if (req) req->cancel();
   }
-  return piece;
-}
+};
 
 // The engine holds a Python policy object through C++: tell the cycle collector about it, so a
 // policy whose class refers back to the engine (through module globals) can still be freed.
@@ -83,28 +86,32 @@ PyType_Slot engine_slots[] = {{Py_tp_traverse, reinterpret_cast<void*>(engine_tr
 }  // namespace
 
 void bind_engine(nb::module_& m) {
+  m.def("parse_bytes", &parse_bytes, nb::arg("text"), "'256MiB' -> bytes (ValueError for a malformed size)");
   nb::class_<Engine>(m, "Engine", nb::type_slots(engine_slots))
       .def("__init__",
            [](Engine* self, const std::string& path, int n_threads, nb::handle policy,
               int kv_size, int n_ctx, int n_sink, const std::string& kv_type,
               const std::string& prefill, int chunk, const std::string& positions,
-              bool float_activations) {
+              bool float_activations, int n_seq, uint64_t kv_budget, int n_batch) {
              EngineParams p;
              p.n_threads = n_threads;
              if (nb::isinstance<nb::str>(policy)) {
-               p.policy = nb::cast<std::string>(policy);
+               p.policy = parse_policy(nb::cast<std::string>(policy));
              } else {
-               p.policy = "python";
+               p.policy = PolicyKind::Plugin;
                p.plugin = make_python_policy(policy);
              }
              p.kv_size = kv_size;
              p.n_ctx = n_ctx;
              p.n_sink = n_sink;
-             p.kv_type = kv_type;
-             p.prefill = prefill;
+             p.kv_type = parse_kv_type(kv_type);
+             p.prefill = parse_prefill(prefill);
              p.chunk = chunk;
-             p.positions = positions;
+             p.positions = parse_positions(positions);
              p.float_activations = float_activations;
+             p.n_seq = n_seq;
+             p.kv_budget = kv_budget;
+             p.n_batch = n_batch;
              {
                nb::gil_scoped_release release;
                new (self) Engine(path, std::move(p));
@@ -118,7 +125,8 @@ void bind_engine(nb::module_& m) {
            nb::arg("path"), nb::arg("n_threads") = 0, nb::arg("policy") = "tova",
            nb::arg("kv_size") = 512, nb::arg("n_ctx") = 2048, nb::arg("n_sink") = -1,
            nb::arg("kv_type") = "f16", nb::arg("prefill") = "exact", nb::arg("chunk") = 64,
-           nb::arg("positions") = "original", nb::arg("float_activations") = false)
+           nb::arg("positions") = "original", nb::arg("float_activations") = false,
+           nb::arg("n_seq") = 1, nb::arg("kv_budget") = 0, nb::arg("n_batch") = 0)
       .def("tokenize",
            [](const Engine& e, const std::string& text, bool add_bos, bool special) {
              nb::gil_scoped_release release;
@@ -141,36 +149,62 @@ void bind_engine(nb::module_& m) {
            },
            nb::arg("id"), nb::arg("special") = false)
       .def("eval",
-           [](Engine& e, const std::vector<int32_t>& ids, bool all_logits) {
+           [](Engine& e, const std::vector<int32_t>& ids, bool all_logits, int seq) {
              std::vector<float> out;
              {
                nb::gil_scoped_release release;
-               e.eval(ids, all_logits, out);
+               e.eval(seq, ids, all_logits, out);
              }
              const size_t V = static_cast<size_t>(e.model().hp().n_vocab);
              return to_numpy(std::move(out), all_logits ? ids.size() : 0, V);
            },
-           nb::arg("ids"), nb::arg("all_logits") = false)
+           nb::arg("ids"), nb::arg("all_logits") = false, nb::arg("seq") = 0)
       .def("_attach_policy_owner", [](nb::handle self) {
         Engine& e = nb::cast<Engine&>(self);
         set_python_policy_engine(e.policy(), self.ptr());
       })
-      .def("reset", &Engine::reset)
-      .def("set_protect_below", &Engine::set_protect_below, nb::arg("pos"))
+      .def("reset", [](Engine& e, int seq) {
+        nb::gil_scoped_release release;
+        e.reset(seq);
+      }, nb::arg("seq") = 0)
+      .def("set_protect_below", &Engine::set_protect_below, nb::arg("pos"), nb::arg("seq") = 0)
       .def("cancel", [](Engine& e) { e.cancel_requested.store(true); })
-      .def_prop_ro("n_past", &Engine::n_past)
-      .def_prop_ro("history", &Engine::history)
+      .def("n_past_of", &Engine::n_past, nb::arg("seq") = 0)
+      .def("history_of", &Engine::history, nb::arg("seq") = 0)
+      .def("evictions_of", &Engine::evictions, nb::arg("seq") = 0)
+      .def_prop_ro("n_past", [](const Engine& e) { return e.n_past(0); })
+      .def_prop_ro("history", [](const Engine& e) { return e.history(0); })
+      .def_prop_ro("evictions", [](const Engine& e) { return e.evictions(0); })
       .def_prop_ro("kv_bytes", &Engine::kv_bytes)
+      .def_prop_ro("kv_bytes_per_seq", &Engine::kv_bytes_per_seq)
       .def_prop_ro("n_threads", &Engine::n_threads)
-      .def_prop_ro("evictions", &Engine::evictions)
+      .def_prop_ro("n_seq", &Engine::n_seq)
+      .def_prop_ro("n_batch", &Engine::n_batch)
+      .def_prop_ro("backend", [](const Engine& e) { return std::string(e.backend().name()); })
       .def_prop_ro("policy_name", [](const Engine& e) { return std::string(e.policy_name()); })
-      .def("kv_positions", [](const Engine& e, int layer) { return to_numpy_i32(e.kv_positions(layer)); },
-           nb::arg("layer"))
-      .def("kv_layer_summary", [](const Engine& e) {
+      .def("kv_positions", [](const Engine& e, int layer, int seq) { return to_numpy_i32(e.kv_positions(layer, seq)); },
+           nb::arg("layer"), nb::arg("seq") = 0)
+      .def("submit",
+           [](Engine& e, const std::vector<int32_t>& prompt, int max_tokens, const std::vector<std::string>& stop,
+              bool ignore_eos, const SamplingParams& sp, int seq, bool keep) {
+             GenerateParams gp;
+             gp.max_tokens = max_tokens;
+             gp.stop = stop;
+             gp.ignore_eos = ignore_eos;
+             gp.sampling = sp;
+             auto r = std::make_unique<PyRequest>();
+             r->engine = &e;
+             r->req = e.submit(prompt, gp, seq, keep);
+             return r.release();
+           },
+           nb::arg("prompt"), nb::arg("max_tokens"), nb::arg("stop"), nb::arg("ignore_eos"),
+           nb::arg("sampling"), nb::arg("seq") = -1, nb::arg("keep") = false,
+           nb::rv_policy::take_ownership, nb::keep_alive<0, 1>())
+      .def("kv_layer_summary", [](const Engine& e, int seq) {
         nb::list out;
-        const KvStore& s = e.kv_store();
+        const KvStore& s = e.kv_store(seq);
         for (int l = 0; l < s.n_layer(); ++l) {
-          const LayerKv& L = s.layer(l);
+          const LayerCells& L = s.layer(l);
           nb::dict d;
           d["layer"] = l;
           d["capacity"] = L.capacity;
@@ -181,8 +215,7 @@ void bind_engine(nb::module_& m) {
           out.append(d);
         }
         return out;
-      })
-      .def_prop_ro("last_stats", [](const Engine& e) { return stats_dict(e.last_stats); })
+      }, nb::arg("seq") = 0)
       .def("model_info", [](const Engine& e) {
         const Model& mo = e.model();
         const HParams& h = mo.hp();
@@ -211,43 +244,32 @@ void bind_engine(nb::module_& m) {
         return d;
       });
 
-  nb::class_<Generation>(m, "Generation")
-      .def("__init__",
-           [](Generation* self, Engine& e, const std::vector<int32_t>& prompt, int max_tokens,
-              const std::vector<std::string>& stop, bool ignore_eos, const SamplingParams& sp) {
-             GenerateParams gp;
-             gp.max_tokens = max_tokens;
-             gp.stop = stop;
-             gp.ignore_eos = ignore_eos;
-             gp.sampling = sp;
-             nb::gil_scoped_release release;
-             new (self) Generation(e, prompt, gp);
+  nb::class_<PyRequest>(m, "Request", "A generation running in the engine's scheduler.")
+      .def("next",
+           [](PyRequest& r, double timeout) {
+             std::string piece;
+             Engine::Wait w;
+             {
+               nb::gil_scoped_release release;
+               w = r.engine->next(*r.req, piece, timeout);
+             }
+             if (PyErr_CheckSignals() != 0) {
+               r.req->cancel();
+               throw nb::python_error();
+             }
+             return nb::make_tuple(static_cast<int>(w), nb::str(piece.data(), piece.size()));
            },
-           nb::arg("engine"), nb::arg("prompt"), nb::arg("max_tokens"), nb::arg("stop"),
-           nb::arg("ignore_eos"), nb::arg("sampling"), nb::keep_alive<1, 2>())
-      .def("next", [](Generation& g) {
-        check_signals();
-        std::string piece = next_piece(g);
-        if (PyErr_CheckSignals() != 0) {
-          g.cancel();
-          throw nb::python_error();
-        }
-        return nb::str(piece.data(), piece.size());
-      }, "The next piece of text; '' while text is held back or when finished.")
-      .def("run_to_end", [](Generation& g) {
-        // generate(): the same loop, text collected here; Ctrl-C checked after every token.
-        std::string text;
-        while (!g.finished()) {
-          text += next_piece(g);
-          if (PyErr_CheckSignals() != 0) {
-            g.cancel();
-            throw nb::python_error();
-          }
-        }
-        return nb::str(text.data(), text.size());
+           nb::arg("timeout") = -1.0,
+           "(0, piece) | (1, '') on timeout | (2, '') when finished and every piece was taken. "
+           "Runs scheduler steps while waiting; a failed request raises its error.")
+      .def("wait_prefilled", [](PyRequest& r) {
+        nb::gil_scoped_release release;
+        r.engine->wait_prefilled(*r.req);
       })
-      .def("cancel", &Generation::cancel)
-      .def_prop_ro("finished", &Generation::finished)
-      .def_prop_ro("finish_reason", [](const Generation& g) { return finish_reason_name(g.finish_reason()); })
-      .def_prop_ro("tokens", &Generation::tokens);
+      .def("cancel", [](PyRequest& r) { r.req->cancel(); })
+      .def_prop_ro("finished", [](const PyRequest& r) { return r.engine->finished(*r.req); })
+      .def_prop_ro("finish_reason", [](const PyRequest& r) { return finish_reason_name(r.engine->stats(*r.req).finish); })
+      .def_prop_ro("tokens", [](const PyRequest& r) { return r.engine->tokens(*r.req); })
+      .def_prop_ro("stats", [](const PyRequest& r) { return stats_dict(r.engine->stats(*r.req)); })
+      .def_prop_ro("seq", [](const PyRequest& r) { return r.engine->stats(*r.req).seq; });
 }

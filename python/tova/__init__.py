@@ -10,10 +10,11 @@ from . import _core
 from ._core import GGUFError, TovaError
 from .engine import Engine
 from .gguf import GGUFFile, TensorInfo
+from .handle import Handle
 from .policy import Policy
 from .sampling import SamplingParams
 
 __version__: str = _core.__version__
 
-__all__ = ["Engine", "SamplingParams", "Policy", "GGUFError", "TovaError", "GGUFFile", "TensorInfo",
+__all__ = ["Engine", "Handle", "SamplingParams", "Policy", "GGUFError", "TovaError", "GGUFFile", "TensorInfo",
            "__version__"]

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _core
+from .handle import Handle
 from .policy import Policy
 from .sampling import SamplingParams
 
@@ -16,7 +18,12 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 class Engine:
-    """A model with one sequence whose KV cache lives in fixed memory.
+    """A model with ``n_seq`` sequences, each with a KV cache in fixed memory.
+
+    One engine serves many generations at once: :meth:`submit` and :meth:`generate_batch` run
+    them side by side in its sequences (continuous batching: every weight matrix is read once
+    per step for all of them), and :meth:`generate` / :meth:`stream` may be called from many
+    threads at once; each call gets its own answer, the same as if it ran alone.
 
     Args:
         model: a path to a GGUF file or a registry name (``"smollm2-135m-instruct"``); names are
@@ -40,6 +47,13 @@ class Engine:
             to 8 bits first (llama.cpp's way, the default): slower, closer to exact arithmetic.
         n_threads: compute threads; ``None`` = all cores.
         seed: default seed of the sampler (``None``: a fresh random seed for every generation).
+        n_seq: sequences held at once (each with its own ``kv_size`` slots per layer); more
+            requests than that wait in a queue.
+        kv_budget: bytes (``int``) or a size (``"256MiB"``) for the KV stores of all sequences
+            together: ``n_seq`` becomes the most sequences that fit (exact bytes, as
+            :attr:`kv_bytes` counts them). Not with ``n_seq``.
+        n_batch: tokens per scheduler step (decode rows plus prompt chunks); default
+            ``chunk + n_seq``.
 
     Use as a context manager, or call :meth:`close`, to release the model's memory promptly.
     """
@@ -59,6 +73,9 @@ class Engine:
         float_activations: bool = False,
         n_threads: Optional[int] = None,
         seed: Optional[int] = None,
+        n_seq: Optional[int] = None,
+        kv_budget: Union[None, int, str] = None,
+        n_batch: Optional[int] = None,
     ) -> None:
         from .models import resolve
 
@@ -69,6 +86,13 @@ class Engine:
             _check_int("n_threads", n_threads, minimum=1)
         if n_sink is not None:
             _check_int("n_sink", n_sink, minimum=0)
+        if n_seq is not None:
+            _check_int("n_seq", n_seq, minimum=1)
+        if n_batch is not None:
+            _check_int("n_batch", n_batch, minimum=1)
+        if kv_budget is not None and n_seq is not None:
+            raise ValueError("give n_seq or kv_budget, not both (kv_budget sets n_seq)")
+        budget = _parse_budget(kv_budget)
         if not isinstance(policy, (str, Policy)):
             raise TypeError("policy must be a policy name (str) or a tova.Policy instance, "
                             f"got {type(policy).__name__}")
@@ -86,8 +110,12 @@ class Engine:
             chunk=chunk,
             positions=positions,
             float_activations=bool(float_activations),
+            n_seq=n_seq or 1,
+            kv_budget=budget,
+            n_batch=n_batch or 0,
         )
         self._core._attach_policy_owner()
+        self._local = threading.local()
         self.path = str(path)
         self.n_ctx = n_ctx
         self.kv_size = kv_size
@@ -98,6 +126,8 @@ class Engine:
         self.chunk = chunk
         self.positions = positions
         self.float_activations = bool(float_activations)
+        self.n_seq: int = int(self._core.n_seq)
+        self.n_batch: int = int(self._core.n_batch)
         self._info: Dict[str, Any] = self._core.model_info()
 
     # ---- lifetime -----------------------------------------------------------------------------
@@ -129,13 +159,23 @@ class Engine:
 
     @property
     def kv_bytes(self) -> int:
-        """Exact bytes of the KV store (K, V and per-slot tables), fixed at creation."""
+        """Exact bytes of the KV stores of all sequences (K, V and per-slot tables), fixed at
+        creation."""
         return int(self._e.kv_bytes)
 
     @property
+    def kv_bytes_per_seq(self) -> int:
+        """Exact bytes of one sequence's KV store."""
+        return int(self._e.kv_bytes_per_seq)
+
+    @property
     def n_past(self) -> int:
-        """Tokens the current sequence has seen (evicted ones included)."""
+        """Tokens sequence 0 has seen (evicted ones included); see :meth:`n_past_of`."""
         return int(self._e.n_past)
+
+    def n_past_of(self, seq: int) -> int:
+        """Tokens sequence ``seq`` has seen (evicted ones included)."""
+        return int(self._e.n_past_of(int(seq)))
 
     # ---- tokens ---------------------------------------------------------------------------------
     def tokenize(self, text: str, add_bos: Optional[bool] = None, special: bool = False) -> List[int]:
@@ -152,19 +192,34 @@ class Engine:
         return self._e.detokenize([int(i) for i in ids], special).decode("utf-8", errors="replace")
 
     # ---- evaluation -----------------------------------------------------------------------------
-    def eval(self, ids: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
-        """Appends tokens to the sequence and returns float32 logits of the last position, or of
-        every position (shape ``(len(ids), n_vocab)``) with ``all_logits``."""
+    def eval(self, ids: Sequence[int], *, all_logits: bool = False, seq: int = 0) -> np.ndarray:
+        """Appends tokens to sequence ``seq`` and returns float32 logits of the last position,
+        or of every position (shape ``(len(ids), n_vocab)``) with ``all_logits``. Waits while
+        that sequence runs a generation."""
         ids = [int(i) for i in ids]
         if not ids:
             raise ValueError("eval needs at least one token")
-        return self._e.eval(ids, all_logits)
+        return self._e.eval(ids, all_logits, int(seq))
 
-    def reset(self) -> None:
-        """Starts a new, empty sequence (the KV store keeps its memory)."""
-        self._e.reset()
+    def reset(self, seq: int = 0) -> None:
+        """Empties sequence ``seq`` (the KV store keeps its memory)."""
+        self._e.reset(int(seq))
 
     # ---- generation -----------------------------------------------------------------------------
+    def _ids(self, prompt: Union[str, Sequence[int]]) -> List[int]:
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        if not ids:
+            raise ValueError("the prompt is empty: it tokenizes to no tokens")
+        return ids
+
+    def _params(self, sampling: Optional[SamplingParams], fields: Dict[str, Any]) -> SamplingParams:
+        params = sampling if sampling is not None else SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise TypeError("sampling must be a tova.SamplingParams")
+        if self._seed is not None and sampling is None and "seed" not in fields:
+            fields = dict(fields, seed=self._seed)
+        return params.replace(**fields) if fields else params
+
     def _start(
         self,
         prompt: Union[str, Sequence[int]],
@@ -174,29 +229,64 @@ class Engine:
         sampling: Optional[SamplingParams],
         fields: Dict[str, Any],
         keep_history: bool = False,
-    ) -> "_core.Generation":
+    ) -> Handle:
+        """Submits a generation. ``keep_history``: continue what sequence 0 holds (chat) and
+        return once the prompt was read; otherwise any free sequence, from empty."""
         _check_int("max_tokens", max_tokens, minimum=0)
-        params = sampling if sampling is not None else SamplingParams()
-        if not isinstance(params, SamplingParams):
-            raise TypeError("sampling must be a tova.SamplingParams")
-        if self._seed is not None and sampling is None and "seed" not in fields:
-            fields = dict(fields, seed=self._seed)
-        if fields:
-            params = params.replace(**fields)
-        if isinstance(prompt, str):
-            ids = self.tokenize(prompt)
-        else:
-            ids = [int(i) for i in prompt]
-        if not ids:
-            raise ValueError("the prompt is empty: it tokenizes to no tokens")
+        params = self._params(sampling, fields)
+        ids = self._ids(prompt)
         if self.policy == "full" and len(ids) + (self.n_past if keep_history else 0) > self.n_ctx:
             raise ValueError(
                 f"prompt of {len(ids)} tokens is longer than n_ctx={self.n_ctx} "
                 "(policy 'full' never evicts: raise n_ctx or use an evicting policy)")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if not keep_history:
-            self._e.reset()
-        return _core.Generation(self._e, ids, max_tokens, stops, bool(ignore_eos), params.to_core())
+        core = self._e.submit(ids, max_tokens, stops, bool(ignore_eos), params.to_core(),
+                              0 if keep_history else -1, bool(keep_history))
+        handle = Handle(core, self._record_stats)
+        if keep_history:
+            core.wait_prefilled()
+        return handle
+
+    def _record_stats(self, handle: Handle) -> None:
+        self._local.last = handle.stats
+
+    def submit(
+        self,
+        prompt: Union[str, Sequence[int]],
+        *,
+        max_tokens: int = 128,
+        stop: Union[None, str, Sequence[str]] = None,
+        ignore_eos: bool = False,
+        sampling: Optional[SamplingParams] = None,
+        **fields: Any,
+    ) -> Handle:
+        """Starts a generation beside the others and returns its :class:`tova.Handle` at once:
+        iterate it (or ``async for``) for the text pieces, :meth:`Handle.result` for the whole
+        text, :meth:`Handle.cancel` to stop it. Options as :meth:`generate`."""
+        return self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields)
+
+    def generate_batch(
+        self,
+        prompts: Sequence[Union[str, Sequence[int]]],
+        *,
+        max_tokens: int = 128,
+        stop: Union[None, str, Sequence[str]] = None,
+        ignore_eos: bool = False,
+        sampling: Optional[SamplingParams] = None,
+        **fields: Any,
+    ) -> List[str]:
+        """Generates a continuation of every prompt, all running together in the engine's
+        sequences (those beyond ``n_seq`` join as others finish). Each text equals what
+        :meth:`generate` returns for that prompt alone."""
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of prompts, got a str")
+        handles = [self._start(p, max_tokens, stop, ignore_eos, sampling, fields) for p in prompts]
+        try:
+            return [h.result() for h in handles]
+        finally:
+            for h in handles:
+                if not h.finished:
+                    h.cancel()
 
     def generate(
         self,
@@ -216,8 +306,7 @@ class Engine:
         greedy). Ctrl-C raises ``KeyboardInterrupt`` within one token; the engine stays usable.
         Statistics of the run are in :attr:`last_stats`.
         """
-        gen = self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields)
-        return gen.run_to_end()
+        return self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields).result()
 
     def stream(
         self,
@@ -231,30 +320,34 @@ class Engine:
     ) -> Iterator[str]:
         """Like :meth:`generate`, yielding text pieces as they are produced. Every piece is
         complete UTF-8; text that might begin a stop string is held back until it cannot."""
-        gen = self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields)
-        return _stream(gen)
+        return iter(self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields))
 
     @property
     def last_stats(self) -> Dict[str, Any]:
         """Prompt and completion token counts, seconds, tokens/s and finish reason of the last
-        generation, with the KV store's occupancy."""
-        stats = dict(self._e.last_stats)
-        stats["kv_bytes"] = self.kv_bytes
-        stats["n_past"] = self.n_past
-        stats["evictions"] = int(self._e.evictions)
+        generation this thread finished, with its sequence's KV occupancy (``seq``,
+        ``kv_bytes`` of that sequence, ``n_past``, ``evictions``)."""
+        stats = dict(getattr(self._local, "last", None) or {
+            "prompt_tokens": 0, "completion_tokens": 0, "prompt_seconds": 0.0,
+            "generation_seconds": 0.0, "prompt_tokens_per_second": 0.0,
+            "generation_tokens_per_second": 0.0, "finish_reason": "none", "seq": 0})
+        seq = max(0, int(stats["seq"]))
+        stats["kv_bytes"] = self.kv_bytes_per_seq
+        stats["n_past"] = self.n_past_of(seq)
+        stats["evictions"] = int(self._e.evictions_of(seq))
         return stats
 
     @property
     def stats(self) -> Dict[str, Any]:
-        """Same as :attr:`last_stats` plus the per-layer KV occupancy summary."""
+        """Same as :attr:`last_stats` plus the per-layer KV occupancy summary of that sequence."""
         s = self.last_stats
-        s["kv_layers"] = self._e.kv_layer_summary()
+        s["kv_layers"] = self._e.kv_layer_summary(max(0, int(s["seq"])))
         return s
 
     # ---- introspection of the fixed-memory store ---------------------------------------------------
-    def kv_positions(self, layer: int) -> np.ndarray:
-        """Sorted absolute positions of the tokens layer ``layer`` keeps now."""
-        return self._e.kv_positions(int(layer))
+    def kv_positions(self, layer: int, seq: int = 0) -> np.ndarray:
+        """Sorted absolute positions of the tokens layer ``layer`` of sequence ``seq`` keeps now."""
+        return self._e.kv_positions(int(layer), int(seq))
 
     def __repr__(self) -> str:
         i = self._info
@@ -350,15 +443,15 @@ class Engine:
         return perplexity(self, text_or_tokens, **kwargs)
 
 
-def _stream(gen: "_core.Generation") -> Iterator[str]:
-    try:
-        while not gen.finished:
-            piece = gen.next()
-            if piece:
-                yield piece
-    finally:
-        if not gen.finished:
-            gen.cancel()
+def _parse_budget(budget: Union[None, int, str]) -> int:
+    if budget is None:
+        return 0
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer, str)):
+        raise TypeError(f"kv_budget must be bytes (int) or a size like '256MiB', got {type(budget).__name__}")
+    value = int(budget) if not isinstance(budget, str) else _core.parse_bytes(budget)
+    if value < 1:
+        raise ValueError(f"kv_budget must be positive, got {budget!r}")
+    return value
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:

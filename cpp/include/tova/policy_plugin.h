@@ -1,4 +1,4 @@
-/* tova KV eviction policy ABI, version 1.
+/* tova KV eviction policy ABI, version 2 (version 1 plugins still load).
  *
  * One C interface serves the built-in policies (window, sink, h2o, tova), policies loaded from a
  * shared library by the CLI (`tova run --policy-plugin ./libmy.so`), and Python subclasses of
@@ -11,17 +11,25 @@
  *     tova_policy* tova_policy_create(const char* args);   // args from --policy-args, may be ""
  * returning a heap object the engine releases with its `destroy` callback. Calls into a plugin
  * cost an indirect call per layer and step; a Python policy costs a round trip into Python.
+ *
+ * Sequences (version 2): one engine may run many sequences, each with its own slots, and one
+ * policy object serves all of them. `view->seq` says which sequence a call is for; `reset_seq`
+ * clears one sequence's state. Per-slot state kept in `view->state` is per sequence already.
+ * A version 1 plugin (no `seq`, no `reset_seq`) that has a `reset` callback keeps state the
+ * engine cannot tell apart by sequence: the engine refuses it when n_seq > 1.
  */
 #ifndef TOVA_POLICY_PLUGIN_H
 #define TOVA_POLICY_PLUGIN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#define TOVA_POLICY_ABI_VERSION 1u
+#define TOVA_POLICY_ABI_VERSION 2u
+#define TOVA_POLICY_ABI_VERSION_MIN 1u
 
 /* flags */
 #define TOVA_POLICY_NEEDS_PROBS 1u  /* select() reads probs / probs_mean */
@@ -44,6 +52,7 @@ typedef struct tova_policy_view {
                                NULL unless TOVA_POLICY_NEEDS_PROBS */
   const float* probs_mean;  /* [n_slots] probs averaged over the query heads; NULL likewise */
   float* state;             /* [n_slots] per-slot float the policy owns (reset to 0 on insert) */
+  int32_t seq;              /* v2: the sequence this call is for, in [0, n_seq) */
 } tova_policy_view;
 
 typedef struct tova_policy {
@@ -66,7 +75,13 @@ typedef struct tova_policy {
   void (*destroy)(struct tova_policy* self);
   /* Text of the last error, or NULL. May be NULL. */
   const char* (*last_error)(void* user);
+  /* v2: sequence `seq` was cleared. May be NULL (then `reset` is called, if set). Read only
+     when abi_version >= 2 and struct_size covers it. */
+  void (*reset_seq)(void* user, int32_t seq);
 } tova_policy;
+
+/* The size of a version 1 tova_policy (everything before reset_seq). */
+#define TOVA_POLICY_V1_SIZE (offsetof(tova_policy, reset_seq))
 
 typedef tova_policy* (*tova_policy_create_fn)(const char* args);
 

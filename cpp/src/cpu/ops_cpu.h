@@ -1,4 +1,4 @@
-// Plain CPU operations of the forward pass: norms, RoPE, activations, and matrix products that
+// Plain CPU operations of the forward pass: norms, activations, and matrix products that
 // use quantized weights in place (activations quantized once per row to the weight's
 // vec_dot_type, then one vec_dot per weight row, rows spread over the thread pool).
 #pragma once
@@ -6,7 +6,6 @@
 #include <cstdint>
 #include <vector>
 
-#include "arch.h"
 #include "model.h"
 #include "thread_pool.h"
 
@@ -14,28 +13,6 @@ namespace tova {
 
 // y = x / rms(x) * w   (w may be empty: no scale)
 void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps);
-
-// Rotates `n_heads` vectors of `head_dim` at absolute position `pos` in place.
-class Rope {
- public:
-  // freq_factors: empty, or one divisor per pair (a model's `rope_freqs.weight`).
-  Rope(const HParams& hp, float base, const std::vector<float>& freq_factors = {});
-  void apply(float* x, int n_heads, int head_dim, int64_t pos) const;
-  // cos and sin (magnitude-corrected) of every rotated pair at a position: pairs() values each.
-  void angles(int64_t pos, float* cs, float* sn) const;
-  // Rotates n_heads vectors by precomputed angles.
-  void rotate(float* x, int n_heads, int head_dim, const float* cs, const float* sn) const;
-  int pairs() const { return dim_ / 2; }
-
- private:
-  RopeStyle style_;
-  int dim_;
-  std::vector<float> inv_freq_;    // per pair
-  std::vector<float> ramp_mix_;    // YaRN: per pair, 1 = extrapolate, 0 = interpolate
-  float freq_scale_ = 1.0f;        // 1 / factor for linear and YaRN
-  float mscale_ = 1.0f;            // YaRN magnitude correction
-  bool yarn_ = false;
-};
 
 void silu_mul(float* gate, const float* up, int64_t n);       // gate = silu(gate) * up
 void gelu_tanh_mul(float* gate, const float* up, int64_t n);  // gate = gelu_tanh(gate) * up

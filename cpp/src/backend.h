@@ -1,0 +1,106 @@
+// The backend seam: the operations one forward pass needs, on memory the backend owns (host
+// memory for the CPU backend, device memory for CUDA). The forward pass (forward.cpp) is written
+// once in terms of these operations; the KV slot bookkeeping and the eviction policies
+// (kv_store.cpp, kv_attention.cpp) never see a backend's memory layout. A backend owns the K/V
+// payload of every sequence (KvPayload) and its activation buffers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "arch.h"
+#include "config.h"
+#include "model.h"
+#include "rope.h"
+
+namespace tova {
+
+// Shape of one sequence's K/V payload: per layer, n_slots rows per KV head.
+struct KvLayout {
+  KvType type = KvType::F16;
+  int n_head_kv = 0;
+  int head_dim = 0;
+  size_t row_bytes = 0;             // bytes of one head_dim vector in `type`
+  std::vector<int> n_slots;         // per layer
+  uint64_t payload_bytes() const;   // K and V of every layer
+};
+
+// One sequence's K/V memory. Opaque outside its backend.
+class KvPayload {
+ public:
+  virtual ~KvPayload() = default;
+  virtual uint64_t bytes() const = 0;
+};
+
+// The activation buffers of a step: [rows][width] floats each, rows <= max_rows.
+enum class Buf { X, XN, Q, K, V, ATT, O, GATE, UP, kCount };
+
+// One query row's attention over a sequence's kept slots (one layer), for all query heads.
+struct AttnRow {
+  KvPayload* kv = nullptr;
+  int layer = 0;
+  const int32_t* idx = nullptr;  // the slots attended, in ascending position order
+  int n_idx = 0;
+  const float* q = nullptr;      // [n_head][head_dim], backend memory
+  float* out = nullptr;          // [n_head][head_dim], backend memory
+  float* probs = nullptr;        // host [n_head][n_slots]: p written at probs[h * n_slots + idx[j]]; may be null
+  int n_slots = 0;
+  // Positions "cache_index": q and the stored keys are unrotated; key j is rotated by rank j
+  // and the query by rank n_idx - 1. Null: keys were stored rotated.
+  const Rope* rank_rope = nullptr;
+};
+
+struct AttnShape {
+  int n_head = 0;
+  int n_head_kv = 0;
+  int head_dim = 0;
+  float scale = 1.0f;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+  virtual int n_threads() const = 0;
+  virtual int max_rows() const = 0;
+
+  virtual std::unique_ptr<KvPayload> new_kv(const KvLayout& layout) = 0;
+  virtual float* buf(Buf b) = 0;
+
+  // x[i] = scale * tok_embd[tokens[i]]  (tokens in host memory, checked by the caller)
+  virtual void embed(const int32_t* tokens, int n, float scale, float* x) = 0;
+  // y = rms_norm(x) * w over rows of `width` (w empty: no weight); x == y allowed
+  virtual void rms_norm(const float* x, const Vector& w, float* y, int64_t rows, int64_t width,
+                        float eps) = 0;
+  // y_j[i] = W_j x[i] for weights sharing one input, n rows
+  struct MatJob {
+    const Matrix* w;
+    float* y;
+  };
+  virtual void matmul(const float* x, int n, const MatJob* jobs, int n_jobs) = 0;
+  // logits[i] = W x[i], written to host memory
+  virtual void matmul_to_host(const Matrix& w, const float* x, int n, float* host_y) = 0;
+  // y[i] += b for n rows of b.size()
+  virtual void add_bias(float* y, const Vector& b, int n) = 0;
+  // rotates n rows of n_heads vectors, row i at positions[i] (host)
+  virtual void rope(const Rope& r, float* x, int n, int n_heads, int head_dim,
+                    const int64_t* positions) = 0;
+  // gate = act(gate) * up
+  virtual void act_mul(FfnActivation act, float* gate, const float* up, int64_t count) = 0;
+  // x += y
+  virtual void add(float* x, const float* y, int64_t count) = 0;
+
+  // Writes rows k[i], v[i] ([n_head_kv][head_dim] each) into `slots[i]` of a layer.
+  virtual void write_kv(KvPayload& kv, int layer, const int32_t* slots, int n, const float* k,
+                        const float* v) = 0;
+  // The attention of every row (independent rows; parallel inside).
+  virtual void attend(const AttnShape& shape, const AttnRow* rows, int n_rows) = 0;
+};
+
+// The CPU backend (cpu/backend_cpu.cpp): n_threads 0 = all cores (at most 16).
+std::unique_ptr<Backend> make_cpu_backend(const Model& model, int max_rows, int n_threads,
+                                          bool float_activations);
+
+}  // namespace tova

@@ -1,0 +1,102 @@
+#include "config.h"
+
+#include <cctype>
+#include <cmath>
+#include <cstdlib>
+
+#include "common.h"
+
+namespace tova {
+
+namespace {
+
+template <class E, size_t N>
+E parse_enum(const char* what, const std::string& name, const std::pair<const char*, E> (&table)[N]) {
+  std::string known;
+  for (const auto& [n, e] : table) {
+    if (name == n) return e;
+    known += cat(known.empty() ? "" : ", ", n);
+  }
+  throw ArgumentError(cat("unknown ", what, " '", name, "' (known: ", known, ")"));
+}
+
+template <class E, size_t N>
+const char* enum_name(E e, const std::pair<const char*, E> (&table)[N]) {
+  for (const auto& [n, v] : table)
+    if (v == e) return n;
+  return "?";
+}
+
+const std::pair<const char*, PolicyKind> kPolicies[] = {
+    {"tova", PolicyKind::Tova}, {"h2o", PolicyKind::H2O}, {"sink", PolicyKind::Sink},
+    {"window", PolicyKind::Window}, {"full", PolicyKind::Full}};
+const std::pair<const char*, KvType> kKvTypes[] = {
+    {"f16", KvType::F16}, {"f32", KvType::F32}, {"q8_0", KvType::Q8_0}};
+const std::pair<const char*, PrefillMode> kPrefill[] = {
+    {"exact", PrefillMode::Exact}, {"chunked", PrefillMode::Chunked}};
+const std::pair<const char*, PositionsMode> kPositions[] = {
+    {"original", PositionsMode::Original}, {"cache_index", PositionsMode::CacheIndex}};
+
+void bound(const char* name, int64_t v, int64_t lo, int64_t hi, const char* hint = "") {
+  if (v < lo || v > hi)
+    throw ArgumentError(cat(name, " must be in [", lo, ", ", hi, "], got ", v, hint));
+}
+
+}  // namespace
+
+PolicyKind parse_policy(const std::string& name) { return parse_enum("policy", name, kPolicies); }
+KvType parse_kv_type(const std::string& name) { return parse_enum("kv_type", name, kKvTypes); }
+PrefillMode parse_prefill(const std::string& name) { return parse_enum("prefill mode", name, kPrefill); }
+PositionsMode parse_positions(const std::string& name) {
+  return parse_enum("positions mode", name, kPositions);
+}
+const char* policy_name(PolicyKind p) { return p == PolicyKind::Plugin ? "plugin" : enum_name(p, kPolicies); }
+const char* kv_type_name(KvType t) { return enum_name(t, kKvTypes); }
+const char* prefill_name(PrefillMode p) { return enum_name(p, kPrefill); }
+const char* positions_name(PositionsMode p) { return enum_name(p, kPositions); }
+
+void EngineParams::validate() const {
+  bound("n_threads", n_threads, 0, Limits::kMaxThreads, " (0 = all cores)");
+  bound("kv_size", kv_size, 1, Limits::kMaxCtx);
+  bound("n_ctx", n_ctx, 1, Limits::kMaxCtx);
+  bound("chunk", chunk, 1, Limits::kMaxChunk);
+  bound("n_seq", n_seq, 1, Limits::kMaxSeq);
+  bound("n_batch", n_batch, 0, Limits::kMaxBatch, " (0 = automatic)");
+  if (n_batch > 0 && n_batch < chunk)
+    throw ArgumentError(cat("n_batch ", n_batch, " is smaller than chunk ", chunk,
+                            ": a step must fit one prefill chunk"));
+  if (n_sink < -1) throw ArgumentError(cat("n_sink must be >= 0, got ", n_sink));
+  if (!plugin && policy == PolicyKind::Plugin)
+    throw ArgumentError("policy 'plugin' needs a plugin object");
+  if (!full() && kv_size < sink() + 1)
+    throw ArgumentError(cat("kv_size ", kv_size, " is too small: it must exceed n_sink ", sink(),
+                            " (at least ", sink() + 1, ")"));
+}
+
+uint64_t parse_bytes(const std::string& text) {
+  size_t i = 0;
+  while (i < text.size() && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
+  const char* begin = text.c_str() + i;
+  char* end = nullptr;
+  const double v = std::strtod(begin, &end);
+  if (end == begin || !std::isfinite(v) || v < 0)
+    throw ArgumentError(cat("'", text, "' is not a size (examples: 256MiB, 1.5GB, 1048576)"));
+  std::string unit(end);
+  while (!unit.empty() && std::isspace(static_cast<unsigned char>(unit.front()))) unit.erase(0, 1);
+  while (!unit.empty() && std::isspace(static_cast<unsigned char>(unit.back()))) unit.pop_back();
+  for (auto& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const std::pair<const char*, double> units[] = {
+      {"", 1},         {"b", 1},          {"k", 1024.0},     {"kb", 1e3},  {"kib", 1024.0},
+      {"m", 1048576.0}, {"mb", 1e6},       {"mib", 1048576.0}, {"g", 1073741824.0},
+      {"gb", 1e9},     {"gib", 1073741824.0}, {"t", 1099511627776.0}, {"tb", 1e12},
+      {"tib", 1099511627776.0}};
+  for (const auto& [u, f] : units)
+    if (unit == u) {
+      const double bytes = v * f;
+      if (bytes > 1.8e19) throw ArgumentError(cat("size '", text, "' is too large"));
+      return static_cast<uint64_t>(bytes);
+    }
+  throw ArgumentError(cat("unknown size unit '", unit, "' in '", text, "' (use B, KiB, MiB, GiB, KB, MB, GB)"));
+}
+
+}  // namespace tova

@@ -1,0 +1,63 @@
+// The engine's settings: the enums (policy, KV element type, prefill, positions) parsed from
+// their names in one place, the defaults written once (EngineParams), and the bounds every
+// face (Python, CLI) gets the same clear error for.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "kv_policy.h"
+
+namespace tova {
+
+enum class PolicyKind { Tova, H2O, Sink, Window, Full, Plugin };
+enum class KvType { F32, F16, Q8_0 };
+enum class PrefillMode { Exact, Chunked };
+enum class PositionsMode { Original, CacheIndex };
+
+// parse_*: ArgumentError listing the known names for an unknown one.
+PolicyKind parse_policy(const std::string& name);  // a built-in name ("plugin" is not one)
+KvType parse_kv_type(const std::string& name);     // "f32", "f16", "q8_0"
+PrefillMode parse_prefill(const std::string& name);  // "exact", "chunked"
+PositionsMode parse_positions(const std::string& name);  // "original", "cache_index"
+const char* policy_name(PolicyKind p);
+const char* kv_type_name(KvType t);
+const char* prefill_name(PrefillMode p);
+const char* positions_name(PositionsMode p);
+
+// Upper bounds: beyond them a setting is a mistake, not a wish (and would exhaust memory).
+struct Limits {
+  static constexpr int kMaxThreads = 512;
+  static constexpr int kMaxChunk = 8192;      // tokens per prefill step of one sequence
+  static constexpr int kMaxBatch = 65536;     // tokens per scheduler step
+  static constexpr int kMaxSeq = 1024;        // sequences in one engine
+  static constexpr int kMaxCtx = 1 << 22;     // n_ctx, kv_size (tokens)
+};
+
+struct EngineParams {
+  int n_threads = 0;               // 0: the number of cores (at most 16)
+  PolicyKind policy = PolicyKind::Tova;  // ignored when plugin is set (then Plugin)
+  int kv_size = 512;               // C: tokens kept per layer (evicting policies)
+  int n_ctx = 2048;                // full policy: the cache size and the most tokens a sequence holds
+  int n_sink = -1;                 // -1: the policy's default (sink: 4, others 0)
+  KvType kv_type = KvType::F16;
+  PrefillMode prefill = PrefillMode::Exact;
+  PositionsMode positions = PositionsMode::Original;
+  int chunk = 64;                  // U: prompt tokens of one sequence per step
+  int n_seq = 1;                   // sequences the engine holds at once
+  uint64_t kv_budget = 0;          // bytes; > 0: n_seq is the most sequences that fit in it
+  int n_batch = 0;                 // tokens per scheduler step; 0: chunk + n_seq
+  bool float_activations = false;  // exact float32 matmuls instead of 8-bit activations
+  PolicyHandle plugin;             // a user policy (C plugin or Python adapter); overrides `policy`
+
+  bool full() const { return !plugin && policy == PolicyKind::Full; }
+  int default_sink() const { return !plugin && policy == PolicyKind::Sink ? 4 : 0; }
+  int sink() const { return n_sink >= 0 ? n_sink : default_sink(); }
+  // Throws ArgumentError naming the first setting out of bounds.
+  void validate() const;
+};
+
+// Parses "256MiB", "1.5 GB", "1048576" (bytes); ArgumentError otherwise.
+uint64_t parse_bytes(const std::string& text);
+
+}  // namespace tova

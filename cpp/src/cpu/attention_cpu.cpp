@@ -1,0 +1,178 @@
+#include "attention_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "common.h"
+
+namespace tova {
+
+namespace {
+
+float kv_dot(KvType t, const uint8_t* row, const float* q, int d) {
+  switch (t) {
+    case KvType::F32: return dot_f32(reinterpret_cast<const float*>(row), q, d);
+    case KvType::F16: return dot_f16_f32(reinterpret_cast<const uint16_t*>(row), q, d);
+    case KvType::Q8_0: return type_traits(GgmlType::Q8_0).vec_dot_f32(d, row, q);
+  }
+  return 0.0f;
+}
+
+void kv_axpy(KvType t, float a, const uint8_t* row, float* y, int d, std::vector<float>& tmp) {
+  switch (t) {
+    case KvType::F32: axpy_f32(a, reinterpret_cast<const float*>(row), y, d); break;
+    case KvType::F16: axpy_f16(a, reinterpret_cast<const uint16_t*>(row), y, d); break;
+    case KvType::Q8_0:
+      tmp.resize(static_cast<size_t>(d));
+      type_traits(GgmlType::Q8_0).dequantize(row, tmp.data(), d);
+      axpy_f32(a, tmp.data(), y, d);
+      break;
+  }
+}
+
+// softmax in place over n scores, float32 as the spec requires.
+void softmax(float* s, int n) {
+  float mx = -INFINITY;
+  for (int j = 0; j < n; ++j) mx = std::max(mx, s[j]);
+  float sum = 0.0f;
+  for (int j = 0; j < n; ++j) {
+    s[j] = std::exp(s[j] - mx);
+    sum += s[j];
+  }
+  const float inv = 1.0f / sum;
+  for (int j = 0; j < n; ++j) s[j] *= inv;
+}
+
+// out = sum_j p[j] * V[idx[j]] for one KV head.
+void weighted_values(const CpuKv& kv, int layer, int kvh, const int32_t* idx, int n_idx, const float* p,
+                     float* out, std::vector<float>& tmp) {
+  const KvLayout& lo = kv.layout();
+  const int d = lo.head_dim;
+  std::memset(out, 0, sizeof(float) * static_cast<size_t>(d));
+  const uint8_t* base = kv.v_row(layer, kvh, 0);
+  if (lo.type == KvType::F16) {
+    gather_axpy_f16(reinterpret_cast<const uint16_t*>(base), lo.row_bytes / 2, idx, n_idx, p, d, out);
+  } else if (lo.type == KvType::F32) {
+    gather_axpy_f32(reinterpret_cast<const float*>(base), lo.row_bytes / 4, idx, n_idx, p, d, out);
+  } else {
+    for (int j = 0; j < n_idx; ++j) kv_axpy(lo.type, p[j], kv.v_row(layer, kvh, idx[j]), out, d, tmp);
+  }
+}
+
+void scatter_probs(const AttnRow& r, int h, const float* p) {
+  if (!r.probs) return;
+  float* row = r.probs + static_cast<size_t>(h) * r.n_slots;
+  for (int j = 0; j < r.n_idx; ++j) row[r.idx[j]] = p[j];
+}
+
+}  // namespace
+
+void AttentionCpu::attend(const CpuKv& kv, int layer, int kvh, const float* q, const int32_t* idx,
+                          int n_idx, float scale, float* scores, float* out, std::vector<float>& tmp) const {
+  const KvLayout& lo = kv.layout();
+  const int d = lo.head_dim;
+  // Rows of one head are row_bytes apart: slot s at k_row(layer, kvh, 0) + s * row_bytes.
+  const uint8_t* base = kv.k_row(layer, kvh, 0);
+  if (lo.type == KvType::F16) {
+    gather_dot_f16(reinterpret_cast<const uint16_t*>(base), lo.row_bytes / 2, idx, n_idx, q, d, scale, scores);
+  } else if (lo.type == KvType::F32) {
+    gather_dot_f32(reinterpret_cast<const float*>(base), lo.row_bytes / 4, idx, n_idx, q, d, scale, scores);
+  } else {
+    for (int j = 0; j < n_idx; ++j) scores[j] = kv_dot(lo.type, kv.k_row(layer, kvh, idx[j]), q, d) * scale;
+  }
+  softmax(scores, n_idx);
+  weighted_values(kv, layer, kvh, idx, n_idx, scores, out, tmp);
+}
+
+void AttentionCpu::run(ThreadPool& pool, const AttnShape& s, const AttnRow* rows, int n_rows) {
+  const int nth = pool.size();
+  if (static_cast<int>(scratch_.size()) < nth) {
+    scratch_.resize(static_cast<size_t>(nth));
+    tmp_.resize(static_cast<size_t>(nth));
+  }
+  int widest = 1;
+  for (int r = 0; r < n_rows; ++r) widest = std::max(widest, rows[r].n_idx);
+  for (auto& sc : scratch_)
+    if (static_cast<int>(sc.size()) < widest) sc.resize(static_cast<size_t>(widest));
+  const int G = s.n_head / s.n_head_kv;
+  const int d = s.head_dim;
+  // Rows with keys stored rotated: every (row, head) is one task.
+  pool.run(static_cast<int64_t>(n_rows) * s.n_head, [&](int64_t task, int th) {
+    const AttnRow& r = rows[task / s.n_head];
+    if (r.rank_rope) return;
+    const int h = static_cast<int>(task % s.n_head);
+    float* sc = scratch_[static_cast<size_t>(th)].data();
+    attend(static_cast<const CpuKv&>(*r.kv), r.layer, h / G, r.q + h * d, r.idx, r.n_idx, s.scale, sc,
+           r.out + h * d, tmp_[static_cast<size_t>(th)]);
+    scatter_probs(r, h, sc);
+  });
+  // cache_index rows: keys rotated by rank once per row, then the heads.
+  for (int i = 0; i < n_rows; ++i) {
+    const AttnRow& r = rows[i];
+    if (!r.rank_rope) continue;
+    const CpuKv& kv = static_cast<const CpuKv&>(*r.kv);
+    ensure_rank_table(*r.rank_rope, r.n_idx);
+    rotate_keys_by_rank(pool, kv, r);
+    pool.run(s.n_head, [&](int64_t h, int th) {
+      float* sc = scratch_[static_cast<size_t>(th)].data();
+      attend_by_rank(kv, r, static_cast<int>(h) / G, r.q + h * d, s.scale, sc, r.out + h * d,
+                     tmp_[static_cast<size_t>(th)]);
+      scatter_probs(r, static_cast<int>(h), sc);
+    });
+  }
+}
+
+void AttentionCpu::ensure_rank_table(const Rope& rope, int n) {
+  if (table_rope_ == &rope && table_n_ >= n) return;
+  n = std::max(n, table_rope_ == &rope ? 2 * table_n_ : n);  // grow geometrically
+  const int pairs = rope.pairs();
+  rank_cs_.resize(static_cast<size_t>(n) * pairs);
+  rank_sn_.resize(static_cast<size_t>(n) * pairs);
+  for (int r = 0; r < n; ++r)
+    rope.angles(r, rank_cs_.data() + static_cast<size_t>(r) * pairs, rank_sn_.data() + static_cast<size_t>(r) * pairs);
+  table_rope_ = &rope;
+  table_n_ = n;
+}
+
+// cache_index positions: key j (in position order) is rotated by rank j, once per KV head.
+void AttentionCpu::rotate_keys_by_rank(ThreadPool& pool, const CpuKv& kv, const AttnRow& row) {
+  const KvLayout& lo = kv.layout();
+  const int d = lo.head_dim, hkv = lo.n_head_kv, n_idx = row.n_idx;
+  const int pairs = row.rank_rope->pairs();
+  rotated_k_.resize(static_cast<size_t>(hkv) * n_idx * d);
+  if (static_cast<int>(iota_.size()) < n_idx) {  // rotated keys are contiguous: rows 0, 1, ...
+    iota_.resize(static_cast<size_t>(n_idx));
+    for (int j = 0; j < n_idx; ++j) iota_[static_cast<size_t>(j)] = j;
+  }
+  const GgmlType gt = lo.type == KvType::F32 ? GgmlType::F32 : lo.type == KvType::F16 ? GgmlType::F16 : GgmlType::Q8_0;
+  const TypeTraits& tr = type_traits(gt);
+  pool.parallel_for(static_cast<int64_t>(hkv) * n_idx, [&](int64_t b, int64_t e, int) {
+    for (int64_t k = b; k < e; ++k) {
+      const int h = static_cast<int>(k / n_idx), j = static_cast<int>(k % n_idx);
+      float* kr = rotated_k_.data() + static_cast<size_t>(k) * d;
+      tr.dequantize(kv.k_row(row.layer, h, row.idx[j]), kr, d);
+      const size_t r = static_cast<size_t>(j) * pairs;
+      row.rank_rope->rotate(kr, 1, d, rank_cs_.data() + r, rank_sn_.data() + r);
+    }
+  }, 16);
+}
+
+// The query takes the largest rank; keys come pre-rotated from rotate_keys_by_rank.
+void AttentionCpu::attend_by_rank(const CpuKv& kv, const AttnRow& row, int kvh, const float* q, float scale,
+                                  float* scores, float* out, std::vector<float>& tmp) {
+  const int d = kv.layout().head_dim;
+  const int n_idx = row.n_idx;
+  const int pairs = row.rank_rope->pairs();
+  tmp.resize(static_cast<size_t>(2 * d));
+  float* qr = tmp.data();
+  std::memcpy(qr, q, sizeof(float) * static_cast<size_t>(d));
+  const size_t qrank = static_cast<size_t>(n_idx - 1) * pairs;
+  row.rank_rope->rotate(qr, 1, d, rank_cs_.data() + qrank, rank_sn_.data() + qrank);
+  const float* keys = rotated_k_.data() + static_cast<size_t>(kvh) * n_idx * d;
+  gather_dot_f32(keys, static_cast<size_t>(d), iota_.data(), n_idx, qr, d, scale, scores);
+  softmax(scores, n_idx);
+  weighted_values(kv, row.layer, kvh, row.idx, n_idx, scores, out, tmp);  // tmp: qr is no longer needed
+}
+
+}  // namespace tova

@@ -1,0 +1,113 @@
+#include "backend_cpu.h"
+
+#include <algorithm>
+#include <thread>
+
+#include "common.h"
+#include "kv_cpu.h"
+
+namespace tova {
+
+namespace {
+
+int default_threads() {
+  const unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : static_cast<int>(std::min(n, 16u));
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(const Model& model, int max_rows, int n_threads, bool float_activations)
+    : m_(model),
+      max_rows_(max_rows),
+      pool_(n_threads > 0 ? n_threads : default_threads()),
+      mm_(float_activations) {
+  const HParams& h = m_.hp();
+  const size_t U = static_cast<size_t>(max_rows);
+  const size_t E = static_cast<size_t>(h.n_embd), D = static_cast<size_t>(h.head_dim);
+  auto width = [&](Buf b) -> size_t {
+    switch (b) {
+      case Buf::X: case Buf::XN: case Buf::O: return E;
+      case Buf::Q: case Buf::ATT: return static_cast<size_t>(h.n_head) * D;
+      case Buf::K: case Buf::V: return static_cast<size_t>(h.n_head_kv) * D;
+      case Buf::GATE: case Buf::UP: return static_cast<size_t>(h.n_ff);
+      case Buf::kCount: break;
+    }
+    return 0;
+  };
+  for (int b = 0; b < static_cast<int>(Buf::kCount); ++b)
+    bufs_[b].assign(U * width(static_cast<Buf>(b)), 0.0f);
+}
+
+std::unique_ptr<KvPayload> CpuBackend::new_kv(const KvLayout& layout) {
+  return std::make_unique<CpuKv>(layout);
+}
+
+void CpuBackend::embed(const int32_t* tokens, int n, float scale, float* x) {
+  const int64_t E = m_.hp().n_embd;
+  for (int i = 0; i < n; ++i) {
+    float* xi = x + i * E;
+    m_.tok_embd.traits->dequantize(m_.tok_embd.row(tokens[i]), xi, E);
+    if (scale != 1.0f)
+      for (int64_t j = 0; j < E; ++j) xi[j] *= scale;
+  }
+}
+
+void CpuBackend::rms_norm(const float* x, const Vector& w, float* y, int64_t rows, int64_t width, float eps) {
+  const float* wp = w.empty() ? nullptr : w.data();
+  for (int64_t i = 0; i < rows; ++i) tova::rms_norm(x + i * width, wp, y + i * width, width, eps);
+}
+
+void CpuBackend::matmul(const float* x, int n, const MatJob* jobs, int n_jobs) {
+  MatmulJob j[4];
+  TOVA_ASSERT(n_jobs <= 4);
+  for (int k = 0; k < n_jobs; ++k) j[k] = {jobs[k].w, jobs[k].y};
+  mm_.run(pool_, x, n, j, n_jobs);
+}
+
+void CpuBackend::matmul_to_host(const Matrix& w, const float* x, int n, float* host_y) {
+  mm_.run(pool_, w, x, n, host_y);
+}
+
+void CpuBackend::add_bias(float* y, const Vector& b, int n) {
+  const size_t W = b.size();
+  for (int i = 0; i < n; ++i)
+    for (size_t j = 0; j < W; ++j) y[i * W + j] += b[j];
+}
+
+void CpuBackend::rope(const Rope& r, float* x, int n, int n_heads, int head_dim, const int64_t* positions) {
+  const size_t stride = static_cast<size_t>(n_heads) * head_dim;
+  for (int i = 0; i < n; ++i) r.apply(x + i * stride, n_heads, head_dim, positions[i]);
+}
+
+void CpuBackend::act_mul(FfnActivation act, float* gate, const float* up, int64_t count) {
+  if (act == FfnActivation::SiLU) silu_mul(gate, up, count);
+  else gelu_tanh_mul(gate, up, count);
+}
+
+void CpuBackend::add(float* x, const float* y, int64_t count) {
+  for (int64_t j = 0; j < count; ++j) x[j] += y[j];
+}
+
+void CpuBackend::write_kv(KvPayload& payload, int layer, const int32_t* slots, int n, const float* k,
+                          const float* v) {
+  CpuKv& kv = static_cast<CpuKv&>(payload);
+  const int d = kv.layout().head_dim, hkv = kv.layout().n_head_kv;
+  for (int i = 0; i < n; ++i)
+    for (int h = 0; h < hkv; ++h) {
+      const size_t off = (static_cast<size_t>(i) * hkv + h) * d;
+      kv.store(kv.k_row(layer, h, slots[i]), k + off);
+      kv.store(kv.v_row(layer, h, slots[i]), v + off);
+    }
+}
+
+void CpuBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows) {
+  attention_.run(pool_, shape, rows, n_rows);
+}
+
+std::unique_ptr<Backend> make_cpu_backend(const Model& model, int max_rows, int n_threads,
+                                          bool float_activations) {
+  return std::make_unique<CpuBackend>(model, max_rows, n_threads, float_activations);
+}
+
+}  // namespace tova

@@ -1,0 +1,46 @@
+// The CPU backend: activations in host memory, quantized weights used in place from the mapped
+// file, one thread pool for every parallel operation.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "attention_cpu.h"
+#include "backend.h"
+#include "ops_cpu.h"
+#include "thread_pool.h"
+
+namespace tova {
+
+class CpuBackend : public Backend {
+ public:
+  CpuBackend(const Model& model, int max_rows, int n_threads, bool float_activations);
+
+  const char* name() const override { return "cpu"; }
+  int n_threads() const override { return pool_.size(); }
+  int max_rows() const override { return max_rows_; }
+
+  std::unique_ptr<KvPayload> new_kv(const KvLayout& layout) override;
+  float* buf(Buf b) override { return bufs_[static_cast<size_t>(b)].data(); }
+
+  void embed(const int32_t* tokens, int n, float scale, float* x) override;
+  void rms_norm(const float* x, const Vector& w, float* y, int64_t rows, int64_t width, float eps) override;
+  void matmul(const float* x, int n, const MatJob* jobs, int n_jobs) override;
+  void matmul_to_host(const Matrix& w, const float* x, int n, float* host_y) override;
+  void add_bias(float* y, const Vector& b, int n) override;
+  void rope(const Rope& r, float* x, int n, int n_heads, int head_dim, const int64_t* positions) override;
+  void act_mul(FfnActivation act, float* gate, const float* up, int64_t count) override;
+  void add(float* x, const float* y, int64_t count) override;
+  void write_kv(KvPayload& kv, int layer, const int32_t* slots, int n, const float* k, const float* v) override;
+  void attend(const AttnShape& shape, const AttnRow* rows, int n_rows) override;
+
+ private:
+  const Model& m_;
+  int max_rows_;
+  ThreadPool pool_;
+  Matmul mm_;
+  AttentionCpu attention_;
+  std::vector<float> bufs_[static_cast<size_t>(Buf::kCount)];
+};
+
+}  // namespace tova

@@ -1,0 +1,31 @@
+#include "kv_cpu.h"
+
+#include <cstring>
+
+#include "quant.h"
+
+namespace tova {
+
+CpuKv::CpuKv(const KvLayout& layout) : layout_(layout) {
+  for (int n : layout_.n_slots) {
+    const size_t b = static_cast<size_t>(layout_.n_head_kv) * static_cast<size_t>(n) * layout_.row_bytes;
+    k_.emplace_back(b, 0);
+    v_.emplace_back(b, 0);
+  }
+  bytes_ = layout_.payload_bytes();
+}
+
+void CpuKv::store(uint8_t* p, const float* x) const {
+  const int d = layout_.head_dim;
+  switch (layout_.type) {
+    case KvType::F32: std::memcpy(p, x, sizeof(float) * static_cast<size_t>(d)); break;
+    case KvType::F16: {
+      auto* h = reinterpret_cast<uint16_t*>(p);
+      for (int i = 0; i < d; ++i) h[i] = fp32_to_fp16(x[i]);
+      break;
+    }
+    case KvType::Q8_0: type_traits(GgmlType::Q8_0).quantize(x, p, d); break;
+  }
+}
+
+}  // namespace tova

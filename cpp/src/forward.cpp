@@ -1,0 +1,157 @@
+#include "forward.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "common.h"
+
+namespace tova {
+
+namespace {
+
+// Sliding-window layers rotate with their own base and no context-extension scaling: the
+// scaling (Gemma 3 4B+: linear, factor 8) belongs to the global layers only (Hugging Face
+// Gemma3 applies rope_scaling to the global rotary embedding alone; llama.cpp fixes the
+// sliding layers' frequency scale at 1).
+HParams unscaled_rope(const HParams& hp) {
+  HParams h = hp;
+  h.rope_scaling = RopeScaling::None;
+  h.rope_scale_factor = 1.0f;
+  return h;
+}
+
+}  // namespace
+
+Forward::Forward(const Model& model, Backend& backend, const LayerPolicies& policies)
+    : m_(model),
+      be_(backend),
+      lp_(policies),
+      rope_(model.hp(), model.hp().rope_base, model.rope_freqs),
+      rope_swa_(unscaled_rope(model.hp()), model.hp().rope_base_swa) {}
+
+void Forward::run(std::vector<SeqBatch>& batch) {
+  const HParams& h = m_.hp();
+  const int64_t E = h.n_embd, D = h.head_dim, F = h.n_ff;
+  tokens_.clear();
+  positions_.clear();
+  rows_.clear();
+  for (SeqBatch& b : batch) {
+    TOVA_ASSERT(b.n >= 1);
+    SeqRows r;
+    r.store = b.store;
+    r.seq = b.seq;
+    r.row0 = static_cast<int>(tokens_.size());
+    r.n = b.n;
+    r.t0 = b.t0;
+    r.protect_below = b.protect_below;
+    rows_.push_back(r);
+    for (int i = 0; i < b.n; ++i) {
+      const int32_t tok = b.tokens[i];
+      if (tok < 0 || tok >= h.n_vocab)
+        throw ArgumentError(cat("token id ", tok, " is out of range [0, ", h.n_vocab, ")"));
+      tokens_.push_back(tok);
+      positions_.push_back(b.t0 + i);
+    }
+  }
+  const int n = static_cast<int>(tokens_.size());
+  TOVA_ASSERT(n >= 1 && n <= be_.max_rows());
+  float* x = be_.buf(Buf::X);
+  float* xn = be_.buf(Buf::XN);
+  float* q = be_.buf(Buf::Q);
+  float* k = be_.buf(Buf::K);
+  float* v = be_.buf(Buf::V);
+  float* att = be_.buf(Buf::ATT);
+  float* o = be_.buf(Buf::O);
+  float* gate = be_.buf(Buf::GATE);
+  float* up = be_.buf(Buf::UP);
+
+  be_.embed(tokens_.data(), n, h.embed_scale ? std::sqrt(static_cast<float>(E)) : 1.0f, x);
+  AttnShape shape;
+  shape.n_head = h.n_head;
+  shape.n_head_kv = h.n_head_kv;
+  shape.head_dim = static_cast<int>(D);
+  shape.scale = h.attn_scale > 0 ? h.attn_scale : 1.0f / std::sqrt(static_cast<float>(D));
+
+  for (int l = 0; l < h.n_layer; ++l) {
+    const LayerWeights& w = m_.layers[static_cast<size_t>(l)];
+    const bool swa = h.is_swa_layer(l);
+    const Rope& rope = swa ? rope_swa_ : rope_;
+    be_.rms_norm(x, w.attn_norm, xn, n, E, h.rms_eps);
+    const Backend::MatJob qkv[3] = {{&w.wq, q}, {&w.wk, k}, {&w.wv, v}};
+    be_.matmul(xn, n, qkv, 3);
+    if (h.qkv_bias) {
+      be_.add_bias(q, w.bq, n);
+      be_.add_bias(k, w.bk, n);
+      be_.add_bias(v, w.bv, n);
+    }
+    if (h.qk_norm) {
+      be_.rms_norm(q, w.q_norm, q, static_cast<int64_t>(n) * h.n_head, D, h.rms_eps);
+      be_.rms_norm(k, w.k_norm, k, static_cast<int64_t>(n) * h.n_head_kv, D, h.rms_eps);
+    }
+    if (!lp_.cache_index) {
+      be_.rope(rope, q, n, h.n_head, static_cast<int>(D), positions_.data());
+      be_.rope(rope, k, n, h.n_head_kv, static_cast<int>(D), positions_.data());
+    }
+    LayerRule rule;
+    rule.layer = l;
+    rule.policy = lp_.policy[static_cast<size_t>(l)];
+    rule.never_evicts = lp_.never_evicts && !swa;
+    // Chunked prefill approximates the policy's choices, but a sliding-window layer's window is
+    // the model itself: a chunk's rows must not see keys n_swa or more behind them, so those
+    // layers always walk row by row once their window is full.
+    rule.chunked = lp_.chunked && !swa;
+    rule.rank_rope = lp_.cache_index ? &rope : nullptr;
+    attention_.run(be_, shape, rule, rows_, q, k, v, att);
+
+    const Backend::MatJob wo[1] = {{&w.wo, o}};
+    be_.matmul(att, n, wo, 1);
+    if (h.post_norms) be_.rms_norm(o, w.attn_post_norm, o, n, E, h.rms_eps);
+    be_.add(x, o, n * E);
+    be_.rms_norm(x, w.ffn_norm, xn, n, E, h.rms_eps);
+    const Backend::MatJob gu[2] = {{&w.w_gate, gate}, {&w.w_up, up}};
+    be_.matmul(xn, n, gu, 2);
+    be_.act_mul(h.ffn_act, gate, up, n * F);
+    const Backend::MatJob down[1] = {{&w.w_down, o}};
+    be_.matmul(gate, n, down, 1);
+    if (h.post_norms) be_.rms_norm(o, w.ffn_post_norm, o, n, E, h.rms_eps);
+    be_.add(x, o, n * E);
+  }
+  for (size_t i = 0; i < batch.size(); ++i) batch[i].error = rows_[i].error;
+  logits(batch);
+}
+
+// Output norm and projection for the rows whose logits are wanted: the last rows of several
+// sequences in one product, all rows of a sequence straight into its buffer.
+void Forward::logits(std::vector<SeqBatch>& batch) {
+  const HParams& h = m_.hp();
+  const int64_t E = h.n_embd;
+  const size_t V = static_cast<size_t>(h.n_vocab);
+  float* x = be_.buf(Buf::X);
+  float* xn = be_.buf(Buf::XN);
+  int k = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const SeqBatch& b = batch[i];
+    if (!b.logits || b.all_logits || b.error) continue;
+    const int row = rows_[i].row0 + b.n - 1;
+    be_.rms_norm(x + row * E, m_.output_norm, xn + k * E, 1, E, h.rms_eps);
+    ++k;
+  }
+  if (k > 0) {
+    staging_.resize(static_cast<size_t>(k) * V);
+    be_.matmul_to_host(m_.output, xn, k, staging_.data());
+    int j = 0;
+    for (SeqBatch& b : batch) {
+      if (!b.logits || b.all_logits || b.error) continue;
+      std::memcpy(b.logits, staging_.data() + static_cast<size_t>(j++) * V, V * sizeof(float));
+    }
+  }
+  for (size_t i = 0; i < batch.size(); ++i) {
+    SeqBatch& b = batch[i];
+    if (!b.logits || !b.all_logits || b.error) continue;
+    const int row0 = rows_[i].row0;
+    be_.rms_norm(x + row0 * E, m_.output_norm, xn, b.n, E, h.rms_eps);
+    be_.matmul_to_host(m_.output, xn, b.n, b.logits);
+  }
+}
+
+}  // namespace tova

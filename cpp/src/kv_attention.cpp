@@ -1,0 +1,158 @@
+#include "kv_attention.h"
+
+#include <algorithm>
+
+#include "common.h"
+
+namespace tova {
+
+namespace {
+
+bool needs_probs(const tova_policy* p) { return p && (p->flags & TOVA_POLICY_NEEDS_PROBS); }
+
+// Runs f for one sequence; an exception marks that sequence failed instead of ending the step.
+template <class F>
+void guarded(SeqRows& s, F&& f) {
+  if (s.error) return;
+  try {
+    f();
+  } catch (...) {
+    s.error = std::current_exception();
+  }
+}
+
+}  // namespace
+
+void KvAttention::run(Backend& be, const AttnShape& shape, const LayerRule& rule, std::vector<SeqRows>& seqs,
+                      float* q, float* k, float* v, float* out) {
+  if (scratch_.size() < seqs.size()) scratch_.resize(seqs.size());
+  rows_.clear();
+  // Wave 0: every row of the sequences read at once, the first row of those walked row by row.
+  bool walking = false;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    guarded(seqs[i], [&] { start(be, shape, rule, seqs[i], scratch_[i], q, k, v, out); });
+    walking |= !seqs[i].error && scratch_[i].walk;
+  }
+  for (;;) {
+    if (!rows_.empty()) be.attend(shape, rows_.data(), static_cast<int>(rows_.size()));
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      SeqRows& s = seqs[i];
+      Scratch& x = scratch_[i];
+      if (x.walk && x.cursor < s.n) {
+        guarded(s, [&] { finish_row(shape, rule, s, x, x.cursor); });
+        x.cursor++;
+      } else if (x.evict_once) {
+        guarded(s, [&] { finish_row(shape, rule, s, x, s.n - 1); });
+        x.evict_once = false;
+      }
+    }
+    if (!walking) break;
+    rows_.clear();
+    walking = false;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      if (seqs[i].error || !scratch_[i].walk || scratch_[i].cursor >= seqs[i].n) continue;
+      guarded(seqs[i], [&] { walk_row(be, shape, rule, seqs[i], scratch_[i], q, k, v, out); });
+      walking = true;
+    }
+    if (rows_.empty()) break;
+  }
+}
+
+void KvAttention::start(Backend& be, const AttnShape& shape, const LayerRule& rule, SeqRows& s, Scratch& x,
+                        float* q, float* k, float* v, float* out) {
+  LayerCells& L = s.store->layer(rule.layer);
+  const tova_policy* pol = rule.policy;
+  const bool every_step = pol && (pol->flags & TOVA_POLICY_EVERY_STEP);
+  const bool fits = L.n_valid + s.n <= L.capacity;
+  if (rule.never_evicts && !fits)
+    throw Error(cat("context full: ", L.n_valid, " tokens cached + ", s.n, " new > n_ctx ", L.capacity));
+  const bool simple = rule.never_evicts || (fits && !every_step && !(pol && pol->on_insert));
+  x.walk = rule.rank_rope || !(simple || (rule.chunked && s.n > 1));
+  x.evict_once = false;
+  x.cursor = 0;
+  x.slot_of.assign(static_cast<size_t>(s.n), -1);
+  if (x.walk) {
+    walk_row(be, shape, rule, s, x, q, k, v, out);
+    return;
+  }
+  // No eviction inside the chunk (or chunked prefill): insert every row, row i sees the kept
+  // slots with position <= t0 + i, a prefix of the slots in position order.
+  for (int i = 0; i < s.n; ++i)
+    x.slot_of[static_cast<size_t>(i)] = s.store->insert(rule.layer, s.t0 + i, s.protect_below, rule.never_evicts);
+  const size_t KW = static_cast<size_t>(shape.n_head_kv) * shape.head_dim;
+  const size_t QW = static_cast<size_t>(shape.n_head) * shape.head_dim;
+  be.write_kv(s.store->payload(), rule.layer, x.slot_of.data(), s.n, k + s.row0 * KW, v + s.row0 * KW);
+  L.alive_by_position(x.alive);
+  const int n_before = static_cast<int>(x.alive.size()) - s.n;
+  x.evict_once = !simple;
+  if (x.evict_once) x.probs.assign(static_cast<size_t>(shape.n_head) * L.n_slots, 0.0f);
+  for (int i = 0; i < s.n; ++i) {
+    AttnRow r;
+    r.kv = &s.store->payload();
+    r.layer = rule.layer;
+    r.idx = x.alive.data();
+    r.n_idx = n_before + i + 1;
+    r.q = q + (s.row0 + i) * QW;
+    r.out = out + (s.row0 + i) * QW;
+    r.probs = x.evict_once && i == s.n - 1 ? x.probs.data() : nullptr;
+    r.n_slots = L.n_slots;
+    rows_.push_back(r);
+  }
+}
+
+// One row of the exact walk: insert token i, attend over the kept set plus it; the policy then
+// evicts down to capacity using this row's probabilities (finish_row).
+void KvAttention::walk_row(Backend& be, const AttnShape& shape, const LayerRule& rule, SeqRows& s, Scratch& x,
+                           float* q, float* k, float* v, float* out) {
+  const int i = x.cursor;
+  LayerCells& L = s.store->layer(rule.layer);
+  const int64_t t = s.t0 + i;
+  const int slot = s.store->insert(rule.layer, t, s.protect_below, rule.never_evicts);
+  x.slot_of[static_cast<size_t>(i)] = slot;
+  const size_t KW = static_cast<size_t>(shape.n_head_kv) * shape.head_dim;
+  const size_t QW = static_cast<size_t>(shape.n_head) * shape.head_dim;
+  be.write_kv(s.store->payload(), rule.layer, &slot, 1, k + (s.row0 + i) * KW, v + (s.row0 + i) * KW);
+  PolicyCall call;
+  call.policy = rule.policy;
+  call.seq = s.seq;
+  call.n_head = shape.n_head;
+  s.store->notify_insert(rule.layer, slot, t, call);
+  L.alive_by_position(x.alive);
+  const bool probs = needs_probs(rule.policy);
+  if (probs) x.probs.assign(static_cast<size_t>(shape.n_head) * L.n_slots, 0.0f);
+  AttnRow r;
+  r.kv = &s.store->payload();
+  r.layer = rule.layer;
+  r.idx = x.alive.data();
+  r.n_idx = static_cast<int>(x.alive.size());
+  r.q = q + (s.row0 + i) * QW;
+  r.out = out + (s.row0 + i) * QW;
+  r.probs = probs ? x.probs.data() : nullptr;
+  r.n_slots = L.n_slots;
+  r.rank_rope = rule.rank_rope;
+  rows_.push_back(r);
+}
+
+// After row i's attention: probs_mean (over all query heads, summed in head order) and the policy.
+void KvAttention::finish_row(const AttnShape& shape, const LayerRule& rule, SeqRows& s, Scratch& x, int i) {
+  LayerCells& L = s.store->layer(rule.layer);
+  PolicyCall call;
+  call.policy = rule.policy;
+  call.seq = s.seq;
+  call.n_head = shape.n_head;
+  if (needs_probs(rule.policy) || x.evict_once) {
+    const int n_slots = L.n_slots;
+    x.mean.assign(static_cast<size_t>(n_slots), 0.0f);
+    for (int h = 0; h < shape.n_head; ++h) {
+      const float* row = x.probs.data() + static_cast<size_t>(h) * n_slots;
+      for (int32_t sl : x.alive) x.mean[static_cast<size_t>(sl)] += row[sl];
+    }
+    const float inv_h = 1.0f / static_cast<float>(shape.n_head);
+    for (int32_t sl : x.alive) x.mean[static_cast<size_t>(sl)] *= inv_h;
+    call.probs = x.probs.data();
+    call.probs_mean = x.mean.data();
+  }
+  s.store->apply_policy(rule.layer, s.t0 + i, x.slot_of[static_cast<size_t>(i)], rule.never_evicts, call);
+}
+
+}  // namespace tova

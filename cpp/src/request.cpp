@@ -1,0 +1,93 @@
+#include "request.h"
+
+#include <algorithm>
+
+#include "common.h"
+
+namespace tova {
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::None: return "none";
+    case FinishReason::Stop: return "stop";
+    case FinishReason::Length: return "length";
+    case FinishReason::Cancelled: return "cancelled";
+    case FinishReason::Error: return "error";
+  }
+  return "?";
+}
+
+void GenerateParams::validate() const {
+  if (max_tokens < 0) throw ArgumentError(cat("max_tokens must be >= 0, got ", max_tokens));
+  for (const auto& s : stop)
+    if (s.empty()) throw ArgumentError("stop strings must not be empty");
+  sampling.validate();
+}
+
+Request::Request(std::vector<int32_t> prompt, GenerateParams params, int seq, bool keep)
+    : prompt_(std::move(prompt)), params_(std::move(params)), target_seq_(seq), keep_(keep),
+      sampler_(params_.sampling) {
+  params_.validate();
+  if (prompt_.empty()) throw ArgumentError("the prompt is empty (no tokens to condition on)");
+  if (keep_ && target_seq_ < 0) throw ArgumentError("keep needs a sequence to continue (seq >= 0)");
+  stats_.prompt_tokens = static_cast<int64_t>(prompt_.size());
+}
+
+void Request::finish(FinishReason why, double now) {
+  if (phase_ == Phase::Done) return;
+  phase_ = Phase::Done;
+  if (why != FinishReason::Error) produced_ += release_text(true);
+  stats_.finish = why;
+  if (t_first_ > 0) stats_.generation_seconds = now - t_first_;
+  logits_.clear();
+  logits_.shrink_to_fit();
+}
+
+std::string Request::release_text(bool final) {
+  if (final) {
+    held_ += utf8_.flush();
+    std::string out;
+    out.swap(held_);
+    return out;
+  }
+  // Hold back the longest suffix of held_ that is a prefix of a stop string.
+  size_t keep = 0;
+  for (const auto& s : params_.stop) {
+    const size_t max_k = std::min(s.size() - 1, held_.size());
+    for (size_t k = max_k; k > keep; --k)
+      if (held_.compare(held_.size() - k, k, s, 0, k) == 0) {
+        keep = k;
+        break;
+      }
+  }
+  std::string out = held_.substr(0, held_.size() - keep);
+  held_.erase(0, held_.size() - keep);
+  return out;
+}
+
+void Request::on_logits(const Tokenizer& tok, double now) {
+  const int32_t t = sampler_.sample(logits_.data(), static_cast<int32_t>(logits_.size()));
+  sampler_.accept(t);
+  generated_.push_back(t);
+  stats_.completion_tokens++;
+  if (!params_.ignore_eos && tok.is_end_of_generation(t)) {
+    finish(FinishReason::Stop, now);
+    return;
+  }
+  held_ += utf8_.push(tok.token_bytes(t));
+  size_t cut = std::string::npos;
+  for (const auto& s : params_.stop) cut = std::min(cut, held_.find(s));
+  if (cut != std::string::npos) {
+    held_.resize(cut);
+    utf8_.reset();
+    finish(FinishReason::Stop, now);
+  } else if (static_cast<int>(generated_.size()) >= params_.max_tokens) {
+    finish(FinishReason::Length, now);
+  } else {
+    need_eval_ = true;
+    last_token_ = t;
+    produced_ += release_text(false);
+  }
+}
+
+}  // namespace tova

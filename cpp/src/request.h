@@ -1,0 +1,99 @@
+// One generation request: a prompt, how to sample and when to stop, and the text it produced.
+// The scheduler (scheduler.cpp) runs it in one of the engine's sequences; the decode-loop rules
+// that turn sampled tokens into text (end of generation, stop strings held back until they
+// cannot match, complete UTF-8 only, max_tokens) live here, once, for every face.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "sampler.h"
+#include "tokenizer.h"
+
+namespace tova {
+
+enum class FinishReason { None, Stop, Length, Cancelled, Error };
+const char* finish_reason_name(FinishReason r);
+
+struct GenerateParams {
+  int max_tokens = 128;
+  std::vector<std::string> stop;  // stop strings (not included in the output)
+  bool ignore_eos = false;
+  SamplingParams sampling;
+
+  void validate() const;  // ArgumentError for max_tokens < 0, an empty stop string, bad sampling
+};
+
+struct Stats {
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+  double prompt_seconds = 0;
+  double generation_seconds = 0;
+  FinishReason finish = FinishReason::None;
+  int32_t seq = -1;  // the sequence it ran in
+  double prompt_tps() const { return prompt_seconds > 0 ? prompt_tokens / prompt_seconds : 0; }
+  double generation_tps() const {
+    return generation_seconds > 0 ? completion_tokens / generation_seconds : 0;
+  }
+};
+
+class Engine;
+
+class Request {
+ public:
+  // seq: the sequence to run in (-1: any free one); keep: continue what that sequence holds
+  // instead of starting it empty (needs seq >= 0).
+  Request(std::vector<int32_t> prompt, GenerateParams params, int seq, bool keep);
+
+  // Any thread: asks the scheduler to stop this request at its next step.
+  void cancel() { cancel_flag_.store(true); }
+  bool cancel_requested() const { return cancel_flag_.load(); }
+  int target_seq() const { return target_seq_; }
+  bool keep() const { return keep_; }
+  const std::vector<int32_t>& prompt() const { return prompt_; }
+  const GenerateParams& params() const { return params_; }
+
+ private:
+  friend class Engine;
+  enum class Phase { Queued, Prefill, Decode, Done };
+
+  // ---- the decode loop (stepping thread only) ----
+  // The logits of the last evaluated token are in logits_: sample one token and turn it into
+  // text; finishes the request when a stop condition is met.
+  void on_logits(const Tokenizer& tok, double now);
+  void finish(FinishReason why, double now);
+  std::string release_text(bool final);
+
+  std::vector<int32_t> prompt_;
+  GenerateParams params_;
+  int target_seq_;
+  bool keep_;
+  std::atomic<bool> cancel_flag_{false};
+
+  Phase phase_ = Phase::Queued;
+  int seq_ = -1;
+  size_t prompt_done_ = 0;       // prompt tokens evaluated
+  bool need_eval_ = false;       // last_token_ must be evaluated before the next sample
+  int32_t last_token_ = -1;
+  double t_start_ = 0, t_first_ = 0;
+  Sampler sampler_;
+  Utf8Stream utf8_;
+  std::string held_;             // decoded text not yet released (could start a stop string)
+  std::vector<float> logits_;    // [n_vocab] while running
+  std::string produced_;         // text released by this step, published after it
+  std::vector<int32_t> generated_;
+  Stats stats_;
+
+  // ---- shared with the waiting threads (under the engine's mutex), copied at each step's end ----
+  std::deque<std::string> out_;
+  std::vector<int32_t> pub_tokens_;
+  Stats pub_stats_;
+  bool done_ = false;            // no more pieces will come (out_ may still hold some)
+  std::exception_ptr error_;     // the request failed; rethrown to its waiter once
+};
+
+}  // namespace tova

@@ -1,0 +1,324 @@
+// The scheduler of Engine (engine.h): requests queue, join free sequences between steps, and
+// each step runs one batch: a decode row for every sequence that is generating, then prompt
+// chunks of joining sequences while the step's token budget lasts (at least one chunk, so a
+// long prompt stalls the others for at most one chunk per step). Chunks follow the same grid as
+// a direct eval of the prompt (chunk tokens from its start), and every row's arithmetic is
+// independent of the other rows in its step, so a request's tokens do not depend on what else
+// runs beside it.
+#include <algorithm>
+#include <chrono>
+
+#include "common.h"
+#include "engine.h"
+
+namespace tova {
+
+std::shared_ptr<Request> Engine::submit(std::vector<int32_t> prompt, const GenerateParams& params, int seq,
+                                        bool keep) {
+  if (seq >= 0) seq_at(seq);  // range check
+  const int V = model_->hp().n_vocab;
+  for (int32_t id : prompt)
+    if (id < 0 || id >= V) throw ArgumentError(cat("token id ", id, " is out of range [0, ", V, ")"));
+  auto r = std::make_shared<Request>(std::move(prompt), params, seq, keep);
+  if (policies_.never_evicts) {
+    const int64_t held = keep ? n_past(seq) : 0;
+    const int64_t n = static_cast<int64_t>(r->prompt().size());
+    if (held + n > params_.n_ctx)
+      throw ArgumentError(cat(held > 0 ? cat(held, " cached + ") : std::string(), n, " tokens exceed n_ctx ",
+                              params_.n_ctx, " (policy 'full' never evicts: raise n_ctx or use an evicting policy)"));
+  }
+  std::lock_guard<std::mutex> lk(mu_);
+  queue_.push_back(r);
+  cv_.notify_all();
+  return r;
+}
+
+bool Engine::has_work() const { return !queue_.empty() || !running_.empty(); }
+
+// Under mu_ (released meanwhile): runs one step as the stepping thread.
+void Engine::step_locked(std::unique_lock<std::mutex>& lk) {
+  stepping_ = true;
+  lk.unlock();
+  try {
+    run_step();
+  } catch (...) {
+    lk.lock();
+    stepping_ = false;
+    cv_.notify_all();
+    throw;
+  }
+  lk.lock();
+  stepping_ = false;
+  cv_.notify_all();
+}
+
+template <class Ready>
+bool Engine::drive(std::unique_lock<std::mutex>& lk, Ready ready, double timeout_s) {
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                            std::chrono::duration<double>(timeout_s >= 0 ? timeout_s : 0));
+  while (!ready()) {
+    if (!stepping_ && has_work()) {
+      step_locked(lk);
+      continue;
+    }
+    if (timeout_s < 0) {
+      cv_.wait(lk);
+    } else if (cv_.wait_until(lk, deadline) == std::cv_status::timeout && !ready()) {
+      return false;
+    }
+  }
+  return true;
+}
+
+void Engine::acquire_direct(std::unique_lock<std::mutex>& lk, int seq) {
+  Sequence& s = *seqs_[static_cast<size_t>(seq)];
+  drive(lk, [&] { return !stepping_ && !s.busy; }, -1);
+  stepping_ = true;
+  s.busy = true;
+}
+
+Engine::Wait Engine::next(Request& r, std::string& piece, double timeout_s) {
+  std::unique_lock<std::mutex> lk(mu_);
+  const bool ok = drive(lk, [&] { return !r.out_.empty() || r.done_; }, timeout_s);
+  if (!ok) return Wait::Timeout;
+  if (!r.out_.empty()) {
+    piece = std::move(r.out_.front());
+    r.out_.pop_front();
+    return Wait::Piece;
+  }
+  if (r.error_) {
+    std::exception_ptr e = r.error_;
+    r.error_ = nullptr;
+    std::rethrow_exception(e);
+  }
+  piece.clear();
+  return Wait::Done;
+}
+
+void Engine::wait_prefilled(Request& r) {
+  std::unique_lock<std::mutex> lk(mu_);
+  drive(lk, [&] { return r.done_ || r.pub_stats_.completion_tokens > 0; }, -1);
+  if (r.error_ && r.out_.empty()) {
+    std::exception_ptr e = r.error_;
+    r.error_ = nullptr;
+    std::rethrow_exception(e);
+  }
+}
+
+std::vector<int32_t> Engine::tokens(const Request& r) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return r.pub_tokens_;
+}
+
+Stats Engine::stats(const Request& r) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return r.pub_stats_;
+}
+
+bool Engine::finished(const Request& r) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return r.done_ && r.out_.empty();
+}
+
+bool Engine::step() {
+  std::unique_lock<std::mutex> lk(mu_);
+  if (stepping_ || !has_work()) return false;
+  step_locked(lk);
+  return true;
+}
+
+// ---- the step ------------------------------------------------------------------------------
+
+void Engine::fail(Request& r, std::exception_ptr e, double now) {
+  r.finish(FinishReason::Error, now);
+  r.error_ = e;  // published with the step
+}
+
+// Under mu_: cancelled requests finish, queued ones take free sequences (lowest index first; a
+// request for a given sequence waits for it).
+void Engine::admit(double now) {
+  const bool cancel_all = cancel_requested.exchange(false);
+  for (auto& r : running_)
+    if ((cancel_all || r->cancel_requested()) && r->phase_ != Request::Phase::Done)
+      r->finish(FinishReason::Cancelled, now);
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    Request& r = **it;
+    if (cancel_all || r.cancel_requested()) {
+      r.finish(FinishReason::Cancelled, now);
+      r.pub_stats_ = r.stats_;
+      r.done_ = true;
+      it = queue_.erase(it);
+      continue;
+    }
+    Sequence* s = nullptr;
+    if (r.target_seq() >= 0) {
+      if (!seqs_[static_cast<size_t>(r.target_seq())]->busy) s = seqs_[static_cast<size_t>(r.target_seq())].get();
+    } else {
+      for (auto& c : seqs_)
+        if (!c->busy) {
+          s = c.get();
+          break;
+        }
+    }
+    if (!s) {
+      ++it;
+      continue;
+    }
+    s->busy = true;
+    r.seq_ = s->id;
+    r.stats_.seq = s->id;
+    r.phase_ = Request::Phase::Prefill;
+    running_.push_back(*it);
+    it = queue_.erase(it);
+  }
+}
+
+void Engine::run_step() {
+  double now = now_seconds();
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    admit(now);
+  }
+  const Tokenizer& tok = model_->tokenizer();
+  const int V = model_->hp().n_vocab;
+  // Joining requests start their sequence (outside the lock: the sequence is theirs now).
+  for (auto& rp : running_) {
+    Request& r = *rp;
+    if (r.phase_ != Request::Phase::Prefill || r.prompt_done_ > 0) continue;
+    Sequence& s = *seqs_[static_cast<size_t>(r.seq_)];
+    try {
+      if (!r.keep()) {
+        std::lock_guard<std::mutex> lk(mu_);
+        clear_sequence(s);
+      }
+      check_fits(s, static_cast<int64_t>(r.prompt().size()));
+      r.logits_.assign(static_cast<size_t>(V), 0.0f);
+      r.t_start_ = now;
+    } catch (...) {
+      fail(r, std::current_exception(), now);
+    }
+  }
+  // The batch: decode rows first, then prompt chunks within the budget.
+  batch_.clear();
+  batch_req_.clear();
+  int budget = n_batch_;
+  auto add = [&](Request& r, const int32_t* ids, int n, bool want_logits) {
+    Sequence& s = *seqs_[static_cast<size_t>(r.seq_)];
+    SeqBatch b;
+    b.store = s.store.get();
+    b.seq = s.id;
+    b.t0 = s.n_past;
+    b.protect_below = s.protect_below;
+    b.tokens = ids;
+    b.n = n;
+    b.logits = want_logits ? r.logits_.data() : nullptr;
+    batch_.push_back(b);
+    batch_req_.push_back(&r);
+    budget -= n;
+  };
+  for (auto& rp : running_) {
+    Request& r = *rp;
+    if (r.phase_ != Request::Phase::Decode || !r.need_eval_ || budget < 1) continue;
+    if (remaining_context(r.seq_) == 0) {
+      r.finish(FinishReason::Length, now);
+      continue;
+    }
+    add(r, &r.last_token_, 1, true);
+  }
+  for (auto& rp : running_) {
+    Request& r = *rp;
+    if (r.phase_ != Request::Phase::Prefill) continue;
+    const size_t left = r.prompt().size() - r.prompt_done_;
+    const int n = static_cast<int>(std::min(left, static_cast<size_t>(params_.chunk)));
+    if (n > budget && !batch_.empty()) continue;
+    add(r, r.prompt().data() + r.prompt_done_, n, static_cast<size_t>(n) == left);
+  }
+  if (!batch_.empty()) {
+    try {
+      forward_->run(batch_);
+    } catch (...) {
+      // The backend itself failed: every sequence in the step is undefined.
+      for (SeqBatch& b : batch_) b.error = std::current_exception();
+    }
+  }
+  now = now_seconds();
+  for (size_t i = 0; i < batch_.size(); ++i) {
+    Request& r = *batch_req_[i];
+    Sequence& s = *seqs_[static_cast<size_t>(r.seq_)];
+    const SeqBatch& b = batch_[i];
+    if (b.error) {
+      std::lock_guard<std::mutex> lk(mu_);
+      clear_sequence(s);
+      fail(r, b.error, now);
+      continue;
+    }
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      record(s, b.tokens, b.n);
+    }
+    try {
+      if (r.phase_ == Request::Phase::Decode) {
+        r.need_eval_ = false;
+        r.on_logits(tok, now);
+      } else {
+        r.prompt_done_ += static_cast<size_t>(b.n);
+        if (r.prompt_done_ == r.prompt().size()) {
+          for (int32_t t : r.prompt()) r.sampler_.accept(t);
+          r.t_first_ = now;
+          r.stats_.prompt_seconds = now - r.t_start_;
+          r.phase_ = Request::Phase::Decode;
+          if (r.params().max_tokens == 0) r.finish(FinishReason::Length, now);
+          else r.on_logits(tok, now);
+        }
+      }
+    } catch (...) {
+      fail(r, std::current_exception(), now);
+    }
+  }
+  std::lock_guard<std::mutex> lk(mu_);
+  publish(now);
+}
+
+// Under mu_: the step's text, tokens and statistics become visible; finished requests leave
+// their sequences.
+void Engine::publish(double now) {
+  for (auto it = running_.begin(); it != running_.end();) {
+    Request& r = **it;
+    if (!r.produced_.empty()) {
+      r.out_.push_back(std::move(r.produced_));
+      r.produced_.clear();
+    }
+    r.pub_tokens_.insert(r.pub_tokens_.end(), r.generated_.begin() + static_cast<std::ptrdiff_t>(r.pub_tokens_.size()),
+                         r.generated_.end());
+    if (r.phase_ == Request::Phase::Decode && r.t_first_ > 0) r.stats_.generation_seconds = now - r.t_first_;
+    r.pub_stats_ = r.stats_;
+    if (r.phase_ == Request::Phase::Done) {
+      r.done_ = true;
+      seqs_[static_cast<size_t>(r.seq_)]->busy = false;
+      it = running_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  cv_.notify_all();
+}
+
+// ---- Generation ----------------------------------------------------------------------------
+
+Generation::Generation(Engine& engine, const std::vector<int32_t>& prompt, const GenerateParams& params)
+    : engine_(engine) {
+  engine_.cancel_requested.store(false);
+  req_ = engine_.submit(prompt, params, 0, true);
+  engine_.wait_prefilled(*req_);
+}
+
+std::string Generation::next() {
+  if (finished_) return "";
+  std::string piece;
+  if (engine_.next(*req_, piece) == Engine::Wait::Done) finished_ = true;
+  else if (engine_.finished(*req_)) finished_ = true;
+  return piece;
+}
+
+}  // namespace tova

@@ -1,0 +1,120 @@
+"""Handles of generations running in an engine's scheduler (:meth:`tova.Engine.submit`)."""
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, Iterator, List, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    from . import _core
+
+__all__ = ["Handle"]
+
+_PIECE, _TIMEOUT, _DONE = 0, 1, 2
+_POLL = 0.1  # seconds between Ctrl-C checks while waiting
+
+
+class Handle:
+    """One generation submitted to an :class:`tova.Engine`; it runs beside the engine's other
+    sequences (continuous batching) and streams its text.
+
+    Iterate it (``for piece in handle``) or, in asyncio code, ``async for piece in handle``;
+    :meth:`result` returns the whole text. :meth:`cancel` stops it at the scheduler's next step
+    (its sequence is freed at once); dropping an unfinished handle cancels it too. Waiting runs
+    the scheduler's steps in the waiting thread when no other thread does, so no background
+    thread is needed. Ctrl-C while waiting cancels the request and raises ``KeyboardInterrupt``.
+    """
+
+    def __init__(self, core: "_core.Request", on_finish: Optional[Callable[["Handle"], None]] = None) -> None:
+        self._core = core
+        self._on_finish = on_finish
+        self._done = False
+
+    # ---- the text ---------------------------------------------------------------------------
+    def next(self, timeout: Optional[float] = None) -> Optional[str]:
+        """The next piece of text; ``""`` when the generation has finished; ``None`` when
+        ``timeout`` seconds passed first."""
+        if self._done:
+            return ""
+        waited = 0.0
+        while True:
+            step = _POLL if timeout is None else max(0.0, min(_POLL, timeout - waited))
+            state, piece = self._core.next(step)
+            if state == _PIECE:
+                return piece
+            if state == _DONE:
+                self._finish()
+                return ""
+            waited += step
+            if timeout is not None and waited >= timeout:
+                return None
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            while True:
+                piece = self.next()
+                if piece == "" and self._done:
+                    return
+                if piece:
+                    yield piece
+        finally:
+            if not self._done:
+                self.cancel()
+
+    async def _pieces(self) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                state, piece = await loop.run_in_executor(None, self._core.next, 0.25)
+                if state == _PIECE:
+                    yield piece
+                elif state == _DONE:
+                    self._finish()
+                    return
+        finally:
+            if not self._done:
+                self.cancel()
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._pieces()
+
+    def result(self) -> str:
+        """Waits for the end and returns the text not yet taken from the handle."""
+        return "".join(self)
+
+    def cancel(self) -> None:
+        """Stops the generation at the scheduler's next step (finish reason ``"cancelled"``)."""
+        self._core.cancel()
+
+    # ---- facts ------------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """True when the generation has ended and every piece was taken."""
+        if not self._done and self._core.finished:
+            self._finish()
+        return self._done
+
+    @property
+    def finish_reason(self) -> str:
+        """``"stop"``, ``"length"``, ``"cancelled"``, ``"error"``, or ``"none"`` while running."""
+        return str(self._core.finish_reason)
+
+    @property
+    def tokens(self) -> List[int]:
+        """The generated token ids so far."""
+        return list(self._core.tokens)
+
+    @property
+    def stats(self) -> Dict[str, Any]:
+        """Prompt and completion tokens, seconds, tokens/s, finish reason and the sequence used."""
+        return dict(self._core.stats)
+
+    @property
+    def seq(self) -> int:
+        """The engine sequence it runs in (-1 while queued)."""
+        return int(self._core.seq)
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            if self._on_finish is not None:
+                self._on_finish(self)
