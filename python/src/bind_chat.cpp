@@ -70,6 +70,39 @@ void bind_chat(nb::module_& m) {
         nb::arg("engine"), nb::arg("forced") = "",
         "The chat format chosen for an engine's model: {family, bos, default_system, recognized, source}.");
 
+  // The C++ session's reply in progress (one request on sequence 0).
+  nb::class_<Generation>(m, "Generation")
+      .def("next", [](Generation& g) {
+        std::string piece;
+        {
+          nb::gil_scoped_release release;
+          piece = g.next();
+        }
+        if (PyErr_CheckSignals() != 0) {
+          g.cancel();
+          throw nb::python_error();
+        }
+        return nb::str(piece.data(), piece.size());
+      })
+      .def("run_to_end", [](Generation& g) {
+        std::string text;
+        while (!g.finished()) {
+          {
+            nb::gil_scoped_release release;
+            text += g.next();
+          }
+          if (PyErr_CheckSignals() != 0) {
+            g.cancel();
+            throw nb::python_error();
+          }
+        }
+        return nb::str(text.data(), text.size());
+      })
+      .def("cancel", &Generation::cancel)
+      .def_prop_ro("finished", &Generation::finished)
+      .def_prop_ro("finish_reason", [](const Generation& g) { return finish_reason_name(g.finish_reason()); })
+      .def_prop_ro("tokens", &Generation::tokens);
+
   nb::class_<ChatSession>(m, "ChatSession")
       .def("__init__",
            [](ChatSession* self, Engine& e, const std::string& forced, bool keep_system) {
