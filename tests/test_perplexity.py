@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +198,70 @@ def test_cli_computes_the_python_numbers(llama_syn, short_text):
         py = perplexity(path, short_text.read_text("utf-8"), progress=False, n_threads=2, **kw)
         assert abs(ppl - py.ppl) <= 1e-4 * max(1.0, py.ppl) and abs(se - py.stderr) <= 2e-5 * max(1.0, py.ppl)
         assert (scored, read) == (py.n_scored, py.n_tokens)
+
+
+@pytest.mark.parametrize("extra,kw", [
+    ((), {}),
+    (("--ctx", 48, "--stride", 16), dict(context=48, stride=16)),
+    (("--ctx", 40, "--stride", 8, "--chunks", 5, "--policy", "window", "--kv-size", 16,
+      "--chunk", 7), dict(context=40, stride=8, chunks=5, policy="window", kv_size=16, chunk=7)),
+])
+def test_cli_and_python_run_one_implementation(llama_syn, short_text, extra, kw):
+    """Both faces call the core's measurement: streaming and strided windows give the same
+    printed numbers digit for digit, the same scored and read counts."""
+    path, _ = llama_syn
+    r = _cli("-m", path, "-f", short_text, "-t", 2, "--no-progress", *extra)
+    assert r.returncode == 0, r.stderr
+    ppl, se, scored, read, _ = _final(r.stdout)
+    py = perplexity(path, short_text.read_text("utf-8"), progress=False, n_threads=2, **kw)
+    assert (f"{ppl:.4f}", f"{se:.5f}") == (f"{py.ppl:.4f}", f"{py.stderr:.5f}")
+    assert (scored, read) == (py.n_scored, py.n_tokens) and py.nlls.size == scored
+    if "stride" in kw:
+        N, S = kw["context"], kw["stride"]
+        assert py.score_from == N - S - 1 and scored == py.n_windows * S
+
+
+def test_progress_callback_error_aborts_and_resets(llama_syn):
+    """An exception from the progress callable (as Ctrl-C raises there) stops the measurement
+    between pieces and leaves the engine reset."""
+    path, _ = llama_syn
+    calls = []
+
+    def progress(done, total, nll_sum, n_scored):
+        calls.append((done, total, n_scored))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    ids = _tokens(64, 384, seed=2)
+    with tova.Engine(path, policy="tova", kv_size=12, chunk=8, n_threads=2) as e:
+        with pytest.raises(KeyboardInterrupt):
+            tova._core.perplexity(e._e, ids, progress=progress)
+        assert calls == [(8, 64, 8), (16, 64, 16)] and e.n_past == 0
+        assert perplexity(e, ids, progress=False).n_scored == 63
+
+
+@pytest.mark.model
+def test_ctrl_c_stops_perplexity(smollm2_path):
+    """SIGINT during perplexity raises KeyboardInterrupt between pieces; the engine still works."""
+    code = textwrap.dedent(f"""
+        import os, signal, threading, time, tova
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # see test_engine_api.py
+        e = tova.Engine({str(smollm2_path)!r}, policy="tova", kv_size=64, chunk=16, n_threads=1)
+        ids = e.tokenize("word " * 4000)
+        threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        t0 = time.time()
+        try:
+            e.perplexity(ids, progress=False)
+            print("NOT INTERRUPTED")
+        except KeyboardInterrupt:
+            print("INTERRUPTED after %.2f s, n_past=%d" % (time.time() - t0, e.n_past))
+        print("AGAIN", e.perplexity(ids[:40], progress=False).n_scored)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "INTERRUPTED after" in r.stdout and "n_past=0" in r.stdout, r.stdout
+    assert float(r.stdout.split("after ")[1].split()[0]) < 5.0
+    assert "AGAIN 39" in r.stdout, r.stdout
 
 
 def test_cli_bad_arguments(llama_syn, short_text):

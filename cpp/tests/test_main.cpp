@@ -12,6 +12,7 @@
 #include "common.h"
 #include "gguf.h"
 #include "kv_policy.h"
+#include "perplexity.h"
 #include "quant.h"
 #include "cpu/thread_pool.h"
 #include "tokenizer.h"
@@ -168,6 +169,39 @@ void test_utf8_stream() {
   CHECK(s.push(emoji.substr(3) + "a") == emoji + "a");
 }
 
+void test_perplexity_plan() {
+  PerplexityParams p;
+  PerplexityPlan s = plan_perplexity(10, p, true);  // streaming: one window, no BOS replaced
+  CHECK(s.windows.size() == 1 && s.windows[0].length == 10 && s.score_from == 0 && !s.replace_bos);
+  p.context = 32;
+  PerplexityPlan w = plan_perplexity(100, p, true);  // 3 windows, rows 16..30
+  CHECK(w.windows.size() == 3 && w.windows[2].start == 64 && w.score_from == 16 && w.replace_bos);
+  CHECK(w.total_tokens() == 96);
+  p.stride = 8;
+  PerplexityPlan o = plan_perplexity(80, p, false);  // 7 windows, each scoring its last 8
+  CHECK(o.windows.size() == 7 && o.score_from == 23 && o.windows[6].start == 48);
+  p.chunks = 2;
+  CHECK(plan_perplexity(80, p, false).windows.size() == 2);
+  p.stride_name = "--stride";
+  p.stride = 32;
+  CHECK(throws<ArgumentError>([&] { plan_perplexity(80, p, false); }, "--stride must be smaller"));
+  PerplexityParams q;
+  q.stride = 4;
+  CHECK(throws<ArgumentError>([&] { plan_perplexity(80, q, false); }, "stride needs context"));
+  q = PerplexityParams();
+  CHECK(throws<ArgumentError>([&] { plan_perplexity(1, q, false); }, "at least 2"));
+}
+
+void test_nll_stats() {
+  const NllStats s = nll_stats({1.0, 2.0, 3.0, 4.0});
+  CHECK(s.nll == 2.5 && std::fabs(s.nll_stderr - std::sqrt(1.25 / 3)) < 1e-15);
+  CHECK(std::fabs(s.ppl_stderr - std::exp(2.5) * std::sqrt(1.25 / 3)) < 1e-12);
+  CHECK(nll_stats(std::vector<double>(5, 0.7)).ppl_stderr == 0.0);
+  CHECK(throws<ArgumentError>([] { nll_stats({}); }, "no tokens were scored"));
+  const float row[3] = {1.0f, 2.0f, 3.0f};
+  CHECK(std::fabs(row_nll(row, 3, 2) - (std::log(std::exp(-2.0) + std::exp(-1.0) + 1.0))) < 1e-6);
+}
+
 }  // namespace
 
 int main() {
@@ -176,6 +210,8 @@ int main() {
   test_half_precision();
   test_builtin_policies();
   test_utf8_stream();
+  test_perplexity_plan();
+  test_nll_stats();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }

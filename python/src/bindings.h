@@ -12,3 +12,4 @@ void bind_sampler(nb::module_& m);
 void bind_policy(nb::module_& m);
 void bind_engine(nb::module_& m);
 void bind_chat(nb::module_& m);
+void bind_perplexity(nb::module_& m);

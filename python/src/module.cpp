@@ -31,4 +31,5 @@ NB_MODULE(_core, m) {
   bind_policy(m);
   bind_engine(m);
   bind_chat(m);
+  bind_perplexity(m);
 }

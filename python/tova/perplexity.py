@@ -21,6 +21,10 @@ The result is the mean negative log-likelihood (natural log, log-softmax in floa
 llama.cpp does) over the scored tokens, PPL = exp(mean), and llama.cpp's standard error: the
 standard deviation of the per-token NLL over sqrt(n - 1) (population variance), propagated to PPL
 as ``ppl * se``.
+
+The measurement itself (plan, per-row NLL, statistics) is the core's ``tova::measure_perplexity``
+(cpp/src/perplexity.h), which ``tova perplexity`` runs too: this module opens the engine, shows
+progress and wraps the result.
 """
 from __future__ import annotations
 
@@ -29,9 +33,11 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from . import _core
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -82,79 +88,24 @@ class PerplexityResult:
 
 
 def nll_stats(nlls: np.ndarray) -> Tuple[float, float, float, float]:
-    """(ppl, ppl_stderr, mean_nll, nll_stderr) as llama-perplexity prints them."""
-    x = np.asarray(nlls, dtype=np.float64)
-    n = x.size
-    if n == 0:
-        raise ValueError("no tokens were scored")
-    mean = float(x.mean())
-    # llama.cpp: sqrt((E[x^2] - E[x]^2) / (n - 1)), i.e. the sample std over sqrt(n).
-    var = float((x * x).mean() - mean * mean)
-    se = math.sqrt(var / (n - 1)) if n > 1 and var > 0 else 0.0
-    ppl = math.exp(mean)
-    return ppl, ppl * se, mean, se
+    """(ppl, ppl_stderr, mean_nll, nll_stderr) as llama-perplexity prints them: the mean NLL,
+    its standard error sqrt(var / (n - 1)) with the population variance, and ``ppl * se``
+    (the core's statistics, as :func:`perplexity` reports them). ValueError when empty."""
+    x = np.asarray(nlls, dtype=np.float64).reshape(-1)
+    return tuple(_core.nll_stats(x.tolist()))  # type: ignore[return-value]
 
 
-def _row_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """-log softmax(logits)[target] per row: exp in float32 after subtracting the max, sums in
-    float64 (llama.cpp's precision)."""
-    m = logits.max(axis=1)
-    e = np.exp(logits - m[:, None])
-    lse = np.log(e.sum(axis=1, dtype=np.float64)) + m.astype(np.float64)
-    return lse - logits[np.arange(logits.shape[0]), targets].astype(np.float64)
+# ---- argument types (the core checks the values) ------------------------------------------------
 
 
-# ---- the plan: which tokens each window reads and which predictions it scores ----------------
-
-
-@dataclass(frozen=True)
-class _Window:
-    start: int        # index of the window's first token in the token list
-    length: int       # tokens read
-    first_row: int    # first scored prediction (window-relative position)
-    replace_bos: bool
-
-
-def _plan(n: int, context: Optional[int], stride: Optional[int], chunks: Optional[int],
-          score_from: Optional[int], bos: bool) -> Tuple[List[_Window], int]:
-    if context is None:
-        if stride is not None:
-            raise ValueError("stride needs context (the window length)")
-        if chunks is not None:
-            raise ValueError("chunks needs context (it caps the number of windows)")
-        first = 0 if score_from is None else _int_arg("score_from", score_from, 0)
-        if n < first + 2:
-            raise ValueError(f"the text has {n} tokens: at least {first + 2} are needed to score one")
-        return [_Window(0, n, first, False)], first
-    N = _int_arg("context", context, 2)
-    if stride is None:
-        S = N
-        first = N // 2 if score_from is None else _int_arg("score_from", score_from, 0)
-    else:
-        S = _int_arg("stride", stride, 1)
-        if S >= N:
-            raise ValueError(f"stride must be smaller than context {N} (or None for "
-                             f"non-overlapping windows), got {S}")
-        first = N - S - 1 if score_from is None else _int_arg("score_from", score_from, 0)
-    if first > N - 2:
-        raise ValueError(f"score_from must be at most context - 2 = {N - 2}, got {first}")
-    if n < N:
-        raise ValueError(f"the text has {n} tokens, fewer than one window of context={N}")
-    starts = list(range(0, n - N + 1, S))
-    if chunks is not None:
-        starts = starts[:_int_arg("chunks", chunks, 1)]
-    wins = []
-    for k, s in enumerate(starts):
-        # Overlapping windows after the first score only the tokens no window scored before.
-        f = first if (k == 0 or stride is None) else max(first, N - S - 1)
-        wins.append(_Window(s, N, f, bos))
-    return wins, first
-
-
-def _int_arg(name: str, value: Any, minimum: int) -> int:
+def _int_arg(name: str, value: Any, minimum: Optional[int] = None) -> Optional[int]:
+    """None, or ``value`` as an int (TypeError for anything else); ``minimum`` checked when
+    given (the perplexity settings' values are checked by the core)."""
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
+    if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
@@ -208,21 +159,28 @@ def _open_engine(engine_or_model: Any, *, policy: "Union[None, str, Policy]",
 class _Progress:
     """tqdm when installed; else a one-line counter on a terminal's stderr; else nothing."""
 
-    def __init__(self, total: int, enabled: bool, desc: str):
-        self.bar = None
+    def __init__(self, enabled: bool, desc: str):
+        self.bar: Any = None
         self.line = False
-        self.total, self.done, self.t0 = total, 0, time.perf_counter()
-        if not enabled:
+        self.enabled, self.desc, self.started = enabled, desc, False
+        self.total, self.done, self.t0 = 0, 0, time.perf_counter()
+
+    def _start(self, total: int) -> None:
+        self.started, self.total = True, total
+        if not self.enabled:
             return
         try:
             from tqdm.auto import tqdm
         except ImportError:
             self.line = sys.stderr.isatty()
             return
-        self.bar = tqdm(total=total, unit="tok", desc=desc, leave=False, dynamic_ncols=True)
+        self.bar = tqdm(total=total, unit="tok", desc=self.desc, leave=False, dynamic_ncols=True)
 
-    def update(self, n: int, nll_sum: float, n_scored: int) -> None:
-        self.done += n
+    def __call__(self, done: int, total: int, nll_sum: float, n_scored: int) -> None:
+        """The core's progress callback: after each piece read."""
+        if not self.started:
+            self._start(total)
+        n, self.done = done - self.done, done
         ppl = math.exp(nll_sum / n_scored) if n_scored else float("nan")
         if self.bar is not None:
             self.bar.update(n)
@@ -241,17 +199,6 @@ class _Progress:
 
 
 # ---- the measurement ----------------------------------------------------------------------------
-
-
-def _pieces(w: _Window, chunk: int, split_at_first: bool) -> Iterator[Tuple[int, int]]:
-    """[a, b) window-relative pieces: the engine's chunks, plus a cut where scoring starts so
-    that the unscored prefix is read without computing its logits."""
-    cuts = set(range(0, w.length, chunk))
-    if split_at_first and 0 < w.first_row < w.length:
-        cuts.add(w.first_row)
-    cuts = sorted(cuts) + [w.length]
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        yield a, b
 
 
 def perplexity(
@@ -293,8 +240,10 @@ def perplexity(
     """
     if prefill not in ("exact", "chunked"):
         raise ValueError(f"prefill must be 'exact' or 'chunked', got {prefill!r}")
-    if kv_size is not None:
-        _int_arg("kv_size", kv_size, 1)
+    _int_arg("kv_size", kv_size, 1)
+    context, stride, chunks, score_from = (
+        _int_arg(k, v) for k, v in (("context", context), ("stride", stride), ("chunks", chunks),
+                                    ("score_from", score_from)))
     from .engine import Engine
 
     # Tokens first: text needs the model's tokenizer (a model path gets a throwaway engine).
@@ -331,48 +280,20 @@ def perplexity(
 def _measure(engine: "Engine", tokens: List[int], *, context: Optional[int],
              stride: Optional[int], chunks: Optional[int], score_from: Optional[int],
              add_bos: Optional[bool], progress: bool, prefill: str) -> PerplexityResult:
-    info = engine.model_info
-    bos_id = int(info["bos_id"])
-    use_bos = bool(info["add_bos"]) if add_bos is None else bool(add_bos)
-    if use_bos and context is not None and bos_id < 0:
-        raise ValueError("add_bos: the model has no BOS token")
-    wins, first = _plan(len(tokens), context, stride, chunks, score_from, use_bos)
-    chunk = int(getattr(engine, "chunk", 64))
-    # Chunked prefill depends on where eval calls cut the sequence: keep the engine's own chunk
-    # grid (as one eval call of the window would) and compute the unscored rows' logits too.
-    split = prefill == "exact" or engine.policy == "full"
-    total = sum(w.length for w in wins)
-    bar = _Progress(total, progress, f"perplexity {engine.policy}")
-    nlls: List[np.ndarray] = []
-    nll_sum, n_scored = 0.0, 0
-    t0 = time.perf_counter()
+    bar = _Progress(progress, f"perplexity {engine.policy}")
     try:
-        for w in wins:
-            engine.reset()
-            ids = tokens[w.start:w.start + w.length]
-            if w.replace_bos:
-                ids = [bos_id] + ids[1:]
-            last_row = w.length - 2  # the last position predicts nothing inside the window
-            for a, b in _pieces(w, chunk, split):
-                r0, r1 = max(a, w.first_row), min(b - 1, last_row)
-                if r0 > r1:
-                    engine.eval(ids[a:b])
-                else:
-                    logits = engine.eval(ids[a:b], all_logits=True)
-                    rows = logits[r0 - a:r1 - a + 1]
-                    x = _row_nll(rows, np.asarray(ids[r0 + 1:r1 + 2], dtype=np.int64))
-                    nlls.append(x)
-                    nll_sum += float(x.sum())
-                    n_scored += x.size
-                bar.update(b - a, nll_sum, n_scored)
+        r = _core.perplexity(engine._e, tokens, context=context, stride=stride, chunks=chunks,
+                             score_from=score_from,
+                             add_bos=None if add_bos is None else bool(add_bos),
+                             progress=bar if progress else None)
     finally:
         bar.close()
-    seconds = time.perf_counter() - t0
-    all_nll = np.concatenate(nlls) if nlls else np.zeros(0)
-    ppl, se, mean, nse = nll_stats(all_nll)
+    seconds, total = float(r["seconds"]), int(r["n_tokens"])
     return PerplexityResult(
-        ppl=ppl, stderr=se, nll=mean, nll_stderr=nse, n_scored=int(all_nll.size),
-        n_tokens=total, n_windows=len(wins), seconds=seconds,
+        ppl=float(r["ppl"]), stderr=float(r["stderr"]), nll=float(r["nll"]),
+        nll_stderr=float(r["nll_stderr"]), n_scored=int(r["n_scored"]), n_tokens=total,
+        n_windows=int(r["n_windows"]), seconds=seconds,
         tokens_per_second=total / seconds if seconds > 0 else float("inf"),
         policy=engine.policy, kv_size=None if engine.policy == "full" else engine.kv_size,
-        context=context, stride=stride, score_from=first, prefill=prefill, nlls=all_nll)
+        context=context, stride=stride, score_from=int(r["score_from"]), prefill=prefill,
+        nlls=r["nlls"])
