@@ -67,6 +67,8 @@ class Backend {
   virtual int max_rows() const = 0;
 
   virtual std::unique_ptr<KvPayload> new_kv(const KvLayout& layout) = 0;
+  // dst = src (same layout): a sequence forked from another.
+  virtual void copy_kv(KvPayload& dst, const KvPayload& src) = 0;
   virtual float* buf(Buf b) = 0;
 
   // x[i] = scale * tok_embd[tokens[i]]  (tokens in host memory, checked by the caller)

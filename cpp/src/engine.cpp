@@ -134,7 +134,7 @@ void Engine::record(Sequence& s, const int32_t* ids, int n) {
 void Engine::clear_sequence(Sequence& s) {
   s.store->clear();
   tova_policy* p = policy_.get();
-  if (p->abi_version >= 2 && p->struct_size >= sizeof(tova_policy) && p->reset_seq) p->reset_seq(p->user, s.id);
+  if (p->abi_version >= 2 && p->reset_seq) p->reset_seq(p->user, s.id);
   else if (p->reset) p->reset(p->user);
   s.history.clear();
   s.n_past = 0;
@@ -143,9 +143,10 @@ void Engine::clear_sequence(Sequence& s) {
 
 // ---- direct calls on one sequence ----------------------------------------------------------
 
-void Engine::release_direct(int seq) {
+void Engine::release_direct(int seq, int seq2) {
   std::lock_guard<std::mutex> lk(mu_);
   seqs_[static_cast<size_t>(seq)]->busy = false;
+  if (seq2 >= 0) seqs_[static_cast<size_t>(seq2)]->busy = false;
   stepping_ = false;
   cv_.notify_all();
 }
@@ -204,6 +205,28 @@ void Engine::reset(int seq) {
     clear_sequence(s);
   }
   release_direct(seq);
+}
+
+void Engine::copy_sequence(int src, int dst) {
+  Sequence& a = seq_at(src);
+  Sequence& b = seq_at(dst);
+  if (src == dst) return;
+  std::unique_lock<std::mutex> lk(mu_);
+  acquire_direct(lk, src, dst);
+  lk.unlock();
+  struct Release {
+    Engine* e;
+    int a, b;
+    ~Release() { e->release_direct(a, b); }
+  } release{this, src, dst};
+  b.store->copy_from(*a.store, *backend_);
+  tova_policy* p = policy_.get();
+  if (p->abi_version >= 2 && p->reset_seq) p->reset_seq(p->user, b.id);
+  else if (p->reset) p->reset(p->user);
+  std::lock_guard<std::mutex> fields(mu_);
+  b.n_past = a.n_past;
+  b.history = a.history;
+  b.protect_below = a.protect_below;
 }
 
 void Engine::set_protect_below(int64_t pos, int seq) {

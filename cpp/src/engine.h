@@ -65,6 +65,9 @@ class Engine {
   }
   // Clears a sequence (the store keeps its memory).
   void reset(int seq = 0);
+  // Makes sequence dst a copy of src (its slots, K/V, positions and history): a fork that
+  // continues from the same state without reading it again.
+  void copy_sequence(int src, int dst);
   int64_t n_past(int seq = 0) const;
   std::vector<int32_t> history(int seq = 0) const;
   static constexpr size_t kHistoryKeep = 4096;
@@ -113,8 +116,8 @@ class Engine {
   void check_fits(const Sequence& s, int64_t n_new) const;
   void record(Sequence& s, const int32_t* ids, int n);
   // Takes the compute token and sequence `seq` (waiting, and stepping for others meanwhile).
-  void acquire_direct(std::unique_lock<std::mutex>& lk, int seq);
-  void release_direct(int seq);
+  void acquire_direct(std::unique_lock<std::mutex>& lk, int seq, int seq2 = -1);
+  void release_direct(int seq, int seq2 = -1);
   bool has_work() const;
   // Until ready() holds (under mu_): runs steps when there is work and nobody steps, else
   // waits. False when timeout_s >= 0 passed first.

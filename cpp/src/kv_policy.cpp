@@ -133,12 +133,13 @@ PolicyHandle make_builtin_policy(const std::string& name) {
 
 void check_policy_abi(const tova_policy* p, const std::string& origin) {
   if (!p) throw Error(cat(origin, ": returned no policy (NULL)"));
-  if (p->abi_version != TOVA_POLICY_ABI_VERSION)
-    throw Error(cat(origin, ": policy ABI version ", p->abi_version, ", this tova speaks version ",
-                    TOVA_POLICY_ABI_VERSION));
-  if (p->struct_size < sizeof(tova_policy))
-    throw Error(cat(origin, ": policy struct is ", p->struct_size, " bytes, expected at least ",
-                    sizeof(tova_policy)));
+  if (p->abi_version < TOVA_POLICY_ABI_VERSION_MIN || p->abi_version > TOVA_POLICY_ABI_VERSION)
+    throw Error(cat(origin, ": policy ABI version ", p->abi_version, ", this tova speaks versions ",
+                    TOVA_POLICY_ABI_VERSION_MIN, " to ", TOVA_POLICY_ABI_VERSION));
+  const size_t need = p->abi_version >= 2 ? sizeof(tova_policy) : TOVA_POLICY_V1_SIZE;
+  if (p->struct_size < need)
+    throw Error(cat(origin, ": policy struct is ", p->struct_size, " bytes, ABI version ", p->abi_version,
+                    " needs at least ", need));
   if (!p->select) throw Error(cat(origin, ": policy has no select callback"));
 }
 

@@ -101,6 +101,12 @@ void KvStore::clear() {
   }
 }
 
+void KvStore::copy_from(const KvStore& other, Backend& backend) {
+  TOVA_ASSERT(other.layers_.size() == layers_.size() && other.bytes_ == bytes_);
+  layers_ = other.layers_;
+  backend.copy_kv(*payload_, *other.payload_);
+}
+
 int KvStore::insert(int layer, int64_t p, int64_t protect_below, bool never_evicts) {
   LayerCells& L = this->layer(layer);
   const int s = L.free_slot();

@@ -75,6 +75,8 @@ class KvStore {
 
   // Empties every slot.
   void clear();
+  // Becomes a copy of `other` (same model and configuration): slots, tables and K/V.
+  void copy_from(const KvStore& other, Backend& backend);
 
   // Takes the lowest free slot of a layer for position `pos` (protected below n_sink or
   // protect_below, except on sliding layers); Error when the layer is full.

@@ -71,11 +71,13 @@ bool Engine::drive(std::unique_lock<std::mutex>& lk, Ready ready, double timeout
   return true;
 }
 
-void Engine::acquire_direct(std::unique_lock<std::mutex>& lk, int seq) {
+void Engine::acquire_direct(std::unique_lock<std::mutex>& lk, int seq, int seq2) {
   Sequence& s = *seqs_[static_cast<size_t>(seq)];
-  drive(lk, [&] { return !stepping_ && !s.busy; }, -1);
+  Sequence* s2 = seq2 >= 0 ? seqs_[static_cast<size_t>(seq2)].get() : nullptr;
+  drive(lk, [&] { return !stepping_ && !s.busy && !(s2 && s2->busy); }, -1);
   stepping_ = true;
   s.busy = true;
+  if (s2) s2->busy = true;
 }
 
 Engine::Wait Engine::next(Request& r, std::string& piece, double timeout_s) {

@@ -20,6 +20,7 @@
 #include "perplexity_cli.h"
 #include "cli_args.h"
 #include "common.h"
+#include "bench_cli.h"
 #include "engine.h"
 #include "gguf.h"
 #include "quant.h"
@@ -67,7 +68,9 @@ run / bench options:
       --policy-plugin LIB    load an eviction policy from a shared library
       --policy-args TEXT     arguments for the plugin's tova_policy_create
       --ignore-eos           do not stop at end-of-generation tokens
-  bench only: -r, --repetitions N (default 3), --json
+  bench only: -r, --repetitions N (default 3), --json,
+      --batch N              also measure N sequences decoding together (total tokens/s)
+      --kv-budget B          as --batch, with as many sequences as fit in B bytes ("256MiB")
 )";
 
 bool is_file(const std::string& p) {
@@ -252,87 +255,6 @@ int cmd_run(const std::vector<std::string>& argv) {
   return g.finish_reason() == FinishReason::Cancelled ? 130 : 0;
 }
 
-struct MeanSd {
-  double mean, sd;
-};
-MeanSd mean_sd(const std::vector<double>& v) {
-  double m = 0;
-  for (double x : v) m += x;
-  m /= static_cast<double>(v.size());
-  double ss = 0;
-  for (double x : v) ss += (x - m) * (x - m);
-  return {m, v.size() > 1 ? std::sqrt(ss / static_cast<double>(v.size() - 1)) : 0.0};
-}
-
-int cmd_bench(const std::vector<std::string>& argv) {
-  CliArgs a(argv, kValueOpts, kFlags, kAliases);
-  const int n_prompt = a.integer("--prompt", 512);
-  const int n_gen = a.integer("--n-predict", 128);
-  const int reps = a.integer("--repetitions", 3);
-  if (n_prompt < 0 || n_gen < 0 || reps < 1) throw ArgumentError("-p, -n must be >= 0 and -r >= 1");
-  EngineParams ep = engine_params_from(a, "full");
-  if (!a.has("--ctx")) ep.n_ctx = std::max(n_prompt + n_gen, 16);
-  const std::string path = resolve_model(a.str("--model", ""));
-  Engine engine(path, std::move(ep));
-  const int V = engine.model().hp().n_vocab;
-  std::mt19937 rng(1234);
-  std::uniform_int_distribution<int> tok(0, V - 1);
-  std::vector<float> logits;
-  struct Test {
-    std::string name;
-    int n_prompt, n_gen;
-    std::vector<double> ts;
-  };
-  std::vector<Test> tests;
-  if (n_prompt > 0) tests.push_back({cat("pp", n_prompt), n_prompt, 0, {}});
-  if (n_gen > 0) tests.push_back({cat("tg", n_gen), 0, n_gen, {}});
-  for (Test& t : tests) {
-    for (int r = -1; r < reps; ++r) {  // r = -1: warm-up
-      engine.reset();
-      const int n = t.n_prompt > 0 ? t.n_prompt : t.n_gen;
-      std::vector<int32_t> ids(static_cast<size_t>(n));
-      for (auto& x : ids) x = tok(rng);
-      const double t0 = now_seconds();
-      if (t.n_prompt > 0) {
-        engine.eval(ids, false, logits);
-      } else {
-        for (int i = 0; i < n; ++i) engine.eval({ids[static_cast<size_t>(i)]}, false, logits);
-      }
-      const double dt = now_seconds() - t0;
-      if (r >= 0) t.ts.push_back(n / dt);
-    }
-  }
-  const std::string model_name = path.substr(path.rfind('/') + 1);
-  if (a.has("--json")) {
-    std::printf("[\n");
-    for (size_t i = 0; i < tests.size(); ++i) {
-      const Test& t = tests[i];
-      MeanSd ms = mean_sd(t.ts);
-      std::printf("  {\"model_filename\": \"%s\", \"model_type\": \"%s %s\", \"n_threads\": %d, "
-                  "\"n_prompt\": %d, \"n_gen\": %d, \"policy\": \"%s\", \"kv_size\": %d, "
-                  "\"type_k\": \"%s\", \"cpu_kernels\": \"%s\", \"avg_ts\": %.6f, \"stddev_ts\": %.6f, "
-                  "\"samples_ts\": [",
-                  model_name.c_str(), engine.model().hp().arch.c_str(),
-                  engine.model().quant_summary().c_str(), engine.n_threads(), t.n_prompt, t.n_gen,
-                  engine.policy_name(), engine.params().kv_size, kv_type_name(engine.params().kv_type),
-                  kernel_isa(), ms.mean, ms.sd);
-      for (size_t k = 0; k < t.ts.size(); ++k) std::printf("%s%.6f", k ? ", " : "", t.ts[k]);
-      std::printf("]}%s\n", i + 1 < tests.size() ? "," : "");
-    }
-    std::printf("]\n");
-  } else {
-    std::printf("| model | arch | quant | threads | policy | test | t/s |\n");
-    std::printf("| --- | --- | --- | ---: | --- | --- | ---: |\n");
-    for (const Test& t : tests) {
-      MeanSd ms = mean_sd(t.ts);
-      std::printf("| %s | %s | %s | %d | %s | %s | %.2f ± %.2f |\n", model_name.c_str(),
-                  engine.model().hp().arch.c_str(), engine.model().quant_summary().c_str(),
-                  engine.n_threads(), engine.policy_name(), t.name.c_str(), ms.mean, ms.sd);
-    }
-  }
-  return 0;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -352,7 +274,7 @@ int main(int argc, char** argv) {
     if (cmd == "run") return cmd_run(rest);
     if (cmd == "chat") return cmd_chat(rest, resolve_model);
     if (cmd == "perplexity") return cmd_perplexity(rest, resolve_model);
-    if (cmd == "bench") return cmd_bench(rest);
+    if (cmd == "bench") return cmd_bench(rest, resolve_model);
     if (cmd == "pull" || cmd == "list") {
       rest.insert(rest.begin(), cmd);
       return run_models_cli(rest);

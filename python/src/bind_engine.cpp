@@ -169,6 +169,10 @@ void bind_engine(nb::module_& m) {
       }, nb::arg("seq") = 0)
       .def("set_protect_below", &Engine::set_protect_below, nb::arg("pos"), nb::arg("seq") = 0)
       .def("cancel", [](Engine& e) { e.cancel_requested.store(true); })
+      .def("step", [](Engine& e) {
+        nb::gil_scoped_release release;
+        return e.step();
+      }, "Runs one scheduler step if there is work and no other thread is stepping.")
       .def("n_past_of", &Engine::n_past, nb::arg("seq") = 0)
       .def("history_of", &Engine::history, nb::arg("seq") = 0)
       .def("evictions_of", &Engine::evictions, nb::arg("seq") = 0)

@@ -108,6 +108,12 @@ void py_reset(void* user) {
   a->policy.attr("reset")();
 }
 
+void py_reset_seq(void* user, int32_t seq) {
+  auto* a = static_cast<PyAdapter*>(user);
+  nb::gil_scoped_acquire gil;
+  a->policy.attr("reset_sequence")(seq);
+}
+
 void py_destroy(tova_policy* self) {
   auto* a = static_cast<PyAdapter*>(self->user);
   nb::gil_scoped_acquire gil;
@@ -135,6 +141,7 @@ PolicyHandle make_python_policy(nb::handle policy) {
   c.on_insert = overrides("on_insert") ? py_on_insert : nullptr;
   c.on_evict = overrides("on_evict") ? py_on_evict : nullptr;
   c.reset = overrides("reset") ? py_reset : nullptr;
+  c.reset_seq = overrides("reset_sequence") ? py_reset_seq : nullptr;
   c.destroy = py_destroy;
   return PolicyHandle(&c, nullptr, cat("Python policy '", a->name, "'"));
 }
@@ -164,6 +171,8 @@ void bind_policy(nb::module_& m) {
       .def_prop_ro("n_heads", [](const PolicyView& p) { return p.get().n_heads; })
       .def_prop_ro("t", [](const PolicyView& p) { return p.get().t; })
       .def_prop_ro("new_slot", [](const PolicyView& p) { return p.get().new_slot; })
+      .def_prop_ro("seq", [](const PolicyView& p) { return p.get().seq; },
+                   "the engine sequence this call is for (each has its own slots)")
       .def_prop_ro("pos", [](const PolicyView& p) {
         const auto& v = p.get();
         return view_array<const int32_t>(p, v.pos, static_cast<size_t>(v.n_slots));

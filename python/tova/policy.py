@@ -38,7 +38,7 @@ class Policy:
     evicted), ``probs`` (float32 [n_heads, n_slots]), ``probs_mean`` (float32 [n_slots]) and
     ``state`` (float32 [n_slots], writable, the policy's own per-slot value, 0 for a new token);
     and the numbers ``layer``, ``capacity``, ``n_slots``, ``n_valid``, ``n_evict``, ``n_heads``,
-    ``t`` (the current token's position) and ``new_slot``. The view is valid only during the call.
+    ``t`` (the current token's position), ``new_slot`` and ``seq`` (the engine sequence). The view is valid only during the call.
     """
 
     name: str = "python"
@@ -56,4 +56,9 @@ class Policy:
         """The engine evicted ``slots`` (optional hook)."""
 
     def reset(self) -> None:
-        """The sequence was cleared (optional hook)."""
+        """A sequence was cleared (optional hook; called when :meth:`reset_sequence` is not
+        overridden)."""
+
+    def reset_sequence(self, seq: int) -> None:
+        """Sequence ``seq`` was cleared (optional hook). An engine with ``n_seq > 1`` runs one
+        policy object for all its sequences: ``view.seq`` says which one each call is for."""

@@ -43,6 +43,10 @@ std::unique_ptr<KvPayload> CpuBackend::new_kv(const KvLayout& layout) {
   return std::make_unique<CpuKv>(layout);
 }
 
+void CpuBackend::copy_kv(KvPayload& dst, const KvPayload& src) {
+  static_cast<CpuKv&>(dst) = static_cast<const CpuKv&>(src);
+}
+
 void CpuBackend::embed(const int32_t* tokens, int n, float scale, float* x) {
   const int64_t E = m_.hp().n_embd;
   for (int i = 0; i < n; ++i) {

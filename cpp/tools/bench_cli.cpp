@@ -1,0 +1,158 @@
+#include "bench_cli.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <random>
+#include <set>
+
+#include "cli_args.h"
+#include "common.h"
+#include "engine.h"
+#include "quant.h"
+
+namespace tova {
+
+namespace {
+
+const std::set<std::string> kBenchValues = {
+    "--model", "--prompt", "--n-predict", "--threads", "--kv-size", "--policy", "--n-sink", "--kv-type",
+    "--ctx", "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--repetitions",
+    "--batch", "--kv-budget", "--n-seq"};
+const std::set<std::string> kBenchFlags = {"--json", "--help"};
+const std::map<std::string, std::string> kBenchAliases = {
+    {"-m", "--model"}, {"-p", "--prompt"}, {"-n", "--n-predict"}, {"-t", "--threads"},
+    {"-r", "--repetitions"}, {"-h", "--help"}};
+
+struct MeanSd {
+  double mean, sd;
+};
+MeanSd mean_sd(const std::vector<double>& v) {
+  double m = 0;
+  for (double x : v) m += x;
+  m /= static_cast<double>(v.size());
+  double ss = 0;
+  for (double x : v) ss += (x - m) * (x - m);
+  return {m, v.size() > 1 ? std::sqrt(ss / static_cast<double>(v.size() - 1)) : 0.0};
+}
+
+struct Test {
+  std::string name;
+  int n_prompt, n_gen, n_seq;
+  std::vector<double> ts;
+};
+
+std::vector<int32_t> random_tokens(std::mt19937& rng, int n, int n_vocab) {
+  std::uniform_int_distribution<int> tok(0, n_vocab - 1);
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& x : ids) x = tok(rng);
+  return ids;
+}
+
+// N sequences decoding together: sequence 0 reads a prompt of n_prompt tokens (not timed) and
+// every other sequence starts as a copy of it (Engine::copy_sequence), so each holds the same
+// context; then each generates n_gen tokens (greedy, from a different first token, ignoring
+// end of generation) through the scheduler. Returns the total generated tokens per second.
+double batch_decode(Engine& e, std::mt19937& rng, int n_prompt, int n_gen) {
+  const int V = e.model().hp().n_vocab;
+  const int N = e.n_seq();
+  for (int s = 0; s < N; ++s) e.reset(s);
+  std::vector<float> logits;
+  if (n_prompt > 0) e.eval(0, random_tokens(rng, n_prompt, V), false, logits);
+  for (int s = 1; s < N; ++s) e.copy_sequence(0, s);
+  GenerateParams gp;
+  gp.max_tokens = n_gen;
+  gp.ignore_eos = true;
+  gp.sampling.temperature = 0;
+  std::vector<std::shared_ptr<Request>> reqs;
+  const double t0 = now_seconds();
+  for (int s = 0; s < N; ++s) reqs.push_back(e.submit(random_tokens(rng, 1, V), gp, s, true));
+  while (e.step()) {
+  }
+  const double dt = now_seconds() - t0;
+  int64_t total = 0;
+  for (auto& r : reqs) total += e.stats(*r).completion_tokens;
+  return static_cast<double>(total) / dt;
+}
+
+}  // namespace
+
+int cmd_bench(const std::vector<std::string>& argv, std::string (*resolve_model)(const std::string&)) {
+  CliArgs a(argv, kBenchValues, kBenchFlags, kBenchAliases);
+  const int n_prompt = a.integer("--prompt", 512);
+  const int n_gen = a.integer("--n-predict", 128);
+  const int reps = a.integer("--repetitions", 3);
+  if (n_prompt < 0 || n_gen < 0 || reps < 1) throw ArgumentError("-p, -n must be >= 0 and -r >= 1");
+  const bool batch = a.has("--batch") || a.has("--kv-budget");
+  EngineParams ep = engine_params_from(a, "full");
+  if (a.has("--batch")) ep.n_seq = a.integer("--batch", 1);
+  if (a.has("--batch") && a.has("--kv-budget")) throw ArgumentError("give --batch or --kv-budget, not both");
+  if (!a.has("--ctx")) ep.n_ctx = std::max(n_prompt + n_gen + (batch ? 1 : 0), 16);
+  const std::string path = resolve_model(a.str("--model", ""));
+  Engine engine(path, std::move(ep));
+  const int V = engine.model().hp().n_vocab;
+  std::mt19937 rng(1234);
+  std::vector<float> logits;
+  std::vector<Test> tests;
+  if (batch) {
+    tests.push_back({cat("pp", n_prompt, "+tg", n_gen, " x", engine.n_seq()), n_prompt, n_gen, engine.n_seq(), {}});
+  } else {
+    if (n_prompt > 0) tests.push_back({cat("pp", n_prompt), n_prompt, 0, 1, {}});
+    if (n_gen > 0) tests.push_back({cat("tg", n_gen), 0, n_gen, 1, {}});
+  }
+  for (Test& t : tests) {
+    for (int r = -1; r < reps; ++r) {  // r = -1: warm-up
+      if (t.n_seq > 1 || batch) {
+        const double ts = batch_decode(engine, rng, t.n_prompt, t.n_gen);
+        if (r >= 0) t.ts.push_back(ts);
+        continue;
+      }
+      engine.reset();
+      const int n = t.n_prompt > 0 ? t.n_prompt : t.n_gen;
+      const std::vector<int32_t> ids = random_tokens(rng, n, V);
+      const double t0 = now_seconds();
+      if (t.n_prompt > 0) {
+        engine.eval(ids, false, logits);
+      } else {
+        for (int i = 0; i < n; ++i) engine.eval({ids[static_cast<size_t>(i)]}, false, logits);
+      }
+      const double dt = now_seconds() - t0;
+      if (r >= 0) t.ts.push_back(n / dt);
+    }
+  }
+  const std::string model_name = path.substr(path.rfind('/') + 1);
+  const EngineParams& P = engine.params();
+  const int kv = P.full() ? P.n_ctx : P.kv_size;
+  if (a.has("--json")) {
+    std::printf("[\n");
+    for (size_t i = 0; i < tests.size(); ++i) {
+      const Test& t = tests[i];
+      MeanSd ms = mean_sd(t.ts);
+      std::printf("  {\"model_filename\": \"%s\", \"model_type\": \"%s %s\", \"n_threads\": %d, "
+                  "\"n_prompt\": %d, \"n_gen\": %d, \"n_seq\": %d, \"policy\": \"%s\", \"kv_size\": %d, "
+                  "\"type_k\": \"%s\", \"kv_bytes\": %llu, \"cpu_kernels\": \"%s\", \"avg_ts\": %.6f, "
+                  "\"stddev_ts\": %.6f, \"samples_ts\": [",
+                  model_name.c_str(), engine.model().hp().arch.c_str(), engine.model().quant_summary().c_str(),
+                  engine.n_threads(), t.n_prompt, t.n_gen, t.n_seq, engine.policy_name(), kv,
+                  kv_type_name(P.kv_type), static_cast<unsigned long long>(engine.kv_bytes()), kernel_isa(),
+                  ms.mean, ms.sd);
+      for (size_t k = 0; k < t.ts.size(); ++k) std::printf("%s%.6f", k ? ", " : "", t.ts[k]);
+      std::printf("]}%s\n", i + 1 < tests.size() ? "," : "");
+    }
+    std::printf("]\n");
+  } else {
+    std::printf("| model | arch | quant | threads | policy | kv | seqs | kv memory | test | t/s |\n");
+    std::printf("| --- | --- | --- | ---: | --- | ---: | ---: | ---: | --- | ---: |\n");
+    for (const Test& t : tests) {
+      MeanSd ms = mean_sd(t.ts);
+      std::printf("| %s | %s | %s | %d | %s | %d | %d | %s | %s | %.2f ± %.2f |\n", model_name.c_str(),
+                  engine.model().hp().arch.c_str(), engine.model().quant_summary().c_str(), engine.n_threads(),
+                  engine.policy_name(), kv, t.n_seq, format_bytes(engine.kv_bytes()).c_str(), t.name.c_str(),
+                  ms.mean, ms.sd);
+    }
+  }
+  return 0;
+}
+
+}  // namespace tova

@@ -1,0 +1,252 @@
+"""Many sequences in one engine: batched decoding equals running alone, threads sharing an
+engine, the scheduler's joins and leaves, and the bounds of the settings."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import tova
+
+# Eight prompts of different lengths: short ones, one longer than kv_size 64 (its prefill
+# evicts), one longer than several chunks (it joins a running batch over several steps).
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a small village by the sea,",
+    "def fibonacci(n):",
+    "The three primary colors are",
+    "Water boils at a temperature of",
+    "In 1969, the first humans to walk on the Moon were",
+    " ".join(["The old lighthouse keeper climbed the stairs every evening to light the lamp."] * 6)
+    + " One night he saw",
+    "A recipe for pancakes: first, take",
+]
+
+POLICIES = ["tova", "h2o", "sink", "window"]
+
+
+def _solo(engine: tova.Engine, prompts, **kw):
+    return [engine.generate(p, **kw) for p in prompts]
+
+
+def _check_batch_equals_solo(path, policy):
+    kw = dict(max_tokens=48, temperature=0, ignore_eos=True)
+    # n_seq 3 < 8 prompts: requests queue, join as others leave, and prompts are read in chunks
+    # of 16 beside the running decodes.
+    with tova.Engine(path, kv_size=64, policy=policy, n_seq=3, chunk=16, n_threads=2) as e:
+        solo = _solo(e, PROMPTS, **kw)
+        batch = e.generate_batch(PROMPTS, **kw)
+        assert e.kv_bytes == 3 * e.kv_bytes_per_seq
+        assert len(e.tokenize(PROMPTS[6])) > 64  # this prompt's prefill evicts
+    for i, (a, b) in enumerate(zip(solo, batch)):
+        assert a == b, f"prompt {i} with policy {policy}: batched text differs from the solo run"
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("policy", POLICIES)
+def test_batched_greedy_equals_solo_smollm2(smollm2_path, policy):
+    _check_batch_equals_solo(smollm2_path, policy)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("policy", POLICIES)
+def test_batched_greedy_equals_solo_gemma3(gemma3_path, policy):
+    _check_batch_equals_solo(gemma3_path, policy)
+
+
+@pytest.mark.model
+def test_batched_full_cache_equals_solo(smollm2_path):
+    kw = dict(max_tokens=24, temperature=0, ignore_eos=True)
+    with tova.Engine(smollm2_path, policy="full", n_ctx=256, n_seq=4, chunk=16, n_threads=2) as e:
+        assert e.generate_batch(PROMPTS, **kw) == _solo(e, PROMPTS, **kw)
+
+
+@pytest.mark.model
+def test_sixteen_threads_share_one_engine(smollm2_path):
+    requests = [(PROMPTS[i % len(PROMPTS)], 100 + i) for i in range(16)]
+    kw = dict(max_tokens=20, temperature=0.8, top_k=40)
+    with tova.Engine(smollm2_path, kv_size=64, n_seq=4, n_threads=2) as e:
+        expected = [e.generate(p, seed=s, **kw) for p, s in requests]
+        got = [None] * len(requests)
+        errors = []
+        barrier = threading.Barrier(len(requests))
+
+        def worker(i):
+            try:
+                barrier.wait()
+                got[i] = e.generate(requests[i][0], seed=requests[i][1], **kw)
+                assert e.last_stats["completion_tokens"] >= 1  # this thread's own statistics
+            except BaseException as ex:  # noqa: BLE001 - reported below
+                errors.append(ex)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert not errors, errors
+        assert got == expected
+        assert len(set(expected)) > 8  # different seeds and prompts: different texts
+
+
+@pytest.mark.model
+def test_cancelled_handle_frees_its_sequence(smollm2_path):
+    kw = dict(max_tokens=30, temperature=0, ignore_eos=True)
+    with tova.Engine(smollm2_path, kv_size=64, n_seq=2, n_threads=2) as e:
+        alone = e.generate(PROMPTS[1], **kw)
+        a = e.submit(PROMPTS[0], **kw)
+        b = e.submit(PROMPTS[1], **kw)
+        it = iter(a)
+        next(it)
+        a.cancel()
+        assert a.result() is not None and a.finish_reason == "cancelled"
+        assert len(a.tokens) < 30
+        # Its sequence is free again: a third request runs beside b at once.
+        c = e.submit(PROMPTS[2], **kw)
+        assert b.result() == alone
+        assert c.result() == e.generate(PROMPTS[2], **kw)
+
+
+@pytest.mark.model
+def test_dropped_handle_is_cancelled(smollm2_path):
+    with tova.Engine(smollm2_path, kv_size=64, n_seq=1, n_threads=2) as e:
+        h = e.submit(PROMPTS[0], max_tokens=500, ignore_eos=True, temperature=0)
+        del h  # the only sequence would be busy for 500 tokens: dropping the handle frees it
+        assert e.generate(PROMPTS[3], max_tokens=8, temperature=0) == \
+            e.generate(PROMPTS[3], max_tokens=8, temperature=0)
+
+
+@pytest.mark.model
+def test_long_prompt_joins_without_stalling(smollm2_path):
+    kw = dict(max_tokens=40, temperature=0, ignore_eos=True)
+    chunk = 16
+    long_prompt = PROMPTS[6] * 3
+    with tova.Engine(smollm2_path, kv_size=64, n_seq=2, chunk=chunk, n_threads=2) as e:
+        n_long = len(e.tokenize(long_prompt))
+        assert n_long > 8 * chunk
+        a_alone = e.generate(PROMPTS[0], **kw)
+        b_alone = e.generate(long_prompt, **kw)
+        a = e.submit(PROMPTS[0], **kw)
+        while not a.tokens:
+            e._e.step()
+        b = e.submit(long_prompt, **kw)
+        # Every step decodes a's next token while b's prompt is read one chunk at a time.
+        for k in range(1, 8):
+            before = len(a.tokens)
+            assert e._e.step()
+            assert len(a.tokens) == before + 1
+            assert not b.tokens  # b is still reading its prompt (n_long > 8 chunks)
+        assert a.result() == a_alone
+        assert b.result() == b_alone
+
+
+@pytest.mark.model
+def test_a_sequence_finishing_mid_batch(smollm2_path):
+    with tova.Engine(smollm2_path, kv_size=64, n_seq=4, n_threads=2) as e:
+        lengths = [3, 40, 10, 25]
+        solo = [e.generate(p, max_tokens=n, temperature=0, ignore_eos=True)
+                for p, n in zip(PROMPTS, lengths)]
+        handles = [e.submit(p, max_tokens=n, temperature=0, ignore_eos=True)
+                   for p, n in zip(PROMPTS, lengths)]
+        assert [h.result() for h in handles] == solo
+        assert [len(h.tokens) for h in handles] == lengths
+        assert all(h.finish_reason == "length" for h in handles)
+        assert sorted(h.seq for h in handles) == [0, 1, 2, 3]
+
+
+@pytest.mark.model
+def test_async_iteration(smollm2_path):
+    import asyncio
+
+    with tova.Engine(smollm2_path, kv_size=64, n_seq=2, n_threads=2) as e:
+        expected = [e.generate(p, max_tokens=12, temperature=0) for p in PROMPTS[:3]]
+
+        async def one(p):
+            return "".join([piece async for piece in e.submit(p, max_tokens=12, temperature=0)])
+
+        async def main():
+            return await asyncio.gather(*(one(p) for p in PROMPTS[:3]))
+
+        assert asyncio.run(main()) == expected
+
+
+@pytest.mark.model
+def test_per_sequence_introspection_and_policy_view_seq(smollm2_path):
+    seen = set()
+
+    class Oldest(tova.Policy):
+        name = "oldest"
+        needs_probs = False
+
+        def select(self, layer, view):
+            seen.add(int(view.seq))
+            pos = view.pos.copy().astype(np.int64)
+            pos[(pos < 0) | (view.protect != 0)] = np.iinfo(np.int64).max
+            return list(np.argsort(pos, kind="stable")[: view.n_evict])
+
+    with tova.Engine(smollm2_path, kv_size=32, n_seq=2, policy=Oldest(), n_threads=2) as e:
+        hs = [e.submit(p, max_tokens=40, temperature=0, ignore_eos=True) for p in PROMPTS[:2]]
+        for h in hs:
+            h.result()
+        assert seen == {0, 1}
+        for h in hs:
+            kept = e.kv_positions(0, seq=h.seq)
+            assert len(kept) == 32
+            n = e.n_past_of(h.seq)
+            assert list(kept) == list(range(n - 32, n))  # the oldest went first
+    with pytest.raises(ValueError, match="sequence 2 is out of range"):
+        tova.Engine(smollm2_path, kv_size=32, n_seq=2, n_threads=1).kv_positions(0, seq=2)
+
+
+@pytest.mark.model
+def test_kv_budget_sizes_n_seq(smollm2_path):
+    with tova.Engine(smollm2_path, kv_size=256, n_threads=1) as one:
+        per_seq = one.kv_bytes_per_seq
+    budget = 5 * per_seq + per_seq // 2
+    with tova.Engine(smollm2_path, kv_size=256, kv_budget=budget, n_threads=1) as e:
+        assert e.n_seq == 5
+        assert e.kv_bytes == 5 * per_seq <= budget
+    with tova.Engine(smollm2_path, kv_size=256, kv_budget=f"{budget / 2**20}MiB", n_threads=1) as e:
+        assert e.n_seq == 5
+    with pytest.raises(ValueError, match="too small for one sequence"):
+        tova.Engine(smollm2_path, kv_size=256, kv_budget=per_seq - 1)
+    with pytest.raises(ValueError, match="not a size"):
+        tova.Engine(smollm2_path, kv_budget="lots")
+    with pytest.raises(ValueError, match="n_seq or kv_budget"):
+        tova.Engine(smollm2_path, kv_budget="64MiB", n_seq=2)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(chunk=10**6), "chunk must be in"),
+    (dict(n_seq=10**6), "n_seq must be in"),
+    (dict(n_threads=10**6), "n_threads must be in"),
+    (dict(kv_size=10**9), "kv_size must be in"),
+    (dict(policy="full", n_ctx=10**9), "n_ctx must be in"),
+    (dict(policy="full", n_ctx=4_000_000, n_seq=1000), "more than this machine's"),
+    (dict(n_batch=8, chunk=64), "smaller than chunk"),
+    (dict(kv_type="f8"), "unknown kv_type 'f8'"),
+    (dict(prefill="lazy"), "unknown prefill mode 'lazy'"),
+    (dict(positions="absolute"), "unknown positions mode"),
+    (dict(policy="lru"), "unknown policy 'lru'"),
+])
+def test_settings_out_of_bounds_raise(smollm2_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tova.Engine(smollm2_path, **kwargs)
+
+
+@pytest.mark.model
+def test_cli_bench_batch(smollm2_path):
+    import json
+    import subprocess
+
+    from tova import _cli
+
+    out = subprocess.run([str(_cli.binary()), "bench", "-m", str(smollm2_path), "-p", "16", "-n", "8",
+                          "-r", "1", "-t", "2", "--batch", "3", "--kv-size", "64", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    batch = [r for r in rows if r.get("n_seq") == 3]
+    assert batch and batch[0]["n_gen"] == 8 and batch[0]["avg_ts"] > 0
