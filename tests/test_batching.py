@@ -250,3 +250,49 @@ def test_cli_bench_batch(smollm2_path):
     rows = json.loads(out.stdout)
     batch = [r for r in rows if r.get("n_seq") == 3]
     assert batch and batch[0]["n_gen"] == 8 and batch[0]["avg_ts"] > 0
+
+
+@pytest.mark.model
+def test_python_policy_shared_by_threads_does_not_deadlock(smollm2_path):
+    # Each callback of a Python policy takes the GIL from the stepping thread while other threads
+    # hold it and read the engine: nothing may wait on both.
+    resets = []
+
+    class Recent(tova.Policy):
+        name = "recent"
+        needs_probs = True
+
+        def select(self, layer, view):
+            pos = view.pos.astype(np.int64).copy()
+            pos[(pos < 0) | (view.protect != 0)] = np.iinfo(np.int64).max
+            return list(np.argsort(pos, kind="stable")[: view.n_evict])
+
+        def reset_sequence(self, seq):
+            resets.append(seq)
+
+    with tova.Engine(smollm2_path, kv_size=24, n_seq=3, policy=Recent(), n_threads=2) as e:
+        expected = [e.generate(p, max_tokens=12, temperature=0) for p in PROMPTS[:6]]
+        got = [None] * 6
+        stop = threading.Event()
+
+        def reader():
+            while not stop.is_set():
+                for s in range(3):
+                    e.n_past_of(s)
+                    e.kv_positions(0, seq=s)
+
+        def worker(i):
+            got[i] = e.generate(PROMPTS[i], max_tokens=12, temperature=0)
+
+        r = threading.Thread(target=reader)
+        r.start()
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        stop.set()
+        r.join(timeout=30)
+        assert not any(t.is_alive() for t in threads) and not r.is_alive(), "deadlock"
+        assert got == expected
+        assert set(resets) <= {0, 1, 2} and len(resets) >= 12

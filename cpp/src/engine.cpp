@@ -131,11 +131,18 @@ void Engine::record(Sequence& s, const int32_t* ids, int n) {
     s.history.erase(s.history.begin(), s.history.end() - static_cast<std::ptrdiff_t>(kHistoryKeep));
 }
 
-void Engine::clear_sequence(Sequence& s) {
-  s.store->clear();
+void Engine::notify_policy_reset(const Sequence& s) {
   tova_policy* p = policy_.get();
   if (p->abi_version >= 2 && p->reset_seq) p->reset_seq(p->user, s.id);
   else if (p->reset) p->reset(p->user);
+}
+
+void Engine::clear_sequence(Sequence& s) {
+  // The policy's hook first, without mu_: a Python policy takes the GIL, and a thread holding
+  // the GIL may be waiting for mu_.
+  notify_policy_reset(s);
+  std::lock_guard<std::mutex> lk(mu_);
+  s.store->clear();
   s.history.clear();
   s.n_past = 0;
   s.protect_below = -1;
@@ -188,7 +195,6 @@ void Engine::eval(int seq, const std::vector<int32_t>& ids, bool all_logits, std
       forward_->run(batch);
       if (sb.error) std::rethrow_exception(sb.error);
     } catch (...) {
-      std::lock_guard<std::mutex> lk(mu_);
       clear_sequence(s);  // the store may be half-updated: start the sequence over
       throw;
     }
@@ -202,7 +208,12 @@ void Engine::reset(int seq) {
   {
     std::unique_lock<std::mutex> lk(mu_);
     acquire_direct(lk, seq);
+  }
+  try {
     clear_sequence(s);
+  } catch (...) {
+    release_direct(seq);
+    throw;
   }
   release_direct(seq);
 }
@@ -220,9 +231,7 @@ void Engine::copy_sequence(int src, int dst) {
     ~Release() { e->release_direct(a, b); }
   } release{this, src, dst};
   b.store->copy_from(*a.store, *backend_);
-  tova_policy* p = policy_.get();
-  if (p->abi_version >= 2 && p->reset_seq) p->reset_seq(p->user, b.id);
-  else if (p->reset) p->reset(p->user);
+  notify_policy_reset(b);
   std::lock_guard<std::mutex> fields(mu_);
   b.n_past = a.n_past;
   b.history = a.history;

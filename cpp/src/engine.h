@@ -112,7 +112,8 @@ class Engine {
  private:
   Sequence& seq_at(int seq);
   const Sequence& seq_at(int seq) const;
-  void clear_sequence(Sequence& s);
+  void clear_sequence(Sequence& s);  // without mu_ held
+  void notify_policy_reset(const Sequence& s);
   void check_fits(const Sequence& s, int64_t n_new) const;
   void record(Sequence& s, const int32_t* ids, int n);
   // Takes the compute token and sequence `seq` (waiting, and stepping for others meanwhile).

@@ -190,10 +190,7 @@ void Engine::run_step() {
     if (r.phase_ != Request::Phase::Prefill || r.prompt_done_ > 0) continue;
     Sequence& s = *seqs_[static_cast<size_t>(r.seq_)];
     try {
-      if (!r.keep()) {
-        std::lock_guard<std::mutex> lk(mu_);
-        clear_sequence(s);
-      }
+      if (!r.keep()) clear_sequence(s);
       check_fits(s, static_cast<int64_t>(r.prompt().size()));
       r.logits_.assign(static_cast<size_t>(V), 0.0f);
       r.t_start_ = now;
@@ -250,8 +247,10 @@ void Engine::run_step() {
     Sequence& s = *seqs_[static_cast<size_t>(r.seq_)];
     const SeqBatch& b = batch_[i];
     if (b.error) {
-      std::lock_guard<std::mutex> lk(mu_);
-      clear_sequence(s);
+      try {
+        clear_sequence(s);
+      } catch (...) {  // the policy's reset failed too: the step's error is the one to report
+      }
       fail(r, b.error, now);
       continue;
     }
