@@ -231,3 +231,25 @@ def test_ctrl_c_during_a_long_prompt(smollm2_path):
     assert "INTERRUPTED after" in r.stdout and "n_past=0" in r.stdout, r.stdout
     assert float(r.stdout.split("after ")[1].split()[0]) < 5.0
     assert "AGAIN ' Paris" in r.stdout, r.stdout
+
+
+def test_ctrl_c_during_a_long_prompt_of_generate(smollm2_path):
+    """generate() reads its prompt through the scheduler: SIGINT stops it between steps too."""
+    code = textwrap.dedent(f"""
+        import os, signal, threading, time, tova
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        e = tova.Engine({str(smollm2_path)!r}, policy="tova", kv_size=64, chunk=16, n_threads=1, n_seq=2)
+        threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        t0 = time.time()
+        try:
+            e.generate("word " * 4000, max_tokens=4)
+            print("NOT INTERRUPTED")
+        except KeyboardInterrupt:
+            print("INTERRUPTED after %.2f s" % (time.time() - t0))
+        print("AGAIN", repr(e.generate("The capital of France is", max_tokens=2, temperature=0)))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "INTERRUPTED after" in r.stdout, r.stdout
+    assert float(r.stdout.split("after ")[1].split()[0]) < 5.0
+    assert "AGAIN ' Paris" in r.stdout, r.stdout

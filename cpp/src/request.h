@@ -76,6 +76,7 @@ class Request {
 
   Phase phase_ = Phase::Queued;
   int seq_ = -1;
+  bool started_ = false;         // its sequence was prepared (joined)
   size_t prompt_done_ = 0;       // prompt tokens evaluated
   bool need_eval_ = false;       // last_token_ must be evaluated before the next sample
   int32_t last_token_ = -1;

@@ -60,6 +60,9 @@ bool Engine::drive(std::unique_lock<std::mutex>& lk, Ready ready, double timeout
   while (!ready()) {
     if (!stepping_ && has_work()) {
       step_locked(lk);
+      // A waiter with a deadline returns between steps, so that its caller can check for
+      // Ctrl-C even while the steps are other requests' (or its own long prompt's).
+      if (timeout_s >= 0 && !ready() && std::chrono::steady_clock::now() >= deadline) return false;
       continue;
     }
     if (timeout_s < 0) {
@@ -187,7 +190,8 @@ void Engine::run_step() {
   // Joining requests start their sequence (outside the lock: the sequence is theirs now).
   for (auto& rp : running_) {
     Request& r = *rp;
-    if (r.phase_ != Request::Phase::Prefill || r.prompt_done_ > 0) continue;
+    if (r.phase_ != Request::Phase::Prefill || r.started_) continue;
+    r.started_ = true;
     Sequence& s = *seqs_[static_cast<size_t>(r.seq_)];
     try {
       if (!r.keep()) clear_sequence(s);

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <atomic>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -30,7 +31,13 @@ using namespace tova;
 namespace {
 
 volatile std::sig_atomic_t g_interrupted = 0;  // set by SIGINT, read by the decode loop
-void on_sigint(int) { g_interrupted = 1; }
+// The running engine's cancel flag (the scheduler stops its requests at the next step, also
+// while a long prompt is being read); lock-free atomics are safe in a signal handler.
+std::atomic<std::atomic<bool>*> g_cancel{nullptr};
+void on_sigint(int) {
+  g_interrupted = 1;
+  if (std::atomic<bool>* c = g_cancel.load()) c->store(true);
+}
 
 const char* kVersion = "0.1.0";
 
@@ -231,10 +238,8 @@ int cmd_run(const std::vector<std::string>& argv) {
   gp.sampling.seed = a.integer64("--seed", gp.sampling.seed);
   gp.sampling.validate();
   const auto ids = engine.tokenize(prompt, engine.model().tokenizer().add_bos_default(), false);
+  g_cancel.store(&engine.cancel_requested);
   std::signal(SIGINT, on_sigint);
-  engine.interrupt_hook = [] {
-    if (g_interrupted) throw Cancelled("interrupted");
-  };
   Generation g(engine, ids, gp);
   if (echo_prompt) std::fputs(prompt.c_str(), stdout);
   std::fflush(stdout);
