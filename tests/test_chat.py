@@ -316,3 +316,116 @@ def test_keep_system_too_long_for_kv_size(smollm2_path):
         with pytest.raises(ValueError, match="kv_size"):
             e.chat(msgs, keep_system=True, max_tokens=2)
         assert e.chat(msgs, max_tokens=2, temperature=0)  # without pinning it just evicts
+
+
+# ---- one core for both faces: the same pinning rule, the same errors ----------------------------
+def cli_chat(*args, stdin="Hi\n"):
+    """`tova chat` with piped stdin (the CLI face of the same core)."""
+    import os
+    import subprocess
+    import sys
+
+    from tova._cli import binary
+
+    env = dict(os.environ, TOVA_PYTHON=sys.executable)
+    return subprocess.run([str(binary()), "chat", *map(str, args)], input=stdin, capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("engine_kw, cli_args, system, needs", [
+    # The system prompt itself is too long for the store.
+    ({"kv_size": 16}, ["--kv-size", 16], "word " * 20, None),
+    # A short system prompt, but the sink policy's n_sink guarded positions count too: the Python
+    # face used to accept this (2 * n <= kv_size); both faces now use max(n, n_sink) * 2.
+    ({"kv_size": 40, "policy": "sink", "n_sink": 24}, ["--kv-size", 40, "--policy", "sink", "--n-sink", 24],
+     "Be brief.", 48),
+])
+def test_keep_system_limit_is_the_same_in_python_and_the_cli(smollm2_path, engine_kw, cli_args, system, needs):
+    msgs = [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}]
+    with tova.Engine(smollm2_path, n_threads=2, **engine_kw) as e:
+        with pytest.raises(ValueError, match="kv_size") as py_err:
+            e.chat(msgs, keep_system=True, max_tokens=2)
+        assert e.chat(msgs, max_tokens=2, temperature=0)  # without pinning it just evicts
+    message = str(py_err.value)
+    assert message.startswith("keep_system: the system prompt takes ")
+    if needs is not None:
+        assert message.endswith(f"pinning it needs kv_size >= {needs} (got {engine_kw['kv_size']})")
+    r = cli_chat("-m", smollm2_path, "--temp", 0, "-n", 2, "--system", system, "--keep-system", *cli_args)
+    assert r.returncode != 0
+    assert f"tova: error: {message}\n" in r.stderr  # the very same text: one rule, one place
+
+
+@pytest.mark.model
+def test_both_faces_pin_the_same_tokens(smollm2_path):
+    system = "You are a friendly assistant who answers briefly."
+    msgs = [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}]
+    greedy = tova.SamplingParams(temperature=0).to_core()
+    with tova.Engine(smollm2_path, kv_size=128, n_threads=2) as e:
+        e.chat(msgs, keep_system=True, max_tokens=2, temperature=0)
+        py_pinned = e._chat_feed.pinned_tokens  # the Python face's core object
+        # The start that does not depend on the user's text: the system turn and the next header.
+        expected = len(token_ids(e, "<|im_start|>system\n" + system + "<|im_end|>\n<|im_start|>user\n"))
+        assert py_pinned == expected
+        session = _core.ChatSession(e._e, keep_system=True)  # the CLI's layer over the same core
+        session.system = system
+        gen = session.start_reply("Hi", 2, greedy)
+        session.finish_reply(gen, gen.run_to_end())
+        assert session.pinned_tokens == py_pinned
+    r = cli_chat("-m", smollm2_path, "--temp", 0, "-n", 2, "--kv-size", 128, "--system", system,
+                 "--keep-system", stdin="Hi\n/stats\n")
+    assert r.returncode == 0, r.stderr
+    assert f"{py_pinned} system tokens pinned" in r.stdout
+    # The full policy never evicts: neither face pins anything (nor checks kv_size).
+    with tova.Engine(smollm2_path, policy="full", n_ctx=256, kv_size=8, n_threads=2) as e:
+        assert e.chat(msgs, keep_system=True, max_tokens=2, temperature=0) is not None
+        assert e._chat_feed.pinned_tokens == 0
+
+
+@pytest.mark.model
+def test_abandoned_streams_leave_the_chat_usable(smollm2):
+    smollm2.reset_chat()
+    msgs = [{"role": "user", "content": "Count from one to twenty."}]
+    first = smollm2.chat(msgs, temperature=0, max_tokens=8)
+    it = smollm2.chat_stream(msgs, temperature=0, max_tokens=64)
+    next(it)  # a reply begun and left unfinished...
+    smollm2.chat_stream(msgs, temperature=0, max_tokens=64)  # ...and one never iterated
+    assert smollm2.chat(msgs, temperature=0, max_tokens=8) == first
+    it.close()  # the stale stream ending late does not disturb the conversation
+    follow = msgs + [{"role": "assistant", "content": first}, {"role": "user", "content": "Thanks."}]
+    before = counters(smollm2).full_refeeds
+    smollm2.chat(follow, temperature=0, max_tokens=4)
+    assert counters(smollm2).full_refeeds == before
+    assert counters(smollm2).last_fed_tokens < 20
+
+
+def test_ctrl_c_during_a_chat_reply(smollm2_path):
+    """SIGINT during Engine.chat raises KeyboardInterrupt; the next chat works and continues the
+    sequence the core recorded (no full re-read)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import os, signal, threading, time, tova
+        from tova.chat import counters
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        e = tova.Engine({str(smollm2_path)!r}, kv_size=64, n_threads=1)
+        msgs = [{{"role": "user", "content": "Tell me a long story."}}]
+        threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        t0 = time.time()
+        try:
+            e.chat(msgs, max_tokens=100000, temperature=0, ignore_eos=True)
+            print("NOT INTERRUPTED")
+        except KeyboardInterrupt:
+            print("INTERRUPTED after %.2f s" % (time.time() - t0))
+        print("FINISH", e.last_stats["finish_reason"])
+        reply = e.chat(msgs, max_tokens=3, temperature=0)
+        print("AGAIN", bool(reply), counters(e).turns)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "INTERRUPTED after" in r.stdout, r.stdout
+    assert float(r.stdout.split("INTERRUPTED after ")[1].split()[0]) < 5.0
+    assert "FINISH cancelled" in r.stdout, r.stdout
+    assert "AGAIN True 2" in r.stdout, r.stdout

@@ -1,7 +1,5 @@
 #include "chat.h"
 
-#include <algorithm>
-
 #include "common.h"
 
 namespace tova {
@@ -202,110 +200,6 @@ std::string render_chat(const ChatFormat& format, const std::vector<ChatMessage>
     case ChatFamily::Llama3: return render_llama3(format, messages, add_generation_prompt);
   }
   throw Error("render_chat: unknown chat family");
-}
-
-// ---- ChatSession --------------------------------------------------------------------------------
-
-ChatSession::ChatSession(Engine& engine, ChatFormat format, bool keep_system)
-    : engine_(engine), format_(std::move(format)), keep_system_(keep_system) {}
-
-std::vector<ChatMessage> ChatSession::messages() const {
-  std::vector<ChatMessage> out;
-  out.reserve(turns_.size() + 1);
-  if (!system_.empty()) out.push_back({"system", system_});
-  out.insert(out.end(), turns_.begin(), turns_.end());
-  return out;
-}
-
-void ChatSession::reset() {
-  turns_.clear();
-  engine_.reset();
-  fed_.clear();
-  fed_n_past_ = -1;
-  pinned_ = 0;
-  in_reply_ = false;
-}
-
-// Tokens of the part of the rendering that does not depend on the first user message: the
-// system prompt and whatever the template wraps around it.
-int64_t ChatSession::system_prefix_tokens() const {
-  const std::string a = render_chat(format_, {{"system", system_}, {"user", "a"}}, false);
-  const std::string b = render_chat(format_, {{"system", system_}, {"user", "b"}}, false);
-  size_t k = 0;
-  while (k < a.size() && k < b.size() && a[k] == b[k]) ++k;
-  return static_cast<int64_t>(engine_.model().tokenizer().encode(std::string_view(a).substr(0, k), false, true).size());
-}
-
-std::vector<int32_t> ChatSession::tokens_to_feed(const std::string& rendered) {
-  const Tokenizer& tok = engine_.model().tokenizer();
-  if (fed_n_past_ > 0 && engine_.n_past() == fed_n_past_ && rendered.size() > fed_.size() &&
-      rendered.compare(0, fed_.size(), fed_) == 0) {
-    std::vector<int32_t> ids = tok.encode(std::string_view(rendered).substr(fed_.size()), false, true);
-    if (!ids.empty()) return ids;
-  }
-  if (fed_n_past_ > 0) counters_.full_refeeds++;
-  engine_.reset();
-  fed_.clear();
-  fed_n_past_ = -1;
-  pinned_ = 0;
-  if (keep_system_ && !system_.empty() && std::string(engine_.policy_name()) != "full") {
-    const int64_t n = system_prefix_tokens();
-    const int64_t kv = engine_.params().kv_size;
-    const int64_t guarded = std::max<int64_t>(n, engine_.kv_store().config().n_sink);
-    // Policies may protect up to half of the store themselves (h2o's recent window): leave them that.
-    if (guarded * 2 > kv)
-      throw ArgumentError(cat("keep_system: the system prompt takes ", n, " tokens; pinning it needs "
-                              "kv_size >= ", guarded * 2, " (got ", kv, ")"));
-    pinned_ = n;
-    engine_.set_protect_below(n);
-  }
-  return tok.encode(rendered, false, true);
-}
-
-std::unique_ptr<Generation> ChatSession::start_reply(const std::string& user_text,
-                                                     const GenerateParams& params) {
-  if (in_reply_) throw ArgumentError("start_reply: the previous reply was not finished (finish_reply)");
-  turns_.push_back({"user", user_text});
-  std::unique_ptr<Generation> gen;
-  try {
-    const std::string rendered = render_chat(format_, messages(), true);
-    const std::vector<int32_t> ids = tokens_to_feed(rendered);
-    gen = std::make_unique<Generation>(engine_, ids, params);
-    counters_.turns++;
-    counters_.fed_tokens += static_cast<int64_t>(ids.size());
-    counters_.last_fed_tokens = static_cast<int64_t>(ids.size());
-    pending_prompt_ = rendered;
-    pending_n_past_ = engine_.n_past();
-  } catch (...) {
-    turns_.pop_back();
-    if (engine_.n_past() != fed_n_past_) {  // the sequence changed under what fed_ says
-      fed_.clear();
-      fed_n_past_ = -1;
-    }
-    throw;
-  }
-  in_reply_ = true;
-  return gen;
-}
-
-void ChatSession::finish_reply(const Generation& gen, const std::string& text) {
-  if (!in_reply_) throw ArgumentError("finish_reply: no reply in progress (start_reply)");
-  in_reply_ = false;
-  turns_.push_back({"assistant", text});
-  // The last sampled token is never evaluated (a finished generation stops before it): the
-  // sequence holds the prompt and every generated token but that one.
-  const std::vector<int32_t>& t = gen.tokens();
-  const size_t n_eval = t.empty() ? 0 : t.size() - 1;
-  if (engine_.n_past() == pending_n_past_ + static_cast<int64_t>(n_eval)) {
-    const std::vector<int32_t> evaluated(t.begin(), t.begin() + static_cast<std::ptrdiff_t>(n_eval));
-    // Special tokens as text: a control token the model emitted mid-reply is not in the
-    // reply's text, so the next rendering will not match and the conversation is re-read.
-    fed_ = pending_prompt_ + engine_.model().tokenizer().decode(evaluated, true);
-    fed_n_past_ = engine_.n_past();
-  } else {
-    fed_.clear();
-    fed_n_past_ = -1;
-  }
 }
 
 }  // namespace tova

@@ -153,6 +153,12 @@ class Engine {
 class Generation {
  public:
   Generation(Engine& engine, const std::vector<int32_t>& prompt, const GenerateParams& params);
+  // Dropping a generation that has not finished cancels its request (its sequence is freed).
+  ~Generation() {
+    if (req_ && !finished_) req_->cancel();
+  }
+  Generation(const Generation&) = delete;
+  Generation& operator=(const Generation&) = delete;
   std::string next();
   bool finished() const { return finished_; }
   FinishReason finish_reason() const { return engine_.stats(*req_).finish; }

@@ -14,6 +14,7 @@
 #include <set>
 
 #include "chat.h"
+#include "chat_session.h"
 #include "cli_args.h"
 #include "common.h"
 #include "engine.h"

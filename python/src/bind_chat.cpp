@@ -1,6 +1,7 @@
 // tova._core chat pieces: the C++ renderers and format recognition (Python's fallback when a
-// file has no template, and the tests comparing them with jinja2), and ChatSession, the
-// conversation the CLI runs.
+// file has no template, and the tests comparing them with jinja2); ChatFeed, the conversation
+// held in the engine's sequence that Engine.chat renders its jinja prompts into (the same core
+// the CLI's `tova chat` runs); and ChatSession, the CLI's message-keeping layer over it.
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
@@ -14,6 +15,7 @@
 
 #include "bindings.h"
 #include "chat.h"
+#include "chat_session.h"
 #include "common.h"
 #include "engine.h"
 
@@ -37,6 +39,15 @@ nb::dict format_dict(const ChatFormatChoice& c) {
   d["default_system"] = c.format.default_system;
   d["recognized"] = c.recognized;
   d["source"] = c.source;
+  return d;
+}
+
+nb::dict counters_dict(const ChatCounters& c) {
+  nb::dict d;
+  d["turns"] = c.turns;
+  d["fed_tokens"] = c.fed_tokens;
+  d["last_fed_tokens"] = c.last_fed_tokens;
+  d["full_refeeds"] = c.full_refeeds;
   return d;
 }
 
@@ -99,9 +110,46 @@ void bind_chat(nb::module_& m) {
         return nb::str(text.data(), text.size());
       })
       .def("cancel", &Generation::cancel)
+      .def_prop_ro("stats", [](const Generation& g) { return stats_dict(g.stats()); })
       .def_prop_ro("finished", &Generation::finished)
       .def_prop_ro("finish_reason", [](const Generation& g) { return finish_reason_name(g.finish_reason()); })
       .def_prop_ro("tokens", &Generation::tokens);
+
+  nb::class_<ChatFeed>(m, "ChatFeed",
+                       "The conversation held in an engine's sequence 0: feeds only what each "
+                       "rendered prompt adds to what the sequence holds.")
+      .def(nb::init<Engine&>(), nb::arg("engine"), nb::keep_alive<1, 2>())
+      .def("start_reply",
+           [](ChatFeed& f, const std::string& prompt, std::optional<std::pair<std::string, std::string>> pin,
+              int max_tokens, const std::vector<std::string>& stop, bool ignore_eos, const SamplingParams& sp) {
+             GenerateParams gp;
+             gp.max_tokens = max_tokens;
+             gp.stop = stop;
+             gp.ignore_eos = ignore_eos;
+             gp.sampling = sp;
+             SystemPinProbes probes;
+             if (pin) probes = {pin->first, pin->second};
+             nb::gil_scoped_release release;
+             return f.start_reply(prompt, pin ? &probes : nullptr, gp);
+           },
+           nb::arg("prompt"), nb::arg("pin").none(), nb::arg("max_tokens"), nb::arg("stop"),
+           nb::arg("ignore_eos"), nb::arg("sampling"), nb::keep_alive<0, 1>(),
+           "Starts the reply to a rendered prompt; pin: (probe_a, probe_b), two renderings of the "
+           "system prompt + a first user message differing only in the user's text, or None.")
+      .def("finish_reply",
+           [](ChatFeed& f, Generation& g) {
+             nb::gil_scoped_release release;
+             return f.finish_reply(g);
+           },
+           nb::arg("generation"),
+           "Ends the reply (cancelling it if still running) and records what the sequence holds.")
+      .def("reset", [](ChatFeed& f) {
+        nb::gil_scoped_release release;
+        f.reset();
+      })
+      .def_prop_ro("in_reply", &ChatFeed::in_reply)
+      .def_prop_ro("pinned_tokens", &ChatFeed::pinned_tokens)
+      .def_prop_ro("counters", [](const ChatFeed& f) { return counters_dict(f.counters()); });
 
   nb::class_<ChatSession>(m, "ChatSession")
       .def("__init__",
@@ -129,13 +177,5 @@ void bind_chat(nb::module_& m) {
            nb::arg("text"), nb::arg("max_tokens"), nb::arg("sampling"), nb::keep_alive<0, 1>())
       .def("finish_reply", &ChatSession::finish_reply, nb::arg("generation"), nb::arg("text"))
       .def_prop_ro("pinned_tokens", &ChatSession::pinned_tokens)
-      .def_prop_ro("counters", [](const ChatSession& s) {
-        const ChatCounters& c = s.counters();
-        nb::dict d;
-        d["turns"] = c.turns;
-        d["fed_tokens"] = c.fed_tokens;
-        d["last_fed_tokens"] = c.last_fed_tokens;
-        d["full_refeeds"] = c.full_refeeds;
-        return d;
-      });
+      .def_prop_ro("counters", [](const ChatSession& s) { return counters_dict(s.counters()); });
 }

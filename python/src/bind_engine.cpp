@@ -36,18 +36,6 @@ nb::ndarray<nb::numpy, int32_t> to_numpy_i32(std::vector<int32_t>&& v) {
   return nb::ndarray<nb::numpy, int32_t>(heap->data(), 1, shape, owner);
 }
 
-nb::dict stats_dict(const Stats& s) {
-  nb::dict d;
-  d["prompt_tokens"] = s.prompt_tokens;
-  d["completion_tokens"] = s.completion_tokens;
-  d["prompt_seconds"] = s.prompt_seconds;
-  d["generation_seconds"] = s.generation_seconds;
-  d["prompt_tokens_per_second"] = s.prompt_tps();
-  d["generation_tokens_per_second"] = s.generation_tps();
-  d["finish_reason"] = finish_reason_name(s.finish);
-  d["seq"] = s.seq;
-  return d;
-}
 
 // Raises KeyboardInterrupt (or whatever a signal handler raised) in the calling thread.
 void check_signals() {
@@ -84,6 +72,19 @@ PyType_Slot engine_slots[] = {{Py_tp_traverse, reinterpret_cast<void*>(engine_tr
                               {0, nullptr}};
 
 }  // namespace
+
+nb::dict stats_dict(const Stats& s) {
+  nb::dict d;
+  d["prompt_tokens"] = s.prompt_tokens;
+  d["completion_tokens"] = s.completion_tokens;
+  d["prompt_seconds"] = s.prompt_seconds;
+  d["generation_seconds"] = s.generation_seconds;
+  d["prompt_tokens_per_second"] = s.prompt_tps();
+  d["generation_tokens_per_second"] = s.generation_tps();
+  d["finish_reason"] = finish_reason_name(s.finish);
+  d["seq"] = s.seq;
+  return d;
+}
 
 void bind_engine(nb::module_& m) {
   m.def("parse_bytes", &parse_bytes, nb::arg("text"), "'256MiB' -> bytes (ValueError for a malformed size)");

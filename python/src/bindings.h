@@ -5,6 +5,13 @@
 
 namespace nb = nanobind;
 
+namespace tova {
+struct Stats;
+}
+
+// A generation's statistics as the dict Python sees (Handle.stats, Engine.last_stats).
+nb::dict stats_dict(const tova::Stats& s);
+
 void bind_gguf(nb::module_& m);
 void bind_quant(nb::module_& m);
 void bind_tokenizer(nb::module_& m);

@@ -5,7 +5,9 @@ Each call renders the whole conversation, then evaluates only the part of the pr
 does not hold yet (a prefix check on the rendered text), so a multi-turn chat never re-reads its
 history. When the rendering does not extend what was fed (an edited history, a changed system
 prompt, the engine used for something else meanwhile), the sequence is reset and the prompt read
-in full. The fixed-memory KV store evicts as the conversation grows: it never runs out.
+in full. The fixed-memory KV store evicts as the conversation grows: it never runs out. That
+feeding is the core's ``ChatFeed`` (cpp/src/chat_session.h), the same code ``tova chat`` runs:
+only the rendering (jinja2 here, built-in renderers there) differs between the two.
 
 Files without a template (the Gemma 3 base GGUF) get a built-in template of their family,
 recognized from the vocabulary's special tokens (``<start_of_turn>`` -> Gemma, ``<|im_start|>``
@@ -18,9 +20,9 @@ import json
 import time
 import uuid
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _core
 
@@ -184,64 +186,34 @@ def render_prompt(engine: "Engine", messages: Sequence[Message], *,
 
 
 # ---- the conversation held in the engine's sequence ---------------------------------------------
-@dataclass
-class _Fed:
-    """What the engine's sequence holds, as text: the prompt fed so far plus the reply tokens
-    that were evaluated (special tokens as text). ``n_past`` and ``tail`` detect another use of
-    the engine in between."""
-    text: bytes
-    n_past: int
-    tail: List[int]
-
-
+# The feeding itself (which tokens to evaluate, noticing another use of the sequence, pinning the
+# system prompt, recording what the sequence holds after a reply) is the core's ChatFeed
+# (cpp/src/chat_session.h), the same code `tova chat` runs; here the prompt is rendered.
 @dataclass
 class ChatCounters:
     turns: int = 0
     fed_tokens: int = 0
     full_refeeds: int = 0
+    last_fed_tokens: int = 0
 
 
-@dataclass
-class _ChatState:
-    fed: Optional[_Fed] = None
-    counters: ChatCounters = field(default_factory=ChatCounters)
-
-
-_TAIL = 16  # tokens of history compared to notice that the sequence changed under us
-
-
-def _state(engine: "Engine") -> _ChatState:
-    st = engine.__dict__.get("_chat_state")
-    if st is None:
-        st = _ChatState()
-        engine.__dict__["_chat_state"] = st
-    return st
+def _feed(engine: "Engine") -> "_core.ChatFeed":
+    feed = engine.__dict__.get("_chat_feed")
+    if feed is None:
+        feed = _core.ChatFeed(engine._e)
+        engine.__dict__["_chat_feed"] = feed
+    return feed
 
 
 def reset(engine: "Engine") -> None:
     """Forgets the conversation and empties the sequence."""
-    _state(engine).fed = None
-    engine._e.reset()
+    _feed(engine).reset()
 
 
-def _suffix_ids(engine: "Engine", fed: Optional[_Fed], prompt: bytes) -> Optional[List[int]]:
-    if fed is None or fed.n_past <= 0 or engine._e.n_past != fed.n_past:
-        return None
-    if len(prompt) <= len(fed.text) or not prompt.startswith(fed.text):
-        return None
-    if list(engine._e.history[-_TAIL:]) != fed.tail:
-        return None
-    try:
-        suffix = prompt[len(fed.text):].decode("utf-8")
-    except UnicodeDecodeError:  # the cut fell inside a character: read it all again
-        return None
-    ids = list(engine._e.tokenize(suffix, False, True))
-    return ids or None
-
-
-def _pinned_tokens(engine: "Engine", template: str, messages: Sequence[Message]) -> int:
-    """Tokens of the prompt's start that do not depend on the first user message: the system
-    prompt and what the template wraps around it."""
+def _pin_probes(engine: "Engine", template: str, messages: Sequence[Message]) -> Tuple[str, str]:
+    """Two renderings of the system prompt and a first user message that differ only in the
+    user's text: the core pins the tokens of their common start (the system prompt and what the
+    template wraps around it)."""
     system = messages[0]["content"]
     kw = dict(bos_token=_token_text(engine, engine._info["bos_id"]),
               eos_token=_token_text(engine, engine._info["eos_id"]), add_generation_prompt=False)
@@ -249,14 +221,7 @@ def _pinned_tokens(engine: "Engine", template: str, messages: Sequence[Message])
                                    {"role": "user", "content": "a"}], **kw)
     b = render_template(template, [{"role": "system", "content": system},
                                    {"role": "user", "content": "b"}], **kw)
-    k = 0
-    while k < min(len(a), len(b)) and a[k] == b[k]:
-        k += 1
-    n = len(engine._e.tokenize(a[:k], False, True))
-    if engine.policy != "full" and 2 * n > engine.kv_size:
-        raise ValueError(f"keep_system: the system prompt takes {n} tokens; pinning it needs "
-                         f"kv_size >= {2 * n} (got {engine.kv_size})")
-    return n
+    return a, b
 
 
 class ChatTurn:
@@ -266,39 +231,25 @@ class ChatTurn:
                  chat_template: Optional[str], keep_system: bool, max_tokens: int,
                  stop: Union[None, str, Sequence[str]], ignore_eos: bool,
                  sampling: "Optional[SamplingParams]", fields: Dict[str, Any]) -> None:
+        from .engine import _check_int
+
         if not messages:
             raise ValueError("messages is empty: a chat needs at least one message")
+        _check_int("max_tokens", max_tokens, minimum=0)
         template = chat_template_for(engine, chat_template)
         self.prompt = render_template(template, messages, add_generation_prompt=True,
                                       bos_token=_token_text(engine, engine._info["bos_id"]),
                                       eos_token=_token_text(engine, engine._info["eos_id"]))
+        pin = None
+        if keep_system and messages[0]["role"] == "system":
+            pin = _pin_probes(engine, template, messages)
+        params = engine._params(sampling, fields)
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
         self._engine = engine
-        self._bytes = self.prompt.encode("utf-8")
-        st = _state(engine)
-        ids = _suffix_ids(engine, st.fed, self._bytes)
-        if ids is None:
-            if st.fed is not None:
-                st.counters.full_refeeds += 1
-            st.fed = None
-            pinned = 0
-            if keep_system and messages[0]["role"] == "system":
-                pinned = _pinned_tokens(engine, template, messages)
-            engine._e.reset()
-            if pinned:
-                engine._e.set_protect_below(pinned)
-            ids = list(engine._e.tokenize(self.prompt, False, True))
-        self.fed_tokens = len(ids)
-        try:
-            self.gen = engine._start(ids, max_tokens, stop, ignore_eos, sampling, fields,
-                                     keep_history=True)
-        except BaseException:
-            if st.fed is not None and engine._e.n_past != st.fed.n_past:
-                st.fed = None  # the prompt was (partly) evaluated, or a failed step reset it
-            raise
-        st.fed = None  # until the reply is recorded, the sequence is in flux
-        self._after_prompt = engine._e.n_past
-        st.counters.turns += 1
-        st.counters.fed_tokens += len(ids)
+        self._feed = _feed(engine)
+        self.gen = self._feed.start_reply(self.prompt, pin, int(max_tokens), stops, bool(ignore_eos),
+                                          params.to_core())
+        self.fed_tokens = int(self._feed.counters["last_fed_tokens"])
         self._recorded = False
 
     def pieces(self) -> Iterator[str]:
@@ -314,18 +265,13 @@ class ChatTurn:
             self._record()
 
     def _record(self) -> None:
-        """Notes what the sequence now holds: the prompt and every generated token but the
-        last (a finished generation never evaluates its last token)."""
+        """Tells the core what the sequence now holds, and keeps the statistics of the reply
+        for :attr:`Engine.last_stats`."""
         if self._recorded:
             return
         self._recorded = True
-        e = self._engine._e
-        toks = list(self.gen.tokens)
-        n_eval = max(0, len(toks) - 1)
-        if e.n_past != self._after_prompt + n_eval:
-            return  # the sequence was reset (a failed step): the next turn reads it all
-        text = self._bytes + e.detokenize(toks[:n_eval], True)
-        _state(self._engine).fed = _Fed(text, e.n_past, list(e.history[-_TAIL:]))
+        self._feed.finish_reply(self.gen)
+        self._engine._local.last = self.gen.stats
 
     @property
     def completion_tokens(self) -> int:
@@ -361,4 +307,4 @@ def completion_dict(engine: "Engine", turn: ChatTurn, content: str) -> Dict[str,
 
 def counters(engine: "Engine") -> ChatCounters:
     """Turns, prompt tokens fed and full re-reads of the chats on ``engine`` so far."""
-    return _state(engine).counters
+    return ChatCounters(**_feed(engine).counters)
