@@ -9,7 +9,7 @@
 
 #include "common.h"
 #include "cpu/cpu_features.h"
-#include "quant_kernels.h"
+#include "cpu/quant_kernels.h"
 
 namespace tova {
 

@@ -1,5 +1,5 @@
-// Internal to the quant kernels: block layouts and the kernel functions shared between
-// quant.cpp (the table), the portable scalar files and the SIMD files.
+// Internal to the CPU quant kernels: block layouts and the kernel functions shared between
+// quant.cpp (the table), the portable scalar files (cpu/quant_*.cpp) and the SIMD files.
 //
 // Block layouts follow the GGUF format (gguf-py's quants.py is the reference). Half-precision
 // fields are stored as raw uint16_t; every struct is exactly the on-disk block (static_asserts).
