@@ -1,12 +1,12 @@
-// Internal to the CPU quant kernels: the kernel functions shared between quant.cpp (the
-// table), the portable scalar files (cpu/quant_*.cpp) and the SIMD files, and small helpers
-// they share. The block structs they read are in quant_blocks.h (layout, for every backend).
+// Internal to the CPU kernels: the kernel functions shared between kernels_cpu.cpp (the CPU
+// kernel table), the portable scalar files and the SIMD files, and small helpers they share.
+// The block structs they read are in quant_blocks.h (layout, shared with other backends).
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
-#include "quant.h"
+#include "kernels_cpu.h"
 #include "quant_blocks.h"
 
 namespace tova {
@@ -35,7 +35,7 @@ static inline void q3k_scales(const uint8_t* s, int8_t* out) {
   }
 }
 
-// Signatures of the gathered attention helpers (quant.h), for their dispatch.
+// Signatures of the gathered attention helpers (kernels_cpu.h), for their dispatch.
 using GatherDotF32Fn = void (*)(const float*, size_t, const int32_t*, int, const float*, int, float, float*);
 using GatherDotF16Fn = void (*)(const uint16_t*, size_t, const int32_t*, int, const float*, int, float, float*);
 using GatherAxpyF32Fn = void (*)(const float*, size_t, const int32_t*, int, const float*, int, float*);
