@@ -3,6 +3,7 @@
 #include <map>
 
 #include "common.h"
+#include "cpu/kernels_cpu.h"
 
 namespace tova {
 
@@ -67,10 +68,8 @@ Matrix Model::matrix(const std::string& name, int64_t cols, int64_t rows, bool r
   if (t->n_dims != 2 || t->ne[0] != cols || t->ne[1] != rows)
     throw FormatError(cat(file_.path(), ": tensor '", name, "' has shape ", t->shape_string(),
                           ", expected [", cols, ", ", rows, "]"));
+  // Computable types have a matrix-product kernel in every backend (the type table's contract).
   m.traits = &require_computable(t->type_id, cat(file_.path(), ": tensor '", name, "'"));
-  if (!m.traits->vec_dot)
-    throw FormatError(cat(file_.path(), ": tensor '", name, "' has type ", m.traits->name,
-                          ", which has no matrix-product kernel"));
   m.data = t->data;
   m.type = t->type();
   m.cols = cols;
@@ -90,9 +89,9 @@ Vector Model::vector(const std::string& name, int64_t n, bool required) {
   if (t->n_elements() != n)
     throw FormatError(cat(file_.path(), ": tensor '", name, "' has shape ", t->shape_string(),
                           ", expected [", n, "]"));
-  const TypeTraits& tr = require_computable(t->type_id, cat(file_.path(), ": tensor '", name, "'"));
+  require_computable(t->type_id, cat(file_.path(), ": tensor '", name, "'"));
   Vector v(static_cast<size_t>(n));
-  tr.dequantize(t->data, v.data(), n);
+  dequantize_row(t->type(), t->data, v.data(), n);  // on the host, once at load
   weight_bytes_ += t->nbytes;
   return v;
 }

@@ -21,7 +21,7 @@ struct Matrix {
   int64_t cols = 0;  // ne[0], the input size
   int64_t rows = 0;  // ne[1], the output size
   size_t row_bytes = 0;
-  const TypeTraits* traits = nullptr;
+  const TypeTraits* traits = nullptr;  // the layout of `type` (the type table)
   std::string name;
 
   bool present() const { return data != nullptr; }

@@ -14,6 +14,8 @@
 #include "kv_policy.h"
 #include "perplexity.h"
 #include "quant.h"
+#include "quant_blocks.h"
+#include "cpu/kernels_cpu.h"
 #include "cpu/thread_pool.h"
 #include "tokenizer.h"
 
@@ -136,6 +138,86 @@ void test_half_precision() {
   CHECK(bf16_to_fp32(fp32_to_bf16(1.5f)) == 1.5f);
 }
 
+// The registry contract: the type table (layout, quant.h) and the CPU kernel table
+// (cpu/kernels_cpu.h) agree. Every computable type has CPU kernels in both the best and the
+// scalar table; layout-only and unknown ids have none; the computable block formats' sizes are
+// their structs'; each vec_dot_type is a computable type the CPU can quantize to.
+void test_type_registry() {
+  struct Block {
+    GgmlType id;
+    int64_t block_size;
+    size_t type_size;
+  };
+  const Block blocks[] = {
+      {GgmlType::Q4_0, kQK, sizeof(BlockQ4_0)},    {GgmlType::Q4_1, kQK, sizeof(BlockQ4_1)},
+      {GgmlType::Q5_0, kQK, sizeof(BlockQ5_0)},    {GgmlType::Q5_1, kQK, sizeof(BlockQ5_1)},
+      {GgmlType::Q8_0, kQK, sizeof(BlockQ8_0)},    {GgmlType::Q8_1, kQK, sizeof(BlockQ8_1)},
+      {GgmlType::Q2_K, kQK_K, sizeof(BlockQ2_K)},  {GgmlType::Q3_K, kQK_K, sizeof(BlockQ3_K)},
+      {GgmlType::Q4_K, kQK_K, sizeof(BlockQ4_K)},  {GgmlType::Q5_K, kQK_K, sizeof(BlockQ5_K)},
+      {GgmlType::Q6_K, kQK_K, sizeof(BlockQ6_K)},  {GgmlType::Q8_K, kQK_K, sizeof(BlockQ8_K)},
+  };
+  for (const Block& b : blocks) {
+    const TypeTraits& t = type_traits(b.id);
+    CHECK(t.computable && t.is_quantized);
+    CHECK(t.block_size == b.block_size);
+    CHECK(t.type_size == b.type_size);
+  }
+  int n_computable = 0, n_layout_only = 0;
+  for (uint32_t id = 0; id < kGgmlTypeLimit + 2; ++id) {
+    const TypeTraits& t = type_traits(id);
+    const CpuKernels& best = cpu_kernels(id);
+    const CpuKernels& portable = scalar_cpu_kernels(id);
+    CHECK(type_known(id) == (t.name != nullptr));
+    CHECK(type_supported(id) == (t.name != nullptr && t.computable));
+    if (t.name == nullptr) {
+      CHECK(!t.computable);
+      CHECK(best.dequantize == nullptr && best.vec_dot == nullptr && portable.dequantize == nullptr);
+      continue;
+    }
+    CHECK(t.block_size >= 1 && t.type_size >= 1);
+    CHECK(row_bytes(static_cast<GgmlType>(id), t.block_size * 3) == t.type_size * 3);
+    if (!t.computable) {
+      ++n_layout_only;
+      CHECK(t.is_quantized);
+      CHECK(best.dequantize == nullptr && best.quantize == nullptr && best.vec_dot == nullptr &&
+            best.vec_dot_f32 == nullptr && best.vec_dot_rows == nullptr);
+      CHECK(portable.dequantize == nullptr && portable.vec_dot == nullptr);
+      continue;
+    }
+    ++n_computable;
+    CHECK(best.dequantize != nullptr && best.vec_dot != nullptr && best.vec_dot_f32 != nullptr);
+    CHECK(portable.dequantize != nullptr && portable.vec_dot != nullptr && portable.vec_dot_f32 != nullptr);
+    CHECK(portable.vec_dot_rows == nullptr);  // multi-row kernels are SIMD only
+    CHECK((best.quantize != nullptr) == (portable.quantize != nullptr));
+    CHECK(t.is_quantized == (t.block_size > 1));
+    // The activation format: computable, quantizable by the CPU, and the same block size.
+    const TypeTraits& act = type_traits(t.vec_dot_type);
+    CHECK(act.computable);
+    CHECK(act.block_size == t.block_size);
+    CHECK(t.vec_dot_type == GgmlType::F32 || cpu_kernels(t.vec_dot_type).quantize != nullptr);
+  }
+  CHECK(n_computable == 20);
+  CHECK(n_layout_only == 12);
+  CHECK(throws<FormatError>([] { require_computable(static_cast<uint32_t>(GgmlType::IQ2_XXS), "t"); },
+                            "IQ2_XXS is not supported"));
+  CHECK(throws<FormatError>([] { require_computable(4, "t"); }, "unknown type id 4"));
+  CHECK(throws<ArgumentError>([] {
+    float out[256];
+    const uint8_t raw[66] = {};
+    dequantize_row(GgmlType::IQ2_XXS, raw, out, 256);
+  }, "no CPU kernel"));
+  // dequantize_row is the best table's kernel.
+  BlockQ8_0 q{};
+  q.d = fp32_to_fp16(0.5f);
+  for (int i = 0; i < kQK; ++i) q.qs[i] = static_cast<int8_t>(i - 16);
+  float out[kQK];
+  dequantize_row(GgmlType::Q8_0, &q, out, kQK);
+  bool same = true;
+  for (int i = 0; i < kQK; ++i) same = same && out[i] == 0.5f * static_cast<float>(i - 16);
+  CHECK(same);
+  CHECK(std::strcmp(kernel_isa(), "scalar") == 0 || std::strcmp(kernel_isa(), "avx2") == 0);
+}
+
 void test_builtin_policies() {
   // 6 slots, capacity 4, one to evict; slot 3 is protected.
   int32_t pos[6] = {0, 5, 2, 1, 4, -1};
@@ -208,6 +290,7 @@ int main() {
   test_thread_pool();
   test_gguf_buffer();
   test_half_precision();
+  test_type_registry();
   test_builtin_policies();
   test_utf8_stream();
   test_perplexity_plan();

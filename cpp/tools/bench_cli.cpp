@@ -9,6 +9,7 @@
 
 #include "cli_args.h"
 #include "common.h"
+#include "cpu/kernels_cpu.h"
 #include "engine.h"
 #include "quant.h"
 

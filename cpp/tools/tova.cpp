@@ -22,6 +22,7 @@
 #include "cli_args.h"
 #include "common.h"
 #include "bench_cli.h"
+#include "cpu/kernels_cpu.h"
 #include "engine.h"
 #include "gguf.h"
 #include "quant.h"

@@ -7,6 +7,7 @@
 
 #include "bindings.h"
 #include "common.h"
+#include "cpu/kernels_cpu.h"
 #include "gguf.h"
 
 using namespace tova;
@@ -121,12 +122,12 @@ void bind_gguf(nb::module_& m) {
       }, nb::arg("name"), "The tensor's bytes in the file, as a read-only uint8 array (no copy).")
       .def("tensor", [](const GgufFile& f, const std::string& name) {
         const GgufTensor& t = tensor_or_key_error(f, name);
-        const TypeTraits& tr = require_computable(t.type_id, cat("tensor '", t.name, "'"));
+        require_computable(t.type_id, cat("tensor '", t.name, "'"));
         size_t n = static_cast<size_t>(t.n_elements());
         std::unique_ptr<float[]> buf(new float[n > 0 ? n : 1]);
         {
           nb::gil_scoped_release release;
-          tr.dequantize(t.data, buf.get(), t.n_elements());
+          dequantize_row(t.type(), t.data, buf.get(), t.n_elements());
         }
         size_t shape[4];
         for (uint32_t d = 0; d < t.n_dims; ++d) shape[d] = static_cast<size_t>(t.ne[t.n_dims - 1 - d]);

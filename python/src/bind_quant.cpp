@@ -1,4 +1,4 @@
-// tova._core quant functions: the type table and its kernels, for tests and tova.GGUFFile.
+// tova._core quant functions: the type table and the CPU kernel table, for tests.
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -10,6 +10,7 @@
 
 #include "bindings.h"
 #include "common.h"
+#include "cpu/kernels_cpu.h"
 #include "quant.h"
 
 using namespace tova;
@@ -34,11 +35,11 @@ const TypeTraits& known_type(uint32_t type_id) {
   return t;
 }
 
-// The table for the `isa` argument: "best" (what the engine uses) or "scalar".
-const TypeTraits& traits_for(uint32_t type_id, const std::string& isa) {
+// The CPU kernels for the `isa` argument: "best" (what the engine uses) or "scalar".
+const CpuKernels& kernels_for(uint32_t type_id, const std::string& isa) {
   known_type(type_id);
-  if (isa == "best") return type_traits(type_id);
-  if (isa == "scalar") return scalar_type_traits(type_id);
+  if (isa == "best") return cpu_kernels(type_id);
+  if (isa == "scalar") return scalar_cpu_kernels(type_id);
   throw ArgumentError(cat("isa must be 'best' or 'scalar', got '", isa, "'"));
 }
 
@@ -69,8 +70,9 @@ int64_t elements_in(const TypeTraits& t, size_t bytes, const char* what) {
 }
 
 ArrayOut<float> dequantize(uint32_t type_id, const BytesIn& data, int64_t n_elements, const std::string& isa) {
-  const TypeTraits& t = traits_for(type_id, isa);
-  if (t.dequantize == nullptr) throw ArgumentError(cat("dequantize: type ", t.name, " is not supported"));
+  const CpuKernels& k = kernels_for(type_id, isa);
+  const TypeTraits& t = type_traits(type_id);
+  if (k.dequantize == nullptr) throw ArgumentError(cat("dequantize: type ", t.name, " is not supported"));
   if (n_elements < 0 || n_elements % t.block_size != 0) {
     throw ArgumentError(cat("dequantize: n_elements ", n_elements, " is not a multiple of the ", t.name,
                             " block size ", t.block_size));
@@ -84,14 +86,15 @@ ArrayOut<float> dequantize(uint32_t type_id, const BytesIn& data, int64_t n_elem
   auto* out = new float[n_elements > 0 ? n_elements : 1];
   {
     nb::gil_scoped_release unlocked;
-    t.dequantize(src.data(), out, n_elements);
+    k.dequantize(src.data(), out, n_elements);
   }
   return to_numpy(out, static_cast<size_t>(n_elements));
 }
 
 ArrayOut<uint8_t> quantize(uint32_t type_id, const FloatsIn& values, const std::string& isa) {
-  const TypeTraits& t = traits_for(type_id, isa);
-  if (t.quantize == nullptr) throw ArgumentError(cat("quantize: tova cannot write type ", t.name));
+  const CpuKernels& k = kernels_for(type_id, isa);
+  const TypeTraits& t = type_traits(type_id);
+  if (k.quantize == nullptr) throw ArgumentError(cat("quantize: tova cannot write type ", t.name));
   const auto n = static_cast<int64_t>(values.size());
   if (n % t.block_size != 0) {
     throw ArgumentError(cat("quantize: ", n, " values is not a multiple of the ", t.name, " block size ",
@@ -102,7 +105,7 @@ ArrayOut<uint8_t> quantize(uint32_t type_id, const FloatsIn& values, const std::
   std::vector<uint64_t> buf((bytes + 7) / 8);
   {
     nb::gil_scoped_release unlocked;
-    t.quantize(values.data(), buf.data(), n);
+    k.quantize(values.data(), buf.data(), n);
   }
   auto* out = new uint8_t[bytes > 0 ? bytes : 1];
   if (bytes != 0) std::memcpy(out, buf.data(), bytes);
@@ -111,8 +114,9 @@ ArrayOut<uint8_t> quantize(uint32_t type_id, const FloatsIn& values, const std::
 
 float vec_dot(uint32_t type_id, const BytesIn& x, const FloatsIn& y, const std::string& mode,
               const std::string& isa) {
-  const TypeTraits& t = traits_for(type_id, isa);
-  if (t.vec_dot == nullptr || t.vec_dot_f32 == nullptr) {
+  const CpuKernels& k = kernels_for(type_id, isa);
+  const TypeTraits& t = type_traits(type_id);
+  if (k.vec_dot == nullptr || k.vec_dot_f32 == nullptr) {
     throw ArgumentError(cat("vec_dot: type ", t.name, " is not supported"));
   }
   const int64_t n = elements_in(t, x.size(), "vec_dot");
@@ -122,19 +126,19 @@ float vec_dot(uint32_t type_id, const BytesIn& x, const FloatsIn& y, const std::
   AlignedBytes xs(x);
   if (mode == "f32") {
     nb::gil_scoped_release unlocked;
-    return t.vec_dot_f32(n, xs.data(), y.data());
+    return k.vec_dot_f32(n, xs.data(), y.data());
   }
   if (mode != "q8") throw ArgumentError(cat("vec_dot: mode must be 'q8' or 'f32', got '", mode, "'"));
   const auto act_id = static_cast<uint32_t>(t.vec_dot_type);
   if (t.vec_dot_type == GgmlType::F32) {
     nb::gil_scoped_release unlocked;
-    return t.vec_dot(n, xs.data(), y.data());
+    return k.vec_dot(n, xs.data(), y.data());
   }
-  const TypeTraits& act = traits_for(act_id, isa);
+  const CpuKernels& act = kernels_for(act_id, isa);
   std::vector<uint64_t> ybuf((row_bytes(t.vec_dot_type, n) + 7) / 8);
   nb::gil_scoped_release unlocked;
   act.quantize(y.data(), ybuf.data(), n);
-  return t.vec_dot(n, xs.data(), ybuf.data());
+  return k.vec_dot(n, xs.data(), ybuf.data());
 }
 
 using FloatsIn2 = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
@@ -142,14 +146,15 @@ using FloatsIn2 = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device
 // vec_dot_rows of x against every row of y (1..kMaxDotRows rows), each quantized to the
 // activation type; also, for comparison, vec_dot row by row. Returns both as (rows, 2).
 nb::ndarray<nb::numpy, float, nb::ndim<2>> vec_dot_rows(uint32_t type_id, const BytesIn& x, const FloatsIn2& y) {
-  const TypeTraits& t = traits_for(type_id, "best");
-  if (t.vec_dot_rows == nullptr) throw ArgumentError(cat("vec_dot_rows: type ", t.name, " has no multi-row kernel"));
+  const CpuKernels& kern = kernels_for(type_id, "best");
+  const TypeTraits& t = type_traits(type_id);
+  if (kern.vec_dot_rows == nullptr) throw ArgumentError(cat("vec_dot_rows: type ", t.name, " has no multi-row kernel"));
   const int64_t n = elements_in(t, x.size(), "vec_dot_rows");
   const auto R = static_cast<int>(y.shape(0));
   if (R < 1 || R > kMaxDotRows) throw ArgumentError(cat("vec_dot_rows: 1 to ", kMaxDotRows, " rows of y, got ", R));
   if (static_cast<int64_t>(y.shape(1)) != n) throw ArgumentError(cat("vec_dot_rows: x holds ", n, " values, y rows ", y.shape(1)));
   AlignedBytes xs(x);
-  const TypeTraits& act = type_traits(t.vec_dot_type);
+  const CpuKernels& act = cpu_kernels(t.vec_dot_type);
   const size_t stride = row_bytes(t.vec_dot_type, n);
   std::vector<uint64_t> ybuf((stride * static_cast<size_t>(R) + 7) / 8 + 1);
   // rows at an odd stride (Q8_0 rows are 34 bytes a block) exercise unaligned loads
@@ -159,10 +164,10 @@ nb::ndarray<nb::numpy, float, nb::ndim<2>> vec_dot_rows(uint32_t type_id, const 
     nb::gil_scoped_release unlocked;
     for (int k = 0; k < R; ++k) act.quantize(y.data() + k * n, yq + k * stride, n);
     float rows_out[kMaxDotRows];
-    t.vec_dot_rows(n, xs.data(), yq, stride, R, rows_out);
+    kern.vec_dot_rows(n, xs.data(), yq, stride, R, rows_out);
     for (int k = 0; k < R; ++k) {
       out[2 * k] = rows_out[k];
-      out[2 * k + 1] = t.vec_dot(n, xs.data(), yq + k * stride);
+      out[2 * k + 1] = kern.vec_dot(n, xs.data(), yq + k * stride);
     }
   }
   nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
@@ -178,8 +183,9 @@ nb::dict type_info(uint32_t type_id) {
   d["is_quantized"] = t.is_quantized;
   d["supported"] = type_supported(type_id);
   d["vec_dot_type"] = static_cast<uint32_t>(t.vec_dot_type);
-  d["can_quantize"] = t.quantize != nullptr;
-  d["has_vec_dot_rows"] = t.vec_dot_rows != nullptr;
+  const CpuKernels& k = cpu_kernels(type_id);  // what the CPU kernels of this machine can do
+  d["can_quantize"] = k.quantize != nullptr;
+  d["has_vec_dot_rows"] = k.vec_dot_rows != nullptr;
   return d;
 }
 

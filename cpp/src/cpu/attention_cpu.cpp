@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "kernels_cpu.h"
 
 namespace tova {
 
@@ -14,7 +15,7 @@ float kv_dot(KvType t, const uint8_t* row, const float* q, int d) {
   switch (t) {
     case KvType::F32: return dot_f32(reinterpret_cast<const float*>(row), q, d);
     case KvType::F16: return dot_f16_f32(reinterpret_cast<const uint16_t*>(row), q, d);
-    case KvType::Q8_0: return type_traits(GgmlType::Q8_0).vec_dot_f32(d, row, q);
+    case KvType::Q8_0: return cpu_kernels(GgmlType::Q8_0).vec_dot_f32(d, row, q);
   }
   return 0.0f;
 }
@@ -25,7 +26,7 @@ void kv_axpy(KvType t, float a, const uint8_t* row, float* y, int d, std::vector
     case KvType::F16: axpy_f16(a, reinterpret_cast<const uint16_t*>(row), y, d); break;
     case KvType::Q8_0:
       tmp.resize(static_cast<size_t>(d));
-      type_traits(GgmlType::Q8_0).dequantize(row, tmp.data(), d);
+      cpu_kernels(GgmlType::Q8_0).dequantize(row, tmp.data(), d);
       axpy_f32(a, tmp.data(), y, d);
       break;
   }
@@ -146,12 +147,12 @@ void AttentionCpu::rotate_keys_by_rank(ThreadPool& pool, const CpuKv& kv, const 
     for (int j = 0; j < n_idx; ++j) iota_[static_cast<size_t>(j)] = j;
   }
   const GgmlType gt = lo.type == KvType::F32 ? GgmlType::F32 : lo.type == KvType::F16 ? GgmlType::F16 : GgmlType::Q8_0;
-  const TypeTraits& tr = type_traits(gt);
+  const DequantizeFn dequantize = cpu_kernels(gt).dequantize;
   pool.parallel_for(static_cast<int64_t>(hkv) * n_idx, [&](int64_t b, int64_t e, int) {
     for (int64_t k = b; k < e; ++k) {
       const int h = static_cast<int>(k / n_idx), j = static_cast<int>(k % n_idx);
       float* kr = rotated_k_.data() + static_cast<size_t>(k) * d;
-      tr.dequantize(kv.k_row(row.layer, h, row.idx[j]), kr, d);
+      dequantize(kv.k_row(row.layer, h, row.idx[j]), kr, d);
       const size_t r = static_cast<size_t>(j) * pairs;
       row.rank_rope->rotate(kr, 1, d, rank_cs_.data() + r, rank_sn_.data() + r);
     }

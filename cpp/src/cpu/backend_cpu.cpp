@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "common.h"
+#include "kernels_cpu.h"
 #include "kv_cpu.h"
 
 namespace tova {
@@ -49,9 +50,10 @@ void CpuBackend::copy_kv(KvPayload& dst, const KvPayload& src) {
 
 void CpuBackend::embed(const int32_t* tokens, int n, float scale, float* x) {
   const int64_t E = m_.hp().n_embd;
+  const DequantizeFn dequantize = cpu_kernels(m_.tok_embd.type).dequantize;
   for (int i = 0; i < n; ++i) {
     float* xi = x + i * E;
-    m_.tok_embd.traits->dequantize(m_.tok_embd.row(tokens[i]), xi, E);
+    dequantize(m_.tok_embd.row(tokens[i]), xi, E);
     if (scale != 1.0f)
       for (int64_t j = 0; j < E; ++j) xi[j] *= scale;
   }

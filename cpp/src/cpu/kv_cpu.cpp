@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "kernels_cpu.h"
 #include "quant.h"
 
 namespace tova {
@@ -24,7 +25,7 @@ void CpuKv::store(uint8_t* p, const float* x) const {
       for (int i = 0; i < d; ++i) h[i] = fp32_to_fp16(x[i]);
       break;
     }
-    case KvType::Q8_0: type_traits(GgmlType::Q8_0).quantize(x, p, d); break;
+    case KvType::Q8_0: cpu_kernels(GgmlType::Q8_0).quantize(x, p, d); break;
   }
 }
 

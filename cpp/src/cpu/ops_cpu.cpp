@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "kernels_cpu.h"
 
 namespace tova {
 
@@ -70,7 +71,7 @@ void Matmul::run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* j
       int64_t r0, r1;
       const int j = job_of(task, r0, r1);
       const Matrix& w = *jobs[j].w;
-      const auto dot = w.traits->vec_dot_f32;
+      const auto dot = cpu_kernels(w.type).vec_dot_f32;
       for (int64_t i = 0; i < n; ++i)
         for (int64_t r = r0; r < r1; ++r) jobs[j].y[i * w.rows + r] = dot(cols, w.row(r), x + i * cols);
     });
@@ -93,7 +94,7 @@ void Matmul::run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* j
   }
   size_t xrow[3];
   for (int k = 0; k < n_vt; ++k) {
-    const TypeTraits& tr = type_traits(vt[k]);
+    const QuantizeFn quantize = cpu_kernels(vt[k]).quantize;
     xrow[k] = row_bytes(vt[k], cols);
     size_t need = xrow[k] * static_cast<size_t>(n);
     if (xq_[k].size() < need) xq_[k].resize(need);
@@ -102,7 +103,7 @@ void Matmul::run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* j
       std::memcpy(dst, x, need);
     } else {
       pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
-        for (int64_t i = b; i < e; ++i) tr.quantize(x + i * cols, dst + i * xrow[k], cols);
+        for (int64_t i = b; i < e; ++i) quantize(x + i * cols, dst + i * xrow[k], cols);
       });
     }
   }
@@ -113,8 +114,9 @@ void Matmul::run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* j
     const uint8_t* xq = xq_[which[j]].data();
     const size_t xr = xrow[which[j]];
     float* y = jobs[j].y;
-    const auto dot = w.traits->vec_dot;
-    const auto dot_rows = w.traits->vec_dot_rows;
+    const CpuKernels& kern = cpu_kernels(w.type);
+    const auto dot = kern.vec_dot;
+    const auto dot_rows = kern.vec_dot_rows;
     int64_t i = 0;
     if (dot_rows) {
       // Up to kMaxDotRows input rows per weight row: each weight block is decoded once for all.

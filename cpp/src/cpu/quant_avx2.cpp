@@ -1,5 +1,5 @@
 // AVX2 + FMA + F16C kernels of the float types and the 32-element formats. Only called when
-// cpu_features() reports all three (quant.cpp picks them); results equal the portable kernels'
+// cpu_features() reports all three (kernels_cpu.cpp picks them); results equal the portable kernels'
 // up to the order of float additions, and quantize_q8_0 equals them bit for bit.
 #include <cstring>
 
