@@ -28,67 +28,72 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-    generation_.fetch_add(1, std::memory_order_release);
+    stop_.store(true);
+    generation_.fetch_add(1);
   }
-  cv_work_.notify_all();
+  cv_.notify_all();
   for (auto& t : threads_) t.join();
 }
 
-void ThreadPool::work(int index) {
+void ThreadPool::participate(Job& j, int index) {
   for (;;) {
-    int64_t t = next_task_.fetch_add(1, std::memory_order_relaxed);
-    if (t >= n_tasks_) break;
-    call_(ctx_, t, index);
+    const int64_t t = j.next.fetch_add(1, std::memory_order_acq_rel);
+    if (t >= j.n) return;
+    j.call(j.ctx, t, index);
+    j.done.fetch_add(1, std::memory_order_release);
   }
 }
 
 void ThreadPool::worker(int index) {
-  uint64_t seen = 0;
+  int64_t seen = 0;
   for (;;) {
-    bool woke = false;
-    for (int i = 0; i < kSpinIterations; ++i) {
-      if (generation_.load(std::memory_order_acquire) != seen) {
-        woke = true;
-        break;
-      }
+    int64_t g = generation_.load(std::memory_order_acquire);
+    for (int i = 0; g == seen && i < kSpinIterations; ++i) {
       cpu_relax();
+      g = generation_.load(std::memory_order_acquire);
     }
-    if (!woke) {
+    if (g == seen) {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_work_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      sleepers_.fetch_add(1);  // seq_cst: either the poster sees a sleeper, or we see its job
+      cv_.wait(lock, [&] { return generation_.load() != seen; });
+      sleepers_.fetch_sub(1);
+      g = generation_.load();
     }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (stop_) return;
-      seen = generation_.load(std::memory_order_acquire);
-    }
-    work(index);
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      std::lock_guard<std::mutex> lock(mu_);
-      cv_done_.notify_one();
-    }
+    if (stop_.load()) return;
+    seen = g;
+    Job& j = jobs_[g & 1];
+    j.refs.fetch_add(1);  // seq_cst, paired with the poster's id / refs handshake
+    if (j.id.load() == g) participate(j, index);
+    j.refs.fetch_sub(1, std::memory_order_release);
   }
 }
 
 void ThreadPool::run_impl(int64_t n_tasks, Call call, void* ctx) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    n_tasks_ = n_tasks;
-    call_ = call;
-    ctx_ = ctx;
-    next_task_.store(0, std::memory_order_relaxed);
-    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_release);
+  const int64_t g = generation_.load(std::memory_order_relaxed) + 1;
+  Job& j = jobs_[g & 1];
+  j.id.store(-1);  // seq_cst: a worker entering now sees -1 and leaves, or we see its ref
+  while (j.refs.load() != 0) cpu_relax();
+  j.n = n_tasks;
+  j.call = call;
+  j.ctx = ctx;
+  j.next.store(0, std::memory_order_relaxed);
+  j.done.store(0, std::memory_order_relaxed);
+  j.id.store(g, std::memory_order_release);
+  generation_.store(g);  // seq_cst, paired with sleepers_
+  if (sleepers_.load() > 0) {
+    { std::lock_guard<std::mutex> lock(mu_); }  // a worker between its check and wait() is in wait() now
+    cv_.notify_all();
   }
-  cv_work_.notify_all();
-  work(0);
-  for (int i = 0; i < kSpinIterations; ++i) {
-    if (pending_.load(std::memory_order_acquire) == 0) return;
-    cpu_relax();
+  participate(j, 0);
+  // Every task is claimed; wait for those still running on other threads.
+  for (int i = 0; j.done.load(std::memory_order_acquire) < n_tasks;) {
+    if (i < kSpinIterations) {
+      ++i;
+      cpu_relax();
+    } else {
+      std::this_thread::yield();
+    }
   }
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
 }
 
 }  // namespace tova

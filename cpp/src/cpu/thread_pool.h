@@ -1,6 +1,9 @@
 // One pool of worker threads for all parallel compute. Workers spin briefly after a job (the
 // next matmul usually follows within microseconds) and then sleep on a condition variable, so
-// an idle or contended pool does not burn cores that other programs need.
+// an idle or contended pool does not burn cores that other programs need. A job never waits for
+// a sleeping worker to wake up: the caller runs tasks itself, a worker joins whatever job is
+// current when it wakes, and a job is complete when its tasks are (not when every worker has
+// checked in), so the cost of waking a thread is never on the critical path.
 #pragma once
 
 #include <atomic>
@@ -50,21 +53,29 @@ class ThreadPool {
 
  private:
   using Call = void (*)(void*, int64_t, int);
+  // A posted job. Two slots alternate, so a worker still leaving job g never sees the fields of
+  // job g + 1 being written; the caller rewrites a slot (job g + 2) only once no worker is in it.
+  struct Job {
+    std::atomic<int64_t> id{-1};    // the generation this slot holds; -1 while being written
+    std::atomic<int> refs{0};       // workers inside the slot
+    std::atomic<int64_t> next{0};   // next task to claim
+    std::atomic<int64_t> done{0};   // tasks finished
+    int64_t n = 0;
+    Call call = nullptr;
+    void* ctx = nullptr;
+  };
   void run_impl(int64_t n_tasks, Call call, void* ctx);
   void worker(int index);
-  void work(int index);
+  static void participate(Job& j, int index);
 
   int n_threads_;
   std::vector<std::thread> threads_;
+  Job jobs_[2];
+  std::atomic<int64_t> generation_{0};  // the latest job posted
+  std::atomic<int> sleepers_{0};
+  std::atomic<bool> stop_{false};
   std::mutex mu_;
-  std::condition_variable cv_work_, cv_done_;
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<int64_t> next_task_{0};
-  std::atomic<int> pending_{0};
-  int64_t n_tasks_ = 0;
-  Call call_ = nullptr;
-  void* ctx_ = nullptr;
-  bool stop_ = false;
+  std::condition_variable cv_;
 };
 
 }  // namespace tova
