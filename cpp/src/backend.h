@@ -101,8 +101,9 @@ class Backend {
   virtual void attend(const AttnShape& shape, const AttnRow* rows, int n_rows) = 0;
 };
 
-// The CPU backend (cpu/backend_cpu.cpp): n_threads 0 = all cores (at most 16).
-std::unique_ptr<Backend> make_cpu_backend(const Model& model, int max_rows, int n_threads,
-                                          bool float_activations);
+// The backend of a kind (backend.cpp): max_rows tokens per step; n_threads 0 = all cores (at
+// most 16; the CPU backend's compute threads).
+std::unique_ptr<Backend> make_backend(BackendKind kind, const Model& model, int max_rows, int n_threads,
+                                      bool float_activations);
 
 }  // namespace tova

@@ -37,6 +37,8 @@ const std::pair<const char*, PrefillMode> kPrefill[] = {
 const std::pair<const char*, PositionsMode> kPositions[] = {
     {"original", PositionsMode::Original}, {"cache_index", PositionsMode::CacheIndex}};
 
+const std::pair<const char*, BackendKind> kBackends[] = {{"cpu", BackendKind::Cpu}};
+
 void bound(const char* name, int64_t v, int64_t lo, int64_t hi, const char* hint = "") {
   if (v < lo || v > hi)
     throw ArgumentError(cat(name, " must be in [", lo, ", ", hi, "], got ", v, hint));
@@ -50,6 +52,8 @@ PrefillMode parse_prefill(const std::string& name) { return parse_enum("prefill 
 PositionsMode parse_positions(const std::string& name) {
   return parse_enum("positions mode", name, kPositions);
 }
+BackendKind parse_backend(const std::string& name) { return parse_enum("backend", name, kBackends); }
+const char* backend_name(BackendKind b) { return enum_name(b, kBackends); }
 const char* policy_name(PolicyKind p) { return p == PolicyKind::Plugin ? "plugin" : enum_name(p, kPolicies); }
 const char* kv_type_name(KvType t) { return enum_name(t, kKvTypes); }
 const char* prefill_name(PrefillMode p) { return enum_name(p, kPrefill); }

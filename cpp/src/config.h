@@ -14,16 +14,19 @@ enum class PolicyKind { Tova, H2O, Sink, Window, Full, Plugin };
 enum class KvType { F32, F16, Q8_0 };
 enum class PrefillMode { Exact, Chunked };
 enum class PositionsMode { Original, CacheIndex };
+enum class BackendKind { Cpu };  // CUDA joins here when cuda/ is built
 
 // parse_*: ArgumentError listing the known names for an unknown one.
 PolicyKind parse_policy(const std::string& name);  // a built-in name ("plugin" is not one)
 KvType parse_kv_type(const std::string& name);     // "f32", "f16", "q8_0"
 PrefillMode parse_prefill(const std::string& name);  // "exact", "chunked"
 PositionsMode parse_positions(const std::string& name);  // "original", "cache_index"
+BackendKind parse_backend(const std::string& name);      // "cpu"
 const char* policy_name(PolicyKind p);
 const char* kv_type_name(KvType t);
 const char* prefill_name(PrefillMode p);
 const char* positions_name(PositionsMode p);
+const char* backend_name(BackendKind b);
 
 // Upper bounds: beyond them a setting is a mistake, not a wish (and would exhaust memory).
 struct Limits {
@@ -43,6 +46,7 @@ struct EngineParams {
   KvType kv_type = KvType::F16;
   PrefillMode prefill = PrefillMode::Exact;
   PositionsMode positions = PositionsMode::Original;
+  BackendKind backend = BackendKind::Cpu;
   int chunk = 64;                  // U: prompt tokens of one sequence per step
   int n_seq = 1;                   // sequences the engine holds at once
   uint64_t kv_budget = 0;          // bytes; > 0: n_seq is the most sequences that fit in it

@@ -68,7 +68,7 @@ Engine::Engine(const std::string& model_path, EngineParams params) : params_(std
   policies_.cache_index = params_.positions == PositionsMode::CacheIndex;
   policies_.chunked = params_.prefill == PrefillMode::Chunked;
 
-  backend_ = make_cpu_backend(*model_, n_batch_, params_.n_threads, params_.float_activations);
+  backend_ = make_backend(params_.backend, *model_, n_batch_, params_.n_threads, params_.float_activations);
   forward_ = std::make_unique<Forward>(*model_, *backend_, policies_);
   for (int i = 0; i < n_seq; ++i) {
     auto s = std::make_unique<Sequence>();

@@ -82,10 +82,19 @@ void KvAttention::start(Backend& be, const AttnShape& shape, const LayerRule& ru
   const size_t KW = static_cast<size_t>(shape.n_head_kv) * shape.head_dim;
   const size_t QW = static_cast<size_t>(shape.n_head) * shape.head_dim;
   be.write_kv(s.store->payload(), rule.layer, x.slot_of.data(), s.n, k + s.row0 * KW, v + s.row0 * KW);
+  if (pol && pol->on_insert) {  // chunked prefill: every token written is announced too
+    PolicyCall call;
+    call.policy = rule.policy;
+    call.seq = s.seq;
+    call.n_head = shape.n_head;
+    for (int i = 0; i < s.n; ++i)
+      s.store->notify_insert(rule.layer, x.slot_of[static_cast<size_t>(i)], s.t0 + i, call);
+  }
   L.alive_by_position(x.alive);
   const int n_before = static_cast<int>(x.alive.size()) - s.n;
   x.evict_once = !simple;
-  if (x.evict_once) x.probs.assign(static_cast<size_t>(shape.n_head) * L.n_slots, 0.0f);
+  const bool probs = x.evict_once && needs_probs(pol);
+  if (probs) x.probs.assign(static_cast<size_t>(shape.n_head) * L.n_slots, 0.0f);
   for (int i = 0; i < s.n; ++i) {
     AttnRow r;
     r.kv = &s.store->payload();
@@ -94,7 +103,7 @@ void KvAttention::start(Backend& be, const AttnShape& shape, const LayerRule& ru
     r.n_idx = n_before + i + 1;
     r.q = q + (s.row0 + i) * QW;
     r.out = out + (s.row0 + i) * QW;
-    r.probs = x.evict_once && i == s.n - 1 ? x.probs.data() : nullptr;
+    r.probs = probs && i == s.n - 1 ? x.probs.data() : nullptr;
     r.n_slots = L.n_slots;
     rows_.push_back(r);
   }
@@ -140,7 +149,8 @@ void KvAttention::finish_row(const AttnShape& shape, const LayerRule& rule, SeqR
   call.policy = rule.policy;
   call.seq = s.seq;
   call.n_head = shape.n_head;
-  if (needs_probs(rule.policy) || x.evict_once) {
+  // probs only when the policy asked for them (the ABI's promise): others never pay for them.
+  if (needs_probs(rule.policy)) {
     const int n_slots = L.n_slots;
     x.mean.assign(static_cast<size_t>(n_slots), 0.0f);
     for (int h = 0; h < shape.n_head; ++h) {

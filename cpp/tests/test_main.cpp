@@ -2,6 +2,8 @@
 // test_cpp_units.py when the binary is built). Prints one line per failure and a closing
 // "N passed, N failed" line; exits non-zero on any failure.
 #include <atomic>
+#include <chrono>
+#include <thread>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -69,6 +71,32 @@ void test_thread_pool() {
     CHECK(sum.load() == 12345LL * 12344 / 2);
   }
   CHECK(throws<ArgumentError>([] { ThreadPool p(0); }, "n_threads must be at least 1"));
+  // Workers that fell asleep between jobs (gaps longer than their spin) never hold a job back,
+  // and every task still runs exactly once.
+  {
+    ThreadPool pool(3);
+    for (int rep = 0; rep < 20; ++rep) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(rep % 3 == 0 ? 2 : 0));
+      std::vector<std::atomic<int>> hits(257);
+      pool.run(257, [&](int64_t t, int) { hits[static_cast<size_t>(t)]++; });
+      bool all_once = true;
+      for (auto& h : hits) all_once &= h.load() == 1;
+      CHECK(all_once);
+    }
+  }
+  // A task that throws: the exception reaches the caller (never std::terminate), the job's other
+  // tasks are skipped or finished, and the pool stays usable.
+  for (int n : {1, 2, 4}) {
+    ThreadPool pool(n);
+    CHECK(throws<Error>([&] {
+      pool.run(100, [&](int64_t t, int) {
+        if (t == 37) throw Error("task 37 failed");
+      });
+    }, "task 37 failed"));
+    std::atomic<int> count{0};
+    pool.run(100, [&](int64_t, int) { count++; });
+    CHECK(count.load() == 100);
+  }
 }
 
 // A minimal GGUF v3 file in memory: one uint32 key, one 2x32 F32 tensor.

@@ -20,7 +20,7 @@ namespace {
 const std::set<std::string> kBenchValues = {
     "--model", "--prompt", "--n-predict", "--threads", "--kv-size", "--policy", "--n-sink", "--kv-type",
     "--ctx", "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--repetitions",
-    "--batch", "--kv-budget", "--n-seq"};
+    "--batch", "--kv-budget", "--n-seq", "--backend"};
 const std::set<std::string> kBenchFlags = {"--json", "--help"};
 const std::map<std::string, std::string> kBenchAliases = {
     {"-m", "--model"}, {"-p", "--prompt"}, {"-n", "--n-predict"}, {"-t", "--threads"},

@@ -59,7 +59,7 @@ A line ending in \ continues on the next line. Ctrl-C stops a reply; at the prom
 const std::set<std::string> kValueOpts = {
     "--model", "--system", "--chat-format", "--max-tokens", "--threads", "--temp", "--top-k",
     "--top-p", "--min-p", "--repeat-penalty", "--seed", "--kv-size", "--policy", "--n-sink",
-    "--kv-type", "--ctx", "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args"};
+    "--kv-type", "--ctx", "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--backend"};
 const std::set<std::string> kFlags = {"--json", "--keep-system", "--help"};
 const std::map<std::string, std::string> kAliases = {
     {"-m", "--model"}, {"-n", "--max-tokens"}, {"--n-predict", "--max-tokens"}, {"-t", "--threads"},

@@ -76,17 +76,18 @@ double CliArgs::number(const std::string& name, double def) const {
 }
 
 EngineParams engine_params_from(const CliArgs& a, const std::string& default_policy) {
-  EngineParams p;
-  p.n_threads = a.integer("--threads", 0);
+  EngineParams p;  // the defaults, written once (config.h)
+  p.n_threads = a.integer("--threads", p.n_threads);
   p.policy = parse_policy(a.str("--policy", default_policy));
-  p.kv_size = a.integer("--kv-size", 512);
-  p.n_ctx = a.integer("--ctx", 2048);
-  p.n_sink = a.integer("--n-sink", -1);
-  p.kv_type = parse_kv_type(a.str("--kv-type", "f16"));
-  p.chunk = a.integer("--chunk", 64);
-  p.prefill = parse_prefill(a.str("--prefill", "exact"));
-  p.positions = parse_positions(a.str("--positions", "original"));
-  p.n_seq = a.integer("--n-seq", 1);
+  p.kv_size = a.integer("--kv-size", p.kv_size);
+  p.n_ctx = a.integer("--ctx", p.n_ctx);
+  p.n_sink = a.integer("--n-sink", p.n_sink);
+  p.kv_type = parse_kv_type(a.str("--kv-type", kv_type_name(p.kv_type)));
+  p.chunk = a.integer("--chunk", p.chunk);
+  p.prefill = parse_prefill(a.str("--prefill", prefill_name(p.prefill)));
+  p.positions = parse_positions(a.str("--positions", positions_name(p.positions)));
+  p.n_seq = a.integer("--n-seq", p.n_seq);
+  p.backend = parse_backend(a.str("--backend", backend_name(p.backend)));
   if (a.has("--kv-budget")) p.kv_budget = parse_bytes(a.str("--kv-budget", ""));
   if (a.has("--policy-plugin"))
     p.plugin = load_policy_plugin(a.str("--policy-plugin", ""), a.str("--policy-args", ""));

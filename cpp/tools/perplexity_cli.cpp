@@ -52,7 +52,7 @@ Perplexity of the model reading FILE through its fixed-memory KV cache.
 
 const std::set<std::string> kPplValues = {
     "--model", "--file", "--ctx", "--chunks", "--stride", "--score-from", "--policy", "--kv-size",
-    "--n-sink", "--kv-type", "--chunk", "--prefill", "--positions", "--policy-plugin",
+    "--n-sink", "--kv-type", "--chunk", "--prefill", "--positions", "--policy-plugin", "--backend",
     "--policy-args", "--threads"};
 const std::set<std::string> kPplFlags = {"--help", "--no-progress"};
 const std::map<std::string, std::string> kPplAliases = {

@@ -76,6 +76,7 @@ run / bench options:
       --policy-plugin LIB    load an eviction policy from a shared library
       --policy-args TEXT     arguments for the plugin's tova_policy_create
       --ignore-eos           do not stop at end-of-generation tokens
+      --backend B            cpu (the only one built so far)
   bench only: -r, --repetitions N (default 3), --json,
       --batch N              also measure N sequences decoding together (total tokens/s)
       --kv-budget B          as --batch, with as many sequences as fit in B bytes ("256MiB")
@@ -152,7 +153,8 @@ std::string read_text_file(const std::string& path) {
 const std::set<std::string> kValueOpts = {
     "--model", "--prompt", "--n-predict", "--threads", "--temp", "--top-k", "--top-p", "--min-p",
     "--repeat-penalty", "--seed", "--kv-size", "--policy", "--n-sink", "--kv-type", "--ctx",
-    "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--repetitions", "--file"};
+    "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--repetitions", "--file",
+    "--backend"};
 const std::set<std::string> kFlags = {"--json", "--ignore-eos", "--help"};
 const std::map<std::string, std::string> kAliases = {
     {"-m", "--model"}, {"-p", "--prompt"}, {"-n", "--n-predict"}, {"-t", "--threads"},

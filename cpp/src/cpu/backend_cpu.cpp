@@ -111,9 +111,4 @@ void CpuBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows)
   attention_.run(pool_, shape, rows, n_rows);
 }
 
-std::unique_ptr<Backend> make_cpu_backend(const Model& model, int max_rows, int n_threads,
-                                          bool float_activations) {
-  return std::make_unique<CpuBackend>(model, max_rows, n_threads, float_activations);
-}
-
 }  // namespace tova

@@ -39,7 +39,13 @@ void ThreadPool::participate(Job& j, int index) {
   for (;;) {
     const int64_t t = j.next.fetch_add(1, std::memory_order_acq_rel);
     if (t >= j.n) return;
-    j.call(j.ctx, t, index);
+    if (!j.failed.load(std::memory_order_relaxed)) {
+      try {
+        j.call(j.ctx, t, index);
+      } catch (...) {
+        if (!j.failed.exchange(true)) j.error = std::current_exception();
+      }
+    }
     j.done.fetch_add(1, std::memory_order_release);
   }
 }
@@ -78,6 +84,8 @@ void ThreadPool::run_impl(int64_t n_tasks, Call call, void* ctx) {
   j.ctx = ctx;
   j.next.store(0, std::memory_order_relaxed);
   j.done.store(0, std::memory_order_relaxed);
+  j.failed.store(false, std::memory_order_relaxed);
+  j.error = nullptr;
   j.id.store(g, std::memory_order_release);
   generation_.store(g);  // seq_cst, paired with sleepers_
   if (sleepers_.load() > 0) {
@@ -94,6 +102,7 @@ void ThreadPool::run_impl(int64_t n_tasks, Call call, void* ctx) {
       std::this_thread::yield();
     }
   }
+  if (j.failed.load(std::memory_order_acquire)) std::rethrow_exception(j.error);
 }
 
 }  // namespace tova

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -25,7 +26,8 @@ class ThreadPool {
   int size() const { return n_threads_; }
 
   // Calls f(task, thread) for every task in [0, n_tasks) and returns when all are done.
-  // Tasks are handed out dynamically; `thread` is in [0, size()).
+  // Tasks are handed out dynamically; `thread` is in [0, size()). A task that throws ends the
+  // job (tasks not started are skipped) and its exception is rethrown here.
   template <class F>
   void run(int64_t n_tasks, F&& f) {
     if (n_tasks <= 0) return;
@@ -63,6 +65,8 @@ class ThreadPool {
     int64_t n = 0;
     Call call = nullptr;
     void* ctx = nullptr;
+    std::atomic<bool> failed{false};  // a task threw: the rest are skipped
+    std::exception_ptr error;         // the first task's exception (written by the thread that set failed)
   };
   void run_impl(int64_t n_tasks, Call call, void* ctx);
   void worker(int index);
