@@ -57,6 +57,7 @@ class Engine:
             :attr:`kv_bytes` counts them). Not with ``n_seq``.
         n_batch: tokens per scheduler step (decode rows plus prompt chunks); default
             ``chunk + n_seq``.
+        backend: where the model runs: ``"cpu"`` (the default, and the only backend built so far).
 
     Use as a context manager, or call :meth:`close`, to release the model's memory promptly.
     """
@@ -79,6 +80,7 @@ class Engine:
         n_seq: Optional[int] = None,
         kv_budget: Union[None, int, str] = None,
         n_batch: Optional[int] = None,
+        backend: Optional[str] = None,
     ) -> None:
         from .models import resolve
 
@@ -104,7 +106,7 @@ class Engine:
         # Settings not given take the core's defaults (written once, in cpp/src/config.h).
         given = dict(policy=policy, kv_size=kv_size, n_ctx=n_ctx, kv_type=kv_type, prefill=prefill,
                      chunk=chunk, positions=positions, n_seq=n_seq, n_batch=n_batch,
-                     n_threads=n_threads, n_sink=n_sink)
+                     n_threads=n_threads, n_sink=n_sink, backend=backend)
         self._core: Optional[_core.Engine] = _core.Engine(
             str(path), float_activations=bool(float_activations), kv_budget=budget,
             **{k: v for k, v in given.items() if v is not None})
@@ -123,6 +125,7 @@ class Engine:
         self.float_activations = bool(float_activations)
         self.n_seq: int = int(p["n_seq"])
         self.n_batch: int = int(p["n_batch"])
+        self.backend: str = str(p["backend"])
         self._info: Dict[str, Any] = self._core.model_info()
 
     # ---- lifetime -----------------------------------------------------------------------------
