@@ -429,3 +429,36 @@ def test_ctrl_c_during_a_chat_reply(smollm2_path):
     assert float(r.stdout.split("INTERRUPTED after ")[1].split()[0]) < 5.0
     assert "FINISH cancelled" in r.stdout, r.stdout
     assert "AGAIN True 2" in r.stdout, r.stdout
+
+
+@pytest.mark.model
+def test_chats_from_threads_on_one_engine(smollm2_path):
+    """Chat turns from several threads on one engine take turns on its conversation sequence:
+    each gets the reply to its own messages, no crash."""
+    import threading
+
+    questions = ["What is 2+2?", "Name a color.", "Say hello.", "What is the capital of Italy?"]
+    with tova.Engine(smollm2_path, kv_size=256, n_threads=2) as e:
+        expected = [e.chat([{"role": "user", "content": q}], temperature=0, max_tokens=12)
+                    for q in questions]
+        got = [None] * len(questions)
+        errors = []
+
+        def worker(i):
+            try:
+                got[i] = e.chat([{"role": "user", "content": questions[i]}], temperature=0,
+                                max_tokens=12)
+            except BaseException as ex:  # noqa: BLE001 - reported below
+                errors.append(ex)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(questions))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors, errors
+        assert got == expected
+        # A stream dropped before it was iterated releases the conversation too.
+        e.chat_stream([{"role": "user", "content": "Hi"}], max_tokens=4)
+        assert e.chat([{"role": "user", "content": questions[0]}], temperature=0,
+                      max_tokens=12) == expected[0]

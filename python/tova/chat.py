@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import time
 import uuid
 import warnings
@@ -197,6 +198,35 @@ class ChatCounters:
     last_fed_tokens: int = 0
 
 
+class _TurnLock:
+    """One chat turn at a time per engine: the conversation lives in one sequence, so turns from
+    different threads take turns (each gets the reply to its own messages). A thread that starts
+    a turn while its own previous one is unfinished (an abandoned stream) takes over: the core
+    treats that reply as abandoned."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: Optional[int] = None
+        self._turn: Optional[object] = None
+
+    def enter(self, turn: object) -> None:
+        me = threading.get_ident()
+        if self._owner == me:
+            self._turn = turn
+            return
+        self._lock.acquire()
+        self._owner, self._turn = me, turn
+
+    def leave(self, turn: object) -> None:
+        if self._turn is turn:
+            self._owner = self._turn = None
+            self._lock.release()
+
+
+def _turn_lock(engine: "Engine") -> _TurnLock:
+    return engine.__dict__.setdefault("_chat_turn_lock", _TurnLock())
+
+
 def _feed(engine: "Engine") -> "_core.ChatFeed":
     feed = engine.__dict__.get("_chat_feed")
     if feed is None:
@@ -246,10 +276,17 @@ class ChatTurn:
         params = engine._params(sampling, fields)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         self._engine = engine
-        self._feed = _feed(engine)
-        self.gen = self._feed.start_reply(self.prompt, pin, int(max_tokens), stops, bool(ignore_eos),
-                                          params.to_core())
-        self.fed_tokens = int(self._feed.counters["last_fed_tokens"])
+        self._recorded = True  # nothing to record until the reply starts
+        self._lock = _turn_lock(engine)
+        self._lock.enter(self)
+        try:
+            self._feed = _feed(engine)
+            self.gen = self._feed.start_reply(self.prompt, pin, int(max_tokens), stops,
+                                              bool(ignore_eos), params.to_core())
+            self.fed_tokens = int(self._feed.counters["last_fed_tokens"])
+        except BaseException:
+            self._lock.leave(self)
+            raise
         self._recorded = False
 
     def pieces(self) -> Iterator[str]:
@@ -270,8 +307,20 @@ class ChatTurn:
         if self._recorded:
             return
         self._recorded = True
-        self._feed.finish_reply(self.gen)
-        self._engine._local.last = self.gen.stats
+        try:
+            self._feed.finish_reply(self.gen)
+            self._engine._local.last = self.gen.stats
+        finally:
+            self._lock.leave(self)
+
+    def __del__(self) -> None:
+        # A stream dropped before it was iterated never runs pieces()' cleanup.
+        if not getattr(self, "_recorded", True):
+            try:
+                self.gen.cancel()
+                self._record()
+            except Exception:  # noqa: BLE001 - interpreter shutdown or a closed engine
+                self._lock.leave(self)
 
     @property
     def completion_tokens(self) -> int:
