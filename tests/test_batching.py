@@ -296,3 +296,37 @@ def test_python_policy_shared_by_threads_does_not_deadlock(smollm2_path):
         assert not any(t.is_alive() for t in threads) and not r.is_alive(), "deadlock"
         assert got == expected
         assert set(resets) <= {0, 1, 2} and len(resets) >= 12
+
+
+@pytest.mark.model
+def test_a_failing_policy_fails_only_its_sequence(smollm2_path):
+    class Boom(RuntimeError):
+        pass
+
+    class FailsOnSeq1(tova.Policy):
+        name = "fails-on-seq-1"
+        needs_probs = True
+
+        def select(self, layer, view):
+            if view.seq == 1 and view.t >= 40:
+                raise Boom("no victim for you")
+            pos = view.pos.astype(np.int64).copy()
+            pos[(pos < 0) | (view.protect != 0)] = np.iinfo(np.int64).max
+            return list(np.argsort(pos, kind="stable")[: view.n_evict])
+
+    kw = dict(max_tokens=40, temperature=0, ignore_eos=True)
+    with tova.Engine(smollm2_path, kv_size=24, n_seq=3, policy=FailsOnSeq1(), n_threads=2) as e:
+        solo = e.generate(PROMPTS[0], **kw)  # runs in sequence 0
+        hs = [e.submit(p, **kw) for p in PROMPTS[:3]]
+        results = []
+        for h in hs:
+            try:
+                results.append(h.result())
+            except Boom as ex:  # the policy's own exception reaches the request's waiter
+                results.append(ex)
+        failed = [i for i, r in enumerate(results) if isinstance(r, Boom)]
+        assert failed == [1] and hs[1].finish_reason == "error"
+        assert results[0] == solo
+        assert isinstance(results[2], str) and len(hs[2].tokens) == 40
+        # The engine goes on: sequence 1 was reset and serves the next request.
+        assert e.generate(PROMPTS[0], **kw) == solo
