@@ -11,6 +11,10 @@ namespace tova {
 
 namespace {
 
+// Element-wise and per-row work is split over the pool only when there is enough of it to pay
+// for waking the workers (a decode step's single row runs on the caller).
+constexpr int64_t kMinParallelElems = 16384;
+
 int default_threads() {
   const unsigned n = std::thread::hardware_concurrency();
   return n == 0 ? 1 : static_cast<int>(std::min(n, 16u));
@@ -48,20 +52,32 @@ void CpuBackend::copy_kv(KvPayload& dst, const KvPayload& src) {
   static_cast<CpuKv&>(dst) = static_cast<const CpuKv&>(src);
 }
 
+template <class F>
+void CpuBackend::rows(int64_t n_rows, int64_t width, F&& f) {
+  if (n_rows * width < kMinParallelElems || n_rows < 2) {
+    for (int64_t i = 0; i < n_rows; ++i) f(i);
+    return;
+  }
+  const int64_t min_rows = std::max<int64_t>(1, kMinParallelElems / 4 / std::max<int64_t>(1, width));
+  pool_.parallel_for(n_rows, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) f(i);
+  }, min_rows);
+}
+
 void CpuBackend::embed(const int32_t* tokens, int n, float scale, float* x) {
   const int64_t E = m_.hp().n_embd;
   const DequantizeFn dequantize = cpu_kernels(m_.tok_embd.type).dequantize;
-  for (int i = 0; i < n; ++i) {
+  rows(n, E, [&](int64_t i) {
     float* xi = x + i * E;
     dequantize(m_.tok_embd.row(tokens[i]), xi, E);
     if (scale != 1.0f)
       for (int64_t j = 0; j < E; ++j) xi[j] *= scale;
-  }
+  });
 }
 
-void CpuBackend::rms_norm(const float* x, const Vector& w, float* y, int64_t rows, int64_t width, float eps) {
+void CpuBackend::rms_norm(const float* x, const Vector& w, float* y, int64_t n_rows, int64_t width, float eps) {
   const float* wp = w.empty() ? nullptr : w.data();
-  for (int64_t i = 0; i < rows; ++i) tova::rms_norm(x + i * width, wp, y + i * width, width, eps);
+  rows(n_rows, width, [&](int64_t i) { tova::rms_norm(x + i * width, wp, y + i * width, width, eps); });
 }
 
 void CpuBackend::matmul(const float* x, int n, const MatJob* jobs, int n_jobs) {
@@ -77,22 +93,32 @@ void CpuBackend::matmul_to_host(const Matrix& w, const float* x, int n, float* h
 
 void CpuBackend::add_bias(float* y, const Vector& b, int n) {
   const size_t W = b.size();
-  for (int i = 0; i < n; ++i)
-    for (size_t j = 0; j < W; ++j) y[i * W + j] += b[j];
+  rows(n, static_cast<int64_t>(W), [&](int64_t i) {
+    for (size_t j = 0; j < W; ++j) y[static_cast<size_t>(i) * W + j] += b[j];
+  });
 }
 
 void CpuBackend::rope(const Rope& r, float* x, int n, int n_heads, int head_dim, const int64_t* positions) {
   const size_t stride = static_cast<size_t>(n_heads) * head_dim;
-  for (int i = 0; i < n; ++i) r.apply(x + i * stride, n_heads, head_dim, positions[i]);
+  rows(n, static_cast<int64_t>(stride), [&](int64_t i) { r.apply(x + i * stride, n_heads, head_dim, positions[i]); });
 }
 
+// Element-wise work in 4096-element runs (each run computes exactly what the whole loop would).
 void CpuBackend::act_mul(FfnActivation act, float* gate, const float* up, int64_t count) {
-  if (act == FfnActivation::SiLU) silu_mul(gate, up, count);
-  else gelu_tanh_mul(gate, up, count);
+  constexpr int64_t kRun = 4096;
+  rows((count + kRun - 1) / kRun, kRun, [&](int64_t r) {
+    const int64_t b = r * kRun, n = std::min(kRun, count - b);
+    if (act == FfnActivation::SiLU) silu_mul(gate + b, up + b, n);
+    else gelu_tanh_mul(gate + b, up + b, n);
+  });
 }
 
 void CpuBackend::add(float* x, const float* y, int64_t count) {
-  for (int64_t j = 0; j < count; ++j) x[j] += y[j];
+  constexpr int64_t kRun = 4096;
+  rows((count + kRun - 1) / kRun, kRun, [&](int64_t r) {
+    const int64_t b = r * kRun, e = std::min(count, b + kRun);
+    for (int64_t j = b; j < e; ++j) x[j] += y[j];
+  });
 }
 
 void CpuBackend::write_kv(KvPayload& payload, int layer, const int32_t* slots, int n, const float* k,

@@ -36,6 +36,10 @@ class CpuBackend : public Backend {
   void attend(const AttnShape& shape, const AttnRow* rows, int n_rows) override;
 
  private:
+  // f(i) for rows [0, n_rows) of `width` elements: on the caller for small work, else over the pool.
+  template <class F>
+  void rows(int64_t n_rows, int64_t width, F&& f);
+
   const Model& m_;
   int max_rows_;
   ThreadPool pool_;
