@@ -2,7 +2,8 @@
 naming the field (OpenAI's shapes: https://platform.openai.com/docs/api-reference).
 
 Fields tova does not know are ignored, as OpenAI-compatible servers do. Besides OpenAI's sampling
-fields, tova's own ``top_k``, ``min_p`` and ``repeat_penalty`` are accepted. Defaults follow
+fields, tova's own ``top_k``, ``min_p``, ``repeat_penalty`` and ``ignore_eos`` (generate
+all ``max_tokens`` tokens) are accepted. Defaults follow
 OpenAI (temperature 1, top_p 1, no top-k / min-p), not tova's CLI defaults.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Sampling:
     repeat_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    ignore_eos: bool = False
 
     def fields(self, index: int) -> Dict[str, Any]:
         """Keywords for :meth:`tova.Engine.submit` of choice ``index`` (seed + index when a seed
@@ -43,7 +45,7 @@ class Sampling:
             max_tokens=self.max_tokens, stop=list(self.stop), temperature=self.temperature,
             top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
             repeat_penalty=self.repeat_penalty, presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty)
+            frequency_penalty=self.frequency_penalty, ignore_eos=self.ignore_eos)
         if self.seed is not None:
             f["seed"] = self.seed + index
         return f
@@ -151,6 +153,7 @@ def _sampling(body: Mapping[str, Any], default_max_tokens: int, max_tokens_cap: 
         repeat_penalty=_number(body, "repeat_penalty", 1.0, 1e-6, 100.0),
         presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        ignore_eos=_bool(body, "ignore_eos", False),
     )
 
 
