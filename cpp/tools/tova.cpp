@@ -1,4 +1,4 @@
-// tova: the command-line program. Subcommands: info, run, bench, pull, list (pull and list go
+// tova: the command-line program. Subcommands: info, run, chat, perplexity, bench, pull, list, serve (pull, list and serve go
 // through the Python package, which owns the model registry and downloads).
 #include <signal.h>
 #include <sys/stat.h>
@@ -52,6 +52,8 @@ commands:
   bench -m MODEL             prompt-processing and generation speed (llama-bench style)
   pull NAME                  fetch a registry model into the cache
   list                       show the model registry and what is cached
+  serve -m MODEL             OpenAI-compatible HTTP server (pip install 'tova[server]'; see
+                             tova serve --help)
   --version                  print the version
 
 MODEL is a GGUF path or a registry name (see `tova list`).
@@ -113,12 +115,16 @@ std::string shell_quote(const std::string& s) {
   return out + "'";
 }
 
-int run_models_cli(const std::vector<std::string>& args) {
-  std::string cmd = shell_quote(python_exe()) + " -m tova.models";
+// `python -m MODULE ARGS` with the interpreter that carries the package: pull and list
+// (tova.models) and serve (tova.server, the HTTP server of tova[server]) are Python.
+int run_python_cli(const char* module, const std::vector<std::string>& args) {
+  std::string cmd = shell_quote(python_exe()) + " -m " + module;
   for (const auto& a : args) cmd += " " + shell_quote(a);
   int rc = std::system(cmd.c_str());
   return rc == -1 ? 1 : WEXITSTATUS(rc);
 }
+
+int run_models_cli(const std::vector<std::string>& args) { return run_python_cli("tova.models", args); }
 
 // A path as given, else a registry name resolved (and fetched) by the Python package.
 std::string resolve_model(const std::string& model) {
@@ -283,6 +289,7 @@ int main(int argc, char** argv) {
     if (cmd == "chat") return cmd_chat(rest, resolve_model);
     if (cmd == "perplexity") return cmd_perplexity(rest, resolve_model);
     if (cmd == "bench") return cmd_bench(rest, resolve_model);
+    if (cmd == "serve") return run_python_cli("tova.server", rest);
     if (cmd == "pull" || cmd == "list") {
       rest.insert(rest.begin(), cmd);
       return run_models_cli(rest);

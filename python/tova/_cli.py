@@ -23,8 +23,12 @@ def binary() -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m tova ARGS`` runs ``tova ARGS`` (replacing this process)."""
+    """``python -m tova ARGS`` runs ``tova ARGS`` (replacing this process); ``serve`` runs here."""
     args: List[str] = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "serve":  # the HTTP server is Python (tova[server])
+        from .server.cli import main as serve
+
+        return serve(args[1:])
     exe = str(binary())
     env = dict(os.environ)
     # The program asks this interpreter to resolve model names (tova.models).

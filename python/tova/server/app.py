@@ -1,0 +1,130 @@
+"""The FastAPI application of ``tova serve``: :func:`create_app` over an :class:`tova.Engine`."""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any, Awaitable, Callable, Dict, MutableMapping, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..engine import Engine
+from .errors import APIError, error_body
+from .routes import router
+from .service import ServeConfig, Service
+
+__all__ = ["create_app", "ServeConfig"]
+
+log = logging.getLogger("tova.serve")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
+
+
+class _Gate:
+    """Pure ASGI middleware (it does not buffer streams): the API key of ``/v1/*`` and the
+    request counter of ``/metrics``."""
+
+    def __init__(self, app: ASGIApp, service: Service) -> None:
+        self.app = app
+        self.service = service
+        key = service.config.api_key
+        self.key = key.encode() if key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        endpoint = next((e for e in _ENDPOINTS if path == e or path.startswith(e + "/")), "other")
+        status = {"code": 500}
+
+        async def send_counting(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = int(message["status"])
+            await send(message)
+
+        try:
+            if self.key is not None and path.startswith("/v1/") and not self._authorized(scope):
+                await self._reject(send_counting)
+                return
+            await self.app(scope, receive, send_counting)
+        finally:
+            self.service.metrics.request(endpoint, status["code"])
+
+    def _authorized(self, scope: Scope) -> bool:
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key or b"")
+        return False
+
+    async def _reject(self, send: Send) -> None:
+        body = json.dumps(error_body(
+            "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
+            "authentication_error", None, "invalid_api_key")).encode()
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"www-authenticate", b"Bearer")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(engine: Engine, config: Optional[ServeConfig] = None) -> FastAPI:
+    """An OpenAI-compatible HTTP application serving ``engine``.
+
+    Args:
+        engine: the model; its ``n_seq`` sequences run the requests side by side.
+        config: the model name clients use, the queue bound, the prompt limit and the API key
+            (default: the engine's model name, a queue of 64, 32768 prompt tokens, no key).
+
+    The app's ``state.service`` is the :class:`Service`; closing the app (its lifespan's end)
+    cancels what still runs. The engine is the caller's to close.
+    """
+    if config is None:
+        config = ServeConfig(model_id=engine.model_info.get("name") or engine.path)
+    service = Service(engine, config)
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        try:
+            yield
+        finally:
+            service.close()
+
+    app = FastAPI(title="tova serve", version="0.1.0", lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
+    app.include_router(router)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(exc.detail), kind, None, None), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_body(str(exc), "invalid_request_error", None, None), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request failed")
+        return JSONResponse(error_body(f"internal error: {exc}", "server_error", None, None),
+                            status_code=500)
+
+    app.add_middleware(_Gate, service=service)  # type: ignore[arg-type]
+    return app

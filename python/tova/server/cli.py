@@ -1,0 +1,78 @@
+"""``tova serve``: an OpenAI-compatible HTTP server over one model (FastAPI + uvicorn)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tova serve",
+        description="Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, "
+                    "/v1/completions, /v1/models, /health, /metrics). Every request runs in its own "
+                    "engine sequence; the KV cache of each stays in fixed memory.")
+    p.add_argument("-m", "--model", required=True, help="GGUF path or registry name")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    seqs = p.add_mutually_exclusive_group()
+    seqs.add_argument("--n-seq", type=int, default=None,
+                      help="sequences decoded together (default 8)")
+    seqs.add_argument("--kv-budget", default=None,
+                      help="bytes for all KV stores ('256MiB'): as many sequences as fit")
+    p.add_argument("--kv-size", type=int, default=512, help="tokens kept per layer and sequence")
+    p.add_argument("--policy", default="tova", help="tova (default), h2o, sink, window, full")
+    p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests that may wait for a sequence; more are answered 429 (default 64)")
+    p.add_argument("--max-prompt-tokens", type=int, default=32768,
+                   help="longest prompt accepted per request, 0 = no limit (default 32768)")
+    p.add_argument("--max-tokens", type=int, default=1024,
+                   help="max_tokens of a chat request that sets none (default 1024)")
+    p.add_argument("--api-key", default=os.environ.get("TOVA_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $TOVA_API_KEY)")
+    p.add_argument("--model-id", default=None,
+                   help="the name clients send as 'model' (default: the -m argument's name)")
+    p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    return p
+
+
+def _model_id(model: str) -> str:
+    base = os.path.basename(model)
+    return base[:-5] if base.endswith(".gguf") else base
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as e:
+        print(f"tova serve needs the server extra: pip install 'tova[server]' ({e})", file=sys.stderr)
+        return 1
+    from ..engine import Engine
+    from .service import ServeConfig
+
+    n_seq = args.n_seq if args.n_seq is not None or args.kv_budget is not None else 8
+    for name in ("n_seq", "kv_size", "threads", "max_queue", "max_prompt_tokens", "max_tokens"):
+        v = getattr(args, name)
+        if v is not None and v < (0 if name in ("max_queue", "max_prompt_tokens") else 1):
+            print(f"tova serve: --{name.replace('_', '-')} must be positive", file=sys.stderr)
+            return 2
+    engine = Engine(args.model, n_seq=n_seq, kv_budget=args.kv_budget, kv_size=args.kv_size,
+                    policy=args.policy, n_threads=args.threads)
+    config = ServeConfig(model_id=args.model_id or _model_id(args.model), max_queue=args.max_queue,
+                         max_prompt_tokens=args.max_prompt_tokens, api_key=args.api_key or None,
+                         default_max_tokens=args.max_tokens)
+    app = create_app(engine, config)
+    print(f"tova serve: {config.model_id} ({engine.n_seq} sequences, kv_size {engine.kv_size}, "
+          f"KV {engine.kv_bytes / 2**20:.1f} MiB) on http://{args.host}:{args.port}/v1",
+          file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=5)
+    engine.close()
+    return 0

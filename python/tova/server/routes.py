@@ -1,0 +1,269 @@
+"""The endpoints: /v1/models, /v1/completions, /v1/chat/completions, /health, /metrics.
+
+Each request is stateless (a chat sends its whole conversation every time): its prompt is
+rendered with the model's chat template (:mod:`tova.chat`), tokenized with special tokens parsed,
+and every choice runs in its own engine sequence. ``usage.prompt_tokens`` is the tokens read;
+the fixed-memory KV store evicts, so a conversation longer than ``kv_size`` still gets answers.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator, Dict, List, Optional
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from .. import chat as _chat
+from .errors import APIError, error_body
+from .schemas import Sampling, parse_chat, parse_completion
+from .service import Batch, Service
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from e
+
+
+def _check_model(service: Service, s: Sampling) -> str:
+    model_id = service.config.model_id
+    if s.model is not None and s.model != model_id:
+        raise APIError(404, f"The model '{s.model}' does not exist; this server serves '{model_id}'",
+                       type="not_found_error", param="model", code="model_not_found")
+    return model_id
+
+
+def _check_prompt(service: Service, ids: List[int]) -> None:
+    if not ids:
+        raise APIError(400, "the prompt is empty: it tokenizes to no tokens", param="prompt")
+    limit = service.config.max_prompt_tokens
+    if limit and len(ids) > limit:
+        raise APIError(400, f"the prompt has {len(ids)} tokens; this server accepts at most {limit} "
+                       "per request (--max-prompt-tokens)", param="messages",
+                       code="context_length_exceeded")
+
+
+def _finish(reason: str) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _usage(batch: Batch) -> Dict[str, int]:
+    # A request with n choices reads its prompt n times; OpenAI counts it once.
+    p = max((c.prompt_tokens for c in batch.choices), default=0)
+    done = sum(c.completion_tokens for c in batch.choices)
+    return {"prompt_tokens": p, "completion_tokens": done, "total_tokens": p + done}
+
+
+async def _collect(request: Request, batch: Batch) -> List[str]:
+    """Waits for every choice's whole text; cancels them if the client goes away."""
+    texts = [""] * len(batch.choices)
+
+    async def gather() -> None:
+        async for index, piece in batch.events():
+            if piece:
+                texts[index] += piece
+
+    task = asyncio.ensure_future(gather())
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.5)
+            if not task.done() and await request.is_disconnected():
+                batch.cancel()
+        task.result()  # a failed choice raises here
+        return texts
+    finally:
+        if not task.done():
+            task.cancel()
+        batch.cancel()  # no-op for finished choices
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _stream(batch: Batch, chunk: Any, s: Sampling, usage_chunk: Any) -> AsyncIterator[str]:
+    """Server-sent events of a batch: ``chunk(index, piece, finish)`` for every piece and end,
+    then the usage chunk (``stream_options.include_usage``), then ``[DONE]``. Cancels the
+    choices when the client goes away (the generator is closed or cancelled)."""
+    try:
+        try:
+            async for index, piece in batch.events():
+                if piece is None:
+                    yield _sse(chunk(index, None, _finish(batch.choices[index].finish_reason)))
+                elif piece:
+                    yield _sse(chunk(index, piece, None))
+        except Exception as e:  # noqa: BLE001 - the stream has begun: report in-band
+            yield _sse(error_body(f"generation failed: {e}", "server_error"))
+            yield "data: [DONE]\n\n"
+            return
+        if s.include_usage:
+            yield _sse(usage_chunk(_usage(batch)))
+        yield "data: [DONE]\n\n"
+    finally:
+        batch.cancel()
+
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+# ---- endpoints -------------------------------------------------------------------------------------
+@router.get("/health")
+async def health(request: Request) -> Dict[str, Any]:
+    svc = _service(request)
+    active, waiting = svc.occupancy()
+    return {"status": "ok", "model": svc.config.model_id, "active_sequences": active,
+            "queued": waiting, "n_seq": svc.engine.n_seq}
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    svc = _service(request)
+    return PlainTextResponse(svc.metrics.render(svc.gauges),
+                             media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _model_card(svc: Service) -> Dict[str, Any]:
+    return {"id": svc.config.model_id, "object": "model", "created": int(svc.metrics.started),
+            "owned_by": "tova"}
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Dict[str, Any]:
+    return {"object": "list", "data": [_model_card(_service(request))]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> Dict[str, Any]:
+    svc = _service(request)
+    if model_id != svc.config.model_id:
+        raise APIError(404, f"The model '{model_id}' does not exist", type="not_found_error",
+                       param="model", code="model_not_found")
+    return _model_card(svc)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    svc = _service(request)
+    cfg = svc.config
+    req = parse_chat(await _json_body(request), default_max_tokens=cfg.default_max_tokens,
+                     max_tokens_cap=cfg.max_tokens_cap)
+    s = req.sampling
+    model = _check_model(svc, s)
+    engine = svc.engine
+    try:
+        prompt = _chat.render_prompt(engine, req.messages)
+    except (ValueError, TypeError) as e:
+        raise APIError(400, str(e), param="messages") from e
+    ids = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: engine.tokenize(prompt, add_bos=False, special=True))
+    _check_prompt(svc, ids)
+    batch = svc.start([ids] * s.n, s.fields)
+    rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    if s.stream:
+        started = set()
+
+        def chunk(index: int, piece: Optional[str], finish: Optional[str]) -> Dict[str, Any]:
+            delta: Dict[str, Any] = {}
+            if index not in started:
+                started.add(index)
+                delta["role"] = "assistant"
+            if piece is not None:
+                delta["content"] = piece
+            out: Dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created,
+                                   "model": model,
+                                   "choices": [{"index": index, "delta": delta, "logprobs": None,
+                                                "finish_reason": finish}]}
+            if s.include_usage:
+                out["usage"] = None
+            return out
+
+        def usage_chunk(usage: Dict[str, int]) -> Dict[str, Any]:
+            return {"id": rid, "object": "chat.completion.chunk", "created": created,
+                    "model": model, "choices": [], "usage": usage}
+
+        return StreamingResponse(_stream(batch, chunk, s, usage_chunk),
+                                 media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    texts = await _collect(request, batch)
+    return JSONResponse({
+        "id": rid, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": c.index,
+                     "message": {"role": "assistant", "content": texts[c.index]},
+                     "logprobs": None, "finish_reason": _finish(c.finish_reason)}
+                    for c in batch.choices],
+        "usage": _usage(batch),
+    })
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    svc = _service(request)
+    cfg = svc.config
+    req = parse_completion(await _json_body(request), default_max_tokens=16,
+                           max_tokens_cap=cfg.max_tokens_cap)
+    s = req.sampling
+    model = _check_model(svc, s)
+    engine = svc.engine
+    loop = asyncio.get_running_loop()
+    prompt_ids: List[List[int]] = []
+    for p in req.prompts:
+        ids = (await loop.run_in_executor(None, engine.tokenize, p)) if isinstance(p, str) else list(p)
+        _check_prompt(svc, ids)
+        prompt_ids.append(ids)
+    # Choice k is prompt k // n with seed + k % n (OpenAI orders choices prompt by prompt).
+    n = s.n
+    batch = svc.start([ids for ids in prompt_ids for _ in range(n)],
+                      lambda k: s.fields(k % n))
+    rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    echo = [p if isinstance(p, str) else engine.detokenize(p) for p in req.prompts] if req.echo else None
+
+    if s.stream:
+        echoed = set()
+
+        def chunk(index: int, piece: Optional[str], finish: Optional[str]) -> Dict[str, Any]:
+            text = piece or ""
+            if echo is not None and index not in echoed:
+                echoed.add(index)
+                text = echo[index // n] + text
+            out: Dict[str, Any] = {"id": rid, "object": "text_completion", "created": created,
+                                   "model": model,
+                                   "choices": [{"index": index, "text": text, "logprobs": None,
+                                                "finish_reason": finish}]}
+            if s.include_usage:
+                out["usage"] = None
+            return out
+
+        def usage_chunk(usage: Dict[str, int]) -> Dict[str, Any]:
+            return {"id": rid, "object": "text_completion", "created": created, "model": model,
+                    "choices": [], "usage": usage}
+
+        return StreamingResponse(_stream(batch, chunk, s, usage_chunk),
+                                 media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    texts = await _collect(request, batch)
+    # Usage over all prompts: each prompt once, every choice's tokens.
+    prompt_tokens = sum(len(ids) for ids in prompt_ids)
+    done = sum(c.completion_tokens for c in batch.choices)
+    return JSONResponse({
+        "id": rid, "object": "text_completion", "created": created, "model": model,
+        "choices": [{"index": c.index,
+                     "text": (echo[c.index // n] if echo else "") + texts[c.index],
+                     "logprobs": None, "finish_reason": _finish(c.finish_reason)}
+                    for c in batch.choices],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": done,
+                  "total_tokens": prompt_tokens + done},
+    })

@@ -1,0 +1,225 @@
+"""The request bodies of the OpenAI endpoints, checked by hand so that every mistake gets a 400
+naming the field (OpenAI's shapes: https://platform.openai.com/docs/api-reference).
+
+Fields tova does not know are ignored, as OpenAI-compatible servers do. Besides OpenAI's sampling
+fields, tova's own ``top_k``, ``min_p``, ``repeat_penalty`` and ``ignore_eos`` (generate
+all ``max_tokens`` tokens) are accepted. Defaults follow
+OpenAI (temperature 1, top_p 1, no top-k / min-p), not tova's CLI defaults.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+from .errors import invalid
+
+__all__ = ["Sampling", "ChatRequest", "CompletionRequest", "parse_chat", "parse_completion"]
+
+Prompt = Union[str, List[int]]
+
+
+@dataclass
+class Sampling:
+    """What every generation endpoint shares."""
+    model: Optional[str]
+    max_tokens: int
+    stop: List[str]
+    n: int
+    stream: bool
+    include_usage: bool
+    seed: Optional[int]
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    ignore_eos: bool = False
+
+    def fields(self, index: int) -> Dict[str, Any]:
+        """Keywords for :meth:`tova.Engine.submit` of choice ``index`` (seed + index when a seed
+        was given, so that the ``n`` choices differ and each is reproducible)."""
+        f: Dict[str, Any] = dict(
+            max_tokens=self.max_tokens, stop=list(self.stop), temperature=self.temperature,
+            top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty, presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty, ignore_eos=self.ignore_eos)
+        if self.seed is not None:
+            f["seed"] = self.seed + index
+        return f
+
+
+@dataclass
+class ChatRequest:
+    messages: List[Dict[str, str]]
+    sampling: Sampling
+
+
+@dataclass
+class CompletionRequest:
+    prompts: List[Prompt]
+    sampling: Sampling
+    echo: bool = False
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+# ---- field checks ---------------------------------------------------------------------------------
+def _number(body: Mapping[str, Any], name: str, default: float, lo: float, hi: float) -> float:
+    v = body.get(name)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise invalid(f"'{name}' must be a number, got {_kind(v)}", name, "invalid_type")
+    if not lo <= v <= hi:
+        raise invalid(f"'{name}' must be between {lo:g} and {hi:g}, got {v}", name, "invalid_value")
+    return float(v)
+
+
+def _int(body: Mapping[str, Any], name: str, default: Optional[int], lo: Optional[int] = None,
+         hi: Optional[int] = None) -> Optional[int]:
+    v = body.get(name)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise invalid(f"'{name}' must be an integer, got {_kind(v)}", name, "invalid_type")
+    if lo is not None and v < lo:
+        raise invalid(f"'{name}' must be >= {lo}, got {v}", name, "invalid_value")
+    if hi is not None and v > hi:
+        raise invalid(f"'{name}' must be <= {hi}, got {v}", name, "invalid_value")
+    return v
+
+
+def _bool(body: Mapping[str, Any], name: str, default: bool) -> bool:
+    v = body.get(name)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise invalid(f"'{name}' must be a boolean, got {_kind(v)}", name, "invalid_type")
+    return v
+
+
+def _kind(v: Any) -> str:
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
+             list: "an array", dict: "an object", type(None): "null"}
+    return names.get(type(v), type(v).__name__)
+
+
+def _stop(body: Mapping[str, Any]) -> List[str]:
+    v = body.get("stop")
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [v] if v else []
+    if isinstance(v, list) and all(isinstance(s, str) for s in v):
+        return [s for s in v if s]
+    raise invalid("'stop' must be a string or an array of strings", "stop", "invalid_type")
+
+
+def _sampling(body: Mapping[str, Any], default_max_tokens: int, max_tokens_cap: int) -> Sampling:
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise invalid(f"'model' must be a string, got {_kind(model)}", "model", "invalid_type")
+    max_tokens = _int(body, "max_completion_tokens", None, lo=0)
+    if max_tokens is None:
+        max_tokens = _int(body, "max_tokens", None, lo=0)
+    if max_tokens is None:
+        max_tokens = default_max_tokens
+    if max_tokens > max_tokens_cap:
+        raise invalid(f"'max_tokens' is {max_tokens}; this server allows at most {max_tokens_cap}",
+                      "max_tokens", "invalid_value")
+    opts = body.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise invalid("'stream_options' must be an object", "stream_options", "invalid_type")
+    include_usage = _bool(opts or {}, "include_usage", False)
+    logprobs = body.get("logprobs")
+    if logprobs not in (None, False, 0):
+        raise invalid("'logprobs' is not supported by tova serve", "logprobs", "unsupported_parameter")
+    if body.get("top_logprobs") not in (None, 0):
+        raise invalid("'top_logprobs' is not supported by tova serve", "top_logprobs",
+                      "unsupported_parameter")
+    seed = _int(body, "seed", None, lo=-(2 ** 62), hi=2 ** 62)
+    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
+    return Sampling(
+        model=model, max_tokens=max_tokens, stop=_stop(body),
+        n=_int(body, "n", 1, lo=1, hi=128) or 1,
+        stream=_bool(body, "stream", False), include_usage=include_usage,
+        seed=seed,
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=top_p if top_p > 0 else 1e-6,  # 0 would mean "nothing": keep the top token
+        top_k=_int(body, "top_k", 0, lo=0) or 0,
+        min_p=_number(body, "min_p", 0.0, 0.0, 1.0),
+        repeat_penalty=_number(body, "repeat_penalty", 1.0, 1e-6, 100.0),
+        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        ignore_eos=_bool(body, "ignore_eos", False),
+    )
+
+
+def _content(m: Mapping[str, Any], i: int) -> str:
+    c = m.get("content")
+    if c is None:
+        return ""
+    if isinstance(c, str):
+        return c
+    if isinstance(c, list):  # content parts: only text parts can be read
+        out = []
+        for part in c:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise invalid(f"messages[{i}].content: only text parts are supported",
+                              f"messages[{i}].content", "unsupported_content")
+            out.append(part["text"])
+        return "".join(out)
+    raise invalid(f"messages[{i}].content must be a string or an array of text parts, got {_kind(c)}",
+                  f"messages[{i}].content", "invalid_type")
+
+
+# ---- the two bodies ----------------------------------------------------------------------------------
+def parse_chat(body: Any, *, default_max_tokens: int, max_tokens_cap: int) -> ChatRequest:
+    """A /v1/chat/completions body, checked; raises :class:`APIError` (400) naming the field."""
+    if not isinstance(body, dict):
+        raise invalid(f"the request body must be a JSON object, got {_kind(body)}")
+    messages = body.get("messages")
+    if messages is None:
+        raise invalid("'messages' is required", "messages", "missing_required_parameter")
+    if not isinstance(messages, list):
+        raise invalid(f"'messages' must be an array, got {_kind(messages)}", "messages", "invalid_type")
+    if not messages:
+        raise invalid("'messages' must contain at least one message", "messages", "invalid_value")
+    checked: List[Dict[str, str]] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise invalid(f"messages[{i}] must be an object, got {_kind(m)}", f"messages[{i}]",
+                          "invalid_type")
+        role = m.get("role")
+        if not isinstance(role, str) or not role:
+            raise invalid(f"messages[{i}].role must be a non-empty string", f"messages[{i}].role",
+                          "invalid_type")
+        checked.append({"role": "system" if role == "developer" else role, "content": _content(m, i)})
+    return ChatRequest(checked, _sampling(body, default_max_tokens, max_tokens_cap))
+
+
+def parse_completion(body: Any, *, default_max_tokens: int, max_tokens_cap: int) -> CompletionRequest:
+    """A /v1/completions body, checked. ``prompt``: a string, an array of strings (one set of
+    ``n`` choices each), an array of token ids, or an array of such arrays."""
+    if not isinstance(body, dict):
+        raise invalid(f"the request body must be a JSON object, got {_kind(body)}")
+    p = body.get("prompt")
+    if p is None:
+        raise invalid("'prompt' is required", "prompt", "missing_required_parameter")
+    prompts: List[Prompt]
+    if isinstance(p, str):
+        prompts = [p]
+    elif isinstance(p, list) and p and all(isinstance(x, int) and not isinstance(x, bool) for x in p):
+        prompts = [list(p)]
+    elif isinstance(p, list) and p and all(isinstance(x, str) for x in p):
+        prompts = list(p)
+    elif (isinstance(p, list) and p and all(isinstance(x, list) and x and all(
+            isinstance(t, int) and not isinstance(t, bool) for t in x) for x in p)):
+        prompts = [list(x) for x in p]
+    else:
+        raise invalid("'prompt' must be a string, an array of strings, or an array of token ids",
+                      "prompt", "invalid_type")
+    return CompletionRequest(prompts, _sampling(body, default_max_tokens, max_tokens_cap),
+                             echo=_bool(body, "echo", False))

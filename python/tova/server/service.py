@@ -1,0 +1,220 @@
+"""The engine behind the HTTP routes: admission (a bounded queue), one engine sequence per
+choice, and the bridge from the engine's blocking handles to asyncio.
+
+Every choice of every request is one :meth:`tova.Engine.submit` (continuous batching: they run
+together in the engine's ``n_seq`` sequences; the rest wait in the engine's queue). A thread of a
+dedicated pool iterates the choice's :class:`tova.Handle` (waiting threads drive the engine's
+scheduler, see handle.py) and posts its pieces to the event loop. At most ``n_seq + max_queue``
+choices are admitted at once; beyond that a request is answered 429 at once instead of waiting.
+Cancelling a choice (the client went away) stops it at the scheduler's next step and frees its
+sequence.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+
+from ..engine import Engine
+from ..handle import Handle
+from .errors import APIError
+from .metrics import Metrics
+
+__all__ = ["ServeConfig", "Service", "Batch", "Choice"]
+
+# What a batch's queue carries: (choice index, a text piece | None at the end | an exception).
+Event = Tuple[int, Union[str, None, BaseException]]
+
+
+@dataclass
+class ServeConfig:
+    """Settings of ``tova serve`` beyond the engine's own.
+
+    Attributes:
+        model_id: the name clients use in ``"model"`` (``/v1/models`` lists it).
+        max_queue: choices that may wait for a sequence; more are answered 429.
+        max_prompt_tokens: the longest prompt a request may send (tokens); 0 = no limit.
+        api_key: when set, ``/v1/*`` requires ``Authorization: Bearer <api_key>``.
+        default_max_tokens: ``max_tokens`` of a chat request that gives none.
+        max_tokens_cap: the largest ``max_tokens`` accepted.
+    """
+    model_id: str
+    max_queue: int = 64
+    max_prompt_tokens: int = 32768
+    api_key: Optional[str] = None
+    default_max_tokens: int = 1024
+    max_tokens_cap: int = 1 << 20
+
+
+class Choice:
+    """One generation of a request, running in one engine sequence."""
+
+    def __init__(self, service: "Service", index: int, handle: Handle, prompt_tokens: int) -> None:
+        self.index = index
+        self.handle = handle
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.finish_reason = "none"
+        self._service = service
+
+    def drain(self, post: Callable[[Event], None]) -> None:
+        """Runs in a pool thread: iterates the handle, posting pieces, then None (or the error)."""
+        try:
+            for piece in self.handle:
+                post((self.index, piece))
+            self._finished()
+            post((self.index, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the event loop
+            self.finish_reason = "error"
+            post((self.index, e))
+        finally:
+            self._service._release(self)
+
+    def _finished(self) -> None:
+        h = self.handle
+        stats = h.stats
+        self.finish_reason = h.finish_reason
+        self.prompt_tokens = int(stats.get("prompt_tokens", self.prompt_tokens))
+        toks = h.tokens
+        n = len(toks)
+        if n and self.finish_reason == "stop" and toks[-1] in self._service.eog_ids:
+            n -= 1  # the end-of-turn token is not part of the answer (as OpenAI counts)
+        self.completion_tokens = n
+        evictions = 0
+        seq = int(stats.get("seq", -1))
+        if seq >= 0:
+            try:  # best effort: the sequence may already hold the next request
+                evictions = int(self._service.engine._e.evictions_of(seq))
+            except Exception:  # noqa: BLE001
+                evictions = 0
+        self._service.metrics.generation(self.prompt_tokens, self.completion_tokens, evictions,
+                                         self.finish_reason == "cancelled")
+
+
+class Batch:
+    """The ``n`` choices of one request, their pieces arriving on one asyncio queue."""
+
+    def __init__(self, choices: List[Choice], queue: "asyncio.Queue[Event]") -> None:
+        self.choices = choices
+        self._queue = queue
+
+    async def events(self) -> AsyncIterator[Tuple[int, Optional[str]]]:
+        """Yields ``(index, piece)`` as pieces come, and ``(index, None)`` when a choice ends;
+        returns when all have ended. A failed choice raises its error here."""
+        open_ = len(self.choices)
+        while open_:
+            index, item = await self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item is None:
+                open_ -= 1
+            yield index, item
+
+    def cancel(self) -> None:
+        """Stops every choice still running (their sequences free at the next step)."""
+        for c in self.choices:
+            c.handle.cancel()
+
+
+class Service:
+    """The engine, the admission count and the pool of threads that wait on handles."""
+
+    def __init__(self, engine: Engine, config: ServeConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self.metrics = Metrics()
+        self.eog_ids = frozenset(int(t) for t in engine.model_info["eog_ids"])
+        self.capacity = engine.n_seq + max(0, config.max_queue)
+        self._lock = threading.Lock()
+        self._live: Set[Choice] = set()
+        self._admitted = 0
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.capacity + 4, thread_name_prefix="tova-serve")
+
+    # ---- admission --------------------------------------------------------------------------------
+    def _reserve(self, n: int) -> None:
+        with self._lock:
+            if self._admitted + n > self.capacity:
+                busy = self._admitted
+                self.metrics.rejected_full += 1
+                raise APIError(
+                    429,
+                    f"the server is full: {busy} generations are running or waiting "
+                    f"({self.engine.n_seq} sequences, queue of {self.config.max_queue}); "
+                    "retry later", type="rate_limit_error", code="queue_full",
+                    headers={"Retry-After": "1"})
+            self._admitted += n
+
+    def _unreserve(self, n: int) -> None:
+        with self._lock:
+            self._admitted -= n
+
+    def _release(self, choice: Choice) -> None:
+        with self._lock:
+            if choice in self._live:
+                self._live.discard(choice)
+                self._admitted -= 1
+
+    def start(self, prompts: Sequence[List[int]], fields: Callable[[int], Dict[str, Any]]) -> Batch:
+        """Submits one choice per prompt (``fields(i)``: the submit keywords of choice i) and
+        returns them as a :class:`Batch`; 429 (:class:`APIError`) when the queue is full."""
+        n = len(prompts)
+        self._reserve(n)
+        loop = asyncio.get_running_loop()
+        queue: "asyncio.Queue[Event]" = asyncio.Queue()
+        choices: List[Choice] = []
+        try:
+            for i, ids in enumerate(prompts):
+                handle = self.engine.submit(ids, **fields(i))
+                choices.append(Choice(self, i, handle, len(ids)))
+        except (ValueError, TypeError) as e:
+            for c in choices:
+                c.handle.cancel()
+            self._unreserve(n)
+            raise APIError(400, str(e)) from e
+        except BaseException:
+            for c in choices:
+                c.handle.cancel()
+            self._unreserve(n)
+            raise
+        with self._lock:
+            self._live.update(choices)
+
+        def post(event: Event) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+            except RuntimeError:  # the loop has closed (shutdown)
+                pass
+
+        for c in choices:
+            self._pool.submit(c.drain, post)
+        return Batch(choices, queue)
+
+    # ---- facts ---------------------------------------------------------------------------------------
+    def occupancy(self) -> Tuple[int, int]:
+        """(choices holding a sequence, choices waiting for one)."""
+        with self._lock:
+            live = list(self._live)
+        active = sum(1 for c in live if c.handle.seq >= 0)
+        return active, len(live) - active
+
+    def gauges(self) -> Dict[str, Tuple[str, float]]:
+        active, waiting = self.occupancy()
+        e = self.engine
+        return {
+            "tova_active_sequences": ("Engine sequences running a generation.", active),
+            "tova_queued_requests": ("Generations waiting for a free sequence.", waiting),
+            "tova_sequences": ("Engine sequences (n_seq).", e.n_seq),
+            "tova_queue_capacity": ("Generations that may wait (--max-queue).", self.config.max_queue),
+            "tova_kv_bytes": ("Bytes of the KV stores of all sequences (fixed at start).", e.kv_bytes),
+            "tova_kv_size": ("Tokens kept per layer and sequence.", e.kv_size),
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            live = list(self._live)
+        for c in live:
+            c.handle.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
