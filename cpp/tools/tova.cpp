@@ -1,5 +1,6 @@
-// tova: the command-line program. Subcommands: info, run, chat, perplexity, bench, pull, list, serve (pull, list and serve go
-// through the Python package, which owns the model registry and downloads).
+// tova: the command-line program. Subcommands: info, run, chat, perplexity, bench, pull, list,
+// serve (pull, list and serve go through the Python package, which owns the model registry,
+// downloads and the HTTP server).
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
