@@ -462,3 +462,43 @@ def test_chats_from_threads_on_one_engine(smollm2_path):
         e.chat_stream([{"role": "user", "content": "Hi"}], max_tokens=4)
         assert e.chat([{"role": "user", "content": questions[0]}], temperature=0,
                       max_tokens=12) == expected[0]
+
+
+@pytest.mark.model
+def test_chat_beside_generations_on_one_engine(smollm2_path):
+    """A conversation kept in a sequence is not trampled by generate() calls from other threads
+    (they take other sequences, or the chat notices and re-reads): every answer is its own."""
+    import threading
+
+    turns = ["What is 2+2?", "And 3+3?", "Name a fruit."]
+    prompts = ["The capital of France is", "Once upon a time", "def add(a, b):"]
+    with tova.Engine(smollm2_path, kv_size=256, n_seq=2, n_threads=2) as e:
+        def converse():
+            msgs, replies = [], []
+            for q in turns:
+                msgs.append({"role": "user", "content": q})
+                r = e.chat(msgs, temperature=0, max_tokens=10)
+                msgs.append({"role": "assistant", "content": r})
+                replies.append(r)
+            return replies
+
+        chat_alone = converse()
+        e.reset_chat()
+        gens_alone = [e.generate(p, max_tokens=12, temperature=0) for p in prompts]
+        got = {}
+
+        def chat_thread():
+            got["chat"] = converse()
+
+        def gen_thread(k):
+            got[k] = [e.generate(p, max_tokens=12, temperature=0) for p in prompts]
+
+        threads = [threading.Thread(target=chat_thread)] + [
+            threading.Thread(target=gen_thread, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert not any(t.is_alive() for t in threads)
+        assert got["chat"] == chat_alone
+        assert got[0] == gens_alone and got[1] == gens_alone

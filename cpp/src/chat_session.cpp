@@ -25,6 +25,7 @@ bool check_system_pin(const EngineParams& params, int64_t n) {
 // ---- ChatFeed -----------------------------------------------------------------------------------
 
 void ChatFeed::forget() {
+  engine_.set_kept(0, false);
   fed_.clear();
   fed_n_past_ = -1;
   fed_tail_.clear();
@@ -45,7 +46,7 @@ std::vector<int32_t> ChatFeed::tail() const {
 
 // True when the sequence holds what fed_ says and `rendered` extends it by whole characters.
 bool ChatFeed::holds_prefix_of(const std::string& rendered) const {
-  if (fed_n_past_ <= 0 || engine_.n_past() != fed_n_past_) return false;
+  if (fed_n_past_ <= 0 || engine_.epoch() != fed_epoch_ || engine_.n_past() != fed_n_past_) return false;
   if (rendered.size() <= fed_.size() || rendered.compare(0, fed_.size(), fed_) != 0) return false;
   // A cut inside a UTF-8 character (the reply's last evaluated token ended mid-character):
   // the suffix cannot be tokenized on its own.
@@ -61,6 +62,13 @@ std::unique_ptr<Generation> ChatFeed::start_reply(const std::string& rendered_pr
     pending_ = nullptr;
     forget();
   }
+  // From the check of what the sequence holds until the reply's request has it, no request for
+  // "any sequence" may take it.
+  struct Hold {
+    Engine& e;
+    explicit Hold(Engine& en) : e(en) { e.set_held(0, true); }
+    ~Hold() { e.set_held(0, false); }
+  } hold(engine_);
   const Tokenizer& tok = engine_.model().tokenizer();
   std::vector<int32_t> ids;
   if (holds_prefix_of(rendered_prompt))
@@ -123,7 +131,9 @@ bool ChatFeed::finish_reply(Generation& gen) {
   // text, so the next rendering will not match and the conversation is re-read.
   fed_ = prompt + engine_.model().tokenizer().decode(evaluated, true);
   fed_n_past_ = engine_.n_past();
+  fed_epoch_ = engine_.epoch();
   fed_tail_ = tail();
+  engine_.set_kept(0, true);
   return true;
 }
 

@@ -89,6 +89,7 @@ class ChatFeed {
   ChatCounters counters_;
   std::string fed_;               // the text the sequence holds (special tokens as text)
   int64_t fed_n_past_ = -1;       // engine.n_past() when fed_ was recorded; -1 = nothing known
+  uint64_t fed_epoch_ = 0;        // engine.epoch() then (a clear since means someone else used it)
   std::vector<int32_t> fed_tail_; // the sequence's latest tokens then
   const Generation* pending_ = nullptr;  // the reply in progress
   std::string pending_prompt_;    // its rendered prompt

@@ -142,6 +142,7 @@ void Engine::clear_sequence(Sequence& s) {
   // the GIL may be waiting for mu_.
   notify_policy_reset(s);
   std::lock_guard<std::mutex> lk(mu_);
+  s.epoch++;
   s.store->clear();
   s.history.clear();
   s.n_past = 0;
@@ -230,17 +231,68 @@ void Engine::copy_sequence(int src, int dst) {
     int a, b;
     ~Release() { e->release_direct(a, b); }
   } release{this, src, dst};
-  b.store->copy_from(*a.store, *backend_);
-  notify_policy_reset(b);
+  try {
+    b.store->copy_from(*a.store, *backend_);
+    notify_policy_reset(b);
+  } catch (...) {
+    clear_sequence(b);  // not half a copy
+    throw;
+  }
   std::lock_guard<std::mutex> fields(mu_);
+  b.epoch++;
   b.n_past = a.n_past;
   b.history = a.history;
   b.protect_below = a.protect_below;
 }
 
+// The compute token for the scope: no step runs while a store is read or its settings change.
+class Engine::ComputeScope {
+ public:
+  explicit ComputeScope(const Engine& e) : e_(const_cast<Engine&>(e)) {
+    std::unique_lock<std::mutex> lk(e_.mu_);
+    e_.acquire_compute(lk);
+  }
+  ~ComputeScope() { e_.release_compute(); }
+  ComputeScope(const ComputeScope&) = delete;
+  ComputeScope& operator=(const ComputeScope&) = delete;
+
+ private:
+  Engine& e_;
+};
+
 void Engine::set_protect_below(int64_t pos, int seq) {
+  Sequence& s = seq_at(seq);
+  ComputeScope compute(*this);
+  s.protect_below = pos;
+}
+
+uint64_t Engine::epoch(int seq) const {
   std::lock_guard<std::mutex> lk(mu_);
-  seq_at(seq).protect_below = pos;
+  return seq_at(seq).epoch;
+}
+
+void Engine::set_held(int seq, bool held) {
+  Sequence& s = seq_at(seq);
+  std::lock_guard<std::mutex> lk(mu_);
+  s.held = held;
+  cv_.notify_all();
+}
+
+void Engine::set_kept(int seq, bool kept) {
+  Sequence& s = seq_at(seq);
+  std::lock_guard<std::mutex> lk(mu_);
+  s.kept = kept;
+}
+
+std::vector<Engine::LayerSummary> Engine::layer_summary(int seq) const {
+  const Sequence& s = seq_at(seq);
+  ComputeScope compute(*this);
+  std::vector<LayerSummary> out;
+  for (int l = 0; l < s.store->n_layer(); ++l) {
+    const LayerCells& L = s.store->layer(l);
+    out.push_back({L.capacity, L.n_slots, L.n_valid, L.sliding, L.n_evicted});
+  }
+  return out;
 }
 
 int64_t Engine::n_past(int seq) const {
@@ -259,7 +311,7 @@ std::vector<int32_t> Engine::kv_positions(int layer, int seq) const {
   const Sequence& s = seq_at(seq);
   if (layer < 0 || layer >= s.store->n_layer())
     throw ArgumentError(cat("layer ", layer, " is out of range [0, ", s.store->n_layer(), ")"));
-  std::lock_guard<std::mutex> lk(mu_);
+  ComputeScope compute(*this);
   std::vector<int32_t> out;
   for (int32_t p : s.store->layer(layer).pos)
     if (p >= 0) out.push_back(p);
@@ -268,8 +320,9 @@ std::vector<int32_t> Engine::kv_positions(int layer, int seq) const {
 }
 
 int64_t Engine::evictions(int seq) const {
-  std::lock_guard<std::mutex> lk(mu_);
-  return seq_at(seq).store->evictions();
+  const Sequence& s = seq_at(seq);
+  ComputeScope compute(*this);
+  return s.store->evictions();
 }
 
 }  // namespace tova

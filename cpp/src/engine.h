@@ -17,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backend.h"
@@ -36,6 +37,9 @@ struct Sequence {
   std::vector<int32_t> history;  // the most recent tokens (bounded, see Engine::kHistoryKeep)
   int64_t protect_below = -1;    // positions below this are never evicted (pinned prompt)
   bool busy = false;             // running a request, or in a direct call
+  uint64_t epoch = 0;            // counts clears: a holder of its content notices another use
+  bool held = false;             // not given to requests for any sequence (a turn being set up)
+  bool kept = false;             // holds a conversation: requests for any sequence prefer others
 };
 
 class Engine {
@@ -75,9 +79,21 @@ class Engine {
   int64_t evictions(int seq = 0) const;
   // Protects every position below `pos` of a sequence from eviction from now on.
   void set_protect_below(int64_t pos, int seq = 0);
+  // Content ownership for a conversation kept in a sequence (ChatFeed): the clear count, a hold
+  // that keeps requests for "any sequence" away while a turn is set up, and a preference flag.
+  uint64_t epoch(int seq = 0) const;
+  void set_held(int seq, bool held);
+  void set_kept(int seq, bool kept);
   // Tokens the next eval of a sequence may take (full policy: n_ctx - n_past); -1 = unlimited.
   int64_t remaining_context(int seq = 0) const;
-  const KvStore& kv_store(int seq = 0) const;
+  // Per layer of a sequence: capacity, slots, valid, sliding, evicted (a consistent snapshot).
+  struct LayerSummary {
+    int capacity, slots, valid;
+    bool sliding;
+    int64_t evicted;
+  };
+  std::vector<LayerSummary> layer_summary(int seq = 0) const;
+  const KvStore& kv_store(int seq = 0) const;  // no step may run while it is read (single-threaded use)
 
   // Exact bytes of every sequence's KV store together, and of one sequence's.
   uint64_t kv_bytes() const;
@@ -110,6 +126,7 @@ class Engine {
   tova_policy* policy() const { return policy_.get(); }
 
  private:
+  class ComputeScope;
   Sequence& seq_at(int seq);
   const Sequence& seq_at(int seq) const;
   void clear_sequence(Sequence& s);  // without mu_ held
@@ -120,6 +137,11 @@ class Engine {
   void acquire_direct(std::unique_lock<std::mutex>& lk, int seq, int seq2 = -1);
   void release_direct(int seq, int seq2 = -1);
   bool has_work() const;
+  // The compute token alone (no step or direct call runs meanwhile): consistent reads of stores.
+  void acquire_compute(std::unique_lock<std::mutex>& lk);
+  void release_compute();
+  // Throws if the calling thread is the one running a step (a policy callback calling back).
+  void check_not_reentrant() const;
   // Until ready() holds (under mu_): runs steps when there is work and nobody steps, else
   // waits. False when timeout_s >= 0 passed first.
   template <class Ready>
@@ -142,9 +164,11 @@ class Engine {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool stepping_ = false;  // a thread is running a step or a direct call
+  std::thread::id stepper_;  // that thread
   std::deque<std::shared_ptr<Request>> queue_;
   std::vector<std::shared_ptr<Request>> running_;
   std::vector<SeqBatch> batch_;  // the step being run (stepping thread only)
+  uint64_t step_count_ = 0;
   std::vector<Request*> batch_req_;
 };
 

@@ -86,6 +86,7 @@ class Request {
   std::string held_;             // decoded text not yet released (could start a stop string)
   std::vector<float> logits_;    // [n_vocab] while running
   std::string produced_;         // text released by this step, published after it
+  std::exception_ptr failure_;   // set by the step that failed it, published as error_
   std::vector<int32_t> generated_;
   Stats stats_;
 

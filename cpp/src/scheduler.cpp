@@ -35,9 +35,15 @@ std::shared_ptr<Request> Engine::submit(std::vector<int32_t> prompt, const Gener
 
 bool Engine::has_work() const { return !queue_.empty() || !running_.empty(); }
 
+void Engine::check_not_reentrant() const {
+  if (stepping_ && stepper_ == std::this_thread::get_id())
+    throw Error("the engine was called from inside its own step (a policy callback may not use the engine)");
+}
+
 // Under mu_ (released meanwhile): runs one step as the stepping thread.
 void Engine::step_locked(std::unique_lock<std::mutex>& lk) {
   stepping_ = true;
+  stepper_ = std::this_thread::get_id();
   lk.unlock();
   try {
     run_step();
@@ -54,6 +60,8 @@ void Engine::step_locked(std::unique_lock<std::mutex>& lk) {
 
 template <class Ready>
 bool Engine::drive(std::unique_lock<std::mutex>& lk, Ready ready, double timeout_s) {
+  check_not_reentrant();
+  if (timeout_s > 1e6) timeout_s = -1;  // a day or more: no deadline (and no overflow)
   const auto deadline = std::chrono::steady_clock::now() +
                         std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                             std::chrono::duration<double>(timeout_s >= 0 ? timeout_s : 0));
@@ -79,6 +87,7 @@ void Engine::acquire_direct(std::unique_lock<std::mutex>& lk, int seq, int seq2)
   Sequence* s2 = seq2 >= 0 ? seqs_[static_cast<size_t>(seq2)].get() : nullptr;
   drive(lk, [&] { return !stepping_ && !s.busy && !(s2 && s2->busy); }, -1);
   stepping_ = true;
+  stepper_ = std::this_thread::get_id();
   s.busy = true;
   if (s2) s2->busy = true;
 }
@@ -101,10 +110,33 @@ Engine::Wait Engine::next(Request& r, std::string& piece, double timeout_s) {
   return Wait::Done;
 }
 
+void Engine::acquire_compute(std::unique_lock<std::mutex>& lk) {
+  drive(lk, [&] { return !stepping_; }, -1);
+  stepping_ = true;
+  stepper_ = std::this_thread::get_id();
+}
+
+void Engine::release_compute() {
+  std::lock_guard<std::mutex> lk(mu_);
+  stepping_ = false;
+  cv_.notify_all();
+}
+
 void Engine::wait_prefilled(Request& r) {
   std::unique_lock<std::mutex> lk(mu_);
-  drive(lk, [&] { return r.done_ || r.pub_stats_.completion_tokens > 0; }, -1);
-  if (r.error_ && r.out_.empty()) {
+  auto ready = [&] { return r.done_ || r.pub_stats_.completion_tokens > 0; };
+  // With an interrupt hook (Python's Ctrl-C check), wait in slices and ask it between them.
+  while (!drive(lk, ready, interrupt_hook ? 0.1 : -1)) {
+    lk.unlock();
+    try {
+      interrupt_hook();
+    } catch (...) {
+      r.cancel();
+      throw;
+    }
+    lk.lock();
+  }
+  if (r.done_ && r.error_) {
     std::exception_ptr e = r.error_;
     r.error_ = nullptr;
     std::rethrow_exception(e);
@@ -137,7 +169,7 @@ bool Engine::step() {
 
 void Engine::fail(Request& r, std::exception_ptr e, double now) {
   r.finish(FinishReason::Error, now);
-  r.error_ = e;  // published with the step
+  r.failure_ = e;  // becomes error_ when the step is published
 }
 
 // Under mu_: cancelled requests finish, queued ones take free sequences (lowest index first; a
@@ -160,11 +192,13 @@ void Engine::admit(double now) {
     if (r.target_seq() >= 0) {
       if (!seqs_[static_cast<size_t>(r.target_seq())]->busy) s = seqs_[static_cast<size_t>(r.target_seq())].get();
     } else {
-      for (auto& c : seqs_)
-        if (!c->busy) {
-          s = c.get();
-          break;
-        }
+      // Any free sequence that no turn is being set up in, one without a conversation first.
+      for (int pass = 0; pass < 2 && !s; ++pass)
+        for (auto& c : seqs_)
+          if (!c->busy && !c->held && (pass == 1 || !c->kept)) {
+            s = c.get();
+            break;
+          }
     }
     if (!s) {
       ++it;
@@ -220,15 +254,26 @@ void Engine::run_step() {
     batch_req_.push_back(&r);
     budget -= n;
   };
-  for (auto& rp : running_) {
-    Request& r = *rp;
-    if (r.phase_ != Request::Phase::Decode || !r.need_eval_ || budget < 1) continue;
+  // When a prompt is waiting, one chunk of the budget is kept for it (every other step if the
+  // budget is a single chunk), so decodes never hold a joining prompt back for long; decode
+  // rows beyond the budget wait a step, starting from a rotating point so none waits twice.
+  bool prefill_waiting = false;
+  for (auto& rp : running_) prefill_waiting |= rp->phase_ == Request::Phase::Prefill;
+  int decode_budget = budget;
+  if (prefill_waiting && (n_batch_ > params_.chunk || step_count_ % 2 == 0))
+    decode_budget = std::max(0, n_batch_ - params_.chunk);
+  const size_t n_run = running_.size();
+  for (size_t k = 0; k < n_run; ++k) {
+    Request& r = *running_[(k + step_count_) % n_run];
+    if (r.phase_ != Request::Phase::Decode || !r.need_eval_ || decode_budget < 1) continue;
     if (remaining_context(r.seq_) == 0) {
       r.finish(FinishReason::Length, now);
       continue;
     }
     add(r, &r.last_token_, 1, true);
+    decode_budget--;
   }
+  step_count_++;
   for (auto& rp : running_) {
     Request& r = *rp;
     if (r.phase_ != Request::Phase::Prefill) continue;
@@ -298,6 +343,10 @@ void Engine::publish(double now) {
                          r.generated_.end());
     if (r.phase_ == Request::Phase::Decode && r.t_first_ > 0) r.stats_.generation_seconds = now - r.t_first_;
     r.pub_stats_ = r.stats_;
+    if (r.failure_) {
+      r.error_ = r.failure_;
+      r.failure_ = nullptr;
+    }
     if (r.phase_ == Request::Phase::Done) {
       r.done_ = true;
       seqs_[static_cast<size_t>(r.seq_)]->busy = false;

@@ -165,7 +165,10 @@ void bind_chat(nb::module_& m) {
              for (const auto& msg : s.messages()) out.emplace_back(msg.role, msg.content);
              return out;
            })
-      .def("reset", &ChatSession::reset)
+      .def("reset", [](ChatSession& s) {
+        nb::gil_scoped_release release;  // it waits for the engine, whose steps may need the GIL
+        s.reset();
+      })
       .def("start_reply",
            [](ChatSession& s, const std::string& text, int max_tokens, const SamplingParams& sp) {
              GenerateParams gp;
@@ -175,7 +178,10 @@ void bind_chat(nb::module_& m) {
              return s.start_reply(text, gp);
            },
            nb::arg("text"), nb::arg("max_tokens"), nb::arg("sampling"), nb::keep_alive<0, 1>())
-      .def("finish_reply", &ChatSession::finish_reply, nb::arg("generation"), nb::arg("text"))
+      .def("finish_reply", [](ChatSession& s, Generation& g, const std::string& text) {
+        nb::gil_scoped_release release;
+        s.finish_reply(g, text);
+      }, nb::arg("generation"), nb::arg("text"))
       .def_prop_ro("pinned_tokens", &ChatSession::pinned_tokens)
       .def_prop_ro("counters", [](const ChatSession& s) { return counters_dict(s.counters()); });
 }

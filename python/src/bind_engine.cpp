@@ -174,7 +174,10 @@ void bind_engine(nb::module_& m) {
         nb::gil_scoped_release release;
         e.reset(seq);
       }, nb::arg("seq") = 0)
-      .def("set_protect_below", &Engine::set_protect_below, nb::arg("pos"), nb::arg("seq") = 0)
+      .def("set_protect_below", [](Engine& e, int64_t pos, int seq) {
+        nb::gil_scoped_release release;
+        e.set_protect_below(pos, seq);
+      }, nb::arg("pos"), nb::arg("seq") = 0)
       .def("cancel", [](Engine& e) { e.cancel_requested.store(true); })
       .def("step", [](Engine& e) {
         nb::gil_scoped_release release;
@@ -182,10 +185,16 @@ void bind_engine(nb::module_& m) {
       }, "Runs one scheduler step if there is work and no other thread is stepping.")
       .def("n_past_of", &Engine::n_past, nb::arg("seq") = 0)
       .def("history_of", &Engine::history, nb::arg("seq") = 0)
-      .def("evictions_of", &Engine::evictions, nb::arg("seq") = 0)
+      .def("evictions_of", [](const Engine& e, int seq) {
+        nb::gil_scoped_release release;
+        return e.evictions(seq);
+      }, nb::arg("seq") = 0)
       .def_prop_ro("n_past", [](const Engine& e) { return e.n_past(0); })
       .def_prop_ro("history", [](const Engine& e) { return e.history(0); })
-      .def_prop_ro("evictions", [](const Engine& e) { return e.evictions(0); })
+      .def_prop_ro("evictions", [](const Engine& e) {
+        nb::gil_scoped_release release;
+        return e.evictions(0);
+      })
       .def_prop_ro("kv_bytes", &Engine::kv_bytes)
       .def_prop_ro("kv_bytes_per_seq", &Engine::kv_bytes_per_seq)
       .def_prop_ro("n_threads", &Engine::n_threads)
@@ -212,8 +221,14 @@ void bind_engine(nb::module_& m) {
         r["backend"] = std::string(e.backend().name());
         return r;
       })
-      .def("kv_positions", [](const Engine& e, int layer, int seq) { return to_numpy_i32(e.kv_positions(layer, seq)); },
-           nb::arg("layer"), nb::arg("seq") = 0)
+      .def("kv_positions", [](const Engine& e, int layer, int seq) {
+        std::vector<int32_t> pos;
+        {
+          nb::gil_scoped_release release;  // waits for a running step, whose policy may need the GIL
+          pos = e.kv_positions(layer, seq);
+        }
+        return to_numpy_i32(std::move(pos));
+      }, nb::arg("layer"), nb::arg("seq") = 0)
       .def("submit",
            [](Engine& e, const std::vector<int32_t>& prompt, int max_tokens, const std::vector<std::string>& stop,
               bool ignore_eos, const SamplingParams& sp, int seq, bool keep) {
@@ -231,17 +246,21 @@ void bind_engine(nb::module_& m) {
            nb::arg("sampling"), nb::arg("seq") = -1, nb::arg("keep") = false,
            nb::rv_policy::take_ownership, nb::keep_alive<0, 1>())
       .def("kv_layer_summary", [](const Engine& e, int seq) {
+        std::vector<Engine::LayerSummary> layers;
+        {
+          nb::gil_scoped_release release;
+          layers = e.layer_summary(seq);
+        }
         nb::list out;
-        const KvStore& s = e.kv_store(seq);
-        for (int l = 0; l < s.n_layer(); ++l) {
-          const LayerCells& L = s.layer(l);
+        for (size_t l = 0; l < layers.size(); ++l) {
+          const Engine::LayerSummary& L = layers[l];
           nb::dict d;
-          d["layer"] = l;
+          d["layer"] = static_cast<int>(l);
           d["capacity"] = L.capacity;
-          d["slots"] = L.n_slots;
-          d["valid"] = L.n_valid;
+          d["slots"] = L.slots;
+          d["valid"] = L.valid;
           d["sliding"] = L.sliding;
-          d["evicted"] = L.n_evicted;
+          d["evicted"] = L.evicted;
           out.append(d);
         }
         return out;

@@ -59,6 +59,7 @@ nb::dict perplexity(Engine& engine, const std::vector<int32_t>& tokens, std::opt
     nb::gil_scoped_release release;
     r = measure_perplexity(engine, tokens, p, on_piece);
   } catch (...) {
+    nb::gil_scoped_release release;  // reset waits for the engine, whose steps may need the GIL
     engine.reset();  // not left mid-sequence
     throw;
   }

@@ -205,22 +205,24 @@ class _TurnLock:
     treats that reply as abandoned."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a dropped turn's __del__ (garbage collection) may call leave() from inside
+        # enter() or leave() on the same thread.
+        self._free = threading.Condition(threading.RLock())
         self._owner: Optional[int] = None
         self._turn: Optional[object] = None
 
     def enter(self, turn: object) -> None:
         me = threading.get_ident()
-        if self._owner == me:
-            self._turn = turn
-            return
-        self._lock.acquire()
-        self._owner, self._turn = me, turn
+        with self._free:
+            while self._turn is not None and self._owner != me:
+                self._free.wait()
+            self._owner, self._turn = me, turn
 
     def leave(self, turn: object) -> None:
-        if self._turn is turn:
-            self._owner = self._turn = None
-            self._lock.release()
+        with self._free:
+            if self._turn is turn:
+                self._owner = self._turn = None
+                self._free.notify()
 
 
 def _turn_lock(engine: "Engine") -> _TurnLock:
@@ -236,8 +238,15 @@ def _feed(engine: "Engine") -> "_core.ChatFeed":
 
 
 def reset(engine: "Engine") -> None:
-    """Forgets the conversation and empties the sequence."""
-    _feed(engine).reset()
+    """Forgets the conversation and empties the sequence (after a turn in progress in another
+    thread)."""
+    lock = _turn_lock(engine)
+    token = object()
+    lock.enter(token)
+    try:
+        _feed(engine).reset()
+    finally:
+        lock.leave(token)
 
 
 def _pin_probes(engine: "Engine", template: str, messages: Sequence[Message]) -> Tuple[str, str]:
@@ -314,12 +323,14 @@ class ChatTurn:
             self._lock.leave(self)
 
     def __del__(self) -> None:
-        # A stream dropped before it was iterated never runs pieces()' cleanup.
+        # A stream dropped before it was iterated never runs pieces()' cleanup. Garbage
+        # collection may run anywhere (even inside a policy callback of a running step), so only
+        # cancel and let the next turn go: it treats this reply as abandoned.
         if not getattr(self, "_recorded", True):
+            self._recorded = True
             try:
                 self.gen.cancel()
-                self._record()
-            except Exception:  # noqa: BLE001 - interpreter shutdown or a closed engine
+            finally:
                 self._lock.leave(self)
 
     @property

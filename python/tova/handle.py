@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, Iterator, List, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,17 +36,16 @@ class Handle:
         ``timeout`` seconds passed first."""
         if self._done:
             return ""
-        waited = 0.0
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            step = _POLL if timeout is None else max(0.0, min(_POLL, timeout - waited))
+            step = _POLL if deadline is None else max(0.0, min(_POLL, deadline - time.monotonic()))
             state, piece = self._core.next(step)
             if state == _PIECE:
                 return piece
             if state == _DONE:
                 self._finish()
                 return ""
-            waited += step
-            if timeout is not None and waited >= timeout:
+            if deadline is not None and time.monotonic() >= deadline:
                 return None
 
     def __iter__(self) -> Iterator[str]:

@@ -78,7 +78,14 @@ void ThreadPool::run_impl(int64_t n_tasks, Call call, void* ctx) {
   const int64_t g = generation_.load(std::memory_order_relaxed) + 1;
   Job& j = jobs_[g & 1];
   j.id.store(-1);  // seq_cst: a worker entering now sees -1 and leaves, or we see its ref
-  while (j.refs.load() != 0) cpu_relax();
+  for (int i = 0; j.refs.load() != 0;) {  // a worker leaving job g - 2 (it finds no task)
+    if (i < kSpinIterations) {
+      ++i;
+      cpu_relax();
+    } else {
+      std::this_thread::yield();
+    }
+  }
   j.n = n_tasks;
   j.call = call;
   j.ctx = ctx;

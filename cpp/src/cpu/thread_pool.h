@@ -12,6 +12,7 @@
 #include <exception>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace tova {
@@ -35,7 +36,8 @@ class ThreadPool {
       for (int64_t t = 0; t < n_tasks; ++t) f(t, 0);
       return;
     }
-    run_impl(n_tasks, [](void* ctx, int64_t t, int th) { (*static_cast<F*>(ctx))(t, th); }, &f);
+    using Fn = std::remove_reference_t<F>;
+    run_impl(n_tasks, [](void* ctx, int64_t t, int th) { (*static_cast<Fn*>(ctx))(t, th); }, &f);
   }
 
   // Splits [0, n) into about `chunks_per_thread * size()` contiguous ranges and calls
