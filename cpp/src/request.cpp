@@ -41,6 +41,7 @@ void Request::finish(FinishReason why, double now) {
   if (t_first_ > 0) stats_.generation_seconds = now - t_first_;
   logits_.clear();
   logits_.shrink_to_fit();
+  sampler_.release_buffers();  // a finished request its caller keeps holds no vocabulary-sized memory
 }
 
 std::string Request::release_text(bool final) {

@@ -309,6 +309,11 @@ Sampler::Sampler(const SamplingParams& params) : params_(params) {
 }
 
 Sampler::~Sampler() = default;
+
+void Sampler::release_buffers() {
+  cands_.data.clear();
+  cands_.data.shrink_to_fit();
+}
 Sampler::Sampler(Sampler&&) noexcept = default;
 Sampler& Sampler::operator=(Sampler&&) noexcept = default;
 

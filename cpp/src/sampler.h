@@ -96,6 +96,9 @@ class Sampler {
   void accept(int32_t token);
   // Clears the history and restarts the random stream from the original (resolved) seed.
   void reset();
+  // Frees the candidate buffer (n_vocab entries) until the next sample(): a finished request
+  // kept by its caller holds no vocabulary-sized memory.
+  void release_buffers();
 
   // Test / debug hook: the tokens the final draw would choose from and their probabilities, after
   // every filter and the temperature, sorted by probability descending (ties: lowest id first).
