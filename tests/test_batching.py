@@ -330,3 +330,26 @@ def test_a_failing_policy_fails_only_its_sequence(smollm2_path):
         assert isinstance(results[2], str) and len(hs[2].tokens) == 40
         # The engine goes on: sequence 1 was reset and serves the next request.
         assert e.generate(PROMPTS[0], **kw) == solo
+
+
+@pytest.mark.model
+def test_handle_logprobs_match_the_logits(smollm2_path):
+    with tova.Engine(smollm2_path, kv_size=64, n_seq=2, n_threads=2) as e:
+        ids = e.tokenize(PROMPTS[0])
+        h = e.submit(ids, max_tokens=3, temperature=0, ignore_eos=True, logprobs=5)
+        h.result()
+        lps = h.logprobs()
+        assert [t for t, _, _ in lps] == h.tokens
+        # The first token's distribution is the prompt's last logits.
+        e.reset(seq=1)
+        logits = e.eval(ids, seq=1).astype(np.float64)
+        ref = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+        tok, lp, top = lps[0]
+        assert lp == pytest.approx(ref[tok], abs=1e-4)
+        order = np.argsort(-ref, kind="stable")[:5]
+        assert [t for t, _ in top] == list(order)
+        assert [b for _, b in top] == pytest.approx(list(ref[order]), abs=1e-4)
+        assert tok == top[0][0]  # greedy
+        assert e.submit(ids, max_tokens=2, temperature=0).logprobs() == []  # not asked: none kept
+        with pytest.raises(ValueError, match="top_logprobs must be in"):
+            e.submit(ids, max_tokens=2, logprobs=21)

@@ -177,6 +177,42 @@ def test_chat_and_stream_equal_engine(server: Server, engine: tova.Engine) -> No
 
 
 @pytest.mark.model
+def test_chat_logprobs(server: Server, engine: tova.Engine) -> None:
+    messages = [{"role": "user", "content": "Name a colour."}]
+    ids = _chat_ids(engine, messages)
+    h = engine.submit(ids, max_tokens=12, logprobs=3, **GREEDY)
+    want_text = h.result()
+    want = h.logprobs()
+    eog = set(engine.model_info["eog_ids"])
+    if want and h.finish_reason == "stop" and want[-1][0] in eog:
+        want = want[:-1]
+    client = server.client()
+    r = client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=12,
+                                       temperature=0, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert r.choices[0].message.content == want_text
+    assert len(content) == len(want)
+    for got, (tok, lp, top) in zip(content, want):
+        assert got.token == engine.detokenize([tok], special=True)
+        assert got.logprob == pytest.approx(lp, abs=1e-6) and got.logprob <= 0
+        assert [t.logprob for t in got.top_logprobs] == pytest.approx([b for _, b in top], abs=1e-6)
+        assert got.top_logprobs[0].token == got.token  # greedy: the chosen token is the likeliest
+    # Streamed: the same entries, spread over the chunks.
+    streamed = []
+    for chunk in client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=12,
+                                                temperature=0, logprobs=True, top_logprobs=3,
+                                                stream=True):
+        for c in chunk.choices:
+            if c.logprobs and c.logprobs.content:
+                streamed.extend(c.logprobs.content)
+    assert [(x.token, round(x.logprob, 5)) for x in streamed] == \
+        [(x.token, round(x.logprob, 5)) for x in content]
+    # top_logprobs without logprobs is a bad request, as OpenAI says.
+    bad = server.post("/v1/chat/completions", {"model": MODEL_ID, "messages": messages, "top_logprobs": 2})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "top_logprobs"
+
+
+@pytest.mark.model
 def test_n_choices_and_seeds(server: Server, engine: tova.Engine) -> None:
     messages = [{"role": "user", "content": "Tell me a word."}]
     kw = dict(model=MODEL_ID, messages=messages, max_tokens=8, temperature=1.0, seed=7, n=2)

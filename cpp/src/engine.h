@@ -109,6 +109,8 @@ class Engine {
   Wait next(Request& r, std::string& piece, double timeout_s = -1);
   // Copies of the request's generated tokens and statistics as of its last step.
   std::vector<int32_t> tokens(const Request& r) const;
+  // The recorded log-probabilities of generated tokens from index `from` on (top_logprobs >= 0).
+  std::vector<TokenLogprob> logprobs(const Request& r, size_t from = 0) const;
   Stats stats(const Request& r) const;
   bool finished(const Request& r) const;
   // Waits (stepping meanwhile) until the request has read its whole prompt or finished.

@@ -1,6 +1,7 @@
 #include "request.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "common.h"
 
@@ -19,6 +20,8 @@ const char* finish_reason_name(FinishReason r) {
 
 void GenerateParams::validate() const {
   if (max_tokens < 0) throw ArgumentError(cat("max_tokens must be >= 0, got ", max_tokens));
+  if (top_logprobs < -1 || top_logprobs > kMaxTopLogprobs)
+    throw ArgumentError(cat("top_logprobs must be in [0, ", kMaxTopLogprobs, "] (or -1 for none), got ", top_logprobs));
   for (const auto& s : stop)
     if (s.empty()) throw ArgumentError("stop strings must not be empty");
   sampling.validate();
@@ -66,8 +69,38 @@ std::string Request::release_text(bool final) {
   return out;
 }
 
+namespace {
+
+// log-softmax of the raw logits at the chosen token, and the k most likely tokens.
+TokenLogprob logprob_of(const std::vector<float>& logits, int32_t chosen, int k) {
+  const size_t V = logits.size();
+  float mx = -INFINITY;
+  for (float l : logits) mx = std::max(mx, l);
+  double sum = 0.0;
+  for (float l : logits) sum += std::exp(static_cast<double>(l) - mx);
+  const double lse = mx + std::log(sum);
+  TokenLogprob r;
+  r.token = chosen;
+  r.logprob = static_cast<float>(logits[static_cast<size_t>(chosen)] - lse);
+  if (k > 0) {
+    std::vector<int32_t> ids(V);
+    for (size_t i = 0; i < V; ++i) ids[i] = static_cast<int32_t>(i);
+    const size_t kk = std::min(V, static_cast<size_t>(k));
+    std::partial_sort(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(kk), ids.end(), [&](int32_t a, int32_t b) {
+      const float la = logits[static_cast<size_t>(a)], lb = logits[static_cast<size_t>(b)];
+      return la != lb ? la > lb : a < b;
+    });
+    for (size_t i = 0; i < kk; ++i)
+      r.top.emplace_back(ids[i], static_cast<float>(logits[static_cast<size_t>(ids[i])] - lse));
+  }
+  return r;
+}
+
+}  // namespace
+
 void Request::on_logits(const Tokenizer& tok, double now) {
   const int32_t t = sampler_.sample(logits_.data(), static_cast<int32_t>(logits_.size()));
+  if (params_.top_logprobs >= 0) logprobs_.push_back(logprob_of(logits_, t, params_.top_logprobs));
   sampler_.accept(t);
   generated_.push_back(t);
   stats_.completion_tokens++;

@@ -9,6 +9,7 @@
 #include <deque>
 #include <exception>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "sampler.h"
@@ -24,6 +25,10 @@ struct GenerateParams {
   std::vector<std::string> stop;  // stop strings (not included in the output)
   bool ignore_eos = false;
   SamplingParams sampling;
+  // Per generated token, its log-probability under the model (log-softmax of the raw logits)
+  // and the `top_logprobs` most likely alternatives: -1 = none recorded, 0..kMaxTopLogprobs.
+  int top_logprobs = -1;
+  static constexpr int kMaxTopLogprobs = 20;
 
   void validate() const;  // ArgumentError for max_tokens < 0, an empty stop string, bad sampling
 };
@@ -39,6 +44,13 @@ struct Stats {
   double generation_tps() const {
     return generation_seconds > 0 ? completion_tokens / generation_seconds : 0;
   }
+};
+
+// One generated token's log-probability and the most likely tokens at its position.
+struct TokenLogprob {
+  int32_t token = -1;
+  float logprob = 0.0f;
+  std::vector<std::pair<int32_t, float>> top;  // most likely first
 };
 
 class Engine;
@@ -88,11 +100,13 @@ class Request {
   std::string produced_;         // text released by this step, published after it
   std::exception_ptr failure_;   // set by the step that failed it, published as error_
   std::vector<int32_t> generated_;
+  std::vector<TokenLogprob> logprobs_;  // with params_.top_logprobs >= 0
   Stats stats_;
 
   // ---- shared with the waiting threads (under the engine's mutex), copied at each step's end ----
   std::deque<std::string> out_;
   std::vector<int32_t> pub_tokens_;
+  std::vector<TokenLogprob> pub_logprobs_;
   Stats pub_stats_;
   bool done_ = false;            // no more pieces will come (out_ may still hold some)
   std::exception_ptr error_;     // the request failed; rethrown to its waiter once

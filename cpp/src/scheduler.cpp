@@ -148,6 +148,12 @@ std::vector<int32_t> Engine::tokens(const Request& r) const {
   return r.pub_tokens_;
 }
 
+std::vector<TokenLogprob> Engine::logprobs(const Request& r, size_t from) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (from >= r.pub_logprobs_.size()) return {};
+  return std::vector<TokenLogprob>(r.pub_logprobs_.begin() + static_cast<std::ptrdiff_t>(from), r.pub_logprobs_.end());
+}
+
 Stats Engine::stats(const Request& r) const {
   std::lock_guard<std::mutex> lk(mu_);
   return r.pub_stats_;
@@ -341,6 +347,8 @@ void Engine::publish(double now) {
     }
     r.pub_tokens_.insert(r.pub_tokens_.end(), r.generated_.begin() + static_cast<std::ptrdiff_t>(r.pub_tokens_.size()),
                          r.generated_.end());
+    r.pub_logprobs_.insert(r.pub_logprobs_.end(),
+                           r.logprobs_.begin() + static_cast<std::ptrdiff_t>(r.pub_logprobs_.size()), r.logprobs_.end());
     if (r.phase_ == Request::Phase::Decode && r.t_first_ > 0) r.stats_.generation_seconds = now - r.t_first_;
     r.pub_stats_ = r.stats_;
     if (r.failure_) {

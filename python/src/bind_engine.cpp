@@ -231,8 +231,9 @@ void bind_engine(nb::module_& m) {
       }, nb::arg("layer"), nb::arg("seq") = 0)
       .def("submit",
            [](Engine& e, const std::vector<int32_t>& prompt, int max_tokens, const std::vector<std::string>& stop,
-              bool ignore_eos, const SamplingParams& sp, int seq, bool keep) {
+              bool ignore_eos, const SamplingParams& sp, int seq, bool keep, int top_logprobs) {
              GenerateParams gp;
+             gp.top_logprobs = top_logprobs;
              gp.max_tokens = max_tokens;
              gp.stop = stop;
              gp.ignore_eos = ignore_eos;
@@ -243,7 +244,7 @@ void bind_engine(nb::module_& m) {
              return r.release();
            },
            nb::arg("prompt"), nb::arg("max_tokens"), nb::arg("stop"), nb::arg("ignore_eos"),
-           nb::arg("sampling"), nb::arg("seq") = -1, nb::arg("keep") = false,
+           nb::arg("sampling"), nb::arg("seq") = -1, nb::arg("keep") = false, nb::arg("top_logprobs") = -1,
            nb::rv_policy::take_ownership, nb::keep_alive<0, 1>())
       .def("kv_layer_summary", [](const Engine& e, int seq) {
         std::vector<Engine::LayerSummary> layers;
@@ -319,6 +320,16 @@ void bind_engine(nb::module_& m) {
       .def_prop_ro("finished", [](const PyRequest& r) { return r.engine->finished(*r.req); })
       .def_prop_ro("finish_reason", [](const PyRequest& r) { return finish_reason_name(r.engine->stats(*r.req).finish); })
       .def_prop_ro("tokens", [](const PyRequest& r) { return r.engine->tokens(*r.req); })
+      .def("logprobs", [](const PyRequest& r, size_t from) {
+        nb::list out;
+        for (const TokenLogprob& t : r.engine->logprobs(*r.req, from)) {
+          nb::list top;
+          for (const auto& [id, lp] : t.top) top.append(nb::make_tuple(id, lp));
+          out.append(nb::make_tuple(t.token, t.logprob, top));
+        }
+        return out;
+      }, nb::arg("start") = 0,
+      "[(token, logprob, [(token, logprob), ...]), ...] of the tokens generated from `start` on")
       .def_prop_ro("stats", [](const PyRequest& r) { return stats_dict(r.engine->stats(*r.req)); })
       .def_prop_ro("seq", [](const PyRequest& r) { return r.engine->stats(*r.req).seq; });
 }

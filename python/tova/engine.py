@@ -227,6 +227,7 @@ class Engine:
         sampling: Optional[SamplingParams],
         fields: Dict[str, Any],
         keep_history: bool = False,
+        logprobs: Optional[int] = None,
     ) -> Handle:
         """Submits a generation. ``keep_history``: continue what sequence 0 holds (chat) and
         return once the prompt was read; otherwise any free sequence, from empty."""
@@ -238,8 +239,11 @@ class Engine:
                 f"prompt of {len(ids)} tokens is longer than n_ctx={self.n_ctx} "
                 "(policy 'full' never evicts: raise n_ctx or use an evicting policy)")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if logprobs is not None:
+            _check_int("logprobs", logprobs, minimum=0)
         core = self._e.submit(ids, max_tokens, stops, bool(ignore_eos), params.to_core(),
-                              0 if keep_history else -1, bool(keep_history))
+                              0 if keep_history else -1, bool(keep_history),
+                              -1 if logprobs is None else int(logprobs))
         handle = Handle(core, self._record_stats)
         if keep_history:
             core.wait_prefilled()
@@ -256,12 +260,15 @@ class Engine:
         stop: Union[None, str, Sequence[str]] = None,
         ignore_eos: bool = False,
         sampling: Optional[SamplingParams] = None,
+        logprobs: Optional[int] = None,
         **fields: Any,
     ) -> Handle:
         """Starts a generation beside the others and returns its :class:`tova.Handle` at once:
         iterate it (or ``async for``) for the text pieces, :meth:`Handle.result` for the whole
-        text, :meth:`Handle.cancel` to stop it. Options as :meth:`generate`."""
-        return self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields)
+        text, :meth:`Handle.cancel` to stop it. Options as :meth:`generate`; ``logprobs=k``
+        (0..20) records each generated token's log-probability and the k most likely tokens at
+        its position (:meth:`Handle.logprobs`)."""
+        return self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields, logprobs=logprobs)
 
     def generate_batch(
         self,

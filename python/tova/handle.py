@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import _core
@@ -102,6 +102,14 @@ class Handle:
     def tokens(self) -> List[int]:
         """The generated token ids so far."""
         return list(self._core.tokens)
+
+    def logprobs(self, start: int = 0) -> List[Tuple[int, float, List[Tuple[int, float]]]]:
+        """Per generated token from index ``start`` on: ``(token, logprob, top)``, where
+        ``logprob`` is the token's log-probability under the model (log-softmax of its logits,
+        before any sampling filter) and ``top`` the most likely ``(token, logprob)`` pairs at that
+        position; empty unless the request was submitted with ``logprobs=k``."""
+        return [(int(t), float(lp), [(int(a), float(b)) for a, b in top])
+                for t, lp, top in self._core.logprobs(int(start))]
 
     @property
     def stats(self) -> Dict[str, Any]:

@@ -60,6 +60,20 @@ def _finish(reason: str) -> str:
     return "length" if reason == "length" else "stop"
 
 
+def _logprobs_content(svc: Any, entries: List[Any], drop_final_eog: bool) -> Dict[str, Any]:
+    """OpenAI's chat ``logprobs`` object for ``(token, logprob, top)`` entries."""
+    engine = svc.engine
+
+    def item(token: int, lp: float) -> Dict[str, Any]:
+        b = engine._e.token_bytes(int(token), True)
+        return {"token": b.decode("utf-8", errors="replace"), "logprob": lp, "bytes": list(b)}
+
+    if drop_final_eog and entries and entries[-1][0] in svc.eog_ids:
+        entries = entries[:-1]  # the end-of-turn token is not part of the reply's text
+    return {"content": [dict(item(t, lp), top_logprobs=[item(a, b) for a, b in top])
+                        for t, lp, top in entries]}
+
+
 def _usage(batch: Batch) -> Dict[str, int]:
     # A request with n choices reads its prompt n times; OpenAI counts it once.
     p = max((c.prompt_tokens for c in batch.choices), default=0)
@@ -175,6 +189,14 @@ async def chat_completions(request: Request) -> Response:
 
     if s.stream:
         started = set()
+        sent = [0] * len(batch.choices)  # logprobs already sent, per choice
+
+        def chunk_logprobs(index: int, finish: Optional[str]) -> Optional[Dict[str, Any]]:
+            if s.logprobs is None:
+                return None
+            new = batch.choices[index].handle.logprobs(sent[index])
+            sent[index] += len(new)
+            return _logprobs_content(svc, new, finish == "stop")
 
         def chunk(index: int, piece: Optional[str], finish: Optional[str]) -> Dict[str, Any]:
             delta: Dict[str, Any] = {}
@@ -185,7 +207,8 @@ async def chat_completions(request: Request) -> Response:
                 delta["content"] = piece
             out: Dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created,
                                    "model": model,
-                                   "choices": [{"index": index, "delta": delta, "logprobs": None,
+                                   "choices": [{"index": index, "delta": delta,
+                                                "logprobs": chunk_logprobs(index, finish),
                                                 "finish_reason": finish}]}
             if s.include_usage:
                 out["usage"] = None
@@ -203,7 +226,9 @@ async def chat_completions(request: Request) -> Response:
         "id": rid, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": c.index,
                      "message": {"role": "assistant", "content": texts[c.index]},
-                     "logprobs": None, "finish_reason": _finish(c.finish_reason)}
+                     "logprobs": (None if s.logprobs is None else
+                                  _logprobs_content(svc, c.handle.logprobs(), c.finish_reason == "stop")),
+                     "finish_reason": _finish(c.finish_reason)}
                     for c in batch.choices],
         "usage": _usage(batch),
     })

@@ -37,6 +37,7 @@ class Sampling:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     ignore_eos: bool = False
+    logprobs: Optional[int] = None  # chat: top_logprobs when "logprobs": true, else None
 
     def fields(self, index: int) -> Dict[str, Any]:
         """Keywords for :meth:`tova.Engine.submit` of choice ``index`` (seed + index when a seed
@@ -48,6 +49,8 @@ class Sampling:
             frequency_penalty=self.frequency_penalty, ignore_eos=self.ignore_eos)
         if self.seed is not None:
             f["seed"] = self.seed + index
+        if self.logprobs is not None:
+            f["logprobs"] = self.logprobs
         return f
 
 
@@ -117,7 +120,25 @@ def _stop(body: Mapping[str, Any]) -> List[str]:
     raise invalid("'stop' must be a string or an array of strings", "stop", "invalid_type")
 
 
-def _sampling(body: Mapping[str, Any], default_max_tokens: int, max_tokens_cap: int) -> Sampling:
+def _logprobs(body: Mapping[str, Any], chat: bool) -> Optional[int]:
+    """Chat: ``logprobs: true`` with ``top_logprobs`` 0..20 -> that count; the completions
+    endpoint's legacy integer ``logprobs`` is not supported."""
+    logprobs = body.get("logprobs")
+    top = body.get("top_logprobs")
+    if not chat:
+        if logprobs not in (None, False, 0) or top not in (None, 0):
+            raise invalid("'logprobs' is supported on /v1/chat/completions only", "logprobs",
+                          "unsupported_parameter")
+        return None
+    want = _bool(body, "logprobs", False)
+    k = _int(body, "top_logprobs", None, lo=0, hi=20)
+    if k is not None and not want:
+        raise invalid("'top_logprobs' needs 'logprobs': true", "top_logprobs", "invalid_value")
+    return (k or 0) if want else None
+
+
+def _sampling(body: Mapping[str, Any], default_max_tokens: int, max_tokens_cap: int,
+              chat: bool = False) -> Sampling:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise invalid(f"'model' must be a string, got {_kind(model)}", "model", "invalid_type")
@@ -133,12 +154,7 @@ def _sampling(body: Mapping[str, Any], default_max_tokens: int, max_tokens_cap: 
     if opts is not None and not isinstance(opts, dict):
         raise invalid("'stream_options' must be an object", "stream_options", "invalid_type")
     include_usage = _bool(opts or {}, "include_usage", False)
-    logprobs = body.get("logprobs")
-    if logprobs not in (None, False, 0):
-        raise invalid("'logprobs' is not supported by tova serve", "logprobs", "unsupported_parameter")
-    if body.get("top_logprobs") not in (None, 0):
-        raise invalid("'top_logprobs' is not supported by tova serve", "top_logprobs",
-                      "unsupported_parameter")
+    logprobs = _logprobs(body, chat)
     seed = _int(body, "seed", None, lo=-(2 ** 62), hi=2 ** 62)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
     return Sampling(
@@ -154,6 +170,7 @@ def _sampling(body: Mapping[str, Any], default_max_tokens: int, max_tokens_cap: 
         presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
         ignore_eos=_bool(body, "ignore_eos", False),
+        logprobs=logprobs,
     )
 
 
@@ -197,7 +214,7 @@ def parse_chat(body: Any, *, default_max_tokens: int, max_tokens_cap: int) -> Ch
             raise invalid(f"messages[{i}].role must be a non-empty string", f"messages[{i}].role",
                           "invalid_type")
         checked.append({"role": "system" if role == "developer" else role, "content": _content(m, i)})
-    return ChatRequest(checked, _sampling(body, default_max_tokens, max_tokens_cap))
+    return ChatRequest(checked, _sampling(body, default_max_tokens, max_tokens_cap, chat=True))
 
 
 def parse_completion(body: Any, *, default_max_tokens: int, max_tokens_cap: int) -> CompletionRequest:
