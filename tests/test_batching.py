@@ -353,3 +353,27 @@ def test_handle_logprobs_match_the_logits(smollm2_path):
         assert e.submit(ids, max_tokens=2, temperature=0).logprobs() == []  # not asked: none kept
         with pytest.raises(ValueError, match="top_logprobs must be in"):
             e.submit(ids, max_tokens=2, logprobs=21)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("policy", ["tova", "h2o"])
+def test_reuse_prefix_continues_a_conversation_exactly(smollm2_path, policy):
+    """A request whose prompt extends what a free sequence holds continues it, reading only the
+    new tokens, and gets exactly the text of reading everything (evictions included)."""
+    kw = dict(max_tokens=12, temperature=0, ignore_eos=True)
+    with tova.Engine(smollm2_path, kv_size=32, n_seq=2, policy=policy, n_threads=2) as e:
+        first = e.tokenize(PROMPTS[6])  # longer than kv_size: its reading evicts
+        h = e.submit(first, reuse_prefix=True, **kw)
+        h.result()
+        held = first + h.tokens[:-1]  # the last sampled token is never evaluated
+        follow = held + e.tokenize(" Then the lamp", add_bos=False)
+        alone = tova.Engine(smollm2_path, kv_size=32, policy=policy, n_threads=2)
+        want = alone.generate(follow, **kw)
+        alone.close()
+        h2 = e.submit(follow, reuse_prefix=True, **kw)
+        assert h2.result() == want
+        assert h2.stats["cached_tokens"] == len(held) and h2.seq == h.seq
+        # A prompt that does not extend it reads everything, in another sequence or from empty.
+        h3 = e.submit(e.tokenize(PROMPTS[1]), reuse_prefix=True, **kw)
+        assert h3.result() == e.generate(PROMPTS[1], **kw)
+        assert h3.stats["cached_tokens"] == 0

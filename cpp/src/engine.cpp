@@ -125,6 +125,13 @@ void Engine::check_fits(const Sequence& s, int64_t n_new) const {
 
 void Engine::record(Sequence& s, const int32_t* ids, int n) {
   s.n_past += n;
+  if (s.record_ok && s.record.size() + static_cast<size_t>(n) <= Sequence::kRecordCap) {
+    s.record.insert(s.record.end(), ids, ids + n);
+  } else {
+    s.record_ok = false;
+    s.record.clear();
+    s.record.shrink_to_fit();
+  }
   s.history.insert(s.history.end(), ids, ids + n);
   // Fixed memory: keep only the most recent tokens (amortized: trim at twice the bound).
   if (s.history.size() > 2 * kHistoryKeep)
@@ -145,6 +152,9 @@ void Engine::clear_sequence(Sequence& s) {
   s.epoch++;
   s.store->clear();
   s.history.clear();
+  s.record.clear();
+  s.record_ok = true;
+  s.kept = false;
   s.n_past = 0;
   s.protect_below = -1;
 }
@@ -242,6 +252,8 @@ void Engine::copy_sequence(int src, int dst) {
   b.epoch++;
   b.n_past = a.n_past;
   b.history = a.history;
+  b.record = a.record;
+  b.record_ok = a.record_ok;
   b.protect_below = a.protect_below;
 }
 

@@ -40,6 +40,11 @@ struct Sequence {
   uint64_t epoch = 0;            // counts clears: a holder of its content notices another use
   bool held = false;             // not given to requests for any sequence (a turn being set up)
   bool kept = false;             // holds a conversation: requests for any sequence prefer others
+  // Every token evaluated since the last clear, while there are at most kRecordCap: a request
+  // whose prompt starts with them can continue this sequence instead of reading them again.
+  std::vector<int32_t> record;
+  bool record_ok = true;
+  static constexpr size_t kRecordCap = 1 << 16;
 };
 
 class Engine {
@@ -100,8 +105,10 @@ class Engine {
   uint64_t kv_bytes_per_seq() const { return seqs_.front()->store->bytes(); }
 
   // ---- the scheduler ----
+  // reuse_prefix (with seq -1): continue a free sequence that holds a prefix of the prompt
+  // (exact prefill only; the longest such), reading only the rest; the result is the same.
   std::shared_ptr<Request> submit(std::vector<int32_t> prompt, const GenerateParams& params,
-                                  int seq = -1, bool keep = false);
+                                  int seq = -1, bool keep = false, bool reuse_prefix = false);
   enum class Wait { Piece, Timeout, Done };
   // The request's next piece of text (Piece), or Done when it has finished and every piece was
   // taken; Timeout when timeout_s >= 0 passed first. Runs scheduler steps while waiting. A

@@ -35,6 +35,7 @@ struct GenerateParams {
 
 struct Stats {
   int64_t prompt_tokens = 0;
+  int64_t cached_tokens = 0;  // of those, held by the sequence already (reuse_prefix): not read
   int64_t completion_tokens = 0;
   double prompt_seconds = 0;
   double generation_seconds = 0;
@@ -89,6 +90,8 @@ class Request {
   Phase phase_ = Phase::Queued;
   int seq_ = -1;
   bool started_ = false;         // its sequence was prepared (joined)
+  bool reuse_prefix_ = false;    // may continue a sequence holding a prefix of the prompt
+  size_t reused_ = 0;            // prompt tokens that sequence held
   size_t prompt_done_ = 0;       // prompt tokens evaluated
   bool need_eval_ = false;       // last_token_ must be evaluated before the next sample
   int32_t last_token_ = -1;

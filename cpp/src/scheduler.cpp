@@ -14,12 +14,14 @@
 namespace tova {
 
 std::shared_ptr<Request> Engine::submit(std::vector<int32_t> prompt, const GenerateParams& params, int seq,
-                                        bool keep) {
+                                        bool keep, bool reuse_prefix) {
   if (seq >= 0) seq_at(seq);  // range check
   const int V = model_->hp().n_vocab;
   for (int32_t id : prompt)
     if (id < 0 || id >= V) throw ArgumentError(cat("token id ", id, " is out of range [0, ", V, ")"));
   auto r = std::make_shared<Request>(std::move(prompt), params, seq, keep);
+  // Reuse is exact only when reading is: chunked prefill depends on where chunks fall.
+  r->reuse_prefix_ = reuse_prefix && seq < 0 && params_.prefill == PrefillMode::Exact;
   if (policies_.never_evicts) {
     const int64_t held = keep ? n_past(seq) : 0;
     const int64_t n = static_cast<int64_t>(r->prompt().size());
@@ -198,6 +200,16 @@ void Engine::admit(double now) {
     if (r.target_seq() >= 0) {
       if (!seqs_[static_cast<size_t>(r.target_seq())]->busy) s = seqs_[static_cast<size_t>(r.target_seq())].get();
     } else {
+      if (r.reuse_prefix_) {  // the free sequence holding the longest prefix of the prompt
+        const std::vector<int32_t>& p = r.prompt();
+        for (auto& c : seqs_) {
+          const std::vector<int32_t>& rec = c->record;
+          if (c->busy || c->held || !c->record_ok || c->protect_below >= 0 || rec.empty() || rec.size() >= p.size())
+            continue;
+          if ((!s || rec.size() > s->record.size()) && std::equal(rec.begin(), rec.end(), p.begin())) s = c.get();
+        }
+        if (s) r.reused_ = s->record.size();
+      }
       // Any free sequence that no turn is being set up in, one without a conversation first.
       for (int pass = 0; pass < 2 && !s; ++pass)
         for (auto& c : seqs_)
@@ -234,8 +246,13 @@ void Engine::run_step() {
     r.started_ = true;
     Sequence& s = *seqs_[static_cast<size_t>(r.seq_)];
     try {
-      if (!r.keep()) clear_sequence(s);
-      check_fits(s, static_cast<int64_t>(r.prompt().size()));
+      if (r.reused_ > 0) {  // the sequence holds the prompt's first reused_ tokens already
+        r.prompt_done_ = r.reused_;
+        r.stats_.cached_tokens = static_cast<int64_t>(r.reused_);
+      } else if (!r.keep()) {
+        clear_sequence(s);
+      }
+      check_fits(s, static_cast<int64_t>(r.prompt().size() - r.prompt_done_));
       r.logits_.assign(static_cast<size_t>(V), 0.0f);
       r.t_start_ = now;
     } catch (...) {
@@ -358,6 +375,8 @@ void Engine::publish(double now) {
     if (r.phase_ == Request::Phase::Done) {
       r.done_ = true;
       seqs_[static_cast<size_t>(r.seq_)]->busy = false;
+      // What it leaves may be continued by the conversation's next request: others go elsewhere.
+      if (r.reuse_prefix_ && !r.error_) seqs_[static_cast<size_t>(r.seq_)]->kept = true;
       it = running_.erase(it);
     } else {
       ++it;

@@ -76,6 +76,7 @@ PyType_Slot engine_slots[] = {{Py_tp_traverse, reinterpret_cast<void*>(engine_tr
 nb::dict stats_dict(const Stats& s) {
   nb::dict d;
   d["prompt_tokens"] = s.prompt_tokens;
+  d["cached_tokens"] = s.cached_tokens;
   d["completion_tokens"] = s.completion_tokens;
   d["prompt_seconds"] = s.prompt_seconds;
   d["generation_seconds"] = s.generation_seconds;
@@ -231,7 +232,8 @@ void bind_engine(nb::module_& m) {
       }, nb::arg("layer"), nb::arg("seq") = 0)
       .def("submit",
            [](Engine& e, const std::vector<int32_t>& prompt, int max_tokens, const std::vector<std::string>& stop,
-              bool ignore_eos, const SamplingParams& sp, int seq, bool keep, int top_logprobs) {
+              bool ignore_eos, const SamplingParams& sp, int seq, bool keep, int top_logprobs,
+              bool reuse_prefix) {
              GenerateParams gp;
              gp.top_logprobs = top_logprobs;
              gp.max_tokens = max_tokens;
@@ -240,11 +242,12 @@ void bind_engine(nb::module_& m) {
              gp.sampling = sp;
              auto r = std::make_unique<PyRequest>();
              r->engine = &e;
-             r->req = e.submit(prompt, gp, seq, keep);
+             r->req = e.submit(prompt, gp, seq, keep, reuse_prefix);
              return r.release();
            },
            nb::arg("prompt"), nb::arg("max_tokens"), nb::arg("stop"), nb::arg("ignore_eos"),
            nb::arg("sampling"), nb::arg("seq") = -1, nb::arg("keep") = false, nb::arg("top_logprobs") = -1,
+           nb::arg("reuse_prefix") = false,
            nb::rv_policy::take_ownership, nb::keep_alive<0, 1>())
       .def("kv_layer_summary", [](const Engine& e, int seq) {
         std::vector<Engine::LayerSummary> layers;

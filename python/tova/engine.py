@@ -228,6 +228,7 @@ class Engine:
         fields: Dict[str, Any],
         keep_history: bool = False,
         logprobs: Optional[int] = None,
+        reuse_prefix: bool = False,
     ) -> Handle:
         """Submits a generation. ``keep_history``: continue what sequence 0 holds (chat) and
         return once the prompt was read; otherwise any free sequence, from empty."""
@@ -243,7 +244,7 @@ class Engine:
             _check_int("logprobs", logprobs, minimum=0)
         core = self._e.submit(ids, max_tokens, stops, bool(ignore_eos), params.to_core(),
                               0 if keep_history else -1, bool(keep_history),
-                              -1 if logprobs is None else int(logprobs))
+                              -1 if logprobs is None else int(logprobs), bool(reuse_prefix))
         handle = Handle(core, self._record_stats)
         if keep_history:
             core.wait_prefilled()
@@ -261,14 +262,19 @@ class Engine:
         ignore_eos: bool = False,
         sampling: Optional[SamplingParams] = None,
         logprobs: Optional[int] = None,
+        reuse_prefix: bool = False,
         **fields: Any,
     ) -> Handle:
         """Starts a generation beside the others and returns its :class:`tova.Handle` at once:
         iterate it (or ``async for``) for the text pieces, :meth:`Handle.result` for the whole
         text, :meth:`Handle.cancel` to stop it. Options as :meth:`generate`; ``logprobs=k``
         (0..20) records each generated token's log-probability and the k most likely tokens at
-        its position (:meth:`Handle.logprobs`)."""
-        return self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields, logprobs=logprobs)
+        its position (:meth:`Handle.logprobs`). ``reuse_prefix=True``: when a free sequence
+        holds a prefix of this prompt (a conversation's previous turn, say), continue it and read
+        only the rest (``stats["cached_tokens"]``); the text is the same as reading it all
+        (exact prefill only)."""
+        return self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields, logprobs=logprobs,
+                           reuse_prefix=reuse_prefix)
 
     def generate_batch(
         self,
@@ -333,7 +339,7 @@ class Engine:
         generation this thread finished, with its sequence's KV occupancy (``seq``,
         ``kv_bytes`` of that sequence, ``n_past``, ``evictions``)."""
         stats = dict(getattr(self._local, "last", None) or {
-            "prompt_tokens": 0, "completion_tokens": 0, "prompt_seconds": 0.0,
+            "prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0, "prompt_seconds": 0.0,
             "generation_seconds": 0.0, "prompt_tokens_per_second": 0.0,
             "generation_tokens_per_second": 0.0, "finish_reason": "none", "seq": 0})
         seq = max(0, int(stats["seq"]))

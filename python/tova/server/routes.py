@@ -74,11 +74,14 @@ def _logprobs_content(svc: Any, entries: List[Any], drop_final_eog: bool) -> Dic
                         for t, lp, top in entries]}
 
 
-def _usage(batch: Batch) -> Dict[str, int]:
-    # A request with n choices reads its prompt n times; OpenAI counts it once.
+def _usage(batch: Batch) -> Dict[str, Any]:
+    # A request with n choices reads its prompt n times; OpenAI counts it once. Cached: prompt
+    # tokens a sequence already held from the conversation's previous request (not read again).
     p = max((c.prompt_tokens for c in batch.choices), default=0)
+    cached = max((c.cached_tokens for c in batch.choices), default=0)
     done = sum(c.completion_tokens for c in batch.choices)
-    return {"prompt_tokens": p, "completion_tokens": done, "total_tokens": p + done}
+    return {"prompt_tokens": p, "completion_tokens": done, "total_tokens": p + done,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 async def _collect(request: Request, batch: Batch) -> List[str]:

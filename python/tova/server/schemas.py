@@ -46,7 +46,8 @@ class Sampling:
             max_tokens=self.max_tokens, stop=list(self.stop), temperature=self.temperature,
             top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
             repeat_penalty=self.repeat_penalty, presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty, ignore_eos=self.ignore_eos)
+            frequency_penalty=self.frequency_penalty, ignore_eos=self.ignore_eos,
+            reuse_prefix=True)  # a conversation's next request continues its sequence
         if self.seed is not None:
             f["seed"] = self.seed + index
         if self.logprobs is not None:

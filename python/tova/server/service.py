@@ -55,6 +55,7 @@ class Choice:
         self.index = index
         self.handle = handle
         self.prompt_tokens = prompt_tokens
+        self.cached_tokens = 0
         self.completion_tokens = 0
         self.finish_reason = "none"
         self._service = service
@@ -77,6 +78,7 @@ class Choice:
         stats = h.stats
         self.finish_reason = h.finish_reason
         self.prompt_tokens = int(stats.get("prompt_tokens", self.prompt_tokens))
+        self.cached_tokens = int(stats.get("cached_tokens", 0))
         toks = h.tokens
         n = len(toks)
         if n and self.finish_reason == "stop" and toks[-1] in self._service.eog_ids:
