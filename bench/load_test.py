@@ -143,6 +143,14 @@ async def run(args: argparse.Namespace, base: str, pid: int, want: List[str],
                                           args.time_limit)
         short_wall = time.perf_counter() - t1
         rss_after = rss_kib(pid)
+        # The same again: what a second round adds shows a leak, not the first round's warm-up
+        # (worker threads created on demand, allocator arenas reaching their high-water mark).
+        rss_again = rss_after
+        if args.short_rounds > 1:
+            for _ in range(args.short_rounds - 1):
+                failures += await asyncio.wait_for(
+                    short_requests(client, args.short, args.short_concurrency), args.time_limit)
+            rss_again = rss_kib(pid)
     return {
         "clients": args.clients, "n_seq": args.n_seq, "max_tokens": args.max_tokens,
         "correct": len(texts) - len(wrong), "wrong": wrong,
@@ -154,6 +162,8 @@ async def run(args: argparse.Namespace, base: str, pid: int, want: List[str],
         "short_requests_per_s": round(args.short / short_wall, 1),
         "rss_before_short_mib": round(rss_before / 1024, 1),
         "rss_after_short_mib": round(rss_after / 1024, 1),
+        "short_rounds": args.short_rounds,
+        "rss_after_last_round_mib": round(rss_again / 1024, 1),
     }
 
 
@@ -167,9 +177,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--short", type=int, default=1000)
     ap.add_argument("--short-concurrency", type=int, default=8)
+    ap.add_argument("--short-rounds", type=int, default=2, help="rounds of --short requests (1..5)")
     ap.add_argument("--time-limit", type=float, default=600.0, help="seconds per phase at most")
     ap.add_argument("--json", action="store_true", help="print the result as JSON only")
     args = ap.parse_args()
+    if not 1 <= args.short_rounds <= 5:
+        ap.error("--short-rounds in 1..5 (the test is bounded)")
     if not 1 <= args.clients <= 256 or not 0 <= args.short <= 5000:
         ap.error("--clients in 1..256 and --short in 0..5000 (the test is bounded)")
 
