@@ -18,6 +18,11 @@ COMPUTED = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0,
             T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.Q8_K]
 GGUF_CAN_QUANTIZE = {T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0}
 N = 2048  # 64 legacy blocks, 8 k-quant super-blocks
+# "best" (the tier the engine uses) and every kernel tier this CPU runs: each SIMD path is
+# checked on the machine that runs the suite, not only the best one.
+TIERS = _core.cpu_tiers()
+ISAS = ["best"] + TIERS
+SIMD_TIERS = [t for t in TIERS if t != "scalar"]
 
 # Byte offsets of the fp16 scale fields in each block: random bytes there could be inf/NaN.
 HALF_FIELDS = {
@@ -124,7 +129,7 @@ def test_supported_types():
         assert _core.type_info(int(qtype))["supported"], qtype.name
     for qtype in (T.IQ2_XXS, T.IQ4_XS, T.TQ1_0, T.MXFP4):
         assert not _core.type_info(int(qtype))["supported"], qtype.name
-    assert _core.kernel_isa() in ("scalar", "avx2")
+    assert TIERS[0] == "scalar" and _core.kernel_isa() in TIERS
 
 
 # --- dequantize ------------------------------------------------------------------------------------
@@ -133,7 +138,7 @@ def test_supported_types():
 def test_dequantize_equals_gguf(qtype):
     rng = np.random.default_rng(int(qtype))
     raw, ref = random_row(qtype, rng)
-    for isa in ("best", "scalar"):
+    for isa in ISAS:
         got = _core.dequantize(int(qtype), raw, N, isa=isa)
         assert got.dtype == np.float32 and got.shape == (N,)
         assert np.array_equal(got, ref), (qtype.name, isa)
@@ -170,7 +175,7 @@ def tie_heavy_values(rng, n=N):
 def test_quantize_equals_gguf(qtype):
     x = tie_heavy_values(np.random.default_rng(7))
     ref = gguf.quants.quantize(x, qtype).view(np.uint8).reshape(-1)
-    for isa in ("best", "scalar"):
+    for isa in ISAS:
         assert np.array_equal(_core.quantize(int(qtype), x, isa=isa), ref), (qtype.name, isa)
 
 
@@ -180,7 +185,7 @@ def test_quantize_q8_k_matches_ggml_rule():
     x[512] = -50.0  # largest magnitude negative: the scale's sign flips
     x[768:1024] = 0.0
     ref = q8_k_quantize(x)
-    for isa in ("best", "scalar"):
+    for isa in ISAS:
         assert np.array_equal(_core.quantize(int(T.Q8_K), x, isa=isa), ref), isa
 
 
@@ -190,7 +195,7 @@ def test_quantize_f16_bf16_bit_patterns():
     with np.errstate(over="ignore", invalid="ignore"):
         ref16 = f.astype(np.float16)
     nan = np.isnan(f)
-    for isa in ("best", "scalar"):
+    for isa in ISAS:
         got = _core.quantize(int(T.F16), f, isa=isa).view(np.float16)
         # numpy keeps signalling NaNs signalling, the F16C instruction quiets them: NaN either way.
         assert np.array_equal(got[~nan].view(np.uint16), ref16[~nan].view(np.uint16)), isa
@@ -200,7 +205,7 @@ def test_quantize_f16_bf16_bit_patterns():
     halves = np.arange(0x7BFF, dtype=np.uint16).view(np.float16).astype(np.float32)
     nxt = np.arange(1, 0x7C00, dtype=np.uint16).view(np.float16).astype(np.float32)
     mid = np.concatenate([(halves + nxt) / 2, -(halves + nxt) / 2]).astype(np.float32)
-    for isa in ("best", "scalar"):
+    for isa in ISAS:
         got = _core.quantize(int(T.F16), mid, isa=isa).view(np.uint16)
         assert np.array_equal(got, mid.astype(np.float16).view(np.uint16)), isa
     ref_bf16 = gguf.quants.quantize(f, T.BF16).view(np.uint8).reshape(-1)
@@ -238,7 +243,7 @@ def test_vec_dot_f32_mode(qtype):
     y = rng.standard_normal(N).astype(np.float32)
     ref = float(np.dot(xf.astype(np.float64), y.astype(np.float64)))
     tol = float_dot_tolerance(xf, y)
-    for isa in ("best", "scalar"):
+    for isa in ISAS:
         got = _core.vec_dot(int(qtype), raw, y, mode="f32", isa=isa)
         assert abs(got - ref) <= tol, (qtype.name, isa, got, ref, tol)
 
@@ -250,7 +255,7 @@ def test_vec_dot_q8_mode(qtype):
     y = rng.standard_normal(N).astype(np.float32)
     exact = float(np.dot(xf.astype(np.float64), y.astype(np.float64)))
     bound = q8_rounding_bound(qtype, xf, y) + float_dot_tolerance(xf, y)
-    for isa in ("best", "scalar"):
+    for isa in ISAS:
         got = _core.vec_dot(int(qtype), raw, y, mode="q8", isa=isa)
         # Against the true dot product: off by no more than the 8-bit rounding of y allows.
         assert abs(got - exact) <= bound, (qtype.name, isa, got, exact, bound)
@@ -276,7 +281,7 @@ def q8_1_sum_rounding_bound(qtype, raw, y, isa):
 def test_q8_1_activations_carry_their_sum():
     rng = np.random.default_rng(7)
     y = (rng.standard_normal(N) * 3).astype(np.float32)
-    for isa in ("best", "scalar"):
+    for isa in ISAS:
         d, s, q = q8_1_blocks(_core.quantize(int(T.Q8_1), y, isa=isa))
         d32 = np.abs(y.reshape(-1, 32)).max(axis=1) / np.float32(127.0)  # d before fp16 rounding
         want = (d32 * q.astype(np.int32).sum(axis=1).astype(np.float32)).astype(np.float16)
@@ -291,30 +296,38 @@ def test_q8_1_activations_carry_their_sum():
 @pytest.mark.parametrize("qtype", COMPUTED, ids=lambda t: t.name)
 def test_vec_dot_scalar_equals_simd(qtype):
     rng = np.random.default_rng(300 + int(qtype))
-    for n in (N, 8 * 256 + 256):  # also an odd number of blocks (unrolled loops' tails)
+    for n in (N, 8 * 256 + 256, 256 + 32):  # also odd numbers of blocks (unrolled loops' tails)
+        if n % GGML_QUANT_SIZES[qtype][0]:
+            continue
         raw, xf = random_row(qtype, rng, n)
         y = rng.standard_normal(n).astype(np.float32)
         for mode in ("q8", "f32"):
             a = _core.vec_dot(int(qtype), raw, y, mode=mode, isa="scalar")
-            b = _core.vec_dot(int(qtype), raw, y, mode=mode, isa="best")
-            # Same integer sums, different float summation order: reassociation tolerance.
-            assert abs(a - b) <= float_dot_tolerance(xf, y), (qtype.name, mode, n, a, b)
+            for isa in SIMD_TIERS:
+                b = _core.vec_dot(int(qtype), raw, y, mode=mode, isa=isa)
+                # Same integer sums, different float summation order: reassociation tolerance.
+                assert abs(a - b) <= float_dot_tolerance(xf, y), (qtype.name, mode, n, isa, a, b)
 
 
 @pytest.mark.parametrize("qtype", COMPUTED, ids=lambda t: t.name)
-def test_vec_dot_rows_equal_vec_dot(qtype):
-    """The prompt path's multi-row kernels (one weight row against up to 4 activation rows)
-    give every row's vec_dot result bit for bit: same integer sums, same float operations."""
-    if not _core.type_info(int(qtype))["has_vec_dot_rows"]:
-        assert _core.kernel_isa() == "scalar" or qtype in (T.F32, T.F16, T.BF16, T.Q2_K, T.Q3_K, T.Q8_K)
-        return
+@pytest.mark.parametrize("isa", TIERS)
+def test_gemm_equals_vec_dot(qtype, isa):
+    """The matrix product kernels (tiles of weight rows times activation rows) give every
+    pair's vec_dot result bit for bit: same integer sums, same float operations, whatever the
+    pair's place in the tile. So a sequence decoded alone (one row) equals the same sequence in
+    a batch. Row counts cover full tiles, remainders and single rows."""
     rng = np.random.default_rng(400 + int(qtype))
-    for n in (N, 8 * 256 + 256):
-        raw, _ = random_row(qtype, rng, n)
-        for rows in (1, 2, 3, 4):
-            y = rng.standard_normal((rows, n)).astype(np.float32)
-            got = _core._vec_dot_rows(int(qtype), raw, y)
-            assert np.array_equal(got[:, 0], got[:, 1]), (qtype.name, n, rows, got)
+    block = GGML_QUANT_SIZES[qtype][0]
+    for n in (N, 8 * 256 + 256, 256 + 32):
+        if n % block:
+            continue
+        for m in (1, 3, 5):
+            raw = np.concatenate([random_row(qtype, rng, n)[0] for _ in range(m)])
+            for rows in (1, 2, 4, 5, 9, 17):
+                y = rng.standard_normal((rows, n)).astype(np.float32)
+                got = _core._gemm(int(qtype), raw, m, y, isa=isa)
+                assert got.shape == (rows, m, 2)
+                assert np.array_equal(got[..., 0], got[..., 1]), (qtype.name, isa, n, m, rows)
 
 
 def test_vec_dot_extreme_quants():
@@ -328,7 +341,7 @@ def test_vec_dot_extreme_quants():
     y = np.concatenate([np.full(32, -3.0), np.full(32, 3.0)]).astype(np.float32)
     dy = float(np.float16(np.float32(3.0) / np.float32(127.0)))  # y quantizes to +-127 * dy
     expected = 32 * (-128.0 * -127 * dy) + 32 * (0.5 * 127 * 127 * dy)
-    for isa in ("best", "scalar"):
+    for isa in ISAS:
         # Integer sums are exact; only a few float roundings of the block scales remain.
         assert _core.vec_dot(int(T.Q8_0), x, y, isa=isa) == pytest.approx(expected, rel=1e-6)
 

@@ -194,7 +194,7 @@ void test_type_registry() {
   for (uint32_t id = 0; id < kGgmlTypeLimit + 2; ++id) {
     const TypeTraits& t = type_traits(id);
     const CpuKernels& best = cpu_kernels(id);
-    const CpuKernels& portable = scalar_cpu_kernels(id);
+    const CpuKernels& portable = tier_kernels(CpuTier::Scalar, id);
     CHECK(type_known(id) == (t.name != nullptr));
     CHECK(type_supported(id) == (t.name != nullptr && t.computable));
     if (t.name == nullptr) {
@@ -208,14 +208,19 @@ void test_type_registry() {
       ++n_layout_only;
       CHECK(t.is_quantized);
       CHECK(best.dequantize == nullptr && best.quantize == nullptr && best.vec_dot == nullptr &&
-            best.vec_dot_f32 == nullptr && best.vec_dot_rows == nullptr);
+            best.vec_dot_f32 == nullptr && best.gemm == nullptr);
       CHECK(portable.dequantize == nullptr && portable.vec_dot == nullptr);
       continue;
     }
     ++n_computable;
-    CHECK(best.dequantize != nullptr && best.vec_dot != nullptr && best.vec_dot_f32 != nullptr);
-    CHECK(portable.dequantize != nullptr && portable.vec_dot != nullptr && portable.vec_dot_f32 != nullptr);
-    CHECK(portable.vec_dot_rows == nullptr);  // multi-row kernels are SIMD only
+    // Every supported tier's table is complete for every computable type.
+    for (CpuTier tier : {CpuTier::Scalar, CpuTier::Avx2, CpuTier::Avx512}) {
+      if (!tier_supported(tier)) continue;
+      const CpuKernels& k = tier_kernels(tier, id);
+      CHECK(k.dequantize != nullptr && k.vec_dot != nullptr && k.vec_dot_f32 != nullptr && k.gemm != nullptr);
+      CHECK((k.quantize != nullptr) == (portable.quantize != nullptr));
+    }
+    CHECK(best.dequantize != nullptr && best.vec_dot != nullptr && best.vec_dot_f32 != nullptr && best.gemm != nullptr);
     CHECK((best.quantize != nullptr) == (portable.quantize != nullptr));
     CHECK(t.is_quantized == (t.block_size > 1));
     // The activation format: computable, quantizable by the CPU, and the same block size.
@@ -243,7 +248,8 @@ void test_type_registry() {
   bool same = true;
   for (int i = 0; i < kQK; ++i) same = same && out[i] == 0.5f * static_cast<float>(i - 16);
   CHECK(same);
-  CHECK(std::strcmp(kernel_isa(), "scalar") == 0 || std::strcmp(kernel_isa(), "avx2") == 0);
+  CHECK(std::strcmp(kernel_isa(), tier_name(active_tier())) == 0);
+  CHECK(tier_supported(CpuTier::Scalar) && tier_supported(active_tier()));
 }
 
 void test_builtin_policies() {

@@ -35,12 +35,17 @@ const TypeTraits& known_type(uint32_t type_id) {
   return t;
 }
 
-// The CPU kernels for the `isa` argument: "best" (what the engine uses) or "scalar".
+// The CPU kernels for the `isa` argument: "best" (the tier the engine uses) or a tier's name
+// ("scalar", "avx2", "avx512"), which must be one this CPU runs.
 const CpuKernels& kernels_for(uint32_t type_id, const std::string& isa) {
   known_type(type_id);
   if (isa == "best") return cpu_kernels(type_id);
-  if (isa == "scalar") return scalar_cpu_kernels(type_id);
-  throw ArgumentError(cat("isa must be 'best' or 'scalar', got '", isa, "'"));
+  for (CpuTier t : {CpuTier::Scalar, CpuTier::Avx2, CpuTier::Avx512}) {
+    if (isa != tier_name(t)) continue;
+    if (!tier_supported(t)) throw ArgumentError(cat("isa '", isa, "' is not supported by this CPU"));
+    return tier_kernels(t, type_id);
+  }
+  throw ArgumentError(cat("isa must be 'best', 'scalar', 'avx2' or 'avx512', got '", isa, "'"));
 }
 
 // Kernels read blocks through structs; a numpy view at an odd offset is copied to aligned memory.
@@ -143,35 +148,42 @@ float vec_dot(uint32_t type_id, const BytesIn& x, const FloatsIn& y, const std::
 
 using FloatsIn2 = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 
-// vec_dot_rows of x against every row of y (1..kMaxDotRows rows), each quantized to the
-// activation type; also, for comparison, vec_dot row by row. Returns both as (rows, 2).
-nb::ndarray<nb::numpy, float, nb::ndim<2>> vec_dot_rows(uint32_t type_id, const BytesIn& x, const FloatsIn2& y) {
-  const CpuKernels& kern = kernels_for(type_id, "best");
+// gemm of m weight rows (x: m rows of raw bytes, concatenated) with every row of y (quantized to
+// the activation type); also, for comparison, vec_dot pair by pair. Returns both as
+// (rows of y, m, 2).
+nb::ndarray<nb::numpy, float, nb::ndim<3>> gemm(uint32_t type_id, const BytesIn& x, int64_t m, const FloatsIn2& y,
+                                                const std::string& isa) {
+  const CpuKernels& kern = kernels_for(type_id, isa);
   const TypeTraits& t = type_traits(type_id);
-  if (kern.vec_dot_rows == nullptr) throw ArgumentError(cat("vec_dot_rows: type ", t.name, " has no multi-row kernel"));
-  const int64_t n = elements_in(t, x.size(), "vec_dot_rows");
-  const auto R = static_cast<int>(y.shape(0));
-  if (R < 1 || R > kMaxDotRows) throw ArgumentError(cat("vec_dot_rows: 1 to ", kMaxDotRows, " rows of y, got ", R));
-  if (static_cast<int64_t>(y.shape(1)) != n) throw ArgumentError(cat("vec_dot_rows: x holds ", n, " values, y rows ", y.shape(1)));
-  AlignedBytes xs(x);
-  const CpuKernels& act = cpu_kernels(t.vec_dot_type);
-  const size_t stride = row_bytes(t.vec_dot_type, n);
-  std::vector<uint64_t> ybuf((stride * static_cast<size_t>(R) + 7) / 8 + 1);
+  if (kern.gemm == nullptr) throw ArgumentError(cat("gemm: type ", t.name, " has no matrix product"));
+  if (m < 1 || x.size() % static_cast<size_t>(m) != 0) throw ArgumentError(cat("gemm: m = ", m, " does not divide x"));
+  const size_t xs = x.size() / static_cast<size_t>(m);
+  const int64_t n = elements_in(t, xs, "gemm");
+  const auto nr = static_cast<int64_t>(y.shape(0));
+  if (nr < 1) throw ArgumentError("gemm: y has no rows");
+  if (static_cast<int64_t>(y.shape(1)) != n) throw ArgumentError(cat("gemm: x rows hold ", n, " values, y rows ", y.shape(1)));
+  AlignedBytes xa(x);
+  const CpuKernels& act = kernels_for(static_cast<uint32_t>(t.vec_dot_type), isa);
+  const size_t ys = row_bytes(t.vec_dot_type, n);
   // rows at an odd stride (Q8_0 rows are 34 bytes a block) exercise unaligned loads
+  std::vector<uint64_t> ybuf((ys * static_cast<size_t>(nr) + 7) / 8 + 1);
   auto* yq = reinterpret_cast<uint8_t*>(ybuf.data());
-  auto* out = new float[static_cast<size_t>(2 * R)];
+  const size_t cells = static_cast<size_t>(nr * m);
+  auto* out = new float[2 * cells];
   {
     nb::gil_scoped_release unlocked;
-    for (int k = 0; k < R; ++k) act.quantize(y.data() + k * n, yq + k * stride, n);
-    float rows_out[kMaxDotRows];
-    kern.vec_dot_rows(n, xs.data(), yq, stride, R, rows_out);
-    for (int k = 0; k < R; ++k) {
-      out[2 * k] = rows_out[k];
-      out[2 * k + 1] = kern.vec_dot(n, xs.data(), yq + k * stride);
-    }
+    for (int64_t k = 0; k < nr; ++k) act.quantize(y.data() + k * n, yq + k * ys, n);
+    std::vector<float> g(cells);
+    kern.gemm(n, xa.data(), xs, m, yq, ys, nr, g.data(), static_cast<size_t>(m));
+    const auto* xb = static_cast<const uint8_t*>(xa.data());
+    for (int64_t k = 0; k < nr; ++k)
+      for (int64_t r = 0; r < m; ++r) {
+        out[2 * (k * m + r)] = g[static_cast<size_t>(k * m + r)];
+        out[2 * (k * m + r) + 1] = kern.vec_dot(n, xb + r * xs, yq + k * ys);
+      }
   }
   nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
-  return nb::ndarray<nb::numpy, float, nb::ndim<2>>(out, {static_cast<size_t>(R), 2}, owner);
+  return nb::ndarray<nb::numpy, float, nb::ndim<3>>(out, {static_cast<size_t>(nr), static_cast<size_t>(m), 2}, owner);
 }
 
 nb::dict type_info(uint32_t type_id) {
@@ -185,7 +197,6 @@ nb::dict type_info(uint32_t type_id) {
   d["vec_dot_type"] = static_cast<uint32_t>(t.vec_dot_type);
   const CpuKernels& k = cpu_kernels(type_id);  // what the CPU kernels of this machine can do
   d["can_quantize"] = k.quantize != nullptr;
-  d["has_vec_dot_rows"] = k.vec_dot_rows != nullptr;
   return d;
 }
 
@@ -226,8 +237,15 @@ void bind_quant(nb::module_& m) {
         "Dot product of a row x (raw bytes of the type) with float32 y. mode 'q8' quantizes y to "
         "the type's activation type first (as matmuls do), 'f32' uses y as is. isa 'scalar' "
         "forces the portable kernels.");
-  m.def("_vec_dot_rows", &vec_dot_rows, nb::arg("type_id"), nb::arg("x"), nb::arg("y"),
-        "(rows, 2): the multi-row kernel's dot of x with each row of y, and vec_dot's.");
+  m.def("_gemm", &gemm, nb::arg("type_id"), nb::arg("x"), nb::arg("m"), nb::arg("y"), nb::kw_only(),
+        nb::arg("isa") = "best",
+        "(rows of y, m, 2): the matrix product of m weight rows (x) with each row of y, and vec_dot's.");
+  m.def("cpu_tiers", []() {
+    std::vector<std::string> out;
+    for (CpuTier t : {CpuTier::Scalar, CpuTier::Avx2, CpuTier::Avx512})
+      if (tier_supported(t)) out.emplace_back(tier_name(t));
+    return out;
+  }, "The kernel tiers this CPU runs, lowest first (each a valid isa= argument).");
   // The attention helpers, exposed (privately) so tests reach their SIMD tails.
   m.def("_dot_f32", [](const FloatsIn& a, const FloatsIn& b) {
     check_same_size(a.size(), b.size(), "_dot_f32");

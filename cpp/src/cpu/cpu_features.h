@@ -12,9 +12,14 @@ struct CpuFeatures {
   bool f16c = false;
   bool avx512f = false;
   bool avx512bw = false;
+  bool avx512vl = false;
+  bool avx512dq = false;
+  bool avx512vnni = false;
 
   // Everything the kernels in quant_avx2*.cpp need.
   bool has_avx2_kernels() const { return avx2 && fma && f16c; }
+  // Everything the kernels in quant_avx512*.cpp need (they also use AVX2 and F16C instructions).
+  bool has_avx512_kernels() const { return has_avx2_kernels() && avx512f && avx512bw && avx512vl && avx512dq && avx512vnni; }
 };
 
 // Detected on first call; later calls return the same object.

@@ -1,9 +1,12 @@
-// The CPU kernel table. Two tables are built once: the portable one (scalar kernels only) and
-// the one the engine uses, which swaps in the SIMD kernels this CPU supports (cpu_features).
+// The CPU kernel tables, one per tier, each built once on first use from the tier below it:
+// scalar (portable), AVX2 (swaps in quant_avx2*.cpp), AVX-512 (swaps in quant_avx512*.cpp). The
+// engine reads the active tier's table; nothing else picks kernels.
 #include "kernels_cpu.h"
 
 #include <array>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "common.h"
 #include "cpu_features.h"
@@ -13,9 +16,52 @@ namespace tova {
 
 namespace {
 
-using Table = std::array<CpuKernels, kGgmlTypeLimit>;
+using AxpyF32Fn = void (*)(float, const float*, float*, int64_t);
+using AxpyF16Fn = void (*)(float, const uint16_t*, float*, int64_t);
 
-CpuKernels& at(Table& t, GgmlType id) { return t[static_cast<uint32_t>(id)]; }
+// The plain float helpers of attention (kernels_cpu.h), per tier like the type kernels.
+struct FloatKernels {
+  VecDotF32Fn dot_f32, dot_f16;
+  AxpyF32Fn axpy_f32;
+  AxpyF16Fn axpy_f16;
+  GatherDotF32Fn gather_dot_f32;
+  GatherDotF16Fn gather_dot_f16;
+  GatherAxpyF32Fn gather_axpy_f32;
+  GatherAxpyF16Fn gather_axpy_f16;
+};
+
+struct Table {
+  std::array<CpuKernels, kGgmlTypeLimit> types{};
+  FloatKernels floats{};
+};
+
+CpuKernels& at(Table& t, GgmlType id) { return t.types[static_cast<uint32_t>(id)]; }
+
+// gemm from vec_dot: one call per (weight row, activation row) pair.
+template <VecDotFn Dot>
+void gemm_by_pairs(int64_t n, const void* x, size_t xs, int64_t m, const void* y, size_t ys, int64_t nr, float* out,
+                   size_t os) {
+  const auto* xb = static_cast<const uint8_t*>(x);
+  const auto* yb = static_cast<const uint8_t*>(y);
+  for (int64_t k = 0; k < nr; ++k)
+    for (int64_t r = 0; r < m; ++r) out[k * os + r] = Dot(n, xb + r * xs, yb + k * ys);
+}
+
+// gemm from a multi-row kernel: each weight row against kMaxDotRows activation rows at a time.
+template <VecDotRowsFn Rows>
+void gemm_by_rows(int64_t n, const void* x, size_t xs, int64_t m, const void* y, size_t ys, int64_t nr, float* out,
+                  size_t os) {
+  const auto* xb = static_cast<const uint8_t*>(x);
+  const auto* yb = static_cast<const uint8_t*>(y);
+  float o[kMaxDotRows];
+  for (int64_t k = 0; k < nr; k += kMaxDotRows) {
+    const int w = static_cast<int>(nr - k < kMaxDotRows ? nr - k : kMaxDotRows);
+    for (int64_t r = 0; r < m; ++r) {
+      Rows(n, xb + r * xs, yb + k * ys, ys, w, o);
+      for (int j = 0; j < w; ++j) out[(k + j) * os + r] = o[j];
+    }
+  }
+}
 
 // vec_dot of a type whose activation type is F32: the y of vec_dot is float32 as well.
 template <VecDotF32Fn F>
@@ -36,15 +82,35 @@ void number(Table& t, GgmlType id, DequantizeFn deq) {
   e.dequantize = deq;
   e.vec_dot_f32 = Dot;
   e.vec_dot = f32_activations<Dot>;
+  e.gemm = gemm_by_pairs<f32_activations<Dot>>;
 }
 
-template <class Block, int64_t B, DequantizeFn Deq>
-void quant(Table& t, GgmlType id, QuantizeFn q, VecDotFn dot) {
+template <class Block, int64_t B, DequantizeFn Deq, VecDotFn Dot>
+void quant(Table& t, GgmlType id, QuantizeFn q) {
   CpuKernels& e = at(t, id);
   e.dequantize = Deq;
   e.quantize = q;
-  e.vec_dot = dot;
+  e.vec_dot = Dot;
   e.vec_dot_f32 = dequant_dot<Deq, Block, B>;
+  e.gemm = gemm_by_pairs<Dot>;
+}
+
+// A SIMD vec_dot (and its gemm: pairs, rows of kMaxDotRows, or a tiled kernel).
+template <VecDotFn Dot>
+void simd_dot(Table& t, GgmlType id) {
+  at(t, id).vec_dot = Dot;
+  at(t, id).gemm = gemm_by_pairs<Dot>;
+}
+template <VecDotFn Dot, VecDotRowsFn Rows>
+void simd_rows(Table& t, GgmlType id) {
+  at(t, id).vec_dot = Dot;
+  at(t, id).gemm = gemm_by_rows<Rows>;
+}
+template <VecDotF32Fn Dot>
+void simd_number(Table& t, GgmlType id) {
+  at(t, id).vec_dot_f32 = Dot;
+  at(t, id).vec_dot = f32_activations<Dot>;
+  at(t, id).gemm = gemm_by_pairs<f32_activations<Dot>>;
 }
 
 Table scalar_table() {
@@ -62,92 +128,143 @@ Table scalar_table() {
   at(t, GgmlType::F32).quantize = s::quantize_f32;
   at(t, GgmlType::F16).quantize = s::quantize_f16;
   at(t, GgmlType::BF16).quantize = s::quantize_bf16;
+  t.floats = {s::vec_dot_f32_f32, s::vec_dot_f16_f32, s::axpy_f32,       s::axpy_f16,
+              s::gather_dot_f32,  s::gather_dot_f16,  s::gather_axpy_f32, s::gather_axpy_f16};
 
-  quant<BlockQ4_0, kQK, s::dequantize_q4_0>(t, GgmlType::Q4_0, s::quantize_q4_0, s::vec_dot_q4_0_q8_0);
-  quant<BlockQ4_1, kQK, s::dequantize_q4_1>(t, GgmlType::Q4_1, s::quantize_q4_1, s::vec_dot_q4_1_q8_1);
-  quant<BlockQ5_0, kQK, s::dequantize_q5_0>(t, GgmlType::Q5_0, s::quantize_q5_0, s::vec_dot_q5_0_q8_0);
-  quant<BlockQ5_1, kQK, s::dequantize_q5_1>(t, GgmlType::Q5_1, s::quantize_q5_1, s::vec_dot_q5_1_q8_1);
-  quant<BlockQ8_0, kQK, s::dequantize_q8_0>(t, GgmlType::Q8_0, s::quantize_q8_0, s::vec_dot_q8_0_q8_0);
-  quant<BlockQ8_1, kQK, s::dequantize_q8_1>(t, GgmlType::Q8_1, s::quantize_q8_1, s::vec_dot_q8_1_q8_0);
-  quant<BlockQ2_K, kQK_K, s::dequantize_q2_K>(t, GgmlType::Q2_K, nullptr, s::vec_dot_q2_K_q8_K);
-  quant<BlockQ3_K, kQK_K, s::dequantize_q3_K>(t, GgmlType::Q3_K, nullptr, s::vec_dot_q3_K_q8_K);
-  quant<BlockQ4_K, kQK_K, s::dequantize_q4_K>(t, GgmlType::Q4_K, nullptr, s::vec_dot_q4_K_q8_K);
-  quant<BlockQ5_K, kQK_K, s::dequantize_q5_K>(t, GgmlType::Q5_K, nullptr, s::vec_dot_q5_K_q8_K);
-  quant<BlockQ6_K, kQK_K, s::dequantize_q6_K>(t, GgmlType::Q6_K, nullptr, s::vec_dot_q6_K_q8_K);
-  quant<BlockQ8_K, kQK_K, s::dequantize_q8_K>(t, GgmlType::Q8_K, s::quantize_q8_K, s::vec_dot_q8_K_q8_K);
+  quant<BlockQ4_0, kQK, s::dequantize_q4_0, s::vec_dot_q4_0_q8_0>(t, GgmlType::Q4_0, s::quantize_q4_0);
+  quant<BlockQ4_1, kQK, s::dequantize_q4_1, s::vec_dot_q4_1_q8_1>(t, GgmlType::Q4_1, s::quantize_q4_1);
+  quant<BlockQ5_0, kQK, s::dequantize_q5_0, s::vec_dot_q5_0_q8_0>(t, GgmlType::Q5_0, s::quantize_q5_0);
+  quant<BlockQ5_1, kQK, s::dequantize_q5_1, s::vec_dot_q5_1_q8_1>(t, GgmlType::Q5_1, s::quantize_q5_1);
+  quant<BlockQ8_0, kQK, s::dequantize_q8_0, s::vec_dot_q8_0_q8_0>(t, GgmlType::Q8_0, s::quantize_q8_0);
+  quant<BlockQ8_1, kQK, s::dequantize_q8_1, s::vec_dot_q8_1_q8_0>(t, GgmlType::Q8_1, s::quantize_q8_1);
+  quant<BlockQ2_K, kQK_K, s::dequantize_q2_K, s::vec_dot_q2_K_q8_K>(t, GgmlType::Q2_K, nullptr);
+  quant<BlockQ3_K, kQK_K, s::dequantize_q3_K, s::vec_dot_q3_K_q8_K>(t, GgmlType::Q3_K, nullptr);
+  quant<BlockQ4_K, kQK_K, s::dequantize_q4_K, s::vec_dot_q4_K_q8_K>(t, GgmlType::Q4_K, nullptr);
+  quant<BlockQ5_K, kQK_K, s::dequantize_q5_K, s::vec_dot_q5_K_q8_K>(t, GgmlType::Q5_K, nullptr);
+  quant<BlockQ6_K, kQK_K, s::dequantize_q6_K, s::vec_dot_q6_K_q8_K>(t, GgmlType::Q6_K, nullptr);
+  quant<BlockQ8_K, kQK_K, s::dequantize_q8_K, s::vec_dot_q8_K_q8_K>(t, GgmlType::Q8_K, s::quantize_q8_K);
   return t;
 }
 
-bool use_avx2() {
 #if defined(TOVA_X86)
-  return cpu_features().has_avx2_kernels();
-#else
-  return false;
-#endif
+Table avx2_table() {
+  Table t = scalar_table();
+  namespace a = avx2;
+  simd_number<a::vec_dot_f32_f32>(t, GgmlType::F32);
+  simd_number<a::vec_dot_f16_f32>(t, GgmlType::F16);
+  simd_number<a::vec_dot_bf16_f32>(t, GgmlType::BF16);
+  at(t, GgmlType::F16).quantize = a::quantize_f16;
+  at(t, GgmlType::Q8_0).quantize = a::quantize_q8_0;
+  at(t, GgmlType::Q8_1).quantize = a::quantize_q8_1;
+  at(t, GgmlType::Q8_K).quantize = a::quantize_q8_K;
+  at(t, GgmlType::Q4_0).vec_dot_f32 = a::vec_dot_q4_0_f32;
+  at(t, GgmlType::Q8_0).vec_dot_f32 = a::vec_dot_q8_0_f32;
+  at(t, GgmlType::Q4_0).dequantize = a::dequantize_q4_0;
+  at(t, GgmlType::Q8_0).dequantize = a::dequantize_q8_0;
+  simd_rows<a::vec_dot_q4_0_q8_0, a::vec_dot_rows_q4_0_q8_0>(t, GgmlType::Q4_0);
+  simd_rows<a::vec_dot_q5_0_q8_0, a::vec_dot_rows_q5_0_q8_0>(t, GgmlType::Q5_0);
+  simd_rows<a::vec_dot_q8_0_q8_0, a::vec_dot_rows_q8_0_q8_0>(t, GgmlType::Q8_0);
+  simd_rows<a::vec_dot_q4_1_q8_1, a::vec_dot_rows_q4_1_q8_1>(t, GgmlType::Q4_1);
+  simd_rows<a::vec_dot_q5_1_q8_1, a::vec_dot_rows_q5_1_q8_1>(t, GgmlType::Q5_1);
+  simd_rows<a::vec_dot_q4_K_q8_K, a::vec_dot_rows_q4_K_q8_K>(t, GgmlType::Q4_K);
+  simd_rows<a::vec_dot_q5_K_q8_K, a::vec_dot_rows_q5_K_q8_K>(t, GgmlType::Q5_K);
+  simd_rows<a::vec_dot_q6_K_q8_K, a::vec_dot_rows_q6_K_q8_K>(t, GgmlType::Q6_K);
+  simd_dot<a::vec_dot_q2_K_q8_K>(t, GgmlType::Q2_K);
+  simd_dot<a::vec_dot_q3_K_q8_K>(t, GgmlType::Q3_K);
+  simd_dot<a::vec_dot_q8_K_q8_K>(t, GgmlType::Q8_K);
+  t.floats = {a::vec_dot_f32_f32, a::vec_dot_f16_f32, a::axpy_f32,       a::axpy_f16,
+              a::gather_dot_f32,  a::gather_dot_f16,  a::gather_axpy_f32, a::gather_axpy_f16};
+  return t;
 }
 
-Table best_table() {
-  Table t = scalar_table();
+// A tiled kernel: vec_dot is its 1 x 1 tile.
+template <VecDotFn Dot, GemmFn Gemm>
+void tiled(Table& t, GgmlType id) {
+  at(t, id).vec_dot = Dot;
+  at(t, id).gemm = Gemm;
+}
+
+Table avx512_table() {
+  Table t = avx2_table();
+  namespace a = avx512;
+  tiled<a::vec_dot_q4_0_q8_0, a::gemm_q4_0_q8_0>(t, GgmlType::Q4_0);
+  tiled<a::vec_dot_q5_0_q8_0, a::gemm_q5_0_q8_0>(t, GgmlType::Q5_0);
+  tiled<a::vec_dot_q8_0_q8_0, a::gemm_q8_0_q8_0>(t, GgmlType::Q8_0);
+  tiled<a::vec_dot_q4_1_q8_1, a::gemm_q4_1_q8_1>(t, GgmlType::Q4_1);
+  tiled<a::vec_dot_q5_1_q8_1, a::gemm_q5_1_q8_1>(t, GgmlType::Q5_1);
+  tiled<a::vec_dot_q4_K_q8_K, a::gemm_q4_K_q8_K>(t, GgmlType::Q4_K);
+  tiled<a::vec_dot_q5_K_q8_K, a::gemm_q5_K_q8_K>(t, GgmlType::Q5_K);
+  tiled<a::vec_dot_q6_K_q8_K, a::gemm_q6_K_q8_K>(t, GgmlType::Q6_K);
+  return t;
+}
+#endif
+
+const Table& tier_table(CpuTier tier) {
+  static const Table scalar = scalar_table();
 #if defined(TOVA_X86)
-  if (use_avx2()) {
-    at(t, GgmlType::F32).vec_dot_f32 = avx2::vec_dot_f32_f32;
-    at(t, GgmlType::F16).vec_dot_f32 = avx2::vec_dot_f16_f32;
-    at(t, GgmlType::BF16).vec_dot_f32 = avx2::vec_dot_bf16_f32;
-    at(t, GgmlType::F32).vec_dot = f32_activations<avx2::vec_dot_f32_f32>;
-    at(t, GgmlType::F16).vec_dot = f32_activations<avx2::vec_dot_f16_f32>;
-    at(t, GgmlType::BF16).vec_dot = f32_activations<avx2::vec_dot_bf16_f32>;
-    at(t, GgmlType::F16).quantize = avx2::quantize_f16;
-    at(t, GgmlType::Q8_0).quantize = avx2::quantize_q8_0;
-    at(t, GgmlType::Q8_1).quantize = avx2::quantize_q8_1;
-    at(t, GgmlType::Q8_K).quantize = avx2::quantize_q8_K;
-    at(t, GgmlType::Q4_0).vec_dot = avx2::vec_dot_q4_0_q8_0;
-    at(t, GgmlType::Q4_1).vec_dot = avx2::vec_dot_q4_1_q8_1;
-    at(t, GgmlType::Q5_0).vec_dot = avx2::vec_dot_q5_0_q8_0;
-    at(t, GgmlType::Q5_1).vec_dot = avx2::vec_dot_q5_1_q8_1;
-    at(t, GgmlType::Q8_0).vec_dot = avx2::vec_dot_q8_0_q8_0;
-    at(t, GgmlType::Q4_0).vec_dot_f32 = avx2::vec_dot_q4_0_f32;
-    at(t, GgmlType::Q8_0).vec_dot_f32 = avx2::vec_dot_q8_0_f32;
-    at(t, GgmlType::Q4_0).dequantize = avx2::dequantize_q4_0;
-    at(t, GgmlType::Q8_0).dequantize = avx2::dequantize_q8_0;
-    at(t, GgmlType::Q2_K).vec_dot = avx2::vec_dot_q2_K_q8_K;
-    at(t, GgmlType::Q3_K).vec_dot = avx2::vec_dot_q3_K_q8_K;
-    at(t, GgmlType::Q4_K).vec_dot = avx2::vec_dot_q4_K_q8_K;
-    at(t, GgmlType::Q5_K).vec_dot = avx2::vec_dot_q5_K_q8_K;
-    at(t, GgmlType::Q6_K).vec_dot = avx2::vec_dot_q6_K_q8_K;
-    at(t, GgmlType::Q8_K).vec_dot = avx2::vec_dot_q8_K_q8_K;
-    at(t, GgmlType::Q4_0).vec_dot_rows = avx2::vec_dot_rows_q4_0_q8_0;
-    at(t, GgmlType::Q5_0).vec_dot_rows = avx2::vec_dot_rows_q5_0_q8_0;
-    at(t, GgmlType::Q8_0).vec_dot_rows = avx2::vec_dot_rows_q8_0_q8_0;
-    at(t, GgmlType::Q4_1).vec_dot_rows = avx2::vec_dot_rows_q4_1_q8_1;
-    at(t, GgmlType::Q5_1).vec_dot_rows = avx2::vec_dot_rows_q5_1_q8_1;
-    at(t, GgmlType::Q4_K).vec_dot_rows = avx2::vec_dot_rows_q4_K_q8_K;
-    at(t, GgmlType::Q5_K).vec_dot_rows = avx2::vec_dot_rows_q5_K_q8_K;
-    at(t, GgmlType::Q6_K).vec_dot_rows = avx2::vec_dot_rows_q6_K_q8_K;
+  if (tier == CpuTier::Avx512 && tier_supported(CpuTier::Avx512)) {
+    static const Table t = avx512_table();
+    return t;
+  }
+  if (tier >= CpuTier::Avx2 && tier_supported(CpuTier::Avx2)) {
+    static const Table t = avx2_table();
+    return t;
   }
 #endif
+  return scalar;
+}
+
+CpuTier choose_tier() {
+  CpuTier best = CpuTier::Scalar;
+  for (CpuTier t : {CpuTier::Avx2, CpuTier::Avx512})
+    if (tier_supported(t)) best = t;
+  if (const char* want = std::getenv("TOVA_CPU_KERNELS")) {
+    for (CpuTier t : {CpuTier::Scalar, CpuTier::Avx2, CpuTier::Avx512})
+      if (std::strcmp(want, tier_name(t)) == 0 && tier_supported(t)) return t;
+  }
+  return best;
+}
+
+const Table& table() {
+  static const Table& t = tier_table(active_tier());
   return t;
 }
 
 const CpuKernels kNone{};
 
-const Table& table() {
-  static const Table t = best_table();
-  return t;
-}
-
-const Table& portable_table() {
-  static const Table t = scalar_table();
-  return t;
-}
-
 }  // namespace
 
-const CpuKernels& cpu_kernels(uint32_t type_id) {
-  return type_id < kGgmlTypeLimit ? table()[type_id] : kNone;
+const char* tier_name(CpuTier tier) {
+  switch (tier) {
+    case CpuTier::Scalar: return "scalar";
+    case CpuTier::Avx2: return "avx2";
+    case CpuTier::Avx512: return "avx512";
+  }
+  return "?";
 }
 
-const CpuKernels& scalar_cpu_kernels(uint32_t type_id) {
-  return type_id < kGgmlTypeLimit ? portable_table()[type_id] : kNone;
+bool tier_supported(CpuTier tier) {
+  switch (tier) {
+    case CpuTier::Scalar: return true;
+#if defined(TOVA_X86)
+    case CpuTier::Avx2: return cpu_features().has_avx2_kernels();
+    case CpuTier::Avx512: return cpu_features().has_avx512_kernels();
+#endif
+    default: return false;
+  }
+}
+
+CpuTier active_tier() {
+  static const CpuTier t = choose_tier();
+  return t;
+}
+
+const CpuKernels& cpu_kernels(uint32_t type_id) {
+  return type_id < kGgmlTypeLimit ? table().types[type_id] : kNone;
+}
+
+const CpuKernels& tier_kernels(CpuTier tier, uint32_t type_id) {
+  return type_id < kGgmlTypeLimit ? tier_table(tier).types[type_id] : kNone;
 }
 
 void dequantize_row(GgmlType type, const void* src, float* dst, int64_t n) {
@@ -160,74 +277,36 @@ void dequantize_row(GgmlType type, const void* src, float* dst, int64_t n) {
   k.dequantize(src, dst, n);
 }
 
-const char* kernel_isa() { return use_avx2() ? "avx2" : "scalar"; }
+const char* kernel_isa() { return tier_name(active_tier()); }
 
-// --- plain float helpers for attention ---------------------------------------------------------
+// --- plain float helpers for attention: the active tier's --------------------------------------
 
-namespace {
+float dot_f32(const float* a, const float* b, int64_t n) { return table().floats.dot_f32(n, a, b); }
 
-template <class Fn>
-Fn pick(Fn portable, Fn simd) {
-  return use_avx2() && simd != nullptr ? simd : portable;
-}
+float dot_f16_f32(const uint16_t* a, const float* b, int64_t n) { return table().floats.dot_f16(n, a, b); }
 
-}  // namespace
+void axpy_f32(float a, const float* x, float* y, int64_t n) { table().floats.axpy_f32(a, x, y, n); }
 
-// The kernel this CPU runs, chosen once: avx2::name where the AVX2 kernels can run, else
-// scalar::name.
-#if defined(TOVA_X86)
-#define TOVA_PICK(Type, name) static const Type fn = pick<Type>(scalar::name, avx2::name)
-#else
-#define TOVA_PICK(Type, name) static const Type fn = scalar::name
-#endif
-
-float dot_f32(const float* a, const float* b, int64_t n) {
-  TOVA_PICK(VecDotF32Fn, vec_dot_f32_f32);
-  return fn(n, a, b);
-}
-
-float dot_f16_f32(const uint16_t* a, const float* b, int64_t n) {
-  TOVA_PICK(VecDotF32Fn, vec_dot_f16_f32);
-  return fn(n, a, b);
-}
-
-using AxpyF32Fn = void (*)(float, const float*, float*, int64_t);
-using AxpyF16Fn = void (*)(float, const uint16_t*, float*, int64_t);
-
-void axpy_f32(float a, const float* x, float* y, int64_t n) {
-  TOVA_PICK(AxpyF32Fn, axpy_f32);
-  fn(a, x, y, n);
-}
-
-void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
-  TOVA_PICK(AxpyF16Fn, axpy_f16);
-  fn(a, x, y, n);
-}
+void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) { table().floats.axpy_f16(a, x, y, n); }
 
 void gather_dot_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q,
                     int d, float scale, float* scores) {
-  TOVA_PICK(GatherDotF32Fn, gather_dot_f32);
-  fn(base, stride, idx, n, q, d, scale, scores);
+  table().floats.gather_dot_f32(base, stride, idx, n, q, d, scale, scores);
 }
 
 void gather_dot_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q,
                     int d, float scale, float* scores) {
-  TOVA_PICK(GatherDotF16Fn, gather_dot_f16);
-  fn(base, stride, idx, n, q, d, scale, scores);
+  table().floats.gather_dot_f16(base, stride, idx, n, q, d, scale, scores);
 }
 
 void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p,
                      int d, float* out) {
-  TOVA_PICK(GatherAxpyF32Fn, gather_axpy_f32);
-  fn(base, stride, idx, n, p, d, out);
+  table().floats.gather_axpy_f32(base, stride, idx, n, p, d, out);
 }
 
 void gather_axpy_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p,
                      int d, float* out) {
-  TOVA_PICK(GatherAxpyF16Fn, gather_axpy_f16);
-  fn(base, stride, idx, n, p, d, out);
+  table().floats.gather_axpy_f16(base, stride, idx, n, p, d, out);
 }
-
-#undef TOVA_PICK
 
 }  // namespace tova

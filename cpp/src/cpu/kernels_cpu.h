@@ -1,7 +1,7 @@
 // The CPU kernel table: for each ggml type id (the ids of the type table, quant.h) the CPU
-// kernels that decode, encode and multiply it, chosen once at run time: the portable scalar
-// kernels, then the AVX2 ones where cpu_features() says they can run. Also the plain float
-// helpers of attention, dispatched the same way. The layout facts (block size, vec_dot_type,
+// kernels that decode, encode and multiply it, chosen once at run time: one table per tier
+// (scalar, AVX2, AVX-512), the best cpu_features() allows. Also the plain float helpers of
+// attention, in the same tiers. The layout facts (block size, vec_dot_type,
 // whether a type is computable) are in the type table, not here.
 //
 // Kernels work on whole blocks: every `n` below is a multiple of the type's block_size.
@@ -28,40 +28,53 @@ using QuantizeFn = void (*)(const float* src, void* dst, int64_t n);
 using VecDotFn = float (*)(int64_t n, const void* x, const void* y);
 // Dot product of n values: x in this type, y plain float32 (reference / fallback path).
 using VecDotF32Fn = float (*)(int64_t n, const void* x, const float* y);
-// Dot products of one row x with n_rows (1..kMaxDotRows) activation rows `stride` bytes apart:
-// out[k] = vec_dot(n, x, y + k * stride), bit for bit. The weight block is decoded once for all
-// rows, which is what makes a prompt's matrix products faster than one row at a time.
-using VecDotRowsFn = void (*)(int64_t n, const void* x, const void* y, size_t stride, int n_rows,
-                              float* out);
-constexpr int kMaxDotRows = 4;
+// A matrix product of quantized rows: out[k * out_stride + r] = vec_dot(n, x_r, y_k) for m weight
+// rows x_r (x_stride bytes apart) and nr activation rows y_k (in the vec_dot_type, y_stride bytes
+// apart), bit for bit: a kernel may work on tiles of rows (a weight block decoded once for
+// several activation rows, an activation block loaded once for several weight rows) but computes
+// each output with the operations and order of vec_dot. Every table fills it for every type with
+// a vec_dot (the portable one calls vec_dot per pair).
+using GemmFn = void (*)(int64_t n, const void* x, size_t x_stride, int64_t m, const void* y, size_t y_stride,
+                        int64_t nr, float* out, size_t out_stride);
 
 // All null for a type without CPU kernels (unknown ids, layout-only types). Every computable
-// type of the type table has dequantize, vec_dot and vec_dot_f32 (a unit test checks it).
+// type of the type table has dequantize, vec_dot, vec_dot_f32 and gemm (a unit test checks it).
 struct CpuKernels {
   DequantizeFn dequantize = nullptr;
   QuantizeFn quantize = nullptr;        // only where tova needs to write the type
   VecDotFn vec_dot = nullptr;           // y in the type's vec_dot_type
   VecDotF32Fn vec_dot_f32 = nullptr;    // always available where dequantize is
-  VecDotRowsFn vec_dot_rows = nullptr;  // optional (SIMD tables only); else vec_dot per row
+  GemmFn gemm = nullptr;                // with vec_dot
 };
 
-// The kernels this CPU runs (the best it supports, chosen at start-up).
+// The kernel tiers, each a whole table: the portable scalar kernels, AVX2 (+FMA, F16C), and
+// AVX-512 (F, BW, VL, DQ, VNNI: the tiled int8 matrix products). Higher tiers replace what they
+// implement and keep the rest of the tier below.
+enum class CpuTier { Scalar, Avx2, Avx512 };
+const char* tier_name(CpuTier tier);
+bool tier_supported(CpuTier tier);  // can this CPU (and OS) run it
+
+// The tier the engine uses: the best this CPU supports, or the one named by the environment
+// variable TOVA_CPU_KERNELS (scalar, avx2, avx512) when set and supported (tests use it to run
+// every path this machine has); read once.
+CpuTier active_tier();
+
+// The kernels this process runs (the active tier's table).
 const CpuKernels& cpu_kernels(uint32_t type_id);
 inline const CpuKernels& cpu_kernels(GgmlType t) { return cpu_kernels(static_cast<uint32_t>(t)); }
 
-// The same table with only the portable scalar kernels, whatever this CPU supports (tests compare
-// its results with the SIMD kernels of cpu_kernels()).
-const CpuKernels& scalar_cpu_kernels(uint32_t type_id);
+// One tier's table whatever the active one is (tests compare each supported tier with Scalar).
+const CpuKernels& tier_kernels(CpuTier tier, uint32_t type_id);
 
 // Decodes n values (a whole number of blocks) of a computable type to float32 on the host, with
 // this CPU's kernel. For generic code that needs floats outside a backend (the model loader's
 // norm vectors, GGUFFile.tensor); throws ArgumentError for a type without a CPU dequantizer.
 void dequantize_row(GgmlType type, const void* src, float* dst, int64_t n);
 
-// Which SIMD level the kernels use ("scalar", "avx2", ...); for `tova info` and benchmarks.
+// The active tier's name ("scalar", "avx2", "avx512"); for `tova info` and benchmarks.
 const char* kernel_isa();
 
-// Plain float helpers for attention, dispatched like vec_dot (any n, no alignment needed).
+// Plain float helpers for attention, from the active tier's table (any n, no alignment needed).
 float dot_f32(const float* a, const float* b, int64_t n);
 float dot_f16_f32(const uint16_t* a, const float* b, int64_t n);
 void axpy_f32(float a, const float* x, float* y, int64_t n);   // y += a * x

@@ -111,30 +111,10 @@ void Matmul::run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* j
     int64_t r0, r1;
     const int j = job_of(task, r0, r1);
     const Matrix& w = *jobs[j].w;
-    const uint8_t* xq = xq_[which[j]].data();
-    const size_t xr = xrow[which[j]];
-    float* y = jobs[j].y;
-    const CpuKernels& kern = cpu_kernels(w.type);
-    const auto dot = kern.vec_dot;
-    const auto dot_rows = kern.vec_dot_rows;
-    int64_t i = 0;
-    if (dot_rows) {
-      // Up to kMaxDotRows input rows per weight row: each weight block is decoded once for all.
-      float out[kMaxDotRows];
-      for (; i + 1 < n; i += kMaxDotRows) {
-        const int m = static_cast<int>(std::min<int64_t>(kMaxDotRows, n - i));
-        const uint8_t* xi = xq + static_cast<size_t>(i) * xr;
-        for (int64_t r = r0; r < r1; ++r) {
-          dot_rows(cols, w.row(r), xi, xr, m, out);
-          for (int k = 0; k < m; ++k) y[(i + k) * w.rows + r] = out[k];
-        }
-      }
-    }
-    for (; i < n; ++i) {
-      const uint8_t* xi = xq + static_cast<size_t>(i) * xr;
-      float* yi = y + i * w.rows;
-      for (int64_t r = r0; r < r1; ++r) yi[r] = dot(cols, w.row(r), xi);
-    }
+    // All input rows against the block's weight rows: the kernel tiles them (each weight block
+    // decoded once for several input rows), the block of weights staying in this core's cache.
+    cpu_kernels(w.type).gemm(cols, w.row(r0), w.row_bytes, r1 - r0, xq_[which[j]].data(), xrow[which[j]], n,
+                             jobs[j].y + r0, static_cast<size_t>(w.rows));
   });
 }
 

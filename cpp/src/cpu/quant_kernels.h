@@ -35,6 +35,11 @@ static inline void q3k_scales(const uint8_t* s, int8_t* out) {
   }
 }
 
+// Dot products of one row x with n_rows (1..kMaxDotRows) activation rows `stride` bytes apart,
+// bit for bit vec_dot's (the AVX2 prompt kernels; kernels_cpu.cpp makes a GemmFn of them).
+using VecDotRowsFn = void (*)(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
+constexpr int kMaxDotRows = 4;
+
 // Signatures of the gathered attention helpers (kernels_cpu.h), for their dispatch.
 using GatherDotF32Fn = void (*)(const float*, size_t, const int32_t*, int, const float*, int, float, float*);
 using GatherDotF16Fn = void (*)(const uint16_t*, size_t, const int32_t*, int, const float*, int, float, float*);
@@ -155,6 +160,26 @@ void vec_dot_rows_q5_K_q8_K(int64_t n, const void* x, const void* y, size_t stri
 void vec_dot_rows_q6_K_q8_K(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
 
 }  // namespace avx2
+
+// --- AVX-512 F/BW/VL/DQ + VNNI kernels (quant_avx512.cpp, quant_avx512_k.cpp) -----------------
+// Each format's vec_dot is the 1 x 1 tile of its gemm (GemmFn), so the two agree bit for bit.
+namespace avx512 {
+
+#define TOVA_AVX512_DECL(name)                                                                  \
+  float vec_dot_##name(int64_t n, const void* x, const void* y);                              \
+  void gemm_##name(int64_t n, const void* x, size_t xs, int64_t m, const void* y, size_t ys,  \
+                   int64_t nr, float* out, size_t os);
+TOVA_AVX512_DECL(q4_0_q8_0)
+TOVA_AVX512_DECL(q5_0_q8_0)
+TOVA_AVX512_DECL(q8_0_q8_0)
+TOVA_AVX512_DECL(q4_1_q8_1)
+TOVA_AVX512_DECL(q5_1_q8_1)
+TOVA_AVX512_DECL(q4_K_q8_K)
+TOVA_AVX512_DECL(q5_K_q8_K)
+TOVA_AVX512_DECL(q6_K_q8_K)
+#undef TOVA_AVX512_DECL
+
+}  // namespace avx512
 #endif
 
 }  // namespace tova

@@ -1,0 +1,99 @@
+// Building blocks of the AVX-512 kernels (quant_avx512.cpp, quant_avx512_k.cpp). Include only
+// from files compiled with the AVX-512 flags of CMakeLists.txt (F, BW, VL, DQ, VNNI). Everything
+// is `static` and there are no vector constants at namespace scope (see quant_avx2_util.h).
+//
+// The kernels are tiles: MR weight rows against NR activation rows, out[k * os + r] = x_r . y_k.
+// Each (r, k) pair runs the same operations in the same order whatever MR, NR and the pair's
+// place in the tile are, so a matrix product's outputs equal the one-row vec_dot bit for bit
+// (vec_dot is the 1 x 1 tile) and a sequence decoded alone equals the same sequence in a batch.
+#pragma once
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+namespace tova {
+namespace avx512 {
+
+static inline __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
+static inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+static inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
+static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
+
+// Two f16 scales as 16 float lanes: a in lanes 0..7, b in lanes 8..15.
+static inline __m512 pair_of_halves(uint16_t a, uint16_t b) {
+  const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(a | (static_cast<uint32_t>(b) << 16))));
+  return _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+                               _mm512_zextps128_ps512(f));
+}
+
+// 16 + 16 packed bytes (two 32-quant blocks' nibbles) -> 64 nibbles in element order: block a's
+// low nibbles, its high nibbles, then block b's.
+static inline __m512i nibbles_pair(const uint8_t* a, const uint8_t* b) {
+  const __m256i ab = _mm256_inserti128_si256(_mm256_castsi128_si256(load128(a)), load128(b), 1);
+  const __m512i v = _mm512_permutexvar_epi64(_mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0), _mm512_zextsi256_si512(ab));
+  return _mm512_and_si512(_mm512_srlv_epi64(v, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0)), _mm512_set1_epi8(0x0F));
+}
+
+// 32 packed bytes -> 64 nibbles: the 32 low nibbles, then the 32 high ones.
+static inline __m512i nibbles_64(const uint8_t* q) {
+  const __m512i v = _mm512_broadcast_i64x4(load256(q));
+  return _mm512_and_si512(_mm512_srlv_epi64(v, _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0)), _mm512_set1_epi8(0x0F));
+}
+
+// Runs Tile::run<MR', NR'>(...) over an m x nr product in tiles of at most MR x NR: activation
+// rows outer (a group of NR stays in L1), weight rows inner (the caller keeps them in L2). The
+// first group of activation rows takes the weight rows one at a time: that pass streams them from
+// memory, and reading several rows interleaved defeats the hardware prefetcher (measured 3x
+// slower for one activation row); later groups find them in cache and share each activation
+// load between MR weight rows.
+template <class Tile, int MR, int NR>
+struct Gemm {
+  template <int M, int N>
+  static void tile(int64_t n, const uint8_t* x, size_t xs, const uint8_t* y, size_t ys, float* out, size_t os) {
+    Tile::template run<M, N>(n, x, xs, y, ys, out, os);
+  }
+  // The M x N tile for N = nk (1 <= nk <= NR), chosen at run time.
+  template <int M, int N = NR>
+  static void by_rows(int nk, int64_t n, const uint8_t* x, size_t xs, const uint8_t* y, size_t ys, float* out,
+                      size_t os) {
+    if constexpr (N > 1) {
+      if (nk < N) return by_rows<M, N - 1>(nk, n, x, xs, y, ys, out, os);
+    }
+    tile<M, N>(n, x, xs, y, ys, out, os);
+  }
+  template <int M = MR>
+  static void by_cols(int mr, int nk, int64_t n, const uint8_t* x, size_t xs, const uint8_t* y, size_t ys,
+                      float* out, size_t os) {
+    if constexpr (M > 1) {
+      if (mr < M) return by_cols<M - 1>(mr, nk, n, x, xs, y, ys, out, os);
+    }
+    by_rows<M>(nk, n, x, xs, y, ys, out, os);
+  }
+  static void run(int64_t n, const void* vx, size_t xs, int64_t m, const void* vy, size_t ys, int64_t nr,
+                  float* out, size_t os) {
+    const auto* x = static_cast<const uint8_t*>(vx);
+    const auto* y = static_cast<const uint8_t*>(vy);
+    for (int64_t k0 = 0; k0 < nr; k0 += NR) {
+      const int nk = static_cast<int>(std::min<int64_t>(NR, nr - k0));
+      const uint8_t* yk = y + static_cast<size_t>(k0) * ys;
+      float* ok = out + static_cast<size_t>(k0) * os;
+      const int64_t step = k0 == 0 ? 1 : MR;
+      for (int64_t r0 = 0; r0 < m; r0 += step) {
+        const int mr = static_cast<int>(std::min<int64_t>(step, m - r0));
+        const uint8_t* xr = x + static_cast<size_t>(r0) * xs;
+        by_cols(mr, nk, n, xr, xs, yk, ys, ok + r0, os);
+      }
+    }
+  }
+  static float one(int64_t n, const void* x, const void* y) {
+    float r;
+    Tile::template run<1, 1>(n, static_cast<const uint8_t*>(x), 0, static_cast<const uint8_t*>(y), 0, &r, 0);
+    return r;
+  }
+};
+
+}  // namespace avx512
+}  // namespace tova
