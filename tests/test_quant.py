@@ -346,6 +346,34 @@ def test_vec_dot_extreme_quants():
         assert _core.vec_dot(int(T.Q8_0), x, y, isa=isa) == pytest.approx(expected, rel=1e-6)
 
 
+# --- gated activations of the feed-forward block ---------------------------------------------------
+
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
+def test_gated_activations(act):
+    """The feed-forward activations (a polynomial exp in the SIMD tiers) against float64 numpy:
+    within a few float ulps, over the whole float range (saturation, overflow of e^-z, tails)."""
+    rng = np.random.default_rng(7)
+    for n in (1, 7, 8, 9, 1000, 1027):
+        g = (rng.standard_normal(n) * rng.choice([0.01, 1.0, 10.0, 100.0], size=n)).astype(np.float32)
+        g[: min(n, 4)] = np.array([0.0, -0.0, 200.0, -200.0], np.float32)[: min(n, 4)]
+        up = rng.standard_normal(n).astype(np.float32)
+        got = _core._act_mul(act, g, up)
+        x = g.astype(np.float64)
+        with np.errstate(over="ignore"):  # e^z = inf is the right limit (x / inf = 0)
+            want = reference_act(act, x) * up
+        # atol: the scalar tier's float tanh rounds 1 + tanh(u) to 0 below u ~ -9
+        assert np.allclose(got, want, rtol=4e-6, atol=1e-6 * np.abs(up).max()), (act, n, np.max(np.abs(got - want)))
+    with pytest.raises(ValueError, match="act"):
+        _core._act_mul("relu", g, up)
+
+
+def reference_act(act, x):
+    if act == "silu":
+        return x / (1.0 + np.exp(-x))
+    # 0.5 x (1 + tanh(u)) = x sigmoid(2u), the form without cancellation for u << 0
+    return x / (1.0 + np.exp(-2.0 * np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
 # --- float helpers for attention -------------------------------------------------------------------
 
 @pytest.mark.parametrize("d", [8, 20, 64, 96, 128, 256])

@@ -259,6 +259,15 @@ void bind_quant(nb::module_& m) {
     check_same_size(x.size(), y.size(), "_axpy_f32");
     return axpy_copy(y.size(), y.data(), [&](float* out) { axpy_f32(a, x.data(), out, static_cast<int64_t>(x.size())); });
   }, "y + a * x as a new array");
+  m.def("_act_mul", [](const std::string& act, const FloatsIn& gate, const FloatsIn& up) {
+    check_same_size(gate.size(), up.size(), "_act_mul");
+    if (act != "silu" && act != "gelu_tanh") throw ArgumentError(cat("_act_mul: act must be 'silu' or 'gelu_tanh', got '", act, "'"));
+    return axpy_copy(gate.size(), gate.data(), [&](float* out) {
+      const auto n = static_cast<int64_t>(gate.size());
+      if (act == "silu") silu_mul(out, up.data(), n);
+      else gelu_tanh_mul(out, up.data(), n);
+    });
+  }, "act(gate) * up as a new array, with the active tier's kernel");
   m.def("_axpy_f16", [](float a, const HalvesIn& x, const FloatsIn& y) {
     check_same_size(x.size(), y.size(), "_axpy_f16");
     return axpy_copy(y.size(), y.data(), [&](float* out) { axpy_f16(a, x.data(), out, static_cast<int64_t>(x.size())); });

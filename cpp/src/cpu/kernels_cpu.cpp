@@ -28,6 +28,7 @@ struct FloatKernels {
   GatherDotF16Fn gather_dot_f16;
   GatherAxpyF32Fn gather_axpy_f32;
   GatherAxpyF16Fn gather_axpy_f16;
+  ActMulFn silu_mul, gelu_tanh_mul;
 };
 
 struct Table {
@@ -129,7 +130,8 @@ Table scalar_table() {
   at(t, GgmlType::F16).quantize = s::quantize_f16;
   at(t, GgmlType::BF16).quantize = s::quantize_bf16;
   t.floats = {s::vec_dot_f32_f32, s::vec_dot_f16_f32, s::axpy_f32,       s::axpy_f16,
-              s::gather_dot_f32,  s::gather_dot_f16,  s::gather_axpy_f32, s::gather_axpy_f16};
+              s::gather_dot_f32,  s::gather_dot_f16,  s::gather_axpy_f32, s::gather_axpy_f16,
+              s::silu_mul,        s::gelu_tanh_mul};
 
   quant<BlockQ4_0, kQK, s::dequantize_q4_0, s::vec_dot_q4_0_q8_0>(t, GgmlType::Q4_0, s::quantize_q4_0);
   quant<BlockQ4_1, kQK, s::dequantize_q4_1, s::vec_dot_q4_1_q8_1>(t, GgmlType::Q4_1, s::quantize_q4_1);
@@ -173,7 +175,8 @@ Table avx2_table() {
   simd_dot<a::vec_dot_q3_K_q8_K>(t, GgmlType::Q3_K);
   simd_dot<a::vec_dot_q8_K_q8_K>(t, GgmlType::Q8_K);
   t.floats = {a::vec_dot_f32_f32, a::vec_dot_f16_f32, a::axpy_f32,       a::axpy_f16,
-              a::gather_dot_f32,  a::gather_dot_f16,  a::gather_axpy_f32, a::gather_axpy_f16};
+              a::gather_dot_f32,  a::gather_dot_f16,  a::gather_axpy_f32, a::gather_axpy_f16,
+              a::silu_mul,        a::gelu_tanh_mul};
   return t;
 }
 
@@ -308,5 +311,9 @@ void gather_axpy_f16(const uint16_t* base, size_t stride, const int32_t* idx, in
                      int d, float* out) {
   table().floats.gather_axpy_f16(base, stride, idx, n, p, d, out);
 }
+
+void silu_mul(float* gate, const float* up, int64_t n) { table().floats.silu_mul(gate, up, n); }
+
+void gelu_tanh_mul(float* gate, const float* up, int64_t n) { table().floats.gelu_tanh_mul(gate, up, n); }
 
 }  // namespace tova

@@ -80,6 +80,12 @@ float dot_f16_f32(const uint16_t* a, const float* b, int64_t n);
 void axpy_f32(float a, const float* x, float* y, int64_t n);   // y += a * x
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);  // y += a * x
 
+// The gated activations of the feed-forward block, in place: gate = act(gate) * up. The SIMD
+// tiers use a polynomial exp (within a few float ulps of std::exp); the scalar tier is the
+// reference, with std::exp / std::tanh.
+void silu_mul(float* gate, const float* up, int64_t n);       // silu(g) = g / (1 + e^-g)
+void gelu_tanh_mul(float* gate, const float* up, int64_t n);  // 0.5 g (1 + tanh(k (g + 0.044715 g^3)))
+
 // Attention over rows gathered from a KV store: row j is base + idx[j] * stride (elements), d
 // long. scores[j] = scale * (row_j . q); out[0..d) += sum_j p[j] * row_j. The SIMD versions
 // work on several rows at once (q and out stay in registers); any d.

@@ -20,21 +20,6 @@ void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps) {
   }
 }
 
-void silu_mul(float* gate, const float* up, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    float g = gate[i];
-    gate[i] = g / (1.0f + std::exp(-g)) * up[i];
-  }
-}
-
-void gelu_tanh_mul(float* gate, const float* up, int64_t n) {
-  const float k = 0.7978845608028654f;  // sqrt(2 / pi)
-  for (int64_t i = 0; i < n; ++i) {
-    float g = gate[i];
-    gate[i] = 0.5f * g * (1.0f + std::tanh(k * (g + 0.044715f * g * g * g))) * up[i];
-  }
-}
-
 void Matmul::run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* jobs, int n_jobs) {
   TOVA_ASSERT(n_jobs >= 1 && n_jobs <= 4);
   const int64_t cols = jobs[0].w->cols;

@@ -14,8 +14,7 @@ namespace tova {
 // y = x / rms(x) * w   (w may be empty: no scale)
 void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps);
 
-void silu_mul(float* gate, const float* up, int64_t n);       // gate = silu(gate) * up
-void gelu_tanh_mul(float* gate, const float* up, int64_t n);  // gate = gelu_tanh(gate) * up
+// The gated activations (silu_mul, gelu_tanh_mul) are in the kernel table (kernels_cpu.h).
 
 // Products y[i, r] = W[r, :] · x[i, :] for several weights sharing one input (q/k/v, gate/up),
 // in one parallel region. x is [n, cols]; each y is [n, rows of its W].

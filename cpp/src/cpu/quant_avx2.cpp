@@ -147,6 +147,59 @@ void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
   axpy<uint16_t, load8_f16, load1_f16>(a, x, y, n);
 }
 
+// --- gated activations -------------------------------------------------------------------------
+
+namespace {
+
+// e^x on 8 lanes: x = n ln2 + r (|r| <= ln2 / 2, ln2 split in two for an exact product), e^r by
+// its degree-6 Taylor polynomial (relative error below 2e-7 on that range), 2^n by the exponent
+// bits. x is clamped to [-87, 88] so that 2^n stays a normal float; e^-87 and e^88 are where the
+// callers' sigmoid already equals 0 or 1 in float.
+inline __m256 exp_ps(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+// gate = z(gate) -> gate / (1 + e^-z) * up, for the activations of the form g * sigmoid(z(g)).
+template <class Z>
+void sigmoid_gate(float* gate, const float* up, int64_t n, Z z, ActMulFn scalar_tail) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 e = exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), z(g)));
+    const __m256 s = _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+    _mm256_storeu_ps(gate + i, _mm256_mul_ps(s, _mm256_loadu_ps(up + i)));
+  }
+  if (i < n) scalar_tail(gate + i, up + i, n - i);
+}
+
+}  // namespace
+
+void silu_mul(float* gate, const float* up, int64_t n) {
+  sigmoid_gate(gate, up, n, [](__m256 g) { return g; }, scalar::silu_mul);
+}
+
+// 0.5 g (1 + tanh(u)) = g sigmoid(2u), u = sqrt(2/pi) (g + 0.044715 g^3).
+void gelu_tanh_mul(float* gate, const float* up, int64_t n) {
+  sigmoid_gate(gate, up, n, [](__m256 g) {
+    const __m256 g3 = _mm256_mul_ps(_mm256_mul_ps(g, g), g);
+    const __m256 u = _mm256_fmadd_ps(g3, _mm256_set1_ps(0.044715f), g);
+    return _mm256_mul_ps(u, _mm256_set1_ps(2.0f * 0.7978845608028654f));
+  }, scalar::gelu_tanh_mul);
+}
+
 void quantize_f16(const float* src, void* dst, int64_t n) {
   // vcvtps2ph with round-to-nearest-even equals fp32_to_fp16 for every non-NaN input.
   auto* out = static_cast<uint8_t*>(dst);

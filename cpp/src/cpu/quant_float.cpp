@@ -1,6 +1,7 @@
 // Portable kernels of the plain number types: F32, F16, BF16, F64 and the integer types.
 // Dot products accumulate in double: this is the reference the SIMD kernels are tested against,
 // and the fallback on CPUs without them.
+#include <cmath>
 #include <cstring>
 
 #include "quant_kernels.h"
@@ -90,6 +91,21 @@ float vec_dot_i8_f32(int64_t n, const void* x, const float* y) { return dot_plai
 float vec_dot_i16_f32(int64_t n, const void* x, const float* y) { return dot_plain<int16_t>(n, x, y); }
 float vec_dot_i32_f32(int64_t n, const void* x, const float* y) { return dot_plain<int32_t>(n, x, y); }
 float vec_dot_i64_f32(int64_t n, const void* x, const float* y) { return dot_plain<int64_t>(n, x, y); }
+
+void silu_mul(float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+void gelu_tanh_mul(float* gate, const float* up, int64_t n) {
+  const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    gate[i] = 0.5f * g * (1.0f + std::tanh(k * (g + 0.044715f * g * g * g))) * up[i];
+  }
+}
 
 void axpy_f32(float a, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];

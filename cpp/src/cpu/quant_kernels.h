@@ -40,6 +40,8 @@ static inline void q3k_scales(const uint8_t* s, int8_t* out) {
 using VecDotRowsFn = void (*)(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
 constexpr int kMaxDotRows = 4;
 
+using ActMulFn = void (*)(float* gate, const float* up, int64_t n);
+
 // Signatures of the gathered attention helpers (kernels_cpu.h), for their dispatch.
 using GatherDotF32Fn = void (*)(const float*, size_t, const int32_t*, int, const float*, int, float, float*);
 using GatherDotF16Fn = void (*)(const uint16_t*, size_t, const int32_t*, int, const float*, int, float, float*);
@@ -70,6 +72,8 @@ float vec_dot_i32_f32(int64_t n, const void* x, const float* y);
 float vec_dot_i64_f32(int64_t n, const void* x, const float* y);
 void axpy_f32(float a, const float* x, float* y, int64_t n);
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
+void silu_mul(float* gate, const float* up, int64_t n);
+void gelu_tanh_mul(float* gate, const float* up, int64_t n);
 void gather_dot_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, int d, float scale, float* scores);
 void gather_dot_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q, int d, float scale, float* scores);
 void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, int d, float* out);
@@ -123,6 +127,8 @@ float vec_dot_f16_f32(int64_t n, const void* x, const float* y);
 float vec_dot_bf16_f32(int64_t n, const void* x, const float* y);
 void axpy_f32(float a, const float* x, float* y, int64_t n);
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
+void silu_mul(float* gate, const float* up, int64_t n);
+void gelu_tanh_mul(float* gate, const float* up, int64_t n);
 void gather_dot_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, int d, float scale, float* scores);
 void gather_dot_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q, int d, float scale, float* scores);
 void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, int d, float* out);
