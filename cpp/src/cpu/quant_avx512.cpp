@@ -53,8 +53,12 @@ inline __m512i act_pair(const YBlock* y, int64_t i, bool two) {
 // Symmetric formats (Q4_0, Q5_0, Q8_0) against Q8_0: per block d_x d_y ((q + o) . y - o sum(y)).
 template <class Block>
 struct Symmetric {
+  static constexpr int kPrep = 0;
+  static constexpr int64_t kBlock = kQK;
+  static void prepare(int64_t, const uint8_t*, size_t, int, float*) {}
   template <int MR, int NR>
-  static void run(int64_t n, const uint8_t* x, size_t xs, const uint8_t* y, size_t ys, float* out, size_t os) {
+  static void run(int64_t n, const uint8_t* x, size_t xs, const uint8_t* y, size_t ys, const float*, float* out,
+                  size_t os) {
     const __m512i off = _mm512_set1_epi8(static_cast<char>(offset_of(static_cast<const Block*>(nullptr))));
     const int64_t nb = n / kQK;
     __m512 acc[MR][NR];
@@ -89,8 +93,12 @@ struct Symmetric {
 // Formats with a minimum (Q4_1, Q5_1) against Q8_1: per block d_x d_y (q . y) + m_x s_y.
 template <class Block>
 struct WithMin {
+  static constexpr int kPrep = 0;
+  static constexpr int64_t kBlock = kQK;
+  static void prepare(int64_t, const uint8_t*, size_t, int, float*) {}
   template <int MR, int NR>
-  static void run(int64_t n, const uint8_t* x, size_t xs, const uint8_t* y, size_t ys, float* out, size_t os) {
+  static void run(int64_t n, const uint8_t* x, size_t xs, const uint8_t* y, size_t ys, const float*, float* out,
+                  size_t os) {
     const int64_t nb = n / kQK;
     __m512 acc[MR][NR];
     for (int r = 0; r < MR; ++r)

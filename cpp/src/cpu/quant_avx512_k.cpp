@@ -42,8 +42,21 @@ inline __m128i bsums32(const BlockQ8_K& y) { return _mm_hadd_epi16(load128(y.bsu
 template <bool kFive>
 struct Q45K {
   using Block = typename std::conditional<kFive, BlockQ5_K, BlockQ4_K>::type;
+  // Per activation row and block: d_y * (the activation sums per 32 quants), 8 floats, then d_y.
+  static constexpr int kPrep = 9;
+  static constexpr int64_t kBlock = kQK_K;
+  static void prepare(int64_t n, const uint8_t* y, size_t ys, int nk, float* pre) {
+    for (int64_t i = 0; i < n / kQK_K; ++i)
+      for (int k = 0; k < nk; ++k) {
+        const BlockQ8_K& b = reinterpret_cast<const BlockQ8_K*>(y + k * ys)[i];
+        float* p = pre + (i * nk + k) * kPrep;
+        _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(bsums32(b))), _mm256_set1_ps(b.d)));
+        p[8] = b.d;
+      }
+  }
   template <int MR, int NR>
-  static void run(int64_t n, const uint8_t* x, size_t xs, const uint8_t* y, size_t ys, float* out, size_t os) {
+  static void run(int64_t n, const uint8_t* x, size_t xs, const uint8_t* y, size_t ys, const float* pre, float* out,
+                  size_t os) {
     __m512 acc[MR][NR];
     for (int r = 0; r < MR; ++r)
       for (int k = 0; k < NR; ++k) acc[r][k] = _mm512_setzero_ps();
@@ -76,19 +89,20 @@ struct Q45K {
             sumi[r][k] = _mm512_dpwssd_epi32(sumi[r][k], _mm512_maddubs_epi16(u[r], yv), s[r]);
         }
       }
-      // Per pair: (d sumi - dmin mins) * d_y, the mins in lanes 0..3.
-      __m512 dx[MR], dm[MR];
+      // Per pair: d_x d_y sumi, and -dmin_x sum_j m_j (d_y bsum_j) in lanes 0..7.
+      __m512 dx[MR], wm[MR];
       for (int r = 0; r < MR; ++r) {
         dx[r] = _mm512_set1_ps(half_to_float(xb[r]->d));
-        dm[r] = _mm512_set1_ps(-half_to_float(xb[r]->dmin));
+        wm[r] = _mm512_zextps256_ps512(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(mn[r])),
+                                                     _mm256_set1_ps(-half_to_float(xb[r]->dmin))));
       }
       for (int k = 0; k < NR; ++k) {
-        const __m128i b = bsums32(*yb[k]);
-        const __m512 dy = _mm512_set1_ps(yb[k]->d);
+        const float* p = pre + (i * NR + k) * kPrep;
+        const __m512 f = _mm512_zextps256_ps512(_mm256_loadu_ps(p));
+        const __m512 dy = _mm512_set1_ps(p[8]);
         for (int r = 0; r < MR; ++r) {
-          const __m512 m = _mm512_zextps128_ps512(_mm_cvtepi32_ps(_mm_madd_epi16(mn[r], b)));
-          const __m512 t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[r][k]), dx[r], _mm512_mul_ps(m, dm[r]));
-          acc[r][k] = _mm512_fmadd_ps(t, dy, acc[r][k]);
+          acc[r][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[r][k]), _mm512_mul_ps(dx[r], dy), acc[r][k]);
+          acc[r][k] = _mm512_fmadd_ps(wm[r], f, acc[r][k]);
         }
       }
     }
@@ -100,8 +114,12 @@ struct Q45K {
 // Q6_K: quants read unsigned (0..63), the -32 offset taken back through the activation sums
 // per 16 (bsums) in the same integer sum: sum_g sc_g (q_g . y_g) - 32 sum_g sc_g bsum_g.
 struct Q6K {
+  static constexpr int kPrep = 0;
+  static constexpr int64_t kBlock = kQK_K;
+  static void prepare(int64_t, const uint8_t*, size_t, int, float*) {}
   template <int MR, int NR>
-  static void run(int64_t n, const uint8_t* x, size_t xs, const uint8_t* y, size_t ys, float* out, size_t os) {
+  static void run(int64_t n, const uint8_t* x, size_t xs, const uint8_t* y, size_t ys, const float*, float* out,
+                  size_t os) {
     __m512 acc[MR][NR];
     for (int r = 0; r < MR; ++r)
       for (int k = 0; k < NR; ++k) acc[r][k] = _mm512_setzero_ps();

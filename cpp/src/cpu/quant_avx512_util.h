@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace tova {
 namespace avx512 {
@@ -49,48 +50,55 @@ static inline __m512i nibbles_64(const uint8_t* q) {
 // memory, and reading several rows interleaved defeats the hardware prefetcher (measured 3x
 // slower for one activation row); later groups find them in cache and share each activation
 // load between MR weight rows.
+//
+// A Tile may also precompute, once per group of activation rows, what every weight row needs of
+// them (Tile::kPrep floats per row and block, by Tile::prepare) instead of redoing it per tile;
+// kPrep = 0 for none. Tiles receive it as `pre`: block i of row k at pre + (i * N + k) * kPrep.
 template <class Tile, int MR, int NR>
 struct Gemm {
   template <int M, int N>
-  static void tile(int64_t n, const uint8_t* x, size_t xs, const uint8_t* y, size_t ys, float* out, size_t os) {
-    Tile::template run<M, N>(n, x, xs, y, ys, out, os);
+  static void tile(int64_t n, const uint8_t* x, size_t xs, const uint8_t* y, size_t ys, const float* pre,
+                   float* out, size_t os) {
+    Tile::template run<M, N>(n, x, xs, y, ys, pre, out, os);
   }
   // The M x N tile for N = nk (1 <= nk <= NR), chosen at run time.
   template <int M, int N = NR>
-  static void by_rows(int nk, int64_t n, const uint8_t* x, size_t xs, const uint8_t* y, size_t ys, float* out,
-                      size_t os) {
+  static void by_rows(int nk, int64_t n, const uint8_t* x, size_t xs, const uint8_t* y, size_t ys,
+                      const float* pre, float* out, size_t os) {
     if constexpr (N > 1) {
-      if (nk < N) return by_rows<M, N - 1>(nk, n, x, xs, y, ys, out, os);
+      if (nk < N) return by_rows<M, N - 1>(nk, n, x, xs, y, ys, pre, out, os);
     }
-    tile<M, N>(n, x, xs, y, ys, out, os);
+    tile<M, N>(n, x, xs, y, ys, pre, out, os);
   }
   template <int M = MR>
   static void by_cols(int mr, int nk, int64_t n, const uint8_t* x, size_t xs, const uint8_t* y, size_t ys,
-                      float* out, size_t os) {
+                      const float* pre, float* out, size_t os) {
     if constexpr (M > 1) {
-      if (mr < M) return by_cols<M - 1>(mr, nk, n, x, xs, y, ys, out, os);
+      if (mr < M) return by_cols<M - 1>(mr, nk, n, x, xs, y, ys, pre, out, os);
     }
-    by_rows<M>(nk, n, x, xs, y, ys, out, os);
+    by_rows<M>(nk, n, x, xs, y, ys, pre, out, os);
   }
   static void run(int64_t n, const void* vx, size_t xs, int64_t m, const void* vy, size_t ys, int64_t nr,
                   float* out, size_t os) {
     const auto* x = static_cast<const uint8_t*>(vx);
     const auto* y = static_cast<const uint8_t*>(vy);
+    std::vector<float> pre(Tile::kPrep > 0 ? static_cast<size_t>(Tile::kPrep) * (n / Tile::kBlock) * NR : 0);
     for (int64_t k0 = 0; k0 < nr; k0 += NR) {
       const int nk = static_cast<int>(std::min<int64_t>(NR, nr - k0));
       const uint8_t* yk = y + static_cast<size_t>(k0) * ys;
       float* ok = out + static_cast<size_t>(k0) * os;
+      if constexpr (Tile::kPrep > 0) Tile::prepare(n, yk, ys, nk, pre.data());
       const int64_t step = k0 == 0 ? 1 : MR;
       for (int64_t r0 = 0; r0 < m; r0 += step) {
         const int mr = static_cast<int>(std::min<int64_t>(step, m - r0));
         const uint8_t* xr = x + static_cast<size_t>(r0) * xs;
-        by_cols(mr, nk, n, xr, xs, yk, ys, ok + r0, os);
+        by_cols(mr, nk, n, xr, xs, yk, ys, pre.data(), ok + r0, os);
       }
     }
   }
   static float one(int64_t n, const void* x, const void* y) {
     float r;
-    Tile::template run<1, 1>(n, static_cast<const uint8_t*>(x), 0, static_cast<const uint8_t*>(y), 0, &r, 0);
+    run(n, x, 0, 1, y, 0, 1, &r, 1);
     return r;
   }
 };
