@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tova import _core
+
 from tova._cli import binary
 
 
@@ -81,6 +83,23 @@ def test_bench_json(smollm2_path):
     assert [(x["n_prompt"], x["n_gen"]) for x in rows] == [(32, 0), (0, 8)]
     for x in rows:
         assert x["avg_ts"] > 0 and len(x["samples_ts"]) == 1 and x["n_threads"] == 2
+        assert x["n_depth"] == 0 and x["cpu_kernels"] == _core.kernel_isa()
+
+
+@pytest.mark.model
+def test_bench_depth(smollm2_path):
+    """-d D: the test runs after D tokens of history; with kv_size 64 the store stays that size
+    (an evicting policy), with the full cache the context is sized for the history."""
+    r = run("bench", "-m", smollm2_path, "-p", "0", "-n", "4", "-d", "100", "-r", "1", "--json",
+            "--policy", "tova", "--kv-size", "64")
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)
+    assert (row["n_depth"], row["n_gen"], row["kv_size"], row["policy"]) == (100, 4, 64, "tova")
+    r = run("bench", "-m", smollm2_path, "-p", "0", "-n", "4", "-d", "100", "-r", "1", "--json")
+    (full,) = json.loads(r.stdout)
+    assert full["kv_size"] >= 104 and full["policy"] == "full"
+    r = run("bench", "-m", smollm2_path, "-d", "-1")
+    assert r.returncode != 0 and "-d" in r.stderr
 
 
 def test_list_and_pull_go_through_the_registry(smollm2_path):

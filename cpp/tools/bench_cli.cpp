@@ -20,11 +20,11 @@ namespace {
 const std::set<std::string> kBenchValues = {
     "--model", "--prompt", "--n-predict", "--threads", "--kv-size", "--policy", "--n-sink", "--kv-type",
     "--ctx", "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--repetitions",
-    "--batch", "--kv-budget", "--n-seq", "--backend"};
+    "--batch", "--kv-budget", "--n-seq", "--backend", "--depth"};
 const std::set<std::string> kBenchFlags = {"--json", "--help"};
 const std::map<std::string, std::string> kBenchAliases = {
     {"-m", "--model"}, {"-p", "--prompt"}, {"-n", "--n-predict"}, {"-t", "--threads"},
-    {"-r", "--repetitions"}, {"-h", "--help"}};
+    {"-r", "--repetitions"}, {"-d", "--depth"}, {"-h", "--help"}};
 
 struct MeanSd {
   double mean, sd;
@@ -84,12 +84,15 @@ int cmd_bench(const std::vector<std::string>& argv, std::string (*resolve_model)
   const int n_prompt = a.integer("--prompt", 512);
   const int n_gen = a.integer("--n-predict", 128);
   const int reps = a.integer("--repetitions", 3);
-  if (n_prompt < 0 || n_gen < 0 || reps < 1) throw ArgumentError("-p, -n must be >= 0 and -r >= 1");
+  // --depth D: each test runs after D tokens of history (read first, not timed), as llama-bench -d.
+  const int depth = a.integer("--depth", 0);
+  if (n_prompt < 0 || n_gen < 0 || reps < 1 || depth < 0) throw ArgumentError("-p, -n, -d must be >= 0 and -r >= 1");
   const bool batch = a.has("--batch") || a.has("--kv-budget");
+  if (batch && depth > 0) throw ArgumentError("--depth applies to single-sequence tests, not --batch / --kv-budget");
   EngineParams ep = engine_params_from(a, "full");
   if (a.has("--batch")) ep.n_seq = a.integer("--batch", 1);
   if (a.has("--batch") && a.has("--kv-budget")) throw ArgumentError("give --batch or --kv-budget, not both");
-  if (!a.has("--ctx")) ep.n_ctx = std::max(n_prompt + n_gen + (batch ? 1 : 0), 16);
+  if (!a.has("--ctx")) ep.n_ctx = std::max(depth + n_prompt + n_gen + (batch ? 1 : 0), 16);
   const std::string path = resolve_model(a.str("--model", ""));
   Engine engine(path, std::move(ep));
   const int V = engine.model().hp().n_vocab;
@@ -99,8 +102,9 @@ int cmd_bench(const std::vector<std::string>& argv, std::string (*resolve_model)
   if (batch) {
     tests.push_back({cat("pp", n_prompt, "+tg", n_gen, " x", engine.n_seq()), n_prompt, n_gen, engine.n_seq(), {}});
   } else {
-    if (n_prompt > 0) tests.push_back({cat("pp", n_prompt), n_prompt, 0, 1, {}});
-    if (n_gen > 0) tests.push_back({cat("tg", n_gen), 0, n_gen, 1, {}});
+    const std::string at = depth > 0 ? cat(" @ d", depth) : std::string();
+    if (n_prompt > 0) tests.push_back({cat("pp", n_prompt, at), n_prompt, 0, 1, {}});
+    if (n_gen > 0) tests.push_back({cat("tg", n_gen, at), 0, n_gen, 1, {}});
   }
   for (Test& t : tests) {
     for (int r = -1; r < reps; ++r) {  // r = -1: warm-up
@@ -110,6 +114,7 @@ int cmd_bench(const std::vector<std::string>& argv, std::string (*resolve_model)
         continue;
       }
       engine.reset();
+      if (depth > 0) engine.eval(random_tokens(rng, depth, V), false, logits);
       const int n = t.n_prompt > 0 ? t.n_prompt : t.n_gen;
       const std::vector<int32_t> ids = random_tokens(rng, n, V);
       const double t0 = now_seconds();
@@ -131,11 +136,11 @@ int cmd_bench(const std::vector<std::string>& argv, std::string (*resolve_model)
       const Test& t = tests[i];
       MeanSd ms = mean_sd(t.ts);
       std::printf("  {\"model_filename\": \"%s\", \"model_type\": \"%s %s\", \"n_threads\": %d, "
-                  "\"n_prompt\": %d, \"n_gen\": %d, \"n_seq\": %d, \"policy\": \"%s\", \"kv_size\": %d, "
+                  "\"n_prompt\": %d, \"n_gen\": %d, \"n_depth\": %d, \"n_seq\": %d, \"policy\": \"%s\", \"kv_size\": %d, "
                   "\"type_k\": \"%s\", \"kv_bytes\": %llu, \"cpu_kernels\": \"%s\", \"avg_ts\": %.6f, "
                   "\"stddev_ts\": %.6f, \"samples_ts\": [",
                   model_name.c_str(), engine.model().hp().arch.c_str(), engine.model().quant_summary().c_str(),
-                  engine.n_threads(), t.n_prompt, t.n_gen, t.n_seq, engine.policy_name(), kv,
+                  engine.n_threads(), t.n_prompt, t.n_gen, depth, t.n_seq, engine.policy_name(), kv,
                   kv_type_name(P.kv_type), static_cast<unsigned long long>(engine.kv_bytes()), kernel_isa(),
                   ms.mean, ms.sd);
       for (size_t k = 0; k < t.ts.size(); ++k) std::printf("%s%.6f", k ? ", " : "", t.ts[k]);

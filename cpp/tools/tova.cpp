@@ -83,6 +83,9 @@ run / bench options:
   bench only: -r, --repetitions N (default 3), --json,
       --batch N              also measure N sequences decoding together (total tokens/s)
       --kv-budget B          as --batch, with as many sequences as fit in B bytes ("256MiB")
+      -d, --depth D          run each test after D tokens of history (llama-bench -d)
+  The kernels are the best this CPU runs (tova info); TOVA_CPU_KERNELS=scalar|avx2|avx512 forces
+  a lower tier.
 )";
 
 bool is_file(const std::string& p) {
