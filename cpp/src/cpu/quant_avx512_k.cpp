@@ -28,11 +28,12 @@ inline void scales_mins(const uint8_t* packed, __m128i* scales, __m128i* mins) {
   *mins = _mm_cvtepu8_epi16(_mm_srli_si128(v, 8));
 }
 
-// Scales of sub-blocks 2c (int16 lanes 0..15) and 2c + 1 (lanes 16..31) from 8 int16 scales.
-inline __m512i scale_pair(__m128i scales, int c) {
-  const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi16(static_cast<int16_t>(2 * c)),
-                                         _mm256_set1_epi16(static_cast<int16_t>(2 * c + 1)), 1);
-  return _mm512_permutexvar_epi16(idx, _mm512_zextsi128_si512(scales));
+// Scales of sub-blocks 2c (int16 lanes 0..15) and 2c + 1 (lanes 16..31), from the 8 int16 scales
+// repeated in each 128-bit lane (`lanes`): one in-lane byte shuffle.
+inline __m512i scale_pair(__m512i lanes, int c) {
+  const __m512i pick = _mm512_inserti64x4(_mm512_set1_epi16(static_cast<int16_t>((4 * c) | ((4 * c + 1) << 8))),
+                                          _mm256_set1_epi16(static_cast<int16_t>((4 * c + 2) | ((4 * c + 3) << 8))), 1);
+  return _mm512_shuffle_epi8(lanes, pick);
 }
 
 // Sums of the activations per 32 quants (8 int16) from Q8_K's sums per 16.
@@ -66,7 +67,11 @@ struct Q45K {
       for (int r = 0; r < MR; ++r) xb[r] = reinterpret_cast<const Block*>(x + r * xs) + i;
       for (int k = 0; k < NR; ++k) yb[k] = reinterpret_cast<const BlockQ8_K*>(y + k * ys) + i;
       __m128i sc[MR], mn[MR];
-      for (int r = 0; r < MR; ++r) scales_mins(xb[r]->scales, &sc[r], &mn[r]);
+      __m512i sc4[MR];
+      for (int r = 0; r < MR; ++r) {
+        scales_mins(xb[r]->scales, &sc[r], &mn[r]);
+        sc4[r] = _mm512_broadcast_i32x4(sc[r]);
+      }
       __m512i sumi[MR][NR];
       for (int r = 0; r < MR; ++r)
         for (int k = 0; k < NR; ++k) sumi[r][k] = _mm512_setzero_si512();
@@ -81,7 +86,7 @@ struct Q45K {
                                                    _mm256_set1_epi8(static_cast<char>(1 << (2 * c + 1))), 1);
             u[r] = _mm512_or_si512(u[r], _mm512_maskz_set1_epi8(_mm512_test_epi8_mask(h, bit), 0x10));
           }
-          s[r] = scale_pair(sc[r], c);
+          s[r] = scale_pair(sc4[r], c);
         }
         for (int k = 0; k < NR; ++k) {
           const __m512i yv = load512(yb[k]->qs + 64 * c);
