@@ -85,8 +85,11 @@ struct Symmetric {
         }
       }
     }
-    for (int k = 0; k < NR; ++k)
-      for (int r = 0; r < MR; ++r) out[k * os + r] = _mm512_reduce_add_ps(acc[r][k]);
+    for (int k = 0; k < NR; ++k) {
+      __m512 col[MR];
+      for (int r = 0; r < MR; ++r) col[r] = acc[r][k];
+      for (int r0 = 0; r0 < MR; r0 += 8) reduce_sums(col + r0, MR - r0 < 8 ? MR - r0 : 8, out + k * os + r0, 1);
+    }
   }
 };
 
@@ -127,8 +130,11 @@ struct WithMin {
         }
       }
     }
-    for (int k = 0; k < NR; ++k)
-      for (int r = 0; r < MR; ++r) out[k * os + r] = _mm512_reduce_add_ps(acc[r][k]);
+    for (int k = 0; k < NR; ++k) {
+      __m512 col[MR];
+      for (int r = 0; r < MR; ++r) col[r] = acc[r][k];
+      for (int r0 = 0; r0 < MR; r0 += 8) reduce_sums(col + r0, MR - r0 < 8 ? MR - r0 : 8, out + k * os + r0, 1);
+    }
   }
 };
 

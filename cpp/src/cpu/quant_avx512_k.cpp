@@ -111,8 +111,9 @@ struct Q45K {
         }
       }
     }
-    for (int k = 0; k < NR; ++k)
-      for (int r = 0; r < MR; ++r) out[k * os + r] = _mm512_reduce_add_ps(acc[r][k]);
+    for (int r = 0; r < MR; ++r) {
+      for (int k0 = 0; k0 < NR; k0 += 8) reduce_sums(acc[r] + k0, NR - k0 < 8 ? NR - k0 : 8, out + k0 * os + r, os);
+    }
   }
 };
 
@@ -180,8 +181,9 @@ struct Q6K {
         }
       }
     }
-    for (int k = 0; k < NR; ++k)
-      for (int r = 0; r < MR; ++r) out[k * os + r] = _mm512_reduce_add_ps(acc[r][k]);
+    for (int r = 0; r < MR; ++r) {
+      for (int k0 = 0; k0 < NR; k0 += 8) reduce_sums(acc[r] + k0, NR - k0 < 8 ? NR - k0 : 8, out + k0 * os + r, os);
+    }
   }
 };
 
