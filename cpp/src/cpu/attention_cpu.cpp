@@ -32,19 +32,6 @@ void kv_axpy(KvType t, float a, const uint8_t* row, float* y, int d, std::vector
   }
 }
 
-// softmax in place over n scores, float32 as the spec requires.
-void softmax(float* s, int n) {
-  float mx = -INFINITY;
-  for (int j = 0; j < n; ++j) mx = std::max(mx, s[j]);
-  float sum = 0.0f;
-  for (int j = 0; j < n; ++j) {
-    s[j] = std::exp(s[j] - mx);
-    sum += s[j];
-  }
-  const float inv = 1.0f / sum;
-  for (int j = 0; j < n; ++j) s[j] *= inv;
-}
-
 // out = sum_j p[j] * V[idx[j]] for one KV head.
 void weighted_values(const CpuKv& kv, int layer, int kvh, const int32_t* idx, int n_idx, const float* p,
                      float* out, std::vector<float>& tmp) {
@@ -82,7 +69,7 @@ void AttentionCpu::attend(const CpuKv& kv, int layer, int kvh, const float* q, c
   } else {
     for (int j = 0; j < n_idx; ++j) scores[j] = kv_dot(lo.type, kv.k_row(layer, kvh, idx[j]), q, d) * scale;
   }
-  softmax(scores, n_idx);
+  softmax_f32(scores, n_idx);
   weighted_values(kv, layer, kvh, idx, n_idx, scores, out, tmp);
 }
 
@@ -172,7 +159,7 @@ void AttentionCpu::attend_by_rank(const CpuKv& kv, const AttnRow& row, int kvh, 
   row.rank_rope->rotate(qr, 1, d, rank_cs_.data() + qrank, rank_sn_.data() + qrank);
   const float* keys = rotated_k_.data() + static_cast<size_t>(kvh) * n_idx * d;
   gather_dot_f32(keys, static_cast<size_t>(d), iota_.data(), n_idx, qr, d, scale, scores);
-  softmax(scores, n_idx);
+  softmax_f32(scores, n_idx);
   weighted_values(kv, row.layer, kvh, row.idx, n_idx, scores, out, tmp);  // tmp: qr is no longer needed
 }
 

@@ -29,6 +29,7 @@ struct FloatKernels {
   GatherAxpyF32Fn gather_axpy_f32;
   GatherAxpyF16Fn gather_axpy_f16;
   ActMulFn silu_mul, gelu_tanh_mul;
+  SoftmaxFn softmax;
 };
 
 struct Table {
@@ -131,7 +132,7 @@ Table scalar_table() {
   at(t, GgmlType::BF16).quantize = s::quantize_bf16;
   t.floats = {s::vec_dot_f32_f32, s::vec_dot_f16_f32, s::axpy_f32,       s::axpy_f16,
               s::gather_dot_f32,  s::gather_dot_f16,  s::gather_axpy_f32, s::gather_axpy_f16,
-              s::silu_mul,        s::gelu_tanh_mul};
+              s::silu_mul,        s::gelu_tanh_mul,   s::softmax_f32};
 
   quant<BlockQ4_0, kQK, s::dequantize_q4_0, s::vec_dot_q4_0_q8_0>(t, GgmlType::Q4_0, s::quantize_q4_0);
   quant<BlockQ4_1, kQK, s::dequantize_q4_1, s::vec_dot_q4_1_q8_1>(t, GgmlType::Q4_1, s::quantize_q4_1);
@@ -176,7 +177,7 @@ Table avx2_table() {
   simd_dot<a::vec_dot_q8_K_q8_K>(t, GgmlType::Q8_K);
   t.floats = {a::vec_dot_f32_f32, a::vec_dot_f16_f32, a::axpy_f32,       a::axpy_f16,
               a::gather_dot_f32,  a::gather_dot_f16,  a::gather_axpy_f32, a::gather_axpy_f16,
-              a::silu_mul,        a::gelu_tanh_mul};
+              a::silu_mul,        a::gelu_tanh_mul,   a::softmax_f32};
   return t;
 }
 
@@ -315,5 +316,7 @@ void gather_axpy_f16(const uint16_t* base, size_t stride, const int32_t* idx, in
 void silu_mul(float* gate, const float* up, int64_t n) { table().floats.silu_mul(gate, up, n); }
 
 void gelu_tanh_mul(float* gate, const float* up, int64_t n) { table().floats.gelu_tanh_mul(gate, up, n); }
+
+void softmax_f32(float* s, int n) { table().floats.softmax(s, n); }
 
 }  // namespace tova

@@ -86,6 +86,9 @@ void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);  // y += a * x
 void silu_mul(float* gate, const float* up, int64_t n);       // silu(g) = g / (1 + e^-g)
 void gelu_tanh_mul(float* gate, const float* up, int64_t n);  // 0.5 g (1 + tanh(k (g + 0.044715 g^3)))
 
+// softmax in place over n float32 scores (attention's; the SIMD tiers use the polynomial exp).
+void softmax_f32(float* s, int n);
+
 // Attention over rows gathered from a KV store: row j is base + idx[j] * stride (elements), d
 // long. scores[j] = scale * (row_j . q); out[0..d) += sum_j p[j] * row_j. The SIMD versions
 // work on several rows at once (q and out stay in registers); any d.

@@ -1,6 +1,7 @@
 // AVX2 + FMA + F16C kernels of the float types and the 32-element formats. Only called when
 // cpu_features() reports all three (kernels_cpu.cpp picks them); results equal the portable kernels'
 // up to the order of float additions, and quantize_q8_0 equals them bit for bit.
+#include <cmath>
 #include <cstring>
 
 #include "quant_avx2_util.h"
@@ -186,6 +187,36 @@ void sigmoid_gate(float* gate, const float* up, int64_t n, Z z, ActMulFn scalar_
 }
 
 }  // namespace
+
+void softmax_f32(float* s, int n) {
+  int j = 0;
+  __m256 vmx = _mm256_set1_ps(-INFINITY);
+  for (; j + 8 <= n; j += 8) vmx = _mm256_max_ps(vmx, _mm256_loadu_ps(s + j));
+  float mx = hmax_ps(vmx);
+  for (; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
+  const __m256 m = _mm256_set1_ps(mx);
+  __m256 vsum = _mm256_setzero_ps();
+  for (j = 0; j + 8 <= n; j += 8) {
+    const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(s + j), m));
+    _mm256_storeu_ps(s + j, e);
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  float sum = hsum_ps(vsum);
+  if (j < n) {
+    // the tail through the same exp, on a padded copy (lanes past n: e^-inf -> 0 after the clamp
+    // would be 1e-38; they are simply not stored or summed)
+    alignas(32) float t[8];
+    for (int k = 0; k < 8; ++k) t[k] = j + k < n ? s[j + k] - mx : 0.0f;
+    _mm256_store_ps(t, exp_ps(_mm256_load_ps(t)));
+    for (int k = 0; j + k < n; ++k) {
+      s[j + k] = t[k];
+      sum += t[k];
+    }
+  }
+  const __m256 inv = _mm256_set1_ps(1.0f / sum);
+  for (j = 0; j + 8 <= n; j += 8) _mm256_storeu_ps(s + j, _mm256_mul_ps(_mm256_loadu_ps(s + j), inv));
+  for (; j < n; ++j) s[j] *= 1.0f / sum;
+}
 
 void silu_mul(float* gate, const float* up, int64_t n) {
   sigmoid_gate(gate, up, n, [](__m256 g) { return g; }, scalar::silu_mul);

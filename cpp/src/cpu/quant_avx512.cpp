@@ -3,6 +3,7 @@
 // symmetric formats, whose activations' sums take the offset back inside the same integer sum),
 // and each block's integer sum becomes float once, times d_x * d_y, as in the portable kernels.
 #include <cstring>
+#include <type_traits>
 
 #include "quant_avx512_util.h"
 #include "quant_kernels.h"
@@ -50,83 +51,69 @@ inline __m512i act_pair(const YBlock* y, int64_t i, bool two) {
 
 // --- tiles --------------------------------------------------------------------------------------
 
-// Symmetric formats (Q4_0, Q5_0, Q8_0) against Q8_0: per block d_x d_y ((q + o) . y - o sum(y)).
-template <class Block>
-struct Symmetric {
-  static constexpr int kPrep = 0;
-  static constexpr int64_t kBlock = kQK;
-  static void prepare(int64_t, const uint8_t*, size_t, int, float*) {}
-  template <int MR, int NR>
-  static void run(int64_t n, const uint8_t* x, size_t xs, const uint8_t* y, size_t ys, const float*, float* out,
-                  size_t os) {
-    const __m512i off = _mm512_set1_epi8(static_cast<char>(offset_of(static_cast<const Block*>(nullptr))));
+// The 32-quant formats, two blocks per step. Symmetric formats (Q4_0, Q5_0, Q8_0) against Q8_0:
+// per block d_x d_y ((q + o) . y - o sum(y)); formats with a minimum (Q4_1, Q5_1) against Q8_1:
+// d_x d_y (q . y) + m_x s_y.
+//
+// What a step needs of an activation row does not depend on the weight row, so `prepare` builds
+// it once per group of activation rows (kPrep floats per step and row): the two blocks' quants
+// (64 bytes), their d_y (lanes 0..7 and 8..15), and the offset term -o sum(y) as int32 (symmetric)
+// or s_y in lanes 0 and 8 (with a minimum). An odd last block is a step with a zero second half.
+template <class Block, bool kMin>
+struct Legacy {
+  using YBlock = typename std::conditional<kMin, BlockQ8_1, BlockQ8_0>::type;
+  static constexpr int kPrep = 48;
+  static constexpr int64_t kBlock = 2 * kQK;
+  static void prepare(int64_t n, const uint8_t* y, size_t ys, int nk, float* pre) {
     const int64_t nb = n / kQK;
-    __m512 acc[MR][NR];
-    for (int r = 0; r < MR; ++r)
-      for (int k = 0; k < NR; ++k) acc[r][k] = _mm512_setzero_ps();
     for (int64_t i = 0; i < nb; i += 2) {
       const bool two = i + 1 < nb;
-      const int64_t i1 = two ? i + 1 : i;
-      __m512i u[MR];
-      __m512 dx[MR];
-      for (int r = 0; r < MR; ++r) {
-        const auto* b = reinterpret_cast<const Block*>(x + r * xs);
-        u[r] = quants(b[i], b[i1]);
-        dx[r] = pair_of_halves(b[i].d, b[i1].d);
-      }
-      for (int k = 0; k < NR; ++k) {
-        const auto* yb = reinterpret_cast<const BlockQ8_0*>(y + k * ys);
+      for (int k = 0; k < nk; ++k) {
+        const auto* yb = reinterpret_cast<const YBlock*>(y + k * ys);
+        float* p = pre + ((i / 2) * nk + k) * kPrep;
         const __m512i yv = act_pair(yb, i, two);
-        const __m512 dy = pair_of_halves(yb[i].d, two ? yb[i1].d : 0);
-        const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, yv));
-        for (int r = 0; r < MR; ++r) {
-          const __m512i t = _mm512_dpbusd_epi32(init, u[r], yv);
-          acc[r][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(dx[r], dy), acc[r][k]);
+        _mm512_storeu_si512(p, yv);
+        _mm512_storeu_ps(p + 16, pair_of_halves(yb[i].d, two ? yb[i + 1].d : 0));
+        if constexpr (kMin) {
+          _mm512_storeu_ps(p + 32, _mm512_maskz_mov_ps(0x0101, pair_of_halves(yb[i].s, two ? yb[i + 1].s : 0)));
+        } else {
+          const __m512i off = _mm512_set1_epi8(static_cast<char>(offset_of(static_cast<const Block*>(nullptr))));
+          const __m512i osum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, yv);
+          _mm512_storeu_si512(p + 32, _mm512_sub_epi32(_mm512_setzero_si512(), osum));
         }
       }
     }
-    for (int k = 0; k < NR; ++k) {
-      __m512 col[MR];
-      for (int r = 0; r < MR; ++r) col[r] = acc[r][k];
-      for (int r0 = 0; r0 < MR; r0 += 8) reduce_sums(col + r0, MR - r0 < 8 ? MR - r0 : 8, out + k * os + r0, 1);
-    }
   }
-};
-
-// Formats with a minimum (Q4_1, Q5_1) against Q8_1: per block d_x d_y (q . y) + m_x s_y.
-template <class Block>
-struct WithMin {
-  static constexpr int kPrep = 0;
-  static constexpr int64_t kBlock = kQK;
-  static void prepare(int64_t, const uint8_t*, size_t, int, float*) {}
   template <int MR, int NR>
-  static void run(int64_t n, const uint8_t* x, size_t xs, const uint8_t* y, size_t ys, const float*, float* out,
+  static void run(int64_t n, const uint8_t* x, size_t xs, const uint8_t*, size_t, const float* pre, float* out,
                   size_t os) {
     const int64_t nb = n / kQK;
     __m512 acc[MR][NR];
     for (int r = 0; r < MR; ++r)
       for (int k = 0; k < NR; ++k) acc[r][k] = _mm512_setzero_ps();
     for (int64_t i = 0; i < nb; i += 2) {
-      const bool two = i + 1 < nb;
-      const int64_t i1 = two ? i + 1 : i;
+      const int64_t i1 = i + 1 < nb ? i + 1 : i;  // the second half's y and d_y are zero then
       __m512i u[MR];
       __m512 dx[MR], mx[MR];
       for (int r = 0; r < MR; ++r) {
         const auto* b = reinterpret_cast<const Block*>(x + r * xs);
         u[r] = quants(b[i], b[i1]);
         dx[r] = pair_of_halves(b[i].d, b[i1].d);
-        mx[r] = pair_of_halves(b[i].m, b[i1].m);
+        if constexpr (kMin) mx[r] = pair_of_halves(b[i].m, b[i1].m);
       }
       for (int k = 0; k < NR; ++k) {
-        const auto* yb = reinterpret_cast<const BlockQ8_1*>(y + k * ys);
-        const __m512i yv = act_pair(yb, i, two);
-        const __m512 dy = pair_of_halves(yb[i].d, two ? yb[i1].d : 0);
-        // s_y of each block in one lane (0 and 8), zero elsewhere.
-        const __m512 sy = _mm512_maskz_mov_ps(0x0101, pair_of_halves(yb[i].s, two ? yb[i1].s : 0));
+        const float* p = pre + ((i / 2) * NR + k) * kPrep;
+        const __m512i yv = _mm512_loadu_si512(p);
+        const __m512 dy = _mm512_loadu_ps(p + 16);
         for (int r = 0; r < MR; ++r) {
-          const __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[r], yv);
-          acc[r][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(dx[r], dy), acc[r][k]);
-          acc[r][k] = _mm512_fmadd_ps(mx[r], sy, acc[r][k]);
+          if constexpr (kMin) {
+            const __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[r], yv);
+            acc[r][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(dx[r], dy), acc[r][k]);
+            acc[r][k] = _mm512_fmadd_ps(mx[r], _mm512_loadu_ps(p + 32), acc[r][k]);
+          } else {
+            const __m512i t = _mm512_dpbusd_epi32(_mm512_loadu_si512(p + 32), u[r], yv);
+            acc[r][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(dx[r], dy), acc[r][k]);
+          }
         }
       }
     }
@@ -138,11 +125,11 @@ struct WithMin {
   }
 };
 
-using GemmQ4_0 = Gemm<Symmetric<BlockQ4_0>, 4, 4>;
-using GemmQ5_0 = Gemm<Symmetric<BlockQ5_0>, 4, 4>;
-using GemmQ8_0 = Gemm<Symmetric<BlockQ8_0>, 4, 4>;
-using GemmQ4_1 = Gemm<WithMin<BlockQ4_1>, 4, 4>;
-using GemmQ5_1 = Gemm<WithMin<BlockQ5_1>, 4, 4>;
+using GemmQ4_0 = Gemm<Legacy<BlockQ4_0, false>, 4, 4>;
+using GemmQ5_0 = Gemm<Legacy<BlockQ5_0, false>, 4, 4>;
+using GemmQ8_0 = Gemm<Legacy<BlockQ8_0, false>, 4, 4>;
+using GemmQ4_1 = Gemm<Legacy<BlockQ4_1, true>, 4, 4>;
+using GemmQ5_1 = Gemm<Legacy<BlockQ5_1, true>, 4, 4>;
 
 }  // namespace
 

@@ -71,7 +71,8 @@ static inline __m512i nibbles_64(const uint8_t* q) {
 //
 // A Tile may also precompute, once per group of activation rows, what every weight row needs of
 // them (Tile::kPrep floats per row and block, by Tile::prepare) instead of redoing it per tile;
-// kPrep = 0 for none. Tiles receive it as `pre`: block i of row k at pre + (i * N + k) * kPrep.
+// kPrep = 0 for none. Tiles receive it as `pre`: step i (Tile::kBlock quants) of row k at
+// pre + (i * N + k) * kPrep.
 template <class Tile, int MR, int NR>
 struct Gemm {
   template <int M, int N>
@@ -100,7 +101,8 @@ struct Gemm {
                   float* out, size_t os) {
     const auto* x = static_cast<const uint8_t*>(vx);
     const auto* y = static_cast<const uint8_t*>(vy);
-    std::vector<float> pre(Tile::kPrep > 0 ? static_cast<size_t>(Tile::kPrep) * (n / Tile::kBlock) * NR : 0);
+    const int64_t steps = (n + Tile::kBlock - 1) / Tile::kBlock;
+    std::vector<float> pre(Tile::kPrep > 0 ? static_cast<size_t>(Tile::kPrep * steps * NR) : 0);
     for (int64_t k0 = 0; k0 < nr; k0 += NR) {
       const int nk = static_cast<int>(std::min<int64_t>(NR, nr - k0));
       const uint8_t* yk = y + static_cast<size_t>(k0) * ys;

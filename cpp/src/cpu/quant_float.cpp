@@ -1,6 +1,7 @@
 // Portable kernels of the plain number types: F32, F16, BF16, F64 and the integer types.
 // Dot products accumulate in double: this is the reference the SIMD kernels are tested against,
 // and the fallback on CPUs without them.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -97,6 +98,18 @@ void silu_mul(float* gate, const float* up, int64_t n) {
     const float g = gate[i];
     gate[i] = g / (1.0f + std::exp(-g)) * up[i];
   }
+}
+
+void softmax_f32(float* s, int n) {
+  float mx = -INFINITY;
+  for (int j = 0; j < n; ++j) mx = std::max(mx, s[j]);
+  float sum = 0.0f;
+  for (int j = 0; j < n; ++j) {
+    s[j] = std::exp(s[j] - mx);
+    sum += s[j];
+  }
+  const float inv = 1.0f / sum;
+  for (int j = 0; j < n; ++j) s[j] *= inv;
 }
 
 void gelu_tanh_mul(float* gate, const float* up, int64_t n) {

@@ -41,6 +41,7 @@ using VecDotRowsFn = void (*)(int64_t n, const void* x, const void* y, size_t st
 constexpr int kMaxDotRows = 4;
 
 using ActMulFn = void (*)(float* gate, const float* up, int64_t n);
+using SoftmaxFn = void (*)(float* s, int n);
 
 // Signatures of the gathered attention helpers (kernels_cpu.h), for their dispatch.
 using GatherDotF32Fn = void (*)(const float*, size_t, const int32_t*, int, const float*, int, float, float*);
@@ -74,6 +75,7 @@ void axpy_f32(float a, const float* x, float* y, int64_t n);
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
 void silu_mul(float* gate, const float* up, int64_t n);
 void gelu_tanh_mul(float* gate, const float* up, int64_t n);
+void softmax_f32(float* s, int n);
 void gather_dot_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, int d, float scale, float* scores);
 void gather_dot_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q, int d, float scale, float* scores);
 void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, int d, float* out);
@@ -129,6 +131,7 @@ void axpy_f32(float a, const float* x, float* y, int64_t n);
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
 void silu_mul(float* gate, const float* up, int64_t n);
 void gelu_tanh_mul(float* gate, const float* up, int64_t n);
+void softmax_f32(float* s, int n);
 void gather_dot_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, int d, float scale, float* scores);
 void gather_dot_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q, int d, float scale, float* scores);
 void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, int d, float* out);
