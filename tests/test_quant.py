@@ -376,6 +376,19 @@ def reference_act(act, x):
 
 # --- float helpers for attention -------------------------------------------------------------------
 
+@pytest.mark.parametrize("n", [1, 5, 8, 9, 17, 513])
+def test_softmax(n):
+    """Attention's softmax (polynomial exp in the SIMD tiers) against float64, wide score ranges
+    included (scores far below the maximum underflow to 0)."""
+    rng = np.random.default_rng(n)
+    for spread in (0.1, 10.0, 200.0):
+        x = (rng.standard_normal(n) * spread).astype(np.float32)
+        got = _core._softmax(x)
+        e = np.exp(x.astype(np.float64) - x.max())
+        want = e / e.sum()
+        assert abs(float(got.sum()) - 1.0) < 1e-5
+        assert np.allclose(got, want, rtol=1e-5, atol=1e-7), (n, spread, np.max(np.abs(got - want)))
+
 @pytest.mark.parametrize("d", [8, 20, 64, 96, 128, 256])
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 40])
 def test_gathered_attention_helpers(d, n):

@@ -259,6 +259,9 @@ void bind_quant(nb::module_& m) {
     check_same_size(x.size(), y.size(), "_axpy_f32");
     return axpy_copy(y.size(), y.data(), [&](float* out) { axpy_f32(a, x.data(), out, static_cast<int64_t>(x.size())); });
   }, "y + a * x as a new array");
+  m.def("_softmax", [](const FloatsIn& x) {
+    return axpy_copy(x.size(), x.data(), [&](float* out) { softmax_f32(out, static_cast<int>(x.size())); });
+  }, "softmax of x as a new array, with the active tier's kernel");
   m.def("_act_mul", [](const std::string& act, const FloatsIn& gate, const FloatsIn& up) {
     check_same_size(gate.size(), up.size(), "_act_mul");
     if (act != "silu" && act != "gelu_tanh") throw ArgumentError(cat("_act_mul: act must be 'silu' or 'gelu_tanh', got '", act, "'"));
