@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The sanitizer run (.ci/run calls it): the C++ unit tests and short generations of the tova CLI
+# on two real models, built with AddressSanitizer + UndefinedBehaviorSanitizer (TOVA_SANITIZE)
+# and run with LeakSanitizer on, under every kernel tier this CPU has (TOVA_CPU_KERNELS). Any
+# report fails the run. Needs the tova package installed (it resolves the models).
+#
+#   bash tests/sanitize.sh [BUILD_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD="${1:-build/sanitize}"
+
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTOVA_SANITIZE=ON -DTOVA_BUILD_TESTS=ON >/dev/null
+cmake --build "$BUILD" --target tova_tests tova_cli >/dev/null
+
+export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+export LSAN_OPTIONS="exitcode=23"
+
+echo "sanitize: C++ unit tests"
+"$BUILD/tova_tests" | tail -1
+
+# A prompt longer than the store (kv_size 32) and than a chunk (16): every step evicts, chunks
+# are read with exact prefill, and decode continues past the store's size.
+PROMPT="It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light"
+TIERS="$(python -c "from tova import _core; print(' '.join(_core.cpu_tiers()))")"
+for model in smollm2-135m-instruct gemma-3-270m; do
+  path="$(python -m tova.models path "$model")"
+  for tier in $TIERS; do
+    for policy in tova full; do
+      echo "sanitize: $model, kernels $tier, policy $policy"
+      if ! TOVA_CPU_KERNELS="$tier" "$BUILD/tova" run -m "$path" -p "$PROMPT" -n 8 --temp 0 -t 2 \
+          --policy "$policy" --kv-size 32 --chunk 16 --ctx 128 >/dev/null 2>"$BUILD/run.err"; then
+        cat "$BUILD/run.err"
+        exit 1
+      fi
+    done
+  done
+done
+echo "sanitize: clean"
