@@ -1,5 +1,7 @@
 #include "arch.h"
 
+#include <cstdint>
+
 #include "common.h"
 #include "gguf.h"
 
@@ -50,27 +52,33 @@ void check_positive(const GgufFile& f, const char* what, int v) {
 
 }  // namespace
 
+int hparam(const GgufFile& f, const std::string& key, int64_t def, int64_t lo, int64_t hi) {
+  const int64_t v = def == kRequired ? f.require_int(key) : f.get_int(key, def);
+  if (v < lo) {
+    if (lo == 1) throw FormatError(cat(f.path(), ": hyperparameter ", key, " must be positive, found ", v));
+    throw FormatError(cat(f.path(), ": hyperparameter ", key, " = ", v, " is below its minimum ", lo));
+  }
+  if (v > hi)
+    throw FormatError(cat(f.path(), ": hyperparameter ", key, " = ", v, " is larger than ", hi,
+                          ", the most tova accepts"));
+  return static_cast<int>(v);
+}
+
 HParams load_hparams(const GgufFile& f) {
   HParams hp;
   hp.arch = f.require_string("general.architecture");
   const ArchSpec& spec = find_arch(hp.arch, f.path());
   const std::string& a = hp.arch;
-  auto geti = [&](const std::string& key) { return static_cast<int>(f.require_int(a + "." + key)); };
-
-  hp.n_embd = geti("embedding_length");
-  hp.n_layer = geti("block_count");
-  hp.n_ff = geti("feed_forward_length");
-  hp.n_head = geti("attention.head_count");
-  hp.n_head_kv = static_cast<int>(f.get_int(a + ".attention.head_count_kv", hp.n_head));
-  hp.n_ctx_train = static_cast<int>(f.get_int(a + ".context_length", 2048));
-  check_positive(f, "embedding_length", hp.n_embd);
-  check_positive(f, "block_count", hp.n_layer);
-  check_positive(f, "attention.head_count", hp.n_head);
-  check_positive(f, "attention.head_count_kv", hp.n_head_kv);
-  check_positive(f, "feed_forward_length", hp.n_ff);
-  hp.head_dim = static_cast<int>(f.get_int(a + ".attention.key_length", hp.n_embd / hp.n_head));
-  hp.head_dim_v = static_cast<int>(f.get_int(a + ".attention.value_length", hp.head_dim));
-  check_positive(f, "attention.key_length", hp.head_dim);
+  // Every size is read as the 64-bit value the file holds and bounded before it is narrowed:
+  // a hostile value fails here with its key named, not later as a wrapped int or an allocation.
+  hp.n_embd = hparam(f, a + ".embedding_length", kRequired, 1, HParamLimits::kWidth);
+  hp.n_layer = hparam(f, a + ".block_count", kRequired, 1, HParamLimits::kLayers);
+  hp.n_ff = hparam(f, a + ".feed_forward_length", kRequired, 1, HParamLimits::kWidth * 16);
+  hp.n_head = hparam(f, a + ".attention.head_count", kRequired, 1, HParamLimits::kHeads);
+  hp.n_head_kv = hparam(f, a + ".attention.head_count_kv", hp.n_head, 1, HParamLimits::kHeads);
+  hp.n_ctx_train = hparam(f, a + ".context_length", 2048, 1, HParamLimits::kContext);
+  hp.head_dim = hparam(f, a + ".attention.key_length", hp.n_embd / hp.n_head, 1, HParamLimits::kHeadDim);
+  hp.head_dim_v = hparam(f, a + ".attention.value_length", hp.head_dim, 1, HParamLimits::kHeadDim);
   if (hp.head_dim_v != hp.head_dim)
     throw FormatError(cat(f.path(), ": value length ", hp.head_dim_v, " != key length ",
                           hp.head_dim, " is not supported"));
@@ -79,7 +87,7 @@ HParams load_hparams(const GgufFile& f) {
                           " is not a multiple of head_count_kv ", hp.n_head_kv));
   hp.rms_eps = static_cast<float>(f.get_float(a + ".attention.layer_norm_rms_epsilon", 1e-5));
   hp.rope_base = static_cast<float>(f.get_float(a + ".rope.freq_base", 10000.0));
-  hp.rope_dim = static_cast<int>(f.get_int(a + ".rope.dimension_count", hp.head_dim));
+  hp.rope_dim = hparam(f, a + ".rope.dimension_count", hp.head_dim, INT32_MIN, INT32_MAX);
   if (hp.rope_dim <= 0 || hp.rope_dim > hp.head_dim || hp.rope_dim % 2 != 0)
     throw FormatError(cat(f.path(), ": rope.dimension_count ", hp.rope_dim,
                           " must be even and at most the head size ", hp.head_dim));
@@ -88,10 +96,14 @@ HParams load_hparams(const GgufFile& f) {
   spec.load(f, hp);
 
   // The vocabulary size: the metadata key when present, else the token list.
-  hp.n_vocab = static_cast<int>(f.get_int(a + ".vocab_size", 0));
+  hp.n_vocab = hparam(f, a + ".vocab_size", 0, 0, HParamLimits::kVocab);
   if (hp.n_vocab == 0) {
-    if (const GgufValue* toks = f.find_array("tokenizer.ggml.tokens", GgufType::STRING))
+    if (const GgufValue* toks = f.find_array("tokenizer.ggml.tokens", GgufType::STRING)) {
+      if (toks->count > static_cast<uint64_t>(HParamLimits::kVocab))
+        throw FormatError(cat(f.path(), ": tokenizer.ggml.tokens has ", toks->count, " entries, more than ",
+                              HParamLimits::kVocab));
       hp.n_vocab = static_cast<int>(toks->count);
+    }
   }
   check_positive(f, "vocab_size", hp.n_vocab);
   return hp;

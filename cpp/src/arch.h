@@ -3,6 +3,7 @@
 // in the registry (arch.cpp) plus, at most, a new flag.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -67,5 +68,21 @@ const ArchSpec& find_arch(const std::string& name, const std::string& file);
 // Reads `general.architecture` and every hyperparameter; validates them (positive sizes, heads
 // divide evenly, ...).
 HParams load_hparams(const GgufFile& file);
+
+// The largest hyperparameters tova accepts: far above any released model, low enough that sizes
+// computed from them fit their integer types and fail as a clear error, not an allocation.
+struct HParamLimits {
+  static constexpr int64_t kWidth = 1 << 17;     // embedding_length (x16 for feed_forward_length)
+  static constexpr int64_t kLayers = 1 << 12;    // block_count
+  static constexpr int64_t kHeads = 1 << 12;     // head counts
+  static constexpr int64_t kHeadDim = 1 << 12;   // key / value length
+  static constexpr int64_t kContext = 1 << 24;   // context_length, sliding windows
+  static constexpr int64_t kVocab = 1 << 24;     // vocab_size
+};
+
+// An integer hyperparameter `key` of `file` within [lo, hi], else FormatError naming the key and
+// the file; `def` when absent, or kRequired to make absence an error.
+constexpr int64_t kRequired = INT64_MIN;
+int hparam(const GgufFile& file, const std::string& key, int64_t def, int64_t lo, int64_t hi);
 
 }  // namespace tova

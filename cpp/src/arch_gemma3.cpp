@@ -25,7 +25,8 @@ ArchSpec arch_gemma3() {
             const int qpas = hp.n_layer == 62 ? hp.n_embd / hp.n_head : hp.head_dim;
             hp.attn_scale = 1.0f / std::sqrt(static_cast<float>(qpas));
             hp.rope_base_swa = 10000.0f;
-            hp.n_swa = static_cast<int>(f.get_int("gemma3.attention.sliding_window", 0));
+            // 0 or absent: no sliding layers; else at most the trained context
+            hp.n_swa = hparam(f, "gemma3.attention.sliding_window", 0, 0, hp.n_ctx_train);
             if (hp.n_swa > 0) {
               hp.is_swa.assign(static_cast<size_t>(hp.n_layer), true);
               for (int l = 0; l < hp.n_layer; ++l)

@@ -1,5 +1,6 @@
 #include "gguf.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -304,6 +305,14 @@ void GgufFile::parse(const uint8_t* data, size_t size) {
     throw FormatError(cat(path_, ": file truncated: data section would start at byte ",
                           data_offset_, " but the file has ", size, " bytes"));
   for (GgufTensor& t : tensors_) {
+    // Kernels read blocks through structs: data must sit at the block's natural alignment (the
+    // largest power of two dividing its size, at most 8), whatever general.alignment says.
+    const uint64_t tsize = type_traits(t.type_id).type_size;
+    const uint64_t need = std::min<uint64_t>(8, tsize & (~tsize + 1));
+    if ((data_offset_ + t.offset) % need != 0)
+      throw FormatError(cat(path_, ": tensor '", t.name, "' data at file offset ", data_offset_ + t.offset,
+                            " is not aligned to the ", need, " bytes its type ", type_traits(t.type_id).name,
+                            " needs (general.alignment = ", alignment_, ")"));
     uint64_t avail = size - data_offset_;
     if (t.offset > avail || t.nbytes > avail - t.offset)
       throw FormatError(cat(path_, ": tensor '", t.name, "' data (", t.nbytes, " bytes at offset ",

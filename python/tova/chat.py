@@ -86,11 +86,45 @@ def _jinja2() -> Any:
     return jinja2
 
 
+# Limits on what a chat template (text from the model file, written by anyone) may cost: its size,
+# the items all its range() calls produce together, the length of a string or list made by `*`,
+# and the rendered text. Real templates stay orders of magnitude below each.
+MAX_TEMPLATE_BYTES = 1 << 20
+MAX_RANGE_ITEMS = 1_000_000
+MAX_RENDERED_CHARS = 8 << 20
+
+_budget = threading.local()
+
+
+def _spend(n: int) -> None:
+    left = getattr(_budget, "range_items", MAX_RANGE_ITEMS) - n
+    if left < 0:
+        raise ValueError(f"chat template: its loops exceed {MAX_RANGE_ITEMS} range() items")
+    _budget.range_items = left
+
+
+def _budgeted_range(*args: int) -> range:
+    r = range(*args)
+    _spend(len(r))
+    return r
+
+
 @functools.lru_cache(maxsize=16)
 def _compile(template: str) -> Any:
     jinja2 = _jinja2()
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class BoundedEnvironment(ImmutableSandboxedEnvironment):
+        """The sandbox, plus a size check on `*` (a string or list repeated)."""
+        intercepted_binops = frozenset(["*"])
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "*":
+                for seq, k in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(k, int) and len(seq) * k > MAX_RENDERED_CHARS:
+                        raise ValueError(f"chat template: '*' would make {len(seq) * k} items")
+            return super().call_binop(context, operator, left, right)
 
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
@@ -104,8 +138,8 @@ def _compile(template: str) -> Any:
     def strftime_now(fmt: str) -> str:
         return datetime.now().strftime(fmt)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[jinja2.ext.loopcontrols])
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.globals["range"] = _budgeted_range
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
@@ -124,18 +158,32 @@ def render_template(
     """Renders a chat template as ``transformers``' ``apply_chat_template(tokenize=False)``
     does: sandboxed jinja2 with ``trim_blocks`` and ``lstrip_blocks``, ``raise_exception``,
     ``tojson``, ``strftime_now``, and ``messages``, ``add_generation_prompt``, ``bos_token``,
-    ``eos_token`` (plus ``extra``) as variables. A template's ``raise_exception`` or a template
+    ``eos_token`` (plus ``extra``) as variables. A template over the limits above (size, range
+    items, ``*`` results, rendered length: text from a model file is untrusted) raises
+    ``ValueError`` instead of hanging or filling memory. A template's ``raise_exception`` or a template
     error becomes a ``ValueError``."""
     jinja2 = _jinja2()
     _check_messages(messages)
+    if len(template) > MAX_TEMPLATE_BYTES:
+        raise ValueError(f"chat template: {len(template)} characters, more than the {MAX_TEMPLATE_BYTES} "
+                         "tova renders")
+    _budget.range_items = MAX_RANGE_ITEMS
     try:
         compiled = _compile(template)
-        return compiled.render(messages=list(messages), tools=extra.pop("tools", None),
-                               documents=extra.pop("documents", None),
-                               add_generation_prompt=bool(add_generation_prompt),
-                               bos_token=bos_token, eos_token=eos_token, **extra)
+        pieces, size = [], 0
+        for piece in compiled.generate(messages=list(messages), tools=extra.pop("tools", None),
+                                       documents=extra.pop("documents", None),
+                                       add_generation_prompt=bool(add_generation_prompt),
+                                       bos_token=bos_token, eos_token=eos_token, **extra):
+            size += len(piece)
+            if size > MAX_RENDERED_CHARS:
+                raise ValueError(f"chat template: the rendered text exceeds {MAX_RENDERED_CHARS} characters")
+            pieces.append(piece)
+        return "".join(pieces)
     except jinja2.exceptions.TemplateError as e:
         raise ValueError(f"chat template: {e}") from e
+    except RecursionError as e:
+        raise ValueError("chat template: recursion too deep") from e
 
 
 def _check_messages(messages: Sequence[Message]) -> None:

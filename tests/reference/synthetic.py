@@ -327,6 +327,22 @@ def _random_init(rng: np.random.Generator):
     return mat, norm_w
 
 
+def _add_extra_kv(w, extra_kv) -> None:
+    """Metadata added (or overriding what the writer put there: gguf's writer keeps the last
+    value of a key): str, float (float32), int (uint32), list of str, or (value, GGUFValueType)."""
+    for key, value in (extra_kv or {}).items():  # e.g. RoPE scaling keys
+        if isinstance(value, tuple):
+            w.add_key_value(key, value[0], value[1])
+        elif isinstance(value, str):
+            w.add_string(key, value)
+        elif isinstance(value, float):
+            w.add_float32(key, value)
+        elif isinstance(value, list):
+            w.add_array(key, value)
+        else:
+            w.add_uint32(key, int(value))
+
+
 def write_llama_gguf(path, *, n_vocab: int = 384, n_embd: int = 64, n_layer: int = 2,
                      n_head: int = 4, n_head_kv: int = 2, n_ff: int | None = None,
                      rope_base: float = 10000.0, n_rot: int | None = None,
@@ -401,13 +417,7 @@ def write_llama_gguf(path, *, n_vocab: int = 384, n_embd: int = 64, n_layer: int
     w.add_pad_token_id(2)
     w.add_add_bos_token(False)
     w.add_chat_template(CHATML_TEMPLATE)
-    for key, value in (extra_kv or {}).items():  # e.g. RoPE scaling keys
-        if isinstance(value, str):
-            w.add_string(key, value)
-        elif isinstance(value, float):
-            w.add_float32(key, value)
-        else:
-            w.add_uint32(key, int(value))
+    _add_extra_kv(w, extra_kv)
 
     tensor_types = _write_tensors(w, weights, weight_type)
     return SyntheticModel(path=os.fspath(path), arch=arch, n_vocab=n_vocab, n_embd=n_embd,
@@ -478,7 +488,8 @@ def write_gemma3_gguf(path, *, n_vocab: int = 512, n_embd: int = 64, n_layer: in
                       n_head: int = 4, n_head_kv: int = 1, head_dim: int = 32,
                       n_ff: int | None = None, rope_base: float = 1e6, sliding_window: int = 8,
                       context_length: int = 512, rms_eps: float = 1e-6,
-                      weight_type: WeightType = "F32", seed: int = 0) -> SyntheticModel:
+                      weight_type: WeightType = "F32", extra_kv: Mapping[str, object] | None = None,
+                      seed: int = 0) -> SyntheticModel:
     """Write a random Gemma 3 model: tied output, layers il with (il + 1) % 6 != 0 use a sliding
     window of `sliding_window` keys (so the default 6 layers are 5 local + 1 global). Norm weights
     are stored as the converter stores them (Gemma's 1 + w already folded in)."""
@@ -542,7 +553,8 @@ def write_gemma3_gguf(path, *, n_vocab: int = 512, n_embd: int = 64, n_layer: in
     w.add_add_eos_token(False)
     w.add_add_space_prefix(False)
     w.add_chat_template(GEMMA_TEMPLATE)
-    tensor_types = _write_tensors(w, weights, weight_type)
+    tensor_types = _add_extra_kv(w, extra_kv)
+    _write_tensors(w, weights, weight_type)
     return SyntheticModel(path=os.fspath(path), arch="gemma3", n_vocab=n_vocab, n_embd=n_embd,
                           n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff,
                           tokens=tokens, merges=[], tensor_types=tensor_types, bos_id=2, eos_id=1)

@@ -1,0 +1,134 @@
+"""Hostile model content: each a clear error when the file is opened (naming the file and the key
+or tensor at fault), never a crash, a hang or an out-of-memory kill later. Synthetic models from
+tests/reference/synthetic.py with one field made hostile each."""
+from __future__ import annotations
+
+import time
+
+import gguf
+import numpy as np
+import pytest
+from gguf import GGUFValueType as VT
+
+import tova
+from reference.synthetic import write_gemma3_gguf, write_llama_gguf
+from tova.chat import MAX_RANGE_ITEMS, render_template
+
+
+def _load_error(path, pattern):
+    with pytest.raises(tova.GGUFError, match=pattern) as ei:
+        tova.Engine(path, n_threads=1)
+    assert str(path) in str(ei.value)
+
+
+@pytest.mark.parametrize("kv, pattern", [
+    ({"llama.attention.head_count": 5}, "head_count 5 is not a multiple of head_count_kv 2"),
+    ({"llama.attention.head_count_kv": 3}, "head_count 4 is not a multiple of head_count_kv 3"),
+    ({"llama.attention.head_count": 0}, "llama.attention.head_count must be positive, found 0"),
+    ({"llama.block_count": 0}, "llama.block_count must be positive"),
+    ({"llama.embedding_length": 0}, "llama.embedding_length must be positive"),
+    ({"llama.context_length": (2 ** 40, VT.UINT64)}, r"llama.context_length = 1099511627776 is larger than"),
+    ({"llama.context_length": (-5, VT.INT32)}, "llama.context_length must be positive, found -5"),
+    ({"llama.block_count": (2 ** 32 + 2, VT.UINT64)}, r"llama.block_count = 4294967298 is larger than"),
+    ({"llama.feed_forward_length": 2 ** 31 - 1}, r"feed_forward_length = 2147483647 is larger than"),
+    ({"llama.vocab_size": (2 ** 40, VT.UINT64)}, r"vocab_size = 1099511627776 is larger than"),
+    ({"llama.rope.dimension_count": 7}, "rope.dimension_count 7 must be even"),
+    ({"llama.attention.key_length": 1 << 20}, r"key_length = 1048576 is larger than"),
+])
+def test_absurd_hyperparameters(tmp_path, kv, pattern):
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, extra_kv=kv)
+    _load_error(path, pattern)
+
+
+@pytest.mark.parametrize("window, pattern", [
+    (2 ** 31, r"gemma3.attention.sliding_window = 2147483648 is larger than 512"),
+    (-1, r"sliding_window = -1 is below its minimum 0"),
+])
+def test_absurd_sliding_window(tmp_path, window, pattern):
+    path = tmp_path / "g.gguf"
+    write_gemma3_gguf(path, extra_kv={"gemma3.attention.sliding_window": (window, VT.INT64)})
+    _load_error(path, pattern)
+
+
+@pytest.mark.parametrize("key", ["bos_token_id", "eos_token_id", "unknown_token_id"])
+def test_special_token_out_of_range(tmp_path, key):
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, extra_kv={f"tokenizer.ggml.{key}": 10 ** 6})
+    _load_error(path, f"tokenizer.ggml.{key} = 1000000 is outside the vocabulary of 384 tokens")
+
+
+def test_merges_naming_unknown_tokens_are_skipped_not_fatal(tmp_path):
+    """A merge whose parts or result are not tokens could only produce text that falls back to
+    byte tokens: tova leaves it out (llama.cpp would look the result up and fail at run time);
+    tokenization still round-trips. A merge that is not two symbols is a load error."""
+    path = tmp_path / "m.gguf"
+    model = write_llama_gguf(path)
+    merges = ["zzz qqq", "qqq zzz"] + list(model.merges)
+    write_llama_gguf(path, extra_kv={"tokenizer.ggml.merges": merges})
+    with tova.Engine(path, n_threads=1) as e:
+        text = "the cat sat on the mat"
+        assert e.detokenize(e.tokenize(text)) == text
+    write_llama_gguf(path, extra_kv={"tokenizer.ggml.merges": ["ab"] + list(model.merges)})
+    _load_error(path, r"tokenizer.ggml.merges\[0\] = 'ab' is not two symbols separated by a space")
+
+
+def test_alignment_one_puts_blocks_at_odd_addresses(tmp_path):
+    """general.alignment = 1 packs tensors byte to byte: a tensor whose data is not at its
+    block's natural alignment is refused when the file is opened (kernels read blocks through
+    structs; an unaligned one is undefined behaviour)."""
+    path = tmp_path / "a.gguf"
+    w = gguf.GGUFWriter(str(path), arch="llama")
+    w.add_custom_alignment(1)
+    w.add_tensor("a", np.zeros(3, np.int8))
+    w.add_tensor("b", np.zeros((2, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(tova.GGUFError, match=r"tensor 'b' data at file offset \d+ is not aligned to the 4 "
+                                             r"bytes its type F32 needs \(general.alignment = 1\)"):
+        tova.GGUFFile(path)
+
+
+def test_tensor_of_the_wrong_shape(tmp_path):
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, extra_kv={"llama.feed_forward_length": 96})  # tensors are 128 wide
+    _load_error(path, r"tensor 'blk.0.ffn_gate.weight' has shape \[64, 128\], expected \[64, 96\]")
+
+
+# --- chat templates from the file: bounded -------------------------------------------------------
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("template, pattern", [
+    ("x" * (2 << 20), "more than the 1048576 tova renders"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "range"),
+    ("{{ 'x' * 1000000000 }}", r"'\*' would make"),
+    ("{% for i in range(90000) %}{{ 'y' * 100000 }}{% endfor %}", "range|rendered text exceeds"),
+    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursion too deep"),
+])
+def test_hostile_chat_templates_fail_fast(template, pattern):
+    t = time.time()
+    with pytest.raises(ValueError, match=pattern):
+        render_template(template, MESSAGES)
+    assert time.time() - t < 20  # a clear error, not a hang (most take milliseconds)
+
+
+def test_template_limits_leave_real_templates_alone():
+    ok = "{% for m in messages %}{% for i in range(3) %}{{ m['content'] }}{% endfor %}{% endfor %}"
+    assert render_template(ok, MESSAGES * 10) == "hi" * 30
+    # the range budget is per render, not per process: 4 x 90000 items per render, five renders
+    loops = "{% for i in range(90000) %}{% endfor %}" * 4
+    assert 4 * 90000 < MAX_RANGE_ITEMS < 5 * 4 * 90000
+    for _ in range(5):
+        assert render_template(loops + "ok", MESSAGES) == "ok"
+
+
+def test_huge_template_in_the_file_loads_and_chat_says_why(tmp_path):
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, extra_kv={"tokenizer.chat_template": "x" * (4 << 20)})
+    with tova.Engine(path, n_threads=1) as e:
+        with pytest.raises(ValueError, match="chat template"):
+            e.chat(MESSAGES, max_tokens=2)
