@@ -311,6 +311,44 @@ def test_c_plugin_equals_builtin_window(smollm2_path, tmp_path):
     assert bad.returncode == 1 and "cannot load policy plugin" in bad.stderr
 
 
+BAD_ABI_PLUGIN = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <tova/policy_plugin.h>
+static char marker[512];
+static int pick(void* u, const tova_policy_view* v, int32_t* out) { (void)u; (void)v; (void)out; return 0; }
+static void destroy(tova_policy* p) {
+  FILE* f = fopen(marker, "w");
+  if (f) { fputs("destroyed", f); fclose(f); }
+  free(p);
+}
+tova_policy* tova_policy_create(const char* args) {
+  tova_policy* p = calloc(1, sizeof(tova_policy));
+  strncpy(marker, args, sizeof marker - 1);
+  p->abi_version = 99;  /* a version this tova does not speak */
+  p->struct_size = sizeof(tova_policy);
+  p->name = "bad-abi";
+  p->select = pick;
+  p->destroy = destroy;
+  return p;
+}
+"""
+
+
+def test_plugin_failing_the_abi_check_is_destroyed_not_leaked(smollm2_path, tmp_path):
+    from tova._cli import binary
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src, lib, marker = tmp_path / "bad.c", tmp_path / "libbad.so", tmp_path / "destroyed.txt"
+    src.write_text(BAD_ABI_PLUGIN)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-I", os.path.join(repo, "cpp", "include"), str(src),
+                    "-o", str(lib)], check=True)
+    r = subprocess.run([str(binary()), "run", "-m", str(smollm2_path), "-p", "Hi", "-n", "2",
+                        "--policy-plugin", str(lib), "--policy-args", str(marker)], capture_output=True, text=True)
+    assert r.returncode == 1 and "policy ABI version 99" in r.stderr, r.stderr
+    assert marker.read_text() == "destroyed"
+
+
 @pytest.mark.slow
 def test_memory_stays_fixed_over_a_long_generation(smollm2_path):
     """20k generated tokens with kv_size 256: kv_bytes never changes and the process RSS,

@@ -1,5 +1,7 @@
 #include "kv_policy.h"
 
+#include <cstddef>
+
 #include <dlfcn.h>
 
 #include <algorithm>
@@ -155,7 +157,14 @@ PolicyHandle load_policy_plugin(const std::string& path, const std::string& args
     throw Error(cat("policy plugin '", path, "' does not export tova_policy_create"));
   tova_policy* p = create(args.c_str());
   const std::string origin = cat("policy plugin '", path, "'");
-  check_policy_abi(p, origin);
+  try {
+    check_policy_abi(p, origin);
+  } catch (...) {
+    // Refused, but still the plugin's object: released through its destroy callback when the
+    // struct is large enough to hold that field (before the library is closed).
+    if (p && p->struct_size >= offsetof(tova_policy, destroy) + sizeof(p->destroy) && p->destroy) p->destroy(p);
+    throw;
+  }
   return PolicyHandle(p, std::move(holder), origin);
 }
 
