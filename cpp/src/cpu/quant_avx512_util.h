@@ -27,7 +27,20 @@ static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 // accumulators are reduced side by side (half + half, then pairwise adds across them), which
 // costs a third of reducing each alone. Each sum's order of additions depends only on its own
 // lanes, never on `count` or its neighbours, so a 1 x 1 tile and a full one agree bit for bit.
+// One accumulator (a one-row product: decode): the same additions as reduce_sums makes for it,
+// ((h0 + h1) + (h2 + h3)) + ((h4 + h5) + (h6 + h7)) with h = low half + high half, in 6 ops.
+static inline float reduce_one(__m512 v) {
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  const __m256 t = _mm256_hadd_ps(h, h);
+  const __m256 u = _mm256_hadd_ps(t, t);
+  return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1)));
+}
+
 static inline void reduce_sums(const __m512* v, int count, float* out, size_t stride) {
+  if (count == 1) {
+    out[0] = reduce_one(v[0]);
+    return;
+  }
   __m256 h[8];
   for (int i = 0; i < 8; ++i) {
     h[i] = i < count ? _mm256_add_ps(_mm512_castps512_ps256(v[i]), _mm512_extractf32x8_ps(v[i], 1))
