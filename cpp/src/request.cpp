@@ -102,7 +102,8 @@ void Request::on_logits(const Tokenizer& tok, double now) {
   const int32_t t = sampler_.sample(logits_.data(), static_cast<int32_t>(logits_.size()));
   if (params_.top_logprobs >= 0) logprobs_.push_back(logprob_of(logits_, t, params_.top_logprobs));
   sampler_.accept(t);
-  generated_.push_back(t);
+  ++n_generated_;
+  unpublished_.push_back(t);
   stats_.completion_tokens++;
   if (!params_.ignore_eos && tok.is_end_of_generation(t)) {
     finish(FinishReason::Stop, now);
@@ -115,7 +116,7 @@ void Request::on_logits(const Tokenizer& tok, double now) {
     held_.resize(cut);
     utf8_.reset();
     finish(FinishReason::Stop, now);
-  } else if (static_cast<int>(generated_.size()) >= params_.max_tokens) {
+  } else if (n_generated_ >= params_.max_tokens) {
     finish(FinishReason::Length, now);
   } else {
     need_eval_ = true;

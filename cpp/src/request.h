@@ -102,7 +102,8 @@ class Request {
   std::vector<float> logits_;    // [n_vocab] while running
   std::string produced_;         // text released by this step, published after it
   std::exception_ptr failure_;   // set by the step that failed it, published as error_
-  std::vector<int32_t> generated_;
+  int64_t n_generated_ = 0;
+  std::vector<int32_t> unpublished_;  // generated since the last publication (then in pub_tokens_)
   std::vector<TokenLogprob> logprobs_;  // with params_.top_logprobs >= 0
   Stats stats_;
 

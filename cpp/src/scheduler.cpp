@@ -362,8 +362,8 @@ void Engine::publish(double now) {
       r.out_.push_back(std::move(r.produced_));
       r.produced_.clear();
     }
-    r.pub_tokens_.insert(r.pub_tokens_.end(), r.generated_.begin() + static_cast<std::ptrdiff_t>(r.pub_tokens_.size()),
-                         r.generated_.end());
+    r.pub_tokens_.insert(r.pub_tokens_.end(), r.unpublished_.begin(), r.unpublished_.end());
+    r.unpublished_.clear();  // the ids are kept once, in pub_tokens_
     r.pub_logprobs_.insert(r.pub_logprobs_.end(),
                            r.logprobs_.begin() + static_cast<std::ptrdiff_t>(r.pub_logprobs_.size()), r.logprobs_.end());
     if (r.phase_ == Request::Phase::Decode && r.t_first_ > 0) r.stats_.generation_seconds = now - r.t_first_;
