@@ -140,19 +140,12 @@ float vec_dot_q3_K_q8_K(int64_t n, const void* vx, const void* vy) {
 
 namespace {
 
-// The 8 scales and 8 mins of a Q4_K / Q5_K block (6 bits each, see kquant_scale_min), unpacked
-// four at a time from 32-bit words.
+// The 8 scales and 8 mins of a Q4_K / Q5_K block (kquant_scales_mins, quant_kernels.h).
 inline void unpack_scales_mins(const uint8_t* packed, uint8_t* scales, uint8_t* mins) {
-  uint32_t u[3];
-  std::memcpy(u, packed, 12);
-  const uint32_t s_lo = u[0] & 0x3F3F3F3F;
-  const uint32_t m_lo = u[1] & 0x3F3F3F3F;
-  const uint32_t s_hi = (u[2] & 0x0F0F0F0F) | ((u[0] >> 2) & 0x30303030);
-  const uint32_t m_hi = ((u[2] >> 4) & 0x0F0F0F0F) | ((u[1] >> 2) & 0x30303030);
-  std::memcpy(scales, &s_lo, 4);
-  std::memcpy(scales + 4, &s_hi, 4);
-  std::memcpy(mins, &m_lo, 4);
-  std::memcpy(mins + 4, &m_hi, 4);
+  uint8_t sm[16];
+  kquant_scales_mins(packed, sm);
+  std::memcpy(scales, sm, 8);
+  std::memcpy(mins, sm + 8, 8);
 }
 
 // Q4_K and Q5_K: the min part, -dmin * sum_j m_j * (bsums of sub-block j), as 4 float lanes.

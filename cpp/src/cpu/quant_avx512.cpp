@@ -133,18 +133,11 @@ using GemmQ5_1 = Gemm<Legacy<BlockQ5_1, true>, 4, 4>;
 
 }  // namespace
 
-#define TOVA_AVX512_GEMM(name, G)                                                                     \
-  float vec_dot_##name(int64_t n, const void* x, const void* y) { return G::one(n, x, y); }          \
-  void gemm_##name(int64_t n, const void* x, size_t xs, int64_t m, const void* y, size_t ys, int64_t nr, \
-                   float* o, size_t os) {                                                             \
-    G::run(n, x, xs, m, y, ys, nr, o, os);                                                            \
-  }
 TOVA_AVX512_GEMM(q4_0_q8_0, GemmQ4_0)
 TOVA_AVX512_GEMM(q5_0_q8_0, GemmQ5_0)
 TOVA_AVX512_GEMM(q8_0_q8_0, GemmQ8_0)
 TOVA_AVX512_GEMM(q4_1_q8_1, GemmQ4_1)
 TOVA_AVX512_GEMM(q5_1_q8_1, GemmQ5_1)
-#undef TOVA_AVX512_GEMM
 
 }  // namespace avx512
 }  // namespace tova

@@ -16,14 +16,9 @@ namespace {
 
 // The 8 scales and 8 mins of a Q4_K / Q5_K block as int16 lanes (see kquant_scale_min).
 inline void scales_mins(const uint8_t* packed, __m128i* scales, __m128i* mins) {
-  uint32_t u[3];
-  std::memcpy(u, packed, 12);
-  const uint32_t s_lo = u[0] & 0x3F3F3F3F;
-  const uint32_t m_lo = u[1] & 0x3F3F3F3F;
-  const uint32_t s_hi = (u[2] & 0x0F0F0F0F) | ((u[0] >> 2) & 0x30303030);
-  const uint32_t m_hi = ((u[2] >> 4) & 0x0F0F0F0F) | ((u[1] >> 2) & 0x30303030);
-  const __m128i v = _mm_setr_epi32(static_cast<int>(s_lo), static_cast<int>(s_hi), static_cast<int>(m_lo),
-                                   static_cast<int>(m_hi));
+  alignas(16) uint8_t sm[16];
+  kquant_scales_mins(packed, sm);
+  const __m128i v = _mm_load_si128(reinterpret_cast<const __m128i*>(sm));
   *scales = _mm_cvtepu8_epi16(v);
   *mins = _mm_cvtepu8_epi16(_mm_srli_si128(v, 8));
 }
@@ -193,16 +188,9 @@ using GemmQ6K = Gemm<Q6K, 1, 8>;
 
 }  // namespace
 
-#define TOVA_AVX512_GEMM(name, G)                                                                     \
-  float vec_dot_##name(int64_t n, const void* x, const void* y) { return G::one(n, x, y); }          \
-  void gemm_##name(int64_t n, const void* x, size_t xs, int64_t m, const void* y, size_t ys, int64_t nr, \
-                   float* o, size_t os) {                                                             \
-    G::run(n, x, xs, m, y, ys, nr, o, os);                                                            \
-  }
 TOVA_AVX512_GEMM(q4_K_q8_K, GemmQ4K)
 TOVA_AVX512_GEMM(q5_K_q8_K, GemmQ5K)
 TOVA_AVX512_GEMM(q6_K_q8_K, GemmQ6K)
-#undef TOVA_AVX512_GEMM
 
 }  // namespace avx512
 }  // namespace tova

@@ -138,3 +138,11 @@ struct Gemm {
 
 }  // namespace avx512
 }  // namespace tova
+
+// Defines avx512::vec_dot_<name> (the 1 x 1 tile) and avx512::gemm_<name> of a Gemm<...> type G.
+#define TOVA_AVX512_GEMM(name, G)                                                                      \
+  float vec_dot_##name(int64_t n, const void* x, const void* y) { return G::one(n, x, y); }           \
+  void gemm_##name(int64_t n, const void* x, size_t xs, int64_t m, const void* y, size_t ys, int64_t nr, \
+                   float* o, size_t os) {                                                              \
+    G::run(n, x, xs, m, y, ys, nr, o, os);                                                             \
+  }

@@ -26,6 +26,16 @@ static inline void kquant_scale_min(const uint8_t* s, int j, uint8_t* sc, uint8_
   }
 }
 
+// The 8 scales and 8 mins of a Q4_K / Q5_K block (6 bits each, as kquant_scale_min), unpacked
+// four at a time from 32-bit words: out[0..7] the scales, out[8..15] the mins.
+static inline void kquant_scales_mins(const uint8_t* packed, uint8_t* out) {
+  uint32_t u[3];
+  std::memcpy(u, packed, 12);
+  const uint32_t w[4] = {u[0] & 0x3F3F3F3F, (u[2] & 0x0F0F0F0F) | ((u[0] >> 2) & 0x30303030),
+                         u[1] & 0x3F3F3F3F, ((u[2] >> 4) & 0x0F0F0F0F) | ((u[1] >> 2) & 0x30303030)};
+  std::memcpy(out, w, 16);
+}
+
 // The 16 signed scales of a Q3_K block (already minus 32).
 static inline void q3k_scales(const uint8_t* s, int8_t* out) {
   for (int i = 0; i < 16; ++i) {
