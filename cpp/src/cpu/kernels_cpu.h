@@ -6,7 +6,7 @@
 //
 // Kernels work on whole blocks: every `n` below is a multiple of the type's block_size.
 // A matrix product quantizes its float32 activations with the `quantize` of the weight type's
-// vec_dot_type, then calls the weight type's `vec_dot` (or `vec_dot_rows`) per weight row.
+// vec_dot_type, then calls the weight type's `gemm` over a block of weight rows and all of them.
 //
 // Code outside cpu/ does not call these kernels, except through dequantize_row() where it needs
 // float values on the host (the model loader's small vectors, GGUFFile.tensor in Python).
