@@ -351,7 +351,7 @@ def test_handle_logprobs_match_the_logits(smollm2_path):
         assert [b for _, b in top] == pytest.approx(list(ref[order]), abs=1e-4)
         assert tok == top[0][0]  # greedy
         assert e.submit(ids, max_tokens=2, temperature=0).logprobs() == []  # not asked: none kept
-        with pytest.raises(ValueError, match="top_logprobs must be in"):
+        with pytest.raises(ValueError, match=r"logprobs must be in \[0, 20\]"):
             e.submit(ids, max_tokens=2, logprobs=21)
 
 

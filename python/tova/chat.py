@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
-from . import _core
+from . import _check, _core
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -162,8 +162,12 @@ def render_template(
     items, ``*`` results, rendered length: text from a model file is untrusted) raises
     ``ValueError`` instead of hanging or filling memory. A template's ``raise_exception`` or a template
     error becomes a ``ValueError``."""
-    jinja2 = _jinja2()
+    _check.text("template", template)
     _check_messages(messages)
+    add_generation_prompt = _check.boolean("add_generation_prompt", add_generation_prompt)
+    bos_token = _check.text("bos_token", bos_token)
+    eos_token = _check.text("eos_token", eos_token)
+    jinja2 = _jinja2()
     if len(template) > MAX_TEMPLATE_BYTES:
         raise ValueError(f"chat template: {len(template)} characters, more than the {MAX_TEMPLATE_BYTES} "
                          "tova renders")
@@ -173,7 +177,7 @@ def render_template(
         pieces, size = [], 0
         for piece in compiled.generate(messages=list(messages), tools=extra.pop("tools", None),
                                        documents=extra.pop("documents", None),
-                                       add_generation_prompt=bool(add_generation_prompt),
+                                       add_generation_prompt=add_generation_prompt,
                                        bos_token=bos_token, eos_token=eos_token, **extra):
             size += len(piece)
             if size > MAX_RENDERED_CHARS:
@@ -193,10 +197,13 @@ def _check_messages(messages: Sequence[Message]) -> None:
         if not isinstance(m, Mapping):
             raise TypeError(f"messages[{i}] must be a dict with 'role' and 'content', "
                             f"got {type(m).__name__}")
-        if not isinstance(m.get("role"), str):
-            raise ValueError(f"messages[{i}] needs a 'role' string (system, user, assistant)")
-        if not isinstance(m.get("content"), str):
-            raise ValueError(f"messages[{i}] needs a 'content' string")
+        for key, what in (("role", "'role' string (system, user, assistant)"),
+                          ("content", "'content' string")):
+            if key not in m:
+                raise ValueError(f"messages[{i}] needs a {what}")
+            if not isinstance(m[key], str):
+                raise TypeError(f"messages[{i}]['{key}'] must be a str, got {type(m[key]).__name__}")
+            _check.text(f"messages[{i}]['{key}']", m[key])
 
 
 # ---- the template of an engine's model ------------------------------------------------------------
@@ -206,14 +213,22 @@ def _token_text(engine: "Engine", token_id: int) -> str:
     return engine._e.token_bytes(int(token_id), True).decode("utf-8", errors="replace")
 
 
+def _check_engine(engine: Any) -> None:
+    from .engine import Engine
+
+    if not isinstance(engine, Engine):
+        raise TypeError(f"engine must be a tova.Engine, got {type(engine).__name__}")
+
+
 def chat_template_for(engine: "Engine", chat_template: Optional[str] = None) -> str:
     """The template a chat on ``engine`` uses: ``chat_template`` when given (jinja text, or a
     family name: ``"chatml"``, ``"gemma"``, ``"llama3"``), else the model's own
     ``tokenizer.chat_template``, else the built-in template of the family its special tokens
     show (ChatML with a warning when they show none)."""
+    _check_engine(engine)
     if chat_template is not None:
-        if not isinstance(chat_template, str) or not chat_template:
-            raise TypeError("chat_template must be a non-empty str (jinja text or a family name)")
+        if not _check.text("chat_template", chat_template):
+            raise ValueError("chat_template is empty (give jinja text or a family name)")
         return FALLBACK_TEMPLATES.get(chat_template, chat_template)
     own = engine._info.get("chat_template") or ""
     if own:
@@ -228,6 +243,7 @@ def chat_template_for(engine: "Engine", chat_template: Optional[str] = None) -> 
 def render_prompt(engine: "Engine", messages: Sequence[Message], *,
                   chat_template: Optional[str] = None, add_generation_prompt: bool = True) -> str:
     """The prompt text of ``messages`` for ``engine``'s model (see :func:`chat_template_for`)."""
+    _check_engine(engine)
     return render_template(chat_template_for(engine, chat_template), messages,
                            add_generation_prompt=add_generation_prompt,
                            bos_token=_token_text(engine, engine._info["bos_id"]),
@@ -318,11 +334,13 @@ class ChatTurn:
                  chat_template: Optional[str], keep_system: bool, max_tokens: int,
                  stop: Union[None, str, Sequence[str]], ignore_eos: bool,
                  sampling: "Optional[SamplingParams]", fields: Dict[str, Any]) -> None:
-        from .engine import _check_int
-
+        _check_messages(messages)
         if not messages:
             raise ValueError("messages is empty: a chat needs at least one message")
-        _check_int("max_tokens", max_tokens, minimum=0)
+        _check.integer("max_tokens", max_tokens, minimum=0)
+        keep_system = _check.boolean("keep_system", keep_system)
+        ignore_eos = _check.boolean("ignore_eos", ignore_eos)
+        stops = _check.stop_strings(stop)
         template = chat_template_for(engine, chat_template)
         self.prompt = render_template(template, messages, add_generation_prompt=True,
                                       bos_token=_token_text(engine, engine._info["bos_id"]),
@@ -331,7 +349,6 @@ class ChatTurn:
         if keep_system and messages[0]["role"] == "system":
             pin = _pin_probes(engine, template, messages)
         params = engine._params(sampling, fields)
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
         self._engine = engine
         self._recorded = True  # nothing to record until the reply starts
         self._lock = _turn_lock(engine)
@@ -339,7 +356,7 @@ class ChatTurn:
         try:
             self._feed = _feed(engine)
             self.gen = self._feed.start_reply(self.prompt, pin, int(max_tokens), stops,
-                                              bool(ignore_eos), params.to_core())
+                                              ignore_eos, params.to_core())
             self.fed_tokens = int(self._feed.counters["last_fed_tokens"])
         except BaseException:
             self._lock.leave(self)

@@ -7,7 +7,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _core
+from . import _check, _core
 from .handle import Handle
 from .policy import Policy
 from .sampling import SamplingParams
@@ -84,17 +84,15 @@ class Engine:
     ) -> None:
         from .models import resolve
 
-        for name, value in (("n_ctx", n_ctx), ("kv_size", kv_size), ("chunk", chunk)):
-            if value is not None:
-                _check_int(name, value, minimum=1)
-        if n_threads is not None:
-            _check_int("n_threads", n_threads, minimum=1)
-        if n_sink is not None:
-            _check_int("n_sink", n_sink, minimum=0)
-        if n_seq is not None:
-            _check_int("n_seq", n_seq, minimum=1)
-        if n_batch is not None:
-            _check_int("n_batch", n_batch, minimum=1)
+        for name, value in (("n_ctx", n_ctx), ("kv_size", kv_size), ("chunk", chunk),
+                            ("n_threads", n_threads), ("n_seq", n_seq), ("n_batch", n_batch)):
+            _check.optional_integer(name, value, minimum=1)
+        _check.optional_integer("n_sink", n_sink, minimum=0)
+        for name, value in (("kv_type", kv_type), ("prefill", prefill), ("positions", positions),
+                            ("backend", backend)):
+            _check.choice(name, value)
+        float_activations = _check.boolean("float_activations", float_activations)
+        self._seed = _check.optional_integer("seed", seed, minimum=-1, maximum=_check.INT64_MAX)
         if kv_budget is not None and n_seq is not None:
             raise ValueError("give n_seq or kv_budget, not both (kv_budget sets n_seq)")
         budget = _parse_budget(kv_budget)
@@ -102,13 +100,12 @@ class Engine:
             raise TypeError("policy must be a policy name (str) or a tova.Policy instance, "
                             f"got {type(policy).__name__}")
         path = resolve(model)
-        self._seed = seed
         # Settings not given take the core's defaults (written once, in cpp/src/config.h).
         given = dict(policy=policy, kv_size=kv_size, n_ctx=n_ctx, kv_type=kv_type, prefill=prefill,
                      chunk=chunk, positions=positions, n_seq=n_seq, n_batch=n_batch,
                      n_threads=n_threads, n_sink=n_sink, backend=backend)
         self._core: Optional[_core.Engine] = _core.Engine(
-            str(path), float_activations=bool(float_activations), kv_budget=budget,
+            str(path), float_activations=float_activations, kv_budget=budget,
             **{k: v for k, v in given.items() if v is not None})
         self._core._attach_policy_owner()
         self._local = threading.local()
@@ -122,7 +119,7 @@ class Engine:
         self.prefill: str = str(p["prefill"])
         self.chunk: int = int(p["chunk"])
         self.positions: str = str(p["positions"])
-        self.float_activations = bool(float_activations)
+        self.float_activations = float_activations
         self.n_seq: int = int(p["n_seq"])
         self.n_batch: int = int(p["n_batch"])
         self.backend: str = str(p["backend"])
@@ -173,39 +170,46 @@ class Engine:
 
     def n_past_of(self, seq: int) -> int:
         """Tokens sequence ``seq`` has seen (evicted ones included)."""
-        return int(self._e.n_past_of(int(seq)))
+        return int(self._e.n_past_of(self._seq(seq)))
+
+    def _seq(self, seq: Any) -> int:
+        return _check.index("seq", seq, self.n_seq, what="sequence")
 
     # ---- tokens ---------------------------------------------------------------------------------
     def tokenize(self, text: str, add_bos: Optional[bool] = None, special: bool = False) -> List[int]:
         """Text to token ids. ``add_bos``: default is the model's own setting; ``special``: parse
         control-token text such as ``<|im_start|>`` into those tokens."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be str, got {type(text).__name__}")
+        text = _check.text("text", text)
+        add_bos = _check.optional_boolean("add_bos", add_bos)
         if add_bos is None:
             add_bos = bool(self._info["add_bos"])
-        return list(self._e.tokenize(text, bool(add_bos), bool(special)))
+        return list(self._e.tokenize(text, add_bos, _check.boolean("special", special)))
 
     def detokenize(self, ids: Sequence[int], special: bool = False) -> str:
         """Token ids to text (invalid UTF-8 is replaced by U+FFFD)."""
-        return self._e.detokenize([int(i) for i in ids], special).decode("utf-8", errors="replace")
+        ids = _check.token_ids("ids", ids, self.n_vocab)
+        return self._e.detokenize(ids, _check.boolean("special", special)).decode(
+            "utf-8", errors="replace")
 
     # ---- evaluation -----------------------------------------------------------------------------
     def eval(self, ids: Sequence[int], *, all_logits: bool = False, seq: int = 0) -> np.ndarray:
         """Appends tokens to sequence ``seq`` and returns float32 logits of the last position,
         or of every position (shape ``(len(ids), n_vocab)``) with ``all_logits``. Waits while
         that sequence runs a generation."""
-        ids = [int(i) for i in ids]
+        ids = _check.token_ids("ids", ids, self.n_vocab)
         if not ids:
             raise ValueError("eval needs at least one token")
-        return self._e.eval(ids, all_logits, int(seq))
+        return self._e.eval(ids, _check.boolean("all_logits", all_logits), self._seq(seq))
 
     def reset(self, seq: int = 0) -> None:
         """Empties sequence ``seq`` (the KV store keeps its memory)."""
-        self._e.reset(int(seq))
+        self._e.reset(self._seq(seq))
 
     # ---- generation -----------------------------------------------------------------------------
     def _ids(self, prompt: Union[str, Sequence[int]]) -> List[int]:
-        ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        prompt = _check.prompt_value(prompt)
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else _check.token_ids(
+            "prompt", prompt, self.n_vocab)
         if not ids:
             raise ValueError("the prompt is empty: it tokenizes to no tokens")
         return ids
@@ -232,19 +236,20 @@ class Engine:
     ) -> Handle:
         """Submits a generation. ``keep_history``: continue what sequence 0 holds (chat) and
         return once the prompt was read; otherwise any free sequence, from empty."""
-        _check_int("max_tokens", max_tokens, minimum=0)
+        _check.integer("max_tokens", max_tokens, minimum=0)
+        stops = _check.stop_strings(stop)
+        ignore_eos = _check.boolean("ignore_eos", ignore_eos)
+        reuse_prefix = _check.boolean("reuse_prefix", reuse_prefix)
+        logprobs = _check.optional_integer("logprobs", logprobs, minimum=0, maximum=20)
         params = self._params(sampling, fields)
         ids = self._ids(prompt)
         if self.policy == "full" and len(ids) + (self.n_past if keep_history else 0) > self.n_ctx:
             raise ValueError(
                 f"prompt of {len(ids)} tokens is longer than n_ctx={self.n_ctx} "
                 "(policy 'full' never evicts: raise n_ctx or use an evicting policy)")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if logprobs is not None:
-            _check_int("logprobs", logprobs, minimum=0)
-        core = self._e.submit(ids, max_tokens, stops, bool(ignore_eos), params.to_core(),
+        core = self._e.submit(ids, max_tokens, stops, ignore_eos, params.to_core(),
                               0 if keep_history else -1, bool(keep_history),
-                              -1 if logprobs is None else int(logprobs), bool(reuse_prefix))
+                              -1 if logprobs is None else logprobs, reuse_prefix)
         handle = Handle(core, self._record_stats)
         if keep_history:
             core.wait_prefilled()
@@ -289,8 +294,8 @@ class Engine:
         """Generates a continuation of every prompt, all running together in the engine's
         sequences (those beyond ``n_seq`` join as others finish). Each text equals what
         :meth:`generate` returns for that prompt alone."""
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a list of prompts, got a str")
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+            raise TypeError(f"prompts must be a list of prompts, got {type(prompts).__name__}")
         handles = [self._start(p, max_tokens, stop, ignore_eos, sampling, fields) for p in prompts]
         try:
             return [h.result() for h in handles]
@@ -358,7 +363,8 @@ class Engine:
     # ---- introspection of the fixed-memory store ---------------------------------------------------
     def kv_positions(self, layer: int, seq: int = 0) -> np.ndarray:
         """Sorted absolute positions of the tokens layer ``layer`` of sequence ``seq`` keeps now."""
-        return self._e.kv_positions(int(layer), int(seq))
+        layer = _check.index("layer", layer, int(self._info["n_layer"]))
+        return self._e.kv_positions(layer, self._seq(seq))
 
     def __repr__(self) -> str:
         i = self._info
@@ -457,16 +463,14 @@ class Engine:
 def _parse_budget(budget: Union[None, int, str]) -> int:
     if budget is None:
         return 0
-    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer, str)):
+    if isinstance(budget, str):
+        value = _core.parse_bytes(_check.text("kv_budget", budget))
+    elif isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, np.integer)):
         raise TypeError(f"kv_budget must be bytes (int) or a size like '256MiB', got {type(budget).__name__}")
-    value = int(budget) if not isinstance(budget, str) else _core.parse_bytes(budget)
+    else:
+        value = _check.integer("kv_budget", budget, minimum=1, maximum=_check.INT64_MAX)
     if value < 1:
         raise ValueError(f"kv_budget must be positive, got {budget!r}")
     return value
 
 
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")

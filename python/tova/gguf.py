@@ -7,7 +7,7 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from . import _core
+from . import _check, _core
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class GGUFFile:
     """
 
     def __init__(self, path: "str | os.PathLike[str]") -> None:
-        self._f = _core.GGUFFile(os.fspath(path))
+        self._f = _core.GGUFFile(_check.path("path", path))
         self._metadata: Dict[str, Any] | None = None
         self._tensors: Dict[str, TensorInfo] | None = None
 
@@ -84,11 +84,11 @@ class GGUFFile:
 
     def tensor(self, name: str) -> np.ndarray:
         """The tensor dequantized to float32, in numpy shape (``ne`` reversed)."""
-        return self._f.tensor(name)
+        return self._f.tensor(_check.text("name", name))
 
     def raw(self, name: str) -> np.ndarray:
         """The tensor's stored bytes as a read-only uint8 array viewing the mapping (no copy)."""
-        return self._f.raw(name)
+        return self._f.raw(_check.text("name", name))
 
     def __repr__(self) -> str:
         return f"GGUFFile({self.path!r}, version={self.version}, tensors={len(self.tensors)})"

@@ -5,6 +5,8 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Tuple
 
+from . import _check
+
 if TYPE_CHECKING:  # pragma: no cover
     from . import _core
 
@@ -34,6 +36,8 @@ class Handle:
     def next(self, timeout: Optional[float] = None) -> Optional[str]:
         """The next piece of text; ``""`` when the generation has finished; ``None`` when
         ``timeout`` seconds passed first."""
+        if timeout is not None:
+            timeout = _check.number("timeout", timeout, minimum=0)
         if self._done:
             return ""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -109,7 +113,7 @@ class Handle:
         before any sampling filter) and ``top`` the most likely ``(token, logprob)`` pairs at that
         position; empty unless the request was submitted with ``logprobs=k``."""
         return [(int(t), float(lp), [(int(a), float(b)) for a, b in top])
-                for t, lp, top in self._core.logprobs(int(start))]
+                for t, lp, top in self._core.logprobs(_check.integer("start", start, minimum=0))]
 
     @property
     def stats(self) -> Dict[str, Any]:

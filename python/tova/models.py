@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from . import _download
+from . import _check, _download
 
 __all__ = ["resolve", "pull", "list_models", "cache_dir", "registry", "registry_path", "main"]
 
@@ -162,7 +162,10 @@ def resolve(model: Union[str, "os.PathLike[str]"], *, download: bool = True,
             failed (the message lists each source tried and why it failed, sha256 mismatches
             included).
     """
-    as_path = Path(os.fspath(model)).expanduser()
+    model = _check.path("model", model)
+    download = _check.boolean("download", download)
+    progress = _check.boolean("progress", progress)
+    as_path = Path(model).expanduser()
     if as_path.is_file():
         return as_path
     models = registry()["models"]

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _core
+from . import _check, _core
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -91,23 +91,13 @@ def nll_stats(nlls: np.ndarray) -> Tuple[float, float, float, float]:
     """(ppl, ppl_stderr, mean_nll, nll_stderr) as llama-perplexity prints them: the mean NLL,
     its standard error sqrt(var / (n - 1)) with the population variance, and ``ppl * se``
     (the core's statistics, as :func:`perplexity` reports them). ValueError when empty."""
-    x = np.asarray(nlls, dtype=np.float64).reshape(-1)
+    if isinstance(nlls, (str, bytes)) or not isinstance(nlls, (Sequence, np.ndarray)):
+        raise TypeError(f"nlls must be a sequence of numbers, got {type(nlls).__name__}")
+    try:
+        x = np.asarray(nlls, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"nlls must be a sequence of numbers: {e}") from None
     return tuple(_core.nll_stats(x.tolist()))  # type: ignore[return-value]
-
-
-# ---- argument types (the core checks the values) ------------------------------------------------
-
-
-def _int_arg(name: str, value: Any, minimum: Optional[int] = None) -> Optional[int]:
-    """None, or ``value`` as an int (TypeError for anything else); ``minimum`` checked when
-    given (the perplexity settings' values are checked by the core)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 # ---- which engine to read with ----------------------------------------------------------------
@@ -238,18 +228,28 @@ def perplexity(
         **engine_options: passed to :class:`tova.Engine` when a new engine is opened
             (``kv_type``, ``n_threads``, ``float_activations``, ``chunk``, ``n_sink`` ...).
     """
-    if prefill not in ("exact", "chunked"):
-        raise ValueError(f"prefill must be 'exact' or 'chunked', got {prefill!r}")
-    _int_arg("kv_size", kv_size, 1)
-    context, stride, chunks, score_from = (
-        _int_arg(k, v) for k, v in (("context", context), ("stride", stride), ("chunks", chunks),
-                                    ("score_from", score_from)))
     from .engine import Engine
+    from .policy import Policy
+
+    if _check.text("prefill", prefill) not in ("exact", "chunked"):
+        raise ValueError(f"prefill must be 'exact' or 'chunked', got {prefill!r}")
+    # The settings' values are checked by the core; their types here.
+    _check.optional_integer("kv_size", kv_size, minimum=1)
+    context, stride, chunks, score_from = (
+        _check.optional_integer(k, v) for k, v in (("context", context), ("stride", stride),
+                                                   ("chunks", chunks), ("score_from", score_from)))
+    add_bos = _check.optional_boolean("add_bos", add_bos)
+    progress = _check.boolean("progress", progress)
+    if policy is not None and not isinstance(policy, (str, Policy)):
+        raise TypeError("policy must be a policy name (str) or a tova.Policy instance, "
+                        f"got {type(policy).__name__}")
+    if not isinstance(engine_or_model, Engine):
+        _check.path("engine_or_model", engine_or_model)
 
     # Tokens first: text needs the model's tokenizer (a model path gets a throwaway engine).
     tokens: Optional[List[int]] = None
-    if not isinstance(text_or_tokens, str):
-        tokens = [int(t) for t in np.asarray(text_or_tokens).reshape(-1).tolist()]
+    if not isinstance(_check.prompt_value(text_or_tokens, "text_or_tokens"), str):
+        tokens = _check.token_ids("text_or_tokens", text_or_tokens, _check.INT32_MAX)
     src: Any = engine_or_model
     probe: Optional[Engine] = None
     try:

@@ -89,6 +89,10 @@ def create_app(engine: Engine, config: Optional[ServeConfig] = None) -> FastAPI:
     The app's ``state.service`` is the :class:`Service`; closing the app (its lifespan's end)
     cancels what still runs. The engine is the caller's to close.
     """
+    if not isinstance(engine, Engine):
+        raise TypeError(f"engine must be a tova.Engine, got {type(engine).__name__}")
+    if config is not None and not isinstance(config, ServeConfig):
+        raise TypeError(f"config must be a tova.server.ServeConfig, got {type(config).__name__}")
     if config is None:
         config = ServeConfig(model_id=engine.model_info.get("name") or engine.path)
     service = Service(engine, config)

@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
+from .. import _check
 from ..engine import Engine
 from ..handle import Handle
 from .errors import APIError
@@ -46,6 +47,17 @@ class ServeConfig:
     api_key: Optional[str] = None
     default_max_tokens: int = 1024
     max_tokens_cap: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        if not _check.text("model_id", self.model_id):
+            raise ValueError("model_id is empty")
+        _check.integer("max_queue", self.max_queue, minimum=0)
+        _check.integer("max_prompt_tokens", self.max_prompt_tokens, minimum=0)
+        if self.api_key is not None and not _check.text("api_key", self.api_key):
+            raise ValueError("api_key is empty (None: no key)")
+        _check.integer("max_tokens_cap", self.max_tokens_cap, minimum=1)
+        _check.integer("default_max_tokens", self.default_max_tokens, minimum=1,
+                       maximum=self.max_tokens_cap)
 
 
 class Choice:
