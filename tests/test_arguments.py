@@ -37,6 +37,19 @@ def _new(path, **kw):
 
 MSG = [{"role": "user", "content": "Hi"}]
 
+
+def _policy(**attrs):
+    def oldest(self, layer, view):
+        pos = np.where(view.pos < 0, np.iinfo(np.int32).max, view.pos)
+        return np.argsort(pos, kind="stable")[: view.n_evict].tolist()
+
+    return type("P", (tova.Policy,), {"needs_probs": False, "select": oldest, **attrs})()
+
+
+def _evicting(path, policy):
+    with tova.Engine(path, policy=policy, kv_size=4, n_threads=1) as engine:
+        engine.eval(list(range(10, 20)))
+
 # (label, call(engine, gguf, model_path), exception, message pattern)
 CASES = [
     # Engine(...)
@@ -76,6 +89,19 @@ CASES = [
     ("Engine n_batch 0", lambda e, g, m: _new(m, n_batch=0), ValueError, "n_batch must be >= 1"),
     ("Engine backend type", lambda e, g, m: _new(m, backend=0), TypeError, "backend must be a str"),
     ("Engine backend name", lambda e, g, m: _new(m, backend="tpu"), ValueError, "unknown backend 'tpu'"),
+    # a tova.Policy instance's attributes, and its answers
+    ("Policy needs_probs", lambda e, g, m: _new(m, policy=_policy(needs_probs="yes")), TypeError,
+     "needs_probs must be True or False, got str"),
+    ("Policy every_step", lambda e, g, m: _new(m, policy=_policy(every_step=None)), TypeError,
+     "every_step must be True or False"),
+    ("Policy name", lambda e, g, m: _new(m, policy=_policy(name=5)), TypeError, "name must be a str"),
+    ("Policy select", lambda e, g, m: _new(m, policy=_policy(select=5)), TypeError, "select must be callable"),
+    ("Policy answer None", lambda e, g, m: _evicting(m, _policy(select=lambda self, layer, view: None)),
+     tova.TovaError, r"select\(\) must return a sequence of slot indices"),
+    ("Policy answer floats", lambda e, g, m: _evicting(m, _policy(select=lambda self, layer, view: [0.5])),
+     tova.TovaError, r"select\(\) must return slot indices"),
+    ("Policy answer count", lambda e, g, m: _evicting(m, _policy(select=lambda self, layer, view: [])),
+     tova.TovaError, "returned 0 slots, expected 1"),
     # tokens
     ("tokenize bytes", lambda e, g, m: e.tokenize(b"hi"), TypeError, "text must be a str, got bytes"),
     ("tokenize surrogate", lambda e, g, m: e.tokenize("a\ud800"), ValueError, "text is not valid Unicode"),

@@ -6,6 +6,7 @@
 #include <nanobind/stl/string.h>
 
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "bindings.h"
@@ -66,6 +67,9 @@ int py_select(void* user, const tova_policy_view* v, int32_t* out) {
     nb::object r = a->policy.attr("select")(v->layer, view);
     if (v->n_evict == 0) return 0;  // every-step policies may return anything when nothing goes
     std::vector<int64_t> slots;
+    if (r.is_none() || !nb::hasattr(r, "__iter__"))
+      throw Error(cat("Python policy '", a->name, "': select() must return a sequence of slot indices (ints), got ",
+                      nb::cast<std::string>(nb::str(nb::handle(r.type())))));
     try {
       for (nb::handle h : r) slots.push_back(nb::cast<int64_t>(h));
     } catch (const nb::cast_error&) {
@@ -122,12 +126,28 @@ void py_destroy(tova_policy* self) {
 
 }  // namespace
 
+// A policy attribute of the wrong type is a TypeError naming it (read before anything is made).
+template <class T>
+T policy_attr(nb::handle policy, const char* attr, const char* expected) {
+  nb::object v = policy.attr(attr);
+  const bool ok = std::is_same_v<T, bool> ? nb::isinstance<nb::bool_>(v) : nb::isinstance<nb::str>(v);
+  if (!ok)
+    throw nb::type_error(cat("tova.Policy attribute ", attr, " must be ", expected, ", got ",
+                             nb::cast<std::string>(nb::str(nb::handle(v.type()).attr("__name__"))))
+                             .c_str());
+  return nb::cast<T>(v);
+}
+
 PolicyHandle make_python_policy(nb::handle policy) {
+  std::string name = policy_attr<std::string>(policy, "name", "a str");
+  const bool needs_probs = policy_attr<bool>(policy, "needs_probs", "True or False");
+  const bool every_step = policy_attr<bool>(policy, "every_step", "True or False");
+  for (const char* m : {"select", "on_insert", "on_evict", "reset", "reset_sequence"})
+    if (!PyCallable_Check(policy.attr(m).ptr()))
+      throw nb::type_error(cat("tova.Policy method ", m, " must be callable").c_str());
   auto* a = new PyAdapter();
   a->policy = nb::borrow(policy);
-  a->name = nb::cast<std::string>(policy.attr("name"));
-  const bool needs_probs = nb::cast<bool>(policy.attr("needs_probs"));
-  const bool every_step = nb::cast<bool>(policy.attr("every_step"));
+  a->name = std::move(name);
   tova_policy& c = a->c;
   c.abi_version = TOVA_POLICY_ABI_VERSION;
   c.struct_size = sizeof(tova_policy);
