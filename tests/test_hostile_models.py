@@ -3,6 +3,7 @@ or tensor at fault), never a crash, a hang or an out-of-memory kill later. Synth
 tests/reference/synthetic.py with one field made hostile each."""
 from __future__ import annotations
 
+import re
 import time
 
 import gguf
@@ -58,17 +59,25 @@ def test_special_token_out_of_range(tmp_path, key):
     _load_error(path, f"tokenizer.ggml.{key} = 1000000 is outside the vocabulary of 384 tokens")
 
 
-def test_merges_naming_unknown_tokens_are_skipped_not_fatal(tmp_path):
-    """A merge whose parts or result are not tokens could only produce text that falls back to
-    byte tokens: tova leaves it out (llama.cpp would look the result up and fail at run time);
-    tokenization still round-trips. A merge that is not two symbols is a load error."""
+def test_merges_naming_unknown_tokens(tmp_path):
+    """A merge whose parts or result are not tokens is a load error naming the merge and the
+    unknown symbol (as Hugging Face's BPE refuses it), as is a merge that is not two symbols."""
     path = tmp_path / "m.gguf"
     model = write_llama_gguf(path)
-    merges = ["zzz qqq", "qqq zzz"] + list(model.merges)
-    write_llama_gguf(path, extra_kv={"tokenizer.ggml.merges": merges})
-    with tova.Engine(path, n_threads=1) as e:
+    with tova.Engine(path, n_threads=1) as e:  # the file as written loads and round-trips
         text = "the cat sat on the mat"
         assert e.detokenize(e.tokenize(text)) == text
+    merges = list(model.merges)
+    left, right = merges[0].split(" ")
+    for bad, unknown in ((f"zzz {right}", "zzz"), (f"{left} qqq", "qqq")):
+        write_llama_gguf(path, extra_kv={"tokenizer.ggml.merges": merges[:3] + [bad] + merges[3:]})
+        _load_error(path, rf"tokenizer.ggml.merges\[3\] = '{re.escape(bad)}' names '{unknown}', which is not "
+                    "in the vocabulary")
+    tokens = set(model.tokens)
+    pair = next((a, b) for a in sorted(tokens) for b in sorted(tokens)
+                if a and b and " " not in a + b and a + b not in tokens)
+    write_llama_gguf(path, extra_kv={"tokenizer.ggml.merges": [f"{pair[0]} {pair[1]}"] + merges})
+    _load_error(path, rf"names '{re.escape(pair[0] + pair[1])}', which is not in the vocabulary")
     write_llama_gguf(path, extra_kv={"tokenizer.ggml.merges": ["ab"] + list(model.merges)})
     _load_error(path, r"tokenizer.ggml.merges\[0\] = 'ab' is not two symbols separated by a space")
 

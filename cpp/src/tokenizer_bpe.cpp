@@ -258,8 +258,8 @@ BpeTokenizer::BpeTokenizer(TokenizerData data) {
     char_byte_[chars[b]] = static_cast<int16_t>(b);
   }
 
-  // A merge whose parts or result are not tokens could only ever produce bytes that fall back
-  // to single-byte tokens, so such merges are left out.
+  // A merge's parts and result must be tokens (as Hugging Face's BPE requires when it loads a
+  // tokenizer): a merge naming anything else is a malformed file, refused at load.
   merges_.reserve(merges.size());
   for (size_t r = 0; r < merges.size(); ++r) {
     const std::string& m = merges[r];
@@ -270,7 +270,13 @@ BpeTokenizer::BpeTokenizer(TokenizerData data) {
     const std::string_view left(m.data(), sep), right(m.data() + sep + 1, m.size() - sep - 1);
     const int32_t a = lookup(left), b = lookup(right);
     const int32_t result = lookup(std::string(left) + std::string(right));
-    if (a < 0 || b < 0 || result < 0) continue;
+    if (a < 0 || b < 0 || result < 0) {
+      const std::string name = a < 0 ? std::string(left) : b < 0 ? std::string(right)
+                                                               : std::string(left) + std::string(right);
+      throw FormatError(cat(source_, ": tokenizer.ggml.merges[", r, "] = '", m.substr(0, 80),
+                            m.size() > 80 ? "...'" : "'", " names '", name.substr(0, 80),
+                            "', which is not in the vocabulary (a merge's parts and result must be tokens)"));
+    }
     const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) |
                          static_cast<uint32_t>(b);
     merges_.try_emplace(key, Merge{static_cast<int32_t>(r), result});
