@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import tova
 from tova import _core
 
 from tova._cli import binary
@@ -100,6 +101,25 @@ def test_bench_depth(smollm2_path):
     assert full["kv_size"] >= 104 and full["policy"] == "full"
     r = run("bench", "-m", smollm2_path, "-d", "-1")
     assert r.returncode != 0 and "-d" in r.stderr
+
+
+@pytest.mark.model
+def test_kv_types_on_the_command_line(smollm2_path):
+    """--kv-type sets keys and values, -ctk / -ctv (--kv-type-k / --kv-type-v) one each, as
+    llama.cpp spells them; the bench reports both, and the same settings in Python give the same
+    KV bytes."""
+    r = run("bench", "-m", smollm2_path, "-p", "0", "-n", "4", "-r", "1", "--json", "--policy", "tova",
+            "--kv-size", "64", "--kv-type", "q4_1", "-ctk", "q8_0")
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)
+    assert (row["type_k"], row["type_v"]) == ("q8_0", "q4_1")
+    with tova.Engine(smollm2_path, policy="tova", kv_size=64, kv_type_k="q8_0", kv_type_v="q4_1") as e:
+        assert row["kv_bytes"] == e.kv_bytes
+    r = run("run", "-m", smollm2_path, "-p", "The capital of France is", "-n", "4", "--temp", "0",
+            "--kv-size", "32", "-ctk", "q4_0", "-ctv", "q4_0")
+    assert r.returncode == 0 and "Paris" in r.stdout, r.stderr
+    r = run("run", "-m", smollm2_path, "-p", "Hi", "-n", "1", "-ctv", "q3_k")
+    assert r.returncode != 0 and "unknown kv_type 'q3_k'" in r.stderr
 
 
 def test_list_and_pull_go_through_the_registry(smollm2_path):

@@ -151,16 +151,33 @@ def test_chunked_prefill_keeps_capacity(smollm2_path, text_ids):
 
 def test_kv_types(smollm2_path):
     sizes = {}
-    for kv_type in ("f32", "f16", "q8_0"):
-        with tova.Engine(smollm2_path, policy="tova", kv_size=64, kv_type=kv_type, n_threads=2) as e:
+    for kv_type in ("f32", "f16", "q8_0", "q4_0", "q4_1", "q8_0/q4_0"):
+        k, _, v = kv_type.partition("/")
+        with tova.Engine(smollm2_path, policy="tova", kv_size=64, kv_type_k=k, kv_type_v=v or k,
+                         n_threads=2) as e:
+            assert e.kv_type == kv_type and (e.kv_type_k, e.kv_type_v) == (k, v or k)
             sizes[kv_type] = e.kv_bytes
             text = e.generate("The capital of France is", max_tokens=8, temperature=0)
             assert text.startswith(" Paris"), (kv_type, text)
-    # K and V: 2 * layers * slots * kv_heads * head_dim elements (+ small per-slot tables)
+    # K and V: layers * slots * kv_heads * (bytes of a key row + of a value row), plus the
+    # per-slot tables; a row of 64 elements is 2 blocks of 32 in the quantized types.
     slots, tables = 64 + 64, 30 * (64 + 64) * 9
-    assert sizes["f32"] == 2 * 30 * slots * 3 * 64 * 4 + tables
-    assert sizes["f16"] == 2 * 30 * slots * 3 * 64 * 2 + tables
-    assert sizes["q8_0"] == 2 * 30 * slots * 3 * (64 // 32) * 34 + tables
+    rows = 30 * slots * 3
+    row = {"f32": 64 * 4, "f16": 64 * 2, "q8_0": 2 * 34, "q4_0": 2 * 18, "q4_1": 2 * 20}
+    for t in row:
+        assert sizes[t] == rows * 2 * row[t] + tables, t
+    assert sizes["q8_0/q4_0"] == rows * (row["q8_0"] + row["q4_0"]) + tables
+
+
+def test_quantized_kv_needs_whole_blocks(tmp_path):
+    """A q4_0 / q4_1 / q8_0 cache needs a head size that its 32-element blocks divide."""
+    from reference.synthetic import write_llama_gguf
+
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path)  # head_dim 16
+    for t in ("q4_0", "q4_1", "q8_0"):
+        with pytest.raises(ValueError, match=f"kv_type {t} needs a head size that is a multiple of 32"):
+            tova.Engine(path, kv_type_v=t, n_threads=1)
 
 
 def test_cache_index_runs_past_the_trained_context(smollm2_path):

@@ -19,13 +19,18 @@ namespace tova {
 
 // Shape of one sequence's K/V payload: per layer, n_slots rows per KV head.
 struct KvLayout {
-  KvType type = KvType::F16;
+  KvType type_k = KvType::F16;      // element type of the keys
+  KvType type_v = KvType::F16;      // and of the values
   int n_head_kv = 0;
   int head_dim = 0;
-  size_t row_bytes = 0;             // bytes of one head_dim vector in `type`
+  size_t k_row_bytes = 0;           // bytes of one head_dim vector in type_k
+  size_t v_row_bytes = 0;           // and in type_v
   std::vector<int> n_slots;         // per layer
   uint64_t payload_bytes() const;   // K and V of every layer
 };
+
+// The ggml type id of a KV element type (its block layout and kernels).
+GgmlType kv_ggml_type(KvType t);
 
 // One sequence's K/V memory. Opaque outside its backend.
 class KvPayload {

@@ -31,7 +31,8 @@ const std::pair<const char*, PolicyKind> kPolicies[] = {
     {"tova", PolicyKind::Tova}, {"h2o", PolicyKind::H2O}, {"sink", PolicyKind::Sink},
     {"window", PolicyKind::Window}, {"full", PolicyKind::Full}};
 const std::pair<const char*, KvType> kKvTypes[] = {
-    {"f16", KvType::F16}, {"f32", KvType::F32}, {"q8_0", KvType::Q8_0}};
+    {"f16", KvType::F16}, {"f32", KvType::F32}, {"q8_0", KvType::Q8_0}, {"q4_0", KvType::Q4_0},
+    {"q4_1", KvType::Q4_1}};
 const std::pair<const char*, PrefillMode> kPrefill[] = {
     {"exact", PrefillMode::Exact}, {"chunked", PrefillMode::Chunked}};
 const std::pair<const char*, PositionsMode> kPositions[] = {
@@ -58,6 +59,11 @@ const char* policy_name(PolicyKind p) { return p == PolicyKind::Plugin ? "plugin
 const char* kv_type_name(KvType t) { return enum_name(t, kKvTypes); }
 const char* prefill_name(PrefillMode p) { return enum_name(p, kPrefill); }
 const char* positions_name(PositionsMode p) { return enum_name(p, kPositions); }
+
+std::string EngineParams::kv_type_label() const {
+  if (kv_type_k == kv_type_v) return kv_type_name(kv_type_k);
+  return cat(kv_type_name(kv_type_k), "/", kv_type_name(kv_type_v));
+}
 
 void EngineParams::validate() const {
   bound("n_threads", n_threads, 0, Limits::kMaxThreads, " (0 = all cores)");

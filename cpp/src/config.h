@@ -11,14 +11,14 @@
 namespace tova {
 
 enum class PolicyKind { Tova, H2O, Sink, Window, Full, Plugin };
-enum class KvType { F32, F16, Q8_0 };
+enum class KvType { F32, F16, Q8_0, Q4_0, Q4_1 };
 enum class PrefillMode { Exact, Chunked };
 enum class PositionsMode { Original, CacheIndex };
 enum class BackendKind { Cpu };  // CUDA joins here when cuda/ is built
 
 // parse_*: ArgumentError listing the known names for an unknown one.
 PolicyKind parse_policy(const std::string& name);  // a built-in name ("plugin" is not one)
-KvType parse_kv_type(const std::string& name);     // "f32", "f16", "q8_0"
+KvType parse_kv_type(const std::string& name);     // "f32", "f16", "q8_0", "q4_0", "q4_1"
 PrefillMode parse_prefill(const std::string& name);  // "exact", "chunked"
 PositionsMode parse_positions(const std::string& name);  // "original", "cache_index"
 BackendKind parse_backend(const std::string& name);      // "cpu"
@@ -43,7 +43,8 @@ struct EngineParams {
   int kv_size = 512;               // C: tokens kept per layer (evicting policies)
   int n_ctx = 2048;                // full policy: the cache size and the most tokens a sequence holds
   int n_sink = -1;                 // -1: the policy's default (sink: 4, others 0)
-  KvType kv_type = KvType::F16;
+  KvType kv_type_k = KvType::F16;  // element type of the stored keys
+  KvType kv_type_v = KvType::F16;  // and values (kv_type sets both)
   PrefillMode prefill = PrefillMode::Exact;
   PositionsMode positions = PositionsMode::Original;
   BackendKind backend = BackendKind::Cpu;
@@ -57,6 +58,8 @@ struct EngineParams {
   bool full() const { return !plugin && policy == PolicyKind::Full; }
   int default_sink() const { return !plugin && policy == PolicyKind::Sink ? 4 : 0; }
   int sink() const { return n_sink >= 0 ? n_sink : default_sink(); }
+  // "f16" when keys and values share a type, else "K/V" ("q8_0/q4_0").
+  std::string kv_type_label() const;
   // Throws ArgumentError naming the first setting out of bounds.
   void validate() const;
 };

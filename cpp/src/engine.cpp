@@ -28,7 +28,8 @@ Engine::Engine(const std::string& model_path, EngineParams params) : params_(std
   KvConfig kc;
   kc.capacity = full ? params_.n_ctx : params_.kv_size;
   kc.max_step = params_.chunk;
-  kc.type = params_.kv_type;
+  kc.type_k = params_.kv_type_k;
+  kc.type_v = params_.kv_type_v;
   kc.n_sink = params_.sink();
   kc.full = full;
   const uint64_t per_seq = plan_kv(h, kc).bytes;
@@ -39,7 +40,7 @@ Engine::Engine(const std::string& model_path, EngineParams params) : params_(std
       throw ArgumentError(cat("kv_budget ", format_bytes(params_.kv_budget), " (", params_.kv_budget,
                               " bytes) is too small for one sequence: one needs ", per_seq, " bytes (",
                               format_bytes(per_seq), ") with ", full ? "n_ctx " : "kv_size ", kc.capacity,
-                              ", kv_type ", kv_type_name(kc.type), ", chunk ", kc.max_step));
+                              ", kv_type ", params_.kv_type_label(), ", chunk ", kc.max_step));
     n_seq = static_cast<int>(std::min<uint64_t>(fit, Limits::kMaxSeq));
   }
   n_batch_ = params_.n_batch > 0 ? params_.n_batch : std::min(Limits::kMaxBatch, params_.chunk + n_seq);

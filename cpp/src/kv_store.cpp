@@ -9,22 +9,25 @@ namespace tova {
 
 namespace {
 
-GgmlType ggml_type_of(KvType t) {
-  switch (t) {
-    case KvType::F32: return GgmlType::F32;
-    case KvType::F16: return GgmlType::F16;
-    case KvType::Q8_0: return GgmlType::Q8_0;
-  }
-  return GgmlType::F32;
-}
-
 const char* name_of(const tova_policy* p) { return p->name ? p->name : "?"; }
 
 }  // namespace
 
+GgmlType kv_ggml_type(KvType t) {
+  switch (t) {
+    case KvType::F32: return GgmlType::F32;
+    case KvType::F16: return GgmlType::F16;
+    case KvType::Q8_0: return GgmlType::Q8_0;
+    case KvType::Q4_0: return GgmlType::Q4_0;
+    case KvType::Q4_1: return GgmlType::Q4_1;
+  }
+  return GgmlType::F32;
+}
+
 uint64_t KvLayout::payload_bytes() const {
   uint64_t b = 0;
-  for (int n : n_slots) b += 2ull * static_cast<uint64_t>(n_head_kv) * static_cast<uint64_t>(n) * row_bytes;
+  for (int n : n_slots)
+    b += static_cast<uint64_t>(n_head_kv) * static_cast<uint64_t>(n) * (k_row_bytes + v_row_bytes);
   return b;
 }
 
@@ -45,16 +48,19 @@ void LayerCells::alive_by_position(std::vector<int32_t>& out) const {
 KvPlan plan_kv(const HParams& hp, const KvConfig& cfg) {
   if (cfg.capacity < 1) throw ArgumentError(cat("kv_size must be at least 1, got ", cfg.capacity));
   if (cfg.max_step < 1) throw ArgumentError(cat("chunk size must be at least 1, got ", cfg.max_step));
-  const GgmlType gt = ggml_type_of(cfg.type);
-  const TypeTraits& tr = type_traits(gt);
-  if (hp.head_dim % tr.block_size != 0)
-    throw ArgumentError(cat("kv_type ", kv_type_name(cfg.type), " needs a head size that is a multiple of ",
-                            tr.block_size, ", the model's is ", hp.head_dim));
+  for (KvType t : {cfg.type_k, cfg.type_v}) {
+    const TypeTraits& tr = type_traits(kv_ggml_type(t));
+    if (hp.head_dim % tr.block_size != 0)
+      throw ArgumentError(cat("kv_type ", kv_type_name(t), " needs a head size that is a multiple of ",
+                              tr.block_size, ", the model's is ", hp.head_dim));
+  }
   KvPlan plan;
-  plan.layout.type = cfg.type;
+  plan.layout.type_k = cfg.type_k;
+  plan.layout.type_v = cfg.type_v;
   plan.layout.n_head_kv = hp.n_head_kv;
   plan.layout.head_dim = hp.head_dim;
-  plan.layout.row_bytes = row_bytes(gt, hp.head_dim);
+  plan.layout.k_row_bytes = row_bytes(kv_ggml_type(cfg.type_k), hp.head_dim);
+  plan.layout.v_row_bytes = row_bytes(kv_ggml_type(cfg.type_v), hp.head_dim);
   plan.layers.resize(static_cast<size_t>(hp.n_layer));
   uint64_t tables = 0;
   for (int l = 0; l < hp.n_layer; ++l) {

@@ -20,7 +20,8 @@ struct HParams;
 struct KvConfig {
   int capacity = 512;      // C for the policy's layers (states kept after each step)
   int max_step = 64;       // U: the most tokens of this sequence handled in one step
-  KvType type = KvType::F16;
+  KvType type_k = KvType::F16;
+  KvType type_v = KvType::F16;
   int n_sink = 0;          // first positions never evicted
   bool full = false;       // every non-sliding layer a plain cache of `capacity` that never evicts
 };

@@ -42,7 +42,7 @@ options:
       --top-k K, --top-p P, --min-p P, --repeat-penalty R, --seed S
       --kv-size N            tokens kept per layer (default 512)
       --policy P             tova (default), h2o, sink, window, full
-      --n-sink N, --kv-type T, --ctx N, --chunk N, --prefill MODE, --positions MODE,
+      --n-sink N, --kv-type T, --kv-type-k T, --kv-type-v T, --ctx N, --chunk N, --prefill MODE, --positions MODE,
       --policy-plugin LIB, --policy-args TEXT     as for `tova run`
 )";
 
@@ -59,9 +59,10 @@ A line ending in \ continues on the next line. Ctrl-C stops a reply; at the prom
 const std::set<std::string> kValueOpts = {
     "--model", "--system", "--chat-format", "--max-tokens", "--threads", "--temp", "--top-k",
     "--top-p", "--min-p", "--repeat-penalty", "--seed", "--kv-size", "--policy", "--n-sink",
-    "--kv-type", "--ctx", "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--backend"};
+    "--kv-type", "--kv-type-k", "--kv-type-v", "--ctx", "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--backend"};
 const std::set<std::string> kFlags = {"--json", "--keep-system", "--help"};
 const std::map<std::string, std::string> kAliases = {
+    {"-ctk", "--kv-type-k"}, {"-ctv", "--kv-type-v"},
     {"-m", "--model"}, {"-n", "--max-tokens"}, {"--n-predict", "--max-tokens"}, {"-t", "--threads"},
     {"-s", "--seed"}, {"-h", "--help"}};
 

@@ -82,7 +82,10 @@ EngineParams engine_params_from(const CliArgs& a, const std::string& default_pol
   p.kv_size = a.integer("--kv-size", p.kv_size);
   p.n_ctx = a.integer("--ctx", p.n_ctx);
   p.n_sink = a.integer("--n-sink", p.n_sink);
-  p.kv_type = parse_kv_type(a.str("--kv-type", kv_type_name(p.kv_type)));
+  // --kv-type sets keys and values; --kv-type-k / --kv-type-v (llama.cpp's -ctk / -ctv) one each.
+  const std::string both = a.str("--kv-type", kv_type_name(p.kv_type_k));
+  p.kv_type_k = parse_kv_type(a.str("--kv-type-k", both));
+  p.kv_type_v = parse_kv_type(a.str("--kv-type-v", both));
   p.chunk = a.integer("--chunk", p.chunk);
   p.prefill = parse_prefill(a.str("--prefill", prefill_name(p.prefill)));
   p.positions = parse_positions(a.str("--positions", positions_name(p.positions)));

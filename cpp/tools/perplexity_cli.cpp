@@ -44,7 +44,7 @@ Perplexity of the model reading FILE through its fixed-memory KV cache.
       --score-from I     first scored prediction position in each window
       --policy P         full (default), tova, h2o, sink, window
       --kv-size N        tokens kept per layer by an evicting policy (default 512)
-      --n-sink N, --kv-type T, --chunk N, --prefill MODE, --positions MODE,
+      --n-sink N, --kv-type T, --kv-type-k T, --kv-type-v T, --chunk N, --prefill MODE, --positions MODE,
       --policy-plugin LIB, --policy-args TEXT   as for tova run
   -t, --threads N        compute threads (default: all cores)
       --no-progress      no progress line on stderr
@@ -52,11 +52,12 @@ Perplexity of the model reading FILE through its fixed-memory KV cache.
 
 const std::set<std::string> kPplValues = {
     "--model", "--file", "--ctx", "--chunks", "--stride", "--score-from", "--policy", "--kv-size",
-    "--n-sink", "--kv-type", "--chunk", "--prefill", "--positions", "--policy-plugin", "--backend",
+    "--n-sink", "--kv-type", "--kv-type-k", "--kv-type-v", "--chunk", "--prefill", "--positions", "--policy-plugin", "--backend",
     "--policy-args", "--threads"};
 const std::set<std::string> kPplFlags = {"--help", "--no-progress"};
 const std::map<std::string, std::string> kPplAliases = {
-    {"-m", "--model"}, {"-f", "--file"}, {"-c", "--ctx"}, {"-t", "--threads"}, {"-h", "--help"}};
+    {"-m", "--model"}, {"-f", "--file"}, {"-c", "--ctx"}, {"-t", "--threads"}, {"-h", "--help"},
+    {"-ctk", "--kv-type-k"}, {"-ctv", "--kv-type-v"}};
 
 // The options as the core's settings (it checks their values, naming the option at fault).
 PerplexityParams ppl_params(const CliArgs& a) {

@@ -70,7 +70,9 @@ run / bench options:
       --kv-size N            tokens kept per layer by an evicting policy (default 512)
       --policy P             tova (default), h2o, sink, window, full
       --n-sink N             first positions never evicted (sink: 4)
-      --kv-type T            f16 (default), f32, q8_0
+      --kv-type T            element type of the stored keys and values: f16 (default), f32,
+                             q8_0, q4_0, q4_1
+      --kv-type-k T, --kv-type-v T   (-ctk, -ctv) the keys' / the values' type alone
       --ctx N                n_ctx for the full policy (default 2048)
       --chunk N              prefill chunk size (default 64)
       --prefill MODE         exact (default: as if token by token) or chunked (faster, approximate)
@@ -162,13 +164,14 @@ std::string read_text_file(const std::string& path) {
 
 const std::set<std::string> kValueOpts = {
     "--model", "--prompt", "--n-predict", "--threads", "--temp", "--top-k", "--top-p", "--min-p",
-    "--repeat-penalty", "--seed", "--kv-size", "--policy", "--n-sink", "--kv-type", "--ctx",
+    "--repeat-penalty", "--seed", "--kv-size", "--policy", "--n-sink", "--kv-type", "--kv-type-k", "--kv-type-v", "--ctx",
     "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--repetitions", "--file",
     "--backend"};
 const std::set<std::string> kFlags = {"--json", "--ignore-eos", "--help"};
 const std::map<std::string, std::string> kAliases = {
     {"-m", "--model"}, {"-p", "--prompt"}, {"-n", "--n-predict"}, {"-t", "--threads"},
-    {"-r", "--repetitions"}, {"-s", "--seed"}, {"-h", "--help"}, {"-f", "--file"}};
+    {"-r", "--repetitions"}, {"-s", "--seed"}, {"-h", "--help"}, {"-f", "--file"},
+    {"-ctk", "--kv-type-k"}, {"-ctv", "--kv-type-v"}};
 
 int cmd_info(const std::vector<std::string>& argv) {
   CliArgs a(argv, kValueOpts, kFlags, kAliases);

@@ -93,7 +93,8 @@ void bind_engine(nb::module_& m) {
   nb::class_<Engine>(m, "Engine", nb::type_slots(engine_slots))
       .def("__init__",
            [](Engine* self, const std::string& path, int n_threads, nb::handle policy,
-              int kv_size, int n_ctx, int n_sink, const std::string& kv_type,
+              int kv_size, int n_ctx, int n_sink, const std::string& kv_type, const std::string& kv_type_k,
+              const std::string& kv_type_v,
               const std::string& prefill, int chunk, const std::string& positions,
               bool float_activations, int n_seq, uint64_t kv_budget, int n_batch,
               const std::string& backend) {
@@ -108,7 +109,9 @@ void bind_engine(nb::module_& m) {
              p.kv_size = kv_size;
              p.n_ctx = n_ctx;
              p.n_sink = n_sink;
-             p.kv_type = parse_kv_type(kv_type);
+             // kv_type sets keys and values; kv_type_k / kv_type_v ("" = as kv_type) one each.
+             p.kv_type_k = parse_kv_type(kv_type_k.empty() ? kv_type : kv_type_k);
+             p.kv_type_v = parse_kv_type(kv_type_v.empty() ? kv_type : kv_type_v);
              p.prefill = parse_prefill(prefill);
              p.chunk = chunk;
              p.positions = parse_positions(positions);
@@ -129,7 +132,8 @@ void bind_engine(nb::module_& m) {
            },
            nb::arg("path"), nb::arg("n_threads") = d.n_threads, nb::arg("policy") = std::string(policy_name(d.policy)),
            nb::arg("kv_size") = d.kv_size, nb::arg("n_ctx") = d.n_ctx, nb::arg("n_sink") = d.n_sink,
-           nb::arg("kv_type") = std::string(kv_type_name(d.kv_type)),
+           nb::arg("kv_type") = std::string(kv_type_name(d.kv_type_k)), nb::arg("kv_type_k") = std::string(),
+           nb::arg("kv_type_v") = std::string(),
            nb::arg("prefill") = std::string(prefill_name(d.prefill)), nb::arg("chunk") = d.chunk,
            nb::arg("positions") = std::string(positions_name(d.positions)),
            nb::arg("float_activations") = d.float_activations, nb::arg("n_seq") = d.n_seq,
@@ -211,7 +215,9 @@ void bind_engine(nb::module_& m) {
         r["kv_size"] = p.kv_size;
         r["n_ctx"] = p.n_ctx;
         r["n_sink"] = p.sink();
-        r["kv_type"] = kv_type_name(p.kv_type);
+        r["kv_type"] = p.kv_type_label();
+        r["kv_type_k"] = kv_type_name(p.kv_type_k);
+        r["kv_type_v"] = kv_type_name(p.kv_type_v);
         r["prefill"] = prefill_name(p.prefill);
         r["positions"] = positions_name(p.positions);
         r["chunk"] = p.chunk;

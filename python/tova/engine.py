@@ -36,8 +36,12 @@ class Engine:
         policy: ``"tova"`` (default), ``"h2o"``, ``"sink"``, ``"window"``, ``"full"``, or an
             instance of a :class:`tova.Policy` subclass (your own policy, run inside the engine).
         n_sink: first positions never evicted; default: 4 for ``"sink"``, 0 otherwise.
-        kv_type: element type of the stored K and V: ``"f16"`` (default), ``"f32"``, ``"q8_0"``.
-            Settings left at ``None`` take the core's defaults (shown here; ``cpp/src/config.h``).
+        kv_type: element type of the stored K and V: ``"f16"`` (default), ``"f32"``, ``"q8_0"``,
+            ``"q4_0"``, ``"q4_1"`` (llama.cpp's ``-ctk``/``-ctv`` types: 8.5, 4.5 and 5 bits per
+            element). Settings left at ``None`` take the core's defaults (shown here;
+            ``cpp/src/config.h``).
+        kv_type_k, kv_type_v: the keys' or the values' type alone (default: ``kv_type``); keys
+            and values tolerate quantization differently.
         prefill: how prompts longer than ``kv_size`` are read: ``"exact"`` (default; equal to
             feeding the prompt one token at a time, evicting after every token) or ``"chunked"``
             (each chunk attends to the kept tokens plus its own prefix, then the policy evicts
@@ -71,6 +75,8 @@ class Engine:
         policy: "Union[None, str, Policy]" = None,
         n_sink: Optional[int] = None,
         kv_type: Optional[str] = None,
+        kv_type_k: Optional[str] = None,
+        kv_type_v: Optional[str] = None,
         prefill: Optional[str] = None,
         chunk: Optional[int] = None,
         positions: Optional[str] = None,
@@ -88,8 +94,8 @@ class Engine:
                             ("n_threads", n_threads), ("n_seq", n_seq), ("n_batch", n_batch)):
             _check.optional_integer(name, value, minimum=1)
         _check.optional_integer("n_sink", n_sink, minimum=0)
-        for name, value in (("kv_type", kv_type), ("prefill", prefill), ("positions", positions),
-                            ("backend", backend)):
+        for name, value in (("kv_type", kv_type), ("kv_type_k", kv_type_k), ("kv_type_v", kv_type_v),
+                            ("prefill", prefill), ("positions", positions), ("backend", backend)):
             _check.choice(name, value)
         float_activations = _check.boolean("float_activations", float_activations)
         self._seed = _check.optional_integer("seed", seed, minimum=-1, maximum=_check.INT64_MAX)
@@ -101,7 +107,8 @@ class Engine:
                             f"got {type(policy).__name__}")
         path = resolve(model)
         # Settings not given take the core's defaults (written once, in cpp/src/config.h).
-        given = dict(policy=policy, kv_size=kv_size, n_ctx=n_ctx, kv_type=kv_type, prefill=prefill,
+        given = dict(policy=policy, kv_size=kv_size, n_ctx=n_ctx, kv_type=kv_type, kv_type_k=kv_type_k,
+                     kv_type_v=kv_type_v, prefill=prefill,
                      chunk=chunk, positions=positions, n_seq=n_seq, n_batch=n_batch,
                      n_threads=n_threads, n_sink=n_sink, backend=backend)
         self._core: Optional[_core.Engine] = _core.Engine(
@@ -115,7 +122,9 @@ class Engine:
         self.kv_size: int = int(p["kv_size"])
         self.policy: str = str(p["policy"])
         self.n_sink: Optional[int] = n_sink  # as given (None: the policy's default)
-        self.kv_type: str = str(p["kv_type"])
+        self.kv_type: str = str(p["kv_type"])  # "q8_0", or "q8_0/q4_0" when K and V differ
+        self.kv_type_k: str = str(p["kv_type_k"])
+        self.kv_type_v: str = str(p["kv_type_v"])
         self.prefill: str = str(p["prefill"])
         self.chunk: int = int(p["chunk"])
         self.positions: str = str(p["positions"])

@@ -139,23 +139,65 @@ def read_hparams(reader: gguf.GGUFReader) -> Hparams:
     )
 
 
+_KV_GGML = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0,
+            "q4_1": gguf.GGMLQuantizationType.Q4_1}
+
+
+def kv_round(x: np.ndarray, kv_type: str) -> np.ndarray:
+    """``x`` (..., head_dim) stored in a KV element type and read back: f32 as is, f16 rounded,
+    q8_0 / q4_0 / q4_1 quantized per block of 32 with gguf-py's quantizer and dequantized."""
+    if kv_type == "f32":
+        return x
+    if kv_type == "f16":
+        return x.astype(np.float16).astype(x.dtype)
+    t = _KV_GGML[kv_type]
+    flat = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+    return np.asarray(dequantize(gguf.quants.quantize(flat, t), t)).reshape(x.shape).astype(x.dtype)
+
+
+def q4_1_mins(x: np.ndarray) -> np.ndarray:
+    """The per-block minimum ``m`` (float16) of ``x`` (..., head_dim) stored as q4_1: (..., nb)."""
+    flat = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+    raw = np.asarray(gguf.quants.quantize(flat, _KV_GGML["q4_1"]), np.uint8)
+    blocks = raw.reshape(flat.shape[0], -1, 20)  # d (f16), m (f16), 16 bytes of nibbles
+    m = np.ascontiguousarray(blocks[:, :, 2:4]).view(np.float16)[..., 0].astype(np.float32)
+    return m.reshape(*x.shape[:-1], -1)
+
+
+def q8_1_sum_error(q: np.ndarray) -> np.ndarray:
+    """For a query quantized to q8_1 (as ggml scores q4_1 keys), per block of 32: the block's
+    stored sum ``s = fp16(d * sum(qs))`` minus the sum of its dequantized values
+    ``fp16(d) * sum(qs)``. A q4_1 key's score is ``k_deq . q_deq + sum_b m_b * error_b``."""
+    xb = q.reshape(*q.shape[:-1], -1, 32).astype(np.float32)
+    d = np.abs(xb).max(-1) / 127.0
+    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
+    qs = np.round(xb * inv[..., None]).sum(-1)
+    return (d * qs).astype(np.float16).astype(np.float32) - d.astype(np.float16).astype(np.float32) * qs
+
+
 class KVCache:
     """Per-layer keys (after RoPE), values and absolute positions; entries can be evicted.
 
     k[layer]: (n, n_head_kv, head_dim), v[layer]: same, pos[layer]: (n,) int64. Order is insertion
-    order, which never matters: masks are built from `pos`.
+    order, which never matters: masks are built from `pos`. Keys and values are stored as their
+    element types (``k_type``, ``v_type``: f32, f16, q8_0, q4_0, q4_1) would hold them.
     """
 
-    def __init__(self, n_layer: int, n_head_kv: int, head_dim: int, dtype=np.float32):
+    def __init__(self, n_layer: int, n_head_kv: int, head_dim: int, dtype=np.float32,
+                 k_type: str = "f32", v_type: str = "f32"):
         self.k = [np.zeros((0, n_head_kv, head_dim), dtype) for _ in range(n_layer)]
         self.v = [np.zeros((0, n_head_kv, head_dim), dtype) for _ in range(n_layer)]
         self.pos = [np.zeros((0,), np.int64) for _ in range(n_layer)]
+        self.k_type, self.v_type = k_type, v_type
+        self.k_min = [np.zeros((0, n_head_kv, head_dim // 32), np.float32) for _ in range(n_layer)]
 
     def append(self, layer: int, k: np.ndarray, v: np.ndarray, pos: np.ndarray) -> None:
         if np.isin(pos, self.pos[layer]).any():
             raise ValueError(f"layer {layer}: positions {pos} already cached")
-        self.k[layer] = np.concatenate([self.k[layer], k])
-        self.v[layer] = np.concatenate([self.v[layer], v])
+        self.k[layer] = np.concatenate([self.k[layer], kv_round(k, self.k_type)])
+        self.v[layer] = np.concatenate([self.v[layer], kv_round(v, self.v_type)])
+        if self.k_type == "q4_1":
+            self.k_min[layer] = np.concatenate([self.k_min[layer], q4_1_mins(k)])
         self.pos[layer] = np.concatenate([self.pos[layer], pos.astype(np.int64)])
 
     def evict(self, layer: int, positions) -> None:
@@ -166,6 +208,8 @@ class KVCache:
         keep = ~np.isin(self.pos[layer], positions)
         self.k[layer] = self.k[layer][keep]
         self.v[layer] = self.v[layer][keep]
+        if self.k_type == "q4_1":
+            self.k_min[layer] = self.k_min[layer][keep]
         self.pos[layer] = self.pos[layer][keep]
 
     def positions(self, layer: int) -> list[int]:
@@ -274,8 +318,8 @@ class LlamaRef:
         self._inv_freq = [swa if hp.is_swa(il) else glob for il in range(hp.n_layer)]
         self._rope_scale = [1.0 if hp.is_swa(il) else glob_scale for il in range(hp.n_layer)]
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.hp.n_layer, self.hp.n_head_kv, self.hp.head_dim, self.dtype)
+    def new_cache(self, k_type: str = "f32", v_type: str = "f32") -> KVCache:
+        return KVCache(self.hp.n_layer, self.hp.n_head_kv, self.hp.head_dim, self.dtype, k_type, v_type)
 
     # ---- pieces -------------------------------------------------------------------------------
     def rope(self, x: np.ndarray, pos: np.ndarray, layer: int = 0) -> np.ndarray:
@@ -312,11 +356,22 @@ class LlamaRef:
         g = hp.n_head // hp.n_head_kv
         scale = self.dtype.type(1.0 / np.sqrt(hp.head_dim))
         n = q.shape[0]
+        sum_err = None
+        if cache.k_type in _KV_GGML and not by_rank:
+            # Quantized keys are multiplied by the query quantized to 8 bits per block of 32
+            # (q8_0; q8_1 for q4_1 keys, the same values plus a float16 block sum), as ggml's CPU
+            # attention does.
+            if cache.k_type == "q4_1":
+                sum_err = q8_1_sum_error(q)  # (n, n_head, nb)
+            q = kv_round(q, "q8_0")
         if hook is None:
             # (m, n_head, d): query head h reads kv head h // g
             k = np.repeat(cache.k[layer], g, axis=1)
             v = np.repeat(cache.v[layer], g, axis=1)
-            s = np.einsum("nhd,mhd->hnm", q, k) * scale
+            s = np.einsum("nhd,mhd->hnm", q, k)
+            if sum_err is not None:
+                s = s + np.einsum("nhb,mhb->hnm", sum_err, np.repeat(cache.k_min[layer], g, axis=1))
+            s = s * scale
             visible = self._visible(layer, q_pos[:, None], cache.pos[layer][None, :])  # (n, m)
             s = np.where(visible[None], s, -np.inf)
             p = _softmax(s)
@@ -336,7 +391,10 @@ class LlamaRef:
                 qi = self.rope(qi[None], np.array([key_pos.size - 1]), layer)[0]
             k = np.repeat(k, g, axis=1)
             v = np.repeat(cache.v[layer][vis], g, axis=1)
-            s = np.einsum("hd,mhd->hm", qi, k) * scale
+            s = np.einsum("hd,mhd->hm", qi, k)
+            if sum_err is not None:
+                s = s + np.einsum("hb,mhb->hm", sum_err[i], np.repeat(cache.k_min[layer][vis], g, axis=1))
+            s = s * scale
             mask = hook.select(layer, int(q_pos[i]), key_pos)
             if mask is not None:
                 s = np.where(np.asarray(mask, bool)[None, :], s, -np.inf)

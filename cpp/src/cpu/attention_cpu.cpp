@@ -11,25 +11,18 @@ namespace tova {
 
 namespace {
 
-float kv_dot(KvType t, const uint8_t* row, const float* q, int d) {
-  switch (t) {
-    case KvType::F32: return dot_f32(reinterpret_cast<const float*>(row), q, d);
-    case KvType::F16: return dot_f16_f32(reinterpret_cast<const uint16_t*>(row), q, d);
-    case KvType::Q8_0: return cpu_kernels(GgmlType::Q8_0).vec_dot_f32(d, row, q);
-  }
-  return 0.0f;
-}
-
-void kv_axpy(KvType t, float a, const uint8_t* row, float* y, int d, std::vector<float>& tmp) {
-  switch (t) {
-    case KvType::F32: axpy_f32(a, reinterpret_cast<const float*>(row), y, d); break;
-    case KvType::F16: axpy_f16(a, reinterpret_cast<const uint16_t*>(row), y, d); break;
-    case KvType::Q8_0:
-      tmp.resize(static_cast<size_t>(d));
-      cpu_kernels(GgmlType::Q8_0).dequantize(row, tmp.data(), d);
-      axpy_f32(a, tmp.data(), y, d);
-      break;
-  }
+// Scores of q against quantized keys (q8_0, q4_0, q4_1): the query is quantized once to the key
+// type's vec_dot_type and each score is the type's integer dot product, as ggml's CPU attention
+// computes with a quantized K cache.
+void quantized_scores(const CpuKv& kv, int layer, int kvh, const float* q, const int32_t* idx, int n_idx,
+                      float scale, float* scores, std::vector<float>& tmp) {
+  const int d = kv.layout().head_dim;
+  const GgmlType kt = kv_ggml_type(kv.layout().type_k);
+  const GgmlType qt = type_traits(kt).vec_dot_type;
+  tmp.resize((row_bytes(qt, d) + sizeof(float) - 1) / sizeof(float));
+  cpu_kernels(qt).quantize(q, tmp.data(), d);
+  const VecDotFn dot = cpu_kernels(kt).vec_dot;
+  for (int j = 0; j < n_idx; ++j) scores[j] = dot(d, kv.k_row(layer, kvh, idx[j]), tmp.data()) * scale;
 }
 
 // out = sum_j p[j] * V[idx[j]] for one KV head.
@@ -39,12 +32,17 @@ void weighted_values(const CpuKv& kv, int layer, int kvh, const int32_t* idx, in
   const int d = lo.head_dim;
   std::memset(out, 0, sizeof(float) * static_cast<size_t>(d));
   const uint8_t* base = kv.v_row(layer, kvh, 0);
-  if (lo.type == KvType::F16) {
-    gather_axpy_f16(reinterpret_cast<const uint16_t*>(base), lo.row_bytes / 2, idx, n_idx, p, d, out);
-  } else if (lo.type == KvType::F32) {
-    gather_axpy_f32(reinterpret_cast<const float*>(base), lo.row_bytes / 4, idx, n_idx, p, d, out);
-  } else {
-    for (int j = 0; j < n_idx; ++j) kv_axpy(lo.type, p[j], kv.v_row(layer, kvh, idx[j]), out, d, tmp);
+  if (lo.type_v == KvType::F16) {
+    gather_axpy_f16(reinterpret_cast<const uint16_t*>(base), lo.v_row_bytes / 2, idx, n_idx, p, d, out);
+  } else if (lo.type_v == KvType::F32) {
+    gather_axpy_f32(reinterpret_cast<const float*>(base), lo.v_row_bytes / 4, idx, n_idx, p, d, out);
+  } else {  // quantized values: each row decoded, then added
+    const DequantizeFn dequantize = cpu_kernels(kv_ggml_type(lo.type_v)).dequantize;
+    tmp.resize(static_cast<size_t>(d));
+    for (int j = 0; j < n_idx; ++j) {
+      dequantize(kv.v_row(layer, kvh, idx[j]), tmp.data(), d);
+      axpy_f32(p[j], tmp.data(), out, d);
+    }
   }
 }
 
@@ -62,12 +60,12 @@ void AttentionCpu::attend(const CpuKv& kv, int layer, int kvh, const float* q, c
   const int d = lo.head_dim;
   // Rows of one head are row_bytes apart: slot s at k_row(layer, kvh, 0) + s * row_bytes.
   const uint8_t* base = kv.k_row(layer, kvh, 0);
-  if (lo.type == KvType::F16) {
-    gather_dot_f16(reinterpret_cast<const uint16_t*>(base), lo.row_bytes / 2, idx, n_idx, q, d, scale, scores);
-  } else if (lo.type == KvType::F32) {
-    gather_dot_f32(reinterpret_cast<const float*>(base), lo.row_bytes / 4, idx, n_idx, q, d, scale, scores);
+  if (lo.type_k == KvType::F16) {
+    gather_dot_f16(reinterpret_cast<const uint16_t*>(base), lo.k_row_bytes / 2, idx, n_idx, q, d, scale, scores);
+  } else if (lo.type_k == KvType::F32) {
+    gather_dot_f32(reinterpret_cast<const float*>(base), lo.k_row_bytes / 4, idx, n_idx, q, d, scale, scores);
   } else {
-    for (int j = 0; j < n_idx; ++j) scores[j] = kv_dot(lo.type, kv.k_row(layer, kvh, idx[j]), q, d) * scale;
+    quantized_scores(kv, layer, kvh, q, idx, n_idx, scale, scores, tmp);
   }
   softmax_f32(scores, n_idx);
   weighted_values(kv, layer, kvh, idx, n_idx, scores, out, tmp);
@@ -133,8 +131,7 @@ void AttentionCpu::rotate_keys_by_rank(ThreadPool& pool, const CpuKv& kv, const 
     iota_.resize(static_cast<size_t>(n_idx));
     for (int j = 0; j < n_idx; ++j) iota_[static_cast<size_t>(j)] = j;
   }
-  const GgmlType gt = lo.type == KvType::F32 ? GgmlType::F32 : lo.type == KvType::F16 ? GgmlType::F16 : GgmlType::Q8_0;
-  const DequantizeFn dequantize = cpu_kernels(gt).dequantize;
+  const DequantizeFn dequantize = cpu_kernels(kv_ggml_type(lo.type_k)).dequantize;
   pool.parallel_for(static_cast<int64_t>(hkv) * n_idx, [&](int64_t b, int64_t e, int) {
     for (int64_t k = b; k < e; ++k) {
       const int h = static_cast<int>(k / n_idx), j = static_cast<int>(k % n_idx);

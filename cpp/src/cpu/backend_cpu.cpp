@@ -128,8 +128,8 @@ void CpuBackend::write_kv(KvPayload& payload, int layer, const int32_t* slots, i
   for (int i = 0; i < n; ++i)
     for (int h = 0; h < hkv; ++h) {
       const size_t off = (static_cast<size_t>(i) * hkv + h) * d;
-      kv.store(kv.k_row(layer, h, slots[i]), k + off);
-      kv.store(kv.v_row(layer, h, slots[i]), v + off);
+      kv.store_k(kv.k_row(layer, h, slots[i]), k + off);
+      kv.store_v(kv.v_row(layer, h, slots[i]), v + off);
     }
 }
 

@@ -16,22 +16,29 @@ class CpuKv : public KvPayload {
   uint64_t bytes() const override { return bytes_; }
 
   const KvLayout& layout() const { return layout_; }
-  uint8_t* k_row(int layer, int head, int slot) { return row(k_, layer, head, slot); }
-  uint8_t* v_row(int layer, int head, int slot) { return row(v_, layer, head, slot); }
-  const uint8_t* k_row(int layer, int head, int slot) const { return row(k_, layer, head, slot); }
-  const uint8_t* v_row(int layer, int head, int slot) const { return row(v_, layer, head, slot); }
+  uint8_t* k_row(int layer, int head, int slot) { return row(k_, layout_.k_row_bytes, layer, head, slot); }
+  uint8_t* v_row(int layer, int head, int slot) { return row(v_, layout_.v_row_bytes, layer, head, slot); }
+  const uint8_t* k_row(int layer, int head, int slot) const {
+    return row(k_, layout_.k_row_bytes, layer, head, slot);
+  }
+  const uint8_t* v_row(int layer, int head, int slot) const {
+    return row(v_, layout_.v_row_bytes, layer, head, slot);
+  }
 
-  // Writes one head_dim vector (float32) into a row in the KV type.
-  void store(uint8_t* dst, const float* x) const;
+  // Write one head_dim vector (float32) into a key row / value row in its KV type.
+  void store_k(uint8_t* dst, const float* x) const { store(layout_.type_k, dst, x); }
+  void store_v(uint8_t* dst, const float* x) const { store(layout_.type_v, dst, x); }
 
  private:
-  uint8_t* row(std::vector<std::vector<uint8_t>>& m, int layer, int head, int slot) {
+  void store(KvType type, uint8_t* dst, const float* x) const;
+  uint8_t* row(std::vector<std::vector<uint8_t>>& m, size_t row_bytes, int layer, int head, int slot) {
     const size_t n = static_cast<size_t>(layout_.n_slots[static_cast<size_t>(layer)]);
-    return m[static_cast<size_t>(layer)].data() + (static_cast<size_t>(head) * n + slot) * layout_.row_bytes;
+    return m[static_cast<size_t>(layer)].data() + (static_cast<size_t>(head) * n + slot) * row_bytes;
   }
-  const uint8_t* row(const std::vector<std::vector<uint8_t>>& m, int layer, int head, int slot) const {
+  const uint8_t* row(const std::vector<std::vector<uint8_t>>& m, size_t row_bytes, int layer, int head,
+                     int slot) const {
     const size_t n = static_cast<size_t>(layout_.n_slots[static_cast<size_t>(layer)]);
-    return m[static_cast<size_t>(layer)].data() + (static_cast<size_t>(head) * n + slot) * layout_.row_bytes;
+    return m[static_cast<size_t>(layer)].data() + (static_cast<size_t>(head) * n + slot) * row_bytes;
   }
 
   KvLayout layout_;
