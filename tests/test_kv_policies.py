@@ -169,6 +169,32 @@ def test_kv_types(smollm2_path):
     assert sizes["q8_0/q4_0"] == rows * (row["q8_0"] + row["q4_0"]) + tables
 
 
+@pytest.mark.parametrize("positions", ["original", "cache_index"])
+def test_hadamard_keys_keep_the_scores(smollm2_path, positions):
+    """Quantized keys stored rotated (kv_hadamard, the default) give the logits of unrotated
+    q8_0 keys up to rounding, with keys rotated by RoPE at write time or by rank at read time
+    (cache_index: the rotation is undone first); and 4-bit keys lose less with it."""
+    text = "The quick brown fox jumps over the lazy dog. " * 12
+    out = {}
+    for kv_type in ("f16", "q8_0", "q4_0"):
+        for had in (True, False):
+            with tova.Engine(smollm2_path, policy="tova", kv_size=48, kv_type_k=kv_type, kv_hadamard=had,
+                             positions=positions, n_threads=2) as e:
+                assert e.kv_hadamard is had
+                out[kv_type, had] = e.eval(e.tokenize(text), all_logits=True)[-40:]
+    np.testing.assert_array_equal(out["f16", True], out["f16", False])  # no effect on f16 keys
+
+    def err(x):
+        return float(np.abs(x - out["f16", True]).mean())
+
+    # 8-bit keys stay close (eviction choices may differ on near ties, moving a few logits);
+    # a rotation not undone where it must be would scramble every score instead.
+    for had in (True, False):
+        assert err(out["q8_0", had]) < 1.0
+        assert (out["q8_0", had].argmax(-1) == out["f16", True].argmax(-1)).mean() >= 0.85
+    assert err(out["q4_0", True]) < 0.6 * err(out["q4_0", False])  # measured: 1.2-1.3 vs 3.2-3.9
+
+
 def test_quantized_kv_needs_whole_blocks(tmp_path):
     """A q4_0 / q4_1 / q8_0 cache needs a head size that its 32-element blocks divide."""
     from reference.synthetic import write_llama_gguf

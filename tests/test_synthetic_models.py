@@ -70,26 +70,31 @@ def test_forward_matches_reference(llama_model):
     assert (q8.argmax(-1) == want.argmax(-1)).mean() > 0.9
 
 
-@pytest.mark.parametrize("k_type, v_type", [("q8_0", "q8_0"), ("q4_0", "q4_0"), ("q4_1", "q4_1"),
-                                             ("q8_0", "q4_0"), ("f16", "q4_1"), ("q4_0", "f32")])
-def test_quantized_kv_matches_reference(tmp_path, k_type, v_type):
-    """Keys and values stored in q8_0 / q4_0 / q4_1 (each its own type): tova's logits equal a
-    reference whose cache holds what those blocks hold (gguf-py's quantizer), with quantized keys
-    scored against the query rounded to 8 bits, in prefill and token-by-token decoding."""
+@pytest.mark.parametrize("k_type, v_type, hadamard", [
+    ("q8_0", "q8_0", True), ("q4_0", "q4_0", True), ("q4_1", "q4_1", True), ("q8_0", "q4_0", True),
+    ("f16", "q4_1", True), ("q4_0", "f32", False), ("q4_1", "q8_0", False)])
+def test_quantized_kv_matches_reference(tmp_path, k_type, v_type, hadamard):
+    """Keys and values stored in q8_0 / q4_0 / q4_1 (each its own type), quantized keys rotated
+    by the Walsh-Hadamard transform or not: tova's logits equal a reference whose cache holds what
+    those blocks hold (gguf-py's quantizer), with quantized keys scored against the (rotated)
+    query rounded to 8 bits, in prefill and token-by-token decoding."""
     path = tmp_path / "m.gguf"
     write_llama_gguf(path, seed=5, weight_type="F32", n_embd=128, n_head=4, n_head_kv=2)  # head_dim 32
     ref = LlamaRef(str(path))
     ids = _tokens(40, 384, seed=2)
-    want = ref.forward(ids, cache=ref.new_cache(k_type, v_type))
+    want = ref.forward(ids, cache=ref.new_cache(k_type, v_type, hadamard))
     exact = ref.forward(ids)
     with _engine(path, policy="full", n_ctx=64, float_activations=True, chunk=16, kv_type_k=k_type,
-                 kv_type_v=v_type) as e:
+                 kv_type_v=v_type, kv_hadamard=hadamard) as e:
         assert (e.kv_type_k, e.kv_type_v) == (k_type, v_type)
         prefill = e.eval(ids, all_logits=True)
         e.reset()
         decode = np.stack([e.eval([t]) for t in ids])
-    np.testing.assert_allclose(prefill, want, atol=5 * EXACT_TOL, rtol=0)
-    np.testing.assert_allclose(decode, want, atol=5 * EXACT_TOL, rtol=0)
+    # Rounding amplifies float differences: tova rotates by butterflies, the reference
+    # by a matrix product, and a rare value lands on the other side of a rounding boundary.
+    tol = (10 if hadamard and k_type != "f16" else 5) * EXACT_TOL
+    np.testing.assert_allclose(prefill, want, atol=tol, rtol=0)
+    np.testing.assert_allclose(decode, want, atol=tol, rtol=0)
     if "q4" in k_type + v_type:  # the reference's rounding is what tova does: not the exact cache
         assert np.abs(want - exact).max() > 10 * EXACT_TOL
 

@@ -25,6 +25,10 @@ struct KvLayout {
   int head_dim = 0;
   size_t k_row_bytes = 0;           // bytes of one head_dim vector in type_k
   size_t v_row_bytes = 0;           // and in type_v
+  // Keys are stored rotated by the orthonormal Walsh-Hadamard transform of head_dim (queries are
+  // rotated alike before scoring, so q.k is unchanged): spreads outlier channels over the block
+  // before a 4-bit quantization. Set for quantized keys when head_dim is a power of two.
+  bool hadamard_k = false;
   std::vector<int> n_slots;         // per layer
   uint64_t payload_bytes() const;   // K and V of every layer
 };

@@ -45,6 +45,7 @@ struct EngineParams {
   int n_sink = -1;                 // -1: the policy's default (sink: 4, others 0)
   KvType kv_type_k = KvType::F16;  // element type of the stored keys
   KvType kv_type_v = KvType::F16;  // and values (kv_type sets both)
+  bool kv_hadamard = true;         // quantized keys stored Hadamard-rotated (KvLayout::hadamard_k)
   PrefillMode prefill = PrefillMode::Exact;
   PositionsMode positions = PositionsMode::Original;
   BackendKind backend = BackendKind::Cpu;

@@ -61,6 +61,9 @@ KvPlan plan_kv(const HParams& hp, const KvConfig& cfg) {
   plan.layout.head_dim = hp.head_dim;
   plan.layout.k_row_bytes = row_bytes(kv_ggml_type(cfg.type_k), hp.head_dim);
   plan.layout.v_row_bytes = row_bytes(kv_ggml_type(cfg.type_v), hp.head_dim);
+  const bool pow2 = hp.head_dim > 0 && (hp.head_dim & (hp.head_dim - 1)) == 0;
+  const bool quantized_k = cfg.type_k != KvType::F16 && cfg.type_k != KvType::F32;
+  plan.layout.hadamard_k = cfg.hadamard_k && quantized_k && pow2;
   plan.layers.resize(static_cast<size_t>(hp.n_layer));
   uint64_t tables = 0;
   for (int l = 0; l < hp.n_layer; ++l) {

@@ -21,7 +21,7 @@ const std::set<std::string> kBenchValues = {
     "--model", "--prompt", "--n-predict", "--threads", "--kv-size", "--policy", "--n-sink", "--kv-type", "--kv-type-k", "--kv-type-v",
     "--ctx", "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--repetitions",
     "--batch", "--kv-budget", "--n-seq", "--backend", "--depth"};
-const std::set<std::string> kBenchFlags = {"--json", "--help"};
+const std::set<std::string> kBenchFlags = {"--json", "--help", "--no-kv-hadamard"};
 const std::map<std::string, std::string> kBenchAliases = {
     {"-m", "--model"}, {"-p", "--prompt"}, {"-n", "--n-predict"}, {"-t", "--threads"},
     {"-ctk", "--kv-type-k"}, {"-ctv", "--kv-type-v"},

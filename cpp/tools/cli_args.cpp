@@ -86,6 +86,7 @@ EngineParams engine_params_from(const CliArgs& a, const std::string& default_pol
   const std::string both = a.str("--kv-type", kv_type_name(p.kv_type_k));
   p.kv_type_k = parse_kv_type(a.str("--kv-type-k", both));
   p.kv_type_v = parse_kv_type(a.str("--kv-type-v", both));
+  p.kv_hadamard = !a.has("--no-kv-hadamard");
   p.chunk = a.integer("--chunk", p.chunk);
   p.prefill = parse_prefill(a.str("--prefill", prefill_name(p.prefill)));
   p.positions = parse_positions(a.str("--positions", positions_name(p.positions)));

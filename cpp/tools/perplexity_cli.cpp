@@ -54,7 +54,7 @@ const std::set<std::string> kPplValues = {
     "--model", "--file", "--ctx", "--chunks", "--stride", "--score-from", "--policy", "--kv-size",
     "--n-sink", "--kv-type", "--kv-type-k", "--kv-type-v", "--chunk", "--prefill", "--positions", "--policy-plugin", "--backend",
     "--policy-args", "--threads"};
-const std::set<std::string> kPplFlags = {"--help", "--no-progress"};
+const std::set<std::string> kPplFlags = {"--help", "--no-progress", "--no-kv-hadamard"};
 const std::map<std::string, std::string> kPplAliases = {
     {"-m", "--model"}, {"-f", "--file"}, {"-c", "--ctx"}, {"-t", "--threads"}, {"-h", "--help"},
     {"-ctk", "--kv-type-k"}, {"-ctv", "--kv-type-v"}};

@@ -73,6 +73,8 @@ run / bench options:
       --kv-type T            element type of the stored keys and values: f16 (default), f32,
                              q8_0, q4_0, q4_1
       --kv-type-k T, --kv-type-v T   (-ctk, -ctv) the keys' / the values' type alone
+      --no-kv-hadamard       store quantized keys as they are (default: rotated by a
+                             Walsh-Hadamard transform first, queries alike)
       --ctx N                n_ctx for the full policy (default 2048)
       --chunk N              prefill chunk size (default 64)
       --prefill MODE         exact (default: as if token by token) or chunked (faster, approximate)
@@ -167,7 +169,7 @@ const std::set<std::string> kValueOpts = {
     "--repeat-penalty", "--seed", "--kv-size", "--policy", "--n-sink", "--kv-type", "--kv-type-k", "--kv-type-v", "--ctx",
     "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--repetitions", "--file",
     "--backend"};
-const std::set<std::string> kFlags = {"--json", "--ignore-eos", "--help"};
+const std::set<std::string> kFlags = {"--json", "--ignore-eos", "--help", "--no-kv-hadamard"};
 const std::map<std::string, std::string> kAliases = {
     {"-m", "--model"}, {"-p", "--prompt"}, {"-n", "--n-predict"}, {"-t", "--threads"},
     {"-r", "--repetitions"}, {"-s", "--seed"}, {"-h", "--help"}, {"-f", "--file"},

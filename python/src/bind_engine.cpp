@@ -96,7 +96,7 @@ void bind_engine(nb::module_& m) {
               int kv_size, int n_ctx, int n_sink, const std::string& kv_type, const std::string& kv_type_k,
               const std::string& kv_type_v,
               const std::string& prefill, int chunk, const std::string& positions,
-              bool float_activations, int n_seq, uint64_t kv_budget, int n_batch,
+              bool float_activations, int n_seq, uint64_t kv_budget, int n_batch, bool kv_hadamard,
               const std::string& backend) {
              EngineParams p;
              p.n_threads = n_threads;
@@ -116,6 +116,7 @@ void bind_engine(nb::module_& m) {
              p.chunk = chunk;
              p.positions = parse_positions(positions);
              p.float_activations = float_activations;
+             p.kv_hadamard = kv_hadamard;
              p.n_seq = n_seq;
              p.kv_budget = kv_budget;
              p.n_batch = n_batch;
@@ -138,7 +139,7 @@ void bind_engine(nb::module_& m) {
            nb::arg("positions") = std::string(positions_name(d.positions)),
            nb::arg("float_activations") = d.float_activations, nb::arg("n_seq") = d.n_seq,
            nb::arg("kv_budget") = d.kv_budget, nb::arg("n_batch") = d.n_batch,
-           nb::arg("backend") = std::string(backend_name(d.backend)))
+           nb::arg("kv_hadamard") = d.kv_hadamard, nb::arg("backend") = std::string(backend_name(d.backend)))
       .def("tokenize",
            [](const Engine& e, const std::string& text, bool add_bos, bool special) {
              nb::gil_scoped_release release;
@@ -225,6 +226,7 @@ void bind_engine(nb::module_& m) {
         r["n_batch"] = e.n_batch();
         r["n_threads"] = e.n_threads();
         r["float_activations"] = p.float_activations;
+        r["kv_hadamard"] = p.kv_hadamard;
         r["backend"] = std::string(e.backend().name());
         return r;
       })

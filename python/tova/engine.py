@@ -42,6 +42,10 @@ class Engine:
             ``cpp/src/config.h``).
         kv_type_k, kv_type_v: the keys' or the values' type alone (default: ``kv_type``); keys
             and values tolerate quantization differently.
+        kv_hadamard: store quantized keys rotated by an orthonormal Walsh-Hadamard transform
+            (queries rotated alike, so every score is unchanged; default ``True``): spreads the
+            keys' outlier channels before 4-bit quantization. No effect on f16/f32 keys or a
+            head size that is not a power of two.
         prefill: how prompts longer than ``kv_size`` are read: ``"exact"`` (default; equal to
             feeding the prompt one token at a time, evicting after every token) or ``"chunked"``
             (each chunk attends to the kept tokens plus its own prefix, then the policy evicts
@@ -77,6 +81,7 @@ class Engine:
         kv_type: Optional[str] = None,
         kv_type_k: Optional[str] = None,
         kv_type_v: Optional[str] = None,
+        kv_hadamard: Optional[bool] = None,
         prefill: Optional[str] = None,
         chunk: Optional[int] = None,
         positions: Optional[str] = None,
@@ -98,6 +103,7 @@ class Engine:
                             ("prefill", prefill), ("positions", positions), ("backend", backend)):
             _check.choice(name, value)
         float_activations = _check.boolean("float_activations", float_activations)
+        kv_hadamard = _check.optional_boolean("kv_hadamard", kv_hadamard)
         self._seed = _check.optional_integer("seed", seed, minimum=-1, maximum=_check.INT64_MAX)
         if kv_budget is not None and n_seq is not None:
             raise ValueError("give n_seq or kv_budget, not both (kv_budget sets n_seq)")
@@ -108,7 +114,7 @@ class Engine:
         path = resolve(model)
         # Settings not given take the core's defaults (written once, in cpp/src/config.h).
         given = dict(policy=policy, kv_size=kv_size, n_ctx=n_ctx, kv_type=kv_type, kv_type_k=kv_type_k,
-                     kv_type_v=kv_type_v, prefill=prefill,
+                     kv_type_v=kv_type_v, kv_hadamard=kv_hadamard, prefill=prefill,
                      chunk=chunk, positions=positions, n_seq=n_seq, n_batch=n_batch,
                      n_threads=n_threads, n_sink=n_sink, backend=backend)
         self._core: Optional[_core.Engine] = _core.Engine(
@@ -125,6 +131,7 @@ class Engine:
         self.kv_type: str = str(p["kv_type"])  # "q8_0", or "q8_0/q4_0" when K and V differ
         self.kv_type_k: str = str(p["kv_type_k"])
         self.kv_type_v: str = str(p["kv_type_v"])
+        self.kv_hadamard: bool = bool(p["kv_hadamard"])
         self.prefill: str = str(p["prefill"])
         self.chunk: int = int(p["chunk"])
         self.positions: str = str(p["positions"])

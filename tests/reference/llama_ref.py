@@ -155,6 +155,15 @@ def kv_round(x: np.ndarray, kv_type: str) -> np.ndarray:
     return np.asarray(dequantize(gguf.quants.quantize(flat, t), t)).reshape(x.shape).astype(x.dtype)
 
 
+def hadamard_matrix(n: int) -> np.ndarray:
+    """The orthonormal Walsh-Hadamard matrix of order n (a power of two), Sylvester's construction:
+    symmetric, and its own inverse."""
+    h = np.ones((1, 1))
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    return (h / np.sqrt(n)).astype(np.float32)
+
+
 def q4_1_mins(x: np.ndarray) -> np.ndarray:
     """The per-block minimum ``m`` (float16) of ``x`` (..., head_dim) stored as q4_1: (..., nb)."""
     flat = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
@@ -180,11 +189,16 @@ class KVCache:
 
     k[layer]: (n, n_head_kv, head_dim), v[layer]: same, pos[layer]: (n,) int64. Order is insertion
     order, which never matters: masks are built from `pos`. Keys and values are stored as their
-    element types (``k_type``, ``v_type``: f32, f16, q8_0, q4_0, q4_1) would hold them.
+    element types (``k_type``, ``v_type``: f32, f16, q8_0, q4_0, q4_1) would hold them. With
+    ``hadamard`` (quantized keys, head_dim a power of two) keys are kept rotated by the
+    Walsh-Hadamard matrix H, as quantized: ``k`` then holds H k rounded, and a query meets them as
+    H q.
     """
 
     def __init__(self, n_layer: int, n_head_kv: int, head_dim: int, dtype=np.float32,
-                 k_type: str = "f32", v_type: str = "f32"):
+                 k_type: str = "f32", v_type: str = "f32", hadamard: bool = False):
+        self.hadamard = hadamard and k_type in _KV_GGML and head_dim & (head_dim - 1) == 0
+        self.h = hadamard_matrix(head_dim).astype(dtype) if self.hadamard else None
         self.k = [np.zeros((0, n_head_kv, head_dim), dtype) for _ in range(n_layer)]
         self.v = [np.zeros((0, n_head_kv, head_dim), dtype) for _ in range(n_layer)]
         self.pos = [np.zeros((0,), np.int64) for _ in range(n_layer)]
@@ -194,6 +208,8 @@ class KVCache:
     def append(self, layer: int, k: np.ndarray, v: np.ndarray, pos: np.ndarray) -> None:
         if np.isin(pos, self.pos[layer]).any():
             raise ValueError(f"layer {layer}: positions {pos} already cached")
+        if self.h is not None:
+            k = k @ self.h  # H is symmetric: each row k becomes H k
         self.k[layer] = np.concatenate([self.k[layer], kv_round(k, self.k_type)])
         self.v[layer] = np.concatenate([self.v[layer], kv_round(v, self.v_type)])
         if self.k_type == "q4_1":
@@ -318,8 +334,9 @@ class LlamaRef:
         self._inv_freq = [swa if hp.is_swa(il) else glob for il in range(hp.n_layer)]
         self._rope_scale = [1.0 if hp.is_swa(il) else glob_scale for il in range(hp.n_layer)]
 
-    def new_cache(self, k_type: str = "f32", v_type: str = "f32") -> KVCache:
-        return KVCache(self.hp.n_layer, self.hp.n_head_kv, self.hp.head_dim, self.dtype, k_type, v_type)
+    def new_cache(self, k_type: str = "f32", v_type: str = "f32", hadamard: bool = False) -> KVCache:
+        return KVCache(self.hp.n_layer, self.hp.n_head_kv, self.hp.head_dim, self.dtype, k_type, v_type,
+                       hadamard)
 
     # ---- pieces -------------------------------------------------------------------------------
     def rope(self, x: np.ndarray, pos: np.ndarray, layer: int = 0) -> np.ndarray:
@@ -361,6 +378,8 @@ class LlamaRef:
             # Quantized keys are multiplied by the query quantized to 8 bits per block of 32
             # (q8_0; q8_1 for q4_1 keys, the same values plus a float16 block sum), as ggml's CPU
             # attention does.
+            if cache.h is not None:
+                q = q @ cache.h
             if cache.k_type == "q4_1":
                 sum_err = q8_1_sum_error(q)  # (n, n_head, nb)
             q = kv_round(q, "q8_0")
@@ -384,6 +403,8 @@ class LlamaRef:
             key_pos = kp[vis]
             k = cache.k[layer][vis]
             qi = q[i]
+            if by_rank and cache.h is not None:
+                k = k @ cache.h  # back from the stored rotation before rotating by rank
             if by_rank:
                 rank = np.empty(key_pos.size, np.int64)
                 rank[np.argsort(key_pos, kind="stable")] = np.arange(key_pos.size)

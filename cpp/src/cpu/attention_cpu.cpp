@@ -13,16 +13,29 @@ namespace {
 
 // Scores of q against quantized keys (q8_0, q4_0, q4_1): the query is quantized once to the key
 // type's vec_dot_type and each score is the type's integer dot product, as ggml's CPU attention
-// computes with a quantized K cache.
+// computes with a quantized K cache. Keys stored rotated (hadamard_k) meet the query rotated alike.
 void quantized_scores(const CpuKv& kv, int layer, int kvh, const float* q, const int32_t* idx, int n_idx,
                       float scale, float* scores, std::vector<float>& tmp) {
   const int d = kv.layout().head_dim;
   const GgmlType kt = kv_ggml_type(kv.layout().type_k);
   const GgmlType qt = type_traits(kt).vec_dot_type;
-  tmp.resize((row_bytes(qt, d) + sizeof(float) - 1) / sizeof(float));
+  const size_t qq_floats = (row_bytes(qt, d) + sizeof(float) - 1) / sizeof(float);
+  // The slots a row sees are spread over [0, hi]: one matrix product over that contiguous range
+  // of keys (every product is the type's vec_dot, bit for bit), then the row's slots picked out.
+  int hi = 0;
+  for (int j = 0; j < n_idx; ++j) hi = std::max(hi, idx[j]);
+  tmp.resize(qq_floats + static_cast<size_t>(d) + static_cast<size_t>(hi) + 1);
+  float* all = tmp.data() + qq_floats + d;
+  if (kv.layout().hadamard_k) {
+    float* qr = tmp.data() + qq_floats;
+    std::memcpy(qr, q, sizeof(float) * static_cast<size_t>(d));
+    hadamard(qr, d);
+    q = qr;
+  }
   cpu_kernels(qt).quantize(q, tmp.data(), d);
-  const VecDotFn dot = cpu_kernels(kt).vec_dot;
-  for (int j = 0; j < n_idx; ++j) scores[j] = dot(d, kv.k_row(layer, kvh, idx[j]), tmp.data()) * scale;
+  cpu_kernels(kt).gemm(d, kv.k_row(layer, kvh, 0), kv.layout().k_row_bytes, hi + 1, tmp.data(),
+                       row_bytes(qt, d), 1, all, 1);
+  for (int j = 0; j < n_idx; ++j) scores[j] = all[idx[j]] * scale;
 }
 
 // out = sum_j p[j] * V[idx[j]] for one KV head.
@@ -137,6 +150,7 @@ void AttentionCpu::rotate_keys_by_rank(ThreadPool& pool, const CpuKv& kv, const 
       const int h = static_cast<int>(k / n_idx), j = static_cast<int>(k % n_idx);
       float* kr = rotated_k_.data() + static_cast<size_t>(k) * d;
       dequantize(kv.k_row(row.layer, h, row.idx[j]), kr, d);
+      if (lo.hadamard_k) hadamard(kr, d);  // back from the stored rotation (its own inverse)
       const size_t r = static_cast<size_t>(j) * pairs;
       row.rank_rope->rotate(kr, 1, d, rank_cs_.data() + r, rank_sn_.data() + r);
     }

@@ -163,6 +163,7 @@ Table avx2_table() {
   at(t, GgmlType::Q4_0).vec_dot_f32 = a::vec_dot_q4_0_f32;
   at(t, GgmlType::Q8_0).vec_dot_f32 = a::vec_dot_q8_0_f32;
   at(t, GgmlType::Q4_0).dequantize = a::dequantize_q4_0;
+  at(t, GgmlType::Q4_1).dequantize = a::dequantize_q4_1;
   at(t, GgmlType::Q8_0).dequantize = a::dequantize_q8_0;
   simd_rows<a::vec_dot_q4_0_q8_0, a::vec_dot_rows_q4_0_q8_0>(t, GgmlType::Q4_0);
   simd_rows<a::vec_dot_q5_0_q8_0, a::vec_dot_rows_q5_0_q8_0>(t, GgmlType::Q5_0);

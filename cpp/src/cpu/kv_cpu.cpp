@@ -1,11 +1,25 @@
 #include "kv_cpu.h"
 
+#include <cmath>
 #include <cstring>
 
+#include "arch.h"
 #include "kernels_cpu.h"
 #include "quant.h"
 
 namespace tova {
+
+void hadamard(float* x, int n) {
+  for (int h = 1; h < n; h *= 2)
+    for (int i = 0; i < n; i += 2 * h)
+      for (int j = i; j < i + h; ++j) {
+        const float a = x[j], b = x[j + h];
+        x[j] = a + b;
+        x[j + h] = a - b;
+      }
+  const float s = 1.0f / std::sqrt(static_cast<float>(n));
+  for (int i = 0; i < n; ++i) x[i] *= s;
+}
 
 CpuKv::CpuKv(const KvLayout& layout) : layout_(layout) {
   for (int n : layout_.n_slots) {
@@ -29,6 +43,14 @@ void CpuKv::store(KvType type, uint8_t* p, const float* x) const {
     case KvType::Q4_0:
     case KvType::Q4_1: cpu_kernels(kv_ggml_type(type)).quantize(x, p, d); break;
   }
+}
+
+void CpuKv::store_k(uint8_t* dst, const float* x) const {
+  if (!layout_.hadamard_k) return store(layout_.type_k, dst, x);
+  float r[HParamLimits::kHeadDim];  // head_dim is bounded by it (arch.cpp)
+  std::memcpy(r, x, sizeof(float) * static_cast<size_t>(layout_.head_dim));
+  hadamard(r, layout_.head_dim);
+  store(layout_.type_k, dst, r);
 }
 
 }  // namespace tova

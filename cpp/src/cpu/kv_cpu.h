@@ -10,6 +10,10 @@
 
 namespace tova {
 
+// x <- H x / sqrt(n) in place, H the Walsh-Hadamard matrix of order n (a power of two): an
+// orthonormal, symmetric rotation that is its own inverse.
+void hadamard(float* x, int n);
+
 class CpuKv : public KvPayload {
  public:
   explicit CpuKv(const KvLayout& layout);
@@ -26,7 +30,7 @@ class CpuKv : public KvPayload {
   }
 
   // Write one head_dim vector (float32) into a key row / value row in its KV type.
-  void store_k(uint8_t* dst, const float* x) const { store(layout_.type_k, dst, x); }
+  void store_k(uint8_t* dst, const float* x) const;  // rotated first when layout().hadamard_k
   void store_v(uint8_t* dst, const float* x) const { store(layout_.type_v, dst, x); }
 
  private:

@@ -158,6 +158,7 @@ float vec_dot_q8_0_q8_0(int64_t n, const void* x, const void* y);
 float vec_dot_q4_0_f32(int64_t n, const void* x, const float* y);
 float vec_dot_q8_0_f32(int64_t n, const void* x, const float* y);
 void dequantize_q4_0(const void* src, float* dst, int64_t n);
+void dequantize_q4_1(const void* src, float* dst, int64_t n);
 void dequantize_q8_0(const void* src, float* dst, int64_t n);
 
 void quantize_q8_K(const float* src, void* dst, int64_t n);
