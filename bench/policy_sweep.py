@@ -11,6 +11,13 @@ line per policy, the full cache dashed).
 
     python bench/policy_sweep.py --model smollm2-135m-instruct \\
         --text ../shared/texts/botchan_natsume_en1919.txt --out bench/results/smollm2_botchan
+
+With ``--by-bytes`` the x axis is KV bytes per sequence instead of tokens: KV types crossed with
+policies at fractions of the full f16 cache's bytes (see bench/sweep_bytes.py):
+
+    python bench/policy_sweep.py --by-bytes --model smollm2-135m-instruct \\
+        --kv-types f16,q8_0,q8_0/q4_1,q4_1 --fractions 1/8,1/16 --policies tova \\
+        --out bench/results/smollm2_botchan_bytes
 """
 from __future__ import annotations
 
@@ -125,7 +132,23 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="bench/results/sweep")
     ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--by-bytes", action="store_true", help="perplexity against KV bytes (sweep_bytes.py)")
+    ap.add_argument("--kv-types", default="f16,q8_0,q8_0/q4_1,q4_1",
+                    help="--by-bytes: KV types, K/V for different key and value types")
+    ap.add_argument("--fractions", default="1/8,1/16", help="--by-bytes: of the full f16 cache's bytes")
+    ap.add_argument("--chunk", type=int, default=32,
+                    help="--by-bytes: prefill chunk (its working slots count in the bytes)")
     a = ap.parse_args(argv)
+    if a.by_bytes:
+        import sweep_bytes
+
+        if a.policies == ",".join(("full",) + POLICIES):
+            a.policies = "tova"
+        csv_path = Path(f"{a.out}.csv") if a.plot_only else sweep_bytes.run(a)
+        sweep_bytes.plot(csv_path, Path(f"{a.out}.png"),
+                         f"{a.model}, {Path(a.text).stem}, {a.segments} x {a.segment} tokens, by KV bytes")
+        print(sweep_bytes.table(csv_path))
+        return 0
     csv_path = Path(f"{a.out}.csv") if a.plot_only else run(a)
     plot(csv_path, Path(f"{a.out}.png"), f"{a.model}, {Path(a.text).stem}, {a.segments} x {a.segment} tokens")
     print(table(csv_path))
