@@ -83,6 +83,13 @@ def main() -> None:
                 r = rss_mib()
                 out["chat"].append({"turn": turn, "rss_mib": r, "reply": reply})
                 print(f"| {turn} | {r:.1f} | {reply.strip()[:60]!r} |", flush=True)
+        history_chars = sum(len(m["content"]) for m in msgs)
+        msgs.clear()
+        e.reset_chat()
+        r = rss_mib()
+        out["chat_end"] = {"turns": a.chat_turns, "history_chars": history_chars, "rss_mib": r}
+        print(f"\nchat of {a.chat_turns} turns ({history_chars} characters of history) answered every "
+              f"turn; RSS after dropping the history: {r:.1f} MiB")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(out, indent=1))
 
