@@ -66,7 +66,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   cfg.capacity = 1 + in.u8() % 8;
   cfg.max_step = 1 + in.u8() % 4;
   cfg.n_sink = in.u8() % 4;
-  cfg.type = tova::KvType::F32;
+  cfg.type_k = cfg.type_v = tova::KvType::F32;
   const uint8_t flags = in.u8();
   PayloadOnly backend;
   tova::KvStore store(hp, cfg, backend);

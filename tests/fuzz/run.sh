@@ -3,7 +3,9 @@
 # SECONDS from the seed corpus here, printing per target the executions, coverage (edges, features)
 # and corpus size libFuzzer reports. A crash, sanitizer report, timeout (10 s on one input) or an
 # input using over 2 GiB fails the run; the input is kept in BUILD/crashes/TARGET/. Each finding
-# becomes a regression test in the normal suite (tests/test_fuzz_regressions.py).
+# becomes a regression test in the normal suite: fix it, copy the input to
+# tests/fuzz/regressions/TARGET/, and tests/test_fuzz_regressions.py replays it (with the seeds)
+# on every test run.
 #
 #   bash tests/fuzz/run.sh [SECONDS=60] [TARGET...]     (targets: model_load tokenizer chat policy)
 set -euo pipefail
