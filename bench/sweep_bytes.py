@@ -71,7 +71,11 @@ def plan(a) -> Tuple[List[Tuple[str, str, str, int]], int]:
                 if k is None:
                     print(f"{policy} {t}: nothing fits {frac} of the full f16 cache ({budget} bytes)")
                     continue
-                cells.append((policy, t, str(k), store_bytes(a.model, policy, t, k, a.chunk)))
+                if k >= a.segment - a.chunk:  # keeps the whole segment: the full cache's row
+                    continue
+                cell = (policy, t, str(k), store_bytes(a.model, policy, t, k, a.chunk))
+                if cell not in cells:
+                    cells.append(cell)
     return cells, full_f16
 
 
