@@ -30,7 +30,7 @@ from pathlib import Path
 import tova
 from tova.perplexity import perplexity
 
-POLICIES = ("window", "sink", "h2o", "tova")
+POLICIES = ("window", "sink", "h2o", "tova", "tova_ema")
 FIELDS = ["model", "text", "policy", "kv_size", "segment", "segments", "n_scored", "ppl",
           "stderr", "seconds"]
 

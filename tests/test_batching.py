@@ -23,7 +23,7 @@ PROMPTS = [
     "A recipe for pancakes: first, take",
 ]
 
-POLICIES = ["tova", "h2o", "sink", "window"]
+POLICIES = ["tova", "h2o", "sink", "window", "tova_ema"]
 
 
 def _solo(engine: tova.Engine, prompts, **kw):

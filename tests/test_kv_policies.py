@@ -80,7 +80,7 @@ def text_ids(smollm2_path, reference_dir):
         return e.tokenize(text)[:160]
 
 
-@pytest.mark.parametrize("policy", ["window", "sink", "h2o", "tova"])
+@pytest.mark.parametrize("policy", ["window", "sink", "h2o", "tova", "tova_ema"])
 def test_exact_prefill_any_chunk_equals_token_by_token(smollm2_path, text_ids, policy):
     """Spec §5 'exact': chunk sizes 7 and 64 give the same evictions as 1, and the same logits
     within float reduction tolerance (measured: identical, the per-row kernels are the same)."""
@@ -97,7 +97,7 @@ def test_exact_prefill_any_chunk_equals_token_by_token(smollm2_path, text_ids, p
 
 def test_every_policy_equals_full_when_it_fits(smollm2_path):
     outs = {}
-    for policy in ("full", "window", "sink", "h2o", "tova"):
+    for policy in ("full", "window", "sink", "h2o", "tova", "tova_ema"):
         with tova.Engine(smollm2_path, policy=policy, kv_size=128, n_ctx=128, n_threads=2) as e:
             outs[policy] = e.generate("The capital of France is", max_tokens=40, temperature=0,
                                       ignore_eos=True)

@@ -136,7 +136,7 @@ def _kept_after(victims, t, n_layer):
     return out
 
 
-@pytest.mark.parametrize("policy", ["window", "sink", "h2o", "tova"])
+@pytest.mark.parametrize("policy", ["window", "sink", "h2o", "tova", "tova_ema"])
 @pytest.mark.parametrize("chunk", [1, 7, 64])
 def test_policy_matches_spec_reference(policy_model, policy, chunk):
     path, ref = policy_model

@@ -29,7 +29,7 @@ const char* enum_name(E e, const std::pair<const char*, E> (&table)[N]) {
 
 const std::pair<const char*, PolicyKind> kPolicies[] = {
     {"tova", PolicyKind::Tova}, {"h2o", PolicyKind::H2O}, {"sink", PolicyKind::Sink},
-    {"window", PolicyKind::Window}, {"full", PolicyKind::Full}};
+    {"window", PolicyKind::Window}, {"full", PolicyKind::Full}, {"tova_ema", PolicyKind::TovaEma}};
 const std::pair<const char*, KvType> kKvTypes[] = {
     {"f16", KvType::F16}, {"f32", KvType::F32}, {"q8_0", KvType::Q8_0}, {"q4_0", KvType::Q4_0},
     {"q4_1", KvType::Q4_1}};

@@ -10,7 +10,7 @@
 
 namespace tova {
 
-enum class PolicyKind { Tova, H2O, Sink, Window, Full, Plugin };
+enum class PolicyKind { Tova, H2O, Sink, Window, Full, TovaEma, Plugin };
 enum class KvType { F32, F16, Q8_0, Q4_0, Q4_1 };
 enum class PrefillMode { Exact, Chunked };
 enum class PositionsMode { Original, CacheIndex };

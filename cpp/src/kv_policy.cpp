@@ -46,24 +46,39 @@ int tova_select(void*, const tova_policy_view* v, int32_t* out) {
                        [](int32_t) { return false; });
 }
 
+// The smallest position among the `recent` most recent valid slots (the new token included):
+// positions are distinct, so the recent window is every slot at or above it. INT32_MAX if none.
+int32_t recent_threshold(const tova_policy_view* v, int32_t recent) {
+  std::vector<int32_t> ps;
+  for (int32_t s = 0; s < v->n_slots; ++s)
+    if (v->pos[s] >= 0) ps.push_back(v->pos[s]);
+  if (recent <= 0 || ps.empty()) return INT32_MAX;
+  const size_t k = std::min(ps.size(), static_cast<size_t>(recent));
+  std::nth_element(ps.begin(), ps.begin() + (k - 1), ps.end(), std::greater<int32_t>());
+  return ps[k - 1];
+}
+
 // h2o: accumulated head-mean attention; the C/2 most recent positions are protected.
 int h2o_select(void*, const tova_policy_view* v, int32_t* out) {
   for (int32_t s = 0; s < v->n_slots; ++s)
     if (v->pos[s] >= 0) v->state[s] += v->probs_mean[s];
   if (v->n_evict == 0) return 0;
-  const int32_t recent = v->capacity / 2;
-  // Positions are distinct: the recent window is everything at or above the recent-th largest.
-  std::vector<int32_t> ps;
-  for (int32_t s = 0; s < v->n_slots; ++s)
-    if (v->pos[s] >= 0) ps.push_back(v->pos[s]);
-  int32_t threshold = INT32_MAX;
-  if (recent > 0 && !ps.empty()) {
-    size_t k = std::min(ps.size(), static_cast<size_t>(recent));
-    std::nth_element(ps.begin(), ps.begin() + (k - 1), ps.end(), std::greater<int32_t>());
-    threshold = ps[k - 1];
-  }
+  const int32_t threshold = recent_threshold(v, v->capacity / 2);
   return select_lowest(v, out, [v](int32_t s) { return v->state[s]; },
                        [v, threshold](int32_t s) { return v->pos[s] >= threshold; });
+}
+
+// tova_ema (docs/policies.md): TOVA's head-mean attention smoothed over steps, every step:
+// state = a * state + (1 - a) * p_mean for the kept tokens, p_mean for the new one; evict the
+// lowest state.
+int tova_ema_select(void*, const tova_policy_view* v, int32_t* out) {
+  const float a = kTovaEmaDecay, b = 1.0f - kTovaEmaDecay;
+  for (int32_t s = 0; s < v->n_slots; ++s) {
+    if (v->pos[s] < 0) continue;
+    v->state[s] = s == v->new_slot ? v->probs_mean[s] : a * v->state[s] + b * v->probs_mean[s];
+  }
+  if (v->n_evict == 0) return 0;
+  return select_lowest(v, out, [v](int32_t s) { return v->state[s]; }, [](int32_t) { return false; });
 }
 
 int full_select(void*, const tova_policy_view* v, int32_t*) { return v->n_evict == 0 ? 0 : 1; }
@@ -106,7 +121,7 @@ PolicyHandle& PolicyHandle::operator=(PolicyHandle&& o) noexcept {
 }
 
 const std::vector<std::string>& builtin_policy_names() {
-  static const std::vector<std::string> names = {"tova", "h2o", "sink", "window", "full"};
+  static const std::vector<std::string> names = {"tova", "h2o", "sink", "window", "full", "tova_ema"};
   return names;
 }
 
@@ -122,6 +137,8 @@ PolicyHandle make_builtin_policy(const std::string& name) {
   if (name == "tova") p = new_builtin("tova", TOVA_POLICY_NEEDS_PROBS, tova_select, not_enough);
   else if (name == "h2o")
     p = new_builtin("h2o", TOVA_POLICY_NEEDS_PROBS | TOVA_POLICY_EVERY_STEP, h2o_select, not_enough);
+  else if (name == "tova_ema")
+    p = new_builtin("tova_ema", TOVA_POLICY_NEEDS_PROBS | TOVA_POLICY_EVERY_STEP, tova_ema_select, not_enough);
   else if (name == "window") p = new_builtin("window", 0, window_select, not_enough);
   else if (name == "sink") p = new_builtin("sink", 0, window_select, not_enough);
   else if (name == "full") p = new_builtin("full", 0, full_select, full_error);

@@ -1,5 +1,6 @@
 // Eviction policies behind the C ABI of <tova/policy_plugin.h>: the built-ins (full, window,
-// sink, h2o, tova), policies loaded from shared libraries, and an owning handle the KV store uses.
+// sink, h2o, tova, and tova_ema beyond the paper: docs/policies.md), policies loaded from
+// shared libraries, and an owning handle the KV store uses.
 #pragma once
 
 #include <memory>
@@ -31,6 +32,10 @@ class PolicyHandle {
   std::shared_ptr<void> library_;  // dlclose'd after the policy is destroyed
   std::string origin_;
 };
+
+// tova_ema's decay per step (tuned on one text, reported on another: bench/RESULTS.md, "Quality
+// per KV byte").
+constexpr float kTovaEmaDecay = 0.95f;
 
 // Names of the built-in policies, in the order `tova --help` lists them.
 const std::vector<std::string>& builtin_policy_names();

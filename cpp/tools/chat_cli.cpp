@@ -41,7 +41,7 @@ options:
       --temp T               temperature (default 0.8; 0 = greedy)
       --top-k K, --top-p P, --min-p P, --repeat-penalty R, --seed S
       --kv-size N            tokens kept per layer (default 512)
-      --policy P             tova (default), h2o, sink, window, full
+      --policy P             tova (default), h2o, sink, window, full, tova_ema
       --n-sink N, --kv-type T, --kv-type-k T, --kv-type-v T, --ctx N, --chunk N, --prefill MODE, --positions MODE,
       --policy-plugin LIB, --policy-args TEXT     as for `tova run`
 )";

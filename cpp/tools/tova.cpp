@@ -68,7 +68,7 @@ run / bench options:
       --temp T               temperature (run: 0.8; 0 = greedy)
       --top-k K, --top-p P, --min-p P, --repeat-penalty R, --seed S
       --kv-size N            tokens kept per layer by an evicting policy (default 512)
-      --policy P             tova (default), h2o, sink, window, full
+      --policy P             tova (default), h2o, sink, window, full, tova_ema
       --n-sink N             first positions never evicted (sink: 4)
       --kv-type T            element type of the stored keys and values: f16 (default), f32,
                              q8_0, q4_0, q4_1

@@ -33,8 +33,10 @@ class Engine:
             out.
         kv_size: ``C``, the tokens kept per layer by an evicting policy (the multi-state size;
             default 512).
-        policy: ``"tova"`` (default), ``"h2o"``, ``"sink"``, ``"window"``, ``"full"``, or an
-            instance of a :class:`tova.Policy` subclass (your own policy, run inside the engine).
+        policy: ``"tova"`` (default), ``"h2o"``, ``"sink"``, ``"window"``, ``"full"``,
+            ``"tova_ema"`` (TOVA's attention smoothed over steps, beyond the paper:
+            docs/policies.md), or an instance of a :class:`tova.Policy` subclass (your own
+            policy, run inside the engine).
         n_sink: first positions never evicted; default: 4 for ``"sink"``, 0 otherwise.
         kv_type: element type of the stored K and V: ``"f16"`` (default), ``"f32"``, ``"q8_0"``,
             ``"q4_0"``, ``"q4_1"`` (llama.cpp's ``-ctk``/``-ctv`` types: 8.5, 4.5 and 5 bits per

@@ -32,7 +32,8 @@ import numpy as np
 
 from .llama_ref import KVCache, LlamaRef
 
-POLICIES = ("full", "window", "sink", "h2o", "tova")
+POLICIES = ("full", "window", "sink", "h2o", "tova", "tova_ema")
+TOVA_EMA_DECAY = 0.95  # docs/policies.md
 
 
 class _PolicyHook:
@@ -74,6 +75,10 @@ class _PolicyHook:
             acc = self.acc[layer]
             for p, s in zip(key_pos.tolist(), head_mean):
                 acc[p] = dt(acc.get(p, dt(0)) + s)
+        elif self.policy == "tova_ema":  # kept tokens: a * ema + (1 - a) * p; the new one: p
+            acc, a = self.acc[layer], dt(TOVA_EMA_DECAY)
+            for p, s in zip(key_pos.tolist(), head_mean):
+                acc[p] = s if p == q_pos else dt(a * acc[p] + (dt(1) - a) * s)
         n_evict = n_valid - self.C
         if n_evict <= 0:
             return
@@ -84,6 +89,8 @@ class _PolicyHook:
             score = key_pos.astype(np.float64)  # oldest first
         elif self.policy == "tova":
             score = head_mean
+        elif self.policy == "tova_ema":  # docs/policies.md
+            score = np.array([self.acc[layer][p] for p in key_pos.tolist()], dtype=head_mean.dtype)
         else:  # h2o
             score = np.array([self.acc[layer][p] for p in key_pos.tolist()], dtype=head_mean.dtype)
             recent = np.argsort(-key_pos, kind="stable")[: self.recent]
@@ -117,7 +124,7 @@ def run_policy(model_ref: LlamaRef, tokens, *, kv_size: int, policy: str,
         n_sink = 4 if policy == "sink" else 0
     if h2o_recent is None:
         h2o_recent = kv_size // 2
-    if policy in ("sink", "tova", "h2o") and n_sink >= kv_size:
+    if policy in ("sink", "tova", "h2o", "tova_ema") and n_sink >= kv_size:
         raise ValueError(f"n_sink {n_sink} must be < kv_size {kv_size}")
     if policy == "h2o" and n_sink + h2o_recent >= kv_size + 1:
         raise ValueError(f"h2o: n_sink + h2o_recent ({n_sink} + {h2o_recent}) leave nothing to "
