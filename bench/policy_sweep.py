@@ -26,6 +26,7 @@ import csv
 import sys
 import time
 from pathlib import Path
+from typing import List
 
 import tova
 from tova.perplexity import perplexity
@@ -35,18 +36,25 @@ FIELDS = ["model", "text", "policy", "kv_size", "segment", "segments", "n_scored
           "stderr", "seconds"]
 
 
-def run(a) -> Path:
-    csv_path = Path(f"{a.out}.csv")
-    done = set()
-    if csv_path.exists():
-        with csv_path.open() as f:
-            done = {(r["policy"], r["kv_size"]) for r in csv.DictReader(f)}
+def text_tokens(a) -> List[int]:
+    """The first ``segments x segment`` tokens of the text (SystemExit when it is shorter)."""
     text = Path(a.text).read_text()
     with tova.Engine(a.model, policy="full", n_ctx=16, n_threads=1) as e:
         ids = e.tokenize(text)
     need = a.segment * a.segments
     if len(ids) < need:
         raise SystemExit(f"{a.text}: {len(ids)} tokens, {need} needed")
+    return ids[:need]
+
+
+def run(a) -> Path:
+    csv_path = Path(f"{a.out}.csv")
+    done = set()
+    if csv_path.exists():
+        with csv_path.open() as f:
+            done = {(r["policy"], r["kv_size"]) for r in csv.DictReader(f)}
+    ids = text_tokens(a)
+    need = len(ids)
     policies = a.policies.split(",")
     configs = [("full", "full")] if "full" in policies else []
     # kv-major: every policy at one kv_size before the next, so that a run cut short (and

@@ -85,12 +85,10 @@ def run(a) -> Path:
     if csv_path.exists():
         with csv_path.open() as f:
             done = {(r["policy"], r["kv_type"], r["kv_size"]) for r in csv.DictReader(f)}
-    text = Path(a.text).read_text()
-    with tova.Engine(a.model, policy="full", n_ctx=16, n_threads=1) as e:
-        ids = e.tokenize(text)
-    need = a.segment * a.segments
-    if len(ids) < need:
-        raise SystemExit(f"{a.text}: {len(ids)} tokens, {need} needed")
+    from policy_sweep import text_tokens
+
+    ids = text_tokens(a)
+    need = len(ids)
     cells, full_f16 = plan(a)
     new = not csv_path.exists()
     with csv_path.open("a", newline="") as f:
