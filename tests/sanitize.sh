@@ -26,10 +26,15 @@ TIERS="$(python -c "from tova import _core; print(' '.join(_core.cpu_tiers()))")
 for model in smollm2-135m-instruct gemma-3-270m; do
   path="$(python -m tova.models path "$model")"
   for tier in $TIERS; do
-    for policy in tova full; do
-      echo "sanitize: $model, kernels $tier, policy $policy"
+    # f16 slots with tova and the full cache; 4-bit keys (rotated) and values with tova_ema,
+    # original and cache_index positions.
+    for config in "tova f16 original" "full f16 original" "tova_ema q4_1/q4_0 original" \
+                  "tova q8_0/q4_1 cache_index"; do
+      read -r policy kv positions <<<"$config"
+      echo "sanitize: $model, kernels $tier, policy $policy, kv $kv, positions $positions"
       if ! TOVA_CPU_KERNELS="$tier" "$BUILD/tova" run -m "$path" -p "$PROMPT" -n 8 --temp 0 -t 2 \
-          --policy "$policy" --kv-size 32 --chunk 16 --ctx 128 >/dev/null 2>"$BUILD/run.err"; then
+          --policy "$policy" --kv-size 32 --chunk 16 --ctx 128 -ctk "${kv%/*}" -ctv "${kv#*/}" \
+          --positions "$positions" >/dev/null 2>"$BUILD/run.err"; then
         cat "$BUILD/run.err"
         exit 1
       fi
