@@ -102,6 +102,16 @@ def choice(name: str, value: Any) -> Optional[str]:
     return optional_text(name, value)
 
 
+def policy(value: Any) -> Any:
+    """``None``, a policy name (the core checks it is known), or a :class:`tova.Policy`."""
+    from .policy import Policy
+
+    if value is not None and not isinstance(value, (str, Policy)):
+        raise TypeError("policy must be a policy name (str) or a tova.Policy instance, "
+                        f"got {_kind(value)}")
+    return value
+
+
 def stop_strings(value: Any) -> List[str]:
     """``stop``: ``None``, one string, or a sequence of non-empty strings."""
     if value is None:

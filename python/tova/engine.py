@@ -110,9 +110,7 @@ class Engine:
         if kv_budget is not None and n_seq is not None:
             raise ValueError("give n_seq or kv_budget, not both (kv_budget sets n_seq)")
         budget = _parse_budget(kv_budget)
-        if policy is not None and not isinstance(policy, (str, Policy)):
-            raise TypeError("policy must be a policy name (str) or a tova.Policy instance, "
-                            f"got {type(policy).__name__}")
+        _check.policy(policy)
         path = resolve(model)
         # Settings not given take the core's defaults (written once, in cpp/src/config.h).
         given = dict(policy=policy, kv_size=kv_size, n_ctx=n_ctx, kv_type=kv_type, kv_type_k=kv_type_k,

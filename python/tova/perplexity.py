@@ -229,7 +229,6 @@ def perplexity(
             (``kv_type``, ``n_threads``, ``float_activations``, ``chunk``, ``n_sink`` ...).
     """
     from .engine import Engine
-    from .policy import Policy
 
     if _check.text("prefill", prefill) not in ("exact", "chunked"):
         raise ValueError(f"prefill must be 'exact' or 'chunked', got {prefill!r}")
@@ -240,9 +239,7 @@ def perplexity(
                                                    ("chunks", chunks), ("score_from", score_from)))
     add_bos = _check.optional_boolean("add_bos", add_bos)
     progress = _check.boolean("progress", progress)
-    if policy is not None and not isinstance(policy, (str, Policy)):
-        raise TypeError("policy must be a policy name (str) or a tova.Policy instance, "
-                        f"got {type(policy).__name__}")
+    _check.policy(policy)
     if not isinstance(engine_or_model, Engine):
         _check.path("engine_or_model", engine_or_model)
 
