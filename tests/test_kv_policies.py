@@ -151,7 +151,7 @@ def test_chunked_prefill_keeps_capacity(smollm2_path, text_ids):
 
 def test_kv_types(smollm2_path):
     sizes = {}
-    for kv_type in ("f32", "f16", "q8_0", "q4_0", "q4_1", "q8_0/q4_0"):
+    for kv_type in ("f32", "f16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "q8_0/q4_0"):
         k, _, v = kv_type.partition("/")
         with tova.Engine(smollm2_path, policy="tova", kv_size=64, kv_type_k=k, kv_type_v=v or k,
                          n_threads=2) as e:
@@ -163,7 +163,8 @@ def test_kv_types(smollm2_path):
     # per-slot tables; a row of 64 elements is 2 blocks of 32 in the quantized types.
     slots, tables = 64 + 64, 30 * (64 + 64) * 9
     rows = 30 * slots * 3
-    row = {"f32": 64 * 4, "f16": 64 * 2, "q8_0": 2 * 34, "q4_0": 2 * 18, "q4_1": 2 * 20}
+    row = {"f32": 64 * 4, "f16": 64 * 2, "q8_0": 2 * 34, "q5_0": 2 * 22, "q5_1": 2 * 24, "q4_0": 2 * 18,
+           "q4_1": 2 * 20}
     for t in row:
         assert sizes[t] == rows * 2 * row[t] + tables, t
     assert sizes["q8_0/q4_0"] == rows * (row["q8_0"] + row["q4_0"]) + tables
@@ -196,12 +197,12 @@ def test_hadamard_keys_keep_the_scores(smollm2_path, positions):
 
 
 def test_quantized_kv_needs_whole_blocks(tmp_path):
-    """A q4_0 / q4_1 / q8_0 cache needs a head size that its 32-element blocks divide."""
+    """A quantized cache needs a head size that its 32-element blocks divide."""
     from reference.synthetic import write_llama_gguf
 
     path = tmp_path / "m.gguf"
     write_llama_gguf(path)  # head_dim 16
-    for t in ("q4_0", "q4_1", "q8_0"):
+    for t in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0"):
         with pytest.raises(ValueError, match=f"kv_type {t} needs a head size that is a multiple of 32"):
             tova.Engine(path, kv_type_v=t, n_threads=1)
 

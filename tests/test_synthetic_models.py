@@ -72,11 +72,12 @@ def test_forward_matches_reference(llama_model):
 
 @pytest.mark.parametrize("k_type, v_type, hadamard", [
     ("q8_0", "q8_0", True), ("q4_0", "q4_0", True), ("q4_1", "q4_1", True), ("q8_0", "q4_0", True),
-    ("f16", "q4_1", True), ("q4_0", "f32", False), ("q4_1", "q8_0", False)])
+    ("f16", "q4_1", True), ("q4_0", "f32", False), ("q4_1", "q8_0", False), ("q5_0", "q5_1", True),
+    ("q5_1", "q5_0", False), ("q8_0", "q4_1", False)])
 def test_quantized_kv_matches_reference(tmp_path, k_type, v_type, hadamard):
-    """Keys and values stored in q8_0 / q4_0 / q4_1 (each its own type), quantized keys rotated
-    by the Walsh-Hadamard transform or not: tova's logits equal a reference whose cache holds what
-    those blocks hold (gguf-py's quantizer), with quantized keys scored against the (rotated)
+    """Keys and values stored in q8_0 / q5_x / q4_x (each its own type), quantized keys and
+    values rotated by the Walsh-Hadamard transform or not: tova's logits equal a reference whose
+    cache holds what those blocks hold (gguf-py's quantizer), with quantized keys scored against the (rotated)
     query rounded to 8 bits, in prefill and token-by-token decoding."""
     path = tmp_path / "m.gguf"
     write_llama_gguf(path, seed=5, weight_type="F32", n_embd=128, n_head=4, n_head_kv=2)  # head_dim 32
@@ -92,7 +93,7 @@ def test_quantized_kv_matches_reference(tmp_path, k_type, v_type, hadamard):
         decode = np.stack([e.eval([t]) for t in ids])
     # Rounding amplifies float differences: tova rotates by butterflies, the reference
     # by a matrix product, and a rare value lands on the other side of a rounding boundary.
-    tol = (10 if hadamard and k_type != "f16" else 5) * EXACT_TOL
+    tol = (10 if hadamard else 5) * EXACT_TOL
     np.testing.assert_allclose(prefill, want, atol=tol, rtol=0)
     np.testing.assert_allclose(decode, want, atol=tol, rtol=0)
     if "q4" in k_type + v_type:  # the reference's rounding is what tova does: not the exact cache

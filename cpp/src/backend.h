@@ -29,6 +29,8 @@ struct KvLayout {
   // rotated alike before scoring, so q.k is unchanged): spreads outlier channels over the block
   // before a 4-bit quantization. Set for quantized keys when head_dim is a power of two.
   bool hadamard_k = false;
+  // Values likewise (the weighted sum of rotated values is rotated back: H is its own inverse).
+  bool hadamard_v = false;
   std::vector<int> n_slots;         // per layer
   uint64_t payload_bytes() const;   // K and V of every layer
 };

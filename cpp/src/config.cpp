@@ -32,7 +32,7 @@ const std::pair<const char*, PolicyKind> kPolicies[] = {
     {"window", PolicyKind::Window}, {"full", PolicyKind::Full}, {"tova_ema", PolicyKind::TovaEma}};
 const std::pair<const char*, KvType> kKvTypes[] = {
     {"f16", KvType::F16}, {"f32", KvType::F32}, {"q8_0", KvType::Q8_0}, {"q4_0", KvType::Q4_0},
-    {"q4_1", KvType::Q4_1}};
+    {"q4_1", KvType::Q4_1}, {"q5_0", KvType::Q5_0}, {"q5_1", KvType::Q5_1}};
 const std::pair<const char*, PrefillMode> kPrefill[] = {
     {"exact", PrefillMode::Exact}, {"chunked", PrefillMode::Chunked}};
 const std::pair<const char*, PositionsMode> kPositions[] = {

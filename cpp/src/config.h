@@ -11,7 +11,7 @@
 namespace tova {
 
 enum class PolicyKind { Tova, H2O, Sink, Window, Full, TovaEma, Plugin };
-enum class KvType { F32, F16, Q8_0, Q4_0, Q4_1 };
+enum class KvType { F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 };
 enum class PrefillMode { Exact, Chunked };
 enum class PositionsMode { Original, CacheIndex };
 enum class BackendKind { Cpu };  // CUDA joins here when cuda/ is built
@@ -45,7 +45,7 @@ struct EngineParams {
   int n_sink = -1;                 // -1: the policy's default (sink: 4, others 0)
   KvType kv_type_k = KvType::F16;  // element type of the stored keys
   KvType kv_type_v = KvType::F16;  // and values (kv_type sets both)
-  bool kv_hadamard = true;         // quantized keys stored Hadamard-rotated (KvLayout::hadamard_k)
+  bool kv_hadamard = true;         // quantized keys / values stored Hadamard-rotated (KvLayout)
   PrefillMode prefill = PrefillMode::Exact;
   PositionsMode positions = PositionsMode::Original;
   BackendKind backend = BackendKind::Cpu;

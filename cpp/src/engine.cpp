@@ -30,7 +30,7 @@ Engine::Engine(const std::string& model_path, EngineParams params) : params_(std
   kc.max_step = params_.chunk;
   kc.type_k = params_.kv_type_k;
   kc.type_v = params_.kv_type_v;
-  kc.hadamard_k = params_.kv_hadamard;
+  kc.hadamard = params_.kv_hadamard;
   kc.n_sink = params_.sink();
   kc.full = full;
   const uint64_t per_seq = plan_kv(h, kc).bytes;

@@ -20,6 +20,8 @@ GgmlType kv_ggml_type(KvType t) {
     case KvType::Q8_0: return GgmlType::Q8_0;
     case KvType::Q4_0: return GgmlType::Q4_0;
     case KvType::Q4_1: return GgmlType::Q4_1;
+    case KvType::Q5_0: return GgmlType::Q5_0;
+    case KvType::Q5_1: return GgmlType::Q5_1;
   }
   return GgmlType::F32;
 }
@@ -62,8 +64,9 @@ KvPlan plan_kv(const HParams& hp, const KvConfig& cfg) {
   plan.layout.k_row_bytes = row_bytes(kv_ggml_type(cfg.type_k), hp.head_dim);
   plan.layout.v_row_bytes = row_bytes(kv_ggml_type(cfg.type_v), hp.head_dim);
   const bool pow2 = hp.head_dim > 0 && (hp.head_dim & (hp.head_dim - 1)) == 0;
-  const bool quantized_k = cfg.type_k != KvType::F16 && cfg.type_k != KvType::F32;
-  plan.layout.hadamard_k = cfg.hadamard_k && quantized_k && pow2;
+  auto quantized = [](KvType t) { return t != KvType::F16 && t != KvType::F32; };
+  plan.layout.hadamard_k = cfg.hadamard && quantized(cfg.type_k) && pow2;
+  plan.layout.hadamard_v = cfg.hadamard && quantized(cfg.type_v) && pow2;
   plan.layers.resize(static_cast<size_t>(hp.n_layer));
   uint64_t tables = 0;
   for (int l = 0; l < hp.n_layer; ++l) {

@@ -22,7 +22,7 @@ struct KvConfig {
   int max_step = 64;       // U: the most tokens of this sequence handled in one step
   KvType type_k = KvType::F16;
   KvType type_v = KvType::F16;
-  bool hadamard_k = true;  // rotate quantized keys (KvLayout::hadamard_k) where head_dim allows
+  bool hadamard = true;    // rotate quantized keys and values (KvLayout::hadamard_k/_v) where head_dim allows
   int n_sink = 0;          // first positions never evicted
   bool full = false;       // every non-sliding layer a plain cache of `capacity` that never evicts
 };

@@ -71,10 +71,10 @@ run / bench options:
       --policy P             tova (default), h2o, sink, window, full, tova_ema
       --n-sink N             first positions never evicted (sink: 4)
       --kv-type T            element type of the stored keys and values: f16 (default), f32,
-                             q8_0, q4_0, q4_1
+                             q8_0, q5_1, q5_0, q4_1, q4_0
       --kv-type-k T, --kv-type-v T   (-ctk, -ctv) the keys' / the values' type alone
-      --no-kv-hadamard       store quantized keys as they are (default: rotated by a
-                             Walsh-Hadamard transform first, queries alike)
+      --no-kv-hadamard       store quantized keys and values as they are (default:
+                             rotated by a Walsh-Hadamard transform first, queries alike)
       --ctx N                n_ctx for the full policy (default 2048)
       --chunk N              prefill chunk size (default 64)
       --prefill MODE         exact (default: as if token by token) or chunked (faster, approximate)

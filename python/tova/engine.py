@@ -39,15 +39,16 @@ class Engine:
             policy, run inside the engine).
         n_sink: first positions never evicted; default: 4 for ``"sink"``, 0 otherwise.
         kv_type: element type of the stored K and V: ``"f16"`` (default), ``"f32"``, ``"q8_0"``,
-            ``"q4_0"``, ``"q4_1"`` (llama.cpp's ``-ctk``/``-ctv`` types: 8.5, 4.5 and 5 bits per
-            element). Settings left at ``None`` take the core's defaults (shown here;
+            ``"q5_1"``, ``"q5_0"``, ``"q4_1"``, ``"q4_0"`` (llama.cpp's ``-ctk``/``-ctv`` types:
+            8.5, 6, 5.5, 5 and 4.5 bits per element). Settings left at ``None`` take the core's defaults (shown here;
             ``cpp/src/config.h``).
         kv_type_k, kv_type_v: the keys' or the values' type alone (default: ``kv_type``); keys
             and values tolerate quantization differently.
-        kv_hadamard: store quantized keys rotated by an orthonormal Walsh-Hadamard transform
-            (queries rotated alike, so every score is unchanged; default ``True``): spreads the
-            keys' outlier channels before 4-bit quantization. No effect on f16/f32 keys or a
-            head size that is not a power of two.
+        kv_hadamard: store quantized keys and values rotated by an orthonormal Walsh-Hadamard
+            transform (queries rotated alike, so every score is unchanged, and each head's
+            weighted sum of values rotated back; default ``True``): spreads outlier channels
+            before 4-bit quantization. No effect on f16/f32 rows or a head size that is not a
+            power of two.
         prefill: how prompts longer than ``kv_size`` are read: ``"exact"`` (default; equal to
             feeding the prompt one token at a time, evicting after every token) or ``"chunked"``
             (each chunk attends to the kept tokens plus its own prefix, then the policy evicts

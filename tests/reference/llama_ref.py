@@ -140,12 +140,13 @@ def read_hparams(reader: gguf.GGUFReader) -> Hparams:
 
 
 _KV_GGML = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0,
-            "q4_1": gguf.GGMLQuantizationType.Q4_1}
+            "q4_1": gguf.GGMLQuantizationType.Q4_1, "q5_0": gguf.GGMLQuantizationType.Q5_0,
+            "q5_1": gguf.GGMLQuantizationType.Q5_1}
 
 
 def kv_round(x: np.ndarray, kv_type: str) -> np.ndarray:
     """``x`` (..., head_dim) stored in a KV element type and read back: f32 as is, f16 rounded,
-    q8_0 / q4_0 / q4_1 quantized per block of 32 with gguf-py's quantizer and dequantized."""
+    q8_0 / q5_0 / q5_1 / q4_0 / q4_1 quantized per block of 32 with gguf-py's quantizer and dequantized."""
     if kv_type == "f32":
         return x
     if kv_type == "f16":
@@ -164,19 +165,23 @@ def hadamard_matrix(n: int) -> np.ndarray:
     return (h / np.sqrt(n)).astype(np.float32)
 
 
-def q4_1_mins(x: np.ndarray) -> np.ndarray:
-    """The per-block minimum ``m`` (float16) of ``x`` (..., head_dim) stored as q4_1: (..., nb)."""
+_WITH_MIN = {"q4_1": 20, "q5_1": 24}  # types storing a block minimum: their block bytes
+
+
+def block_mins(x: np.ndarray, kv_type: str) -> np.ndarray:
+    """The per-block minimum ``m`` (float16) of ``x`` (..., head_dim) stored as q4_1 or q5_1
+    (both blocks start with d, m as float16): (..., nb)."""
     flat = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
-    raw = np.asarray(gguf.quants.quantize(flat, _KV_GGML["q4_1"]), np.uint8)
-    blocks = raw.reshape(flat.shape[0], -1, 20)  # d (f16), m (f16), 16 bytes of nibbles
+    raw = np.asarray(gguf.quants.quantize(flat, _KV_GGML[kv_type]), np.uint8)
+    blocks = raw.reshape(flat.shape[0], -1, _WITH_MIN[kv_type])
     m = np.ascontiguousarray(blocks[:, :, 2:4]).view(np.float16)[..., 0].astype(np.float32)
     return m.reshape(*x.shape[:-1], -1)
 
 
 def q8_1_sum_error(q: np.ndarray) -> np.ndarray:
-    """For a query quantized to q8_1 (as ggml scores q4_1 keys), per block of 32: the block's
+    """For a query quantized to q8_1 (as ggml scores q4_1 and q5_1 keys), per block of 32: the block's
     stored sum ``s = fp16(d * sum(qs))`` minus the sum of its dequantized values
-    ``fp16(d) * sum(qs)``. A q4_1 key's score is ``k_deq . q_deq + sum_b m_b * error_b``."""
+    ``fp16(d) * sum(qs)``. Such a key's score is ``k_deq . q_deq + sum_b m_b * error_b``."""
     xb = q.reshape(*q.shape[:-1], -1, 32).astype(np.float32)
     d = np.abs(xb).max(-1) / 127.0
     inv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
@@ -189,16 +194,19 @@ class KVCache:
 
     k[layer]: (n, n_head_kv, head_dim), v[layer]: same, pos[layer]: (n,) int64. Order is insertion
     order, which never matters: masks are built from `pos`. Keys and values are stored as their
-    element types (``k_type``, ``v_type``: f32, f16, q8_0, q4_0, q4_1) would hold them. With
-    ``hadamard`` (quantized keys, head_dim a power of two) keys are kept rotated by the
-    Walsh-Hadamard matrix H, as quantized: ``k`` then holds H k rounded, and a query meets them as
-    H q.
+    element types (``k_type``, ``v_type``: f32, f16, q8_0, q5_x, q4_x) would hold them. With
+    ``hadamard`` (head_dim a power of two) quantized keys are kept rotated by the Walsh-Hadamard
+    matrix H, as quantized: ``k`` then holds H k rounded, and a query meets them as H q; quantized
+    values likewise (``v`` holds H v rounded; the weighted sum is rotated back by H, its own
+    inverse).
     """
 
     def __init__(self, n_layer: int, n_head_kv: int, head_dim: int, dtype=np.float32,
                  k_type: str = "f32", v_type: str = "f32", hadamard: bool = False):
-        self.hadamard = hadamard and k_type in _KV_GGML and head_dim & (head_dim - 1) == 0
-        self.h = hadamard_matrix(head_dim).astype(dtype) if self.hadamard else None
+        pow2 = head_dim & (head_dim - 1) == 0
+        h = hadamard_matrix(head_dim).astype(dtype) if hadamard and pow2 else None
+        self.h = h if k_type in _KV_GGML else None    # keys stored rotated
+        self.hv = h if v_type in _KV_GGML else None   # values stored rotated
         self.k = [np.zeros((0, n_head_kv, head_dim), dtype) for _ in range(n_layer)]
         self.v = [np.zeros((0, n_head_kv, head_dim), dtype) for _ in range(n_layer)]
         self.pos = [np.zeros((0,), np.int64) for _ in range(n_layer)]
@@ -210,10 +218,12 @@ class KVCache:
             raise ValueError(f"layer {layer}: positions {pos} already cached")
         if self.h is not None:
             k = k @ self.h  # H is symmetric: each row k becomes H k
+        if self.hv is not None:
+            v = v @ self.hv
         self.k[layer] = np.concatenate([self.k[layer], kv_round(k, self.k_type)])
         self.v[layer] = np.concatenate([self.v[layer], kv_round(v, self.v_type)])
-        if self.k_type == "q4_1":
-            self.k_min[layer] = np.concatenate([self.k_min[layer], q4_1_mins(k)])
+        if self.k_type in _WITH_MIN:
+            self.k_min[layer] = np.concatenate([self.k_min[layer], block_mins(k, self.k_type)])
         self.pos[layer] = np.concatenate([self.pos[layer], pos.astype(np.int64)])
 
     def evict(self, layer: int, positions) -> None:
@@ -224,7 +234,7 @@ class KVCache:
         keep = ~np.isin(self.pos[layer], positions)
         self.k[layer] = self.k[layer][keep]
         self.v[layer] = self.v[layer][keep]
-        if self.k_type == "q4_1":
+        if self.k_type in _WITH_MIN:
             self.k_min[layer] = self.k_min[layer][keep]
         self.pos[layer] = self.pos[layer][keep]
 
@@ -380,7 +390,7 @@ class LlamaRef:
             # attention does.
             if cache.h is not None:
                 q = q @ cache.h
-            if cache.k_type == "q4_1":
+            if cache.k_type in _WITH_MIN:
                 sum_err = q8_1_sum_error(q)  # (n, n_head, nb)
             q = kv_round(q, "q8_0")
         if hook is None:
@@ -395,6 +405,8 @@ class LlamaRef:
             s = np.where(visible[None], s, -np.inf)
             p = _softmax(s)
             o = np.einsum("hnm,mhd->nhd", p, v)
+            if cache.hv is not None:
+                o = o @ cache.hv  # back from the stored rotation
             return o.reshape(n, -1)
         out = np.empty((n, hp.n_head, hp.head_dim), self.dtype)
         for i in range(n):  # row by row: the hook may evict between rows
@@ -421,6 +433,8 @@ class LlamaRef:
                 s = np.where(np.asarray(mask, bool)[None, :], s, -np.inf)
             p = _softmax(s)  # (n_head, m)
             out[i] = np.einsum("hm,mhd->hd", p, v)
+            if cache.hv is not None:
+                out[i] = out[i] @ cache.hv
             hook.observe(layer, int(q_pos[i]), key_pos, p)
         return out.reshape(n, -1)
 

@@ -38,7 +38,7 @@ void quantized_scores(const CpuKv& kv, int layer, int kvh, const float* q, const
   for (int j = 0; j < n_idx; ++j) scores[j] = all[idx[j]] * scale;
 }
 
-// out = sum_j p[j] * V[idx[j]] for one KV head.
+// out = sum_j p[j] * V[idx[j]] for one KV head (values stored rotated: the sum rotated back).
 void weighted_values(const CpuKv& kv, int layer, int kvh, const int32_t* idx, int n_idx, const float* p,
                      float* out, std::vector<float>& tmp) {
   const KvLayout& lo = kv.layout();
@@ -56,6 +56,7 @@ void weighted_values(const CpuKv& kv, int layer, int kvh, const int32_t* idx, in
       dequantize(kv.v_row(layer, kvh, idx[j]), tmp.data(), d);
       axpy_f32(p[j], tmp.data(), out, d);
     }
+    if (lo.hadamard_v) hadamard(out, d);
   }
 }
 

@@ -30,8 +30,14 @@ CpuKv::CpuKv(const KvLayout& layout) : layout_(layout) {
   bytes_ = layout_.payload_bytes();
 }
 
-void CpuKv::store(KvType type, uint8_t* p, const float* x) const {
+void CpuKv::store(KvType type, uint8_t* p, const float* x, bool rotate) const {
   const int d = layout_.head_dim;
+  float r[HParamLimits::kHeadDim];  // head_dim is bounded by it (arch.cpp)
+  if (rotate) {
+    std::memcpy(r, x, sizeof(float) * static_cast<size_t>(d));
+    hadamard(r, d);
+    x = r;
+  }
   switch (type) {
     case KvType::F32: std::memcpy(p, x, sizeof(float) * static_cast<size_t>(d)); break;
     case KvType::F16: {
@@ -41,16 +47,13 @@ void CpuKv::store(KvType type, uint8_t* p, const float* x) const {
     }
     case KvType::Q8_0:
     case KvType::Q4_0:
-    case KvType::Q4_1: cpu_kernels(kv_ggml_type(type)).quantize(x, p, d); break;
+    case KvType::Q4_1:
+    case KvType::Q5_0:
+    case KvType::Q5_1: cpu_kernels(kv_ggml_type(type)).quantize(x, p, d); break;
   }
 }
 
-void CpuKv::store_k(uint8_t* dst, const float* x) const {
-  if (!layout_.hadamard_k) return store(layout_.type_k, dst, x);
-  float r[HParamLimits::kHeadDim];  // head_dim is bounded by it (arch.cpp)
-  std::memcpy(r, x, sizeof(float) * static_cast<size_t>(layout_.head_dim));
-  hadamard(r, layout_.head_dim);
-  store(layout_.type_k, dst, r);
-}
+void CpuKv::store_k(uint8_t* dst, const float* x) const { store(layout_.type_k, dst, x, layout_.hadamard_k); }
+void CpuKv::store_v(uint8_t* dst, const float* x) const { store(layout_.type_v, dst, x, layout_.hadamard_v); }
 
 }  // namespace tova

@@ -31,10 +31,10 @@ class CpuKv : public KvPayload {
 
   // Write one head_dim vector (float32) into a key row / value row in its KV type.
   void store_k(uint8_t* dst, const float* x) const;  // rotated first when layout().hadamard_k
-  void store_v(uint8_t* dst, const float* x) const { store(layout_.type_v, dst, x); }
+  void store_v(uint8_t* dst, const float* x) const;  // rotated first when layout().hadamard_v
 
  private:
-  void store(KvType type, uint8_t* dst, const float* x) const;
+  void store(KvType type, uint8_t* dst, const float* x, bool rotate) const;
   uint8_t* row(std::vector<std::vector<uint8_t>>& m, size_t row_bytes, int layer, int head, int slot) {
     const size_t n = static_cast<size_t>(layout_.n_slots[static_cast<size_t>(layer)]);
     return m[static_cast<size_t>(layer)].data() + (static_cast<size_t>(head) * n + slot) * row_bytes;
