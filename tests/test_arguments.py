@@ -89,6 +89,9 @@ CASES = [
     ("Engine n_batch 0", lambda e, g, m: _new(m, n_batch=0), ValueError, "n_batch must be >= 1"),
     ("Engine backend type", lambda e, g, m: _new(m, backend=0), TypeError, "backend must be a str"),
     ("Engine backend name", lambda e, g, m: _new(m, backend="tpu"), ValueError, "unknown backend 'tpu'"),
+    ("Engine device type", lambda e, g, m: _new(m, device=1), TypeError, "device must be a str"),
+    ("Engine device name", lambda e, g, m: _new(m, device="tpu"), ValueError, "unknown backend 'tpu'"),
+    ("Engine device and backend", lambda e, g, m: _new(m, device="cpu", backend="cuda"), ValueError, "disagree"),
     # a tova.Policy instance's attributes, and its answers
     ("Policy needs_probs", lambda e, g, m: _new(m, policy=_policy(needs_probs="yes")), TypeError,
      "needs_probs must be True or False, got str"),

@@ -2,13 +2,39 @@
 
 #include "common.h"
 #include "cpu/backend_cpu.h"
+#ifdef TOVA_HAVE_CUDA
+#include "backend_cuda.h"  // cuda/
+#endif
 
 namespace tova {
+
+int cuda_device_count() {
+#ifdef TOVA_HAVE_CUDA
+  return cuda_devices();
+#else
+  return 0;
+#endif
+}
+
+bool cuda_built() {
+#ifdef TOVA_HAVE_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
 
 std::unique_ptr<Backend> make_backend(BackendKind kind, const Model& model, int max_rows, int n_threads,
                                       bool float_activations) {
   switch (kind) {
     case BackendKind::Cpu: return std::make_unique<CpuBackend>(model, max_rows, n_threads, float_activations);
+    case BackendKind::Cuda:
+#ifdef TOVA_HAVE_CUDA
+      return make_cuda_backend(model, max_rows);
+#else
+      throw ArgumentError("backend 'cuda': this tova was built without CUDA (rebuild with "
+                          "CMAKE_ARGS=-DTOVA_CUDA=ON pip install . on a machine with the CUDA toolkit)");
+#endif
   }
   throw ArgumentError(cat("backend '", backend_name(kind), "' is not built into this tova"));
 }

@@ -112,6 +112,11 @@ class Backend {
   virtual void attend(const AttnShape& shape, const AttnRow* rows, int n_rows) = 0;
 };
 
+// CUDA devices this build can use: 0 when built without CUDA (TOVA_CUDA=OFF), without a driver
+// or without a GPU.
+int cuda_device_count();
+bool cuda_built();
+
 // The backend of a kind (backend.cpp): max_rows tokens per step; n_threads 0 = all cores (at
 // most 16; the CPU backend's compute threads).
 std::unique_ptr<Backend> make_backend(BackendKind kind, const Model& model, int max_rows, int n_threads,

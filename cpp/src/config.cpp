@@ -38,7 +38,7 @@ const std::pair<const char*, PrefillMode> kPrefill[] = {
 const std::pair<const char*, PositionsMode> kPositions[] = {
     {"original", PositionsMode::Original}, {"cache_index", PositionsMode::CacheIndex}};
 
-const std::pair<const char*, BackendKind> kBackends[] = {{"cpu", BackendKind::Cpu}};
+const std::pair<const char*, BackendKind> kBackends[] = {{"cpu", BackendKind::Cpu}, {"cuda", BackendKind::Cuda}};
 
 void bound(const char* name, int64_t v, int64_t lo, int64_t hi, const char* hint = "") {
   if (v < lo || v > hi)

@@ -14,7 +14,7 @@ enum class PolicyKind { Tova, H2O, Sink, Window, Full, TovaEma, Plugin };
 enum class KvType { F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 };
 enum class PrefillMode { Exact, Chunked };
 enum class PositionsMode { Original, CacheIndex };
-enum class BackendKind { Cpu };  // CUDA joins here when cuda/ is built
+enum class BackendKind { Cpu, Cuda };  // Cuda: built with TOVA_CUDA (cuda/)
 
 // parse_*: ArgumentError listing the known names for an unknown one.
 PolicyKind parse_policy(const std::string& name);  // a built-in name ("plugin" is not one)

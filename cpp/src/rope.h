@@ -21,6 +21,7 @@ class Rope {
   // Rotates n_heads vectors by precomputed angles.
   void rotate(float* x, int n_heads, int head_dim, const float* cs, const float* sn) const;
   int pairs() const { return dim_ / 2; }
+  RopeStyle style() const { return style_; }
 
  private:
   RopeStyle style_;

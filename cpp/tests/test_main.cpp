@@ -5,6 +5,7 @@
 #include <chrono>
 #include <thread>
 #include <cmath>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -20,6 +21,7 @@
 #include "cpu/kernels_cpu.h"
 #include "cpu/thread_pool.h"
 #include "tokenizer.h"
+#include "dequant.cuh"  // cuda/: the CUDA kernels' dequantizers, plain C++ without nvcc
 
 using namespace tova;
 
@@ -150,6 +152,72 @@ void test_gguf_buffer() {
     }
   }
   CHECK(rejected == static_cast<int>(b.size()));
+}
+
+// The CUDA backend's per-element dequantizers (cuda/dequant.cuh) equal the CPU kernels bit for
+// bit on random blocks of every weight type they handle: checked here, where no GPU is needed.
+void test_cuda_dequantizers() {
+  uint32_t seed = 12345;
+  auto next = [&] {
+    seed = seed * 1664525u + 1013904223u;
+    return seed >> 8;
+  };
+  auto small_half = [&] { return fp32_to_fp16((static_cast<float>(next() % 2001) - 1000.0f) / 4096.0f); };
+  struct Case {
+    GgmlType type;
+    float (*elem)(const uint8_t*, int64_t);
+    std::vector<size_t> half_fields;  // offsets of float16 scales inside a block
+  };
+  const std::vector<Case> cases = {
+      {GgmlType::F16, cuda::DqF16::elem, {0}},
+      {GgmlType::BF16, cuda::DqBF16::elem, {}},
+      {GgmlType::F32, cuda::DqF32::elem, {}},
+      {GgmlType::Q4_0, cuda::DqQ4_0::elem, {offsetof(BlockQ4_0, d)}},
+      {GgmlType::Q4_1, cuda::DqQ4_1::elem, {offsetof(BlockQ4_1, d), offsetof(BlockQ4_1, m)}},
+      {GgmlType::Q5_0, cuda::DqQ5_0::elem, {offsetof(BlockQ5_0, d)}},
+      {GgmlType::Q5_1, cuda::DqQ5_1::elem, {offsetof(BlockQ5_1, d), offsetof(BlockQ5_1, m)}},
+      {GgmlType::Q8_0, cuda::DqQ8_0::elem, {offsetof(BlockQ8_0, d)}},
+      {GgmlType::Q2_K, cuda::DqQ2_K::elem, {offsetof(BlockQ2_K, d), offsetof(BlockQ2_K, dmin)}},
+      {GgmlType::Q3_K, cuda::DqQ3_K::elem, {offsetof(BlockQ3_K, d)}},
+      {GgmlType::Q4_K, cuda::DqQ4_K::elem, {offsetof(BlockQ4_K, d), offsetof(BlockQ4_K, dmin)}},
+      {GgmlType::Q5_K, cuda::DqQ5_K::elem, {offsetof(BlockQ5_K, d), offsetof(BlockQ5_K, dmin)}},
+      {GgmlType::Q6_K, cuda::DqQ6_K::elem, {offsetof(BlockQ6_K, d)}},
+  };
+  for (const Case& c : cases) {
+    const TypeTraits& t = type_traits(c.type);
+    const int64_t n = t.block_size * (t.block_size == 1 ? 300 : 3);  // odd sizes for the float types
+    std::vector<uint8_t> raw(row_bytes(c.type, n));
+    for (auto& b : raw) b = static_cast<uint8_t>(next());
+    const size_t stride = t.type_size;
+    for (size_t blk = 0; blk < raw.size() / stride; ++blk)
+      for (size_t off : c.half_fields) {
+        const uint16_t h = small_half();
+        std::memcpy(raw.data() + blk * stride + off, &h, 2);
+      }
+    if (c.type == GgmlType::F32)
+      for (int64_t i = 0; i < n; ++i) {
+        const float f = (static_cast<float>(next() % 20001) - 10000.0f) / 1000.0f;
+        std::memcpy(raw.data() + 4 * i, &f, 4);
+      }
+    if (c.type == GgmlType::BF16)
+      for (int64_t i = 0; i < n; ++i) raw[static_cast<size_t>(2 * i + 1)] &= 0x3F;  // finite values
+    std::vector<float> want(static_cast<size_t>(n));
+    dequantize_row(c.type, raw.data(), want.data(), n);
+    bool same = true;
+    for (int64_t i = 0; i < n; ++i) {
+      const float got = c.elem(raw.data(), i);
+      same &= std::memcmp(&got, &want[static_cast<size_t>(i)], 4) == 0;
+    }
+    if (!same) std::printf("  cuda dequantizer differs for %s\n", t.name);
+    CHECK(same);
+  }
+  // Every half value, normal, subnormal, infinite and NaN, converts as the CPU's fp16_to_fp32.
+  bool halves = true;
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float a = cuda::half_to_float(static_cast<uint16_t>(h)), b = fp16_to_fp32(static_cast<uint16_t>(h));
+    halves &= std::memcmp(&a, &b, 4) == 0;
+  }
+  CHECK(halves);
 }
 
 void test_half_precision() {
@@ -324,6 +392,7 @@ int main() {
   test_thread_pool();
   test_gguf_buffer();
   test_half_precision();
+  test_cuda_dequantizers();
   test_type_registry();
   test_builtin_policies();
   test_utf8_stream();

@@ -20,7 +20,7 @@ namespace {
 const std::set<std::string> kBenchValues = {
     "--model", "--prompt", "--n-predict", "--threads", "--kv-size", "--policy", "--n-sink", "--kv-type", "--kv-type-k", "--kv-type-v",
     "--ctx", "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--repetitions",
-    "--batch", "--kv-budget", "--n-seq", "--backend", "--depth"};
+    "--batch", "--kv-budget", "--n-seq", "--backend", "--device", "--depth"};
 const std::set<std::string> kBenchFlags = {"--json", "--help", "--no-kv-hadamard"};
 const std::map<std::string, std::string> kBenchAliases = {
     {"-m", "--model"}, {"-p", "--prompt"}, {"-n", "--n-predict"}, {"-t", "--threads"},
@@ -138,11 +138,13 @@ int cmd_bench(const std::vector<std::string>& argv, std::string (*resolve_model)
       MeanSd ms = mean_sd(t.ts);
       std::printf("  {\"model_filename\": \"%s\", \"model_type\": \"%s %s\", \"n_threads\": %d, "
                   "\"n_prompt\": %d, \"n_gen\": %d, \"n_depth\": %d, \"n_seq\": %d, \"policy\": \"%s\", \"kv_size\": %d, "
-                  "\"type_k\": \"%s\", \"type_v\": \"%s\", \"kv_bytes\": %llu, \"cpu_kernels\": \"%s\", \"avg_ts\": %.6f, "
+                  "\"type_k\": \"%s\", \"type_v\": \"%s\", \"kv_bytes\": %llu, \"backend\": \"%s\", "
+                  "\"weight_bytes\": %llu, \"cpu_kernels\": \"%s\", \"avg_ts\": %.6f, "
                   "\"stddev_ts\": %.6f, \"samples_ts\": [",
                   model_name.c_str(), engine.model().hp().arch.c_str(), engine.model().quant_summary().c_str(),
                   engine.n_threads(), t.n_prompt, t.n_gen, depth, t.n_seq, engine.policy_name(), kv,
-                  kv_type_name(P.kv_type_k), kv_type_name(P.kv_type_v), static_cast<unsigned long long>(engine.kv_bytes()), kernel_isa(),
+                  kv_type_name(P.kv_type_k), kv_type_name(P.kv_type_v), static_cast<unsigned long long>(engine.kv_bytes()),
+                  engine.backend().name(), static_cast<unsigned long long>(engine.model().weight_bytes()), kernel_isa(),
                   ms.mean, ms.sd);
       for (size_t k = 0; k < t.ts.size(); ++k) std::printf("%s%.6f", k ? ", " : "", t.ts[k]);
       std::printf("]}%s\n", i + 1 < tests.size() ? "," : "");

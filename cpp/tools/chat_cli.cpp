@@ -59,7 +59,7 @@ A line ending in \ continues on the next line. Ctrl-C stops a reply; at the prom
 const std::set<std::string> kValueOpts = {
     "--model", "--system", "--chat-format", "--max-tokens", "--threads", "--temp", "--top-k",
     "--top-p", "--min-p", "--repeat-penalty", "--seed", "--kv-size", "--policy", "--n-sink",
-    "--kv-type", "--kv-type-k", "--kv-type-v", "--ctx", "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--backend"};
+    "--kv-type", "--kv-type-k", "--kv-type-v", "--ctx", "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--backend", "--device"};
 const std::set<std::string> kFlags = {"--json", "--keep-system", "--help", "--no-kv-hadamard"};
 const std::map<std::string, std::string> kAliases = {
     {"-ctk", "--kv-type-k"}, {"-ctv", "--kv-type-v"},

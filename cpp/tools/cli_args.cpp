@@ -91,7 +91,11 @@ EngineParams engine_params_from(const CliArgs& a, const std::string& default_pol
   p.prefill = parse_prefill(a.str("--prefill", prefill_name(p.prefill)));
   p.positions = parse_positions(a.str("--positions", positions_name(p.positions)));
   p.n_seq = a.integer("--n-seq", p.n_seq);
-  p.backend = parse_backend(a.str("--backend", backend_name(p.backend)));
+  // --device (as llama.cpp's users say it) and --backend name the same setting.
+  const std::string backend = a.str("--backend", backend_name(p.backend));
+  if (a.has("--device") && a.has("--backend") && a.str("--device", "") != backend)
+    throw ArgumentError("--device and --backend disagree: give one");
+  p.backend = parse_backend(a.str("--device", backend));
   if (a.has("--kv-budget")) p.kv_budget = parse_bytes(a.str("--kv-budget", ""));
   if (a.has("--policy-plugin"))
     p.plugin = load_policy_plugin(a.str("--policy-plugin", ""), a.str("--policy-args", ""));

@@ -52,7 +52,7 @@ Perplexity of the model reading FILE through its fixed-memory KV cache.
 
 const std::set<std::string> kPplValues = {
     "--model", "--file", "--ctx", "--chunks", "--stride", "--score-from", "--policy", "--kv-size",
-    "--n-sink", "--kv-type", "--kv-type-k", "--kv-type-v", "--chunk", "--prefill", "--positions", "--policy-plugin", "--backend",
+    "--n-sink", "--kv-type", "--kv-type-k", "--kv-type-v", "--chunk", "--prefill", "--positions", "--policy-plugin", "--backend", "--device",
     "--policy-args", "--threads"};
 const std::set<std::string> kPplFlags = {"--help", "--no-progress", "--no-kv-hadamard"};
 const std::map<std::string, std::string> kPplAliases = {

@@ -83,7 +83,8 @@ run / bench options:
       --policy-plugin LIB    load an eviction policy from a shared library
       --policy-args TEXT     arguments for the plugin's tova_policy_create
       --ignore-eos           do not stop at end-of-generation tokens
-      --backend B            cpu (the only one built so far)
+      --device D, --backend D   cpu (default) or cuda (the whole model on GPU 0; needs a
+                             build with TOVA_CUDA and f16/f32 KV)
   bench only: -r, --repetitions N (default 3), --json,
       --batch N              also measure N sequences decoding together (total tokens/s)
       --kv-budget B          as --batch, with as many sequences as fit in B bytes ("256MiB")
@@ -168,7 +169,7 @@ const std::set<std::string> kValueOpts = {
     "--model", "--prompt", "--n-predict", "--threads", "--temp", "--top-k", "--top-p", "--min-p",
     "--repeat-penalty", "--seed", "--kv-size", "--policy", "--n-sink", "--kv-type", "--kv-type-k", "--kv-type-v", "--ctx",
     "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--repetitions", "--file",
-    "--backend"};
+    "--backend", "--device"};
 const std::set<std::string> kFlags = {"--json", "--ignore-eos", "--help", "--no-kv-hadamard"};
 const std::map<std::string, std::string> kAliases = {
     {"-m", "--model"}, {"-p", "--prompt"}, {"-n", "--n-predict"}, {"-t", "--threads"},

@@ -7,7 +7,7 @@ The KV cache is a fixed pool of slots per layer that never grows; when it is ful
 >>> tova.Engine("smollm2-135m-instruct").generate("The capital of France is", temperature=0)
 """
 from . import _core
-from ._core import GGUFError, TovaError
+from ._core import GGUFError, TovaError, cuda_built, cuda_device_count
 from .engine import Engine
 from .gguf import GGUFFile, TensorInfo
 from .handle import Handle
@@ -17,4 +17,4 @@ from .sampling import SamplingParams
 __version__: str = _core.__version__
 
 __all__ = ["Engine", "Handle", "SamplingParams", "Policy", "GGUFError", "TovaError", "GGUFFile", "TensorInfo",
-           "__version__"]
+           "cuda_built", "cuda_device_count", "__version__"]

@@ -68,7 +68,9 @@ class Engine:
             :attr:`kv_bytes` counts them). Not with ``n_seq``.
         n_batch: tokens per scheduler step (decode rows plus prompt chunks); default
             ``chunk + n_seq``.
-        backend: where the model runs: ``"cpu"`` (the default, and the only backend built so far).
+        backend: where the model runs: ``"cpu"`` (the default) or ``"cuda"`` (the whole model on
+            GPU 0, in a build with the CUDA backend; f16 or f32 KV, ``positions="original"``).
+        device: the same setting under the name PyTorch users know (give one of the two).
 
     Use as a context manager, or call :meth:`close`, to release the model's memory promptly.
     """
@@ -95,6 +97,7 @@ class Engine:
         kv_budget: Union[None, int, str] = None,
         n_batch: Optional[int] = None,
         backend: Optional[str] = None,
+        device: Optional[str] = None,
     ) -> None:
         from .models import resolve
 
@@ -103,8 +106,13 @@ class Engine:
             _check.optional_integer(name, value, minimum=1)
         _check.optional_integer("n_sink", n_sink, minimum=0)
         for name, value in (("kv_type", kv_type), ("kv_type_k", kv_type_k), ("kv_type_v", kv_type_v),
-                            ("prefill", prefill), ("positions", positions), ("backend", backend)):
+                            ("prefill", prefill), ("positions", positions), ("backend", backend),
+                            ("device", device)):
             _check.choice(name, value)
+        if device is not None:
+            if backend is not None and backend != device:
+                raise ValueError(f"device={device!r} and backend={backend!r} disagree: give one")
+            backend = device
         float_activations = _check.boolean("float_activations", float_activations)
         kv_hadamard = _check.optional_boolean("kv_hadamard", kv_hadamard)
         self._seed = _check.optional_integer("seed", seed, minimum=-1, maximum=_check.INT64_MAX)

@@ -246,6 +246,11 @@ def make_bpe_vocab(n_vocab: int) -> tuple[list[str], list[int], list[str]]:
             for b in letters:
                 for c in letters:
                     yield f"{a}{b} {c}"
+        for a in letters:  # real-size vocabularies (150k): triple + letter
+            for b in letters:
+                for c in letters:
+                    for d in letters:
+                        yield f"{a}{b}{c} {d}"
 
     for m in candidates():
         if len(merges) == n_merge:
@@ -298,13 +303,37 @@ def _type_for(weight_type: WeightType, name: str) -> str:
     return "F32"
 
 
-def _write_tensors(w: "gguf.GGUFWriter", weights: dict, weight_type: WeightType) -> dict:
-    """Encode every tensor (1-D ones stay F32), write the file, close it; returns name -> type."""
+# Offsets of the float16 scales inside one block of each quantized type (cpp/src/quant_blocks.h).
+_HALF_FIELDS = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
+                "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def random_blocks(n_out: int, n_in: int, type_name: str, rng: np.random.Generator) -> tuple[np.ndarray, QT | None]:
+    """A (n_out, n_in) matrix of random blocks of a type, written without float weights (fast
+    for real-size shapes): random quants with small float16 scales. For speed checks only."""
+    if type_name in ("F32", "F16"):
+        w = (rng.standard_normal((n_out, n_in), dtype=np.float32) * 0.02)
+        return (w if type_name == "F32" else w.astype(np.float16)), None
+    qt = QT[type_name]
+    block, size = GGML_QUANT_SIZES[qt]
+    if n_in % block:
+        raise ValueError(f"{type_name} needs rows of a multiple of {block} values, got {n_in}")
+    raw = rng.integers(0, 256, (n_out, n_in // block, size), dtype=np.uint8)
+    for off in _HALF_FIELDS[type_name]:
+        scales = rng.uniform(-2e-3, 2e-3, raw.shape[:2]).astype(np.float16)
+        raw[:, :, off:off + 2] = scales.view(np.uint8).reshape(*raw.shape[:2], 2)
+    return raw.reshape(n_out, -1), qt
+
+
+def _write_tensors(w: "gguf.GGUFWriter", weights: dict, weight_type: WeightType,
+                   rng: np.random.Generator | None = None) -> dict:
+    """Encode every tensor (1-D ones stay F32; a (n_out, n_in) tuple becomes random blocks),
+    write the file, close it; returns name -> type."""
     tensor_types: dict[str, str] = {}
     for name, arr in weights.items():
-        t = "F32" if arr.ndim == 1 else _type_for(weight_type, name)
+        t = "F32" if getattr(arr, "ndim", 2) == 1 else _type_for(weight_type, name)
         try:
-            data, raw = encode_tensor(arr, t)
+            data, raw = random_blocks(*arr, t, rng) if isinstance(arr, tuple) else encode_tensor(arr, t)
         except ValueError as e:
             raise ValueError(f"tensor {name} {arr.shape}: {e}") from None
         w.add_tensor(name, data, raw_dtype=raw)
@@ -351,9 +380,11 @@ def write_llama_gguf(path, *, n_vocab: int = 384, n_embd: int = 64, n_layer: int
                      arch: str = "llama", tokenizer_pre: str | None = None,
                      extra_kv: Mapping[str, object] | None = None,
                      extra_tensors: Mapping[str, np.ndarray] | None = None,
-                     seed: int = 0) -> SyntheticModel:
+                     seed: int = 0, fast_random: bool = False) -> SyntheticModel:
     """Write a random llama/qwen2 model to `path` (`extra_tensors`: e.g. `rope_freqs.weight`). Norm weights and biases are always F32 (as in
-    llama.cpp's files); `weight_type` applies to the matrices (token_embd and output included)."""
+    llama.cpp's files); `weight_type` applies to the matrices (token_embd and output included).
+    ``fast_random``: matrices are random blocks of their type (:func:`random_blocks`), never
+    float weights: real-size shapes in seconds, for speed checks (the text is noise)."""
     if arch not in ("llama", "qwen2"):
         raise ValueError(f"arch must be 'llama' or 'qwen2', got {arch!r}")
     if n_embd % n_head or n_head % n_head_kv:
@@ -366,11 +397,13 @@ def write_llama_gguf(path, *, n_vocab: int = 384, n_embd: int = 64, n_layer: int
     tokens, token_types, merges = make_bpe_vocab(n_vocab)
 
     mat, norm_w = _random_init(rng)
+    if fast_random:
+        mat = lambda n_out, n_in, gain=1.0: (n_out, n_in)  # noqa: E731 - written as random blocks
     q_dim, kv_dim = n_head * head_dim, n_head_kv * head_dim
     # Embedding std 3/sqrt(n_embd): tied logits = normed h . E have std ~3, peaked but not one-hot.
     weights: dict[str, np.ndarray] = {
-        "token_embd.weight": (rng.standard_normal((n_vocab, n_embd)) * (3 / np.sqrt(n_embd))
-                              ).astype(np.float32),
+        "token_embd.weight": (n_vocab, n_embd) if fast_random else
+        (rng.standard_normal((n_vocab, n_embd)) * (3 / np.sqrt(n_embd))).astype(np.float32),
     }
     for i in range(n_layer):
         b = f"blk.{i}."
@@ -419,7 +452,7 @@ def write_llama_gguf(path, *, n_vocab: int = 384, n_embd: int = 64, n_layer: int
     w.add_chat_template(CHATML_TEMPLATE)
     _add_extra_kv(w, extra_kv)
 
-    tensor_types = _write_tensors(w, weights, weight_type)
+    tensor_types = _write_tensors(w, weights, weight_type, rng)
     return SyntheticModel(path=os.fspath(path), arch=arch, n_vocab=n_vocab, n_embd=n_embd,
                           n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff,
                           tokens=tokens, merges=merges, tensor_types=tensor_types)

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The whole GPU check in one command, on a machine with an NVIDIA GPU (run from the repository):
+#
+#     bash bench/cuda_check.sh            # report: bench/results/cuda/report.md (+ JSON beside it)
+#
+# 1. installs wheels carried in build/wheels (a machine without a package index: `pip download
+#    gguf pyyaml tqdm --only-binary=:all: --python-version 3.12 -d build/wheels` here first);
+# 2. builds and installs tova with the CUDA backend (TOVA_CUDA=ON; CUDA_ARCHS, default 90);
+# 3. runs the CUDA tests (pytest -m cuda; the SmolLM2 one only when the model is in ~/.cache/tova);
+# 4. writes SmolLM2-shape (Q4_1) and Qwen2.5-1.5B-shape (Q4_K_M mix) models with random weights
+#    (bench/synthetic_shapes.py) and benchmarks them on the GPU: prefill 512 and decode 128 at
+#    batch 1, kv_size 512 (tova) and the full cache, with the bandwidth speed of light;
+# 5. runs a short generation under compute-sanitizer when it is installed.
+# Every step runs even when an earlier one failed; the report says which failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results/cuda}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+REPORT="$OUT/report.md"
+: > "$REPORT"
+log() { printf '%s\n' "$*" | tee -a "$REPORT"; }
+step() { log ""; log "## $*"; }
+status=0
+fail() { log "FAILED: $*"; status=1; }
+
+log "# CUDA check, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$REPORT"
+
+step "1. carried wheels"
+if ls build/wheels/*.whl > /dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps build/wheels/*.whl 2>&1 | tail -3 | tee -a "$REPORT" || fail "wheels"
+fi
+"$PY" -c "import gguf, numpy; print('gguf', gguf.__file__)" 2>&1 | tail -1 | tee -a "$REPORT"
+
+step "2. build with CUDA"
+t0=$(date +%s)
+"$PY" -m pip install -q --no-index --no-deps --no-build-isolation -Cbuild-dir=build/cuda-check \
+  -Ccmake.define.TOVA_CUDA=ON -Ccmake.define.CMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-90}" . > "$OUT/build.log" 2>&1 \
+  || { tail -30 "$OUT/build.log" | tee -a "$REPORT"; fail "build"; }
+log "build: $(( $(date +%s) - t0 )) s"
+"$PY" -c "import tova; print('cuda built:', tova.cuda_built(), '| devices:', tova.cuda_device_count())" 2>&1 \
+  | tee -a "$REPORT"
+
+step "3. CUDA tests (pytest -m cuda)"
+MARK="cuda and not model"
+[ -f "$HOME/.cache/tova/SmolLM2-135M-Instruct.Q4_1.gguf" ] && MARK="cuda"
+"$PY" -m pytest -q -rs -m "$MARK" -p no:cacheprovider tests/test_cuda.py > "$OUT/pytest.log" 2>&1 || fail "pytest"
+tail -40 "$OUT/pytest.log" | tee -a "$REPORT"
+
+step "4. speed (synthetic real-shape models, batch 1)"
+"$PY" bench/synthetic_shapes.py --out build/shapes 2>&1 | tee -a "$REPORT" || fail "synthetic models"
+for m in smollm2 qwen15; do
+  for cache in "--policy tova --kv-size 512" "--policy full --ctx 4096"; do
+    # shellcheck disable=SC2086
+    "$PY" -m tova bench -m "build/shapes/$m-shape.gguf" --device cuda -p 512 -n 128 -r 3 $cache --json \
+      > "$OUT/bench_${m}_${cache//[ -]/_}.json" 2> "$OUT/bench.err" || { tail -5 "$OUT/bench.err" | tee -a "$REPORT"; fail "bench $m $cache"; }
+  done
+done
+"$PY" - "$OUT" << 'EOF' 2>&1 | tee -a "$REPORT"
+import glob, json, shutil, subprocess, sys
+out = sys.argv[1]
+smi = shutil.which("nvidia-smi")
+name = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                      text=True).stdout.strip() if smi else ""
+# Peak memory bandwidth (GB/s) of the GPUs we may be lent; others: no speed of light.
+bw = next((v for k, v in {"H200": 4800, "H100": 3350, "A100": 2039, "L4": 300, "RTX 4090": 1008}.items()
+           if k in name), None)
+print("| model | cache | test | t/s | weight bytes | speed of light t/s | ratio |")
+print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+for f in sorted(glob.glob(f"{out}/bench_*.json")):
+    for r in json.load(open(f)):
+        test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
+        sol = bw * 1e9 / r["weight_bytes"] if bw and not r["n_prompt"] else None
+        sol_s = "%.0f" % sol if sol else "-"
+        ratio = "%.2f" % (r["avg_ts"] / sol) if sol else "-"
+        print(f"| {r['model_filename']} | {r['policy']} {r['kv_size']} | {test} | {r['avg_ts']:.1f} | "
+              f"{r['weight_bytes']} | {sol_s} | {ratio} |")
+EOF
+
+step "5. compute-sanitizer"
+if command -v compute-sanitizer > /dev/null; then
+  compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" -m tova run -m build/shapes/smollm2-shape.gguf \
+    -p "hello" -n 8 --device cuda > "$OUT/sanitizer.log" 2>&1 || fail "compute-sanitizer"
+  tail -5 "$OUT/sanitizer.log" | tee -a "$REPORT"
+else
+  log "compute-sanitizer not installed: not run"
+fi
+
+log ""
+log "status: $([ $status -eq 0 ] && echo 'all steps passed' || echo 'some steps FAILED')"
+exit $status

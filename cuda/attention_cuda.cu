@@ -1,0 +1,96 @@
+// Attention of query rows over each sequence's slot pool on the GPU: one block per (row, head);
+// scores one warp per key, a block-wide softmax, then the weighted sum of values, one thread per
+// element of the head. Writes the probabilities the policies read when the row asks for them.
+#include <cuda_fp16.h>
+
+#include "cuda_check.h"
+#include "ops_cuda.h"
+
+namespace tova {
+namespace cuda {
+
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kThreads = 128;
+
+template <bool kHalf>
+__device__ __forceinline__ float load(const void* p, int64_t i) {
+  if (kHalf) return __half2float(static_cast<const __half*>(p)[i]);
+  return static_cast<const float*>(p)[i];
+}
+
+__device__ float block_reduce(float v, bool is_max, float* shared) {
+  for (int o = kWarp / 2; o > 0; o /= 2) {
+    const float u = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, u) : v + u;
+  }
+  const int warp = threadIdx.x / kWarp;
+  __syncthreads();  // shared is reused between calls
+  if (threadIdx.x % kWarp == 0) shared[warp] = v;
+  __syncthreads();
+  float r = shared[0];
+  for (int i = 1; i < kThreads / kWarp; ++i) r = is_max ? fmaxf(r, shared[i]) : r + shared[i];
+  return r;
+}
+
+template <bool kHalf>
+__global__ void attend_kernel(const AttnDesc* rows, const int32_t* idx_all, int n_head, int group, int head_dim,
+                              float scale, int max_idx, float* scratch, float* probs) {
+  const AttnDesc r = rows[blockIdx.x];
+  const int h = blockIdx.y;
+  const int kvh = h / group;
+  const int32_t* idx = idx_all + r.idx_off;
+  const float* q = r.q + static_cast<int64_t>(h) * head_dim;
+  float* s = scratch + (static_cast<int64_t>(blockIdx.x) * n_head + h) * max_idx;
+  const int64_t head0 = static_cast<int64_t>(kvh) * r.n_slots;  // first row of this KV head
+  __shared__ float red[kThreads / kWarp];
+
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  for (int j = warp; j < r.n_idx; j += kThreads / kWarp) {
+    const int64_t base = (head0 + idx[j]) * head_dim;
+    float acc = 0.0f;
+    for (int e = lane; e < head_dim; e += kWarp) acc = fmaf(q[e], load<kHalf>(r.k, base + e), acc);
+    for (int o = kWarp / 2; o > 0; o /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) s[j] = acc * scale;
+  }
+  __syncthreads();
+  float mx = -INFINITY;
+  for (int j = threadIdx.x; j < r.n_idx; j += kThreads) mx = fmaxf(mx, s[j]);
+  mx = block_reduce(mx, true, red);
+  float sum = 0.0f;
+  for (int j = threadIdx.x; j < r.n_idx; j += kThreads) {
+    const float p = expf(s[j] - mx);
+    s[j] = p;
+    sum += p;
+  }
+  const float inv = 1.0f / block_reduce(sum, false, red);
+  for (int j = threadIdx.x; j < r.n_idx; j += kThreads) s[j] *= inv;
+  __syncthreads();
+  if (r.probs_off >= 0) {
+    float* pr = probs + r.probs_off + static_cast<int64_t>(h) * r.n_idx;
+    for (int j = threadIdx.x; j < r.n_idx; j += kThreads) pr[j] = s[j];
+  }
+  for (int e = threadIdx.x; e < head_dim; e += kThreads) {
+    float acc = 0.0f;
+    for (int j = 0; j < r.n_idx; ++j) acc = fmaf(s[j], load<kHalf>(r.v, (head0 + idx[j]) * head_dim + e), acc);
+    r.out[static_cast<int64_t>(h) * head_dim + e] = acc;
+  }
+}
+
+}  // namespace
+
+void attend(bool half, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head, int n_head_kv,
+            int head_dim, float scale, int max_idx, float* scratch, float* probs) {
+  if (n_rows <= 0) return;
+  const dim3 grid(static_cast<unsigned>(n_rows), static_cast<unsigned>(n_head));
+  const int group = n_head / n_head_kv;
+  if (half)
+    attend_kernel<true><<<grid, kThreads>>>(rows, idx, n_head, group, head_dim, scale, max_idx, scratch, probs);
+  else
+    attend_kernel<false><<<grid, kThreads>>>(rows, idx, n_head, group, head_dim, scale, max_idx, scratch, probs);
+  check_launch("attend");
+}
+
+}  // namespace cuda
+}  // namespace tova

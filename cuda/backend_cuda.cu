@@ -1,0 +1,289 @@
+// The CUDA backend: the Backend interface (cpp/src/backend.h) on device 0. Weights are uploaded
+// once as they are in the file (quantized blocks), activations and K/V live in device memory,
+// and the forward pass (cpp/src/forward.cpp) is the one every backend runs. Slot bookkeeping and
+// the policies stay on the host (cpp/src/kv_store.cpp): each attention call copies the slot
+// lists in and, when a policy needs them, the probabilities out.
+//
+// K/V rows are stored in f16 or f32; the quantized KV types and positions "cache_index" are
+// refused with a clear error for now.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <unordered_map>
+#include <vector>
+
+#include "backend_cuda.h"
+#include "cuda_check.h"
+#include "ops_cuda.h"
+
+namespace tova {
+
+namespace {
+
+using cuda::check;
+using cuda::DeviceBuffer;
+
+// One sequence's K and V on the device: per layer [n_head_kv][n_slots][head_dim].
+class CudaKv : public KvPayload {
+ public:
+  explicit CudaKv(const KvLayout& layout) : layout_(layout) {
+    for (KvType t : {layout.type_k, layout.type_v})
+      if (t != KvType::F16 && t != KvType::F32)
+        throw ArgumentError(cat("kv_type ", kv_type_name(t), ": the CUDA backend stores keys and values in f16 or "
+                                "f32 so far"));
+    if (layout.type_k != layout.type_v)
+      throw ArgumentError("the CUDA backend stores keys and values in one type (kv_type_k == kv_type_v) so far");
+    for (size_t l = 0; l < layout.n_slots.size(); ++l) {
+      k_.emplace_back(new DeviceBuffer);
+      v_.emplace_back(new DeviceBuffer);
+      k_.back()->reserve(layer_bytes(static_cast<int>(l)), "K/V allocation");
+      v_.back()->reserve(layer_bytes(static_cast<int>(l)), "K/V allocation");
+    }
+    bytes_ = layout.payload_bytes();
+  }
+  uint64_t bytes() const override { return bytes_; }
+  bool half() const { return layout_.type_k == KvType::F16; }
+  const KvLayout& layout() const { return layout_; }
+  void* k(int l) const { return k_[static_cast<size_t>(l)]->get(); }
+  void* v(int l) const { return v_[static_cast<size_t>(l)]->get(); }
+  size_t layer_bytes(int l) const {
+    return static_cast<size_t>(layout_.n_head_kv) * static_cast<size_t>(layout_.n_slots[static_cast<size_t>(l)]) *
+           layout_.k_row_bytes;
+  }
+
+ private:
+  KvLayout layout_;
+  std::vector<std::unique_ptr<DeviceBuffer>> k_, v_;
+  uint64_t bytes_ = 0;
+};
+
+class CudaBackend : public Backend {
+ public:
+  CudaBackend(const Model& model, int max_rows) : m_(model), max_rows_(max_rows) {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0)
+      throw Error(cat("device 'cuda': no usable CUDA device (",
+                      e != cudaSuccess ? cudaGetErrorString(e) : "none found", ")"));
+    check(cudaSetDevice(0), "cudaSetDevice");
+    upload_weights();
+    const HParams& h = m_.hp();
+    const size_t U = static_cast<size_t>(max_rows);
+    const size_t E = static_cast<size_t>(h.n_embd), D = static_cast<size_t>(h.head_dim);
+    for (int b = 0; b < static_cast<int>(Buf::kCount); ++b) {
+      size_t width = 0;
+      switch (static_cast<Buf>(b)) {
+        case Buf::X: case Buf::XN: case Buf::O: width = E; break;
+        case Buf::Q: case Buf::ATT: width = static_cast<size_t>(h.n_head) * D; break;
+        case Buf::K: case Buf::V: width = static_cast<size_t>(h.n_head_kv) * D; break;
+        case Buf::GATE: case Buf::UP: width = static_cast<size_t>(h.n_ff); break;
+        case Buf::kCount: break;
+      }
+      bufs_[b].reserve(U * width * sizeof(float), "activation buffers");
+      check(cudaMemset(bufs_[b].get(), 0, U * width * sizeof(float)), "activation buffers");
+    }
+  }
+
+  const char* name() const override { return "cuda"; }
+  int n_threads() const override { return 1; }
+  int max_rows() const override { return max_rows_; }
+
+  std::unique_ptr<KvPayload> new_kv(const KvLayout& layout) override { return std::make_unique<CudaKv>(layout); }
+
+  void copy_kv(KvPayload& dst, const KvPayload& src) override {
+    auto& d = static_cast<CudaKv&>(dst);
+    const auto& s = static_cast<const CudaKv&>(src);
+    for (size_t l = 0; l < s.layout().n_slots.size(); ++l) {
+      const int li = static_cast<int>(l);
+      check(cudaMemcpy(d.k(li), s.k(li), s.layer_bytes(li), cudaMemcpyDeviceToDevice), "copy_kv");
+      check(cudaMemcpy(d.v(li), s.v(li), s.layer_bytes(li), cudaMemcpyDeviceToDevice), "copy_kv");
+    }
+  }
+
+  float* buf(Buf b) override { return static_cast<float*>(bufs_[static_cast<size_t>(b)].get()); }
+
+  void embed(const int32_t* tokens, int n, float scale, float* x) override {
+    const auto* t = static_cast<const int32_t*>(tokens_.upload(tokens, sizeof(int32_t) * static_cast<size_t>(n),
+                                                                 "embed"));
+    const Matrix& w = m_.tok_embd;
+    cuda::embed(w.type, weight(w), w.row_bytes, w.cols, t, n, scale, x);
+  }
+
+  void rms_norm(const float* x, const Vector& w, float* y, int64_t rows, int64_t width, float eps) override {
+    cuda::rms_norm(x, w.empty() ? nullptr : vec(w), y, rows, width, eps);
+  }
+
+  void matmul(const float* x, int n, const MatJob* jobs, int n_jobs) override {
+    for (int j = 0; j < n_jobs; ++j) {
+      const Matrix& w = *jobs[j].w;
+      cuda::matmul(w.type, weight(w), w.row_bytes, w.cols, w.rows, x, n, jobs[j].y);
+    }
+  }
+
+  void matmul_to_host(const Matrix& w, const float* x, int n, float* host_y) override {
+    const size_t bytes = static_cast<size_t>(n) * static_cast<size_t>(w.rows) * sizeof(float);
+    auto* y = static_cast<float*>(logits_.reserve(bytes, "logits"));
+    cuda::matmul(w.type, weight(w), w.row_bytes, w.cols, w.rows, x, n, y);
+    check(cudaMemcpy(host_y, y, bytes, cudaMemcpyDeviceToHost), "logits to host");
+  }
+
+  void add_bias(float* y, const Vector& b, int n) override {
+    cuda::add_bias(y, vec(b), static_cast<int64_t>(b.size()), n);
+  }
+
+  void rope(const Rope& r, float* x, int n, int n_heads, int head_dim, const int64_t* positions) override {
+    const int pairs = r.pairs();
+    angles_.resize(2 * static_cast<size_t>(n) * pairs);
+    float* cs = angles_.data();
+    float* sn = cs + static_cast<size_t>(n) * pairs;
+    for (int i = 0; i < n; ++i)
+      r.angles(positions[i], cs + static_cast<size_t>(i) * pairs, sn + static_cast<size_t>(i) * pairs);
+    auto* d = static_cast<float*>(angles_dev_.upload(angles_.data(), angles_.size() * sizeof(float), "rope"));
+    cuda::rope(r.style(), x, n, n_heads, head_dim, pairs, d, d + static_cast<size_t>(n) * pairs);
+  }
+
+  void act_mul(FfnActivation act, float* gate, const float* up, int64_t count) override {
+    cuda::act_mul(act, gate, up, count);
+  }
+
+  void add(float* x, const float* y, int64_t count) override { cuda::add(x, y, count); }
+
+  void write_kv(KvPayload& payload, int layer, const int32_t* slots, int n, const float* k,
+                const float* v) override {
+    auto& kv = static_cast<CudaKv&>(payload);
+    const auto* s = static_cast<const int32_t*>(slots_.upload(slots, sizeof(int32_t) * static_cast<size_t>(n),
+                                                                "write_kv"));
+    const KvLayout& lo = kv.layout();
+    cuda::write_kv(kv.half(), kv.k(layer), kv.v(layer), lo.n_slots[static_cast<size_t>(layer)], s, n, lo.n_head_kv,
+                   lo.head_dim, k, v);
+  }
+
+  void attend(const AttnShape& shape, const AttnRow* rows, int n_rows) override;
+
+ private:
+  void upload_weights();
+  const uint8_t* weight(const Matrix& w) const {
+    auto it = weights_.find(w.data);
+    if (it == weights_.end()) throw Error(cat("CUDA backend: matrix '", w.name, "' was not uploaded"));
+    return static_cast<const uint8_t*>(it->second->get());
+  }
+  const float* vec(const Vector& v) const {
+    auto it = vectors_.find(v.data());
+    if (it == vectors_.end()) throw Error("CUDA backend: a weight vector was not uploaded");
+    return static_cast<const float*>(it->second->get());
+  }
+
+  const Model& m_;
+  int max_rows_;
+  std::unordered_map<const uint8_t*, std::unique_ptr<DeviceBuffer>> weights_;
+  std::unordered_map<const float*, std::unique_ptr<DeviceBuffer>> vectors_;
+  DeviceBuffer bufs_[static_cast<size_t>(Buf::kCount)];
+  DeviceBuffer tokens_, slots_, angles_dev_, logits_;
+  DeviceBuffer attn_desc_, attn_idx_, attn_scratch_, attn_probs_;
+  std::vector<float> angles_;
+  std::vector<cuda::AttnDesc> descs_;
+  std::vector<int32_t> idx_;
+  std::vector<float> probs_;
+};
+
+void CudaBackend::upload_weights() {
+  auto matrix = [&](const Matrix& w) {
+    if (!w.present() || weights_.count(w.data)) return;  // a tied output is the embedding itself
+    if (!cuda::matmul_supports(w.type))
+      throw ArgumentError(cat("the CUDA backend has no kernel for tensor '", w.name, "' of type ",
+                              type_traits(w.type).name));
+    auto buf = std::make_unique<DeviceBuffer>();
+    buf->upload(w.data, w.row_bytes * static_cast<size_t>(w.rows), "weight upload");
+    weights_.emplace(w.data, std::move(buf));
+  };
+  auto vector = [&](const Vector& v) {
+    if (v.empty() || vectors_.count(v.data())) return;
+    auto buf = std::make_unique<DeviceBuffer>();
+    buf->upload(v.data(), v.size() * sizeof(float), "weight upload");
+    vectors_.emplace(v.data(), std::move(buf));
+  };
+  matrix(m_.tok_embd);
+  matrix(m_.output);
+  vector(m_.output_norm);
+  for (const LayerWeights& L : m_.layers) {
+    for (const Matrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) matrix(*w);
+    for (const Vector* v : {&L.attn_norm, &L.attn_post_norm, &L.ffn_norm, &L.ffn_post_norm, &L.q_norm, &L.k_norm,
+                            &L.bq, &L.bk, &L.bv})
+      vector(*v);
+  }
+}
+
+void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows) {
+  descs_.clear();
+  idx_.clear();
+  int max_idx = 1;
+  int64_t n_probs = 0;
+  bool half = true;
+  for (int i = 0; i < n_rows; ++i) {
+    const AttnRow& r = rows[i];
+    if (r.rank_rope)
+      throw ArgumentError("positions 'cache_index' is not supported by the CUDA backend yet");
+    const auto& kv = static_cast<const CudaKv&>(*r.kv);
+    half = kv.half();
+    cuda::AttnDesc d;
+    d.k = kv.k(r.layer);
+    d.v = kv.v(r.layer);
+    d.n_slots = kv.layout().n_slots[static_cast<size_t>(r.layer)];
+    d.n_idx = r.n_idx;
+    d.idx_off = static_cast<int64_t>(idx_.size());
+    d.q = r.q;
+    d.out = r.out;
+    if (r.probs) {
+      d.probs_off = n_probs;
+      n_probs += static_cast<int64_t>(shape.n_head) * r.n_idx;
+    }
+    idx_.insert(idx_.end(), r.idx, r.idx + r.n_idx);
+    descs_.push_back(d);
+    max_idx = std::max(max_idx, r.n_idx);
+  }
+  if (descs_.empty()) return;
+  const auto* d_desc = static_cast<const cuda::AttnDesc*>(
+      attn_desc_.upload(descs_.data(), descs_.size() * sizeof(cuda::AttnDesc), "attention rows"));
+  const auto* d_idx = static_cast<const int32_t*>(attn_idx_.upload(idx_.data(), idx_.size() * sizeof(int32_t),
+                                                                     "attention slots"));
+  auto* scratch = static_cast<float*>(attn_scratch_.reserve(
+      static_cast<size_t>(n_rows) * static_cast<size_t>(shape.n_head) * static_cast<size_t>(max_idx) * sizeof(float),
+      "attention scratch"));
+  auto* probs = static_cast<float*>(attn_probs_.reserve(static_cast<size_t>(std::max<int64_t>(n_probs, 1)) *
+                                                            sizeof(float), "attention probabilities"));
+  cuda::attend(half, d_desc, n_rows, d_idx, shape.n_head, shape.n_head_kv, shape.head_dim, shape.scale, max_idx,
+               scratch, probs);
+  if (n_probs == 0) {
+    check(cudaDeviceSynchronize(), "attend");
+    return;
+  }
+  probs_.resize(static_cast<size_t>(n_probs));
+  check(cudaMemcpy(probs_.data(), probs, probs_.size() * sizeof(float), cudaMemcpyDeviceToHost), "probabilities");
+  // Scatter each head's probabilities to the slots they belong to (the CPU backend's layout).
+  for (int i = 0; i < n_rows; ++i) {
+    const AttnRow& r = rows[i];
+    if (!r.probs) continue;
+    const float* p = probs_.data() + descs_[static_cast<size_t>(i)].probs_off;
+    for (int h = 0; h < shape.n_head; ++h) {
+      float* row = r.probs + static_cast<size_t>(h) * r.n_slots;
+      for (int j = 0; j < r.n_idx; ++j) row[r.idx[j]] = p[static_cast<size_t>(h) * r.n_idx + j];
+    }
+  }
+}
+
+}  // namespace
+
+int cuda_devices() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky error of a missing driver
+    return 0;
+  }
+  return n;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(const Model& model, int max_rows) {
+  return std::make_unique<CudaBackend>(model, max_rows);
+}
+
+}  // namespace tova

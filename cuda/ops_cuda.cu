@@ -1,0 +1,236 @@
+// Kernels of the CUDA backend's forward-pass operations (not attention): matrix products with
+// quantized weights read in place, embedding rows, RMS norm, bias, RoPE, gated activations,
+// residual adds and K/V row writes. Plain, correctness-first kernels: one warp per output row
+// of a matrix product, weights dequantized element by element (cuda/dequant.cuh).
+#include <cuda_fp16.h>
+
+#include "cuda_check.h"
+#include "dequant.cuh"
+#include "ops_cuda.h"
+
+namespace tova {
+namespace cuda {
+
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kMatWarps = 4;  // output rows per block of the matrix kernel
+constexpr int kMatRows = 8;   // input rows per pass over a weight row
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <class Dq>
+__global__ void matmul_kernel(const uint8_t* w, size_t row_bytes, int64_t cols, int64_t rows, const float* x,
+                              int n, float* y) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kMatWarps + threadIdx.x / kWarp;
+  if (r >= rows) return;
+  const uint8_t* wr = w + static_cast<size_t>(r) * row_bytes;
+  for (int i0 = 0; i0 < n; i0 += kMatRows) {
+    const int m = min(kMatRows, n - i0);
+    float acc[kMatRows];
+#pragma unroll
+    for (int k = 0; k < kMatRows; ++k) acc[k] = 0.0f;
+    for (int64_t e = lane; e < cols; e += kWarp) {
+      const float we = Dq::elem(wr, e);
+#pragma unroll
+      for (int k = 0; k < kMatRows; ++k)
+        if (k < m) acc[k] = fmaf(we, x[static_cast<int64_t>(i0 + k) * cols + e], acc[k]);
+    }
+#pragma unroll
+    for (int k = 0; k < kMatRows; ++k) {
+      const float s = warp_sum(acc[k]);
+      if (lane == 0 && k < m) y[static_cast<int64_t>(i0 + k) * rows + r] = s;
+    }
+  }
+}
+
+template <class Dq>
+__global__ void embed_kernel(const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, float scale,
+                             float* x) {
+  const int i = blockIdx.y;
+  const uint8_t* wr = w + static_cast<size_t>(tokens[i]) * row_bytes;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < width;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float v = Dq::elem(wr, e);
+    x[static_cast<int64_t>(i) * width + e] = scale != 1.0f ? v * scale : v;
+  }
+}
+
+// Calls f.template operator()<Dq>() with the dequantizer of t; false when t has none.
+template <class F>
+bool with_type(GgmlType t, F&& f) {
+  switch (t) {
+    case GgmlType::F32: f(DqF32{}); return true;
+    case GgmlType::F16: f(DqF16{}); return true;
+    case GgmlType::BF16: f(DqBF16{}); return true;
+    case GgmlType::Q4_0: f(DqQ4_0{}); return true;
+    case GgmlType::Q4_1: f(DqQ4_1{}); return true;
+    case GgmlType::Q5_0: f(DqQ5_0{}); return true;
+    case GgmlType::Q5_1: f(DqQ5_1{}); return true;
+    case GgmlType::Q8_0: f(DqQ8_0{}); return true;
+    case GgmlType::Q2_K: f(DqQ2_K{}); return true;
+    case GgmlType::Q3_K: f(DqQ3_K{}); return true;
+    case GgmlType::Q4_K: f(DqQ4_K{}); return true;
+    case GgmlType::Q5_K: f(DqQ5_K{}); return true;
+    case GgmlType::Q6_K: f(DqQ6_K{}); return true;
+    default: return false;
+  }
+}
+
+__global__ void rms_norm_kernel(const float* x, const float* w, float* y, int64_t width, float eps) {
+  const float* xr = x + static_cast<int64_t>(blockIdx.x) * width;
+  float* yr = y + static_cast<int64_t>(blockIdx.x) * width;
+  __shared__ double part[kWarp];
+  double ss = 0.0;
+  for (int64_t e = threadIdx.x; e < width; e += blockDim.x) ss += static_cast<double>(xr[e]) * xr[e];
+  for (int o = kWarp / 2; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if (threadIdx.x % kWarp == 0) part[threadIdx.x / kWarp] = ss;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0.0;
+    for (int i = 0; i < static_cast<int>(blockDim.x / kWarp); ++i) t += part[i];
+    part[0] = t;
+  }
+  __syncthreads();
+  const float scale = static_cast<float>(1.0 / sqrt(part[0] / static_cast<double>(width) + eps));
+  for (int64_t e = threadIdx.x; e < width; e += blockDim.x) {
+    const float s = xr[e] * scale;
+    yr[e] = w ? s * w[e] : s;
+  }
+}
+
+__global__ void add_bias_kernel(float* y, const float* b, int64_t width, int64_t count) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] += b[i % width];
+}
+
+__global__ void rope_kernel(bool neox, float* x, int n_heads, int head_dim, int pairs, const float* cs,
+                            const float* sn) {
+  const int i = blockIdx.x;  // row
+  const float* c = cs + static_cast<int64_t>(i) * pairs;
+  const float* s = sn + static_cast<int64_t>(i) * pairs;
+  for (int t = threadIdx.x; t < n_heads * pairs; t += blockDim.x) {
+    const int h = t / pairs, p = t % pairs;
+    float* v = x + (static_cast<int64_t>(i) * n_heads + h) * head_dim;
+    const int a_at = neox ? p : 2 * p, b_at = neox ? p + pairs : 2 * p + 1;
+    const float a = v[a_at], b = v[b_at];
+    v[a_at] = a * c[p] - b * s[p];
+    v[b_at] = a * s[p] + b * c[p];
+  }
+}
+
+__global__ void act_mul_kernel(bool gelu, float* gate, const float* up, int64_t count) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = gate[i];
+    if (gelu) {
+      const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+      gate[i] = 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g))) * up[i];
+    } else {
+      gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+  }
+}
+
+__global__ void add_kernel(float* x, const float* y, int64_t count) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    x[i] += y[i];
+}
+
+__global__ void write_kv_kernel(bool half, void* k_layer, void* v_layer, int n_slots, const int32_t* slots,
+                                int n_head_kv, int head_dim, const float* k, const float* v) {
+  const int i = blockIdx.x;
+  for (int t = threadIdx.x; t < n_head_kv * head_dim; t += blockDim.x) {
+    const int h = t / head_dim, e = t % head_dim;
+    const int64_t src = static_cast<int64_t>(i) * n_head_kv * head_dim + t;
+    const int64_t dst = (static_cast<int64_t>(h) * n_slots + slots[i]) * head_dim + e;
+    if (half) {
+      static_cast<__half*>(k_layer)[dst] = __float2half_rn(k[src]);
+      static_cast<__half*>(v_layer)[dst] = __float2half_rn(v[src]);
+    } else {
+      static_cast<float*>(k_layer)[dst] = k[src];
+      static_cast<float*>(v_layer)[dst] = v[src];
+    }
+  }
+}
+
+unsigned grid_for(int64_t count, int threads) {
+  const int64_t g = (count + threads - 1) / threads;
+  return static_cast<unsigned>(g < 65535 ? (g < 1 ? 1 : g) : 65535);
+}
+
+}  // namespace
+
+bool matmul_supports(GgmlType t) {
+  return with_type(t, [](auto) {});
+}
+
+void matmul(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t cols, int64_t rows, const float* x, int n,
+            float* y) {
+  const unsigned blocks = static_cast<unsigned>((rows + kMatWarps - 1) / kMatWarps);
+  const bool ok = with_type(t, [&](auto dq) {
+    matmul_kernel<decltype(dq)><<<blocks, kMatWarps * kWarp>>>(w, row_bytes, cols, rows, x, n, y);
+  });
+  if (!ok) throw Error(cat("CUDA backend: no matrix kernel for type ", type_traits(t).name));
+  check_launch("matmul");
+}
+
+void embed(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, int n, float scale,
+           float* x) {
+  if (n <= 0) return;
+  const dim3 grid(grid_for(width, 256), static_cast<unsigned>(n));
+  const bool ok = with_type(t, [&](auto dq) {
+    embed_kernel<decltype(dq)><<<grid, 256>>>(w, row_bytes, width, tokens, scale, x);
+  });
+  if (!ok) throw Error(cat("CUDA backend: no embedding kernel for type ", type_traits(t).name));
+  check_launch("embed");
+}
+
+void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t width, float eps) {
+  if (rows <= 0) return;
+  rms_norm_kernel<<<static_cast<unsigned>(rows), 256>>>(x, w, y, width, eps);
+  check_launch("rms_norm");
+}
+
+void add_bias(float* y, const float* b, int64_t width, int n) {
+  const int64_t count = width * n;
+  if (count <= 0) return;
+  add_bias_kernel<<<grid_for(count, 256), 256>>>(y, b, width, count);
+  check_launch("add_bias");
+}
+
+void rope(RopeStyle style, float* x, int n, int n_heads, int head_dim, int pairs, const float* cs,
+          const float* sn) {
+  if (n <= 0 || pairs <= 0) return;
+  rope_kernel<<<static_cast<unsigned>(n), 256>>>(style == RopeStyle::NeoX, x, n_heads, head_dim, pairs, cs, sn);
+  check_launch("rope");
+}
+
+void act_mul(FfnActivation act, float* gate, const float* up, int64_t count) {
+  if (count <= 0) return;
+  act_mul_kernel<<<grid_for(count, 256), 256>>>(act == FfnActivation::GeluTanh, gate, up, count);
+  check_launch("act_mul");
+}
+
+void add(float* x, const float* y, int64_t count) {
+  if (count <= 0) return;
+  add_kernel<<<grid_for(count, 256), 256>>>(x, y, count);
+  check_launch("add");
+}
+
+void write_kv(bool half, void* k_layer, void* v_layer, int n_slots, const int32_t* slots, int n, int n_head_kv,
+              int head_dim, const float* k, const float* v) {
+  if (n <= 0) return;
+  write_kv_kernel<<<static_cast<unsigned>(n), 256>>>(half, k_layer, v_layer, n_slots, slots, n_head_kv, head_dim,
+                                                      k, v);
+  check_launch("write_kv");
+}
+
+}  // namespace cuda
+}  // namespace tova

@@ -1,0 +1,64 @@
+// The CUDA backend's operations as host-callable launchers (plain C++ signatures; the kernels
+// are in ops_cuda.cu and attention_cuda.cu). Every pointer is device memory unless it says host;
+// every launcher runs on the default stream and checks its launch.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "arch.h"
+#include "quant.h"
+
+namespace tova {
+namespace cuda {
+
+// True when the matrix kernels handle weights of this type.
+bool matmul_supports(GgmlType t);
+
+// y[i * rows + r] = W_r . x[i * cols ...] for i < n: W is `rows` rows of `row_bytes` bytes in
+// type t, x float rows of `cols`. Float accumulation of dequantized weights (as the CPU backend
+// with float activations).
+void matmul(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t cols, int64_t rows, const float* x, int n,
+            float* y);
+
+// x[i * width + e] = scale * W_{tokens[i]}[e] (tokens: device int32).
+void embed(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, int n, float scale,
+           float* x);
+
+// y = x / sqrt(mean(x^2) + eps) * w per row (w null: no weight); x == y allowed.
+void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t width, float eps);
+
+// y[i * width + j] += b[j] for n rows.
+void add_bias(float* y, const float* b, int64_t width, int n);
+
+// Rotates n rows of n_heads vectors (head_dim apart) by cos / sin tables [n][pairs]: pairs
+// (2p, 2p+1) or, NeoX, (p, p + pairs).
+void rope(RopeStyle style, float* x, int n, int n_heads, int head_dim, int pairs, const float* cs,
+          const float* sn);
+
+// gate = act(gate) * up; x += y.
+void act_mul(FfnActivation act, float* gate, const float* up, int64_t count);
+void add(float* x, const float* y, int64_t count);
+
+// Writes row i of k / v ([n][n_head_kv][head_dim] floats) to slot slots[i] of a layer's K / V
+// ([n_head_kv][n_slots][head_dim], f16 when half, else f32). slots: device int32.
+void write_kv(bool half, void* k_layer, void* v_layer, int n_slots, const int32_t* slots, int n, int n_head_kv,
+              int head_dim, const float* k, const float* v);
+
+// One query row of the attention, for every head (attention_cuda.cu).
+struct AttnDesc {
+  const void* k = nullptr;  // the layer's K: [n_head_kv][n_slots][head_dim]
+  const void* v = nullptr;
+  int n_slots = 0;
+  int n_idx = 0;
+  int64_t idx_off = 0;      // the slots attended: idx[idx_off .. idx_off + n_idx), position order
+  const float* q = nullptr; // [n_head][head_dim]
+  float* out = nullptr;     // [n_head][head_dim]
+  int64_t probs_off = -1;   // probabilities [n_head][n_idx] at probs + probs_off; -1: not wanted
+};
+// scratch: n_rows * n_head * max_idx floats.
+void attend(bool half, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head, int n_head_kv,
+            int head_dim, float scale, int max_idx, float* scratch, float* probs);
+
+}  // namespace cuda
+}  // namespace tova

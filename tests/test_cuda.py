@@ -1,0 +1,134 @@
+"""The CUDA backend against the CPU backend (marker ``cuda``).
+
+On a machine without a usable NVIDIA GPU (or a build without TOVA_CUDA) every test here but the
+last is skipped with a reason that says so: they did not run. ``bench/cuda_check.sh`` runs them
+on a GPU machine. The CPU side compares with ``float_activations=True``: the CUDA kernels
+multiply dequantized weights by float activations, as the CPU does then.
+"""
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+
+import tova
+from tova._cli import binary
+from reference.synthetic import write_gemma3_gguf, write_llama_gguf
+
+HAVE_GPU = tova.cuda_device_count() > 0
+needs_gpu = pytest.mark.skipif(
+    not HAVE_GPU, reason=f"no CUDA GPU usable here (CUDA backend built: {tova.cuda_built()}): these tests did not run")
+
+# The quant types of the four real models (and the rest of the table the kernels handle).
+WEIGHT_TYPES = ["F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+TOL = 2e-3  # float sums in another order, and expf / tanhf of the device
+
+
+def _pair(path, **kw):
+    cpu = tova.Engine(path, float_activations=True, n_threads=2, **kw)
+    gpu = tova.Engine(path, device="cuda", **kw)
+    return cpu, gpu
+
+
+def _ids(n: int, vocab: int, seed: int = 0) -> list[int]:
+    return np.random.default_rng(seed).integers(3, vocab, n).tolist()
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("weight_type", WEIGHT_TYPES)
+def test_cuda_logits_equal_cpu(tmp_path, weight_type):
+    """Every weight type the kernels handle (rows of 3 blocks for the 32-element types, 1-2 for
+    the k-quants): prefill and token-by-token logits equal the CPU's."""
+    path = tmp_path / "m.gguf"
+    n_ff = 512 if weight_type.endswith("_K") else 96
+    write_llama_gguf(path, seed=3, weight_type=weight_type, n_embd=256 if weight_type.endswith("_K") else 64,
+                     n_ff=n_ff, n_head=4, n_head_kv=2)
+    cpu, gpu = _pair(path, policy="full", n_ctx=128, chunk=16)
+    with cpu, gpu:
+        ids = _ids(40, cpu.n_vocab)
+        want = cpu.eval(ids, all_logits=True)
+        got = gpu.eval(ids, all_logits=True)
+        np.testing.assert_allclose(got, want, atol=TOL * max(1.0, float(np.abs(want).max())), rtol=0)
+        for t in _ids(24, cpu.n_vocab, seed=1):
+            np.testing.assert_allclose(gpu.eval([t]), cpu.eval([t]), atol=TOL * max(1.0, float(np.abs(want).max())),
+                                       rtol=0)
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("policy", ["tova", "tova_ema", "h2o", "sink", "window"])
+def test_cuda_keeps_the_cpu_positions(tmp_path, policy):
+    """With eviction (kv_size 24, 120 tokens), the kept positions of every layer are the CPU's at
+    every step (probabilities copied back to the host policies)."""
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, seed=4, weight_type="Q4_K", n_embd=256, n_ff=512, n_head=4, n_head_kv=2, n_layer=3)
+    cpu, gpu = _pair(path, policy=policy, kv_size=24, chunk=8)
+    with cpu, gpu:
+        ids = _ids(120, cpu.n_vocab, seed=2)
+        cpu.eval(ids[:40])
+        gpu.eval(ids[:40])
+        for t in ids[40:]:
+            cpu.eval([t])
+            gpu.eval([t])
+            for layer in range(3):
+                assert cpu.kv_positions(layer).tolist() == gpu.kv_positions(layer).tolist(), (policy, layer)
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_cuda_gemma3_sliding_layers(tmp_path):
+    """Gemma 3's shape (sliding-window layers, GELU, post norms, tied output) on the GPU."""
+    path = tmp_path / "g.gguf"
+    write_gemma3_gguf(path, seed=5, weight_type="Q4_K", n_embd=256, n_ff=512, head_dim=64)
+    cpu, gpu = _pair(path, policy="tova", kv_size=32, chunk=8)
+    with cpu, gpu:
+        ids = _ids(60, cpu.n_vocab, seed=3)
+        want, got = cpu.eval(ids, all_logits=True), gpu.eval(ids, all_logits=True)
+        np.testing.assert_allclose(got, want, atol=TOL * max(1.0, float(np.abs(want).max())), rtol=0)
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_cuda_batched_sequences(tmp_path):
+    """Several sequences in one step through the scheduler: each equals its run alone."""
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, seed=6, weight_type="Q8_0", n_embd=64, n_head=4, n_head_kv=2)
+    prompts = [_ids(n, 384, seed=n) for n in (5, 17, 33)]
+    with tova.Engine(path, device="cuda", policy="tova", kv_size=16, n_seq=3) as e:
+        alone = [e.generate(p, max_tokens=12, temperature=0, ignore_eos=True) for p in prompts]
+        assert e.generate_batch(prompts, max_tokens=12, temperature=0, ignore_eos=True) == alone
+
+
+@pytest.mark.cuda
+@pytest.mark.model
+@needs_gpu
+def test_cuda_smollm2_256_steps(smollm2_path):
+    """SmolLM2 itself: 256 greedy decode steps after a prompt, logits within tolerance of the
+    CPU backend's at every step (the CPU's tokens fed to both)."""
+    cpu, gpu = _pair(smollm2_path, policy="tova", kv_size=128, chunk=32)
+    with cpu, gpu:
+        ids = cpu.tokenize("The history of the printing press begins")
+        a, b = cpu.eval(ids), gpu.eval(ids)
+        worst = 0.0
+        for _ in range(256):
+            worst = max(worst, float(np.abs(a - b).max()))
+            t = int(a.argmax())
+            a, b = cpu.eval([t]), gpu.eval([t])
+        assert worst < 0.05, worst
+
+
+def test_cuda_unavailable_is_a_clear_error(tmp_path):
+    """Asking for the GPU where there is none (or in a build without CUDA) raises, naming it."""
+    if HAVE_GPU:
+        pytest.skip("a GPU is usable here: the error path cannot be shown")
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path)
+    with pytest.raises((ValueError, RuntimeError), match="cuda"):
+        tova.Engine(path, device="cuda")
+    with pytest.raises(ValueError, match="disagree"):
+        tova.Engine(path, device="cuda", backend="cpu")
+    r = subprocess.run([str(binary()), "run", "-m", str(path), "-p", "hi", "-n", "2", "--device", "cuda"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "cuda" in r.stderr and "Traceback" not in r.stderr, r.stderr
