@@ -221,9 +221,10 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   bool half = true;
   for (int i = 0; i < n_rows; ++i) {
     const AttnRow& r = rows[i];
-    if (r.rank_rope)
+    if (r.rank_rope)  // refused at engine creation; kept for a caller that did not ask there
       throw ArgumentError("positions 'cache_index' is not supported by the CUDA backend yet");
     const auto& kv = static_cast<const CudaKv&>(*r.kv);
+    if (i > 0 && kv.half() != half) throw Error("CUDA backend: attention rows of different KV types in one call");
     half = kv.half();
     cuda::AttnDesc d;
     d.k = kv.k(r.layer);
@@ -253,10 +254,7 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
                                                             sizeof(float), "attention probabilities"));
   cuda::attend(half, d_desc, n_rows, d_idx, shape.n_head, shape.n_head_kv, shape.head_dim, shape.scale, max_idx,
                scratch, probs);
-  if (n_probs == 0) {
-    check(cudaDeviceSynchronize(), "attend");
-    return;
-  }
+  if (n_probs == 0) return;
   probs_.resize(static_cast<size_t>(n_probs));
   check(cudaMemcpy(probs_.data(), probs, probs_.size() * sizeof(float), cudaMemcpyDeviceToHost), "probabilities");
   // Scatter each head's probabilities to the slots they belong to (the CPU backend's layout).

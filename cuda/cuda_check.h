@@ -26,6 +26,9 @@ class DeviceBuffer {
   }
   void* reserve(size_t bytes, const char* what) {
     if (bytes <= size_) return p_;
+    // Kernels queued earlier may still read the old memory: wait for them (cudaFree would too,
+    // but only by accident of the legacy default stream).
+    if (p_) check(cudaDeviceSynchronize(), what);
     if (p_) check(cudaFree(p_), what);
     p_ = nullptr;
     size_ = 0;

@@ -51,10 +51,10 @@ __global__ void matmul_kernel(const uint8_t* w, size_t row_bytes, int64_t cols, 
 template <class Dq>
 __global__ void embed_kernel(const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, float scale,
                              float* x) {
-  const int i = blockIdx.y;
+  const int i = blockIdx.x;  // rows on x: up to 2^31 - 1 of them (y stops at 65535)
   const uint8_t* wr = w + static_cast<size_t>(tokens[i]) * row_bytes;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < width;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (int64_t e = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; e < width;
+       e += static_cast<int64_t>(gridDim.y) * blockDim.x) {
     const float v = Dq::elem(wr, e);
     x[static_cast<int64_t>(i) * width + e] = scale != 1.0f ? v * scale : v;
   }
@@ -184,7 +184,7 @@ void matmul(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t cols, int64_
 void embed(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, int n, float scale,
            float* x) {
   if (n <= 0) return;
-  const dim3 grid(grid_for(width, 256), static_cast<unsigned>(n));
+  const dim3 grid(static_cast<unsigned>(n), grid_for(width, 256));
   const bool ok = with_type(t, [&](auto dq) {
     embed_kernel<decltype(dq)><<<grid, 256>>>(w, row_bytes, width, tokens, scale, x);
   });
