@@ -138,7 +138,9 @@ class CudaBackend : public Backend {
     float* sn = cs + static_cast<size_t>(n) * pairs;
     for (int i = 0; i < n; ++i)
       r.angles(positions[i], cs + static_cast<size_t>(i) * pairs, sn + static_cast<size_t>(i) * pairs);
-    auto* d = static_cast<float*>(angles_dev_.upload(angles_.data(), angles_.size() * sizeof(float), "rope"));
+    // Every layer of a step rotates at the same positions: one upload per step and Rope.
+    auto* d = static_cast<float*>(angles_dev_[&r].upload_if_changed(angles_.data(), angles_.size() * sizeof(float),
+                                                                    "rope"));
     cuda::rope(r.style(), x, n, n_heads, head_dim, pairs, d, d + static_cast<size_t>(n) * pairs);
   }
 
@@ -151,8 +153,8 @@ class CudaBackend : public Backend {
   void write_kv(KvPayload& payload, int layer, const int32_t* slots, int n, const float* k,
                 const float* v) override {
     auto& kv = static_cast<CudaKv&>(payload);
-    const auto* s = static_cast<const int32_t*>(slots_.upload(slots, sizeof(int32_t) * static_cast<size_t>(n),
-                                                                "write_kv"));
+    const auto* s = static_cast<const int32_t*>(
+        slots_.upload_if_changed(slots, sizeof(int32_t) * static_cast<size_t>(n), "write_kv"));
     const KvLayout& lo = kv.layout();
     cuda::write_kv(kv.half(), kv.k(layer), kv.v(layer), lo.n_slots[static_cast<size_t>(layer)], s, n, lo.n_head_kv,
                    lo.head_dim, k, v);
@@ -178,7 +180,8 @@ class CudaBackend : public Backend {
   std::unordered_map<const uint8_t*, std::unique_ptr<DeviceBuffer>> weights_;
   std::unordered_map<const float*, std::unique_ptr<DeviceBuffer>> vectors_;
   DeviceBuffer bufs_[static_cast<size_t>(Buf::kCount)];
-  DeviceBuffer tokens_, slots_, angles_dev_, logits_;
+  DeviceBuffer tokens_, slots_, logits_;
+  std::unordered_map<const Rope*, DeviceBuffer> angles_dev_;
   DeviceBuffer attn_desc_, attn_idx_, attn_scratch_, attn_probs_;
   std::vector<float> angles_;
   std::vector<cuda::AttnDesc> descs_;

@@ -3,6 +3,9 @@
 
 #include <cuda_runtime.h>
 
+#include <cstring>
+#include <vector>
+
 #include "common.h"
 
 namespace tova {
@@ -25,6 +28,7 @@ class DeviceBuffer {
     if (p_) cudaFree(p_);
   }
   void* reserve(size_t bytes, const char* what) {
+    shadow_.clear();  // the caller is about to write: the device bytes are no longer known
     if (bytes <= size_) return p_;
     // Kernels queued earlier may still read the old memory: wait for them (cudaFree would too,
     // but only by accident of the legacy default stream).
@@ -42,12 +46,21 @@ class DeviceBuffer {
     if (bytes) check(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice), what);
     return d;
   }
+  // As upload, but skips the copy (and its wait for the device) when the bytes are the ones
+  // uploaded last time: a step's positions and slots are the same for every layer.
+  void* upload_if_changed(const void* host, size_t bytes, const char* what) {
+    if (bytes == shadow_.size() && p_ && std::memcmp(shadow_.data(), host, bytes) == 0) return p_;
+    void* d = upload(host, bytes, what);
+    shadow_.assign(static_cast<const uint8_t*>(host), static_cast<const uint8_t*>(host) + bytes);
+    return d;
+  }
   void* get() const { return p_; }
   size_t size() const { return size_; }
 
  private:
   void* p_ = nullptr;
   size_t size_ = 0;
+  std::vector<uint8_t> shadow_;  // what upload_if_changed copied last
 };
 
 }  // namespace cuda
