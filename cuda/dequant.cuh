@@ -13,6 +13,7 @@
 #include "quant_blocks.h"
 
 #if defined(__CUDACC__)
+#include <cuda_fp16.h>
 #define TOVA_HD __host__ __device__ __forceinline__
 #else
 #define TOVA_HD inline
@@ -22,6 +23,9 @@ namespace tova {
 namespace cuda {
 
 TOVA_HD float half_to_float(uint16_t h) {
+#if defined(__CUDA_ARCH__)
+  return __half2float(__ushort_as_half(h));  // the hardware conversion: exact, as the code below
+#else
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
   const uint32_t exp = (h >> 10) & 0x1F;
   uint32_t mant = h & 0x3FF;
@@ -43,6 +47,7 @@ TOVA_HD float half_to_float(uint16_t h) {
   float f;
   memcpy(&f, &bits, 4);
   return f;
+#endif
 }
 
 TOVA_HD float bf16_to_float(uint16_t h) {
