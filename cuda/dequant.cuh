@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "quant.h"
 #include "quant_blocks.h"
 
 #if defined(__CUDACC__)
@@ -24,33 +25,13 @@ namespace cuda {
 
 TOVA_HD float half_to_float(uint16_t h) {
 #if defined(__CUDA_ARCH__)
-  return __half2float(__ushort_as_half(h));  // the hardware conversion: exact, as the code below
+  return __half2float(__ushort_as_half(h));  // the hardware conversion: exact, as the CPU's
 #else
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  const uint32_t exp = (h >> 10) & 0x1F;
-  uint32_t mant = h & 0x3FF;
-  uint32_t bits;
-  if (exp == 0x1F) {
-    bits = sign | 0x7F800000u | (mant << 13);
-  } else if (exp != 0) {
-    bits = sign | ((exp + 112) << 23) | (mant << 13);
-  } else if (mant == 0) {
-    bits = sign;
-  } else {  // subnormal half: normalize
-    int e = 113;
-    while ((mant & 0x400) == 0) {
-      mant <<= 1;
-      --e;
-    }
-    bits = sign | (static_cast<uint32_t>(e) << 23) | ((mant & 0x3FF) << 13);
-  }
-  float f;
-  memcpy(&f, &bits, 4);
-  return f;
+  return fp16_to_fp32(h);  // host: the CPU's conversion (quant.cpp)
 #endif
 }
 
-TOVA_HD float bf16_to_float(uint16_t h) {
+TOVA_HD float bf16_to_float(uint16_t h) {  // exact: the top half of a float32
   const uint32_t bits = static_cast<uint32_t>(h) << 16;
   float f;
   memcpy(&f, &bits, 4);

@@ -211,13 +211,6 @@ void test_cuda_dequantizers() {
     if (!same) std::printf("  cuda dequantizer differs for %s\n", t.name);
     CHECK(same);
   }
-  // Every half value, normal, subnormal, infinite and NaN, converts as the CPU's fp16_to_fp32.
-  bool halves = true;
-  for (uint32_t h = 0; h < 65536; ++h) {
-    const float a = cuda::half_to_float(static_cast<uint16_t>(h)), b = fp16_to_fp32(static_cast<uint16_t>(h));
-    halves &= std::memcmp(&a, &b, 4) == 0;
-  }
-  CHECK(halves);
 }
 
 void test_half_precision() {
