@@ -386,3 +386,19 @@ def _long_conversation(server: Server, turns: int) -> None:
     assert server.metrics()["tova_kv_evictions_total"] > 0
     # Memory is flat: what grows is the conversation the client sends, not the server.
     assert rss[1] - rss[0] < 8 * 1024, rss  # KiB: flat
+
+
+def test_serve_refuses_bad_engine_settings(tmp_path) -> None:
+    """An engine setting the engine refuses (an unknown --kv-type; --device cuda where there is
+    no GPU) ends `tova serve` with the reason and exit status 2, not a traceback."""
+    from reference.synthetic import write_llama_gguf
+
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path)
+    cases = [(["--kv-type", "q9_9"], "kv_type")]
+    if tova.cuda_device_count() == 0:
+        cases.append((["--device", "cuda"], "cuda"))
+    for extra, needle in cases:
+        r = subprocess.run([sys.executable, "-m", "tova", "serve", "-m", str(path), "--port", "0", *extra],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr

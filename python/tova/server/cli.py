@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-size", type=int, default=512, help="tokens kept per layer and sequence")
     p.add_argument("--policy", default="tova", help="tova (default), h2o, sink, window, full")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
+    p.add_argument("--kv-type", default=None, help="KV element type: f16 (default), q8_0, q5_1, q4_1, ... or K/V "
+                   "(q8_0/q4_1)")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda (a build with the CUDA backend)")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for a sequence; more are answered 429 (default 64)")
     p.add_argument("--max-prompt-tokens", type=int, default=32768,
@@ -63,8 +66,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if v is not None and v < (0 if name in ("max_queue", "max_prompt_tokens") else 1):
             print(f"tova serve: --{name.replace('_', '-')} must be positive", file=sys.stderr)
             return 2
-    engine = Engine(args.model, n_seq=n_seq, kv_budget=args.kv_budget, kv_size=args.kv_size,
-                    policy=args.policy, n_threads=args.threads)
+    k, _, v = (args.kv_type or "").partition("/")
+    try:
+        engine = Engine(args.model, n_seq=n_seq, kv_budget=args.kv_budget, kv_size=args.kv_size,
+                        policy=args.policy, n_threads=args.threads, device=args.device,
+                        kv_type_k=k or None, kv_type_v=v or k or None)
+    except (ValueError, TypeError, RuntimeError, OSError) as e:
+        print(f"tova serve: {e}", file=sys.stderr)
+        return 2
     config = ServeConfig(model_id=args.model_id or _model_id(args.model), max_queue=args.max_queue,
                          max_prompt_tokens=args.max_prompt_tokens, api_key=args.api_key or None,
                          default_max_tokens=args.max_tokens)
