@@ -10,6 +10,7 @@
 # 4. writes SmolLM2-shape (Q4_1) and Qwen2.5-1.5B-shape (Q4_K_M mix) models with random weights
 #    (bench/synthetic_shapes.py) and benchmarks them on the GPU: prefill 512 and decode 128 at
 #    batch 1, kv_size 512 (tova) and the full cache, with the bandwidth speed of light;
+#    Then the paper's Table 1 there (bench/throughput.py --device cuda, budget BUDGET, 1GiB);
 # 5. runs a short generation under compute-sanitizer when it is installed.
 # Every step runs even when an earlier one failed; the report says which failed.
 set -uo pipefail
@@ -77,6 +78,10 @@ for f in sorted(glob.glob(f"{out}/bench_*.json")):
         print(f"| {r['model_filename']} | {r['policy']} {r['kv_size']} | {test} | {r['avg_ts']:.1f} | "
               f"{r['weight_bytes']} | {sol_s} | {ratio} |")
 EOF
+
+step "4b. the paper's Table 1 on the GPU (SmolLM2 shape, one KV budget)"
+timeout 300 "$PY" bench/throughput.py --models build/shapes/smollm2-shape.gguf --device cuda --budget "${BUDGET:-1GiB}" \
+  --gen 64 --out "$OUT/throughput.csv" 2>&1 | tail -8 | tee -a "$REPORT" || fail "throughput"
 
 step "5. compute-sanitizer"
 if command -v compute-sanitizer > /dev/null; then

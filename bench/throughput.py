@@ -34,10 +34,12 @@ CONFIGS = [("full", None), ("tova", 512), ("tova", 256)]
 def run_bench(binary: str, model: Path, budget: str, policy: str, kv_size, args) -> dict:
     cmd = [binary, "bench", "-m", str(model), "--kv-budget", budget, "--policy", policy,
            "-p", str(args.prompt), "-n", str(args.gen), "-r", "1", "-t", str(args.threads),
-           "--prefill", "chunked", "--json"]
+           "--prefill", "chunked", "--device", args.device, "--json"]
     cmd += ["--ctx", "4096"] if policy == "full" else ["--kv-size", str(kv_size)]
     t0 = time.time()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)}:\n{out.stderr.strip()}")
     row = json.loads(out.stdout)[0]
     row["wall_s"] = time.time() - t0
     row["command"] = " ".join(cmd)
@@ -51,6 +53,8 @@ def main() -> int:
     ap.add_argument("--prompt", type=int, default=3072, help="context each sequence holds (tokens)")
     ap.add_argument("--gen", type=int, default=128, help="tokens each sequence generates")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "throughput.csv")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--budget", default=None, help="KV budget for every model (default: per model, above)")
     args = ap.parse_args()
 
     from tova import _cli, models
@@ -59,7 +63,7 @@ def main() -> int:
     rows = []
     for name in args.models:
         path = models.resolve(name)
-        budget = BUDGETS.get(name, "192MiB")
+        budget = args.budget or BUDGETS.get(name, "192MiB")
         base = None
         for policy, kv in CONFIGS:
             r = run_bench(binary, path, budget, policy, kv, args)
