@@ -3,8 +3,10 @@
 #
 #     bash bench/cuda_check.sh            # report: bench/results/cuda/report.md (+ JSON beside it)
 #
-# 1. installs wheels carried in build/wheels (a machine without a package index: `pip download
-#    gguf pyyaml tqdm --only-binary=:all: --python-version 3.12 -d build/wheels` here first);
+# 1. installs wheels carried in build/wheels (a machine without a package index; here first:
+#    pip download gguf pyyaml tqdm --only-binary=:all: --python-version 3.12 \
+#        --platform manylinux2014_x86_64 --no-deps -d build/wheels
+#    and carry build/wheels: about 0.9 MB);
 # 2. builds and installs tova with the CUDA backend (TOVA_CUDA=ON; CUDA_ARCHS, default 90);
 # 3. runs the CUDA tests (pytest -m cuda; the SmolLM2 one only when the model is in ~/.cache/tova);
 # 4. writes SmolLM2-shape (Q4_1) and Qwen2.5-1.5B-shape (Q4_K_M mix) models with random weights
