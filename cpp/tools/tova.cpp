@@ -291,7 +291,9 @@ int main(int argc, char** argv) {
   std::vector<std::string> rest(args.begin() + 1, args.end());
   try {
     if (cmd == "--version" || cmd == "version") {
-      std::printf("tova %s (kernels: %s)\n", kVersion, kernel_isa());
+      std::printf("tova %s (kernels: %s; cuda: %s)\n", kVersion, kernel_isa(),
+                  !cuda_built() ? "not built"
+                                : cat("built, ", cuda_device_count(), " usable device(s)").c_str());
       return 0;
     }
     if (cmd == "info") return cmd_info(rest);
