@@ -67,20 +67,10 @@ class CudaBackend : public Backend {
                       e != cudaSuccess ? cudaGetErrorString(e) : "none found", ")"));
     check(cudaSetDevice(0), "cudaSetDevice");
     upload_weights();
-    const HParams& h = m_.hp();
-    const size_t U = static_cast<size_t>(max_rows);
-    const size_t E = static_cast<size_t>(h.n_embd), D = static_cast<size_t>(h.head_dim);
     for (int b = 0; b < static_cast<int>(Buf::kCount); ++b) {
-      size_t width = 0;
-      switch (static_cast<Buf>(b)) {
-        case Buf::X: case Buf::XN: case Buf::O: width = E; break;
-        case Buf::Q: case Buf::ATT: width = static_cast<size_t>(h.n_head) * D; break;
-        case Buf::K: case Buf::V: width = static_cast<size_t>(h.n_head_kv) * D; break;
-        case Buf::GATE: case Buf::UP: width = static_cast<size_t>(h.n_ff); break;
-        case Buf::kCount: break;
-      }
-      bufs_[b].reserve(U * width * sizeof(float), "activation buffers");
-      check(cudaMemset(bufs_[b].get(), 0, U * width * sizeof(float)), "activation buffers");
+      const size_t bytes = static_cast<size_t>(max_rows) * buf_width(m_.hp(), static_cast<Buf>(b)) * sizeof(float);
+      bufs_[b].reserve(bytes, "activation buffers");
+      check(cudaMemset(bufs_[b].get(), 0, bytes), "activation buffers");
     }
   }
 

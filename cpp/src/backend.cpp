@@ -8,6 +8,18 @@
 
 namespace tova {
 
+size_t buf_width(const HParams& h, Buf b) {
+  const size_t E = static_cast<size_t>(h.n_embd), D = static_cast<size_t>(h.head_dim);
+  switch (b) {
+    case Buf::X: case Buf::XN: case Buf::O: return E;
+    case Buf::Q: case Buf::ATT: return static_cast<size_t>(h.n_head) * D;
+    case Buf::K: case Buf::V: return static_cast<size_t>(h.n_head_kv) * D;
+    case Buf::GATE: case Buf::UP: return static_cast<size_t>(h.n_ff);
+    case Buf::kCount: break;
+  }
+  return 0;
+}
+
 int cuda_device_count() {
 #ifdef TOVA_HAVE_CUDA
   return cuda_devices();

@@ -47,6 +47,8 @@ class KvPayload {
 
 // The activation buffers of a step: [rows][width] floats each, rows <= max_rows.
 enum class Buf { X, XN, Q, K, V, ATT, O, GATE, UP, kCount };
+// The width (floats per row) of a buffer for a model: every backend sizes its buffers by it.
+size_t buf_width(const HParams& h, Buf b);
 
 // One query row's attention over a sequence's kept slots (one layer), for all query heads.
 struct AttnRow {

@@ -27,21 +27,9 @@ CpuBackend::CpuBackend(const Model& model, int max_rows, int n_threads, bool flo
       max_rows_(max_rows),
       pool_(n_threads > 0 ? n_threads : default_threads()),
       mm_(float_activations) {
-  const HParams& h = m_.hp();
   const size_t U = static_cast<size_t>(max_rows);
-  const size_t E = static_cast<size_t>(h.n_embd), D = static_cast<size_t>(h.head_dim);
-  auto width = [&](Buf b) -> size_t {
-    switch (b) {
-      case Buf::X: case Buf::XN: case Buf::O: return E;
-      case Buf::Q: case Buf::ATT: return static_cast<size_t>(h.n_head) * D;
-      case Buf::K: case Buf::V: return static_cast<size_t>(h.n_head_kv) * D;
-      case Buf::GATE: case Buf::UP: return static_cast<size_t>(h.n_ff);
-      case Buf::kCount: break;
-    }
-    return 0;
-  };
   for (int b = 0; b < static_cast<int>(Buf::kCount); ++b)
-    bufs_[b].assign(U * width(static_cast<Buf>(b)), 0.0f);
+    bufs_[b].assign(U * buf_width(m_.hp(), static_cast<Buf>(b)), 0.0f);
 }
 
 std::unique_ptr<KvPayload> CpuBackend::new_kv(const KvLayout& layout) {
