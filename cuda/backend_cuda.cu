@@ -2,7 +2,9 @@
 // once as they are in the file (quantized blocks), activations and K/V live in device memory,
 // and the forward pass (cpp/src/forward.cpp) is the one every backend runs. Slot bookkeeping and
 // the policies stay on the host (cpp/src/kv_store.cpp): each attention call copies the slot
-// lists in and, when a policy needs them, the probabilities out.
+// lists in and, when a policy needs them, the probabilities out. Uploads go through pinned
+// staging in stream order, so the host waits for the device only where it reads results back
+// (logits, and probabilities for the policies).
 //
 // K/V rows are stored in f16 or f32; the quantized KV types and positions "cache_index" are
 // refused with a clear error for now.
@@ -74,6 +76,8 @@ class CudaBackend : public Backend {
     }
   }
 
+  ~CudaBackend() override { cudaDeviceSynchronize(); }  // no copy may still read staging_ or buffers
+
   const char* name() const override { return "cuda"; }
   int n_threads() const override { return 1; }
   int max_rows() const override { return max_rows_; }
@@ -94,7 +98,7 @@ class CudaBackend : public Backend {
 
   void embed(const int32_t* tokens, int n, float scale, float* x) override {
     const auto* t = static_cast<const int32_t*>(tokens_.upload(tokens, sizeof(int32_t) * static_cast<size_t>(n),
-                                                                 "embed"));
+                                                                 staging_, "embed"));
     const Matrix& w = m_.tok_embd;
     cuda::embed(w.type, weight(w), w.row_bytes, w.cols, t, n, scale, x);
   }
@@ -115,6 +119,7 @@ class CudaBackend : public Backend {
     auto* y = static_cast<float*>(logits_.reserve(bytes, "logits"));
     cuda::matmul(w.type, weight(w), w.row_bytes, w.cols, w.rows, x, n, y);
     check(cudaMemcpy(host_y, y, bytes, cudaMemcpyDeviceToHost), "logits to host");
+    staging_.reset();  // the device is idle: every queued upload has run
   }
 
   void add_bias(float* y, const Vector& b, int n) override {
@@ -130,7 +135,7 @@ class CudaBackend : public Backend {
       r.angles(positions[i], cs + static_cast<size_t>(i) * pairs, sn + static_cast<size_t>(i) * pairs);
     // Every layer of a step rotates at the same positions: one upload per step and Rope.
     auto* d = static_cast<float*>(angles_dev_[&r].upload_if_changed(angles_.data(), angles_.size() * sizeof(float),
-                                                                    "rope"));
+                                                                    staging_, "rope"));
     cuda::rope(r.style(), x, n, n_heads, head_dim, pairs, d, d + static_cast<size_t>(n) * pairs);
   }
 
@@ -144,7 +149,7 @@ class CudaBackend : public Backend {
                 const float* v) override {
     auto& kv = static_cast<CudaKv&>(payload);
     const auto* s = static_cast<const int32_t*>(
-        slots_.upload_if_changed(slots, sizeof(int32_t) * static_cast<size_t>(n), "write_kv"));
+        slots_.upload_if_changed(slots, sizeof(int32_t) * static_cast<size_t>(n), staging_, "write_kv"));
     const KvLayout& lo = kv.layout();
     cuda::write_kv(kv.half(), kv.k(layer), kv.v(layer), lo.n_slots[static_cast<size_t>(layer)], s, n, lo.n_head_kv,
                    lo.head_dim, k, v);
@@ -170,6 +175,7 @@ class CudaBackend : public Backend {
   std::unordered_map<const uint8_t*, std::unique_ptr<DeviceBuffer>> weights_;
   std::unordered_map<const float*, std::unique_ptr<DeviceBuffer>> vectors_;
   DeviceBuffer bufs_[static_cast<size_t>(Buf::kCount)];
+  cuda::Staging staging_;  // pinned bytes of the step's uploads
   DeviceBuffer tokens_, slots_, logits_;
   std::unordered_map<const Rope*, DeviceBuffer> angles_dev_;
   DeviceBuffer attn_desc_, attn_idx_, attn_scratch_, attn_probs_;
@@ -186,13 +192,13 @@ void CudaBackend::upload_weights() {
       throw ArgumentError(cat("the CUDA backend has no kernel for tensor '", w.name, "' of type ",
                               type_traits(w.type).name));
     auto buf = std::make_unique<DeviceBuffer>();
-    buf->upload(w.data, w.row_bytes * static_cast<size_t>(w.rows), "weight upload");
+    buf->upload_now(w.data, w.row_bytes * static_cast<size_t>(w.rows), "weight upload");
     weights_.emplace(w.data, std::move(buf));
   };
   auto vector = [&](const Vector& v) {
     if (v.empty() || vectors_.count(v.data())) return;
     auto buf = std::make_unique<DeviceBuffer>();
-    buf->upload(v.data(), v.size() * sizeof(float), "weight upload");
+    buf->upload_now(v.data(), v.size() * sizeof(float), "weight upload");
     vectors_.emplace(v.data(), std::move(buf));
   };
   matrix(m_.tok_embd);
@@ -237,8 +243,8 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   }
   if (descs_.empty()) return;
   const auto* d_desc = static_cast<const cuda::AttnDesc*>(
-      attn_desc_.upload(descs_.data(), descs_.size() * sizeof(cuda::AttnDesc), "attention rows"));
-  const auto* d_idx = static_cast<const int32_t*>(attn_idx_.upload(idx_.data(), idx_.size() * sizeof(int32_t),
+      attn_desc_.upload(descs_.data(), descs_.size() * sizeof(cuda::AttnDesc), staging_, "attention rows"));
+  const auto* d_idx = static_cast<const int32_t*>(attn_idx_.upload(idx_.data(), idx_.size() * sizeof(int32_t), staging_,
                                                                      "attention slots"));
   auto* scratch = static_cast<float*>(attn_scratch_.reserve(
       static_cast<size_t>(n_rows) * static_cast<size_t>(shape.n_head) * static_cast<size_t>(max_idx) * sizeof(float),
@@ -250,6 +256,7 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   if (n_probs == 0) return;
   probs_.resize(static_cast<size_t>(n_probs));
   check(cudaMemcpy(probs_.data(), probs, probs_.size() * sizeof(float), cudaMemcpyDeviceToHost), "probabilities");
+  staging_.reset();
   // Scatter each head's probabilities to the slots they belong to (the CPU backend's layout).
   for (int i = 0; i < n_rows; ++i) {
     const AttnRow& r = rows[i];

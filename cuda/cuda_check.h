@@ -18,6 +18,42 @@ inline void check(cudaError_t e, const char* what) {
 // The last kernel launch's error (launch configuration, or a fault of an earlier kernel).
 inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
 
+// Pinned host memory for asynchronous uploads, handed out in order. A piece stays untouched until
+// the device has run the copy that reads it: the arena starts over only at a point where the
+// device is idle (reset(), after a synchronous copy back) or after waiting for it.
+class Staging {
+ public:
+  Staging() = default;
+  Staging(const Staging&) = delete;
+  Staging& operator=(const Staging&) = delete;
+  ~Staging() {
+    if (p_) cudaFreeHost(p_);
+  }
+  void* take(size_t bytes, const char* what) {
+    bytes = (bytes + 255) & ~static_cast<size_t>(255);
+    if (used_ + bytes > cap_) {
+      check(cudaDeviceSynchronize(), what);  // every copy reading the arena has run
+      used_ = 0;
+      if (bytes > cap_) {
+        const size_t n = bytes > 2 * cap_ ? (bytes > (1u << 20) ? bytes : (1u << 20)) : 2 * cap_;
+        if (p_) check(cudaFreeHost(p_), what);
+        p_ = nullptr;
+        cap_ = 0;
+        check(cudaMallocHost(&p_, n), what);
+        cap_ = n;
+      }
+    }
+    void* r = static_cast<uint8_t*>(p_) + used_;
+    used_ += bytes;
+    return r;
+  }
+  void reset() { used_ = 0; }  // only when the device has finished every queued copy
+
+ private:
+  void* p_ = nullptr;
+  size_t cap_ = 0, used_ = 0;
+};
+
 // Device memory owned by one object; grows (never shrinks) on demand.
 class DeviceBuffer {
  public:
@@ -40,17 +76,28 @@ class DeviceBuffer {
     size_ = bytes;
     return p_;
   }
-  // Copies host bytes in (growing first); returns the device pointer.
-  void* upload(const void* host, size_t bytes, const char* what) {
+  // Copies host bytes in, synchronously (growing first); returns the device pointer.
+  void* upload_now(const void* host, size_t bytes, const char* what) {
     void* d = reserve(bytes, what);
     if (bytes) check(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice), what);
     return d;
   }
-  // As upload, but skips the copy (and its wait for the device) when the bytes are the ones
-  // uploaded last time: a step's positions and slots are the same for every layer.
-  void* upload_if_changed(const void* host, size_t bytes, const char* what) {
+  // Copies host bytes in, in stream order, through pinned staging (the host does not wait for
+  // the device); the host bytes may change as soon as it returns.
+  void* upload(const void* host, size_t bytes, Staging& staging, const char* what) {
+    void* d = reserve(bytes, what);
+    if (bytes) {
+      void* s = staging.take(bytes, what);
+      std::memcpy(s, host, bytes);
+      check(cudaMemcpyAsync(d, s, bytes, cudaMemcpyHostToDevice, 0), what);
+    }
+    return d;
+  }
+  // As upload, but skips the copy when the bytes are the ones uploaded last time: a step's
+  // positions and slots are the same for every layer.
+  void* upload_if_changed(const void* host, size_t bytes, Staging& staging, const char* what) {
     if (bytes == shadow_.size() && p_ && std::memcmp(shadow_.data(), host, bytes) == 0) return p_;
-    void* d = upload(host, bytes, what);
+    void* d = upload(host, bytes, staging, what);
     shadow_.assign(static_cast<const uint8_t*>(host), static_cast<const uint8_t*>(host) + bytes);
     return d;
   }
