@@ -8,6 +8,12 @@
 
 #include "common.h"
 
+// Every upload, kernel and copy of the backend relies on the legacy default stream's ordering
+// (an engine's steps may run on different host threads).
+#ifdef CUDA_API_PER_THREAD_DEFAULT_STREAM
+#error "cuda/ relies on the legacy default stream: do not build it with --default-stream per-thread"
+#endif
+
 namespace tova {
 namespace cuda {
 
@@ -33,15 +39,19 @@ class Staging {
     bytes = (bytes + 255) & ~static_cast<size_t>(255);
     if (used_ + bytes > cap_) {
       check(cudaDeviceSynchronize(), what);  // every copy reading the arena has run
-      used_ = 0;
-      if (bytes > cap_) {
-        const size_t n = bytes > 2 * cap_ ? (bytes > (1u << 20) ? bytes : (1u << 20)) : 2 * cap_;
-        if (p_) check(cudaFreeHost(p_), what);
+      // Grow when one piece does not fit, or when a step's uploads filled it (else every later
+      // layer of such steps would wait for the device again).
+      if (bytes > cap_ || used_ > 0) {
+        size_t n = 2 * cap_ > (1u << 20) ? 2 * cap_ : (1u << 20);
+        if (n < bytes) n = bytes;
+        void* old = p_;
         p_ = nullptr;
         cap_ = 0;
+        if (old) check(cudaFreeHost(old), what);
         check(cudaMallocHost(&p_, n), what);
         cap_ = n;
       }
+      used_ = 0;
     }
     void* r = static_cast<uint8_t*>(p_) + used_;
     used_ += bytes;
@@ -61,7 +71,9 @@ class DeviceBuffer {
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   ~DeviceBuffer() {
-    if (p_) cudaFree(p_);
+    if (!p_) return;
+    cudaDeviceSynchronize();  // kernels queued earlier may still use it
+    cudaFree(p_);
   }
   void* reserve(size_t bytes, const char* what) {
     shadow_.clear();  // the caller is about to write: the device bytes are no longer known
