@@ -45,6 +45,8 @@ log "build: $(( $(date +%s) - t0 )) s"
 "$PY" -c "import tova; print('cuda built:', tova.cuda_built(), '| devices:', tova.cuda_device_count())" 2>&1 \
   | tee -a "$REPORT"
 
+TOVA_BIN=$("$PY" -c "from tova._cli import binary; print(binary())" 2>/dev/null || echo tova)
+
 step "3. CUDA tests (pytest -m cuda)"
 MARK="cuda and not model"
 [ -f "$HOME/.cache/tova/SmolLM2-135M-Instruct.Q4_1.gguf" ] && MARK="cuda"
@@ -56,7 +58,7 @@ step "4. speed (synthetic real-shape models, batch 1)"
 for m in smollm2 qwen15; do
   for cache in "--policy tova --kv-size 512" "--policy full --ctx 4096"; do
     # shellcheck disable=SC2086
-    "$PY" -m tova bench -m "build/shapes/$m-shape.gguf" --device cuda -p 512 -n 128 -r 3 $cache --json \
+    "$TOVA_BIN" bench -m "build/shapes/$m-shape.gguf" --device cuda -p 512 -n 128 -r 3 $cache --json \
       > "$OUT/bench_${m}_${cache//[ -]/_}.json" 2> "$OUT/bench.err" || { tail -5 "$OUT/bench.err" | tee -a "$REPORT"; fail "bench $m $cache"; }
   done
 done
@@ -87,7 +89,7 @@ timeout 300 "$PY" bench/throughput.py --models build/shapes/smollm2-shape.gguf -
 
 step "5. compute-sanitizer"
 if command -v compute-sanitizer > /dev/null; then
-  compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" -m tova run -m build/shapes/smollm2-shape.gguf \
+  compute-sanitizer --tool memcheck --error-exitcode 9 "$TOVA_BIN" run -m build/shapes/smollm2-shape.gguf \
     -p "hello" -n 8 --device cuda > "$OUT/sanitizer.log" 2>&1 || fail "compute-sanitizer"
   tail -5 "$OUT/sanitizer.log" | tee -a "$REPORT"
 else
