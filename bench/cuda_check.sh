@@ -74,7 +74,12 @@ bw = next((v for k, v in {"H200": 4800, "H100": 3350, "A100": 2039, "L4": 300, "
 print("| model | cache | test | t/s | weight bytes | speed of light t/s | ratio |")
 print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
 for f in sorted(glob.glob(f"{out}/bench_*.json")):
-    for r in json.load(open(f)):
+    try:
+        rows = json.load(open(f))
+    except ValueError:
+        print(f"| {f}: no result (the bench failed, see above) | | | | | | |")
+        continue
+    for r in rows:
         test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
         sol = bw * 1e9 / r["weight_bytes"] if bw and not r["n_prompt"] else None
         sol_s = "%.0f" % sol if sol else "-"
