@@ -103,8 +103,9 @@ def test_last_logits_agree(family, reference_dir):
 def test_greedy_continuations(family):
     """32 greedy tokens per prompt (argmax, EOS not honoured, as the reference was made)."""
     name, e, ref = family
-    n_equal = 0
+    n_same, n_steps = 0, 0
     for case in ref["cases"]:
+        n_steps += len(case["gen_ids"])
         e.reset()
         logits = e.eval(case["prompt_ids"])
         for s, want in enumerate(case["gen_ids"]):
@@ -121,12 +122,13 @@ def test_greedy_continuations(family):
                 assert tok in theirs and ref_top[0][1] - theirs[tok] < NEAR_TIE, (
                     name, case["prompt"], s, tok, ref_top)
                 break  # after a legitimate flip the rest of the continuation differs
+            n_same += 1
             logits = e.eval([tok])
-        else:
-            n_equal += 1
-    # Not every prompt may sit on a near tie: at least one continuation is equal in full
-    # (measured: 2 of 6 for Gemma 3, 4 of 6 for Qwen 0.5B, 2 of 3 for Qwen 1.5B).
-    assert n_equal >= 1, name
+    # Which near ties flip depends on the CPU kernel tier's rounding (Qwen 1.5B: 2 of 3
+    # continuations equal in full with the scalar and AVX-512 kernels, none with AVX2, which
+    # flips at steps 10, 22 and 23, each on a gap under 0.15): at least a quarter of all steps
+    # equal llama.cpp's before the flips.
+    assert n_same >= n_steps // 4, (name, n_same, n_steps)
 
 
 def test_gemma3_layer_layout(gemma3_path):
