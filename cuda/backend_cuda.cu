@@ -3,8 +3,9 @@
 // and the forward pass (cpp/src/forward.cpp) is the one every backend runs. Slot bookkeeping and
 // the policies stay on the host (cpp/src/kv_store.cpp): each attention call copies the slot
 // lists in and, when a policy needs them, the probabilities out. Uploads go through pinned
-// staging in stream order, so the host waits for the device only where it reads results back
-// (logits, and probabilities for the policies).
+// staging in stream order, and so do the probabilities back: a decode step's policy calls come
+// after its last layer (kv_attention.h), so the host waits for the device once per step, for the
+// logits, not once per layer.
 //
 // K/V rows are stored in f16 or f32; the quantized KV types and positions "cache_index" are
 // refused with a clear error for now.
@@ -156,6 +157,7 @@ class CudaBackend : public Backend {
   }
 
   void attend(const AttnShape& shape, const AttnRow* rows, int n_rows) override;
+  void flush_host() override;
 
  private:
   void upload_weights();
@@ -182,7 +184,17 @@ class CudaBackend : public Backend {
   std::vector<float> angles_;
   std::vector<cuda::AttnDesc> descs_;
   std::vector<int32_t> idx_;
-  std::vector<float> probs_;
+  // Probabilities on their way back: copied into readback_ in stream order, scattered to the
+  // policies' [n_head][n_slots] arrays by flush_host().
+  struct PendingProbs {
+    const float* src = nullptr;  // pinned, [n_head][n_idx]
+    float* dst = nullptr;        // the AttnRow's probs
+    int n_slots = 0, n_idx = 0, n_head = 0;
+    size_t idx_off = 0;          // the row's slots in pending_idx_
+  };
+  cuda::Staging readback_;
+  std::vector<PendingProbs> pending_;
+  std::vector<int32_t> pending_idx_;
 };
 
 void CudaBackend::upload_weights() {
@@ -254,19 +266,48 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   cuda::attend(half, d_desc, n_rows, d_idx, shape.n_head, shape.n_head_kv, shape.head_dim, shape.scale, max_idx,
                scratch, probs);
   if (n_probs == 0) return;
-  probs_.resize(static_cast<size_t>(n_probs));
-  check(cudaMemcpy(probs_.data(), probs, probs_.size() * sizeof(float), cudaMemcpyDeviceToHost), "probabilities");
-  staging_.reset();
-  // Scatter each head's probabilities to the slots they belong to (the CPU backend's layout).
+  // The probabilities go back in stream order into pinned memory (attn_probs_ is rewritten by the
+  // next layer's call, after this copy); flush_host() waits once and scatters them.
+  const size_t bytes = static_cast<size_t>(n_probs) * sizeof(float);
+  if (!pending_.empty() && !readback_.fits(bytes)) flush_host();
+  auto* host = static_cast<float*>(readback_.take(bytes, "probabilities"));
+  check(cudaMemcpyAsync(host, probs, bytes, cudaMemcpyDeviceToHost, 0), "probabilities");
   for (int i = 0; i < n_rows; ++i) {
     const AttnRow& r = rows[i];
     if (!r.probs) continue;
-    const float* p = probs_.data() + descs_[static_cast<size_t>(i)].probs_off;
-    for (int h = 0; h < shape.n_head; ++h) {
-      float* row = r.probs + static_cast<size_t>(h) * r.n_slots;
-      for (int j = 0; j < r.n_idx; ++j) row[r.idx[j]] = p[static_cast<size_t>(h) * r.n_idx + j];
+    PendingProbs p;
+    p.src = host + descs_[static_cast<size_t>(i)].probs_off;
+    p.dst = r.probs;
+    p.n_slots = r.n_slots;
+    p.n_idx = r.n_idx;
+    p.n_head = shape.n_head;
+    p.idx_off = pending_idx_.size();
+    pending_idx_.insert(pending_idx_.end(), r.idx, r.idx + r.n_idx);
+    pending_.push_back(p);
+  }
+}
+
+void CudaBackend::flush_host() {
+  if (pending_.empty()) return;
+  const cudaError_t e = cudaStreamSynchronize(0);
+  if (e != cudaSuccess) {  // nothing arrived: forget it (the step fails)
+    pending_.clear();
+    pending_idx_.clear();
+    check(e, "probabilities to host");
+  }
+  // Scatter each head's probabilities to the slots they belong to (the CPU backend's layout).
+  for (const PendingProbs& p : pending_) {
+    const int32_t* idx = pending_idx_.data() + p.idx_off;
+    for (int h = 0; h < p.n_head; ++h) {
+      float* row = p.dst + static_cast<size_t>(h) * p.n_slots;
+      const float* src = p.src + static_cast<size_t>(h) * p.n_idx;
+      for (int j = 0; j < p.n_idx; ++j) row[idx[j]] = src[j];
     }
   }
+  pending_.clear();
+  pending_idx_.clear();
+  readback_.reset();
+  staging_.reset();  // the device is idle: every queued upload has run
 }
 
 }  // namespace

@@ -24,7 +24,7 @@ inline void check(cudaError_t e, const char* what) {
 // The last kernel launch's error (launch configuration, or a fault of an earlier kernel).
 inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
 
-// Pinned host memory for asynchronous uploads, handed out in order. A piece stays untouched until
+// Pinned host memory for asynchronous uploads (and copies back), handed out in order. A piece stays untouched until
 // the device has run the copy that reads it: the arena starts over only at a point where the
 // device is idle (reset(), after a synchronous copy back) or after waiting for it.
 class Staging {
@@ -58,6 +58,8 @@ class Staging {
     return r;
   }
   void reset() { used_ = 0; }  // only when the device has finished every queued copy
+  // Whether take(bytes) would be served without waiting for the device (or growing).
+  bool fits(size_t bytes) const { return used_ + ((bytes + 255) & ~static_cast<size_t>(255)) <= cap_; }
 
  private:
   void* p_ = nullptr;

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "arch.h"
@@ -110,14 +111,20 @@ class Backend {
   // Writes rows k[i], v[i] ([n_head_kv][head_dim] each) into `slots[i]` of a layer.
   virtual void write_kv(KvPayload& kv, int layer, const int32_t* slots, int n, const float* k,
                         const float* v) = 0;
-  // The attention of every row (independent rows; parallel inside).
+  // The attention of every row (independent rows; parallel inside). The rows' host `probs` may
+  // be written later, in the backend's own time: they are complete when flush_host() returns.
   virtual void attend(const AttnShape& shape, const AttnRow* rows, int n_rows) = 0;
+  // Completes every host write attend() has left pending (a device backend waits for its copies).
+  virtual void flush_host() {}
 };
 
 // CUDA devices this build can use: 0 when built without CUDA (TOVA_CUDA=OFF), without a driver
 // or without a GPU.
 int cuda_device_count();
 bool cuda_built();
+// Runs every CUDA kernel on random inputs against its CPU twin (cuda/kernel_check_cuda.cu);
+// the mismatches found, empty when all agree. Error without CUDA or without a GPU.
+std::vector<std::string> cuda_kernel_check();
 
 // The backend of a kind (backend.cpp): max_rows tokens per step; n_threads 0 = all cores (at
 // most 16; the CPU backend's compute threads).

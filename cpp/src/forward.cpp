@@ -30,6 +30,20 @@ Forward::Forward(const Model& model, Backend& backend, const LayerPolicies& poli
       rope_swa_(unscaled_rope(model.hp()), model.hp().rope_base_swa) {}
 
 void Forward::run(std::vector<SeqBatch>& batch) {
+  try {
+    step(batch);
+  } catch (...) {
+    // Host writes the backend still owes (kv_attention.h) target this step's scratch, valid now
+    // and perhaps not after the next step's first layer: complete them before leaving.
+    try {
+      be_.flush_host();
+    } catch (...) {
+    }
+    throw;
+  }
+}
+
+void Forward::step(std::vector<SeqBatch>& batch) {
   const HParams& h = m_.hp();
   const int64_t E = h.n_embd, D = h.head_dim, F = h.n_ff;
   tokens_.clear();
@@ -72,6 +86,7 @@ void Forward::run(std::vector<SeqBatch>& batch) {
   shape.head_dim = static_cast<int>(D);
   shape.scale = h.attn_scale > 0 ? h.attn_scale : 1.0f / std::sqrt(static_cast<float>(D));
 
+  attention_.begin_step();
   for (int l = 0; l < h.n_layer; ++l) {
     const LayerWeights& w = m_.layers[static_cast<size_t>(l)];
     const bool swa = h.is_swa_layer(l);
@@ -118,6 +133,11 @@ void Forward::run(std::vector<SeqBatch>& batch) {
   }
   for (size_t i = 0; i < batch.size(); ++i) batch[i].error = rows_[i].error;
   logits(batch);
+  // The policies' calls of the step's last rows (kv_attention.h): after the logits, whose copy
+  // back is where a device backend waits anyway. A sequence failing here has logits written that
+  // its error tells the caller to ignore.
+  attention_.finish_step(be_, shape, rows_);
+  for (size_t i = 0; i < batch.size(); ++i) batch[i].error = rows_[i].error;
 }
 
 // Output norm and projection for the rows whose logits are wanted: the last rows of several

@@ -48,6 +48,7 @@ class Forward {
   void run(std::vector<SeqBatch>& batch);
 
  private:
+  void step(std::vector<SeqBatch>& batch);
   void logits(std::vector<SeqBatch>& batch);
 
   const Model& m_;

@@ -35,14 +35,22 @@ void KvAttention::run(Backend& be, const AttnShape& shape, const LayerRule& rule
   }
   for (;;) {
     if (!rows_.empty()) be.attend(shape, rows_.data(), static_cast<int>(rows_.size()));
+    bool flushed = false;
     for (size_t i = 0; i < seqs.size(); ++i) {
       SeqRows& s = seqs[i];
       Scratch& x = scratch_[i];
+      if (s.error) continue;
       if (x.walk && x.cursor < s.n) {
-        guarded(s, [&] { finish_row(shape, rule, s, x, x.cursor); });
+        if (x.cursor == s.n - 1) {
+          defer(i, rule, x.cursor, x);
+        } else {
+          if (!flushed) be.flush_host();  // this row's probabilities, now
+          flushed = true;
+          guarded(s, [&] { finish_row(shape, rule, s, x, x.cursor); });
+        }
         x.cursor++;
       } else if (x.evict_once) {
-        guarded(s, [&] { finish_row(shape, rule, s, x, s.n - 1); });
+        defer(i, rule, s.n - 1, x);
         x.evict_once = false;
       }
     }
@@ -56,6 +64,30 @@ void KvAttention::run(Backend& be, const AttnShape& shape, const LayerRule& rule
     }
     if (rows_.empty()) break;
   }
+}
+
+void KvAttention::defer(size_t seq, const LayerRule& rule, int row, Scratch& x) {
+  if (n_deferred_ == deferred_.size()) deferred_.emplace_back();
+  Deferred& d = deferred_[n_deferred_++];
+  d.seq = seq;
+  d.rule = rule;
+  d.row = row;
+  // The backend may still write x.probs (until flush_host): the buffer moves to d as it is.
+  std::swap(d.x.alive, x.alive);
+  std::swap(d.x.slot_of, x.slot_of);
+  std::swap(d.x.probs, x.probs);
+  std::swap(d.x.mean, x.mean);
+}
+
+void KvAttention::finish_step(Backend& be, const AttnShape& shape, std::vector<SeqRows>& seqs) {
+  if (n_deferred_ == 0) return;
+  be.flush_host();
+  for (size_t j = 0; j < n_deferred_; ++j) {
+    Deferred& d = deferred_[j];
+    SeqRows& s = seqs[d.seq];
+    guarded(s, [&] { finish_row(shape, d.rule, s, d.x, d.row); });
+  }
+  n_deferred_ = 0;
 }
 
 void KvAttention::start(Backend& be, const AttnShape& shape, const LayerRule& rule, SeqRows& s, Scratch& x,

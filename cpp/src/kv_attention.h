@@ -38,11 +38,23 @@ struct LayerRule {
   const Rope* rank_rope = nullptr;
 };
 
+// The policy call after a sequence's last row in a layer changes nothing the rest of the step
+// reads (later layers have their own slots; the next step's insert comes after), so run() defers
+// it to finish_step(): a backend that computes elsewhere (CUDA) then hands every layer's
+// probabilities back at once, at the end of the step, instead of waiting for the device once per
+// layer. Rows before the last of a walked chunk are finished at once, as the exact walk needs.
 class KvAttention {
  public:
+  // Forgets what an interrupted step left pending; call before a step's first layer.
+  void begin_step() { n_deferred_ = 0; }
+
   // q, k, v, out: backend buffers, row i of the batch at i * width.
   void run(Backend& be, const AttnShape& shape, const LayerRule& rule, std::vector<SeqRows>& seqs,
            float* q, float* k, float* v, float* out);
+
+  // Runs the deferred policy calls, layer by layer in the order run() met them (after
+  // be.flush_host(): the probabilities are complete). A failing policy marks its sequence failed.
+  void finish_step(Backend& be, const AttnShape& shape, std::vector<SeqRows>& seqs);
 
  private:
   struct Scratch {
@@ -52,6 +64,15 @@ class KvAttention {
     std::vector<int32_t> alive, slot_of;
     std::vector<float> probs, mean;
   };
+  // A policy call left for finish_step: the sequence (index in seqs), its layer and row, and the
+  // scratch of that layer (its vectors swapped out of the sequence's scratch, not copied).
+  struct Deferred {
+    size_t seq = 0;
+    LayerRule rule;
+    int row = 0;
+    Scratch x;
+  };
+  void defer(size_t seq, const LayerRule& rule, int row, Scratch& x);
   void start(Backend& be, const AttnShape& shape, const LayerRule& rule, SeqRows& s, Scratch& x,
              float* q, float* k, float* v, float* out);
   void walk_row(Backend& be, const AttnShape& shape, const LayerRule& rule, SeqRows& s, Scratch& x,
@@ -60,6 +81,8 @@ class KvAttention {
 
   std::vector<Scratch> scratch_;
   std::vector<AttnRow> rows_;
+  std::vector<Deferred> deferred_;  // [0, n_deferred_) pending; the rest keep their capacity
+  size_t n_deferred_ = 0;
 };
 
 }  // namespace tova
