@@ -1,11 +1,13 @@
 // Kernels of the CUDA backend's forward-pass operations (not attention): matrix products with
 // quantized weights read in place, embedding rows, RMS norm, bias, RoPE, gated activations,
 // residual adds and K/V row writes. Plain, correctness-first kernels: one warp per output row
-// of a matrix product, weights dequantized element by element (cuda/dequant.cuh).
+// of a matrix product, weights dequantized element by element (cuda/dequant.cuh) for the types
+// the chunked kernel (matvec_cuda.cu) does not handle.
 #include <cuda_fp16.h>
 
 #include "cuda_check.h"
 #include "dequant.cuh"
+#include "matvec_cuda.h"
 #include "ops_cuda.h"
 
 namespace tova {
@@ -173,6 +175,7 @@ bool matmul_supports(GgmlType t) {
 
 void matmul(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t cols, int64_t rows, const float* x, int n,
             float* y) {
+  if (matvec(t, w, row_bytes, cols, rows, x, n, y)) return;  // the real models' types: matvec_cuda.cu
   const unsigned blocks = static_cast<unsigned>((rows + kMatWarps - 1) / kMatWarps);
   const bool ok = with_type(t, [&](auto dq) {
     matmul_kernel<decltype(dq)><<<blocks, kMatWarps * kWarp>>>(w, row_bytes, cols, rows, x, n, y);

@@ -22,6 +22,7 @@
 #include "cpu/thread_pool.h"
 #include "tokenizer.h"
 #include "dequant.cuh"  // cuda/: the CUDA kernels' dequantizers, plain C++ without nvcc
+#include "dequant_chunks.cuh"
 
 using namespace tova;
 
@@ -154,8 +155,43 @@ void test_gguf_buffer() {
   CHECK(rejected == static_cast<int>(b.size()));
 }
 
-// The CUDA backend's per-element dequantizers (cuda/dequant.cuh) equal the CPU kernels bit for
-// bit on random blocks of every weight type they handle: checked here, where no GPU is needed.
+// A chunked dequantizer of cuda/dequant_chunks.cuh, type-erased for the test below.
+struct ChunkDecoder {
+  void (*decode)(const uint8_t*, int, float*, int*) = nullptr;
+  int chunks = 0, runs = 0;
+};
+template <class Ch>
+ChunkDecoder chunk_decoder() {
+  return {Ch::decode, Ch::kChunks, Ch::kRuns};
+}
+
+// Every chunk of every block decodes to the values `want` holds for its elements, bit for bit,
+// and the chunks of a block cover each of its elements exactly once.
+bool chunks_match(const ChunkDecoder& ch, const std::vector<uint8_t>& raw, size_t block_bytes, int block,
+                  const std::vector<float>& want) {
+  bool same = true;
+  for (size_t blk = 0; blk < raw.size() / block_bytes; ++blk) {
+    std::vector<int> seen(static_cast<size_t>(block), 0);
+    for (int c = 0; c < ch.chunks; ++c) {
+      float w[16];
+      int start[4];
+      ch.decode(raw.data() + blk * block_bytes, c, w, start);
+      for (int r = 0; r < ch.runs; ++r)
+        for (int i = 0; i < 4; ++i) {
+          const int e = start[r] + i;
+          if (e < 0 || e >= block) return false;
+          ++seen[static_cast<size_t>(e)];
+          same &= std::memcmp(&w[4 * r + i], &want[blk * static_cast<size_t>(block) + static_cast<size_t>(e)], 4) == 0;
+        }
+    }
+    for (int n : seen) same &= n == 1;
+  }
+  return same;
+}
+
+// The CUDA backend's per-element dequantizers (cuda/dequant.cuh) and chunked dequantizers
+// (cuda/dequant_chunks.cuh) equal the CPU kernels bit for bit on random blocks of every weight
+// type they handle: checked here, where no GPU is needed.
 void test_cuda_dequantizers() {
   uint32_t seed = 12345;
   auto next = [&] {
@@ -167,21 +203,24 @@ void test_cuda_dequantizers() {
     GgmlType type;
     float (*elem)(const uint8_t*, int64_t);
     std::vector<size_t> half_fields;  // offsets of float16 scales inside a block
+    ChunkDecoder chunk = {};          // the matvec kernel's decoder, for the types it handles
   };
   const std::vector<Case> cases = {
       {GgmlType::F16, cuda::DqF16::elem, {0}},
       {GgmlType::BF16, cuda::DqBF16::elem, {}},
       {GgmlType::F32, cuda::DqF32::elem, {}},
-      {GgmlType::Q4_0, cuda::DqQ4_0::elem, {offsetof(BlockQ4_0, d)}},
-      {GgmlType::Q4_1, cuda::DqQ4_1::elem, {offsetof(BlockQ4_1, d), offsetof(BlockQ4_1, m)}},
-      {GgmlType::Q5_0, cuda::DqQ5_0::elem, {offsetof(BlockQ5_0, d)}},
+      {GgmlType::Q4_0, cuda::DqQ4_0::elem, {offsetof(BlockQ4_0, d)}, chunk_decoder<cuda::ChQ4_0>()},
+      {GgmlType::Q4_1, cuda::DqQ4_1::elem, {offsetof(BlockQ4_1, d), offsetof(BlockQ4_1, m)},
+       chunk_decoder<cuda::ChQ4_1>()},
+      {GgmlType::Q5_0, cuda::DqQ5_0::elem, {offsetof(BlockQ5_0, d)}, chunk_decoder<cuda::ChQ5_0>()},
       {GgmlType::Q5_1, cuda::DqQ5_1::elem, {offsetof(BlockQ5_1, d), offsetof(BlockQ5_1, m)}},
-      {GgmlType::Q8_0, cuda::DqQ8_0::elem, {offsetof(BlockQ8_0, d)}},
+      {GgmlType::Q8_0, cuda::DqQ8_0::elem, {offsetof(BlockQ8_0, d)}, chunk_decoder<cuda::ChQ8_0>()},
       {GgmlType::Q2_K, cuda::DqQ2_K::elem, {offsetof(BlockQ2_K, d), offsetof(BlockQ2_K, dmin)}},
       {GgmlType::Q3_K, cuda::DqQ3_K::elem, {offsetof(BlockQ3_K, d)}},
-      {GgmlType::Q4_K, cuda::DqQ4_K::elem, {offsetof(BlockQ4_K, d), offsetof(BlockQ4_K, dmin)}},
+      {GgmlType::Q4_K, cuda::DqQ4_K::elem, {offsetof(BlockQ4_K, d), offsetof(BlockQ4_K, dmin)},
+       chunk_decoder<cuda::ChQ4_K>()},
       {GgmlType::Q5_K, cuda::DqQ5_K::elem, {offsetof(BlockQ5_K, d), offsetof(BlockQ5_K, dmin)}},
-      {GgmlType::Q6_K, cuda::DqQ6_K::elem, {offsetof(BlockQ6_K, d)}},
+      {GgmlType::Q6_K, cuda::DqQ6_K::elem, {offsetof(BlockQ6_K, d)}, chunk_decoder<cuda::ChQ6_K>()},
   };
   for (const Case& c : cases) {
     const TypeTraits& t = type_traits(c.type);
@@ -210,6 +249,11 @@ void test_cuda_dequantizers() {
     }
     if (!same) std::printf("  cuda dequantizer differs for %s\n", t.name);
     CHECK(same);
+    if (c.chunk.decode) {
+      const bool chunks_same = chunks_match(c.chunk, raw, stride, static_cast<int>(t.block_size), want);
+      if (!chunks_same) std::printf("  cuda chunk dequantizer differs for %s\n", t.name);
+      CHECK(chunks_same);
+    }
   }
 }
 

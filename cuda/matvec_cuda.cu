@@ -1,0 +1,94 @@
+// The CUDA matrix product for the weight types of the real models, decoded chunk by chunk
+// (cuda/dequant_chunks.cuh): one warp per output row, each lane decoding a few bytes of the row
+// into runs of four weights with word loads and multiplying them by float4 loads of every input
+// row. A chunk is decoded once for up to kRows input rows. The values are those of the
+// per-element kernel (ops_cuda.cu) and of the CPU's float path; only the order of the sums differs.
+#include "cuda_check.h"
+#include "dequant_chunks.cuh"
+#include "matvec_cuda.h"
+
+namespace tova {
+namespace cuda {
+
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kWarps = 4;  // output rows per block
+constexpr int kRows = 8;   // input rows per pass over a weight row
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <class Ch>
+__global__ void matvec_kernel(const uint8_t* w, size_t row_bytes, int64_t cols, int64_t rows, const float* x, int n,
+                              float* y) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / kWarp;
+  if (r >= rows) return;
+  const uint8_t* wr = w + static_cast<size_t>(r) * row_bytes;
+  const int64_t chunks = cols / Ch::kBlock * Ch::kChunks;
+  for (int i0 = 0; i0 < n; i0 += kRows) {
+    const int m = min(kRows, n - i0);
+    float acc[kRows];
+#pragma unroll
+    for (int k = 0; k < kRows; ++k) acc[k] = 0.0f;
+#pragma unroll 2
+    for (int64_t t = lane; t < chunks; t += kWarp) {
+      const int64_t b = t / Ch::kChunks;
+      float wv[4 * Ch::kRuns];
+      int start[Ch::kRuns];
+      Ch::decode(wr + b * Ch::kBytes, static_cast<int>(t % Ch::kChunks), wv, start);
+      const float* xb = x + static_cast<int64_t>(i0) * cols + b * Ch::kBlock;
+#pragma unroll
+      for (int k = 0; k < kRows; ++k) {
+        if (k >= m) break;
+#pragma unroll
+        for (int run = 0; run < Ch::kRuns; ++run) {
+          const float4 xv = *reinterpret_cast<const float4*>(xb + static_cast<int64_t>(k) * cols + start[run]);
+          float a = acc[k];
+          a = fmaf(wv[4 * run + 0], xv.x, a);
+          a = fmaf(wv[4 * run + 1], xv.y, a);
+          a = fmaf(wv[4 * run + 2], xv.z, a);
+          a = fmaf(wv[4 * run + 3], xv.w, a);
+          acc[k] = a;
+        }
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kRows; ++k) {
+      const float s = warp_sum(acc[k]);
+      if (lane == 0 && k < m) y[static_cast<int64_t>(i0 + k) * rows + r] = s;
+    }
+  }
+}
+
+template <class Ch>
+void launch(const uint8_t* w, size_t row_bytes, int64_t cols, int64_t rows, const float* x, int n, float* y) {
+  const unsigned blocks = static_cast<unsigned>((rows + kWarps - 1) / kWarps);
+  matvec_kernel<Ch><<<blocks, kWarps * kWarp>>>(w, row_bytes, cols, rows, x, n, y);
+  check_launch("matvec");
+}
+
+}  // namespace
+
+bool matvec(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t cols, int64_t rows, const float* x, int n,
+            float* y) {
+  // float4 loads of x and 2-byte loads of the blocks: otherwise the per-element kernel
+  if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || reinterpret_cast<uintptr_t>(w) % 2 != 0 || row_bytes % 2 != 0)
+    return false;
+  if (n <= 0 || rows <= 0) return true;
+  switch (t) {
+    case GgmlType::Q4_0: launch<ChQ4_0>(w, row_bytes, cols, rows, x, n, y); return true;
+    case GgmlType::Q4_1: launch<ChQ4_1>(w, row_bytes, cols, rows, x, n, y); return true;
+    case GgmlType::Q5_0: launch<ChQ5_0>(w, row_bytes, cols, rows, x, n, y); return true;
+    case GgmlType::Q8_0: launch<ChQ8_0>(w, row_bytes, cols, rows, x, n, y); return true;
+    case GgmlType::Q4_K: launch<ChQ4_K>(w, row_bytes, cols, rows, x, n, y); return true;
+    case GgmlType::Q6_K: launch<ChQ6_K>(w, row_bytes, cols, rows, x, n, y); return true;
+    default: return false;
+  }
+}
+
+}  // namespace cuda
+}  // namespace tova
