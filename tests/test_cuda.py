@@ -37,6 +37,14 @@ def _ids(n: int, vocab: int, seed: int = 0) -> list[int]:
 
 @pytest.mark.cuda
 @needs_gpu
+def test_cuda_kernels_equal_their_cpu_twins():
+    """Each kernel on random inputs (every weight type by both matrix kernels, odd row counts,
+    1/3/11 input rows; embedding, RMS norm, SiLU/GELU gating, add) against the CPU's values."""
+    assert tova._core._cuda_kernel_check() == []
+
+
+@pytest.mark.cuda
+@needs_gpu
 @pytest.mark.parametrize("weight_type", WEIGHT_TYPES)
 def test_cuda_logits_equal_cpu(tmp_path, weight_type):
     """Every weight type the kernels handle (rows of 3 blocks for the 32-element types, 1-2 for
@@ -129,6 +137,8 @@ def test_cuda_unavailable_is_a_clear_error(tmp_path):
         tova.Engine(path, device="cuda")
     with pytest.raises(ValueError, match="disagree"):
         tova.Engine(path, device="cuda", backend="cpu")
+    with pytest.raises((ValueError, RuntimeError), match="(?i)cuda"):
+        tova._core._cuda_kernel_check()
     r = subprocess.run([str(binary()), "run", "-m", str(path), "-p", "hi", "-n", "2", "--device", "cuda"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "cuda" in r.stderr and "Traceback" not in r.stderr, r.stderr

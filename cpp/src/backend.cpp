@@ -36,6 +36,12 @@ bool cuda_built() {
 #endif
 }
 
+#ifndef TOVA_HAVE_CUDA
+std::vector<std::string> cuda_kernel_check() {
+  throw ArgumentError("cuda kernel check: this tova was built without CUDA");
+}
+#endif
+
 std::unique_ptr<Backend> make_backend(BackendKind kind, const Model& model, int max_rows, int n_threads,
                                       bool float_activations) {
   switch (kind) {

@@ -93,6 +93,10 @@ void bind_engine(nb::module_& m) {
   m.def("cuda_device_count", &cuda_device_count,
         "CUDA devices this build can use (0: built without CUDA, or no driver / GPU)");
   m.def("cuda_built", &cuda_built, "True when this build has the CUDA backend (TOVA_CUDA)");
+  m.def("_cuda_kernel_check", [] {
+    nb::gil_scoped_release unlocked;
+    return cuda_kernel_check();
+  }, "Every CUDA kernel against its CPU twin on random inputs: the mismatches (tests/test_cuda.py)");
   nb::class_<Engine>(m, "Engine", nb::type_slots(engine_slots))
       .def("__init__",
            [](Engine* self, const std::string& path, int n_threads, nb::handle policy,

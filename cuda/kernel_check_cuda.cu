@@ -1,0 +1,189 @@
+// Each CUDA kernel against its CPU twin on random inputs (tests/test_cuda.py calls it through
+// tova._core._cuda_kernel_check on a GPU machine): matrix products of every weight type, by the
+// chunked kernel and by the per-element one (misaligned input rows send the product there), for
+// odd row counts and 1, 3 and 11 input rows; embedding rows; RMS norm; the gated activations;
+// residual adds. The CPU side dequantizes with its own kernels and sums in double precision.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend_cuda.h"
+#include "cpu/kernels_cpu.h"
+#include "cuda_check.h"
+#include "ops_cuda.h"
+
+namespace tova {
+
+namespace {
+
+using cuda::check;
+using cuda::DeviceBuffer;
+
+template <class T>
+T* to_device(DeviceBuffer& b, const std::vector<T>& v) {
+  return static_cast<T*>(b.upload_now(v.data(), v.size() * sizeof(T), "kernel check"));
+}
+
+template <class T>
+std::vector<T> to_host(const T* d, size_t n) {
+  std::vector<T> v(n);
+  check(cudaMemcpy(v.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost), "kernel check");
+  return v;
+}
+
+// Random blocks whose values are finite (a block with a NaN / inf scale is drawn again).
+std::vector<uint8_t> random_rows(GgmlType t, int64_t rows, int64_t cols, std::mt19937& rng, std::vector<float>& deq) {
+  const TypeTraits& tt = type_traits(t);
+  const size_t rb = row_bytes(t, cols), bb = tt.type_size;
+  std::vector<uint8_t> raw(rb * static_cast<size_t>(rows));
+  deq.assign(static_cast<size_t>(rows * cols), 0.0f);
+  std::vector<float> blk(static_cast<size_t>(tt.block_size));
+  for (size_t b = 0; b < raw.size() / bb; ++b) {
+    for (;;) {
+      for (size_t i = 0; i < bb; ++i) raw[b * bb + i] = static_cast<uint8_t>(rng());
+      if (t == GgmlType::F32)  // moderate floats, not random bit patterns
+        for (size_t i = 0; i < bb; i += 4) {
+          const float f = std::uniform_real_distribution<float>(-2.0f, 2.0f)(rng);
+          std::memcpy(&raw[b * bb + i], &f, 4);
+        }
+      dequantize_row(t, raw.data() + b * bb, blk.data(), tt.block_size);
+      bool ok = true;
+      for (float f : blk) ok &= std::isfinite(f) && std::fabs(f) < 1e6f;
+      if (ok) break;
+    }
+    std::memcpy(deq.data() + b * static_cast<size_t>(tt.block_size), blk.data(), blk.size() * sizeof(float));
+  }
+  return raw;
+}
+
+std::vector<float> random_floats(size_t n, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
+  std::vector<float> v(n);
+  std::uniform_real_distribution<float> u(lo, hi);
+  for (float& f : v) f = u(rng);
+  return v;
+}
+
+void check_matmul(GgmlType t, std::mt19937& rng, std::vector<std::string>& bad) {
+  const TypeTraits& tt = type_traits(t);
+  const int64_t cols = tt.block_size == 1 ? 131 : tt.block_size * (tt.block_size >= 256 ? 2 : 3);
+  const int64_t rows = 37;
+  std::vector<float> w;
+  const std::vector<uint8_t> raw = random_rows(t, rows, cols, rng, w);
+  DeviceBuffer dw, dx, dy;
+  const auto* w_dev = to_device(dw, raw);
+  for (int n : {1, 3, 11}) {
+    for (int misaligned = 0; misaligned < 2; ++misaligned) {
+      std::vector<float> x = random_floats(static_cast<size_t>(n * cols + 1), rng);
+      const float* x_dev = to_device(dx, x) + misaligned;  // +1 float: the per-element kernel
+      auto* y_dev = static_cast<float*>(dy.reserve(static_cast<size_t>(n * rows) * sizeof(float), "kernel check"));
+      cuda::matmul(t, w_dev, row_bytes(t, cols), cols, rows, x_dev, n, y_dev);
+      const std::vector<float> y = to_host(y_dev, static_cast<size_t>(n * rows));
+      for (int i = 0; i < n; ++i)
+        for (int64_t r = 0; r < rows; ++r) {
+          double want = 0.0, mag = 0.0;
+          for (int64_t e = 0; e < cols; ++e) {
+            const double p = static_cast<double>(w[static_cast<size_t>(r * cols + e)]) *
+                             x[static_cast<size_t>(misaligned + i * cols + e)];
+            want += p;
+            mag += std::fabs(p);
+          }
+          const double got = y[static_cast<size_t>(i * rows + r)];
+          if (!(std::fabs(got - want) <= 1e-5 * mag + 1e-6)) {
+            bad.push_back(cat("matmul ", tt.name, misaligned ? " (per-element kernel)" : "", " n=", n, " row ", r,
+                              " input ", i, ": ", got, " vs ", want));
+            return;
+          }
+        }
+    }
+  }
+  // Embedding rows: exactly the CPU's dequantized values, scaled.
+  const std::vector<int32_t> tokens = {36, 0, 5, 5, 17};
+  DeviceBuffer dt, de;
+  const auto* t_dev = to_device(dt, tokens);
+  auto* e_dev = static_cast<float*>(de.reserve(tokens.size() * static_cast<size_t>(cols) * sizeof(float), "kernel check"));
+  cuda::embed(t, w_dev, row_bytes(t, cols), cols, t_dev, static_cast<int>(tokens.size()), 0.5f, e_dev);
+  const std::vector<float> emb = to_host(e_dev, tokens.size() * static_cast<size_t>(cols));
+  for (size_t i = 0; i < tokens.size(); ++i)
+    for (int64_t e = 0; e < cols; ++e) {
+      const float want = w[static_cast<size_t>(tokens[i] * cols + e)] * 0.5f;
+      if (emb[i * static_cast<size_t>(cols) + static_cast<size_t>(e)] != want) {
+        bad.push_back(cat("embed ", tt.name, " token ", tokens[i], " element ", e));
+        return;
+      }
+    }
+}
+
+void check_elementwise(std::mt19937& rng, std::vector<std::string>& bad) {
+  const int64_t rows = 5, width = 333;
+  const size_t count = static_cast<size_t>(rows * width);
+  const std::vector<float> x = random_floats(count, rng, -3.0f, 3.0f);
+  const std::vector<float> g = random_floats(static_cast<size_t>(width), rng, 0.5f, 1.5f);
+  DeviceBuffer dx, dg, dy, du;
+  const float* x_dev = to_device(dx, x);
+  const float* g_dev = to_device(dg, g);
+  auto* y_dev = static_cast<float*>(dy.reserve(count * sizeof(float), "kernel check"));
+  for (int weighted = 0; weighted < 2; ++weighted) {
+    cuda::rms_norm(x_dev, weighted ? g_dev : nullptr, y_dev, rows, width, 1e-6f);
+    const std::vector<float> y = to_host(y_dev, count);
+    for (int64_t r = 0; r < rows; ++r) {
+      double ss = 0.0;
+      for (int64_t e = 0; e < width; ++e) ss += static_cast<double>(x[static_cast<size_t>(r * width + e)]) * x[static_cast<size_t>(r * width + e)];
+      const double s = 1.0 / std::sqrt(ss / static_cast<double>(width) + 1e-6);
+      for (int64_t e = 0; e < width; ++e) {
+        const double want = x[static_cast<size_t>(r * width + e)] * s * (weighted ? g[static_cast<size_t>(e)] : 1.0f);
+        if (std::fabs(y[static_cast<size_t>(r * width + e)] - want) > 1e-5 * (1.0 + std::fabs(want))) {
+          bad.push_back(cat("rms_norm", weighted ? " (weighted)" : "", " row ", r, " element ", e));
+          return;
+        }
+      }
+    }
+  }
+  const std::vector<float> up = random_floats(count, rng, -2.0f, 2.0f);
+  const float* up_dev = to_device(du, up);
+  for (FfnActivation act : {FfnActivation::SiLU, FfnActivation::GeluTanh}) {
+    auto* gate = const_cast<float*>(to_device(dy, x));
+    cuda::act_mul(act, gate, up_dev, static_cast<int64_t>(count));
+    const std::vector<float> got = to_host(gate, count);
+    for (size_t i = 0; i < count; ++i) {
+      const double v = x[i];
+      const double a = act == FfnActivation::SiLU
+                           ? v / (1.0 + std::exp(-v))
+                           : 0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+      const double want = a * up[i];
+      if (std::fabs(got[i] - want) > 1e-5 * (1.0 + std::fabs(want))) {
+        bad.push_back(cat("act_mul ", act == FfnActivation::SiLU ? "silu" : "gelu", " element ", i));
+        return;
+      }
+    }
+  }
+  auto* sum = const_cast<float*>(to_device(dy, x));
+  cuda::add(sum, up_dev, static_cast<int64_t>(count));
+  const std::vector<float> got = to_host(sum, count);
+  for (size_t i = 0; i < count; ++i)
+    if (got[i] != x[i] + up[i]) {
+      bad.push_back(cat("add element ", i));
+      return;
+    }
+}
+
+}  // namespace
+
+std::vector<std::string> cuda_kernel_check() {
+  if (cuda_devices() == 0) throw Error("cuda kernel check: no usable CUDA device");
+  check(cudaSetDevice(0), "cudaSetDevice");
+  std::vector<std::string> bad;
+  std::mt19937 rng(20261202u);
+  for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0,
+                     GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K,
+                     GgmlType::Q6_K})
+    check_matmul(t, rng, bad);
+  check_elementwise(rng, bad);
+  check(cudaDeviceSynchronize(), "kernel check");
+  return bad;
+}
+
+}  // namespace tova
