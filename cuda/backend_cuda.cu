@@ -69,6 +69,8 @@ class CudaBackend : public Backend {
       throw Error(cat("device 'cuda': no usable CUDA device (",
                       e != cudaSuccess ? cudaGetErrorString(e) : "none found", ")"));
     check(cudaSetDevice(0), "cudaSetDevice");
+    if (m_.hp().head_dim > 256)
+      throw ArgumentError(cat("the CUDA backend handles head_dim up to 256; this model has ", m_.hp().head_dim));
     upload_weights();
     for (int b = 0; b < static_cast<int>(Buf::kCount); ++b) {
       const size_t bytes = static_cast<size_t>(max_rows) * buf_width(m_.hp(), static_cast<Buf>(b)) * sizeof(float);
@@ -108,23 +110,26 @@ class CudaBackend : public Backend {
     cuda::rms_norm(x, w.empty() ? nullptr : vec(w), y, rows, width, eps);
   }
 
+  // Consecutive jobs of one weight type (Q, K and V; gate and up) in one launch, biases added there.
   void matmul(const float* x, int n, const MatJob* jobs, int n_jobs) override {
-    for (int j = 0; j < n_jobs; ++j) {
-      const Matrix& w = *jobs[j].w;
-      cuda::matmul(w.type, weight(w), w.row_bytes, w.cols, w.rows, x, n, jobs[j].y);
+    for (int j = 0; j < n_jobs;) {
+      const GgmlType type = jobs[j].w->type;
+      const int64_t cols = jobs[j].w->cols;
+      cuda::MatTargets ts;
+      for (; j < n_jobs && ts.n < cuda::kMaxTargets && jobs[j].w->type == type && jobs[j].w->cols == cols; ++j)
+        add_target(ts, *jobs[j].w, jobs[j].y, jobs[j].bias);
+      cuda::matmul(type, ts, cols, x, n);
     }
   }
 
   void matmul_to_host(const Matrix& w, const float* x, int n, float* host_y) override {
     const size_t bytes = static_cast<size_t>(n) * static_cast<size_t>(w.rows) * sizeof(float);
     auto* y = static_cast<float*>(logits_.reserve(bytes, "logits"));
-    cuda::matmul(w.type, weight(w), w.row_bytes, w.cols, w.rows, x, n, y);
+    cuda::MatTargets ts;
+    add_target(ts, w, y, nullptr);
+    cuda::matmul(w.type, ts, w.cols, x, n);
     check(cudaMemcpy(host_y, y, bytes, cudaMemcpyDeviceToHost), "logits to host");
     staging_.reset();  // the device is idle: every queued upload has run
-  }
-
-  void add_bias(float* y, const Vector& b, int n) override {
-    cuda::add_bias(y, vec(b), static_cast<int64_t>(b.size()), n);
   }
 
   void rope(const Rope& r, float* x, int n, int n_heads, int head_dim, const int64_t* positions) override {
@@ -160,6 +165,15 @@ class CudaBackend : public Backend {
   void flush_host() override;
 
  private:
+  void add_target(cuda::MatTargets& ts, const Matrix& w, float* y, const Vector* bias) const {
+    cuda::MatTarget& t = ts.t[ts.n++];
+    t.w = weight(w);
+    t.row_bytes = w.row_bytes;
+    t.rows = w.rows;
+    t.y = y;
+    t.bias = bias && !bias->empty() ? vec(*bias) : nullptr;
+    ts.max_rows = std::max(ts.max_rows, w.rows);
+  }
   void upload_weights();
   const uint8_t* weight(const Matrix& w) const {
     auto it = weights_.find(w.data);
@@ -269,7 +283,12 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   // The probabilities go back in stream order into pinned memory (attn_probs_ is rewritten by the
   // next layer's call, after this copy); flush_host() waits once and scatters them.
   const size_t bytes = static_cast<size_t>(n_probs) * sizeof(float);
-  if (!pending_.empty() && !readback_.fits(bytes)) flush_host();
+  if (!pending_.empty() && !readback_.fits(bytes)) {
+    // Full mid-step: wait this once, and make room for a whole step of them next time.
+    const size_t need = readback_.used() + bytes;
+    flush_host();
+    readback_.grow(2 * need, "probabilities");
+  }
   auto* host = static_cast<float*>(readback_.take(bytes, "probabilities"));
   check(cudaMemcpyAsync(host, probs, bytes, cudaMemcpyDeviceToHost, 0), "probabilities");
   for (int i = 0; i < n_rows; ++i) {

@@ -1,10 +1,11 @@
 // Each CUDA kernel against its CPU twin on random inputs (tests/test_cuda.py calls it through
 // tova._core._cuda_kernel_check on a GPU machine): matrix products of every weight type, by the
 // chunked kernel and by the per-element one (misaligned input rows send the product there), for
-// odd row counts and 1, 3 and 11 input rows; embedding rows; RMS norm; the gated activations;
+// odd row counts, several targets in one launch (one with a bias) and 1, 3 and 11 input rows; embedding rows; RMS norm; the gated activations;
 // residual adds. The CPU side dequantizes with its own kernels and sums in double precision.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -73,31 +74,49 @@ void check_matmul(GgmlType t, std::mt19937& rng, std::vector<std::string>& bad) 
   const int64_t rows = 37;
   std::vector<float> w;
   const std::vector<uint8_t> raw = random_rows(t, rows, cols, rng, w);
-  DeviceBuffer dw, dx, dy;
+  const std::vector<float> bias = random_floats(static_cast<size_t>(rows), rng);
+  DeviceBuffer dw, dx, db, dy[3];
   const auto* w_dev = to_device(dw, raw);
+  const float* b_dev = to_device(db, bias);
+  // Three targets in one launch: all 37 rows with a bias, the first 20 and the last 9 without.
+  const int64_t first[3] = {0, 0, rows - 9}, count[3] = {rows, 20, 9};
+  bool ok = true;
   for (int n : {1, 3, 11}) {
-    for (int misaligned = 0; misaligned < 2; ++misaligned) {
+    for (int misaligned = 0; misaligned < 2 && ok; ++misaligned) {
       std::vector<float> x = random_floats(static_cast<size_t>(n * cols + 1), rng);
       const float* x_dev = to_device(dx, x) + misaligned;  // +1 float: the per-element kernel
-      auto* y_dev = static_cast<float*>(dy.reserve(static_cast<size_t>(n * rows) * sizeof(float), "kernel check"));
-      cuda::matmul(t, w_dev, row_bytes(t, cols), cols, rows, x_dev, n, y_dev);
-      const std::vector<float> y = to_host(y_dev, static_cast<size_t>(n * rows));
-      for (int i = 0; i < n; ++i)
-        for (int64_t r = 0; r < rows; ++r) {
-          double want = 0.0, mag = 0.0;
-          for (int64_t e = 0; e < cols; ++e) {
-            const double p = static_cast<double>(w[static_cast<size_t>(r * cols + e)]) *
-                             x[static_cast<size_t>(misaligned + i * cols + e)];
-            want += p;
-            mag += std::fabs(p);
+      cuda::MatTargets ts;
+      ts.n = 3;
+      for (int j = 0; j < 3; ++j) {
+        cuda::MatTarget& tg = ts.t[j];
+        tg.w = w_dev + static_cast<size_t>(first[j]) * row_bytes(t, cols);
+        tg.row_bytes = row_bytes(t, cols);
+        tg.rows = count[j];
+        tg.y = static_cast<float*>(dy[j].reserve(static_cast<size_t>(n * count[j]) * sizeof(float), "kernel check"));
+        tg.bias = j == 0 ? b_dev : nullptr;
+        ts.max_rows = std::max(ts.max_rows, count[j]);
+      }
+      cuda::matmul(t, ts, cols, x_dev, n);
+      for (int j = 0; j < 3 && ok; ++j) {
+        const std::vector<float> y = to_host(ts.t[j].y, static_cast<size_t>(n * count[j]));
+        for (int i = 0; i < n && ok; ++i)
+          for (int64_t rr = 0; rr < count[j] && ok; ++rr) {
+            const int64_t r = first[j] + rr;
+            double want = j == 0 ? bias[static_cast<size_t>(r)] : 0.0, mag = std::fabs(want);
+            for (int64_t e = 0; e < cols; ++e) {
+              const double p = static_cast<double>(w[static_cast<size_t>(r * cols + e)]) *
+                               x[static_cast<size_t>(misaligned + i * cols + e)];
+              want += p;
+              mag += std::fabs(p);
+            }
+            const double got = y[static_cast<size_t>(i * count[j] + rr)];
+            if (!(std::fabs(got - want) <= 1e-5 * mag + 1e-6)) {
+              bad.push_back(cat("matmul ", tt.name, misaligned ? " (per-element kernel)" : "", " target ", j, " n=", n,
+                                " row ", r, " input ", i, ": ", got, " vs ", want));
+              ok = false;
+            }
           }
-          const double got = y[static_cast<size_t>(i * rows + r)];
-          if (!(std::fabs(got - want) <= 1e-5 * mag + 1e-6)) {
-            bad.push_back(cat("matmul ", tt.name, misaligned ? " (per-element kernel)" : "", " n=", n, " row ", r,
-                              " input ", i, ": ", got, " vs ", want));
-            return;
-          }
-        }
+      }
     }
   }
   // Embedding rows: exactly the CPU's dequantized values, scaled.

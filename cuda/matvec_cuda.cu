@@ -22,12 +22,12 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 template <class Ch>
-__global__ void matvec_kernel(const uint8_t* w, size_t row_bytes, int64_t cols, int64_t rows, const float* x, int n,
-                              float* y) {
+__global__ void matvec_kernel(const MatTargets targets, int64_t cols, const float* x, int n) {
+  const MatTarget& T = targets.t[blockIdx.y];
   const int lane = threadIdx.x % kWarp;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / kWarp;
-  if (r >= rows) return;
-  const uint8_t* wr = w + static_cast<size_t>(r) * row_bytes;
+  if (r >= T.rows) return;  // the whole warp: r is the same for its lanes
+  const uint8_t* wr = T.w + static_cast<size_t>(r) * T.row_bytes;
   const int64_t chunks = cols / Ch::kBlock * Ch::kChunks;
   for (int i0 = 0; i0 < n; i0 += kRows) {
     const int m = min(kRows, n - i0);
@@ -59,33 +59,33 @@ __global__ void matvec_kernel(const uint8_t* w, size_t row_bytes, int64_t cols, 
 #pragma unroll
     for (int k = 0; k < kRows; ++k) {
       const float s = warp_sum(acc[k]);
-      if (lane == 0 && k < m) y[static_cast<int64_t>(i0 + k) * rows + r] = s;
+      if (lane == 0 && k < m) T.y[static_cast<int64_t>(i0 + k) * T.rows + r] = T.bias ? s + T.bias[r] : s;
     }
   }
 }
 
 template <class Ch>
-void launch(const uint8_t* w, size_t row_bytes, int64_t cols, int64_t rows, const float* x, int n, float* y) {
-  const unsigned blocks = static_cast<unsigned>((rows + kWarps - 1) / kWarps);
-  matvec_kernel<Ch><<<blocks, kWarps * kWarp>>>(w, row_bytes, cols, rows, x, n, y);
+void launch(const MatTargets& targets, int64_t cols, const float* x, int n) {
+  const dim3 grid(static_cast<unsigned>((targets.max_rows + kWarps - 1) / kWarps), static_cast<unsigned>(targets.n));
+  matvec_kernel<Ch><<<grid, kWarps * kWarp>>>(targets, cols, x, n);
   check_launch("matvec");
 }
 
 }  // namespace
 
-bool matvec(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t cols, int64_t rows, const float* x, int n,
-            float* y) {
+bool matvec(GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n) {
   // float4 loads of x and 2-byte loads of the blocks: otherwise the per-element kernel
-  if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || reinterpret_cast<uintptr_t>(w) % 2 != 0 || row_bytes % 2 != 0)
-    return false;
-  if (n <= 0 || rows <= 0) return true;
+  if (reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
+  for (int j = 0; j < targets.n; ++j)
+    if (reinterpret_cast<uintptr_t>(targets.t[j].w) % 2 != 0 || targets.t[j].row_bytes % 2 != 0) return false;
+  if (n <= 0 || targets.n <= 0 || targets.max_rows <= 0) return true;
   switch (t) {
-    case GgmlType::Q4_0: launch<ChQ4_0>(w, row_bytes, cols, rows, x, n, y); return true;
-    case GgmlType::Q4_1: launch<ChQ4_1>(w, row_bytes, cols, rows, x, n, y); return true;
-    case GgmlType::Q5_0: launch<ChQ5_0>(w, row_bytes, cols, rows, x, n, y); return true;
-    case GgmlType::Q8_0: launch<ChQ8_0>(w, row_bytes, cols, rows, x, n, y); return true;
-    case GgmlType::Q4_K: launch<ChQ4_K>(w, row_bytes, cols, rows, x, n, y); return true;
-    case GgmlType::Q6_K: launch<ChQ6_K>(w, row_bytes, cols, rows, x, n, y); return true;
+    case GgmlType::Q4_0: launch<ChQ4_0>(targets, cols, x, n); return true;
+    case GgmlType::Q4_1: launch<ChQ4_1>(targets, cols, x, n); return true;
+    case GgmlType::Q5_0: launch<ChQ5_0>(targets, cols, x, n); return true;
+    case GgmlType::Q8_0: launch<ChQ8_0>(targets, cols, x, n); return true;
+    case GgmlType::Q4_K: launch<ChQ4_K>(targets, cols, x, n); return true;
+    case GgmlType::Q6_K: launch<ChQ6_K>(targets, cols, x, n); return true;
     default: return false;
   }
 }

@@ -4,16 +4,15 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "ops_cuda.h"
 #include "quant.h"
 
 namespace tova {
 namespace cuda {
 
-// y[i * rows + r] = W_r . x[i * cols ...] for i < n, as cuda::matmul. False (nothing launched)
-// when the type has no chunk decoder or x / W are not aligned for its vector loads: the caller
-// then uses the per-element kernel.
-bool matvec(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t cols, int64_t rows, const float* x, int n,
-            float* y);
+// The product of cuda::matmul. False (nothing launched) when the type has no chunk decoder or
+// x / W are not aligned for its vector loads: the caller then uses the per-element kernel.
+bool matvec(GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n);
 
 }  // namespace cuda
 }  // namespace tova

@@ -25,12 +25,12 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 template <class Dq>
-__global__ void matmul_kernel(const uint8_t* w, size_t row_bytes, int64_t cols, int64_t rows, const float* x,
-                              int n, float* y) {
+__global__ void matmul_kernel(const MatTargets targets, int64_t cols, const float* x, int n) {
+  const MatTarget& T = targets.t[blockIdx.y];
   const int lane = threadIdx.x % kWarp;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kMatWarps + threadIdx.x / kWarp;
-  if (r >= rows) return;
-  const uint8_t* wr = w + static_cast<size_t>(r) * row_bytes;
+  if (r >= T.rows) return;  // the whole warp
+  const uint8_t* wr = T.w + static_cast<size_t>(r) * T.row_bytes;
   for (int i0 = 0; i0 < n; i0 += kMatRows) {
     const int m = min(kMatRows, n - i0);
     float acc[kMatRows];
@@ -45,7 +45,7 @@ __global__ void matmul_kernel(const uint8_t* w, size_t row_bytes, int64_t cols, 
 #pragma unroll
     for (int k = 0; k < kMatRows; ++k) {
       const float s = warp_sum(acc[k]);
-      if (lane == 0 && k < m) y[static_cast<int64_t>(i0 + k) * rows + r] = s;
+      if (lane == 0 && k < m) T.y[static_cast<int64_t>(i0 + k) * T.rows + r] = T.bias ? s + T.bias[r] : s;
     }
   }
 }
@@ -103,12 +103,6 @@ __global__ void rms_norm_kernel(const float* x, const float* w, float* y, int64_
     const float s = xr[e] * scale;
     yr[e] = w ? s * w[e] : s;
   }
-}
-
-__global__ void add_bias_kernel(float* y, const float* b, int64_t width, int64_t count) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    y[i] += b[i % width];
 }
 
 __global__ void rope_kernel(bool neox, float* x, int n_heads, int head_dim, int pairs, const float* cs,
@@ -173,12 +167,14 @@ bool matmul_supports(GgmlType t) {
   return with_type(t, [](auto) {});
 }
 
-void matmul(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t cols, int64_t rows, const float* x, int n,
-            float* y) {
-  if (matvec(t, w, row_bytes, cols, rows, x, n, y)) return;  // the real models' types: matvec_cuda.cu
-  const unsigned blocks = static_cast<unsigned>((rows + kMatWarps - 1) / kMatWarps);
+void matmul(GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n) {
+  if (targets.n < 1 || targets.n > kMaxTargets) throw Error(cat("CUDA matmul: ", targets.n, " targets"));
+  if (matvec(t, targets, cols, x, n)) return;  // the real models' types: matvec_cuda.cu
+  if (n <= 0 || targets.max_rows <= 0) return;
+  const dim3 grid(static_cast<unsigned>((targets.max_rows + kMatWarps - 1) / kMatWarps),
+                  static_cast<unsigned>(targets.n));
   const bool ok = with_type(t, [&](auto dq) {
-    matmul_kernel<decltype(dq)><<<blocks, kMatWarps * kWarp>>>(w, row_bytes, cols, rows, x, n, y);
+    matmul_kernel<decltype(dq)><<<grid, kMatWarps * kWarp>>>(targets, cols, x, n);
   });
   if (!ok) throw Error(cat("CUDA backend: no matrix kernel for type ", type_traits(t).name));
   check_launch("matmul");
@@ -199,13 +195,6 @@ void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t wi
   if (rows <= 0) return;
   rms_norm_kernel<<<static_cast<unsigned>(rows), 256>>>(x, w, y, width, eps);
   check_launch("rms_norm");
-}
-
-void add_bias(float* y, const float* b, int64_t width, int n) {
-  const int64_t count = width * n;
-  if (count <= 0) return;
-  add_bias_kernel<<<grid_for(count, 256), 256>>>(y, b, width, count);
-  check_launch("add_bias");
 }
 
 void rope(RopeStyle style, float* x, int n, int n_heads, int head_dim, int pairs, const float* cs,

@@ -15,11 +15,27 @@ namespace cuda {
 // True when the matrix kernels handle weights of this type.
 bool matmul_supports(GgmlType t);
 
-// y[i * rows + r] = W_r . x[i * cols ...] for i < n: W is `rows` rows of `row_bytes` bytes in
-// type t, x float rows of `cols`. Float accumulation of dequantized weights (as the CPU backend
-// with float activations).
-void matmul(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t cols, int64_t rows, const float* x, int n,
-            float* y);
+// One weight matrix of a product: `rows` rows of `row_bytes` bytes, output y [n][rows], and a
+// bias [rows] added to every output row (null: none).
+struct MatTarget {
+  const uint8_t* w = nullptr;
+  size_t row_bytes = 0;
+  int64_t rows = 0;
+  float* y = nullptr;
+  const float* bias = nullptr;
+};
+// Up to kMaxTargets matrices of one type sharing the input: one launch (a kernel argument).
+constexpr int kMaxTargets = 4;
+struct MatTargets {
+  MatTarget t[kMaxTargets];
+  int n = 0;
+  int64_t max_rows = 0;
+};
+
+// y[i * rows + r] = W_r . x[i * cols ...] (+ bias[r]) for i < n and each target: weights in type
+// t, x float rows of `cols`. Float accumulation of dequantized weights (as the CPU backend with
+// float activations); the bias is added to the finished sum, as the CPU adds it.
+void matmul(GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n);
 
 // x[i * width + e] = scale * W_{tokens[i]}[e] (tokens: device int32).
 void embed(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, int n, float scale,
@@ -27,9 +43,6 @@ void embed(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const 
 
 // y = x / sqrt(mean(x^2) + eps) * w per row (w null: no weight); x == y allowed.
 void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t width, float eps);
-
-// y[i * width + j] += b[j] for n rows.
-void add_bias(float* y, const float* b, int64_t width, int n);
 
 // Rotates n rows of n_heads vectors (head_dim apart) by cos / sin tables [n][pairs]: pairs
 // (2p, 2p+1) or, NeoX, (p, p + pairs).

@@ -90,16 +90,15 @@ class Backend {
   // y = rms_norm(x) * w over rows of `width` (w empty: no weight); x == y allowed
   virtual void rms_norm(const float* x, const Vector& w, float* y, int64_t rows, int64_t width,
                         float eps) = 0;
-  // y_j[i] = W_j x[i] for weights sharing one input, n rows
+  // y_j[i] = W_j x[i] (+ b_j, added to the finished product) for weights sharing one input, n rows
   struct MatJob {
-    const Matrix* w;
-    float* y;
+    const Matrix* w = nullptr;
+    float* y = nullptr;
+    const Vector* bias = nullptr;  // null or empty: none
   };
   virtual void matmul(const float* x, int n, const MatJob* jobs, int n_jobs) = 0;
   // logits[i] = W x[i], written to host memory
   virtual void matmul_to_host(const Matrix& w, const float* x, int n, float* host_y) = 0;
-  // y[i] += b for n rows of b.size()
-  virtual void add_bias(float* y, const Vector& b, int n) = 0;
   // rotates n rows of n_heads vectors, row i at positions[i] (host)
   virtual void rope(const Rope& r, float* x, int n, int n_heads, int head_dim,
                     const int64_t* positions) = 0;

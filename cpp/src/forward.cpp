@@ -92,13 +92,11 @@ void Forward::step(std::vector<SeqBatch>& batch) {
     const bool swa = h.is_swa_layer(l);
     const Rope& rope = swa ? rope_swa_ : rope_;
     be_.rms_norm(x, w.attn_norm, xn, n, E, h.rms_eps);
-    const Backend::MatJob qkv[3] = {{&w.wq, q}, {&w.wk, k}, {&w.wv, v}};
+    const bool bias = h.qkv_bias;
+    const Backend::MatJob qkv[3] = {{&w.wq, q, bias ? &w.bq : nullptr},
+                                    {&w.wk, k, bias ? &w.bk : nullptr},
+                                    {&w.wv, v, bias ? &w.bv : nullptr}};
     be_.matmul(xn, n, qkv, 3);
-    if (h.qkv_bias) {
-      be_.add_bias(q, w.bq, n);
-      be_.add_bias(k, w.bk, n);
-      be_.add_bias(v, w.bv, n);
-    }
     if (h.qk_norm) {
       be_.rms_norm(q, w.q_norm, q, static_cast<int64_t>(n) * h.n_head, D, h.rms_eps);
       be_.rms_norm(k, w.k_norm, k, static_cast<int64_t>(n) * h.n_head_kv, D, h.rms_eps);

@@ -27,7 +27,6 @@ class PayloadOnly : public tova::Backend {
   void rms_norm(const float*, const tova::Vector&, float*, int64_t, int64_t, float) override { __builtin_trap(); }
   void matmul(const float*, int, const MatJob*, int) override { __builtin_trap(); }
   void matmul_to_host(const tova::Matrix&, const float*, int, float*) override { __builtin_trap(); }
-  void add_bias(float*, const tova::Vector&, int) override { __builtin_trap(); }
   void rope(const tova::Rope&, float*, int, int, int, const int64_t*) override { __builtin_trap(); }
   void act_mul(tova::FfnActivation, float*, const float*, int64_t) override { __builtin_trap(); }
   void add(float*, const float*, int64_t) override { __builtin_trap(); }

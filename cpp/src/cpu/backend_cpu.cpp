@@ -69,10 +69,12 @@ void CpuBackend::rms_norm(const float* x, const Vector& w, float* y, int64_t n_r
 }
 
 void CpuBackend::matmul(const float* x, int n, const MatJob* jobs, int n_jobs) {
-  MatmulJob j[4];
+  MatmulJob j[4] = {};
   TOVA_ASSERT(n_jobs <= 4);
   for (int k = 0; k < n_jobs; ++k) j[k] = {jobs[k].w, jobs[k].y};
   mm_.run(pool_, x, n, j, n_jobs);
+  for (int k = 0; k < n_jobs; ++k)
+    if (jobs[k].bias && !jobs[k].bias->empty()) add_bias(jobs[k].y, *jobs[k].bias, n);
 }
 
 void CpuBackend::matmul_to_host(const Matrix& w, const float* x, int n, float* host_y) {

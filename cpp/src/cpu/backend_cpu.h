@@ -28,7 +28,6 @@ class CpuBackend : public Backend {
   void rms_norm(const float* x, const Vector& w, float* y, int64_t rows, int64_t width, float eps) override;
   void matmul(const float* x, int n, const MatJob* jobs, int n_jobs) override;
   void matmul_to_host(const Matrix& w, const float* x, int n, float* host_y) override;
-  void add_bias(float* y, const Vector& b, int n) override;
   void rope(const Rope& r, float* x, int n, int n_heads, int head_dim, const int64_t* positions) override;
   void act_mul(FfnActivation act, float* gate, const float* up, int64_t count) override;
   void add(float* x, const float* y, int64_t count) override;
@@ -39,6 +38,8 @@ class CpuBackend : public Backend {
   // f(i) for rows [0, n_rows) of `width` elements: on the caller for small work, else over the pool.
   template <class F>
   void rows(int64_t n_rows, int64_t width, F&& f);
+  // y[i] += b for n rows of b.size() (a MatJob's bias)
+  void add_bias(float* y, const Vector& b, int n);
 
   const Model& m_;
   int max_rows_;
