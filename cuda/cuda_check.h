@@ -60,6 +60,17 @@ class Staging {
   void reset() { used_ = 0; }  // only when the device has finished every queued copy
   // Whether take(bytes) would be served without waiting for the device (or growing).
   bool fits(size_t bytes) const { return used_ + ((bytes + 255) & ~static_cast<size_t>(255)) <= cap_; }
+  size_t used() const { return used_; }
+  // At least `bytes` of capacity; only right after reset() (nothing of the arena in use).
+  void grow(size_t bytes, const char* what) {
+    if (bytes <= cap_) return;
+    void* old = p_;
+    p_ = nullptr;
+    cap_ = 0;
+    if (old) check(cudaFreeHost(old), what);
+    check(cudaMallocHost(&p_, bytes), what);
+    cap_ = bytes;
+  }
 
  private:
   void* p_ = nullptr;

@@ -17,6 +17,12 @@
  * clears one sequence's state. Per-slot state kept in `view->state` is per sequence already.
  * A version 1 plugin (no `seq`, no `reset_seq`) that has a `reset` callback keeps state the
  * engine cannot tell apart by sequence: the engine refuses it when n_seq > 1.
+ *
+ * Order of calls: for one (sequence, layer) the calls come in token order, on_insert before the
+ * select() of the same token. Across layers they interleave as the engine likes: a step's last
+ * select() per layer comes after every layer's attention (so that a GPU hands the probabilities
+ * back once per step), after on_insert calls of later layers. Keep state per layer (view->layer)
+ * and per sequence, not shared across layers.
  */
 #ifndef TOVA_POLICY_PLUGIN_H
 #define TOVA_POLICY_PLUGIN_H
