@@ -1,6 +1,6 @@
 // Attention of query rows over each sequence's slot pool on the GPU: one block per (row, head);
-// scores one warp per key, a block-wide softmax, then the weighted sum of values, one thread per
-// element of the head. Writes the probabilities the policies read when the row asks for them.
+// scores one warp per key, a block-wide softmax, then the weighted sum of values, each warp over
+// a share of the slots, lanes over the head's elements. Writes the probabilities the policies read when the row asks for them.
 #include <cuda_fp16.h>
 
 #include "cuda_check.h"
@@ -13,6 +13,7 @@ namespace {
 
 constexpr int kWarp = 32;
 constexpr int kThreads = 128;
+constexpr int kMaxHeadDim = 256;  // the weighted sum's registers and shared memory
 
 template <bool kHalf>
 __device__ __forceinline__ float load(const void* p, int64_t i) {
@@ -71,10 +72,31 @@ __global__ void attend_kernel(const AttnDesc* rows, const int32_t* idx_all, int 
     float* pr = probs + r.probs_off + static_cast<int64_t>(h) * r.n_idx;
     for (int j = threadIdx.x; j < r.n_idx; j += kThreads) pr[j] = s[j];
   }
+  // Weighted sum of values: warp w sums the slots j = w, w + kWarps, ... (its loads independent
+  // of each other), lane l the elements l, l + 32, ...; then the warps' partial sums are added.
+  __shared__ float part[kThreads / kWarp][kMaxHeadDim];
+  float acc[kMaxHeadDim / kWarp];
+#pragma unroll
+  for (int t = 0; t < kMaxHeadDim / kWarp; ++t) acc[t] = 0.0f;
+  for (int j = warp; j < r.n_idx; j += kThreads / kWarp) {
+    const float p = s[j];
+    const int64_t base = (head0 + idx[j]) * head_dim;
+#pragma unroll
+    for (int t = 0; t < kMaxHeadDim / kWarp; ++t) {
+      const int e = lane + kWarp * t;
+      if (e < head_dim) acc[t] = fmaf(p, load<kHalf>(r.v, base + e), acc[t]);
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kMaxHeadDim / kWarp; ++t) {
+    const int e = lane + kWarp * t;
+    if (e < head_dim) part[warp][e] = acc[t];
+  }
+  __syncthreads();
   for (int e = threadIdx.x; e < head_dim; e += kThreads) {
-    float acc = 0.0f;
-    for (int j = 0; j < r.n_idx; ++j) acc = fmaf(s[j], load<kHalf>(r.v, (head0 + idx[j]) * head_dim + e), acc);
-    r.out[static_cast<int64_t>(h) * head_dim + e] = acc;
+    float sum = part[0][e];
+    for (int w = 1; w < kThreads / kWarp; ++w) sum += part[w][e];
+    r.out[static_cast<int64_t>(h) * head_dim + e] = sum;
   }
 }
 
@@ -83,6 +105,8 @@ __global__ void attend_kernel(const AttnDesc* rows, const int32_t* idx_all, int 
 void attend(bool half, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head, int n_head_kv,
             int head_dim, float scale, int max_idx, float* scratch, float* probs) {
   if (n_rows <= 0) return;
+  if (head_dim > kMaxHeadDim)
+    throw Error(cat("CUDA attention: head_dim ", head_dim, " > ", kMaxHeadDim, " is not supported"));
   const dim3 grid(static_cast<unsigned>(n_rows), static_cast<unsigned>(n_head));
   const int group = n_head / n_head_kv;
   if (half)
