@@ -110,6 +110,11 @@ class CudaBackend : public Backend {
     cuda::rms_norm(x, w.empty() ? nullptr : vec(w), y, rows, width, eps);
   }
 
+  void add_rms_norm(float* x, const float* a, const Vector& w, float* y, int64_t rows, int64_t width,
+                    float eps) override {
+    cuda::add_rms_norm(x, a, w.empty() ? nullptr : vec(w), y, rows, width, eps);
+  }
+
   // Consecutive jobs of one weight type (Q, K and V; gate and up) in one launch, biases added there.
   void matmul(const float* x, int n, const MatJob* jobs, int n_jobs) override {
     for (int j = 0; j < n_jobs;) {

@@ -1,8 +1,9 @@
 // Each CUDA kernel against its CPU twin on random inputs (tests/test_cuda.py calls it through
 // tova._core._cuda_kernel_check on a GPU machine): matrix products of every weight type, by the
 // chunked kernel and by the per-element one (misaligned input rows send the product there), for
-// odd row counts, several targets in one launch (one with a bias) and 1, 3 and 11 input rows; embedding rows; RMS norm; the gated activations;
-// residual adds. The CPU side dequantizes with its own kernels and sums in double precision.
+// odd row counts, several targets in one launch (one with a bias), 1, 3 and 11 input rows;
+// embedding rows; RMS norm, alone and after a residual add; the gated activations; residual adds.
+// The CPU side dequantizes with its own kernels and sums in double precision.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -136,6 +137,20 @@ void check_matmul(GgmlType t, std::mt19937& rng, std::vector<std::string>& bad) 
     }
 }
 
+// y == rms_norm(x) * g (g null: no weight), rows of `width`, within float rounding.
+bool norm_matches(const std::vector<float>& x, const std::vector<float>& y, const float* g, int64_t width) {
+  for (size_t r0 = 0; r0 < x.size(); r0 += static_cast<size_t>(width)) {
+    double ss = 0.0;
+    for (int64_t e = 0; e < width; ++e) ss += static_cast<double>(x[r0 + static_cast<size_t>(e)]) * x[r0 + static_cast<size_t>(e)];
+    const double s = 1.0 / std::sqrt(ss / static_cast<double>(width) + 1e-6);
+    for (int64_t e = 0; e < width; ++e) {
+      const double want = x[r0 + static_cast<size_t>(e)] * s * (g ? g[e] : 1.0f);
+      if (std::fabs(y[r0 + static_cast<size_t>(e)] - want) > 1e-5 * (1.0 + std::fabs(want))) return false;
+    }
+  }
+  return true;
+}
+
 void check_elementwise(std::mt19937& rng, std::vector<std::string>& bad) {
   const int64_t rows = 5, width = 333;
   const size_t count = static_cast<size_t>(rows * width);
@@ -147,19 +162,8 @@ void check_elementwise(std::mt19937& rng, std::vector<std::string>& bad) {
   auto* y_dev = static_cast<float*>(dy.reserve(count * sizeof(float), "kernel check"));
   for (int weighted = 0; weighted < 2; ++weighted) {
     cuda::rms_norm(x_dev, weighted ? g_dev : nullptr, y_dev, rows, width, 1e-6f);
-    const std::vector<float> y = to_host(y_dev, count);
-    for (int64_t r = 0; r < rows; ++r) {
-      double ss = 0.0;
-      for (int64_t e = 0; e < width; ++e) ss += static_cast<double>(x[static_cast<size_t>(r * width + e)]) * x[static_cast<size_t>(r * width + e)];
-      const double s = 1.0 / std::sqrt(ss / static_cast<double>(width) + 1e-6);
-      for (int64_t e = 0; e < width; ++e) {
-        const double want = x[static_cast<size_t>(r * width + e)] * s * (weighted ? g[static_cast<size_t>(e)] : 1.0f);
-        if (std::fabs(y[static_cast<size_t>(r * width + e)] - want) > 1e-5 * (1.0 + std::fabs(want))) {
-          bad.push_back(cat("rms_norm", weighted ? " (weighted)" : "", " row ", r, " element ", e));
-          return;
-        }
-      }
-    }
+    if (!norm_matches(x, to_host(y_dev, count), weighted ? g.data() : nullptr, width))
+      bad.push_back(cat("rms_norm", weighted ? " (weighted)" : ""));
   }
   const std::vector<float> up = random_floats(count, rng, -2.0f, 2.0f);
   const float* up_dev = to_device(du, up);
@@ -179,14 +183,18 @@ void check_elementwise(std::mt19937& rng, std::vector<std::string>& bad) {
       }
     }
   }
+  std::vector<float> want(count);
+  for (size_t i = 0; i < count; ++i) want[i] = x[i] + up[i];
   auto* sum = const_cast<float*>(to_device(dy, x));
   cuda::add(sum, up_dev, static_cast<int64_t>(count));
-  const std::vector<float> got = to_host(sum, count);
-  for (size_t i = 0; i < count; ++i)
-    if (got[i] != x[i] + up[i]) {
-      bad.push_back(cat("add element ", i));
-      return;
-    }
+  if (to_host(sum, count) != want) bad.push_back("add");
+  // The residual and the next norm in one kernel: x exactly as add leaves it, the norm of it.
+  DeviceBuffer dn;
+  auto* xs = const_cast<float*>(to_device(dy, x));
+  auto* n_dev = static_cast<float*>(dn.reserve(count * sizeof(float), "kernel check"));
+  cuda::add_rms_norm(xs, up_dev, g_dev, n_dev, rows, width, 1e-6f);
+  if (to_host(xs, count) != want) bad.push_back("add_rms_norm: the sum");
+  if (!norm_matches(want, to_host(n_dev, count), g.data(), width)) bad.push_back("add_rms_norm: the norm");
 }
 
 }  // namespace

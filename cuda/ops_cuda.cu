@@ -83,11 +83,17 @@ bool with_type(GgmlType t, F&& f) {
   }
 }
 
-__global__ void rms_norm_kernel(const float* x, const float* w, float* y, int64_t width, float eps) {
-  const float* xr = x + static_cast<int64_t>(blockIdx.x) * width;
+// With `a`: x += a first (each thread updates, then reads back, its own elements), as the
+// separate add kernel would.
+__global__ void rms_norm_kernel(float* x, const float* a, const float* w, float* y, int64_t width, float eps) {
+  float* xr = x + static_cast<int64_t>(blockIdx.x) * width;
   float* yr = y + static_cast<int64_t>(blockIdx.x) * width;
   __shared__ double part[kWarp];
   double ss = 0.0;
+  if (a) {
+    const float* ar = a + static_cast<int64_t>(blockIdx.x) * width;
+    for (int64_t e = threadIdx.x; e < width; e += blockDim.x) xr[e] += ar[e];
+  }
   for (int64_t e = threadIdx.x; e < width; e += blockDim.x) ss += static_cast<double>(xr[e]) * xr[e];
   for (int o = kWarp / 2; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
   if (threadIdx.x % kWarp == 0) part[threadIdx.x / kWarp] = ss;
@@ -193,8 +199,15 @@ void embed(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const 
 
 void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t width, float eps) {
   if (rows <= 0) return;
-  rms_norm_kernel<<<static_cast<unsigned>(rows), 256>>>(x, w, y, width, eps);
+  // x is only read without an addend
+  rms_norm_kernel<<<static_cast<unsigned>(rows), 256>>>(const_cast<float*>(x), nullptr, w, y, width, eps);
   check_launch("rms_norm");
+}
+
+void add_rms_norm(float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps) {
+  if (rows <= 0) return;
+  rms_norm_kernel<<<static_cast<unsigned>(rows), 256>>>(x, a, w, y, width, eps);
+  check_launch("add_rms_norm");
 }
 
 void rope(RopeStyle style, float* x, int n, int n_heads, int head_dim, int pairs, const float* cs,

@@ -43,6 +43,8 @@ void embed(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const 
 
 // y = x / sqrt(mean(x^2) + eps) * w per row (w null: no weight); x == y allowed.
 void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t width, float eps);
+// x += a, then y = rms_norm(x) * w: one kernel (y distinct from x and a).
+void add_rms_norm(float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps);
 
 // Rotates n rows of n_heads vectors (head_dim apart) by cos / sin tables [n][pairs]: pairs
 // (2p, 2p+1) or, NeoX, (p, p + pairs).

@@ -106,6 +106,13 @@ class Backend {
   virtual void act_mul(FfnActivation act, float* gate, const float* up, int64_t count) = 0;
   // x += y
   virtual void add(float* x, const float* y, int64_t count) = 0;
+  // x += y, then xn = rms_norm(x) * w (rows of `width`): a residual and the next norm, which a
+  // device backend does in one kernel; these two operations otherwise.
+  virtual void add_rms_norm(float* x, const float* y, const Vector& w, float* xn, int64_t rows, int64_t width,
+                            float eps) {
+    add(x, y, rows * width);
+    rms_norm(x, w, xn, rows, width, eps);
+  }
 
   // Writes rows k[i], v[i] ([n_head_kv][head_dim] each) into `slots[i]` of a layer.
   virtual void write_kv(KvPayload& kv, int layer, const int32_t* slots, int n, const float* k,

@@ -87,11 +87,11 @@ void Forward::step(std::vector<SeqBatch>& batch) {
   shape.scale = h.attn_scale > 0 ? h.attn_scale : 1.0f / std::sqrt(static_cast<float>(D));
 
   attention_.begin_step();
+  be_.rms_norm(x, m_.layers[0].attn_norm, xn, n, E, h.rms_eps);
   for (int l = 0; l < h.n_layer; ++l) {
     const LayerWeights& w = m_.layers[static_cast<size_t>(l)];
     const bool swa = h.is_swa_layer(l);
     const Rope& rope = swa ? rope_swa_ : rope_;
-    be_.rms_norm(x, w.attn_norm, xn, n, E, h.rms_eps);
     const bool bias = h.qkv_bias;
     const Backend::MatJob qkv[3] = {{&w.wq, q, bias ? &w.bq : nullptr},
                                     {&w.wk, k, bias ? &w.bk : nullptr},
@@ -119,15 +119,17 @@ void Forward::step(std::vector<SeqBatch>& batch) {
     const Backend::MatJob wo[1] = {{&w.wo, o}};
     be_.matmul(att, n, wo, 1);
     if (h.post_norms) be_.rms_norm(o, w.attn_post_norm, o, n, E, h.rms_eps);
-    be_.add(x, o, n * E);
-    be_.rms_norm(x, w.ffn_norm, xn, n, E, h.rms_eps);
+    be_.add_rms_norm(x, o, w.ffn_norm, xn, n, E, h.rms_eps);
     const Backend::MatJob gu[2] = {{&w.w_gate, gate}, {&w.w_up, up}};
     be_.matmul(xn, n, gu, 2);
     be_.act_mul(h.ffn_act, gate, up, n * F);
     const Backend::MatJob down[1] = {{&w.w_down, o}};
     be_.matmul(gate, n, down, 1);
     if (h.post_norms) be_.rms_norm(o, w.ffn_post_norm, o, n, E, h.rms_eps);
-    be_.add(x, o, n * E);
+    if (l + 1 < h.n_layer)  // the residual, and the next layer's input norm
+      be_.add_rms_norm(x, o, m_.layers[static_cast<size_t>(l) + 1].attn_norm, xn, n, E, h.rms_eps);
+    else
+      be_.add(x, o, n * E);
   }
   for (size_t i = 0; i < batch.size(); ++i) batch[i].error = rows_[i].error;
   logits(batch);
