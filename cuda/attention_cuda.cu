@@ -5,13 +5,13 @@
 
 #include "cuda_check.h"
 #include "ops_cuda.h"
+#include "warp.cuh"
 
 namespace tova {
 namespace cuda {
 
 namespace {
 
-constexpr int kWarp = 32;
 constexpr int kThreads = 128;
 constexpr int kMaxHeadDim = 256;  // the weighted sum's registers and shared memory
 
@@ -52,7 +52,7 @@ __global__ void attend_kernel(const AttnDesc* rows, const int32_t* idx_all, int 
     const int64_t base = (head0 + idx[j]) * head_dim;
     float acc = 0.0f;
     for (int e = lane; e < head_dim; e += kWarp) acc = fmaf(q[e], load<kHalf>(r.k, base + e), acc);
-    for (int o = kWarp / 2; o > 0; o /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    acc = warp_sum(acc);
     if (lane == 0) s[j] = acc * scale;
   }
   __syncthreads();

@@ -41,17 +41,9 @@ class Staging {
       check(cudaDeviceSynchronize(), what);  // every copy reading the arena has run
       // Grow when one piece does not fit, or when a step's uploads filled it (else every later
       // layer of such steps would wait for the device again).
-      if (bytes > cap_ || used_ > 0) {
-        size_t n = 2 * cap_ > (1u << 20) ? 2 * cap_ : (1u << 20);
-        if (n < bytes) n = bytes;
-        void* old = p_;
-        p_ = nullptr;
-        cap_ = 0;
-        if (old) check(cudaFreeHost(old), what);
-        check(cudaMallocHost(&p_, n), what);
-        cap_ = n;
-      }
+      const size_t n = 2 * cap_ > (1u << 20) ? 2 * cap_ : (1u << 20);
       used_ = 0;
+      grow(n < bytes ? bytes : n, what);
     }
     void* r = static_cast<uint8_t*>(p_) + used_;
     used_ += bytes;
@@ -61,7 +53,7 @@ class Staging {
   // Whether take(bytes) would be served without waiting for the device (or growing).
   bool fits(size_t bytes) const { return used_ + ((bytes + 255) & ~static_cast<size_t>(255)) <= cap_; }
   size_t used() const { return used_; }
-  // At least `bytes` of capacity; only right after reset() (nothing of the arena in use).
+  // At least `bytes` of capacity; only when nothing of the arena is in use (after reset()).
   void grow(size_t bytes, const char* what) {
     if (bytes <= cap_) return;
     void* old = p_;

@@ -6,20 +6,15 @@
 #include "cuda_check.h"
 #include "dequant_chunks.cuh"
 #include "matvec_cuda.h"
+#include "warp.cuh"
 
 namespace tova {
 namespace cuda {
 
 namespace {
 
-constexpr int kWarp = 32;
 constexpr int kWarps = 4;  // output rows per block
 constexpr int kRows = 8;   // input rows per pass over a weight row
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 template <class Ch>
 __global__ void matvec_kernel(const MatTargets targets, int64_t cols, const float* x, int n) {
