@@ -168,6 +168,7 @@ class CudaBackend : public Backend {
 
   void attend(const AttnShape& shape, const AttnRow* rows, int n_rows) override;
   void flush_host() override;
+  bool defer_policy_calls() const override { return true; }
 
  private:
   void add_target(cuda::MatTargets& ts, const Matrix& w, float* y, const Vector* bias) const {

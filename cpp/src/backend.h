@@ -122,6 +122,11 @@ class Backend {
   virtual void attend(const AttnShape& shape, const AttnRow* rows, int n_rows) = 0;
   // Completes every host write attend() has left pending (a device backend waits for its copies).
   virtual void flush_host() {}
+  // Whether the policy calls of a step's last rows should wait for the end of the step
+  // (kv_attention.h): a device backend then reads the probabilities back once per step. The
+  // CPU backend calls them at once (no per-layer scratch kept), unless TOVA_DEFER_POLICY_CALLS=1
+  // asks it to defer too (the tests compare both orders).
+  virtual bool defer_policy_calls() const { return false; }
 };
 
 // CUDA devices this build can use: 0 when built without CUDA (TOVA_CUDA=OFF), without a driver

@@ -36,12 +36,13 @@ void KvAttention::run(Backend& be, const AttnShape& shape, const LayerRule& rule
   for (;;) {
     if (!rows_.empty()) be.attend(shape, rows_.data(), static_cast<int>(rows_.size()));
     bool flushed = false;
+    const bool deferring = be.defer_policy_calls();
     for (size_t i = 0; i < seqs.size(); ++i) {
       SeqRows& s = seqs[i];
       Scratch& x = scratch_[i];
       if (s.error) continue;
       if (x.walk && x.cursor < s.n) {
-        if (x.cursor == s.n - 1) {
+        if (deferring && x.cursor == s.n - 1) {
           defer(i, rule, x.cursor, x);
         } else {
           if (!flushed) be.flush_host();  // this row's probabilities, now
@@ -50,7 +51,13 @@ void KvAttention::run(Backend& be, const AttnShape& shape, const LayerRule& rule
         }
         x.cursor++;
       } else if (x.evict_once) {
-        defer(i, rule, s.n - 1, x);
+        if (deferring) {
+          defer(i, rule, s.n - 1, x);
+        } else {
+          if (!flushed) be.flush_host();
+          flushed = true;
+          guarded(s, [&] { finish_row(shape, rule, s, x, s.n - 1); });
+        }
         x.evict_once = false;
       }
     }

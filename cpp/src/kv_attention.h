@@ -40,9 +40,10 @@ struct LayerRule {
 
 // The policy call after a sequence's last row in a layer changes nothing the rest of the step
 // reads (later layers have their own slots; the next step's insert comes after), so run() defers
-// it to finish_step(): a backend that computes elsewhere (CUDA) then hands every layer's
-// probabilities back at once, at the end of the step, instead of waiting for the device once per
-// layer. Rows before the last of a walked chunk are finished at once, as the exact walk needs.
+// it to finish_step() when the backend asks for it (Backend::defer_policy_calls): a backend that
+// computes elsewhere (CUDA) then hands every layer's probabilities back at once, at the end of
+// the step, instead of waiting for the device once per layer. Rows before the last of a walked
+// chunk are finished at once, as the exact walk needs. Both orders give the same results.
 class KvAttention {
  public:
   // Forgets what an interrupted step left pending; call before a step's first layer.

@@ -1,6 +1,8 @@
 #include "backend_cpu.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <thread>
 
 #include "common.h"
@@ -27,6 +29,8 @@ CpuBackend::CpuBackend(const Model& model, int max_rows, int n_threads, bool flo
       max_rows_(max_rows),
       pool_(n_threads > 0 ? n_threads : default_threads()),
       mm_(float_activations) {
+  const char* defer = std::getenv("TOVA_DEFER_POLICY_CALLS");
+  defer_ = defer && std::strcmp(defer, "1") == 0;
   const size_t U = static_cast<size_t>(max_rows);
   for (int b = 0; b < static_cast<int>(Buf::kCount); ++b)
     bufs_[b].assign(U * buf_width(m_.hp(), static_cast<Buf>(b)), 0.0f);

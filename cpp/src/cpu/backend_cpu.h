@@ -33,6 +33,7 @@ class CpuBackend : public Backend {
   void add(float* x, const float* y, int64_t count) override;
   void write_kv(KvPayload& kv, int layer, const int32_t* slots, int n, const float* k, const float* v) override;
   void attend(const AttnShape& shape, const AttnRow* rows, int n_rows) override;
+  bool defer_policy_calls() const override { return defer_; }
 
  private:
   // f(i) for rows [0, n_rows) of `width` elements: on the caller for small work, else over the pool.
@@ -47,6 +48,7 @@ class CpuBackend : public Backend {
   Matmul mm_;
   AttentionCpu attention_;
   std::vector<float> bufs_[static_cast<size_t>(Buf::kCount)];
+  bool defer_ = false;  // TOVA_DEFER_POLICY_CALLS=1 (tests)
 };
 
 }  // namespace tova
