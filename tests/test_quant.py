@@ -417,6 +417,30 @@ def test_gathered_attention_helpers(d, n):
         _core._gather_dot(table, empty16, np.array([50], np.int32), q, 1.0, False)
 
 
+@pytest.mark.parametrize("d", [8, 20, 64, 96, 256])
+@pytest.mark.parametrize("n", [0, 1, 4, 7, 8, 12, 17, 40])
+@pytest.mark.parametrize("nh", [1, 2, 3, 4, 6, 7])
+def test_gathered_attention_for_query_heads_sharing_rows(d, n, nh):
+    """The GQA versions (each row read once for a group of query heads) give every head the
+    bits of the one-head helpers: the attention picks either per task, and a sequence decoded
+    alone (few tasks) must equal it decoded in a batch."""
+    rng = np.random.default_rng(d * 1000 + n * 10 + nh)
+    table = rng.standard_normal((50, d)).astype(np.float32)
+    half = table.astype(np.float16).view(np.uint16)
+    idx = rng.permutation(50)[:n].astype(np.int32)
+    q = rng.standard_normal((nh, d)).astype(np.float32)
+    p = rng.random((nh, n)).astype(np.float32)
+    y = rng.standard_normal((nh, d)).astype(np.float32)
+    empty32, empty16 = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.uint16)
+    for f16 in (False, True):
+        r32, r16 = (empty32, half) if f16 else (table, empty16)
+        got = _core._gather_dot_heads(r32, r16, idx, q, 0.125, f16).reshape(nh, n)
+        got_v = _core._gather_axpy_heads(r32, r16, idx, p, y, f16).reshape(nh, d)
+        for h in range(nh):
+            assert np.array_equal(got[h], _core._gather_dot(r32, r16, idx, q[h], 0.125, f16)), (f16, h)
+            assert np.array_equal(got_v[h], _core._gather_axpy(r32, r16, idx, p[h], y[h], f16)), (f16, h)
+
+
 @pytest.mark.parametrize("n", [1, 7, 8, 31, 33, 100, 1000])
 def test_float_helpers(n):
     rng = np.random.default_rng(n)

@@ -306,5 +306,31 @@ void bind_quant(nb::module_& m) {
       else gather_axpy_f32(rows32.data(), d, idx.data(), n, p.data(), static_cast<int>(d), out);
     });
   }, "y + sum_j p[j] * rows[idx[j]] as a new array");
+  // The GQA versions: nh query heads (rows of q, p, y) against the same gathered rows.
+  using Heads = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+  m.def("_gather_dot_heads", [check_gather](const RowsF32& rows32, const RowsF16& rows16, const Idx& idx,
+                                            const Heads& q, float scale, bool f16) {
+    const size_t R = f16 ? rows16.shape(0) : rows32.shape(0), d = f16 ? rows16.shape(1) : rows32.shape(1);
+    check_gather(R, d, idx, q.shape(1), "_gather_dot_heads");
+    const size_t nh = q.shape(0), n = idx.size();
+    auto* out = new float[nh * n + 1];
+    const int ni = static_cast<int>(n), di = static_cast<int>(d), hi = static_cast<int>(nh);
+    if (f16) gather_dot_heads_f16(rows16.data(), d, idx.data(), ni, q.data(), d, hi, di, scale, out, n);
+    else gather_dot_heads_f32(rows32.data(), d, idx.data(), ni, q.data(), d, hi, di, scale, out, n);
+    return to_numpy(out, nh * n);
+  }, "scale * (rows[idx[j]] . q[h]) at [h * len(idx) + j] (rows16 when f16, else rows32)");
+  m.def("_gather_axpy_heads", [check_gather](const RowsF32& rows32, const RowsF16& rows16, const Idx& idx,
+                                             const Heads& p, const Heads& y, bool f16) {
+    const size_t R = f16 ? rows16.shape(0) : rows32.shape(0), d = f16 ? rows16.shape(1) : rows32.shape(1);
+    check_gather(R, d, idx, y.shape(1), "_gather_axpy_heads");
+    check_same_size(idx.size(), p.shape(1), "_gather_axpy_heads");
+    check_same_size(p.shape(0), y.shape(0), "_gather_axpy_heads");
+    const size_t nh = y.shape(0), n = idx.size();
+    const int ni = static_cast<int>(n), di = static_cast<int>(d), hi = static_cast<int>(nh);
+    return axpy_copy(y.size(), y.data(), [&](float* out) {
+      if (f16) gather_axpy_heads_f16(rows16.data(), d, idx.data(), ni, p.data(), n, hi, di, out, d);
+      else gather_axpy_heads_f32(rows32.data(), d, idx.data(), ni, p.data(), n, hi, di, out, d);
+    });
+  }, "y[h] + sum_j p[h][j] * rows[idx[j]] for every head h, flattened, as a new array");
   m.def("kernel_isa", []() { return std::string(kernel_isa()); }, "SIMD level of the kernels in use.");
 }

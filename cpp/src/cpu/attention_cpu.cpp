@@ -11,52 +11,63 @@ namespace tova {
 
 namespace {
 
-// Scores of q against quantized keys (q8_0, q4_0, q4_1): the query is quantized once to the key
-// type's vec_dot_type and each score is the type's integer dot product, as ggml's CPU attention
-// computes with a quantized K cache. Keys stored rotated (hadamard_k) meet the query rotated alike.
-void quantized_scores(const CpuKv& kv, int layer, int kvh, const float* q, const int32_t* idx, int n_idx,
+// Scores of nh query heads (q + h * d) against quantized keys (q8_0, q4_0, q4_1): each query is
+// quantized once to the key type's vec_dot_type and each score is the type's integer dot product,
+// as ggml's CPU attention computes with a quantized K cache. Keys stored rotated (hadamard_k) meet
+// the queries rotated alike. scores of head h at scores + h * n_idx.
+void quantized_scores(const CpuKv& kv, int layer, int kvh, const float* q, int nh, const int32_t* idx, int n_idx,
                       float scale, float* scores, std::vector<float>& tmp) {
   const int d = kv.layout().head_dim;
   const GgmlType kt = kv_ggml_type(kv.layout().type_k);
   const GgmlType qt = type_traits(kt).vec_dot_type;
   const size_t qq_floats = (row_bytes(qt, d) + sizeof(float) - 1) / sizeof(float);
   // The slots a row sees are spread over [0, hi]: one matrix product over that contiguous range
-  // of keys (every product is the type's vec_dot, bit for bit), then the row's slots picked out.
+  // of keys for all nh queries (every product is the type's vec_dot, bit for bit, whatever the
+  // number of queries), then the row's slots picked out.
   int hi = 0;
   for (int j = 0; j < n_idx; ++j) hi = std::max(hi, idx[j]);
-  tmp.resize(qq_floats + static_cast<size_t>(d) + static_cast<size_t>(hi) + 1);
-  float* all = tmp.data() + qq_floats + d;
-  if (kv.layout().hadamard_k) {
-    float* qr = tmp.data() + qq_floats;
-    std::memcpy(qr, q, sizeof(float) * static_cast<size_t>(d));
-    hadamard(qr, d);
-    q = qr;
+  const size_t span = static_cast<size_t>(hi) + 1;
+  tmp.resize(qq_floats * nh + static_cast<size_t>(d) + span * nh);
+  float* qr = tmp.data() + qq_floats * nh;
+  float* all = qr + d;
+  for (int h = 0; h < nh; ++h) {
+    const float* qh = q + static_cast<size_t>(h) * d;
+    if (kv.layout().hadamard_k) {
+      std::memcpy(qr, qh, sizeof(float) * static_cast<size_t>(d));
+      hadamard(qr, d);
+      qh = qr;
+    }
+    cpu_kernels(qt).quantize(qh, tmp.data() + qq_floats * h, d);
   }
-  cpu_kernels(qt).quantize(q, tmp.data(), d);
   cpu_kernels(kt).gemm(d, kv.k_row(layer, kvh, 0), kv.layout().k_row_bytes, hi + 1, tmp.data(),
-                       row_bytes(qt, d), 1, all, 1);
-  for (int j = 0; j < n_idx; ++j) scores[j] = all[idx[j]] * scale;
+                       qq_floats * sizeof(float), nh, all, span);
+  for (int h = 0; h < nh; ++h)
+    for (int j = 0; j < n_idx; ++j) scores[h * n_idx + j] = all[h * span + idx[j]] * scale;
 }
 
-// out = sum_j p[j] * V[idx[j]] for one KV head (values stored rotated: the sum rotated back).
-void weighted_values(const CpuKv& kv, int layer, int kvh, const int32_t* idx, int n_idx, const float* p,
+// out_h = sum_j p_h[j] * V[idx[j]] for nh query heads of one KV head (p_h at p + h * n_idx, out_h
+// at out + h * d); values stored rotated: each sum rotated back.
+void weighted_values(const CpuKv& kv, int layer, int kvh, const int32_t* idx, int n_idx, int nh, const float* p,
                      float* out, std::vector<float>& tmp) {
   const KvLayout& lo = kv.layout();
   const int d = lo.head_dim;
-  std::memset(out, 0, sizeof(float) * static_cast<size_t>(d));
+  std::memset(out, 0, sizeof(float) * static_cast<size_t>(d) * nh);
   const uint8_t* base = kv.v_row(layer, kvh, 0);
   if (lo.type_v == KvType::F16) {
-    gather_axpy_f16(reinterpret_cast<const uint16_t*>(base), lo.v_row_bytes / 2, idx, n_idx, p, d, out);
+    gather_axpy_heads_f16(reinterpret_cast<const uint16_t*>(base), lo.v_row_bytes / 2, idx, n_idx, p,
+                          static_cast<size_t>(n_idx), nh, d, out, static_cast<size_t>(d));
   } else if (lo.type_v == KvType::F32) {
-    gather_axpy_f32(reinterpret_cast<const float*>(base), lo.v_row_bytes / 4, idx, n_idx, p, d, out);
-  } else {  // quantized values: each row decoded, then added
+    gather_axpy_heads_f32(reinterpret_cast<const float*>(base), lo.v_row_bytes / 4, idx, n_idx, p,
+                          static_cast<size_t>(n_idx), nh, d, out, static_cast<size_t>(d));
+  } else {  // quantized values: each row decoded once, then added to every head's sum
     const DequantizeFn dequantize = cpu_kernels(kv_ggml_type(lo.type_v)).dequantize;
     tmp.resize(static_cast<size_t>(d));
     for (int j = 0; j < n_idx; ++j) {
       dequantize(kv.v_row(layer, kvh, idx[j]), tmp.data(), d);
-      axpy_f32(p[j], tmp.data(), out, d);
+      for (int h = 0; h < nh; ++h) axpy_f32(p[h * n_idx + j], tmp.data(), out + static_cast<size_t>(h) * d, d);
     }
-    if (lo.hadamard_v) hadamard(out, d);
+    if (lo.hadamard_v)
+      for (int h = 0; h < nh; ++h) hadamard(out + static_cast<size_t>(h) * d, d);
   }
 }
 
@@ -68,25 +79,33 @@ void scatter_probs(const AttnRow& r, int h, const float* p) {
 
 }  // namespace
 
-void AttentionCpu::attend(const CpuKv& kv, int layer, int kvh, const float* q, const int32_t* idx,
+void AttentionCpu::attend(const CpuKv& kv, int layer, int kvh, const float* q, int nh, const int32_t* idx,
                           int n_idx, float scale, float* scores, float* out, std::vector<float>& tmp) const {
   const KvLayout& lo = kv.layout();
   const int d = lo.head_dim;
+  const size_t n = static_cast<size_t>(n_idx);
   // Rows of one head are row_bytes apart: slot s at k_row(layer, kvh, 0) + s * row_bytes.
   const uint8_t* base = kv.k_row(layer, kvh, 0);
   if (lo.type_k == KvType::F16) {
-    gather_dot_f16(reinterpret_cast<const uint16_t*>(base), lo.k_row_bytes / 2, idx, n_idx, q, d, scale, scores);
+    gather_dot_heads_f16(reinterpret_cast<const uint16_t*>(base), lo.k_row_bytes / 2, idx, n_idx, q,
+                         static_cast<size_t>(d), nh, d, scale, scores, n);
   } else if (lo.type_k == KvType::F32) {
-    gather_dot_f32(reinterpret_cast<const float*>(base), lo.k_row_bytes / 4, idx, n_idx, q, d, scale, scores);
+    gather_dot_heads_f32(reinterpret_cast<const float*>(base), lo.k_row_bytes / 4, idx, n_idx, q,
+                         static_cast<size_t>(d), nh, d, scale, scores, n);
   } else {
-    quantized_scores(kv, layer, kvh, q, idx, n_idx, scale, scores, tmp);
+    quantized_scores(kv, layer, kvh, q, nh, idx, n_idx, scale, scores, tmp);
   }
-  softmax_f32(scores, n_idx);
-  weighted_values(kv, layer, kvh, idx, n_idx, scores, out, tmp);
+  for (int h = 0; h < nh; ++h) softmax_f32(scores + h * n, n_idx);
+  weighted_values(kv, layer, kvh, idx, n_idx, nh, scores, out, tmp);
 }
 
 void AttentionCpu::run(ThreadPool& pool, const AttnShape& s, const AttnRow* rows, int n_rows) {
   const int nth = pool.size();
+  const int G = s.n_head / s.n_head_kv;
+  const int d = s.head_dim;
+  // A task is one (row, KV head) with its G query heads (each K/V row read once for them) when
+  // that leaves every thread a task, else one (row, query head). Both give the same bits.
+  const int per_task = G > 1 && static_cast<int64_t>(n_rows) * s.n_head_kv >= nth ? G : 1;
   if (static_cast<int>(scratch_.size()) < nth) {
     scratch_.resize(static_cast<size_t>(nth));
     tmp_.resize(static_cast<size_t>(nth));
@@ -94,18 +113,17 @@ void AttentionCpu::run(ThreadPool& pool, const AttnShape& s, const AttnRow* rows
   int widest = 1;
   for (int r = 0; r < n_rows; ++r) widest = std::max(widest, rows[r].n_idx);
   for (auto& sc : scratch_)
-    if (static_cast<int>(sc.size()) < widest) sc.resize(static_cast<size_t>(widest));
-  const int G = s.n_head / s.n_head_kv;
-  const int d = s.head_dim;
-  // Rows with keys stored rotated: every (row, head) is one task.
-  pool.run(static_cast<int64_t>(n_rows) * s.n_head, [&](int64_t task, int th) {
-    const AttnRow& r = rows[task / s.n_head];
+    if (sc.size() < static_cast<size_t>(widest) * G) sc.resize(static_cast<size_t>(widest) * G);
+  const int tasks_per_row = s.n_head / per_task;
+  // Rows with keys stored rotated.
+  pool.run(static_cast<int64_t>(n_rows) * tasks_per_row, [&](int64_t task, int th) {
+    const AttnRow& r = rows[task / tasks_per_row];
     if (r.rank_rope) return;
-    const int h = static_cast<int>(task % s.n_head);
+    const int h0 = static_cast<int>(task % tasks_per_row) * per_task;
     float* sc = scratch_[static_cast<size_t>(th)].data();
-    attend(static_cast<const CpuKv&>(*r.kv), r.layer, h / G, r.q + h * d, r.idx, r.n_idx, s.scale, sc,
-           r.out + h * d, tmp_[static_cast<size_t>(th)]);
-    scatter_probs(r, h, sc);
+    attend(static_cast<const CpuKv&>(*r.kv), r.layer, h0 / G, r.q + h0 * d, per_task, r.idx, r.n_idx, s.scale, sc,
+           r.out + h0 * d, tmp_[static_cast<size_t>(th)]);
+    for (int i = 0; i < per_task; ++i) scatter_probs(r, h0 + i, sc + static_cast<size_t>(i) * r.n_idx);
   });
   // cache_index rows: keys rotated by rank once per row, then the heads.
   for (int i = 0; i < n_rows; ++i) {
@@ -172,7 +190,7 @@ void AttentionCpu::attend_by_rank(const CpuKv& kv, const AttnRow& row, int kvh, 
   const float* keys = rotated_k_.data() + static_cast<size_t>(kvh) * n_idx * d;
   gather_dot_f32(keys, static_cast<size_t>(d), iota_.data(), n_idx, qr, d, scale, scores);
   softmax_f32(scores, n_idx);
-  weighted_values(kv, row.layer, kvh, row.idx, n_idx, scores, out, tmp);  // tmp: qr is no longer needed
+  weighted_values(kv, row.layer, kvh, row.idx, n_idx, 1, scores, out, tmp);  // tmp: qr is no longer needed
 }
 
 }  // namespace tova

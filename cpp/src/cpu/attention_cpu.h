@@ -18,7 +18,9 @@ class AttentionCpu {
   void run(ThreadPool& pool, const AttnShape& shape, const AttnRow* rows, int n_rows);
 
  private:
-  void attend(const CpuKv& kv, int layer, int kv_head, const float* q, const int32_t* idx, int n_idx,
+  // The query heads q + h * head_dim (h < nh) of one KV head: their scores ([nh][n_idx]) with
+  // each key read once for all of them, softmax per head, the weighted sums likewise.
+  void attend(const CpuKv& kv, int layer, int kv_head, const float* q, int nh, const int32_t* idx, int n_idx,
               float scale, float* scores, float* out, std::vector<float>& tmp) const;
   // cache_index: keys of every KV head rotated by rank once per row, shared by the query heads
   void rotate_keys_by_rank(ThreadPool& pool, const CpuKv& kv, const AttnRow& row);

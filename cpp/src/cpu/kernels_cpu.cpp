@@ -28,6 +28,10 @@ struct FloatKernels {
   GatherDotF16Fn gather_dot_f16;
   GatherAxpyF32Fn gather_axpy_f32;
   GatherAxpyF16Fn gather_axpy_f16;
+  GatherDotHeadsF32Fn gather_dot_heads_f32;
+  GatherDotHeadsF16Fn gather_dot_heads_f16;
+  GatherAxpyHeadsF32Fn gather_axpy_heads_f32;
+  GatherAxpyHeadsF16Fn gather_axpy_heads_f16;
   ActMulFn silu_mul, gelu_tanh_mul;
   SoftmaxFn softmax;
 };
@@ -132,6 +136,8 @@ Table scalar_table() {
   at(t, GgmlType::BF16).quantize = s::quantize_bf16;
   t.floats = {s::vec_dot_f32_f32, s::vec_dot_f16_f32, s::axpy_f32,       s::axpy_f16,
               s::gather_dot_f32,  s::gather_dot_f16,  s::gather_axpy_f32, s::gather_axpy_f16,
+              s::gather_dot_heads_f32, s::gather_dot_heads_f16, s::gather_axpy_heads_f32,
+              s::gather_axpy_heads_f16,
               s::silu_mul,        s::gelu_tanh_mul,   s::softmax_f32};
 
   quant<BlockQ4_0, kQK, s::dequantize_q4_0, s::vec_dot_q4_0_q8_0>(t, GgmlType::Q4_0, s::quantize_q4_0);
@@ -178,6 +184,8 @@ Table avx2_table() {
   simd_dot<a::vec_dot_q8_K_q8_K>(t, GgmlType::Q8_K);
   t.floats = {a::vec_dot_f32_f32, a::vec_dot_f16_f32, a::axpy_f32,       a::axpy_f16,
               a::gather_dot_f32,  a::gather_dot_f16,  a::gather_axpy_f32, a::gather_axpy_f16,
+              a::gather_dot_heads_f32, a::gather_dot_heads_f16, a::gather_axpy_heads_f32,
+              a::gather_axpy_heads_f16,
               a::silu_mul,        a::gelu_tanh_mul,   a::softmax_f32};
   return t;
 }
@@ -312,6 +320,26 @@ void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n
 void gather_axpy_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p,
                      int d, float* out) {
   table().floats.gather_axpy_f16(base, stride, idx, n, p, d, out);
+}
+
+void gather_dot_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q,
+                          size_t q_stride, int nh, int d, float scale, float* scores, size_t s_stride) {
+  table().floats.gather_dot_heads_f32(base, stride, idx, n, q, q_stride, nh, d, scale, scores, s_stride);
+}
+
+void gather_dot_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q,
+                          size_t q_stride, int nh, int d, float scale, float* scores, size_t s_stride) {
+  table().floats.gather_dot_heads_f16(base, stride, idx, n, q, q_stride, nh, d, scale, scores, s_stride);
+}
+
+void gather_axpy_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p,
+                           size_t p_stride, int nh, int d, float* out, size_t o_stride) {
+  table().floats.gather_axpy_heads_f32(base, stride, idx, n, p, p_stride, nh, d, out, o_stride);
+}
+
+void gather_axpy_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p,
+                           size_t p_stride, int nh, int d, float* out, size_t o_stride) {
+  table().floats.gather_axpy_heads_f16(base, stride, idx, n, p, p_stride, nh, d, out, o_stride);
 }
 
 void silu_mul(float* gate, const float* up, int64_t n) { table().floats.silu_mul(gate, up, n); }

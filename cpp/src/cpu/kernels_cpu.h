@@ -100,5 +100,17 @@ void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n
                      int d, float* out);
 void gather_axpy_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p,
                      int d, float* out);
+// The same for nh query heads sharing the rows (GQA): head h's query at q + h * q_stride, its
+// scores at scores + h * s_stride, probabilities at p + h * p_stride, output at out + h * o_stride.
+// Each row is read once for a group of heads; every result equals the one-head helper's bit for
+// bit (so the attention may pick either per task).
+void gather_dot_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q,
+                          size_t q_stride, int nh, int d, float scale, float* scores, size_t s_stride);
+void gather_dot_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q,
+                          size_t q_stride, int nh, int d, float scale, float* scores, size_t s_stride);
+void gather_axpy_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p,
+                           size_t p_stride, int nh, int d, float* out, size_t o_stride);
+void gather_axpy_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p,
+                           size_t p_stride, int nh, int d, float* out, size_t o_stride);
 
 }  // namespace tova

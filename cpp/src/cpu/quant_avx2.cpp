@@ -111,6 +111,96 @@ void gather_axpy(const T* base, size_t stride, const int32_t* idx, int n, const 
       axpy<T, Load8, Load1>(p[j], base + static_cast<size_t>(idx[j]) * stride + c, out + c, d - c);
 }
 
+// Query heads sharing the rows (GQA) go in groups of up to kHeadGroup: each row is loaded and
+// converted once per group instead of once per head. Groups as even as possible (4 heads: 2 + 2).
+constexpr int kHeadGroup = 3;
+inline int head_group(int left) {
+  const int groups = (left + kHeadGroup - 1) / kHeadGroup;
+  return (left + groups - 1) / groups;
+}
+
+// gather_dot for nh heads: four rows times up to three heads per step (16 registers), each score
+// with gather_dot's operations in its order (rows of full 8-row blocks reduced by hsum8, whose
+// lane k depends on v[k] alone; the remaining rows by dot), so equal to it bit for bit.
+template <class T, __m256 (*Load8)(const T*), float (*Load1)(const T*)>
+void gather_dot_heads(const T* base, size_t stride, const int32_t* idx, int n, const float* q, size_t q_stride,
+                      int nh, int d, float scale, float* scores, size_t s_stride) {
+  for (int h0 = 0, g = 0; h0 < nh; h0 += g) {
+    g = head_group(nh - h0);
+    if (g == 1 || d % 8 != 0) {
+      for (int h = h0; h < h0 + g; ++h)
+        gather_dot<T, Load8, Load1>(base, stride, idx, n, q + h * q_stride, d, scale, scores + h * s_stride);
+      continue;
+    }
+    const __m256 vs = _mm256_set1_ps(scale);
+    const int n8 = n / 8 * 8;
+    for (int j = 0; j < n8; j += 4) {
+      const T* r[4];
+      for (int k = 0; k < 4; ++k) r[k] = base + static_cast<size_t>(idx[j + k]) * stride;
+      // acc[4 h + k]: head h0 + h, row j + k; hsum8 reduces eight of them at once.
+      __m256 acc[4 * (kHeadGroup + 1)];
+      for (auto& v : acc) v = _mm256_setzero_ps();
+      for (int c = 0; c < d; c += 8) {
+        __m256 qv[kHeadGroup];
+        for (int h = 0; h < g; ++h) qv[h] = _mm256_loadu_ps(q + (h0 + h) * q_stride + c);
+        for (int k = 0; k < 4; ++k) {
+          const __m256 kv = Load8(r[k] + c);
+          for (int h = 0; h < g; ++h) acc[4 * h + k] = _mm256_fmadd_ps(kv, qv[h], acc[4 * h + k]);
+        }
+      }
+      for (int h = 0; h < g; h += 2) {
+        alignas(32) float sums[8];
+        _mm256_store_ps(sums, _mm256_mul_ps(hsum8(acc + 4 * h), vs));
+        std::memcpy(scores + (h0 + h) * s_stride + j, sums, 4 * sizeof(float));
+        if (h + 1 < g) std::memcpy(scores + (h0 + h + 1) * s_stride + j, sums + 4, 4 * sizeof(float));
+      }
+    }
+    for (int h = h0; h < h0 + g; ++h)
+      for (int j = n8; j < n; ++j)
+        scores[h * s_stride + j] =
+            dot<T, Load8, Load1>(d, base + static_cast<size_t>(idx[j]) * stride, q + h * q_stride) * scale;
+  }
+}
+
+// gather_axpy for nh heads: 32 outputs of up to three heads in registers over all rows, each
+// output the same chain of fused multiply-adds in row order as gather_axpy's, so equal to it
+// bit for bit.
+template <class T, __m256 (*Load8)(const T*), float (*Load1)(const T*)>
+void gather_axpy_heads(const T* base, size_t stride, const int32_t* idx, int n, const float* p, size_t p_stride,
+                       int nh, int d, float* out, size_t o_stride) {
+  for (int h0 = 0, g = 0; h0 < nh; h0 += g) {
+    g = head_group(nh - h0);
+    int c = 0;
+    if (g > 1) {
+      for (; c + 32 <= d; c += 32) {
+        __m256 acc[kHeadGroup][4];
+        for (int h = 0; h < g; ++h)
+          for (int k = 0; k < 4; ++k) acc[h][k] = _mm256_loadu_ps(out + (h0 + h) * o_stride + c + 8 * k);
+        for (int j = 0; j < n; ++j) {
+          const T* r = base + static_cast<size_t>(idx[j]) * stride + c;
+          __m256 pj[kHeadGroup];
+          for (int h = 0; h < g; ++h) pj[h] = _mm256_set1_ps(p[(h0 + h) * p_stride + j]);
+          for (int k = 0; k < 4; ++k) {
+            const __m256 v = Load8(r + 8 * k);
+            for (int h = 0; h < g; ++h) acc[h][k] = _mm256_fmadd_ps(pj[h], v, acc[h][k]);
+          }
+        }
+        for (int h = 0; h < g; ++h)
+          for (int k = 0; k < 4; ++k) _mm256_storeu_ps(out + (h0 + h) * o_stride + c + 8 * k, acc[h][k]);
+      }
+    }
+    if (c == 0) {  // one head, or d < 32: gather_axpy itself
+      for (int h = h0; h < h0 + g; ++h)
+        gather_axpy<T, Load8, Load1>(base, stride, idx, n, p + h * p_stride, d, out + h * o_stride);
+    } else if (c < d) {
+      for (int h = h0; h < h0 + g; ++h)
+        for (int j = 0; j < n; ++j)
+          axpy<T, Load8, Load1>(p[h * p_stride + j], base + static_cast<size_t>(idx[j]) * stride + c,
+                                out + h * o_stride + c, d - c);
+    }
+  }
+}
+
 }  // namespace
 
 void gather_dot_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, int d,
@@ -128,6 +218,22 @@ void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n
 void gather_axpy_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p,
                      int d, float* out) {
   gather_axpy<uint16_t, load8_f16, load1_f16>(base, stride, idx, n, p, d, out);
+}
+void gather_dot_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, size_t q_stride,
+                          int nh, int d, float scale, float* scores, size_t s_stride) {
+  gather_dot_heads<float, load8_f32, load1_f32>(base, stride, idx, n, q, q_stride, nh, d, scale, scores, s_stride);
+}
+void gather_dot_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q,
+                          size_t q_stride, int nh, int d, float scale, float* scores, size_t s_stride) {
+  gather_dot_heads<uint16_t, load8_f16, load1_f16>(base, stride, idx, n, q, q_stride, nh, d, scale, scores, s_stride);
+}
+void gather_axpy_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, size_t p_stride,
+                           int nh, int d, float* out, size_t o_stride) {
+  gather_axpy_heads<float, load8_f32, load1_f32>(base, stride, idx, n, p, p_stride, nh, d, out, o_stride);
+}
+void gather_axpy_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p,
+                           size_t p_stride, int nh, int d, float* out, size_t o_stride) {
+  gather_axpy_heads<uint16_t, load8_f16, load1_f16>(base, stride, idx, n, p, p_stride, nh, d, out, o_stride);
 }
 
 float vec_dot_f32_f32(int64_t n, const void* x, const float* y) {

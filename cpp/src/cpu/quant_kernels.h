@@ -58,6 +58,16 @@ using GatherDotF32Fn = void (*)(const float*, size_t, const int32_t*, int, const
 using GatherDotF16Fn = void (*)(const uint16_t*, size_t, const int32_t*, int, const float*, int, float, float*);
 using GatherAxpyF32Fn = void (*)(const float*, size_t, const int32_t*, int, const float*, int, float*);
 using GatherAxpyF16Fn = void (*)(const uint16_t*, size_t, const int32_t*, int, const float*, int, float*);
+// The same for nh query heads that share the rows (GQA): q, scores, p and out of head h at
+// h * (its stride); every result equals the one-head helper's bit for bit.
+using GatherDotHeadsF32Fn = void (*)(const float*, size_t, const int32_t*, int, const float*, size_t, int, int,
+                                     float, float*, size_t);
+using GatherDotHeadsF16Fn = void (*)(const uint16_t*, size_t, const int32_t*, int, const float*, size_t, int, int,
+                                     float, float*, size_t);
+using GatherAxpyHeadsF32Fn = void (*)(const float*, size_t, const int32_t*, int, const float*, size_t, int, int,
+                                      float*, size_t);
+using GatherAxpyHeadsF16Fn = void (*)(const uint16_t*, size_t, const int32_t*, int, const float*, size_t, int, int,
+                                      float*, size_t);
 
 // --- portable kernels (quant_float.cpp, quant_legacy.cpp, quant_kquants.cpp) -----------------
 namespace scalar {
@@ -90,6 +100,14 @@ void gather_dot_f32(const float* base, size_t stride, const int32_t* idx, int n,
 void gather_dot_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q, int d, float scale, float* scores);
 void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, int d, float* out);
 void gather_axpy_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p, int d, float* out);
+void gather_dot_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, size_t q_stride,
+                          int nh, int d, float scale, float* scores, size_t s_stride);
+void gather_dot_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q,
+                          size_t q_stride, int nh, int d, float scale, float* scores, size_t s_stride);
+void gather_axpy_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, size_t p_stride,
+                           int nh, int d, float* out, size_t o_stride);
+void gather_axpy_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p,
+                           size_t p_stride, int nh, int d, float* out, size_t o_stride);
 
 void dequantize_q4_0(const void* src, float* dst, int64_t n);
 void dequantize_q4_1(const void* src, float* dst, int64_t n);
@@ -146,6 +164,14 @@ void gather_dot_f32(const float* base, size_t stride, const int32_t* idx, int n,
 void gather_dot_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q, int d, float scale, float* scores);
 void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, int d, float* out);
 void gather_axpy_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p, int d, float* out);
+void gather_dot_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, size_t q_stride,
+                          int nh, int d, float scale, float* scores, size_t s_stride);
+void gather_dot_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q,
+                          size_t q_stride, int nh, int d, float scale, float* scores, size_t s_stride);
+void gather_axpy_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, size_t p_stride,
+                           int nh, int d, float* out, size_t o_stride);
+void gather_axpy_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p,
+                           size_t p_stride, int nh, int d, float* out, size_t o_stride);
 void quantize_f16(const float* src, void* dst, int64_t n);
 
 void quantize_q8_0(const float* src, void* dst, int64_t n);
