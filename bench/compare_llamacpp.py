@@ -10,7 +10,8 @@ prints a markdown table of tokens/s and ratios (tova / llama.cpp):
 - pp512 and tg128, both engines with the full cache. Both read the prompt 512 tokens per forward
   pass (llama-bench's default ubatch is 512; tova bench gets --chunk 512).
 - tg128 at depth D (after D tokens of history): llama.cpp's full cache against tova with
-  kv_size 512 (policy tova), the fixed-memory case.
+  kv_size 512 (policy tova), the fixed-memory case; and against tova's full cache (n_ctx D + 256),
+  the same work for both.
 - With --contention, tg16 (one repetition) with two CPU-bound processes running beside it.
 
 It also measures the machine's read bandwidth (bench/membw.c, built here with cc) and reports
@@ -159,6 +160,8 @@ def main() -> None:
                 ll = run_llama(exe, path, t, a.reps, 0, 128, a.depth)
                 tv = run_tova(path, t, a.reps, 0, 128, a.depth, ("--policy", "tova", "--kv-size", "512"))
                 report(name, t, f"tg128 @ d{a.depth} (tova kv_size 512)", ll["tg"], tv["tg"])
+                tv = run_tova(path, t, a.reps, 0, 128, a.depth, ("--policy", "full", "--ctx", str(a.depth + 256)))
+                report(name, t, f"tg128 @ d{a.depth} (both full cache)", ll["tg"], tv["tg"])
             if a.contention:
                 stop = mp.Event()
                 burners = [mp.Process(target=burn, args=(stop,)) for _ in range(2)]
