@@ -11,8 +11,10 @@ after the first of a segment scored):
   holds them (``Engine.kv_bytes_per_seq``: K and V rows, the working slots of one prefill chunk,
   the per-slot tables).
 
-A KV type ``K/V`` sets keys and values apart (``q8_0/q4_1``: 8-bit keys, 4-bit values). Rows go
-to ``OUT.csv`` as measured (resumable); ``OUT.png`` plots PPL against bytes.
+A KV type ``K/V`` sets keys and values apart (``q8_0/q4_1``: 8-bit keys, 4-bit values);
+``K/V+LK/LV@H`` adds a lower tier (``q8_0/q4_1+q4_0@200``: 200 tokens in q8_0/q4_1, the rest of the
+cache in q4_0; ``kv_lo_type`` / ``kv_hi_size``). Rows go to ``OUT.csv`` as measured (resumable);
+``OUT.png`` plots PPL against bytes.
 """
 from __future__ import annotations
 
@@ -29,9 +31,20 @@ FIELDS = ["model", "text", "policy", "kv_type", "kv_size", "kv_bytes", "fraction
           "segment", "segments", "n_scored", "ppl", "stderr", "seconds"]
 
 
-def _types(kv_type: str) -> Dict[str, str]:
-    k, _, v = kv_type.partition("/")
-    return {"kv_type_k": k, "kv_type_v": v or k}
+def _types(kv_type: str) -> Dict[str, object]:
+    upper, _, lower = kv_type.partition("+")
+    k, _, v = upper.partition("/")
+    out: Dict[str, object] = {"kv_type_k": k, "kv_type_v": v or k}
+    if lower:
+        lo_type, _, hi = lower.partition("@")
+        out.update(kv_lo_type=lo_type, kv_hi_size=int(hi))
+    return out
+
+
+def _smallest(kv_type: str, chunk: int) -> int:
+    """The smallest cache the sweep tries: 16, or beyond the upper tier and its working slots."""
+    hi = _types(kv_type).get("kv_hi_size")
+    return 16 if hi is None else (int(hi) + chunk + 8) // 8 * 8  # type: ignore[call-overload]
 
 
 def store_bytes(model: str, policy: str, kv_type: str, size: int, chunk: int) -> int:
@@ -44,7 +57,7 @@ def store_bytes(model: str, policy: str, kv_type: str, size: int, chunk: int) ->
 def largest_fitting(model: str, policy: str, kv_type: str, budget: int, chunk: int,
                     limit: int) -> Optional[int]:
     """The largest kv_size (multiple of 8, at least 16) whose store fits ``budget`` bytes."""
-    lo, hi = 16, limit
+    lo, hi = _smallest(kv_type, chunk), limit
     if store_bytes(model, policy, kv_type, lo, chunk) > budget:
         return None
     while hi - lo > 8:

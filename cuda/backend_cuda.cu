@@ -36,6 +36,8 @@ class CudaKv : public KvPayload {
                                 "f32 so far"));
     if (layout.type_k != layout.type_v)
       throw ArgumentError("the CUDA backend stores keys and values in one type (kv_type_k == kv_type_v) so far");
+    if (layout.tiered())
+      throw ArgumentError("kv_lo_type: the CUDA backend keeps one KV tier so far (use the CPU backend for two)");
     for (size_t l = 0; l < layout.n_slots.size(); ++l) {
       k_.emplace_back(new DeviceBuffer);
       v_.emplace_back(new DeviceBuffer);
@@ -87,6 +89,9 @@ class CudaBackend : public Backend {
 
   std::unique_ptr<KvPayload> new_kv(const KvLayout& layout) override { return std::make_unique<CudaKv>(layout); }
 
+  void demote_kv(KvPayload&, int, int, int) override {
+    throw Error("demote_kv: the CUDA backend keeps one KV tier (its payload refuses a tiered layout)");
+  }
   void copy_kv(KvPayload& dst, const KvPayload& src) override {
     auto& d = static_cast<CudaKv&>(dst);
     const auto& s = static_cast<const CudaKv&>(src);

@@ -18,12 +18,10 @@
 
 namespace tova {
 
-// Shape of one sequence's K/V payload: per layer, n_slots rows per KV head.
-struct KvLayout {
+// How one tier's keys and values are stored.
+struct KvTierTypes {
   KvType type_k = KvType::F16;      // element type of the keys
   KvType type_v = KvType::F16;      // and of the values
-  int n_head_kv = 0;
-  int head_dim = 0;
   size_t k_row_bytes = 0;           // bytes of one head_dim vector in type_k
   size_t v_row_bytes = 0;           // and in type_v
   // Keys are stored rotated by the orthonormal Walsh-Hadamard transform of head_dim (queries are
@@ -32,7 +30,20 @@ struct KvLayout {
   bool hadamard_k = false;
   // Values likewise (the weighted sum of rotated values is rotated back: H is its own inverse).
   bool hadamard_v = false;
+};
+
+// Shape of one sequence's K/V payload: per layer, n_slots rows per KV head. The first
+// n_hi(l) slots of layer l are stored as the upper tier (the fields inherited), the last
+// n_lo[l] as the lower tier `lo` (KvConfig::hi_capacity; none when n_lo is empty or 0).
+struct KvLayout : KvTierTypes {
+  int n_head_kv = 0;
+  int head_dim = 0;
   std::vector<int> n_slots;         // per layer
+  std::vector<int> n_lo;            // per layer, or empty
+  KvTierTypes lo;
+  int n_lo_of(int layer) const { return n_lo.empty() ? 0 : n_lo[static_cast<size_t>(layer)]; }
+  int n_hi(int layer) const { return n_slots[static_cast<size_t>(layer)] - n_lo_of(layer); }
+  bool tiered() const;
   uint64_t payload_bytes() const;   // K and V of every layer
 };
 
@@ -83,6 +94,9 @@ class Backend {
   virtual std::unique_ptr<KvPayload> new_kv(const KvLayout& layout) = 0;
   // dst = src (same layout): a sequence forked from another.
   virtual void copy_kv(KvPayload& dst, const KvPayload& src) = 0;
+  // Moves slot `src` of the upper tier to slot `dst` of the lower tier (KvLayout::lo), K and V
+  // of every KV head converted to the lower types. Only called for a tiered layout.
+  virtual void demote_kv(KvPayload& kv, int layer, int src, int dst) = 0;
   virtual float* buf(Buf b) = 0;
 
   // x[i] = scale * tok_embd[tokens[i]]  (tokens in host memory, checked by the caller)

@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
@@ -65,6 +66,26 @@ std::string EngineParams::kv_type_label() const {
   return cat(kv_type_name(kv_type_k), "/", kv_type_name(kv_type_v));
 }
 
+std::pair<KvType, KvType> parse_kv_type_pair(const std::string& text) {
+  const size_t slash = text.find('/');
+  if (slash == std::string::npos) {
+    const KvType t = parse_kv_type(text);
+    return {t, t};
+  }
+  return {parse_kv_type(text.substr(0, slash)), parse_kv_type(text.substr(slash + 1))};
+}
+
+std::string EngineParams::kv_lo_type_label() const {
+  if (!kv_lo) return "";
+  if (kv_lo_type_k == kv_lo_type_v) return kv_type_name(kv_lo_type_k);
+  return cat(kv_type_name(kv_lo_type_k), "/", kv_type_name(kv_lo_type_v));
+}
+
+int EngineParams::hi_size() const {
+  if (!kv_lo) return 0;
+  return kv_hi_size > 0 ? kv_hi_size : std::max(1, cache_size() / 4);
+}
+
 void EngineParams::validate() const {
   bound("n_threads", n_threads, 0, Limits::kMaxThreads, " (0 = all cores)");
   bound("kv_size", kv_size, 1, Limits::kMaxCtx);
@@ -81,6 +102,22 @@ void EngineParams::validate() const {
   if (!full() && kv_size < sink() + 1)
     throw ArgumentError(cat("kv_size ", kv_size, " is too small: it must exceed n_sink ", sink(),
                             " (at least ", sink() + 1, ")"));
+  if (kv_hi_size < 0) throw ArgumentError(cat("kv_hi_size must be >= 0, got ", kv_hi_size));
+  if (kv_lo) {
+    // The upper tier also holds a step's working slots (chunk): without room beyond both, the
+    // lower tier would never be used.
+    if (static_cast<int64_t>(hi_size()) + chunk >= cache_size())
+      throw ArgumentError(cat("kv_hi_size ", hi_size(), " + chunk ", chunk, " (the upper tier's working slots) must be "
+                              "smaller than ", full() ? "n_ctx " : "kv_size ", cache_size(),
+                              ": the rest of the cache is the kv_lo_type tier"));
+    if (plugin)
+      throw ArgumentError("kv_lo_type works with the built-in policies only (a token changes slot when it "
+                          "moves to the lower tier, which a plugin's own per-slot data would not follow)");
+    if (positions == PositionsMode::CacheIndex)
+      throw ArgumentError("kv_lo_type does not work with positions 'cache_index' yet");
+  } else if (kv_hi_size > 0) {
+    throw ArgumentError("kv_hi_size needs kv_lo_type (the type of the tokens beyond it)");
+  }
 }
 
 uint64_t parse_bytes(const std::string& text) {

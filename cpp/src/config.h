@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "kv_policy.h"
 
@@ -19,6 +20,8 @@ enum class BackendKind { Cpu, Cuda };  // Cuda: built with TOVA_CUDA (cuda/)
 // parse_*: ArgumentError listing the known names for an unknown one.
 PolicyKind parse_policy(const std::string& name);  // a built-in name ("plugin" is not one)
 KvType parse_kv_type(const std::string& name);     // "f32", "f16", "q8_0", "q4_0", "q4_1"
+// "q4_0" (keys and values) or "q8_0/q4_1" (keys / values).
+std::pair<KvType, KvType> parse_kv_type_pair(const std::string& text);
 PrefillMode parse_prefill(const std::string& name);  // "exact", "chunked"
 PositionsMode parse_positions(const std::string& name);  // "original", "cache_index"
 BackendKind parse_backend(const std::string& name);      // "cpu"
@@ -46,6 +49,13 @@ struct EngineParams {
   KvType kv_type_k = KvType::F16;  // element type of the stored keys
   KvType kv_type_v = KvType::F16;  // and values (kv_type sets both)
   bool kv_hadamard = true;         // quantized keys / values stored Hadamard-rotated (KvLayout)
+  // Two precision tiers (KvConfig::hi_capacity): with kv_lo set, the policy's layers keep
+  // kv_hi_size tokens in kv_type_k/_v and the rest of their kv_size (n_ctx for full) in the
+  // lower types; a token moves down when a newer one needs its place.
+  bool kv_lo = false;
+  KvType kv_lo_type_k = KvType::Q4_0;
+  KvType kv_lo_type_v = KvType::Q4_0;
+  int kv_hi_size = 0;              // 0: a quarter of the cache (at least 1)
   PrefillMode prefill = PrefillMode::Exact;
   PositionsMode positions = PositionsMode::Original;
   BackendKind backend = BackendKind::Cpu;
@@ -61,6 +71,9 @@ struct EngineParams {
   int sink() const { return n_sink >= 0 ? n_sink : default_sink(); }
   // "f16" when keys and values share a type, else "K/V" ("q8_0/q4_0").
   std::string kv_type_label() const;
+  std::string kv_lo_type_label() const;  // "" without a lower tier
+  int cache_size() const { return full() ? n_ctx : kv_size; }
+  int hi_size() const;  // tokens of the upper tier (kv_lo), else 0
   // Throws ArgumentError naming the first setting out of bounds.
   void validate() const;
 };

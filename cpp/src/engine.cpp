@@ -31,6 +31,9 @@ Engine::Engine(const std::string& model_path, EngineParams params) : params_(std
   kc.type_k = params_.kv_type_k;
   kc.type_v = params_.kv_type_v;
   kc.hadamard = params_.kv_hadamard;
+  kc.hi_capacity = params_.hi_size();
+  kc.type_k_lo = params_.kv_lo_type_k;
+  kc.type_v_lo = params_.kv_lo_type_v;
   kc.n_sink = params_.sink();
   kc.full = full;
   const uint64_t per_seq = plan_kv(h, kc).bytes;
@@ -41,7 +44,11 @@ Engine::Engine(const std::string& model_path, EngineParams params) : params_(std
       throw ArgumentError(cat("kv_budget ", format_bytes(params_.kv_budget), " (", params_.kv_budget,
                               " bytes) is too small for one sequence: one needs ", per_seq, " bytes (",
                               format_bytes(per_seq), ") with ", full ? "n_ctx " : "kv_size ", kc.capacity,
-                              ", kv_type ", params_.kv_type_label(), ", chunk ", kc.max_step));
+                              ", kv_type ", params_.kv_type_label(),
+                              params_.kv_lo ? cat(", kv_lo_type ", params_.kv_lo_type_label(), " beyond kv_hi_size ",
+                                                  kc.hi_capacity)
+                                            : std::string(),
+                              ", chunk ", kc.max_step));
     n_seq = static_cast<int>(std::min<uint64_t>(fit, Limits::kMaxSeq));
   }
   n_batch_ = params_.n_batch > 0 ? params_.n_batch : std::min(Limits::kMaxBatch, params_.chunk + n_seq);
@@ -323,14 +330,17 @@ std::vector<int32_t> Engine::history(int seq) const {
 
 const KvStore& Engine::kv_store(int seq) const { return *seq_at(seq).store; }
 
-std::vector<int32_t> Engine::kv_positions(int layer, int seq) const {
+std::vector<int32_t> Engine::kv_positions(int layer, int seq, int tier) const {
   const Sequence& s = seq_at(seq);
   if (layer < 0 || layer >= s.store->n_layer())
     throw ArgumentError(cat("layer ", layer, " is out of range [0, ", s.store->n_layer(), ")"));
+  if (tier < -1 || tier > 1) throw ArgumentError(cat("tier must be 0 (upper), 1 (lower) or -1 (both), got ", tier));
   ComputeScope compute(*this);
+  const LayerCells& L = s.store->layer(layer);
+  const int begin = tier == 1 ? L.n_hi : 0, end = tier == 0 ? L.n_hi : L.n_slots;
   std::vector<int32_t> out;
-  for (int32_t p : s.store->layer(layer).pos)
-    if (p >= 0) out.push_back(p);
+  for (int i = begin; i < end; ++i)
+    if (L.pos[static_cast<size_t>(i)] >= 0) out.push_back(L.pos[static_cast<size_t>(i)]);
   std::sort(out.begin(), out.end());
   return out;
 }

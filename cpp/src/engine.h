@@ -80,7 +80,8 @@ class Engine {
   int64_t n_past(int seq = 0) const;
   std::vector<int32_t> history(int seq = 0) const;
   static constexpr size_t kHistoryKeep = 4096;
-  std::vector<int32_t> kv_positions(int layer, int seq = 0) const;
+  // Sorted positions a layer keeps; tier 0 / 1: only those of the upper / lower KV tier.
+  std::vector<int32_t> kv_positions(int layer, int seq = 0, int tier = -1) const;
   int64_t evictions(int seq = 0) const;
   // Protects every position below `pos` of a sequence from eviction from now on.
   void set_protect_below(int64_t pos, int seq = 0);

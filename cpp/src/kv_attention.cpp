@@ -117,7 +117,8 @@ void KvAttention::start(Backend& be, const AttnShape& shape, const LayerRule& ru
   // No eviction inside the chunk (or chunked prefill): insert every row, row i sees the kept
   // slots with position <= t0 + i, a prefix of the slots in position order.
   for (int i = 0; i < s.n; ++i)
-    x.slot_of[static_cast<size_t>(i)] = s.store->insert(rule.layer, s.t0 + i, s.protect_below, rule.never_evicts);
+    x.slot_of[static_cast<size_t>(i)] =
+        s.store->insert(rule.layer, s.t0 + i, s.protect_below, rule.never_evicts, be, s.t0);
   const size_t KW = static_cast<size_t>(shape.n_head_kv) * shape.head_dim;
   const size_t QW = static_cast<size_t>(shape.n_head) * shape.head_dim;
   be.write_kv(s.store->payload(), rule.layer, x.slot_of.data(), s.n, k + s.row0 * KW, v + s.row0 * KW);
@@ -155,7 +156,7 @@ void KvAttention::walk_row(Backend& be, const AttnShape& shape, const LayerRule&
   const int i = x.cursor;
   LayerCells& L = s.store->layer(rule.layer);
   const int64_t t = s.t0 + i;
-  const int slot = s.store->insert(rule.layer, t, s.protect_below, rule.never_evicts);
+  const int slot = s.store->insert(rule.layer, t, s.protect_below, rule.never_evicts, be, s.t0);
   x.slot_of[static_cast<size_t>(i)] = slot;
   const size_t KW = static_cast<size_t>(shape.n_head_kv) * shape.head_dim;
   const size_t QW = static_cast<size_t>(shape.n_head) * shape.head_dim;

@@ -26,15 +26,25 @@ GgmlType kv_ggml_type(KvType t) {
   return GgmlType::F32;
 }
 
+bool KvLayout::tiered() const {
+  for (int n : n_lo)
+    if (n > 0) return true;
+  return false;
+}
+
 uint64_t KvLayout::payload_bytes() const {
   uint64_t b = 0;
-  for (int n : n_slots)
-    b += static_cast<uint64_t>(n_head_kv) * static_cast<uint64_t>(n) * (k_row_bytes + v_row_bytes);
+  for (size_t l = 0; l < n_slots.size(); ++l) {
+    const uint64_t lo_rows = static_cast<uint64_t>(n_lo_of(static_cast<int>(l)));
+    const uint64_t hi_rows = static_cast<uint64_t>(n_slots[l]) - lo_rows;
+    b += static_cast<uint64_t>(n_head_kv) *
+         (hi_rows * (k_row_bytes + v_row_bytes) + lo_rows * (lo.k_row_bytes + lo.v_row_bytes));
+  }
   return b;
 }
 
-int LayerCells::free_slot() const {
-  for (int s = 0; s < n_slots; ++s)
+int LayerCells::free_slot(int begin, int end) const {
+  for (int s = begin; s < end; ++s)
     if (pos[static_cast<size_t>(s)] < 0) return s;
   return -1;
 }
@@ -50,23 +60,35 @@ void LayerCells::alive_by_position(std::vector<int32_t>& out) const {
 KvPlan plan_kv(const HParams& hp, const KvConfig& cfg) {
   if (cfg.capacity < 1) throw ArgumentError(cat("kv_size must be at least 1, got ", cfg.capacity));
   if (cfg.max_step < 1) throw ArgumentError(cat("chunk size must be at least 1, got ", cfg.max_step));
-  for (KvType t : {cfg.type_k, cfg.type_v}) {
+  const bool tiered = cfg.hi_capacity > 0;
+  if (tiered && cfg.hi_capacity >= cfg.capacity)
+    throw ArgumentError(cat("the upper tier (", cfg.hi_capacity, " tokens) must be smaller than the cache (",
+                            cfg.capacity, ")"));
+  std::vector<KvType> types = {cfg.type_k, cfg.type_v};
+  if (tiered) types.insert(types.end(), {cfg.type_k_lo, cfg.type_v_lo});
+  for (KvType t : types) {
     const TypeTraits& tr = type_traits(kv_ggml_type(t));
     if (hp.head_dim % tr.block_size != 0)
       throw ArgumentError(cat("kv_type ", kv_type_name(t), " needs a head size that is a multiple of ",
                               tr.block_size, ", the model's is ", hp.head_dim));
   }
+  const bool pow2 = hp.head_dim > 0 && (hp.head_dim & (hp.head_dim - 1)) == 0;
+  auto tier = [&](KvType k, KvType v) {
+    auto quantized = [](KvType t) { return t != KvType::F16 && t != KvType::F32; };
+    KvTierTypes t;
+    t.type_k = k;
+    t.type_v = v;
+    t.k_row_bytes = row_bytes(kv_ggml_type(k), hp.head_dim);
+    t.v_row_bytes = row_bytes(kv_ggml_type(v), hp.head_dim);
+    t.hadamard_k = cfg.hadamard && quantized(k) && pow2;
+    t.hadamard_v = cfg.hadamard && quantized(v) && pow2;
+    return t;
+  };
   KvPlan plan;
-  plan.layout.type_k = cfg.type_k;
-  plan.layout.type_v = cfg.type_v;
+  static_cast<KvTierTypes&>(plan.layout) = tier(cfg.type_k, cfg.type_v);
+  if (tiered) plan.layout.lo = tier(cfg.type_k_lo, cfg.type_v_lo);
   plan.layout.n_head_kv = hp.n_head_kv;
   plan.layout.head_dim = hp.head_dim;
-  plan.layout.k_row_bytes = row_bytes(kv_ggml_type(cfg.type_k), hp.head_dim);
-  plan.layout.v_row_bytes = row_bytes(kv_ggml_type(cfg.type_v), hp.head_dim);
-  const bool pow2 = hp.head_dim > 0 && (hp.head_dim & (hp.head_dim - 1)) == 0;
-  auto quantized = [](KvType t) { return t != KvType::F16 && t != KvType::F32; };
-  plan.layout.hadamard_k = cfg.hadamard && quantized(cfg.type_k) && pow2;
-  plan.layout.hadamard_v = cfg.hadamard && quantized(cfg.type_v) && pow2;
   plan.layers.resize(static_cast<size_t>(hp.n_layer));
   uint64_t tables = 0;
   for (int l = 0; l < hp.n_layer; ++l) {
@@ -78,7 +100,13 @@ KvPlan plan_kv(const HParams& hp, const KvConfig& cfg) {
     L.capacity = L.sliding ? (cfg.full ? std::min(hp.n_swa - 1, cfg.capacity) : hp.n_swa - 1)
                            : cfg.capacity;
     L.n_slots = cfg.full && !L.sliding ? cfg.capacity : L.capacity + cfg.max_step;
+    // Tiers: the upper tier holds hi_capacity tokens and the step's working slots (a full cache
+    // too: a step's tokens all enter it), the lower tier the rest of the capacity.
+    const int n_lo = tiered && !L.sliding ? cfg.capacity - cfg.hi_capacity : 0;
+    if (n_lo > 0) L.n_slots = L.capacity + cfg.max_step;
+    L.n_hi = L.n_slots - n_lo;
     plan.layout.n_slots.push_back(L.n_slots);
+    plan.layout.n_lo.push_back(n_lo);
     tables += static_cast<uint64_t>(L.n_slots) * (sizeof(int32_t) + 1 + sizeof(float));
   }
   plan.bytes = plan.layout.payload_bytes() + tables;
@@ -110,6 +138,7 @@ void KvStore::clear() {
     std::fill(L.state.begin(), L.state.end(), 0.0f);
     L.n_valid = 0;
     L.n_evicted = 0;
+    L.n_demoted = 0;
   }
 }
 
@@ -119,9 +148,39 @@ void KvStore::copy_from(const KvStore& other, Backend& backend) {
   backend.copy_kv(*payload_, *other.payload_);
 }
 
-int KvStore::insert(int layer, int64_t p, int64_t protect_below, bool never_evicts) {
+int KvStore::demote(int layer, Backend& backend, int64_t before) {
   LayerCells& L = this->layer(layer);
-  const int s = L.free_slot();
+  const int dst = L.free_slot(L.n_hi, L.n_slots);
+  if (dst < 0) return -1;
+  int src = -1;
+  for (int s = 0; s < L.n_hi; ++s) {
+    const size_t u = static_cast<size_t>(s);
+    if (L.pos[u] < 0 || L.pos[u] >= before) continue;
+    if (src < 0) {
+      src = s;
+      continue;
+    }
+    const size_t b = static_cast<size_t>(src);
+    if (L.state[u] < L.state[b] || (L.state[u] == L.state[b] && L.pos[u] < L.pos[b])) src = s;
+  }
+  if (src < 0) return -1;
+  backend.demote_kv(*payload_, layer, src, dst);
+  const size_t a = static_cast<size_t>(src), b = static_cast<size_t>(dst);
+  L.pos[b] = L.pos[a];
+  L.protect[b] = L.protect[a];
+  L.state[b] = L.state[a];
+  L.pos[a] = -1;
+  L.protect[a] = 0;
+  L.state[a] = 0.0f;
+  L.n_demoted++;
+  return src;
+}
+
+int KvStore::insert(int layer, int64_t p, int64_t protect_below, bool never_evicts, Backend& backend,
+                    int64_t step_t0) {
+  LayerCells& L = this->layer(layer);
+  int s = L.free_slot(0, L.n_hi);
+  if (s < 0 && L.n_hi < L.n_slots) s = demote(layer, backend, step_t0);
   if (s < 0)
     throw Error(cat("layer ", layer, ": no free KV slot for position ", p, " (", L.n_slots, " slots",
                     never_evicts ? ": the context is full" : "", ")"));

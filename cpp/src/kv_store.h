@@ -25,20 +25,29 @@ struct KvConfig {
   bool hadamard = true;    // rotate quantized keys and values (KvLayout::hadamard_k/_v) where head_dim allows
   int n_sink = 0;          // first positions never evicted
   bool full = false;       // every non-sliding layer a plain cache of `capacity` that never evicts
+  // Two precision tiers on the non-sliding layers when > 0 (and < capacity): the store keeps
+  // `capacity` tokens, of which hi_capacity (plus the U working slots) in type_k/_v and the rest
+  // in type_k_lo/_v_lo. New tokens enter the upper tier; when it is full, its token with the
+  // lowest (state, position) moves down (demote). The policy sees one pool of slots.
+  int hi_capacity = 0;
+  KvType type_k_lo = KvType::Q4_0;
+  KvType type_v_lo = KvType::Q4_0;
 };
 
 // One layer's slot table.
 struct LayerCells {
   int capacity = 0;       // C of this layer
   int n_slots = 0;        // P = C + U
+  int n_hi = 0;           // slots [0, n_hi) are the upper tier, [n_hi, n_slots) the lower
   bool sliding = false;   // a sliding-window layer (window policy, fixed by the model)
   std::vector<int32_t> pos;       // -1 = empty
   std::vector<uint8_t> protect;   // 1 = never evicted
   std::vector<float> state;       // the policy's per-slot value
   int n_valid = 0;
   int64_t n_evicted = 0;          // total evictions, for stats
+  int64_t n_demoted = 0;          // total moves to the lower tier, for stats
 
-  int free_slot() const;  // lowest empty slot, -1 if none
+  int free_slot(int begin, int end) const;  // lowest empty slot in [begin, end), -1 if none
   // Slots holding a token, in ascending position order.
   void alive_by_position(std::vector<int32_t>& out) const;
 };
@@ -80,9 +89,12 @@ class KvStore {
   // Becomes a copy of `other` (same model and configuration): slots, tables and K/V.
   void copy_from(const KvStore& other, Backend& backend);
 
-  // Takes the lowest free slot of a layer for position `pos` (protected below n_sink or
-  // protect_below, except on sliding layers); Error when the layer is full.
-  int insert(int layer, int64_t pos, int64_t protect_below, bool never_evicts);
+  // Takes the lowest free slot of a layer's upper tier for position `pos` (protected below
+  // n_sink or protect_below, except on sliding layers), first moving a token older than
+  // `step_t0` (the step's first position: its tokens are not written yet) down to the lower
+  // tier when the upper one is full (backend.demote_kv); Error when the layer is full.
+  int insert(int layer, int64_t pos, int64_t protect_below, bool never_evicts, Backend& backend,
+             int64_t step_t0);
 
   // Calls the policy's on_insert hook for the token just written to `slot`.
   void notify_insert(int layer, int slot, int64_t t, const PolicyCall& call);
@@ -93,6 +105,10 @@ class KvStore {
   void apply_policy(int layer, int64_t t, int slot_new, bool never_evicts, const PolicyCall& call);
 
  private:
+  // Moves the upper tier's token with the lowest (state, position) below position `before` to a
+  // free lower slot: its position, protection and state go with it. Returns the freed upper
+  // slot, -1 if none.
+  int demote(int layer, Backend& backend, int64_t before);
   tova_policy_view view(int layer, int64_t t, int slot_new, const PolicyCall& call);
 
   KvConfig cfg_;

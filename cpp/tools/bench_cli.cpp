@@ -19,6 +19,7 @@ namespace {
 
 const std::set<std::string> kBenchValues = {
     "--model", "--prompt", "--n-predict", "--threads", "--kv-size", "--policy", "--n-sink", "--kv-type", "--kv-type-k", "--kv-type-v",
+    "--kv-lo-type", "--kv-hi-size",
     "--ctx", "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--repetitions",
     "--batch", "--kv-budget", "--n-seq", "--backend", "--device", "--depth"};
 const std::set<std::string> kBenchFlags = {"--json", "--help", "--no-kv-hadamard"};

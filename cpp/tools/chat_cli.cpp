@@ -42,7 +42,8 @@ options:
       --top-k K, --top-p P, --min-p P, --repeat-penalty R, --seed S
       --kv-size N            tokens kept per layer (default 512)
       --policy P             tova (default), h2o, sink, window, full, tova_ema
-      --n-sink N, --kv-type T, --kv-type-k T, --kv-type-v T, --ctx N, --chunk N, --prefill MODE, --positions MODE,
+      --n-sink N, --kv-type T, --kv-type-k T, --kv-type-v T, --kv-lo-type T, --kv-hi-size N,
+      --ctx N, --chunk N, --prefill MODE, --positions MODE,
       --policy-plugin LIB, --policy-args TEXT     as for `tova run`
 )";
 
@@ -59,7 +60,7 @@ A line ending in \ continues on the next line. Ctrl-C stops a reply; at the prom
 const std::set<std::string> kValueOpts = {
     "--model", "--system", "--chat-format", "--max-tokens", "--threads", "--temp", "--top-k",
     "--top-p", "--min-p", "--repeat-penalty", "--seed", "--kv-size", "--policy", "--n-sink",
-    "--kv-type", "--kv-type-k", "--kv-type-v", "--ctx", "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--backend", "--device"};
+    "--kv-type", "--kv-type-k", "--kv-type-v", "--kv-lo-type", "--kv-hi-size", "--ctx", "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--backend", "--device"};
 const std::set<std::string> kFlags = {"--json", "--keep-system", "--help", "--no-kv-hadamard"};
 const std::map<std::string, std::string> kAliases = {
     {"-ctk", "--kv-type-k"}, {"-ctv", "--kv-type-v"},

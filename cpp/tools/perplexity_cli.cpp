@@ -44,7 +44,8 @@ Perplexity of the model reading FILE through its fixed-memory KV cache.
       --score-from I     first scored prediction position in each window
       --policy P         full (default), tova, h2o, sink, window, tova_ema
       --kv-size N        tokens kept per layer by an evicting policy (default 512)
-      --n-sink N, --kv-type T, --kv-type-k T, --kv-type-v T, --chunk N, --prefill MODE, --positions MODE,
+      --n-sink N, --kv-type T, --kv-type-k T, --kv-type-v T, --kv-lo-type T, --kv-hi-size N,
+      --chunk N, --prefill MODE, --positions MODE,
       --policy-plugin LIB, --policy-args TEXT   as for tova run
   -t, --threads N        compute threads (default: all cores)
       --no-progress      no progress line on stderr
@@ -52,7 +53,7 @@ Perplexity of the model reading FILE through its fixed-memory KV cache.
 
 const std::set<std::string> kPplValues = {
     "--model", "--file", "--ctx", "--chunks", "--stride", "--score-from", "--policy", "--kv-size",
-    "--n-sink", "--kv-type", "--kv-type-k", "--kv-type-v", "--chunk", "--prefill", "--positions", "--policy-plugin", "--backend", "--device",
+    "--n-sink", "--kv-type", "--kv-type-k", "--kv-type-v", "--kv-lo-type", "--kv-hi-size", "--chunk", "--prefill", "--positions", "--policy-plugin", "--backend", "--device",
     "--policy-args", "--threads"};
 const std::set<std::string> kPplFlags = {"--help", "--no-progress", "--no-kv-hadamard"};
 const std::map<std::string, std::string> kPplAliases = {

@@ -73,6 +73,10 @@ run / bench options:
       --kv-type T            element type of the stored keys and values: f16 (default), f32,
                              q8_0, q5_1, q5_0, q4_1, q4_0
       --kv-type-k T, --kv-type-v T   (-ctk, -ctv) the keys' / the values' type alone
+      --kv-lo-type T         a second, lower-precision tier: tokens beyond the --kv-hi-size
+                             most valued are kept in type T (or K/V, e.g. q4_0/q4_1) instead
+      --kv-hi-size N         tokens kept in --kv-type with --kv-lo-type (default: a quarter of
+                             the cache)
       --no-kv-hadamard       store quantized keys and values as they are (default:
                              rotated by a Walsh-Hadamard transform first, queries alike)
       --ctx N                n_ctx for the full policy (default 2048)
@@ -167,7 +171,7 @@ std::string read_text_file(const std::string& path) {
 
 const std::set<std::string> kValueOpts = {
     "--model", "--prompt", "--n-predict", "--threads", "--temp", "--top-k", "--top-p", "--min-p",
-    "--repeat-penalty", "--seed", "--kv-size", "--policy", "--n-sink", "--kv-type", "--kv-type-k", "--kv-type-v", "--ctx",
+    "--repeat-penalty", "--seed", "--kv-size", "--policy", "--n-sink", "--kv-type", "--kv-type-k", "--kv-type-v", "--kv-lo-type", "--kv-hi-size", "--ctx",
     "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--repetitions", "--file",
     "--backend", "--device"};
 const std::set<std::string> kFlags = {"--json", "--ignore-eos", "--help", "--no-kv-hadamard"};

@@ -104,7 +104,7 @@ void bind_engine(nb::module_& m) {
               const std::string& kv_type_v,
               const std::string& prefill, int chunk, const std::string& positions,
               bool float_activations, int n_seq, uint64_t kv_budget, int n_batch, bool kv_hadamard,
-              const std::string& backend) {
+              const std::string& backend, const std::string& kv_lo_type, int kv_hi_size) {
              EngineParams p;
              p.n_threads = n_threads;
              if (nb::isinstance<nb::str>(policy)) {
@@ -124,6 +124,11 @@ void bind_engine(nb::module_& m) {
              p.positions = parse_positions(positions);
              p.float_activations = float_activations;
              p.kv_hadamard = kv_hadamard;
+             if (!kv_lo_type.empty()) {  // "" = one tier
+               p.kv_lo = true;
+               std::tie(p.kv_lo_type_k, p.kv_lo_type_v) = parse_kv_type_pair(kv_lo_type);
+             }
+             p.kv_hi_size = kv_hi_size;
              p.n_seq = n_seq;
              p.kv_budget = kv_budget;
              p.n_batch = n_batch;
@@ -146,7 +151,8 @@ void bind_engine(nb::module_& m) {
            nb::arg("positions") = std::string(positions_name(d.positions)),
            nb::arg("float_activations") = d.float_activations, nb::arg("n_seq") = d.n_seq,
            nb::arg("kv_budget") = d.kv_budget, nb::arg("n_batch") = d.n_batch,
-           nb::arg("kv_hadamard") = d.kv_hadamard, nb::arg("backend") = std::string(backend_name(d.backend)))
+           nb::arg("kv_hadamard") = d.kv_hadamard, nb::arg("backend") = std::string(backend_name(d.backend)),
+           nb::arg("kv_lo_type") = std::string(), nb::arg("kv_hi_size") = d.kv_hi_size)
       .def("tokenize",
            [](const Engine& e, const std::string& text, bool add_bos, bool special) {
              nb::gil_scoped_release release;
@@ -234,17 +240,19 @@ void bind_engine(nb::module_& m) {
         r["n_threads"] = e.n_threads();
         r["float_activations"] = p.float_activations;
         r["kv_hadamard"] = p.kv_hadamard;
+        r["kv_lo_type"] = p.kv_lo_type_label();
+        r["kv_hi_size"] = p.hi_size();
         r["backend"] = std::string(e.backend().name());
         return r;
       })
-      .def("kv_positions", [](const Engine& e, int layer, int seq) {
+      .def("kv_positions", [](const Engine& e, int layer, int seq, int tier) {
         std::vector<int32_t> pos;
         {
           nb::gil_scoped_release release;  // waits for a running step, whose policy may need the GIL
-          pos = e.kv_positions(layer, seq);
+          pos = e.kv_positions(layer, seq, tier);
         }
         return to_numpy_i32(std::move(pos));
-      }, nb::arg("layer"), nb::arg("seq") = 0)
+      }, nb::arg("layer"), nb::arg("seq") = 0, nb::arg("tier") = -1)
       .def("submit",
            [](Engine& e, const std::vector<int32_t>& prompt, int max_tokens, const std::vector<std::string>& stop,
               bool ignore_eos, const SamplingParams& sp, int seq, bool keep, int top_logprobs,

@@ -49,6 +49,15 @@ class Engine:
             weighted sum of values rotated back; default ``True``): spreads outlier channels
             before 4-bit quantization. No effect on f16/f32 rows or a head size that is not a
             power of two.
+        kv_lo_type: a second, lower-precision tier on the policy's layers (``"q4_0"``, or
+            ``"q4_0/q4_1"`` for keys / values): of the ``kv_size`` tokens kept (``n_ctx`` for
+            ``"full"``), ``kv_hi_size`` stay in ``kv_type`` and the rest are stored in this type.
+            A new token enters the upper tier; when it is full, its token with the lowest policy
+            score (``tova_ema``, ``h2o``; the oldest for the other policies) moves down. More
+            tokens in the same bytes: see ``bench/RESULTS.md``, "Quality per KV byte". CPU
+            backend, built-in policies, ``positions="original"``.
+        kv_hi_size: tokens of the upper tier with ``kv_lo_type`` (default: a quarter of the
+            cache).
         prefill: how prompts longer than ``kv_size`` are read: ``"exact"`` (default; equal to
             feeding the prompt one token at a time, evicting after every token) or ``"chunked"``
             (each chunk attends to the kept tokens plus its own prefix, then the policy evicts
@@ -87,6 +96,8 @@ class Engine:
         kv_type_k: Optional[str] = None,
         kv_type_v: Optional[str] = None,
         kv_hadamard: Optional[bool] = None,
+        kv_lo_type: Optional[str] = None,
+        kv_hi_size: Optional[int] = None,
         prefill: Optional[str] = None,
         chunk: Optional[int] = None,
         positions: Optional[str] = None,
@@ -105,7 +116,9 @@ class Engine:
                             ("n_threads", n_threads), ("n_seq", n_seq), ("n_batch", n_batch)):
             _check.optional_integer(name, value, minimum=1)
         _check.optional_integer("n_sink", n_sink, minimum=0)
+        _check.optional_integer("kv_hi_size", kv_hi_size, minimum=1)
         for name, value in (("kv_type", kv_type), ("kv_type_k", kv_type_k), ("kv_type_v", kv_type_v),
+                            ("kv_lo_type", kv_lo_type),
                             ("prefill", prefill), ("positions", positions), ("backend", backend),
                             ("device", device)):
             _check.choice(name, value)
@@ -123,7 +136,8 @@ class Engine:
         path = resolve(model)
         # Settings not given take the core's defaults (written once, in cpp/src/config.h).
         given = dict(policy=policy, kv_size=kv_size, n_ctx=n_ctx, kv_type=kv_type, kv_type_k=kv_type_k,
-                     kv_type_v=kv_type_v, kv_hadamard=kv_hadamard, prefill=prefill,
+                     kv_type_v=kv_type_v, kv_hadamard=kv_hadamard, kv_lo_type=kv_lo_type,
+                     kv_hi_size=kv_hi_size, prefill=prefill,
                      chunk=chunk, positions=positions, n_seq=n_seq, n_batch=n_batch,
                      n_threads=n_threads, n_sink=n_sink, backend=backend)
         self._core: Optional[_core.Engine] = _core.Engine(
@@ -141,6 +155,8 @@ class Engine:
         self.kv_type_k: str = str(p["kv_type_k"])
         self.kv_type_v: str = str(p["kv_type_v"])
         self.kv_hadamard: bool = bool(p["kv_hadamard"])
+        self.kv_lo_type: Optional[str] = str(p["kv_lo_type"]) or None  # None: one tier
+        self.kv_hi_size: Optional[int] = int(p["kv_hi_size"]) if self.kv_lo_type else None
         self.prefill: str = str(p["prefill"])
         self.chunk: int = int(p["chunk"])
         self.positions: str = str(p["positions"])
@@ -386,10 +402,13 @@ class Engine:
         return s
 
     # ---- introspection of the fixed-memory store ---------------------------------------------------
-    def kv_positions(self, layer: int, seq: int = 0) -> np.ndarray:
-        """Sorted absolute positions of the tokens layer ``layer`` of sequence ``seq`` keeps now."""
+    def kv_positions(self, layer: int, seq: int = 0, tier: Optional[int] = None) -> np.ndarray:
+        """Sorted absolute positions of the tokens layer ``layer`` of sequence ``seq`` keeps now;
+        with ``tier=0`` / ``tier=1`` only those of the upper / lower tier (``kv_lo_type``)."""
         layer = _check.index("layer", layer, int(self._info["n_layer"]))
-        return self._e.kv_positions(layer, self._seq(seq))
+        if tier is not None and tier not in (0, 1):
+            raise ValueError(f"tier must be 0 (upper), 1 (lower) or None (both), got {tier!r}")
+        return self._e.kv_positions(layer, self._seq(seq), -1 if tier is None else int(tier))
 
     def __repr__(self) -> str:
         i = self._info

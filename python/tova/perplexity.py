@@ -123,8 +123,9 @@ def _open_engine(engine_or_model: Any, *, policy: "Union[None, str, Policy]",
         if same:
             return e, False
         # The settings this Engine was made with carry over where it records them.
-        base = {k: getattr(e, k) for k in ("kv_type_k", "kv_type_v", "kv_hadamard", "float_activations", "chunk", "n_sink",
-                                           "positions", "backend") if hasattr(e, k)}
+        base = {k: getattr(e, k) for k in ("kv_type_k", "kv_type_v", "kv_hadamard", "kv_lo_type", "kv_hi_size",
+                                           "float_activations", "chunk", "n_sink", "positions", "backend")
+                if hasattr(e, k)}
         base["n_threads"] = int(e._e.n_threads)
         base.update(options)
         model: Any = e.path

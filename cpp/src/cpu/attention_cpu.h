@@ -18,10 +18,16 @@ class AttentionCpu {
   void run(ThreadPool& pool, const AttnShape& shape, const AttnRow* rows, int n_rows);
 
  private:
+  struct Scratch {  // one per thread
+    std::vector<float> scores, tmp, lower_out;
+    std::vector<int32_t> order;
+  };
   // The query heads q + h * head_dim (h < nh) of one KV head: their scores ([nh][n_idx]) with
-  // each key read once for all of them, softmax per head, the weighted sums likewise.
-  void attend(const CpuKv& kv, int layer, int kv_head, const float* q, int nh, const int32_t* idx, int n_idx,
-              float scale, float* scores, float* out, std::vector<float>& tmp) const;
+  // each key read once for all of them, softmax per head, the weighted sums likewise. Returns
+  // the slots in the order of the scores: idx itself, or with two KV tiers (KvLayout::lo) the
+  // upper tier's slots first.
+  const int32_t* attend(const CpuKv& kv, int layer, int kv_head, const float* q, int nh, const int32_t* idx,
+                        int n_idx, float scale, float* scores, float* out, Scratch& x) const;
   // cache_index: keys of every KV head rotated by rank once per row, shared by the query heads
   void rotate_keys_by_rank(ThreadPool& pool, const CpuKv& kv, const AttnRow& row);
   void attend_by_rank(const CpuKv& kv, const AttnRow& row, int kv_head, const float* q, float scale,
@@ -33,7 +39,7 @@ class AttentionCpu {
   const Rope* table_rope_ = nullptr;
   int table_n_ = 0;
   std::vector<float> rank_cs_, rank_sn_;  // [rank][pair]
-  std::vector<std::vector<float>> scratch_, tmp_;  // per thread
+  std::vector<Scratch> scratch_;  // per thread
 };
 
 }  // namespace tova

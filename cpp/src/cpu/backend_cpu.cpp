@@ -115,6 +115,10 @@ void CpuBackend::add(float* x, const float* y, int64_t count) {
   });
 }
 
+void CpuBackend::demote_kv(KvPayload& kv, int layer, int src, int dst) {
+  static_cast<CpuKv&>(kv).demote(layer, src, dst);
+}
+
 void CpuBackend::write_kv(KvPayload& payload, int layer, const int32_t* slots, int n, const float* k,
                           const float* v) {
   CpuKv& kv = static_cast<CpuKv&>(payload);

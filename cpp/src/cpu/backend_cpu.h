@@ -22,6 +22,7 @@ class CpuBackend : public Backend {
 
   std::unique_ptr<KvPayload> new_kv(const KvLayout& layout) override;
   void copy_kv(KvPayload& dst, const KvPayload& src) override;
+  void demote_kv(KvPayload& kv, int layer, int src, int dst) override;
   float* buf(Buf b) override { return bufs_[static_cast<size_t>(b)].data(); }
 
   void embed(const int32_t* tokens, int n, float scale, float* x) override;
