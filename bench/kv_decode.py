@@ -5,8 +5,11 @@
 
 Every configuration generates ``--gen`` tokens after ``--depth`` tokens of history (so the store
 is full: the policy evicts every step), with policy tova at ``--kv-size`` and, as the reference
-point, the full cache (n_ctx = depth + gen) in f16. Prints a markdown table (tokens/s, KV bytes
-of the sequence) and writes the rows to ``--json``.
+point, the full cache (n_ctx = depth + gen) in f16. A type may carry a lower tier and its own
+cache size: ``q8_0/q4_1+q4_0@100:1672`` is kv_size 1672 with 100 tokens (plus the working slots)
+in q8_0/q4_1 and the rest in q4_0 (``--kv-lo-type``, ``--kv-hi-size``); ``--policy`` picks the
+policy (default tova). Prints a markdown table (tokens/s, KV bytes of the sequence) and writes
+the rows to ``--json``.
 """
 from __future__ import annotations
 
@@ -20,11 +23,16 @@ HERE = Path(__file__).resolve().parent
 
 
 def bench(binary: str, a, kv_type: str, policy: str) -> dict:
-    k, _, v = kv_type.partition("/")
+    kv_type, _, size = kv_type.partition(":")
+    upper, _, lower = kv_type.partition("+")
+    k, _, v = upper.partition("/")
     cmd = [binary, "bench", "-m", a.model, "-p", "0", "-n", str(a.gen), "-d", str(a.depth), "-r", str(a.reps),
            "-t", str(a.threads), "--policy", policy, "-ctk", k, "-ctv", v or k, "--json"]
+    if lower:
+        lo_type, _, hi = lower.partition("@")
+        cmd += ["--kv-lo-type", lo_type, "--kv-hi-size", hi]
     if policy != "full":
-        cmd += ["--kv-size", str(a.kv_size)]
+        cmd += ["--kv-size", size or str(a.kv_size)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
@@ -39,6 +47,7 @@ def main(argv=None) -> int:
     ap.add_argument("--depth", type=int, default=4096)
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--types", default="f16,q8_0,q4_0,q4_1,q8_0/q4_1")
+    ap.add_argument("--policy", default="tova")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", default=str(HERE / "results" / "kv_decode.json"))
@@ -48,10 +57,13 @@ def main(argv=None) -> int:
     exe = str(binary())
     rows = [dict(bench(exe, a, "f16", "full"), config="full f16")]
     for t in a.types.split(","):
-        rows.append(dict(bench(exe, a, t, "tova"), config=f"tova {a.kv_size} {t}"))
-    print(f"| configuration ({a.model}, depth {a.depth}, {a.threads} threads) | KV bytes | tg{a.gen} tokens/s | vs tova f16 |")
+        name = t if ":" in t else f"{a.kv_size} {t}"
+        rows.append(dict(bench(exe, a, t, a.policy), config=f"{a.policy} {name}"))
+    first = rows[1]["config"]
+    print(f"| configuration ({a.model}, depth {a.depth}, {a.threads} threads) | KV bytes | tg{a.gen} tokens/s "
+          f"| vs {first} |")
     print("|---|---:|---:|---:|")
-    base = next(r["avg_ts"] for r in rows if r["config"] == f"tova {a.kv_size} f16")
+    base = rows[1]["avg_ts"]
     for r in rows:
         print(f"| {r['config']} | {r['kv_bytes'] / 2**20:.1f} MiB | {r['avg_ts']:.1f} ± {r['stddev_ts']:.1f} "
               f"| {r['avg_ts'] / base:.2f}x |")
