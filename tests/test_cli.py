@@ -122,6 +122,26 @@ def test_kv_types_on_the_command_line(smollm2_path):
     assert r.returncode != 0 and "unknown kv_type 'q3_k'" in r.stderr
 
 
+@pytest.mark.model
+def test_kv_tiers_on_the_command_line(smollm2_path):
+    """--kv-lo-type / --kv-hi-size: the bench's KV bytes equal the Python engine's, a run works,
+    and a tier too large for the cache is refused with the numbers."""
+    r = run("bench", "-m", smollm2_path, "-p", "0", "-n", "4", "-r", "1", "--json", "--policy", "tova_ema",
+            "--kv-size", "96", "--kv-type", "q8_0", "--kv-lo-type", "q4_0/q4_1", "--kv-hi-size", "16", "--chunk", "16")
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)
+    assert (row["kv_lo_type"], row["kv_hi_size"]) == ("q4_0/q4_1", 16)
+    with tova.Engine(smollm2_path, policy="tova_ema", kv_size=96, kv_type="q8_0", kv_lo_type="q4_0/q4_1",
+                     kv_hi_size=16, chunk=16) as e:
+        assert row["kv_bytes"] == e.kv_bytes
+    r = run("run", "-m", smollm2_path, "-p", "The capital of France is", "-n", "4", "--temp", "0",
+            "--kv-size", "48", "--chunk", "8", "--kv-lo-type", "q4_0", "--kv-hi-size", "8")
+    assert r.returncode == 0 and "Paris" in r.stdout, r.stderr
+    r = run("run", "-m", smollm2_path, "-p", "Hi", "-n", "1", "--kv-size", "48", "--kv-lo-type", "q4_0",
+            "--kv-hi-size", "40")
+    assert r.returncode != 0 and "kv_hi_size 40 + chunk 64" in r.stderr, r.stderr
+
+
 def test_list_and_pull_go_through_the_registry(smollm2_path):
     r = run("list")
     assert r.returncode == 0, r.stderr

@@ -24,13 +24,14 @@ def _engine(path, **kw):
 @pytest.mark.model
 def test_tiered_store_bytes(smollm2_path):
     # SmolLM2: 30 layers, 3 KV heads of 64. Upper tier: kv_hi_size + chunk slots of q8_0/q4_1,
-    # lower tier: kv_size - kv_hi_size slots of q4_0; the per-slot tables cover both (9 bytes).
+    # lower tier: kv_size - kv_hi_size slots of q4_0; the per-slot tables cover both (9 bytes,
+    # and 4 for the attention demotion ranks by).
     C, H, U = 160, 40, 16
     with _engine(smollm2_path, policy="tova", kv_size=C, kv_type_k="q8_0", kv_type_v="q4_1",
                  kv_lo_type="q4_0", kv_hi_size=H) as e:
         assert (e.kv_lo_type, e.kv_hi_size) == ("q4_0", H)
         upper, lower = H + U, C - H
-        want = 30 * 3 * (upper * (ROW["q8_0"] + ROW["q4_1"]) + lower * 2 * ROW["q4_0"]) + 30 * (upper + lower) * 9
+        want = 30 * 3 * (upper * (ROW["q8_0"] + ROW["q4_1"]) + lower * 2 * ROW["q4_0"]) + 30 * (upper + lower) * 13
         assert e.kv_bytes_per_seq == want
     with _engine(smollm2_path, policy="tova", kv_size=C, kv_type_k="q8_0", kv_type_v="q4_1") as one:
         assert one.kv_lo_type is None and one.kv_hi_size is None
@@ -39,7 +40,7 @@ def test_tiered_store_bytes(smollm2_path):
     with _engine(smollm2_path, policy="tova", kv_size=C, kv_lo_type="q4_0/q4_1", kv_hi_size=H) as e:
         assert e.kv_lo_type == "q4_0/q4_1"
         assert e.kv_bytes_per_seq == (30 * 3 * ((H + U) * 2 * ROW["f16"] + (C - H) * (ROW["q4_0"] + ROW["q4_1"]))
-                                      + 30 * (C + U) * 9)
+                                      + 30 * (C + U) * 13)
 
 
 @pytest.mark.model
@@ -50,6 +51,7 @@ def test_tiers_partition_the_kept_tokens(smollm2_path, policy):
         e.generate(TEXT, max_tokens=40, temperature=0, ignore_eos=True)
         n = e.n_past
         assert n > C + U
+        assert e.last_stats["demotions"] >= 30 * (C - H - U)  # each lower token came down once
         for layer in range(30):
             every = e.kv_positions(layer)
             upper, lower = e.kv_positions(layer, tier=0), e.kv_positions(layer, tier=1)
@@ -59,9 +61,9 @@ def test_tiers_partition_the_kept_tokens(smollm2_path, policy):
             # is always in it (tokens enter there).
             assert H <= len(upper) <= H + U and n - 1 in upper
             assert len(lower) == C - len(upper)
-            if policy in ("tova", "window"):
-                # No per-slot score: the oldest upper token moves down first, so the lower tier
-                # holds older tokens than the upper one.
+            if policy == "window":
+                # No score and no attention: the oldest upper token moves down first, so the
+                # lower tier holds older tokens than the upper one.
                 assert lower.max() < upper.min(), (layer, lower, upper)
 
 
@@ -120,6 +122,7 @@ def test_full_cache_with_a_lower_tier(smollm2_path):
         assert every.tolist() == list(range(n))
         assert lower.tolist() == list(range(len(lower))) and len(lower) >= n - 24 - 16
         assert e.last_stats["evictions"] == 0
+        assert e.last_stats["demotions"] == 30 * len(lower)  # every layer moved the same tokens down
 
 
 @pytest.mark.model

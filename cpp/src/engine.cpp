@@ -351,4 +351,10 @@ int64_t Engine::evictions(int seq) const {
   return s.store->evictions();
 }
 
+int64_t Engine::demotions(int seq) const {
+  const Sequence& s = seq_at(seq);
+  ComputeScope compute(*this);
+  return s.store->demotions();
+}
+
 }  // namespace tova

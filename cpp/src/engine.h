@@ -83,6 +83,7 @@ class Engine {
   // Sorted positions a layer keeps; tier 0 / 1: only those of the upper / lower KV tier.
   std::vector<int32_t> kv_positions(int layer, int seq = 0, int tier = -1) const;
   int64_t evictions(int seq = 0) const;
+  int64_t demotions(int seq = 0) const;  // tokens moved to the lower KV tier (kv_lo_type)
   // Protects every position below `pos` of a sequence from eviction from now on.
   void set_protect_below(int64_t pos, int seq = 0);
   // Content ownership for a conversation kept in a sequence (ChatFeed): the clear count, a hold

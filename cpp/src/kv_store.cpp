@@ -107,7 +107,8 @@ KvPlan plan_kv(const HParams& hp, const KvConfig& cfg) {
     L.n_hi = L.n_slots - n_lo;
     plan.layout.n_slots.push_back(L.n_slots);
     plan.layout.n_lo.push_back(n_lo);
-    tables += static_cast<uint64_t>(L.n_slots) * (sizeof(int32_t) + 1 + sizeof(float));
+    const uint64_t per_slot = sizeof(int32_t) + 1 + sizeof(float) + (n_lo > 0 ? sizeof(float) : 0);
+    tables += static_cast<uint64_t>(L.n_slots) * per_slot;
   }
   plan.bytes = plan.layout.payload_bytes() + tables;
   return plan;
@@ -120,6 +121,7 @@ KvStore::KvStore(const HParams& hp, const KvConfig& cfg, Backend& backend) : cfg
     L.pos.assign(static_cast<size_t>(L.n_slots), -1);
     L.protect.assign(static_cast<size_t>(L.n_slots), 0);
     L.state.assign(static_cast<size_t>(L.n_slots), 0.0f);
+    if (L.n_hi < L.n_slots) L.attention.assign(static_cast<size_t>(L.n_slots), 0.0f);
   }
   payload_ = backend.new_kv(plan.layout);
   bytes_ = plan.bytes;
@@ -131,11 +133,18 @@ int64_t KvStore::evictions() const {
   return n;
 }
 
+int64_t KvStore::demotions() const {
+  int64_t n = 0;
+  for (const LayerCells& L : layers_) n += L.n_demoted;
+  return n;
+}
+
 void KvStore::clear() {
   for (LayerCells& L : layers_) {
     std::fill(L.pos.begin(), L.pos.end(), -1);
     std::fill(L.protect.begin(), L.protect.end(), 0);
     std::fill(L.state.begin(), L.state.end(), 0.0f);
+    std::fill(L.attention.begin(), L.attention.end(), 0.0f);
     L.n_valid = 0;
     L.n_evicted = 0;
     L.n_demoted = 0;
@@ -161,7 +170,13 @@ int KvStore::demote(int layer, Backend& backend, int64_t before) {
       continue;
     }
     const size_t b = static_cast<size_t>(src);
-    if (L.state[u] < L.state[b] || (L.state[u] == L.state[b] && L.pos[u] < L.pos[b])) src = s;
+    if (L.state[u] != L.state[b]) {
+      if (L.state[u] < L.state[b]) src = s;
+    } else if (L.attention[u] != L.attention[b]) {
+      if (L.attention[u] < L.attention[b]) src = s;
+    } else if (L.pos[u] < L.pos[b]) {
+      src = s;
+    }
   }
   if (src < 0) return -1;
   backend.demote_kv(*payload_, layer, src, dst);
@@ -169,9 +184,11 @@ int KvStore::demote(int layer, Backend& backend, int64_t before) {
   L.pos[b] = L.pos[a];
   L.protect[b] = L.protect[a];
   L.state[b] = L.state[a];
+  L.attention[b] = L.attention[a];
   L.pos[a] = -1;
   L.protect[a] = 0;
   L.state[a] = 0.0f;
+  L.attention[a] = 0.0f;
   L.n_demoted++;
   return src;
 }
@@ -187,6 +204,7 @@ int KvStore::insert(int layer, int64_t p, int64_t protect_below, bool never_evic
   L.pos[static_cast<size_t>(s)] = static_cast<int32_t>(p);
   L.protect[static_cast<size_t>(s)] = !L.sliding && (p < cfg_.n_sink || p < protect_below) ? 1 : 0;
   L.state[static_cast<size_t>(s)] = 0.0f;
+  if (!L.attention.empty()) L.attention[static_cast<size_t>(s)] = 0.0f;
   L.n_valid++;
   return s;
 }
@@ -223,6 +241,9 @@ void KvStore::apply_policy(int layer, int64_t t, int slot_new, bool never_evicts
     TOVA_ASSERT(n == 0);
     return;
   }
+  if (!L.attention.empty() && call.probs_mean)  // two tiers: what demote() ranks by
+    for (int s = 0; s < L.n_slots; ++s)
+      if (L.pos[static_cast<size_t>(s)] >= 0) L.attention[static_cast<size_t>(s)] = call.probs_mean[s];
   if (n == 0 && !(pol->flags & TOVA_POLICY_EVERY_STEP)) return;
   if (n > 0 && never_evicts) throw Error(cat("context full: n_ctx ", L.capacity, " reached at position ", t));
   tova_policy_view v = view(layer, t, slot_new, call);

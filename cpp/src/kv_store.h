@@ -28,7 +28,8 @@ struct KvConfig {
   // Two precision tiers on the non-sliding layers when > 0 (and < capacity): the store keeps
   // `capacity` tokens, of which hi_capacity (plus the U working slots) in type_k/_v and the rest
   // in type_k_lo/_v_lo. New tokens enter the upper tier; when it is full, its token with the
-  // lowest (state, position) moves down (demote). The policy sees one pool of slots.
+  // lowest (state, attention, position) moves down (demote; attention: the head-mean
+  // probability the slot got at the last step the policy saw one). The policy sees one pool.
   int hi_capacity = 0;
   KvType type_k_lo = KvType::Q4_0;
   KvType type_v_lo = KvType::Q4_0;
@@ -43,6 +44,7 @@ struct LayerCells {
   std::vector<int32_t> pos;       // -1 = empty
   std::vector<uint8_t> protect;   // 1 = never evicted
   std::vector<float> state;       // the policy's per-slot value
+  std::vector<float> attention;   // two tiers only: the last head-mean probability (else empty)
   int n_valid = 0;
   int64_t n_evicted = 0;          // total evictions, for stats
   int64_t n_demoted = 0;          // total moves to the lower tier, for stats
@@ -83,6 +85,7 @@ class KvStore {
   // Exact bytes of K/V and the per-slot tables, allocated at construction.
   uint64_t bytes() const { return bytes_; }
   int64_t evictions() const;
+  int64_t demotions() const;  // moves to the lower tier
 
   // Empties every slot.
   void clear();
@@ -105,8 +108,9 @@ class KvStore {
   void apply_policy(int layer, int64_t t, int slot_new, bool never_evicts, const PolicyCall& call);
 
  private:
-  // Moves the upper tier's token with the lowest (state, position) below position `before` to a
-  // free lower slot: its position, protection and state go with it. Returns the freed upper
+  // Moves the upper tier's token with the lowest (state, attention, position) below position
+  // `before` to a free lower slot: its position, protection, state and attention go with it.
+  // Returns the freed upper
   // slot, -1 if none.
   int demote(int layer, Backend& backend, int64_t before);
   tova_policy_view view(int layer, int64_t t, int slot_new, const PolicyCall& call);

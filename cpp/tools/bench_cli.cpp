@@ -139,12 +139,14 @@ int cmd_bench(const std::vector<std::string>& argv, std::string (*resolve_model)
       MeanSd ms = mean_sd(t.ts);
       std::printf("  {\"model_filename\": \"%s\", \"model_type\": \"%s %s\", \"n_threads\": %d, "
                   "\"n_prompt\": %d, \"n_gen\": %d, \"n_depth\": %d, \"n_seq\": %d, \"policy\": \"%s\", \"kv_size\": %d, "
-                  "\"type_k\": \"%s\", \"type_v\": \"%s\", \"kv_bytes\": %llu, \"backend\": \"%s\", "
+                  "\"type_k\": \"%s\", \"type_v\": \"%s\", \"kv_lo_type\": \"%s\", \"kv_hi_size\": %d, "
+                  "\"kv_bytes\": %llu, \"backend\": \"%s\", "
                   "\"weight_bytes\": %llu, \"cpu_kernels\": \"%s\", \"avg_ts\": %.6f, "
                   "\"stddev_ts\": %.6f, \"samples_ts\": [",
                   model_name.c_str(), engine.model().hp().arch.c_str(), engine.model().quant_summary().c_str(),
                   engine.n_threads(), t.n_prompt, t.n_gen, depth, t.n_seq, engine.policy_name(), kv,
-                  kv_type_name(P.kv_type_k), kv_type_name(P.kv_type_v), static_cast<unsigned long long>(engine.kv_bytes()),
+                  kv_type_name(P.kv_type_k), kv_type_name(P.kv_type_v), P.kv_lo_type_label().c_str(), P.hi_size(),
+                  static_cast<unsigned long long>(engine.kv_bytes()),
                   engine.backend().name(), static_cast<unsigned long long>(engine.model().weight_bytes()), kernel_isa(),
                   ms.mean, ms.sd);
       for (size_t k = 0; k < t.ts.size(); ++k) std::printf("%s%.6f", k ? ", " : "", t.ts[k]);

@@ -208,6 +208,10 @@ void bind_engine(nb::module_& m) {
         nb::gil_scoped_release release;
         return e.evictions(seq);
       }, nb::arg("seq") = 0)
+      .def("demotions_of", [](const Engine& e, int seq) {
+        nb::gil_scoped_release release;
+        return e.demotions(seq);
+      }, nb::arg("seq") = 0)
       .def_prop_ro("n_past", [](const Engine& e) { return e.n_past(0); })
       .def_prop_ro("history", [](const Engine& e) { return e.history(0); })
       .def_prop_ro("evictions", [](const Engine& e) {

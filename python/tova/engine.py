@@ -53,7 +53,8 @@ class Engine:
             ``"q4_0/q4_1"`` for keys / values): of the ``kv_size`` tokens kept (``n_ctx`` for
             ``"full"``), ``kv_hi_size`` stay in ``kv_type`` and the rest are stored in this type.
             A new token enters the upper tier; when it is full, its token with the lowest policy
-            score (``tova_ema``, ``h2o``; the oldest for the other policies) moves down. More
+            score (``tova_ema``, ``h2o``), else the least attended at the last step (``tova``),
+            else the oldest (``window``, ``sink``, ``full``) moves down. More
             tokens in the same bytes: see ``bench/RESULTS.md``, "Quality per KV byte". CPU
             backend, built-in policies, ``positions="original"``.
         kv_hi_size: tokens of the upper tier with ``kv_lo_type`` (default: a quarter of the
@@ -383,7 +384,8 @@ class Engine:
     def last_stats(self) -> Dict[str, Any]:
         """Prompt and completion token counts, seconds, tokens/s and finish reason of the last
         generation this thread finished, with its sequence's KV occupancy (``seq``,
-        ``kv_bytes`` of that sequence, ``n_past``, ``evictions``)."""
+        ``kv_bytes`` of that sequence, ``n_past``, ``evictions``, ``demotions``: tokens moved to
+        the lower tier with ``kv_lo_type``)."""
         stats = dict(getattr(self._local, "last", None) or {
             "prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0, "prompt_seconds": 0.0,
             "generation_seconds": 0.0, "prompt_tokens_per_second": 0.0,
@@ -392,6 +394,7 @@ class Engine:
         stats["kv_bytes"] = self.kv_bytes_per_seq
         stats["n_past"] = self.n_past_of(seq)
         stats["evictions"] = int(self._e.evictions_of(seq))
+        stats["demotions"] = int(self._e.demotions_of(seq))
         return stats
 
     @property

@@ -28,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
     p.add_argument("--kv-type", default=None, help="KV element type: f16 (default), q8_0, q5_1, q4_1, ... or K/V "
                    "(q8_0/q4_1)")
+    p.add_argument("--kv-lo-type", default=None,
+                   help="a lower-precision tier for the tokens beyond --kv-hi-size (q4_0, or K/V): more "
+                        "tokens in the same bytes")
+    p.add_argument("--kv-hi-size", type=int, default=None,
+                   help="tokens kept in --kv-type with --kv-lo-type (default: a quarter of --kv-size)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda (a build with the CUDA backend)")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for a sequence; more are answered 429 (default 64)")
@@ -70,7 +75,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         engine = Engine(args.model, n_seq=n_seq, kv_budget=args.kv_budget, kv_size=args.kv_size,
                         policy=args.policy, n_threads=args.threads, device=args.device,
-                        kv_type_k=k or None, kv_type_v=v or k or None)
+                        kv_type_k=k or None, kv_type_v=v or k or None, kv_lo_type=args.kv_lo_type,
+                        kv_hi_size=args.kv_hi_size)
     except (ValueError, TypeError, RuntimeError, OSError) as e:
         print(f"tova serve: {e}", file=sys.stderr)
         return 2
