@@ -49,13 +49,7 @@ int LayerCells::free_slot(int begin, int end) const {
   return -1;
 }
 
-void LayerCells::alive_by_position(std::vector<int32_t>& out) const {
-  out.clear();
-  for (int s = 0; s < n_slots; ++s)
-    if (pos[static_cast<size_t>(s)] >= 0) out.push_back(s);
-  std::sort(out.begin(), out.end(),
-            [&](int32_t x, int32_t y) { return pos[static_cast<size_t>(x)] < pos[static_cast<size_t>(y)]; });
-}
+void LayerCells::alive_by_position(std::vector<int32_t>& out) const { out.assign(order.begin(), order.end()); }
 
 KvPlan plan_kv(const HParams& hp, const KvConfig& cfg) {
   if (cfg.capacity < 1) throw ArgumentError(cat("kv_size must be at least 1, got ", cfg.capacity));
@@ -121,6 +115,7 @@ KvStore::KvStore(const HParams& hp, const KvConfig& cfg, Backend& backend) : cfg
     L.pos.assign(static_cast<size_t>(L.n_slots), -1);
     L.protect.assign(static_cast<size_t>(L.n_slots), 0);
     L.state.assign(static_cast<size_t>(L.n_slots), 0.0f);
+    L.order.reserve(static_cast<size_t>(L.n_slots));
     if (L.n_hi < L.n_slots) L.attention.assign(static_cast<size_t>(L.n_slots), 0.0f);
   }
   payload_ = backend.new_kv(plan.layout);
@@ -145,6 +140,7 @@ void KvStore::clear() {
     std::fill(L.protect.begin(), L.protect.end(), 0);
     std::fill(L.state.begin(), L.state.end(), 0.0f);
     std::fill(L.attention.begin(), L.attention.end(), 0.0f);
+    L.order.clear();
     L.n_valid = 0;
     L.n_evicted = 0;
     L.n_demoted = 0;
@@ -189,6 +185,7 @@ int KvStore::demote(int layer, Backend& backend, int64_t before) {
   L.protect[a] = 0;
   L.state[a] = 0.0f;
   L.attention[a] = 0.0f;
+  *std::find(L.order.begin(), L.order.end(), src) = dst;  // same position, new slot
   L.n_demoted++;
   return src;
 }
@@ -205,6 +202,10 @@ int KvStore::insert(int layer, int64_t p, int64_t protect_below, bool never_evic
   L.protect[static_cast<size_t>(s)] = !L.sliding && (p < cfg_.n_sink || p < protect_below) ? 1 : 0;
   L.state[static_cast<size_t>(s)] = 0.0f;
   if (!L.attention.empty()) L.attention[static_cast<size_t>(s)] = 0.0f;
+  // Positions arrive in increasing order: the new slot goes last (found by search all the same).
+  auto later = std::upper_bound(L.order.begin(), L.order.end(), static_cast<int32_t>(p),
+                                [&](int32_t x, int32_t slot) { return x < L.pos[static_cast<size_t>(slot)]; });
+  L.order.insert(later, s);
   L.n_valid++;
   return s;
 }
@@ -275,6 +276,9 @@ void KvStore::apply_policy(int layer, int64_t t, int slot_new, bool never_evicts
     L.protect[s] = 0;
     L.state[s] = 0.0f;
   }
+  L.order.erase(std::remove_if(L.order.begin(), L.order.end(),
+                               [&](int32_t slot) { return L.pos[static_cast<size_t>(slot)] < 0; }),
+                L.order.end());
   L.n_valid -= n;
   L.n_evicted += n;
 }

@@ -46,6 +46,7 @@ struct LayerCells {
   std::vector<float> state;       // the policy's per-slot value
   std::vector<float> attention;   // two tiers only: the last head-mean probability (else empty)
   int n_valid = 0;
+  std::vector<int32_t> order;     // the occupied slots in ascending position (kept with pos)
   int64_t n_evicted = 0;          // total evictions, for stats
   int64_t n_demoted = 0;          // total moves to the lower tier, for stats
 
