@@ -22,6 +22,9 @@ class PayloadOnly : public tova::Backend {
   int max_rows() const override { return 1; }
   std::unique_ptr<tova::KvPayload> new_kv(const tova::KvLayout& l) override { return std::make_unique<tova::CpuKv>(l); }
   void copy_kv(tova::KvPayload&, const tova::KvPayload&) override { __builtin_trap(); }
+  void demote_kv(tova::KvPayload& kv, int layer, int src, int dst) override {
+    static_cast<tova::CpuKv&>(kv).demote(layer, src, dst);
+  }
   float* buf(tova::Buf) override { __builtin_trap(); }
   void embed(const int32_t*, int, float, float*) override { __builtin_trap(); }
   void rms_norm(const float*, const tova::Vector&, float*, int64_t, int64_t, float) override { __builtin_trap(); }
@@ -49,6 +52,13 @@ void check_tables(const tova::LayerCells& L) {
   int valid = 0;
   for (int s = 0; s < L.n_slots; ++s) valid += L.pos[static_cast<size_t>(s)] >= 0;
   if (valid != L.n_valid || L.n_valid > L.n_slots) __builtin_trap();
+  // The position order names every occupied slot once, positions ascending.
+  if (static_cast<int>(L.order.size()) != L.n_valid) __builtin_trap();
+  for (size_t i = 0; i < L.order.size(); ++i) {
+    const int32_t s = L.order[i];
+    if (s < 0 || s >= L.n_slots || L.pos[static_cast<size_t>(s)] < 0) __builtin_trap();
+    if (i > 0 && L.pos[static_cast<size_t>(L.order[i - 1])] >= L.pos[static_cast<size_t>(s)]) __builtin_trap();
+  }
 }
 
 }  // namespace
@@ -67,6 +77,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   cfg.n_sink = in.u8() % 4;
   cfg.type_k = cfg.type_v = tova::KvType::F32;
   const uint8_t flags = in.u8();
+  if (flags & 0x80) {  // two tiers: an upper tier of 1 .. capacity - 1 tokens
+    cfg.hi_capacity = cfg.capacity > 1 ? 1 + in.u8() % (cfg.capacity - 1) : 0;
+    cfg.type_k_lo = cfg.type_v_lo = tova::KvType::F16;
+  }
   PayloadOnly backend;
   tova::KvStore store(hp, cfg, backend);
 
@@ -89,7 +103,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (int64_t t = 0; t < 64 && !in.empty(); ++t) {
     for (int l = 0; l < hp.n_layer; ++l) {
       try {
-        const int slot = store.insert(l, t, -1, false);
+        const int slot = store.insert(l, t, -1, false, backend, t);
         store.notify_insert(l, slot, t, call);
         store.apply_policy(l, t, slot, false, call);
         if (store.layer(l).n_valid > store.layer(l).capacity) __builtin_trap();  // accepted: evicted enough
