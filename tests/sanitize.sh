@@ -27,14 +27,17 @@ for model in smollm2-135m-instruct gemma-3-270m; do
   path="$(python -m tova.models path "$model")"
   for tier in $TIERS; do
     # f16 slots with tova and the full cache; 4-bit keys (rotated) and values with tova_ema,
-    # original and cache_index positions.
+    # original and cache_index positions; two KV tiers (a lower type after the 4th field, 8
+    # tokens in the upper tier) with tova_ema and the full cache.
     for config in "tova f16 original" "full f16 original" "tova_ema q4_1/q4_0 original" \
-                  "tova q8_0/q4_1 cache_index"; do
-      read -r policy kv positions <<<"$config"
-      echo "sanitize: $model, kernels $tier, policy $policy, kv $kv, positions $positions"
+                  "tova q8_0/q4_1 cache_index" "tova_ema q8_0/q4_1 original q4_0" "full f16 original q4_0/q4_1"; do
+      read -r policy kv positions lower <<<"$config"
+      tiers=()
+      [ -n "$lower" ] && tiers=(--kv-lo-type "$lower" --kv-hi-size 8)
+      echo "sanitize: $model, kernels $tier, policy $policy, kv $kv${lower:+ + $lower}, positions $positions"
       if ! TOVA_CPU_KERNELS="$tier" "$BUILD/tova" run -m "$path" -p "$PROMPT" -n 8 --temp 0 -t 2 \
           --policy "$policy" --kv-size 32 --chunk 16 --ctx 128 -ctk "${kv%/*}" -ctv "${kv#*/}" \
-          --positions "$positions" >/dev/null 2>"$BUILD/run.err"; then
+          --positions "$positions" ${tiers[@]+"${tiers[@]}"} >/dev/null 2>"$BUILD/run.err"; then
         cat "$BUILD/run.err"
         exit 1
       fi
