@@ -68,6 +68,18 @@ def test_tiers_partition_the_kept_tokens(smollm2_path, policy):
 
 
 @pytest.mark.model
+def test_sinks_stay_in_the_upper_tier(smollm2_path):
+    # sink: the first 4 positions are protected; demotion takes the oldest unprotected token, so
+    # the sinks the queries lean on keep the upper types.
+    with _engine(smollm2_path, policy="sink", kv_size=64, kv_lo_type="q4_0", kv_hi_size=16) as e:
+        e.generate(TEXT, max_tokens=40, temperature=0, ignore_eos=True)
+        for layer in range(30):
+            upper, lower = e.kv_positions(layer, tier=0), e.kv_positions(layer, tier=1)
+            assert {0, 1, 2, 3} <= set(upper.tolist()) and len(lower) > 0
+            assert lower.min() > 3 and lower.max() < upper[upper > 3].min()
+
+
+@pytest.mark.model
 @pytest.mark.parametrize("kv_type", ["f32", "f16"])
 @pytest.mark.parametrize("prefill", ["exact", "chunked"])
 def test_lower_tier_of_the_same_type_changes_only_the_sum_order(smollm2_path, kv_type, prefill):

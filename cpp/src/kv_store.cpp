@@ -166,7 +166,9 @@ int KvStore::demote(int layer, Backend& backend, int64_t before) {
       continue;
     }
     const size_t b = static_cast<size_t>(src);
-    if (L.state[u] != L.state[b]) {
+    if (L.protect[u] != L.protect[b]) {  // protected tokens (sinks, a pinned prompt) go last
+      if (L.protect[u] < L.protect[b]) src = s;
+    } else if (L.state[u] != L.state[b]) {
       if (L.state[u] < L.state[b]) src = s;
     } else if (L.attention[u] != L.attention[b]) {
       if (L.attention[u] < L.attention[b]) src = s;

@@ -28,8 +28,8 @@ struct KvConfig {
   // Two precision tiers on the non-sliding layers when > 0 (and < capacity): the store keeps
   // `capacity` tokens, of which hi_capacity (plus the U working slots) in type_k/_v and the rest
   // in type_k_lo/_v_lo. New tokens enter the upper tier; when it is full, its token with the
-  // lowest (state, attention, position) moves down (demote; attention: the head-mean
-  // probability the slot got at the last step the policy saw one). The policy sees one pool.
+  // lowest (protected, state, attention, position) moves down (demote; attention: the
+  // head-mean probability the slot got at the last step the policy saw one). One pool to the policy.
   int hi_capacity = 0;
   KvType type_k_lo = KvType::Q4_0;
   KvType type_v_lo = KvType::Q4_0;
@@ -109,8 +109,9 @@ class KvStore {
   void apply_policy(int layer, int64_t t, int slot_new, bool never_evicts, const PolicyCall& call);
 
  private:
-  // Moves the upper tier's token with the lowest (state, attention, position) below position
-  // `before` to a free lower slot: its position, protection, state and attention go with it.
+  // Moves the upper tier's token with the lowest (protected, state, attention, position) below
+  // position `before` to a free lower slot: its position, protection, state and attention go
+  // with it (a protected token only when no other is left).
   // Returns the freed upper
   // slot, -1 if none.
   int demote(int layer, Backend& backend, int64_t before);
