@@ -48,7 +48,7 @@ def main(argv=None) -> int:
             nbytes = sb.store_bytes(a.model, policy, kv_type, kv, seg.chunk)
         t0 = time.time()
         r = perplexity(a.model, ids, context=seg.segment, chunks=seg.segments, score_from=0, add_bos=None,
-                       progress=False, n_threads=a.threads, chunk=seg.chunk, **kw, **sb._types(kv_type))
+                       progress=False, n_threads=a.threads, chunk=seg.chunk, **kw, **sb.kv_settings(kv_type))
         print(json.dumps(dict(model=a.model, text=Path(a.text).name, policy=policy, kv_type=kv_type, fraction=frac,
                               kv_size=kv, kv_bytes=nbytes, of_full_f16=round(nbytes / full, 4),
                               ppl=round(r.ppl, 4), seconds=round(time.time() - t0, 1))), flush=True)

@@ -23,14 +23,15 @@ HERE = Path(__file__).resolve().parent
 
 
 def bench(binary: str, a, kv_type: str, policy: str) -> dict:
+    from sweep_bytes import kv_settings  # the one parser of "K/V+LK/LV@H"
+
     kv_type, _, size = kv_type.partition(":")
-    upper, _, lower = kv_type.partition("+")
-    k, _, v = upper.partition("/")
+    kv = kv_settings(kv_type)
     cmd = [binary, "bench", "-m", a.model, "-p", "0", "-n", str(a.gen), "-d", str(a.depth), "-r", str(a.reps),
-           "-t", str(a.threads), "--policy", policy, "-ctk", k, "-ctv", v or k, "--json"]
-    if lower:
-        lo_type, _, hi = lower.partition("@")
-        cmd += ["--kv-lo-type", lo_type, "--kv-hi-size", hi]
+           "-t", str(a.threads), "--policy", policy, "-ctk", str(kv["kv_type_k"]), "-ctv", str(kv["kv_type_v"]),
+           "--json"]
+    if "kv_lo_type" in kv:
+        cmd += ["--kv-lo-type", str(kv["kv_lo_type"]), "--kv-hi-size", str(kv["kv_hi_size"])]
     if policy != "full":
         cmd += ["--kv-size", size or str(a.kv_size)]
     out = subprocess.run(cmd, capture_output=True, text=True)

@@ -31,7 +31,9 @@ FIELDS = ["model", "text", "policy", "kv_type", "kv_size", "kv_bytes", "fraction
           "segment", "segments", "n_scored", "ppl", "stderr", "seconds"]
 
 
-def _types(kv_type: str) -> Dict[str, object]:
+def kv_settings(kv_type: str) -> Dict[str, object]:
+    """``K/V+LK/LV@H`` as Engine settings (kv_type_k, kv_type_v, and kv_lo_type, kv_hi_size with a
+    lower tier); bench/kv_decode.py turns them into CLI flags."""
     upper, _, lower = kv_type.partition("+")
     k, _, v = upper.partition("/")
     out: Dict[str, object] = {"kv_type_k": k, "kv_type_v": v or k}
@@ -43,14 +45,14 @@ def _types(kv_type: str) -> Dict[str, object]:
 
 def _smallest(kv_type: str, chunk: int) -> int:
     """The smallest cache the sweep tries: 16, or beyond the upper tier and its working slots."""
-    hi = _types(kv_type).get("kv_hi_size")
+    hi = kv_settings(kv_type).get("kv_hi_size")
     return 16 if hi is None else (int(hi) + chunk + 8) // 8 * 8  # type: ignore[call-overload]
 
 
 def store_bytes(model: str, policy: str, kv_type: str, size: int, chunk: int) -> int:
     """Exact bytes of one sequence's store for these settings (the engine's own count)."""
     kw = dict(policy="full", n_ctx=size) if policy == "full" else dict(policy=policy, kv_size=size)
-    with tova.Engine(model, chunk=chunk, n_threads=1, **_types(kv_type), **kw) as e:
+    with tova.Engine(model, chunk=chunk, n_threads=1, **kv_settings(kv_type), **kw) as e:
         return e.kv_bytes_per_seq
 
 
@@ -115,7 +117,7 @@ def run(a) -> Path:
             kw = dict(policy="full") if policy == "full" else dict(policy=policy, kv_size=int(kv))
             r = perplexity(a.model, ids[:need], context=a.segment, chunks=a.segments, score_from=0,
                            add_bos=None, progress=False, n_threads=a.threads, chunk=a.chunk,
-                           **_types(kv_type), **kw)
+                           **kv_settings(kv_type), **kw)
             w.writerow(dict(model=a.model, text=Path(a.text).name, policy=policy, kv_type=kv_type,
                             kv_size=kv, kv_bytes=nbytes, fraction_of_full_f16=f"{nbytes / full_f16:.4f}",
                             segment=a.segment, segments=a.segments, n_scored=r.n_scored,
