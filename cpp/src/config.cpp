@@ -61,10 +61,17 @@ const char* kv_type_name(KvType t) { return enum_name(t, kKvTypes); }
 const char* prefill_name(PrefillMode p) { return enum_name(p, kPrefill); }
 const char* positions_name(PositionsMode p) { return enum_name(p, kPositions); }
 
-std::string EngineParams::kv_type_label() const {
-  if (kv_type_k == kv_type_v) return kv_type_name(kv_type_k);
-  return cat(kv_type_name(kv_type_k), "/", kv_type_name(kv_type_v));
+namespace {
+
+// "q8_0" when keys and values share a type, else "K/V": what parse_kv_type_pair reads.
+std::string kv_pair_label(KvType k, KvType v) {
+  if (k == v) return kv_type_name(k);
+  return cat(kv_type_name(k), "/", kv_type_name(v));
 }
+
+}  // namespace
+
+std::string EngineParams::kv_type_label() const { return kv_pair_label(kv_type_k, kv_type_v); }
 
 std::pair<KvType, KvType> parse_kv_type_pair(const std::string& text) {
   const size_t slash = text.find('/');
@@ -76,9 +83,7 @@ std::pair<KvType, KvType> parse_kv_type_pair(const std::string& text) {
 }
 
 std::string EngineParams::kv_lo_type_label() const {
-  if (!kv_lo) return "";
-  if (kv_lo_type_k == kv_lo_type_v) return kv_type_name(kv_lo_type_k);
-  return cat(kv_type_name(kv_lo_type_k), "/", kv_type_name(kv_lo_type_v));
+  return kv_lo ? kv_pair_label(kv_lo_type_k, kv_lo_type_v) : std::string();
 }
 
 int EngineParams::hi_size() const {
