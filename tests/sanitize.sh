@@ -28,9 +28,10 @@ for model in smollm2-135m-instruct gemma-3-270m; do
   for tier in $TIERS; do
     # f16 slots with tova and the full cache; 4-bit keys (rotated) and values with tova_ema,
     # original and cache_index positions; two KV tiers (a lower type after the 4th field, 8
-    # tokens in the upper tier) with tova_ema and the full cache.
+    # tokens in the upper tier) with tova_ema and the full cache; 3-bit values (q3_0) in both.
     for config in "tova f16 original" "full f16 original" "tova_ema q4_1/q4_0 original" \
-                  "tova q8_0/q4_1 cache_index" "tova_ema q8_0/q4_1 original q4_0" "full f16 original q4_0/q4_1"; do
+                  "tova q8_0/q4_1 cache_index" "tova_ema q8_0/q4_1 original q4_0" "full f16 original q4_0/q4_1" \
+                  "tova_ema q8_0/q3_0 original q4_0/q3_0"; do
       read -r policy kv positions lower <<<"$config"
       tiers=()
       [ -n "$lower" ] && tiers=(--kv-lo-type "$lower" --kv-hi-size 8)

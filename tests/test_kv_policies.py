@@ -151,7 +151,7 @@ def test_chunked_prefill_keeps_capacity(smollm2_path, text_ids):
 
 def test_kv_types(smollm2_path):
     sizes = {}
-    for kv_type in ("f32", "f16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "q8_0/q4_0"):
+    for kv_type in ("f32", "f16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "q8_0/q4_0", "q8_0/q3_0"):
         k, _, v = kv_type.partition("/")
         with tova.Engine(smollm2_path, policy="tova", kv_size=64, kv_type_k=k, kv_type_v=v or k,
                          n_threads=2) as e:
@@ -168,6 +168,7 @@ def test_kv_types(smollm2_path):
     for t in row:
         assert sizes[t] == rows * 2 * row[t] + tables, t
     assert sizes["q8_0/q4_0"] == rows * (row["q8_0"] + row["q4_0"]) + tables
+    assert sizes["q8_0/q3_0"] == rows * (row["q8_0"] + 2 * 14) + tables  # q3_0: 14 bytes per 32 values
 
 
 @pytest.mark.parametrize("positions", ["original", "cache_index"])
@@ -203,7 +204,7 @@ def test_quantized_kv_needs_whole_blocks(tmp_path):
 
     path = tmp_path / "m.gguf"
     write_llama_gguf(path)  # head_dim 16
-    for t in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0"):
+    for t in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q3_0"):
         with pytest.raises(ValueError, match=f"kv_type {t} needs a head size that is a multiple of 32"):
             tova.Engine(path, kv_type_v=t, n_threads=1)
 

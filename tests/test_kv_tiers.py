@@ -9,7 +9,7 @@ import pytest
 
 import tova
 
-ROW = {"f32": 64 * 4, "f16": 64 * 2, "q8_0": 2 * 34, "q4_0": 2 * 18, "q4_1": 2 * 20}
+ROW = {"f32": 64 * 4, "f16": 64 * 2, "q8_0": 2 * 34, "q4_0": 2 * 18, "q4_1": 2 * 20, "q3_0": 2 * 14}
 TEXT = ("The old lighthouse keeper climbed the stairs every evening to light the lamp. The sea was "
         "calm, and the ships passed far from the rocks. One night a storm came from the west, and "
         "the keeper saw a small boat fighting the waves near the harbour. He ran down to the shore")
@@ -40,6 +40,11 @@ def test_tiered_store_bytes(smollm2_path):
     with _engine(smollm2_path, policy="tova", kv_size=C, kv_lo_type="q4_0/q4_1", kv_hi_size=H) as e:
         assert e.kv_lo_type == "q4_0/q4_1"
         assert e.kv_bytes_per_seq == (30 * 3 * ((H + U) * 2 * ROW["f16"] + (C - H) * (ROW["q4_0"] + ROW["q4_1"]))
+                                      + 30 * (C + U) * 13)
+    # 3-bit values below (q3_0: 14 bytes per 32 values).
+    with _engine(smollm2_path, policy="tova", kv_size=C, kv_type="q8_0", kv_lo_type="q4_0/q3_0", kv_hi_size=H) as e:
+        assert e.kv_lo_type == "q4_0/q3_0"
+        assert e.kv_bytes_per_seq == (30 * 3 * ((H + U) * 2 * ROW["q8_0"] + (C - H) * (ROW["q4_0"] + ROW["q3_0"]))
                                       + 30 * (C + U) * 13)
 
 
@@ -120,6 +125,12 @@ def test_lower_type_stores_the_demoted_tokens(smollm2_path):
     moved = np.abs(tiered - f32).max()
     assert moved > 20 * noise
     assert np.abs(tiered - f32).mean() < np.abs(q4 - f32).mean()
+    # 3-bit values below: coarser than 4-bit ones, finer than every value in 3 bits.
+    v3 = logits(kv_type="f32", kv_lo_type="f32/q3_0", kv_hi_size=8)
+    v4 = logits(kv_type="f32", kv_lo_type="f32/q4_0", kv_hi_size=8)
+    all_v3 = logits(kv_type_k="f32", kv_type_v="q3_0")
+    assert np.abs(v4 - f32).max() > 20 * noise
+    assert np.abs(v4 - f32).mean() < np.abs(v3 - f32).mean() < np.abs(all_v3 - f32).mean()
 
 
 @pytest.mark.model
@@ -170,6 +181,10 @@ def test_tier_settings_refused_clearly(smollm2_path):
         _engine(smollm2_path, kv_size=64, kv_lo_type="q3", kv_hi_size=8)
     with pytest.raises(ValueError, match="cache_index"):
         _engine(smollm2_path, kv_size=64, kv_lo_type="q4_0", kv_hi_size=8, positions="cache_index")
+    with pytest.raises(ValueError, match=r"kv_lo_type \(keys\) q3_0: q3_0 is for values only"):
+        _engine(smollm2_path, kv_size=64, kv_lo_type="q3_0", kv_hi_size=8)
+    with pytest.raises(ValueError, match=r"kv_type \(keys\) q3_0: q3_0 is for values only"):
+        _engine(smollm2_path, kv_size=64, kv_type="q3_0")
     with pytest.raises(ValueError, match="kv_hi_size must be >= 1"):
         _engine(smollm2_path, kv_size=64, kv_lo_type="q4_0", kv_hi_size=0)
 

@@ -47,8 +47,11 @@ struct KvLayout : KvTierTypes {
   uint64_t payload_bytes() const;   // K and V of every layer
 };
 
-// The ggml type id of a KV element type (its block layout and kernels).
+// The ggml type id of a KV element type (its block layout and kernels). Q3_0, tova's own value
+// format (quant_blocks.h), has none: Error.
 GgmlType kv_ggml_type(KvType t);
+int kv_block_size(KvType t);               // elements per block (1 for f16, f32)
+size_t kv_row_bytes(KvType t, int64_t n);  // bytes of n elements, n a multiple of the block size
 
 // One sequence's K/V memory. Opaque outside its backend.
 class KvPayload {

@@ -33,7 +33,7 @@ const std::pair<const char*, PolicyKind> kPolicies[] = {
     {"window", PolicyKind::Window}, {"full", PolicyKind::Full}, {"tova_ema", PolicyKind::TovaEma}};
 const std::pair<const char*, KvType> kKvTypes[] = {
     {"f16", KvType::F16}, {"f32", KvType::F32}, {"q8_0", KvType::Q8_0}, {"q4_0", KvType::Q4_0},
-    {"q4_1", KvType::Q4_1}, {"q5_0", KvType::Q5_0}, {"q5_1", KvType::Q5_1}};
+    {"q4_1", KvType::Q4_1}, {"q5_0", KvType::Q5_0}, {"q5_1", KvType::Q5_1}, {"q3_0", KvType::Q3_0}};
 const std::pair<const char*, PrefillMode> kPrefill[] = {
     {"exact", PrefillMode::Exact}, {"chunked", PrefillMode::Chunked}};
 const std::pair<const char*, PositionsMode> kPositions[] = {
@@ -108,6 +108,13 @@ void EngineParams::validate() const {
     throw ArgumentError(cat("kv_size ", kv_size, " is too small: it must exceed n_sink ", sink(),
                             " (at least ", sink() + 1, ")"));
   if (kv_hi_size < 0) throw ArgumentError(cat("kv_hi_size must be >= 0, got ", kv_hi_size));
+  auto values_only = [](const char* what, KvType t) {
+    if (t == KvType::Q3_0)
+      throw ArgumentError(cat(what, " q3_0: q3_0 is for values only, keys need 4 bits or more (give keys and "
+                              "values apart, e.g. keys q8_0 or q4_0 with values q3_0)"));
+  };
+  values_only("kv_type (keys)", kv_type_k);
+  if (kv_lo) values_only("kv_lo_type (keys)", kv_lo_type_k);
   if (kv_lo) {
     // The upper tier also holds a step's working slots (chunk): without room beyond both, the
     // lower tier would never be used.

@@ -12,14 +12,15 @@
 namespace tova {
 
 enum class PolicyKind { Tova, H2O, Sink, Window, Full, TovaEma, Plugin };
-enum class KvType { F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 };
+// Q3_0: tova's own 3-bit value format (quant_blocks.h BlockQ3_0), for values only.
+enum class KvType { F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q3_0 };
 enum class PrefillMode { Exact, Chunked };
 enum class PositionsMode { Original, CacheIndex };
 enum class BackendKind { Cpu, Cuda };  // Cuda: built with TOVA_CUDA (cuda/)
 
 // parse_*: ArgumentError listing the known names for an unknown one.
 PolicyKind parse_policy(const std::string& name);  // a built-in name ("plugin" is not one)
-KvType parse_kv_type(const std::string& name);     // "f32", "f16", "q8_0", "q4_0", "q4_1"
+KvType parse_kv_type(const std::string& name);     // "f32", "f16", "q8_0", "q5_x", "q4_x", "q3_0"
 // "q4_0" (keys and values) or "q8_0/q4_1" (keys / values).
 std::pair<KvType, KvType> parse_kv_type_pair(const std::string& text);
 PrefillMode parse_prefill(const std::string& name);  // "exact", "chunked"

@@ -4,6 +4,7 @@
 
 #include "arch.h"
 #include "common.h"
+#include "quant_blocks.h"
 
 namespace tova {
 
@@ -22,8 +23,17 @@ GgmlType kv_ggml_type(KvType t) {
     case KvType::Q4_1: return GgmlType::Q4_1;
     case KvType::Q5_0: return GgmlType::Q5_0;
     case KvType::Q5_1: return GgmlType::Q5_1;
+    case KvType::Q3_0: break;
   }
-  return GgmlType::F32;
+  throw Error(cat("kv type ", kv_type_name(t), " is not a ggml type"));
+}
+
+int kv_block_size(KvType t) {
+  return t == KvType::Q3_0 ? kQK : static_cast<int>(type_traits(kv_ggml_type(t)).block_size);
+}
+
+size_t kv_row_bytes(KvType t, int64_t n) {
+  return t == KvType::Q3_0 ? static_cast<size_t>(n / kQK) * sizeof(BlockQ3_0) : row_bytes(kv_ggml_type(t), n);
 }
 
 bool KvLayout::tiered() const {
@@ -61,10 +71,9 @@ KvPlan plan_kv(const HParams& hp, const KvConfig& cfg) {
   std::vector<KvType> types = {cfg.type_k, cfg.type_v};
   if (tiered) types.insert(types.end(), {cfg.type_k_lo, cfg.type_v_lo});
   for (KvType t : types) {
-    const TypeTraits& tr = type_traits(kv_ggml_type(t));
-    if (hp.head_dim % tr.block_size != 0)
+    if (hp.head_dim % kv_block_size(t) != 0)
       throw ArgumentError(cat("kv_type ", kv_type_name(t), " needs a head size that is a multiple of ",
-                              tr.block_size, ", the model's is ", hp.head_dim));
+                              kv_block_size(t), ", the model's is ", hp.head_dim));
   }
   const bool pow2 = hp.head_dim > 0 && (hp.head_dim & (hp.head_dim - 1)) == 0;
   auto tier = [&](KvType k, KvType v) {
@@ -72,8 +81,8 @@ KvPlan plan_kv(const HParams& hp, const KvConfig& cfg) {
     KvTierTypes t;
     t.type_k = k;
     t.type_v = v;
-    t.k_row_bytes = row_bytes(kv_ggml_type(k), hp.head_dim);
-    t.v_row_bytes = row_bytes(kv_ggml_type(v), hp.head_dim);
+    t.k_row_bytes = kv_row_bytes(k, hp.head_dim);
+    t.v_row_bytes = kv_row_bytes(v, hp.head_dim);
     t.hadamard_k = cfg.hadamard && quantized(k) && pow2;
     t.hadamard_v = cfg.hadamard && quantized(v) && pow2;
     return t;

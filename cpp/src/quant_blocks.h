@@ -19,6 +19,10 @@ struct BlockQ4_1 { uint16_t d; uint16_t m; uint8_t qs[kQK / 2]; };
 struct BlockQ5_0 { uint16_t d; uint8_t qh[4]; uint8_t qs[kQK / 2]; };
 struct BlockQ5_1 { uint16_t d; uint16_t m; uint8_t qh[4]; uint8_t qs[kQK / 2]; };
 struct BlockQ8_0 { uint16_t d; int8_t qs[kQK]; };
+// tova's own 3-bit KV value format (not a ggml type; never in a GGUF file): value j of the block
+// is d * (q_j - 4), q_j in [0, 8) with its low two bits at bits 2 * (j / 8) of qs[j % 8] and its
+// high bit at bit j / 4 of qh[j % 4]. 14 bytes per 32 values (3.5 bits each).
+struct BlockQ3_0 { uint16_t d; uint8_t qs[kQK / 4]; uint8_t qh[kQK / 8]; };
 // s = d * sum(qs), kept in the block so a dot product need not recompute the sum.
 struct BlockQ8_1 { uint16_t d; uint16_t s; int8_t qs[kQK]; };
 
@@ -61,6 +65,7 @@ struct BlockQ8_K {
   int16_t bsums[kQK_K / 16];
 };
 
+static_assert(sizeof(BlockQ3_0) == 14, "Q3_0 block");
 static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block");
 static_assert(sizeof(BlockQ4_1) == 20, "Q4_1 block");
 static_assert(sizeof(BlockQ5_0) == 22, "Q5_0 block");

@@ -19,6 +19,8 @@
 #include "quant.h"
 #include "quant_blocks.h"
 #include "cpu/kernels_cpu.h"
+#include "cpu/kv_cpu.h"
+#include "cpu/quant_kernels.h"
 #include "cpu/thread_pool.h"
 #include "tokenizer.h"
 #include "dequant.cuh"  // cuda/: the CUDA kernels' dequantizers, plain C++ without nvcc
@@ -423,6 +425,41 @@ void test_nll_stats() {
   CHECK(std::fabs(row_nll(row, 3, 2) - (std::log(std::exp(-2.0) + std::exp(-1.0) + 1.0))) < 1e-6);
 }
 
+// tova's 3-bit KV value format: exact on its own grid, within one step of any block, 14 bytes.
+void test_q3_0_codec() {
+  CHECK(kv_row_bytes(KvType::Q3_0, 64) == 28 && kv_block_size(KvType::Q3_0) == 32);
+  const DequantizeFn decode = kv_dequantizer(KvType::Q3_0);
+  BlockQ3_0 b[2];
+  float x[64], y[64];
+  for (int j = 0; j < 64; ++j) x[j] = 0.25f * static_cast<float>((j * 5) % 8 - 4);  // -1 .. 0.75
+  x[3] = -1.0f;  // the largest magnitude is -4 steps: d = 0.25 exactly
+  x[40] = -1.0f;
+  scalar::quantize_q3_0(x, b, 64);
+  decode(b, y, 64);
+  CHECK(std::memcmp(x, y, sizeof(x)) == 0);
+  uint32_t r = 7;
+  bool within = true;
+  for (int rep = 0; rep < 200; ++rep) {
+    for (float& v : x) {
+      r = r * 1664525u + 1013904223u;
+      v = (static_cast<float>(r >> 8) / 16777216.0f - 0.5f) * static_cast<float>(1 + rep % 7);
+    }
+    scalar::quantize_q3_0(x, b, 64);
+    decode(b, y, 64);
+    for (int blk = 0; blk < 2; ++blk) {
+      const float d = std::fabs(fp16_to_fp32(b[blk].d));
+      for (int j = blk * 32; j < blk * 32 + 32; ++j) within = within && std::fabs(y[j] - x[j]) <= d * 1.001f;
+    }
+  }
+  CHECK(within);
+  for (float& v : x) v = 0.0f;
+  scalar::quantize_q3_0(x, b, 64);
+  decode(b, y, 64);
+  bool zeros = true;
+  for (float v : y) zeros = zeros && v == 0.0f;  // (-0 where d is -0)
+  CHECK(zeros);
+}
+
 }  // namespace
 
 int main() {
@@ -435,6 +472,7 @@ int main() {
   test_utf8_stream();
   test_perplexity_plan();
   test_nll_stats();
+  test_q3_0_codec();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }

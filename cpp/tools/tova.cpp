@@ -72,9 +72,10 @@ run / bench options:
       --n-sink N             first positions never evicted (sink: 4)
       --kv-type T            element type of the stored keys and values: f16 (default), f32,
                              q8_0, q5_1, q5_0, q4_1, q4_0
-      --kv-type-k T, --kv-type-v T   (-ctk, -ctv) the keys' / the values' type alone
+      --kv-type-k T, --kv-type-v T   (-ctk, -ctv) the keys' / the values' type alone; values
+                             may also be q3_0 (tova's 3-bit format, values only)
       --kv-lo-type T         a second, lower-precision tier: tokens beyond the --kv-hi-size
-                             most valued are kept in type T (or K/V, e.g. q4_0/q4_1) instead
+                             most valued are kept in type T (or K/V, e.g. q4_0/q3_0) instead
       --kv-hi-size N         tokens kept in --kv-type with --kv-lo-type (default: a quarter of
                              the cache)
       --no-kv-hadamard       store quantized keys and values as they are (default:

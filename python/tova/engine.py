@@ -43,14 +43,15 @@ class Engine:
             8.5, 6, 5.5, 5 and 4.5 bits per element). Settings left at ``None`` take the core's
             defaults (shown here; ``cpp/src/config.h``).
         kv_type_k, kv_type_v: the keys' or the values' type alone (default: ``kv_type``); keys
-            and values tolerate quantization differently.
+            and values tolerate quantization differently. Values may also be ``"q3_0"``, tova's
+            own 3-bit format (3.5 bits per element; refused for keys, which need 4 bits or more).
         kv_hadamard: store quantized keys and values rotated by an orthonormal Walsh-Hadamard
             transform (queries rotated alike, so every score is unchanged, and each head's
             weighted sum of values rotated back; default ``True``): spreads outlier channels
             before 4-bit quantization. No effect on f16/f32 rows or a head size that is not a
             power of two.
         kv_lo_type: a second, lower-precision tier on the policy's layers (``"q4_0"``, or
-            ``"q4_0/q4_1"`` for keys / values): of the ``kv_size`` tokens kept (``n_ctx`` for
+            ``"q4_0/q3_0"`` for keys / values): of the ``kv_size`` tokens kept (``n_ctx`` for
             ``"full"``), ``kv_hi_size`` stay in ``kv_type`` and the rest are stored in this type.
             A new token enters the upper tier; when it is full, its token with the lowest policy
             score (``tova_ema``, ``h2o``), else the least attended at the last step (``tova``),

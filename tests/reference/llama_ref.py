@@ -144,13 +144,32 @@ _KV_GGML = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizatio
             "q5_1": gguf.GGMLQuantizationType.Q5_1}
 
 
+_KV_QUANTIZED = set(_KV_GGML) | {"q3_0"}  # stored rotated with the Hadamard option
+
+
+def q3_0_round(x: np.ndarray) -> np.ndarray:
+    """tova's 3-bit value format, written from its definition (quant_blocks.h BlockQ3_0): per block
+    of 32, d = m / -4 with m the value of largest magnitude (the first such), stored as float16;
+    q = clip(floor(x / d + 4.5), 0, 7) with 1 / d in float32; read back as fp16(d) * (q - 4)."""
+    xb = np.ascontiguousarray(x, dtype=np.float32).reshape(*x.shape[:-1], -1, 32)
+    m = np.take_along_axis(xb, np.abs(xb).argmax(-1)[..., None], -1)
+    d = (m / np.float32(-4.0)).astype(np.float32)
+    inv = np.divide(np.float32(1.0), d, out=np.zeros_like(d), where=d != 0).astype(np.float32)
+    q = np.clip(np.floor(xb * inv + np.float32(4.5)), 0, 7)
+    y = d.astype(np.float16).astype(np.float32) * (q - 4).astype(np.float32)
+    return y.reshape(x.shape).astype(x.dtype)
+
+
 def kv_round(x: np.ndarray, kv_type: str) -> np.ndarray:
     """``x`` (..., head_dim) stored in a KV element type and read back: f32 as is, f16 rounded,
-    q8_0 / q5_0 / q5_1 / q4_0 / q4_1 quantized per block of 32 with gguf-py's quantizer and dequantized."""
+    q8_0 / q5_0 / q5_1 / q4_0 / q4_1 quantized per block of 32 with gguf-py's quantizer and
+    dequantized, q3_0 by ``q3_0_round``."""
     if kv_type == "f32":
         return x
     if kv_type == "f16":
         return x.astype(np.float16).astype(x.dtype)
+    if kv_type == "q3_0":
+        return q3_0_round(x)
     t = _KV_GGML[kv_type]
     flat = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
     return np.asarray(dequantize(gguf.quants.quantize(flat, t), t)).reshape(x.shape).astype(x.dtype)
@@ -205,8 +224,8 @@ class KVCache:
                  k_type: str = "f32", v_type: str = "f32", hadamard: bool = False):
         pow2 = head_dim & (head_dim - 1) == 0
         h = hadamard_matrix(head_dim).astype(dtype) if hadamard and pow2 else None
-        self.h = h if k_type in _KV_GGML else None    # keys stored rotated
-        self.hv = h if v_type in _KV_GGML else None   # values stored rotated
+        self.h = h if k_type in _KV_QUANTIZED else None    # keys stored rotated
+        self.hv = h if v_type in _KV_QUANTIZED else None   # values stored rotated
         self.k = [np.zeros((0, n_head_kv, head_dim), dtype) for _ in range(n_layer)]
         self.v = [np.zeros((0, n_head_kv, head_dim), dtype) for _ in range(n_layer)]
         self.pos = [np.zeros((0,), np.int64) for _ in range(n_layer)]

@@ -71,7 +71,7 @@ void weighted_values(const KvTierRows& t, int d, const int32_t* idx, int n_idx, 
     gather_axpy_heads_f32(reinterpret_cast<const float*>(t.v), ty.v_row_bytes / 4, idx, n_idx, p, p_stride, nh, d,
                           out, static_cast<size_t>(d));
   } else {  // quantized values: each row decoded once, then added to every head's sum
-    const DequantizeFn dequantize = cpu_kernels(kv_ggml_type(ty.type_v)).dequantize;
+    const DequantizeFn dequantize = kv_dequantizer(ty.type_v);
     tmp.resize(static_cast<size_t>(d));
     for (int j = 0; j < n_idx; ++j) {
       dequantize(t.v + static_cast<size_t>(idx[j]) * ty.v_row_bytes, tmp.data(), d);

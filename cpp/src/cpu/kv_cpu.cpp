@@ -6,6 +6,7 @@
 #include "arch.h"
 #include "kernels_cpu.h"
 #include "quant.h"
+#include "quant_kernels.h"
 
 namespace tova {
 
@@ -19,6 +20,10 @@ void hadamard(float* x, int n) {
       }
   const float s = 1.0f / std::sqrt(static_cast<float>(n));
   for (int i = 0; i < n; ++i) x[i] *= s;
+}
+
+DequantizeFn kv_dequantizer(KvType t) {
+  return t == KvType::Q3_0 ? scalar::dequantize_q3_0 : cpu_kernels(kv_ggml_type(t)).dequantize;
 }
 
 CpuKv::CpuKv(const KvLayout& layout) : layout_(layout) {
@@ -55,7 +60,7 @@ KvTierRows CpuKv::tier_rows(int layer, int head, int tier) const {
 }
 
 void CpuKv::load(KvType type, const uint8_t* src, float* x, bool rotated) const {
-  dequantize_row(kv_ggml_type(type), src, x, layout_.head_dim);
+  kv_dequantizer(type)(src, x, layout_.head_dim);
   if (rotated) hadamard(x, layout_.head_dim);  // its own inverse
 }
 
@@ -93,6 +98,7 @@ void CpuKv::store(KvType type, uint8_t* p, const float* x, bool rotate) const {
     case KvType::Q4_1:
     case KvType::Q5_0:
     case KvType::Q5_1: cpu_kernels(kv_ggml_type(type)).quantize(x, p, d); break;
+    case KvType::Q3_0: scalar::quantize_q3_0(x, p, d); break;
   }
 }
 

@@ -7,12 +7,16 @@
 #include <vector>
 
 #include "backend.h"
+#include "kernels_cpu.h"
 
 namespace tova {
 
 // x <- H x / sqrt(n) in place, H the Walsh-Hadamard matrix of order n (a power of two): an
 // orthonormal, symmetric rotation that is its own inverse.
 void hadamard(float* x, int n);
+
+// The CPU decoder of a KV element type: the kernel table's, or Q3_0's own.
+DequantizeFn kv_dequantizer(KvType t);
 
 // The rows of one (layer, KV head) in one tier: slot s of the tier (numbered from the tier's
 // first slot) at k + s * types.k_row_bytes and v + s * types.v_row_bytes.

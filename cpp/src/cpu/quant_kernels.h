@@ -109,12 +109,14 @@ void gather_axpy_heads_f32(const float* base, size_t stride, const int32_t* idx,
 void gather_axpy_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p,
                            size_t p_stride, int nh, int d, float* out, size_t o_stride);
 
+void dequantize_q3_0(const void* src, float* dst, int64_t n);  // tova's KV value format
 void dequantize_q4_0(const void* src, float* dst, int64_t n);
 void dequantize_q4_1(const void* src, float* dst, int64_t n);
 void dequantize_q5_0(const void* src, float* dst, int64_t n);
 void dequantize_q5_1(const void* src, float* dst, int64_t n);
 void dequantize_q8_0(const void* src, float* dst, int64_t n);
 void dequantize_q8_1(const void* src, float* dst, int64_t n);
+void quantize_q3_0(const float* src, void* dst, int64_t n);
 void quantize_q4_0(const float* src, void* dst, int64_t n);
 void quantize_q4_1(const float* src, void* dst, int64_t n);
 void quantize_q5_0(const float* src, void* dst, int64_t n);

@@ -1,4 +1,5 @@
-// Portable kernels of the 32-element block formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1.
+// Portable kernels of the 32-element block formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, and
+// tova's KV value format Q3_0 (quant_blocks.h; encoded and decoded only).
 //
 // Dequantization must equal gguf-py's bit for bit, so each value is computed with the same
 // float32 operations in the same order ((d * q) + m, never a fused multiply-add).
@@ -138,6 +139,35 @@ void quantize_q4_0(const float* src, void* dst, int64_t n) {
       const int q0 = clamp_int(static_cast<int>(src[j] * id + 8.5f), 0, 15);
       const int q1 = clamp_int(static_cast<int>(src[j + kHalf] * id + 8.5f), 0, 15);
       b[i].qs[j] = static_cast<uint8_t>(q0 | (q1 << 4));
+    }
+  }
+}
+
+void dequantize_q3_0(const void* src, float* dst, int64_t n) {
+  const auto* b = static_cast<const BlockQ3_0*>(src);
+  for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
+    const float d = fp16_to_fp32(b[i].d);
+    for (int j = 0; j < kQK; ++j) {
+      const int q = ((b[i].qs[j % 8] >> (2 * (j / 8))) & 3) | (((b[i].qh[j % 4] >> (j / 4)) & 1) << 2);
+      dst[j] = d * static_cast<float>(q - 4);
+    }
+  }
+}
+
+// As Q4_0 with 8 levels: the largest-magnitude value maps to -4 exactly.
+void quantize_q3_0(const float* src, void* dst, int64_t n) {
+  auto* b = static_cast<BlockQ3_0*>(dst);
+  for (int64_t i = 0; i < n / kQK; ++i, src += kQK) {
+    const float max = src[argmax_abs(src, kQK)];
+    const float d = max / -4.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    b[i].d = fp32_to_fp16(d);
+    std::memset(b[i].qs, 0, sizeof(b[i].qs));
+    std::memset(b[i].qh, 0, sizeof(b[i].qh));
+    for (int j = 0; j < kQK; ++j) {
+      const int q = clamp_int(static_cast<int>(src[j] * id + 4.5f), 0, 7);
+      b[i].qs[j % 8] = static_cast<uint8_t>(b[i].qs[j % 8] | ((q & 3) << (2 * (j / 8))));
+      b[i].qh[j % 4] = static_cast<uint8_t>(b[i].qh[j % 4] | ((q >> 2) << (j / 4)));
     }
   }
 }

@@ -27,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="tova", help="tova (default), h2o, sink, window, full")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
     p.add_argument("--kv-type", default=None, help="KV element type: f16 (default), q8_0, q5_1, q4_1, ... or K/V "
-                   "(q8_0/q4_1)")
+                   "(q8_0/q4_1; values may also be q3_0)")
     p.add_argument("--kv-lo-type", default=None,
-                   help="a lower-precision tier for the tokens beyond --kv-hi-size (q4_0, or K/V): more "
+                   help="a lower-precision tier for the tokens beyond --kv-hi-size (q4_0, or K/V: q4_0/q3_0): more "
                         "tokens in the same bytes")
     p.add_argument("--kv-hi-size", type=int, default=None,
                    help="tokens kept in --kv-type with --kv-lo-type (default: a quarter of --kv-size)")
