@@ -154,10 +154,15 @@ def plot(csv_path: Path, png_path: Path, title: str) -> None:
     for r in rows:
         series.setdefault((r["policy"], r["kv_type"]), []).append(
             (int(r["kv_bytes"]) / 2**20, float(r["ppl"])))
+    # One colour per KV type, one line style and marker per policy.
+    types = sorted({t for _, t in series})
+    colour = {t: plt.get_cmap("tab10")(i % 10) for i, t in enumerate(types)}
+    look = {"full": dict(marker="s", linestyle="none"), "tova": dict(marker="o", linestyle="-")}
     for (policy, kv_type), pts in sorted(series.items()):
         pts.sort()
-        style = dict(marker="s", linestyle="none") if policy == "full" else dict(marker="o")
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{policy} {kv_type}", **style)
+        style = look.get(policy, dict(marker="^", linestyle="--"))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{policy} {kv_type}", color=colour[kv_type],
+                **style)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("KV bytes per sequence (MiB)")
     ax.set_ylabel("perplexity")

@@ -21,7 +21,8 @@ struct BlockQ5_1 { uint16_t d; uint16_t m; uint8_t qh[4]; uint8_t qs[kQK / 2]; }
 struct BlockQ8_0 { uint16_t d; int8_t qs[kQK]; };
 // tova's own 3-bit KV value format (not a ggml type; never in a GGUF file): value j of the block
 // is d * (q_j - 4), q_j in [0, 8) with its low two bits at bits 2 * (j / 8) of qs[j % 8] and its
-// high bit at bit j / 4 of qh[j % 4]. 14 bytes per 32 values (3.5 bits each).
+// high bit at bit j % 8 of qh[j / 8] (8 values decode from one shift of qs and one byte of qh).
+// 14 bytes per 32 values (3.5 bits each).
 struct BlockQ3_0 { uint16_t d; uint8_t qs[kQK / 4]; uint8_t qh[kQK / 8]; };
 // s = d * sum(qs), kept in the block so a dot product need not recompute the sum.
 struct BlockQ8_1 { uint16_t d; uint16_t s; int8_t qs[kQK]; };

@@ -23,7 +23,11 @@ void hadamard(float* x, int n) {
 }
 
 DequantizeFn kv_dequantizer(KvType t) {
-  return t == KvType::Q3_0 ? scalar::dequantize_q3_0 : cpu_kernels(kv_ggml_type(t)).dequantize;
+  if (t != KvType::Q3_0) return cpu_kernels(kv_ggml_type(t)).dequantize;
+#if defined(TOVA_X86)
+  if (active_tier() != CpuTier::Scalar) return avx2::dequantize_q3_0;
+#endif
+  return scalar::dequantize_q3_0;
 }
 
 CpuKv::CpuKv(const KvLayout& layout) : layout_(layout) {

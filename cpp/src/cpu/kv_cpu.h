@@ -15,7 +15,7 @@ namespace tova {
 // orthonormal, symmetric rotation that is its own inverse.
 void hadamard(float* x, int n);
 
-// The CPU decoder of a KV element type: the kernel table's, or Q3_0's own.
+// The CPU decoder of a KV element type: the kernel table's, or Q3_0's own (of the active tier).
 DequantizeFn kv_dequantizer(KvType t);
 
 // The rows of one (layer, KV head) in one tier: slot s of the tier (numbered from the tier's

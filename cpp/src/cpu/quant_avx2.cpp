@@ -562,6 +562,19 @@ void dequantize_symmetric(const void* vx, float* dst, int64_t n) {
 
 void dequantize_q4_0(const void* x, float* dst, int64_t n) { dequantize_symmetric<BlockQ4_0>(x, dst, n); }
 
+void dequantize_q3_0(const void* x, float* dst, int64_t n) {
+  const auto* b = static_cast<const BlockQ3_0*>(x);
+  const __m256 four = _mm256_set1_ps(4.0f);
+  for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
+    const __m256 d = _mm256_set1_ps(half_to_float(b[i].d));
+    for (int g = 0; g < 4; ++g) {  // (q - 4) exact in float, then one product: as the portable kernel
+      const __m128i q = _mm_cvtsi64_si128(static_cast<long long>(q3_0_codes(b[i], g)));
+      const __m256 v = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)), four);
+      _mm256_storeu_ps(dst + 8 * g, _mm256_mul_ps(d, v));
+    }
+  }
+}
+
 // q4_1: d * q + m, a multiply then an add (not fused), as the portable kernel rounds it.
 void dequantize_q4_1(const void* vx, float* dst, int64_t n) {
   const auto* x = static_cast<const BlockQ4_1*>(vx);

@@ -15,6 +15,17 @@ namespace tova {
 // other ISA flags, and an inline function with external linkage could be merged by the linker
 // into an AVX2 copy that the portable path would then call on a CPU without AVX2.
 
+// The codes (0..7) of values 8g .. 8g + 7 of a Q3_0 block, one per byte (value 8g + k in byte k):
+// the low two bits from one shift of qs, the high bit of byte k from bit k of qh[g], moved to
+// byte k by copying qh[g] into every byte, keeping bit k of byte k and carrying it to bit 0.
+static inline uint64_t q3_0_codes(const BlockQ3_0& b, int g) {
+  uint64_t low;
+  std::memcpy(&low, b.qs, sizeof(low));
+  const uint64_t h = ((((b.qh[g] * 0x0101010101010101ULL) & 0x8040201008040201ULL) + 0x7F7F7F7F7F7F7F7FULL) >> 7) &
+                     0x0101010101010101ULL;
+  return ((low >> (2 * g)) & 0x0303030303030303ULL) | (h << 2);
+}
+
 // The 6-bit scale and min of sub-block j (0..7) of a Q4_K / Q5_K block.
 static inline void kquant_scale_min(const uint8_t* s, int j, uint8_t* sc, uint8_t* m) {
   if (j < 4) {
@@ -188,6 +199,7 @@ float vec_dot_q8_0_f32(int64_t n, const void* x, const float* y);
 void dequantize_q4_0(const void* src, float* dst, int64_t n);
 void dequantize_q4_1(const void* src, float* dst, int64_t n);
 void dequantize_q8_0(const void* src, float* dst, int64_t n);
+void dequantize_q3_0(const void* src, float* dst, int64_t n);  // equals the portable one bit for bit
 
 void quantize_q8_K(const float* src, void* dst, int64_t n);
 float vec_dot_q2_K_q8_K(int64_t n, const void* x, const void* y);

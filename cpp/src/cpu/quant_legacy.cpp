@@ -147,9 +147,11 @@ void dequantize_q3_0(const void* src, float* dst, int64_t n) {
   const auto* b = static_cast<const BlockQ3_0*>(src);
   for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
     const float d = fp16_to_fp32(b[i].d);
-    for (int j = 0; j < kQK; ++j) {
-      const int q = ((b[i].qs[j % 8] >> (2 * (j / 8))) & 3) | (((b[i].qh[j % 4] >> (j / 4)) & 1) << 2);
-      dst[j] = d * static_cast<float>(q - 4);
+    for (int g = 0; g < 4; ++g) {  // values 8g .. 8g + 7, one byte each
+      const uint64_t q8 = q3_0_codes(b[i], g);
+      uint8_t q[8];
+      std::memcpy(q, &q8, sizeof(q));
+      for (int k = 0; k < 8; ++k) dst[8 * g + k] = d * static_cast<float>(static_cast<int>(q[k]) - 4);
     }
   }
 }
@@ -167,7 +169,7 @@ void quantize_q3_0(const float* src, void* dst, int64_t n) {
     for (int j = 0; j < kQK; ++j) {
       const int q = clamp_int(static_cast<int>(src[j] * id + 4.5f), 0, 7);
       b[i].qs[j % 8] = static_cast<uint8_t>(b[i].qs[j % 8] | ((q & 3) << (2 * (j / 8))));
-      b[i].qh[j % 4] = static_cast<uint8_t>(b[i].qh[j % 4] | ((q >> 2) << (j / 4)));
+      b[i].qh[j / 8] = static_cast<uint8_t>(b[i].qh[j / 8] | ((q >> 2) << (j % 8)));
     }
   }
 }
