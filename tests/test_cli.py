@@ -140,6 +140,12 @@ def test_kv_tiers_on_the_command_line(smollm2_path):
     r = run("run", "-m", smollm2_path, "-p", "Hi", "-n", "1", "--kv-size", "48", "--kv-lo-type", "q4_0",
             "--kv-hi-size", "40")
     assert r.returncode != 0 and "kv_hi_size 40 + chunk 64" in r.stderr, r.stderr
+    # 3-bit values (q3_0) below; as keys they are refused, naming why.
+    r = run("run", "-m", smollm2_path, "-p", "The capital of France is", "-n", "4", "--temp", "0", "--kv-type", "q8_0",
+            "--kv-size", "48", "--chunk", "8", "--kv-lo-type", "q4_0/q3_0", "--kv-hi-size", "8")
+    assert r.returncode == 0 and "Paris" in r.stdout, r.stderr
+    r = run("run", "-m", smollm2_path, "-p", "Hi", "-n", "1", "--kv-size", "48", "--kv-lo-type", "q3_0")
+    assert r.returncode != 0 and "q3_0 is for values only" in r.stderr, r.stderr
 
 
 def test_list_and_pull_go_through_the_registry(smollm2_path):

@@ -395,7 +395,8 @@ def test_serve_refuses_bad_engine_settings(tmp_path) -> None:
 
     path = tmp_path / "m.gguf"
     write_llama_gguf(path)
-    cases = [(["--kv-type", "q9_9"], "kv_type"), (["--kv-lo-type", "q4_0", "--kv-hi-size", "600"], "kv_hi_size")]
+    cases = [(["--kv-type", "q9_9"], "kv_type"), (["--kv-lo-type", "q4_0", "--kv-hi-size", "600"], "kv_hi_size"),
+             (["--kv-type", "q3_0"], "values only")]
     if tova.cuda_device_count() == 0:
         cases.append((["--device", "cuda"], "cuda"))
     for extra, needle in cases:
