@@ -69,7 +69,9 @@ size_t buf_width(const HParams& h, Buf b);
 struct AttnRow {
   KvPayload* kv = nullptr;
   int layer = 0;
-  const int32_t* idx = nullptr;  // the slots attended, in ascending position order
+  // The slots attended: in ascending position order with rank_rope (and for the rows of a chunk,
+  // each seeing a prefix), else in any order (the walk gives ascending slots: memory order).
+  const int32_t* idx = nullptr;
   int n_idx = 0;
   const float* q = nullptr;      // [n_head][head_dim], backend memory
   float* out = nullptr;          // [n_head][head_dim], backend memory

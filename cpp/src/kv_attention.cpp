@@ -166,7 +166,12 @@ void KvAttention::walk_row(Backend& be, const AttnShape& shape, const LayerRule&
   call.seq = s.seq;
   call.n_head = shape.n_head;
   s.store->notify_insert(rule.layer, slot, t, call);
-  L.alive_by_position(x.alive);
+  // The row sees every kept slot: read in memory order (an evicting policy scatters positions
+  // over the pool), except with cache_index, where key j is rotated by its rank j.
+  if (rule.rank_rope)
+    L.alive_by_position(x.alive);
+  else
+    L.alive_by_slot(x.alive);
   const bool probs = needs_probs(rule.policy);
   if (probs) x.probs.assign(static_cast<size_t>(shape.n_head) * L.n_slots, 0.0f);
   AttnRow r;

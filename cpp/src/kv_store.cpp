@@ -61,6 +61,12 @@ int LayerCells::free_slot(int begin, int end) const {
 
 void LayerCells::alive_by_position(std::vector<int32_t>& out) const { out.assign(order.begin(), order.end()); }
 
+void LayerCells::alive_by_slot(std::vector<int32_t>& out) const {
+  out.clear();
+  for (int s = 0; s < n_slots; ++s)
+    if (pos[static_cast<size_t>(s)] >= 0) out.push_back(s);
+}
+
 KvPlan plan_kv(const HParams& hp, const KvConfig& cfg) {
   if (cfg.capacity < 1) throw ArgumentError(cat("kv_size must be at least 1, got ", cfg.capacity));
   if (cfg.max_step < 1) throw ArgumentError(cat("chunk size must be at least 1, got ", cfg.max_step));

@@ -53,6 +53,8 @@ struct LayerCells {
   int free_slot(int begin, int end) const;  // lowest empty slot in [begin, end), -1 if none
   // Slots holding a token, in ascending position order.
   void alive_by_position(std::vector<int32_t>& out) const;
+  // The same slots in ascending slot order: their K/V rows in memory order.
+  void alive_by_slot(std::vector<int32_t>& out) const;
 };
 
 // The slot tables' shapes and the payload layout for a model and configuration; `bytes` is what

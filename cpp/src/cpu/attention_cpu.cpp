@@ -102,7 +102,7 @@ const int32_t* AttentionCpu::attend(const CpuKv& kv, int layer, int kvh, const f
     weighted_values(upper, d, idx, n_idx, nh, scores, n, out, x.tmp);
     return idx;
   }
-  // Two tiers: the upper tier's slots first, then the lower's (each in position order); one
+  // Two tiers: the upper tier's slots first, then the lower's (each in the order given); one
   // softmax over both, each tier's weighted sum apart (rotated back on its own), then added.
   x.order.resize(2 * n);
   int32_t* order = x.order.data();  // slots in the order of the scores

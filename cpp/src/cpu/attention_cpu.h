@@ -1,5 +1,5 @@
 // Attention arithmetic on the CPU: for each query row, scores over the row's slots (in the order
-// given: ascending position), softmax in float32, the weighted sum of values, and the per-head
+// given), softmax in float32, the weighted sum of values, and the per-head
 // probabilities scattered by slot for the policy. Which slots a row sees, insertion and eviction
 // are decided outside (kv_attention.cpp); this file only computes.
 #pragma once
