@@ -54,6 +54,14 @@ void min_max(const float* x, int n, float* mn, float* mx) {
 
 int clamp_int(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
+// The symmetric formats (Q3_0, Q4_0, Q5_0): the largest-magnitude value of the block maps to
+// -half exactly, so its sign sets the sign of d. Stores d as fp16, returns 1 / d (0 for zeros).
+float symmetric_scale(const float* x, float half, uint16_t* d_out) {
+  const float d = x[argmax_abs(x, kQK)] / -half;
+  *d_out = fp32_to_fp16(d);
+  return d != 0.0f ? 1.0f / d : 0.0f;
+}
+
 // Element j of a 32-element block whose low nibbles are packed as in Q4_0.
 int nibble(const uint8_t* qs, int j) { return j < kHalf ? (qs[j] & 0xF) : (qs[j - kHalf] >> 4); }
 
@@ -130,11 +138,7 @@ void dequantize_q8_1(const void* src, float* dst, int64_t n) {
 void quantize_q4_0(const float* src, void* dst, int64_t n) {
   auto* b = static_cast<BlockQ4_0*>(dst);
   for (int64_t i = 0; i < n / kQK; ++i, src += kQK) {
-    // The largest-magnitude value maps to -8 exactly, so its sign sets the sign of d.
-    const float max = src[argmax_abs(src, kQK)];
-    const float d = max / -8.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    b[i].d = fp32_to_fp16(d);
+    const float id = symmetric_scale(src, 8.0f, &b[i].d);
     for (int j = 0; j < kHalf; ++j) {
       const int q0 = clamp_int(static_cast<int>(src[j] * id + 8.5f), 0, 15);
       const int q1 = clamp_int(static_cast<int>(src[j + kHalf] * id + 8.5f), 0, 15);
@@ -156,14 +160,11 @@ void dequantize_q3_0(const void* src, float* dst, int64_t n) {
   }
 }
 
-// As Q4_0 with 8 levels: the largest-magnitude value maps to -4 exactly.
+// As Q4_0 with 8 levels.
 void quantize_q3_0(const float* src, void* dst, int64_t n) {
   auto* b = static_cast<BlockQ3_0*>(dst);
   for (int64_t i = 0; i < n / kQK; ++i, src += kQK) {
-    const float max = src[argmax_abs(src, kQK)];
-    const float d = max / -4.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    b[i].d = fp32_to_fp16(d);
+    const float id = symmetric_scale(src, 4.0f, &b[i].d);
     std::memset(b[i].qs, 0, sizeof(b[i].qs));
     std::memset(b[i].qh, 0, sizeof(b[i].qh));
     for (int j = 0; j < kQK; ++j) {
@@ -206,12 +207,9 @@ void pack5(const int* q, uint8_t* qh, uint8_t* qs) {
 void quantize_q5_0(const float* src, void* dst, int64_t n) {
   auto* b = static_cast<BlockQ5_0*>(dst);
   for (int64_t i = 0; i < n / kQK; ++i, src += kQK) {
-    const float max = src[argmax_abs(src, kQK)];
-    const float d = max / -16.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const float id = symmetric_scale(src, 16.0f, &b[i].d);
     int q[kQK];
     for (int j = 0; j < kQK; ++j) q[j] = clamp_int(static_cast<int>(src[j] * id + 16.5f), 0, 31);
-    b[i].d = fp32_to_fp16(d);
     pack5(q, b[i].qh, b[i].qs);
   }
 }
