@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 
 #include "cuda_check.h"
+#include "launch.cuh"
 #include "ops_cuda.h"
 #include "warp.cuh"
 
@@ -110,9 +111,9 @@ void attend(bool half, const AttnDesc* rows, int n_rows, const int32_t* idx, int
   const dim3 grid(static_cast<unsigned>(n_rows), static_cast<unsigned>(n_head));
   const int group = n_head / n_head_kv;
   if (half)
-    attend_kernel<true><<<grid, kThreads>>>(rows, idx, n_head, group, head_dim, scale, max_idx, scratch, probs);
+    TOVA_LAUNCH(attend_kernel<true>, grid, kThreads)(rows, idx, n_head, group, head_dim, scale, max_idx, scratch, probs);
   else
-    attend_kernel<false><<<grid, kThreads>>>(rows, idx, n_head, group, head_dim, scale, max_idx, scratch, probs);
+    TOVA_LAUNCH(attend_kernel<false>, grid, kThreads)(rows, idx, n_head, group, head_dim, scale, max_idx, scratch, probs);
   check_launch("attend");
 }
 

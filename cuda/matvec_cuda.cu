@@ -4,6 +4,7 @@
 // row. A chunk is decoded once for up to kRows input rows. The values are those of the
 // per-element kernel (ops_cuda.cu) and of the CPU's float path; only the order of the sums differs.
 #include "cuda_check.h"
+#include "launch.cuh"
 #include "dequant_chunks.cuh"
 #include "matvec_cuda.h"
 #include "warp.cuh"
@@ -62,7 +63,7 @@ __global__ void matvec_kernel(const MatTargets targets, int64_t cols, const floa
 template <class Ch>
 void launch(const MatTargets& targets, int64_t cols, const float* x, int n) {
   const dim3 grid(static_cast<unsigned>((targets.max_rows + kWarps - 1) / kWarps), static_cast<unsigned>(targets.n));
-  matvec_kernel<Ch><<<grid, kWarps * kWarp>>>(targets, cols, x, n);
+  TOVA_LAUNCH(matvec_kernel<Ch>, grid, kWarps * kWarp)(targets, cols, x, n);
   check_launch("matvec");
 }
 

@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 
 #include "cuda_check.h"
+#include "launch.cuh"
 #include "dequant.cuh"
 #include "matvec_cuda.h"
 #include "ops_cuda.h"
@@ -175,7 +176,7 @@ void matmul(GgmlType t, const MatTargets& targets, int64_t cols, const float* x,
   const dim3 grid(static_cast<unsigned>((targets.max_rows + kMatWarps - 1) / kMatWarps),
                   static_cast<unsigned>(targets.n));
   const bool ok = with_type(t, [&](auto dq) {
-    matmul_kernel<decltype(dq)><<<grid, kMatWarps * kWarp>>>(targets, cols, x, n);
+    TOVA_LAUNCH(matmul_kernel<decltype(dq)>, grid, kMatWarps * kWarp)(targets, cols, x, n);
   });
   if (!ok) throw Error(cat("CUDA backend: no matrix kernel for type ", type_traits(t).name));
   check_launch("matmul");
@@ -186,7 +187,7 @@ void embed(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const 
   if (n <= 0) return;
   const dim3 grid(static_cast<unsigned>(n), grid_for(width, 256));
   const bool ok = with_type(t, [&](auto dq) {
-    embed_kernel<decltype(dq)><<<grid, 256>>>(w, row_bytes, width, tokens, scale, x);
+    TOVA_LAUNCH(embed_kernel<decltype(dq)>, grid, 256)(w, row_bytes, width, tokens, scale, x);
   });
   if (!ok) throw Error(cat("CUDA backend: no embedding kernel for type ", type_traits(t).name));
   check_launch("embed");
@@ -195,39 +196,39 @@ void embed(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const 
 void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t width, float eps) {
   if (rows <= 0) return;
   // x is only read without an addend
-  rms_norm_kernel<<<static_cast<unsigned>(rows), 256>>>(const_cast<float*>(x), nullptr, w, y, width, eps);
+  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), 256)(const_cast<float*>(x), nullptr, w, y, width, eps);
   check_launch("rms_norm");
 }
 
 void add_rms_norm(float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps) {
   if (rows <= 0) return;
-  rms_norm_kernel<<<static_cast<unsigned>(rows), 256>>>(x, a, w, y, width, eps);
+  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), 256)(x, a, w, y, width, eps);
   check_launch("add_rms_norm");
 }
 
 void rope(RopeStyle style, float* x, int n, int n_heads, int head_dim, int pairs, const float* cs,
           const float* sn) {
   if (n <= 0 || pairs <= 0) return;
-  rope_kernel<<<static_cast<unsigned>(n), 256>>>(style == RopeStyle::NeoX, x, n_heads, head_dim, pairs, cs, sn);
+  TOVA_LAUNCH(rope_kernel, static_cast<unsigned>(n), 256)(style == RopeStyle::NeoX, x, n_heads, head_dim, pairs, cs, sn);
   check_launch("rope");
 }
 
 void act_mul(FfnActivation act, float* gate, const float* up, int64_t count) {
   if (count <= 0) return;
-  act_mul_kernel<<<grid_for(count, 256), 256>>>(act == FfnActivation::GeluTanh, gate, up, count);
+  TOVA_LAUNCH(act_mul_kernel, grid_for(count, 256), 256)(act == FfnActivation::GeluTanh, gate, up, count);
   check_launch("act_mul");
 }
 
 void add(float* x, const float* y, int64_t count) {
   if (count <= 0) return;
-  add_kernel<<<grid_for(count, 256), 256>>>(x, y, count);
+  TOVA_LAUNCH(add_kernel, grid_for(count, 256), 256)(x, y, count);
   check_launch("add");
 }
 
 void write_kv(bool half, void* k_layer, void* v_layer, int n_slots, const int32_t* slots, int n, int n_head_kv,
               int head_dim, const float* k, const float* v) {
   if (n <= 0) return;
-  write_kv_kernel<<<static_cast<unsigned>(n), 256>>>(half, k_layer, v_layer, n_slots, slots, n_head_kv, head_dim,
+  TOVA_LAUNCH(write_kv_kernel, static_cast<unsigned>(n), 256)(half, k_layer, v_layer, n_slots, slots, n_head_kv, head_dim,
                                                       k, v);
   check_launch("write_kv");
 }

@@ -2,7 +2,8 @@
 
 On a machine without a usable NVIDIA GPU (or a build without TOVA_CUDA) every test here but the
 last is skipped with a reason that says so: they did not run. ``bench/cuda_check.sh`` runs them
-on a GPU machine. The CPU side compares with ``float_activations=True``: the CUDA kernels
+on a GPU machine; ``tests/cuda_sim.sh`` runs them on the CPU simulator of the device (cuda/sim),
+which CI does. The CPU side compares with ``float_activations=True``: the CUDA kernels
 multiply dequantized weights by float activations, as the CPU does then.
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ from reference.synthetic import write_gemma3_gguf, write_llama_gguf
 
 HAVE_GPU = tova.cuda_device_count() > 0
 needs_gpu = pytest.mark.skipif(
-    not HAVE_GPU, reason=f"no CUDA GPU usable here (CUDA backend built: {tova.cuda_built()}): these tests did not run")
+    not HAVE_GPU, reason=f"no CUDA GPU usable here (CUDA backend built: {tova.cuda_built()}): these tests did not run here "
+           "(bench/cuda_check.sh runs them on a GPU, tests/cuda_sim.sh on the CPU simulator of cuda/sim)")
 
 # The quant types of the four real models (and the rest of the table the kernels handle).
 WEIGHT_TYPES = ["F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]

@@ -36,6 +36,14 @@ bool cuda_built() {
 #endif
 }
 
+bool cuda_simulated() {
+#ifdef TOVA_CUDA_SIM
+  return true;
+#else
+  return false;
+#endif
+}
+
 #ifndef TOVA_HAVE_CUDA
 std::vector<std::string> cuda_kernel_check() {
   throw ArgumentError("cuda kernel check: this tova was built without CUDA");

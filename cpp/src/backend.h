@@ -152,6 +152,9 @@ class Backend {
 // or without a GPU.
 int cuda_device_count();
 bool cuda_built();
+// True when the CUDA backend runs on the CPU simulator of cuda/sim (a TOVA_CUDA_SIM build for
+// tests without a GPU): "cuda" then proves correctness, never speed.
+bool cuda_simulated();
 // Runs every CUDA kernel on random inputs against its CPU twin (cuda/kernel_check_cuda.cu);
 // the mismatches found, empty when all agree. Error without CUDA or without a GPU.
 std::vector<std::string> cuda_kernel_check();

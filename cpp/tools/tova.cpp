@@ -298,7 +298,8 @@ int main(int argc, char** argv) {
     if (cmd == "--version" || cmd == "version") {
       std::printf("tova %s (kernels: %s; cuda: %s)\n", kVersion, kernel_isa(),
                   !cuda_built() ? "not built"
-                                : cat("built, ", cuda_device_count(), " usable device(s)").c_str());
+                  : cuda_simulated() ? "simulated on the CPU (a TOVA_CUDA_SIM test build)"
+                                     : cat("built, ", cuda_device_count(), " usable device(s)").c_str());
       return 0;
     }
     if (cmd == "info") return cmd_info(rest);

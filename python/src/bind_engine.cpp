@@ -93,6 +93,8 @@ void bind_engine(nb::module_& m) {
   m.def("cuda_device_count", &cuda_device_count,
         "CUDA devices this build can use (0: built without CUDA, or no driver / GPU)");
   m.def("cuda_built", &cuda_built, "True when this build has the CUDA backend (TOVA_CUDA)");
+  m.def("_cuda_simulated", &cuda_simulated,
+        "True when device 'cuda' is the CPU simulator of cuda/sim (a TOVA_CUDA_SIM test build)");
   m.def("_cuda_kernel_check", [] {
     nb::gil_scoped_release unlocked;
     return cuda_kernel_check();

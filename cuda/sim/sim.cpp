@@ -1,0 +1,571 @@
+// The CPU simulator behind cuda/sim/cuda_runtime.h: a device whose memory is host memory and
+// whose one stream is a queue run when the host waits for it; a grid runs block by block on the
+// waiting host thread, each thread of a block a fiber switched at barriers and warp collectives.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cuda_runtime.h"
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+// One host thread at a time runs kernels (the device's lock is held while the queue drains), so
+// the simulated device's registers are plain globals, as the one device they describe.
+uint3 threadIdx;
+uint3 blockIdx;
+dim3 blockDim;
+dim3 gridDim;
+
+#if defined(__x86_64__)
+// Saves the callee-saved registers on the current stack, stores the stack pointer in *from, and
+// resumes the context whose stack pointer is `to`. (MXCSR and the x87 control word are not
+// switched: every fiber runs kernel code in the host thread's floating-point environment.)
+extern "C" void tova_sim_switch(void** from, void* to);
+asm(R"(
+  .text
+  .globl tova_sim_switch
+  .hidden tova_sim_switch
+  .type tova_sim_switch, @function
+tova_sim_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size tova_sim_switch, .-tova_sim_switch
+)");
+#endif
+
+namespace tova_sim {
+
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr size_t kStackBytes = 256 * 1024;
+
+enum class State { Ready, AtBarrier, AtWarp, Done };
+
+struct Fiber {
+  State state = State::Ready;
+  uint3 tid;
+  char* stack = nullptr;  // kStackBytes, a guard page at the low end
+#if defined(__x86_64__)
+  void* sp = nullptr;
+#else
+  ucontext_t ctx;
+#endif
+  WarpOp op = WarpOp::Sync;
+  unsigned mask = 0;
+  int arg = 0, width = kWarpSize;
+  uint64_t send = 0, recv = 0;
+};
+
+// The block being run (by the one host thread draining the queue).
+struct BlockRun {
+  std::vector<Fiber> fibers;  // the first n are this block's threads (the rest kept for larger blocks)
+  int n = 0;
+  const std::function<void()>* body = nullptr;
+  int current = -1;
+#if defined(__x86_64__)
+  void* sched_sp = nullptr;
+#else
+  ucontext_t sched;
+#endif
+  std::string fault;  // set when the block cannot go on
+  ~BlockRun() {
+    for (Fiber& f : fibers)
+      if (f.stack) munmap(f.stack, kStackBytes);
+  }
+};
+
+BlockRun t_run;
+
+void fiber_main() {
+  BlockRun& r = t_run;
+  (*r.body)();
+  Fiber& f = r.fibers[static_cast<size_t>(r.current)];
+  f.state = State::Done;
+#if defined(__x86_64__)
+  tova_sim_switch(&f.sp, r.sched_sp);
+#else
+  swapcontext(&f.ctx, &r.sched);
+#endif
+  std::abort();  // a finished fiber is never resumed
+}
+
+extern "C" void tova_sim_entry() { fiber_main(); }
+
+char* new_stack() {
+  void* p = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) return nullptr;
+  mprotect(p, static_cast<size_t>(sysconf(_SC_PAGESIZE)), PROT_NONE);  // an overflow faults
+  return static_cast<char*>(p);
+}
+
+void start_fiber(Fiber& f, int i) {
+#if defined(__x86_64__)
+  // A frame tova_sim_switch can resume: six registers, then the return address (tova_sim_entry),
+  // entered with the stack aligned as after a call.
+  // Stack tops staggered by thread: at one offset into equal-sized stacks they would all share
+  // the same cache sets.
+  char* end = f.stack + kStackBytes - static_cast<size_t>(i % 97) * 80;
+  auto* top = reinterpret_cast<uint64_t*>(reinterpret_cast<uintptr_t>(end) & ~uintptr_t{15});
+  top[-1] = 0;
+  top[-2] = reinterpret_cast<uint64_t>(&tova_sim_entry);
+  for (int i = 3; i <= 8; ++i) top[-i] = 0;
+  f.sp = &top[-8];
+#else
+  getcontext(&f.ctx);
+  f.ctx.uc_stack.ss_sp = f.stack + sysconf(_SC_PAGESIZE);
+  f.ctx.uc_stack.ss_size = kStackBytes - static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  f.ctx.uc_link = nullptr;
+  makecontext(&f.ctx, reinterpret_cast<void (*)()>(&tova_sim_entry), 0);
+#endif
+}
+
+void resume(BlockRun& r, int i) {
+  Fiber& f = r.fibers[static_cast<size_t>(i)];
+  r.current = i;
+  threadIdx = f.tid;
+#if defined(__x86_64__)
+  tova_sim_switch(&r.sched_sp, f.sp);
+#else
+  swapcontext(&r.sched, &f.ctx);
+#endif
+}
+
+// Back to the scheduler from the running fiber, waiting in state s.
+void wait(State s) {
+  BlockRun& r = t_run;
+  Fiber& f = r.fibers[static_cast<size_t>(r.current)];
+  f.state = s;
+#if defined(__x86_64__)
+  tova_sim_switch(&f.sp, r.sched_sp);
+#else
+  swapcontext(&f.ctx, &r.sched);
+#endif
+}
+
+const char* op_name(WarpOp op) {
+  switch (op) {
+    case WarpOp::Xor: return "__shfl_xor_sync";
+    case WarpOp::Down: return "__shfl_down_sync";
+    case WarpOp::Up: return "__shfl_up_sync";
+    case WarpOp::Idx: return "__shfl_sync";
+    case WarpOp::Ballot: return "__ballot_sync";
+    case WarpOp::Sync: return "__syncwarp";
+  }
+  return "?";
+}
+
+std::string where(const Fiber& f) {
+  char b[96];
+  std::snprintf(b, sizeof b, "block (%u,%u,%u) thread (%u,%u,%u)", blockIdx.x, blockIdx.y, blockIdx.z, f.tid.x,
+                f.tid.y, f.tid.z);
+  return b;
+}
+
+// Releases the warp collectives whose every lane has arrived; true when one was released. A
+// lane of the mask that exited, or lanes of one mask waiting at different collectives, is a
+// fault (on a GPU: undefined behaviour, usually a hang).
+bool release_warps(BlockRun& r) {
+  bool any = false;
+  const int n = r.n;
+  for (int w0 = 0; w0 < n; w0 += kWarpSize) {
+    const int lanes = std::min(kWarpSize, n - w0);
+    for (int l = 0; l < lanes; ++l) {
+      Fiber& f = r.fibers[static_cast<size_t>(w0 + l)];
+      if (f.state != State::AtWarp) continue;
+      if (!(f.mask >> l & 1u)) {
+        r.fault = where(f) + ": " + op_name(f.op) + " with a mask that leaves out the calling lane";
+        return false;
+      }
+      bool complete = true;
+      for (int m = 0; m < kWarpSize && complete; ++m) {
+        if (!(f.mask >> m & 1u)) continue;
+        if (m >= lanes) {
+          r.fault = where(f) + ": " + op_name(f.op) + " names lane " + std::to_string(m) + ", which this block lacks";
+          return false;
+        }
+        const Fiber& g = r.fibers[static_cast<size_t>(w0 + m)];
+        if (g.state == State::Done) {
+          r.fault = where(f) + ": " + op_name(f.op) + " waits for lane " + std::to_string(m) + ", which has exited";
+          return false;
+        }
+        if (g.state != State::AtWarp) complete = false;
+        else if (g.op != f.op || g.mask != f.mask) {
+          r.fault = where(f) + ": lanes of one warp at different collectives (" + op_name(f.op) + ", " +
+                    op_name(g.op) + ")";
+          return false;
+        }
+      }
+      if (!complete) continue;
+      // Everyone in the mask is here: compute what each lane receives, then let them go.
+      const unsigned mask = f.mask;
+      unsigned ballot = 0;
+      for (int m = 0; m < kWarpSize; ++m)
+        if (mask >> m & 1u && r.fibers[static_cast<size_t>(w0 + m)].send) ballot |= 1u << m;
+      for (int m = 0; m < kWarpSize; ++m) {
+        if (!(mask >> m & 1u)) continue;
+        Fiber& g = r.fibers[static_cast<size_t>(w0 + m)];
+        const int width = g.width, base = m - m % width, in = m % width;
+        int src = m;
+        switch (g.op) {
+          case WarpOp::Xor: src = base + ((in ^ g.arg) < width ? (in ^ g.arg) : in); break;
+          case WarpOp::Down: src = in + g.arg < width ? m + g.arg : m; break;
+          case WarpOp::Up: src = in - g.arg >= 0 ? m - g.arg : m; break;
+          case WarpOp::Idx: src = base + ((g.arg % width) + width) % width; break;
+          case WarpOp::Ballot: case WarpOp::Sync: break;
+        }
+        if (g.op == WarpOp::Ballot) g.recv = ballot;
+        else if (!(mask >> src & 1u)) {
+          r.fault = where(g) + ": " + op_name(g.op) + " reads lane " + std::to_string(src) + ", outside the mask";
+          return false;
+        } else {
+          g.recv = r.fibers[static_cast<size_t>(w0 + src)].send;
+        }
+      }
+      for (int m = 0; m < kWarpSize; ++m)
+        if (mask >> m & 1u) r.fibers[static_cast<size_t>(w0 + m)].state = State::Ready;
+      any = true;
+    }
+  }
+  return any;
+}
+
+bool release_barrier(BlockRun& r) {
+  bool waiting = false;
+  for (int i = 0; i < r.n; ++i) {
+    const Fiber& f = r.fibers[static_cast<size_t>(i)];
+    if (f.state == State::Done) continue;
+    if (f.state != State::AtBarrier) return false;
+    waiting = true;
+  }
+  if (!waiting) return false;
+  for (int i = 0; i < r.n; ++i)
+    if (r.fibers[static_cast<size_t>(i)].state == State::AtBarrier) r.fibers[static_cast<size_t>(i)].state = State::Ready;
+  return true;
+}
+
+// Runs one block; false (with r.fault) when its threads cannot all finish.
+bool run_block(BlockRun& r, int n_threads, const std::function<void()>& body) {
+  r.body = &body;
+  r.fault.clear();
+  if (static_cast<int>(r.fibers.size()) < n_threads) r.fibers.resize(static_cast<size_t>(n_threads));
+  for (int i = 0; i < n_threads; ++i) {
+    Fiber& f = r.fibers[static_cast<size_t>(i)];
+    if (!f.stack && !(f.stack = new_stack())) {
+      r.fault = "no memory for the simulated threads' stacks";
+      return false;
+    }
+  }
+  r.n = n_threads;
+  const unsigned bx = blockDim.x, by = blockDim.y;
+  for (int i = 0; i < n_threads; ++i) {
+    Fiber& f = r.fibers[static_cast<size_t>(i)];
+    f.state = State::Ready;
+    f.tid = uint3{static_cast<unsigned>(i) % bx, static_cast<unsigned>(i) / bx % by,
+                  static_cast<unsigned>(i) / (bx * by)};
+    start_fiber(f, i);
+  }
+  // Threads run in ascending order in even blocks and descending in odd ones, so that a read of
+  // another thread's write without a barrier between sees the old value in one of them.
+  const bool descending = (blockIdx.x + blockIdx.y + blockIdx.z) % 2 == 1;
+  bool ok = true;
+  for (;;) {
+    bool alive = false;
+    for (int k = 0; k < n_threads; ++k) {
+      const int i = descending ? n_threads - 1 - k : k;
+      if (r.fibers[static_cast<size_t>(i)].state == State::Ready) resume(r, i);
+      alive |= r.fibers[static_cast<size_t>(i)].state != State::Done;
+    }
+    if (!alive) break;
+    const bool warps = release_warps(r);
+    if (!r.fault.empty()) {
+      ok = false;
+      break;
+    }
+    if (warps || release_barrier(r)) continue;
+    // Nothing can move: threads wait at collectives that the others never reach.
+    std::string states;
+    for (int i = 0; i < n_threads && states.size() < 400; ++i) {
+      const Fiber& f = r.fibers[static_cast<size_t>(i)];
+      if (f.state == State::AtWarp && (i == 0 || r.fibers[static_cast<size_t>(i - 1)].state != State::AtWarp))
+        states += " thread " + std::to_string(i) + " at " + op_name(f.op) + ";";
+      if (f.state == State::AtBarrier && (i == 0 || r.fibers[static_cast<size_t>(i - 1)].state != State::AtBarrier))
+        states += " thread " + std::to_string(i) + " at __syncthreads;";
+    }
+    r.fault = "block (" + std::to_string(blockIdx.x) + "," + std::to_string(blockIdx.y) + "," +
+              std::to_string(blockIdx.z) + ") deadlocks:" + states + " the other threads exited or wait elsewhere";
+    ok = false;
+    break;
+  }
+  // A fiber abandoned mid-kernel holds nothing but its stack, which the next block reuses.
+  return ok;
+}
+
+// The one simulated device: its allocations, its stream's queue, its sticky fault.
+struct Device {
+  std::recursive_mutex m;
+  std::map<uintptr_t, size_t> device_allocs, host_allocs;  // start -> bytes
+  std::deque<std::function<void()>> queue;
+  cudaError_t sticky = cudaSuccess;
+  cudaError_t last = cudaSuccess;  // the last launch or call error, until read
+  std::string fault;               // what the sticky error was
+
+  static Device& get() {
+    static Device d;  // the machine's one device, as the driver's context
+    return d;
+  }
+
+  bool inside(const std::map<uintptr_t, size_t>& allocs, const void* p, size_t bytes) const {
+    const auto a = reinterpret_cast<uintptr_t>(p);
+    auto it = allocs.upper_bound(a);
+    if (it == allocs.begin()) return false;
+    --it;
+    return a + bytes <= it->first + it->second;
+  }
+  bool is_device(const void* p, size_t bytes) const { return inside(device_allocs, p, bytes); }
+
+  cudaError_t fail(cudaError_t e, std::string what) {
+    if (sticky == cudaSuccess) {
+      sticky = e;
+      fault = std::move(what);
+    }
+    return e;
+  }
+  cudaError_t error(cudaError_t e) {
+    last = e;
+    return e;
+  }
+
+  cudaError_t drain() {
+    while (!queue.empty() && sticky == cudaSuccess) {
+      std::function<void()> job = std::move(queue.front());
+      queue.pop_front();
+      job();
+    }
+    queue.clear();  // after a fault the rest never runs
+    return sticky;
+  }
+};
+
+void* alloc(size_t bytes) {
+  const size_t n = (bytes + 255) / 256 * 256;
+  void* p = std::aligned_alloc(256, n == 0 ? 256 : n);
+  if (p) std::memset(p, 0xff, n == 0 ? 256 : n);  // NaN floats: memory read before it was written shows
+  return p;
+}
+
+const char* kind_name(cudaMemcpyKind k) {
+  switch (k) {
+    case cudaMemcpyHostToHost: return "host to host";
+    case cudaMemcpyHostToDevice: return "host to device";
+    case cudaMemcpyDeviceToHost: return "device to host";
+    case cudaMemcpyDeviceToDevice: return "device to device";
+    case cudaMemcpyDefault: return "default";
+  }
+  return "?";
+}
+
+// Checks a copy's device sides lie inside device allocations.
+bool copy_ok(Device& d, void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  const bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+  const bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+  if ((dst_dev && !d.is_device(dst, bytes)) || (src_dev && !d.is_device(src, bytes))) {
+    char b[160];
+    std::snprintf(b, sizeof b, "cudaMemcpy %s of %zu bytes outside a device allocation (%s %p)", kind_name(kind),
+                  bytes, dst_dev && !d.is_device(dst, bytes) ? "destination" : "source",
+                  dst_dev && !d.is_device(dst, bytes) ? dst : src);
+    d.fail(cudaErrorInvalidValue, b);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int arg, int width) {
+  BlockRun& r = t_run;
+  Fiber& f = r.fibers[static_cast<size_t>(r.current)];
+  f.op = op;
+  f.mask = mask;
+  f.send = value;
+  f.arg = arg;
+  f.width = width > 0 && width <= kWarpSize && (width & (width - 1)) == 0 ? width : kWarpSize;
+  wait(State::AtWarp);
+  return r.fibers[static_cast<size_t>(r.current)].recv;
+}
+
+void block_barrier() { wait(State::AtBarrier); }
+
+bool enqueue_kernel(dim3 grid, dim3 block, std::function<void()> body) {
+  Device& d = Device::get();
+  std::lock_guard<std::recursive_mutex> lock(d.m);
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64 || grid.x == 0 ||
+      grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
+    d.error(cudaErrorInvalidConfiguration);
+    return false;
+  }
+  d.queue.emplace_back([grid, block, threads, body = std::move(body)]() {
+    Device& dev = Device::get();
+    BlockRun& r = t_run;
+    gridDim = grid;
+    blockDim = block;
+    for (unsigned z = 0; z < grid.z; ++z)
+      for (unsigned y = 0; y < grid.y; ++y)
+        for (unsigned x = 0; x < grid.x; ++x) {
+          blockIdx = uint3{x, y, z};
+          if (!run_block(r, static_cast<int>(threads), body)) {
+            dev.fail(cudaErrorLaunchFailure, "kernel fault: " + r.fault);
+            return;
+          }
+        }
+  });
+  return true;
+}
+
+}  // namespace tova_sim
+
+using tova_sim::Device;
+
+const char* cudaGetErrorString(cudaError_t e) {
+  Device& d = Device::get();
+  if (e != cudaSuccess && e == d.sticky && !d.fault.empty()) return d.fault.c_str();  // (simulator) + what
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
+  }
+  return "unknown error";
+}
+
+cudaError_t cudaGetLastError() {
+  Device& d = Device::get();
+  std::lock_guard<std::recursive_mutex> lock(d.m);
+  if (d.sticky != cudaSuccess) return d.sticky;
+  const cudaError_t e = d.last;
+  d.last = cudaSuccess;
+  return e;
+}
+
+cudaError_t cudaPeekAtLastError() {
+  Device& d = Device::get();
+  std::lock_guard<std::recursive_mutex> lock(d.m);
+  return d.sticky != cudaSuccess ? d.sticky : d.last;
+}
+
+cudaError_t cudaGetDeviceCount(int* n) {
+  *n = 1;
+  return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) {
+  return device == 0 ? cudaSuccess : Device::get().error(cudaErrorInvalidDevice);
+}
+
+cudaError_t cudaMalloc(void** p, size_t bytes) {
+  Device& d = Device::get();
+  std::lock_guard<std::recursive_mutex> lock(d.m);
+  if (d.sticky) return d.sticky;
+  *p = tova_sim::alloc(bytes);
+  if (!*p) return d.error(cudaErrorMemoryAllocation);
+  d.device_allocs[reinterpret_cast<uintptr_t>(*p)] = bytes;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* p) {
+  Device& d = Device::get();
+  std::lock_guard<std::recursive_mutex> lock(d.m);
+  d.drain();  // as the driver: freeing waits for the device
+  if (!p) return cudaSuccess;
+  auto it = d.device_allocs.find(reinterpret_cast<uintptr_t>(p));
+  if (it == d.device_allocs.end()) return d.error(cudaErrorInvalidValue);
+  d.device_allocs.erase(it);
+  std::free(p);
+  return d.sticky;
+}
+
+cudaError_t cudaMallocHost(void** p, size_t bytes) {
+  Device& d = Device::get();
+  std::lock_guard<std::recursive_mutex> lock(d.m);
+  *p = tova_sim::alloc(bytes);
+  if (!*p) return d.error(cudaErrorMemoryAllocation);
+  d.host_allocs[reinterpret_cast<uintptr_t>(*p)] = bytes;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFreeHost(void* p) {
+  Device& d = Device::get();
+  std::lock_guard<std::recursive_mutex> lock(d.m);
+  d.drain();
+  if (!p) return cudaSuccess;
+  auto it = d.host_allocs.find(reinterpret_cast<uintptr_t>(p));
+  if (it == d.host_allocs.end()) return d.error(cudaErrorInvalidValue);
+  d.host_allocs.erase(it);
+  std::free(p);
+  return d.sticky;
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  Device& d = Device::get();
+  std::lock_guard<std::recursive_mutex> lock(d.m);
+  if (d.drain()) return d.sticky;
+  if (bytes == 0) return cudaSuccess;
+  if (!tova_sim::copy_ok(d, dst, src, bytes, kind)) return d.sticky;
+  std::memcpy(dst, src, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
+  Device& d = Device::get();
+  std::lock_guard<std::recursive_mutex> lock(d.m);
+  if (d.sticky) return d.sticky;
+  if (bytes == 0) return cudaSuccess;
+  if (!tova_sim::copy_ok(d, dst, src, bytes, kind)) return d.sticky;
+  d.queue.emplace_back([dst, src, bytes]() { std::memcpy(dst, src, bytes); });  // when the stream gets there
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
+  Device& d = Device::get();
+  std::lock_guard<std::recursive_mutex> lock(d.m);
+  if (d.sticky) return d.sticky;
+  if (!d.is_device(p, bytes)) return d.fail(cudaErrorInvalidValue, "cudaMemset outside a device allocation");
+  d.queue.emplace_back([p, value, bytes]() { std::memset(p, value, bytes); });
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemset(void* p, int value, size_t bytes) { return cudaMemsetAsync(p, value, bytes, 0); }
+
+cudaError_t cudaDeviceSynchronize() {
+  Device& d = Device::get();
+  std::lock_guard<std::recursive_mutex> lock(d.m);
+  return d.drain();
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaDeviceSynchronize(); }

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The CUDA backend without a GPU: builds tova with cuda/ compiled against the CPU simulator of
+# cuda/sim (TOVA_CUDA_SIM) and runs the CUDA tests on it (pytest -m cuda: every kernel against
+# its CPU twin, logits and kept positions against the CPU backend, batched sequences, the
+# simulator's own checks). It proves the kernels and the backend's host code right, not fast:
+# the speed and the device's own math need a GPU (bench/cuda_check.sh).
+#
+#     bash tests/cuda_sim.sh [BUILD_DIR] [pytest args...]     # default build/cuda-sim
+#
+# Needs the Python of the test suite (numpy, pytest, gguf, nanobind) on PATH. SmolLM2 itself
+# (the `model` test) runs only when asked: TOVA_SIM_MODELS=1 (about 20 minutes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=${1:-build/cuda-sim}
+shift || true
+PY=${PYTHON:-python}
+
+"$PY" -c "import nanobind" 2> /dev/null || "$PY" -m pip install -q "nanobind>=2.0"
+cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DTOVA_CUDA=OFF -DTOVA_CUDA_SIM=ON -DTOVA_BUILD_PYTHON=ON \
+  -DTOVA_BUILD_TESTS=OFF -DPython_EXECUTABLE="$(command -v "$PY")" > "$B.configure.log" 2>&1 \
+  || { tail -20 "$B.configure.log"; exit 1; }
+cmake --build "$B" --target _core tova_cli tova_cuda_sim_selftest
+
+# The package as an install would lay it out, from the source tree and this build.
+PKG="$B/python"
+rm -rf "$PKG"
+mkdir -p "$PKG/tova/bin"
+cp -r python/tova/. "$PKG/tova/"
+cp "$B"/_core*.so models/registry.json "$PKG/tova/"
+cp "$B/tova" "$PKG/tova/bin/"
+cp "$B/tova_cuda_sim_selftest" "$PKG/tova/bin/"
+
+MARK="cuda and not model"
+[ "${TOVA_SIM_MODELS:-0}" = 1 ] && MARK="cuda"
+PYTHONPATH="$PWD/$PKG${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
+  "import tova; assert tova._core._cuda_simulated(), tova._core.__file__; print('device cuda: the CPU simulator,', tova._core.__file__)"
+PYTHONPATH="$PWD/$PKG${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m pytest -q -rs -p no:cacheprovider -m "$MARK" \
+  tests/test_cuda.py tests/test_cuda_sim.py "$@"
