@@ -129,6 +129,91 @@ def test_cuda_smollm2_256_steps(smollm2_path):
         assert worst < 0.05, worst
 
 
+class _PyTova(tova.Policy):
+    """TOVA written in Python: the plugin path (probabilities copied to the host for it)."""
+    name = "pytova"
+
+    def select(self, layer, view):
+        pos, mean = view.pos, view.probs_mean
+        ok = np.where((pos >= 0) & (view.protect == 0))[0]
+        return ok[np.lexsort((pos[ok], mean[ok]))[: view.n_evict]].tolist()
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_cuda_python_policy_keeps_the_cpu_positions(tmp_path):
+    """A Python policy with device="cuda": the same kept positions as on the CPU, every step."""
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, seed=7, weight_type="Q4_0", n_embd=64, n_head=4, n_head_kv=2, n_layer=2)
+    cpu, gpu = _pair(path, policy=_PyTova(), kv_size=16, chunk=8)
+    with cpu, gpu:
+        ids = _ids(60, cpu.n_vocab, seed=4)
+        cpu.eval(ids[:20])
+        gpu.eval(ids[:20])
+        for t in ids[20:]:
+            cpu.eval([t])
+            gpu.eval([t])
+            for layer in range(2):
+                assert cpu.kv_positions(layer).tolist() == gpu.kv_positions(layer).tolist(), layer
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_cuda_c_plugin_and_cli(tmp_path):
+    """The CLI on the GPU: the example C plugin (oldest first) writes the built-in window's text,
+    and `tova bench --device cuda --json` gives the fields bench/cuda_check.sh reports."""
+    import json
+    import os
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, seed=8, weight_type="Q8_0", n_embd=64, n_head=4, n_head_kv=2)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    lib = tmp_path / "liboldest.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-I", os.path.join(repo, "cpp", "include"),
+                    os.path.join(repo, "examples", "policy_plugin", "oldest_first.c"), "-o", str(lib)], check=True)
+    common = [str(binary()), "run", "-m", str(path), "-p", "abc", "-n", "24", "--temp", "0", "--ignore-eos",
+              "--kv-size", "8", "--device", "cuda"]
+    a = subprocess.run([*common, "--policy", "window"], capture_output=True, text=True, timeout=600)
+    b = subprocess.run([*common, "--policy-plugin", str(lib)], capture_output=True, text=True, timeout=600)
+    assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
+    assert a.stdout == b.stdout and len(a.stdout) > 0
+    r = subprocess.run([str(binary()), "bench", "-m", str(path), "--device", "cuda", "-p", "16", "-n", "8", "-r", "1",
+                        "--policy", "tova", "--kv-size", "8", "--json"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert {row["n_prompt"] for row in rows} == {16, 0}
+    for row in rows:
+        assert row["avg_ts"] > 0 and row["weight_bytes"] > 0 and row["policy"] == "tova" and row["kv_size"] == 8
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_cuda_qwen2_biases_and_f32_kv(tmp_path):
+    """qwen2's shape (q/k/v biases, NeoX RoPE) with K/V stored in f32 on the device."""
+    path = tmp_path / "q.gguf"
+    write_llama_gguf(path, seed=9, weight_type="Q6_K", n_embd=256, n_ff=512, n_head=4, n_head_kv=1, arch="qwen2",
+                     tied_output=True)
+    cpu, gpu = _pair(path, policy="tova", kv_size=20, chunk=8, kv_type="f32")
+    with cpu, gpu:
+        ids = _ids(50, cpu.n_vocab, seed=5)
+        want, got = cpu.eval(ids, all_logits=True), gpu.eval(ids, all_logits=True)
+        tol = TOL * max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(got, want, atol=tol, rtol=0)
+        for t in _ids(10, cpu.n_vocab, seed=6):
+            np.testing.assert_allclose(gpu.eval([t]), cpu.eval([t]), atol=tol, rtol=0)
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_cuda_refuses_what_it_lacks_by_name(tmp_path):
+    """Settings the CUDA backend does not implement yet are errors naming them, not crashes."""
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, seed=10)
+    for kw, name in [(dict(kv_type="q8_0"), "q8_0"), (dict(kv_type="q8_0", kv_lo_type="q4_0", kv_hi_size=8), "kv"),
+                     (dict(positions="cache_index"), "cache_index")]:
+        with pytest.raises(ValueError, match=name):
+            tova.Engine(path, device="cuda", kv_size=16, **kw)
+
+
 def test_cuda_unavailable_is_a_clear_error(tmp_path):
     """Asking for the GPU where there is none (or in a build without CUDA) raises, naming it."""
     if HAVE_GPU:
