@@ -101,7 +101,25 @@ __global__ void attend_kernel(const AttnDesc* rows, const int32_t* idx_all, int 
   }
 }
 
+__global__ void head_mean_kernel(const AttnDesc* rows, int n_head, float inv_head, const float* probs,
+                                 float* means) {
+  const AttnDesc r = rows[blockIdx.x];
+  if (r.mean_off < 0) return;
+  const float* p = probs + r.probs_off;
+  for (int j = threadIdx.x; j < r.n_idx; j += blockDim.x) {
+    float m = 0.0f;
+    for (int h = 0; h < n_head; ++h) m += p[static_cast<int64_t>(h) * r.n_idx + j];
+    means[r.mean_off + j] = m * inv_head;
+  }
+}
+
 }  // namespace
+
+void head_mean(const AttnDesc* rows, int n_rows, int n_head, float inv_head, const float* probs, float* means) {
+  if (n_rows <= 0) return;
+  TOVA_LAUNCH(head_mean_kernel, static_cast<unsigned>(n_rows), kThreads)(rows, n_head, inv_head, probs, means);
+  check_launch("head_mean");
+}
 
 void attend(bool half, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head, int n_head_kv,
             int head_dim, float scale, int max_idx, float* scratch, float* probs) {

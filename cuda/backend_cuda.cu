@@ -174,6 +174,7 @@ class CudaBackend : public Backend {
   void attend(const AttnShape& shape, const AttnRow* rows, int n_rows) override;
   void flush_host() override;
   bool defer_policy_calls() const override { return true; }
+  bool reduces_probs() const override { return true; }
 
  private:
   void add_target(cuda::MatTargets& ts, const Matrix& w, float* y, const Vector* bias) const {
@@ -205,7 +206,7 @@ class CudaBackend : public Backend {
   cuda::Staging staging_;  // pinned bytes of the step's uploads
   DeviceBuffer tokens_, slots_, logits_;
   std::unordered_map<const Rope*, DeviceBuffer> angles_dev_;
-  DeviceBuffer attn_desc_, attn_idx_, attn_scratch_, attn_probs_;
+  DeviceBuffer attn_desc_, attn_idx_, attn_scratch_, attn_probs_, attn_means_;
   std::vector<float> angles_;
   std::vector<cuda::AttnDesc> descs_;
   std::vector<int32_t> idx_;
@@ -214,7 +215,7 @@ class CudaBackend : public Backend {
   struct PendingProbs {
     const float* src = nullptr;  // pinned, [n_head][n_idx]
     float* dst = nullptr;        // the AttnRow's probs
-    int n_slots = 0, n_idx = 0, n_head = 0;
+    int n_slots = 0, n_idx = 0, n_head = 0;  // n_head 1: the head mean (AttnRow::probs_mean_only)
     size_t idx_off = 0;          // the row's slots in pending_idx_
   };
   cuda::Staging readback_;
@@ -253,7 +254,9 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   descs_.clear();
   idx_.clear();
   int max_idx = 1;
-  int64_t n_probs = 0;
+  // Probabilities on the device: rows copied back whole first ([0, n_full)), then the rows whose
+  // head mean alone goes back (their means at [0, n_mean) of attn_means_).
+  int64_t n_full = 0, n_probs = 0, n_mean = 0;
   bool half = true;
   for (int i = 0; i < n_rows; ++i) {
     const AttnRow& r = rows[i];
@@ -270,13 +273,23 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
     d.idx_off = static_cast<int64_t>(idx_.size());
     d.q = r.q;
     d.out = r.out;
-    if (r.probs) {
-      d.probs_off = n_probs;
-      n_probs += static_cast<int64_t>(shape.n_head) * r.n_idx;
+    if (r.probs && !r.probs_mean_only) {
+      d.probs_off = n_full;
+      n_full += static_cast<int64_t>(shape.n_head) * r.n_idx;
     }
     idx_.insert(idx_.end(), r.idx, r.idx + r.n_idx);
     descs_.push_back(d);
     max_idx = std::max(max_idx, r.n_idx);
+  }
+  n_probs = n_full;
+  for (int i = 0; i < n_rows; ++i) {
+    const AttnRow& r = rows[i];
+    if (!r.probs || !r.probs_mean_only) continue;
+    cuda::AttnDesc& d = descs_[static_cast<size_t>(i)];
+    d.probs_off = n_probs;
+    n_probs += static_cast<int64_t>(shape.n_head) * r.n_idx;
+    d.mean_off = n_mean;
+    n_mean += r.n_idx;
   }
   if (descs_.empty()) return;
   const auto* d_desc = static_cast<const cuda::AttnDesc*>(
@@ -291,9 +304,14 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   cuda::attend(half, d_desc, n_rows, d_idx, shape.n_head, shape.n_head_kv, shape.head_dim, shape.scale, max_idx,
                scratch, probs);
   if (n_probs == 0) return;
-  // The probabilities go back in stream order into pinned memory (attn_probs_ is rewritten by the
-  // next layer's call, after this copy); flush_host() waits once and scatters them.
-  const size_t bytes = static_cast<size_t>(n_probs) * sizeof(float);
+  float* means = nullptr;
+  if (n_mean > 0) {
+    means = static_cast<float*>(attn_means_.reserve(static_cast<size_t>(n_mean) * sizeof(float), "attention means"));
+    cuda::head_mean(d_desc, n_rows, shape.n_head, 1.0f / static_cast<float>(shape.n_head), probs, means);
+  }
+  // What goes back in stream order into pinned memory (the device buffers are rewritten by the
+  // next layer's call, after these copies); flush_host() waits once and scatters them.
+  const size_t bytes = static_cast<size_t>(n_full + n_mean) * sizeof(float);
   if (!pending_.empty() && !readback_.fits(bytes)) {
     // Full mid-step: wait this once, and make room for a whole step of them next time.
     const size_t need = readback_.used() + bytes;
@@ -301,16 +319,23 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
     readback_.grow(2 * need, "probabilities");
   }
   auto* host = static_cast<float*>(readback_.take(bytes, "probabilities"));
-  check(cudaMemcpyAsync(host, probs, bytes, cudaMemcpyDeviceToHost, 0), "probabilities");
+  if (n_full > 0)
+    check(cudaMemcpyAsync(host, probs, static_cast<size_t>(n_full) * sizeof(float), cudaMemcpyDeviceToHost, 0),
+          "probabilities");
+  if (n_mean > 0)
+    check(cudaMemcpyAsync(host + n_full, means, static_cast<size_t>(n_mean) * sizeof(float), cudaMemcpyDeviceToHost,
+                          0),
+          "probabilities");
   for (int i = 0; i < n_rows; ++i) {
     const AttnRow& r = rows[i];
     if (!r.probs) continue;
+    const cuda::AttnDesc& d = descs_[static_cast<size_t>(i)];
     PendingProbs p;
-    p.src = host + descs_[static_cast<size_t>(i)].probs_off;
+    p.src = r.probs_mean_only ? host + n_full + d.mean_off : host + d.probs_off;
     p.dst = r.probs;
     p.n_slots = r.n_slots;
     p.n_idx = r.n_idx;
-    p.n_head = shape.n_head;
+    p.n_head = r.probs_mean_only ? 1 : shape.n_head;
     p.idx_off = pending_idx_.size();
     pending_idx_.insert(pending_idx_.end(), r.idx, r.idx + r.n_idx);
     pending_.push_back(p);
@@ -325,7 +350,8 @@ void CudaBackend::flush_host() {
     pending_idx_.clear();
     check(e, "probabilities to host");
   }
-  // Scatter each head's probabilities to the slots they belong to (the CPU backend's layout).
+  // Scatter each head's probabilities (or their mean) to the slots they belong to (the CPU
+  // backend's layout).
   for (const PendingProbs& p : pending_) {
     const int32_t* idx = pending_idx_.data() + p.idx_off;
     for (int h = 0; h < p.n_head; ++h) {

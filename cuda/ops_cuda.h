@@ -70,10 +70,14 @@ struct AttnDesc {
   const float* q = nullptr; // [n_head][head_dim]
   float* out = nullptr;     // [n_head][head_dim]
   int64_t probs_off = -1;   // probabilities [n_head][n_idx] at probs + probs_off; -1: not wanted
+  int64_t mean_off = -1;    // with probs: their mean over heads [n_idx] at means + mean_off (head_mean)
 };
 // scratch: n_rows * n_head * max_idx floats.
 void attend(bool half, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head, int n_head_kv,
             int head_dim, float scale, int max_idx, float* scratch, float* probs);
+// For the rows with mean_off >= 0: means[mean_off + j] = (sum over h in order of
+// probs[probs_off + h * n_idx + j]) * inv_head, the host's arithmetic (kv_attention.cpp).
+void head_mean(const AttnDesc* rows, int n_rows, int n_head, float inv_head, const float* probs, float* means);
 
 }  // namespace cuda
 }  // namespace tova

@@ -187,6 +187,40 @@ def test_cuda_c_plugin_and_cli(tmp_path):
 
 @pytest.mark.cuda
 @needs_gpu
+def test_cuda_hands_back_the_head_mean_alone(tmp_path):
+    """A policy declaring TOVA_POLICY_MEAN_ONLY (as the built-ins do) gets only probs_mean from
+    the GPU (the device averages the heads, one float per slot comes back, and it sums to 1);
+    without the flag it gets every head's probabilities. The CPU hands both either way."""
+    import os
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, seed=12, weight_type="Q8_0", n_embd=64, n_head=4, n_head_kv=2)
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog " * 12)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    lib = tmp_path / "librecorder.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-I", os.path.join(repo, "cpp", "include"),
+                    os.path.join(repo, "tests", "plugins", "abi_recorder.c"), "-o", str(lib), "-lm"], check=True)
+
+    def counts(device: str, flags: int) -> dict:
+        out = tmp_path / f"{device}-{flags}.txt"
+        r = subprocess.run([str(binary()), "perplexity", "-m", str(path), "-f", str(text), "--device", device,
+                            "--policy-plugin", str(lib), "--policy-args", f"{flags}:2:{out}", "--kv-size", "12",
+                            "-c", "48", "--chunks", "2", "-t", "1", "--no-progress"],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        return {k: int(v) for k, v in (line.split() for line in out.read_text().splitlines())}
+
+    NEEDS_PROBS, MEAN_ONLY = 1, 4
+    gpu_mean, gpu_all = counts("cuda", NEEDS_PROBS | MEAN_ONLY), counts("cuda", NEEDS_PROBS)
+    cpu_mean = counts("cpu", NEEDS_PROBS | MEAN_ONLY)
+    assert gpu_mean["probs_mean_only"] > 0 and gpu_mean["probs_set"] == 0 and gpu_mean["probs_bad_sum"] == 0
+    assert gpu_all["probs_set"] > 0 and gpu_all["probs_mean_only"] == 0 and gpu_all["probs_bad_sum"] == 0
+    assert cpu_mean["probs_set"] > 0 and cpu_mean["probs_mean_only"] == 0
+    assert gpu_mean["selects"] == gpu_all["selects"] == cpu_mean["selects"]
+
+
+@pytest.mark.cuda
+@needs_gpu
 def test_cuda_qwen2_biases_and_f32_kv(tmp_path):
     """qwen2's shape (q/k/v biases, NeoX RoPE) with K/V stored in f32 on the device."""
     path = tmp_path / "q.gguf"

@@ -76,6 +76,9 @@ struct AttnRow {
   const float* q = nullptr;      // [n_head][head_dim], backend memory
   float* out = nullptr;          // [n_head][head_dim], backend memory
   float* probs = nullptr;        // host [n_head][n_slots]: p written at probs[h * n_slots + idx[j]]; may be null
+  // With a backend that reduces_probs(): probs is [n_slots], the mean over the query heads
+  // (summed in head order, then times 1 / n_head: KvAttention's arithmetic) at probs[idx[j]].
+  bool probs_mean_only = false;
   int n_slots = 0;
   // Positions "cache_index": q and the stored keys are unrotated; key j is rotated by rank j
   // and the query by rank n_idx - 1. Null: keys were stored rotated.
@@ -146,6 +149,10 @@ class Backend {
   // CPU backend calls them at once (no per-layer scratch kept), unless TOVA_DEFER_POLICY_CALLS=1
   // asks it to defer too (the tests compare both orders).
   virtual bool defer_policy_calls() const { return false; }
+  // True when attend() can hand back the head mean of the probabilities instead of every head's
+  // (AttnRow::probs_mean_only), for policies that read nothing else (TOVA_POLICY_MEAN_ONLY): a
+  // device backend then copies n_head times fewer floats back.
+  virtual bool reduces_probs() const { return false; }
 };
 
 // CUDA devices this build can use: 0 when built without CUDA (TOVA_CUDA=OFF), without a driver

@@ -10,6 +10,16 @@ namespace {
 
 bool needs_probs(const tova_policy* p) { return p && (p->flags & TOVA_POLICY_NEEDS_PROBS); }
 
+// Whether the backend hands this policy the head mean alone (no per-head probabilities).
+bool mean_only(const Backend& be, const tova_policy* p) {
+  return needs_probs(p) && (p->flags & TOVA_POLICY_MEAN_ONLY) && be.reduces_probs();
+}
+
+// Room for what the backend writes back: every head's probabilities, or their mean.
+void size_probs(std::vector<float>& probs, bool mean, int n_head, int n_slots) {
+  probs.assign(static_cast<size_t>(mean ? 1 : n_head) * static_cast<size_t>(n_slots), 0.0f);
+}
+
 // Runs f for one sequence; an exception marks that sequence failed instead of ending the step.
 template <class F>
 void guarded(SeqRows& s, F&& f) {
@@ -84,6 +94,7 @@ void KvAttention::defer(size_t seq, const LayerRule& rule, int row, Scratch& x) 
   std::swap(d.x.slot_of, x.slot_of);
   std::swap(d.x.probs, x.probs);
   std::swap(d.x.mean, x.mean);
+  d.x.mean_only = x.mean_only;
 }
 
 void KvAttention::finish_step(Backend& be, const AttnShape& shape, std::vector<SeqRows>& seqs) {
@@ -134,7 +145,8 @@ void KvAttention::start(Backend& be, const AttnShape& shape, const LayerRule& ru
   const int n_before = static_cast<int>(x.alive.size()) - s.n;
   x.evict_once = !simple;
   const bool probs = x.evict_once && needs_probs(pol);
-  if (probs) x.probs.assign(static_cast<size_t>(shape.n_head) * L.n_slots, 0.0f);
+  x.mean_only = probs && mean_only(be, pol);
+  if (probs) size_probs(x.probs, x.mean_only, shape.n_head, L.n_slots);
   for (int i = 0; i < s.n; ++i) {
     AttnRow r;
     r.kv = &s.store->payload();
@@ -144,6 +156,7 @@ void KvAttention::start(Backend& be, const AttnShape& shape, const LayerRule& ru
     r.q = q + (s.row0 + i) * QW;
     r.out = out + (s.row0 + i) * QW;
     r.probs = probs && i == s.n - 1 ? x.probs.data() : nullptr;
+    r.probs_mean_only = x.mean_only;
     r.n_slots = L.n_slots;
     rows_.push_back(r);
   }
@@ -173,7 +186,8 @@ void KvAttention::walk_row(Backend& be, const AttnShape& shape, const LayerRule&
   else
     L.alive_by_slot(x.alive);
   const bool probs = needs_probs(rule.policy);
-  if (probs) x.probs.assign(static_cast<size_t>(shape.n_head) * L.n_slots, 0.0f);
+  x.mean_only = probs && mean_only(be, rule.policy);
+  if (probs) size_probs(x.probs, x.mean_only, shape.n_head, L.n_slots);
   AttnRow r;
   r.kv = &s.store->payload();
   r.layer = rule.layer;
@@ -182,12 +196,14 @@ void KvAttention::walk_row(Backend& be, const AttnShape& shape, const LayerRule&
   r.q = q + (s.row0 + i) * QW;
   r.out = out + (s.row0 + i) * QW;
   r.probs = probs ? x.probs.data() : nullptr;
+  r.probs_mean_only = x.mean_only;
   r.n_slots = L.n_slots;
   r.rank_rope = rule.rank_rope;
   rows_.push_back(r);
 }
 
-// After row i's attention: probs_mean (over all query heads, summed in head order) and the policy.
+// After row i's attention: probs_mean (over all query heads, summed in head order, unless the
+// backend did that) and the policy.
 void KvAttention::finish_row(const AttnShape& shape, const LayerRule& rule, SeqRows& s, Scratch& x, int i) {
   LayerCells& L = s.store->layer(rule.layer);
   PolicyCall call;
@@ -195,7 +211,9 @@ void KvAttention::finish_row(const AttnShape& shape, const LayerRule& rule, SeqR
   call.seq = s.seq;
   call.n_head = shape.n_head;
   // probs only when the policy asked for them (the ABI's promise): others never pay for them.
-  if (needs_probs(rule.policy)) {
+  if (needs_probs(rule.policy) && x.mean_only) {
+    call.probs_mean = x.probs.data();  // probs stays null (TOVA_POLICY_MEAN_ONLY)
+  } else if (needs_probs(rule.policy)) {
     const int n_slots = L.n_slots;
     x.mean.assign(static_cast<size_t>(n_slots), 0.0f);
     for (int h = 0; h < shape.n_head; ++h) {

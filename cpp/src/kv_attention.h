@@ -62,6 +62,7 @@ class KvAttention {
     bool walk = false;       // the exact row-by-row walk (else all rows at once)
     bool evict_once = false; // chunked: one eviction after the chunk
     int cursor = 0;          // walk: next row
+    bool mean_only = false;  // probs holds the head mean the backend computed ([n_slots])
     std::vector<int32_t> alive, slot_of;
     std::vector<float> probs, mean;
   };

@@ -134,11 +134,13 @@ int default_n_sink(const std::string& policy) { return policy == "sink" ? 4 : 0;
 
 PolicyHandle make_builtin_policy(const std::string& name) {
   tova_policy* p = nullptr;
-  if (name == "tova") p = new_builtin("tova", TOVA_POLICY_NEEDS_PROBS, tova_select, not_enough);
+  // The built-ins read the head mean only (TOVA_POLICY_MEAN_ONLY).
+  constexpr uint32_t kMean = TOVA_POLICY_NEEDS_PROBS | TOVA_POLICY_MEAN_ONLY;
+  if (name == "tova") p = new_builtin("tova", kMean, tova_select, not_enough);
   else if (name == "h2o")
-    p = new_builtin("h2o", TOVA_POLICY_NEEDS_PROBS | TOVA_POLICY_EVERY_STEP, h2o_select, not_enough);
+    p = new_builtin("h2o", kMean | TOVA_POLICY_EVERY_STEP, h2o_select, not_enough);
   else if (name == "tova_ema")
-    p = new_builtin("tova_ema", TOVA_POLICY_NEEDS_PROBS | TOVA_POLICY_EVERY_STEP, tova_ema_select, not_enough);
+    p = new_builtin("tova_ema", kMean | TOVA_POLICY_EVERY_STEP, tova_ema_select, not_enough);
   else if (name == "window") p = new_builtin("window", 0, window_select, not_enough);
   else if (name == "sink") p = new_builtin("sink", 0, window_select, not_enough);
   else if (name == "full") p = new_builtin("full", 0, full_select, full_error);

@@ -11,7 +11,7 @@
 typedef struct {
   char path[1024];
   long inserts, selects, selects_zero, evict_asked, evict_told, resets, reset_seqs;
-  long probs_null, probs_set, probs_bad_sum, bad_new_slot, bad_seq;
+  long probs_null, probs_set, probs_bad_sum, bad_new_slot, bad_seq, probs_mean_only;
 } recorder;
 
 static void on_insert(void* u, const tova_policy_view* v, int32_t slot) {
@@ -26,7 +26,12 @@ static int select_oldest(void* u, const tova_policy_view* v, int32_t* out) {
   if (v->n_evict == 0) r->selects_zero++;
   r->evict_asked += v->n_evict;
   if (v->seq != 0) r->bad_seq++;
-  if (v->probs == NULL || v->probs_mean == NULL) {
+  if (v->probs_mean != NULL && v->probs == NULL) { /* the head mean alone (TOVA_POLICY_MEAN_ONLY) */
+    double sum = 0;
+    r->probs_mean_only++;
+    for (int32_t i = 0; i < v->n_slots; ++i) sum += v->probs_mean[i];
+    if (fabs(sum - 1.0) > 1e-3) r->probs_bad_sum++;
+  } else if (v->probs == NULL || v->probs_mean == NULL) {
     r->probs_null++;
   } else {
     r->probs_set++;
@@ -68,10 +73,10 @@ static void destroy(tova_policy* p) {
   if (f) {
     fprintf(f, "inserts %ld\nselects %ld\nselects_zero %ld\nevict_asked %ld\nevict_told %ld\n"
                "resets %ld\nreset_seqs %ld\nprobs_null %ld\nprobs_set %ld\nprobs_bad_sum %ld\n"
-               "bad_new_slot %ld\nbad_seq %ld\n",
+               "bad_new_slot %ld\nbad_seq %ld\nprobs_mean_only %ld\n",
             r->inserts, r->selects, r->selects_zero, r->evict_asked, r->evict_told, r->resets,
             r->reset_seqs, r->probs_null, r->probs_set, r->probs_bad_sum, r->bad_new_slot,
-            r->bad_seq);
+            r->bad_seq, r->probs_mean_only);
     fclose(f);
   }
   free(r);

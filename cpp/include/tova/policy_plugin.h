@@ -41,6 +41,9 @@ extern "C" {
 #define TOVA_POLICY_NEEDS_PROBS 1u  /* select() reads probs / probs_mean */
 #define TOVA_POLICY_EVERY_STEP 2u   /* call select() every step, with n_evict == 0 when nothing
                                        must go (for policies that accumulate, like H2O) */
+#define TOVA_POLICY_MEAN_ONLY 4u    /* with NEEDS_PROBS: select() reads probs_mean only, so
+                                       view->probs may be NULL (a GPU backend then copies one float
+                                       per slot back, not one per query head and slot) */
 
 typedef struct tova_policy_view {
   int32_t layer;            /* layer index */
