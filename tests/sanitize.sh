@@ -4,13 +4,19 @@
 # and run with LeakSanitizer on, under every kernel tier this CPU has (TOVA_CPU_KERNELS). Any
 # report fails the run. Needs the tova package installed (it resolves the models).
 #
+# The build also has the CUDA backend on the CPU simulator of cuda/sim (TOVA_CUDA_SIM): short
+# generations with --device cuda on synthetic models then run every kernel and the backend's host
+# code under the sanitizers, a kernel's read or write past a device allocation included (what
+# compute-sanitizer checks on a GPU).
+#
 #   bash tests/sanitize.sh [BUILD_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD="${1:-build/sanitize}"
 
-cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTOVA_SANITIZE=ON -DTOVA_BUILD_TESTS=ON >/dev/null
-cmake --build "$BUILD" --target tova_tests tova_cli >/dev/null
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTOVA_SANITIZE=ON -DTOVA_BUILD_TESTS=ON -DTOVA_CUDA=OFF \
+  -DTOVA_CUDA_SIM=ON >/dev/null
+cmake --build "$BUILD" --target tova_tests tova_cli tova_cuda_sim_selftest >/dev/null
 
 export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
@@ -45,4 +51,32 @@ for model in smollm2-135m-instruct gemma-3-270m; do
     done
   done
 done
+echo "sanitize: the CUDA simulator's own checks"
+"$BUILD/tova_cuda_sim_selftest" | tail -1
+# Synthetic models (a llama with Q4_K matrices, a qwen2 with Q6_K, a Gemma 3), small enough for
+# the simulator: every built-in policy, f16 and f32 K/V, exact and chunked prefill, batching.
+python - "$BUILD" <<'EOF'
+import sys
+sys.path.insert(0, "tests")
+from reference.synthetic import write_gemma3_gguf, write_llama_gguf
+write_llama_gguf(f"{sys.argv[1]}/sim-llama.gguf", seed=3, weight_type="Q4_K", n_embd=256, n_ff=512, n_head=4,
+                 n_head_kv=2, n_layer=2)
+write_llama_gguf(f"{sys.argv[1]}/sim-qwen2.gguf", seed=4, weight_type="Q6_K", n_embd=256, n_ff=512, n_head=4,
+                 n_head_kv=1, n_layer=2, arch="qwen2", tied_output=True)
+write_gemma3_gguf(f"{sys.argv[1]}/sim-gemma3.gguf", seed=5, weight_type="Q4_K", n_embd=256, n_ff=512, head_dim=64)
+EOF
+for config in "llama tova f16 exact" "llama h2o f32 chunked" "llama tova_ema f16 exact" "llama sink f16 exact" \
+              "llama full f16 exact" "qwen2 tova f16 exact" "gemma3 tova f16 chunked"; do
+  read -r arch policy kv prefill <<<"$config"
+  echo "sanitize: device cuda (simulated), $arch, policy $policy, kv $kv, prefill $prefill"
+  if ! "$BUILD/tova" run -m "$BUILD/sim-$arch.gguf" -p "$PROMPT" -n 12 --temp 0 --ignore-eos --device cuda \
+      --policy "$policy" --kv-size 16 --chunk 8 --ctx 128 -ctk "$kv" -ctv "$kv" --prefill "$prefill" \
+      >/dev/null 2>"$BUILD/run.err"; then
+    cat "$BUILD/run.err"
+    exit 1
+  fi
+done
+echo "sanitize: device cuda (simulated), three sequences batched (tova bench --n-seq 3)"
+"$BUILD/tova" bench -m "$BUILD/sim-llama.gguf" --device cuda -p 24 -n 8 -r 1 --n-seq 3 --policy tova --kv-size 16 \
+  >/dev/null 2>"$BUILD/run.err" || { cat "$BUILD/run.err"; exit 1; }
 echo "sanitize: clean"

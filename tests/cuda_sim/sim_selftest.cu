@@ -69,6 +69,11 @@ __global__ void racy_neighbour(int* out) {
   out[blockIdx.x * 64 + threadIdx.x] = s[(threadIdx.x + 1) % 64];
 }
 
+// One float past the end of out: on a GPU compute-sanitizer reports it; here AddressSanitizer does.
+__global__ void write_past(float* out, int n) {
+  if (threadIdx.x == 0) out[n] = 1.0f;
+}
+
 template <class T>
 T* dev(size_t n) {
   T* p = nullptr;
@@ -120,6 +125,7 @@ int main() {
     bool differs = false;
     for (int t = 0; t < 64; ++t) differs |= h[t] != h[64 + t];
     expect(differs, "a missing barrier makes blocks disagree");
+    cudaFree(out);
   }
   {  // stream order: a copy back is there only once the host has waited
     float* d = dev<float>(4);
@@ -157,7 +163,7 @@ int main() {
     void (*run)();
     const char* says;
   };
-  const Fault faults[] = {
+  std::vector<Fault> faults = {
       {"shuffle after lanes exited",
        [] {
          float* out = dev<float>(32);
@@ -183,6 +189,16 @@ int main() {
        },
        "outside a device allocation"},
   };
+#if defined(__SANITIZE_ADDRESS__)
+  faults.push_back({"a kernel writing past its allocation (AddressSanitizer)",
+                    [] {
+                      float* out = dev<float>(5);
+                      TOVA_LAUNCH(write_past, 1, 32)(out, 5);
+                      const cudaError_t e = cudaDeviceSynchronize();
+                      std::printf("%d %s\n", static_cast<int>(e), cudaGetErrorString(e));
+                    },
+                    "heap-buffer-overflow"});
+#endif
   for (const Fault& f : faults) {
     std::fflush(stdout);
     int fd[2];
@@ -190,6 +206,7 @@ int main() {
     const pid_t pid = fork();
     if (pid == 0) {  // the child: the fault, its error on the pipe
       dup2(fd[1], 1);
+      dup2(fd[1], 2);
       f.run();
       std::fflush(stdout);
       _exit(0);
