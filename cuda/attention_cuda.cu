@@ -1,6 +1,9 @@
-// Attention of query rows over each sequence's slot pool on the GPU: one block per (row, head);
-// scores one warp per key, a block-wide softmax, then the weighted sum of values, each warp over
-// a share of the slots, lanes over the head's elements. Writes the probabilities the policies read when the row asks for them.
+// Attention of query rows over each sequence's slot pool on the GPU: one block per (row, query
+// heads sharing a K/V head, GQA), so that each K and V row is read once for all of them; scores
+// one warp per key, a block-wide softmax per head, then the weighted sums of values, each warp
+// over a share of the slots, lanes over the head's elements. Writes the probabilities the
+// policies read when the row asks for them. Per head, every sum is taken in the order of the
+// one-head-per-block kernel it replaces: the same values.
 #include <cuda_fp16.h>
 
 #include "cuda_check.h"
@@ -15,6 +18,7 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kMaxHeadDim = 256;  // the weighted sum's registers and shared memory
+constexpr int kMaxGroup = 8;      // query heads per block (sharing one K/V head)
 
 template <bool kHalf>
 __device__ __forceinline__ float load(const void* p, int64_t i) {
@@ -37,67 +41,104 @@ __device__ float block_reduce(float v, bool is_max, float* shared) {
 }
 
 template <bool kHalf>
-__global__ void attend_kernel(const AttnDesc* rows, const int32_t* idx_all, int n_head, int group, int head_dim,
-                              float scale, int max_idx, float* scratch, float* probs) {
+__global__ void attend_kernel(const AttnDesc* rows, const int32_t* idx_all, int n_head, int group, int per_block,
+                              int head_dim, float scale, int max_idx, float* scratch, float* probs) {
   const AttnDesc r = rows[blockIdx.x];
-  const int h = blockIdx.y;
-  const int kvh = h / group;
+  const int h0 = blockIdx.y * per_block;  // this block's first query head
+  const int kvh = h0 / group;             // the K/V head its per_block query heads share
   const int32_t* idx = idx_all + r.idx_off;
-  const float* q = r.q + static_cast<int64_t>(h) * head_dim;
-  float* s = scratch + (static_cast<int64_t>(blockIdx.x) * n_head + h) * max_idx;
   const int64_t head0 = static_cast<int64_t>(kvh) * r.n_slots;  // first row of this KV head
+  float* s0 = scratch + (static_cast<int64_t>(blockIdx.x) * n_head + h0) * max_idx;  // head h0 + g at g * max_idx
+  __shared__ float qs[kMaxGroup][kMaxHeadDim];
   __shared__ float red[kThreads / kWarp];
+  __shared__ float part[kThreads / kWarp][kMaxHeadDim];
+  for (int t = threadIdx.x; t < per_block * head_dim; t += kThreads)
+    qs[t / head_dim][t % head_dim] = r.q[static_cast<int64_t>(h0) * head_dim + t];
+  __syncthreads();
 
+  // Scores: warp w takes the keys j = w, w + kWarps, ...; each key row is read once for the
+  // block's query heads.
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   for (int j = warp; j < r.n_idx; j += kThreads / kWarp) {
     const int64_t base = (head0 + idx[j]) * head_dim;
-    float acc = 0.0f;
-    for (int e = lane; e < head_dim; e += kWarp) acc = fmaf(q[e], load<kHalf>(r.k, base + e), acc);
-    acc = warp_sum(acc);
-    if (lane == 0) s[j] = acc * scale;
+    float acc[kMaxGroup];
+#pragma unroll
+    for (int g = 0; g < kMaxGroup; ++g) acc[g] = 0.0f;
+    for (int e = lane; e < head_dim; e += kWarp) {
+      const float kv = load<kHalf>(r.k, base + e);
+#pragma unroll
+      for (int g = 0; g < kMaxGroup; ++g)
+        if (g < per_block) acc[g] = fmaf(qs[g][e], kv, acc[g]);
+    }
+#pragma unroll
+    for (int g = 0; g < kMaxGroup; ++g) {
+      if (g >= per_block) break;  // per_block is the same for the whole warp
+      const float a = warp_sum(acc[g]);
+      if (lane == 0) s0[static_cast<int64_t>(g) * max_idx + j] = a * scale;
+    }
   }
   __syncthreads();
-  float mx = -INFINITY;
-  for (int j = threadIdx.x; j < r.n_idx; j += kThreads) mx = fmaxf(mx, s[j]);
-  mx = block_reduce(mx, true, red);
-  float sum = 0.0f;
-  for (int j = threadIdx.x; j < r.n_idx; j += kThreads) {
-    const float p = expf(s[j] - mx);
-    s[j] = p;
-    sum += p;
+  // A block-wide softmax per query head.
+  for (int g = 0; g < per_block; ++g) {
+    float* s = s0 + static_cast<int64_t>(g) * max_idx;
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < r.n_idx; j += kThreads) mx = fmaxf(mx, s[j]);
+    mx = block_reduce(mx, true, red);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < r.n_idx; j += kThreads) {
+      const float p = expf(s[j] - mx);
+      s[j] = p;
+      sum += p;
+    }
+    const float inv = 1.0f / block_reduce(sum, false, red);
+    for (int j = threadIdx.x; j < r.n_idx; j += kThreads) s[j] *= inv;
   }
-  const float inv = 1.0f / block_reduce(sum, false, red);
-  for (int j = threadIdx.x; j < r.n_idx; j += kThreads) s[j] *= inv;
   __syncthreads();
   if (r.probs_off >= 0) {
-    float* pr = probs + r.probs_off + static_cast<int64_t>(h) * r.n_idx;
-    for (int j = threadIdx.x; j < r.n_idx; j += kThreads) pr[j] = s[j];
+    for (int g = 0; g < per_block; ++g) {
+      float* pr = probs + r.probs_off + static_cast<int64_t>(h0 + g) * r.n_idx;
+      const float* s = s0 + static_cast<int64_t>(g) * max_idx;
+      for (int j = threadIdx.x; j < r.n_idx; j += kThreads) pr[j] = s[j];
+    }
   }
-  // Weighted sum of values: warp w sums the slots j = w, w + kWarps, ... (its loads independent
-  // of each other), lane l the elements l, l + 32, ...; then the warps' partial sums are added.
-  __shared__ float part[kThreads / kWarp][kMaxHeadDim];
-  float acc[kMaxHeadDim / kWarp];
+  // Weighted sum of values: warp w sums the slots j = w, w + kWarps, ... (each value row read
+  // once for the block's query heads), lane l the elements l, l + 32, ...; then, head by head,
+  // the warps' partial sums are added.
+  float acc[kMaxGroup][kMaxHeadDim / kWarp];
 #pragma unroll
-  for (int t = 0; t < kMaxHeadDim / kWarp; ++t) acc[t] = 0.0f;
+  for (int g = 0; g < kMaxGroup; ++g)
+#pragma unroll
+    for (int t = 0; t < kMaxHeadDim / kWarp; ++t) acc[g][t] = 0.0f;
   for (int j = warp; j < r.n_idx; j += kThreads / kWarp) {
-    const float p = s[j];
     const int64_t base = (head0 + idx[j]) * head_dim;
+    float p[kMaxGroup];
+#pragma unroll
+    for (int g = 0; g < kMaxGroup; ++g) p[g] = g < per_block ? s0[static_cast<int64_t>(g) * max_idx + j] : 0.0f;
 #pragma unroll
     for (int t = 0; t < kMaxHeadDim / kWarp; ++t) {
       const int e = lane + kWarp * t;
-      if (e < head_dim) acc[t] = fmaf(p, load<kHalf>(r.v, base + e), acc[t]);
+      if (e >= head_dim) break;
+      const float v = load<kHalf>(r.v, base + e);
+#pragma unroll
+      for (int g = 0; g < kMaxGroup; ++g)
+        if (g < per_block) acc[g][t] = fmaf(p[g], v, acc[g][t]);
     }
   }
 #pragma unroll
-  for (int t = 0; t < kMaxHeadDim / kWarp; ++t) {
-    const int e = lane + kWarp * t;
-    if (e < head_dim) part[warp][e] = acc[t];
-  }
-  __syncthreads();
-  for (int e = threadIdx.x; e < head_dim; e += kThreads) {
-    float sum = part[0][e];
-    for (int w = 1; w < kThreads / kWarp; ++w) sum += part[w][e];
-    r.out[static_cast<int64_t>(h) * head_dim + e] = sum;
+  for (int g = 0; g < kMaxGroup; ++g) {
+    if (g >= per_block) break;  // the same for every thread of the block
+#pragma unroll
+    for (int t = 0; t < kMaxHeadDim / kWarp; ++t) {
+      const int e = lane + kWarp * t;
+      if (e < head_dim) part[warp][e] = acc[g][t];
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < head_dim; e += kThreads) {
+      float sum = part[0][e];
+      for (int w = 1; w < kThreads / kWarp; ++w) sum += part[w][e];
+      r.out[static_cast<int64_t>(h0 + g) * head_dim + e] = sum;
+    }
+    __syncthreads();  // part is rewritten for the next head
   }
 }
 
@@ -126,12 +167,19 @@ void attend(bool half, const AttnDesc* rows, int n_rows, const int32_t* idx, int
   if (n_rows <= 0) return;
   if (head_dim > kMaxHeadDim)
     throw Error(cat("CUDA attention: head_dim ", head_dim, " > ", kMaxHeadDim, " is not supported"));
-  const dim3 grid(static_cast<unsigned>(n_rows), static_cast<unsigned>(n_head));
+  // A block per (row, run of query heads sharing a K/V head): up to kMaxGroup heads, a divisor
+  // of the group so that a block never straddles two K/V heads.
   const int group = n_head / n_head_kv;
+  int per_block = 1;
+  for (int d = 1; d <= kMaxGroup && d <= group; ++d)
+    if (group % d == 0) per_block = d;
+  const dim3 grid(static_cast<unsigned>(n_rows), static_cast<unsigned>(n_head / per_block));
   if (half)
-    TOVA_LAUNCH(attend_kernel<true>, grid, kThreads)(rows, idx, n_head, group, head_dim, scale, max_idx, scratch, probs);
+    TOVA_LAUNCH(attend_kernel<true>, grid, kThreads)(rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
+                                                     scratch, probs);
   else
-    TOVA_LAUNCH(attend_kernel<false>, grid, kThreads)(rows, idx, n_head, group, head_dim, scale, max_idx, scratch, probs);
+    TOVA_LAUNCH(attend_kernel<false>, grid, kThreads)(rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
+                                                      scratch, probs);
   check_launch("attend");
 }
 
