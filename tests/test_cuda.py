@@ -37,6 +37,18 @@ def _ids(n: int, vocab: int, seed: int = 0) -> list[int]:
     return np.random.default_rng(seed).integers(3, vocab, n).tolist()
 
 
+def _same_positions_every_step(cpu, gpu, ids, prompt: int, n_layer: int, what) -> None:
+    """Prefill ids[:prompt] on both, then one token at a time: every layer's kept positions agree
+    after every step."""
+    cpu.eval(ids[:prompt])
+    gpu.eval(ids[:prompt])
+    for t in ids[prompt:]:
+        cpu.eval([t])
+        gpu.eval([t])
+        for layer in range(n_layer):
+            assert cpu.kv_positions(layer).tolist() == gpu.kv_positions(layer).tolist(), (what, layer)
+
+
 @pytest.mark.cuda
 @needs_gpu
 def test_cuda_kernels_equal_their_cpu_twins():
@@ -76,14 +88,7 @@ def test_cuda_keeps_the_cpu_positions(tmp_path, policy):
     write_llama_gguf(path, seed=4, weight_type="Q4_K", n_embd=256, n_ff=512, n_head=4, n_head_kv=2, n_layer=3)
     cpu, gpu = _pair(path, policy=policy, kv_size=24, chunk=8)
     with cpu, gpu:
-        ids = _ids(120, cpu.n_vocab, seed=2)
-        cpu.eval(ids[:40])
-        gpu.eval(ids[:40])
-        for t in ids[40:]:
-            cpu.eval([t])
-            gpu.eval([t])
-            for layer in range(3):
-                assert cpu.kv_positions(layer).tolist() == gpu.kv_positions(layer).tolist(), (policy, layer)
+        _same_positions_every_step(cpu, gpu, _ids(120, cpu.n_vocab, seed=2), 40, 3, policy)
 
 
 @pytest.mark.cuda
@@ -150,14 +155,7 @@ def test_cuda_python_policy_keeps_the_cpu_positions(tmp_path):
     write_llama_gguf(path, seed=7, weight_type="Q4_0", n_embd=64, n_head=4, n_head_kv=2, n_layer=2)
     cpu, gpu = _pair(path, policy=_PyTova(), kv_size=16, chunk=8)
     with cpu, gpu:
-        ids = _ids(60, cpu.n_vocab, seed=4)
-        cpu.eval(ids[:20])
-        gpu.eval(ids[:20])
-        for t in ids[20:]:
-            cpu.eval([t])
-            gpu.eval([t])
-            for layer in range(2):
-                assert cpu.kv_positions(layer).tolist() == gpu.kv_positions(layer).tolist(), layer
+        _same_positions_every_step(cpu, gpu, _ids(60, cpu.n_vocab, seed=4), 20, 2, "python policy")
 
 
 @pytest.mark.cuda
