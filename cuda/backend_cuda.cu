@@ -206,7 +206,7 @@ class CudaBackend : public Backend {
   cuda::Staging staging_;  // pinned bytes of the step's uploads
   DeviceBuffer tokens_, slots_, logits_;
   std::unordered_map<const Rope*, DeviceBuffer> angles_dev_;
-  DeviceBuffer attn_desc_, attn_idx_, attn_scratch_, attn_probs_, attn_means_;
+  DeviceBuffer attn_rows_, attn_scratch_, attn_probs_, attn_means_;
   std::vector<float> angles_;
   std::vector<cuda::AttnDesc> descs_;
   std::vector<int32_t> idx_;
@@ -292,10 +292,13 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
     n_mean += r.n_idx;
   }
   if (descs_.empty()) return;
-  const auto* d_desc = static_cast<const cuda::AttnDesc*>(
-      attn_desc_.upload(descs_.data(), descs_.size() * sizeof(cuda::AttnDesc), staging_, "attention rows"));
-  const auto* d_idx = static_cast<const int32_t*>(attn_idx_.upload(idx_.data(), idx_.size() * sizeof(int32_t), staging_,
-                                                                     "attention slots"));
+  // The rows and their slot lists in one copy.
+  static_assert(sizeof(cuda::AttnDesc) % alignof(int32_t) == 0, "slot lists after the rows stay aligned");
+  const size_t desc_bytes = descs_.size() * sizeof(cuda::AttnDesc);
+  auto* d_rows = static_cast<uint8_t*>(attn_rows_.upload_two(descs_.data(), desc_bytes, idx_.data(),
+                                                             idx_.size() * sizeof(int32_t), staging_, "attention rows"));
+  const auto* d_desc = reinterpret_cast<const cuda::AttnDesc*>(d_rows);
+  const auto* d_idx = reinterpret_cast<const int32_t*>(d_rows + desc_bytes);
   auto* scratch = static_cast<float*>(attn_scratch_.reserve(
       static_cast<size_t>(n_rows) * static_cast<size_t>(shape.n_head) * static_cast<size_t>(max_idx) * sizeof(float),
       "attention scratch"));

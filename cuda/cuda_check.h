@@ -102,10 +102,17 @@ class DeviceBuffer {
   // Copies host bytes in, in stream order, through pinned staging (the host does not wait for
   // the device); the host bytes may change as soon as it returns.
   void* upload(const void* host, size_t bytes, Staging& staging, const char* what) {
+    return upload_two(host, bytes, nullptr, 0, staging, what);
+  }
+  // As upload, for two host ranges laid end to end in one copy (b starts at offset a_bytes).
+  void* upload_two(const void* a, size_t a_bytes, const void* b, size_t b_bytes, Staging& staging,
+                   const char* what) {
+    const size_t bytes = a_bytes + b_bytes;
     void* d = reserve(bytes, what);
     if (bytes) {
-      void* s = staging.take(bytes, what);
-      std::memcpy(s, host, bytes);
+      auto* s = static_cast<uint8_t*>(staging.take(bytes, what));
+      if (a_bytes) std::memcpy(s, a, a_bytes);
+      if (b_bytes) std::memcpy(s + a_bytes, b, b_bytes);
       check(cudaMemcpyAsync(d, s, bytes, cudaMemcpyHostToDevice, 0), what);
     }
     return d;

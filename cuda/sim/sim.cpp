@@ -333,8 +333,10 @@ struct Device {
   std::string fault;               // what the sticky error was
 
   static Device& get() {
-    static Device d;  // the machine's one device, as the driver's context
-    return d;
+    // The machine's one device, as the driver's context; never destroyed, so that memory freed
+    // by objects that outlive main (an engine freed at interpreter exit) still finds it.
+    static Device* d = new Device;
+    return *d;
   }
 
   bool inside(const std::map<uintptr_t, size_t>& allocs, const void* p, size_t bytes) const {
