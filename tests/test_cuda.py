@@ -222,6 +222,42 @@ def test_cuda_hands_back_the_head_mean_alone(tmp_path):
 
 @pytest.mark.cuda
 @needs_gpu
+def test_cuda_threads_share_an_engine_and_the_device(tmp_path):
+    """Six threads on one GPU engine (batched by its scheduler) and a second GPU engine in
+    another thread at the same time: each caller gets the text it gets alone."""
+    import threading
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, seed=13, weight_type="Q4_K", n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
+    prompts = [_ids(n, 384, seed=n) for n in (3, 8, 13, 21, 30, 34)]
+    kw = dict(max_tokens=10, temperature=0.8, top_k=20)
+    with tova.Engine(path, device="cuda", policy="tova", kv_size=16, n_seq=3) as e, \
+            tova.Engine(path, device="cuda", policy="h2o", kv_size=12) as other:
+        alone = [e.generate(p, seed=i, **kw) for i, p in enumerate(prompts)]
+        other_alone = other.generate(prompts[0], seed=99, **kw)
+        got, errors = {}, []
+        jobs = [(e, p, i) for i, p in enumerate(prompts)] + [(other, prompts[0], 99)]
+        barrier = threading.Barrier(len(jobs))
+
+        def worker(k):
+            engine, prompt, seed = jobs[k]
+            try:
+                barrier.wait()
+                got[k] = engine.generate(prompt, seed=seed, **kw)
+            except BaseException as ex:  # noqa: BLE001 - reported below
+                errors.append(ex)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+        assert not errors, errors
+        assert [got[k] for k in range(len(prompts))] == alone
+        assert got[len(prompts)] == other_alone
+
+
+@pytest.mark.cuda
+@needs_gpu
 def test_cuda_qwen2_biases_and_f32_kv(tmp_path):
     """qwen2's shape (q/k/v biases, NeoX RoPE) with K/V stored in f32 on the device."""
     path = tmp_path / "q.gguf"
