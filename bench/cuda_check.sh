@@ -11,7 +11,8 @@
 # 3. runs the CUDA tests (pytest -m cuda; the SmolLM2 one only when the model is in ~/.cache/tova);
 # 4. writes SmolLM2-shape (Q4_1) and Qwen2.5-1.5B-shape (Q4_K_M mix) models with random weights
 #    (bench/synthetic_shapes.py) and benchmarks them on the GPU: prefill 512 and decode 128 at
-#    batch 1, kv_size 512 (tova) and the full cache, with the bandwidth speed of light;
+#    batch 1, kv_size 512 (tova) and the full cache, with the bandwidth speed of light, decode
+#    steps as CUDA graphs and (tova 512) without them (TOVA_CUDA_GRAPHS=0);
 #    Then the paper's Table 1 there (bench/throughput.py --device cuda, budget BUDGET, 1GiB);
 # 5. runs a short generation under compute-sanitizer when it is installed.
 # Every step runs even when an earlier one failed; the report says which failed.
@@ -57,9 +58,14 @@ step "4. speed (synthetic real-shape models, batch 1)"
 "$PY" bench/synthetic_shapes.py --out build/shapes 2>&1 | tee -a "$REPORT" || fail "synthetic models"
 for m in smollm2 qwen15; do
   for cache in "--policy tova --kv-size 512" "--policy full --ctx 4096"; do
-    # shellcheck disable=SC2086
-    "$TOVA_BIN" bench -m "build/shapes/$m-shape.gguf" --device cuda -p 512 -n 128 -r 3 $cache --json \
-      > "$OUT/bench_${m}_${cache//[ -]/_}.json" 2> "$OUT/bench.err" || { tail -5 "$OUT/bench.err" | tee -a "$REPORT"; fail "bench $m $cache"; }
+    # Decode steps as CUDA graphs (the default), and every operation issued directly (graphs 0).
+    for graphs in 1 0; do
+      [ "$graphs" = 0 ] && [ "$cache" != "--policy tova --kv-size 512" ] && continue
+      # shellcheck disable=SC2086
+      TOVA_CUDA_GRAPHS=$graphs "$TOVA_BIN" bench -m "build/shapes/$m-shape.gguf" --device cuda -p 512 -n 128 -r 3 \
+        $cache --json > "$OUT/bench_${m}_${cache//[ -]/_}_graphs$graphs.json" 2> "$OUT/bench.err" \
+        || { tail -5 "$OUT/bench.err" | tee -a "$REPORT"; fail "bench $m $cache graphs $graphs"; }
+    done
   done
 done
 "$PY" - "$OUT" << 'EOF' 2>&1 | tee -a "$REPORT"
@@ -71,20 +77,21 @@ name = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], captur
 # Peak memory bandwidth (GB/s) of the GPUs we may be lent; others: no speed of light.
 bw = next((v for k, v in {"H200": 4800, "H100": 3350, "A100": 2039, "L4": 300, "RTX 4090": 1008}.items()
            if k in name), None)
-print("| model | cache | test | t/s | weight bytes | speed of light t/s | ratio |")
-print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+print("| model | cache | graphs | test | t/s | weight bytes | speed of light t/s | ratio |")
+print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: |")
 for f in sorted(glob.glob(f"{out}/bench_*.json")):
     try:
         rows = json.load(open(f))
     except ValueError:
-        print(f"| {f}: no result (the bench failed, see above) | | | | | | |")
+        print(f"| {f}: no result (the bench failed, see above) | | | | | | | |")
         continue
     for r in rows:
         test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
         sol = bw * 1e9 / r["weight_bytes"] if bw and not r["n_prompt"] else None
         sol_s = "%.0f" % sol if sol else "-"
         ratio = "%.2f" % (r["avg_ts"] / sol) if sol else "-"
-        print(f"| {r['model_filename']} | {r['policy']} {r['kv_size']} | {test} | {r['avg_ts']:.1f} | "
+        graphs = "off" if f.endswith("_graphs0.json") else "on"
+        print(f"| {r['model_filename']} | {r['policy']} {r['kv_size']} | {graphs} | {test} | {r['avg_ts']:.1f} | "
               f"{r['weight_bytes']} | {sol_s} | {ratio} |")
 EOF
 

@@ -156,13 +156,13 @@ __global__ void head_mean_kernel(const AttnDesc* rows, int n_head, float inv_hea
 
 }  // namespace
 
-void head_mean(const AttnDesc* rows, int n_rows, int n_head, float inv_head, const float* probs, float* means) {
+void head_mean(cudaStream_t s, const AttnDesc* rows, int n_rows, int n_head, float inv_head, const float* probs, float* means) {
   if (n_rows <= 0) return;
-  TOVA_LAUNCH(head_mean_kernel, static_cast<unsigned>(n_rows), kThreads)(rows, n_head, inv_head, probs, means);
+  TOVA_LAUNCH(head_mean_kernel, static_cast<unsigned>(n_rows), kThreads, s)(rows, n_head, inv_head, probs, means);
   check_launch("head_mean");
 }
 
-void attend(bool half, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head, int n_head_kv,
+void attend(cudaStream_t s, bool half, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head, int n_head_kv,
             int head_dim, float scale, int max_idx, float* scratch, float* probs) {
   if (n_rows <= 0) return;
   if (head_dim > kMaxHeadDim)
@@ -175,10 +175,10 @@ void attend(bool half, const AttnDesc* rows, int n_rows, const int32_t* idx, int
     if (group % d == 0) per_block = d;
   const dim3 grid(static_cast<unsigned>(n_rows), static_cast<unsigned>(n_head / per_block));
   if (half)
-    TOVA_LAUNCH(attend_kernel<true>, grid, kThreads)(rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
+    TOVA_LAUNCH(attend_kernel<true>, grid, kThreads, s)(rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
                                                      scratch, probs);
   else
-    TOVA_LAUNCH(attend_kernel<false>, grid, kThreads)(rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
+    TOVA_LAUNCH(attend_kernel<false>, grid, kThreads, s)(rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
                                                       scratch, probs);
   check_launch("attend");
 }

@@ -5,18 +5,21 @@
 // lists in and, when a policy needs them, the probabilities out. Uploads go through pinned
 // staging in stream order, and so do the probabilities back: a decode step's policy calls come
 // after its last layer (kv_attention.h), so the host waits for the device once per step, for the
-// logits, not once per layer.
+// logits, not once per layer. Everything runs on one stream of the backend's own; a decode step
+// (few rows) is captured and launched as one CUDA graph (stream.h).
 //
 // K/V rows are stored in f16 or f32; the quantized KV types and positions "cache_index" are
 // refused with a clear error for now.
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <unordered_map>
 #include <vector>
 
 #include "backend_cuda.h"
-#include "cuda_check.h"
+#include "buffers.h"
 #include "ops_cuda.h"
 
 namespace tova {
@@ -64,7 +67,8 @@ class CudaKv : public KvPayload {
 
 class CudaBackend : public Backend {
  public:
-  CudaBackend(const Model& model, int max_rows) : m_(model), max_rows_(max_rows) {
+  CudaBackend(const Model& model, int max_rows, bool graphs)
+      : m_(model), max_rows_(max_rows), stream_(graphs), staging_(&stream_), readback_(&stream_) {
     int n = 0;
     const cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess || n == 0)
@@ -76,12 +80,16 @@ class CudaBackend : public Backend {
     upload_weights();
     for (int b = 0; b < static_cast<int>(Buf::kCount); ++b) {
       const size_t bytes = static_cast<size_t>(max_rows) * buf_width(m_.hp(), static_cast<Buf>(b)) * sizeof(float);
-      bufs_[b].reserve(bytes, "activation buffers");
-      check(cudaMemset(bufs_[b].get(), 0, bytes), "activation buffers");
+      bufs_[b].reserve(bytes, "activation buffers", &stream_);
+      check(cudaMemsetAsync(bufs_[b].get(), 0, bytes, stream_.op()), "activation buffers");
     }
+    stream_.sync("activation buffers");
   }
 
-  ~CudaBackend() override { cudaDeviceSynchronize(); }  // no copy may still read staging_ or buffers
+  ~CudaBackend() override {
+    stream_.abandon();
+    cudaStreamSynchronize(stream_.op());  // no copy may still read staging_ or buffers
+  }
 
   const char* name() const override { return "cuda"; }
   int n_threads() const override { return 1; }
@@ -93,31 +101,36 @@ class CudaBackend : public Backend {
     throw Error("demote_kv: the CUDA backend keeps one KV tier (its payload refuses a tiered layout)");
   }
   void copy_kv(KvPayload& dst, const KvPayload& src) override {
+    if (!writes_.empty()) flush_writes();
     auto& d = static_cast<CudaKv&>(dst);
     const auto& s = static_cast<const CudaKv&>(src);
     for (size_t l = 0; l < s.layout().n_slots.size(); ++l) {
       const int li = static_cast<int>(l);
-      check(cudaMemcpy(d.k(li), s.k(li), s.layer_bytes(li), cudaMemcpyDeviceToDevice), "copy_kv");
-      check(cudaMemcpy(d.v(li), s.v(li), s.layer_bytes(li), cudaMemcpyDeviceToDevice), "copy_kv");
+      check(cudaMemcpyAsync(d.k(li), s.k(li), s.layer_bytes(li), cudaMemcpyDeviceToDevice, stream_.eager()),
+            "copy_kv");
+      check(cudaMemcpyAsync(d.v(li), s.v(li), s.layer_bytes(li), cudaMemcpyDeviceToDevice, stream_.eager()),
+            "copy_kv");
     }
+    stream_.sync("copy_kv");
   }
 
   float* buf(Buf b) override { return static_cast<float*>(bufs_[static_cast<size_t>(b)].get()); }
 
   void embed(const int32_t* tokens, int n, float scale, float* x) override {
+    stream_.begin_step(n <= kGraphRows);  // a step starts with its embedding (forward.cpp)
     const auto* t = static_cast<const int32_t*>(tokens_.upload(tokens, sizeof(int32_t) * static_cast<size_t>(n),
                                                                  staging_, "embed"));
     const Matrix& w = m_.tok_embd;
-    cuda::embed(w.type, weight(w), w.row_bytes, w.cols, t, n, scale, x);
+    cuda::embed(op(), w.type, weight(w), w.row_bytes, w.cols, t, n, scale, x);
   }
 
   void rms_norm(const float* x, const Vector& w, float* y, int64_t rows, int64_t width, float eps) override {
-    cuda::rms_norm(x, w.empty() ? nullptr : vec(w), y, rows, width, eps);
+    cuda::rms_norm(op(), x, w.empty() ? nullptr : vec(w), y, rows, width, eps);
   }
 
   void add_rms_norm(float* x, const float* a, const Vector& w, float* y, int64_t rows, int64_t width,
                     float eps) override {
-    cuda::add_rms_norm(x, a, w.empty() ? nullptr : vec(w), y, rows, width, eps);
+    cuda::add_rms_norm(op(), x, a, w.empty() ? nullptr : vec(w), y, rows, width, eps);
   }
 
   // Consecutive jobs of one weight type (Q, K and V; gate and up) in one launch, biases added there.
@@ -128,18 +141,20 @@ class CudaBackend : public Backend {
       cuda::MatTargets ts;
       for (; j < n_jobs && ts.n < cuda::kMaxTargets && jobs[j].w->type == type && jobs[j].w->cols == cols; ++j)
         add_target(ts, *jobs[j].w, jobs[j].y, jobs[j].bias);
-      cuda::matmul(type, ts, cols, x, n);
+      cuda::matmul(op(), type, ts, cols, x, n);
     }
   }
 
   void matmul_to_host(const Matrix& w, const float* x, int n, float* host_y) override {
     const size_t bytes = static_cast<size_t>(n) * static_cast<size_t>(w.rows) * sizeof(float);
-    auto* y = static_cast<float*>(logits_.reserve(bytes, "logits"));
+    auto* y = static_cast<float*>(logits_.reserve(bytes, "logits", &stream_));
     cuda::MatTargets ts;
     add_target(ts, w, y, nullptr);
-    cuda::matmul(w.type, ts, w.cols, x, n);
-    check(cudaMemcpy(host_y, y, bytes, cudaMemcpyDeviceToHost), "logits to host");
-    staging_.reset();  // the device is idle: every queued upload has run
+    cuda::matmul(op(), w.type, ts, w.cols, x, n);
+    // host_y is pageable: copied outside the step's graph, after it
+    check(cudaMemcpyAsync(host_y, y, bytes, cudaMemcpyDeviceToHost, stream_.eager()), "logits to host");
+    stream_.sync("logits to host");
+    staging_.reset();  // the stream is idle: every queued upload has run
   }
 
   void rope(const Rope& r, float* x, int n, int n_heads, int head_dim, const int64_t* positions) override {
@@ -152,31 +167,67 @@ class CudaBackend : public Backend {
     // Every layer of a step rotates at the same positions: one upload per step and Rope.
     auto* d = static_cast<float*>(angles_dev_[&r].upload_if_changed(angles_.data(), angles_.size() * sizeof(float),
                                                                     staging_, "rope"));
-    cuda::rope(r.style(), x, n, n_heads, head_dim, pairs, d, d + static_cast<size_t>(n) * pairs);
+    cuda::rope(op(), r.style(), x, n, n_heads, head_dim, pairs, d, d + static_cast<size_t>(n) * pairs);
   }
 
   void act_mul(FfnActivation act, float* gate, const float* up, int64_t count) override {
-    cuda::act_mul(act, gate, up, count);
+    cuda::act_mul(op(), act, gate, up, count);
   }
 
-  void add(float* x, const float* y, int64_t count) override { cuda::add(x, y, count); }
+  void add(float* x, const float* y, int64_t count) override { cuda::add(op(), x, y, count); }
 
+  // Deferred to the attention that follows (kv_attention.cpp writes a layer's rows, then attends):
+  // every sequence's rows go up with the attention rows in one copy and are stored in one launch,
+  // a node count per layer that does not change with the batch or with the slots chosen. Any
+  // other operation stores them first (op()).
   void write_kv(KvPayload& payload, int layer, const int32_t* slots, int n, const float* k,
                 const float* v) override {
     auto& kv = static_cast<CudaKv&>(payload);
-    const auto* s = static_cast<const int32_t*>(
-        slots_.upload_if_changed(slots, sizeof(int32_t) * static_cast<size_t>(n), staging_, "write_kv"));
     const KvLayout& lo = kv.layout();
-    cuda::write_kv(kv.half(), kv.k(layer), kv.v(layer), lo.n_slots[static_cast<size_t>(layer)], s, n, lo.n_head_kv,
-                   lo.head_dim, k, v);
+    if (!writes_.empty() && (kv.half() != writes_half_ || lo.n_head_kv != writes_heads_ || lo.head_dim != writes_dim_))
+      flush_writes();
+    writes_half_ = kv.half();
+    writes_heads_ = lo.n_head_kv;
+    writes_dim_ = lo.head_dim;
+    const int64_t width = static_cast<int64_t>(lo.n_head_kv) * lo.head_dim;
+    for (int i = 0; i < n; ++i) {
+      cuda::KvWrite w;
+      w.k = kv.k(layer);
+      w.v = kv.v(layer);
+      w.src_k = k + i * width;
+      w.src_v = v + i * width;
+      w.n_slots = lo.n_slots[static_cast<size_t>(layer)];
+      w.slot = slots[i];
+      writes_.push_back(w);
+    }
   }
 
   void attend(const AttnShape& shape, const AttnRow* rows, int n_rows) override;
   void flush_host() override;
   bool defer_policy_calls() const override { return true; }
   bool reduces_probs() const override { return true; }
+  std::vector<std::pair<std::string, uint64_t>> counters() const override {
+    const cuda::Stream::Stats& s = stream_.stats();
+    return {{"cuda_graphs_enabled", stream_.graphs() ? 1 : 0},
+            {"cuda_graphs_launched", s.launched},
+            {"cuda_graphs_instantiated", s.instantiated},
+            {"cuda_graphs_updated", s.updated}};
+  }
 
  private:
+  // The stream for an operation of the step, K/V rows still pending stored first.
+  cudaStream_t op() {
+    if (!writes_.empty()) flush_writes();
+    return stream_.op();
+  }
+  void flush_writes() {
+    static_assert(sizeof(cuda::KvWrite) % alignof(cuda::KvWrite) == 0, "rows of writes stay aligned");
+    const auto* d = static_cast<const cuda::KvWrite*>(
+        kv_writes_.upload(writes_.data(), writes_.size() * sizeof(cuda::KvWrite), staging_, "write_kv"));
+    const int n = static_cast<int>(writes_.size());
+    writes_.clear();
+    cuda::write_kv(stream_.op(), writes_half_, d, n, writes_heads_, writes_dim_);
+  }
   void add_target(cuda::MatTargets& ts, const Matrix& w, float* y, const Vector* bias) const {
     cuda::MatTarget& t = ts.t[ts.n++];
     t.w = weight(w);
@@ -198,13 +249,21 @@ class CudaBackend : public Backend {
     return static_cast<const float*>(it->second->get());
   }
 
+  // Steps of at most this many rows (decode steps, a batch of sequences' next tokens) are
+  // captured as CUDA graphs; prefill chunks are issued directly.
+  static constexpr int kGraphRows = 256;
+
   const Model& m_;
   int max_rows_;
+  cuda::Stream stream_;  // first: destroyed after every buffer and staging arena
   std::unordered_map<const uint8_t*, std::unique_ptr<DeviceBuffer>> weights_;
   std::unordered_map<const float*, std::unique_ptr<DeviceBuffer>> vectors_;
   DeviceBuffer bufs_[static_cast<size_t>(Buf::kCount)];
   cuda::Staging staging_;  // pinned bytes of the step's uploads
-  DeviceBuffer tokens_, slots_, logits_;
+  DeviceBuffer tokens_, logits_, kv_writes_;
+  std::vector<cuda::KvWrite> writes_;  // K/V rows not stored yet (write_kv)
+  bool writes_half_ = true;
+  int writes_heads_ = 0, writes_dim_ = 0;
   std::unordered_map<const Rope*, DeviceBuffer> angles_dev_;
   DeviceBuffer attn_rows_, attn_scratch_, attn_probs_, attn_means_;
   std::vector<float> angles_;
@@ -230,13 +289,13 @@ void CudaBackend::upload_weights() {
       throw ArgumentError(cat("the CUDA backend has no kernel for tensor '", w.name, "' of type ",
                               type_traits(w.type).name));
     auto buf = std::make_unique<DeviceBuffer>();
-    buf->upload_now(w.data, w.row_bytes * static_cast<size_t>(w.rows), "weight upload");
+    buf->upload_now(w.data, w.row_bytes * static_cast<size_t>(w.rows), "weight upload", &stream_);
     weights_.emplace(w.data, std::move(buf));
   };
   auto vector = [&](const Vector& v) {
     if (v.empty() || vectors_.count(v.data())) return;
     auto buf = std::make_unique<DeviceBuffer>();
-    buf->upload_now(v.data(), v.size() * sizeof(float), "weight upload");
+    buf->upload_now(v.data(), v.size() * sizeof(float), "weight upload", &stream_);
     vectors_.emplace(v.data(), std::move(buf));
   };
   matrix(m_.tok_embd);
@@ -291,26 +350,41 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
     d.mean_off = n_mean;
     n_mean += r.n_idx;
   }
-  if (descs_.empty()) return;
-  // The rows and their slot lists in one copy.
-  static_assert(sizeof(cuda::AttnDesc) % alignof(int32_t) == 0, "slot lists after the rows stay aligned");
+  if (descs_.empty()) {
+    if (!writes_.empty()) flush_writes();
+    return;
+  }
+  // The K/V rows to store, the attention rows and their slot lists in one copy; the rows stored
+  // in one launch before the attention reads them.
+  static_assert(sizeof(cuda::KvWrite) % alignof(cuda::AttnDesc) == 0 &&
+                    sizeof(cuda::AttnDesc) % alignof(int32_t) == 0,
+                "each part of the copy stays aligned");
+  const size_t write_bytes = writes_.size() * sizeof(cuda::KvWrite);
   const size_t desc_bytes = descs_.size() * sizeof(cuda::AttnDesc);
-  auto* d_rows = static_cast<uint8_t*>(attn_rows_.upload_two(descs_.data(), desc_bytes, idx_.data(),
-                                                             idx_.size() * sizeof(int32_t), staging_, "attention rows"));
-  const auto* d_desc = reinterpret_cast<const cuda::AttnDesc*>(d_rows);
-  const auto* d_idx = reinterpret_cast<const int32_t*>(d_rows + desc_bytes);
+  auto* d_rows = static_cast<uint8_t*>(attn_rows_.upload_parts(
+      {{writes_.data(), write_bytes}, {descs_.data(), desc_bytes}, {idx_.data(), idx_.size() * sizeof(int32_t)}},
+      staging_, "attention rows"));
+  const auto* d_desc = reinterpret_cast<const cuda::AttnDesc*>(d_rows + write_bytes);
+  const auto* d_idx = reinterpret_cast<const int32_t*>(d_rows + write_bytes + desc_bytes);
+  if (!writes_.empty()) {
+    const int n_writes = static_cast<int>(writes_.size());
+    writes_.clear();
+    cuda::write_kv(stream_.op(), writes_half_, reinterpret_cast<const cuda::KvWrite*>(d_rows), n_writes, writes_heads_,
+                   writes_dim_);
+  }
   auto* scratch = static_cast<float*>(attn_scratch_.reserve(
       static_cast<size_t>(n_rows) * static_cast<size_t>(shape.n_head) * static_cast<size_t>(max_idx) * sizeof(float),
-      "attention scratch"));
+      "attention scratch", &stream_));
   auto* probs = static_cast<float*>(attn_probs_.reserve(static_cast<size_t>(std::max<int64_t>(n_probs, 1)) *
-                                                            sizeof(float), "attention probabilities"));
-  cuda::attend(half, d_desc, n_rows, d_idx, shape.n_head, shape.n_head_kv, shape.head_dim, shape.scale, max_idx,
+                                                            sizeof(float), "attention probabilities", &stream_));
+  cuda::attend(op(), half, d_desc, n_rows, d_idx, shape.n_head, shape.n_head_kv, shape.head_dim, shape.scale, max_idx,
                scratch, probs);
   if (n_probs == 0) return;
   float* means = nullptr;
   if (n_mean > 0) {
-    means = static_cast<float*>(attn_means_.reserve(static_cast<size_t>(n_mean) * sizeof(float), "attention means"));
-    cuda::head_mean(d_desc, n_rows, shape.n_head, 1.0f / static_cast<float>(shape.n_head), probs, means);
+    means = static_cast<float*>(
+        attn_means_.reserve(static_cast<size_t>(n_mean) * sizeof(float), "attention means", &stream_));
+    cuda::head_mean(op(), d_desc, n_rows, shape.n_head, 1.0f / static_cast<float>(shape.n_head), probs, means);
   }
   // What goes back in stream order into pinned memory (the device buffers are rewritten by the
   // next layer's call, after these copies); flush_host() waits once and scatters them.
@@ -323,11 +397,12 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   }
   auto* host = static_cast<float*>(readback_.take(bytes, "probabilities"));
   if (n_full > 0)
-    check(cudaMemcpyAsync(host, probs, static_cast<size_t>(n_full) * sizeof(float), cudaMemcpyDeviceToHost, 0),
+    check(cudaMemcpyAsync(host, probs, static_cast<size_t>(n_full) * sizeof(float), cudaMemcpyDeviceToHost,
+                          stream_.op()),
           "probabilities");
   if (n_mean > 0)
     check(cudaMemcpyAsync(host + n_full, means, static_cast<size_t>(n_mean) * sizeof(float), cudaMemcpyDeviceToHost,
-                          0),
+                          stream_.op()),
           "probabilities");
   for (int i = 0; i < n_rows; ++i) {
     const AttnRow& r = rows[i];
@@ -346,12 +421,17 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
 }
 
 void CudaBackend::flush_host() {
-  if (pending_.empty()) return;
-  const cudaError_t e = cudaStreamSynchronize(0);
-  if (e != cudaSuccess) {  // nothing arrived: forget it (the step fails)
+  if (!writes_.empty()) flush_writes();  // (an error path's call: rows before a failed attention)
+  if (pending_.empty()) {
+    stream_.submit();  // an error path's call: what the step recorded still runs, as it would uncaptured
+    return;
+  }
+  try {
+    stream_.sync("probabilities to host");
+  } catch (...) {  // nothing arrived: forget it (the step fails)
     pending_.clear();
     pending_idx_.clear();
-    check(e, "probabilities to host");
+    throw;
   }
   // Scatter each head's probabilities (or their mean) to the slots they belong to (the CPU
   // backend's layout).
@@ -366,7 +446,7 @@ void CudaBackend::flush_host() {
   pending_.clear();
   pending_idx_.clear();
   readback_.reset();
-  staging_.reset();  // the device is idle: every queued upload has run
+  staging_.reset();  // the stream is idle: every queued upload has run
 }
 
 }  // namespace
@@ -381,7 +461,8 @@ int cuda_devices() {
 }
 
 std::unique_ptr<Backend> make_cuda_backend(const Model& model, int max_rows) {
-  return std::make_unique<CudaBackend>(model, max_rows);
+  const char* g = std::getenv("TOVA_CUDA_GRAPHS");  // "0": every operation issued directly
+  return std::make_unique<CudaBackend>(model, max_rows, !(g && std::strcmp(g, "0") == 0));
 }
 
 }  // namespace tova

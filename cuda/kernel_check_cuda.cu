@@ -15,7 +15,7 @@
 
 #include "backend_cuda.h"
 #include "cpu/kernels_cpu.h"
-#include "cuda_check.h"
+#include "buffers.h"
 #include "ops_cuda.h"
 
 namespace tova {
@@ -97,7 +97,7 @@ void check_matmul(GgmlType t, std::mt19937& rng, std::vector<std::string>& bad) 
         tg.bias = j == 0 ? b_dev : nullptr;
         ts.max_rows = std::max(ts.max_rows, count[j]);
       }
-      cuda::matmul(t, ts, cols, x_dev, n);
+      cuda::matmul(0, t, ts, cols, x_dev, n);
       for (int j = 0; j < 3 && ok; ++j) {
         const std::vector<float> y = to_host(ts.t[j].y, static_cast<size_t>(n * count[j]));
         for (int i = 0; i < n && ok; ++i)
@@ -125,7 +125,7 @@ void check_matmul(GgmlType t, std::mt19937& rng, std::vector<std::string>& bad) 
   DeviceBuffer dt, de;
   const auto* t_dev = to_device(dt, tokens);
   auto* e_dev = static_cast<float*>(de.reserve(tokens.size() * static_cast<size_t>(cols) * sizeof(float), "kernel check"));
-  cuda::embed(t, w_dev, row_bytes(t, cols), cols, t_dev, static_cast<int>(tokens.size()), 0.5f, e_dev);
+  cuda::embed(0, t, w_dev, row_bytes(t, cols), cols, t_dev, static_cast<int>(tokens.size()), 0.5f, e_dev);
   const std::vector<float> emb = to_host(e_dev, tokens.size() * static_cast<size_t>(cols));
   for (size_t i = 0; i < tokens.size(); ++i)
     for (int64_t e = 0; e < cols; ++e) {
@@ -161,7 +161,7 @@ void check_elementwise(std::mt19937& rng, std::vector<std::string>& bad) {
   const float* g_dev = to_device(dg, g);
   auto* y_dev = static_cast<float*>(dy.reserve(count * sizeof(float), "kernel check"));
   for (int weighted = 0; weighted < 2; ++weighted) {
-    cuda::rms_norm(x_dev, weighted ? g_dev : nullptr, y_dev, rows, width, 1e-6f);
+    cuda::rms_norm(0, x_dev, weighted ? g_dev : nullptr, y_dev, rows, width, 1e-6f);
     if (!norm_matches(x, to_host(y_dev, count), weighted ? g.data() : nullptr, width))
       bad.push_back(cat("rms_norm", weighted ? " (weighted)" : ""));
   }
@@ -169,7 +169,7 @@ void check_elementwise(std::mt19937& rng, std::vector<std::string>& bad) {
   const float* up_dev = to_device(du, up);
   for (FfnActivation act : {FfnActivation::SiLU, FfnActivation::GeluTanh}) {
     auto* gate = const_cast<float*>(to_device(dy, x));
-    cuda::act_mul(act, gate, up_dev, static_cast<int64_t>(count));
+    cuda::act_mul(0, act, gate, up_dev, static_cast<int64_t>(count));
     const std::vector<float> got = to_host(gate, count);
     for (size_t i = 0; i < count; ++i) {
       const double v = x[i];
@@ -186,13 +186,13 @@ void check_elementwise(std::mt19937& rng, std::vector<std::string>& bad) {
   std::vector<float> want(count);
   for (size_t i = 0; i < count; ++i) want[i] = x[i] + up[i];
   auto* sum = const_cast<float*>(to_device(dy, x));
-  cuda::add(sum, up_dev, static_cast<int64_t>(count));
+  cuda::add(0, sum, up_dev, static_cast<int64_t>(count));
   if (to_host(sum, count) != want) bad.push_back("add");
   // The residual and the next norm in one kernel: x exactly as add leaves it, the norm of it.
   DeviceBuffer dn;
   auto* xs = const_cast<float*>(to_device(dy, x));
   auto* n_dev = static_cast<float*>(dn.reserve(count * sizeof(float), "kernel check"));
-  cuda::add_rms_norm(xs, up_dev, g_dev, n_dev, rows, width, 1e-6f);
+  cuda::add_rms_norm(0, xs, up_dev, g_dev, n_dev, rows, width, 1e-6f);
   if (to_host(xs, count) != want) bad.push_back("add_rms_norm: the sum");
   if (!norm_matches(want, to_host(n_dev, count), g.data(), width)) bad.push_back("add_rms_norm: the norm");
 }

@@ -61,27 +61,27 @@ __global__ void matvec_kernel(const MatTargets targets, int64_t cols, const floa
 }
 
 template <class Ch>
-void launch(const MatTargets& targets, int64_t cols, const float* x, int n) {
+void launch(cudaStream_t s, const MatTargets& targets, int64_t cols, const float* x, int n) {
   const dim3 grid(static_cast<unsigned>((targets.max_rows + kWarps - 1) / kWarps), static_cast<unsigned>(targets.n));
-  TOVA_LAUNCH(matvec_kernel<Ch>, grid, kWarps * kWarp)(targets, cols, x, n);
+  TOVA_LAUNCH(matvec_kernel<Ch>, grid, kWarps * kWarp, s)(targets, cols, x, n);
   check_launch("matvec");
 }
 
 }  // namespace
 
-bool matvec(GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n) {
+bool matvec(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n) {
   // float4 loads of x and 2-byte loads of the blocks: otherwise the per-element kernel
   if (reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
   for (int j = 0; j < targets.n; ++j)
     if (reinterpret_cast<uintptr_t>(targets.t[j].w) % 2 != 0 || targets.t[j].row_bytes % 2 != 0) return false;
   if (n <= 0 || targets.n <= 0 || targets.max_rows <= 0) return true;
   switch (t) {
-    case GgmlType::Q4_0: launch<ChQ4_0>(targets, cols, x, n); return true;
-    case GgmlType::Q4_1: launch<ChQ4_1>(targets, cols, x, n); return true;
-    case GgmlType::Q5_0: launch<ChQ5_0>(targets, cols, x, n); return true;
-    case GgmlType::Q8_0: launch<ChQ8_0>(targets, cols, x, n); return true;
-    case GgmlType::Q4_K: launch<ChQ4_K>(targets, cols, x, n); return true;
-    case GgmlType::Q6_K: launch<ChQ6_K>(targets, cols, x, n); return true;
+    case GgmlType::Q4_0: launch<ChQ4_0>(s, targets, cols, x, n); return true;
+    case GgmlType::Q4_1: launch<ChQ4_1>(s, targets, cols, x, n); return true;
+    case GgmlType::Q5_0: launch<ChQ5_0>(s, targets, cols, x, n); return true;
+    case GgmlType::Q8_0: launch<ChQ8_0>(s, targets, cols, x, n); return true;
+    case GgmlType::Q4_K: launch<ChQ4_K>(s, targets, cols, x, n); return true;
+    case GgmlType::Q6_K: launch<ChQ6_K>(s, targets, cols, x, n); return true;
     default: return false;
   }
 }

@@ -12,7 +12,7 @@ namespace cuda {
 
 // The product of cuda::matmul. False (nothing launched) when the type has no chunk decoder or
 // x / W are not aligned for its vector loads: the caller then uses the per-element kernel.
-bool matvec(GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n);
+bool matvec(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n);
 
 }  // namespace cuda
 }  // namespace tova

@@ -141,19 +141,17 @@ __global__ void add_kernel(float* x, const float* y, int64_t count) {
     x[i] += y[i];
 }
 
-__global__ void write_kv_kernel(bool half, void* k_layer, void* v_layer, int n_slots, const int32_t* slots,
-                                int n_head_kv, int head_dim, const float* k, const float* v) {
-  const int i = blockIdx.x;
+__global__ void write_kv_kernel(bool half, const KvWrite* writes, int n_head_kv, int head_dim) {
+  const KvWrite w = writes[blockIdx.x];
   for (int t = threadIdx.x; t < n_head_kv * head_dim; t += blockDim.x) {
     const int h = t / head_dim, e = t % head_dim;
-    const int64_t src = static_cast<int64_t>(i) * n_head_kv * head_dim + t;
-    const int64_t dst = (static_cast<int64_t>(h) * n_slots + slots[i]) * head_dim + e;
+    const int64_t dst = (static_cast<int64_t>(h) * w.n_slots + w.slot) * head_dim + e;
     if (half) {
-      static_cast<__half*>(k_layer)[dst] = __float2half_rn(k[src]);
-      static_cast<__half*>(v_layer)[dst] = __float2half_rn(v[src]);
+      static_cast<__half*>(w.k)[dst] = __float2half_rn(w.src_k[t]);
+      static_cast<__half*>(w.v)[dst] = __float2half_rn(w.src_v[t]);
     } else {
-      static_cast<float*>(k_layer)[dst] = k[src];
-      static_cast<float*>(v_layer)[dst] = v[src];
+      static_cast<float*>(w.k)[dst] = w.src_k[t];
+      static_cast<float*>(w.v)[dst] = w.src_v[t];
     }
   }
 }
@@ -169,67 +167,65 @@ bool matmul_supports(GgmlType t) {
   return with_type(t, [](auto) {});
 }
 
-void matmul(GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n) {
+void matmul(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n) {
   if (targets.n < 1 || targets.n > kMaxTargets) throw Error(cat("CUDA matmul: ", targets.n, " targets"));
-  if (matvec(t, targets, cols, x, n)) return;  // the real models' types: matvec_cuda.cu
+  if (matvec(s, t, targets, cols, x, n)) return;  // the real models' types: matvec_cuda.cu
   if (n <= 0 || targets.max_rows <= 0) return;
   const dim3 grid(static_cast<unsigned>((targets.max_rows + kMatWarps - 1) / kMatWarps),
                   static_cast<unsigned>(targets.n));
   const bool ok = with_type(t, [&](auto dq) {
-    TOVA_LAUNCH(matmul_kernel<decltype(dq)>, grid, kMatWarps * kWarp)(targets, cols, x, n);
+    TOVA_LAUNCH(matmul_kernel<decltype(dq)>, grid, kMatWarps * kWarp, s)(targets, cols, x, n);
   });
   if (!ok) throw Error(cat("CUDA backend: no matrix kernel for type ", type_traits(t).name));
   check_launch("matmul");
 }
 
-void embed(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, int n, float scale,
+void embed(cudaStream_t s, GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, int n, float scale,
            float* x) {
   if (n <= 0) return;
   const dim3 grid(static_cast<unsigned>(n), grid_for(width, 256));
   const bool ok = with_type(t, [&](auto dq) {
-    TOVA_LAUNCH(embed_kernel<decltype(dq)>, grid, 256)(w, row_bytes, width, tokens, scale, x);
+    TOVA_LAUNCH(embed_kernel<decltype(dq)>, grid, 256, s)(w, row_bytes, width, tokens, scale, x);
   });
   if (!ok) throw Error(cat("CUDA backend: no embedding kernel for type ", type_traits(t).name));
   check_launch("embed");
 }
 
-void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t width, float eps) {
+void rms_norm(cudaStream_t s, const float* x, const float* w, float* y, int64_t rows, int64_t width, float eps) {
   if (rows <= 0) return;
   // x is only read without an addend
-  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), 256)(const_cast<float*>(x), nullptr, w, y, width, eps);
+  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), 256, s)(const_cast<float*>(x), nullptr, w, y, width, eps);
   check_launch("rms_norm");
 }
 
-void add_rms_norm(float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps) {
+void add_rms_norm(cudaStream_t s, float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps) {
   if (rows <= 0) return;
-  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), 256)(x, a, w, y, width, eps);
+  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), 256, s)(x, a, w, y, width, eps);
   check_launch("add_rms_norm");
 }
 
-void rope(RopeStyle style, float* x, int n, int n_heads, int head_dim, int pairs, const float* cs,
+void rope(cudaStream_t s, RopeStyle style, float* x, int n, int n_heads, int head_dim, int pairs, const float* cs,
           const float* sn) {
   if (n <= 0 || pairs <= 0) return;
-  TOVA_LAUNCH(rope_kernel, static_cast<unsigned>(n), 256)(style == RopeStyle::NeoX, x, n_heads, head_dim, pairs, cs, sn);
+  TOVA_LAUNCH(rope_kernel, static_cast<unsigned>(n), 256, s)(style == RopeStyle::NeoX, x, n_heads, head_dim, pairs, cs, sn);
   check_launch("rope");
 }
 
-void act_mul(FfnActivation act, float* gate, const float* up, int64_t count) {
+void act_mul(cudaStream_t s, FfnActivation act, float* gate, const float* up, int64_t count) {
   if (count <= 0) return;
-  TOVA_LAUNCH(act_mul_kernel, grid_for(count, 256), 256)(act == FfnActivation::GeluTanh, gate, up, count);
+  TOVA_LAUNCH(act_mul_kernel, grid_for(count, 256), 256, s)(act == FfnActivation::GeluTanh, gate, up, count);
   check_launch("act_mul");
 }
 
-void add(float* x, const float* y, int64_t count) {
+void add(cudaStream_t s, float* x, const float* y, int64_t count) {
   if (count <= 0) return;
-  TOVA_LAUNCH(add_kernel, grid_for(count, 256), 256)(x, y, count);
+  TOVA_LAUNCH(add_kernel, grid_for(count, 256), 256, s)(x, y, count);
   check_launch("add");
 }
 
-void write_kv(bool half, void* k_layer, void* v_layer, int n_slots, const int32_t* slots, int n, int n_head_kv,
-              int head_dim, const float* k, const float* v) {
+void write_kv(cudaStream_t s, bool half, const KvWrite* writes, int n, int n_head_kv, int head_dim) {
   if (n <= 0) return;
-  TOVA_LAUNCH(write_kv_kernel, static_cast<unsigned>(n), 256)(half, k_layer, v_layer, n_slots, slots, n_head_kv, head_dim,
-                                                      k, v);
+  TOVA_LAUNCH(write_kv_kernel, static_cast<unsigned>(n), 256, s)(half, writes, n_head_kv, head_dim);
   check_launch("write_kv");
 }
 

@@ -1,7 +1,9 @@
-// The CUDA backend's operations as host-callable launchers (plain C++ signatures; the kernels
-// are in ops_cuda.cu and attention_cuda.cu). Every pointer is device memory unless it says host;
-// every launcher runs on the default stream and checks its launch.
+// The CUDA backend's operations as host-callable launchers (the kernels are in ops_cuda.cu,
+// matvec_cuda.cu and attention_cuda.cu). Every pointer is device memory unless it says host;
+// every launcher queues its kernel on stream s (recorded when s captures) and checks the launch.
 #pragma once
+
+#include <cuda_runtime.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -35,30 +37,39 @@ struct MatTargets {
 // y[i * rows + r] = W_r . x[i * cols ...] (+ bias[r]) for i < n and each target: weights in type
 // t, x float rows of `cols`. Float accumulation of dequantized weights (as the CPU backend with
 // float activations); the bias is added to the finished sum, as the CPU adds it.
-void matmul(GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n);
+void matmul(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n);
 
 // x[i * width + e] = scale * W_{tokens[i]}[e] (tokens: device int32).
-void embed(GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, int n, float scale,
+void embed(cudaStream_t s, GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, int n, float scale,
            float* x);
 
 // y = x / sqrt(mean(x^2) + eps) * w per row (w null: no weight); x == y allowed.
-void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t width, float eps);
+void rms_norm(cudaStream_t s, const float* x, const float* w, float* y, int64_t rows, int64_t width, float eps);
 // x += a, then y = rms_norm(x) * w: one kernel (y distinct from x and a).
-void add_rms_norm(float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps);
+void add_rms_norm(cudaStream_t s, float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps);
 
 // Rotates n rows of n_heads vectors (head_dim apart) by cos / sin tables [n][pairs]: pairs
 // (2p, 2p+1) or, NeoX, (p, p + pairs).
-void rope(RopeStyle style, float* x, int n, int n_heads, int head_dim, int pairs, const float* cs,
+void rope(cudaStream_t s, RopeStyle style, float* x, int n, int n_heads, int head_dim, int pairs, const float* cs,
           const float* sn);
 
 // gate = act(gate) * up; x += y.
-void act_mul(FfnActivation act, float* gate, const float* up, int64_t count);
-void add(float* x, const float* y, int64_t count);
+void act_mul(cudaStream_t s, FfnActivation act, float* gate, const float* up, int64_t count);
+void add(cudaStream_t s, float* x, const float* y, int64_t count);
 
-// Writes row i of k / v ([n][n_head_kv][head_dim] floats) to slot slots[i] of a layer's K / V
-// ([n_head_kv][n_slots][head_dim], f16 when half, else f32). slots: device int32.
-void write_kv(bool half, void* k_layer, void* v_layer, int n_slots, const int32_t* slots, int n, int n_head_kv,
-              int head_dim, const float* k, const float* v);
+// One K/V row to store: the row at src_k / src_v ([n_head_kv][head_dim] floats) into slot `slot`
+// of a layer's K / V ([n_head_kv][n_slots][head_dim]).
+struct KvWrite {
+  void* k = nullptr;
+  void* v = nullptr;
+  const float* src_k = nullptr;
+  const float* src_v = nullptr;
+  int n_slots = 0;
+  int slot = 0;
+};
+// Stores n rows (writes: device memory; f16 when half, else f32): every sequence's rows of a
+// layer in one launch.
+void write_kv(cudaStream_t s, bool half, const KvWrite* writes, int n, int n_head_kv, int head_dim);
 
 // One query row of the attention, for every head (attention_cuda.cu).
 struct AttnDesc {
@@ -73,11 +84,11 @@ struct AttnDesc {
   int64_t mean_off = -1;    // with probs: their mean over heads [n_idx] at means + mean_off (head_mean)
 };
 // scratch: n_rows * n_head * max_idx floats.
-void attend(bool half, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head, int n_head_kv,
+void attend(cudaStream_t s, bool half, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head, int n_head_kv,
             int head_dim, float scale, int max_idx, float* scratch, float* probs);
 // For the rows with mean_off >= 0: means[mean_off + j] = (sum over h in order of
 // probs[probs_off + h * n_idx + j]) * inv_head, the host's arithmetic (kv_attention.cpp).
-void head_mean(const AttnDesc* rows, int n_rows, int n_head, float inv_head, const float* probs, float* means);
+void head_mean(cudaStream_t s, const AttnDesc* rows, int n_rows, int n_head, float inv_head, const float* probs, float* means);
 
 }  // namespace cuda
 }  // namespace tova

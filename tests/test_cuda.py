@@ -137,6 +137,39 @@ def test_cuda_smollm2_256_steps(smollm2_path):
         assert worst < 0.05, worst
 
 
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("policy", ["tova", "window"])
+def test_cuda_graphs_change_nothing(tmp_path, monkeypatch, policy):
+    """Decode steps captured as CUDA graphs (the default) give the logits of every operation
+    issued directly (TOVA_CUDA_GRAPHS=0) bit for bit, alone and batched; once the cache is full
+    the steps reuse their executable graphs (updated, not instantiated anew)."""
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, seed=13, weight_type="Q4_K", n_embd=256, n_ff=512, n_head=4, n_head_kv=2, n_layer=2)
+    prompts = [_ids(n, 384, seed=n) for n in (3, 11, 29)]
+    runs = {}
+    for graphs in ("0", "1"):
+        monkeypatch.setenv("TOVA_CUDA_GRAPHS", graphs)
+        with tova.Engine(path, device="cuda", policy=policy, kv_size=12, chunk=8, n_seq=3) as e:
+            tokens = _ids(40, 384, seed=9)
+            steps = [e.eval(prompts[2])] + [e.eval([t]) for t in tokens[:10]]
+            before = e._e._backend_counters()  # the cache is full: steady decode from here
+            steps += [e.eval([t]) for t in tokens[10:]]
+            steady = e._e._backend_counters()
+            e.reset()
+            batch = e.generate_batch(prompts, max_tokens=10, temperature=0, ignore_eos=True)
+            runs[graphs] = (steps, batch, before, steady, e._e._backend_counters())
+    assert all(np.array_equal(a, b) for a, b in zip(runs["0"][0], runs["1"][0]))
+    assert runs["0"][1] == runs["1"][1]
+    assert runs["0"][4]["cuda_graphs_enabled"] == 0 and runs["0"][4]["cuda_graphs_launched"] == 0
+    _, _, before, steady, end = runs["1"]
+    assert end["cuda_graphs_enabled"] == 1
+    assert steady["cuda_graphs_launched"] - before["cuda_graphs_launched"] == 30  # one graph a step
+    assert steady["cuda_graphs_updated"] - before["cuda_graphs_updated"] == 30, (before, steady)
+    assert steady["cuda_graphs_instantiated"] == before["cuda_graphs_instantiated"]
+    assert end["cuda_graphs_launched"] > steady["cuda_graphs_launched"]  # the batch's steps too
+
+
 class _PyTova(tova.Policy):
     """TOVA written in Python: the plugin path (probabilities copied to the host for it)."""
     name = "pytova"

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "arch.h"
@@ -153,6 +154,9 @@ class Backend {
   // (AttnRow::probs_mean_only), for policies that read nothing else (TOVA_POLICY_MEAN_ONLY): a
   // device backend then copies n_head times fewer floats back.
   virtual bool reduces_probs() const { return false; }
+  // What the backend counts about its own work, by name (the CUDA backend: graphs launched,
+  // instantiated, updated); for tests and benchmark reports.
+  virtual std::vector<std::pair<std::string, uint64_t>> counters() const { return {}; }
 };
 
 // CUDA devices this build can use: 0 when built without CUDA (TOVA_CUDA=OFF), without a driver

@@ -178,6 +178,14 @@ enum cudaError_t {
   cudaErrorInvalidDevice = 101,
   cudaErrorNoDevice = 100,
   cudaErrorLaunchFailure = 719,
+  cudaErrorUnknown = 999,
+  cudaErrorInvalidResourceHandle = 400,
+  cudaErrorIllegalState = 401,
+  cudaErrorStreamCaptureUnsupported = 900,
+  cudaErrorStreamCaptureInvalidated = 901,
+  cudaErrorStreamCaptureImplicit = 906,
+  cudaErrorStreamCaptureWrongThread = 908,
+  cudaErrorGraphExecUpdateFailure = 910,
 };
 using cudaError = cudaError_t;
 enum cudaMemcpyKind {
@@ -205,6 +213,47 @@ cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t strea
 cudaError_t cudaDeviceSynchronize();
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
 
+// Streams, stream capture and graphs (graph.cpp): a capture records the stream's operations
+// instead of running them; a launched graph queues them again; an update keeps an instantiated
+// graph when the new one has the same nodes (kinds and kernels) in the same order.
+constexpr unsigned cudaStreamDefault = 0;
+constexpr unsigned cudaStreamNonBlocking = 1;
+enum cudaStreamCaptureMode {
+  cudaStreamCaptureModeGlobal = 0,
+  cudaStreamCaptureModeThreadLocal = 1,
+  cudaStreamCaptureModeRelaxed = 2,
+};
+enum cudaStreamCaptureStatus {
+  cudaStreamCaptureStatusNone = 0,
+  cudaStreamCaptureStatusActive = 1,
+  cudaStreamCaptureStatusInvalidated = 2,
+};
+using cudaGraph_t = struct tova_sim_graph*;
+using cudaGraphExec_t = struct tova_sim_graph_exec*;
+using cudaGraphNode_t = struct tova_sim_graph_node*;
+enum cudaGraphExecUpdateResult {
+  cudaGraphExecUpdateSuccess = 0,
+  cudaGraphExecUpdateError = 1,
+  cudaGraphExecUpdateErrorTopologyChanged = 2,
+  cudaGraphExecUpdateErrorNodeTypeChanged = 3,
+  cudaGraphExecUpdateErrorFunctionChanged = 4,
+};
+struct cudaGraphExecUpdateResultInfo {
+  cudaGraphExecUpdateResult result = cudaGraphExecUpdateSuccess;
+  cudaGraphNode_t errorNode = nullptr;
+  cudaGraphNode_t errorFromNode = nullptr;
+};
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t s);
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph);
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus* status);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long flags = 0);
+cudaError_t cudaGraphExecUpdate(cudaGraphExec_t exec, cudaGraph_t graph, cudaGraphExecUpdateResultInfo* info);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
+
 template <class T>
 cudaError_t cudaMalloc(T** p, size_t bytes) {
   return cudaMalloc(reinterpret_cast<void**>(p), bytes);
@@ -216,27 +265,38 @@ cudaError_t cudaMallocHost(T** p, size_t bytes) {
 
 namespace tova_sim {
 
-// Queues a kernel's grid in stream order (false: a configuration the hardware refuses, which
-// cudaGetLastError then reports).
-bool enqueue_kernel(dim3 grid, dim3 block, std::function<void()> thread_body);
+// Queues a kernel's grid in stream order, or records it in the stream's capture (false: a
+// configuration the hardware refuses, or a capture it breaks; cudaGetLastError then reports it).
+bool enqueue_kernel(dim3 grid, dim3 block, cudaStream_t stream, const void* kernel, std::function<void()> thread_body);
 
-// kernel<<<grid, block>>>(args...) is written TOVA_LAUNCH(kernel, grid, block)(args...)
+// What the device has run since the process started (tests read them: tova._core._cuda_sim_counters).
+struct Counters {
+  uint64_t kernels = 0;            // grids queued outside a capture
+  uint64_t graph_launches = 0;
+  uint64_t graph_instantiations = 0;
+  uint64_t graph_updates = 0;      // successful cudaGraphExecUpdate calls
+  uint64_t graph_nodes = 0;        // operations queued by graph launches
+};
+Counters counters();
+
+// kernel<<<grid, block, 0, stream>>>(args...) is written TOVA_LAUNCH(kernel, grid, block, stream)(args...)
 // (cuda/launch.cuh): here the arguments are converted to the kernel's parameter types and kept
 // by value until the grid runs, as the driver keeps them.
 template <class... P>
 struct Launch {
   void (*kernel)(P...);
   dim3 grid, block;
+  cudaStream_t stream;
   template <class... A>
   void operator()(A&&... a) const {
     std::tuple<std::decay_t<P>...> args(static_cast<std::decay_t<P>>(std::forward<A>(a))...);
     auto k = kernel;
-    enqueue_kernel(grid, block, [k, args]() { std::apply(k, args); });
+    enqueue_kernel(grid, block, stream, reinterpret_cast<const void*>(k), [k, args]() { std::apply(k, args); });
   }
 };
 template <class... P>
-Launch<P...> launch(void (*kernel)(P...), dim3 grid, dim3 block) {
-  return {kernel, grid, block};
+Launch<P...> launch(void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t stream) {
+  return {kernel, grid, block, stream};
 }
 
 }  // namespace tova_sim

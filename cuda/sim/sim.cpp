@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cuda_runtime.h"
+#include "device.h"
 
 #if !defined(__x86_64__)
 #include <ucontext.h>
@@ -323,54 +324,6 @@ bool run_block(BlockRun& r, int n_threads, const std::function<void()>& body) {
   return ok;
 }
 
-// The one simulated device: its allocations, its stream's queue, its sticky fault.
-struct Device {
-  std::recursive_mutex m;
-  std::map<uintptr_t, size_t> device_allocs, host_allocs;  // start -> bytes
-  std::deque<std::function<void()>> queue;
-  cudaError_t sticky = cudaSuccess;
-  cudaError_t last = cudaSuccess;  // the last launch or call error, until read
-  std::string fault;               // what the sticky error was
-
-  static Device& get() {
-    // The machine's one device, as the driver's context; never destroyed, so that memory freed
-    // by objects that outlive main (an engine freed at interpreter exit) still finds it.
-    static Device* d = new Device;
-    return *d;
-  }
-
-  bool inside(const std::map<uintptr_t, size_t>& allocs, const void* p, size_t bytes) const {
-    const auto a = reinterpret_cast<uintptr_t>(p);
-    auto it = allocs.upper_bound(a);
-    if (it == allocs.begin()) return false;
-    --it;
-    return a + bytes <= it->first + it->second;
-  }
-  bool is_device(const void* p, size_t bytes) const { return inside(device_allocs, p, bytes); }
-
-  cudaError_t fail(cudaError_t e, std::string what) {
-    if (sticky == cudaSuccess) {
-      sticky = e;
-      fault = std::move(what);
-    }
-    return e;
-  }
-  cudaError_t error(cudaError_t e) {
-    last = e;
-    return e;
-  }
-
-  cudaError_t drain() {
-    while (!queue.empty() && sticky == cudaSuccess) {
-      std::function<void()> job = std::move(queue.front());
-      queue.pop_front();
-      job();
-    }
-    queue.clear();  // after a fault the rest never runs
-    return sticky;
-  }
-};
-
 // Exactly `bytes` (256-byte aligned, as cudaMalloc): under AddressSanitizer a kernel's read or
 // write past an allocation is reported, as compute-sanitizer would on a GPU.
 void* alloc(size_t bytes) {
@@ -422,7 +375,7 @@ uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int arg, int 
 
 void block_barrier() { wait(State::AtBarrier); }
 
-bool enqueue_kernel(dim3 grid, dim3 block, std::function<void()> body) {
+bool enqueue_kernel(dim3 grid, dim3 block, cudaStream_t stream, const void* kernel, std::function<void()> body) {
   Device& d = Device::get();
   std::lock_guard<std::recursive_mutex> lock(d.m);
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
@@ -431,7 +384,10 @@ bool enqueue_kernel(dim3 grid, dim3 block, std::function<void()> body) {
     d.error(cudaErrorInvalidConfiguration);
     return false;
   }
-  d.queue.emplace_back([grid, block, threads, body = std::move(body)]() {
+  Node n;
+  n.kind = Node::Kernel;
+  n.kernel = kernel;
+  n.run = [grid, block, threads, body = std::move(body)]() {
     Device& dev = Device::get();
     BlockRun& r = t_run;
     gridDim = grid;
@@ -445,8 +401,14 @@ bool enqueue_kernel(dim3 grid, dim3 block, std::function<void()> body) {
             return;
           }
         }
-  });
-  return true;
+  };
+  return d.issue(stream, std::move(n)) == cudaSuccess;
+}
+
+Counters counters() {
+  Device& d = Device::get();
+  std::lock_guard<std::recursive_mutex> lock(d.m);
+  return d.counters;
 }
 
 }  // namespace tova_sim
@@ -464,6 +426,14 @@ const char* cudaGetErrorString(cudaError_t e) {
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
+    case cudaErrorUnknown: return "unknown error";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureImplicit: return "operation would make the legacy stream depend on a capturing blocking stream";
+    case cudaErrorStreamCaptureWrongThread: return "attempt to terminate a thread-local capture sequence from another thread";
+    case cudaErrorGraphExecUpdateFailure: return "the graph update was not performed because it included changes which violated constraints specific to instantiated graph update";
   }
   return "unknown error";
 }
@@ -495,6 +465,7 @@ cudaError_t cudaSetDevice(int device) {
 cudaError_t cudaMalloc(void** p, size_t bytes) {
   Device& d = Device::get();
   std::lock_guard<std::recursive_mutex> lock(d.m);
+  if (const cudaError_t e = d.unsafe_during_capture()) return e;
   if (d.sticky) return d.sticky;
   *p = tova_sim::alloc(bytes);
   if (!*p) return d.error(cudaErrorMemoryAllocation);
@@ -505,6 +476,7 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
 cudaError_t cudaFree(void* p) {
   Device& d = Device::get();
   std::lock_guard<std::recursive_mutex> lock(d.m);
+  if (const cudaError_t e = d.unsafe_during_capture()) return e;
   d.drain();  // as the driver: freeing waits for the device
   if (!p) return cudaSuccess;
   auto it = d.device_allocs.find(reinterpret_cast<uintptr_t>(p));
@@ -517,6 +489,7 @@ cudaError_t cudaFree(void* p) {
 cudaError_t cudaMallocHost(void** p, size_t bytes) {
   Device& d = Device::get();
   std::lock_guard<std::recursive_mutex> lock(d.m);
+  if (const cudaError_t e = d.unsafe_during_capture()) return e;
   *p = tova_sim::alloc(bytes);
   if (!*p) return d.error(cudaErrorMemoryAllocation);
   d.host_allocs[reinterpret_cast<uintptr_t>(*p)] = bytes;
@@ -526,6 +499,7 @@ cudaError_t cudaMallocHost(void** p, size_t bytes) {
 cudaError_t cudaFreeHost(void* p) {
   Device& d = Device::get();
   std::lock_guard<std::recursive_mutex> lock(d.m);
+  if (const cudaError_t e = d.unsafe_during_capture()) return e;
   d.drain();
   if (!p) return cudaSuccess;
   auto it = d.host_allocs.find(reinterpret_cast<uintptr_t>(p));
@@ -538,6 +512,7 @@ cudaError_t cudaFreeHost(void* p) {
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   Device& d = Device::get();
   std::lock_guard<std::recursive_mutex> lock(d.m);
+  if (const cudaError_t e = d.unsafe_during_capture()) return e;
   if (d.drain()) return d.sticky;
   if (bytes == 0) return cudaSuccess;
   if (!tova_sim::copy_ok(d, dst, src, bytes, kind)) return d.sticky;
@@ -545,23 +520,27 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind 
   return cudaSuccess;
 }
 
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream) {
   Device& d = Device::get();
   std::lock_guard<std::recursive_mutex> lock(d.m);
   if (d.sticky) return d.sticky;
   if (bytes == 0) return cudaSuccess;
   if (!tova_sim::copy_ok(d, dst, src, bytes, kind)) return d.sticky;
-  d.queue.emplace_back([dst, src, bytes]() { std::memcpy(dst, src, bytes); });  // when the stream gets there
-  return cudaSuccess;
+  tova_sim::Node n;  // runs when the stream gets there
+  n.kind = tova_sim::Node::Copy;
+  n.run = [dst, src, bytes]() { std::memcpy(dst, src, bytes); };
+  return d.issue(stream, std::move(n));
 }
 
-cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t stream) {
   Device& d = Device::get();
   std::lock_guard<std::recursive_mutex> lock(d.m);
   if (d.sticky) return d.sticky;
   if (!d.is_device(p, bytes)) return d.fail(cudaErrorInvalidValue, "cudaMemset outside a device allocation");
-  d.queue.emplace_back([p, value, bytes]() { std::memset(p, value, bytes); });
-  return cudaSuccess;
+  tova_sim::Node n;
+  n.kind = tova_sim::Node::Memset;
+  n.run = [p, value, bytes]() { std::memset(p, value, bytes); };
+  return d.issue(stream, std::move(n));
 }
 
 cudaError_t cudaMemset(void* p, int value, size_t bytes) { return cudaMemsetAsync(p, value, bytes, 0); }
@@ -569,7 +548,17 @@ cudaError_t cudaMemset(void* p, int value, size_t bytes) { return cudaMemsetAsyn
 cudaError_t cudaDeviceSynchronize() {
   Device& d = Device::get();
   std::lock_guard<std::recursive_mutex> lock(d.m);
+  if (const cudaError_t e = d.unsafe_during_capture()) return e;
   return d.drain();
 }
 
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaDeviceSynchronize(); }
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  Device& d = Device::get();
+  std::lock_guard<std::recursive_mutex> lock(d.m);
+  if (s && !d.streams.count(s)) return d.error(cudaErrorInvalidResourceHandle);
+  if (s && s->capturing) {  // waiting for a stream that records instead of running
+    s->invalidated = true;
+    return d.error(cudaErrorStreamCaptureUnsupported);
+  }
+  return cudaDeviceSynchronize();
+}

@@ -206,6 +206,11 @@ void bind_engine(nb::module_& m) {
       }, "Runs one scheduler step if there is work and no other thread is stepping.")
       .def("n_past_of", &Engine::n_past, nb::arg("seq") = 0)
       .def("history_of", &Engine::history, nb::arg("seq") = 0)
+      .def("_backend_counters", [](const Engine& e) {
+        nb::dict d;
+        for (const auto& [name, value] : e.backend().counters()) d[name.c_str()] = value;
+        return d;
+      }, "What the backend counts about its own work (the CUDA backend: CUDA graphs)")
       .def("evictions_of", [](const Engine& e, int seq) {
         nb::gil_scoped_release release;
         return e.evictions(seq);

@@ -1,7 +1,8 @@
 // The CUDA simulator (cuda/sim/) checked on kernels written to pass and kernels written to fail:
 // that it runs block reductions right, and that it reports what a GPU would do wrong or refuse
 // (a collective some lanes never reach, a launch the hardware refuses, a copy outside device
-// memory, memory read before the host waited for it). Built in the TOVA_CUDA_SIM build only;
+// memory, memory read before the host waited for it; a stream capture broken by a call that
+// waits or allocates, or by the legacy stream). Built in the TOVA_CUDA_SIM build only;
 // tests/test_cuda_sim.py runs it. Prints "N passed, M failed".
 #include <sys/wait.h>
 #include <unistd.h>
@@ -69,6 +70,14 @@ __global__ void racy_neighbour(int* out) {
   out[blockIdx.x * 64 + threadIdx.x] = s[(threadIdx.x + 1) % 64];
 }
 
+// out[i] = in[i] * k for i < n (one block).
+__global__ void scale(const float* in, float k, float* out, int n) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = in[i] * k;
+}
+__global__ void add_one(float* x, int n) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] += 1.0f;
+}
+
 // One float past the end of out: on a GPU compute-sanitizer reports it; here AddressSanitizer does.
 __global__ void write_past(float* out, int n) {
   if (threadIdx.x == 0) out[n] = 1.0f;
@@ -90,7 +99,7 @@ int main() {
     float* in = dev<float>(h.size());
     float* out = dev<float>(3);
     cudaMemcpy(in, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice);
-    TOVA_LAUNCH(block_sum, 3, 256)(in, static_cast<int>(h.size()), out);
+    TOVA_LAUNCH(block_sum, 3, 256, 0)(in, static_cast<int>(h.size()), out);
     expect(cudaGetLastError() == cudaSuccess, "block_sum launches");
     float got[3] = {0, 0, 0};
     expect(cudaMemcpy(got, out, sizeof got, cudaMemcpyDeviceToHost) == cudaSuccess, "block_sum runs");
@@ -103,7 +112,7 @@ int main() {
   }
   {  // shuffles and a ballot, two warps
     int* out = dev<int>(4 * 64);
-    TOVA_LAUNCH(warp_ops, 1, 64)(out);
+    TOVA_LAUNCH(warp_ops, 1, 64, 0)(out);
     std::vector<int> h(4 * 64);
     expect(cudaMemcpy(h.data(), out, h.size() * sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess, "warp_ops runs");
     bool ok = true;
@@ -119,7 +128,7 @@ int main() {
   }
   {  // a race between threads shows as a difference between blocks
     int* out = dev<int>(2 * 64);
-    TOVA_LAUNCH(racy_neighbour, 2, 64)(out);
+    TOVA_LAUNCH(racy_neighbour, 2, 64, 0)(out);
     std::vector<int> h(2 * 64);
     cudaMemcpy(h.data(), out, h.size() * sizeof(int), cudaMemcpyDeviceToHost);
     bool differs = false;
@@ -148,13 +157,112 @@ int main() {
   }
   {  // a launch the hardware refuses
     float* out = dev<float>(1);
-    TOVA_LAUNCH(block_sum, 1, 2048)(out, 1, out);
+    TOVA_LAUNCH(block_sum, 1, 2048, 0)(out, 1, out);
     const cudaError_t e = cudaGetLastError();
     expect(e == cudaErrorInvalidConfiguration, "2048 threads per block are refused");
     expect(cudaGetLastError() == cudaSuccess, "a launch error is cleared once read");
-    TOVA_LAUNCH(block_sum, dim3(1, 70000), 32)(out, 1, out);
+    TOVA_LAUNCH(block_sum, dim3(1, 70000), 32, 0)(out, 1, out);
     expect(cudaGetLastError() == cudaErrorInvalidConfiguration, "grid.y over 65535 is refused");
     cudaFree(out);
+  }
+  {  // stream capture and graphs: recorded, not run; run per launch with the arguments of the
+     // capture and the host bytes of the launch; updated in place when the nodes match
+    cudaStream_t s = nullptr;
+    expect(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess, "stream creation");
+    float* pinned = nullptr;
+    cudaMallocHost(&pinned, 8 * sizeof(float));
+    float* d_in = dev<float>(8);
+    float* d_out = dev<float>(8);
+    float* back = nullptr;
+    cudaMallocHost(&back, 8 * sizeof(float));
+    for (int i = 0; i < 8; ++i) pinned[i] = static_cast<float>(i);
+    expect(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess, "capture begins");
+    cudaMemcpyAsync(d_in, pinned, 8 * sizeof(float), cudaMemcpyHostToDevice, s);
+    TOVA_LAUNCH(scale, 1, 32, s)(d_in, 2.0f, d_out, 8);
+    cudaMemcpyAsync(back, d_out, 8 * sizeof(float), cudaMemcpyDeviceToHost, s);
+    cudaGraph_t g = nullptr;
+    expect(cudaStreamEndCapture(s, &g) == cudaSuccess && g, "capture ends with a graph");
+    cudaStreamSynchronize(s);
+    back[3] = -1.0f;
+    cudaDeviceSynchronize();
+    expect(back[3] == -1.0f, "captured work does not run before its graph is launched");
+    cudaGraphExec_t x = nullptr;
+    expect(cudaGraphInstantiate(&x, g, 0) == cudaSuccess, "graph instantiation");
+    cudaGraphLaunch(x, s);
+    cudaStreamSynchronize(s);
+    expect(back[3] == 6.0f, "a launched graph runs its copies and kernel");
+    pinned[3] = 10.0f;
+    cudaGraphLaunch(x, s);
+    cudaStreamSynchronize(s);
+    expect(back[3] == 20.0f, "a memcpy node reads the host bytes of its launch");
+    // the same nodes, other arguments: updated in place
+    cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal);
+    cudaMemcpyAsync(d_in, pinned, 8 * sizeof(float), cudaMemcpyHostToDevice, s);
+    TOVA_LAUNCH(scale, 1, 32, s)(d_in, 3.0f, d_out, 8);
+    cudaMemcpyAsync(back, d_out, 8 * sizeof(float), cudaMemcpyDeviceToHost, s);
+    cudaGraph_t g2 = nullptr;
+    cudaStreamEndCapture(s, &g2);
+    cudaGraphExecUpdateResultInfo info;
+    expect(cudaGraphExecUpdate(x, g2, &info) == cudaSuccess, "an update with the same nodes succeeds");
+    cudaGraphLaunch(x, s);
+    cudaStreamSynchronize(s);
+    expect(back[3] == 30.0f, "an updated graph runs with the new kernel arguments");
+    // another kernel: the update fails (and says so), the graph is unchanged
+    cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal);
+    TOVA_LAUNCH(add_one, 1, 32, s)(d_out, 8);
+    TOVA_LAUNCH(add_one, 1, 32, s)(d_out, 8);
+    cudaMemcpyAsync(back, d_out, 8 * sizeof(float), cudaMemcpyDeviceToHost, s);
+    cudaGraph_t g3 = nullptr;
+    cudaStreamEndCapture(s, &g3);
+    expect(cudaGraphExecUpdate(x, g3, &info) == cudaErrorGraphExecUpdateFailure &&
+               info.result == cudaGraphExecUpdateErrorFunctionChanged,
+           "an update with another kernel fails");
+    expect(cudaGetLastError() == cudaErrorGraphExecUpdateFailure, "a failed update is the last error until read");
+    cudaGraphDestroy(g);
+    cudaGraphDestroy(g2);
+    cudaGraphDestroy(g3);
+    cudaGraphExecDestroy(x);
+    // calls a capture forbids: each fails and invalidates it
+    const char* names[3] = {"cudaMalloc", "cudaStreamSynchronize", "cudaMemcpy"};
+    for (int k = 0; k < 3; ++k) {
+      cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal);
+      TOVA_LAUNCH(add_one, 1, 32, s)(d_out, 8);
+      float* extra = nullptr;
+      const cudaError_t e = k == 0   ? cudaMalloc(&extra, 16)
+                            : k == 1 ? cudaStreamSynchronize(s)
+                                     : cudaMemcpy(back, d_out, 4, cudaMemcpyDeviceToHost);
+      cudaGraph_t bad = nullptr;
+      const cudaError_t end = cudaStreamEndCapture(s, &bad);
+      expect(e == cudaErrorStreamCaptureUnsupported && end == cudaErrorStreamCaptureInvalidated && !bad,
+             std::string(names[k]) + " during a capture fails and invalidates it");
+      cudaGetLastError();
+    }
+    // the legacy stream while a blocking stream captures: invalidated; while a non-blocking one does: fine
+    cudaStream_t blocking = nullptr;
+    cudaStreamCreateWithFlags(&blocking, cudaStreamDefault);
+    for (cudaStream_t c : {blocking, s}) {
+      cudaStreamBeginCapture(c, cudaStreamCaptureModeThreadLocal);
+      TOVA_LAUNCH(add_one, 1, 32, c)(d_out, 8);
+      const cudaError_t e = cudaMemsetAsync(d_in, 0, 4, 0);
+      cudaGraph_t gg = nullptr;
+      const cudaError_t end = cudaStreamEndCapture(c, &gg);
+      if (c == blocking)
+        expect(e == cudaErrorStreamCaptureImplicit && end == cudaErrorStreamCaptureInvalidated,
+               "legacy-stream work during a blocking stream's capture invalidates it");
+      else
+        expect(e == cudaSuccess && end == cudaSuccess && gg, "legacy-stream work leaves a non-blocking capture alone");
+      if (gg) cudaGraphDestroy(gg);
+      cudaGetLastError();
+    }
+    expect(cudaStreamBeginCapture(0, cudaStreamCaptureModeThreadLocal) == cudaErrorStreamCaptureUnsupported,
+           "the legacy stream cannot be captured");
+    cudaGetLastError();
+    cudaStreamDestroy(blocking);
+    cudaStreamDestroy(s);
+    cudaFreeHost(pinned);
+    cudaFreeHost(back);
+    cudaFree(d_in);
+    cudaFree(d_out);
   }
   // The faults below are sticky, as on a GPU: each ends the simulated device's life, so they run
   // in child processes.
@@ -167,7 +275,7 @@ int main() {
       {"shuffle after lanes exited",
        [] {
          float* out = dev<float>(32);
-         TOVA_LAUNCH(shuffle_after_exit, 1, 32)(out);
+         TOVA_LAUNCH(shuffle_after_exit, 1, 32, 0)(out);
          const cudaError_t e = cudaDeviceSynchronize();
          std::printf("%d %s\n", static_cast<int>(e), cudaGetErrorString(e));
        },
@@ -175,7 +283,7 @@ int main() {
       {"divergent collectives",
        [] {
          float* out = dev<float>(32);
-         TOVA_LAUNCH(divergent_collectives, 1, 32)(out);
+         TOVA_LAUNCH(divergent_collectives, 1, 32, 0)(out);
          const cudaError_t e = cudaDeviceSynchronize();
          std::printf("%d %s\n", static_cast<int>(e), cudaGetErrorString(e));
        },
@@ -193,7 +301,7 @@ int main() {
   faults.push_back({"a kernel writing past its allocation (AddressSanitizer)",
                     [] {
                       float* out = dev<float>(5);
-                      TOVA_LAUNCH(write_past, 1, 32)(out, 5);
+                      TOVA_LAUNCH(write_past, 1, 32, 0)(out, 5);
                       const cudaError_t e = cudaDeviceSynchronize();
                       std::printf("%d %s\n", static_cast<int>(e), cudaGetErrorString(e));
                     },

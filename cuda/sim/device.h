@@ -1,0 +1,134 @@
+// The simulated device's state, shared by sim.cpp (memory, copies, kernels) and graph.cpp
+// (streams, stream capture, graphs). Internal to the simulator.
+#pragma once
+
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "cuda_runtime.h"
+
+namespace tova_sim {
+
+// One operation of a stream, as a graph node too: what it is (a graph update keeps kinds and
+// kernels in place), and what it does when the stream gets there.
+struct Node {
+  enum Kind { Kernel, Copy, Memset } kind = Kernel;
+  const void* kernel = nullptr;  // the kernel's function, for Kernel
+  std::function<void()> run;
+};
+
+}  // namespace tova_sim
+
+// A created stream: its flags and, while capturing, the operations recorded instead of run.
+struct tova_sim_stream {
+  bool nonblocking = false;
+  bool capturing = false;
+  bool invalidated = false;       // an operation the capture forbids happened: EndCapture fails
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
+  std::thread::id thread;         // the thread that began the capture
+  std::vector<tova_sim::Node> nodes;
+};
+struct tova_sim_graph {
+  std::vector<tova_sim::Node> nodes;
+};
+struct tova_sim_graph_exec {
+  std::vector<tova_sim::Node> nodes;
+};
+
+namespace tova_sim {
+
+// The one simulated device: its allocations, its queue (every stream's work in the order it was
+// issued, a valid order of the real device's), its sticky fault, its captures.
+struct Device {
+  std::recursive_mutex m;
+  std::map<uintptr_t, size_t> device_allocs, host_allocs;  // start -> bytes
+  std::deque<std::function<void()>> queue;
+  std::set<tova_sim_stream*> streams, capturing;
+  std::set<tova_sim_graph*> graphs;
+  std::set<tova_sim_graph_exec*> execs;
+  Counters counters;
+  cudaError_t sticky = cudaSuccess;
+  cudaError_t last = cudaSuccess;  // the last launch or call error, until read
+  std::string fault;               // what the sticky error was
+
+  static Device& get() {
+    // The machine's one device, as the driver's context; never destroyed, so that memory freed
+    // by objects that outlive main (an engine freed at interpreter exit) still finds it.
+    static Device* d = new Device;
+    return *d;
+  }
+
+  bool inside(const std::map<uintptr_t, size_t>& allocs, const void* p, size_t bytes) const {
+    const auto a = reinterpret_cast<uintptr_t>(p);
+    auto it = allocs.upper_bound(a);
+    if (it == allocs.begin()) return false;
+    --it;
+    return a + bytes <= it->first + it->second;
+  }
+  bool is_device(const void* p, size_t bytes) const { return inside(device_allocs, p, bytes); }
+
+  cudaError_t fail(cudaError_t e, std::string what) {
+    if (sticky == cudaSuccess) {
+      sticky = e;
+      fault = std::move(what);
+    }
+    return e;
+  }
+  cudaError_t error(cudaError_t e) {
+    last = e;
+    return e;
+  }
+
+  cudaError_t drain() {
+    while (!queue.empty() && sticky == cudaSuccess) {
+      std::function<void()> job = std::move(queue.front());
+      queue.pop_front();
+      job();
+    }
+    queue.clear();  // after a fault the rest never runs
+    return sticky;
+  }
+
+  // A call that may not happen during a capture (it allocates, frees or waits, which a graph
+  // would not replay): as the driver, it fails and invalidates the capture when the calling
+  // thread captures (modes global and thread-local) or another thread captures in mode global.
+  cudaError_t unsafe_during_capture() {
+    bool hit = false;
+    for (tova_sim_stream* s : capturing) {
+      const bool mine = s->thread == std::this_thread::get_id();
+      if (s->mode == cudaStreamCaptureModeRelaxed || (!mine && s->mode != cudaStreamCaptureModeGlobal)) continue;
+      s->invalidated = true;
+      hit = true;
+    }
+    return hit ? error(cudaErrorStreamCaptureUnsupported) : cudaSuccess;
+  }
+
+  // An operation issued to a stream: recorded when it captures, else queued. Work on the legacy
+  // default stream (0) waits for every blocking stream, which a capturing one cannot do: that
+  // invalidates its capture (cudaErrorStreamCaptureImplicit).
+  cudaError_t issue(cudaStream_t s, Node n) {
+    if (s == nullptr) {
+      bool hit = false;
+      for (tova_sim_stream* c : capturing)
+        if (!c->nonblocking) hit = c->invalidated = true;
+      if (hit) return error(cudaErrorStreamCaptureImplicit);
+    } else if (!streams.count(s)) {
+      return error(cudaErrorInvalidResourceHandle);
+    } else if (s->capturing) {
+      s->nodes.push_back(std::move(n));
+      return cudaSuccess;
+    }
+    if (n.kind == Node::Kernel) ++counters.kernels;
+    queue.push_back(std::move(n.run));
+    return cudaSuccess;
+  }
+};
+
+}  // namespace tova_sim
