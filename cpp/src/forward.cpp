@@ -148,14 +148,27 @@ void Forward::logits(std::vector<SeqBatch>& batch) {
   const size_t V = static_cast<size_t>(h.n_vocab);
   float* x = be_.buf(Buf::X);
   float* xn = be_.buf(Buf::XN);
-  int k = 0;
+  // The last row of each sequence normed into xn[k]: consecutive rows (a batch of decode steps)
+  // in one call.
+  int k = 0, run_row = 0, run_k = 0, run_n = 0;
+  auto norm_run = [&] {
+    if (run_n > 0) be_.rms_norm(x + run_row * E, m_.output_norm, xn + run_k * E, run_n, E, h.rms_eps);
+  };
   for (size_t i = 0; i < batch.size(); ++i) {
     const SeqBatch& b = batch[i];
     if (!b.logits || b.all_logits || b.error) continue;
     const int row = rows_[i].row0 + b.n - 1;
-    be_.rms_norm(x + row * E, m_.output_norm, xn + k * E, 1, E, h.rms_eps);
+    if (run_n > 0 && row == run_row + run_n) {
+      ++run_n;
+    } else {
+      norm_run();
+      run_row = row;
+      run_k = k;
+      run_n = 1;
+    }
     ++k;
   }
+  norm_run();
   if (k > 0) {
     staging_.resize(static_cast<size_t>(k) * V);
     be_.matmul_to_host(m_.output, xn, k, staging_.data());
