@@ -116,16 +116,58 @@ def test_cuda_batched_sequences(tmp_path):
         assert e.generate_batch(prompts, max_tokens=12, temperature=0, ignore_eos=True) == alone
 
 
+class _Follow(tova.Policy):
+    """TOVA's choice (lowest head mean, then oldest) computed from this engine's probabilities and
+    recorded with the gap to the next candidate; with a leader, the leader's choice is what it
+    returns, so that two engines keep the same cache whatever float noise says."""
+    name = "follow"
+
+    def __init__(self, leader: "_Follow | None" = None):
+        super().__init__()
+        self.leader = leader
+        self.calls: list[tuple[int, list[int], float]] = []  # (layer, own choice, relative gap)
+        self.returned = 0
+
+    def select(self, layer, view):
+        pos, mean = view.pos, view.probs_mean
+        ok = np.where((pos >= 0) & (view.protect == 0))[0]
+        order = ok[np.lexsort((pos[ok], mean[ok]))]
+        k = view.n_evict
+        own = order[:k].tolist()
+        nxt = float(mean[order[k]]) if len(order) > k else np.inf
+        last = float(mean[order[k - 1]])
+        self.calls.append((layer, own, (nxt - last) / max(abs(nxt), 1e-30)))
+        if self.leader is None:
+            return own
+        choice = self.leader.calls[self.returned][1]
+        assert self.leader.calls[self.returned][0] == layer
+        self.returned += 1
+        return choice
+
+
 @pytest.mark.cuda
 @pytest.mark.model
 @needs_gpu
-def test_cuda_smollm2_256_steps(smollm2_path):
-    """SmolLM2 itself: 256 greedy decode steps after a prompt, logits within tolerance of the
-    CPU backend's at every step (the CPU's tokens fed to both). TOVA_CUDA_STEPS sets fewer (the
-    simulator runs 16 in CI: about 3 s a step there)."""
+@pytest.mark.parametrize("policy", ["full", "tova"])
+def test_cuda_smollm2_256_steps(smollm2_path, policy):
+    """SmolLM2 itself: 256 greedy decode steps after a prompt (the CPU's tokens fed to both), the
+    logits within tolerance of the CPU backend's at every step. With eviction (tova, kv_size 128:
+    it evicts from step 121 on) the GPU follows the CPU's choices, so that the caches stay equal
+    and the logits comparable; the GPU's own choice must equal the CPU's at every call except
+    at a near tie (the CPU's two candidates within 1e-3 of each other, where float noise in the
+    probabilities decides, and either is TOVA). TOVA_CUDA_STEPS sets fewer steps (the simulator
+    runs 16 in CI, about 3 s a step there, with kv_size 8 so that it evicts)."""
     import os
     steps = int(os.environ.get("TOVA_CUDA_STEPS", "256"))
-    cpu, gpu = _pair(smollm2_path, policy="tova", kv_size=128, chunk=32)
+    if policy == "full":
+        cpu, gpu = _pair(smollm2_path, policy="full", n_ctx=steps + 64, chunk=32)
+        lead = follow = None
+    else:
+        lead = _Follow()
+        follow = _Follow(leader=lead)
+        kv = 128 if steps >= 200 else 8
+        cpu = tova.Engine(smollm2_path, float_activations=True, n_threads=2, policy=lead, kv_size=kv, chunk=32)
+        gpu = tova.Engine(smollm2_path, device="cuda", policy=follow, kv_size=kv, chunk=32)
     with cpu, gpu:
         ids = cpu.tokenize("The history of the printing press begins")
         a, b = cpu.eval(ids), gpu.eval(ids)
@@ -133,41 +175,14 @@ def test_cuda_smollm2_256_steps(smollm2_path):
         for _ in range(steps):
             worst = max(worst, float(np.abs(a - b).max()))
             t = int(a.argmax())
-            a, b = cpu.eval([t]), gpu.eval([t])
+            a = cpu.eval([t])
+            b = gpu.eval([t])
         assert worst < 0.05, worst
-
-
-@pytest.mark.cuda
-@needs_gpu
-@pytest.mark.parametrize("policy", ["tova", "window"])
-def test_cuda_graphs_change_nothing(tmp_path, monkeypatch, policy):
-    """Decode steps captured as CUDA graphs (the default) give the logits of every operation
-    issued directly (TOVA_CUDA_GRAPHS=0) bit for bit, alone and batched; once the cache is full
-    the steps reuse their executable graphs (updated, not instantiated anew)."""
-    path = tmp_path / "m.gguf"
-    write_llama_gguf(path, seed=13, weight_type="Q4_K", n_embd=256, n_ff=512, n_head=4, n_head_kv=2, n_layer=2)
-    prompts = [_ids(n, 384, seed=n) for n in (3, 11, 29)]
-    runs = {}
-    for graphs in ("0", "1"):
-        monkeypatch.setenv("TOVA_CUDA_GRAPHS", graphs)
-        with tova.Engine(path, device="cuda", policy=policy, kv_size=12, chunk=8, n_seq=3) as e:
-            tokens = _ids(40, 384, seed=9)
-            steps = [e.eval(prompts[2])] + [e.eval([t]) for t in tokens[:10]]
-            before = e._e._backend_counters()  # the cache is full: steady decode from here
-            steps += [e.eval([t]) for t in tokens[10:]]
-            steady = e._e._backend_counters()
-            e.reset()
-            batch = e.generate_batch(prompts, max_tokens=10, temperature=0, ignore_eos=True)
-            runs[graphs] = (steps, batch, before, steady, e._e._backend_counters())
-    assert all(np.array_equal(a, b) for a, b in zip(runs["0"][0], runs["1"][0]))
-    assert runs["0"][1] == runs["1"][1]
-    assert runs["0"][4]["cuda_graphs_enabled"] == 0 and runs["0"][4]["cuda_graphs_launched"] == 0
-    _, _, before, steady, end = runs["1"]
-    assert end["cuda_graphs_enabled"] == 1
-    assert steady["cuda_graphs_launched"] - before["cuda_graphs_launched"] == 30  # one graph a step
-    assert steady["cuda_graphs_updated"] - before["cuda_graphs_updated"] == 30, (before, steady)
-    assert steady["cuda_graphs_instantiated"] == before["cuda_graphs_instantiated"]
-    assert end["cuda_graphs_launched"] > steady["cuda_graphs_launched"]  # the batch's steps too
+        if lead is not None:
+            assert len(follow.calls) == len(lead.calls) > steps // 4
+            differ = [(c, g) for c, g in zip(lead.calls, follow.calls) if c[1] != g[1]]
+            assert all(c[2] < 1e-3 for c, _ in differ), differ[:3]
+            assert len(differ) <= max(2, len(lead.calls) // 100), (len(differ), len(lead.calls))
 
 
 class _PyTova(tova.Policy):
