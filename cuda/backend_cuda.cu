@@ -204,6 +204,10 @@ class CudaBackend : public Backend {
 
   void attend(const AttnShape& shape, const AttnRow* rows, int n_rows) override;
   void flush_host() override;
+  void end_step() override {
+    if (!writes_.empty()) flush_writes();
+    stream_.end_step();
+  }
   bool defer_policy_calls() const override { return true; }
   bool reduces_probs() const override { return true; }
   std::vector<std::pair<std::string, uint64_t>> counters() const override {

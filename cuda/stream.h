@@ -39,6 +39,12 @@ class Stream {
   // Launches what the step recorded since its last submit as one graph. Called before the host
   // waits for the stream or allocates or frees memory, which a capture forbids.
   void submit();
+  // The step is over: submit() what it recorded, and capture nothing more until the next
+  // begin_step() (the next step may run on another thread).
+  void end_step() {
+    armed_ = false;
+    submit();
+  }
   // submit(), then waits until the stream has run everything issued to it.
   void sync(const char* what);
   // Ends a capture an error left open: what it recorded is dropped, never run.

@@ -271,14 +271,16 @@ def test_cuda_hands_back_the_head_mean_alone(tmp_path):
 @pytest.mark.cuda
 @needs_gpu
 def test_cuda_threads_share_an_engine_and_the_device(tmp_path):
-    """Six threads on one GPU engine (batched by its scheduler) and a second GPU engine in
-    another thread at the same time: each caller gets the text it gets alone."""
+    """Six threads on one GPU engine (batched by its scheduler; prompts in chunks of 8, so that
+    steps without logits, captured as graphs, are driven by one thread and the next step by
+    another) and a second GPU engine in another thread at the same time: each caller gets the
+    text it gets alone."""
     import threading
     path = tmp_path / "m.gguf"
     write_llama_gguf(path, seed=13, weight_type="Q4_K", n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
     prompts = [_ids(n, 384, seed=n) for n in (3, 8, 13, 21, 30, 34)]
     kw = dict(max_tokens=10, temperature=0.8, top_k=20)
-    with tova.Engine(path, device="cuda", policy="tova", kv_size=16, n_seq=3) as e, \
+    with tova.Engine(path, device="cuda", policy="tova", kv_size=16, n_seq=3, chunk=8) as e, \
             tova.Engine(path, device="cuda", policy="h2o", kv_size=12) as other:
         alone = [e.generate(p, seed=i, **kw) for i, p in enumerate(prompts)]
         other_alone = other.generate(prompts[0], seed=99, **kw)
@@ -302,6 +304,26 @@ def test_cuda_threads_share_an_engine_and_the_device(tmp_path):
         assert not errors, errors
         assert [got[k] for k in range(len(prompts))] == alone
         assert got[len(prompts)] == other_alone
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_cuda_steps_without_logits_on_other_threads(tmp_path):
+    """A prompt read in chunks of 8, one scheduler step per thread: the steps that end without
+    logits (captured as a graph) are issued before the step returns, so that the next step, on
+    another thread, does not meet a capture it did not begin (which CUDA refuses)."""
+    import threading
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, seed=14, weight_type="Q8_0", n_embd=64, n_head=4, n_head_kv=2)
+    ids = _ids(30, 384, seed=14)
+    with tova.Engine(path, device="cuda", policy="window", kv_size=64, chunk=8) as e:
+        want = e.generate(ids, max_tokens=6, temperature=0, ignore_eos=True)
+        handle = e.submit(ids, max_tokens=6, temperature=0, ignore_eos=True)
+        for _ in range(3):  # chunks 1-3 of the prompt, no logits, each step on a new thread
+            t = threading.Thread(target=e._e.step)  # the core's "one scheduler step"
+            t.start()
+            t.join()
+        assert handle.result() == want
 
 
 @pytest.mark.cuda

@@ -145,6 +145,10 @@ class Backend {
   virtual void attend(const AttnShape& shape, const AttnRow* rows, int n_rows) = 0;
   // Completes every host write attend() has left pending (a device backend waits for its copies).
   virtual void flush_host() {}
+  // The step is over (forward.cpp, also after an error): a device backend issues what it still
+  // holds back (a captured graph: the next step may run on another thread, which may not end a
+  // capture this one began). The host need not wait.
+  virtual void end_step() {}
   // Whether the policy calls of a step's last rows should wait for the end of the step
   // (kv_attention.h): a device backend then reads the probabilities back once per step. The
   // CPU backend calls them at once (no per-layer scratch kept), unless TOVA_DEFER_POLICY_CALLS=1

@@ -37,10 +37,12 @@ void Forward::run(std::vector<SeqBatch>& batch) {
     // and perhaps not after the next step's first layer: complete them before leaving.
     try {
       be_.flush_host();
+      be_.end_step();
     } catch (...) {
     }
     throw;
   }
+  be_.end_step();
 }
 
 void Forward::step(std::vector<SeqBatch>& batch) {
