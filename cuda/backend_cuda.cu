@@ -101,7 +101,7 @@ class CudaBackend : public Backend {
     throw Error("demote_kv: the CUDA backend keeps one KV tier (its payload refuses a tiered layout)");
   }
   void copy_kv(KvPayload& dst, const KvPayload& src) override {
-    if (!writes_.empty()) flush_writes();
+    flush_pending();
     auto& d = static_cast<CudaKv&>(dst);
     const auto& s = static_cast<const CudaKv&>(src);
     for (size_t l = 0; l < s.layout().n_slots.size(); ++l) {
@@ -157,17 +157,39 @@ class CudaBackend : public Backend {
     staging_.reset();  // the stream is idle: every queued upload has run
   }
 
+  // The queries' rotation waits for the keys' (forward.cpp rotates both at the same positions, one
+  // after the other): one launch for both. Any other operation launches it first (op()).
   void rope(const Rope& r, float* x, int n, int n_heads, int head_dim, const int64_t* positions) override {
+    const bool pairs_up = rope_.n_targets == 1 && rope_.rope == &r && rope_.positions == positions && rope_.n == n &&
+                          rope_.head_dim == head_dim;
+    if (!pairs_up && rope_.n_targets > 0) flush_rope();
+    // Every layer of a step rotates at the same positions: the angles are computed and uploaded
+    // once per step and Rope.
+    Angles& a = angles_[&r];
     const int pairs = r.pairs();
-    angles_.resize(2 * static_cast<size_t>(n) * pairs);
-    float* cs = angles_.data();
-    float* sn = cs + static_cast<size_t>(n) * pairs;
-    for (int i = 0; i < n; ++i)
-      r.angles(positions[i], cs + static_cast<size_t>(i) * pairs, sn + static_cast<size_t>(i) * pairs);
-    // Every layer of a step rotates at the same positions: one upload per step and Rope.
-    auto* d = static_cast<float*>(angles_dev_[&r].upload_if_changed(angles_.data(), angles_.size() * sizeof(float),
-                                                                    staging_, "rope"));
-    cuda::rope(op(), r.style(), x, n, n_heads, head_dim, pairs, d, d + static_cast<size_t>(n) * pairs);
+    if (a.positions.size() != static_cast<size_t>(n) || !std::equal(a.positions.begin(), a.positions.end(), positions)) {
+      a.positions.assign(positions, positions + n);
+      a.table.resize(2 * static_cast<size_t>(n) * pairs);
+      float* cs = a.table.data();
+      float* sn = cs + static_cast<size_t>(n) * pairs;
+      for (int i = 0; i < n; ++i)
+        r.angles(positions[i], cs + static_cast<size_t>(i) * pairs, sn + static_cast<size_t>(i) * pairs);
+    }
+    auto* d = static_cast<float*>(a.dev.upload_if_changed(a.table.data(), a.table.size() * sizeof(float), staging_,
+                                                          "rope"));
+    rope_.targets[rope_.n_targets++] = {x, n_heads};
+    if (pairs_up) {
+      flush_rope();
+      return;
+    }
+    rope_.rope = &r;
+    rope_.positions = positions;
+    rope_.n = n;
+    rope_.head_dim = head_dim;
+    rope_.style = r.style();
+    rope_.pairs = pairs;
+    rope_.cs = d;
+    rope_.sn = d + static_cast<size_t>(n) * pairs;
   }
 
   void act_mul(FfnActivation act, float* gate, const float* up, int64_t count) override {
@@ -182,6 +204,7 @@ class CudaBackend : public Backend {
   // other operation stores them first (op()).
   void write_kv(KvPayload& payload, int layer, const int32_t* slots, int n, const float* k,
                 const float* v) override {
+    if (rope_.n_targets > 0) flush_rope();  // the rows stored are the rotated ones
     auto& kv = static_cast<CudaKv&>(payload);
     const KvLayout& lo = kv.layout();
     if (!writes_.empty() && (kv.half() != writes_half_ || lo.n_head_kv != writes_heads_ || lo.head_dim != writes_dim_))
@@ -205,7 +228,7 @@ class CudaBackend : public Backend {
   void attend(const AttnShape& shape, const AttnRow* rows, int n_rows) override;
   void flush_host() override;
   void end_step() override {
-    if (!writes_.empty()) flush_writes();
+    flush_pending();
     stream_.end_step();
   }
   bool defer_policy_calls() const override { return true; }
@@ -215,14 +238,24 @@ class CudaBackend : public Backend {
     return {{"cuda_graphs_enabled", stream_.graphs() ? 1 : 0},
             {"cuda_graphs_launched", s.launched},
             {"cuda_graphs_instantiated", s.instantiated},
-            {"cuda_graphs_updated", s.updated}};
+            {"cuda_graphs_updated", s.updated},
+            {"cuda_graph_nodes", s.nodes}};
   }
 
  private:
-  // The stream for an operation of the step, K/V rows still pending stored first.
+  // The stream for an operation of the step, a pending rotation and K/V rows stored first.
   cudaStream_t op() {
-    if (!writes_.empty()) flush_writes();
+    flush_pending();
     return stream_.op();
+  }
+  void flush_pending() {
+    if (rope_.n_targets > 0) flush_rope();  // first: the K/V rows to store are the rotated ones
+    if (!writes_.empty()) flush_writes();
+  }
+  void flush_rope() {
+    const int n = rope_.n_targets;
+    rope_.n_targets = 0;
+    cuda::rope(stream_.op(), rope_.style, rope_.targets, n, rope_.n, rope_.head_dim, rope_.pairs, rope_.cs, rope_.sn);
   }
   void flush_writes() {
     static_assert(sizeof(cuda::KvWrite) % alignof(cuda::KvWrite) == 0, "rows of writes stay aligned");
@@ -268,9 +301,23 @@ class CudaBackend : public Backend {
   std::vector<cuda::KvWrite> writes_;  // K/V rows not stored yet (write_kv)
   bool writes_half_ = true;
   int writes_heads_ = 0, writes_dim_ = 0;
-  std::unordered_map<const Rope*, DeviceBuffer> angles_dev_;
+  struct Angles {  // a Rope's cos / sin table at the positions last asked, and its device copy
+    std::vector<int64_t> positions;
+    std::vector<float> table;
+    DeviceBuffer dev;
+  };
+  std::unordered_map<const Rope*, Angles> angles_;
+  struct PendingRope {  // a rotation not launched yet (rope)
+    int n_targets = 0;
+    cuda::RopeTarget targets[2];
+    const Rope* rope = nullptr;
+    const int64_t* positions = nullptr;
+    int n = 0, head_dim = 0, pairs = 0;
+    RopeStyle style = RopeStyle::Normal;
+    const float* cs = nullptr;
+    const float* sn = nullptr;
+  } rope_;
   DeviceBuffer attn_rows_, attn_scratch_, attn_probs_, attn_means_;
-  std::vector<float> angles_;
   std::vector<cuda::AttnDesc> descs_;
   std::vector<int32_t> idx_;
   // Probabilities on their way back: copied into readback_ in stream order, scattered to the
@@ -314,6 +361,7 @@ void CudaBackend::upload_weights() {
 }
 
 void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows) {
+  if (rope_.n_targets > 0) flush_rope();  // the queries and keys read are the rotated ones
   descs_.clear();
   idx_.clear();
   int max_idx = 1;
@@ -355,7 +403,7 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
     n_mean += r.n_idx;
   }
   if (descs_.empty()) {
-    if (!writes_.empty()) flush_writes();
+    flush_pending();
     return;
   }
   // The K/V rows to store, the attention rows and their slot lists in one copy; the rows stored
@@ -425,7 +473,7 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
 }
 
 void CudaBackend::flush_host() {
-  if (!writes_.empty()) flush_writes();  // (an error path's call: rows before a failed attention)
+  flush_pending();  // (an error path's call: rows before a failed attention)
   if (pending_.empty()) {
     stream_.submit();  // an error path's call: what the step recorded still runs, as it would uncaptured
     return;

@@ -107,9 +107,12 @@ __global__ void rms_norm_kernel(float* x, const float* a, const float* w, float*
   }
 }
 
-__global__ void rope_kernel(bool neox, float* x, int n_heads, int head_dim, int pairs, const float* cs,
+__global__ void rope_kernel(bool neox, RopeTarget t0, RopeTarget t1, int head_dim, int pairs, const float* cs,
                             const float* sn) {
   const int i = blockIdx.x;  // row
+  const RopeTarget tg = blockIdx.y == 0 ? t0 : t1;
+  float* x = tg.x;
+  const int n_heads = tg.n_heads;
   const float* c = cs + static_cast<int64_t>(i) * pairs;
   const float* s = sn + static_cast<int64_t>(i) * pairs;
   for (int t = threadIdx.x; t < n_heads * pairs; t += blockDim.x) {
@@ -204,10 +207,13 @@ void add_rms_norm(cudaStream_t s, float* x, const float* a, const float* w, floa
   check_launch("add_rms_norm");
 }
 
-void rope(cudaStream_t s, RopeStyle style, float* x, int n, int n_heads, int head_dim, int pairs, const float* cs,
-          const float* sn) {
-  if (n <= 0 || pairs <= 0) return;
-  TOVA_LAUNCH(rope_kernel, static_cast<unsigned>(n), 256, s)(style == RopeStyle::NeoX, x, n_heads, head_dim, pairs, cs, sn);
+void rope(cudaStream_t s, RopeStyle style, const RopeTarget* targets, int n_targets, int n, int head_dim, int pairs,
+          const float* cs, const float* sn) {
+  if (n <= 0 || pairs <= 0 || n_targets <= 0) return;
+  if (n_targets > 2) throw Error(cat("CUDA rope: ", n_targets, " targets (at most 2)"));
+  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(n_targets));
+  TOVA_LAUNCH(rope_kernel, grid, 256, s)(style == RopeStyle::NeoX, targets[0], targets[n_targets - 1], head_dim, pairs,
+                                         cs, sn);
   check_launch("rope");
 }
 

@@ -48,10 +48,14 @@ void rms_norm(cudaStream_t s, const float* x, const float* w, float* y, int64_t 
 // x += a, then y = rms_norm(x) * w: one kernel (y distinct from x and a).
 void add_rms_norm(cudaStream_t s, float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps);
 
-// Rotates n rows of n_heads vectors (head_dim apart) by cos / sin tables [n][pairs]: pairs
-// (2p, 2p+1) or, NeoX, (p, p + pairs).
-void rope(cudaStream_t s, RopeStyle style, float* x, int n, int n_heads, int head_dim, int pairs, const float* cs,
-          const float* sn);
+// Rotates n rows of n_heads vectors (head_dim apart) of each target (queries and keys: one
+// launch for both) by cos / sin tables [n][pairs]: pairs (2p, 2p+1) or, NeoX, (p, p + pairs).
+struct RopeTarget {
+  float* x = nullptr;
+  int n_heads = 0;
+};
+void rope(cudaStream_t s, RopeStyle style, const RopeTarget* targets, int n_targets, int n, int head_dim, int pairs,
+          const float* cs, const float* sn);
 
 // gate = act(gate) * up; x += y.
 void act_mul(cudaStream_t s, FfnActivation act, float* gate, const float* up, int64_t count);

@@ -56,6 +56,8 @@ void Stream::submit() {
     armed_ = false;
     check(e != cudaSuccess ? e : cudaErrorUnknown, "graph capture");
   }
+  size_t n_nodes = 0;
+  if (cudaGraphGetNodes(g.g, nullptr, &n_nodes) != cudaSuccess) cudaGetLastError();  // a count for reports only
   if (segment_ >= execs_.size()) execs_.push_back(nullptr);
   cudaGraphExec_t& x = execs_[segment_++];
   if (x) {
@@ -80,6 +82,7 @@ void Stream::submit() {
   }
   check(cudaGraphLaunch(x, s_), "graph launch");
   ++stats_.launched;
+  stats_.nodes += n_nodes;
   if (segment_ >= kMaxSegments) armed_ = false;
 }
 

@@ -57,6 +57,7 @@ class Stream {
     uint64_t launched = 0;      // graphs launched
     uint64_t instantiated = 0;  // executable graphs made
     uint64_t updated = 0;       // executable graphs reused with a step's new arguments
+    uint64_t nodes = 0;         // operations (kernels, copies) in the graphs launched
   };
   const Stats& stats() const { return stats_; }
   bool graphs() const { return graphs_; }

@@ -124,6 +124,14 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
   return cudaSuccess;
 }
 
+cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t* nodes, size_t* count) {
+  Device& d = Device::get();
+  std::lock_guard<std::recursive_mutex> lock(d.m);
+  if (!graph || !d.graphs.count(graph) || nodes || !count) return d.error(cudaErrorInvalidValue);
+  *count = graph->nodes.size();
+  return cudaSuccess;
+}
+
 cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
   Device& d = Device::get();
   std::lock_guard<std::recursive_mutex> lock(d.m);
