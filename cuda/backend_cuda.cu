@@ -196,6 +196,18 @@ class CudaBackend : public Backend {
     cuda::act_mul(op(), act, gate, up, count);
   }
 
+  void matmul_glu(const float* x, int n, const Matrix& w_gate, const Matrix& w_up, FfnActivation act, float* gate,
+                  float* up) override {
+    if (w_gate.type != w_up.type || w_gate.cols != w_up.cols || w_gate.rows != w_up.rows) {
+      Backend::matmul_glu(x, n, w_gate, w_up, act, gate, up);  // two products (two types), then act_mul
+      return;
+    }
+    cuda::MatTargets ts;
+    add_target(ts, w_gate, gate, nullptr);
+    add_target(ts, w_up, up, nullptr);
+    cuda::matmul_glu(op(), w_gate.type, ts, act, w_gate.cols, x, n);
+  }
+
   void add(float* x, const float* y, int64_t count) override { cuda::add(op(), x, y, count); }
 
   // Deferred to the attention that follows (kv_attention.cpp writes a layer's rows, then attends):

@@ -2,7 +2,8 @@
 // tova._core._cuda_kernel_check on a GPU machine): matrix products of every weight type, by the
 // chunked kernel and by the per-element one (misaligned input rows send the product there), for
 // odd row counts, several targets in one launch (one with a bias), 1, 3 and 11 input rows;
-// embedding rows; RMS norm, alone and after a residual add; the gated activations; residual adds.
+// embedding rows; RMS norm, alone and after a residual add; the gated activations, alone and fused
+// into the gate / up product; residual adds.
 // The CPU side dequantizes with its own kernels and sums in double precision.
 #include <cuda_runtime.h>
 
@@ -197,6 +198,56 @@ void check_elementwise(std::mt19937& rng, std::vector<std::string>& bad) {
   if (!norm_matches(want, to_host(n_dev, count), g.data(), width)) bad.push_back("add_rms_norm: the norm");
 }
 
+// The gated product: gate = act(W_gate x) * (W_up x) in one kernel (or, misaligned input, the
+// per-element products and act_mul), against double sums on the CPU.
+void check_glu(GgmlType t, std::mt19937& rng, std::vector<std::string>& bad) {
+  const TypeTraits& tt = type_traits(t);
+  const int64_t cols = tt.block_size == 1 ? 131 : tt.block_size * (tt.block_size >= 256 ? 2 : 3);
+  const int64_t rows = 37;
+  std::vector<float> wg, wu;
+  const std::vector<uint8_t> raw_g = random_rows(t, rows, cols, rng, wg), raw_u = random_rows(t, rows, cols, rng, wu);
+  DeviceBuffer dg, du, dx, dy, ds;
+  for (FfnActivation act : {FfnActivation::SiLU, FfnActivation::GeluTanh})
+    for (int n : {1, 3, 11})
+      for (int misaligned = 0; misaligned < 2; ++misaligned) {
+        const std::vector<float> x = random_floats(static_cast<size_t>(n * cols + 1), rng, -0.3f, 0.3f);
+        const float* x_dev = to_device(dx, x) + misaligned;
+        cuda::MatTargets ts;
+        ts.n = 2;
+        ts.max_rows = rows;
+        ts.t[0] = {to_device(dg, raw_g), row_bytes(t, cols), rows,
+                   static_cast<float*>(dy.reserve(static_cast<size_t>(n * rows) * sizeof(float), "kernel check")),
+                   nullptr};
+        ts.t[1] = {to_device(du, raw_u), row_bytes(t, cols), rows,
+                   static_cast<float*>(ds.reserve(static_cast<size_t>(n * rows) * sizeof(float), "kernel check")),
+                   nullptr};
+        cuda::matmul_glu(0, t, ts, act, cols, x_dev, n);
+        const std::vector<float> y = to_host(ts.t[0].y, static_cast<size_t>(n * rows));
+        for (int i = 0; i < n; ++i)
+          for (int64_t r = 0; r < rows; ++r) {
+            double g = 0, u = 0, mg = 0, mu = 0;
+            for (int64_t e = 0; e < cols; ++e) {
+              const double xv = x[static_cast<size_t>(misaligned + i * cols + e)];
+              g += wg[static_cast<size_t>(r * cols + e)] * xv;
+              u += wu[static_cast<size_t>(r * cols + e)] * xv;
+              mg += std::fabs(wg[static_cast<size_t>(r * cols + e)] * xv);
+              mu += std::fabs(wu[static_cast<size_t>(r * cols + e)] * xv);
+            }
+            const double a = act == FfnActivation::SiLU
+                                 ? g / (1.0 + std::exp(-g))
+                                 : 0.5 * g * (1.0 + std::tanh(0.7978845608028654 * (g + 0.044715 * g * g * g)));
+            const double want = a * u, got = y[static_cast<size_t>(i * rows + r)];
+            const double tol = 1e-5 * (1.2 * (mg + 1e-3) * std::fabs(u) + (std::fabs(a) + 1e-3) * mu) + 1e-6;
+            if (!(std::fabs(got - want) <= tol)) {
+              bad.push_back(cat("matmul_glu ", tt.name, act == FfnActivation::SiLU ? " silu" : " gelu",
+                                misaligned ? " (per-element kernel)" : "", " n=", n, " row ", r, " input ", i, ": ",
+                                got, " vs ", want));
+              return;
+            }
+          }
+      }
+}
+
 }  // namespace
 
 std::vector<std::string> cuda_kernel_check() {
@@ -208,6 +259,9 @@ std::vector<std::string> cuda_kernel_check() {
                      GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K,
                      GgmlType::Q6_K})
     check_matmul(t, rng, bad);
+  for (GgmlType t : {GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K,
+                     GgmlType::Q6_K})
+    check_glu(t, rng, bad);
   check_elementwise(rng, bad);
   check(cudaDeviceSynchronize(), "kernel check");
   return bad;

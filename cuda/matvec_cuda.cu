@@ -3,6 +3,7 @@
 // into runs of four weights with word loads and multiplying them by float4 loads of every input
 // row. A chunk is decoded once for up to kRows input rows. The values are those of the
 // per-element kernel (ops_cuda.cu) and of the CPU's float path; only the order of the sums differs.
+#include "activation.cuh"
 #include "cuda_check.h"
 #include "launch.cuh"
 #include "dequant_chunks.cuh"
@@ -17,71 +18,83 @@ namespace {
 constexpr int kWarps = 4;  // output rows per block
 constexpr int kRows = 8;   // input rows per pass over a weight row
 
+// glu 0: y_j = W_j x for target j = blockIdx.y. glu 1 / 2: the warp's row of the gate (t[0])
+// and of the up matrix (t[1]) one after the other, and t[0].y = act(gate) * up (SiLU / GELU).
 template <class Ch>
-__global__ void matvec_kernel(const MatTargets targets, int64_t cols, const float* x, int n) {
-  const MatTarget& T = targets.t[blockIdx.y];
+__global__ void matvec_kernel(const MatTargets targets, int64_t cols, const float* x, int n, int glu) {
   const int lane = threadIdx.x % kWarp;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / kWarp;
-  if (r >= T.rows) return;  // the whole warp: r is the same for its lanes
-  const uint8_t* wr = T.w + static_cast<size_t>(r) * T.row_bytes;
+  if (r >= targets.t[blockIdx.y].rows) return;  // the whole warp: r is the same for its lanes
   const int64_t chunks = cols / Ch::kBlock * Ch::kChunks;
   for (int i0 = 0; i0 < n; i0 += kRows) {
     const int m = min(kRows, n - i0);
-    float acc[kRows];
+    float gate[kRows];
+    for (int j = 0; j < (glu ? 2 : 1); ++j) {
+      const MatTarget& T = targets.t[glu ? j : static_cast<int>(blockIdx.y)];
+      const uint8_t* wr = T.w + static_cast<size_t>(r) * T.row_bytes;
+      float acc[kRows];
 #pragma unroll
-    for (int k = 0; k < kRows; ++k) acc[k] = 0.0f;
+      for (int k = 0; k < kRows; ++k) acc[k] = 0.0f;
 #pragma unroll 2
-    for (int64_t t = lane; t < chunks; t += kWarp) {
-      const int64_t b = t / Ch::kChunks;
-      float wv[4 * Ch::kRuns];
-      int start[Ch::kRuns];
-      Ch::decode(wr + b * Ch::kBytes, static_cast<int>(t % Ch::kChunks), wv, start);
-      const float* xb = x + static_cast<int64_t>(i0) * cols + b * Ch::kBlock;
+      for (int64_t t = lane; t < chunks; t += kWarp) {
+        const int64_t b = t / Ch::kChunks;
+        float wv[4 * Ch::kRuns];
+        int start[Ch::kRuns];
+        Ch::decode(wr + b * Ch::kBytes, static_cast<int>(t % Ch::kChunks), wv, start);
+        const float* xb = x + static_cast<int64_t>(i0) * cols + b * Ch::kBlock;
 #pragma unroll
-      for (int k = 0; k < kRows; ++k) {
-        if (k >= m) break;
+        for (int k = 0; k < kRows; ++k) {
+          if (k >= m) break;
 #pragma unroll
-        for (int run = 0; run < Ch::kRuns; ++run) {
-          const float4 xv = *reinterpret_cast<const float4*>(xb + static_cast<int64_t>(k) * cols + start[run]);
-          float a = acc[k];
-          a = fmaf(wv[4 * run + 0], xv.x, a);
-          a = fmaf(wv[4 * run + 1], xv.y, a);
-          a = fmaf(wv[4 * run + 2], xv.z, a);
-          a = fmaf(wv[4 * run + 3], xv.w, a);
-          acc[k] = a;
+          for (int run = 0; run < Ch::kRuns; ++run) {
+            const float4 xv = *reinterpret_cast<const float4*>(xb + static_cast<int64_t>(k) * cols + start[run]);
+            float a = acc[k];
+            a = fmaf(wv[4 * run + 0], xv.x, a);
+            a = fmaf(wv[4 * run + 1], xv.y, a);
+            a = fmaf(wv[4 * run + 2], xv.z, a);
+            a = fmaf(wv[4 * run + 3], xv.w, a);
+            acc[k] = a;
+          }
         }
       }
-    }
 #pragma unroll
-    for (int k = 0; k < kRows; ++k) {
-      const float s = warp_sum(acc[k]);
-      if (lane == 0 && k < m) T.y[static_cast<int64_t>(i0 + k) * T.rows + r] = T.bias ? s + T.bias[r] : s;
+      for (int k = 0; k < kRows; ++k) {
+        float v = warp_sum(acc[k]);
+        if (T.bias) v += T.bias[r];
+        if (glu && j == 0) {
+          gate[k] = v;
+        } else if (lane == 0 && k < m) {
+          const MatTarget& Y = glu ? targets.t[0] : T;  // the gate's rows take act(gate) * up
+          Y.y[static_cast<int64_t>(i0 + k) * Y.rows + r] = glu ? ffn_act(glu == 2, gate[k]) * v : v;
+        }
+      }
     }
   }
 }
 
 template <class Ch>
-void launch(cudaStream_t s, const MatTargets& targets, int64_t cols, const float* x, int n) {
-  const dim3 grid(static_cast<unsigned>((targets.max_rows + kWarps - 1) / kWarps), static_cast<unsigned>(targets.n));
-  TOVA_LAUNCH(matvec_kernel<Ch>, grid, kWarps * kWarp, s)(targets, cols, x, n);
+void launch(cudaStream_t s, const MatTargets& targets, int64_t cols, const float* x, int n, int glu) {
+  const dim3 grid(static_cast<unsigned>((targets.max_rows + kWarps - 1) / kWarps),
+                  static_cast<unsigned>(glu ? 1 : targets.n));
+  TOVA_LAUNCH(matvec_kernel<Ch>, grid, kWarps * kWarp, s)(targets, cols, x, n, glu);
   check_launch("matvec");
 }
 
 }  // namespace
 
-bool matvec(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n) {
+bool matvec(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n, int glu) {
   // float4 loads of x and 2-byte loads of the blocks: otherwise the per-element kernel
   if (reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
   for (int j = 0; j < targets.n; ++j)
     if (reinterpret_cast<uintptr_t>(targets.t[j].w) % 2 != 0 || targets.t[j].row_bytes % 2 != 0) return false;
   if (n <= 0 || targets.n <= 0 || targets.max_rows <= 0) return true;
   switch (t) {
-    case GgmlType::Q4_0: launch<ChQ4_0>(s, targets, cols, x, n); return true;
-    case GgmlType::Q4_1: launch<ChQ4_1>(s, targets, cols, x, n); return true;
-    case GgmlType::Q5_0: launch<ChQ5_0>(s, targets, cols, x, n); return true;
-    case GgmlType::Q8_0: launch<ChQ8_0>(s, targets, cols, x, n); return true;
-    case GgmlType::Q4_K: launch<ChQ4_K>(s, targets, cols, x, n); return true;
-    case GgmlType::Q6_K: launch<ChQ6_K>(s, targets, cols, x, n); return true;
+    case GgmlType::Q4_0: launch<ChQ4_0>(s, targets, cols, x, n, glu); return true;
+    case GgmlType::Q4_1: launch<ChQ4_1>(s, targets, cols, x, n, glu); return true;
+    case GgmlType::Q5_0: launch<ChQ5_0>(s, targets, cols, x, n, glu); return true;
+    case GgmlType::Q8_0: launch<ChQ8_0>(s, targets, cols, x, n, glu); return true;
+    case GgmlType::Q4_K: launch<ChQ4_K>(s, targets, cols, x, n, glu); return true;
+    case GgmlType::Q6_K: launch<ChQ6_K>(s, targets, cols, x, n, glu); return true;
     default: return false;
   }
 }

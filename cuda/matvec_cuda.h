@@ -12,7 +12,8 @@ namespace cuda {
 
 // The product of cuda::matmul. False (nothing launched) when the type has no chunk decoder or
 // x / W are not aligned for its vector loads: the caller then uses the per-element kernel.
-bool matvec(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n);
+// glu 1 (SiLU) or 2 (GELU): the product of cuda::matmul_glu instead (two targets, gate and up).
+bool matvec(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n, int glu = 0);
 
 }  // namespace cuda
 }  // namespace tova

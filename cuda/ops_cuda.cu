@@ -5,6 +5,7 @@
 // the chunked kernel (matvec_cuda.cu) does not handle.
 #include <cuda_fp16.h>
 
+#include "activation.cuh"
 #include "cuda_check.h"
 #include "launch.cuh"
 #include "dequant.cuh"
@@ -128,13 +129,7 @@ __global__ void rope_kernel(bool neox, RopeTarget t0, RopeTarget t1, int head_di
 __global__ void act_mul_kernel(bool gelu, float* gate, const float* up, int64_t count) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float g = gate[i];
-    if (gelu) {
-      const float k = 0.7978845608028654f;  // sqrt(2 / pi)
-      gate[i] = 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g))) * up[i];
-    } else {
-      gate[i] = g / (1.0f + expf(-g)) * up[i];
-    }
+    gate[i] = ffn_act(gelu, gate[i]) * up[i];
   }
 }
 
@@ -181,6 +176,15 @@ void matmul(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols,
   });
   if (!ok) throw Error(cat("CUDA backend: no matrix kernel for type ", type_traits(t).name));
   check_launch("matmul");
+}
+
+void matmul_glu(cudaStream_t s, GgmlType t, const MatTargets& targets, FfnActivation act, int64_t cols,
+                const float* x, int n) {
+  if (targets.n != 2 || targets.t[0].rows != targets.t[1].rows)
+    throw Error("CUDA matmul_glu: a gate and an up matrix of the same shape");
+  if (matvec(s, t, targets, cols, x, n, act == FfnActivation::GeluTanh ? 2 : 1)) return;
+  matmul(s, t, targets, cols, x, n);
+  act_mul(s, act, targets.t[0].y, targets.t[1].y, static_cast<int64_t>(n) * targets.t[0].rows);
 }
 
 void embed(cudaStream_t s, GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, int n, float scale,

@@ -39,6 +39,12 @@ struct MatTargets {
 // float activations); the bias is added to the finished sum, as the CPU adds it.
 void matmul(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n);
 
+// The gated feed-forward's first product: gate.y = act(W_gate x) * (W_up x) (targets t[0] =
+// gate, t[1] = up, one type; up.y is scratch). One kernel that computes both rows of a warp's
+// output where the chunked kernel takes the type, else the two products and act_mul.
+void matmul_glu(cudaStream_t s, GgmlType t, const MatTargets& targets, FfnActivation act, int64_t cols,
+                const float* x, int n);
+
 // x[i * width + e] = scale * W_{tokens[i]}[e] (tokens: device int32).
 void embed(cudaStream_t s, GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, int n, float scale,
            float* x);

@@ -127,6 +127,14 @@ class Backend {
                     const int64_t* positions) = 0;
   // gate = act(gate) * up
   virtual void act_mul(FfnActivation act, float* gate, const float* up, int64_t count) = 0;
+  // The gated feed-forward's first half: gate = act(W_gate x) * (W_up x) for n rows (up: scratch
+  // of the up product), which a device backend does in one kernel; a product and act_mul otherwise.
+  virtual void matmul_glu(const float* x, int n, const Matrix& w_gate, const Matrix& w_up, FfnActivation act,
+                          float* gate, float* up) {
+    const MatJob jobs[2] = {{&w_gate, gate}, {&w_up, up}};
+    matmul(x, n, jobs, 2);
+    act_mul(act, gate, up, static_cast<int64_t>(n) * w_gate.rows);
+  }
   // x += y
   virtual void add(float* x, const float* y, int64_t count) = 0;
   // x += y, then xn = rms_norm(x) * w (rows of `width`): a residual and the next norm, which a

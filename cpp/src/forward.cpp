@@ -47,7 +47,7 @@ void Forward::run(std::vector<SeqBatch>& batch) {
 
 void Forward::step(std::vector<SeqBatch>& batch) {
   const HParams& h = m_.hp();
-  const int64_t E = h.n_embd, D = h.head_dim, F = h.n_ff;
+  const int64_t E = h.n_embd, D = h.head_dim;
   tokens_.clear();
   positions_.clear();
   rows_.clear();
@@ -122,9 +122,7 @@ void Forward::step(std::vector<SeqBatch>& batch) {
     be_.matmul(att, n, wo, 1);
     if (h.post_norms) be_.rms_norm(o, w.attn_post_norm, o, n, E, h.rms_eps);
     be_.add_rms_norm(x, o, w.ffn_norm, xn, n, E, h.rms_eps);
-    const Backend::MatJob gu[2] = {{&w.w_gate, gate}, {&w.w_up, up}};
-    be_.matmul(xn, n, gu, 2);
-    be_.act_mul(h.ffn_act, gate, up, n * F);
+    be_.matmul_glu(xn, n, w.w_gate, w.w_up, h.ffn_act, gate, up);
     const Backend::MatJob down[1] = {{&w.w_down, o}};
     be_.matmul(gate, n, down, 1);
     if (h.post_norms) be_.rms_norm(o, w.ffn_post_norm, o, n, E, h.rms_eps);
