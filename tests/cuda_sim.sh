@@ -9,7 +9,8 @@
 #
 # Needs the Python of the test suite (numpy, pytest, gguf, nanobind) on PATH. SmolLM2 itself
 # (the `model` test) runs when it is already downloaded, for TOVA_CUDA_STEPS decode steps
-# (default here 16, about a minute; the test's own default is 256); TOVA_SIM_MODELS=0 skips it.
+# (default here 16, a few minutes for its two cases; the test's own default is 256);
+# TOVA_SIM_MODELS=0 skips it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${1:-build/cuda-sim}
