@@ -68,13 +68,8 @@ class CudaKv : public KvPayload {
 class CudaBackend : public Backend {
  public:
   CudaBackend(const Model& model, int max_rows, bool graphs)
-      : m_(model), max_rows_(max_rows), stream_(graphs), staging_(&stream_), readback_(&stream_) {
-    int n = 0;
-    const cudaError_t e = cudaGetDeviceCount(&n);
-    if (e != cudaSuccess || n == 0)
-      throw Error(cat("device 'cuda': no usable CUDA device (",
-                      e != cudaSuccess ? cudaGetErrorString(e) : "none found", ")"));
-    check(cudaSetDevice(0), "cudaSetDevice");
+      : m_(model), max_rows_(max_rows), device_(use_device_0()), stream_(graphs), staging_(&stream_),
+        readback_(&stream_) {
     if (m_.hp().head_dim > 256)
       throw ArgumentError(cat("the CUDA backend handles head_dim up to 256; this model has ", m_.hp().head_dim));
     upload_weights();
@@ -302,8 +297,22 @@ class CudaBackend : public Backend {
   // captured as CUDA graphs; prefill chunks are issued directly.
   static constexpr int kGraphRows = 256;
 
+  // Device 0 made current, or a clear error where there is none (before any member touches CUDA).
+  static int use_device_0() {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+      cudaGetLastError();  // not sticky: a later engine may still ask
+      throw Error(cat("device 'cuda': no usable CUDA device (", e != cudaSuccess ? cudaGetErrorString(e) : "none found",
+                      ")"));
+    }
+    check(cudaSetDevice(0), "cudaSetDevice");
+    return 0;
+  }
+
   const Model& m_;
   int max_rows_;
+  int device_;
   cuda::Stream stream_;  // first: destroyed after every buffer and staging arena
   std::unordered_map<const uint8_t*, std::unique_ptr<DeviceBuffer>> weights_;
   std::unordered_map<const float*, std::unique_ptr<DeviceBuffer>> vectors_;
