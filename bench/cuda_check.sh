@@ -12,7 +12,8 @@
 # 4. writes SmolLM2-shape (Q4_1) and Qwen2.5-1.5B-shape (Q4_K_M mix) models with random weights
 #    (bench/synthetic_shapes.py) and benchmarks them on the GPU: prefill 512 and decode 128 at
 #    batch 1, kv_size 512 (tova) and the full cache, with the bandwidth speed of light, decode
-#    steps as CUDA graphs and (tova 512) without them (TOVA_CUDA_GRAPHS=0);
+#    steps as CUDA graphs and (tova 512) without them (TOVA_CUDA_GRAPHS=0), and (tova 512) with
+#    the victims selected by the host's tova from the head mean copied back (TOVA_CUDA_VICTIMS=0);
 #    Then the paper's Table 1 there (bench/throughput.py --device cuda, budget BUDGET, 1GiB);
 # 5. runs a short generation under compute-sanitizer when it is installed.
 # Every step runs even when an earlier one failed; the report says which failed.
@@ -58,13 +59,17 @@ step "4. speed (synthetic real-shape models, batch 1)"
 "$PY" bench/synthetic_shapes.py --out build/shapes 2>&1 | tee -a "$REPORT" || fail "synthetic models"
 for m in smollm2 qwen15; do
   for cache in "--policy tova --kv-size 512" "--policy full --ctx 4096"; do
-    # Decode steps as CUDA graphs (the default), and every operation issued directly (graphs 0).
-    for graphs in 1 0; do
-      [ "$graphs" = 0 ] && [ "$cache" != "--policy tova --kv-size 512" ] && continue
+    # The default (graphs, the policy's step on the device), every operation issued directly
+    # (graphs0), the host's policy fed the head mean (victims0).
+    for variant in default graphs0 victims0; do
+      [ "$variant" != default ] && [ "$cache" != "--policy tova --kv-size 512" ] && continue
+      env=()
+      [ "$variant" = graphs0 ] && env=(TOVA_CUDA_GRAPHS=0)
+      [ "$variant" = victims0 ] && env=(TOVA_CUDA_VICTIMS=0)
       # shellcheck disable=SC2086
-      TOVA_CUDA_GRAPHS=$graphs "$TOVA_BIN" bench -m "build/shapes/$m-shape.gguf" --device cuda -p 512 -n 128 -r 3 \
-        $cache --json > "$OUT/bench_${m}_${cache//[ -]/_}_graphs$graphs.json" 2> "$OUT/bench.err" \
-        || { tail -5 "$OUT/bench.err" | tee -a "$REPORT"; fail "bench $m $cache graphs $graphs"; }
+      env "${env[@]}" "$TOVA_BIN" bench -m "build/shapes/$m-shape.gguf" --device cuda -p 512 -n 128 -r 3 \
+        $cache --json > "$OUT/bench_${m}_${cache//[ -]/_}_$variant.json" 2> "$OUT/bench.err" \
+        || { tail -5 "$OUT/bench.err" | tee -a "$REPORT"; fail "bench $m $cache $variant"; }
     done
   done
 done
@@ -77,7 +82,7 @@ name = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], captur
 # Peak memory bandwidth (GB/s) of the GPUs we may be lent; others: no speed of light.
 bw = next((v for k, v in {"H200": 4800, "H100": 3350, "A100": 2039, "L4": 300, "RTX 4090": 1008}.items()
            if k in name), None)
-print("| model | cache | graphs | test | t/s | weight bytes | speed of light t/s | ratio |")
+print("| model | cache | variant | test | t/s | weight bytes | speed of light t/s | ratio |")
 print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: |")
 for f in sorted(glob.glob(f"{out}/bench_*.json")):
     try:
@@ -90,8 +95,8 @@ for f in sorted(glob.glob(f"{out}/bench_*.json")):
         sol = bw * 1e9 / r["weight_bytes"] if bw and not r["n_prompt"] else None
         sol_s = "%.0f" % sol if sol else "-"
         ratio = "%.2f" % (r["avg_ts"] / sol) if sol else "-"
-        graphs = "off" if f.endswith("_graphs0.json") else "on"
-        print(f"| {r['model_filename']} | {r['policy']} {r['kv_size']} | {graphs} | {test} | {r['avg_ts']:.1f} | "
+        variant = f.rsplit("_", 1)[1][: -len(".json")]
+        print(f"| {r['model_filename']} | {r['policy']} {r['kv_size']} | {variant} | {test} | {r['avg_ts']:.1f} | "
               f"{r['weight_bytes']} | {sol_s} | {ratio} |")
 EOF
 
@@ -101,9 +106,13 @@ timeout 300 "$PY" bench/throughput.py --models build/shapes/smollm2-shape.gguf -
 
 step "5. compute-sanitizer"
 if command -v compute-sanitizer > /dev/null; then
-  compute-sanitizer --tool memcheck --error-exitcode 9 "$TOVA_BIN" run -m build/shapes/smollm2-shape.gguf \
-    -p "hello" -n 8 --device cuda > "$OUT/sanitizer.log" 2>&1 || fail "compute-sanitizer"
-  tail -5 "$OUT/sanitizer.log" | tee -a "$REPORT"
+  # Every built-in policy the device runs, evicting from the 9th token on.
+  for policy in tova h2o tova_ema; do
+    compute-sanitizer --tool memcheck --error-exitcode 9 "$TOVA_BIN" run -m build/shapes/smollm2-shape.gguf \
+      -p "hello" -n 24 --ignore-eos --policy $policy --kv-size 8 --device cuda > "$OUT/sanitizer_$policy.log" 2>&1 \
+      || fail "compute-sanitizer ($policy)"
+    tail -3 "$OUT/sanitizer_$policy.log" | tee -a "$REPORT"
+  done
 else
   log "compute-sanitizer not installed: not run"
 fi

@@ -44,8 +44,10 @@ class CudaKv : public KvPayload {
     for (size_t l = 0; l < layout.n_slots.size(); ++l) {
       k_.emplace_back(new DeviceBuffer);
       v_.emplace_back(new DeviceBuffer);
+      state_.emplace_back(new DeviceBuffer);
       k_.back()->reserve(layer_bytes(static_cast<int>(l)), "K/V allocation");
       v_.back()->reserve(layer_bytes(static_cast<int>(l)), "K/V allocation");
+      state_.back()->reserve(state_bytes(static_cast<int>(l)), "K/V allocation");  // set by write_kv
     }
     bytes_ = layout.payload_bytes();
   }
@@ -54,6 +56,9 @@ class CudaKv : public KvPayload {
   const KvLayout& layout() const { return layout_; }
   void* k(int l) const { return k_[static_cast<size_t>(l)]->get(); }
   void* v(int l) const { return v_[static_cast<size_t>(l)]->get(); }
+  // The per-slot state of the built-in policy the backend runs (AttnRow::rule), a float a slot.
+  float* state(int l) const { return static_cast<float*>(state_[static_cast<size_t>(l)]->get()); }
+  size_t state_bytes(int l) const { return static_cast<size_t>(layout_.n_slots[static_cast<size_t>(l)]) * sizeof(float); }
   size_t layer_bytes(int l) const {
     return static_cast<size_t>(layout_.n_head_kv) * static_cast<size_t>(layout_.n_slots[static_cast<size_t>(l)]) *
            layout_.k_row_bytes;
@@ -61,15 +66,15 @@ class CudaKv : public KvPayload {
 
  private:
   KvLayout layout_;
-  std::vector<std::unique_ptr<DeviceBuffer>> k_, v_;
+  std::vector<std::unique_ptr<DeviceBuffer>> k_, v_, state_;
   uint64_t bytes_ = 0;
 };
 
 class CudaBackend : public Backend {
  public:
-  CudaBackend(const Model& model, int max_rows, bool graphs)
-      : m_(model), max_rows_(max_rows), device_(use_device_0()), stream_(graphs), staging_(&stream_),
-        readback_(&stream_) {
+  CudaBackend(const Model& model, int max_rows, bool graphs, bool select_victims)
+      : m_(model), max_rows_(max_rows), select_victims_(select_victims), device_(use_device_0()), stream_(graphs),
+        staging_(&stream_), readback_(&stream_) {
     if (m_.hp().head_dim > 256)
       throw ArgumentError(cat("the CUDA backend handles head_dim up to 256; this model has ", m_.hp().head_dim));
     upload_weights();
@@ -104,6 +109,8 @@ class CudaBackend : public Backend {
       check(cudaMemcpyAsync(d.k(li), s.k(li), s.layer_bytes(li), cudaMemcpyDeviceToDevice, stream_.eager()),
             "copy_kv");
       check(cudaMemcpyAsync(d.v(li), s.v(li), s.layer_bytes(li), cudaMemcpyDeviceToDevice, stream_.eager()),
+            "copy_kv");
+      check(cudaMemcpyAsync(d.state(li), s.state(li), s.state_bytes(li), cudaMemcpyDeviceToDevice, stream_.eager()),
             "copy_kv");
     }
     stream_.sync("copy_kv");
@@ -224,6 +231,7 @@ class CudaBackend : public Backend {
       cuda::KvWrite w;
       w.k = kv.k(layer);
       w.v = kv.v(layer);
+      w.state = kv.state(layer);
       w.src_k = k + i * width;
       w.src_v = v + i * width;
       w.n_slots = lo.n_slots[static_cast<size_t>(layer)];
@@ -240,13 +248,15 @@ class CudaBackend : public Backend {
   }
   bool defer_policy_calls() const override { return true; }
   bool reduces_probs() const override { return true; }
+  bool selects_victims() const override { return select_victims_; }
   std::vector<std::pair<std::string, uint64_t>> counters() const override {
     const cuda::Stream::Stats& s = stream_.stats();
     return {{"cuda_graphs_enabled", stream_.graphs() ? 1 : 0},
             {"cuda_graphs_launched", s.launched},
             {"cuda_graphs_instantiated", s.instantiated},
             {"cuda_graphs_updated", s.updated},
-            {"cuda_graph_nodes", s.nodes}};
+            {"cuda_graph_nodes", s.nodes},
+            {"cuda_victims_selected", victims_selected_}};
   }
 
  private:
@@ -312,6 +322,8 @@ class CudaBackend : public Backend {
 
   const Model& m_;
   int max_rows_;
+  bool select_victims_;  // the built-in tova's victims selected here (AttnRow::victims)
+  uint64_t victims_selected_ = 0;
   int device_;
   cuda::Stream stream_;  // first: destroyed after every buffer and staging arena
   std::unordered_map<const uint8_t*, std::unique_ptr<DeviceBuffer>> weights_;
@@ -338,7 +350,7 @@ class CudaBackend : public Backend {
     const float* cs = nullptr;
     const float* sn = nullptr;
   } rope_;
-  DeviceBuffer attn_rows_, attn_scratch_, attn_probs_, attn_means_;
+  DeviceBuffer attn_rows_, attn_scratch_, attn_probs_, attn_means_, attn_victims_;
   std::vector<cuda::AttnDesc> descs_;
   std::vector<int32_t> idx_;
   // Probabilities on their way back: copied into readback_ in stream order, scattered to the
@@ -348,6 +360,8 @@ class CudaBackend : public Backend {
     float* dst = nullptr;        // the AttnRow's probs
     int n_slots = 0, n_idx = 0, n_head = 0;  // n_head 1: the head mean (AttnRow::probs_mean_only)
     size_t idx_off = 0;          // the row's slots in pending_idx_
+    const int32_t* victims_src = nullptr;  // or the victims selected (pinned), n_idx of them,
+    int32_t* victims_dst = nullptr;        // for the AttnRow's victims
   };
   cuda::Staging readback_;
   std::vector<PendingProbs> pending_;
@@ -388,7 +402,7 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   int max_idx = 1;
   // Probabilities on the device: rows copied back whole first ([0, n_full)), then the rows whose
   // head mean alone goes back (their means at [0, n_mean) of attn_means_).
-  int64_t n_full = 0, n_probs = 0, n_mean = 0;
+  int64_t n_full = 0, n_probs = 0, n_mean = 0, n_mean_back = 0;
   bool half = true;
   for (int i = 0; i < n_rows; ++i) {
     const AttnRow& r = rows[i];
@@ -413,16 +427,35 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
     descs_.push_back(d);
     max_idx = std::max(max_idx, r.n_idx);
   }
+  // Then the rows whose head mean goes back, then those whose victims alone go back (their
+  // means stay on the device, after the others'; their candidates' positions follow the slots).
   n_probs = n_full;
-  for (int i = 0; i < n_rows; ++i) {
-    const AttnRow& r = rows[i];
-    if (!r.probs || !r.probs_mean_only) continue;
-    cuda::AttnDesc& d = descs_[static_cast<size_t>(i)];
-    d.probs_off = n_probs;
-    n_probs += static_cast<int64_t>(shape.n_head) * r.n_idx;
-    d.mean_off = n_mean;
-    n_mean += r.n_idx;
+  int64_t n_victims = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int i = 0; i < n_rows; ++i) {
+      const AttnRow& r = rows[i];
+      const bool select = r.rule != BuiltinRule::None;
+      if (pass == 0 ? !(r.probs && r.probs_mean_only) : !select) continue;
+      cuda::AttnDesc& d = descs_[static_cast<size_t>(i)];
+      d.probs_off = n_probs;
+      n_probs += static_cast<int64_t>(shape.n_head) * r.n_idx;
+      d.mean_off = n_mean;
+      n_mean += r.n_idx;
+      if (!select) continue;
+      const auto& kv = static_cast<const CudaKv&>(*r.kv);
+      d.rule = r.rule;
+      d.state = kv.state(r.layer);
+      d.new_slot = r.new_slot;
+      if (r.n_evict <= 0) continue;
+      d.sel_off = static_cast<int64_t>(idx_.size());
+      idx_.insert(idx_.end(), r.evict_pos, r.evict_pos + r.n_idx);
+      d.n_evict = r.n_evict;
+      d.victims_off = n_victims;
+      n_victims += r.n_evict;
+    }
+    if (pass == 0) n_mean_back = n_mean;
   }
+  victims_selected_ += static_cast<uint64_t>(n_victims);
   if (descs_.empty()) {
     flush_pending();
     return;
@@ -454,14 +487,20 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
                scratch, probs);
   if (n_probs == 0) return;
   float* means = nullptr;
+  int32_t* victims = nullptr;
   if (n_mean > 0) {
     means = static_cast<float*>(
         attn_means_.reserve(static_cast<size_t>(n_mean) * sizeof(float), "attention means", &stream_));
-    cuda::head_mean(op(), d_desc, n_rows, shape.n_head, 1.0f / static_cast<float>(shape.n_head), probs, means);
+    if (n_victims > 0)
+      victims = static_cast<int32_t*>(
+          attn_victims_.reserve(static_cast<size_t>(n_victims) * sizeof(int32_t), "victims", &stream_));
+    cuda::head_mean(op(), d_desc, n_rows, shape.n_head, 1.0f / static_cast<float>(shape.n_head), probs, means, d_idx,
+                    victims);
   }
   // What goes back in stream order into pinned memory (the device buffers are rewritten by the
   // next layer's call, after these copies); flush_host() waits once and scatters them.
-  const size_t bytes = static_cast<size_t>(n_full + n_mean) * sizeof(float);
+  static_assert(sizeof(float) == sizeof(int32_t), "the victims follow the floats in the readback");
+  const size_t bytes = static_cast<size_t>(n_full + n_mean_back + n_victims) * sizeof(float);
   if (!pending_.empty() && !readback_.fits(bytes)) {
     // Full mid-step: wait this once, and make room for a whole step of them next time.
     const size_t need = readback_.used() + bytes;
@@ -473,14 +512,27 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
     check(cudaMemcpyAsync(host, probs, static_cast<size_t>(n_full) * sizeof(float), cudaMemcpyDeviceToHost,
                           stream_.op()),
           "probabilities");
-  if (n_mean > 0)
-    check(cudaMemcpyAsync(host + n_full, means, static_cast<size_t>(n_mean) * sizeof(float), cudaMemcpyDeviceToHost,
-                          stream_.op()),
+  if (n_mean_back > 0)
+    check(cudaMemcpyAsync(host + n_full, means, static_cast<size_t>(n_mean_back) * sizeof(float),
+                          cudaMemcpyDeviceToHost, stream_.op()),
           "probabilities");
+  auto* host_victims = reinterpret_cast<int32_t*>(host + n_full + n_mean_back);
+  if (n_victims > 0)
+    check(cudaMemcpyAsync(host_victims, victims, static_cast<size_t>(n_victims) * sizeof(int32_t),
+                          cudaMemcpyDeviceToHost, stream_.op()),
+          "victims");
   for (int i = 0; i < n_rows; ++i) {
     const AttnRow& r = rows[i];
-    if (!r.probs) continue;
     const cuda::AttnDesc& d = descs_[static_cast<size_t>(i)];
+    if (d.n_evict > 0) {
+      PendingProbs p;
+      p.victims_src = host_victims + d.victims_off;
+      p.victims_dst = r.victims;
+      p.n_idx = d.n_evict;
+      pending_.push_back(p);
+      continue;
+    }
+    if (!r.probs) continue;
     PendingProbs p;
     p.src = r.probs_mean_only ? host + n_full + d.mean_off : host + d.probs_off;
     p.dst = r.probs;
@@ -509,6 +561,10 @@ void CudaBackend::flush_host() {
   // Scatter each head's probabilities (or their mean) to the slots they belong to (the CPU
   // backend's layout).
   for (const PendingProbs& p : pending_) {
+    if (p.victims_dst) {
+      std::copy(p.victims_src, p.victims_src + p.n_idx, p.victims_dst);
+      continue;
+    }
     const int32_t* idx = pending_idx_.data() + p.idx_off;
     for (int h = 0; h < p.n_head; ++h) {
       float* row = p.dst + static_cast<size_t>(h) * p.n_slots;
@@ -534,8 +590,13 @@ int cuda_devices() {
 }
 
 std::unique_ptr<Backend> make_cuda_backend(const Model& model, int max_rows) {
-  const char* g = std::getenv("TOVA_CUDA_GRAPHS");  // "0": every operation issued directly
-  return std::make_unique<CudaBackend>(model, max_rows, !(g && std::strcmp(g, "0") == 0));
+  auto off = [](const char* name) {
+    const char* v = std::getenv(name);
+    return v && std::strcmp(v, "0") == 0;
+  };
+  // TOVA_CUDA_GRAPHS=0: every operation issued directly; TOVA_CUDA_VICTIMS=0: the head mean goes
+  // back to the host's tova instead of the victims the device selected (tests compare the two).
+  return std::make_unique<CudaBackend>(model, max_rows, !off("TOVA_CUDA_GRAPHS"), !off("TOVA_CUDA_VICTIMS"));
 }
 
 }  // namespace tova

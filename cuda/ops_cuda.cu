@@ -141,6 +141,7 @@ __global__ void add_kernel(float* x, const float* y, int64_t count) {
 
 __global__ void write_kv_kernel(bool half, const KvWrite* writes, int n_head_kv, int head_dim) {
   const KvWrite w = writes[blockIdx.x];
+  if (threadIdx.x == 0 && w.state) w.state[w.slot] = 0.0f;
   for (int t = threadIdx.x; t < n_head_kv * head_dim; t += blockDim.x) {
     const int h = t / head_dim, e = t % head_dim;
     const int64_t dst = (static_cast<int64_t>(h) * w.n_slots + w.slot) * head_dim + e;

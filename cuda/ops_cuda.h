@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "arch.h"
+#include "kv_policy.h"
 #include "quant.h"
 
 namespace tova {
@@ -72,6 +73,7 @@ void add(cudaStream_t s, float* x, const float* y, int64_t count);
 struct KvWrite {
   void* k = nullptr;
   void* v = nullptr;
+  float* state = nullptr;  // the layer's per-slot policy state (AttnDesc::state): 0 for the new token
   const float* src_k = nullptr;
   const float* src_v = nullptr;
   int n_slots = 0;
@@ -92,13 +94,26 @@ struct AttnDesc {
   float* out = nullptr;     // [n_head][head_dim]
   int64_t probs_off = -1;   // probabilities [n_head][n_idx] at probs + probs_off; -1: not wanted
   int64_t mean_off = -1;    // with probs: their mean over heads [n_idx] at means + mean_off (head_mean)
+  // With a mean, a built-in policy's step (head_mean; AttnRow::rule): the state of idx's slots
+  // updated (h2o, tova_ema; new_slot inserted by this row), then the n_evict slots of idx with the
+  // lowest (key, position) among those whose position idx[sel_off + j] is >= 0 (-1: not a
+  // candidate) at victims[victims_off..].
+  BuiltinRule rule = BuiltinRule::None;
+  float* state = nullptr;   // [n_slots] of the layer (h2o, tova_ema)
+  int32_t new_slot = -1;
+  int64_t sel_off = -1;
+  int64_t victims_off = -1;
+  int n_evict = 0;
 };
 // scratch: n_rows * n_head * max_idx floats.
 void attend(cudaStream_t s, bool half, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head, int n_head_kv,
             int head_dim, float scale, int max_idx, float* scratch, float* probs);
 // For the rows with mean_off >= 0: means[mean_off + j] = (sum over h in order of
-// probs[probs_off + h * n_idx + j]) * inv_head, the host's arithmetic (kv_attention.cpp).
-void head_mean(cudaStream_t s, const AttnDesc* rows, int n_rows, int n_head, float inv_head, const float* probs, float* means);
+// probs[probs_off + h * n_idx + j]) * inv_head, the host's arithmetic (kv_attention.cpp); for
+// those with a rule, that policy's step as kv_policy.cpp takes it (state updated in the same
+// arithmetic, victims in the same order), -1 for each victim the candidates do not cover.
+void head_mean(cudaStream_t s, const AttnDesc* rows, int n_rows, int n_head, float inv_head, const float* probs,
+               float* means, const int32_t* idx, int32_t* victims);
 
 }  // namespace cuda
 }  // namespace tova

@@ -93,6 +93,42 @@ def test_cuda_keeps_the_cpu_positions(tmp_path, policy):
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.parametrize("policy", ["tova", "h2o", "tova_ema"])
+@pytest.mark.parametrize("prefill", ["exact", "chunked"])
+def test_cuda_runs_builtin_policies_on_the_device(tmp_path, monkeypatch, policy, prefill):
+    """The built-in tova, h2o and tova_ema run on the device (state kept there, only the victims'
+    slots come back): the kept positions equal, bit for bit and at every step, those of the
+    host's policy fed the device's head mean (TOVA_CUDA_VICTIMS=0), and the CPU backend's:
+    exact prefill (one victim a row), chunked prefill (up to a chunk's worth at once), sinks
+    (protected), several sequences in one step."""
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, seed=15, weight_type="Q8_0", n_embd=64, n_head=4, n_head_kv=2, n_layer=3)
+    kw = dict(policy=policy, kv_size=12, n_sink=3, prefill=prefill, chunk=8)
+    ids = _ids(70, 384, seed=15)
+    monkeypatch.setenv("TOVA_CUDA_VICTIMS", "0")
+    host = tova.Engine(path, device="cuda", **kw)
+    monkeypatch.delenv("TOVA_CUDA_VICTIMS")
+    cpu, dev = _pair(path, **kw)
+    with cpu, dev, host:
+        for e in (cpu, dev, host):
+            e.eval(ids[:30])
+        for t in ids[30:]:
+            for e in (cpu, dev, host):
+                e.eval([t])
+            for layer in range(3):
+                kept = dev.kv_positions(layer).tolist()
+                assert kept == host.kv_positions(layer).tolist() == cpu.kv_positions(layer).tolist(), layer
+                assert all(p in kept for p in range(3))  # the sinks stay
+        assert dev._e._backend_counters()["cuda_victims_selected"] >= 3 * 40
+        assert host._e._backend_counters()["cuda_victims_selected"] == 0
+    prompts = [_ids(n, 384, seed=n) for n in (9, 23, 40)]
+    with tova.Engine(path, device="cuda", n_seq=3, **kw) as e:
+        alone = [e.generate(p, max_tokens=10, temperature=0, ignore_eos=True) for p in prompts]
+        assert e.generate_batch(prompts, max_tokens=10, temperature=0, ignore_eos=True) == alone
+
+
+@pytest.mark.cuda
+@needs_gpu
 def test_cuda_gemma3_sliding_layers(tmp_path):
     """Gemma 3's shape (sliding-window layers, GELU, post norms, tied output) on the GPU."""
     path = tmp_path / "g.gguf"

@@ -14,6 +14,7 @@
 
 #include "arch.h"
 #include "config.h"
+#include "kv_policy.h"
 #include "model.h"
 #include "rope.h"
 
@@ -80,6 +81,18 @@ struct AttnRow {
   // With a backend that reduces_probs(): probs is [n_slots], the mean over the query heads
   // (summed in head order, then times 1 / n_head: KvAttention's arithmetic) at probs[idx[j]].
   bool probs_mean_only = false;
+  // With a backend that selects_victims(), for a built-in policy it runs itself (`rule`, see
+  // kv_policy.h) instead of probabilities: the row's step of that policy. It updates the
+  // per-slot state it keeps (h2o, tova_ema; idx covers every valid slot, new_slot is the token
+  // this row inserted; a slot's state is 0 from its write_kv on), then selects the n_evict
+  // slots of idx with the lowest (key, position) among those with evict_pos[j] >= 0 (the
+  // position of idx[j]; -1: not a candidate), in that order, into host `victims` (complete
+  // after flush_host(); -1 for each the candidates do not cover).
+  BuiltinRule rule = BuiltinRule::None;
+  int32_t new_slot = -1;
+  const int32_t* evict_pos = nullptr;
+  int n_evict = 0;
+  int32_t* victims = nullptr;
   int n_slots = 0;
   // Positions "cache_index": q and the stored keys are unrotated; key j is rotated by rank j
   // and the query by rank n_idx - 1. Null: keys were stored rotated.
@@ -166,6 +179,10 @@ class Backend {
   // (AttnRow::probs_mean_only), for policies that read nothing else (TOVA_POLICY_MEAN_ONLY): a
   // device backend then copies n_head times fewer floats back.
   virtual bool reduces_probs() const { return false; }
+  // True when attend() can run the built-in tova, h2o and tova_ema itself (AttnRow::rule): a
+  // device backend then keeps their state and copies back the slots to evict, not a float per
+  // kept slot.
+  virtual bool selects_victims() const { return false; }
   // What the backend counts about its own work, by name (the CUDA backend: graphs launched,
   // instantiated, updated); for tests and benchmark reports.
   virtual std::vector<std::pair<std::string, uint64_t>> counters() const { return {}; }

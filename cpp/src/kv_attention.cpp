@@ -1,8 +1,10 @@
 #include "kv_attention.h"
 
 #include <algorithm>
+#include <cstdint>
 
 #include "common.h"
+#include "kv_policy.h"
 
 namespace tova {
 
@@ -94,7 +96,10 @@ void KvAttention::defer(size_t seq, const LayerRule& rule, int row, Scratch& x) 
   std::swap(d.x.slot_of, x.slot_of);
   std::swap(d.x.probs, x.probs);
   std::swap(d.x.mean, x.mean);
+  std::swap(d.x.evict_pos, x.evict_pos);
+  std::swap(d.x.victims, x.victims);
   d.x.mean_only = x.mean_only;
+  d.x.select = x.select;
 }
 
 void KvAttention::finish_step(Backend& be, const AttnShape& shape, std::vector<SeqRows>& seqs) {
@@ -119,6 +124,7 @@ void KvAttention::start(Backend& be, const AttnShape& shape, const LayerRule& ru
   const bool simple = rule.never_evicts || (fits && !every_step && !(pol && pol->on_insert));
   x.walk = rule.rank_rope || !(simple || (rule.chunked && s.n > 1));
   x.evict_once = false;
+  x.mean_only = x.select = false;
   x.cursor = 0;
   x.slot_of.assign(static_cast<size_t>(s.n), -1);
   if (x.walk) {
@@ -144,9 +150,6 @@ void KvAttention::start(Backend& be, const AttnShape& shape, const LayerRule& ru
   L.alive_by_position(x.alive);
   const int n_before = static_cast<int>(x.alive.size()) - s.n;
   x.evict_once = !simple;
-  const bool probs = x.evict_once && needs_probs(pol);
-  x.mean_only = probs && mean_only(be, pol);
-  if (probs) size_probs(x.probs, x.mean_only, shape.n_head, L.n_slots);
   for (int i = 0; i < s.n; ++i) {
     AttnRow r;
     r.kv = &s.store->payload();
@@ -155,9 +158,8 @@ void KvAttention::start(Backend& be, const AttnShape& shape, const LayerRule& ru
     r.n_idx = n_before + i + 1;
     r.q = q + (s.row0 + i) * QW;
     r.out = out + (s.row0 + i) * QW;
-    r.probs = probs && i == s.n - 1 ? x.probs.data() : nullptr;
-    r.probs_mean_only = x.mean_only;
     r.n_slots = L.n_slots;
+    if (x.evict_once && i == s.n - 1) ask_policy_input(be, shape, pol, L, x.slot_of[static_cast<size_t>(i)], x, r);
     rows_.push_back(r);
   }
 }
@@ -185,9 +187,6 @@ void KvAttention::walk_row(Backend& be, const AttnShape& shape, const LayerRule&
     L.alive_by_position(x.alive);
   else
     L.alive_by_slot(x.alive);
-  const bool probs = needs_probs(rule.policy);
-  x.mean_only = probs && mean_only(be, rule.policy);
-  if (probs) size_probs(x.probs, x.mean_only, shape.n_head, L.n_slots);
   AttnRow r;
   r.kv = &s.store->payload();
   r.layer = rule.layer;
@@ -195,11 +194,42 @@ void KvAttention::walk_row(Backend& be, const AttnShape& shape, const LayerRule&
   r.n_idx = static_cast<int>(x.alive.size());
   r.q = q + (s.row0 + i) * QW;
   r.out = out + (s.row0 + i) * QW;
-  r.probs = probs ? x.probs.data() : nullptr;
-  r.probs_mean_only = x.mean_only;
   r.n_slots = L.n_slots;
   r.rank_rope = rule.rank_rope;
+  ask_policy_input(be, shape, rule.policy, L, slot, x, r);
   rows_.push_back(r);
+}
+
+// A built-in policy's step where the backend runs it (tova: nothing at all while the layer has
+// room), else the probabilities, or their head mean, when the policy reads them. Two tiers rank
+// demotions by the head mean: the host's policy then.
+void KvAttention::ask_policy_input(const Backend& be, const AttnShape& shape, const tova_policy* pol,
+                                   const LayerCells& L, int new_slot, Scratch& x, AttnRow& r) {
+  const BuiltinRule rule = be.selects_victims() && L.attention.empty() ? builtin_rule(pol) : BuiltinRule::None;
+  x.select = rule != BuiltinRule::None;
+  x.mean_only = false;
+  if (x.select) {
+    const int n_evict = std::max(0, L.n_valid - L.capacity);
+    x.victims.assign(static_cast<size_t>(n_evict), -1);
+    if (n_evict == 0 && rule == BuiltinRule::Tova) return;
+    const int32_t recent = rule == BuiltinRule::H2o ? h2o_recent_start(L.pos.data(), L.n_slots, L.capacity) : INT32_MAX;
+    x.evict_pos.resize(static_cast<size_t>(r.n_idx));
+    for (int j = 0; j < r.n_idx; ++j) {
+      const size_t sl = static_cast<size_t>(r.idx[j]);
+      x.evict_pos[static_cast<size_t>(j)] = L.protect[sl] || L.pos[sl] >= recent ? -1 : L.pos[sl];
+    }
+    r.rule = rule;
+    r.new_slot = new_slot;
+    r.evict_pos = x.evict_pos.data();
+    r.n_evict = n_evict;
+    r.victims = x.victims.data();
+    return;
+  }
+  if (!needs_probs(pol)) return;
+  x.mean_only = mean_only(be, pol);
+  size_probs(x.probs, x.mean_only, shape.n_head, L.n_slots);
+  r.probs = x.probs.data();
+  r.probs_mean_only = x.mean_only;
 }
 
 // After row i's attention: probs_mean (over all query heads, summed in head order, unless the
@@ -211,7 +241,11 @@ void KvAttention::finish_row(const AttnShape& shape, const LayerRule& rule, SeqR
   call.seq = s.seq;
   call.n_head = shape.n_head;
   // probs only when the policy asked for them (the ABI's promise): others never pay for them.
-  if (needs_probs(rule.policy) && x.mean_only) {
+  const int32_t none = -1;
+  if (x.select) {  // (never select() then, not even with nothing selected)
+    call.victims = x.victims.empty() ? &none : x.victims.data();
+    call.n_victims = static_cast<int>(x.victims.size());
+  } else if (needs_probs(rule.policy) && x.mean_only) {
     call.probs_mean = x.probs.data();  // probs stays null (TOVA_POLICY_MEAN_ONLY)
   } else if (needs_probs(rule.policy)) {
     const int n_slots = L.n_slots;

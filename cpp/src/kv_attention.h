@@ -63,8 +63,10 @@ class KvAttention {
     bool evict_once = false; // chunked: one eviction after the chunk
     int cursor = 0;          // walk: next row
     bool mean_only = false;  // probs holds the head mean the backend computed ([n_slots])
+    bool select = false;     // victims holds the backend's choice (Backend::selects_victims)
     std::vector<int32_t> alive, slot_of;
     std::vector<float> probs, mean;
+    std::vector<int32_t> evict_pos, victims;  // select: per alive slot its position or -1; the choice
   };
   // A policy call left for finish_step: the sequence (index in seqs), its layer and row, and the
   // scratch of that layer (its vectors swapped out of the sequence's scratch, not copied).
@@ -79,6 +81,9 @@ class KvAttention {
              float* q, float* k, float* v, float* out);
   void walk_row(Backend& be, const AttnShape& shape, const LayerRule& rule, SeqRows& s, Scratch& x,
                 float* q, float* k, float* v, float* out);
+  // Asks the backend, on the row the policy call follows, for what that call reads.
+  static void ask_policy_input(const Backend& be, const AttnShape& shape, const tova_policy* pol,
+                               const LayerCells& L, int new_slot, Scratch& x, AttnRow& r);
   void finish_row(const AttnShape& shape, const LayerRule& rule, SeqRows& s, Scratch& x, int i);
 
   std::vector<Scratch> scratch_;

@@ -46,24 +46,12 @@ int tova_select(void*, const tova_policy_view* v, int32_t* out) {
                        [](int32_t) { return false; });
 }
 
-// The smallest position among the `recent` most recent valid slots (the new token included):
-// positions are distinct, so the recent window is every slot at or above it. INT32_MAX if none.
-int32_t recent_threshold(const tova_policy_view* v, int32_t recent) {
-  std::vector<int32_t> ps;
-  for (int32_t s = 0; s < v->n_slots; ++s)
-    if (v->pos[s] >= 0) ps.push_back(v->pos[s]);
-  if (recent <= 0 || ps.empty()) return INT32_MAX;
-  const size_t k = std::min(ps.size(), static_cast<size_t>(recent));
-  std::nth_element(ps.begin(), ps.begin() + (k - 1), ps.end(), std::greater<int32_t>());
-  return ps[k - 1];
-}
-
 // h2o: accumulated head-mean attention; the C/2 most recent positions are protected.
 int h2o_select(void*, const tova_policy_view* v, int32_t* out) {
   for (int32_t s = 0; s < v->n_slots; ++s)
     if (v->pos[s] >= 0) v->state[s] += v->probs_mean[s];
   if (v->n_evict == 0) return 0;
-  const int32_t threshold = recent_threshold(v, v->capacity / 2);
+  const int32_t threshold = h2o_recent_start(v->pos, v->n_slots, v->capacity);
   return select_lowest(v, out, [v](int32_t s) { return v->state[s]; },
                        [v, threshold](int32_t s) { return v->pos[s] >= threshold; });
 }
@@ -128,6 +116,26 @@ const std::vector<std::string>& builtin_policy_names() {
 bool is_builtin_policy(const std::string& name) {
   const auto& n = builtin_policy_names();
   return std::find(n.begin(), n.end(), name) != n.end();
+}
+
+// The positions are distinct, so the recent window is every slot at or above this one.
+int32_t h2o_recent_start(const int32_t* pos, int32_t n_slots, int32_t capacity) {
+  const int32_t recent = capacity / 2;
+  std::vector<int32_t> ps;
+  for (int32_t s = 0; s < n_slots; ++s)
+    if (pos[s] >= 0) ps.push_back(pos[s]);
+  if (recent <= 0 || ps.empty()) return INT32_MAX;
+  const size_t k = std::min(ps.size(), static_cast<size_t>(recent));
+  std::nth_element(ps.begin(), ps.begin() + (k - 1), ps.end(), std::greater<int32_t>());
+  return ps[k - 1];
+}
+
+BuiltinRule builtin_rule(const tova_policy* p) {
+  if (!p) return BuiltinRule::None;
+  if (p->select == tova_select) return BuiltinRule::Tova;
+  if (p->select == h2o_select) return BuiltinRule::H2o;
+  if (p->select == tova_ema_select) return BuiltinRule::TovaEma;
+  return BuiltinRule::None;
 }
 
 int default_n_sink(const std::string& policy) { return policy == "sink" ? 4 : 0; }

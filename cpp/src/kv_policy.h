@@ -52,6 +52,22 @@ PolicyHandle load_policy_plugin(const std::string& path, const std::string& args
 // Checks a policy object's ABI fields (version, size, required callbacks).
 void check_policy_abi(const tova_policy* p, const std::string& origin);
 
+// The built-in policies whose every step a backend may run itself (Backend::selects_victims),
+// keeping their per-slot state on its side: each evicts the valid unprotected slots with the
+// lowest (key, position), the key being
+//   Tova:    the current query's head-mean probability;
+//   H2o:     the state, += head mean every step; the positions at or above h2o_recent_start()
+//            are not candidates;
+//   TovaEma: the state, = kTovaEmaDecay * state + (1 - kTovaEmaDecay) * head mean every step
+//            (the head mean itself for the token just inserted).
+// None for every other policy (plugins included).
+enum class BuiltinRule { None, Tova, H2o, TovaEma };
+BuiltinRule builtin_rule(const tova_policy* p);
+
+// H2O's recent window: the smallest position among the capacity / 2 most recent valid slots
+// (pos[s] >= 0); INT32_MAX when there are none.
+int32_t h2o_recent_start(const int32_t* pos, int32_t n_slots, int32_t capacity);
+
 // Default number of protected first tokens for a policy name ("sink": 4, others 0).
 int default_n_sink(const std::string& policy);
 

@@ -269,7 +269,12 @@ void KvStore::apply_policy(int layer, int64_t t, int slot_new, bool never_evicts
   v.probs = call.probs;
   v.probs_mean = call.probs_mean;
   victims_.assign(static_cast<size_t>(std::max(n, 1)), -1);
-  if (pol->select(pol->user, &v, victims_.data()) != 0) {
+  if (call.victims && call.n_victims != n)
+    throw Error(cat("layer ", layer, ", position ", t, ": ", call.n_victims, " victims selected for ", n, " to evict"));
+  if (call.victims) std::copy(call.victims, call.victims + n, victims_.begin());
+  const bool failed = call.victims ? std::find(victims_.begin(), victims_.begin() + n, -1) != victims_.begin() + n
+                                   : pol->select(pol->user, &v, victims_.data()) != 0;
+  if (failed) {
     const char* e = pol->last_error ? pol->last_error(pol->user) : nullptr;
     throw Error(cat("policy '", name_of(pol), "' failed at layer ", layer, ", position ", t,
                     e ? cat(": ", e) : std::string()));

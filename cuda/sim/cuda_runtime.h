@@ -77,6 +77,10 @@ inline double max(double a, double b) { return fmax(a, b); }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline float __expf(float x) { return expf(x); }
 inline float __fdividef(float a, float b) { return a / b; }
+// Rounded products and sums that the device never fuses into a multiply-add (nor does this
+// library: it is built with -ffp-contract=off).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
 inline int __float_as_int(float f) {
   int i;
   std::memcpy(&i, &f, 4);
