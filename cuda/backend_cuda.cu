@@ -256,7 +256,8 @@ class CudaBackend : public Backend {
             {"cuda_graphs_instantiated", s.instantiated},
             {"cuda_graphs_updated", s.updated},
             {"cuda_graph_nodes", s.nodes},
-            {"cuda_victims_selected", victims_selected_}};
+            {"cuda_victims_selected", victims_selected_},
+            {"cuda_policy_bytes_to_host", policy_bytes_}};
   }
 
  private:
@@ -324,6 +325,7 @@ class CudaBackend : public Backend {
   int max_rows_;
   bool select_victims_;  // the built-in tova's victims selected here (AttnRow::victims)
   uint64_t victims_selected_ = 0;
+  uint64_t policy_bytes_ = 0;  // probabilities, head means and victims copied back
   int device_;
   cuda::Stream stream_;  // first: destroyed after every buffer and staging arena
   std::unordered_map<const uint8_t*, std::unique_ptr<DeviceBuffer>> weights_;
@@ -508,6 +510,7 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
     readback_.grow(2 * need, "probabilities");
   }
   auto* host = static_cast<float*>(readback_.take(bytes, "probabilities"));
+  policy_bytes_ += bytes;
   if (n_full > 0)
     check(cudaMemcpyAsync(host, probs, static_cast<size_t>(n_full) * sizeof(float), cudaMemcpyDeviceToHost,
                           stream_.op()),
