@@ -50,6 +50,7 @@ class CudaKv : public KvPayload {
       state_.back()->reserve(state_bytes(static_cast<int>(l)), "K/V allocation");  // set by write_kv
     }
     bytes_ = layout.payload_bytes();
+    for (size_t l = 0; l < layout.n_slots.size(); ++l) bytes_ += state_bytes(static_cast<int>(l));
   }
   uint64_t bytes() const override { return bytes_; }
   bool half() const { return layout_.type_k == KvType::F16; }

@@ -212,11 +212,14 @@ void KvAttention::ask_policy_input(const Backend& be, const AttnShape& shape, co
     const int n_evict = std::max(0, L.n_valid - L.capacity);
     x.victims.assign(static_cast<size_t>(n_evict), -1);
     if (n_evict == 0 && rule == BuiltinRule::Tova) return;
-    const int32_t recent = rule == BuiltinRule::H2o ? h2o_recent_start(L.pos.data(), L.n_slots, L.capacity) : INT32_MAX;
-    x.evict_pos.resize(static_cast<size_t>(r.n_idx));
-    for (int j = 0; j < r.n_idx; ++j) {
-      const size_t sl = static_cast<size_t>(r.idx[j]);
-      x.evict_pos[static_cast<size_t>(j)] = L.protect[sl] || L.pos[sl] >= recent ? -1 : L.pos[sl];
+    if (n_evict > 0) {  // the candidates (h2o, tova_ema: the state is updated every step all the same)
+      const int32_t recent =
+          rule == BuiltinRule::H2o ? h2o_recent_start(L.pos.data(), L.n_slots, L.capacity) : INT32_MAX;
+      x.evict_pos.resize(static_cast<size_t>(r.n_idx));
+      for (int j = 0; j < r.n_idx; ++j) {
+        const size_t sl = static_cast<size_t>(r.idx[j]);
+        x.evict_pos[static_cast<size_t>(j)] = L.protect[sl] || L.pos[sl] >= recent ? -1 : L.pos[sl];
+      }
     }
     r.rule = rule;
     r.new_slot = new_slot;

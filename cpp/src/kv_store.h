@@ -74,7 +74,8 @@ struct PolicyCall {
   const float* probs = nullptr;       // [n_head][n_slots] or null
   const float* probs_mean = nullptr;  // [n_slots] or null
   // The policy's victims as the backend selected them (Backend::selects_victims: the built-in
-  // tova's rule), or null: select() is not called; -1 among them is select()'s failure.
+  // tova, h2o and tova_ema run there), or null: select() is not called then; -1 among them is
+  // select()'s failure.
   const int32_t* victims = nullptr;
   int n_victims = 0;  // how many: the layer's excess when they were selected
 };
