@@ -142,8 +142,8 @@ __global__ void attend_kernel(const AttnDesc* rows, const int32_t* idx_all, int 
   }
 }
 
-// A candidate of the victim selection: the slot's mean and position, at index j of the row
-// (-1: none). a before b in tova's order: lower mean, then lower position; none last.
+// A candidate of the victim selection: the slot's key (head mean or policy state) and position,
+// at index j of the row (-1: none). a before b: lower key, then lower position; none last.
 struct Candidate {
   float mean;
   int32_t pos;

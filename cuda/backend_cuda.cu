@@ -324,7 +324,7 @@ class CudaBackend : public Backend {
 
   const Model& m_;
   int max_rows_;
-  bool select_victims_;  // the built-in tova's victims selected here (AttnRow::victims)
+  bool select_victims_;  // the built-in tova, h2o and tova_ema run here (AttnRow::rule)
   uint64_t victims_selected_ = 0;
   uint64_t policy_bytes_ = 0;  // probabilities, head means and victims copied back
   int device_;
@@ -363,7 +363,7 @@ class CudaBackend : public Backend {
     float* dst = nullptr;        // the AttnRow's probs
     int n_slots = 0, n_idx = 0, n_head = 0;  // n_head 1: the head mean (AttnRow::probs_mean_only)
     size_t idx_off = 0;          // the row's slots in pending_idx_
-    const int32_t* victims_src = nullptr;  // or the victims selected (pinned), n_idx of them,
+    const int32_t* victims_src = nullptr;  // or the victims selected (pinned), n_idx of them
     int32_t* victims_dst = nullptr;        // for the AttnRow's victims
   };
   cuda::Staging readback_;
@@ -403,8 +403,8 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   descs_.clear();
   idx_.clear();
   int max_idx = 1;
-  // Probabilities on the device: rows copied back whole first ([0, n_full)), then the rows whose
-  // head mean alone goes back (their means at [0, n_mean) of attn_means_).
+  // Probabilities on the device: rows copied back whole first ([0, n_full)), then the others
+  // (below).
   int64_t n_full = 0, n_probs = 0, n_mean = 0, n_mean_back = 0;
   bool half = true;
   for (int i = 0; i < n_rows; ++i) {
@@ -599,7 +599,7 @@ std::unique_ptr<Backend> make_cuda_backend(const Model& model, int max_rows) {
     return v && std::strcmp(v, "0") == 0;
   };
   // TOVA_CUDA_GRAPHS=0: every operation issued directly; TOVA_CUDA_VICTIMS=0: the head mean goes
-  // back to the host's tova instead of the victims the device selected (tests compare the two).
+  // back to the host's policy instead of the victims the device selected (tests compare the two).
   return std::make_unique<CudaBackend>(model, max_rows, !off("TOVA_CUDA_GRAPHS"), !off("TOVA_CUDA_VICTIMS"));
 }
 
