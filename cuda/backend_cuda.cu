@@ -8,8 +8,8 @@
 // logits, not once per layer. Everything runs on one stream of the backend's own; a decode step
 // (few rows) is captured and launched as one CUDA graph (stream.h).
 //
-// K/V rows are stored in f16 or f32; the quantized KV types and positions "cache_index" are
-// refused with a clear error for now.
+// K/V rows are stored in any KvType, as the CPU stores them (kv_write_cuda.cu); two KV tiers and
+// positions "cache_index" are refused with a clear error for now.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -29,44 +29,45 @@ namespace {
 using cuda::check;
 using cuda::DeviceBuffer;
 
-// One sequence's K and V on the device: per layer [n_head_kv][n_slots][head_dim].
+// One sequence's K and V on the device: per layer [n_head_kv][n_slots] rows of the layout's types.
 class CudaKv : public KvPayload {
  public:
   explicit CudaKv(const KvLayout& layout) : layout_(layout) {
-    for (KvType t : {layout.type_k, layout.type_v})
-      if (t != KvType::F16 && t != KvType::F32)
-        throw ArgumentError(cat("kv_type ", kv_type_name(t), ": the CUDA backend stores keys and values in f16 or "
-                                "f32 so far"));
-    if (layout.type_k != layout.type_v)
-      throw ArgumentError("the CUDA backend stores keys and values in one type (kv_type_k == kv_type_v) so far");
     if (layout.tiered())
       throw ArgumentError("kv_lo_type: the CUDA backend keeps one KV tier so far (use the CPU backend for two)");
+    format_.k = layout.type_k;
+    format_.v = layout.type_v;
+    format_.k_row_bytes = layout.k_row_bytes;
+    format_.v_row_bytes = layout.v_row_bytes;
+    format_.hadamard_k = layout.hadamard_k;
+    format_.hadamard_v = layout.hadamard_v;
     for (size_t l = 0; l < layout.n_slots.size(); ++l) {
       k_.emplace_back(new DeviceBuffer);
       v_.emplace_back(new DeviceBuffer);
       state_.emplace_back(new DeviceBuffer);
-      k_.back()->reserve(layer_bytes(static_cast<int>(l)), "K/V allocation");
-      v_.back()->reserve(layer_bytes(static_cast<int>(l)), "K/V allocation");
+      k_.back()->reserve(layer_bytes(true, static_cast<int>(l)), "K/V allocation");
+      v_.back()->reserve(layer_bytes(false, static_cast<int>(l)), "K/V allocation");
       state_.back()->reserve(state_bytes(static_cast<int>(l)), "K/V allocation");  // set by write_kv
     }
     bytes_ = layout.payload_bytes();
     for (size_t l = 0; l < layout.n_slots.size(); ++l) bytes_ += state_bytes(static_cast<int>(l));
   }
   uint64_t bytes() const override { return bytes_; }
-  bool half() const { return layout_.type_k == KvType::F16; }
+  const cuda::KvFormat& format() const { return format_; }
   const KvLayout& layout() const { return layout_; }
   void* k(int l) const { return k_[static_cast<size_t>(l)]->get(); }
   void* v(int l) const { return v_[static_cast<size_t>(l)]->get(); }
   // The per-slot state of the built-in policy the backend runs (AttnRow::rule), a float a slot.
   float* state(int l) const { return static_cast<float*>(state_[static_cast<size_t>(l)]->get()); }
   size_t state_bytes(int l) const { return static_cast<size_t>(layout_.n_slots[static_cast<size_t>(l)]) * sizeof(float); }
-  size_t layer_bytes(int l) const {
+  size_t layer_bytes(bool key, int l) const {
     return static_cast<size_t>(layout_.n_head_kv) * static_cast<size_t>(layout_.n_slots[static_cast<size_t>(l)]) *
-           layout_.k_row_bytes;
+           (key ? layout_.k_row_bytes : layout_.v_row_bytes);
   }
 
  private:
   KvLayout layout_;
+  cuda::KvFormat format_;
   std::vector<std::unique_ptr<DeviceBuffer>> k_, v_, state_;
   uint64_t bytes_ = 0;
 };
@@ -107,9 +108,9 @@ class CudaBackend : public Backend {
     const auto& s = static_cast<const CudaKv&>(src);
     for (size_t l = 0; l < s.layout().n_slots.size(); ++l) {
       const int li = static_cast<int>(l);
-      check(cudaMemcpyAsync(d.k(li), s.k(li), s.layer_bytes(li), cudaMemcpyDeviceToDevice, stream_.eager()),
+      check(cudaMemcpyAsync(d.k(li), s.k(li), s.layer_bytes(true, li), cudaMemcpyDeviceToDevice, stream_.eager()),
             "copy_kv");
-      check(cudaMemcpyAsync(d.v(li), s.v(li), s.layer_bytes(li), cudaMemcpyDeviceToDevice, stream_.eager()),
+      check(cudaMemcpyAsync(d.v(li), s.v(li), s.layer_bytes(false, li), cudaMemcpyDeviceToDevice, stream_.eager()),
             "copy_kv");
       check(cudaMemcpyAsync(d.state(li), s.state(li), s.state_bytes(li), cudaMemcpyDeviceToDevice, stream_.eager()),
             "copy_kv");
@@ -222,9 +223,10 @@ class CudaBackend : public Backend {
     if (rope_.n_targets > 0) flush_rope();  // the rows stored are the rotated ones
     auto& kv = static_cast<CudaKv&>(payload);
     const KvLayout& lo = kv.layout();
-    if (!writes_.empty() && (kv.half() != writes_half_ || lo.n_head_kv != writes_heads_ || lo.head_dim != writes_dim_))
+    if (!writes_.empty() &&
+        (kv.format() != writes_format_ || lo.n_head_kv != writes_heads_ || lo.head_dim != writes_dim_))
       flush_writes();
-    writes_half_ = kv.half();
+    writes_format_ = kv.format();
     writes_heads_ = lo.n_head_kv;
     writes_dim_ = lo.head_dim;
     const int64_t width = static_cast<int64_t>(lo.n_head_kv) * lo.head_dim;
@@ -282,7 +284,7 @@ class CudaBackend : public Backend {
         kv_writes_.upload(writes_.data(), writes_.size() * sizeof(cuda::KvWrite), staging_, "write_kv"));
     const int n = static_cast<int>(writes_.size());
     writes_.clear();
-    cuda::write_kv(stream_.op(), writes_half_, d, n, writes_heads_, writes_dim_);
+    cuda::write_kv(stream_.op(), writes_format_, d, n, writes_heads_, writes_dim_);
   }
   void add_target(cuda::MatTargets& ts, const Matrix& w, float* y, const Vector* bias) const {
     cuda::MatTarget& t = ts.t[ts.n++];
@@ -335,7 +337,7 @@ class CudaBackend : public Backend {
   cuda::Staging staging_;  // pinned bytes of the step's uploads
   DeviceBuffer tokens_, logits_, kv_writes_;
   std::vector<cuda::KvWrite> writes_;  // K/V rows not stored yet (write_kv)
-  bool writes_half_ = true;
+  cuda::KvFormat writes_format_;
   int writes_heads_ = 0, writes_dim_ = 0;
   struct Angles {  // a Rope's cos / sin table at the positions last asked, and its device copy
     std::vector<int64_t> positions;
@@ -406,14 +408,14 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   // Probabilities on the device: rows copied back whole first ([0, n_full)), then the others
   // (below).
   int64_t n_full = 0, n_probs = 0, n_mean = 0, n_mean_back = 0;
-  bool half = true;
+  cuda::KvFormat format;
   for (int i = 0; i < n_rows; ++i) {
     const AttnRow& r = rows[i];
     if (r.rank_rope)  // refused at engine creation; kept for a caller that did not ask there
       throw ArgumentError("positions 'cache_index' is not supported by the CUDA backend yet");
     const auto& kv = static_cast<const CudaKv&>(*r.kv);
-    if (i > 0 && kv.half() != half) throw Error("CUDA backend: attention rows of different KV types in one call");
-    half = kv.half();
+    if (i > 0 && kv.format() != format) throw Error("CUDA backend: attention rows of different KV types in one call");
+    format = kv.format();
     cuda::AttnDesc d;
     d.k = kv.k(r.layer);
     d.v = kv.v(r.layer);
@@ -478,7 +480,7 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   if (!writes_.empty()) {
     const int n_writes = static_cast<int>(writes_.size());
     writes_.clear();
-    cuda::write_kv(stream_.op(), writes_half_, reinterpret_cast<const cuda::KvWrite*>(d_rows), n_writes, writes_heads_,
+    cuda::write_kv(stream_.op(), writes_format_, reinterpret_cast<const cuda::KvWrite*>(d_rows), n_writes, writes_heads_,
                    writes_dim_);
   }
   auto* scratch = static_cast<float*>(attn_scratch_.reserve(
@@ -486,7 +488,7 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
       "attention scratch", &stream_));
   auto* probs = static_cast<float*>(attn_probs_.reserve(static_cast<size_t>(std::max<int64_t>(n_probs, 1)) *
                                                             sizeof(float), "attention probabilities", &stream_));
-  cuda::attend(op(), half, d_desc, n_rows, d_idx, shape.n_head, shape.n_head_kv, shape.head_dim, shape.scale, max_idx,
+  cuda::attend(op(), format, d_desc, n_rows, d_idx, shape.n_head, shape.n_head_kv, shape.head_dim, shape.scale, max_idx,
                scratch, probs);
   if (n_probs == 0) return;
   float* means = nullptr;

@@ -121,6 +121,17 @@ struct DqQ8_0 {
     return static_cast<float>(b->qs[i % kQK]) * half_to_float(b->d);
   }
 };
+// tova's own 3-bit value format (KV only): element j has its low two bits at bit 2 * (j / 8) of
+// qs[j % 8] and its third bit at bit j % 8 of qh[j / 8]; value d * (q - 4).
+struct DqQ3_0 {
+  static constexpr int kBlock = kQK;
+  TOVA_HD static float elem(const uint8_t* row, int64_t i) {
+    const auto* b = reinterpret_cast<const BlockQ3_0*>(row) + i / kQK;
+    const int j = static_cast<int>(i % kQK);
+    const int q = ((b->qs[j % 8] >> (2 * (j / 8))) & 3) | (((b->qh[j / 8] >> (j % 8)) & 1) << 2);
+    return half_to_float(b->d) * static_cast<float>(q - 4);
+  }
+};
 struct DqQ2_K {
   static constexpr int kBlock = kQK_K;
   TOVA_HD static float elem(const uint8_t* row, int64_t i) {

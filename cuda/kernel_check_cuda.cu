@@ -3,7 +3,8 @@
 // chunked kernel and by the per-element one (misaligned input rows send the product there), for
 // odd row counts, several targets in one launch (one with a bias), 1, 3 and 11 input rows;
 // embedding rows; RMS norm, alone and after a residual add; the gated activations, alone and fused
-// into the gate / up product; residual adds; the head mean and the built-in policies' steps.
+// into the gate / up product; residual adds; the head mean and the built-in policies' steps; K/V
+// rows stored in every KV type, rotated or not (the same bytes as the CPU backend's).
 // The CPU side dequantizes with its own kernels and sums in double precision.
 #include <cuda_runtime.h>
 
@@ -16,6 +17,7 @@
 
 #include "backend_cuda.h"
 #include "cpu/kernels_cpu.h"
+#include "cpu/kv_cpu.h"
 #include "kv_policy.h"
 #include "buffers.h"
 #include "ops_cuda.h"
@@ -373,6 +375,78 @@ void check_policy_steps(std::mt19937& rng, std::vector<std::string>& bad) {
   }
 }
 
+// write_kv against CpuKv::store_k / store_v: three rows of three KV heads into a pool of five
+// slots, for key / value type pairs, head sizes and the rotation on and off; every byte compared.
+void check_kv_writes(std::mt19937& rng, std::vector<std::string>& bad) {
+  const std::pair<KvType, KvType> pairs[] = {
+      {KvType::Q8_0, KvType::Q8_0}, {KvType::Q4_0, KvType::Q4_0}, {KvType::Q4_1, KvType::Q4_1},
+      {KvType::Q5_0, KvType::Q5_0}, {KvType::Q5_1, KvType::Q3_0}, {KvType::F16, KvType::Q4_0},
+      {KvType::Q8_0, KvType::F32},  {KvType::F16, KvType::F16},   {KvType::F32, KvType::F16}};
+  const int n_head_kv = 3, n_slots = 5;
+  const int32_t slots[] = {4, 0, 2};
+  const int n = 3;
+  for (const auto& [tk, tv] : pairs)
+    for (int head_dim : {64, 96, 128, 256})
+      for (bool rotate : {false, true}) {
+        const bool pow2 = (head_dim & (head_dim - 1)) == 0;
+        if (rotate && !pow2) continue;
+        KvLayout lo;
+        lo.n_head_kv = n_head_kv;
+        lo.head_dim = head_dim;
+        lo.n_slots = {n_slots};
+        lo.type_k = tk;
+        lo.type_v = tv;
+        lo.k_row_bytes = kv_row_bytes(tk, head_dim);
+        lo.v_row_bytes = kv_row_bytes(tv, head_dim);
+        lo.hadamard_k = rotate && tk != KvType::F16 && tk != KvType::F32;
+        lo.hadamard_v = rotate && tv != KvType::F16 && tv != KvType::F32;
+        CpuKv cpu(lo);
+        const size_t width = static_cast<size_t>(n_head_kv * head_dim);
+        const float scale = head_dim == 96 ? 30.0f : 1.0f;
+        const std::vector<float> src_k = random_floats(width * n, rng, -scale, scale);
+        const std::vector<float> src_v = random_floats(width * n, rng, -scale, scale);
+        for (int i = 0; i < n; ++i)
+          for (int h = 0; h < n_head_kv; ++h) {
+            const size_t at = static_cast<size_t>(i) * width + static_cast<size_t>(h * head_dim);
+            cpu.store_k(cpu.k_row(0, h, slots[i]), src_k.data() + at);
+            cpu.store_v(cpu.v_row(0, h, slots[i]), src_v.data() + at);
+          }
+        const size_t k_bytes = lo.k_row_bytes * n_head_kv * n_slots, v_bytes = lo.v_row_bytes * n_head_kv * n_slots;
+        DeviceBuffer dk, dv, ds, dsk, dsv, dw;
+        auto* k = to_device(dk, std::vector<uint8_t>(k_bytes, 0));
+        auto* v = to_device(dv, std::vector<uint8_t>(v_bytes, 0));
+        auto* state = to_device(ds, std::vector<float>(n_slots, 1.0f));
+        const float* sk = to_device(dsk, src_k);
+        const float* sv = to_device(dsv, src_v);
+        std::vector<cuda::KvWrite> writes(n);
+        for (int i = 0; i < n; ++i) {
+          writes[i].k = k;
+          writes[i].v = v;
+          writes[i].state = state;
+          writes[i].src_k = sk + static_cast<size_t>(i) * width;
+          writes[i].src_v = sv + static_cast<size_t>(i) * width;
+          writes[i].n_slots = n_slots;
+          writes[i].slot = slots[i];
+        }
+        cuda::KvFormat f;
+        f.k = tk;
+        f.v = tv;
+        f.k_row_bytes = lo.k_row_bytes;
+        f.v_row_bytes = lo.v_row_bytes;
+        f.hadamard_k = lo.hadamard_k;
+        f.hadamard_v = lo.hadamard_v;
+        cuda::write_kv(0, f, to_device(dw, writes), n, n_head_kv, head_dim);
+        const std::vector<uint8_t> got_k = to_host(k, k_bytes), got_v = to_host(v, v_bytes);
+        const std::vector<float> got_state = to_host(state, n_slots);
+        const bool same = std::memcmp(got_k.data(), cpu.k_row(0, 0, 0), k_bytes) == 0 &&
+                          std::memcmp(got_v.data(), cpu.v_row(0, 0, 0), v_bytes) == 0 && got_state[4] == 0.0f &&
+                          got_state[0] == 0.0f && got_state[2] == 0.0f && got_state[1] == 1.0f;
+        if (!same)
+          bad.push_back(cat("write_kv ", kv_type_name(tk), "/", kv_type_name(tv), " head_dim ", head_dim,
+                            rotate ? " rotated" : ""));
+      }
+}
+
 }  // namespace
 
 std::vector<std::string> cuda_kernel_check() {
@@ -389,6 +463,7 @@ std::vector<std::string> cuda_kernel_check() {
     check_glu(t, rng, bad);
   check_elementwise(rng, bad);
   check_policy_steps(rng, bad);
+  check_kv_writes(rng, bad);
   check(cudaDeviceSynchronize(), "kernel check");
   return bad;
 }

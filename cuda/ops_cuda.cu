@@ -1,6 +1,6 @@
 // Kernels of the CUDA backend's forward-pass operations (not attention): matrix products with
 // quantized weights read in place, embedding rows, RMS norm, bias, RoPE, gated activations,
-// residual adds and K/V row writes. Plain, correctness-first kernels: one warp per output row
+// residual adds (K/V row writes: kv_write_cuda.cu). Plain, correctness-first kernels: one warp per output row
 // of a matrix product, weights dequantized element by element (cuda/dequant.cuh) for the types
 // the chunked kernel (matvec_cuda.cu) does not handle.
 #include <cuda_fp16.h>
@@ -139,22 +139,6 @@ __global__ void add_kernel(float* x, const float* y, int64_t count) {
     x[i] += y[i];
 }
 
-__global__ void write_kv_kernel(bool half, const KvWrite* writes, int n_head_kv, int head_dim) {
-  const KvWrite w = writes[blockIdx.x];
-  if (threadIdx.x == 0 && w.state) w.state[w.slot] = 0.0f;
-  for (int t = threadIdx.x; t < n_head_kv * head_dim; t += blockDim.x) {
-    const int h = t / head_dim, e = t % head_dim;
-    const int64_t dst = (static_cast<int64_t>(h) * w.n_slots + w.slot) * head_dim + e;
-    if (half) {
-      static_cast<__half*>(w.k)[dst] = __float2half_rn(w.src_k[t]);
-      static_cast<__half*>(w.v)[dst] = __float2half_rn(w.src_v[t]);
-    } else {
-      static_cast<float*>(w.k)[dst] = w.src_k[t];
-      static_cast<float*>(w.v)[dst] = w.src_v[t];
-    }
-  }
-}
-
 unsigned grid_for(int64_t count, int threads) {
   const int64_t g = (count + threads - 1) / threads;
   return static_cast<unsigned>(g < 65535 ? (g < 1 ? 1 : g) : 65535);
@@ -232,12 +216,6 @@ void add(cudaStream_t s, float* x, const float* y, int64_t count) {
   if (count <= 0) return;
   TOVA_LAUNCH(add_kernel, grid_for(count, 256), 256, s)(x, y, count);
   check_launch("add");
-}
-
-void write_kv(cudaStream_t s, bool half, const KvWrite* writes, int n, int n_head_kv, int head_dim) {
-  if (n <= 0) return;
-  TOVA_LAUNCH(write_kv_kernel, static_cast<unsigned>(n), 256, s)(half, writes, n_head_kv, head_dim);
-  check_launch("write_kv");
 }
 
 }  // namespace cuda

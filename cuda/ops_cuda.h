@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "arch.h"
+#include "config.h"
 #include "kv_policy.h"
 #include "quant.h"
 
@@ -68,8 +69,25 @@ void rope(cudaStream_t s, RopeStyle style, const RopeTarget* targets, int n_targ
 void act_mul(cudaStream_t s, FfnActivation act, float* gate, const float* up, int64_t count);
 void add(cudaStream_t s, float* x, const float* y, int64_t count);
 
+// How a sequence's K and V rows are stored (its KvLayout, one tier): element types (any KvType;
+// keys never Q3_0), bytes of one head_dim row, and whether quantized rows are kept rotated by the
+// Walsh-Hadamard transform (KvLayout::hadamard_k / _v).
+struct KvFormat {
+  KvType k = KvType::F16;
+  KvType v = KvType::F16;
+  size_t k_row_bytes = 0;
+  size_t v_row_bytes = 0;
+  bool hadamard_k = false;
+  bool hadamard_v = false;
+  bool operator==(const KvFormat& o) const {
+    return k == o.k && v == o.v && k_row_bytes == o.k_row_bytes && v_row_bytes == o.v_row_bytes &&
+           hadamard_k == o.hadamard_k && hadamard_v == o.hadamard_v;
+  }
+  bool operator!=(const KvFormat& o) const { return !(*this == o); }
+};
+
 // One K/V row to store: the row at src_k / src_v ([n_head_kv][head_dim] floats) into slot `slot`
-// of a layer's K / V ([n_head_kv][n_slots][head_dim]).
+// of a layer's K / V ([n_head_kv][n_slots] rows of the format's bytes).
 struct KvWrite {
   void* k = nullptr;
   void* v = nullptr;
@@ -79,13 +97,13 @@ struct KvWrite {
   int n_slots = 0;
   int slot = 0;
 };
-// Stores n rows (writes: device memory; f16 when half, else f32): every sequence's rows of a
-// layer in one launch.
-void write_kv(cudaStream_t s, bool half, const KvWrite* writes, int n, int n_head_kv, int head_dim);
+// Stores n rows (writes: device memory) in format f, rotated and quantized as the CPU backend
+// stores them (the same bytes): every sequence's rows of a layer in one launch. head_dim <= 256.
+void write_kv(cudaStream_t s, const KvFormat& f, const KvWrite* writes, int n, int n_head_kv, int head_dim);
 
 // One query row of the attention, for every head (attention_cuda.cu).
 struct AttnDesc {
-  const void* k = nullptr;  // the layer's K: [n_head_kv][n_slots][head_dim]
+  const void* k = nullptr;  // the layer's K: [n_head_kv][n_slots] rows (KvFormat)
   const void* v = nullptr;
   int n_slots = 0;
   int n_idx = 0;
@@ -105,8 +123,11 @@ struct AttnDesc {
   int64_t victims_off = -1;
   int n_evict = 0;
 };
+// Rows stored in format f (every row's): keys of a quantized type scored by the CPU's integer
+// product (the query quantized to the type's vec_dot_type), rotated keys met by a query rotated
+// alike, values of a rotated type summed rotated and the sum rotated back.
 // scratch: n_rows * n_head * max_idx floats.
-void attend(cudaStream_t s, bool half, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head, int n_head_kv,
+void attend(cudaStream_t s, const KvFormat& f, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head, int n_head_kv,
             int head_dim, float scale, int max_idx, float* scratch, float* probs);
 // For the rows with mean_off >= 0: means[mean_off + j] = (sum over h in order of
 // probs[probs_off + h * n_idx + j]) * inv_head, the host's arithmetic (kv_attention.cpp); for

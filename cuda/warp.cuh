@@ -12,5 +12,11 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// The same for integers (exact in any order).
+__device__ __forceinline__ int warp_sum(int v) {
+  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 }  // namespace cuda
 }  // namespace tova

@@ -381,13 +381,43 @@ def test_cuda_qwen2_biases_and_f32_kv(tmp_path):
             np.testing.assert_allclose(gpu.eval([t]), cpu.eval([t]), atol=tol, rtol=0)
 
 
+# Key / value types of a quantized cache (keys never q3_0), and mixed with the float types.
+KV_TYPE_PAIRS = [("q8_0", "q8_0"), ("q4_0", "q4_0"), ("q4_1", "q4_1"), ("q5_0", "q5_0"), ("q5_1", "q5_1"),
+                 ("q8_0", "q3_0"), ("f16", "q4_0"), ("q4_0", "f32")]
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("kv_k,kv_v", KV_TYPE_PAIRS)
+@pytest.mark.parametrize("hadamard", [True, False])
+def test_cuda_quantized_kv_equals_cpu(tmp_path, kv_k, kv_v, hadamard):
+    """K/V stored quantized on the device (the CPU's bytes, rotated or not; keys scored by the
+    CPU's integer products): prefill and token-by-token logits equal the CPU's, tova (on the
+    device) keeps the CPU's positions in every layer at every step, and a sequence's K/V takes
+    the CPU's bytes."""
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, seed=16, weight_type="Q8_0", n_embd=256, n_ff=128, n_head=4, n_head_kv=2, n_layer=2)
+    cpu, gpu = _pair(path, policy="tova", kv_size=24, chunk=8, kv_type_k=kv_k, kv_type_v=kv_v,
+                     kv_hadamard=hadamard)
+    with cpu, gpu:
+        ids = _ids(50, cpu.n_vocab, seed=16)
+        want, got = cpu.eval(ids[:36], all_logits=True), gpu.eval(ids[:36], all_logits=True)
+        tol = TOL * max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(got, want, atol=tol, rtol=0)
+        for t in ids[36:]:
+            np.testing.assert_allclose(gpu.eval([t]), cpu.eval([t]), atol=tol, rtol=0)
+            for layer in range(2):
+                assert cpu.kv_positions(layer).tolist() == gpu.kv_positions(layer).tolist(), layer
+        assert gpu.kv_bytes_per_seq == cpu.kv_bytes_per_seq
+
+
 @pytest.mark.cuda
 @needs_gpu
 def test_cuda_refuses_what_it_lacks_by_name(tmp_path):
     """Settings the CUDA backend does not implement yet are errors naming them, not crashes."""
     path = tmp_path / "m.gguf"
     write_llama_gguf(path, seed=10)
-    for kw, name in [(dict(kv_type="q8_0"), "q8_0"), (dict(kv_type="q8_0", kv_lo_type="q4_0", kv_hi_size=8), "kv"),
+    for kw, name in [(dict(kv_type="q8_0", kv_lo_type="q4_0", kv_hi_size=8), "kv_lo_type"),
                      (dict(positions="cache_index"), "cache_index")]:
         with pytest.raises(ValueError, match=name):
             tova.Engine(path, device="cuda", kv_size=16, **kw)

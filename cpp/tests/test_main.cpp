@@ -25,6 +25,7 @@
 #include "tokenizer.h"
 #include "dequant.cuh"  // cuda/: the CUDA kernels' dequantizers, plain C++ without nvcc
 #include "dequant_chunks.cuh"
+#include "kv_quant.cuh"
 
 using namespace tova;
 
@@ -259,6 +260,92 @@ void test_cuda_dequantizers() {
   }
 }
 
+// The CUDA backend's K/V formats (cuda/kv_quant.cuh) against the CPU backend's, without a GPU:
+// for every quantized KV type, a block stores the bytes CpuKv stores (random blocks, zeros, a
+// constant block, a tie of magnitudes, values on rounding ties), decodes to the CPU decoder's
+// floats, and (key types) scores against a query block as the scalar vec_dot does, the query
+// quantized to the vec_dot_type as the CPU quantizes it.
+void test_cuda_kv_formats() {
+  uint32_t seed = 777;
+  auto next = [&] {
+    seed = seed * 1664525u + 1013904223u;
+    return seed >> 8;
+  };
+  auto uniform = [&] { return (static_cast<float>(next() % 60001) - 30000.0f) / 10000.0f; };
+  std::vector<std::vector<float>> blocks;
+  for (int i = 0; i < 300; ++i) {
+    std::vector<float> b(kQK);
+    const float scale = i % 3 == 0 ? 1e-3f : (i % 3 == 1 ? 1.0f : 40.0f);
+    for (float& x : b) x = uniform() * scale;
+    blocks.push_back(b);
+  }
+  blocks.push_back(std::vector<float>(kQK, 0.0f));
+  blocks.push_back(std::vector<float>(kQK, 1.25f));
+  std::vector<float> tie(kQK, 0.5f);
+  tie[3] = -2.0f;
+  tie[9] = 2.0f;  // the first of equal magnitudes sets the sign
+  blocks.push_back(tie);
+  std::vector<float> halves(kQK);
+  for (int j = 0; j < kQK; ++j) halves[static_cast<size_t>(j)] = static_cast<float>(j % 9 - 4) * 0.25f;
+  blocks.push_back(halves);
+
+  struct KeyDot {
+    QuantizeFn quantize_query;
+    VecDotFn vec_dot;
+  };
+  const std::vector<std::pair<KvType, KeyDot>> types = {
+      {KvType::Q8_0, {scalar::quantize_q8_0, scalar::vec_dot_q8_0_q8_0}},
+      {KvType::Q4_0, {scalar::quantize_q8_0, scalar::vec_dot_q4_0_q8_0}},
+      {KvType::Q4_1, {scalar::quantize_q8_1, scalar::vec_dot_q4_1_q8_1}},
+      {KvType::Q5_0, {scalar::quantize_q8_0, scalar::vec_dot_q5_0_q8_0}},
+      {KvType::Q5_1, {scalar::quantize_q8_1, scalar::vec_dot_q5_1_q8_1}},
+      {KvType::Q3_0, {nullptr, nullptr}},  // values only
+  };
+  for (const auto& [t, dot] : types) {
+    KvLayout lo;
+    lo.n_head_kv = 1;
+    lo.head_dim = kQK;
+    lo.n_slots = {1};
+    lo.type_k = lo.type_v = t;
+    lo.k_row_bytes = lo.v_row_bytes = kv_row_bytes(t, kQK);
+    CpuKv cpu(lo);
+    bool bytes_same = true, decode_same = true, score_same = true;
+    std::vector<uint8_t> got(lo.v_row_bytes);
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      const std::vector<float>& x = blocks[i];
+      uint8_t* want = cpu.v_row(0, 0, 0);
+      cpu.store_v(want, x.data());
+      cuda::quantize_kv_block(t, x.data(), got.data());
+      bytes_same &= std::memcmp(got.data(), want, got.size()) == 0;
+      float deq[kQK];
+      kv_dequantizer(t)(want, deq, kQK);
+      for (int j = 0; j < kQK; ++j) {
+        const float e = cuda::kv_elem(t, want, j);
+        decode_same &= std::memcmp(&e, &deq[j], 4) == 0;
+      }
+      if (!dot.vec_dot) continue;
+      const std::vector<float>& y = blocks[(i * 7 + 3) % blocks.size()];
+      uint8_t qy[sizeof(BlockQ8_1)];
+      dot.quantize_query(y.data(), qy, kQK);
+      const float want_score = dot.vec_dot(kQK, want, qy);
+      int8_t qq[kQK];
+      float qd, qs;
+      cuda::quantize_query_block(y.data(), qq, &qd, &qs);
+      int sumi = 0;
+      for (int j = 0; j < kQK; ++j) sumi += cuda::key_quant(t, want, j).q * qq[j];
+      float score = 0.0f;  // accumulated from zero, as both sums are (0 + -0 is +0)
+      score += cuda::key_block_score(sumi, cuda::key_quant(t, want, 0), qd, qs, cuda::key_has_min(t));
+      score_same &= std::memcmp(&score, &want_score, 4) == 0;
+    }
+    if (!bytes_same || !decode_same || !score_same)
+      std::printf("  cuda kv format %s differs: bytes %d decode %d score %d\n", kv_type_name(t), bytes_same,
+                  decode_same, score_same);
+    CHECK(bytes_same);
+    CHECK(decode_same);
+    CHECK(score_same);
+  }
+}
+
 void test_half_precision() {
   int exact = 0;
   for (uint32_t h = 0; h < 65536; ++h) {
@@ -475,6 +562,7 @@ int main() {
   test_gguf_buffer();
   test_half_precision();
   test_cuda_dequantizers();
+  test_cuda_kv_formats();
   test_type_registry();
   test_builtin_policies();
   test_utf8_stream();
