@@ -13,8 +13,10 @@
 #    (bench/synthetic_shapes.py) and benchmarks them on the GPU: prefill 512 and decode 128 at
 #    batch 1, kv_size 512 (tova) and the full cache, with the bandwidth speed of light, decode
 #    steps as CUDA graphs and (tova 512) without them (TOVA_CUDA_GRAPHS=0), and (tova 512) with
-#    the victims selected by the host's tova from the head mean copied back (TOVA_CUDA_VICTIMS=0);
-#    Then the paper's Table 1 there (bench/throughput.py --device cuda, budget BUDGET, 1GiB);
+#    the victims selected by the host's tova from the head mean copied back (TOVA_CUDA_VICTIMS=0),
+#    and (tova 512) with keys in q8_0 and values in q4_1 (kvq);
+#    Then the paper's Table 1 there (bench/throughput.py --device cuda, budget BUDGET, 1GiB), with
+#    TOVA 512 over q8_0 keys / q4_1 values as well;
 # 5. runs a short generation under compute-sanitizer when it is installed.
 # Every step runs even when an earlier one failed; the report says which failed.
 set -uo pipefail
@@ -60,15 +62,17 @@ step "4. speed (synthetic real-shape models, batch 1)"
 for m in smollm2 qwen15; do
   for cache in "--policy tova --kv-size 512" "--policy full --ctx 4096"; do
     # The default (graphs, the policy's step on the device), every operation issued directly
-    # (graphs0), the host's policy fed the head mean (victims0).
-    for variant in default graphs0 victims0; do
+    # (graphs0), the host's policy fed the head mean (victims0), quantized K/V (kvq).
+    for variant in default graphs0 victims0 kvq; do
       [ "$variant" != default ] && [ "$cache" != "--policy tova --kv-size 512" ] && continue
       env=()
       [ "$variant" = graphs0 ] && env=(TOVA_CUDA_GRAPHS=0)
       [ "$variant" = victims0 ] && env=(TOVA_CUDA_VICTIMS=0)
+      kv=""
+      [ "$variant" = kvq ] && kv="--kv-type-k q8_0 --kv-type-v q4_1"
       # shellcheck disable=SC2086
       env "${env[@]}" "$TOVA_BIN" bench -m "build/shapes/$m-shape.gguf" --device cuda -p 512 -n 128 -r 3 \
-        $cache --json > "$OUT/bench_${m}_${cache//[ -]/_}_$variant.json" 2> "$OUT/bench.err" \
+        $cache $kv --json > "$OUT/bench_${m}_${cache//[ -]/_}_$variant.json" 2> "$OUT/bench.err" \
         || { tail -5 "$OUT/bench.err" | tee -a "$REPORT"; fail "bench $m $cache $variant"; }
     done
   done
@@ -102,7 +106,7 @@ EOF
 
 step "4b. the paper's Table 1 on the GPU (SmolLM2 shape, one KV budget)"
 timeout 300 "$PY" bench/throughput.py --models build/shapes/smollm2-shape.gguf --device cuda --budget "${BUDGET:-1GiB}" \
-  --gen 64 --out "$OUT/throughput.csv" 2>&1 | tail -8 | tee -a "$REPORT" || fail "throughput"
+  --gen 64 --quantized-kv q8_0/q4_1 --out "$OUT/throughput.csv" 2>&1 | tail -8 | tee -a "$REPORT" || fail "throughput"
 
 step "5. compute-sanitizer"
 if command -v compute-sanitizer > /dev/null; then
@@ -113,6 +117,11 @@ if command -v compute-sanitizer > /dev/null; then
       || fail "compute-sanitizer ($policy)"
     tail -3 "$OUT/sanitizer_$policy.log" | tee -a "$REPORT"
   done
+  # K/V quantized and rotated on the device (keys q8_0, values q4_1).
+  compute-sanitizer --tool memcheck --error-exitcode 9 "$TOVA_BIN" run -m build/shapes/smollm2-shape.gguf \
+    -p "hello" -n 24 --ignore-eos --policy tova --kv-size 8 --kv-type-k q8_0 --kv-type-v q4_1 --device cuda \
+    > "$OUT/sanitizer_kvq.log" 2>&1 || fail "compute-sanitizer (quantized K/V)"
+  tail -3 "$OUT/sanitizer_kvq.log" | tee -a "$REPORT"
 else
   log "compute-sanitizer not installed: not run"
 fi

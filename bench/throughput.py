@@ -31,11 +31,14 @@ BUDGETS = {"smollm2-135m-instruct": "192MiB", "gemma-3-270m": "48MiB"}
 CONFIGS = [("full", None), ("tova", 512), ("tova", 256)]
 
 
-def run_bench(binary: str, model: Path, budget: str, policy: str, kv_size, args) -> dict:
+def run_bench(binary: str, model: Path, budget: str, policy: str, kv_size, kv_type, args) -> dict:
     cmd = [binary, "bench", "-m", str(model), "--kv-budget", budget, "--policy", policy,
            "-p", str(args.prompt), "-n", str(args.gen), "-r", "1", "-t", str(args.threads),
            "--prefill", "chunked", "--device", args.device, "--json"]
     cmd += ["--ctx", "4096"] if policy == "full" else ["--kv-size", str(kv_size)]
+    if kv_type:  # "K/V" or one type for both
+        k, _, v = kv_type.partition("/")
+        cmd += ["--kv-type-k", k, "--kv-type-v", v or k]
     t0 = time.time()
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
@@ -55,6 +58,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "throughput.csv")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--budget", default=None, help="KV budget for every model (default: per model, above)")
+    ap.add_argument("--quantized-kv", default=None, metavar="K/V",
+                    help="also TOVA kv_size 512 with keys and values of these types (e.g. q8_0/q4_1)")
     args = ap.parse_args()
 
     from tova import _cli, models
@@ -65,10 +70,15 @@ def main() -> int:
         path = models.resolve(name)
         budget = args.budget or BUDGETS.get(name, "192MiB")
         base = None
-        for policy, kv in CONFIGS:
-            r = run_bench(binary, path, budget, policy, kv, args)
+        configs = [(p, kv, None) for p, kv in CONFIGS]
+        if args.quantized_kv:
+            configs.append(("tova", 512, args.quantized_kv))
+        for policy, kv, kv_type in configs:
+            r = run_bench(binary, path, budget, policy, kv, kv_type, args)
             base = base or r["avg_ts"]
             label = "full (n_ctx 4096)" if policy == "full" else f"{policy} kv_size {kv}"
+            if kv_type:
+                label += f", K/V {kv_type}"
             rows.append({"model": name, "budget": budget, "config": label, "n_seq": r["n_seq"],
                          "kv_bytes": r["kv_bytes"], "tokens_per_s": round(r["avg_ts"], 1),
                          "vs_full": round(r["avg_ts"] / base, 2), "threads": r["n_threads"],
