@@ -17,7 +17,8 @@
 #    and (tova 512) with keys in q8_0 and values in q4_1 (kvq);
 #    Then the paper's Table 1 there (bench/throughput.py --device cuda, budget BUDGET, 1GiB), with
 #    TOVA 512 over q8_0 keys / q4_1 values as well;
-# 5. runs a short generation under compute-sanitizer when it is installed.
+# 5. runs short generations under compute-sanitizer when it is installed (each built-in policy
+#    the device runs, quantized K/V, two KV tiers).
 # Every step runs even when an earlier one failed; the report says which failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -122,6 +123,11 @@ if command -v compute-sanitizer > /dev/null; then
     -p "hello" -n 24 --ignore-eos --policy tova --kv-size 8 --kv-type-k q8_0 --kv-type-v q4_1 --device cuda \
     > "$OUT/sanitizer_kvq.log" 2>&1 || fail "compute-sanitizer (quantized K/V)"
   tail -3 "$OUT/sanitizer_kvq.log" | tee -a "$REPORT"
+  # Two KV tiers (slots moved down to q4_0 keys / q3_0 values from the 7th token on).
+  compute-sanitizer --tool memcheck --error-exitcode 9 "$TOVA_BIN" run -m build/shapes/smollm2-shape.gguf \
+    -p "hello" -n 24 --ignore-eos --policy tova --kv-size 8 --chunk 2 --kv-type q8_0 --kv-lo-type q4_0/q3_0 \
+    --kv-hi-size 4 --device cuda > "$OUT/sanitizer_tiers.log" 2>&1 || fail "compute-sanitizer (two KV tiers)"
+  tail -3 "$OUT/sanitizer_tiers.log" | tee -a "$REPORT"
 else
   log "compute-sanitizer not installed: not run"
 fi

@@ -27,7 +27,9 @@ constexpr int kMaxGroup = 8;      // query heads per block (sharing one K/V head
 // How the kernel reads a K or V row: float elements, half elements, or a quantized type.
 enum KvKind { kKindF32, kKindF16, kKindQuant };
 
-KvKind kind_of(KvType t) { return t == KvType::F32 ? kKindF32 : t == KvType::F16 ? kKindF16 : kKindQuant; }
+__host__ __device__ inline KvKind kind_of(KvType t) {
+  return t == KvType::F32 ? kKindF32 : t == KvType::F16 ? kKindF16 : kKindQuant;
+}
 
 template <int kKind>
 __device__ __forceinline__ float load(KvType t, const uint8_t* row, int e) {
@@ -50,75 +52,128 @@ __device__ float block_reduce(float v, bool is_max, float* shared) {
   return r;
 }
 
-template <int kKey, int kValue>
-__global__ void attend_kernel(const KvFormat f, const AttnDesc* rows, const int32_t* idx_all, int n_head, int group,
-                              int per_block, int head_dim, float scale, int max_idx, float* scratch, float* probs) {
-  const AttnDesc r = rows[blockIdx.x];
-  const int h0 = blockIdx.y * per_block;  // this block's first query head
-  const int kvh = h0 / group;             // the K/V head its per_block query heads share
-  const int32_t* idx = idx_all + r.idx_off;
-  const int64_t head0 = static_cast<int64_t>(kvh) * r.n_slots;  // first row of this KV head
-  const auto* k_rows = static_cast<const uint8_t*>(r.k);
-  const auto* v_rows = static_cast<const uint8_t*>(r.v);
-  float* s0 = scratch + (static_cast<int64_t>(blockIdx.x) * n_head + h0) * max_idx;  // head h0 + g at g * max_idx
-  __shared__ float qs[kMaxGroup][kMaxHeadDim];
-  __shared__ float red[kThreads / kWarp];
-  __shared__ float part[kThreads / kWarp][kMaxHeadDim];
-  for (int t = threadIdx.x; t < per_block * head_dim; t += kThreads)
-    qs[t / head_dim][t % head_dim] = r.q[static_cast<int64_t>(h0) * head_dim + t];
-  if (f.hadamard_k) hadamard_shared(&qs[0][0], head_dim, per_block, kMaxHeadDim);  // keys are stored rotated
-  // Quantized keys: each query block quantized to the key type's vec_dot_type, as the CPU does.
-  constexpr int kMaxBlocks = kMaxHeadDim / kQK;
-  __shared__ int8_t qq[kKey == kKindQuant ? kMaxGroup : 1][kMaxHeadDim];
-  __shared__ float qd[kKey == kKindQuant ? kMaxGroup : 1][kMaxBlocks], qsum[kKey == kKindQuant ? kMaxGroup : 1][kMaxBlocks];
-  const int n_blocks = head_dim / kQK;
-  if (kKey == kKindQuant) {
-    __syncthreads();
-    for (int b = threadIdx.x; b < per_block * n_blocks; b += kThreads) {
-      const int g = b / n_blocks, t = b % n_blocks;
-      quantize_query_block(&qs[g][t * kQK], &qq[g][t * kQK], &qd[g][t], &qsum[g][t]);
-    }
-  }
-  __syncthreads();
+constexpr int kMaxBlocks = kMaxHeadDim / kQK;
 
-  // Scores: warp w takes the keys j = w, w + kWarps, ...; each key row is read once for the
-  // block's query heads.
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  const bool has_min = key_has_min(f.k);
-  for (int j = warp; j < r.n_idx; j += kThreads / kWarp) {
-    const uint8_t* krow = k_rows + (head0 + idx[j]) * static_cast<int64_t>(f.k_row_bytes);
-    float acc[kMaxGroup];
+// The block's query heads as one tier's keys meet them (shared memory): floats, rotated where the
+// tier's keys are stored rotated, and for quantized keys the same quantized block by block
+// (quants, scales, scaled sums: quantize_query_block).
+struct Queries {
+  const float (*f)[kMaxHeadDim];
+  const int8_t (*q)[kMaxHeadDim];
+  const float (*d)[kMaxBlocks];
+  const float (*s)[kMaxBlocks];
+};
+
+// acc[g] = the dot product of key row `row` (type t) with query head g, in every lane of the warp.
+template <int kKind>
+__device__ __forceinline__ void key_scores(KvType t, const uint8_t* row, const Queries& q, int per_block, int head_dim,
+                                           int lane, float* acc) {
 #pragma unroll
-    for (int g = 0; g < kMaxGroup; ++g) acc[g] = 0.0f;
-    if constexpr (kKey == kKindQuant) {
-      // Block t: lane l holds element l; its integer sum, then vec_dot's float step, in block
-      // order (every lane ends with the same sums).
-      for (int t = 0; t < n_blocks; ++t) {
-        const int e = t * kQK + lane;
-        const KeyQuant kq = key_quant(f.k, krow, e);
-#pragma unroll
-        for (int g = 0; g < kMaxGroup; ++g) {
-          if (g >= per_block) break;  // per_block is the same for the whole warp
-          const int sumi = warp_sum(kq.q * static_cast<int>(qq[g][e]));
-          acc[g] += key_block_score(sumi, kq, qd[g][t], qsum[g][t], has_min);
-        }
-      }
-    } else {
-      for (int e = lane; e < head_dim; e += kWarp) {
-        const float kv = load<kKey>(f.k, krow, e);
-#pragma unroll
-        for (int g = 0; g < kMaxGroup; ++g)
-          if (g < per_block) acc[g] = fmaf(qs[g][e], kv, acc[g]);
-      }
+  for (int g = 0; g < kMaxGroup; ++g) acc[g] = 0.0f;
+  if constexpr (kKind == kKindQuant) {
+    // Block b: lane l holds element l; its integer sum, then vec_dot's float step, in block
+    // order (every lane ends with the same sums).
+    const bool has_min = key_has_min(t);
+    for (int b = 0; b < head_dim / kQK; ++b) {
+      const int e = b * kQK + lane;
+      const KeyQuant kq = key_quant(t, row, e);
 #pragma unroll
       for (int g = 0; g < kMaxGroup; ++g) {
         if (g >= per_block) break;  // per_block is the same for the whole warp
-        acc[g] = warp_sum(acc[g]);
+        const int sumi = warp_sum(kq.q * static_cast<int>(q.q[g][e]));
+        acc[g] += key_block_score(sumi, kq, q.d[g][b], q.s[g][b], has_min);
       }
+    }
+  } else {
+    for (int e = lane; e < head_dim; e += kWarp) {
+      const float k = load<kKind>(t, row, e);
+#pragma unroll
+      for (int g = 0; g < kMaxGroup; ++g)
+        if (g < per_block) acc[g] = fmaf(q.f[g][e], k, acc[g]);
     }
 #pragma unroll
     for (int g = 0; g < kMaxGroup; ++g) {
       if (g >= per_block) break;
+      acc[g] = warp_sum(acc[g]);
+    }
+  }
+}
+
+// The same for a type known only at run time (the lower tier's).
+__device__ void key_scores_any(KvType t, const uint8_t* row, const Queries& q, int per_block, int head_dim, int lane,
+                               float* acc) {
+  switch (kind_of(t)) {
+    case kKindF32: return key_scores<kKindF32>(t, row, q, per_block, head_dim, lane, acc);
+    case kKindF16: return key_scores<kKindF16>(t, row, q, per_block, head_dim, lane, acc);
+    case kKindQuant: return key_scores<kKindQuant>(t, row, q, per_block, head_dim, lane, acc);
+  }
+}
+
+// Keys and values of the upper tier in kinds kKey / kValue (format f); those of a lower tier
+// (slots n_hi and up, format f_lo) read through the run-time type.
+template <int kKey, int kValue>
+__global__ void attend_kernel(const KvFormat f, const KvFormat f_lo, const AttnDesc* rows, const int32_t* idx_all,
+                              int n_head, int group, int per_block, int head_dim, float scale, int max_idx,
+                              float* scratch, float* probs) {
+  const AttnDesc r = rows[blockIdx.x];
+  const int h0 = blockIdx.y * per_block;  // this block's first query head
+  const int kvh = h0 / group;             // the K/V head its per_block query heads share
+  const int32_t* idx = idx_all + r.idx_off;
+  const int n_lo = r.n_slots - r.n_hi;
+  const bool tiered = n_lo > 0;           // the same for the whole block
+  // Row j of this KV head in either tier.
+  auto row = [&](bool key, int32_t slot) {
+    if (slot < r.n_hi)
+      return static_cast<const uint8_t*>(key ? r.k : r.v) +
+             (static_cast<int64_t>(kvh) * r.n_hi + slot) * static_cast<int64_t>(key ? f.k_row_bytes : f.v_row_bytes);
+    return static_cast<const uint8_t*>(key ? r.k_lo : r.v_lo) +
+           (static_cast<int64_t>(kvh) * n_lo + (slot - r.n_hi)) *
+               static_cast<int64_t>(key ? f_lo.k_row_bytes : f_lo.v_row_bytes);
+  };
+  float* s0 = scratch + (static_cast<int64_t>(blockIdx.x) * n_head + h0) * max_idx;  // head h0 + g at g * max_idx
+  // The queries as loaded ([0]) and rotated ([1]); later the tiers' weighted sums.
+  __shared__ float qf[2][kMaxGroup][kMaxHeadDim];
+  __shared__ int8_t qq[2][kMaxGroup][kMaxHeadDim];
+  __shared__ float qd[2][kMaxGroup][kMaxBlocks], qsum[2][kMaxGroup][kMaxBlocks];
+  __shared__ float red[kThreads / kWarp];
+  __shared__ float part[kThreads / kWarp][kMaxHeadDim];
+  __shared__ int any_lower;
+  const bool rot_k[2] = {f.hadamard_k, tiered && f_lo.hadamard_k};
+  const bool quant_k[2] = {kKey == kKindQuant, tiered && kv_quantized(f_lo.k)};
+  for (int t = threadIdx.x; t < per_block * head_dim; t += kThreads) {
+    const float x = r.q[static_cast<int64_t>(h0) * head_dim + t];
+    qf[0][t / head_dim][t % head_dim] = x;
+    qf[1][t / head_dim][t % head_dim] = x;
+  }
+  if (rot_k[0] || rot_k[1]) hadamard_shared(&qf[1][0][0], head_dim, per_block, kMaxHeadDim);  // keys stored rotated
+  __syncthreads();
+  // Quantized keys: each query block quantized to the key type's vec_dot_type, as the CPU does
+  // (q8_0 and q8_1 share the quants and scale; the scaled sum serves q8_1).
+  const int n_blocks = head_dim / kQK;
+  for (int v = 0; v < 2; ++v) {
+    const bool needed = (quant_k[0] && rot_k[0] == (v == 1)) || (quant_k[1] && rot_k[1] == (v == 1));
+    if (!needed) continue;  // the same for the whole block
+    for (int b = threadIdx.x; b < per_block * n_blocks; b += kThreads) {
+      const int g = b / n_blocks, t = b % n_blocks;
+      quantize_query_block(&qf[v][g][t * kQK], &qq[v][g][t * kQK], &qd[v][g][t], &qsum[v][g][t]);
+    }
+  }
+  __syncthreads();
+  const Queries q_hi{qf[rot_k[0]], qq[rot_k[0]], qd[rot_k[0]], qsum[rot_k[0]]};
+  const Queries q_lo{qf[rot_k[1]], qq[rot_k[1]], qd[rot_k[1]], qsum[rot_k[1]]};
+
+  // Scores: warp w takes the keys j = w, w + kWarps, ...; each key row is read once for the
+  // block's query heads.
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  for (int j = warp; j < r.n_idx; j += kThreads / kWarp) {
+    float acc[kMaxGroup];
+    if (idx[j] < r.n_hi)
+      key_scores<kKey>(f.k, row(true, idx[j]), q_hi, per_block, head_dim, lane, acc);
+    else
+      key_scores_any(f_lo.k, row(true, idx[j]), q_lo, per_block, head_dim, lane, acc);
+#pragma unroll
+    for (int g = 0; g < kMaxGroup; ++g) {
+      if (g >= per_block) break;  // per_block is the same for the whole warp
       if (lane == 0) s0[static_cast<int64_t>(g) * max_idx + j] = acc[g] * scale;
     }
   }
@@ -146,52 +201,66 @@ __global__ void attend_kernel(const KvFormat f, const AttnDesc* rows, const int3
       for (int j = threadIdx.x; j < r.n_idx; j += kThreads) pr[j] = s[j];
     }
   }
-  // Weighted sum of values: warp w sums the slots j = w, w + kWarps, ... (each value row read
-  // once for the block's query heads), lane l the elements l, l + 32, ...; then, head by head,
-  // the warps' partial sums are added.
-  float acc[kMaxGroup][kMaxHeadDim / kWarp];
+  if (threadIdx.x == 0) any_lower = 0;
+  __syncthreads();
+  if (tiered)
+    for (int j = threadIdx.x; j < r.n_idx; j += kThreads)
+      if (idx[j] >= r.n_hi) any_lower = 1;
+  // Weighted sums of values, tier by tier: warp w sums the tier's slots among j = w, w + kWarps,
+  // ... (each value row read once for the block's query heads), lane l the elements l, l + 32,
+  // ...; then, head by head, the warps' partial sums are added into qf[tier] (the queries are no
+  // longer needed).
+  for (int tier = 0; tier < (tiered ? 2 : 1); ++tier) {
+    float acc[kMaxGroup][kMaxHeadDim / kWarp];
 #pragma unroll
-  for (int g = 0; g < kMaxGroup; ++g)
+    for (int g = 0; g < kMaxGroup; ++g)
 #pragma unroll
-    for (int t = 0; t < kMaxHeadDim / kWarp; ++t) acc[g][t] = 0.0f;
-  for (int j = warp; j < r.n_idx; j += kThreads / kWarp) {
-    const uint8_t* vrow = v_rows + (head0 + idx[j]) * static_cast<int64_t>(f.v_row_bytes);
-    float p[kMaxGroup];
+      for (int t = 0; t < kMaxHeadDim / kWarp; ++t) acc[g][t] = 0.0f;
+    for (int j = warp; j < r.n_idx; j += kThreads / kWarp) {
+      if ((idx[j] >= r.n_hi) != (tier == 1)) continue;
+      const uint8_t* vrow = row(false, idx[j]);
+      float p[kMaxGroup];
 #pragma unroll
-    for (int g = 0; g < kMaxGroup; ++g) p[g] = g < per_block ? s0[static_cast<int64_t>(g) * max_idx + j] : 0.0f;
+      for (int g = 0; g < kMaxGroup; ++g) p[g] = g < per_block ? s0[static_cast<int64_t>(g) * max_idx + j] : 0.0f;
 #pragma unroll
-    for (int t = 0; t < kMaxHeadDim / kWarp; ++t) {
-      const int e = lane + kWarp * t;
-      if (e >= head_dim) break;
-      const float v = load<kValue>(f.v, vrow, e);
+      for (int t = 0; t < kMaxHeadDim / kWarp; ++t) {
+        const int e = lane + kWarp * t;
+        if (e >= head_dim) break;
+        const float v = tier == 0 ? load<kValue>(f.v, vrow, e) : kv_elem(f_lo.v, vrow, e);
 #pragma unroll
-      for (int g = 0; g < kMaxGroup; ++g)
-        if (g < per_block) acc[g][t] = fmaf(p[g], v, acc[g][t]);
+        for (int g = 0; g < kMaxGroup; ++g)
+          if (g < per_block) acc[g][t] = fmaf(p[g], v, acc[g][t]);
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < kMaxGroup; ++g) {
+      if (g >= per_block) break;  // the same for every thread of the block
+#pragma unroll
+      for (int t = 0; t < kMaxHeadDim / kWarp; ++t) {
+        const int e = lane + kWarp * t;
+        if (e < head_dim) part[warp][e] = acc[g][t];
+      }
+      __syncthreads();
+      for (int e = threadIdx.x; e < head_dim; e += kThreads) {
+        float sum = part[0][e];
+        for (int w = 1; w < kThreads / kWarp; ++w) sum += part[w][e];
+        qf[tier][g][e] = sum;
+      }
+      __syncthreads();  // part is rewritten for the next head
     }
   }
-#pragma unroll
-  for (int g = 0; g < kMaxGroup; ++g) {
-    if (g >= per_block) break;  // the same for every thread of the block
-#pragma unroll
-    for (int t = 0; t < kMaxHeadDim / kWarp; ++t) {
-      const int e = lane + kWarp * t;
-      if (e < head_dim) part[warp][e] = acc[g][t];
-    }
-    __syncthreads();
-    for (int e = threadIdx.x; e < head_dim; e += kThreads) {
-      float sum = part[0][e];
-      for (int w = 1; w < kThreads / kWarp; ++w) sum += part[w][e];
-      if (f.hadamard_v)
-        qs[g][e] = sum;  // the queries are no longer needed: the sums wait there to be rotated back
-      else
-        r.out[static_cast<int64_t>(h0 + g) * head_dim + e] = sum;
-    }
-    __syncthreads();  // part is rewritten for the next head
+  // A tier stored rotated has its sum rotated back (H is its own inverse); the lower tier's sum,
+  // where it has slots, is added to the upper's.
+  __syncthreads();  // any_lower and the sums are complete
+  if (f.hadamard_v) hadamard_shared(&qf[0][0][0], head_dim, per_block, kMaxHeadDim);
+  const bool add_lower = tiered && any_lower;
+  if (add_lower && f_lo.hadamard_v) hadamard_shared(&qf[1][0][0], head_dim, per_block, kMaxHeadDim);
+  for (int t = threadIdx.x; t < per_block * head_dim; t += kThreads) {
+    const int g = t / head_dim, e = t % head_dim;
+    float o = qf[0][g][e];
+    if (add_lower) o += qf[1][g][e];
+    r.out[static_cast<int64_t>(h0) * head_dim + t] = o;
   }
-  if (!f.hadamard_v) return;  // the same for the whole block
-  hadamard_shared(&qs[0][0], head_dim, per_block, kMaxHeadDim);  // values are stored rotated: H is its own inverse
-  for (int t = threadIdx.x; t < per_block * head_dim; t += kThreads)
-    r.out[static_cast<int64_t>(h0) * head_dim + t] = qs[t / head_dim][t % head_dim];
 }
 
 // A candidate of the victim selection: the slot's key (head mean or policy state) and position,
@@ -288,41 +357,43 @@ void head_mean(cudaStream_t s, const AttnDesc* rows, int n_rows, int n_head, flo
 namespace {
 
 template <int kKey, int kValue>
-void launch_attend(cudaStream_t s, const KvFormat& f, dim3 grid, const AttnDesc* rows, const int32_t* idx, int n_head,
+void launch_attend(cudaStream_t s, const KvFormat& f, const KvFormat& f_lo, dim3 grid, const AttnDesc* rows, const int32_t* idx, int n_head,
                    int group, int per_block, int head_dim, float scale, int max_idx, float* scratch, float* probs) {
-  TOVA_LAUNCH((attend_kernel<kKey, kValue>), grid, kThreads, s)(f, rows, idx, n_head, group, per_block, head_dim, scale,
-                                                               max_idx, scratch, probs);
+  TOVA_LAUNCH((attend_kernel<kKey, kValue>), grid, kThreads, s)(f, f_lo, rows, idx, n_head, group, per_block, head_dim,
+                                                               scale, max_idx, scratch, probs);
 }
 
 template <int kKey>
-void launch_attend_v(KvKind value, cudaStream_t s, const KvFormat& f, dim3 grid, const AttnDesc* rows,
+void launch_attend_v(KvKind value, cudaStream_t s, const KvFormat& f, const KvFormat& f_lo, dim3 grid, const AttnDesc* rows,
                      const int32_t* idx, int n_head, int group, int per_block, int head_dim, float scale, int max_idx,
                      float* scratch, float* probs) {
   switch (value) {
     case kKindF32:
-      return launch_attend<kKey, kKindF32>(s, f, grid, rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
+      return launch_attend<kKey, kKindF32>(s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
                                            scratch, probs);
     case kKindF16:
-      return launch_attend<kKey, kKindF16>(s, f, grid, rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
+      return launch_attend<kKey, kKindF16>(s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
                                            scratch, probs);
     case kKindQuant:
-      return launch_attend<kKey, kKindQuant>(s, f, grid, rows, idx, n_head, group, per_block, head_dim, scale,
+      return launch_attend<kKey, kKindQuant>(s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale,
                                              max_idx, scratch, probs);
   }
 }
 
 }  // namespace
 
-void attend(cudaStream_t s, const KvFormat& f, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head,
+void attend(cudaStream_t s, const KvFormat& f, const KvFormat& f_lo, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head,
             int n_head_kv, int head_dim, float scale, int max_idx, float* scratch, float* probs) {
   if (n_rows <= 0) return;
   if (head_dim > kMaxHeadDim)
     throw Error(cat("CUDA attention: head_dim ", head_dim, " > ", kMaxHeadDim, " is not supported"));
-  if ((kv_quantized(f.k) || kv_quantized(f.v)) && head_dim % kQK != 0)
-    throw Error(cat("CUDA attention: head_dim ", head_dim, " is not a multiple of the quantized block (", kQK, ")"));
-  if ((f.hadamard_k || f.hadamard_v) && (head_dim & (head_dim - 1)) != 0)
-    throw Error(cat("CUDA attention: a rotated K/V needs a power-of-two head_dim, not ", head_dim));
-  if (f.k == KvType::Q3_0) throw Error("CUDA attention: keys are never q3_0");
+  for (const KvFormat* t : {&f, &f_lo}) {
+    if ((kv_quantized(t->k) || kv_quantized(t->v)) && head_dim % kQK != 0)
+      throw Error(cat("CUDA attention: head_dim ", head_dim, " is not a multiple of the quantized block (", kQK, ")"));
+    if ((t->hadamard_k || t->hadamard_v) && (head_dim & (head_dim - 1)) != 0)
+      throw Error(cat("CUDA attention: a rotated K/V needs a power-of-two head_dim, not ", head_dim));
+    if (t->k == KvType::Q3_0) throw Error("CUDA attention: keys are never q3_0");
+  }
   // A block per (row, run of query heads sharing a K/V head): up to kMaxGroup heads, a divisor
   // of the group so that a block never straddles two K/V heads.
   const int group = n_head / n_head_kv;
@@ -333,15 +404,15 @@ void attend(cudaStream_t s, const KvFormat& f, const AttnDesc* rows, int n_rows,
   const KvKind value = kind_of(f.v);
   switch (kind_of(f.k)) {
     case kKindF32:
-      launch_attend_v<kKindF32>(value, s, f, grid, rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
+      launch_attend_v<kKindF32>(value, s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
                                 scratch, probs);
       break;
     case kKindF16:
-      launch_attend_v<kKindF16>(value, s, f, grid, rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
+      launch_attend_v<kKindF16>(value, s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
                                 scratch, probs);
       break;
     case kKindQuant:
-      launch_attend_v<kKindQuant>(value, s, f, grid, rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
+      launch_attend_v<kKindQuant>(value, s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
                                   scratch, probs);
       break;
   }

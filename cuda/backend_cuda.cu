@@ -8,8 +8,8 @@
 // logits, not once per layer. Everything runs on one stream of the backend's own; a decode step
 // (few rows) is captured and launched as one CUDA graph (stream.h).
 //
-// K/V rows are stored in any KvType, as the CPU stores them (kv_write_cuda.cu); two KV tiers and
-// positions "cache_index" are refused with a clear error for now.
+// K/V rows are stored in any KvType, as the CPU stores them (kv_write_cuda.cu), in one or two
+// tiers; positions "cache_index" are refused with a clear error for now.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -29,46 +29,44 @@ namespace {
 using cuda::check;
 using cuda::DeviceBuffer;
 
-// One sequence's K and V on the device: per layer [n_head_kv][n_slots] rows of the layout's types.
+// One sequence's K and V on the device: per layer and tier [n_head_kv][tier's slots] rows of the
+// tier's types (KvLayout: the upper tier's slots first, the lower's after them).
 class CudaKv : public KvPayload {
  public:
-  explicit CudaKv(const KvLayout& layout) : layout_(layout) {
-    if (layout.tiered())
-      throw ArgumentError("kv_lo_type: the CUDA backend keeps one KV tier so far (use the CPU backend for two)");
-    format_.k = layout.type_k;
-    format_.v = layout.type_v;
-    format_.k_row_bytes = layout.k_row_bytes;
-    format_.v_row_bytes = layout.v_row_bytes;
-    format_.hadamard_k = layout.hadamard_k;
-    format_.hadamard_v = layout.hadamard_v;
-    for (size_t l = 0; l < layout.n_slots.size(); ++l) {
-      k_.emplace_back(new DeviceBuffer);
-      v_.emplace_back(new DeviceBuffer);
+  explicit CudaKv(const KvLayout& layout)
+      : layout_(layout), format_(cuda::kv_format(layout)), lo_format_(cuda::kv_format(layout.lo)) {
+    for (int l = 0; l < static_cast<int>(layout.n_slots.size()); ++l) {
+      for (int tier = 0; tier < 2; ++tier)
+        for (bool key : {true, false}) {
+          rows_[tier][key].emplace_back(new DeviceBuffer);
+          rows_[tier][key].back()->reserve(tier_bytes(key, l, tier), "K/V allocation");
+        }
       state_.emplace_back(new DeviceBuffer);
-      k_.back()->reserve(layer_bytes(true, static_cast<int>(l)), "K/V allocation");
-      v_.back()->reserve(layer_bytes(false, static_cast<int>(l)), "K/V allocation");
-      state_.back()->reserve(state_bytes(static_cast<int>(l)), "K/V allocation");  // set by write_kv
+      state_.back()->reserve(state_bytes(l), "K/V allocation");  // set by write_kv
     }
     bytes_ = layout.payload_bytes();
-    for (size_t l = 0; l < layout.n_slots.size(); ++l) bytes_ += state_bytes(static_cast<int>(l));
+    for (int l = 0; l < static_cast<int>(layout.n_slots.size()); ++l) bytes_ += state_bytes(l);
   }
   uint64_t bytes() const override { return bytes_; }
-  const cuda::KvFormat& format() const { return format_; }
+  const cuda::KvFormat& format() const { return format_; }        // the upper tier's
+  const cuda::KvFormat& lo_format() const { return lo_format_; }  // the lower tier's (where it has slots)
   const KvLayout& layout() const { return layout_; }
-  void* k(int l) const { return k_[static_cast<size_t>(l)]->get(); }
-  void* v(int l) const { return v_[static_cast<size_t>(l)]->get(); }
+  void* k(int l, int tier = 0) const { return rows_[tier][1][static_cast<size_t>(l)]->get(); }
+  void* v(int l, int tier = 0) const { return rows_[tier][0][static_cast<size_t>(l)]->get(); }
   // The per-slot state of the built-in policy the backend runs (AttnRow::rule), a float a slot.
   float* state(int l) const { return static_cast<float*>(state_[static_cast<size_t>(l)]->get()); }
   size_t state_bytes(int l) const { return static_cast<size_t>(layout_.n_slots[static_cast<size_t>(l)]) * sizeof(float); }
-  size_t layer_bytes(bool key, int l) const {
-    return static_cast<size_t>(layout_.n_head_kv) * static_cast<size_t>(layout_.n_slots[static_cast<size_t>(l)]) *
-           (key ? layout_.k_row_bytes : layout_.v_row_bytes);
+  size_t tier_bytes(bool key, int l, int tier) const {
+    const KvTierTypes& t = tier == 0 ? static_cast<const KvTierTypes&>(layout_) : layout_.lo;
+    const int rows = tier == 0 ? layout_.n_hi(l) : layout_.n_lo_of(l);
+    return static_cast<size_t>(layout_.n_head_kv) * static_cast<size_t>(rows) * (key ? t.k_row_bytes : t.v_row_bytes);
   }
 
  private:
   KvLayout layout_;
-  cuda::KvFormat format_;
-  std::vector<std::unique_ptr<DeviceBuffer>> k_, v_, state_;
+  cuda::KvFormat format_, lo_format_;
+  std::vector<std::unique_ptr<DeviceBuffer>> rows_[2][2];  // [tier][key]: per layer
+  std::vector<std::unique_ptr<DeviceBuffer>> state_;
   uint64_t bytes_ = 0;
 };
 
@@ -99,21 +97,34 @@ class CudaBackend : public Backend {
 
   std::unique_ptr<KvPayload> new_kv(const KvLayout& layout) override { return std::make_unique<CudaKv>(layout); }
 
-  void demote_kv(KvPayload&, int, int, int) override {
-    throw Error("demote_kv: the CUDA backend keeps one KV tier (its payload refuses a tiered layout)");
+  // Deferred with the K/V writes (before them: a demotion reads the slot a write then fills).
+  void demote_kv(KvPayload& payload, int layer, int src, int dst) override {
+    auto& kv = static_cast<CudaKv&>(payload);
+    pend_stores(kv);
+    cuda::KvDemote d;
+    d.k_hi = kv.k(layer);
+    d.v_hi = kv.v(layer);
+    d.k_lo = kv.k(layer, 1);
+    d.v_lo = kv.v(layer, 1);
+    d.n_hi = kv.layout().n_hi(layer);
+    d.n_lo = kv.layout().n_lo_of(layer);
+    d.src = src;
+    d.dst = dst - d.n_hi;  // the lower tier's own row
+    demotes_.push_back(d);
   }
   void copy_kv(KvPayload& dst, const KvPayload& src) override {
     flush_pending();
     auto& d = static_cast<CudaKv&>(dst);
     const auto& s = static_cast<const CudaKv&>(src);
-    for (size_t l = 0; l < s.layout().n_slots.size(); ++l) {
-      const int li = static_cast<int>(l);
-      check(cudaMemcpyAsync(d.k(li), s.k(li), s.layer_bytes(true, li), cudaMemcpyDeviceToDevice, stream_.eager()),
-            "copy_kv");
-      check(cudaMemcpyAsync(d.v(li), s.v(li), s.layer_bytes(false, li), cudaMemcpyDeviceToDevice, stream_.eager()),
-            "copy_kv");
-      check(cudaMemcpyAsync(d.state(li), s.state(li), s.state_bytes(li), cudaMemcpyDeviceToDevice, stream_.eager()),
-            "copy_kv");
+    auto copy = [&](void* to, const void* from, size_t bytes) {
+      if (bytes) check(cudaMemcpyAsync(to, from, bytes, cudaMemcpyDeviceToDevice, stream_.eager()), "copy_kv");
+    };
+    for (int l = 0; l < static_cast<int>(s.layout().n_slots.size()); ++l) {
+      for (int tier = 0; tier < 2; ++tier) {
+        copy(d.k(l, tier), s.k(l, tier), s.tier_bytes(true, l, tier));
+        copy(d.v(l, tier), s.v(l, tier), s.tier_bytes(false, l, tier));
+      }
+      copy(d.state(l), s.state(l), s.state_bytes(l));
     }
     stream_.sync("copy_kv");
   }
@@ -223,12 +234,7 @@ class CudaBackend : public Backend {
     if (rope_.n_targets > 0) flush_rope();  // the rows stored are the rotated ones
     auto& kv = static_cast<CudaKv&>(payload);
     const KvLayout& lo = kv.layout();
-    if (!writes_.empty() &&
-        (kv.format() != writes_format_ || lo.n_head_kv != writes_heads_ || lo.head_dim != writes_dim_))
-      flush_writes();
-    writes_format_ = kv.format();
-    writes_heads_ = lo.n_head_kv;
-    writes_dim_ = lo.head_dim;
+    pend_stores(kv);
     const int64_t width = static_cast<int64_t>(lo.n_head_kv) * lo.head_dim;
     for (int i = 0; i < n; ++i) {
       cuda::KvWrite w;
@@ -237,7 +243,7 @@ class CudaBackend : public Backend {
       w.state = kv.state(layer);
       w.src_k = k + i * width;
       w.src_v = v + i * width;
-      w.n_slots = lo.n_slots[static_cast<size_t>(layer)];
+      w.n_slots = lo.n_hi(layer);  // a new row enters the upper tier
       w.slot = slots[i];
       writes_.push_back(w);
     }
@@ -271,7 +277,30 @@ class CudaBackend : public Backend {
   }
   void flush_pending() {
     if (rope_.n_targets > 0) flush_rope();  // first: the K/V rows to store are the rotated ones
-    if (!writes_.empty()) flush_writes();
+    if (!writes_.empty() || !demotes_.empty()) flush_writes();
+  }
+  // Demotions and writes wait together for sequences of one K/V format (every sequence of an
+  // engine has the same): those of another are stored first.
+  void pend_stores(const CudaKv& kv) {
+    const KvLayout& lo = kv.layout();
+    if ((!writes_.empty() || !demotes_.empty()) &&
+        (kv.format() != writes_format_ || kv.lo_format() != writes_lo_format_ || lo.n_head_kv != writes_heads_ ||
+         lo.head_dim != writes_dim_))
+      flush_writes();
+    writes_format_ = kv.format();
+    writes_lo_format_ = kv.lo_format();
+    writes_heads_ = lo.n_head_kv;
+    writes_dim_ = lo.head_dim;
+  }
+  // The pending demotions, then the pending writes, from their device copies.
+  void launch_stores(const uint8_t* d_demotes, const uint8_t* d_writes) {
+    const int n_demotes = static_cast<int>(demotes_.size()), n_writes = static_cast<int>(writes_.size());
+    demotes_.clear();
+    writes_.clear();
+    cuda::demote_kv(stream_.op(), writes_format_, writes_lo_format_, reinterpret_cast<const cuda::KvDemote*>(d_demotes),
+                    n_demotes, writes_heads_, writes_dim_);
+    cuda::write_kv(stream_.op(), writes_format_, reinterpret_cast<const cuda::KvWrite*>(d_writes), n_writes,
+                   writes_heads_, writes_dim_);
   }
   void flush_rope() {
     const int n = rope_.n_targets;
@@ -279,12 +308,13 @@ class CudaBackend : public Backend {
     cuda::rope(stream_.op(), rope_.style, rope_.targets, n, rope_.n, rope_.head_dim, rope_.pairs, rope_.cs, rope_.sn);
   }
   void flush_writes() {
-    static_assert(sizeof(cuda::KvWrite) % alignof(cuda::KvWrite) == 0, "rows of writes stay aligned");
-    const auto* d = static_cast<const cuda::KvWrite*>(
-        kv_writes_.upload(writes_.data(), writes_.size() * sizeof(cuda::KvWrite), staging_, "write_kv"));
-    const int n = static_cast<int>(writes_.size());
-    writes_.clear();
-    cuda::write_kv(stream_.op(), writes_format_, d, n, writes_heads_, writes_dim_);
+    static_assert(sizeof(cuda::KvDemote) % alignof(cuda::KvWrite) == 0 && sizeof(cuda::KvWrite) % alignof(cuda::KvWrite) == 0,
+                  "rows of demotions and writes stay aligned");
+    const size_t demote_bytes = demotes_.size() * sizeof(cuda::KvDemote);
+    const auto* d = static_cast<const uint8_t*>(kv_writes_.upload_parts(
+        {{demotes_.data(), demote_bytes}, {writes_.data(), writes_.size() * sizeof(cuda::KvWrite)}}, staging_,
+        "write_kv"));
+    launch_stores(d, d + demote_bytes);
   }
   void add_target(cuda::MatTargets& ts, const Matrix& w, float* y, const Vector* bias) const {
     cuda::MatTarget& t = ts.t[ts.n++];
@@ -336,8 +366,9 @@ class CudaBackend : public Backend {
   DeviceBuffer bufs_[static_cast<size_t>(Buf::kCount)];
   cuda::Staging staging_;  // pinned bytes of the step's uploads
   DeviceBuffer tokens_, logits_, kv_writes_;
-  std::vector<cuda::KvWrite> writes_;  // K/V rows not stored yet (write_kv)
-  cuda::KvFormat writes_format_;
+  std::vector<cuda::KvWrite> writes_;     // K/V rows not stored yet (write_kv)
+  std::vector<cuda::KvDemote> demotes_;  // slots not moved down yet (demote_kv)
+  cuda::KvFormat writes_format_, writes_lo_format_;
   int writes_heads_ = 0, writes_dim_ = 0;
   struct Angles {  // a Rope's cos / sin table at the positions last asked, and its device copy
     std::vector<int64_t> positions;
@@ -408,18 +439,23 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   // Probabilities on the device: rows copied back whole first ([0, n_full)), then the others
   // (below).
   int64_t n_full = 0, n_probs = 0, n_mean = 0, n_mean_back = 0;
-  cuda::KvFormat format;
+  cuda::KvFormat format, lo_format;
   for (int i = 0; i < n_rows; ++i) {
     const AttnRow& r = rows[i];
     if (r.rank_rope)  // refused at engine creation; kept for a caller that did not ask there
       throw ArgumentError("positions 'cache_index' is not supported by the CUDA backend yet");
     const auto& kv = static_cast<const CudaKv&>(*r.kv);
-    if (i > 0 && kv.format() != format) throw Error("CUDA backend: attention rows of different KV types in one call");
+    if (i > 0 && (kv.format() != format || kv.lo_format() != lo_format))
+      throw Error("CUDA backend: attention rows of different KV types in one call");
     format = kv.format();
+    lo_format = kv.lo_format();
     cuda::AttnDesc d;
     d.k = kv.k(r.layer);
     d.v = kv.v(r.layer);
+    d.k_lo = kv.k(r.layer, 1);
+    d.v_lo = kv.v(r.layer, 1);
     d.n_slots = kv.layout().n_slots[static_cast<size_t>(r.layer)];
+    d.n_hi = kv.layout().n_hi(r.layer);
     d.n_idx = r.n_idx;
     d.idx_off = static_cast<int64_t>(idx_.size());
     d.q = r.q;
@@ -465,30 +501,30 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
     flush_pending();
     return;
   }
-  // The K/V rows to store, the attention rows and their slot lists in one copy; the rows stored
-  // in one launch before the attention reads them.
-  static_assert(sizeof(cuda::KvWrite) % alignof(cuda::AttnDesc) == 0 &&
+  // The demotions and K/V rows to store, the attention rows and their slot lists in one copy;
+  // the slots moved and the rows stored (two launches) before the attention reads them.
+  static_assert(sizeof(cuda::KvDemote) % alignof(cuda::KvWrite) == 0 &&
+                    sizeof(cuda::KvWrite) % alignof(cuda::AttnDesc) == 0 &&
                     sizeof(cuda::AttnDesc) % alignof(int32_t) == 0,
                 "each part of the copy stays aligned");
+  const size_t demote_bytes = demotes_.size() * sizeof(cuda::KvDemote);
   const size_t write_bytes = writes_.size() * sizeof(cuda::KvWrite);
   const size_t desc_bytes = descs_.size() * sizeof(cuda::AttnDesc);
-  auto* d_rows = static_cast<uint8_t*>(attn_rows_.upload_parts(
-      {{writes_.data(), write_bytes}, {descs_.data(), desc_bytes}, {idx_.data(), idx_.size() * sizeof(int32_t)}},
-      staging_, "attention rows"));
-  const auto* d_desc = reinterpret_cast<const cuda::AttnDesc*>(d_rows + write_bytes);
-  const auto* d_idx = reinterpret_cast<const int32_t*>(d_rows + write_bytes + desc_bytes);
-  if (!writes_.empty()) {
-    const int n_writes = static_cast<int>(writes_.size());
-    writes_.clear();
-    cuda::write_kv(stream_.op(), writes_format_, reinterpret_cast<const cuda::KvWrite*>(d_rows), n_writes, writes_heads_,
-                   writes_dim_);
-  }
+  auto* d_rows = static_cast<uint8_t*>(attn_rows_.upload_parts({{demotes_.data(), demote_bytes},
+                                                                {writes_.data(), write_bytes},
+                                                                {descs_.data(), desc_bytes},
+                                                                {idx_.data(), idx_.size() * sizeof(int32_t)}},
+                                                               staging_, "attention rows"));
+  const uint8_t* d_writes = d_rows + demote_bytes;
+  const auto* d_desc = reinterpret_cast<const cuda::AttnDesc*>(d_writes + write_bytes);
+  const auto* d_idx = reinterpret_cast<const int32_t*>(d_writes + write_bytes + desc_bytes);
+  launch_stores(d_rows, d_writes);
   auto* scratch = static_cast<float*>(attn_scratch_.reserve(
       static_cast<size_t>(n_rows) * static_cast<size_t>(shape.n_head) * static_cast<size_t>(max_idx) * sizeof(float),
       "attention scratch", &stream_));
   auto* probs = static_cast<float*>(attn_probs_.reserve(static_cast<size_t>(std::max<int64_t>(n_probs, 1)) *
                                                             sizeof(float), "attention probabilities", &stream_));
-  cuda::attend(op(), format, d_desc, n_rows, d_idx, shape.n_head, shape.n_head_kv, shape.head_dim, shape.scale, max_idx,
+  cuda::attend(op(), format, lo_format, d_desc, n_rows, d_idx, shape.n_head, shape.n_head_kv, shape.head_dim, shape.scale, max_idx,
                scratch, probs);
   if (n_probs == 0) return;
   float* means = nullptr;

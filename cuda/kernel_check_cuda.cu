@@ -4,7 +4,8 @@
 // odd row counts, several targets in one launch (one with a bias), 1, 3 and 11 input rows;
 // embedding rows; RMS norm, alone and after a residual add; the gated activations, alone and fused
 // into the gate / up product; residual adds; the head mean and the built-in policies' steps; K/V
-// rows stored in every KV type, rotated or not (the same bytes as the CPU backend's).
+// rows stored in every KV type, rotated or not, and moved down to a lower tier (the same bytes as
+// the CPU backend's).
 // The CPU side dequantizes with its own kernels and sums in double precision.
 #include <cuda_runtime.h>
 
@@ -428,14 +429,7 @@ void check_kv_writes(std::mt19937& rng, std::vector<std::string>& bad) {
           writes[i].n_slots = n_slots;
           writes[i].slot = slots[i];
         }
-        cuda::KvFormat f;
-        f.k = tk;
-        f.v = tv;
-        f.k_row_bytes = lo.k_row_bytes;
-        f.v_row_bytes = lo.v_row_bytes;
-        f.hadamard_k = lo.hadamard_k;
-        f.hadamard_v = lo.hadamard_v;
-        cuda::write_kv(0, f, to_device(dw, writes), n, n_head_kv, head_dim);
+        cuda::write_kv(0, cuda::kv_format(lo), to_device(dw, writes), n, n_head_kv, head_dim);
         const std::vector<uint8_t> got_k = to_host(k, k_bytes), got_v = to_host(v, v_bytes);
         const std::vector<float> got_state = to_host(state, n_slots);
         const bool same = std::memcmp(got_k.data(), cpu.k_row(0, 0, 0), k_bytes) == 0 &&
@@ -445,6 +439,84 @@ void check_kv_writes(std::mt19937& rng, std::vector<std::string>& bad) {
           bad.push_back(cat("write_kv ", kv_type_name(tk), "/", kv_type_name(tv), " head_dim ", head_dim,
                             rotate ? " rotated" : ""));
       }
+}
+
+// demote_kv against CpuKv::demote: a tiered pool (three KV heads, upper slots 0-3, lower 4-6) whose
+// upper rows hold the CPU's bytes, three slots moved down on both; every byte of both tiers compared.
+void check_kv_demote(std::mt19937& rng, std::vector<std::string>& bad) {
+  struct Case {
+    KvType hk, hv, lk, lv;
+  };
+  const Case cases[] = {{KvType::F16, KvType::F16, KvType::Q4_0, KvType::Q3_0},
+                        {KvType::Q8_0, KvType::Q4_1, KvType::Q4_0, KvType::Q3_0},
+                        {KvType::Q8_0, KvType::Q8_0, KvType::Q5_1, KvType::F16},
+                        {KvType::F32, KvType::Q5_0, KvType::Q4_1, KvType::Q4_0}};
+  const int n_head_kv = 3, n_hi = 4, n_lo = 3, head_dim = 64;
+  const std::pair<int, int> moves[] = {{2, 4}, {0, 6}, {3, 5}};  // (upper slot, slot in the lower tier)
+  for (const Case& c : cases)
+    for (bool rotate : {false, true}) {
+      KvLayout lo;
+      lo.n_head_kv = n_head_kv;
+      lo.head_dim = head_dim;
+      lo.n_slots = {n_hi + n_lo};
+      lo.n_lo = {n_lo};
+      auto tier = [&](KvTierTypes& t, KvType k, KvType v) {
+        t.type_k = k;
+        t.type_v = v;
+        t.k_row_bytes = kv_row_bytes(k, head_dim);
+        t.v_row_bytes = kv_row_bytes(v, head_dim);
+        t.hadamard_k = rotate && k != KvType::F16 && k != KvType::F32;
+        t.hadamard_v = rotate && v != KvType::F16 && v != KvType::F32;
+      };
+      tier(lo, c.hk, c.hv);
+      tier(lo.lo, c.lk, c.lv);
+      CpuKv cpu(lo);
+      for (int h = 0; h < n_head_kv; ++h)
+        for (int s = 0; s < n_hi; ++s) {
+          const std::vector<float> x = random_floats(static_cast<size_t>(head_dim), rng, -2.0f, 2.0f);
+          cpu.store_k(cpu.k_row(0, h, s), x.data());
+          cpu.store_v(cpu.v_row(0, h, s), x.data());
+        }
+      auto bytes_of = [&](bool key, int tier) {
+        const KvTierRows r = cpu.tier_rows(0, 0, tier);
+        const KvTierTypes& t = tier == 0 ? static_cast<const KvTierTypes&>(lo) : lo.lo;
+        const size_t n = static_cast<size_t>(n_head_kv) * (tier == 0 ? n_hi : n_lo) * (key ? t.k_row_bytes : t.v_row_bytes);
+        const uint8_t* p = key ? r.k : r.v;
+        return std::vector<uint8_t>(p, p + n);
+      };
+      DeviceBuffer b[4], dd;
+      void* dev[4];  // upper K, upper V, lower K, lower V
+      for (int i = 0; i < 4; ++i) {
+        std::vector<uint8_t> init = bytes_of(i % 2 == 0, i / 2);
+        if (i >= 2) std::fill(init.begin(), init.end(), 0);
+        dev[i] = to_device(b[i], init);
+      }
+      std::vector<cuda::KvDemote> ds;
+      for (const auto& [from, to] : moves) {
+        cpu.demote(0, from, to);
+        cuda::KvDemote d;
+        d.k_hi = dev[0];
+        d.v_hi = dev[1];
+        d.k_lo = dev[2];
+        d.v_lo = dev[3];
+        d.n_hi = n_hi;
+        d.n_lo = n_lo;
+        d.src = from;
+        d.dst = to - n_hi;
+        ds.push_back(d);
+      }
+      // The CPU's lower rows that no move reached are zero, as the device's.
+      cuda::demote_kv(0, cuda::kv_format(lo), cuda::kv_format(lo.lo), to_device(dd, ds), static_cast<int>(ds.size()), n_head_kv,
+                      head_dim);
+      bool same = true;
+      for (int i = 0; i < 4; ++i) {
+        const std::vector<uint8_t> want = bytes_of(i % 2 == 0, i / 2);
+        same &= to_host(static_cast<const uint8_t*>(dev[i]), want.size()) == want;
+      }
+      if (!same)
+        bad.push_back(cat("demote_kv ", kv_type_name(c.hk), "/", kv_type_name(c.hv), " to ", kv_type_name(c.lk), "/",
+                          kv_type_name(c.lv), rotate ? " rotated" : ""));
+    }
 }
 
 }  // namespace
@@ -464,6 +536,7 @@ std::vector<std::string> cuda_kernel_check() {
   check_elementwise(rng, bad);
   check_policy_steps(rng, bad);
   check_kv_writes(rng, bad);
+  check_kv_demote(rng, bad);
   check(cudaDeviceSynchronize(), "kernel check");
   return bad;
 }

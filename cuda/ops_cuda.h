@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "arch.h"
+#include "backend.h"
 #include "config.h"
 #include "kv_policy.h"
 #include "quant.h"
@@ -86,8 +87,21 @@ struct KvFormat {
   bool operator!=(const KvFormat& o) const { return !(*this == o); }
 };
 
+// A tier's types as the kernels take them.
+inline KvFormat kv_format(const KvTierTypes& t) {
+  KvFormat f;
+  f.k = t.type_k;
+  f.v = t.type_v;
+  f.k_row_bytes = t.k_row_bytes;
+  f.v_row_bytes = t.v_row_bytes;
+  f.hadamard_k = t.hadamard_k;
+  f.hadamard_v = t.hadamard_v;
+  return f;
+}
+
 // One K/V row to store: the row at src_k / src_v ([n_head_kv][head_dim] floats) into slot `slot`
-// of a layer's K / V ([n_head_kv][n_slots] rows of the format's bytes).
+// of a layer's K / V (its upper tier: [n_head_kv][n_slots] rows of the format's bytes, n_slots
+// the tier's slots).
 struct KvWrite {
   void* k = nullptr;
   void* v = nullptr;
@@ -101,11 +115,31 @@ struct KvWrite {
 // stores them (the same bytes): every sequence's rows of a layer in one launch. head_dim <= 256.
 void write_kv(cudaStream_t s, const KvFormat& f, const KvWrite* writes, int n, int n_head_kv, int head_dim);
 
+// One slot moved from a layer's upper tier (slot src of n_hi, format hi) to its lower tier (row
+// dst of its n_lo, i.e. slot n_hi + dst; format lo), every KV head's key and value converted
+// (Backend::demote_kv).
+struct KvDemote {
+  const void* k_hi = nullptr;
+  const void* v_hi = nullptr;
+  void* k_lo = nullptr;
+  void* v_lo = nullptr;
+  int n_hi = 0, n_lo = 0;
+  int src = 0, dst = 0;
+};
+// n demotions (device memory) in one launch, as CpuKv::demote converts them: each row decoded,
+// rotated back unless both tiers keep it rotated, rotated for the lower tier where it is rotated
+// and the upper was not, stored in the lower types.
+void demote_kv(cudaStream_t s, const KvFormat& hi, const KvFormat& lo, const KvDemote* demotes, int n, int n_head_kv,
+               int head_dim);
+
 // One query row of the attention, for every head (attention_cuda.cu).
 struct AttnDesc {
-  const void* k = nullptr;  // the layer's K: [n_head_kv][n_slots] rows (KvFormat)
+  const void* k = nullptr;  // the layer's K: [n_head_kv][n_hi] rows (KvFormat), the upper tier
   const void* v = nullptr;
+  const void* k_lo = nullptr;  // and the lower tier: [n_head_kv][n_slots - n_hi] rows (the lower format)
+  const void* v_lo = nullptr;
   int n_slots = 0;
+  int n_hi = 0;             // slots [0, n_hi) are the upper tier's, the rest the lower's
   int n_idx = 0;
   int64_t idx_off = 0;      // the slots attended: idx[idx_off .. idx_off + n_idx), position order
   const float* q = nullptr; // [n_head][head_dim]
@@ -123,11 +157,12 @@ struct AttnDesc {
   int64_t victims_off = -1;
   int n_evict = 0;
 };
-// Rows stored in format f (every row's): keys of a quantized type scored by the CPU's integer
-// product (the query quantized to the type's vec_dot_type), rotated keys met by a query rotated
-// alike, values of a rotated type summed rotated and the sum rotated back.
+// Rows stored in format f (every row's upper tier; f_lo: the lower tier's, where n_hi < n_slots):
+// keys of a quantized type scored by the CPU's integer product (the query quantized to the type's
+// vec_dot_type), rotated keys met by a query rotated alike, each tier's weighted sum of values
+// apart, a rotated tier's sum rotated back, then added (the CPU's order).
 // scratch: n_rows * n_head * max_idx floats.
-void attend(cudaStream_t s, const KvFormat& f, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head, int n_head_kv,
+void attend(cudaStream_t s, const KvFormat& f, const KvFormat& f_lo, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head, int n_head_kv,
             int head_dim, float scale, int max_idx, float* scratch, float* probs);
 // For the rows with mean_off >= 0: means[mean_off + j] = (sum over h in order of
 // probs[probs_off + h * n_idx + j]) * inv_head, the host's arithmetic (kv_attention.cpp); for
