@@ -138,8 +138,9 @@ __global__ void attend_kernel(const KvFormat f, const KvFormat f_lo, const AttnD
   __shared__ float red[kThreads / kWarp];
   __shared__ float part[kThreads / kWarp][kMaxHeadDim];
   __shared__ int any_lower;
-  const bool rot_k[2] = {f.hadamard_k, tiered && f_lo.hadamard_k};
-  const bool quant_k[2] = {kKey == kKindQuant, tiered && kv_quantized(f_lo.k)};
+  const bool ranked = r.ranked != nullptr;  // keys rotated by rank: float rows, no Hadamard rotation
+  const bool rot_k[2] = {!ranked && f.hadamard_k, tiered && f_lo.hadamard_k};
+  const bool quant_k[2] = {!ranked && kKey == kKindQuant, tiered && kv_quantized(f_lo.k)};
   for (int t = threadIdx.x; t < per_block * head_dim; t += kThreads) {
     const float x = r.q[static_cast<int64_t>(h0) * head_dim + t];
     qf[0][t / head_dim][t % head_dim] = x;
@@ -147,6 +148,16 @@ __global__ void attend_kernel(const KvFormat f, const KvFormat f_lo, const AttnD
   }
   if (rot_k[0] || rot_k[1]) hadamard_shared(&qf[1][0][0], head_dim, per_block, kMaxHeadDim);  // keys stored rotated
   __syncthreads();
+  if (ranked) {  // the query takes the largest rank (Rope::rotate's arithmetic)
+    for (int t = threadIdx.x; t < per_block * r.rope_pairs; t += kThreads) {
+      const int g = t / r.rope_pairs, p = t % r.rope_pairs;
+      const int a_at = r.rope_neox ? p : 2 * p, b_at = r.rope_neox ? p + r.rope_pairs : 2 * p + 1;
+      const float a = qf[0][g][a_at], b = qf[0][g][b_at];
+      qf[0][g][a_at] = a * r.q_cs[p] - b * r.q_sn[p];
+      qf[0][g][b_at] = a * r.q_sn[p] + b * r.q_cs[p];
+    }
+    __syncthreads();
+  }
   // Quantized keys: each query block quantized to the key type's vec_dot_type, as the CPU does
   // (q8_0 and q8_1 share the quants and scale; the scaled sum serves q8_1).
   const int n_blocks = head_dim / kQK;
@@ -167,7 +178,11 @@ __global__ void attend_kernel(const KvFormat f, const KvFormat f_lo, const AttnD
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   for (int j = warp; j < r.n_idx; j += kThreads / kWarp) {
     float acc[kMaxGroup];
-    if (idx[j] < r.n_hi)
+    if (ranked)
+      key_scores<kKindF32>(KvType::F32,
+                           reinterpret_cast<const uint8_t*>(r.ranked + (static_cast<int64_t>(kvh) * r.n_idx + j) * head_dim),
+                           q_hi, per_block, head_dim, lane, acc);
+    else if (idx[j] < r.n_hi)
       key_scores<kKey>(f.k, row(true, idx[j]), q_hi, per_block, head_dim, lane, acc);
     else
       key_scores_any(f_lo.k, row(true, idx[j]), q_lo, per_block, head_dim, lane, acc);
@@ -263,6 +278,39 @@ __global__ void attend_kernel(const KvFormat f, const KvFormat f_lo, const AttnD
   }
 }
 
+// Positions "cache_index": block (row, KV head), warp w the keys j = w, w + kWarps, ... of it,
+// each decoded into the warp's shared row, rotated back from the Hadamard rotation where stored
+// so, rotated by RoPE at rank j and written out as floats (the CPU's order of operations).
+__global__ void rank_keys_kernel(const KvFormat f, const AttnDesc* rows, const int32_t* idx_all, int head_dim,
+                                 const float* cs, const float* sn) {
+  const AttnDesc r = rows[blockIdx.x];
+  if (!r.ranked) return;
+  const int kvh = blockIdx.y;
+  const int32_t* idx = idx_all + r.idx_off;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  __shared__ float rows_of[kThreads / kWarp][kMaxHeadDim];
+  float* x = rows_of[warp];
+  for (int j = warp; j < r.n_idx; j += kThreads / kWarp) {
+    const uint8_t* row = static_cast<const uint8_t*>(r.k) +
+                         (static_cast<int64_t>(kvh) * r.n_hi + idx[j]) * static_cast<int64_t>(f.k_row_bytes);
+    __syncwarp();  // the previous key is written out: x is free
+    for (int e = lane; e < head_dim; e += kWarp) x[e] = kv_elem(f.k, row, e);
+    if (f.hadamard_k) hadamard_warp(x, head_dim);  // back: H is its own inverse
+    __syncwarp();
+    const float* c = cs + static_cast<int64_t>(j) * r.rope_pairs;
+    const float* s = sn + static_cast<int64_t>(j) * r.rope_pairs;
+    for (int p = lane; p < r.rope_pairs; p += kWarp) {
+      const int a_at = r.rope_neox ? p : 2 * p, b_at = r.rope_neox ? p + r.rope_pairs : 2 * p + 1;
+      const float a = x[a_at], b = x[b_at];
+      x[a_at] = a * c[p] - b * s[p];
+      x[b_at] = a * s[p] + b * c[p];
+    }
+    __syncwarp();
+    float* out = r.ranked + (static_cast<int64_t>(kvh) * r.n_idx + j) * head_dim;
+    for (int e = lane; e < head_dim; e += kWarp) out[e] = x[e];
+  }
+}
+
 // A candidate of the victim selection: the slot's key (head mean or policy state) and position,
 // at index j of the row (-1: none). a before b: lower key, then lower position; none last.
 struct Candidate {
@@ -345,6 +393,15 @@ __global__ void head_mean_kernel(const AttnDesc* rows, int n_head, float inv_hea
 }
 
 }  // namespace
+
+void rank_keys(cudaStream_t s, const KvFormat& f, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head_kv,
+               int head_dim, const float* cs, const float* sn) {
+  if (n_rows <= 0) return;
+  if (head_dim > kMaxHeadDim) throw Error(cat("CUDA rank_keys: head_dim ", head_dim, " > ", kMaxHeadDim));
+  const dim3 grid(static_cast<unsigned>(n_rows), static_cast<unsigned>(n_head_kv));
+  TOVA_LAUNCH(rank_keys_kernel, grid, kThreads, s)(f, rows, idx, head_dim, cs, sn);
+  check_launch("rank_keys");
+}
 
 void head_mean(cudaStream_t s, const AttnDesc* rows, int n_rows, int n_head, float inv_head, const float* probs,
                float* means, const int32_t* idx, int32_t* victims) {

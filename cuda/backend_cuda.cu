@@ -9,7 +9,8 @@
 // (few rows) is captured and launched as one CUDA graph (stream.h).
 //
 // K/V rows are stored in any KvType, as the CPU stores them (kv_write_cuda.cu), in one or two
-// tiers; positions "cache_index" are refused with a clear error for now.
+// tiers; with positions "cache_index" the keys are rotated by rank on the device before each
+// attention (rank_keys).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -325,6 +326,22 @@ class CudaBackend : public Backend {
     t.bias = bias && !bias->empty() ? vec(*bias) : nullptr;
     ts.max_rows = std::max(ts.max_rows, w.rows);
   }
+  // The cos / sin table of ranks [0, n) (n >= need, grown geometrically) of a Rope on the device:
+  // cos [n][pairs], then sin; for positions "cache_index".
+  const float* rank_angles(const Rope& r, int need) {
+    RankAngles& a = rank_angles_;
+    if (a.rope != &r || a.n < need) {
+      const int n = std::max(need, a.rope == &r ? 2 * a.n : need);
+      const size_t pairs = static_cast<size_t>(r.pairs());
+      a.table.resize(2 * static_cast<size_t>(n) * pairs);
+      for (int k = 0; k < n; ++k)
+        r.angles(k, a.table.data() + k * pairs, a.table.data() + (static_cast<size_t>(n) + k) * pairs);
+      a.rope = &r;
+      a.n = n;
+    }
+    return static_cast<const float*>(
+        a.dev.upload_if_changed(a.table.data(), a.table.size() * sizeof(float), staging_, "rope ranks"));
+  }
   void upload_weights();
   const uint8_t* weight(const Matrix& w) const {
     auto it = weights_.find(w.data);
@@ -386,8 +403,15 @@ class CudaBackend : public Backend {
     const float* cs = nullptr;
     const float* sn = nullptr;
   } rope_;
-  DeviceBuffer attn_rows_, attn_scratch_, attn_probs_, attn_means_, attn_victims_;
+  DeviceBuffer attn_rows_, attn_scratch_, attn_probs_, attn_means_, attn_victims_, attn_ranked_;
+  struct RankAngles {  // rank_angles()
+    const Rope* rope = nullptr;
+    int n = 0;
+    std::vector<float> table;
+    DeviceBuffer dev;
+  } rank_angles_;
   std::vector<cuda::AttnDesc> descs_;
+  std::vector<int64_t> ranked_at_;  // per row: its keys rotated by rank in attn_ranked_ (floats), or -1
   std::vector<int32_t> idx_;
   // Probabilities on their way back: copied into readback_ in stream order, scattered to the
   // policies' [n_head][n_slots] arrays by flush_host().
@@ -435,15 +459,19 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   if (rope_.n_targets > 0) flush_rope();  // the queries and keys read are the rotated ones
   descs_.clear();
   idx_.clear();
+  ranked_at_.clear();
   int max_idx = 1;
   // Probabilities on the device: rows copied back whole first ([0, n_full)), then the others
   // (below).
   int64_t n_full = 0, n_probs = 0, n_mean = 0, n_mean_back = 0;
   cuda::KvFormat format, lo_format;
+  const Rope* rank_rope = nullptr;  // positions "cache_index": the rows' Rope (one layer: one Rope)
+  int64_t n_ranked = 0;             // floats of keys rotated by rank
   for (int i = 0; i < n_rows; ++i) {
     const AttnRow& r = rows[i];
-    if (r.rank_rope)  // refused at engine creation; kept for a caller that did not ask there
-      throw ArgumentError("positions 'cache_index' is not supported by the CUDA backend yet");
+    if (r.rank_rope && rank_rope && r.rank_rope != rank_rope)
+      throw Error("CUDA backend: attention rows of different RoPEs in one call");
+    if (r.rank_rope) rank_rope = r.rank_rope;
     const auto& kv = static_cast<const CudaKv&>(*r.kv);
     if (i > 0 && (kv.format() != format || kv.lo_format() != lo_format))
       throw Error("CUDA backend: attention rows of different KV types in one call");
@@ -464,9 +492,30 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
       d.probs_off = n_full;
       n_full += static_cast<int64_t>(shape.n_head) * r.n_idx;
     }
+    ranked_at_.push_back(r.rank_rope ? n_ranked : -1);  // where its keys rotated by rank go (below)
+    if (r.rank_rope) n_ranked += static_cast<int64_t>(shape.n_head_kv) * r.n_idx * shape.head_dim;
     idx_.insert(idx_.end(), r.idx, r.idx + r.n_idx);
     descs_.push_back(d);
     max_idx = std::max(max_idx, r.n_idx);
+  }
+  const float* rank_cs = nullptr;
+  const float* rank_sn = nullptr;
+  if (rank_rope) {
+    auto* ranked = static_cast<float*>(
+        attn_ranked_.reserve(static_cast<size_t>(n_ranked) * sizeof(float), "keys rotated by rank", &stream_));
+    const float* cs = rank_angles(*rank_rope, max_idx);
+    const int pairs = rank_rope->pairs();
+    rank_cs = cs;
+    rank_sn = cs + static_cast<size_t>(rank_angles_.n) * pairs;
+    for (int i = 0; i < n_rows; ++i) {
+      cuda::AttnDesc& d = descs_[static_cast<size_t>(i)];
+      if (ranked_at_[static_cast<size_t>(i)] < 0) continue;
+      d.ranked = ranked + ranked_at_[static_cast<size_t>(i)];
+      d.q_cs = rank_cs + static_cast<size_t>(d.n_idx - 1) * pairs;
+      d.q_sn = rank_sn + static_cast<size_t>(d.n_idx - 1) * pairs;
+      d.rope_pairs = pairs;
+      d.rope_neox = rank_rope->style() == RopeStyle::NeoX;
+    }
   }
   // Then the rows whose head mean goes back, then those whose victims alone go back (their
   // means stay on the device, after the others'; their candidates' positions follow the slots).
@@ -519,6 +568,8 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   const auto* d_desc = reinterpret_cast<const cuda::AttnDesc*>(d_writes + write_bytes);
   const auto* d_idx = reinterpret_cast<const int32_t*>(d_writes + write_bytes + desc_bytes);
   launch_stores(d_rows, d_writes);
+  if (rank_rope)
+    cuda::rank_keys(op(), format, d_desc, n_rows, d_idx, shape.n_head_kv, shape.head_dim, rank_cs, rank_sn);
   auto* scratch = static_cast<float*>(attn_scratch_.reserve(
       static_cast<size_t>(n_rows) * static_cast<size_t>(shape.n_head) * static_cast<size_t>(max_idx) * sizeof(float),
       "attention scratch", &stream_));

@@ -28,5 +28,24 @@ __device__ inline void hadamard_shared(float* x, int n, int count, int stride) {
   __syncthreads();
 }
 
+// The same for one vector, by the 32 lanes of a warp (every lane calls it; it begins and ends
+// with a warp barrier).
+__device__ inline void hadamard_warp(float* x, int n) {
+  const int lane = threadIdx.x % 32, half = n / 2;
+  for (int h = 1; h < n; h *= 2) {
+    __syncwarp();
+    for (int k = lane; k < half; k += 32) {
+      const int i = (k / h) * 2 * h + k % h;
+      const float a = x[i], b = x[i + h];
+      x[i] = a + b;
+      x[i + h] = a - b;
+    }
+  }
+  __syncwarp();
+  const float s = 1.0f / sqrtf(static_cast<float>(n));
+  for (int i = lane; i < n; i += 32) x[i] *= s;
+  __syncwarp();
+}
+
 }  // namespace cuda
 }  // namespace tova

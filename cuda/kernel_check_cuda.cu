@@ -5,7 +5,7 @@
 // embedding rows; RMS norm, alone and after a residual add; the gated activations, alone and fused
 // into the gate / up product; residual adds; the head mean and the built-in policies' steps; K/V
 // rows stored in every KV type, rotated or not, and moved down to a lower tier (the same bytes as
-// the CPU backend's).
+// the CPU backend's); keys rotated by rank for positions "cache_index".
 // The CPU side dequantizes with its own kernels and sums in double precision.
 #include <cuda_runtime.h>
 
@@ -22,6 +22,7 @@
 #include "kv_policy.h"
 #include "buffers.h"
 #include "ops_cuda.h"
+#include "rope.h"
 
 namespace tova {
 
@@ -519,6 +520,66 @@ void check_kv_demote(std::mt19937& rng, std::vector<std::string>& bad) {
     }
 }
 
+// rank_keys against the CPU's rotate_keys_by_rank: stored keys (every key type, rotated or not)
+// decoded, rotated back, rotated by RoPE at their rank (normal and NeoX, all or part of the head
+// rotated); every float compared bit for bit.
+void check_rank_keys(std::mt19937& rng, std::vector<std::string>& bad) {
+  const int n_head_kv = 2, head_dim = 64, n_slots = 9;
+  const std::vector<int32_t> idx = {4, 0, 7, 2, 8, 5, 1};  // the slots in position order
+  const int n_idx = static_cast<int>(idx.size());
+  for (KvType t : {KvType::F32, KvType::F16, KvType::Q8_0, KvType::Q4_0, KvType::Q4_1, KvType::Q5_0, KvType::Q5_1})
+    for (bool rotate : {false, true})
+      for (RopeStyle style : {RopeStyle::Normal, RopeStyle::NeoX})
+        for (int rope_dim : {head_dim, 32}) {
+          const bool quantized = t != KvType::F16 && t != KvType::F32;
+          if (rotate && !quantized) continue;
+          HParams hp;
+          hp.rope_style = style;
+          hp.rope_dim = rope_dim;
+          const Rope rope(hp, 10000.0f);
+          const int pairs = rope.pairs();
+          KvLayout lo;
+          lo.n_head_kv = n_head_kv;
+          lo.head_dim = head_dim;
+          lo.n_slots = {n_slots};
+          lo.type_k = t;
+          lo.type_v = KvType::F16;
+          lo.k_row_bytes = kv_row_bytes(t, head_dim);
+          lo.v_row_bytes = kv_row_bytes(KvType::F16, head_dim);
+          lo.hadamard_k = rotate;
+          CpuKv cpu(lo);
+          for (int h = 0; h < n_head_kv; ++h)
+            for (int sl = 0; sl < n_slots; ++sl)
+              cpu.store_k(cpu.k_row(0, h, sl), random_floats(static_cast<size_t>(head_dim), rng, -3.0f, 3.0f).data());
+          std::vector<float> cs(static_cast<size_t>(n_idx * pairs)), sn(cs.size());
+          for (int r = 0; r < n_idx; ++r) rope.angles(r, cs.data() + r * pairs, sn.data() + r * pairs);
+          std::vector<float> want(static_cast<size_t>(n_head_kv * n_idx * head_dim));
+          for (int h = 0; h < n_head_kv; ++h)
+            for (int j = 0; j < n_idx; ++j) {
+              float* x = want.data() + (static_cast<size_t>(h) * n_idx + j) * head_dim;
+              kv_dequantizer(t)(cpu.k_row(0, h, idx[static_cast<size_t>(j)]), x, head_dim);
+              if (rotate) hadamard(x, head_dim);
+              rope.rotate(x, 1, head_dim, cs.data() + j * pairs, sn.data() + j * pairs);
+            }
+          DeviceBuffer dk, dr, di, dd, dcs, dsn;
+          const uint8_t* k0 = cpu.k_row(0, 0, 0);
+          cuda::AttnDesc d;
+          d.k = to_device(dk, std::vector<uint8_t>(k0, k0 + lo.k_row_bytes * n_head_kv * n_slots));
+          d.n_slots = d.n_hi = n_slots;
+          d.n_idx = n_idx;
+          d.idx_off = 0;
+          d.ranked = to_device(dr, std::vector<float>(want.size(), 0.0f));
+          d.rope_pairs = pairs;
+          d.rope_neox = style == RopeStyle::NeoX;
+          cuda::rank_keys(0, cuda::kv_format(lo), to_device(dd, std::vector<cuda::AttnDesc>{d}), 1, to_device(di, idx),
+                          n_head_kv, head_dim, to_device(dcs, cs), to_device(dsn, sn));
+          const std::vector<float> got = to_host(d.ranked, want.size());
+          if (std::memcmp(got.data(), want.data(), want.size() * sizeof(float)) != 0)
+            bad.push_back(cat("rank_keys ", kv_type_name(t), rotate ? " rotated" : "",
+                              style == RopeStyle::NeoX ? " neox" : "", " rope_dim ", rope_dim));
+        }
+}
+
 }  // namespace
 
 std::vector<std::string> cuda_kernel_check() {
@@ -537,6 +598,7 @@ std::vector<std::string> cuda_kernel_check() {
   check_policy_steps(rng, bad);
   check_kv_writes(rng, bad);
   check_kv_demote(rng, bad);
+  check_rank_keys(rng, bad);
   check(cudaDeviceSynchronize(), "kernel check");
   return bad;
 }

@@ -156,7 +156,20 @@ struct AttnDesc {
   int64_t sel_off = -1;
   int64_t victims_off = -1;
   int n_evict = 0;
+  // Positions "cache_index" (AttnRow::rank_rope): the keys rotated by rank ([n_head_kv][n_idx]
+  // floats rows, rank_keys) are read instead of the stored ones, and the query is rotated by rank
+  // n_idx - 1 (angles q_cs / q_sn, rope_pairs each; pairs (2p, 2p + 1), or NeoX (p, p + pairs)).
+  float* ranked = nullptr;
+  const float* q_cs = nullptr;
+  const float* q_sn = nullptr;
+  int rope_pairs = 0;
+  bool rope_neox = false;
 };
+// For the rows with `ranked`: key j of each KV head (slot idx[j], stored in format f) decoded,
+// rotated back from the Hadamard rotation where stored so, and rotated by RoPE at rank j (angles
+// cs / sn [rank][rope_pairs]) into ranked: the CPU's rotate_keys_by_rank (cpu/attention_cpu.cpp).
+void rank_keys(cudaStream_t s, const KvFormat& f, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head_kv,
+               int head_dim, const float* cs, const float* sn);
 // Rows stored in format f (every row's upper tier; f_lo: the lower tier's, where n_hi < n_slots):
 // keys of a quantized type scored by the CPU's integer product (the query quantized to the type's
 // vec_dot_type), rotated keys met by a query rotated alike, each tier's weighted sum of values

@@ -442,12 +442,38 @@ def test_cuda_two_kv_tiers(tmp_path, policy, kv_k, kv_v, lo):
 
 @pytest.mark.cuda
 @needs_gpu
-def test_cuda_refuses_what_it_lacks_by_name(tmp_path):
-    """Settings the CUDA backend does not implement yet are errors naming them, not crashes."""
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("kv_type", ["f32", "f16", "q8_0", "q4_0"])
+def test_cuda_cache_index_positions(tmp_path, arch, kv_type):
+    """Positions "cache_index" on the device: keys stored unrotated (quantized and
+    Hadamard-rotated where the type says so) are decoded, rotated back and rotated by their rank
+    before each attention, the query by the largest rank (normal and NeoX RoPE): logits equal the
+    CPU's, and the kept positions at every step. With quantized keys the logits agree within a
+    quantum's effect (see test_cuda_two_kv_tiers: keys unrotated by RoPE meet the quantizer with
+    other last bits than the CPU's and may take the neighbouring level)."""
     path = tmp_path / "m.gguf"
-    write_llama_gguf(path, seed=10)
-    with pytest.raises(ValueError, match="cache_index"):
-        tova.Engine(path, device="cuda", kv_size=16, positions="cache_index")
+    write_llama_gguf(path, seed=18, weight_type="Q8_0", n_embd=256, n_ff=96, n_head=4, n_head_kv=2, arch=arch)
+    cpu, gpu = _pair(path, policy="tova", kv_size=20, chunk=8, kv_type=kv_type, positions="cache_index")
+    with cpu, gpu:
+        ids = _ids(44, cpu.n_vocab, seed=18)
+        want, got = cpu.eval(ids[:28], all_logits=True), gpu.eval(ids[:28], all_logits=True)
+        tol = (TOL if kv_type in ("f32", "f16") else 2e-2) * max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(got, want, atol=tol, rtol=0)
+        for t in ids[28:]:
+            np.testing.assert_allclose(gpu.eval([t]), cpu.eval([t]), atol=tol, rtol=0)
+            for layer in range(2):
+                assert cpu.kv_positions(layer).tolist() == gpu.kv_positions(layer).tolist(), layer
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_cuda_refuses_what_it_lacks_by_name(tmp_path):
+    """What the CUDA backend does not implement is an error naming it, not a crash: a head size
+    beyond its kernels' 256."""
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, seed=10, n_embd=512, n_head=1, n_head_kv=1)
+    with pytest.raises(ValueError, match="head_dim"):
+        tova.Engine(path, device="cuda", kv_size=16)
 
 
 def test_cuda_unavailable_is_a_clear_error(tmp_path):

@@ -77,8 +77,6 @@ Engine::Engine(const std::string& model_path, EngineParams params) : params_(std
   policies_.cache_index = params_.positions == PositionsMode::CacheIndex;
   policies_.chunked = params_.prefill == PrefillMode::Chunked;
 
-  if (params_.backend == BackendKind::Cuda && policies_.cache_index)
-    throw ArgumentError("positions 'cache_index' is not supported by the CUDA backend yet");
   backend_ = make_backend(params_.backend, *model_, n_batch_, params_.n_threads, params_.float_activations);
   forward_ = std::make_unique<Forward>(*model_, *backend_, policies_);
   for (int i = 0; i < n_seq; ++i) {

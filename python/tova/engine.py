@@ -80,8 +80,8 @@ class Engine:
         n_batch: tokens per scheduler step (decode rows plus prompt chunks); default
             ``chunk + n_seq``.
         backend: where the model runs: ``"cpu"`` (the default) or ``"cuda"`` (the whole model on
-            GPU 0, in a build with the CUDA backend; any ``kv_type``, one or two KV tiers,
-            ``positions="original"``).
+            GPU 0, in a build with the CUDA backend; every setting of the CPU backend, head
+            sizes up to 256).
         device: the same setting under the name PyTorch users know (give one of the two).
 
     Use as a context manager, or call :meth:`close`, to release the model's memory promptly.
