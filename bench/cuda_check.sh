@@ -14,7 +14,8 @@
 #    batch 1, kv_size 512 (tova) and the full cache, with the bandwidth speed of light, decode
 #    steps as CUDA graphs and (tova 512) without them (TOVA_CUDA_GRAPHS=0), and (tova 512) with
 #    the victims selected by the host's tova from the head mean copied back (TOVA_CUDA_VICTIMS=0),
-#    and (tova 512) with keys in q8_0 and values in q4_1 (kvq);
+#    (tova 512) with keys in q8_0 and values in q4_1 (kvq), and (tova 512) with the prompt's
+#    products by the warp-per-row kernels instead of the tiled one (TOVA_CUDA_TILED_FROM=0, tiled0);
 #    Then the paper's Table 1 there (bench/throughput.py --device cuda, budget BUDGET, 1GiB), with
 #    TOVA 512 over q8_0 keys / q4_1 values as well;
 # 5. runs short generations under compute-sanitizer when it is installed (each built-in policy
@@ -63,12 +64,14 @@ step "4. speed (synthetic real-shape models, batch 1)"
 for m in smollm2 qwen15; do
   for cache in "--policy tova --kv-size 512" "--policy full --ctx 4096"; do
     # The default (graphs, the policy's step on the device), every operation issued directly
-    # (graphs0), the host's policy fed the head mean (victims0), quantized K/V (kvq).
-    for variant in default graphs0 victims0 kvq; do
+    # (graphs0), the host's policy fed the head mean (victims0), quantized K/V (kvq), no tiled
+    # product (tiled0).
+    for variant in default graphs0 victims0 kvq tiled0; do
       [ "$variant" != default ] && [ "$cache" != "--policy tova --kv-size 512" ] && continue
       env=()
       [ "$variant" = graphs0 ] && env=(TOVA_CUDA_GRAPHS=0)
       [ "$variant" = victims0 ] && env=(TOVA_CUDA_VICTIMS=0)
+      [ "$variant" = tiled0 ] && env=(TOVA_CUDA_TILED_FROM=0)
       kv=""
       [ "$variant" = kvq ] && kv="--kv-type-k q8_0 --kv-type-v q4_1"
       # shellcheck disable=SC2086

@@ -100,7 +100,7 @@ __device__ __forceinline__ void key_scores(KvType t, const uint8_t* row, const Q
 }
 
 // The same for a type known only at run time (the lower tier's).
-__device__ void key_scores_any(KvType t, const uint8_t* row, const Queries& q, int per_block, int head_dim, int lane,
+__device__ __forceinline__ void key_scores_any(KvType t, const uint8_t* row, const Queries& q, int per_block, int head_dim, int lane,
                                float* acc) {
   switch (kind_of(t)) {
     case kKindF32: return key_scores<kKindF32>(t, row, q, per_block, head_dim, lane, acc);

@@ -73,8 +73,9 @@ class CudaKv : public KvPayload {
 
 class CudaBackend : public Backend {
  public:
-  CudaBackend(const Model& model, int max_rows, bool graphs, bool select_victims)
-      : m_(model), max_rows_(max_rows), select_victims_(select_victims), device_(use_device_0()), stream_(graphs),
+  CudaBackend(const Model& model, int max_rows, bool graphs, bool select_victims, int tiled_from)
+      : m_(model), max_rows_(max_rows), select_victims_(select_victims), tiled_from_(tiled_from),
+        device_(use_device_0()), stream_(graphs),
         staging_(&stream_), readback_(&stream_) {
     if (m_.hp().head_dim > 256)
       throw ArgumentError(cat("the CUDA backend handles head_dim up to 256; this model has ", m_.hp().head_dim));
@@ -157,7 +158,7 @@ class CudaBackend : public Backend {
       cuda::MatTargets ts;
       for (; j < n_jobs && ts.n < cuda::kMaxTargets && jobs[j].w->type == type && jobs[j].w->cols == cols; ++j)
         add_target(ts, *jobs[j].w, jobs[j].y, jobs[j].bias);
-      cuda::matmul(op(), type, ts, cols, x, n);
+      cuda::matmul(op(), type, ts, cols, x, n, tiled_from_);
     }
   }
 
@@ -166,7 +167,7 @@ class CudaBackend : public Backend {
     auto* y = static_cast<float*>(logits_.reserve(bytes, "logits", &stream_));
     cuda::MatTargets ts;
     add_target(ts, w, y, nullptr);
-    cuda::matmul(op(), w.type, ts, w.cols, x, n);
+    cuda::matmul(op(), w.type, ts, w.cols, x, n, tiled_from_);
     // host_y is pageable: copied outside the step's graph, after it
     check(cudaMemcpyAsync(host_y, y, bytes, cudaMemcpyDeviceToHost, stream_.eager()), "logits to host");
     stream_.sync("logits to host");
@@ -221,7 +222,7 @@ class CudaBackend : public Backend {
     cuda::MatTargets ts;
     add_target(ts, w_gate, gate, nullptr);
     add_target(ts, w_up, up, nullptr);
-    cuda::matmul_glu(op(), w_gate.type, ts, act, w_gate.cols, x, n);
+    cuda::matmul_glu(op(), w_gate.type, ts, act, w_gate.cols, x, n, tiled_from_);
   }
 
   void add(float* x, const float* y, int64_t count) override { cuda::add(op(), x, y, count); }
@@ -374,6 +375,7 @@ class CudaBackend : public Backend {
   const Model& m_;
   int max_rows_;
   bool select_victims_;  // the built-in tova, h2o and tova_ema run here (AttnRow::rule)
+  int tiled_from_;       // products of this many input rows or more take the tiled kernel (0: never)
   uint64_t victims_selected_ = 0;
   uint64_t policy_bytes_ = 0;  // probabilities, head means and victims copied back
   int device_;
@@ -689,7 +691,17 @@ std::unique_ptr<Backend> make_cuda_backend(const Model& model, int max_rows) {
   };
   // TOVA_CUDA_GRAPHS=0: every operation issued directly; TOVA_CUDA_VICTIMS=0: the head mean goes
   // back to the host's policy instead of the victims the device selected (tests compare the two).
-  return std::make_unique<CudaBackend>(model, max_rows, !off("TOVA_CUDA_GRAPHS"), !off("TOVA_CUDA_VICTIMS"));
+  // TOVA_CUDA_TILED_FROM=N: the tiled matrix product from N input rows on (default 32; 0: never).
+  int tiled_from = 32;
+  if (const char* v = std::getenv("TOVA_CUDA_TILED_FROM")) {
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    if (end == v || *end != '\0' || n < 0 || n > (1 << 20))
+      throw ArgumentError(cat("TOVA_CUDA_TILED_FROM='", v, "': a number of rows (0: never)"));
+    tiled_from = static_cast<int>(n);
+  }
+  return std::make_unique<CudaBackend>(model, max_rows, !off("TOVA_CUDA_GRAPHS"), !off("TOVA_CUDA_VICTIMS"),
+                                       tiled_from);
 }
 
 }  // namespace tova

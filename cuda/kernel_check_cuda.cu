@@ -1,7 +1,8 @@
 // Each CUDA kernel against its CPU twin on random inputs (tests/test_cuda.py calls it through
 // tova._core._cuda_kernel_check on a GPU machine): matrix products of every weight type, by the
 // chunked kernel and by the per-element one (misaligned input rows send the product there), for
-// odd row counts, several targets in one launch (one with a bias), 1, 3 and 11 input rows;
+// odd row counts, several targets in one launch (one with a bias), 1, 3 and 11 input rows, and
+// 70 (the tiled kernel);
 // embedding rows; RMS norm, alone and after a residual add; the gated activations, alone and fused
 // into the gate / up product; residual adds; the head mean and the built-in policies' steps; K/V
 // rows stored in every KV type, rotated or not, and moved down to a lower tier (the same bytes as
@@ -30,6 +31,8 @@ namespace {
 
 using cuda::check;
 using cuda::DeviceBuffer;
+
+constexpr int kTiledFrom = 32;  // the backend's default (TOVA_CUDA_TILED_FROM)
 
 template <class T>
 T* to_device(DeviceBuffer& b, const std::vector<T>& v) {
@@ -88,7 +91,7 @@ void check_matmul(GgmlType t, std::mt19937& rng, std::vector<std::string>& bad) 
   // Three targets in one launch: all 37 rows with a bias, the first 20 and the last 9 without.
   const int64_t first[3] = {0, 0, rows - 9}, count[3] = {rows, 20, 9};
   bool ok = true;
-  for (int n : {1, 3, 11}) {
+  for (int n : {1, 3, 11, 70}) {  // 70: the tiled kernel (two tiles of input rows)
     for (int misaligned = 0; misaligned < 2 && ok; ++misaligned) {
       std::vector<float> x = random_floats(static_cast<size_t>(n * cols + 1), rng);
       const float* x_dev = to_device(dx, x) + misaligned;  // +1 float: the per-element kernel
@@ -103,7 +106,7 @@ void check_matmul(GgmlType t, std::mt19937& rng, std::vector<std::string>& bad) 
         tg.bias = j == 0 ? b_dev : nullptr;
         ts.max_rows = std::max(ts.max_rows, count[j]);
       }
-      cuda::matmul(0, t, ts, cols, x_dev, n);
+      cuda::matmul(0, t, ts, cols, x_dev, n, kTiledFrom);
       for (int j = 0; j < 3 && ok; ++j) {
         const std::vector<float> y = to_host(ts.t[j].y, static_cast<size_t>(n * count[j]));
         for (int i = 0; i < n && ok; ++i)
@@ -118,7 +121,8 @@ void check_matmul(GgmlType t, std::mt19937& rng, std::vector<std::string>& bad) 
             }
             const double got = y[static_cast<size_t>(i * count[j] + rr)];
             if (!(std::fabs(got - want) <= 1e-5 * mag + 1e-6)) {
-              bad.push_back(cat("matmul ", tt.name, misaligned ? " (per-element kernel)" : "", " target ", j, " n=", n,
+              bad.push_back(cat("matmul ", tt.name, n >= kTiledFrom ? " (tiled kernel)" : misaligned ? " (per-element kernel)" : "",
+                                " target ", j, " n=", n,
                                 " row ", r, " input ", i, ": ", got, " vs ", want));
               ok = false;
             }
@@ -213,7 +217,7 @@ void check_glu(GgmlType t, std::mt19937& rng, std::vector<std::string>& bad) {
   const std::vector<uint8_t> raw_g = random_rows(t, rows, cols, rng, wg), raw_u = random_rows(t, rows, cols, rng, wu);
   DeviceBuffer dg, du, dx, dy, ds;
   for (FfnActivation act : {FfnActivation::SiLU, FfnActivation::GeluTanh})
-    for (int n : {1, 3, 11})
+    for (int n : {1, 3, 11, 70})
       for (int misaligned = 0; misaligned < 2; ++misaligned) {
         const std::vector<float> x = random_floats(static_cast<size_t>(n * cols + 1), rng, -0.3f, 0.3f);
         const float* x_dev = to_device(dx, x) + misaligned;
@@ -226,7 +230,7 @@ void check_glu(GgmlType t, std::mt19937& rng, std::vector<std::string>& bad) {
         ts.t[1] = {to_device(du, raw_u), row_bytes(t, cols), rows,
                    static_cast<float*>(ds.reserve(static_cast<size_t>(n * rows) * sizeof(float), "kernel check")),
                    nullptr};
-        cuda::matmul_glu(0, t, ts, act, cols, x_dev, n);
+        cuda::matmul_glu(0, t, ts, act, cols, x_dev, n, kTiledFrom);
         const std::vector<float> y = to_host(ts.t[0].y, static_cast<size_t>(n * rows));
         for (int i = 0; i < n; ++i)
           for (int64_t r = 0; r < rows; ++r) {

@@ -9,9 +9,11 @@
 #include "cuda_check.h"
 #include "launch.cuh"
 #include "dequant.cuh"
+#include "matmul_tiled_cuda.h"
 #include "matvec_cuda.h"
 #include "ops_cuda.h"
 #include "warp.cuh"
+#include "with_type.cuh"
 
 namespace tova {
 namespace cuda {
@@ -56,27 +58,6 @@ __global__ void embed_kernel(const uint8_t* w, size_t row_bytes, int64_t width, 
        e += static_cast<int64_t>(gridDim.y) * blockDim.x) {
     const float v = Dq::elem(wr, e);
     x[static_cast<int64_t>(i) * width + e] = scale != 1.0f ? v * scale : v;
-  }
-}
-
-// Calls f.template operator()<Dq>() with the dequantizer of t; false when t has none.
-template <class F>
-bool with_type(GgmlType t, F&& f) {
-  switch (t) {
-    case GgmlType::F32: f(DqF32{}); return true;
-    case GgmlType::F16: f(DqF16{}); return true;
-    case GgmlType::BF16: f(DqBF16{}); return true;
-    case GgmlType::Q4_0: f(DqQ4_0{}); return true;
-    case GgmlType::Q4_1: f(DqQ4_1{}); return true;
-    case GgmlType::Q5_0: f(DqQ5_0{}); return true;
-    case GgmlType::Q5_1: f(DqQ5_1{}); return true;
-    case GgmlType::Q8_0: f(DqQ8_0{}); return true;
-    case GgmlType::Q2_K: f(DqQ2_K{}); return true;
-    case GgmlType::Q3_K: f(DqQ3_K{}); return true;
-    case GgmlType::Q4_K: f(DqQ4_K{}); return true;
-    case GgmlType::Q5_K: f(DqQ5_K{}); return true;
-    case GgmlType::Q6_K: f(DqQ6_K{}); return true;
-    default: return false;
   }
 }
 
@@ -150,8 +131,10 @@ bool matmul_supports(GgmlType t) {
   return with_type(t, [](auto) {});
 }
 
-void matmul(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n) {
+void matmul(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n,
+            int tiled_from) {
   if (targets.n < 1 || targets.n > kMaxTargets) throw Error(cat("CUDA matmul: ", targets.n, " targets"));
+  if (tiled_from > 0 && n >= tiled_from && matmul_tiled(s, t, targets, cols, x, n)) return;  // matmul_tiled_cuda.cu
   if (matvec(s, t, targets, cols, x, n)) return;  // the real models' types: matvec_cuda.cu
   if (n <= 0 || targets.max_rows <= 0) return;
   const dim3 grid(static_cast<unsigned>((targets.max_rows + kMatWarps - 1) / kMatWarps),
@@ -164,11 +147,12 @@ void matmul(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols,
 }
 
 void matmul_glu(cudaStream_t s, GgmlType t, const MatTargets& targets, FfnActivation act, int64_t cols,
-                const float* x, int n) {
+                const float* x, int n, int tiled_from) {
   if (targets.n != 2 || targets.t[0].rows != targets.t[1].rows)
     throw Error("CUDA matmul_glu: a gate and an up matrix of the same shape");
-  if (matvec(s, t, targets, cols, x, n, act == FfnActivation::GeluTanh ? 2 : 1)) return;
-  matmul(s, t, targets, cols, x, n);
+  const bool tiled = tiled_from > 0 && n >= tiled_from;  // then the two products, and act_mul
+  if (!tiled && matvec(s, t, targets, cols, x, n, act == FfnActivation::GeluTanh ? 2 : 1)) return;
+  matmul(s, t, targets, cols, x, n, tiled_from);
   act_mul(s, act, targets.t[0].y, targets.t[1].y, static_cast<int64_t>(n) * targets.t[0].rows);
 }
 

@@ -39,14 +39,17 @@ struct MatTargets {
 
 // y[i * rows + r] = W_r . x[i * cols ...] (+ bias[r]) for i < n and each target: weights in type
 // t, x float rows of `cols`. Float accumulation of dequantized weights (as the CPU backend with
-// float activations); the bias is added to the finished sum, as the CPU adds it.
-void matmul(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n);
+// float activations); the bias is added to the finished sum, as the CPU adds it. From tiled_from
+// input rows on (0: never) the tiled kernel (matmul_tiled_cuda.h), which reads each weight once
+// for 64 input rows; below it, the kernels that read it once for up to 8.
+void matmul(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n,
+            int tiled_from);
 
 // The gated feed-forward's first product: gate.y = act(W_gate x) * (W_up x) (targets t[0] =
 // gate, t[1] = up, one type; up.y is scratch). One kernel that computes both rows of a warp's
 // output where the chunked kernel takes the type, else the two products and act_mul.
 void matmul_glu(cudaStream_t s, GgmlType t, const MatTargets& targets, FfnActivation act, int64_t cols,
-                const float* x, int n);
+                const float* x, int n, int tiled_from);
 
 // x[i * width + e] = scale * W_{tokens[i]}[e] (tokens: device int32).
 void embed(cudaStream_t s, GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, int n, float scale,

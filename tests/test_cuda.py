@@ -80,6 +80,29 @@ def test_cuda_logits_equal_cpu(tmp_path, weight_type):
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.parametrize("weight_type", ["Q4_K", "Q6_K", "Q8_0", "F16"])
+def test_cuda_tiled_prefill(tmp_path, monkeypatch, weight_type):
+    """Prompt chunks of 64 rows (and the logits of all of them) take the tiled matrix product
+    (TOVA_CUDA_TILED_FROM, default 32 rows): logits equal the CPU's, and those of the warp-per-row
+    kernels (TOVA_CUDA_TILED_FROM=0)."""
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, seed=19, weight_type=weight_type, n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
+    ids = _ids(100, 384, seed=19)
+    monkeypatch.setenv("TOVA_CUDA_TILED_FROM", "0")
+    rowwise = tova.Engine(path, device="cuda", policy="tova", kv_size=80, chunk=64)
+    monkeypatch.delenv("TOVA_CUDA_TILED_FROM")
+    cpu, gpu = _pair(path, policy="tova", kv_size=80, chunk=64)
+    with cpu, gpu, rowwise:
+        want = cpu.eval(ids, all_logits=True)
+        tol = TOL * max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(gpu.eval(ids, all_logits=True), want, atol=tol, rtol=0)
+        np.testing.assert_allclose(rowwise.eval(ids, all_logits=True), want, atol=tol, rtol=0)
+        for t in _ids(4, 384, seed=20):
+            np.testing.assert_allclose(gpu.eval([t]), cpu.eval([t]), atol=tol, rtol=0)
+
+
+@pytest.mark.cuda
+@needs_gpu
 @pytest.mark.parametrize("policy", ["tova", "tova_ema", "h2o", "sink", "window"])
 def test_cuda_keeps_the_cpu_positions(tmp_path, policy):
     """With eviction (kv_size 24, 120 tokens), the kept positions of every layer are the CPU's at

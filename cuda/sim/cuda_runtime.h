@@ -30,6 +30,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 // One block runs at a time, its threads fibers of the host thread draining the stream: a
 // block-shared variable is a static (it keeps the last block's values: a kernel must not read
 // what its own block has not written).
