@@ -19,7 +19,7 @@
 #    Then the paper's Table 1 there (bench/throughput.py --device cuda, budget BUDGET, 1GiB), with
 #    TOVA 512 over q8_0 keys / q4_1 values as well;
 # 5. runs short generations under compute-sanitizer when it is installed (each built-in policy
-#    the device runs, quantized K/V, two KV tiers).
+#    the device runs, quantized K/V, two KV tiers, positions "cache_index" after a 40-word prompt).
 # Every step runs even when an earlier one failed; the report says which failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -131,6 +131,12 @@ if command -v compute-sanitizer > /dev/null; then
     -p "hello" -n 24 --ignore-eos --policy tova --kv-size 8 --chunk 2 --kv-type q8_0 --kv-lo-type q4_0/q3_0 \
     --kv-hi-size 4 --device cuda > "$OUT/sanitizer_tiers.log" 2>&1 || fail "compute-sanitizer (two KV tiers)"
   tail -3 "$OUT/sanitizer_tiers.log" | tee -a "$REPORT"
+  # Positions "cache_index" (keys rotated by rank on the device), a prompt long enough for the
+  # tiled product.
+  compute-sanitizer --tool memcheck --error-exitcode 9 "$TOVA_BIN" run -m build/shapes/smollm2-shape.gguf \
+    -p "$(printf 'hello %.0s' $(seq 40))" -n 24 --ignore-eos --policy tova --kv-size 16 --positions cache_index \
+    --kv-type q8_0 --device cuda > "$OUT/sanitizer_cache_index.log" 2>&1 || fail "compute-sanitizer (cache_index)"
+  tail -3 "$OUT/sanitizer_cache_index.log" | tee -a "$REPORT"
 else
   log "compute-sanitizer not installed: not run"
 fi
