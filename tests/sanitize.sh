@@ -54,7 +54,8 @@ done
 echo "sanitize: the CUDA simulator's own checks"
 "$BUILD/tova_cuda_sim_selftest" | tail -1
 # Synthetic models (a llama with Q4_K matrices, a qwen2 with Q6_K, a Gemma 3), small enough for
-# the simulator: every built-in policy, f16 and f32 K/V, exact and chunked prefill, batching.
+# the simulator: every built-in policy, f16, f32 and quantized K/V, two tiers, cache_index, exact
+# and chunked prefill, batching.
 python - "$BUILD" <<'EOF'
 import sys
 sys.path.insert(0, "tests")
@@ -65,12 +66,18 @@ write_llama_gguf(f"{sys.argv[1]}/sim-qwen2.gguf", seed=4, weight_type="Q6_K", n_
                  n_head_kv=1, n_layer=2, arch="qwen2", tied_output=True)
 write_gemma3_gguf(f"{sys.argv[1]}/sim-gemma3.gguf", seed=5, weight_type="Q4_K", n_embd=256, n_ff=512, head_dim=64)
 EOF
-for config in "llama tova f16 exact" "llama h2o f32 chunked" "llama tova_ema f16 exact" "llama sink f16 exact" \
-              "llama full f16 exact" "qwen2 tova f16 exact" "gemma3 tova f16 chunked"; do
-  read -r arch policy kv prefill <<<"$config"
-  echo "sanitize: device cuda (simulated), $arch, policy $policy, kv $kv, prefill $prefill"
+# Then quantized K/V (rotated), two KV tiers, positions "cache_index", and prompt chunks of 64
+# rows (the tiled matrix product).
+for config in "llama tova f16 f16 exact" "llama h2o f32 f32 chunked" "llama tova_ema f16 f16 exact" \
+              "llama sink f16 f16 exact" "llama full f16 f16 exact" "qwen2 tova f16 f16 exact" \
+              "gemma3 tova f16 f16 chunked" "llama tova q8_0 q4_1 chunked" \
+              "llama tova_ema q8_0 q3_0 exact --kv-lo-type q4_0/q3_0 --kv-hi-size 6" \
+              "qwen2 tova q4_0 f16 exact --positions cache_index" "llama window f16 f16 chunked --chunk 64"; do
+  read -r arch policy kv_k kv_v prefill extra <<<"$config"
+  echo "sanitize: device cuda (simulated), $arch, policy $policy, kv $kv_k/$kv_v, prefill $prefill${extra:+, $extra}"
+  # shellcheck disable=SC2086
   if ! "$BUILD/tova" run -m "$BUILD/sim-$arch.gguf" -p "$PROMPT" -n 12 --temp 0 --ignore-eos --device cuda \
-      --policy "$policy" --kv-size 16 --chunk 8 --ctx 128 -ctk "$kv" -ctv "$kv" --prefill "$prefill" \
+      --policy "$policy" --kv-size 16 --chunk 8 --ctx 128 -ctk "$kv_k" -ctv "$kv_v" --prefill "$prefill" $extra \
       >/dev/null 2>"$BUILD/run.err"; then
     cat "$BUILD/run.err"
     exit 1
