@@ -6,7 +6,9 @@
 // embedding rows; RMS norm, alone and after a residual add; the gated activations, alone and fused
 // into the gate / up product; residual adds; the head mean and the built-in policies' steps; K/V
 // rows stored in every KV type, rotated or not, and moved down to a lower tier (the same bytes as
-// the CPU backend's); keys rotated by rank for positions "cache_index".
+// the CPU backend's); keys rotated by rank for positions "cache_index"; the attention itself
+// (scores, softmax, weighted sums, probabilities) against the CPU backend's on the same stored
+// K/V, for every kind of key and value, two tiers and cache_index.
 // The CPU side dequantizes with its own kernels and sums in double precision.
 #include <cuda_runtime.h>
 
@@ -19,7 +21,9 @@
 
 #include "backend_cuda.h"
 #include "cpu/kernels_cpu.h"
+#include "cpu/attention_cpu.h"
 #include "cpu/kv_cpu.h"
+#include "cpu/thread_pool.h"
 #include "kv_policy.h"
 #include "buffers.h"
 #include "ops_cuda.h"
@@ -584,6 +588,177 @@ void check_rank_keys(std::mt19937& rng, std::vector<std::string>& bad) {
         }
 }
 
+// The attention kernel against AttentionCpu on the same stored bytes (written by CpuKv): rows of
+// 1 to 300 slots in a scattered order (ascending positions for cache_index), GQA groups of 3 and
+// 2, every kind of key (float, half, quantized: the CPU's integer products) and value, rotated or
+// not, two tiers, cache_index. Outputs and probabilities agree to float rounding (sums in another
+// order), so a wrong block, scale, rotation or tier shows.
+void check_attention(std::mt19937& rng, std::vector<std::string>& bad) {
+  struct Case {
+    const char* name;
+    KvType k, v;
+    bool rotate;
+    KvType lk, lv;  // the lower tier's, where n_lo > 0
+    int n_lo;
+    bool by_rank;
+  };
+  const Case cases[] = {
+      {"f32", KvType::F32, KvType::F32, false, KvType::F32, KvType::F32, 0, false},
+      {"f16", KvType::F16, KvType::F16, false, KvType::F16, KvType::F16, 0, false},
+      {"q8_0/q4_1 rotated", KvType::Q8_0, KvType::Q4_1, true, KvType::F16, KvType::F16, 0, false},
+      {"q4_0/q3_0", KvType::Q4_0, KvType::Q3_0, false, KvType::F16, KvType::F16, 0, false},
+      {"q5_1/q5_0 rotated", KvType::Q5_1, KvType::Q5_0, true, KvType::F16, KvType::F16, 0, false},
+      {"f16 over q4_0/q3_0 rotated", KvType::F16, KvType::F16, true, KvType::Q4_0, KvType::Q3_0, 150, false},
+      {"q8_0 over q4_1/q4_0", KvType::Q8_0, KvType::Q8_0, false, KvType::Q4_1, KvType::Q4_0, 150, false},
+      {"q8_0 rotated, by rank", KvType::Q8_0, KvType::F16, true, KvType::F16, KvType::F16, 0, true},
+      {"f16, by rank", KvType::F16, KvType::F16, false, KvType::F16, KvType::F16, 0, true},
+  };
+  struct Shape {
+    int n_head, n_head_kv, head_dim;
+  };
+  const Shape shapes[] = {{9, 3, 64}, {4, 2, 128}};
+  ThreadPool pool(1);
+  for (const Case& c : cases)
+    for (const Shape& sh : shapes) {
+      const int n_slots = 320, n_hi = n_slots - c.n_lo, d = sh.head_dim;
+      auto quantized = [](KvType t) { return t != KvType::F16 && t != KvType::F32; };
+      KvLayout lo;
+      lo.n_head_kv = sh.n_head_kv;
+      lo.head_dim = d;
+      lo.n_slots = {n_slots};
+      if (c.n_lo) lo.n_lo = {c.n_lo};
+      auto tier = [&](KvTierTypes& t, KvType k, KvType v) {
+        t.type_k = k;
+        t.type_v = v;
+        t.k_row_bytes = kv_row_bytes(k, d);
+        t.v_row_bytes = kv_row_bytes(v, d);
+        t.hadamard_k = c.rotate && quantized(k);
+        t.hadamard_v = c.rotate && quantized(v);
+      };
+      tier(lo, c.k, c.v);
+      tier(lo.lo, c.lk, c.lv);
+      CpuKv cpu(lo);
+      for (int h = 0; h < sh.n_head_kv; ++h)
+        for (int sl = 0; sl < n_slots; ++sl) {
+          const std::vector<float> kx = random_floats(static_cast<size_t>(d), rng, -2.0f, 2.0f);
+          const std::vector<float> vx = random_floats(static_cast<size_t>(d), rng, -1.0f, 1.0f);
+          if (sl < n_hi) {
+            cpu.store_k(cpu.k_row(0, h, sl), kx.data());
+            cpu.store_v(cpu.v_row(0, h, sl), vx.data());
+          }
+        }
+      // The lower tier's rows: upper rows moved down (CpuKv::demote), so both tiers hold data.
+      for (int sl = n_hi; sl < n_slots; ++sl) cpu.demote(0, sl - n_hi, sl);
+      HParams hp;
+      hp.rope_style = RopeStyle::NeoX;
+      hp.rope_dim = d;
+      const Rope rope(hp, 10000.0f);
+      const int sizes[] = {1, 5, 40, 300};
+      const int n_rows = 4;
+      std::vector<std::vector<int32_t>> idx(n_rows);
+      std::vector<float> q = random_floats(static_cast<size_t>(n_rows * sh.n_head * d), rng, -1.0f, 1.0f);
+      std::vector<float> out_cpu(q.size()), probs_cpu(static_cast<size_t>(n_rows * sh.n_head * n_slots));
+      std::vector<AttnRow> rows(n_rows);
+      for (int i = 0; i < n_rows; ++i) {
+        std::vector<int32_t> all(static_cast<size_t>(n_slots));
+        for (int sl = 0; sl < n_slots; ++sl) all[static_cast<size_t>(sl)] = sl;
+        std::shuffle(all.begin(), all.end(), rng);  // both tiers, in no order (the slots' positions)
+        idx[static_cast<size_t>(i)].assign(all.begin(), all.begin() + sizes[i]);
+        AttnRow& r = rows[static_cast<size_t>(i)];
+        r.kv = &cpu;
+        r.idx = idx[static_cast<size_t>(i)].data();
+        r.n_idx = sizes[i];
+        r.q = q.data() + static_cast<size_t>(i) * sh.n_head * d;
+        r.out = out_cpu.data() + static_cast<size_t>(i) * sh.n_head * d;
+        r.probs = probs_cpu.data() + static_cast<size_t>(i) * sh.n_head * n_slots;
+        r.n_slots = n_slots;
+        r.rank_rope = c.by_rank ? &rope : nullptr;
+      }
+      AttnShape shape;
+      shape.n_head = sh.n_head;
+      shape.n_head_kv = sh.n_head_kv;
+      shape.head_dim = d;
+      shape.scale = 1.0f / std::sqrt(static_cast<float>(d));
+      AttentionCpu().run(pool, shape, rows.data(), n_rows);
+
+      // The device: the same bytes, tier by tier.
+      auto tier_bytes = [&](bool key, int t) {
+        const KvTierRows tr = cpu.tier_rows(0, 0, t);
+        const KvTierTypes& ty = t == 0 ? static_cast<const KvTierTypes&>(lo) : lo.lo;
+        const size_t n = static_cast<size_t>(sh.n_head_kv) * (t == 0 ? n_hi : c.n_lo) * (key ? ty.k_row_bytes : ty.v_row_bytes);
+        const uint8_t* p = key ? tr.k : tr.v;
+        return std::vector<uint8_t>(p, p + n);
+      };
+      DeviceBuffer bk, bv, bkl, bvl, bq, bo, bp, bs, bd, bi, br, bcs, bsn;
+      std::vector<int32_t> idx_all;
+      std::vector<cuda::AttnDesc> descs(n_rows);
+      int64_t n_ranked = 0;
+      for (int i = 0; i < n_rows; ++i) n_ranked += static_cast<int64_t>(sh.n_head_kv) * sizes[i] * d;
+      float* ranked = c.by_rank ? to_device(br, std::vector<float>(static_cast<size_t>(n_ranked), 0.0f)) : nullptr;
+      const float* q_dev = to_device(bq, q);
+      float* out_dev = to_device(bo, std::vector<float>(q.size(), 0.0f));
+      std::vector<float> cs(static_cast<size_t>(n_slots * rope.pairs())), sn(cs.size());
+      for (int r = 0; r < n_slots; ++r) rope.angles(r, cs.data() + r * rope.pairs(), sn.data() + r * rope.pairs());
+      const float* cs_dev = to_device(bcs, cs);
+      const float* sn_dev = to_device(bsn, sn);
+      const void* k_dev = to_device(bk, tier_bytes(true, 0));
+      const void* v_dev = to_device(bv, tier_bytes(false, 0));
+      const void* kl_dev = c.n_lo ? to_device(bkl, tier_bytes(true, 1)) : nullptr;
+      const void* vl_dev = c.n_lo ? to_device(bvl, tier_bytes(false, 1)) : nullptr;
+      int64_t probs_at = 0, ranked_at = 0;
+      int max_idx = 1;
+      for (int i = 0; i < n_rows; ++i) {
+        cuda::AttnDesc& g = descs[static_cast<size_t>(i)];
+        g.k = k_dev;
+        g.v = v_dev;
+        g.k_lo = kl_dev;
+        g.v_lo = vl_dev;
+        g.n_slots = n_slots;
+        g.n_hi = n_hi;
+        g.n_idx = sizes[i];
+        g.idx_off = static_cast<int64_t>(idx_all.size());
+        g.q = q_dev + static_cast<size_t>(i) * sh.n_head * d;
+        g.out = out_dev + static_cast<size_t>(i) * sh.n_head * d;
+        g.probs_off = probs_at;
+        probs_at += static_cast<int64_t>(sh.n_head) * sizes[i];
+        if (c.by_rank) {
+          g.ranked = ranked + ranked_at;
+          ranked_at += static_cast<int64_t>(sh.n_head_kv) * sizes[i] * d;
+          g.q_cs = cs_dev + static_cast<size_t>(sizes[i] - 1) * rope.pairs();
+          g.q_sn = sn_dev + static_cast<size_t>(sizes[i] - 1) * rope.pairs();
+          g.rope_pairs = rope.pairs();
+          g.rope_neox = true;
+        }
+        idx_all.insert(idx_all.end(), idx[static_cast<size_t>(i)].begin(), idx[static_cast<size_t>(i)].end());
+        max_idx = std::max(max_idx, sizes[i]);
+      }
+      float* probs_dev = to_device(bp, std::vector<float>(static_cast<size_t>(probs_at), 0.0f));
+      float* scratch = to_device(bs, std::vector<float>(static_cast<size_t>(n_rows * sh.n_head * max_idx), 0.0f));
+      const cuda::AttnDesc* d_dev = to_device(bd, descs);
+      const int32_t* i_dev = to_device(bi, idx_all);
+      const cuda::KvFormat f = cuda::kv_format(lo), f_lo = cuda::kv_format(lo.lo);
+      if (c.by_rank) cuda::rank_keys(0, f, d_dev, n_rows, i_dev, sh.n_head_kv, d, cs_dev, sn_dev);
+      cuda::attend(0, f, f_lo, d_dev, n_rows, i_dev, sh.n_head, sh.n_head_kv, d, shape.scale, max_idx, scratch,
+                   probs_dev);
+      const std::vector<float> out_gpu = to_host(out_dev, q.size());
+      const std::vector<float> probs_gpu = to_host(probs_dev, static_cast<size_t>(probs_at));
+      float worst_out = 0.0f, worst_p = 0.0f, scale_out = 0.0f;
+      for (float v : out_cpu) scale_out = std::max(scale_out, std::fabs(v));
+      for (size_t e = 0; e < out_cpu.size(); ++e) worst_out = std::max(worst_out, std::fabs(out_gpu[e] - out_cpu[e]));
+      int64_t at = 0;
+      for (int i = 0; i < n_rows; ++i)
+        for (int h = 0; h < sh.n_head; ++h)
+          for (int j = 0; j < sizes[i]; ++j) {
+            const float want = probs_cpu[(static_cast<size_t>(i) * sh.n_head + h) * n_slots +
+                                         static_cast<size_t>(idx[static_cast<size_t>(i)][static_cast<size_t>(j)])];
+            worst_p = std::max(worst_p, std::fabs(probs_gpu[static_cast<size_t>(at++)] - want));
+          }
+      if (!(worst_out <= 2e-5f * std::max(1.0f, scale_out)) || !(worst_p <= 2e-6f))
+        bad.push_back(cat("attend ", c.name, " heads ", sh.n_head, "/", sh.n_head_kv, " head_dim ", d, ": out off by ",
+                          worst_out, ", probabilities by ", worst_p));
+    }
+}
+
 }  // namespace
 
 std::vector<std::string> cuda_kernel_check() {
@@ -603,6 +778,7 @@ std::vector<std::string> cuda_kernel_check() {
   check_kv_writes(rng, bad);
   check_kv_demote(rng, bad);
   check_rank_keys(rng, bad);
+  check_attention(rng, bad);
   check(cudaDeviceSynchronize(), "kernel check");
   return bad;
 }

@@ -52,8 +52,10 @@ def _same_positions_every_step(cpu, gpu, ids, prompt: int, n_layer: int, what) -
 @pytest.mark.cuda
 @needs_gpu
 def test_cuda_kernels_equal_their_cpu_twins():
-    """Each kernel on random inputs (every weight type by both matrix kernels, odd row counts,
-    1/3/11 input rows; embedding, RMS norm, SiLU/GELU gating, add) against the CPU's values."""
+    """Each kernel on random inputs (every weight type by the three matrix kernels, odd row
+    counts, 1/3/11/70 input rows; embedding, RMS norm, SiLU/GELU gating, add; the policies'
+    steps; K/V writes, demotions and keys rotated by rank, byte for byte; the attention over the
+    same stored K/V in every kind of key and value, two tiers, cache_index) against the CPU's."""
     assert tova._core._cuda_kernel_check() == []
 
 
