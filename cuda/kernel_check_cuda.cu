@@ -385,6 +385,18 @@ void check_policy_steps(std::mt19937& rng, std::vector<std::string>& bad) {
   }
 }
 
+// One tier's types as KvLayout sets them up: rows of head_dim elements, the quantized types
+// rotated when `rotate`.
+void set_tier(KvTierTypes& t, KvType k, KvType v, int head_dim, bool rotate) {
+  auto quantized = [](KvType x) { return x != KvType::F16 && x != KvType::F32; };
+  t.type_k = k;
+  t.type_v = v;
+  t.k_row_bytes = kv_row_bytes(k, head_dim);
+  t.v_row_bytes = kv_row_bytes(v, head_dim);
+  t.hadamard_k = rotate && quantized(k);
+  t.hadamard_v = rotate && quantized(v);
+}
+
 // write_kv against CpuKv::store_k / store_v: three rows of three KV heads into a pool of five
 // slots, for key / value type pairs, head sizes and the rotation on and off; every byte compared.
 void check_kv_writes(std::mt19937& rng, std::vector<std::string>& bad) {
@@ -404,12 +416,7 @@ void check_kv_writes(std::mt19937& rng, std::vector<std::string>& bad) {
         lo.n_head_kv = n_head_kv;
         lo.head_dim = head_dim;
         lo.n_slots = {n_slots};
-        lo.type_k = tk;
-        lo.type_v = tv;
-        lo.k_row_bytes = kv_row_bytes(tk, head_dim);
-        lo.v_row_bytes = kv_row_bytes(tv, head_dim);
-        lo.hadamard_k = rotate && tk != KvType::F16 && tk != KvType::F32;
-        lo.hadamard_v = rotate && tv != KvType::F16 && tv != KvType::F32;
+        set_tier(lo, tk, tv, head_dim, rotate);
         CpuKv cpu(lo);
         const size_t width = static_cast<size_t>(n_head_kv * head_dim);
         const float scale = head_dim == 96 ? 30.0f : 1.0f;
@@ -469,16 +476,8 @@ void check_kv_demote(std::mt19937& rng, std::vector<std::string>& bad) {
       lo.head_dim = head_dim;
       lo.n_slots = {n_hi + n_lo};
       lo.n_lo = {n_lo};
-      auto tier = [&](KvTierTypes& t, KvType k, KvType v) {
-        t.type_k = k;
-        t.type_v = v;
-        t.k_row_bytes = kv_row_bytes(k, head_dim);
-        t.v_row_bytes = kv_row_bytes(v, head_dim);
-        t.hadamard_k = rotate && k != KvType::F16 && k != KvType::F32;
-        t.hadamard_v = rotate && v != KvType::F16 && v != KvType::F32;
-      };
-      tier(lo, c.hk, c.hv);
-      tier(lo.lo, c.lk, c.lv);
+      set_tier(lo, c.hk, c.hv, head_dim, rotate);
+      set_tier(lo.lo, c.lk, c.lv, head_dim, rotate);
       CpuKv cpu(lo);
       for (int h = 0; h < n_head_kv; ++h)
         for (int s = 0; s < n_hi; ++s) {
@@ -550,11 +549,7 @@ void check_rank_keys(std::mt19937& rng, std::vector<std::string>& bad) {
           lo.n_head_kv = n_head_kv;
           lo.head_dim = head_dim;
           lo.n_slots = {n_slots};
-          lo.type_k = t;
-          lo.type_v = KvType::F16;
-          lo.k_row_bytes = kv_row_bytes(t, head_dim);
-          lo.v_row_bytes = kv_row_bytes(KvType::F16, head_dim);
-          lo.hadamard_k = rotate;
+          set_tier(lo, t, KvType::F16, head_dim, rotate);
           CpuKv cpu(lo);
           for (int h = 0; h < n_head_kv; ++h)
             for (int sl = 0; sl < n_slots; ++sl)
@@ -621,22 +616,13 @@ void check_attention(std::mt19937& rng, std::vector<std::string>& bad) {
   for (const Case& c : cases)
     for (const Shape& sh : shapes) {
       const int n_slots = 320, n_hi = n_slots - c.n_lo, d = sh.head_dim;
-      auto quantized = [](KvType t) { return t != KvType::F16 && t != KvType::F32; };
       KvLayout lo;
       lo.n_head_kv = sh.n_head_kv;
       lo.head_dim = d;
       lo.n_slots = {n_slots};
       if (c.n_lo) lo.n_lo = {c.n_lo};
-      auto tier = [&](KvTierTypes& t, KvType k, KvType v) {
-        t.type_k = k;
-        t.type_v = v;
-        t.k_row_bytes = kv_row_bytes(k, d);
-        t.v_row_bytes = kv_row_bytes(v, d);
-        t.hadamard_k = c.rotate && quantized(k);
-        t.hadamard_v = c.rotate && quantized(v);
-      };
-      tier(lo, c.k, c.v);
-      tier(lo.lo, c.lk, c.lv);
+      set_tier(lo, c.k, c.v, d, c.rotate);
+      set_tier(lo.lo, c.lk, c.lv, d, c.rotate);
       CpuKv cpu(lo);
       for (int h = 0; h < sh.n_head_kv; ++h)
         for (int sl = 0; sl < n_slots; ++sl) {
