@@ -6,14 +6,22 @@
 namespace tova {
 namespace cuda {
 
-// x_v <- H x_v / sqrt(n) for the `count` vectors x_v = x + v * stride (n a power of two), the
-// block's threads over the pairs of each stage. Every thread of the block calls it; it begins
-// and ends with a barrier.
-__device__ inline void hadamard_shared(float* x, int n, int count, int stride) {
+struct BlockSync {
+  __device__ void operator()() const { __syncthreads(); }
+};
+struct WarpSync {
+  __device__ void operator()() const { __syncwarp(); }
+};
+
+// x_v <- H x_v / sqrt(n) for the `count` vectors x_v = x + v * stride (n a power of two), thread
+// `tid` of `n_threads` taking its share of each stage's pairs; `sync` is their barrier, called
+// before the first stage, between stages and at the end.
+template <class Sync>
+__device__ __forceinline__ void hadamard_by(float* x, int n, int count, int stride, int tid, int n_threads, Sync sync) {
   const int half = n / 2;
   for (int h = 1; h < n; h *= 2) {
-    __syncthreads();
-    for (int p = threadIdx.x; p < count * half; p += blockDim.x) {
+    sync();
+    for (int p = tid; p < count * half; p += n_threads) {
       const int k = p % half;
       float* y = x + (p / half) * stride;
       const int i = (k / h) * 2 * h + k % h;
@@ -22,29 +30,20 @@ __device__ inline void hadamard_shared(float* x, int n, int count, int stride) {
       y[i + h] = a - b;
     }
   }
-  __syncthreads();
+  sync();
   const float s = 1.0f / sqrtf(static_cast<float>(n));
-  for (int p = threadIdx.x; p < count * n; p += blockDim.x) x[(p / n) * stride + p % n] *= s;
-  __syncthreads();
+  for (int p = tid; p < count * n; p += n_threads) x[(p / n) * stride + p % n] *= s;
+  sync();
 }
 
-// The same for one vector, by the 32 lanes of a warp (every lane calls it; it begins and ends
-// with a warp barrier).
+// By the whole block (every thread calls it).
+__device__ inline void hadamard_shared(float* x, int n, int count, int stride) {
+  hadamard_by(x, n, count, stride, static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x), BlockSync{});
+}
+
+// One vector by the 32 lanes of a warp (every lane calls it).
 __device__ inline void hadamard_warp(float* x, int n) {
-  const int lane = threadIdx.x % 32, half = n / 2;
-  for (int h = 1; h < n; h *= 2) {
-    __syncwarp();
-    for (int k = lane; k < half; k += 32) {
-      const int i = (k / h) * 2 * h + k % h;
-      const float a = x[i], b = x[i + h];
-      x[i] = a + b;
-      x[i + h] = a - b;
-    }
-  }
-  __syncwarp();
-  const float s = 1.0f / sqrtf(static_cast<float>(n));
-  for (int i = lane; i < n; i += 32) x[i] *= s;
-  __syncwarp();
+  hadamard_by(x, n, 1, n, static_cast<int>(threadIdx.x % 32), 32, WarpSync{});
 }
 
 }  // namespace cuda
