@@ -101,6 +101,7 @@ class CudaBackend : public Backend {
 
   // Deferred with the K/V writes (before them: a demotion reads the slot a write then fills).
   void demote_kv(KvPayload& payload, int layer, int src, int dst) override {
+    if (rope_.n_targets > 0) flush_rope();  // as write_kv: whatever is stored first is rotated
     auto& kv = static_cast<CudaKv&>(payload);
     pend_stores(kv);
     cuda::KvDemote d;
@@ -330,14 +331,13 @@ class CudaBackend : public Backend {
   // The cos / sin table of ranks [0, n) (n >= need, grown geometrically) of a Rope on the device:
   // cos [n][pairs], then sin; for positions "cache_index".
   const float* rank_angles(const Rope& r, int need) {
-    RankAngles& a = rank_angles_;
-    if (a.rope != &r || a.n < need) {
-      const int n = std::max(need, a.rope == &r ? 2 * a.n : need);
+    RankAngles& a = rank_angles_[&r];  // one per Rope: models with sliding layers alternate two
+    if (a.n < need) {
+      const int n = std::max(need, 2 * a.n);
       const size_t pairs = static_cast<size_t>(r.pairs());
       a.table.resize(2 * static_cast<size_t>(n) * pairs);
       for (int k = 0; k < n; ++k)
         r.angles(k, a.table.data() + k * pairs, a.table.data() + (static_cast<size_t>(n) + k) * pairs);
-      a.rope = &r;
       a.n = n;
     }
     return static_cast<const float*>(
@@ -407,11 +407,11 @@ class CudaBackend : public Backend {
   } rope_;
   DeviceBuffer attn_rows_, attn_scratch_, attn_probs_, attn_means_, attn_victims_, attn_ranked_;
   struct RankAngles {  // rank_angles()
-    const Rope* rope = nullptr;
     int n = 0;
     std::vector<float> table;
     DeviceBuffer dev;
-  } rank_angles_;
+  };
+  std::unordered_map<const Rope*, RankAngles> rank_angles_;
   std::vector<cuda::AttnDesc> descs_;
   std::vector<int64_t> ranked_at_;  // per row: its keys rotated by rank in attn_ranked_ (floats), or -1
   std::vector<int32_t> idx_;
@@ -475,6 +475,8 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
       throw Error("CUDA backend: attention rows of different RoPEs in one call");
     if (r.rank_rope) rank_rope = r.rank_rope;
     const auto& kv = static_cast<const CudaKv&>(*r.kv);
+    if (r.rank_rope && kv.layout().n_lo_of(r.layer) > 0)  // EngineParams refuses the pair; rank_keys reads one tier
+      throw Error("CUDA backend: positions 'cache_index' with two KV tiers");
     if (i > 0 && (kv.format() != format || kv.lo_format() != lo_format))
       throw Error("CUDA backend: attention rows of different KV types in one call");
     format = kv.format();
@@ -508,7 +510,7 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
     const float* cs = rank_angles(*rank_rope, max_idx);
     const int pairs = rank_rope->pairs();
     rank_cs = cs;
-    rank_sn = cs + static_cast<size_t>(rank_angles_.n) * pairs;
+    rank_sn = cs + static_cast<size_t>(rank_angles_[rank_rope].n) * pairs;
     for (int i = 0; i < n_rows; ++i) {
       cuda::AttnDesc& d = descs_[static_cast<size_t>(i)];
       if (ranked_at_[static_cast<size_t>(i)] < 0) continue;

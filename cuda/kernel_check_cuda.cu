@@ -584,8 +584,8 @@ void check_rank_keys(std::mt19937& rng, std::vector<std::string>& bad) {
 }
 
 // The attention kernel against AttentionCpu on the same stored bytes (written by CpuKv): rows of
-// 1 to 300 slots in a scattered order (ascending positions for cache_index), GQA groups of 3 and
-// 2, every kind of key (float, half, quantized: the CPU's integer products) and value, rotated or
+// 1 to 300 slots in a scattered order (for cache_index: ranks in that order), GQA groups of 2, 3
+// and 8, head sizes 64 to 256, every kind of key (float, half, quantized: the CPU's integer products) and value, rotated or
 // not, two tiers, cache_index. Outputs and probabilities agree to float rounding (sums in another
 // order), so a wrong block, scale, rotation or tier shows.
 void check_attention(std::mt19937& rng, std::vector<std::string>& bad) {
@@ -605,13 +605,14 @@ void check_attention(std::mt19937& rng, std::vector<std::string>& bad) {
       {"q5_1/q5_0 rotated", KvType::Q5_1, KvType::Q5_0, true, KvType::F16, KvType::F16, 0, false},
       {"f16 over q4_0/q3_0 rotated", KvType::F16, KvType::F16, true, KvType::Q4_0, KvType::Q3_0, 150, false},
       {"q8_0 over q4_1/q4_0", KvType::Q8_0, KvType::Q8_0, false, KvType::Q4_1, KvType::Q4_0, 150, false},
+      {"q8_0/q4_1 over q4_0/q3_0 rotated", KvType::Q8_0, KvType::Q4_1, true, KvType::Q4_0, KvType::Q3_0, 150, false},
       {"q8_0 rotated, by rank", KvType::Q8_0, KvType::F16, true, KvType::F16, KvType::F16, 0, true},
       {"f16, by rank", KvType::F16, KvType::F16, false, KvType::F16, KvType::F16, 0, true},
   };
   struct Shape {
     int n_head, n_head_kv, head_dim;
   };
-  const Shape shapes[] = {{9, 3, 64}, {4, 2, 128}};
+  const Shape shapes[] = {{9, 3, 64}, {4, 2, 128}, {16, 2, 64}, {8, 1, 256}};  // groups of 3, 2, 8, 8
   ThreadPool pool(1);
   for (const Case& c : cases)
     for (const Shape& sh : shapes) {

@@ -95,8 +95,10 @@ __global__ void demote_kv_kernel(const KvFormat hi, const KvFormat lo, const KvD
 void demote_kv(cudaStream_t s, const KvFormat& hi, const KvFormat& lo, const KvDemote* demotes, int n, int n_head_kv,
                int head_dim) {
   if (n <= 0) return;
-  if (head_dim > kMaxHeadDim || head_dim % kQK != 0)
-    throw Error(cat("CUDA demote_kv: head_dim ", head_dim, " (a multiple of ", kQK, " up to ", kMaxHeadDim, ")"));
+  if (head_dim > kMaxHeadDim) throw Error(cat("CUDA demote_kv: head_dim ", head_dim, " > ", kMaxHeadDim));
+  for (KvType t : {hi.k, hi.v, lo.k, lo.v})
+    if (kv_quantized(t) && head_dim % kQK != 0)
+      throw Error(cat("CUDA demote_kv: head_dim ", head_dim, " is not a multiple of the quantized block (", kQK, ")"));
   TOVA_LAUNCH(demote_kv_kernel, static_cast<unsigned>(n), kThreads, s)(hi, lo, demotes, n_head_kv, head_dim);
   check_launch("demote_kv");
 }

@@ -4,8 +4,11 @@
 // each of the 256 threads adds a 4 x 4 patch of products from them. A weight is thus decoded and
 // read once for 64 input rows, and an input value once for 64 weight rows, where the warp-per-row
 // kernels (matvec_cuda.cu, ops_cuda.cu) read the whole input once per output row. Sums are float,
-// in column order, each product fused into its sum (as those kernels); the bias is added to the
-// finished sum, as the CPU adds it.
+// in column order, each product fused into its sum; those kernels sum per lane and then across
+// the warp, so the last bits of a product depend on which kernel ran (on the number of input
+// rows). The bias is added to the finished sum, as the CPU adds it. The tiles are filled with
+// consecutive threads on consecutive columns (coalesced reads of the rows), at the price of
+// bank conflicts in the shared stores.
 #include "matmul_tiled_cuda.h"
 
 #include "cuda_check.h"
