@@ -12,6 +12,7 @@
 #include "hadamard.cuh"
 #include "kv_quant.cuh"
 #include "launch.cuh"
+#include "rope_pair.cuh"
 #include "ops_cuda.h"
 #include "warp.cuh"
 
@@ -151,10 +152,7 @@ __global__ void attend_kernel(const KvFormat f, const KvFormat f_lo, const AttnD
   if (ranked) {  // the query takes the largest rank (Rope::rotate's arithmetic)
     for (int t = threadIdx.x; t < per_block * r.rope_pairs; t += kThreads) {
       const int g = t / r.rope_pairs, p = t % r.rope_pairs;
-      const int a_at = r.rope_neox ? p : 2 * p, b_at = r.rope_neox ? p + r.rope_pairs : 2 * p + 1;
-      const float a = qf[0][g][a_at], b = qf[0][g][b_at];
-      qf[0][g][a_at] = a * r.q_cs[p] - b * r.q_sn[p];
-      qf[0][g][b_at] = a * r.q_sn[p] + b * r.q_cs[p];
+      rotate_pair(qf[0][g], p, r.rope_pairs, r.rope_neox, r.q_cs[p], r.q_sn[p]);
     }
     __syncthreads();
   }
@@ -300,10 +298,7 @@ __global__ void rank_keys_kernel(const KvFormat f, const AttnDesc* rows, const i
     const float* c = cs + static_cast<int64_t>(j) * r.rope_pairs;
     const float* s = sn + static_cast<int64_t>(j) * r.rope_pairs;
     for (int p = lane; p < r.rope_pairs; p += kWarp) {
-      const int a_at = r.rope_neox ? p : 2 * p, b_at = r.rope_neox ? p + r.rope_pairs : 2 * p + 1;
-      const float a = x[a_at], b = x[b_at];
-      x[a_at] = a * c[p] - b * s[p];
-      x[b_at] = a * s[p] + b * c[p];
+      rotate_pair(x, p, r.rope_pairs, r.rope_neox, c[p], s[p]);
     }
     __syncwarp();
     float* out = r.ranked + (static_cast<int64_t>(kvh) * r.n_idx + j) * head_dim;

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -328,9 +329,9 @@ class CudaBackend : public Backend {
     t.bias = bias && !bias->empty() ? vec(*bias) : nullptr;
     ts.max_rows = std::max(ts.max_rows, w.rows);
   }
-  // The cos / sin table of ranks [0, n) (n >= need, grown geometrically) of a Rope on the device:
-  // cos [n][pairs], then sin; for positions "cache_index".
-  const float* rank_angles(const Rope& r, int need) {
+  // The cos and sin tables of ranks [0, n) (n >= need, grown geometrically) of a Rope on the
+  // device, [n][pairs] each; for positions "cache_index".
+  std::pair<const float*, const float*> rank_angles(const Rope& r, int need) {
     RankAngles& a = rank_angles_[&r];  // one per Rope: models with sliding layers alternate two
     if (a.n < need) {
       const int n = std::max(need, 2 * a.n);
@@ -340,8 +341,9 @@ class CudaBackend : public Backend {
         r.angles(k, a.table.data() + k * pairs, a.table.data() + (static_cast<size_t>(n) + k) * pairs);
       a.n = n;
     }
-    return static_cast<const float*>(
+    const auto* cs = static_cast<const float*>(
         a.dev.upload_if_changed(a.table.data(), a.table.size() * sizeof(float), staging_, "rope ranks"));
+    return {cs, cs + static_cast<size_t>(a.n) * static_cast<size_t>(r.pairs())};
   }
   void upload_weights();
   const uint8_t* weight(const Matrix& w) const {
@@ -507,10 +509,8 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   if (rank_rope) {
     auto* ranked = static_cast<float*>(
         attn_ranked_.reserve(static_cast<size_t>(n_ranked) * sizeof(float), "keys rotated by rank", &stream_));
-    const float* cs = rank_angles(*rank_rope, max_idx);
+    std::tie(rank_cs, rank_sn) = rank_angles(*rank_rope, max_idx);
     const int pairs = rank_rope->pairs();
-    rank_cs = cs;
-    rank_sn = cs + static_cast<size_t>(rank_angles_[rank_rope].n) * pairs;
     for (int i = 0; i < n_rows; ++i) {
       cuda::AttnDesc& d = descs_[static_cast<size_t>(i)];
       if (ranked_at_[static_cast<size_t>(i)] < 0) continue;

@@ -12,6 +12,7 @@
 #include "matmul_tiled_cuda.h"
 #include "matvec_cuda.h"
 #include "ops_cuda.h"
+#include "rope_pair.cuh"
 #include "warp.cuh"
 #include "with_type.cuh"
 
@@ -100,10 +101,7 @@ __global__ void rope_kernel(bool neox, RopeTarget t0, RopeTarget t1, int head_di
   for (int t = threadIdx.x; t < n_heads * pairs; t += blockDim.x) {
     const int h = t / pairs, p = t % pairs;
     float* v = x + (static_cast<int64_t>(i) * n_heads + h) * head_dim;
-    const int a_at = neox ? p : 2 * p, b_at = neox ? p + pairs : 2 * p + 1;
-    const float a = v[a_at], b = v[b_at];
-    v[a_at] = a * c[p] - b * s[p];
-    v[b_at] = a * s[p] + b * c[p];
+    rotate_pair(v, p, pairs, neox, c[p], s[p]);
   }
 }
 
