@@ -123,6 +123,18 @@ def test_kv_types_on_the_command_line(smollm2_path):
 
 
 @pytest.mark.model
+def test_float_activations_on_the_command_line(smollm2_path):
+    """--float-activations: float32 inputs to the matrix products, as Engine(float_activations=True):
+    the greedy text equals the Python engine's with that setting."""
+    prompt = "The capital of France is"
+    r = run("run", "-m", smollm2_path, "-p", prompt, "-n", "12", "--temp", "0", "--ignore-eos", "--float-activations")
+    assert r.returncode == 0, r.stderr
+    with tova.Engine(smollm2_path, float_activations=True) as e:
+        want = e.generate(prompt, max_tokens=12, temperature=0, ignore_eos=True)
+    assert want and want in r.stdout, (want, r.stdout)
+
+
+@pytest.mark.model
 def test_kv_tiers_on_the_command_line(smollm2_path):
     """--kv-lo-type / --kv-hi-size: the bench's KV bytes equal the Python engine's, a run works,
     and a tier too large for the cache is refused with the numbers."""

@@ -22,7 +22,7 @@ const std::set<std::string> kBenchValues = {
     "--kv-lo-type", "--kv-hi-size",
     "--ctx", "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--repetitions",
     "--batch", "--kv-budget", "--n-seq", "--backend", "--device", "--depth"};
-const std::set<std::string> kBenchFlags = {"--json", "--help", "--no-kv-hadamard"};
+const std::set<std::string> kBenchFlags = {"--json", "--help", "--no-kv-hadamard", "--float-activations"};
 const std::map<std::string, std::string> kBenchAliases = {
     {"-m", "--model"}, {"-p", "--prompt"}, {"-n", "--n-predict"}, {"-t", "--threads"},
     {"-ctk", "--kv-type-k"}, {"-ctv", "--kv-type-v"},

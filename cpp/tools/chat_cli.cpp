@@ -61,7 +61,7 @@ const std::set<std::string> kValueOpts = {
     "--model", "--system", "--chat-format", "--max-tokens", "--threads", "--temp", "--top-k",
     "--top-p", "--min-p", "--repeat-penalty", "--seed", "--kv-size", "--policy", "--n-sink",
     "--kv-type", "--kv-type-k", "--kv-type-v", "--kv-lo-type", "--kv-hi-size", "--ctx", "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--backend", "--device"};
-const std::set<std::string> kFlags = {"--json", "--keep-system", "--help", "--no-kv-hadamard"};
+const std::set<std::string> kFlags = {"--json", "--keep-system", "--help", "--no-kv-hadamard", "--float-activations"};
 const std::map<std::string, std::string> kAliases = {
     {"-ctk", "--kv-type-k"}, {"-ctv", "--kv-type-v"},
     {"-m", "--model"}, {"-n", "--max-tokens"}, {"--n-predict", "--max-tokens"}, {"-t", "--threads"},

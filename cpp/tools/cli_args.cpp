@@ -87,6 +87,7 @@ EngineParams engine_params_from(const CliArgs& a, const std::string& default_pol
   p.kv_type_k = parse_kv_type(a.str("--kv-type-k", both));
   p.kv_type_v = parse_kv_type(a.str("--kv-type-v", both));
   p.kv_hadamard = !a.has("--no-kv-hadamard");
+  p.float_activations = a.has("--float-activations");
   if (a.has("--kv-lo-type")) {
     p.kv_lo = true;
     std::tie(p.kv_lo_type_k, p.kv_lo_type_v) = parse_kv_type_pair(a.str("--kv-lo-type", ""));

@@ -31,7 +31,8 @@ class CliArgs {
 };
 
 // The engine options every command shares (--threads, --policy, --kv-size, --ctx, --n-sink,
-// --kv-type, --chunk, --prefill, --positions, --policy-plugin, --policy-args).
+// --kv-type, --chunk, --prefill, --positions, --policy-plugin, --policy-args,
+// --float-activations).
 EngineParams engine_params_from(const CliArgs& a, const std::string& default_policy);
 
 }  // namespace tova

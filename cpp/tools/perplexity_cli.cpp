@@ -55,7 +55,7 @@ const std::set<std::string> kPplValues = {
     "--model", "--file", "--ctx", "--chunks", "--stride", "--score-from", "--policy", "--kv-size",
     "--n-sink", "--kv-type", "--kv-type-k", "--kv-type-v", "--kv-lo-type", "--kv-hi-size", "--chunk", "--prefill", "--positions", "--policy-plugin", "--backend", "--device",
     "--policy-args", "--threads"};
-const std::set<std::string> kPplFlags = {"--help", "--no-progress", "--no-kv-hadamard"};
+const std::set<std::string> kPplFlags = {"--help", "--no-progress", "--no-kv-hadamard", "--float-activations"};
 const std::map<std::string, std::string> kPplAliases = {
     {"-m", "--model"}, {"-f", "--file"}, {"-c", "--ctx"}, {"-t", "--threads"}, {"-h", "--help"},
     {"-ctk", "--kv-type-k"}, {"-ctv", "--kv-type-v"}};

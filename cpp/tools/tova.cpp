@@ -80,6 +80,8 @@ run / bench options:
                              the cache)
       --no-kv-hadamard       store quantized keys and values as they are (default:
                              rotated by a Walsh-Hadamard transform first, queries alike)
+      --float-activations    float32 inputs to the matrix products (default: quantized to
+                             8 bits, integer products; on the CPU and the GPU alike)
       --ctx N                n_ctx for the full policy (default 2048)
       --chunk N              prefill chunk size (default 64)
       --prefill MODE         exact (default: as if token by token) or chunked (faster, approximate)
@@ -175,7 +177,7 @@ const std::set<std::string> kValueOpts = {
     "--repeat-penalty", "--seed", "--kv-size", "--policy", "--n-sink", "--kv-type", "--kv-type-k", "--kv-type-v", "--kv-lo-type", "--kv-hi-size", "--ctx",
     "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--repetitions", "--file",
     "--backend", "--device"};
-const std::set<std::string> kFlags = {"--json", "--ignore-eos", "--help", "--no-kv-hadamard"};
+const std::set<std::string> kFlags = {"--json", "--ignore-eos", "--help", "--no-kv-hadamard", "--float-activations"};
 const std::map<std::string, std::string> kAliases = {
     {"-m", "--model"}, {"-p", "--prompt"}, {"-n", "--n-predict"}, {"-t", "--threads"},
     {"-r", "--repetitions"}, {"-s", "--seed"}, {"-h", "--help"}, {"-f", "--file"},
