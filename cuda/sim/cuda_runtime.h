@@ -52,6 +52,9 @@ struct alignas(16) float4 {
 struct alignas(16) int4 {
   int x, y, z, w;
 };
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
 extern uint3 threadIdx;
@@ -95,6 +98,18 @@ inline float __int_as_float(int i) {
 template <class T>
 inline T __ldg(const T* p) {
   return *p;
+}
+// Four signed bytes of a times those of b, summed onto c; bytes subtracted one by one (each
+// wrapping to its byte).
+inline int __dp4a(int a, int b, int c) {
+  for (int k = 0; k < 4; ++k)
+    c += static_cast<int>(static_cast<int8_t>(a >> (8 * k))) * static_cast<int>(static_cast<int8_t>(b >> (8 * k)));
+  return c;
+}
+inline unsigned __vsub4(unsigned a, unsigned b) {
+  unsigned r = 0;
+  for (int k = 0; k < 4; ++k) r |= ((((a >> (8 * k)) & 0xFFu) - ((b >> (8 * k)) & 0xFFu)) & 0xFFu) << (8 * k);
+  return r;
 }
 
 namespace tova_sim {
@@ -207,6 +222,10 @@ cudaError_t cudaGetLastError();
 cudaError_t cudaPeekAtLastError();
 cudaError_t cudaGetDeviceCount(int* n);
 cudaError_t cudaSetDevice(int device);
+// The one attribute cuda/ asks for; the simulated device reports an H100's 132 multiprocessors,
+// so that launch shapes chosen from it are those of a large GPU.
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
 cudaError_t cudaMalloc(void** p, size_t bytes);
 cudaError_t cudaFree(void* p);
 cudaError_t cudaMallocHost(void** p, size_t bytes);

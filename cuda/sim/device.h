@@ -55,7 +55,12 @@ struct Device {
   std::set<tova_sim_graph_exec*> execs;
   Counters counters;
   cudaError_t sticky = cudaSuccess;
-  cudaError_t last = cudaSuccess;  // the last launch or call error, until read
+  // The last launch or call error of the calling host thread, until read: per thread, as the
+  // runtime keeps it (one thread's failed call is never another's error).
+  static cudaError_t& last() {
+    thread_local cudaError_t e = cudaSuccess;
+    return e;
+  }
   std::string fault;               // what the sticky error was
 
   static Device& get() {
@@ -82,7 +87,7 @@ struct Device {
     return e;
   }
   cudaError_t error(cudaError_t e) {
-    last = e;
+    last() = e;
     return e;
   }
 

@@ -442,15 +442,15 @@ cudaError_t cudaGetLastError() {
   Device& d = Device::get();
   std::lock_guard<std::recursive_mutex> lock(d.m);
   if (d.sticky != cudaSuccess) return d.sticky;
-  const cudaError_t e = d.last;
-  d.last = cudaSuccess;
+  const cudaError_t e = Device::last();
+  Device::last() = cudaSuccess;
   return e;
 }
 
 cudaError_t cudaPeekAtLastError() {
   Device& d = Device::get();
   std::lock_guard<std::recursive_mutex> lock(d.m);
-  return d.sticky != cudaSuccess ? d.sticky : d.last;
+  return d.sticky != cudaSuccess ? d.sticky : Device::last();
 }
 
 cudaError_t cudaGetDeviceCount(int* n) {
@@ -460,6 +460,13 @@ cudaError_t cudaGetDeviceCount(int* n) {
 
 cudaError_t cudaSetDevice(int device) {
   return device == 0 ? cudaSuccess : Device::get().error(cudaErrorInvalidDevice);
+}
+
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (device != 0) return Device::get().error(cudaErrorInvalidDevice);
+  if (attr != cudaDevAttrMultiProcessorCount) return Device::get().error(cudaErrorInvalidValue);
+  *value = 132;
+  return cudaSuccess;
 }
 
 cudaError_t cudaMalloc(void** p, size_t bytes) {
