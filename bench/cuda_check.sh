@@ -15,11 +15,15 @@
 #    steps as CUDA graphs and (tova 512) without them (TOVA_CUDA_GRAPHS=0), and (tova 512) with
 #    the victims selected by the host's tova from the head mean copied back (TOVA_CUDA_VICTIMS=0),
 #    (tova 512) with keys in q8_0 and values in q4_1 (kvq), and (tova 512) with the prompt's
-#    products by the warp-per-row kernels instead of the tiled one (TOVA_CUDA_TILED_FROM=0, tiled0);
+#    products by the warp-per-row kernels instead of the tiled one (TOVA_CUDA_TILED_FROM=0, tiled0),
+#    and (both caches) with one warp per matrix row and one attention block per row and K/V head
+#    (TOVA_CUDA_ROW_SPLIT=0 TOVA_CUDA_ATTN_RUNS=1, split0), and (tova 512) with float activations
+#    (--float-activations, float) instead of the default 8-bit ones and integer products;
 #    Then the paper's Table 1 there (bench/throughput.py --device cuda, budget BUDGET, 1GiB), with
 #    TOVA 512 over q8_0 keys / q4_1 values as well;
 # 5. runs short generations under compute-sanitizer when it is installed (each built-in policy
-#    the device runs, quantized K/V, two KV tiers, positions "cache_index" after a 40-word prompt).
+#    the device runs, quantized K/V, two KV tiers, positions "cache_index" after a 40-word prompt,
+#    and a 300-word prompt whose rows the attention splits into runs, under memcheck and racecheck).
 # Every step runs even when an earlier one failed; the report says which failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -65,15 +69,18 @@ for m in smollm2 qwen15; do
   for cache in "--policy tova --kv-size 512" "--policy full --ctx 4096"; do
     # The default (graphs, the policy's step on the device), every operation issued directly
     # (graphs0), the host's policy fed the head mean (victims0), quantized K/V (kvq), no tiled
-    # product (tiled0).
-    for variant in default graphs0 victims0 kvq tiled0; do
-      [ "$variant" != default ] && [ "$cache" != "--policy tova --kv-size 512" ] && continue
+    # product (tiled0), no split of rows among warps and of slots among attention blocks (split0),
+    # float activations instead of 8-bit ones and integer products (float).
+    for variant in default graphs0 victims0 kvq tiled0 split0 float; do
+      [ "$variant" != default ] && [ "$variant" != split0 ] && [ "$cache" != "--policy tova --kv-size 512" ] && continue
       env=()
       [ "$variant" = graphs0 ] && env=(TOVA_CUDA_GRAPHS=0)
       [ "$variant" = victims0 ] && env=(TOVA_CUDA_VICTIMS=0)
       [ "$variant" = tiled0 ] && env=(TOVA_CUDA_TILED_FROM=0)
+      [ "$variant" = split0 ] && env=(TOVA_CUDA_ROW_SPLIT=0 TOVA_CUDA_ATTN_RUNS=1)
       kv=""
       [ "$variant" = kvq ] && kv="--kv-type-k q8_0 --kv-type-v q4_1"
+      [ "$variant" = float ] && kv="--float-activations"
       # shellcheck disable=SC2086
       env "${env[@]}" "$TOVA_BIN" bench -m "build/shapes/$m-shape.gguf" --device cuda -p 512 -n 128 -r 3 \
         $cache $kv --json > "$OUT/bench_${m}_${cache//[ -]/_}_$variant.json" 2> "$OUT/bench.err" \
@@ -137,6 +144,14 @@ if command -v compute-sanitizer > /dev/null; then
     -p "$(printf 'hello %.0s' $(seq 40))" -n 24 --ignore-eos --policy tova --kv-size 16 --positions cache_index \
     --kv-type q8_0 --device cuda > "$OUT/sanitizer_cache_index.log" 2>&1 || fail "compute-sanitizer (cache_index)"
   tail -3 "$OUT/sanitizer_cache_index.log" | tee -a "$REPORT"
+  # Rows of up to 320 slots: the attention's runs and their combination, the matrix rows split
+  # among warps (shared-memory sums: racecheck too).
+  for tool in memcheck racecheck; do
+    compute-sanitizer --tool $tool --error-exitcode 9 "$TOVA_BIN" run -m build/shapes/smollm2-shape.gguf \
+      -p "$(printf 'hello %.0s' $(seq 300))" -n 16 --ignore-eos --policy tova --kv-size 320 --device cuda \
+      > "$OUT/sanitizer_runs_$tool.log" 2>&1 || fail "compute-sanitizer $tool (attention runs)"
+    tail -3 "$OUT/sanitizer_runs_$tool.log" | tee -a "$REPORT"
+  done
 else
   log "compute-sanitizer not installed: not run"
 fi

@@ -1,11 +1,13 @@
-// Attention of query rows over each sequence's slot pool on the GPU: one block per (row, query
-// heads sharing a K/V head, GQA), so that each K and V row is read once for all of them; scores
-// one warp per key, a block-wide softmax per head, then the weighted sums of values, each warp
-// over a share of the slots, lanes over the head's elements. Writes the probabilities the
-// policies read when the row asks for them. Per head, every sum is taken in the order of the
-// one-head-per-block kernel it replaces: the same values. K/V rows of any KvType (kv_quant.cuh):
-// quantized keys are scored as the CPU scores them, by integer products with the query
-// quantized block by block; quantized values are decoded element by element.
+// Attention of query rows over each sequence's slot pool on the GPU, split-softmax style in two
+// passes. Pass 1: a block per (row, query heads sharing a K/V head (GQA), run of the row's
+// slots), so that each K and V row is read once for all of those heads and a single sequence
+// still fills many blocks; scores one warp per key, then per head the run's largest score, its
+// sum of exponentials and its exponential-weighted sums of values (each warp over a share of the
+// run's slots, lanes over the head's elements). Pass 2: a block per (row, query head) combines the
+// runs (the softmax over every slot), writes the probabilities the policies read when the row
+// asks for them, rotates each tier's sum back and adds the tiers. K/V rows of any KvType
+// (kv_quant.cuh): quantized keys are scored as the CPU scores them, by integer products with the
+// query quantized block by block; quantized values are decoded element by element.
 #include <cuda_fp16.h>
 
 #include "cuda_check.h"
@@ -54,6 +56,17 @@ __device__ float block_reduce(float v, bool is_max, float* shared) {
 }
 
 constexpr int kMaxBlocks = kMaxHeadDim / kQK;
+
+// A row's slots are split into runs, each attended by a block of its own, then combined (so that
+// one sequence's decode step keeps many blocks busy, not one per K/V head): runs of at least
+// kRunSlots slots, at most max_runs (<= kAttnMaxRuns) of them. The split depends on the row's slot
+// count alone: a sequence's attention does not depend on the rows beside it in a step.
+constexpr int kRunSlots = 64;
+
+__host__ __device__ inline int attn_splits(int n_idx, int max_runs) {
+  const int n = (n_idx + kRunSlots - 1) / kRunSlots;
+  return n < max_runs ? n : max_runs;
+}
 
 // The block's query heads as one tier's keys meet them (shared memory): floats, rotated where the
 // tier's keys are stored rotated, and for quantized keys the same quantized block by block
@@ -110,13 +123,38 @@ __device__ __forceinline__ void key_scores_any(KvType t, const uint8_t* row, con
   }
 }
 
-// Keys and values of the upper tier in kinds kKey / kValue (format f); those of a lower tier
-// (slots n_hi and up, format f_lo) read through the run-time type.
+// Where a block's run of a row's slots [j0, j1) ends (attn_splits runs; empty past the last).
+struct Run {
+  int j0, j1;
+};
+
+__device__ __forceinline__ Run run_of(int n_idx, int max_runs, int z) {
+  const int n = attn_splits(n_idx, max_runs);
+  const int len = n > 0 ? (n_idx + n - 1) / n : 0;
+  const int j0 = min(z * len, n_idx);
+  return {j0, min(j0 + len, n_idx)};
+}
+
+// The scratch of a call: each (row, query head)'s scores, and for each run of its slots the run's
+// softmax statistics and weighted sums of values (AttnScratch in ops_cuda.h).
+struct Scratch {
+  float* scores;  // [row][head][max_idx]: scaled scores
+  float* stats;   // [row][head][max_split][2]: the run's largest score m, sum of exp(score - m)
+  float* part;    // [row][head][max_split][tiers][head_dim]: sum of exp(score - m) * value
+  int max_idx, max_split, tiers;
+  int max_runs;  // attn_splits' bound
+};
+
+// Pass 1, a block per (row, run of query heads sharing a K/V head, run of slots): keys and values
+// of the upper tier in kinds kKey / kValue (format f), those of a lower tier (slots n_hi and up,
+// format f_lo) read through the run-time type. Scores of the block's slots for its heads, their
+// largest and sum of exponentials, and each tier's sum of values weighted by the exponentials.
 template <int kKey, int kValue>
 __global__ void attend_kernel(const KvFormat f, const KvFormat f_lo, const AttnDesc* rows, const int32_t* idx_all,
-                              int n_head, int group, int per_block, int head_dim, float scale, int max_idx,
-                              float* scratch, float* probs) {
+                              int n_head, int group, int per_block, int head_dim, float scale, const Scratch sc) {
   const AttnDesc r = rows[blockIdx.x];
+  const Run run = run_of(r.n_idx, sc.max_runs, static_cast<int>(blockIdx.z));
+  if (run.j0 >= run.j1) return;  // the whole block: this row has fewer runs
   const int h0 = blockIdx.y * per_block;  // this block's first query head
   const int kvh = h0 / group;             // the K/V head its per_block query heads share
   const int32_t* idx = idx_all + r.idx_off;
@@ -131,14 +169,15 @@ __global__ void attend_kernel(const KvFormat f, const KvFormat f_lo, const AttnD
            (static_cast<int64_t>(kvh) * n_lo + (slot - r.n_hi)) *
                static_cast<int64_t>(key ? f_lo.k_row_bytes : f_lo.v_row_bytes);
   };
-  float* s0 = scratch + (static_cast<int64_t>(blockIdx.x) * n_head + h0) * max_idx;  // head h0 + g at g * max_idx
-  // The queries as loaded ([0]) and rotated ([1]); later the tiers' weighted sums.
+  const int64_t rh0 = static_cast<int64_t>(blockIdx.x) * n_head + h0;  // (row, head h0)
+  float* s0 = sc.scores + rh0 * sc.max_idx;  // head h0 + g at g * max_idx
+  // The queries as loaded ([0]) and rotated ([1]).
   __shared__ float qf[2][kMaxGroup][kMaxHeadDim];
   __shared__ int8_t qq[2][kMaxGroup][kMaxHeadDim];
   __shared__ float qd[2][kMaxGroup][kMaxBlocks], qsum[2][kMaxGroup][kMaxBlocks];
   __shared__ float red[kThreads / kWarp];
   __shared__ float part[kThreads / kWarp][kMaxHeadDim];
-  __shared__ int any_lower;
+  __shared__ float top[kMaxGroup];
   const bool ranked = r.ranked != nullptr;  // keys rotated by rank: float rows, no Hadamard rotation
   const bool rot_k[2] = {!ranked && f.hadamard_k, tiered && f_lo.hadamard_k};
   const bool quant_k[2] = {!ranked && kKey == kKindQuant, tiered && kv_quantized(f_lo.k)};
@@ -171,10 +210,11 @@ __global__ void attend_kernel(const KvFormat f, const KvFormat f_lo, const AttnD
   const Queries q_hi{qf[rot_k[0]], qq[rot_k[0]], qd[rot_k[0]], qsum[rot_k[0]]};
   const Queries q_lo{qf[rot_k[1]], qq[rot_k[1]], qd[rot_k[1]], qsum[rot_k[1]]};
 
-  // Scores: warp w takes the keys j = w, w + kWarps, ...; each key row is read once for the
-  // block's query heads.
+  // Scores: warp w takes the run's keys j0 + w, j0 + w + kWarps, ...; each key row is read once
+  // for the block's query heads.
+  constexpr int kWarps = kThreads / kWarp;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  for (int j = warp; j < r.n_idx; j += kThreads / kWarp) {
+  for (int j = run.j0 + warp; j < run.j1; j += kWarps) {
     float acc[kMaxGroup];
     if (ranked)
       key_scores<kKindF32>(KvType::F32,
@@ -187,54 +227,44 @@ __global__ void attend_kernel(const KvFormat f, const KvFormat f_lo, const AttnD
 #pragma unroll
     for (int g = 0; g < kMaxGroup; ++g) {
       if (g >= per_block) break;  // per_block is the same for the whole warp
-      if (lane == 0) s0[static_cast<int64_t>(g) * max_idx + j] = acc[g] * scale;
+      if (lane == 0) s0[static_cast<int64_t>(g) * sc.max_idx + j] = acc[g] * scale;
     }
   }
   __syncthreads();
-  // A block-wide softmax per query head.
+  // Per head: the run's largest score and sum of exponentials.
   for (int g = 0; g < per_block; ++g) {
-    float* s = s0 + static_cast<int64_t>(g) * max_idx;
+    const float* s = s0 + static_cast<int64_t>(g) * sc.max_idx;
     float mx = -INFINITY;
-    for (int j = threadIdx.x; j < r.n_idx; j += kThreads) mx = fmaxf(mx, s[j]);
+    for (int j = run.j0 + threadIdx.x; j < run.j1; j += kThreads) mx = fmaxf(mx, s[j]);
     mx = block_reduce(mx, true, red);
     float sum = 0.0f;
-    for (int j = threadIdx.x; j < r.n_idx; j += kThreads) {
-      const float p = expf(s[j] - mx);
-      s[j] = p;
-      sum += p;
-    }
-    const float inv = 1.0f / block_reduce(sum, false, red);
-    for (int j = threadIdx.x; j < r.n_idx; j += kThreads) s[j] *= inv;
-  }
-  __syncthreads();
-  if (r.probs_off >= 0) {
-    for (int g = 0; g < per_block; ++g) {
-      float* pr = probs + r.probs_off + static_cast<int64_t>(h0 + g) * r.n_idx;
-      const float* s = s0 + static_cast<int64_t>(g) * max_idx;
-      for (int j = threadIdx.x; j < r.n_idx; j += kThreads) pr[j] = s[j];
+    for (int j = run.j0 + threadIdx.x; j < run.j1; j += kThreads) sum += expf(s[j] - mx);
+    sum = block_reduce(sum, false, red);
+    if (threadIdx.x == 0) {
+      float* st = sc.stats + ((rh0 + g) * sc.max_split + blockIdx.z) * 2;
+      st[0] = mx;
+      st[1] = sum;
+      top[g] = mx;
     }
   }
-  if (threadIdx.x == 0) any_lower = 0;
   __syncthreads();
-  if (tiered)
-    for (int j = threadIdx.x; j < r.n_idx; j += kThreads)
-      if (idx[j] >= r.n_hi) any_lower = 1;
-  // Weighted sums of values, tier by tier: warp w sums the tier's slots among j = w, w + kWarps,
-  // ... (each value row read once for the block's query heads), lane l the elements l, l + 32,
-  // ...; then, head by head, the warps' partial sums are added into qf[tier] (the queries are no
-  // longer needed).
+  // Weighted sums of values, tier by tier: warp w sums the tier's slots among the run's keys
+  // j0 + w, j0 + w + kWarps, ... (each value row read once for the block's query heads), lane l
+  // the elements l, l + 32, ...; then, head by head, the warps' partial sums are added and
+  // written out.
   for (int tier = 0; tier < (tiered ? 2 : 1); ++tier) {
     float acc[kMaxGroup][kMaxHeadDim / kWarp];
 #pragma unroll
     for (int g = 0; g < kMaxGroup; ++g)
 #pragma unroll
       for (int t = 0; t < kMaxHeadDim / kWarp; ++t) acc[g][t] = 0.0f;
-    for (int j = warp; j < r.n_idx; j += kThreads / kWarp) {
+    for (int j = run.j0 + warp; j < run.j1; j += kWarps) {
       if ((idx[j] >= r.n_hi) != (tier == 1)) continue;
       const uint8_t* vrow = row(false, idx[j]);
       float p[kMaxGroup];
 #pragma unroll
-      for (int g = 0; g < kMaxGroup; ++g) p[g] = g < per_block ? s0[static_cast<int64_t>(g) * max_idx + j] : 0.0f;
+      for (int g = 0; g < kMaxGroup; ++g)
+        p[g] = g < per_block ? expf(s0[static_cast<int64_t>(g) * sc.max_idx + j] - top[g]) : 0.0f;
 #pragma unroll
       for (int t = 0; t < kMaxHeadDim / kWarp; ++t) {
         const int e = lane + kWarp * t;
@@ -254,26 +284,56 @@ __global__ void attend_kernel(const KvFormat f, const KvFormat f_lo, const AttnD
         if (e < head_dim) part[warp][e] = acc[g][t];
       }
       __syncthreads();
+      float* out = sc.part + (((rh0 + g) * sc.max_split + blockIdx.z) * sc.tiers + tier) * head_dim;
       for (int e = threadIdx.x; e < head_dim; e += kThreads) {
         float sum = part[0][e];
-        for (int w = 1; w < kThreads / kWarp; ++w) sum += part[w][e];
-        qf[tier][g][e] = sum;
+        for (int w = 1; w < kWarps; ++w) sum += part[w][e];
+        out[e] = sum;
       }
       __syncthreads();  // part is rewritten for the next head
     }
   }
-  // A tier stored rotated has its sum rotated back (H is its own inverse); the lower tier's sum,
-  // where it has slots, is added to the upper's.
-  __syncthreads();  // any_lower and the sums are complete
-  if (f.hadamard_v) hadamard_shared(&qf[0][0][0], head_dim, per_block, kMaxHeadDim);
-  const bool add_lower = tiered && any_lower;
-  if (add_lower && f_lo.hadamard_v) hadamard_shared(&qf[1][0][0], head_dim, per_block, kMaxHeadDim);
-  for (int t = threadIdx.x; t < per_block * head_dim; t += kThreads) {
-    const int g = t / head_dim, e = t % head_dim;
-    float o = qf[0][g][e];
-    if (add_lower) o += qf[1][g][e];
-    r.out[static_cast<int64_t>(h0) * head_dim + t] = o;
+}
+
+// Pass 2, a block per (row, query head): the runs' statistics give the softmax's largest score M
+// and sum L; the probabilities exp(score - M) / L written where the row asks for them; each
+// tier's output the runs' sums weighted by exp(m - M) / L, rotated back where the tier's values
+// are stored rotated (H is its own inverse), the lower tier's added to the upper's.
+__global__ void attend_combine_kernel(const KvFormat f, const KvFormat f_lo, const AttnDesc* rows, int n_head,
+                                      int head_dim, const Scratch sc, float* probs) {
+  const AttnDesc r = rows[blockIdx.x];
+  const int h = blockIdx.y;
+  const int64_t rh = static_cast<int64_t>(blockIdx.x) * n_head + h;
+  const int n_split = attn_splits(r.n_idx, sc.max_runs);
+  const float* st = sc.stats + rh * sc.max_split * 2;
+  __shared__ float weight[kAttnMaxRuns];
+  __shared__ float o[2][kMaxHeadDim];
+  float top = -INFINITY;
+  for (int z = 0; z < n_split; ++z) top = fmaxf(top, st[2 * z]);
+  float sum = 0.0f;
+  for (int z = 0; z < n_split; ++z) sum += st[2 * z + 1] * expf(st[2 * z] - top);
+  const float inv = 1.0f / sum;
+  for (int z = threadIdx.x; z < n_split; z += kThreads) weight[z] = expf(st[2 * z] - top) * inv;
+  if (r.probs_off >= 0) {
+    const float* s = sc.scores + rh * sc.max_idx;
+    float* pr = probs + r.probs_off + static_cast<int64_t>(h) * r.n_idx;
+    for (int j = threadIdx.x; j < r.n_idx; j += kThreads) pr[j] = expf(s[j] - top) * inv;
   }
+  __syncthreads();  // the weights
+  const bool tiered = r.n_slots > r.n_hi;  // the same for the whole block
+  for (int tier = 0; tier < (tiered ? 2 : 1); ++tier) {
+    const float* part = sc.part + (rh * sc.max_split * sc.tiers + tier) * head_dim;
+    for (int e = threadIdx.x; e < head_dim; e += kThreads) {
+      float acc = 0.0f;
+      for (int z = 0; z < n_split; ++z)
+        acc = fmaf(part[static_cast<int64_t>(z) * sc.tiers * head_dim + e], weight[z], acc);
+      o[tier][e] = acc;
+    }
+    if ((tier == 0 ? f.hadamard_v : f_lo.hadamard_v)) hadamard_shared(o[tier], head_dim, 1, kMaxHeadDim);
+  }
+  __syncthreads();
+  float* out = r.out + static_cast<int64_t>(h) * head_dim;
+  for (int e = threadIdx.x; e < head_dim; e += kThreads) out[e] = tiered ? o[0][e] + o[1][e] : o[0][e];
 }
 
 // Positions "cache_index": block (row, KV head), warp w the keys j = w, w + kWarps, ... of it,
@@ -306,87 +366,6 @@ __global__ void rank_keys_kernel(const KvFormat f, const AttnDesc* rows, const i
   }
 }
 
-// A candidate of the victim selection: the slot's key (head mean or policy state) and position,
-// at index j of the row (-1: none). a before b: lower key, then lower position; none last.
-struct Candidate {
-  float mean;
-  int32_t pos;
-  int j;
-};
-
-__device__ __forceinline__ bool before(const Candidate& a, const Candidate& b) {
-  if (a.j < 0 || b.j < 0) return b.j < 0 && a.j >= 0;
-  if (a.mean != b.mean) return a.mean < b.mean;
-  return a.pos < b.pos;
-}
-
-// The first candidate of the block in that order, in every thread.
-__device__ Candidate block_first(Candidate c, Candidate* shared) {
-  for (int o = kWarp / 2; o > 0; o /= 2) {
-    Candidate u;
-    u.mean = __shfl_xor_sync(0xffffffffu, c.mean, o);
-    u.pos = __shfl_xor_sync(0xffffffffu, c.pos, o);
-    u.j = __shfl_xor_sync(0xffffffffu, c.j, o);
-    if (before(u, c)) c = u;
-  }
-  __syncthreads();  // shared is reused between calls
-  if (threadIdx.x % kWarp == 0) shared[threadIdx.x / kWarp] = c;
-  __syncthreads();
-  Candidate r = shared[0];
-  for (int i = 1; i < kThreads / kWarp; ++i)
-    if (before(shared[i], r)) r = shared[i];
-  return r;
-}
-
-__global__ void head_mean_kernel(const AttnDesc* rows, int n_head, float inv_head, const float* probs,
-                                 float* means, const int32_t* idx_all, int32_t* victims) {
-  const AttnDesc r = rows[blockIdx.x];
-  if (r.mean_off < 0) return;
-  const float* p = probs + r.probs_off;
-  float* mean = means + r.mean_off;
-  for (int j = threadIdx.x; j < r.n_idx; j += blockDim.x) {
-    float m = 0.0f;
-    for (int h = 0; h < n_head; ++h) m += p[static_cast<int64_t>(h) * r.n_idx + j];
-    mean[j] = m * inv_head;
-  }
-  if (r.rule == BuiltinRule::None) return;
-  // The policy's state, kv_policy.cpp's arithmetic (no fused multiply-add), each thread its own
-  // slots as above.
-  const int32_t* idx = idx_all + r.idx_off;
-  if (r.rule == BuiltinRule::H2o)
-    for (int j = threadIdx.x; j < r.n_idx; j += blockDim.x) r.state[idx[j]] += mean[j];
-  if (r.rule == BuiltinRule::TovaEma) {
-    const float a = kTovaEmaDecay, b = 1.0f - kTovaEmaDecay;
-    for (int j = threadIdx.x; j < r.n_idx; j += blockDim.x) {
-      float& st = r.state[idx[j]];
-      st = idx[j] == r.new_slot ? mean[j] : __fadd_rn(__fmul_rn(a, st), __fmul_rn(b, mean[j]));
-    }
-  }
-  if (r.n_evict <= 0) return;
-  // The victims one by one, each the first candidate after the one chosen before it (positions
-  // are distinct: the order is total), so that nothing chosen needs marking.
-  __shared__ Candidate red[kThreads / kWarp];
-  __syncthreads();  // every mean and state written
-  const int32_t* pos = idx_all + r.sel_off;
-  const bool by_state = r.rule != BuiltinRule::Tova;
-  Candidate last{0.0f, 0, -1};
-  for (int k = 0; k < r.n_evict; ++k) {
-    Candidate best{0.0f, 0, -1};
-    for (int j = threadIdx.x; j < r.n_idx; j += blockDim.x) {
-      const Candidate c{by_state ? r.state[idx[j]] : mean[j], pos[j], j};
-      if (c.pos < 0 || (last.j >= 0 && !before(last, c))) continue;
-      if (before(c, best)) best = c;
-    }
-    best = block_first(best, red);
-    if (threadIdx.x == 0) victims[r.victims_off + k] = best.j < 0 ? -1 : idx[best.j];
-    if (best.j < 0) {  // fewer candidates than victims (the same for every thread)
-      for (int e = k + 1 + threadIdx.x; e < r.n_evict; e += blockDim.x) victims[r.victims_off + e] = -1;
-      return;
-    }
-    last = best;
-  }
-}
-
 }  // namespace
 
 void rank_keys(cudaStream_t s, const KvFormat& f, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head_kv,
@@ -398,45 +377,41 @@ void rank_keys(cudaStream_t s, const KvFormat& f, const AttnDesc* rows, int n_ro
   check_launch("rank_keys");
 }
 
-void head_mean(cudaStream_t s, const AttnDesc* rows, int n_rows, int n_head, float inv_head, const float* probs,
-               float* means, const int32_t* idx, int32_t* victims) {
-  if (n_rows <= 0) return;
-  TOVA_LAUNCH(head_mean_kernel, static_cast<unsigned>(n_rows), kThreads, s)(rows, n_head, inv_head, probs, means, idx,
-                                                                         victims);
-  check_launch("head_mean");
-}
-
 namespace {
 
 template <int kKey, int kValue>
 void launch_attend(cudaStream_t s, const KvFormat& f, const KvFormat& f_lo, dim3 grid, const AttnDesc* rows, const int32_t* idx, int n_head,
-                   int group, int per_block, int head_dim, float scale, int max_idx, float* scratch, float* probs) {
+                   int group, int per_block, int head_dim, float scale, const Scratch& sc) {
   TOVA_LAUNCH((attend_kernel<kKey, kValue>), grid, kThreads, s)(f, f_lo, rows, idx, n_head, group, per_block, head_dim,
-                                                               scale, max_idx, scratch, probs);
+                                                               scale, sc);
 }
 
 template <int kKey>
 void launch_attend_v(KvKind value, cudaStream_t s, const KvFormat& f, const KvFormat& f_lo, dim3 grid, const AttnDesc* rows,
-                     const int32_t* idx, int n_head, int group, int per_block, int head_dim, float scale, int max_idx,
-                     float* scratch, float* probs) {
+                     const int32_t* idx, int n_head, int group, int per_block, int head_dim, float scale, const Scratch& sc) {
   switch (value) {
     case kKindF32:
-      return launch_attend<kKey, kKindF32>(s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
-                                           scratch, probs);
+      return launch_attend<kKey, kKindF32>(s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, sc);
     case kKindF16:
-      return launch_attend<kKey, kKindF16>(s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
-                                           scratch, probs);
+      return launch_attend<kKey, kKindF16>(s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, sc);
     case kKindQuant:
-      return launch_attend<kKey, kKindQuant>(s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale,
-                                             max_idx, scratch, probs);
+      return launch_attend<kKey, kKindQuant>(s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, sc);
   }
 }
 
 }  // namespace
 
+size_t attend_scratch_floats(int n_rows, int n_head, int head_dim, int max_idx, bool tiered, int max_runs) {
+  const size_t per_head = static_cast<size_t>(max_idx) + static_cast<size_t>(attn_splits(max_idx, max_runs)) *
+                                                             (2 + (tiered ? 2 : 1) * static_cast<size_t>(head_dim));
+  return static_cast<size_t>(n_rows) * static_cast<size_t>(n_head) * per_head;
+}
+
 void attend(cudaStream_t s, const KvFormat& f, const KvFormat& f_lo, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head,
-            int n_head_kv, int head_dim, float scale, int max_idx, float* scratch, float* probs) {
+            int n_head_kv, int head_dim, float scale, int max_idx, bool tiered, int max_runs, float* scratch, float* probs) {
   if (n_rows <= 0) return;
+  if (max_runs < 1 || max_runs > kAttnMaxRuns)
+    throw Error(cat("CUDA attention: ", max_runs, " runs a row (1 to ", kAttnMaxRuns, ")"));
   if (head_dim > kMaxHeadDim)
     throw Error(cat("CUDA attention: head_dim ", head_dim, " > ", kMaxHeadDim, " is not supported"));
   for (const KvFormat* t : {&f, &f_lo}) {
@@ -446,29 +421,39 @@ void attend(cudaStream_t s, const KvFormat& f, const KvFormat& f_lo, const AttnD
       throw Error(cat("CUDA attention: a rotated K/V needs a power-of-two head_dim, not ", head_dim));
     if (t->k == KvType::Q3_0) throw Error("CUDA attention: keys are never q3_0");
   }
-  // A block per (row, run of query heads sharing a K/V head): up to kMaxGroup heads, a divisor
-  // of the group so that a block never straddles two K/V heads.
+  // The scratch as attend_scratch_floats counts it.
+  Scratch sc;
+  sc.max_idx = max_idx;
+  sc.max_runs = max_runs;
+  sc.max_split = attn_splits(max_idx, max_runs);
+  sc.tiers = tiered ? 2 : 1;
+  sc.scores = scratch;
+  sc.stats = sc.scores + static_cast<int64_t>(n_rows) * n_head * max_idx;
+  sc.part = sc.stats + static_cast<int64_t>(n_rows) * n_head * sc.max_split * 2;
+  // A block per (row, run of query heads sharing a K/V head, run of slots): up to kMaxGroup heads,
+  // a divisor of the group so that a block never straddles two K/V heads.
   const int group = n_head / n_head_kv;
   int per_block = 1;
   for (int d = 1; d <= kMaxGroup && d <= group; ++d)
     if (group % d == 0) per_block = d;
-  const dim3 grid(static_cast<unsigned>(n_rows), static_cast<unsigned>(n_head / per_block));
+  const dim3 grid(static_cast<unsigned>(n_rows), static_cast<unsigned>(n_head / per_block),
+                  static_cast<unsigned>(sc.max_split));
   const KvKind value = kind_of(f.v);
   switch (kind_of(f.k)) {
     case kKindF32:
-      launch_attend_v<kKindF32>(value, s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
-                                scratch, probs);
+      launch_attend_v<kKindF32>(value, s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, sc);
       break;
     case kKindF16:
-      launch_attend_v<kKindF16>(value, s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
-                                scratch, probs);
+      launch_attend_v<kKindF16>(value, s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, sc);
       break;
     case kKindQuant:
-      launch_attend_v<kKindQuant>(value, s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, max_idx,
-                                  scratch, probs);
+      launch_attend_v<kKindQuant>(value, s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, sc);
       break;
   }
   check_launch("attend");
+  const dim3 heads(static_cast<unsigned>(n_rows), static_cast<unsigned>(n_head));
+  TOVA_LAUNCH(attend_combine_kernel, heads, kThreads, s)(f, f_lo, rows, n_head, head_dim, sc, probs);
+  check_launch("attend (combine)");
 }
 
 }  // namespace cuda

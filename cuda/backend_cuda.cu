@@ -21,6 +21,8 @@
 #include <vector>
 
 #include "backend_cuda.h"
+
+#include "act_quant_cuda.h"
 #include "buffers.h"
 #include "ops_cuda.h"
 
@@ -74,17 +76,28 @@ class CudaKv : public KvPayload {
 
 class CudaBackend : public Backend {
  public:
-  CudaBackend(const Model& model, int max_rows, bool graphs, bool select_victims, int tiled_from)
-      : m_(model), max_rows_(max_rows), select_victims_(select_victims), tiled_from_(tiled_from),
+  // mat.sm_count is set here: the device's multiprocessors where row_split, else 0; and mat.act:
+  // a buffer for 8-bit activations unless float_activations.
+  CudaBackend(const Model& model, int max_rows, bool graphs, bool select_victims, const cuda::MatConfig& mat,
+              bool row_split, int attn_runs, bool float_activations)
+      : m_(model), max_rows_(max_rows), select_victims_(select_victims), mat_(mat), attn_runs_(attn_runs),
         device_(use_device_0()), stream_(graphs),
         staging_(&stream_), readback_(&stream_) {
     if (m_.hp().head_dim > 256)
       throw ArgumentError(cat("the CUDA backend handles head_dim up to 256; this model has ", m_.hp().head_dim));
+    if (row_split)
+      check(cudaDeviceGetAttribute(&mat_.sm_count, cudaDevAttrMultiProcessorCount, device_), "cudaDeviceGetAttribute");
     upload_weights();
+    size_t widest = 0;  // of the products' inputs
     for (int b = 0; b < static_cast<int>(Buf::kCount); ++b) {
+      widest = std::max(widest, buf_width(m_.hp(), static_cast<Buf>(b)));
       const size_t bytes = static_cast<size_t>(max_rows) * buf_width(m_.hp(), static_cast<Buf>(b)) * sizeof(float);
       bufs_[b].reserve(bytes, "activation buffers", &stream_);
       check(cudaMemsetAsync(bufs_[b].get(), 0, bytes, stream_.op()), "activation buffers");
+    }
+    if (!float_activations) {
+      mat_.act_bytes = cuda::act_rows_bytes(static_cast<int64_t>(widest), max_rows);
+      mat_.act = act_.reserve(mat_.act_bytes, "8-bit activations", &stream_);
     }
     stream_.sync("activation buffers");
   }
@@ -160,7 +173,7 @@ class CudaBackend : public Backend {
       cuda::MatTargets ts;
       for (; j < n_jobs && ts.n < cuda::kMaxTargets && jobs[j].w->type == type && jobs[j].w->cols == cols; ++j)
         add_target(ts, *jobs[j].w, jobs[j].y, jobs[j].bias);
-      cuda::matmul(op(), type, ts, cols, x, n, tiled_from_);
+      cuda::matmul(op(), type, ts, cols, x, n, mat_);
     }
   }
 
@@ -169,7 +182,7 @@ class CudaBackend : public Backend {
     auto* y = static_cast<float*>(logits_.reserve(bytes, "logits", &stream_));
     cuda::MatTargets ts;
     add_target(ts, w, y, nullptr);
-    cuda::matmul(op(), w.type, ts, w.cols, x, n, tiled_from_);
+    cuda::matmul(op(), w.type, ts, w.cols, x, n, mat_);
     // host_y is pageable: copied outside the step's graph, after it
     check(cudaMemcpyAsync(host_y, y, bytes, cudaMemcpyDeviceToHost, stream_.eager()), "logits to host");
     stream_.sync("logits to host");
@@ -224,7 +237,7 @@ class CudaBackend : public Backend {
     cuda::MatTargets ts;
     add_target(ts, w_gate, gate, nullptr);
     add_target(ts, w_up, up, nullptr);
-    cuda::matmul_glu(op(), w_gate.type, ts, act, w_gate.cols, x, n, tiled_from_);
+    cuda::matmul_glu(op(), w_gate.type, ts, act, w_gate.cols, x, n, mat_);
   }
 
   void add(float* x, const float* y, int64_t count) override { cuda::add(op(), x, y, count); }
@@ -377,7 +390,8 @@ class CudaBackend : public Backend {
   const Model& m_;
   int max_rows_;
   bool select_victims_;  // the built-in tova, h2o and tova_ema run here (AttnRow::rule)
-  int tiled_from_;       // products of this many input rows or more take the tiled kernel (0: never)
+  cuda::MatConfig mat_;  // how the matrix products are launched (the tiled kernel's threshold, the device's size)
+  int attn_runs_;        // the most runs a row's slots are split into for the attention (cuda::attend)
   uint64_t victims_selected_ = 0;
   uint64_t policy_bytes_ = 0;  // probabilities, head means and victims copied back
   int device_;
@@ -387,6 +401,7 @@ class CudaBackend : public Backend {
   DeviceBuffer bufs_[static_cast<size_t>(Buf::kCount)];
   cuda::Staging staging_;  // pinned bytes of the step's uploads
   DeviceBuffer tokens_, logits_, kv_writes_;
+  DeviceBuffer act_;  // the products' input in 8 bits (mat_.act)
   std::vector<cuda::KvWrite> writes_;     // K/V rows not stored yet (write_kv)
   std::vector<cuda::KvDemote> demotes_;  // slots not moved down yet (demote_kv)
   cuda::KvFormat writes_format_, writes_lo_format_;
@@ -465,6 +480,7 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   idx_.clear();
   ranked_at_.clear();
   int max_idx = 1;
+  bool tiered = false;  // some row's layer has a lower KV tier
   // Probabilities on the device: rows copied back whole first ([0, n_full)), then the others
   // (below).
   int64_t n_full = 0, n_probs = 0, n_mean = 0, n_mean_back = 0;
@@ -503,6 +519,7 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
     idx_.insert(idx_.end(), r.idx, r.idx + r.n_idx);
     descs_.push_back(d);
     max_idx = std::max(max_idx, r.n_idx);
+    tiered = tiered || d.n_hi < d.n_slots;
   }
   const float* rank_cs = nullptr;
   const float* rank_sn = nullptr;
@@ -575,12 +592,12 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   if (rank_rope)
     cuda::rank_keys(op(), format, d_desc, n_rows, d_idx, shape.n_head_kv, shape.head_dim, rank_cs, rank_sn);
   auto* scratch = static_cast<float*>(attn_scratch_.reserve(
-      static_cast<size_t>(n_rows) * static_cast<size_t>(shape.n_head) * static_cast<size_t>(max_idx) * sizeof(float),
+      cuda::attend_scratch_floats(n_rows, shape.n_head, shape.head_dim, max_idx, tiered, attn_runs_) * sizeof(float),
       "attention scratch", &stream_));
   auto* probs = static_cast<float*>(attn_probs_.reserve(static_cast<size_t>(std::max<int64_t>(n_probs, 1)) *
                                                             sizeof(float), "attention probabilities", &stream_));
   cuda::attend(op(), format, lo_format, d_desc, n_rows, d_idx, shape.n_head, shape.n_head_kv, shape.head_dim, shape.scale, max_idx,
-               scratch, probs);
+               tiered, attn_runs_, scratch, probs);
   if (n_probs == 0) return;
   float* means = nullptr;
   int32_t* victims = nullptr;
@@ -686,24 +703,32 @@ int cuda_devices() {
   return n;
 }
 
-std::unique_ptr<Backend> make_cuda_backend(const Model& model, int max_rows) {
+std::unique_ptr<Backend> make_cuda_backend(const Model& model, int max_rows, bool float_activations) {
   auto off = [](const char* name) {
     const char* v = std::getenv(name);
     return v && std::strcmp(v, "0") == 0;
   };
-  // TOVA_CUDA_GRAPHS=0: every operation issued directly; TOVA_CUDA_VICTIMS=0: the head mean goes
-  // back to the host's policy instead of the victims the device selected (tests compare the two).
-  // TOVA_CUDA_TILED_FROM=N: the tiled matrix product from N input rows on (default 32; 0: never).
-  int tiled_from = 32;
-  if (const char* v = std::getenv("TOVA_CUDA_TILED_FROM")) {
+  auto number = [](const char* name, long lo, long hi, long fallback, const char* what) {
+    const char* v = std::getenv(name);
+    if (!v) return fallback;
     char* end = nullptr;
     const long n = std::strtol(v, &end, 10);
-    if (end == v || *end != '\0' || n < 0 || n > (1 << 20))
-      throw ArgumentError(cat("TOVA_CUDA_TILED_FROM='", v, "': a number of rows (0: never)"));
-    tiled_from = static_cast<int>(n);
-  }
-  return std::make_unique<CudaBackend>(model, max_rows, !off("TOVA_CUDA_GRAPHS"), !off("TOVA_CUDA_VICTIMS"),
-                                       tiled_from);
+    if (end == v || *end != '\0' || n < lo || n > hi)
+      throw ArgumentError(cat(name, "='", v, "': ", what, " from ", lo, " to ", hi));
+    return n;
+  };
+  // TOVA_CUDA_GRAPHS=0: every operation issued directly; TOVA_CUDA_VICTIMS=0: the head mean goes
+  // back to the host's policy instead of the victims the device selected (tests compare the two).
+  // The launch shapes, for comparing them on a device (bench/cuda_check.sh):
+  // TOVA_CUDA_TILED_FROM=N: the tiled matrix product from N input rows on (default 32; 0: never);
+  // TOVA_CUDA_ROW_SPLIT=0: every row of a matrix-vector product taken by one warp;
+  // TOVA_CUDA_ATTN_RUNS=N: a row's slots attended in at most N runs (default and most:
+  // cuda::kAttnMaxRuns; 1: one block per row and K/V head).
+  cuda::MatConfig mat;
+  mat.tiled_from = static_cast<int>(number("TOVA_CUDA_TILED_FROM", 0, 1 << 20, 32, "a number of rows (0: never)"));
+  const int runs = static_cast<int>(number("TOVA_CUDA_ATTN_RUNS", 1, cuda::kAttnMaxRuns, cuda::kAttnMaxRuns, "runs"));
+  return std::make_unique<CudaBackend>(model, max_rows, !off("TOVA_CUDA_GRAPHS"), !off("TOVA_CUDA_VICTIMS"), mat,
+                                       !off("TOVA_CUDA_ROW_SPLIT"), runs, float_activations);
 }
 
 }  // namespace tova

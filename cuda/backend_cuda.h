@@ -10,8 +10,10 @@
 namespace tova {
 
 // The whole model on CUDA device 0: weights uploaded once in their quantized form, activations
-// and every sequence's K/V in device memory. Error when there is no usable device.
-std::unique_ptr<Backend> make_cuda_backend(const Model& model, int max_rows);
+// and every sequence's K/V in device memory. float_activations: float inputs to the matrix
+// products, else 8-bit ones and integer products where the weight type has them (the CPU
+// backend's two paths). Error when there is no usable device.
+std::unique_ptr<Backend> make_cuda_backend(const Model& model, int max_rows, bool float_activations);
 
 // Usable CUDA devices (0 without a driver or a GPU; never throws).
 int cuda_devices();

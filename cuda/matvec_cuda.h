@@ -13,7 +13,21 @@ namespace cuda {
 // The product of cuda::matmul. False (nothing launched) when the type has no chunk decoder or
 // x / W are not aligned for its vector loads: the caller then uses the per-element kernel.
 // glu 1 (SiLU) or 2 (GELU): the product of cuda::matmul_glu instead (two targets, gate and up).
-bool matvec(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n, int glu = 0);
+// sm_count: MatConfig's.
+bool matvec(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n, int glu,
+            int sm_count);
+
+// The same with the CPU's default arithmetic (matvec_int_cuda.cu): x quantized to the type's
+// vec_dot_type into cfg.act, integer products, each block's float step as the CPU's. False
+// (nothing launched) for a type without it, or without cfg.act.
+bool matvec_int(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n, int glu,
+                const MatConfig& cfg);
+bool matvec_int_supports(GgmlType t);
+
+// Warps per output row of a launch of 4-warp blocks: 1, or 2 or 4 while the product's rows (all
+// targets') give fewer than 32 warps a multiprocessor (sm_count of them; 0: never split) and
+// each warp still has a unit of work (`units` a row: chunks or tasks) a lane.
+int warps_per_row(int64_t rows, int64_t units, int sm_count);
 
 }  // namespace cuda
 }  // namespace tova

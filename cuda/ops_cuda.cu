@@ -130,10 +130,12 @@ bool matmul_supports(GgmlType t) {
 }
 
 void matmul(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n,
-            int tiled_from) {
+            const MatConfig& cfg) {
   if (targets.n < 1 || targets.n > kMaxTargets) throw Error(cat("CUDA matmul: ", targets.n, " targets"));
-  if (tiled_from > 0 && n >= tiled_from && matmul_tiled(s, t, targets, cols, x, n)) return;  // matmul_tiled_cuda.cu
-  if (matvec(s, t, targets, cols, x, n)) return;  // the real models' types: matvec_cuda.cu
+  const bool tiled = cfg.tiled_from > 0 && n >= cfg.tiled_from;
+  if (tiled && matmul_tiled(s, t, targets, cols, x, n)) return;  // matmul_tiled_cuda.cu
+  if (!tiled && matvec_int(s, t, targets, cols, x, n, 0, cfg)) return;  // 8-bit activations: matvec_int_cuda.cu
+  if (matvec(s, t, targets, cols, x, n, 0, cfg.sm_count)) return;  // the real models' types: matvec_cuda.cu
   if (n <= 0 || targets.max_rows <= 0) return;
   const dim3 grid(static_cast<unsigned>((targets.max_rows + kMatWarps - 1) / kMatWarps),
                   static_cast<unsigned>(targets.n));
@@ -145,12 +147,14 @@ void matmul(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols,
 }
 
 void matmul_glu(cudaStream_t s, GgmlType t, const MatTargets& targets, FfnActivation act, int64_t cols,
-                const float* x, int n, int tiled_from) {
+                const float* x, int n, const MatConfig& cfg) {
   if (targets.n != 2 || targets.t[0].rows != targets.t[1].rows)
     throw Error("CUDA matmul_glu: a gate and an up matrix of the same shape");
-  const bool tiled = tiled_from > 0 && n >= tiled_from;  // then the two products, and act_mul
-  if (!tiled && matvec(s, t, targets, cols, x, n, act == FfnActivation::GeluTanh ? 2 : 1)) return;
-  matmul(s, t, targets, cols, x, n, tiled_from);
+  const bool tiled = cfg.tiled_from > 0 && n >= cfg.tiled_from;  // then the two products, and act_mul
+  const int glu = act == FfnActivation::GeluTanh ? 2 : 1;
+  if (!tiled && matvec_int(s, t, targets, cols, x, n, glu, cfg)) return;
+  if (!tiled && matvec(s, t, targets, cols, x, n, glu, cfg.sm_count)) return;
+  matmul(s, t, targets, cols, x, n, cfg);
   act_mul(s, act, targets.t[0].y, targets.t[1].y, static_cast<int64_t>(n) * targets.t[0].rows);
 }
 

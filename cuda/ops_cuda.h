@@ -1,5 +1,5 @@
-// The CUDA backend's operations as host-callable launchers (the kernels are in ops_cuda.cu,
-// matvec_cuda.cu and attention_cuda.cu). Every pointer is device memory unless it says host;
+// The CUDA backend's operations as host-callable launchers (the kernels are in ops_cuda.cu and
+// the other .cu files of cuda/: matrix products, attention, policy step, K/V writes). Every pointer is device memory unless it says host;
 // every launcher queues its kernel on stream s (recorded when s captures) and checks the launch.
 #pragma once
 
@@ -37,19 +37,31 @@ struct MatTargets {
   int64_t max_rows = 0;
 };
 
+// How the matrix products are launched (CudaBackend: from the device and the environment).
+struct MatConfig {
+  int tiled_from = 32;  // input rows from which the tiled kernel takes a product (0: never)
+  int sm_count = 0;     // the device's multiprocessors: a product of too few rows to fill them
+                        // has each row taken by several warps (matvec_cuda.cu; 0: never)
+  // Below tiled_from rows, where set: the input quantized to 8 bits here (act_bytes bytes,
+  // act_rows_bytes) and integer products, the CPU's default path (matvec_int_cuda.cu), for
+  // the types that have them; null: float activations.
+  void* act = nullptr;
+  size_t act_bytes = 0;
+};
+
 // y[i * rows + r] = W_r . x[i * cols ...] (+ bias[r]) for i < n and each target: weights in type
 // t, x float rows of `cols`. Float accumulation of dequantized weights (as the CPU backend with
-// float activations); the bias is added to the finished sum, as the CPU adds it. From tiled_from
-// input rows on (0: never) the tiled kernel (matmul_tiled_cuda.h), which reads each weight once
-// for 64 input rows; below it, the kernels that read it once for up to 8.
+// float activations); the bias is added to the finished sum, as the CPU adds it. From
+// cfg.tiled_from input rows on the tiled kernel (matmul_tiled_cuda.h), which reads each weight
+// once for 64 input rows; below it, the kernels that read it once for up to 8.
 void matmul(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n,
-            int tiled_from);
+            const MatConfig& cfg);
 
 // The gated feed-forward's first product: gate.y = act(W_gate x) * (W_up x) (targets t[0] =
 // gate, t[1] = up, one type; up.y is scratch). One kernel that computes both rows of a warp's
 // output where the chunked kernel takes the type, else the two products and act_mul.
 void matmul_glu(cudaStream_t s, GgmlType t, const MatTargets& targets, FfnActivation act, int64_t cols,
-                const float* x, int n, int tiled_from);
+                const float* x, int n, const MatConfig& cfg);
 
 // x[i * width + e] = scale * W_{tokens[i]}[e] (tokens: device int32).
 void embed(cudaStream_t s, GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, int n, float scale,
@@ -177,9 +189,14 @@ void rank_keys(cudaStream_t s, const KvFormat& f, const AttnDesc* rows, int n_ro
 // keys of a quantized type scored by the CPU's integer product (the query quantized to the type's
 // vec_dot_type), rotated keys met by a query rotated alike, each tier's weighted sum of values
 // apart, a rotated tier's sum rotated back, then added (the CPU's order).
-// scratch: n_rows * n_head * max_idx floats.
+// A row's slots are attended in runs (64 slots or more, max_runs at most, a count that depends
+// on the row's n_idx alone) by blocks of their own, then combined (two launches). max_idx: the
+// rows' largest n_idx; tiered: some row has a lower tier; scratch:
+// attend_scratch_floats(n_rows, n_head, head_dim, max_idx, tiered, max_runs) floats.
+constexpr int kAttnMaxRuns = 16;
 void attend(cudaStream_t s, const KvFormat& f, const KvFormat& f_lo, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head, int n_head_kv,
-            int head_dim, float scale, int max_idx, float* scratch, float* probs);
+            int head_dim, float scale, int max_idx, bool tiered, int max_runs, float* scratch, float* probs);
+size_t attend_scratch_floats(int n_rows, int n_head, int head_dim, int max_idx, bool tiered, int max_runs);
 // For the rows with mean_off >= 0: means[mean_off + j] = (sum over h in order of
 // probs[probs_off + h * n_idx + j]) * inv_head, the host's arithmetic (kv_attention.cpp); for
 // those with a rule, that policy's step as kv_policy.cpp takes it (state updated in the same

@@ -66,13 +66,15 @@ write_llama_gguf(f"{sys.argv[1]}/sim-qwen2.gguf", seed=4, weight_type="Q6_K", n_
                  n_head_kv=1, n_layer=2, arch="qwen2", tied_output=True)
 write_gemma3_gguf(f"{sys.argv[1]}/sim-gemma3.gguf", seed=5, weight_type="Q4_K", n_embd=256, n_ff=512, head_dim=64)
 EOF
-# Then quantized K/V (rotated), two KV tiers, positions "cache_index", and prompt chunks of 64
-# rows (the tiled matrix product).
+# Then quantized K/V (rotated), two KV tiers, positions "cache_index", prompt chunks of 64 rows
+# (the tiled matrix product), and float activations (the float matrix-vector kernels; the others
+# take 8-bit activations and integer products).
 for config in "llama tova f16 f16 exact" "llama h2o f32 f32 chunked" "llama tova_ema f16 f16 exact" \
               "llama sink f16 f16 exact" "llama full f16 f16 exact" "qwen2 tova f16 f16 exact" \
               "gemma3 tova f16 f16 chunked" "llama tova q8_0 q4_1 chunked" \
               "llama tova_ema q8_0 q3_0 exact --kv-lo-type q4_0/q3_0 --kv-hi-size 6" \
-              "qwen2 tova q4_0 f16 exact --positions cache_index" "llama window f16 f16 chunked --chunk 64"; do
+              "qwen2 tova q4_0 f16 exact --positions cache_index" "llama window f16 f16 chunked --chunk 64" \
+              "qwen2 h2o f16 f16 exact --float-activations"; do
   read -r arch policy kv_k kv_v prefill extra <<<"$config"
   echo "sanitize: device cuda (simulated), $arch, policy $policy, kv $kv_k/$kv_v, prefill $prefill${extra:+, $extra}"
   # shellcheck disable=SC2086

@@ -3,8 +3,9 @@
 On a machine without a usable NVIDIA GPU (or a build without TOVA_CUDA) every test here but the
 last is skipped with a reason that says so: they did not run. ``bench/cuda_check.sh`` runs them
 on a GPU machine; ``tests/cuda_sim.sh`` runs them on the CPU simulator of the device (cuda/sim),
-which CI does. The CPU side compares with ``float_activations=True``: the CUDA kernels
-multiply dequantized weights by float activations, as the CPU does then.
+which CI does. Both sides take the same arithmetic: ``float_activations=True`` (float inputs times dequantized
+weights) in most tests; the default 8-bit activations and integer products in
+``test_cuda_int8_activations_equal_cpu``.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ TOL = 2e-3  # float sums in another order, and expf / tanhf of the device
 
 def _pair(path, **kw):
     cpu = tova.Engine(path, float_activations=True, n_threads=2, **kw)
-    gpu = tova.Engine(path, device="cuda", **kw)
+    gpu = tova.Engine(path, device="cuda", float_activations=True, **kw)
     return cpu, gpu
 
 
@@ -80,6 +81,36 @@ def test_cuda_logits_equal_cpu(tmp_path, weight_type):
                                        rtol=0)
 
 
+INT8_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"]
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("weight_type", INT8_TYPES)
+def test_cuda_int8_activations_equal_cpu(tmp_path, weight_type):
+    """The default path (float_activations=False) on both backends: inputs quantized to 8 bits
+    (q8_0 / q8_1 / q8_K, the same quants and scales) and integer products. Chunks of 16 rows, so
+    that the prompt takes the integer kernel too (from TOVA_CUDA_TILED_FROM rows the tiled float
+    kernel takes it). Logits within 2 % of their largest magnitude (a value on a rounding boundary
+    of the 8-bit quantizer, where the two backends' float inputs differ in their last bits, takes
+    the neighbouring level), the same greedy tokens and kept positions."""
+    path = tmp_path / "m.gguf"
+    k = weight_type.endswith("_K")
+    write_llama_gguf(path, seed=29, weight_type=weight_type, n_embd=256 if k else 64, n_ff=512 if k else 96,
+                     n_head=4, n_head_kv=2)
+    cpu = tova.Engine(path, n_threads=2, policy="tova", kv_size=24, chunk=16)
+    gpu = tova.Engine(path, device="cuda", policy="tova", kv_size=24, chunk=16)
+    with cpu, gpu:
+        ids = _ids(40, cpu.n_vocab, seed=29)
+        want = cpu.eval(ids, all_logits=True)
+        tol = 2e-2 * max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(gpu.eval(ids, all_logits=True), want, atol=tol, rtol=0)
+        for t in _ids(16, cpu.n_vocab, seed=30):
+            np.testing.assert_allclose(gpu.eval([t]), cpu.eval([t]), atol=tol, rtol=0)
+            for layer in range(2):
+                assert cpu.kv_positions(layer).tolist() == gpu.kv_positions(layer).tolist(), layer
+
+
 @pytest.mark.cuda
 @needs_gpu
 @pytest.mark.parametrize("weight_type", ["Q4_K", "Q6_K", "Q8_0", "F16"])
@@ -91,7 +122,7 @@ def test_cuda_tiled_prefill(tmp_path, monkeypatch, weight_type):
     write_llama_gguf(path, seed=19, weight_type=weight_type, n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
     ids = _ids(100, 384, seed=19)
     monkeypatch.setenv("TOVA_CUDA_TILED_FROM", "0")
-    rowwise = tova.Engine(path, device="cuda", policy="tova", kv_size=80, chunk=64)
+    rowwise = tova.Engine(path, device="cuda", float_activations=True, policy="tova", kv_size=80, chunk=64)
     monkeypatch.delenv("TOVA_CUDA_TILED_FROM")
     cpu, gpu = _pair(path, policy="tova", kv_size=80, chunk=64)
     with cpu, gpu, rowwise:
@@ -101,6 +132,39 @@ def test_cuda_tiled_prefill(tmp_path, monkeypatch, weight_type):
         np.testing.assert_allclose(rowwise.eval(ids, all_logits=True), want, atol=tol, rtol=0)
         for t in _ids(4, 384, seed=20):
             np.testing.assert_allclose(gpu.eval([t]), cpu.eval([t]), atol=tol, rtol=0)
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_cuda_launch_shapes(tmp_path, monkeypatch):
+    """Matrix rows split among 2 or 4 warps (the default where a product has few rows for the
+    device) and rows of up to 160 slots attended in runs of 64 (3 runs) give the CPU's logits and
+    kept positions, and those of one warp a row and one attention block per row
+    (TOVA_CUDA_ROW_SPLIT=0, TOVA_CUDA_ATTN_RUNS=1); a bad setting is a clear error."""
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, seed=23, weight_type="Q4_K", n_embd=512, n_ff=1024, n_head=8, n_head_kv=2)
+    monkeypatch.setenv("TOVA_CUDA_ROW_SPLIT", "0")
+    monkeypatch.setenv("TOVA_CUDA_ATTN_RUNS", "1")
+    plain = tova.Engine(path, device="cuda", float_activations=True, policy="tova", kv_size=160, chunk=16)
+    monkeypatch.setenv("TOVA_CUDA_ATTN_RUNS", "17")
+    with pytest.raises(ValueError, match="TOVA_CUDA_ATTN_RUNS"):
+        tova.Engine(path, device="cuda")
+    monkeypatch.delenv("TOVA_CUDA_ROW_SPLIT")
+    monkeypatch.delenv("TOVA_CUDA_ATTN_RUNS")
+    cpu, gpu = _pair(path, policy="tova", kv_size=160, chunk=16)
+    with cpu, gpu, plain:
+        ids = _ids(200, cpu.n_vocab, seed=23)
+        want = cpu.eval(ids, all_logits=True)
+        tol = TOL * max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(gpu.eval(ids, all_logits=True), want, atol=tol, rtol=0)
+        np.testing.assert_allclose(plain.eval(ids, all_logits=True), want, atol=tol, rtol=0)
+        for t in _ids(8, cpu.n_vocab, seed=24):
+            got, got_plain, w = gpu.eval([t]), plain.eval([t]), cpu.eval([t])
+            np.testing.assert_allclose(got, w, atol=tol, rtol=0)
+            np.testing.assert_allclose(got_plain, w, atol=tol, rtol=0)
+            for layer in range(2):
+                assert gpu.kv_positions(layer).tolist() == plain.kv_positions(layer).tolist() == \
+                    cpu.kv_positions(layer).tolist(), layer
 
 
 @pytest.mark.cuda
@@ -131,7 +195,7 @@ def test_cuda_runs_builtin_policies_on_the_device(tmp_path, monkeypatch, policy,
     kw = dict(policy=policy, kv_size=12, n_sink=3, prefill=prefill, chunk=8)
     ids = _ids(70, 384, seed=15)
     monkeypatch.setenv("TOVA_CUDA_VICTIMS", "0")
-    host = tova.Engine(path, device="cuda", **kw)
+    host = tova.Engine(path, device="cuda", float_activations=True, **kw)
     monkeypatch.delenv("TOVA_CUDA_VICTIMS")
     cpu, dev = _pair(path, **kw)
     with cpu, dev, host:
@@ -230,7 +294,7 @@ def test_cuda_smollm2_256_steps(smollm2_path, policy):
         follow = _Follow(leader=lead)
         kv = 128 if steps >= 200 else 8
         cpu = tova.Engine(smollm2_path, float_activations=True, n_threads=2, policy=lead, kv_size=kv, chunk=32)
-        gpu = tova.Engine(smollm2_path, device="cuda", policy=follow, kv_size=kv, chunk=32)
+        gpu = tova.Engine(smollm2_path, device="cuda", float_activations=True, policy=follow, kv_size=kv, chunk=32)
     with cpu, gpu:
         ids = cpu.tokenize("The history of the printing press begins")
         a, b = cpu.eval(ids), gpu.eval(ids)

@@ -56,7 +56,7 @@ std::unique_ptr<Backend> make_backend(BackendKind kind, const Model& model, int 
     case BackendKind::Cpu: return std::make_unique<CpuBackend>(model, max_rows, n_threads, float_activations);
     case BackendKind::Cuda:
 #ifdef TOVA_HAVE_CUDA
-      return make_cuda_backend(model, max_rows);
+      return make_cuda_backend(model, max_rows, float_activations);
 #else
       throw ArgumentError("backend 'cuda': this tova was built without CUDA (rebuild with "
                           "CMAKE_ARGS=-DTOVA_CUDA=ON pip install . on a machine with the CUDA toolkit)");

@@ -70,6 +70,8 @@ class Engine:
             kept tokens, StreamingLLM-style: generation can run past the trained context).
         float_activations: multiply weights by float32 activations instead of quantizing them
             to 8 bits first (llama.cpp's way, the default): slower, closer to exact arithmetic.
+            The same two paths on ``device="cuda"`` (there the prompt's products of 32 rows or
+            more take float activations either way: ``TOVA_CUDA_TILED_FROM``).
         n_threads: compute threads; ``None`` = all cores.
         seed: default seed of the sampler (``None``: a fresh random seed for every generation).
         n_seq: sequences held at once (each with its own ``kv_size`` slots per layer); more
