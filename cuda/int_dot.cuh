@@ -45,10 +45,20 @@ __device__ __forceinline__ int dot8(const IntW& w, const int* xq, int from, int 
   return s;
 }
 
-// Q4_0 x q8_0: sum((q - 8) * y) * (d * dy).
-struct IdQ4_0 {
-  static constexpr int kBlock = kQK, kTasks = 1, kBytes = sizeof(BlockQ4_0);
+// The 32-weight types (one task a block) against q8_0: sum(q * y) * (d * dy); the types below
+// add how a block is unpacked (and Q4_1 its minimum).
+struct IdBlock32 {
+  static constexpr int kBlock = kQK, kTasks = 1;
   static constexpr ActType kAct = ActType::Q8_0;
+  __device__ static IntPart part(const IntW& w, const int* xq, const ActBlock&, int) { return IntPart{dot8(w, xq, 0, 8), 0}; }
+  __device__ static float finish(const IntW& w, IntPart p, const ActBlock& a) {
+    return static_cast<float>(p.a) * (w.d * a.d);
+  }
+};
+
+// Q4_0 x q8_0: sum((q - 8) * y) * (d * dy).
+struct IdQ4_0 : IdBlock32 {
+  static constexpr int kBytes = sizeof(BlockQ4_0);
   __device__ static void load(const uint8_t* blk, int, IntW& w) {
     w.d = half_to_float(load2(blk));
 #pragma unroll
@@ -58,15 +68,11 @@ struct IdQ4_0 {
       w.v[4 + c] = static_cast<int>(__vsub4((q >> 4) & 0x0F0F0F0Fu, 0x08080808u));
     }
   }
-  __device__ static IntPart part(const IntW& w, const int* xq, const ActBlock&, int) { return IntPart{dot8(w, xq, 0, 8), 0}; }
-  __device__ static float finish(const IntW& w, IntPart p, const ActBlock& a) {
-    return static_cast<float>(p.a) * (w.d * a.d);
-  }
 };
 
 // Q4_1 x q8_1: sum(q * y) * (d * dy) + m * sy.
-struct IdQ4_1 {
-  static constexpr int kBlock = kQK, kTasks = 1, kBytes = sizeof(BlockQ4_1);
+struct IdQ4_1 : IdBlock32 {
+  static constexpr int kBytes = sizeof(BlockQ4_1);
   static constexpr ActType kAct = ActType::Q8_1;
   __device__ static void load(const uint8_t* blk, int, IntW& w) {
     w.d = half_to_float(load2(blk));
@@ -78,16 +84,14 @@ struct IdQ4_1 {
       w.v[4 + c] = static_cast<int>((q >> 4) & 0x0F0F0F0Fu);
     }
   }
-  __device__ static IntPart part(const IntW& w, const int* xq, const ActBlock&, int) { return IntPart{dot8(w, xq, 0, 8), 0}; }
   __device__ static float finish(const IntW& w, IntPart p, const ActBlock& a) {
     return static_cast<float>(p.a) * (w.d * a.d) + w.m * a.s;
   }
 };
 
 // Q5_0 x q8_0: sum((q - 16) * y) * (d * dy), bit 4 of quant j at bit j of qh.
-struct IdQ5_0 {
-  static constexpr int kBlock = kQK, kTasks = 1, kBytes = sizeof(BlockQ5_0);
-  static constexpr ActType kAct = ActType::Q8_0;
+struct IdQ5_0 : IdBlock32 {
+  static constexpr int kBytes = sizeof(BlockQ5_0);
   __device__ static void load(const uint8_t* blk, int, IntW& w) {
     w.d = half_to_float(load2(blk));
     const uint32_t qh = load4_a2(blk + 2);
@@ -99,24 +103,15 @@ struct IdQ5_0 {
           static_cast<int>(__vsub4(((q >> 4) & 0x0F0F0F0Fu) | spread4((qh >> (16 + 4 * c)) & 0xFu), 0x10101010u));
     }
   }
-  __device__ static IntPart part(const IntW& w, const int* xq, const ActBlock&, int) { return IntPart{dot8(w, xq, 0, 8), 0}; }
-  __device__ static float finish(const IntW& w, IntPart p, const ActBlock& a) {
-    return static_cast<float>(p.a) * (w.d * a.d);
-  }
 };
 
 // Q8_0 x q8_0: sum(q * y) * (d * dy).
-struct IdQ8_0 {
-  static constexpr int kBlock = kQK, kTasks = 1, kBytes = sizeof(BlockQ8_0);
-  static constexpr ActType kAct = ActType::Q8_0;
+struct IdQ8_0 : IdBlock32 {
+  static constexpr int kBytes = sizeof(BlockQ8_0);
   __device__ static void load(const uint8_t* blk, int, IntW& w) {
     w.d = half_to_float(load2(blk));
 #pragma unroll
     for (int c = 0; c < 8; ++c) w.v[c] = static_cast<int>(load4_a2(blk + 2 + 4 * c));
-  }
-  __device__ static IntPart part(const IntW& w, const int* xq, const ActBlock&, int) { return IntPart{dot8(w, xq, 0, 8), 0}; }
-  __device__ static float finish(const IntW& w, IntPart p, const ActBlock& a) {
-    return static_cast<float>(p.a) * (w.d * a.d);
   }
 };
 

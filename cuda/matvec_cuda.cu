@@ -6,114 +6,60 @@
 // shared memory. A chunk is decoded once for up to kRows input rows. The values are those of the
 // per-element kernel (ops_cuda.cu) and of the CPU's float path; only the order of the sums
 // differs.
-#include "activation.cuh"
 #include "cuda_check.h"
-#include "launch.cuh"
 #include "dequant_chunks.cuh"
+#include "launch.cuh"
 #include "matvec_cuda.h"
-#include "warp.cuh"
+#include "matvec_rows.cuh"
 
 namespace tova {
 namespace cuda {
 
 namespace {
 
-constexpr int kWarps = 4;  // output rows per block
-constexpr int kRows = 8;   // input rows per pass over a weight row
+constexpr int kRows = kMvRows;
 
 // glu 0: y_j = W_j x for target j = blockIdx.y. glu 1 / 2: the row of the gate (t[0]) and of
 // the up matrix (t[1]) one after the other, and t[0].y = act(gate) * up (SiLU / GELU). Warp w of
-// the block takes share w % wpr of the chunks of row blockIdx.x * (kWarps / wpr) + w / wpr.
+// the block takes share w % wpr of the chunks of its row (mv_place).
 template <class Ch>
 __global__ void matvec_kernel(const MatTargets targets, int64_t cols, const float* x, int n, int glu, int wpr) {
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int share = warp % wpr;
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * (kWarps / wpr) + warp / wpr;
-  // Past the last row a warp has nothing to add but still meets its block's barriers.
-  const bool live = r < targets.t[blockIdx.y].rows;  // the same for the whole warp
+  const MvPlace p = mv_place(targets, wpr);
   const int64_t chunks = cols / Ch::kBlock * Ch::kChunks;
-  __shared__ float sums[kWarps][kRows];
-  for (int i0 = 0; i0 < n; i0 += kRows) {
-    const int m = min(kRows, n - i0);
-    float gate[kRows];
-    for (int j = 0; j < (glu ? 2 : 1); ++j) {
-      const MatTarget& T = targets.t[glu ? j : static_cast<int>(blockIdx.y)];
-      const uint8_t* wr = T.w + static_cast<size_t>(live ? r : 0) * T.row_bytes;
-      float acc[kRows];
-#pragma unroll
-      for (int k = 0; k < kRows; ++k) acc[k] = 0.0f;
+  mv_rows(targets, n, glu, wpr, p, [&](const MatTarget&, const uint8_t* wr, int i0, int m, float(&acc)[kRows]) {
 #pragma unroll 2
-      for (int64_t t = share * kWarp + lane; live && t < chunks; t += wpr * kWarp) {
-        const int64_t b = t / Ch::kChunks;
-        float wv[4 * Ch::kRuns];
-        int start[Ch::kRuns];
-        Ch::decode(wr + b * Ch::kBytes, static_cast<int>(t % Ch::kChunks), wv, start);
-        const float* xb = x + static_cast<int64_t>(i0) * cols + b * Ch::kBlock;
-#pragma unroll
-        for (int k = 0; k < kRows; ++k) {
-          if (k >= m) break;
-#pragma unroll
-          for (int run = 0; run < Ch::kRuns; ++run) {
-            const float4 xv = *reinterpret_cast<const float4*>(xb + static_cast<int64_t>(k) * cols + start[run]);
-            float a = acc[k];
-            a = fmaf(wv[4 * run + 0], xv.x, a);
-            a = fmaf(wv[4 * run + 1], xv.y, a);
-            a = fmaf(wv[4 * run + 2], xv.z, a);
-            a = fmaf(wv[4 * run + 3], xv.w, a);
-            acc[k] = a;
-          }
-        }
-      }
-#pragma unroll
-      for (int k = 0; k < kRows; ++k) acc[k] = warp_sum(acc[k]);
-      if (wpr > 1) {  // the same for the whole block: the row's warps' sums added in share order
-        if (lane == 0)
-          for (int k = 0; k < kRows; ++k) sums[warp][k] = acc[k];
-        __syncthreads();
-        if (share == 0)
-          for (int k = 0; k < kRows; ++k) {
-            float v = sums[warp][k];
-            for (int o = 1; o < wpr; ++o) v += sums[warp + o][k];
-            acc[k] = v;
-          }
-        __syncthreads();  // sums is rewritten by the next product
-      }
-      if (!live || share != 0) continue;
+    for (int64_t t = p.share * kWarp + p.lane; p.live && t < chunks; t += wpr * kWarp) {
+      const int64_t b = t / Ch::kChunks;
+      float wv[4 * Ch::kRuns];
+      int start[Ch::kRuns];
+      Ch::decode(wr + b * Ch::kBytes, static_cast<int>(t % Ch::kChunks), wv, start);
+      const float* xb = x + static_cast<int64_t>(i0) * cols + b * Ch::kBlock;
 #pragma unroll
       for (int k = 0; k < kRows; ++k) {
-        float v = acc[k];
-        if (T.bias) v += T.bias[r];
-        if (glu && j == 0) {
-          gate[k] = v;
-        } else if (lane == 0 && k < m) {
-          const MatTarget& Y = glu ? targets.t[0] : T;  // the gate's rows take act(gate) * up
-          Y.y[static_cast<int64_t>(i0 + k) * Y.rows + r] = glu ? ffn_act(glu == 2, gate[k]) * v : v;
+        if (k >= m) break;
+#pragma unroll
+        for (int run = 0; run < Ch::kRuns; ++run) {
+          const float4 xv = *reinterpret_cast<const float4*>(xb + static_cast<int64_t>(k) * cols + start[run]);
+          float a = acc[k];
+          a = fmaf(wv[4 * run + 0], xv.x, a);
+          a = fmaf(wv[4 * run + 1], xv.y, a);
+          a = fmaf(wv[4 * run + 2], xv.z, a);
+          a = fmaf(wv[4 * run + 3], xv.w, a);
+          acc[k] = a;
         }
       }
     }
-  }
+  });
 }
 
 template <class Ch>
 void launch(cudaStream_t s, const MatTargets& targets, int64_t cols, const float* x, int n, int glu, int sm_count) {
-  int64_t rows = targets.t[0].rows;  // a warp takes a row of each of the two GLU targets
-  for (int j = 1; j < (glu ? 1 : targets.n); ++j) rows += targets.t[j].rows;
-  const int wpr = warps_per_row(rows, cols / Ch::kBlock * Ch::kChunks, sm_count);
-  const int rows_per_block = kWarps / wpr;
-  const dim3 grid(static_cast<unsigned>((targets.max_rows + rows_per_block - 1) / rows_per_block),
-                  static_cast<unsigned>(glu ? 1 : targets.n));
-  TOVA_LAUNCH(matvec_kernel<Ch>, grid, kWarps * kWarp, s)(targets, cols, x, n, glu, wpr);
+  const MvShape shape = mv_shape(targets, glu, cols / Ch::kBlock * Ch::kChunks, sm_count);
+  TOVA_LAUNCH(matvec_kernel<Ch>, shape.grid, kMvWarps * kWarp, s)(targets, cols, x, n, glu, shape.wpr);
   check_launch("matvec");
 }
 
 }  // namespace
-
-int warps_per_row(int64_t rows, int64_t chunks, int sm_count) {
-  constexpr int kFillWarps = 32;
-  int w = 1;
-  while (w < kWarps && rows * w < static_cast<int64_t>(sm_count) * kFillWarps && chunks >= 2 * w * kWarp) w *= 2;
-  return w;
-}
 
 bool matvec(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n, int glu,
             int sm_count) {

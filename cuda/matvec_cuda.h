@@ -24,10 +24,5 @@ bool matvec_int(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t c
                 const MatConfig& cfg);
 bool matvec_int_supports(GgmlType t);
 
-// Warps per output row of a launch of 4-warp blocks: 1, or 2 or 4 while the product's rows (all
-// targets') give fewer than 32 warps a multiprocessor (sm_count of them; 0: never split) and
-// each warp still has a unit of work (`units` a row: chunks or tasks) a lane.
-int warps_per_row(int64_t rows, int64_t units, int sm_count);
-
 }  // namespace cuda
 }  // namespace tova

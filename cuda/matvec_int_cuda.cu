@@ -5,20 +5,18 @@
 // fill the device; each lane one task (32 weights) of a block at a time; the tasks of a 256-weight
 // block (8 lanes of a warp) add their integer sums by shuffles before the block's float step;
 // a chunk of weights is unpacked once for up to kRows input rows.
-#include "activation.cuh"
 #include "cuda_check.h"
 #include "int_dot.cuh"
 #include "launch.cuh"
 #include "matvec_cuda.h"
-#include "warp.cuh"
+#include "matvec_rows.cuh"
 
 namespace tova {
 namespace cuda {
 
 namespace {
 
-constexpr int kWarps = 4;  // warps per block
-constexpr int kRows = 8;   // input rows per pass over a weight row
+constexpr int kRows = kMvRows;
 
 // The integer sums of the kTasks lanes of a block (aligned groups of lanes), in each of them.
 template <int kTasks>
@@ -34,78 +32,39 @@ __device__ __forceinline__ IntPart group_sum(IntPart p) {
 // As matvec_kernel (matvec_cuda.cu): glu 0 the targets' rows, glu 1 / 2 act(gate) * up.
 template <class Id>
 __global__ void matvec_int_kernel(const MatTargets targets, const ActRows a, int n, int glu, int wpr) {
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int share = warp % wpr;
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * (kWarps / wpr) + warp / wpr;
-  const bool live = r < targets.t[blockIdx.y].rows;  // the same for the whole warp
+  const MvPlace pl = mv_place(targets, wpr);
   const int64_t blocks = a.cols / Id::kBlock, tasks = blocks * Id::kTasks;
-  __shared__ float sums[kWarps][kRows];
-  for (int i0 = 0; i0 < n; i0 += kRows) {
-    const int m = min(kRows, n - i0);
-    float gate[kRows];
-    for (int j = 0; j < (glu ? 2 : 1); ++j) {
-      const MatTarget& T = targets.t[glu ? j : static_cast<int>(blockIdx.y)];
-      const uint8_t* wr = T.w + static_cast<size_t>(live ? r : 0) * T.row_bytes;
-      float acc[kRows];
-#pragma unroll
-      for (int k = 0; k < kRows; ++k) acc[k] = 0.0f;
-      // t0 is the same for the whole warp (the group sums' shuffles need every lane); a block's
-      // kTasks lanes are all valid or all not (tasks is a multiple of kTasks).
-      for (int64_t t0 = share * kWarp; live && t0 < tasks; t0 += wpr * kWarp) {
-        const int64_t t = t0 + lane;
-        const bool valid = t < tasks;
-        const int64_t b = valid ? t / Id::kTasks : 0;
-        const int task = static_cast<int>(t % Id::kTasks);
-        IntW w = {};
-        if (valid) Id::load(wr + b * Id::kBytes, task, w);
-#pragma unroll
-        for (int k = 0; k < kRows; ++k) {
-          if (k >= m) break;  // the same for the whole warp
-          const int64_t i = i0 + k;
-          ActBlock ab{0.0f, 0.0f, nullptr};
-          IntPart p{0, 0};
-          if (valid) {
-            const int64_t at = i * blocks + b;
-            ab = ActBlock{a.d[at], Id::kAct == ActType::Q8_1 ? a.s[at] : 0.0f,
-                          a.bsum + i * (a.cols / 16) + b * (Id::kBlock / 16)};
-            // The task's 32 quants: 16-byte aligned (rows of whole blocks from an aligned base).
-            const int4* xv = reinterpret_cast<const int4*>(a.q + i * a.cols + b * Id::kBlock + 32 * task);
-            const int4 x0 = xv[0], x1 = xv[1];
-            const int xq[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-            p = Id::part(w, xq, ab, task);
-          }
-          if (Id::kTasks > 1) p = group_sum<Id::kTasks>(p);
-          if (valid && task == 0) acc[k] += Id::finish(w, p, ab);
-        }
-      }
-#pragma unroll
-      for (int k = 0; k < kRows; ++k) acc[k] = warp_sum(acc[k]);
-      if (wpr > 1) {  // the same for the whole block: the row's warps' sums added in share order
-        if (lane == 0)
-          for (int k = 0; k < kRows; ++k) sums[warp][k] = acc[k];
-        __syncthreads();
-        if (share == 0)
-          for (int k = 0; k < kRows; ++k) {
-            float v = sums[warp][k];
-            for (int o = 1; o < wpr; ++o) v += sums[warp + o][k];
-            acc[k] = v;
-          }
-        __syncthreads();  // sums is rewritten by the next product
-      }
-      if (!live || share != 0) continue;
+  mv_rows(targets, n, glu, wpr, pl, [&](const MatTarget&, const uint8_t* wr, int i0, int m, float(&acc)[kRows]) {
+    // t0 is the same for the whole warp (the group sums' shuffles need every lane); a block's
+    // kTasks lanes are all valid or all not (tasks is a multiple of kTasks).
+    for (int64_t t0 = pl.share * kWarp; pl.live && t0 < tasks; t0 += wpr * kWarp) {
+      const int64_t t = t0 + pl.lane;
+      const bool valid = t < tasks;
+      const int64_t b = valid ? t / Id::kTasks : 0;
+      const int task = static_cast<int>(t % Id::kTasks);
+      IntW w = {};
+      if (valid) Id::load(wr + b * Id::kBytes, task, w);
 #pragma unroll
       for (int k = 0; k < kRows; ++k) {
-        float v = acc[k];
-        if (T.bias) v += T.bias[r];
-        if (glu && j == 0) {
-          gate[k] = v;
-        } else if (lane == 0 && k < m) {
-          const MatTarget& Y = glu ? targets.t[0] : T;
-          Y.y[static_cast<int64_t>(i0 + k) * Y.rows + r] = glu ? ffn_act(glu == 2, gate[k]) * v : v;
+        if (k >= m) break;  // the same for the whole warp
+        const int64_t i = i0 + k;
+        ActBlock ab{0.0f, 0.0f, nullptr};
+        IntPart p{0, 0};
+        if (valid) {
+          const int64_t at = i * blocks + b;
+          ab = ActBlock{a.d[at], Id::kAct == ActType::Q8_1 ? a.s[at] : 0.0f,
+                        a.bsum + i * (a.cols / 16) + b * (Id::kBlock / 16)};
+          // The task's 32 quants: 16-byte aligned (rows of whole blocks from an aligned base).
+          const int4* xv = reinterpret_cast<const int4*>(a.q + i * a.cols + b * Id::kBlock + 32 * task);
+          const int4 x0 = xv[0], x1 = xv[1];
+          const int xq[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+          p = Id::part(w, xq, ab, task);
         }
+        if (Id::kTasks > 1) p = group_sum<Id::kTasks>(p);
+        if (valid && task == 0) acc[k] += Id::finish(w, p, ab);
       }
     }
-  }
+  });
 }
 
 template <class Id>
@@ -113,13 +72,8 @@ void launch(cudaStream_t s, const MatTargets& targets, const float* x, int n, in
             const MatConfig& cfg) {
   if (cols % Id::kBlock != 0) throw Error(cat("CUDA integer matvec: ", cols, " columns are not whole blocks"));
   const ActRows a = quantize_act(s, Id::kAct, x, n, cols, cfg.act, cfg.act_bytes);
-  int64_t rows = targets.t[0].rows;  // a warp takes a row of each of the two GLU targets
-  for (int j = 1; j < (glu ? 1 : targets.n); ++j) rows += targets.t[j].rows;
-  const int wpr = warps_per_row(rows, cols / Id::kBlock * Id::kTasks, cfg.sm_count);
-  const int rows_per_block = kWarps / wpr;
-  const dim3 grid(static_cast<unsigned>((targets.max_rows + rows_per_block - 1) / rows_per_block),
-                  static_cast<unsigned>(glu ? 1 : targets.n));
-  TOVA_LAUNCH(matvec_int_kernel<Id>, grid, kWarps * kWarp, s)(targets, a, n, glu, wpr);
+  const MvShape shape = mv_shape(targets, glu, cols / Id::kBlock * Id::kTasks, cfg.sm_count);
+  TOVA_LAUNCH(matvec_int_kernel<Id>, shape.grid, kMvWarps * kWarp, s)(targets, a, n, glu, shape.wpr);
   check_launch("integer matvec");
 }
 
