@@ -76,16 +76,16 @@ class CudaKv : public KvPayload {
 
 class CudaBackend : public Backend {
  public:
-  // mat.sm_count is set here: the device's multiprocessors where row_split, else 0; and mat.act:
+  // mat.sm_count is set here where it is negative (the device's multiprocessors); and mat.act:
   // a buffer for 8-bit activations unless float_activations.
   CudaBackend(const Model& model, int max_rows, bool graphs, bool select_victims, const cuda::MatConfig& mat,
-              bool row_split, int attn_runs, bool float_activations)
+              int attn_runs, bool float_activations)
       : m_(model), max_rows_(max_rows), select_victims_(select_victims), mat_(mat), attn_runs_(attn_runs),
         device_(use_device_0()), stream_(graphs),
         staging_(&stream_), readback_(&stream_) {
     if (m_.hp().head_dim > 256)
       throw ArgumentError(cat("the CUDA backend handles head_dim up to 256; this model has ", m_.hp().head_dim));
-    if (row_split)
+    if (mat_.sm_count < 0)
       check(cudaDeviceGetAttribute(&mat_.sm_count, cudaDevAttrMultiProcessorCount, device_), "cudaDeviceGetAttribute");
     upload_weights();
     size_t widest = 0;  // of the products' inputs
@@ -721,14 +721,16 @@ std::unique_ptr<Backend> make_cuda_backend(const Model& model, int max_rows, boo
   // back to the host's policy instead of the victims the device selected (tests compare the two).
   // The launch shapes, for comparing them on a device (bench/cuda_check.sh):
   // TOVA_CUDA_TILED_FROM=N: the tiled matrix product from N input rows on (default 32; 0: never);
-  // TOVA_CUDA_ROW_SPLIT=0: every row of a matrix-vector product taken by one warp;
+  // TOVA_CUDA_ROW_SPLIT=0: every row of a matrix-vector product taken by one warp; =N: rows
+  // split among warps as for a device of N multiprocessors (default: this device's count);
   // TOVA_CUDA_ATTN_RUNS=N: a row's slots attended in at most N runs (default and most:
   // cuda::kAttnMaxRuns; 1: one block per row and K/V head).
   cuda::MatConfig mat;
   mat.tiled_from = static_cast<int>(number("TOVA_CUDA_TILED_FROM", 0, 1 << 20, 32, "a number of rows (0: never)"));
+  mat.sm_count = static_cast<int>(number("TOVA_CUDA_ROW_SPLIT", 0, 1 << 20, -1, "0 (off) or a multiprocessor count"));
   const int runs = static_cast<int>(number("TOVA_CUDA_ATTN_RUNS", 1, cuda::kAttnMaxRuns, cuda::kAttnMaxRuns, "runs"));
   return std::make_unique<CudaBackend>(model, max_rows, !off("TOVA_CUDA_GRAPHS"), !off("TOVA_CUDA_VICTIMS"), mat,
-                                       !off("TOVA_CUDA_ROW_SPLIT"), runs, float_activations);
+                                       runs, float_activations);
 }
 
 }  // namespace tova

@@ -138,9 +138,10 @@ def test_cuda_tiled_prefill(tmp_path, monkeypatch, weight_type):
 @needs_gpu
 def test_cuda_launch_shapes(tmp_path, monkeypatch):
     """Matrix rows split among 2 or 4 warps (the default where a product has few rows for the
-    device) and rows of up to 160 slots attended in runs of 64 (3 runs) give the CPU's logits and
-    kept positions, and those of one warp a row and one attention block per row
-    (TOVA_CUDA_ROW_SPLIT=0, TOVA_CUDA_ATTN_RUNS=1); a bad setting is a clear error."""
+    device; here planned for an H100's 132 multiprocessors, TOVA_CUDA_ROW_SPLIT=132) and rows of
+    up to 160 slots attended in runs of 64 (3 runs) give the CPU's logits and kept positions, and
+    those of one warp a row and one attention block per row (TOVA_CUDA_ROW_SPLIT=0,
+    TOVA_CUDA_ATTN_RUNS=1); a bad setting is a clear error."""
     path = tmp_path / "m.gguf"
     write_llama_gguf(path, seed=23, weight_type="Q4_K", n_embd=512, n_ff=1024, n_head=8, n_head_kv=2)
     monkeypatch.setenv("TOVA_CUDA_ROW_SPLIT", "0")
@@ -149,8 +150,11 @@ def test_cuda_launch_shapes(tmp_path, monkeypatch):
     monkeypatch.setenv("TOVA_CUDA_ATTN_RUNS", "17")
     with pytest.raises(ValueError, match="TOVA_CUDA_ATTN_RUNS"):
         tova.Engine(path, device="cuda")
-    monkeypatch.delenv("TOVA_CUDA_ROW_SPLIT")
     monkeypatch.delenv("TOVA_CUDA_ATTN_RUNS")
+    monkeypatch.setenv("TOVA_CUDA_ROW_SPLIT", "many")
+    with pytest.raises(ValueError, match="TOVA_CUDA_ROW_SPLIT"):
+        tova.Engine(path, device="cuda")
+    monkeypatch.setenv("TOVA_CUDA_ROW_SPLIT", "132")
     cpu, gpu = _pair(path, policy="tova", kv_size=160, chunk=16)
     with cpu, gpu, plain:
         ids = _ids(200, cpu.n_vocab, seed=23)

@@ -222,8 +222,10 @@ cudaError_t cudaGetLastError();
 cudaError_t cudaPeekAtLastError();
 cudaError_t cudaGetDeviceCount(int* n);
 cudaError_t cudaSetDevice(int device);
-// The one attribute cuda/ asks for; the simulated device reports an H100's 132 multiprocessors,
-// so that launch shapes chosen from it are those of a large GPU.
+// The one attribute cuda/ asks for; the simulated device reports an edge GPU's 16
+// multiprocessors (Jetson AGX Orin's): launch shapes planned for a large GPU (rows split among
+// warps) multiply the simulator's fibers, so the tests ask for them where they check them
+// (TOVA_CUDA_ROW_SPLIT=132, and the kernel check).
 enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
 cudaError_t cudaMalloc(void** p, size_t bytes);

@@ -465,7 +465,7 @@ cudaError_t cudaSetDevice(int device) {
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
   if (device != 0) return Device::get().error(cudaErrorInvalidDevice);
   if (attr != cudaDevAttrMultiProcessorCount) return Device::get().error(cudaErrorInvalidValue);
-  *value = 132;
+  *value = 16;
   return cudaSuccess;
 }
 
