@@ -19,6 +19,9 @@
 #    and (both caches) with one warp per matrix row and one attention block per row and K/V head
 #    (TOVA_CUDA_ROW_SPLIT=0 TOVA_CUDA_ATTN_RUNS=1, split0), and (tova 512) with float activations
 #    (--float-activations, float) instead of the default 8-bit ones and integer products;
+#    and decode after 1024 tokens (-d 1024: tova's 512 slots full, every step the same, its graph
+#    relaunched as it is) against the same steps captured every time (TOVA_CUDA_REPLAY=0,
+#    replay0) and issued directly (graphs0), and the full cache at that depth;
 #    Then the paper's Table 1 there (bench/throughput.py --device cuda, budget BUDGET, 1GiB), with
 #    TOVA 512 over q8_0 keys / q4_1 values as well;
 # 5. runs short generations under compute-sanitizer when it is installed (each built-in policy
@@ -88,6 +91,23 @@ for m in smollm2 qwen15; do
     done
   done
 done
+# Decode in fixed memory: tg128 after 1024 tokens of history (-d 1024), so that tova's 512 slots
+# are full and every step is the same (its graph relaunched as it is), against the same steps
+# captured every time (replay0) and issued directly (graphs0), and the full cache at that depth.
+for m in smollm2 qwen15; do
+  for cache in "--policy tova --kv-size 512" "--policy full --ctx 4096"; do
+    for variant in default replay0 graphs0; do
+      [ "$variant" != default ] && [ "$cache" != "--policy tova --kv-size 512" ] && continue
+      env=()
+      [ "$variant" = replay0 ] && env=(TOVA_CUDA_REPLAY=0)
+      [ "$variant" = graphs0 ] && env=(TOVA_CUDA_GRAPHS=0)
+      # shellcheck disable=SC2086
+      env "${env[@]}" "$TOVA_BIN" bench -m "build/shapes/$m-shape.gguf" --device cuda -p 0 -n 128 -d 1024 -r 3 \
+        $cache --json > "$OUT/bench_${m}_${cache//[ -]/_}_depth_$variant.json" 2> "$OUT/bench.err" \
+        || { tail -5 "$OUT/bench.err" | tee -a "$REPORT"; fail "bench $m $cache depth $variant"; }
+    done
+  done
+done
 "$PY" - "$OUT" << 'EOF' 2>&1 | tee -a "$REPORT"
 import glob, json, shutil, subprocess, sys
 out = sys.argv[1]
@@ -107,6 +127,8 @@ for f in sorted(glob.glob(f"{out}/bench_*.json")):
         continue
     for r in rows:
         test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
+        if r.get("n_depth"):
+            test += f" @ d{r['n_depth']}"
         sol = bw * 1e9 / r["weight_bytes"] if bw and not r["n_prompt"] else None
         sol_s = "%.0f" % sol if sol else "-"
         ratio = "%.2f" % (r["avg_ts"] / sol) if sol else "-"

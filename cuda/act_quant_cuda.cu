@@ -96,7 +96,7 @@ size_t act_rows_bytes(int64_t cols, int n) {
   return static_cast<size_t>(per_row * n) + 64;
 }
 
-ActRows quantize_act(cudaStream_t s, ActType t, const float* x, int n, int64_t cols, void* buf, size_t bytes) {
+ActRows quantize_act(Queue s, ActType t, const float* x, int n, int64_t cols, void* buf, size_t bytes) {
   const int block = t == ActType::Q8_K ? kQK_K : kQK;
   if (cols % block != 0) throw Error(cat("CUDA quantize_act: ", cols, " columns are not whole blocks of ", block));
   if (bytes < act_rows_bytes(cols, n)) throw Error(cat("CUDA quantize_act: ", bytes, " bytes for ", n, " rows of ", cols));
@@ -111,7 +111,7 @@ ActRows quantize_act(cudaStream_t s, ActType t, const float* x, int n, int64_t c
   if (n <= 0) return a;
   const dim3 grid(static_cast<unsigned>((cols / block + kWarps - 1) / kWarps), static_cast<unsigned>(n));
   TOVA_LAUNCH(quantize_kernel, grid, kWarps * kWarp, s)(x, n, a, block);
-  check_launch("quantize_act");
+  check_launch(s, "quantize_act");
   return a;
 }
 

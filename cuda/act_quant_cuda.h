@@ -31,7 +31,7 @@ size_t act_rows_bytes(int64_t cols, int n);
 
 // x (n float rows of cols) quantized into buf (act_rows_bytes(cols, n) bytes or more) as the CPU
 // quantizes its activations for type t.
-ActRows quantize_act(cudaStream_t s, ActType t, const float* x, int n, int64_t cols, void* buf, size_t bytes);
+ActRows quantize_act(Queue s, ActType t, const float* x, int n, int64_t cols, void* buf, size_t bytes);
 
 }  // namespace cuda
 }  // namespace tova

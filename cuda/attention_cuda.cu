@@ -368,26 +368,26 @@ __global__ void rank_keys_kernel(const KvFormat f, const AttnDesc* rows, const i
 
 }  // namespace
 
-void rank_keys(cudaStream_t s, const KvFormat& f, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head_kv,
+void rank_keys(Queue s, const KvFormat& f, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head_kv,
                int head_dim, const float* cs, const float* sn) {
   if (n_rows <= 0) return;
   if (head_dim > kMaxHeadDim) throw Error(cat("CUDA rank_keys: head_dim ", head_dim, " > ", kMaxHeadDim));
   const dim3 grid(static_cast<unsigned>(n_rows), static_cast<unsigned>(n_head_kv));
   TOVA_LAUNCH(rank_keys_kernel, grid, kThreads, s)(f, rows, idx, head_dim, cs, sn);
-  check_launch("rank_keys");
+  check_launch(s, "rank_keys");
 }
 
 namespace {
 
 template <int kKey, int kValue>
-void launch_attend(cudaStream_t s, const KvFormat& f, const KvFormat& f_lo, dim3 grid, const AttnDesc* rows, const int32_t* idx, int n_head,
+void launch_attend(Queue s, const KvFormat& f, const KvFormat& f_lo, dim3 grid, const AttnDesc* rows, const int32_t* idx, int n_head,
                    int group, int per_block, int head_dim, float scale, const Scratch& sc) {
   TOVA_LAUNCH((attend_kernel<kKey, kValue>), grid, kThreads, s)(f, f_lo, rows, idx, n_head, group, per_block, head_dim,
                                                                scale, sc);
 }
 
 template <int kKey>
-void launch_attend_v(KvKind value, cudaStream_t s, const KvFormat& f, const KvFormat& f_lo, dim3 grid, const AttnDesc* rows,
+void launch_attend_v(KvKind value, Queue s, const KvFormat& f, const KvFormat& f_lo, dim3 grid, const AttnDesc* rows,
                      const int32_t* idx, int n_head, int group, int per_block, int head_dim, float scale, const Scratch& sc) {
   switch (value) {
     case kKindF32:
@@ -407,7 +407,7 @@ size_t attend_scratch_floats(int n_rows, int n_head, int head_dim, int max_idx, 
   return static_cast<size_t>(n_rows) * static_cast<size_t>(n_head) * per_head;
 }
 
-void attend(cudaStream_t s, const KvFormat& f, const KvFormat& f_lo, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head,
+void attend(Queue s, const KvFormat& f, const KvFormat& f_lo, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head,
             int n_head_kv, int head_dim, float scale, int max_idx, bool tiered, int max_runs, float* scratch, float* probs) {
   if (n_rows <= 0) return;
   if (max_runs < 1 || max_runs > kAttnMaxRuns)
@@ -450,10 +450,10 @@ void attend(cudaStream_t s, const KvFormat& f, const KvFormat& f_lo, const AttnD
       launch_attend_v<kKindQuant>(value, s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, sc);
       break;
   }
-  check_launch("attend");
+  check_launch(s, "attend");
   const dim3 heads(static_cast<unsigned>(n_rows), static_cast<unsigned>(n_head));
   TOVA_LAUNCH(attend_combine_kernel, heads, kThreads, s)(f, f_lo, rows, n_head, head_dim, sc, probs);
-  check_launch("attend (combine)");
+  check_launch(s, "attend (combine)");
 }
 
 }  // namespace cuda

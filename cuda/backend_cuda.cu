@@ -6,7 +6,8 @@
 // staging in stream order, and so do the probabilities back: a decode step's policy calls come
 // after its last layer (kv_attention.h), so the host waits for the device once per step, for the
 // logits, not once per layer. Everything runs on one stream of the backend's own; a decode step
-// (few rows) is captured and launched as one CUDA graph (stream.h).
+// (few rows) is recorded and launched as one CUDA graph, relaunched as it is while the steps
+// stay the same (stream.h, recorder.h).
 //
 // K/V rows are stored in any KvType, as the CPU stores them (kv_write_cuda.cu), in one or two
 // tiers; with positions "cache_index" the keys are rotated by rank on the device before each
@@ -78,10 +79,10 @@ class CudaBackend : public Backend {
  public:
   // mat.sm_count is set here where it is negative (the device's multiprocessors); and mat.act:
   // a buffer for 8-bit activations unless float_activations.
-  CudaBackend(const Model& model, int max_rows, bool graphs, bool select_victims, const cuda::MatConfig& mat,
-              int attn_runs, bool float_activations)
+  CudaBackend(const Model& model, int max_rows, bool graphs, bool replay, bool select_victims,
+              const cuda::MatConfig& mat, int attn_runs, bool float_activations)
       : m_(model), max_rows_(max_rows), select_victims_(select_victims), mat_(mat), attn_runs_(attn_runs),
-        device_(use_device_0()), stream_(graphs),
+        device_(use_device_0()), stream_(graphs, replay),
         staging_(&stream_), readback_(&stream_) {
     if (m_.hp().head_dim > 256)
       throw ArgumentError(cat("the CUDA backend handles head_dim up to 256; this model has ", m_.hp().head_dim));
@@ -93,7 +94,7 @@ class CudaBackend : public Backend {
       widest = std::max(widest, buf_width(m_.hp(), static_cast<Buf>(b)));
       const size_t bytes = static_cast<size_t>(max_rows) * buf_width(m_.hp(), static_cast<Buf>(b)) * sizeof(float);
       bufs_[b].reserve(bytes, "activation buffers", &stream_);
-      check(cudaMemsetAsync(bufs_[b].get(), 0, bytes, stream_.op()), "activation buffers");
+      check(cudaMemsetAsync(bufs_[b].get(), 0, bytes, stream_.eager()), "activation buffers");
     }
     if (!float_activations) {
       mat_.act_bytes = cuda::act_rows_bytes(static_cast<int64_t>(widest), max_rows);
@@ -104,7 +105,7 @@ class CudaBackend : public Backend {
 
   ~CudaBackend() override {
     stream_.abandon();
-    cudaStreamSynchronize(stream_.op());  // no copy may still read staging_ or buffers
+    cudaStreamSynchronize(stream_.op().stream);  // no copy may still read staging_ or buffers
   }
 
   const char* name() const override { return "cuda"; }
@@ -281,6 +282,7 @@ class CudaBackend : public Backend {
             {"cuda_graphs_launched", s.launched},
             {"cuda_graphs_instantiated", s.instantiated},
             {"cuda_graphs_updated", s.updated},
+            {"cuda_graphs_replayed", s.replayed},
             {"cuda_graph_nodes", s.nodes},
             {"cuda_victims_selected", victims_selected_},
             {"cuda_policy_bytes_to_host", policy_bytes_}};
@@ -288,7 +290,7 @@ class CudaBackend : public Backend {
 
  private:
   // The stream for an operation of the step, a pending rotation and K/V rows stored first.
-  cudaStream_t op() {
+  cuda::Queue op() {
     flush_pending();
     return stream_.op();
   }
@@ -371,8 +373,10 @@ class CudaBackend : public Backend {
   }
 
   // Steps of at most this many rows (decode steps, a batch of sequences' next tokens) are
-  // captured as CUDA graphs; prefill chunks are issued directly.
+  // recorded as CUDA graphs; prefill chunks are issued directly.
   static constexpr int kGraphRows = 256;
+  // The steps in which an attention call's bound on slots and its upload grow (attend).
+  static constexpr int kSlotStep = 64;
 
   // Device 0 made current, or a clear error where there is none (before any member touches CUDA).
   static int use_device_0() {
@@ -422,7 +426,7 @@ class CudaBackend : public Backend {
     const float* cs = nullptr;
     const float* sn = nullptr;
   } rope_;
-  DeviceBuffer attn_rows_, attn_scratch_, attn_probs_, attn_means_, attn_victims_, attn_ranked_;
+  DeviceBuffer attn_rows_, attn_scratch_, attn_probs_, attn_means_, attn_ranked_;
   struct RankAngles {  // rank_angles()
     int n = 0;
     std::vector<float> table;
@@ -567,6 +571,12 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
     if (pass == 0) n_mean_back = n_mean;
   }
   victims_selected_ += static_cast<uint64_t>(n_victims);
+  // A cache that grows (filling up, or policy "full") changes a row's slot count every step; the
+  // launch (the bound max_idx) and the size of the upload below follow it in steps of
+  // kSlotStep slots (the attention's runs are 64 slots: the launch shape is the same), so that
+  // the steps in between record the same operations and relaunch their graph (recorder.h).
+  max_idx = (max_idx + kSlotStep - 1) / kSlotStep * kSlotStep;
+  idx_.resize((idx_.size() + kSlotStep - 1) / kSlotStep * kSlotStep, 0);  // never read
   if (descs_.empty()) {
     flush_pending();
     return;
@@ -599,19 +609,11 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   cuda::attend(op(), format, lo_format, d_desc, n_rows, d_idx, shape.n_head, shape.n_head_kv, shape.head_dim, shape.scale, max_idx,
                tiered, attn_runs_, scratch, probs);
   if (n_probs == 0) return;
-  float* means = nullptr;
-  int32_t* victims = nullptr;
-  if (n_mean > 0) {
-    means = static_cast<float*>(
-        attn_means_.reserve(static_cast<size_t>(n_mean) * sizeof(float), "attention means", &stream_));
-    if (n_victims > 0)
-      victims = static_cast<int32_t*>(
-          attn_victims_.reserve(static_cast<size_t>(n_victims) * sizeof(int32_t), "victims", &stream_));
-    cuda::head_mean(op(), d_desc, n_rows, shape.n_head, 1.0f / static_cast<float>(shape.n_head), probs, means, d_idx,
-                    victims);
-  }
-  // What goes back in stream order into pinned memory (the device buffers are rewritten by the
-  // next layer's call, after these copies); flush_host() waits once and scatters them.
+  // What comes back goes into pinned memory: the probabilities and head means by copies in stream
+  // order (the device buffers are rewritten by the next layer's call, after these copies), the
+  // victims written there by the kernel that selects them (pinned memory is the device's to
+  // address under unified addressing): no copy a layer on the path of a decode step.
+  // flush_host() waits once and scatters them.
   static_assert(sizeof(float) == sizeof(int32_t), "the victims follow the floats in the readback");
   const size_t bytes = static_cast<size_t>(n_full + n_mean_back + n_victims) * sizeof(float);
   if (!pending_.empty() && !readback_.fits(bytes)) {
@@ -622,19 +624,19 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   }
   auto* host = static_cast<float*>(readback_.take(bytes, "probabilities"));
   policy_bytes_ += bytes;
-  if (n_full > 0)
-    check(cudaMemcpyAsync(host, probs, static_cast<size_t>(n_full) * sizeof(float), cudaMemcpyDeviceToHost,
-                          stream_.op()),
-          "probabilities");
-  if (n_mean_back > 0)
-    check(cudaMemcpyAsync(host + n_full, means, static_cast<size_t>(n_mean_back) * sizeof(float),
-                          cudaMemcpyDeviceToHost, stream_.op()),
-          "probabilities");
   auto* host_victims = reinterpret_cast<int32_t*>(host + n_full + n_mean_back);
-  if (n_victims > 0)
-    check(cudaMemcpyAsync(host_victims, victims, static_cast<size_t>(n_victims) * sizeof(int32_t),
-                          cudaMemcpyDeviceToHost, stream_.op()),
-          "victims");
+  if (n_mean > 0) {
+    auto* means = static_cast<float*>(
+        attn_means_.reserve(static_cast<size_t>(n_mean) * sizeof(float), "attention means", &stream_));
+    cuda::head_mean(op(), d_desc, n_rows, shape.n_head, 1.0f / static_cast<float>(shape.n_head), probs, means, d_idx,
+                    n_victims > 0 ? host_victims : nullptr);
+    if (n_mean_back > 0)
+      cuda::copy_async(stream_.op(), host + n_full, means, static_cast<size_t>(n_mean_back) * sizeof(float),
+                       cudaMemcpyDeviceToHost, "probabilities");
+  }
+  if (n_full > 0)
+    cuda::copy_async(stream_.op(), host, probs, static_cast<size_t>(n_full) * sizeof(float), cudaMemcpyDeviceToHost,
+                     "probabilities");
   for (int i = 0; i < n_rows; ++i) {
     const AttnRow& r = rows[i];
     const cuda::AttnDesc& d = descs_[static_cast<size_t>(i)];
@@ -717,7 +719,8 @@ std::unique_ptr<Backend> make_cuda_backend(const Model& model, int max_rows, boo
       throw ArgumentError(cat(name, "='", v, "': ", what, " from ", lo, " to ", hi));
     return n;
   };
-  // TOVA_CUDA_GRAPHS=0: every operation issued directly; TOVA_CUDA_VICTIMS=0: the head mean goes
+  // TOVA_CUDA_GRAPHS=0: every operation issued directly; TOVA_CUDA_REPLAY=0: every recorded step
+  // captured, none relaunched as it is (stream.h); TOVA_CUDA_VICTIMS=0: the head mean goes
   // back to the host's policy instead of the victims the device selected (tests compare the two).
   // The launch shapes, for comparing them on a device (bench/cuda_check.sh):
   // TOVA_CUDA_TILED_FROM=N: the tiled matrix product from N input rows on (default 32; 0: never);
@@ -729,8 +732,8 @@ std::unique_ptr<Backend> make_cuda_backend(const Model& model, int max_rows, boo
   mat.tiled_from = static_cast<int>(number("TOVA_CUDA_TILED_FROM", 0, 1 << 20, 32, "a number of rows (0: never)"));
   mat.sm_count = static_cast<int>(number("TOVA_CUDA_ROW_SPLIT", 0, 1 << 20, -1, "0 (off) or a multiprocessor count"));
   const int runs = static_cast<int>(number("TOVA_CUDA_ATTN_RUNS", 1, cuda::kAttnMaxRuns, cuda::kAttnMaxRuns, "runs"));
-  return std::make_unique<CudaBackend>(model, max_rows, !off("TOVA_CUDA_GRAPHS"), !off("TOVA_CUDA_VICTIMS"), mat,
-                                       runs, float_activations);
+  return std::make_unique<CudaBackend>(model, max_rows, !off("TOVA_CUDA_GRAPHS"), !off("TOVA_CUDA_REPLAY"),
+                                       !off("TOVA_CUDA_VICTIMS"), mat, runs, float_activations);
 }
 
 }  // namespace tova

@@ -1,5 +1,5 @@
 // Device memory and pinned staging of the CUDA backend (host code of cuda/ only). Both take the
-// backend's Stream where they copy or must wait: a wait first launches what a captured step
+// backend's Stream where they copy or must wait: a wait first launches what a recorded step
 // recorded (stream.h), and uploads are issued, or recorded, on that stream.
 #pragma once
 
@@ -37,7 +37,7 @@ class Staging {
     if (p_) cudaFreeHost(p_);
   }
   Stream* stream() const { return stream_; }
-  cudaStream_t op() const { return stream_ ? stream_->op() : nullptr; }
+  Queue op() const { return stream_ ? stream_->op() : Queue(nullptr); }
   void* take(size_t bytes, const char* what) {
     bytes = (bytes + 255) & ~static_cast<size_t>(255);
     if (used_ + bytes > cap_) {
@@ -59,7 +59,7 @@ class Staging {
   // At least `bytes` of capacity; only when nothing of the arena is in use (after reset()).
   void grow(size_t bytes, const char* what) {
     if (bytes <= cap_) return;
-    if (stream_) stream_->submit();  // freeing and allocating are not allowed in a capture
+    if (stream_) stream_->submit();  // what the step recorded goes first (it may read the arena)
     void* old = p_;
     p_ = nullptr;
     cap_ = 0;
@@ -89,14 +89,14 @@ class DeviceBuffer {
   void* reserve(size_t bytes, const char* what, Stream* stream = nullptr) {
     shadow_.clear();  // the caller is about to write: the device bytes are no longer known
     if (bytes <= size_) return p_;
-    if (stream) stream->submit();  // allocating and freeing are not allowed in a capture
+    if (stream) stream->submit();  // what the step recorded goes first (it may read this memory)
     if (p_) {
       wait_for(stream, what);
       check(cudaFree(p_), what);
     }
     p_ = nullptr;
     // Half again as much as asked while the buffer is still growing (attention scratch grows with
-    // the cache until it is full): fewer waits and reallocations, and fewer captured steps cut
+    // the cache until it is full): fewer waits and reallocations, and fewer recorded steps cut
     // in two; at most 64 MiB more than asked.
     const size_t want = size_ == 0 ? bytes : std::max(bytes, std::min(size_ + size_ / 2, bytes + (size_t{64} << 20)));
     size_ = 0;
@@ -137,7 +137,7 @@ class DeviceBuffer {
         if (p.bytes) std::memcpy(s + at, p.p, p.bytes);
         at += p.bytes;
       }
-      check(cudaMemcpyAsync(d, s, bytes, cudaMemcpyHostToDevice, staging.op()), what);
+      copy_async(staging.op(), d, s, bytes, cudaMemcpyHostToDevice, what);
     }
     return d;
   }

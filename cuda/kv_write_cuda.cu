@@ -92,7 +92,7 @@ __global__ void demote_kv_kernel(const KvFormat hi, const KvFormat lo, const KvD
 
 }  // namespace
 
-void demote_kv(cudaStream_t s, const KvFormat& hi, const KvFormat& lo, const KvDemote* demotes, int n, int n_head_kv,
+void demote_kv(Queue s, const KvFormat& hi, const KvFormat& lo, const KvDemote* demotes, int n, int n_head_kv,
                int head_dim) {
   if (n <= 0) return;
   if (head_dim > kMaxHeadDim) throw Error(cat("CUDA demote_kv: head_dim ", head_dim, " > ", kMaxHeadDim));
@@ -100,16 +100,16 @@ void demote_kv(cudaStream_t s, const KvFormat& hi, const KvFormat& lo, const KvD
     if (kv_quantized(t) && head_dim % kQK != 0)
       throw Error(cat("CUDA demote_kv: head_dim ", head_dim, " is not a multiple of the quantized block (", kQK, ")"));
   TOVA_LAUNCH(demote_kv_kernel, static_cast<unsigned>(n), kThreads, s)(hi, lo, demotes, n_head_kv, head_dim);
-  check_launch("demote_kv");
+  check_launch(s, "demote_kv");
 }
 
-void write_kv(cudaStream_t s, const KvFormat& f, const KvWrite* writes, int n, int n_head_kv, int head_dim) {
+void write_kv(Queue s, const KvFormat& f, const KvWrite* writes, int n, int n_head_kv, int head_dim) {
   if (n <= 0) return;
   if (head_dim > kMaxHeadDim) throw Error(cat("CUDA write_kv: head_dim ", head_dim, " > ", kMaxHeadDim));
   if ((kv_quantized(f.k) || kv_quantized(f.v)) && head_dim % kQK != 0)
     throw Error(cat("CUDA write_kv: head_dim ", head_dim, " is not a multiple of the quantized block (", kQK, ")"));
   TOVA_LAUNCH(write_kv_kernel, static_cast<unsigned>(n), kThreads, s)(f, writes, n_head_kv, head_dim);
-  check_launch("write_kv");
+  check_launch(s, "write_kv");
 }
 
 }  // namespace cuda

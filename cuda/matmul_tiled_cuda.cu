@@ -79,14 +79,14 @@ __global__ void matmul_tiled_kernel(const MatTargets targets, int64_t cols, cons
 
 }  // namespace
 
-bool matmul_tiled(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n) {
+bool matmul_tiled(Queue s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n) {
   if (n <= 0 || targets.n <= 0 || targets.max_rows <= 0) return with_type(t, [](auto) {});
   const dim3 grid(static_cast<unsigned>((targets.max_rows + kTileM - 1) / kTileM),
                   static_cast<unsigned>((n + kTileN - 1) / kTileN), static_cast<unsigned>(targets.n));
   const bool ok = with_type(t, [&](auto dq) {
     TOVA_LAUNCH(matmul_tiled_kernel<decltype(dq)>, grid, kThreads, s)(targets, cols, x, n);
   });
-  if (ok) check_launch("matmul_tiled");
+  if (ok) check_launch(s, "matmul_tiled");
   return ok;
 }
 

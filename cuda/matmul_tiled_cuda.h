@@ -12,7 +12,7 @@ namespace cuda {
 
 // The product of cuda::matmul, for any weight type with a per-element dequantizer (false,
 // nothing launched, for another).
-bool matmul_tiled(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n);
+bool matmul_tiled(Queue s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n);
 
 }  // namespace cuda
 }  // namespace tova

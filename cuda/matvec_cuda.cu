@@ -53,15 +53,15 @@ __global__ void matvec_kernel(const MatTargets targets, int64_t cols, const floa
 }
 
 template <class Ch>
-void launch(cudaStream_t s, const MatTargets& targets, int64_t cols, const float* x, int n, int glu, int sm_count) {
+void launch(Queue s, const MatTargets& targets, int64_t cols, const float* x, int n, int glu, int sm_count) {
   const MvShape shape = mv_shape(targets, glu, cols / Ch::kBlock * Ch::kChunks, sm_count);
   TOVA_LAUNCH(matvec_kernel<Ch>, shape.grid, kMvWarps * kWarp, s)(targets, cols, x, n, glu, shape.wpr);
-  check_launch("matvec");
+  check_launch(s, "matvec");
 }
 
 }  // namespace
 
-bool matvec(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n, int glu,
+bool matvec(Queue s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n, int glu,
             int sm_count) {
   // float4 loads of x and 2-byte loads of the blocks: otherwise the per-element kernel
   if (reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;

@@ -14,13 +14,13 @@ namespace cuda {
 // x / W are not aligned for its vector loads: the caller then uses the per-element kernel.
 // glu 1 (SiLU) or 2 (GELU): the product of cuda::matmul_glu instead (two targets, gate and up).
 // sm_count: MatConfig's.
-bool matvec(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n, int glu,
+bool matvec(Queue s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n, int glu,
             int sm_count);
 
 // The same with the CPU's default arithmetic (matvec_int_cuda.cu): x quantized to the type's
 // vec_dot_type into cfg.act, integer products, each block's float step as the CPU's. False
 // (nothing launched) for a type without it, or without cfg.act.
-bool matvec_int(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n, int glu,
+bool matvec_int(Queue s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n, int glu,
                 const MatConfig& cfg);
 bool matvec_int_supports(GgmlType t);
 

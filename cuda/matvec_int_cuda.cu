@@ -68,13 +68,13 @@ __global__ void matvec_int_kernel(const MatTargets targets, const ActRows a, int
 }
 
 template <class Id>
-void launch(cudaStream_t s, const MatTargets& targets, const float* x, int n, int64_t cols, int glu,
+void launch(Queue s, const MatTargets& targets, const float* x, int n, int64_t cols, int glu,
             const MatConfig& cfg) {
   if (cols % Id::kBlock != 0) throw Error(cat("CUDA integer matvec: ", cols, " columns are not whole blocks"));
   const ActRows a = quantize_act(s, Id::kAct, x, n, cols, cfg.act, cfg.act_bytes);
   const MvShape shape = mv_shape(targets, glu, cols / Id::kBlock * Id::kTasks, cfg.sm_count);
   TOVA_LAUNCH(matvec_int_kernel<Id>, shape.grid, kMvWarps * kWarp, s)(targets, a, n, glu, shape.wpr);
-  check_launch("integer matvec");
+  check_launch(s, "integer matvec");
 }
 
 }  // namespace
@@ -91,7 +91,7 @@ bool matvec_int_supports(GgmlType t) {
   }
 }
 
-bool matvec_int(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n, int glu,
+bool matvec_int(Queue s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n, int glu,
                 const MatConfig& cfg) {
   if (!matvec_int_supports(t) || !cfg.act) return false;
   // 2-byte loads of the blocks (Q4_K: 16-byte loads of its quants)

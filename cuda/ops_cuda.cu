@@ -129,7 +129,7 @@ bool matmul_supports(GgmlType t) {
   return with_type(t, [](auto) {});
 }
 
-void matmul(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n,
+void matmul(Queue s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n,
             const MatConfig& cfg) {
   if (targets.n < 1 || targets.n > kMaxTargets) throw Error(cat("CUDA matmul: ", targets.n, " targets"));
   const bool tiled = cfg.tiled_from > 0 && n >= cfg.tiled_from;
@@ -143,10 +143,10 @@ void matmul(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols,
     TOVA_LAUNCH(matmul_kernel<decltype(dq)>, grid, kMatWarps * kWarp, s)(targets, cols, x, n);
   });
   if (!ok) throw Error(cat("CUDA backend: no matrix kernel for type ", type_traits(t).name));
-  check_launch("matmul");
+  check_launch(s, "matmul");
 }
 
-void matmul_glu(cudaStream_t s, GgmlType t, const MatTargets& targets, FfnActivation act, int64_t cols,
+void matmul_glu(Queue s, GgmlType t, const MatTargets& targets, FfnActivation act, int64_t cols,
                 const float* x, int n, const MatConfig& cfg) {
   if (targets.n != 2 || targets.t[0].rows != targets.t[1].rows)
     throw Error("CUDA matmul_glu: a gate and an up matrix of the same shape");
@@ -158,7 +158,7 @@ void matmul_glu(cudaStream_t s, GgmlType t, const MatTargets& targets, FfnActiva
   act_mul(s, act, targets.t[0].y, targets.t[1].y, static_cast<int64_t>(n) * targets.t[0].rows);
 }
 
-void embed(cudaStream_t s, GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, int n, float scale,
+void embed(Queue s, GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, int n, float scale,
            float* x) {
   if (n <= 0) return;
   const dim3 grid(static_cast<unsigned>(n), grid_for(width, 256));
@@ -166,42 +166,42 @@ void embed(cudaStream_t s, GgmlType t, const uint8_t* w, size_t row_bytes, int64
     TOVA_LAUNCH(embed_kernel<decltype(dq)>, grid, 256, s)(w, row_bytes, width, tokens, scale, x);
   });
   if (!ok) throw Error(cat("CUDA backend: no embedding kernel for type ", type_traits(t).name));
-  check_launch("embed");
+  check_launch(s, "embed");
 }
 
-void rms_norm(cudaStream_t s, const float* x, const float* w, float* y, int64_t rows, int64_t width, float eps) {
+void rms_norm(Queue s, const float* x, const float* w, float* y, int64_t rows, int64_t width, float eps) {
   if (rows <= 0) return;
   // x is only read without an addend
   TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), 256, s)(const_cast<float*>(x), nullptr, w, y, width, eps);
-  check_launch("rms_norm");
+  check_launch(s, "rms_norm");
 }
 
-void add_rms_norm(cudaStream_t s, float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps) {
+void add_rms_norm(Queue s, float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps) {
   if (rows <= 0) return;
   TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), 256, s)(x, a, w, y, width, eps);
-  check_launch("add_rms_norm");
+  check_launch(s, "add_rms_norm");
 }
 
-void rope(cudaStream_t s, RopeStyle style, const RopeTarget* targets, int n_targets, int n, int head_dim, int pairs,
+void rope(Queue s, RopeStyle style, const RopeTarget* targets, int n_targets, int n, int head_dim, int pairs,
           const float* cs, const float* sn) {
   if (n <= 0 || pairs <= 0 || n_targets <= 0) return;
   if (n_targets > 2) throw Error(cat("CUDA rope: ", n_targets, " targets (at most 2)"));
   const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(n_targets));
   TOVA_LAUNCH(rope_kernel, grid, 256, s)(style == RopeStyle::NeoX, targets[0], targets[n_targets - 1], head_dim, pairs,
                                          cs, sn);
-  check_launch("rope");
+  check_launch(s, "rope");
 }
 
-void act_mul(cudaStream_t s, FfnActivation act, float* gate, const float* up, int64_t count) {
+void act_mul(Queue s, FfnActivation act, float* gate, const float* up, int64_t count) {
   if (count <= 0) return;
   TOVA_LAUNCH(act_mul_kernel, grid_for(count, 256), 256, s)(act == FfnActivation::GeluTanh, gate, up, count);
-  check_launch("act_mul");
+  check_launch(s, "act_mul");
 }
 
-void add(cudaStream_t s, float* x, const float* y, int64_t count) {
+void add(Queue s, float* x, const float* y, int64_t count) {
   if (count <= 0) return;
   TOVA_LAUNCH(add_kernel, grid_for(count, 256), 256, s)(x, y, count);
-  check_launch("add");
+  check_launch(s, "add");
 }
 
 }  // namespace cuda

@@ -1,6 +1,7 @@
 // The CUDA backend's operations as host-callable launchers (the kernels are in ops_cuda.cu and
 // the other .cu files of cuda/: matrix products, attention, policy step, K/V writes). Every pointer is device memory unless it says host;
-// every launcher queues its kernel on stream s (recorded when s captures) and checks the launch.
+// every launcher queues its kernel on queue s (recorded when s is a recorded step's: recorder.h) and
+// checks the launch.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -13,6 +14,7 @@
 #include "config.h"
 #include "kv_policy.h"
 #include "quant.h"
+#include "recorder.h"
 
 namespace tova {
 namespace cuda {
@@ -31,9 +33,11 @@ struct MatTarget {
 };
 // Up to kMaxTargets matrices of one type sharing the input: one launch (a kernel argument).
 constexpr int kMaxTargets = 4;
+// Kernel arguments here and below are bytes without padding (recorder.h compares them).
 struct MatTargets {
   MatTarget t[kMaxTargets];
   int n = 0;
+  int unused = 0;
   int64_t max_rows = 0;
 };
 
@@ -54,36 +58,37 @@ struct MatConfig {
 // float activations); the bias is added to the finished sum, as the CPU adds it. From
 // cfg.tiled_from input rows on the tiled kernel (matmul_tiled_cuda.h), which reads each weight
 // once for 64 input rows; below it, the kernels that read it once for up to 8.
-void matmul(cudaStream_t s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n,
+void matmul(Queue s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n,
             const MatConfig& cfg);
 
 // The gated feed-forward's first product: gate.y = act(W_gate x) * (W_up x) (targets t[0] =
 // gate, t[1] = up, one type; up.y is scratch). One kernel that computes both rows of a warp's
 // output where the chunked kernel takes the type, else the two products and act_mul.
-void matmul_glu(cudaStream_t s, GgmlType t, const MatTargets& targets, FfnActivation act, int64_t cols,
+void matmul_glu(Queue s, GgmlType t, const MatTargets& targets, FfnActivation act, int64_t cols,
                 const float* x, int n, const MatConfig& cfg);
 
 // x[i * width + e] = scale * W_{tokens[i]}[e] (tokens: device int32).
-void embed(cudaStream_t s, GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, int n, float scale,
+void embed(Queue s, GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, int n, float scale,
            float* x);
 
 // y = x / sqrt(mean(x^2) + eps) * w per row (w null: no weight); x == y allowed.
-void rms_norm(cudaStream_t s, const float* x, const float* w, float* y, int64_t rows, int64_t width, float eps);
+void rms_norm(Queue s, const float* x, const float* w, float* y, int64_t rows, int64_t width, float eps);
 // x += a, then y = rms_norm(x) * w: one kernel (y distinct from x and a).
-void add_rms_norm(cudaStream_t s, float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps);
+void add_rms_norm(Queue s, float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps);
 
 // Rotates n rows of n_heads vectors (head_dim apart) of each target (queries and keys: one
 // launch for both) by cos / sin tables [n][pairs]: pairs (2p, 2p+1) or, NeoX, (p, p + pairs).
 struct RopeTarget {
   float* x = nullptr;
   int n_heads = 0;
+  int unused = 0;
 };
-void rope(cudaStream_t s, RopeStyle style, const RopeTarget* targets, int n_targets, int n, int head_dim, int pairs,
+void rope(Queue s, RopeStyle style, const RopeTarget* targets, int n_targets, int n, int head_dim, int pairs,
           const float* cs, const float* sn);
 
 // gate = act(gate) * up; x += y.
-void act_mul(cudaStream_t s, FfnActivation act, float* gate, const float* up, int64_t count);
-void add(cudaStream_t s, float* x, const float* y, int64_t count);
+void act_mul(Queue s, FfnActivation act, float* gate, const float* up, int64_t count);
+void add(Queue s, float* x, const float* y, int64_t count);
 
 // How a sequence's K and V rows are stored (its KvLayout, one tier): element types (any KvType;
 // keys never Q3_0), bytes of one head_dim row, and whether quantized rows are kept rotated by the
@@ -95,6 +100,7 @@ struct KvFormat {
   size_t v_row_bytes = 0;
   bool hadamard_k = false;
   bool hadamard_v = false;
+  uint8_t unused[6] = {};
   bool operator==(const KvFormat& o) const {
     return k == o.k && v == o.v && k_row_bytes == o.k_row_bytes && v_row_bytes == o.v_row_bytes &&
            hadamard_k == o.hadamard_k && hadamard_v == o.hadamard_v;
@@ -128,7 +134,7 @@ struct KvWrite {
 };
 // Stores n rows (writes: device memory) in format f, rotated and quantized as the CPU backend
 // stores them (the same bytes): every sequence's rows of a layer in one launch. head_dim <= 256.
-void write_kv(cudaStream_t s, const KvFormat& f, const KvWrite* writes, int n, int n_head_kv, int head_dim);
+void write_kv(Queue s, const KvFormat& f, const KvWrite* writes, int n, int n_head_kv, int head_dim);
 
 // One slot moved from a layer's upper tier (slot src of n_hi, format hi) to its lower tier (row
 // dst of its n_lo, i.e. slot n_hi + dst; format lo), every KV head's key and value converted
@@ -144,7 +150,7 @@ struct KvDemote {
 // n demotions (device memory) in one launch, as CpuKv::demote converts them: each row decoded,
 // rotated back unless both tiers keep it rotated, rotated for the lower tier where it is rotated
 // and the upper was not, stored in the lower types.
-void demote_kv(cudaStream_t s, const KvFormat& hi, const KvFormat& lo, const KvDemote* demotes, int n, int n_head_kv,
+void demote_kv(Queue s, const KvFormat& hi, const KvFormat& lo, const KvDemote* demotes, int n, int n_head_kv,
                int head_dim);
 
 // One query row of the attention, for every head (attention_cuda.cu).
@@ -183,25 +189,28 @@ struct AttnDesc {
 // For the rows with `ranked`: key j of each KV head (slot idx[j], stored in format f) decoded,
 // rotated back from the Hadamard rotation where stored so, and rotated by RoPE at rank j (angles
 // cs / sn [rank][rope_pairs]) into ranked: the CPU's rotate_keys_by_rank (cpu/attention_cpu.cpp).
-void rank_keys(cudaStream_t s, const KvFormat& f, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head_kv,
+void rank_keys(Queue s, const KvFormat& f, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head_kv,
                int head_dim, const float* cs, const float* sn);
 // Rows stored in format f (every row's upper tier; f_lo: the lower tier's, where n_hi < n_slots):
 // keys of a quantized type scored by the CPU's integer product (the query quantized to the type's
 // vec_dot_type), rotated keys met by a query rotated alike, each tier's weighted sum of values
 // apart, a rotated tier's sum rotated back, then added (the CPU's order).
 // A row's slots are attended in runs (64 slots or more, max_runs at most, a count that depends
-// on the row's n_idx alone) by blocks of their own, then combined (two launches). max_idx: the
-// rows' largest n_idx; tiered: some row has a lower tier; scratch:
+// on the row's n_idx alone) by blocks of their own, then combined (two launches). max_idx: at
+// least the rows' largest n_idx (a larger bound changes nothing but the scratch's strides, and
+// the launch only where it has more runs); tiered: some row has a lower tier; scratch:
 // attend_scratch_floats(n_rows, n_head, head_dim, max_idx, tiered, max_runs) floats.
 constexpr int kAttnMaxRuns = 16;
-void attend(cudaStream_t s, const KvFormat& f, const KvFormat& f_lo, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head, int n_head_kv,
+void attend(Queue s, const KvFormat& f, const KvFormat& f_lo, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head, int n_head_kv,
             int head_dim, float scale, int max_idx, bool tiered, int max_runs, float* scratch, float* probs);
 size_t attend_scratch_floats(int n_rows, int n_head, int head_dim, int max_idx, bool tiered, int max_runs);
 // For the rows with mean_off >= 0: means[mean_off + j] = (sum over h in order of
 // probs[probs_off + h * n_idx + j]) * inv_head, the host's arithmetic (kv_attention.cpp); for
 // those with a rule, that policy's step as kv_policy.cpp takes it (state updated in the same
 // arithmetic, victims in the same order), -1 for each victim the candidates do not cover.
-void head_mean(cudaStream_t s, const AttnDesc* rows, int n_rows, int n_head, float inv_head, const float* probs,
+// victims: device memory or pinned host memory (the backend has them written where the host
+// reads them: a few ints a row, no copy).
+void head_mean(Queue s, const AttnDesc* rows, int n_rows, int n_head, float inv_head, const float* probs,
                float* means, const int32_t* idx, int32_t* victims);
 
 }  // namespace cuda

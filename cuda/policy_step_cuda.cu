@@ -98,12 +98,12 @@ __global__ void head_mean_kernel(const AttnDesc* rows, int n_head, float inv_hea
 
 }  // namespace
 
-void head_mean(cudaStream_t s, const AttnDesc* rows, int n_rows, int n_head, float inv_head, const float* probs,
+void head_mean(Queue s, const AttnDesc* rows, int n_rows, int n_head, float inv_head, const float* probs,
                float* means, const int32_t* idx, int32_t* victims) {
   if (n_rows <= 0) return;
   TOVA_LAUNCH(head_mean_kernel, static_cast<unsigned>(n_rows), kThreads, s)(rows, n_head, inv_head, probs, means, idx,
                                                                          victims);
-  check_launch("head_mean");
+  check_launch(s, "head_mean");
 }
 
 }  // namespace cuda

@@ -17,26 +17,27 @@ struct GraphOwner {
 
 }  // namespace
 
-Stream::Stream(bool graphs) : graphs_(graphs) {
+Stream::Stream(bool graphs, bool replay) : graphs_(graphs), replay_(replay) {
   check(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking), "stream creation");
 }
 
 Stream::~Stream() {
   abandon();
   cudaStreamSynchronize(s_);
-  for (cudaGraphExec_t x : execs_)
-    if (x) cudaGraphExecDestroy(x);
+  for (const auto& seg : segs_)
+    if (seg->exec) cudaGraphExecDestroy(seg->exec);
   cudaStreamDestroy(s_);
 }
 
-cudaStream_t Stream::op() {
-  if (armed_ && !capturing_) {
-    // Thread-local: only this thread's calls that allocate, free or wait break the capture; other
-    // engines on other threads go on.
-    check(cudaStreamBeginCapture(s_, cudaStreamCaptureModeThreadLocal), "graph capture");
-    capturing_ = true;
+Queue Stream::op() {
+  if (!armed_) return Queue(s_);
+  if (segment_ >= segs_.size()) segs_.emplace_back(new Segment);
+  Segment& seg = *segs_[segment_];
+  if (!recording_) {
+    seg.rec.begin();
+    recording_ = true;
   }
-  return s_;
+  return Queue(s_, &seg.rec);
 }
 
 void Stream::begin_step(bool capture) {
@@ -45,44 +46,67 @@ void Stream::begin_step(bool capture) {
   segment_ = 0;
 }
 
-void Stream::submit() {
-  if (!capturing_) return;
-  capturing_ = false;
+void Stream::drop(Segment& seg) noexcept {
+  seg.rec.forget();
+  ++dropped_;
+  armed_ = false;
+}
+
+void Stream::capture(Segment& seg) {
+  // Thread-local: only this thread's calls that allocate, free or wait would break the capture;
+  // other engines on other threads go on.
+  check(cudaStreamBeginCapture(s_, cudaStreamCaptureModeThreadLocal), "graph capture");
   GraphOwner g;
+  try {
+    seg.rec.issue(s_);
+  } catch (...) {
+    cudaStreamEndCapture(s_, &g.g);
+    cudaGetLastError();  // not sticky: the next launch's check must not see it
+    drop(seg);
+    throw;
+  }
   const cudaError_t e = cudaStreamEndCapture(s_, &g.g);
   if (e != cudaSuccess || !g.g) {
-    cudaGetLastError();  // not sticky: the next launch's check must not see it
-    ++dropped_;
-    armed_ = false;
+    cudaGetLastError();
+    drop(seg);
     check(e != cudaSuccess ? e : cudaErrorUnknown, "graph capture");
   }
-  size_t n_nodes = 0;
-  if (cudaGraphGetNodes(g.g, nullptr, &n_nodes) != cudaSuccess) cudaGetLastError();  // a count for reports only
-  if (segment_ >= execs_.size()) execs_.push_back(nullptr);
-  cudaGraphExec_t& x = execs_[segment_++];
-  if (x) {
+  if (seg.exec) {
     cudaGraphExecUpdateResultInfo info;
-    if (cudaGraphExecUpdate(x, g.g, &info) == cudaSuccess) {
+    if (cudaGraphExecUpdate(seg.exec, g.g, &info) == cudaSuccess) {
       ++stats_.updated;
-    } else {  // another shape of step: a new executable graph
-      cudaGetLastError();
-      cudaGraphExecDestroy(x);
-      x = nullptr;
+      return;
     }
+    cudaGetLastError();  // another shape of step: a new executable graph
+    cudaGraphExecDestroy(seg.exec);
+    seg.exec = nullptr;
   }
-  if (!x) {
-    const cudaError_t ie = cudaGraphInstantiate(&x, g.g, 0);
-    if (ie != cudaSuccess) {
-      x = nullptr;
-      ++dropped_;
-      armed_ = false;
-      check(ie, "graph instantiation");
-    }
-    ++stats_.instantiated;
+  const cudaError_t ie = cudaGraphInstantiate(&seg.exec, g.g, 0);
+  if (ie != cudaSuccess) {
+    seg.exec = nullptr;
+    drop(seg);
+    check(ie, "graph instantiation");
   }
-  check(cudaGraphLaunch(x, s_), "graph launch");
+  ++stats_.instantiated;
+}
+
+void Stream::submit() {
+  if (!recording_) return;
+  recording_ = false;
+  Segment& seg = *segs_[segment_++];
+  const bool same = seg.rec.end();
+  if (same && replay_ && seg.exec)
+    ++stats_.replayed;
+  else
+    capture(seg);
+  const cudaError_t e = cudaGraphLaunch(seg.exec, s_);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    drop(seg);  // the next step captures anew
+    check(e, "graph launch");
+  }
   ++stats_.launched;
-  stats_.nodes += n_nodes;
+  stats_.nodes += seg.rec.size();
   if (segment_ >= kMaxSegments) armed_ = false;
 }
 
@@ -92,13 +116,11 @@ void Stream::sync(const char* what) {
 }
 
 void Stream::abandon() noexcept {
+  if (recording_) {
+    recording_ = false;
+    drop(*segs_[segment_]);
+  }
   armed_ = false;
-  if (!capturing_) return;
-  capturing_ = false;
-  GraphOwner g;
-  cudaStreamEndCapture(s_, &g.g);
-  cudaGetLastError();
-  ++dropped_;
 }
 
 }  // namespace cuda

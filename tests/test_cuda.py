@@ -439,6 +439,54 @@ def test_cuda_threads_share_an_engine_and_the_device(tmp_path):
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.parametrize("policy", ["tova", "h2o", "window", "full"])
+def test_cuda_unchanged_steps_relaunch_their_graph(tmp_path, monkeypatch, policy):
+    """A decode step whose operations and arguments are those of the last one relaunches its
+    graph as it is, with no capture: once a cache is full every step is (the token, its angles,
+    the slot written and the slots attended travel in uploaded bytes), and while a cache grows
+    (policy "full") the attention's bound and upload grow in steps of 64 slots. The logits equal,
+    bit for bit, those of steps captured anew every time (TOVA_CUDA_REPLAY=0) and of operations
+    issued directly (TOVA_CUDA_GRAPHS=0), and the CPU's within TOL; so do the kept positions.
+    Steps of another sequence in between (another fill, other K/V: the attention rows say where,
+    uploaded as data) relaunch the same graphs, and must still read their own cache. The full
+    cache crosses 64 slots (a new bound) on the way."""
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, seed=21, weight_type="Q4_K", n_embd=256, n_ff=512, n_head=4, n_head_kv=2, n_layer=2)
+    kw = dict(policy=policy, n_seq=2, **({} if policy == "full" else {"kv_size": 8}))
+    engines = {"cpu": tova.Engine(path, float_activations=True, n_threads=2, **kw)}
+    for name, env in (("replay", {}), ("capture", {"TOVA_CUDA_REPLAY": "0"}), ("direct", {"TOVA_CUDA_GRAPHS": "0"})):
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            engines[name] = tova.Engine(path, device="cuda", float_activations=True, **kw)
+    ids = _ids(90, engines["cpu"].n_vocab, seed=21)
+    try:
+        for e in engines.values():
+            e.eval(ids[:50])
+        before = engines["replay"]._e._backend_counters()
+        for i, t in enumerate(ids[50:84]):
+            seq = 1 if i in (20, 21, 22) else 0  # three steps of sequence 1 (a 1-, 2-, 3-token cache)
+            logits = {name: e.eval([t], seq=seq) for name, e in engines.items()}
+            assert np.array_equal(logits["replay"], logits["capture"]), i
+            assert np.array_equal(logits["replay"], logits["direct"]), i
+            want = logits["cpu"]
+            np.testing.assert_allclose(logits["replay"], want, atol=TOL * max(1.0, float(np.abs(want).max())), rtol=0)
+            for layer in range(2):
+                kept = engines["cpu"].kv_positions(layer, seq=seq).tolist()
+                assert all(e.kv_positions(layer, seq=seq).tolist() == kept for e in engines.values()), (i, layer)
+        c = {k: v - before.get(k, 0) for k, v in engines["replay"]._e._backend_counters().items()}
+        # 34 steps; captured: the first, the full cache's step to 65 slots, a few more where a
+        # sequence's shape changed (and segments of steps that host waits cut apart).
+        assert c["cuda_graphs_replayed"] >= 34 - 8, c
+        assert engines["capture"]._e._backend_counters()["cuda_graphs_replayed"] == 0
+        assert engines["direct"]._e._backend_counters()["cuda_graphs_launched"] == 0
+    finally:
+        for e in engines.values():
+            e.close()
+
+
+@pytest.mark.cuda
+@needs_gpu
 def test_cuda_steps_without_logits_on_other_threads(tmp_path):
     """A prompt read in chunks of 8, one scheduler step per thread: the steps that end without
     logits (captured as a graph) are issued before the step returns, so that the next step, on
