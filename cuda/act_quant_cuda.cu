@@ -4,10 +4,9 @@
 // lane, 256-element blocks eight a lane.
 #include "act_quant_cuda.h"
 
+#include "act_quant.cuh"
 #include "cuda_check.h"
-#include "kv_quant.cuh"
 #include "launch.cuh"
-#include "warp.cuh"
 
 namespace tova {
 namespace cuda {
@@ -15,67 +14,6 @@ namespace cuda {
 namespace {
 
 constexpr int kWarps = 4;  // blocks per thread block
-
-// q8_0 / q8_1 (32 elements): amax / 127 the scale, round-half-away quants, the scale rounded to
-// fp16 (and for q8_1 s = d * sum(quants) from d before its rounding, rounded to fp16).
-__device__ void quantize_q8_32(const float* x, ActRows a, int64_t i, int64_t b, int lane) {
-  const float v = x[b * kQK + lane];
-  float amax = fabsf(v);
-  for (int o = kWarp / 2; o > 0; o /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-  const float d = amax / 127.0f;
-  const float id = d != 0.0f ? 1.0f / d : 0.0f;
-  const int q = static_cast<int>(roundf(v * id));
-  a.q[i * a.cols + b * kQK + lane] = static_cast<int8_t>(q);
-  const int sum = warp_sum(q);
-  if (lane == 0) {
-    const int64_t at = i * (a.cols / kQK) + b;
-    a.d[at] = half_to_float(float_to_half(d));
-    a.s[at] = half_to_float(float_to_half(d * static_cast<float>(sum)));
-  }
-}
-
-// q8_K (256 elements): the first element of largest magnitude sets the scale's sign, quants
-// rint(-127 / max * x) capped at 127, sums of 16 quants, d = 1 / iscale.
-__device__ void quantize_q8_256(const float* x, ActRows a, int64_t i, int64_t b, int lane) {
-  const float* xb = x + b * kQK_K + 8 * lane;
-  float v[8];
-  for (int k = 0; k < 8; ++k) v[k] = xb[k];
-  float amax = 0.0f;
-  int first = kQK_K;  // index of the first element of largest magnitude
-  for (int k = 0; k < 8; ++k)
-    if (fabsf(v[k]) > amax) {
-      amax = fabsf(v[k]);
-      first = 8 * lane + k;
-    }
-  for (int o = kWarp / 2; o > 0; o /= 2) {
-    const float am = __shfl_xor_sync(0xffffffffu, amax, o);
-    const int fi = __shfl_xor_sync(0xffffffffu, first, o);
-    if (am > amax || (am == amax && fi < first)) {
-      amax = am;
-      first = fi;
-    }
-  }
-  int8_t* q = a.q + i * a.cols + b * kQK_K + 8 * lane;
-  int* bsum = a.bsum + i * (a.cols / 16) + b * (kQK_K / 16);
-  const int64_t at = i * (a.cols / kQK_K) + b;
-  if (amax == 0.0f) {  // the CPU zeroes the block
-    for (int k = 0; k < 8; ++k) q[k] = 0;
-    if (lane % 2 == 0) bsum[lane / 2] = 0;
-    if (lane == 0) a.d[at] = 0.0f;
-    return;
-  }
-  const float max = __shfl_sync(0xffffffffu, v[first % 8], first / 8);
-  const float iscale = -127.0f / max;
-  int s = 0;
-  for (int k = 0; k < 8; ++k) {
-    const int r = static_cast<int>(rintf(__fmul_rn(iscale, v[k])));
-    q[k] = static_cast<int8_t>(r < 127 ? r : 127);
-    s += r < 127 ? r : 127;
-  }
-  s += __shfl_xor_sync(0xffffffffu, s, 1);  // lanes 2g and 2g + 1 hold the 16 elements of group g
-  if (lane % 2 == 0) bsum[lane / 2] = s;
-  if (lane == 0) a.d[at] = 1.0f / iscale;
-}
 
 __global__ void quantize_kernel(const float* x, int n, ActRows a, int block) {
   const int lane = threadIdx.x % kWarp;
@@ -96,8 +34,10 @@ size_t act_rows_bytes(int64_t cols, int n) {
   return static_cast<size_t>(per_row * n) + 64;
 }
 
-ActRows quantize_act(Queue s, ActType t, const float* x, int n, int64_t cols, void* buf, size_t bytes) {
-  const int block = t == ActType::Q8_K ? kQK_K : kQK;
+int act_block(ActType t) { return t == ActType::Q8_K ? kQK_K : kQK; }
+
+ActRows act_rows(ActType t, int n, int64_t cols, void* buf, size_t bytes) {
+  const int block = act_block(t);
   if (cols % block != 0) throw Error(cat("CUDA quantize_act: ", cols, " columns are not whole blocks of ", block));
   if (bytes < act_rows_bytes(cols, n)) throw Error(cat("CUDA quantize_act: ", bytes, " bytes for ", n, " rows of ", cols));
   ActRows a;
@@ -108,7 +48,13 @@ ActRows quantize_act(Queue s, ActType t, const float* x, int n, int64_t cols, vo
   a.d = f;
   a.s = f + (cols / kQK) * n;
   a.bsum = reinterpret_cast<int*>(a.s + (cols / kQK) * n);
+  return a;
+}
+
+ActRows quantize_act(Queue s, ActType t, const float* x, int n, int64_t cols, void* buf, size_t bytes) {
+  const ActRows a = act_rows(t, n, cols, buf, bytes);
   if (n <= 0) return a;
+  const int block = act_block(t);
   const dim3 grid(static_cast<unsigned>((cols / block + kWarps - 1) / kWarps), static_cast<unsigned>(n));
   TOVA_LAUNCH(quantize_kernel, grid, kWarps * kWarp, s)(x, n, a, block);
   check_launch(s, "quantize_act");

@@ -10,10 +10,6 @@
 namespace tova {
 namespace cuda {
 
-// q8_0 (the scale d), q8_1 (d and s = d * sum of the quants) in blocks of 32; q8_K (float d and
-// the sums of each 16 quants) in blocks of 256.
-enum class ActType { Q8_0, Q8_1, Q8_K };
-
 // n rows of `cols` quants (row i at q + i * cols) with, per block b of row i, d[i * nb + b] and
 // s[i * nb + b] (nb = cols / 32: q8_0 / q8_1; cols / 256: q8_K, whose s is unused), and for q8_K
 // the sums of 16 quants at bsum[i * cols / 16 + g]. Scales as floats, fp16-rounded where the CPU
@@ -28,6 +24,12 @@ struct ActRows {
 
 // Bytes of a buffer for n rows of cols.
 size_t act_rows_bytes(int64_t cols, int n);
+
+// Elements a block of type t (32 or 256).
+int act_block(ActType t);
+
+// The layout of n rows of cols in buf (act_rows_bytes(cols, n) bytes or more) for type t.
+ActRows act_rows(ActType t, int n, int64_t cols, void* buf, size_t bytes);
 
 // x (n float rows of cols) quantized into buf (act_rows_bytes(cols, n) bytes or more) as the CPU
 // quantizes its activations for type t.

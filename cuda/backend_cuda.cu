@@ -25,6 +25,7 @@
 
 #include "act_quant_cuda.h"
 #include "buffers.h"
+#include "matvec_cuda.h"
 #include "ops_cuda.h"
 
 namespace tova {
@@ -99,6 +100,7 @@ class CudaBackend : public Backend {
     if (!float_activations) {
       mat_.act_bytes = cuda::act_rows_bytes(static_cast<int64_t>(widest), max_rows);
       mat_.act = act_.reserve(mat_.act_bytes, "8-bit activations", &stream_);
+      mat_.act_state = &act_state_;
     }
     stream_.sync("activation buffers");
   }
@@ -116,6 +118,7 @@ class CudaBackend : public Backend {
 
   // Deferred with the K/V writes (before them: a demotion reads the slot a write then fills).
   void demote_kv(KvPayload& payload, int layer, int src, int dst) override {
+    if (norm_.on) flush_norm();
     if (rope_.n_targets > 0) flush_rope();  // as write_kv: whatever is stored first is rotated
     auto& kv = static_cast<CudaKv&>(payload);
     pend_stores(kv);
@@ -157,17 +160,20 @@ class CudaBackend : public Backend {
     cuda::embed(op(), w.type, weight(w), w.row_bytes, w.cols, t, n, scale, x);
   }
 
+  // A norm whose output a product may take in 8 bits waits for it (norm_for_product): the two
+  // are then one kernel that also quantizes what it writes. Any other operation launches it first.
   void rms_norm(const float* x, const Vector& w, float* y, int64_t rows, int64_t width, float eps) override {
-    cuda::rms_norm(op(), x, w.empty() ? nullptr : vec(w), y, rows, width, eps);
+    norm(const_cast<float*>(x), nullptr, w, y, rows, width, eps);
   }
 
   void add_rms_norm(float* x, const float* a, const Vector& w, float* y, int64_t rows, int64_t width,
                     float eps) override {
-    cuda::add_rms_norm(op(), x, a, w.empty() ? nullptr : vec(w), y, rows, width, eps);
+    norm(x, a, w, y, rows, width, eps);
   }
 
   // Consecutive jobs of one weight type (Q, K and V; gate and up) in one launch, biases added there.
   void matmul(const float* x, int n, const MatJob* jobs, int n_jobs) override {
+    if (n_jobs > 0) norm_for_product(x, n, *jobs[0].w);
     for (int j = 0; j < n_jobs;) {
       const GgmlType type = jobs[j].w->type;
       const int64_t cols = jobs[j].w->cols;
@@ -181,6 +187,7 @@ class CudaBackend : public Backend {
   void matmul_to_host(const Matrix& w, const float* x, int n, float* host_y) override {
     const size_t bytes = static_cast<size_t>(n) * static_cast<size_t>(w.rows) * sizeof(float);
     auto* y = static_cast<float*>(logits_.reserve(bytes, "logits", &stream_));
+    norm_for_product(x, n, w);
     cuda::MatTargets ts;
     add_target(ts, w, y, nullptr);
     cuda::matmul(op(), w.type, ts, w.cols, x, n, mat_);
@@ -235,6 +242,7 @@ class CudaBackend : public Backend {
       Backend::matmul_glu(x, n, w_gate, w_up, act, gate, up);  // two products (two types), then act_mul
       return;
     }
+    norm_for_product(x, n, w_gate);
     cuda::MatTargets ts;
     add_target(ts, w_gate, gate, nullptr);
     add_target(ts, w_up, up, nullptr);
@@ -249,6 +257,7 @@ class CudaBackend : public Backend {
   // other operation stores them first (op()).
   void write_kv(KvPayload& payload, int layer, const int32_t* slots, int n, const float* k,
                 const float* v) override {
+    if (norm_.on) flush_norm();
     if (rope_.n_targets > 0) flush_rope();  // the rows stored are the rotated ones
     auto& kv = static_cast<CudaKv&>(payload);
     const KvLayout& lo = kv.layout();
@@ -285,6 +294,7 @@ class CudaBackend : public Backend {
             {"cuda_graphs_replayed", s.replayed},
             {"cuda_graph_nodes", s.nodes},
             {"cuda_victims_selected", victims_selected_},
+            {"cuda_norms_quantized", norms_quantized_},
             {"cuda_policy_bytes_to_host", policy_bytes_}};
   }
 
@@ -295,7 +305,8 @@ class CudaBackend : public Backend {
     return stream_.op();
   }
   void flush_pending() {
-    if (rope_.n_targets > 0) flush_rope();  // first: the K/V rows to store are the rotated ones
+    if (norm_.on) flush_norm();             // deferred first (nothing is deferred after it but a rotation)
+    if (rope_.n_targets > 0) flush_rope();  // then: the K/V rows to store are the rotated ones
     if (!writes_.empty() || !demotes_.empty()) flush_writes();
   }
   // Demotions and writes wait together for sequences of one K/V format (every sequence of an
@@ -320,6 +331,31 @@ class CudaBackend : public Backend {
                     n_demotes, writes_heads_, writes_dim_);
     cuda::write_kv(stream_.op(), writes_format_, reinterpret_cast<const cuda::KvWrite*>(d_writes), n_writes,
                    writes_heads_, writes_dim_);
+  }
+  void norm(float* x, const float* a, const Vector& w, float* y, int64_t rows, int64_t width, float eps) {
+    flush_pending();
+    norm_ = PendingNorm{true, x, a, w.empty() ? nullptr : vec(w), y, rows, width, eps};
+    if (!mat_.act || (mat_.tiled_from > 0 && rows >= mat_.tiled_from)) flush_norm();  // no 8-bit product follows
+  }
+  void flush_norm() {
+    norm_.on = false;
+    if (norm_.a)
+      cuda::add_rms_norm(stream_.op(), norm_.x, norm_.a, norm_.w, norm_.y, norm_.rows, norm_.width, norm_.eps);
+    else
+      cuda::rms_norm(stream_.op(), norm_.x, norm_.w, norm_.y, norm_.rows, norm_.width, norm_.eps);
+  }
+  // Before a product of x: the 8-bit buffer's content forgotten (x may have changed since), and
+  // a pending norm that wrote x launched as the kernel that quantizes it for this product, where
+  // the product takes the integer path (else op() launches the plain norm).
+  void norm_for_product(const float* x, int n, const Matrix& w) {
+    act_state_ = cuda::ActState{};
+    if (!norm_.on || norm_.y != x || norm_.rows != n || norm_.width != w.cols || !mat_.act ||
+        !cuda::matvec_int_supports(w.type))
+      return;
+    norm_.on = false;
+    cuda::rms_norm_act(stream_.op(), norm_.x, norm_.a, norm_.w, norm_.y, norm_.rows, norm_.width, norm_.eps,
+                       cuda::matvec_int_act(w.type), mat_);
+    ++norms_quantized_;
   }
   void flush_rope() {
     const int n = rope_.n_targets;
@@ -406,6 +442,17 @@ class CudaBackend : public Backend {
   cuda::Staging staging_;  // pinned bytes of the step's uploads
   DeviceBuffer tokens_, logits_, kv_writes_;
   DeviceBuffer act_;  // the products' input in 8 bits (mat_.act)
+  cuda::ActState act_state_;  // what act_ holds (mat_.act_state)
+  struct PendingNorm {        // a norm not launched yet (rms_norm, add_rms_norm)
+    bool on = false;
+    float* x = nullptr;
+    const float* a = nullptr;  // null: no residual added
+    const float* w = nullptr;
+    float* y = nullptr;
+    int64_t rows = 0, width = 0;
+    float eps = 0.0f;
+  } norm_;
+  uint64_t norms_quantized_ = 0;
   std::vector<cuda::KvWrite> writes_;     // K/V rows not stored yet (write_kv)
   std::vector<cuda::KvDemote> demotes_;  // slots not moved down yet (demote_kv)
   cuda::KvFormat writes_format_, writes_lo_format_;
@@ -479,6 +526,7 @@ void CudaBackend::upload_weights() {
 }
 
 void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows) {
+  if (norm_.on) flush_norm();
   if (rope_.n_targets > 0) flush_rope();  // the queries and keys read are the rotated ones
   descs_.clear();
   idx_.clear();

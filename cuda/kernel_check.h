@@ -45,6 +45,7 @@ void check_matmul(GgmlType t, std::mt19937& rng, Bad& bad);
 void check_glu(GgmlType t, std::mt19937& rng, Bad& bad);
 void check_matmul_int(GgmlType t, std::mt19937& rng, Bad& bad);
 void check_elementwise(std::mt19937& rng, Bad& bad);
+void check_norm_act(std::mt19937& rng, Bad& bad);
 void check_policy_steps(std::mt19937& rng, Bad& bad);
 void check_kv_writes(std::mt19937& rng, Bad& bad);
 void check_kv_demote(std::mt19937& rng, Bad& bad);

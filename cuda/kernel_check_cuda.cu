@@ -62,6 +62,7 @@ std::vector<std::string> cuda_kernel_check() {
   for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K})
     check_matmul_int(t, rng, bad);
   check_elementwise(rng, bad);
+  check_norm_act(rng, bad);
   check_policy_steps(rng, bad);
   check_kv_writes(rng, bad);
   check_kv_demote(rng, bad);

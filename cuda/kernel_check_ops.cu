@@ -157,6 +157,54 @@ void check_elementwise(std::mt19937& rng, std::vector<std::string>& bad) {
   if (!norm_matches(want, to_host(n_dev, count), g.data(), width)) bad.push_back("add_rms_norm: the norm");
 }
 
+// The RMS norm that quantizes what it writes (rms_norm_act) against the norm and the quantizer
+// apart: y bit for bit, and the 8-bit bytes (quants, scales, sums of 16) byte for byte, for each
+// 8-bit type, with and without the residual added, with and without a weight; the product's
+// state says y is there.
+void check_norm_act(std::mt19937& rng, std::vector<std::string>& bad) {
+  const int64_t rows = 3, width = 768;  // 24 blocks of 32, 3 of 256: more blocks than warps
+  const size_t count = static_cast<size_t>(rows * width);
+  const std::vector<float> x = random_floats(count, rng, -3.0f, 3.0f);
+  const std::vector<float> r = random_floats(count, rng, -1.0f, 1.0f);
+  const std::vector<float> g = random_floats(static_cast<size_t>(width), rng, 0.5f, 1.5f);
+  DeviceBuffer dx[2], dr, dg, dy[2], da[2];
+  const float* r_dev = to_device(dr, r);
+  const float* g_dev = to_device(dg, g);
+  const size_t act_bytes = cuda::act_rows_bytes(width, static_cast<int>(rows));
+  for (cuda::ActType t : {cuda::ActType::Q8_0, cuda::ActType::Q8_1, cuda::ActType::Q8_K})
+    for (int add = 0; add < 2; ++add)
+      for (int weighted = 0; weighted < 2; ++weighted) {
+        const std::string what = cat("rms_norm_act type ", static_cast<int>(t), add ? " +residual" : "",
+                                     weighted ? " weighted" : "");
+        float* y[2];
+        void* act[2];
+        for (int k = 0; k < 2; ++k) {
+          y[k] = static_cast<float*>(dy[k].reserve(count * sizeof(float), "kernel check"));
+          act[k] = da[k].reserve(act_bytes, "kernel check");
+          check(cudaMemset(act[k], 0, act_bytes), "kernel check");
+        }
+        // Apart: the norm, then the quantizer.
+        auto* x0 = const_cast<float*>(to_device(dx[0], x));
+        cuda::add_rms_norm(0, x0, add ? r_dev : nullptr, weighted ? g_dev : nullptr, y[0], rows, width, 1e-6f);
+        cuda::quantize_act(0, t, y[0], static_cast<int>(rows), width, act[0], act_bytes);
+        // Together.
+        auto* x1 = const_cast<float*>(to_device(dx[1], x));
+        cuda::ActState state;
+        cuda::MatConfig cfg;
+        cfg.act = act[1];
+        cfg.act_bytes = act_bytes;
+        cfg.act_state = &state;
+        cuda::rms_norm_act(0, x1, add ? r_dev : nullptr, weighted ? g_dev : nullptr, y[1], rows, width, 1e-6f, t, cfg);
+        if (to_host(x0, count) != to_host(x1, count) || to_host(y[0], count) != to_host(y[1], count))
+          bad.push_back(what + ": the norm differs");
+        else if (to_host(static_cast<const uint8_t*>(act[0]), act_bytes) !=
+                 to_host(static_cast<const uint8_t*>(act[1]), act_bytes))
+          bad.push_back(what + ": the 8-bit bytes differ");
+        else if (state.x != y[1] || state.n != rows || state.cols != width || state.type != t)
+          bad.push_back(what + ": the state does not say y is there");
+      }
+}
+
 // The integer products (8-bit activations, matvec_int_cuda.cu) against the CPU's scalar kernels:
 // the input quantized on the device equals the CPU's quantize of the type's vec_dot_type (quants,
 // scales, sums), and each output equals the CPU's vec_dot (+ bias) up to the order of the block

@@ -18,11 +18,14 @@ bool matvec(Queue s, GgmlType t, const MatTargets& targets, int64_t cols, const 
             int sm_count);
 
 // The same with the CPU's default arithmetic (matvec_int_cuda.cu): x quantized to the type's
-// vec_dot_type into cfg.act, integer products, each block's float step as the CPU's. False
-// (nothing launched) for a type without it, or without cfg.act.
+// vec_dot_type into cfg.act (unless cfg.act_state says it is there already; then kept so),
+// integer products, each block's float step as the CPU's. False (nothing launched) for a type
+// without it, or without cfg.act.
 bool matvec_int(Queue s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n, int glu,
                 const MatConfig& cfg);
 bool matvec_int_supports(GgmlType t);
+// The 8-bit type matvec_int quantizes the input of a product of type t to (t supported).
+ActType matvec_int_act(GgmlType t);
 
 }  // namespace cuda
 }  // namespace tova

@@ -71,7 +71,11 @@ template <class Id>
 void launch(Queue s, const MatTargets& targets, const float* x, int n, int64_t cols, int glu,
             const MatConfig& cfg) {
   if (cols % Id::kBlock != 0) throw Error(cat("CUDA integer matvec: ", cols, " columns are not whole blocks"));
-  const ActRows a = quantize_act(s, Id::kAct, x, n, cols, cfg.act, cfg.act_bytes);
+  ActState* st = cfg.act_state;
+  const bool there = st && st->x == x && st->n == n && st->cols == cols && st->type == Id::kAct;
+  const ActRows a = there ? act_rows(Id::kAct, n, cols, cfg.act, cfg.act_bytes)
+                          : quantize_act(s, Id::kAct, x, n, cols, cfg.act, cfg.act_bytes);
+  if (st) *st = ActState{x, n, cols, Id::kAct};
   const MvShape shape = mv_shape(targets, glu, cols / Id::kBlock * Id::kTasks, cfg.sm_count);
   TOVA_LAUNCH(matvec_int_kernel<Id>, shape.grid, kMvWarps * kWarp, s)(targets, a, n, glu, shape.wpr);
   check_launch(s, "integer matvec");
@@ -88,6 +92,18 @@ bool matvec_int_supports(GgmlType t) {
     case GgmlType::Q4_K:
     case GgmlType::Q6_K: return true;
     default: return false;
+  }
+}
+
+ActType matvec_int_act(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q4_0: return IdQ4_0::kAct;
+    case GgmlType::Q4_1: return IdQ4_1::kAct;
+    case GgmlType::Q5_0: return IdQ5_0::kAct;
+    case GgmlType::Q8_0: return IdQ8_0::kAct;
+    case GgmlType::Q4_K: return IdQ4_K::kAct;
+    case GgmlType::Q6_K: return IdQ6_K::kAct;
+    default: throw Error(cat("CUDA integer matvec: no 8-bit product for type ", type_traits(t).name));
   }
 }
 

@@ -5,6 +5,7 @@
 // the chunked kernel (matvec_cuda.cu) does not handle.
 #include <cuda_fp16.h>
 
+#include "act_quant.cuh"
 #include "activation.cuh"
 #include "cuda_check.h"
 #include "launch.cuh"
@@ -64,7 +65,10 @@ __global__ void embed_kernel(const uint8_t* w, size_t row_bytes, int64_t width, 
 
 // With `a`: x += a first (each thread updates, then reads back, its own elements), as the
 // separate add kernel would.
-__global__ void rms_norm_kernel(float* x, const float* a, const float* w, float* y, int64_t width, float eps) {
+// block 0: y alone; 32 or 256: y also quantized into q (act_quant.cuh: the bytes quantize_act
+// writes from y, read back by the warps after the block has written it).
+__global__ void rms_norm_kernel(float* x, const float* a, const float* w, float* y, int64_t width, float eps,
+                                ActRows q, int block) {
   float* xr = x + static_cast<int64_t>(blockIdx.x) * width;
   float* yr = y + static_cast<int64_t>(blockIdx.x) * width;
   __shared__ double part[kWarp];
@@ -87,6 +91,15 @@ __global__ void rms_norm_kernel(float* x, const float* a, const float* w, float*
   for (int64_t e = threadIdx.x; e < width; e += blockDim.x) {
     const float s = xr[e] * scale;
     yr[e] = w ? s * w[e] : s;
+  }
+  if (block == 0) return;
+  __syncthreads();  // y of the whole row written
+  const int lane = threadIdx.x % kWarp;
+  for (int64_t b = threadIdx.x / kWarp; b < width / block; b += blockDim.x / kWarp) {
+    if (block == kQK)
+      quantize_q8_32(yr, q, blockIdx.x, b, lane);
+    else
+      quantize_q8_256(yr, q, blockIdx.x, b, lane);
   }
 }
 
@@ -172,14 +185,25 @@ void embed(Queue s, GgmlType t, const uint8_t* w, size_t row_bytes, int64_t widt
 void rms_norm(Queue s, const float* x, const float* w, float* y, int64_t rows, int64_t width, float eps) {
   if (rows <= 0) return;
   // x is only read without an addend
-  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), 256, s)(const_cast<float*>(x), nullptr, w, y, width, eps);
+  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), 256, s)(const_cast<float*>(x), nullptr, w, y, width, eps,
+                                                                    ActRows{}, 0);
   check_launch(s, "rms_norm");
 }
 
 void add_rms_norm(Queue s, float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps) {
   if (rows <= 0) return;
-  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), 256, s)(x, a, w, y, width, eps);
+  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), 256, s)(x, a, w, y, width, eps, ActRows{}, 0);
   check_launch(s, "add_rms_norm");
+}
+
+void rms_norm_act(Queue s, float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps,
+                  ActType t, const MatConfig& cfg) {
+  if (!cfg.act || !cfg.act_state) throw Error("CUDA rms_norm_act: no 8-bit buffer");
+  const ActRows q = act_rows(t, static_cast<int>(rows), width, cfg.act, cfg.act_bytes);
+  if (rows <= 0) return;
+  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), 256, s)(x, a, w, y, width, eps, q, act_block(t));
+  check_launch(s, "rms_norm (quantized)");
+  *cfg.act_state = ActState{y, static_cast<int>(rows), width, t};
 }
 
 void rope(Queue s, RopeStyle style, const RopeTarget* targets, int n_targets, int n, int head_dim, int pairs,

@@ -41,6 +41,21 @@ struct MatTargets {
   int64_t max_rows = 0;
 };
 
+// A product's input in 8 bits (act_quant_cuda.h): q8_0 (the scale d), q8_1 (d and s = d * sum
+// of the quants) in blocks of 32; q8_K (float d and the sums of each 16 quants) in blocks of 256.
+enum class ActType { Q8_0, Q8_1, Q8_K };
+
+// What the 8-bit buffer holds now: x (n rows of cols) quantized as `type`; x null: nothing
+// known. Set by whoever quantizes into it (a product, or the RMS norm that quantizes what it
+// writes); a product whose input it is reads it instead of quantizing again. Its owner clears
+// it whenever x may have changed since.
+struct ActState {
+  const float* x = nullptr;
+  int n = 0;
+  int64_t cols = 0;
+  ActType type = ActType::Q8_0;
+};
+
 // How the matrix products are launched (CudaBackend: from the device and the environment).
 struct MatConfig {
   int tiled_from = 32;  // input rows from which the tiled kernel takes a product (0: never)
@@ -51,6 +66,7 @@ struct MatConfig {
   // the types that have them; null: float activations.
   void* act = nullptr;
   size_t act_bytes = 0;
+  ActState* act_state = nullptr;  // null: every product quantizes its input
 };
 
 // y[i * rows + r] = W_r . x[i * cols ...] (+ bias[r]) for i < n and each target: weights in type
@@ -75,6 +91,11 @@ void embed(Queue s, GgmlType t, const uint8_t* w, size_t row_bytes, int64_t widt
 void rms_norm(Queue s, const float* x, const float* w, float* y, int64_t rows, int64_t width, float eps);
 // x += a, then y = rms_norm(x) * w: one kernel (y distinct from x and a).
 void add_rms_norm(Queue s, float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps);
+// As add_rms_norm (a null: rms_norm), and y quantized in the same kernel into cfg.act as type t
+// (the bytes quantize_act writes from y), cfg.act_state set to say so: the next product of y
+// reads it instead of quantizing (two launches a layer fewer).
+void rms_norm_act(Queue s, float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps,
+                  ActType t, const MatConfig& cfg);
 
 // Rotates n rows of n_heads vectors (head_dim apart) of each target (queries and keys: one
 // launch for both) by cos / sin tables [n][pairs]: pairs (2p, 2p+1) or, NeoX, (p, p + pairs).

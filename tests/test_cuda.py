@@ -93,7 +93,9 @@ def test_cuda_int8_activations_equal_cpu(tmp_path, weight_type):
     that the prompt takes the integer kernel too (from TOVA_CUDA_TILED_FROM rows the tiled float
     kernel takes it). Logits within 2 % of their largest magnitude (a value on a rounding boundary
     of the 8-bit quantizer, where the two backends' float inputs differ in their last bits, takes
-    the neighbouring level), the same greedy tokens and kept positions."""
+    the neighbouring level), the same greedy tokens and kept positions. The norms feeding the
+    products quantize what they write in the same kernel (the kernel check compares its bytes with
+    the quantizer's)."""
     path = tmp_path / "m.gguf"
     k = weight_type.endswith("_K")
     write_llama_gguf(path, seed=29, weight_type=weight_type, n_embd=256 if k else 64, n_ff=512 if k else 96,
@@ -109,6 +111,9 @@ def test_cuda_int8_activations_equal_cpu(tmp_path, weight_type):
             np.testing.assert_allclose(gpu.eval([t]), cpu.eval([t]), atol=tol, rtol=0)
             for layer in range(2):
                 assert cpu.kv_positions(layer).tolist() == gpu.kv_positions(layer).tolist(), layer
+        # The norms before q/k/v and before gate/up quantized what they wrote for the product
+        # (one kernel, cuda::rms_norm_act): 2 layers x 2 a step, 16 steps and 3 prompt chunks.
+        assert gpu._e._backend_counters()["cuda_norms_quantized"] >= 4 * (16 + 3)
 
 
 @pytest.mark.cuda
