@@ -3,7 +3,8 @@
 // and the forward pass (cpp/src/forward.cpp) is the one every backend runs. Slot bookkeeping and
 // the policies stay on the host (cpp/src/kv_store.cpp): each attention call copies the slot
 // lists in and, when a policy needs them, the probabilities out. Uploads go through pinned
-// staging in stream order, and so do the probabilities back: a decode step's policy calls come
+// staging to its device twin in stream order (one copy a recorded step), and the probabilities
+// come back through pinned memory (the victims written there by their kernel): a decode step's policy calls come
 // after its last layer (kv_attention.h), so the host waits for the device once per step, for the
 // logits, not once per layer. Everything runs on one stream of the backend's own; a decode step
 // (few rows) is recorded and launched as one CUDA graph, relaunched as it is while the steps
@@ -84,7 +85,7 @@ class CudaBackend : public Backend {
               const cuda::MatConfig& mat, int attn_runs, bool float_activations)
       : m_(model), max_rows_(max_rows), select_victims_(select_victims), mat_(mat), attn_runs_(attn_runs),
         device_(use_device_0()), stream_(graphs, replay),
-        staging_(&stream_), readback_(&stream_) {
+        staging_(&stream_, true), readback_(&stream_) {
     if (m_.hp().head_dim > 256)
       throw ArgumentError(cat("the CUDA backend handles head_dim up to 256; this model has ", m_.hp().head_dim));
     if (mat_.sm_count < 0)
@@ -154,8 +155,7 @@ class CudaBackend : public Backend {
 
   void embed(const int32_t* tokens, int n, float scale, float* x) override {
     stream_.begin_step(n <= kGraphRows);  // a step starts with its embedding (forward.cpp)
-    const auto* t = static_cast<const int32_t*>(tokens_.upload(tokens, sizeof(int32_t) * static_cast<size_t>(n),
-                                                                 staging_, "embed"));
+    const auto* t = static_cast<const int32_t*>(staging_.put({{tokens, sizeof(int32_t) * static_cast<size_t>(n)}}, "embed"));
     const Matrix& w = m_.tok_embd;
     cuda::embed(op(), w.type, weight(w), w.row_bytes, w.cols, t, n, scale, x);
   }
@@ -207,7 +207,9 @@ class CudaBackend : public Backend {
     // once per step and Rope.
     Angles& a = angles_[&r];
     const int pairs = r.pairs();
-    if (a.positions.size() != static_cast<size_t>(n) || !std::equal(a.positions.begin(), a.positions.end(), positions)) {
+    const bool moved =
+        a.positions.size() != static_cast<size_t>(n) || !std::equal(a.positions.begin(), a.positions.end(), positions);
+    if (moved) {
       a.positions.assign(positions, positions + n);
       a.table.resize(2 * static_cast<size_t>(n) * pairs);
       float* cs = a.table.data();
@@ -215,8 +217,12 @@ class CudaBackend : public Backend {
       for (int i = 0; i < n; ++i)
         r.angles(positions[i], cs + static_cast<size_t>(i) * pairs, sn + static_cast<size_t>(i) * pairs);
     }
-    auto* d = static_cast<float*>(a.dev.upload_if_changed(a.table.data(), a.table.size() * sizeof(float), staging_,
-                                                          "rope"));
+    if (moved || !a.dev || a.generation != staging_.generation() || a.dropped != stream_.dropped()) {
+      a.dev = static_cast<const float*>(staging_.put({{a.table.data(), a.table.size() * sizeof(float)}}, "rope"));
+      a.generation = staging_.generation();
+      a.dropped = stream_.dropped();  // an upload in dropped work never happened
+    }
+    const float* d = a.dev;
     rope_.targets[rope_.n_targets++] = {x, n_heads};
     if (pairs_up) {
       flush_rope();
@@ -366,9 +372,8 @@ class CudaBackend : public Backend {
     static_assert(sizeof(cuda::KvDemote) % alignof(cuda::KvWrite) == 0 && sizeof(cuda::KvWrite) % alignof(cuda::KvWrite) == 0,
                   "rows of demotions and writes stay aligned");
     const size_t demote_bytes = demotes_.size() * sizeof(cuda::KvDemote);
-    const auto* d = static_cast<const uint8_t*>(kv_writes_.upload_parts(
-        {{demotes_.data(), demote_bytes}, {writes_.data(), writes_.size() * sizeof(cuda::KvWrite)}}, staging_,
-        "write_kv"));
+    const auto* d = static_cast<const uint8_t*>(staging_.put(
+        {{demotes_.data(), demote_bytes}, {writes_.data(), writes_.size() * sizeof(cuda::KvWrite)}}, "write_kv"));
     launch_stores(d, d + demote_bytes);
   }
   void add_target(cuda::MatTargets& ts, const Matrix& w, float* y, const Vector* bias) const {
@@ -439,8 +444,8 @@ class CudaBackend : public Backend {
   std::unordered_map<const uint8_t*, std::unique_ptr<DeviceBuffer>> weights_;
   std::unordered_map<const float*, std::unique_ptr<DeviceBuffer>> vectors_;
   DeviceBuffer bufs_[static_cast<size_t>(Buf::kCount)];
-  cuda::Staging staging_;  // pinned bytes of the step's uploads
-  DeviceBuffer tokens_, logits_, kv_writes_;
+  cuda::Staging staging_;  // pinned bytes of the step's uploads, and their device twin
+  DeviceBuffer logits_;
   DeviceBuffer act_;  // the products' input in 8 bits (mat_.act)
   cuda::ActState act_state_;  // what act_ holds (mat_.act_state)
   struct PendingNorm {        // a norm not launched yet (rms_norm, add_rms_norm)
@@ -460,7 +465,8 @@ class CudaBackend : public Backend {
   struct Angles {  // a Rope's cos / sin table at the positions last asked, and its device copy
     std::vector<int64_t> positions;
     std::vector<float> table;
-    DeviceBuffer dev;
+    const float* dev = nullptr;  // in staging_'s twin, while its generation is the one here
+    uint64_t generation = 0, dropped = 0;
   };
   std::unordered_map<const Rope*, Angles> angles_;
   struct PendingRope {  // a rotation not launched yet (rope)
@@ -473,7 +479,7 @@ class CudaBackend : public Backend {
     const float* cs = nullptr;
     const float* sn = nullptr;
   } rope_;
-  DeviceBuffer attn_rows_, attn_scratch_, attn_probs_, attn_means_, attn_ranked_;
+  DeviceBuffer attn_scratch_, attn_probs_, attn_means_, attn_ranked_;
   struct RankAngles {  // rank_angles()
     int n = 0;
     std::vector<float> table;
@@ -638,11 +644,11 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   const size_t demote_bytes = demotes_.size() * sizeof(cuda::KvDemote);
   const size_t write_bytes = writes_.size() * sizeof(cuda::KvWrite);
   const size_t desc_bytes = descs_.size() * sizeof(cuda::AttnDesc);
-  auto* d_rows = static_cast<uint8_t*>(attn_rows_.upload_parts({{demotes_.data(), demote_bytes},
+  const auto* d_rows = static_cast<const uint8_t*>(staging_.put({{demotes_.data(), demote_bytes},
                                                                 {writes_.data(), write_bytes},
                                                                 {descs_.data(), desc_bytes},
                                                                 {idx_.data(), idx_.size() * sizeof(int32_t)}},
-                                                               staging_, "attention rows"));
+                                                               "attention rows"));
   const uint8_t* d_writes = d_rows + demote_bytes;
   const auto* d_desc = reinterpret_cast<const cuda::AttnDesc*>(d_writes + write_bytes);
   const auto* d_idx = reinterpret_cast<const int32_t*>(d_writes + write_bytes + desc_bytes);

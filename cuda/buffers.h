@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <initializer_list>
+#include <memory>
 #include <vector>
 
 #include "cuda_check.h"
@@ -25,17 +26,26 @@ inline void wait_for(Stream* s, const char* what) {
     check(cudaDeviceSynchronize(), what);
 }
 
+// A host range of an upload (upload_parts, Staging::put: ranges laid end to end).
+struct Part {
+  const void* p;
+  size_t bytes;
+};
+
+class DeviceBuffer;
+
 // Pinned host memory for asynchronous uploads (and copies back) on one stream, handed out in
 // order. A piece stays untouched until the device has run the copy that reads it: the arena
 // starts over only at a point where the stream is idle (reset(), after a wait) or after waiting.
+// With a device twin (uploads), put() lands host bytes at the same offset of device memory of
+// the arena's size: in a recorded step by one copy of everything the step put (the recording's
+// head, recorder.h) instead of a copy each.
 class Staging {
  public:
-  explicit Staging(Stream* stream = nullptr) : stream_(stream) {}
+  explicit Staging(Stream* stream = nullptr, bool twin = false);
+  ~Staging();
   Staging(const Staging&) = delete;
   Staging& operator=(const Staging&) = delete;
-  ~Staging() {
-    if (p_) cudaFreeHost(p_);
-  }
   Stream* stream() const { return stream_; }
   Queue op() const { return stream_ ? stream_->op() : Queue(nullptr); }
   void* take(size_t bytes, const char* what) {
@@ -46,32 +56,33 @@ class Staging {
       // layer of such steps would wait for the device again).
       const size_t n = 2 * cap_ > (1u << 20) ? 2 * cap_ : (1u << 20);
       used_ = 0;
+      ++generation_;
       grow(n < bytes ? bytes : n, what);
     }
     void* r = static_cast<uint8_t*>(p_) + used_;
     used_ += bytes;
     return r;
   }
-  void reset() { used_ = 0; }  // only when the stream has finished every queued copy
+  void reset() {  // only when the stream has finished every queued copy
+    used_ = 0;
+    ++generation_;
+  }
+  // Changes whenever the arena starts over: what put() returned before is no longer there.
+  uint64_t generation() const { return generation_; }
+  // Host bytes to the twin (a Staging made with one): see the class. Returns their device address.
+  const void* put(std::initializer_list<Part> parts, const char* what);
   // Whether take(bytes) would be served without waiting for the device (or growing).
   bool fits(size_t bytes) const { return used_ + ((bytes + 255) & ~static_cast<size_t>(255)) <= cap_; }
   size_t used() const { return used_; }
   // At least `bytes` of capacity; only when nothing of the arena is in use (after reset()).
-  void grow(size_t bytes, const char* what) {
-    if (bytes <= cap_) return;
-    if (stream_) stream_->submit();  // what the step recorded goes first (it may read the arena)
-    void* old = p_;
-    p_ = nullptr;
-    cap_ = 0;
-    if (old) check(cudaFreeHost(old), what);
-    check(cudaMallocHost(&p_, bytes), what);
-    cap_ = bytes;
-  }
+  void grow(size_t bytes, const char* what);
 
  private:
   Stream* stream_ = nullptr;
   void* p_ = nullptr;
   size_t cap_ = 0, used_ = 0;
+  uint64_t generation_ = 0;
+  std::unique_ptr<DeviceBuffer> twin_;  // null: no twin
 };
 
 // Device memory owned by one object; grows (never shrinks) on demand.
@@ -122,10 +133,6 @@ class DeviceBuffer {
     return upload_parts({{host, bytes}}, staging, what);
   }
   // As upload, for host ranges laid end to end in one copy (each at the sum of the sizes before it).
-  struct Part {
-    const void* p;
-    size_t bytes;
-  };
   void* upload_parts(std::initializer_list<Part> parts, Staging& staging, const char* what) {
     size_t bytes = 0;
     for (const Part& p : parts) bytes += p.bytes;
@@ -162,6 +169,47 @@ class DeviceBuffer {
   std::vector<uint8_t> shadow_;  // what upload_if_changed copied last
   uint64_t shadow_dropped_ = 0;  // Stream::dropped() then
 };
+
+inline Staging::Staging(Stream* stream, bool twin) : stream_(stream) {
+  if (twin) twin_.reset(new DeviceBuffer);
+}
+
+inline Staging::~Staging() {
+  if (p_) cudaFreeHost(p_);
+}
+
+inline void Staging::grow(size_t bytes, const char* what) {
+  if (bytes <= cap_) return;
+  if (stream_) stream_->submit();  // what the step recorded goes first (it may read the arena)
+  void* old = p_;
+  p_ = nullptr;
+  cap_ = 0;
+  ++generation_;
+  if (old) check(cudaFreeHost(old), what);
+  check(cudaMallocHost(&p_, bytes), what);
+  if (twin_) twin_->reserve(bytes, what, stream_);
+  cap_ = bytes;
+}
+
+inline const void* Staging::put(std::initializer_list<Part> parts, const char* what) {
+  if (!twin_) throw Error(cat("CUDA backend: ", what, ": an upload through a staging arena without a device twin"));
+  size_t bytes = 0;
+  for (const Part& p : parts) bytes += p.bytes;
+  if (!bytes) return nullptr;
+  auto* s = static_cast<uint8_t*>(take(bytes, what));
+  size_t at = 0;
+  for (const Part& p : parts) {
+    if (p.bytes) std::memcpy(s + at, p.p, p.bytes);
+    at += p.bytes;
+  }
+  auto* d = static_cast<uint8_t*>(twin_->get()) + (s - static_cast<uint8_t*>(p_));
+  const Queue q = op();
+  if (q.rec)
+    q.rec->head(d, s, bytes);
+  else
+    copy_async(q, d, s, bytes, cudaMemcpyHostToDevice, what);
+  return d;
+}
 
 }  // namespace cuda
 }  // namespace tova

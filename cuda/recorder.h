@@ -17,6 +17,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -48,6 +49,21 @@ class Recorder {
   void begin() {
     at_ = 0;
     changed_ = false;
+    head_ = Head{};
+  }
+  // Uploads of the step (Staging::put): the host bytes at src go to dst, both ranges growing with
+  // each upload (pieces of one arena, in order); issued as one copy before every operation of
+  // the recording (each upload's device bytes are its own: no earlier operation reads them).
+  void head(void* dst, const void* src, size_t bytes) {
+    auto* d = static_cast<uint8_t*>(dst);
+    const auto* h = static_cast<const uint8_t*>(src);
+    if (!head_.bytes) {
+      head_ = Head{d, h, bytes};
+      return;
+    }
+    if (h < head_.src || h - head_.src != d - head_.dst)
+      throw Error("CUDA backend: a step's uploads are not pieces of one staging arena in order");
+    head_.bytes = std::max(head_.bytes, static_cast<size_t>(h - head_.src) + bytes);
   }
   // The key of the next operation, built by the caller with add() before matches() or put().
   void new_key() { key_.clear(); }
@@ -84,17 +100,26 @@ class Recorder {
   }
   // Ends a recording: true when it is the last one unchanged.
   bool end() {
-    const bool same = !changed_ && at_ == ops_.size();
+    const bool same = !changed_ && !forgotten_ && at_ == ops_.size() && head_ == last_head_;
     ops_.resize(at_);
+    last_head_ = head_;
+    forgotten_ = false;
     return same;
   }
-  // Issues the recorded operations on s in order; an error names the operation.
+  // Issues the recorded operations on s in order (the uploads' copy first); an error names the
+  // operation.
   void issue(cudaStream_t s) const {
+    if (last_head_.bytes)
+      check(cudaMemcpyAsync(last_head_.dst, last_head_.src, last_head_.bytes, cudaMemcpyHostToDevice, s), "uploads");
     for (const Op& op : ops_) check(op.issue(s), op.what);
   }
   // Forgets the recording (it never ran): the next one is new however it looks.
-  void forget() { ops_.clear(); }
-  size_t size() const { return ops_.size(); }
+  void forget() {
+    ops_.clear();
+    forgotten_ = true;
+  }
+  // Operations recorded (the uploads' copy counted).
+  size_t size() const { return ops_.size() + (last_head_.bytes ? 1 : 0); }
 
  private:
   struct Op {
@@ -102,10 +127,18 @@ class Recorder {
     Issue issue;
     const char* what = "an operation";
   };
+  struct Head {
+    uint8_t* dst = nullptr;
+    const uint8_t* src = nullptr;
+    size_t bytes = 0;
+    bool operator==(const Head& o) const { return dst == o.dst && src == o.src && bytes == o.bytes; }
+  };
   std::vector<Op> ops_;
+  Head head_, last_head_;  // this recording's uploads, and the last finished recording's
   std::vector<uint8_t> key_;
   size_t at_ = 0;
   bool changed_ = false;
+  bool forgotten_ = false;
 };
 
 // cudaMemcpyAsync on q: recorded in a recorded step (src or dst is then pinned host memory or
