@@ -4,9 +4,9 @@
 // the policies stay on the host (cpp/src/kv_store.cpp): each attention call copies the slot
 // lists in and, when a policy needs them, the probabilities out. Uploads go through pinned
 // staging to its device twin in stream order (one copy a recorded step), and the probabilities
-// come back through pinned memory (the victims written there by their kernel): a decode step's policy calls come
-// after its last layer (kv_attention.h), so the host waits for the device once per step, for the
-// logits, not once per layer. Everything runs on one stream of the backend's own; a decode step
+// come back through pinned memory (the victims written there by their kernel): a decode step's
+// policy calls come after its last layer (kv_attention.h), so the host waits for the device once
+// per step, for the logits, not once per layer. Everything runs on one stream of the backend's own; a decode step
 // (few rows) is recorded and launched as one CUDA graph, relaunched as it is while the steps
 // stay the same (stream.h, recorder.h).
 //
@@ -155,7 +155,8 @@ class CudaBackend : public Backend {
 
   void embed(const int32_t* tokens, int n, float scale, float* x) override {
     stream_.begin_step(n <= kGraphRows);  // a step starts with its embedding (forward.cpp)
-    const auto* t = static_cast<const int32_t*>(staging_.put({{tokens, sizeof(int32_t) * static_cast<size_t>(n)}}, "embed"));
+    const auto* t =
+        static_cast<const int32_t*>(staging_.put({{tokens, sizeof(int32_t) * static_cast<size_t>(n)}}, "embed"));
     const Matrix& w = m_.tok_embd;
     cuda::embed(op(), w.type, weight(w), w.row_bytes, w.cols, t, n, scale, x);
   }
