@@ -299,6 +299,7 @@ class CudaBackend : public Backend {
             {"cuda_graphs_instantiated", s.instantiated},
             {"cuda_graphs_updated", s.updated},
             {"cuda_graphs_replayed", s.replayed},
+            {"cuda_graphs_uncaptured", s.uncaptured},
             {"cuda_graph_nodes", s.nodes},
             {"cuda_victims_selected", victims_selected_},
             {"cuda_norms_quantized", norms_quantized_},

@@ -18,12 +18,13 @@ namespace tova {
 namespace cuda {
 
 // Waits for everything that may read memory about to be freed: the stream's work (recorded work
-// launched first), or the whole device where there is no stream (kernel checks on stream 0).
+// launched first), or the legacy stream's where there is no stream (kernel checks issue there).
+// Never the whole device: a device-wide wait has been seen to break another thread's capture.
 inline void wait_for(Stream* s, const char* what) {
   if (s)
     s->sync(what);
   else
-    check(cudaDeviceSynchronize(), what);
+    check(cudaStreamSynchronize(nullptr), what);
 }
 
 // A host range of an upload (upload_parts, Staging::put: ranges laid end to end).
@@ -92,9 +93,9 @@ class DeviceBuffer {
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   ~DeviceBuffer() {
-    if (!p_) return;
-    cudaDeviceSynchronize();  // kernels queued earlier may still use it
-    cudaFree(p_);
+    // cudaFree waits for the device's work first (it synchronizes implicitly): kernels queued
+    // earlier may still use the memory. (No device-wide wait of our own: see wait_for.)
+    if (p_) cudaFree(p_);
   }
   // At least `bytes`; growing waits for `stream` first (its kernels may still read the old memory).
   void* reserve(size_t bytes, const char* what, Stream* stream = nullptr) {

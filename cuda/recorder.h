@@ -113,7 +113,8 @@ class Recorder {
       check(cudaMemcpyAsync(last_head_.dst, last_head_.src, last_head_.bytes, cudaMemcpyHostToDevice, s), "uploads");
     for (const Op& op : ops_) check(op.issue(s), op.what);
   }
-  // Forgets the recording (it never ran): the next one is new however it looks.
+  // Forgets the recording (it never ran, or not as the graph made from it): the next one is new
+  // however it looks.
   void forget() {
     ops_.clear();
     forgotten_ = true;

@@ -52,42 +52,57 @@ void Stream::drop(Segment& seg) noexcept {
   armed_ = false;
 }
 
-void Stream::capture(Segment& seg) {
+bool Stream::capture(Segment& seg) {
   // Thread-local: only this thread's calls that allocate, free or wait would break the capture;
-  // other engines on other threads go on.
-  check(cudaStreamBeginCapture(s_, cudaStreamCaptureModeThreadLocal), "graph capture");
+  // other engines on other threads go on. Yet the driver has been seen to invalidate a capture
+  // for another thread's call (a device-wide wait, a free): a capture that fails is not an error
+  // of the step, whose recording is complete. It is issued directly instead (below).
+  if (cudaStreamBeginCapture(s_, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
   GraphOwner g;
+  bool issued = true;
   try {
     seg.rec.issue(s_);
   } catch (...) {
-    cudaStreamEndCapture(s_, &g.g);
-    cudaGetLastError();  // not sticky: the next launch's check must not see it
-    drop(seg);
-    throw;
+    issued = false;  // an operation refused: the capture's, or its own (issued directly, it says which)
   }
   const cudaError_t e = cudaStreamEndCapture(s_, &g.g);
-  if (e != cudaSuccess || !g.g) {
-    cudaGetLastError();
-    drop(seg);
-    check(e != cudaSuccess ? e : cudaErrorUnknown, "graph capture");
+  if (!issued || e != cudaSuccess || !g.g) {
+    cudaGetLastError();  // not sticky: the next launch's check must not see it
+    return false;
   }
   if (seg.exec) {
     cudaGraphExecUpdateResultInfo info;
     if (cudaGraphExecUpdate(seg.exec, g.g, &info) == cudaSuccess) {
       ++stats_.updated;
-      return;
+      return true;
     }
     cudaGetLastError();  // another shape of step: a new executable graph
     cudaGraphExecDestroy(seg.exec);
     seg.exec = nullptr;
   }
-  const cudaError_t ie = cudaGraphInstantiate(&seg.exec, g.g, 0);
-  if (ie != cudaSuccess) {
+  if (cudaGraphInstantiate(&seg.exec, g.g, 0) != cudaSuccess) {
+    cudaGetLastError();
     seg.exec = nullptr;
-    drop(seg);
-    check(ie, "graph instantiation");
+    return false;
   }
   ++stats_.instantiated;
+  return true;
+}
+
+void Stream::issue_uncaptured(Segment& seg) {
+  try {
+    seg.rec.issue(s_);
+  } catch (...) {
+    drop(seg);  // the next step records anew
+    throw;
+  }
+  // It ran, but not as the segment's graph: the next recording is captured (and the graph
+  // updated) however alike it looks.
+  seg.rec.forget();
+  ++stats_.uncaptured;
 }
 
 void Stream::submit() {
@@ -95,10 +110,13 @@ void Stream::submit() {
   recording_ = false;
   Segment& seg = *segs_[segment_++];
   const bool same = seg.rec.end();
-  if (same && replay_ && seg.exec)
+  if (same && replay_ && seg.exec) {
     ++stats_.replayed;
-  else
-    capture(seg);
+  } else if (!capture(seg)) {
+    issue_uncaptured(seg);
+    if (segment_ >= kMaxSegments) armed_ = false;
+    return;
+  }
   const cudaError_t e = cudaGraphLaunch(seg.exec, s_);
   if (e != cudaSuccess) {
     cudaGetLastError();

@@ -57,7 +57,7 @@ class Stream {
   void sync(const char* what);
   // Ends a recording an error left open: what it recorded is dropped, never run.
   void abandon() noexcept;
-  // How many times recorded work was dropped (abandon, or a capture that failed):
+  // How many times recorded work was dropped (abandon, or an operation that failed):
   // uploads the host made in such a capture never happened.
   uint64_t dropped() const { return dropped_; }
 
@@ -67,6 +67,7 @@ class Stream {
     uint64_t updated = 0;       // executable graphs reused with a step's new arguments
     uint64_t replayed = 0;      // executable graphs relaunched as they were (the step unchanged)
     uint64_t nodes = 0;         // operations (kernels, copies) in the graphs launched
+    uint64_t uncaptured = 0;    // recordings issued directly: their capture failed
   };
   const Stats& stats() const { return stats_; }
   bool graphs() const { return graphs_; }
@@ -85,8 +86,11 @@ class Stream {
     Recorder rec;
     cudaGraphExec_t exec = nullptr;
   };
-  // Captures what seg recorded and updates (or makes) its executable graph from it.
-  void capture(Segment& seg);
+  // Captures what seg recorded and updates (or makes) its executable graph from it; false when
+  // the capture, update or instantiation failed (nothing of the recording ran).
+  bool capture(Segment& seg);
+  // Issues what seg recorded on the stream, outside any graph (after a failed capture).
+  void issue_uncaptured(Segment& seg);
   // After an error: what was recorded is dropped, and this step records nothing more.
   void drop(Segment& seg) noexcept;
 

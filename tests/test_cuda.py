@@ -492,6 +492,54 @@ def test_cuda_unchanged_steps_relaunch_their_graph(tmp_path, monkeypatch, policy
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.skipif(not tova._core._cuda_simulated(),
+                    reason="breaks captures on purpose, which only the simulator can (tests/cuda_sim.sh runs it)")
+@pytest.mark.parametrize("policy,every", [("full", 3), ("tova", 3), ("tova", 1)])
+def test_cuda_broken_captures_issue_their_steps_directly(tmp_path, monkeypatch, policy, every):
+    """A capture that the driver invalidates for another thread's call (a device-wide wait, a
+    free: seen on real drivers, and what the simulator does) is not an error of the step: its
+    recording is issued directly, and the next step is captured anew (never the graph of an
+    older recording relaunched). The simulator breaks every `every`-th capture on purpose
+    (TOVA_SIM_BREAK_CAPTURES), at its first operation or at its end in turn. Logits equal, bit
+    for bit, those of operations issued directly; kept positions too. Steps of two rows now and
+    then change the step's shape (and "full" crosses 64 slots): changed steps are captured, some
+    of those captures break, and the steps after them must not relaunch the old graph."""
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, seed=23, weight_type="Q4_K", n_embd=256, n_ff=512, n_head=4, n_head_kv=2, n_layer=2)
+    kw = dict(policy=policy, **({} if policy == "full" else {"kv_size": 8}))
+    with monkeypatch.context() as m:
+        m.setenv("TOVA_CUDA_GRAPHS", "0")
+        direct = tova.Engine(path, device="cuda", **kw)
+    broken = tova.Engine(path, device="cuda", **kw)
+    ids = _ids(80, direct.n_vocab, seed=23)
+    try:
+        for e in (direct, broken):
+            e.eval(ids[:50])
+        before = broken._e._backend_counters()
+        with monkeypatch.context() as m:
+            m.setenv("TOVA_SIM_BREAK_CAPTURES", str(every))
+            at, steps = 50, 0
+            while at < len(ids):
+                n = 2 if steps % 8 == 5 else 1  # a step of two rows now and then: the next is changed too
+                want, got = direct.eval(ids[at:at + n]), broken.eval(ids[at:at + n])
+                assert np.array_equal(got, want), at
+                for layer in range(2):
+                    assert broken.kv_positions(layer).tolist() == direct.kv_positions(layer).tolist(), (at, layer)
+                at, steps = at + n, steps + 1
+        c = {k: v - before.get(k, 0) for k, v in broken._e._backend_counters().items()}
+        assert c["cuda_graphs_uncaptured"] >= 1, c
+        if every == 1:  # every capture broken: every step issued directly
+            assert c["cuda_graphs_uncaptured"] >= steps and c["cuda_graphs_launched"] == 0, c
+        else:  # whole captures in between: graphs launched and relaunched still
+            assert c["cuda_graphs_launched"] >= steps - c["cuda_graphs_uncaptured"], c
+            assert c["cuda_graphs_replayed"] >= steps - 12, c
+    finally:
+        direct.close()
+        broken.close()
+
+
+@pytest.mark.cuda
+@needs_gpu
 def test_cuda_steps_without_logits_on_other_threads(tmp_path):
     """A prompt read in chunks of 8, one scheduler step per thread: the steps that end without
     logits (captured as a graph) are issued before the step returns, so that the next step, on

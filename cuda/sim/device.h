@@ -2,6 +2,7 @@
 // (streams, stream capture, graphs). Internal to the simulator.
 #pragma once
 
+#include <cstdlib>
 #include <deque>
 #include <functional>
 #include <map>
@@ -24,6 +25,9 @@ struct Node {
   std::function<void()> run;
 };
 
+// Where an injected fault breaks a capture (Device::break_for_capture).
+enum class Break { None, AtFirst, AtEnd };
+
 }  // namespace tova_sim
 
 // A created stream: its flags and, while capturing, the operations recorded instead of run.
@@ -33,6 +37,7 @@ struct tova_sim_stream {
   bool invalidated = false;       // an operation the capture forbids happened: EndCapture fails
   cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
   std::thread::id thread;         // the thread that began the capture
+  tova_sim::Break breaks = tova_sim::Break::None;  // an injected fault still to come
   std::vector<tova_sim::Node> nodes;
 };
 struct tova_sim_graph {
@@ -115,6 +120,35 @@ struct Device {
     return hit ? error(cudaErrorStreamCaptureUnsupported) : cudaSuccess;
   }
 
+  // A call that waits for the whole device, or frees memory (which waits for it): pessimistic
+  // where the driver's documentation is silent, as drivers have been seen to behave, it also
+  // invalidates every other thread's capture, whatever its mode but relaxed (the call itself then
+  // goes on, but a device-wide wait fails: `fails`). Else as unsafe_during_capture.
+  cudaError_t waits_for_device(bool fails) {
+    if (const cudaError_t e = unsafe_during_capture()) return e;
+    bool hit = false;
+    for (tova_sim_stream* s : capturing)
+      if (s->mode != cudaStreamCaptureModeRelaxed) hit = s->invalidated = true;
+    return hit && fails ? error(cudaErrorStreamCaptureUnsupported) : cudaSuccess;
+  }
+
+  // Fault injection for tests of what a broken capture does (env TOVA_SIM_BREAK_CAPTURES=N): every
+  // N-th capture from when the variable took its value is invalidated as another thread's call
+  // would, the 1st, 3rd, ... of them at its first operation (which fails), the others at its end.
+  std::string break_env;
+  uint64_t captures_begun = 0;
+  Break break_for_capture() {
+    const char* env = std::getenv("TOVA_SIM_BREAK_CAPTURES");
+    if (break_env != (env ? env : "")) {
+      break_env = env ? env : "";
+      captures_begun = 0;
+    }
+    ++captures_begun;
+    const long n = env ? std::strtol(env, nullptr, 10) : 0;
+    if (n <= 0 || captures_begun % static_cast<uint64_t>(n) != 0) return Break::None;
+    return (captures_begun / static_cast<uint64_t>(n)) % 2 == 1 ? Break::AtFirst : Break::AtEnd;
+  }
+
   // An operation issued to a stream: recorded when it captures, else queued. Work on the legacy
   // default stream (0) waits for every blocking stream, which a capturing one cannot do: that
   // invalidates its capture (cudaErrorStreamCaptureImplicit).
@@ -127,6 +161,12 @@ struct Device {
     } else if (!streams.count(s)) {
       return error(cudaErrorInvalidResourceHandle);
     } else if (s->capturing) {
+      if (s->breaks == Break::AtFirst) {
+        s->breaks = Break::None;
+        s->invalidated = true;
+      }
+      // As the driver: an invalidated capture refuses the operations that follow.
+      if (s->invalidated) return error(cudaErrorStreamCaptureInvalidated);
       s->nodes.push_back(std::move(n));
       return cudaSuccess;
     }

@@ -3,8 +3,10 @@
 // graph queues the recorded operations again, reading host memory when the device gets there
 // (as a memcpy node from pinned memory does). The driver's rules that a captured program can
 // break are enforced: a call that allocates, frees or waits from the capturing thread, or work
-// on the legacy stream while a blocking stream captures, invalidates the capture and fails;
-// ending it from another thread fails; an update with other nodes fails.
+// on the legacy stream while a blocking stream captures, invalidates the capture and fails (and
+// so do the operations after it); ending it from another thread fails; an update with other
+// nodes fails. Pessimistic where the driver's rules are unwritten: a device-wide wait or a free
+// on any thread invalidates every capture (device.h, waits_for_device).
 #include "device.h"
 
 using tova_sim::Device;
@@ -52,6 +54,7 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode) {
   s->invalidated = false;
   s->mode = mode;
   s->thread = std::this_thread::get_id();
+  s->breaks = d.break_for_capture();
   s->nodes.clear();
   d.capturing.insert(s);
   return cudaSuccess;
@@ -69,6 +72,8 @@ cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
   d.capturing.erase(s);
   std::vector<Node> nodes = std::move(s->nodes);
   s->nodes.clear();
+  if (s->breaks == tova_sim::Break::AtEnd) s->invalidated = true;
+  s->breaks = tova_sim::Break::None;
   if (s->invalidated) return d.error(cudaErrorStreamCaptureInvalidated);
   *graph = new tova_sim_graph{std::move(nodes)};
   d.graphs.insert(*graph);

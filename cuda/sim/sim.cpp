@@ -483,7 +483,7 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
 cudaError_t cudaFree(void* p) {
   Device& d = Device::get();
   std::lock_guard<std::recursive_mutex> lock(d.m);
-  if (const cudaError_t e = d.unsafe_during_capture()) return e;
+  if (const cudaError_t e = d.waits_for_device(false)) return e;
   d.drain();  // as the driver: freeing waits for the device
   if (!p) return cudaSuccess;
   auto it = d.device_allocs.find(reinterpret_cast<uintptr_t>(p));
@@ -506,7 +506,7 @@ cudaError_t cudaMallocHost(void** p, size_t bytes) {
 cudaError_t cudaFreeHost(void* p) {
   Device& d = Device::get();
   std::lock_guard<std::recursive_mutex> lock(d.m);
-  if (const cudaError_t e = d.unsafe_during_capture()) return e;
+  if (const cudaError_t e = d.waits_for_device(false)) return e;
   d.drain();
   if (!p) return cudaSuccess;
   auto it = d.host_allocs.find(reinterpret_cast<uintptr_t>(p));
@@ -519,7 +519,7 @@ cudaError_t cudaFreeHost(void* p) {
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   Device& d = Device::get();
   std::lock_guard<std::recursive_mutex> lock(d.m);
-  if (const cudaError_t e = d.unsafe_during_capture()) return e;
+  if (const cudaError_t e = d.waits_for_device(false)) return e;
   if (d.drain()) return d.sticky;
   if (bytes == 0) return cudaSuccess;
   if (!tova_sim::copy_ok(d, dst, src, bytes, kind)) return d.sticky;
@@ -555,7 +555,7 @@ cudaError_t cudaMemset(void* p, int value, size_t bytes) { return cudaMemsetAsyn
 cudaError_t cudaDeviceSynchronize() {
   Device& d = Device::get();
   std::lock_guard<std::recursive_mutex> lock(d.m);
-  if (const cudaError_t e = d.unsafe_during_capture()) return e;
+  if (const cudaError_t e = d.waits_for_device(true)) return e;
   return d.drain();
 }
 
@@ -567,5 +567,6 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
     s->invalidated = true;
     return d.error(cudaErrorStreamCaptureUnsupported);
   }
-  return cudaDeviceSynchronize();
+  if (const cudaError_t e = d.unsafe_during_capture()) return e;
+  return d.drain();  // the whole queue: a valid order of the device's (no wait of another stream's capture)
 }

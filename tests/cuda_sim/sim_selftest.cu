@@ -2,13 +2,16 @@
 // that it runs block reductions right, and that it reports what a GPU would do wrong or refuse
 // (a collective some lanes never reach, a launch the hardware refuses, a copy outside device
 // memory, memory read before the host waited for it; a stream capture broken by a call that
-// waits or allocates, or by the legacy stream). Built in the TOVA_CUDA_SIM build only;
+// waits or allocates, by the legacy stream, or by another thread's device-wide wait or free).
+// Built in the TOVA_CUDA_SIM build only;
 // tests/test_cuda_sim.py runs it. Prints "N passed, M failed".
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "launch.cuh"
@@ -257,6 +260,56 @@ int main() {
     expect(cudaStreamBeginCapture(0, cudaStreamCaptureModeThreadLocal) == cudaErrorStreamCaptureUnsupported,
            "the legacy stream cannot be captured");
     cudaGetLastError();
+    // Another thread's device-wide wait or free (pessimistic: drivers have been seen to do this):
+    // the capture is invalidated whatever its mode but relaxed, the operations after it fail; the
+    // wait fails too, the free goes on. Another thread's wait for its own stream leaves it alone.
+    cudaStream_t other = nullptr;
+    cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking);
+    const char* others[3] = {"cudaDeviceSynchronize", "cudaFree", "cudaStreamSynchronize of its stream"};
+    for (int k = 0; k < 3; ++k) {
+      cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal);
+      TOVA_LAUNCH(add_one, 1, 32, s)(d_out, 8);
+      cudaError_t e = cudaSuccess;
+      std::thread([&] {
+        float* tmp = nullptr;
+        if (k == 1) cudaMalloc(&tmp, 16);
+        e = k == 0 ? cudaDeviceSynchronize() : k == 1 ? cudaFree(tmp) : cudaStreamSynchronize(other);
+      }).join();
+      TOVA_LAUNCH(add_one, 1, 32, s)(d_out, 8);
+      const cudaError_t after = cudaGetLastError();
+      cudaGraph_t gg = nullptr;
+      const cudaError_t end = cudaStreamEndCapture(s, &gg);
+      const std::string name = std::string("another thread's ") + others[k];
+      if (k == 2) {
+        expect(e == cudaSuccess && after == cudaSuccess && end == cudaSuccess && gg, name + " leaves a capture alone");
+      } else {
+        expect(e == (k == 0 ? cudaErrorStreamCaptureUnsupported : cudaSuccess), name + " during a capture: its result");
+        expect(after == cudaErrorStreamCaptureInvalidated && end == cudaErrorStreamCaptureInvalidated && !gg,
+               name + " invalidates a thread-local capture, and the operations after it fail");
+      }
+      if (gg) cudaGraphDestroy(gg);
+      cudaGetLastError();
+    }
+    cudaStreamDestroy(other);
+    // Injected breaks (TOVA_SIM_BREAK_CAPTURES=2): the 2nd capture fails at its first operation,
+    // the 4th at its end; the 1st and 3rd are whole.
+    setenv("TOVA_SIM_BREAK_CAPTURES", "2", 1);
+    for (int k = 1; k <= 4; ++k) {
+      cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal);
+      TOVA_LAUNCH(add_one, 1, 32, s)(d_out, 8);
+      const cudaError_t first = cudaGetLastError();
+      cudaGraph_t gg = nullptr;
+      const cudaError_t end = cudaStreamEndCapture(s, &gg);
+      const bool whole = first == cudaSuccess && end == cudaSuccess && gg;
+      const bool broken_first = first == cudaErrorStreamCaptureInvalidated && end == cudaErrorStreamCaptureInvalidated;
+      const bool broken_end = first == cudaSuccess && end == cudaErrorStreamCaptureInvalidated && !gg;
+      if (k % 2 == 1) expect(whole, "a capture between injected breaks is whole");
+      if (k == 2) expect(broken_first, "an injected break at a capture's first operation");
+      if (k == 4) expect(broken_end, "an injected break at a capture's end");
+      if (gg) cudaGraphDestroy(gg);
+      cudaGetLastError();
+    }
+    unsetenv("TOVA_SIM_BREAK_CAPTURES");
     cudaStreamDestroy(blocking);
     cudaStreamDestroy(s);
     cudaFreeHost(pinned);
