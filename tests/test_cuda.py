@@ -10,6 +10,7 @@ weights) in most tests; the default 8-bit activations and integer products in
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -690,3 +691,22 @@ def test_cuda_unavailable_is_a_clear_error(tmp_path):
     r = subprocess.run([str(binary()), "run", "-m", str(path), "-p", "hi", "-n", "2", "--device", "cuda"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "cuda" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_cuda_check_stops_without_a_gpu(tmp_path):
+    """bench/cuda_check.sh, the GPU session's one command, stops at once where no GPU answers
+    (a build without CUDA, or a driver older than the toolkit, under which every CUDA test would
+    skip and look green), saying so in its report; an unknown stage is refused."""
+    if HAVE_GPU:
+        pytest.skip("a GPU is usable here: the stop cannot be shown")
+    import os
+    import sys
+    script = Path(__file__).resolve().parents[1] / "bench" / "cuda_check.sh"
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable)
+    r = subprocess.run(["bash", str(script), "tests", "speed"], capture_output=True, text=True, timeout=120, env=env)
+    report = (tmp_path / "report.md").read_text()
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "no usable GPU" in report and "nothing else runs" in report, report
+    assert "## tests" not in report and "## speed" not in report, report
+    r = subprocess.run(["bash", str(script), "tests", "nope"], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 2 and "unknown stage 'nope'" in r.stdout, r.stdout
