@@ -541,6 +541,54 @@ def test_cuda_broken_captures_issue_their_steps_directly(tmp_path, monkeypatch, 
 
 @pytest.mark.cuda
 @needs_gpu
+def test_cuda_steps_survive_engines_made_and_freed_beside_them(tmp_path, monkeypatch):
+    """One engine generates (every step captured: TOVA_CUDA_REPLAY=0) while another thread makes
+    and frees small engines on the same GPU (allocations, frees, waits): the text is the one it
+    gets alone, and no call fails. Such frees may invalidate the generating thread's captures on
+    a real driver (the simulator always does): those steps are issued directly instead, which
+    on the simulator the test sees happen."""
+    import threading
+    path, small = tmp_path / "m.gguf", tmp_path / "s.gguf"
+    write_llama_gguf(path, seed=13, weight_type="Q4_K", n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
+    write_llama_gguf(small, seed=14, weight_type="Q8_0", n_embd=64, n_head=4, n_head_kv=2)
+    with monkeypatch.context() as m:
+        m.setenv("TOVA_CUDA_REPLAY", "0")
+        e = tova.Engine(path, device="cuda", policy="tova", kv_size=16)
+    ids = _ids(20, 384, seed=1)
+    kw = dict(max_tokens=30, temperature=0, ignore_eos=True)
+    with e:
+        alone = e.generate(ids, **kw)
+        for attempt in range(4):  # on the simulator, until a free has met a capture
+            stop, made, errors = threading.Event(), [0], []
+
+            def churn():
+                while not stop.is_set():
+                    try:
+                        with tova.Engine(small, device="cuda", kv_size=8) as x:
+                            x.eval([1, 2])
+                        made[0] += 1
+                    except BaseException as ex:  # noqa: BLE001 - reported below
+                        errors.append(ex)
+                        return
+
+            t = threading.Thread(target=churn)
+            t.start()
+            try:
+                got = e.generate(ids, **kw)
+            finally:
+                stop.set()
+                t.join(timeout=600)
+            assert not errors, errors
+            assert got == alone, attempt
+            assert made[0] > 0
+            if not tova._core._cuda_simulated() or e._e._backend_counters()["cuda_graphs_uncaptured"] > 0:
+                break
+        else:
+            pytest.fail("no capture met another thread's free in 4 generations on the simulator")
+
+
+@pytest.mark.cuda
+@needs_gpu
 def test_cuda_steps_without_logits_on_other_threads(tmp_path):
     """A prompt read in chunks of 8, one scheduler step per thread: the steps that end without
     logits (captured as a graph) are issued before the step returns, so that the next step, on
