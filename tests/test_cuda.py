@@ -544,9 +544,12 @@ def test_cuda_broken_captures_issue_their_steps_directly(tmp_path, monkeypatch, 
 def test_cuda_steps_survive_engines_made_and_freed_beside_them(tmp_path, monkeypatch):
     """One engine generates (every step captured: TOVA_CUDA_REPLAY=0) while another thread makes
     and frees small engines on the same GPU (allocations, frees, waits): the text is the one it
-    gets alone, and no call fails. Such frees may invalidate the generating thread's captures on
-    a real driver (the simulator always does): those steps are issued directly instead, which
-    on the simulator the test sees happen."""
+    gets alone, and no call fails. A free may invalidate the generating thread's capture on a
+    real driver (the simulator always does when the two meet); that step is then issued
+    directly. Whether they meet depends on timing (on an idle 2-core machine about one capture
+    in six, on a loaded one maybe none): what a broken capture does is shown deterministically by
+    test_cuda_broken_captures_issue_their_steps_directly; this test shows that nothing fails
+    around it."""
     import threading
     path, small = tmp_path / "m.gguf", tmp_path / "s.gguf"
     write_llama_gguf(path, seed=13, weight_type="Q4_K", n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
@@ -558,33 +561,28 @@ def test_cuda_steps_survive_engines_made_and_freed_beside_them(tmp_path, monkeyp
     kw = dict(max_tokens=30, temperature=0, ignore_eos=True)
     with e:
         alone = e.generate(ids, **kw)
-        for attempt in range(4):  # on the simulator, until a free has met a capture
-            stop, made, errors = threading.Event(), [0], []
+        stop, made, errors = threading.Event(), [0], []
 
-            def churn():
-                while not stop.is_set():
-                    try:
-                        with tova.Engine(small, device="cuda", kv_size=8) as x:
-                            x.eval([1, 2])
-                        made[0] += 1
-                    except BaseException as ex:  # noqa: BLE001 - reported below
-                        errors.append(ex)
-                        return
+        def churn():
+            while not stop.is_set():
+                try:
+                    with tova.Engine(small, device="cuda", kv_size=8) as x:
+                        x.eval([1, 2])
+                    made[0] += 1
+                except BaseException as ex:  # noqa: BLE001 - reported below
+                    errors.append(ex)
+                    return
 
-            t = threading.Thread(target=churn)
-            t.start()
-            try:
-                got = e.generate(ids, **kw)
-            finally:
-                stop.set()
-                t.join(timeout=600)
-            assert not errors, errors
-            assert got == alone, attempt
-            assert made[0] > 0
-            if not tova._core._cuda_simulated() or e._e._backend_counters()["cuda_graphs_uncaptured"] > 0:
-                break
-        else:
-            pytest.fail("no capture met another thread's free in 4 generations on the simulator")
+        t = threading.Thread(target=churn)
+        t.start()
+        try:
+            got = [e.generate(ids, **kw) for _ in range(2)]
+        finally:
+            stop.set()
+            t.join(timeout=600)
+        assert not errors, errors
+        assert got == [alone, alone]
+        assert made[0] > 0
 
 
 @pytest.mark.cuda
