@@ -110,11 +110,11 @@ void Stream::submit() {
   recording_ = false;
   Segment& seg = *segs_[segment_++];
   const bool same = seg.rec.end();
+  if (segment_ >= kMaxSegments) armed_ = false;
   if (same && replay_ && seg.exec) {
     ++stats_.replayed;
   } else if (!capture(seg)) {
     issue_uncaptured(seg);
-    if (segment_ >= kMaxSegments) armed_ = false;
     return;
   }
   const cudaError_t e = cudaGraphLaunch(seg.exec, s_);
@@ -125,7 +125,6 @@ void Stream::submit() {
   }
   ++stats_.launched;
   stats_.nodes += seg.rec.size();
-  if (segment_ >= kMaxSegments) armed_ = false;
 }
 
 void Stream::sync(const char* what) {
