@@ -8,7 +8,9 @@
 // What it checks beyond a plain run: launch configurations as the hardware limits them; a barrier
 // or warp collective that not every thread reaches (a deadlock, reported as a launch failure); a
 // full-mask warp collective after some lanes exited; copies that read or write outside a device
-// allocation; device memory read before it was written (new allocations hold NaN bytes). Work is
+// allocation; device memory read before it was written (new allocations hold NaN bytes); a
+// kernel that assumes its blocks run in some order (a grid's blocks run in an order of their
+// own for each launch, as a GPU may run them). Work is
 // queued in stream order and runs when the host waits for the device (a synchronizing call), so
 // host memory read or rewritten too early shows up as wrong values, as it would on a GPU.
 #pragma once
@@ -156,6 +158,8 @@ inline int __any_sync(unsigned mask, int pred) { return (__ballot_sync(mask, pre
 inline int __all_sync(unsigned mask, int pred) { return (__ballot_sync(mask, pred) & mask) == mask; }
 inline void __syncwarp(unsigned mask = 0xffffffffu) { tova_sim::warp_collective(tova_sim::WarpOp::Sync, mask, 0, 0, 32); }
 inline void __syncthreads() { tova_sim::block_barrier(); }
+// Blocks run one at a time, each to its end: every write is seen by every later block.
+inline void __threadfence() {}
 
 // Fibers of one host thread never run at the same time: a read-modify-write is atomic.
 template <class T>

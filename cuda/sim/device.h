@@ -59,6 +59,7 @@ struct Device {
   std::set<tova_sim_graph*> graphs;
   std::set<tova_sim_graph_exec*> execs;
   Counters counters;
+  uint64_t launches = 0;  // grids run so far: each takes its blocks in an order of its own
   cudaError_t sticky = cudaSuccess;
   // The last launch or call error of the calling host thread, until read: per thread, as the
   // runtime keeps it (one thread's failed call is never another's error).

@@ -9,6 +9,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -392,15 +393,23 @@ bool enqueue_kernel(dim3 grid, dim3 block, cudaStream_t stream, const void* kern
     BlockRun& r = t_run;
     gridDim = grid;
     blockDim = block;
-    for (unsigned z = 0; z < grid.z; ++z)
-      for (unsigned y = 0; y < grid.y; ++y)
-        for (unsigned x = 0; x < grid.x; ++x) {
-          blockIdx = uint3{x, y, z};
-          if (!run_block(r, static_cast<int>(threads), body)) {
-            dev.fail(cudaErrorLaunchFailure, "kernel fault: " + r.fault);
-            return;
-          }
-        }
+    // A GPU runs a grid's blocks in no promised order (a kernel that counts its finished blocks
+    // must not assume the last is the highest): each launch takes its blocks in an order of its
+    // own, a walk of the grid by a stride coprime to its size from a varying start.
+    const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
+    const uint64_t launch = dev.launches++;
+    uint64_t stride = blocks > 1 ? 1 + (launch * 0x9E3779B97F4A7C15ull >> 40) % (blocks - 1) : 1;
+    while (std::gcd(stride, blocks) != 1) ++stride;
+    const uint64_t start = blocks > 1 ? (launch * 0xD1B54A32D192ED03ull >> 33) % blocks : 0;
+    for (uint64_t k = 0; k < blocks; ++k) {
+      const uint64_t b = (start + k * stride) % blocks;
+      blockIdx = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
+                       static_cast<unsigned>(b / (uint64_t{grid.x} * grid.y))};
+      if (!run_block(r, static_cast<int>(threads), body)) {
+        dev.fail(cudaErrorLaunchFailure, "kernel fault: " + r.fault);
+        return;
+      }
+    }
   };
   return d.issue(stream, std::move(n)) == cudaSuccess;
 }
