@@ -53,12 +53,15 @@ ActRows act_rows(ActType t, int n, int64_t cols, void* buf, size_t bytes) {
 
 ActRows quantize_act(Queue s, ActType t, const float* x, int n, int64_t cols, void* buf, size_t bytes) {
   const ActRows a = act_rows(t, n, cols, buf, bytes);
-  if (n <= 0) return a;
-  const int block = act_block(t);
-  const dim3 grid(static_cast<unsigned>((cols / block + kWarps - 1) / kWarps), static_cast<unsigned>(n));
+  quantize_rows(s, x, n, a, act_block(t));
+  return a;
+}
+
+void quantize_rows(Queue s, const float* x, int n, const ActRows& a, int block) {
+  if (n <= 0) return;
+  const dim3 grid(static_cast<unsigned>((a.cols / block + kWarps - 1) / kWarps), static_cast<unsigned>(n));
   TOVA_LAUNCH(quantize_kernel, grid, kWarps * kWarp, s)(x, n, a, block);
   check_launch(s, "quantize_act");
-  return a;
 }
 
 }  // namespace cuda

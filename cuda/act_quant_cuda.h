@@ -10,18 +10,6 @@
 namespace tova {
 namespace cuda {
 
-// n rows of `cols` quants (row i at q + i * cols) with, per block b of row i, d[i * nb + b] and
-// s[i * nb + b] (nb = cols / 32: q8_0 / q8_1; cols / 256: q8_K, whose s is unused), and for q8_K
-// the sums of 16 quants at bsum[i * cols / 16 + g]. Scales as floats, fp16-rounded where the CPU
-// stores fp16.
-struct ActRows {
-  int8_t* q = nullptr;
-  float* d = nullptr;
-  float* s = nullptr;
-  int* bsum = nullptr;
-  int64_t cols = 0;
-};
-
 // Bytes of a buffer for n rows of cols.
 size_t act_rows_bytes(int64_t cols, int n);
 
@@ -34,6 +22,8 @@ ActRows act_rows(ActType t, int n, int64_t cols, void* buf, size_t bytes);
 // x (n float rows of cols) quantized into buf (act_rows_bytes(cols, n) bytes or more) as the CPU
 // quantizes its activations for type t.
 ActRows quantize_act(Queue s, ActType t, const float* x, int n, int64_t cols, void* buf, size_t bytes);
+// The same into a layout made by act_rows, `block` (act_block) elements a block.
+void quantize_rows(Queue s, const float* x, int n, const ActRows& a, int block);
 
 }  // namespace cuda
 }  // namespace tova

@@ -98,6 +98,8 @@ class CudaBackend : public Backend {
       bufs_[b].reserve(bytes, "activation buffers", &stream_);
       check(cudaMemsetAsync(bufs_[b].get(), 0, bytes, stream_.eager()), "activation buffers");
     }
+    tail_counter_ = static_cast<unsigned*>(tail_counter_buf_.reserve(sizeof(unsigned), "tail counter", &stream_));
+    check(cudaMemsetAsync(tail_counter_, 0, sizeof(unsigned), stream_.eager()), "tail counter");
     if (!float_activations) {
       mat_.act_bytes = cuda::act_rows_bytes(static_cast<int64_t>(widest), max_rows);
       mat_.act = act_.reserve(mat_.act_bytes, "8-bit activations", &stream_);
@@ -119,6 +121,7 @@ class CudaBackend : public Backend {
 
   // Deferred with the K/V writes (before them: a demotion reads the slot a write then fills).
   void demote_kv(KvPayload& payload, int layer, int src, int dst) override {
+    if (prod_.on) flush_product();
     if (norm_.on) flush_norm();
     if (rope_.n_targets > 0) flush_rope();  // as write_kv: whatever is stored first is rotated
     auto& kv = static_cast<CudaKv&>(payload);
@@ -181,6 +184,7 @@ class CudaBackend : public Backend {
       cuda::MatTargets ts;
       for (; j < n_jobs && ts.n < cuda::kMaxTargets && jobs[j].w->type == type && jobs[j].w->cols == cols; ++j)
         add_target(ts, *jobs[j].w, jobs[j].y, jobs[j].bias);
+      if (j == n_jobs && ts.n == 1 && defer_product(type, ts, cols, x, n, false, FfnActivation::SiLU)) return;
       cuda::matmul(op(), type, ts, cols, x, n, mat_);
     }
   }
@@ -201,6 +205,7 @@ class CudaBackend : public Backend {
   // The queries' rotation waits for the keys' (forward.cpp rotates both at the same positions, one
   // after the other): one launch for both. Any other operation launches it first (op()).
   void rope(const Rope& r, float* x, int n, int n_heads, int head_dim, const int64_t* positions) override {
+    if (prod_.on) flush_product();
     const bool pairs_up = rope_.n_targets == 1 && rope_.rope == &r && rope_.positions == positions && rope_.n == n &&
                           rope_.head_dim == head_dim;
     if (!pairs_up && rope_.n_targets > 0) flush_rope();
@@ -253,6 +258,7 @@ class CudaBackend : public Backend {
     cuda::MatTargets ts;
     add_target(ts, w_gate, gate, nullptr);
     add_target(ts, w_up, up, nullptr);
+    if (defer_product(w_gate.type, ts, w_gate.cols, x, n, true, act)) return;
     cuda::matmul_glu(op(), w_gate.type, ts, act, w_gate.cols, x, n, mat_);
   }
 
@@ -264,6 +270,7 @@ class CudaBackend : public Backend {
   // other operation stores them first (op()).
   void write_kv(KvPayload& payload, int layer, const int32_t* slots, int n, const float* k,
                 const float* v) override {
+    if (prod_.on) flush_product();
     if (norm_.on) flush_norm();
     if (rope_.n_targets > 0) flush_rope();  // the rows stored are the rotated ones
     auto& kv = static_cast<CudaKv&>(payload);
@@ -303,6 +310,8 @@ class CudaBackend : public Backend {
             {"cuda_graph_nodes", s.nodes},
             {"cuda_victims_selected", victims_selected_},
             {"cuda_norms_quantized", norms_quantized_},
+            {"cuda_tails", tails_},
+            {"cuda_tails_quantized", tails_quantized_},
             {"cuda_policy_bytes_to_host", policy_bytes_}};
   }
 
@@ -313,7 +322,8 @@ class CudaBackend : public Backend {
     return stream_.op();
   }
   void flush_pending() {
-    if (norm_.on) flush_norm();             // deferred first (nothing is deferred after it but a rotation)
+    if (prod_.on) flush_product();          // deferred first (with the norm it takes, if any)
+    if (norm_.on) flush_norm();             // (nothing is deferred after it but a rotation)
     if (rope_.n_targets > 0) flush_rope();  // then: the K/V rows to store are the rotated ones
     if (!writes_.empty() || !demotes_.empty()) flush_writes();
   }
@@ -341,13 +351,23 @@ class CudaBackend : public Backend {
                    writes_heads_, writes_dim_);
   }
   void norm(float* x, const float* a, const Vector& w, float* y, int64_t rows, int64_t width, float eps) {
-    flush_pending();
-    norm_ = PendingNorm{true, x, a, w.empty() ? nullptr : vec(w), y, rows, width, eps};
+    // The norm of a pending product's output (the residual it is added to, or the product's
+    // rows normed in place) is its tail.
+    const bool tail = prod_.on && !norm_.on && (a ? a : x) == prod_.ts.t[0].y && rows == prod_.n &&
+                      width == prod_.ts.t[0].rows;
+    if (!tail) flush_pending();
+    norm_ = PendingNorm{true, x, a, w.empty() ? nullptr : vec(w), y, rows, width, eps, tail};
     if (!mat_.act || (mat_.tiled_from > 0 && rows >= mat_.tiled_from)) flush_norm();  // no 8-bit product follows
+  }
+  cuda::Tail norm_as_tail() const {
+    return cuda::norm_tail(tail_counter_, norm_.x, norm_.a, norm_.w, norm_.y, static_cast<int>(norm_.rows),
+                           norm_.width, norm_.eps);
   }
   void flush_norm() {
     norm_.on = false;
-    if (norm_.a)
+    if (norm_.tail)
+      launch_product(norm_as_tail());
+    else if (norm_.a)
       cuda::add_rms_norm(stream_.op(), norm_.x, norm_.a, norm_.w, norm_.y, norm_.rows, norm_.width, norm_.eps);
     else
       cuda::rms_norm(stream_.op(), norm_.x, norm_.w, norm_.y, norm_.rows, norm_.width, norm_.eps);
@@ -356,6 +376,7 @@ class CudaBackend : public Backend {
   // a pending norm that wrote x launched as the kernel that quantizes it for this product, where
   // the product takes the integer path (else op() launches the plain norm).
   void norm_for_product(const float* x, int n, const Matrix& w) {
+    if (prod_.on && quantized_by_product(x, n, w)) return;
     act_state_ = cuda::ActState{};
     if (!norm_.on || norm_.y != x || norm_.rows != n || norm_.width != w.cols || !mat_.act ||
         !cuda::matvec_int_supports(w.type))
@@ -364,6 +385,54 @@ class CudaBackend : public Backend {
     cuda::rms_norm_act(stream_.op(), norm_.x, norm_.a, norm_.w, norm_.y, norm_.rows, norm_.width, norm_.eps,
                        cuda::matvec_int_act(w.type), mat_);
     ++norms_quantized_;
+  }
+  // Whether this product's input is quantized by the pending product's tail (its norm's output,
+  // or its own output): the pending product launched either way.
+  bool quantized_by_product(const float* x, int n, const Matrix& w) {
+    const bool q8 = mat_.act && cuda::matvec_int_supports(w.type) && (mat_.tiled_from == 0 || n < mat_.tiled_from);
+    cuda::Tail t;
+    if (norm_.on) {  // the pending product's (norm() attached it)
+      norm_.on = false;
+      t = norm_as_tail();
+      if (!q8 || norm_.y != x || norm_.rows != n || norm_.width != w.cols) {
+        launch_product(t);
+        return false;
+      }
+      cuda::quantize_output(t, cuda::matvec_int_act(w.type), mat_);
+      ++norms_quantized_;
+    } else {
+      if (!q8 || prod_.ts.t[0].y != x || prod_.n != n || prod_.ts.t[0].rows != w.cols) {
+        flush_product();
+        return false;
+      }
+      t = cuda::quant_tail(tail_counter_, x, n, w.cols, cuda::matvec_int_act(w.type), mat_);
+    }
+    launch_product(t);
+    act_state_ = cuda::ActState{x, n, w.cols, cuda::matvec_int_act(w.type)};
+    ++tails_quantized_;
+    return true;
+  }
+  // A decode step's product (a target, or glu's two) waits for what follows (prod_); false: launch it now.
+  bool defer_product(GgmlType type, const cuda::MatTargets& ts, int64_t cols, const float* x, int n, bool glu,
+                     FfnActivation act) {
+    if (!mat_.tails || n > cuda::kTailRows || (mat_.tiled_from > 0 && n >= mat_.tiled_from)) return false;
+    flush_pending();  // nothing launched after the product may wait with it
+    prod_ = PendingProduct{true, glu, type, ts, act, cols, x, n};
+    return true;
+  }
+  void flush_product() {
+    if (norm_.on && norm_.tail)
+      flush_norm();  // the product with its norm
+    else
+      launch_product(cuda::Tail{});
+  }
+  void launch_product(const cuda::Tail& tail) {
+    prod_.on = false;
+    if (tail.kind != cuda::Tail::None) ++tails_;
+    if (prod_.glu)
+      cuda::matmul_glu(stream_.op(), prod_.type, prod_.ts, prod_.act, prod_.cols, prod_.x, prod_.n, mat_, tail);
+    else
+      cuda::matmul(stream_.op(), prod_.type, prod_.ts, prod_.cols, prod_.x, prod_.n, mat_, tail);
   }
   void flush_rope() {
     const int n = rope_.n_targets;
@@ -458,7 +527,21 @@ class CudaBackend : public Backend {
     float* y = nullptr;
     int64_t rows = 0, width = 0;
     float eps = 0.0f;
+    bool tail = false;  // of the pending product (prod_), whose output it takes
   } norm_;
+  struct PendingProduct {  // a decode step's product not launched yet (defer_product)
+    bool on = false;
+    bool glu = false;  // matmul_glu (targets gate, up), else matmul (one target)
+    GgmlType type = GgmlType::F32;
+    cuda::MatTargets ts;
+    FfnActivation act = FfnActivation::SiLU;
+    int64_t cols = 0;
+    const float* x = nullptr;
+    int n = 0;
+  } prod_;
+  DeviceBuffer tail_counter_buf_;
+  unsigned* tail_counter_ = nullptr;  // the blocks of a kernel with a tail that have finished
+  uint64_t tails_ = 0, tails_quantized_ = 0;
   uint64_t norms_quantized_ = 0;
   std::vector<cuda::KvWrite> writes_;     // K/V rows not stored yet (write_kv)
   std::vector<cuda::KvDemote> demotes_;  // slots not moved down yet (demote_kv)
@@ -534,6 +617,7 @@ void CudaBackend::upload_weights() {
 }
 
 void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows) {
+  if (prod_.on) flush_product();
   if (norm_.on) flush_norm();
   if (rope_.n_targets > 0) flush_rope();  // the queries and keys read are the rotated ones
   descs_.clear();
@@ -783,10 +867,12 @@ std::unique_ptr<Backend> make_cuda_backend(const Model& model, int max_rows, boo
   // TOVA_CUDA_ROW_SPLIT=0: every row of a matrix-vector product taken by one warp; =N: rows
   // split among warps as for a device of N multiprocessors (default: this device's count);
   // TOVA_CUDA_ATTN_RUNS=N: a row's slots attended in at most N runs (default and most:
-  // cuda::kAttnMaxRuns; 1: one block per row and K/V head).
+  // cuda::kAttnMaxRuns; 1: one block per row and K/V head); TOVA_CUDA_TAILS=0: the norm or
+  // quantizer after a decode product launched as a kernel of its own (cuda::Tail).
   cuda::MatConfig mat;
   mat.tiled_from = static_cast<int>(number("TOVA_CUDA_TILED_FROM", 0, 1 << 20, 32, "a number of rows (0: never)"));
   mat.sm_count = static_cast<int>(number("TOVA_CUDA_ROW_SPLIT", 0, 1 << 20, -1, "0 (off) or a multiprocessor count"));
+  mat.tails = !off("TOVA_CUDA_TAILS");
   const int runs = static_cast<int>(number("TOVA_CUDA_ATTN_RUNS", 1, cuda::kAttnMaxRuns, cuda::kAttnMaxRuns, "runs"));
   return std::make_unique<CudaBackend>(model, max_rows, !off("TOVA_CUDA_GRAPHS"), !off("TOVA_CUDA_REPLAY"),
                                        !off("TOVA_CUDA_VICTIMS"), mat, runs, float_activations);

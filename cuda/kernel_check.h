@@ -1,6 +1,7 @@
 // The kernel check's shared helpers (kernel_check_cuda.cu) and its parts: the matrix products
-// and element-wise kernels (kernel_check_ops.cu), the policies' steps (kernel_check_policy.cu),
-// the K/V writes, demotions, rank rotation and the attention (kernel_check_kv.cu). Each part
+// and element-wise kernels (kernel_check_ops.cu), the products' tails (kernel_check_tails.cu),
+// the policies' steps (kernel_check_policy.cu), the K/V writes, demotions, rank rotation and the
+// attention (kernel_check_kv.cu). Each part
 // appends a message to `bad` for each kernel that differs from its CPU twin.
 #pragma once
 
@@ -46,6 +47,7 @@ void check_glu(GgmlType t, std::mt19937& rng, Bad& bad);
 void check_matmul_int(GgmlType t, std::mt19937& rng, Bad& bad);
 void check_elementwise(std::mt19937& rng, Bad& bad);
 void check_norm_act(std::mt19937& rng, Bad& bad);
+void check_tails(std::mt19937& rng, Bad& bad);
 void check_policy_steps(std::mt19937& rng, Bad& bad);
 void check_kv_writes(std::mt19937& rng, Bad& bad);
 void check_kv_demote(std::mt19937& rng, Bad& bad);

@@ -10,6 +10,7 @@
 #include "launch.cuh"
 #include "matvec_cuda.h"
 #include "matvec_rows.cuh"
+#include "tail.cuh"
 
 namespace tova {
 namespace cuda {
@@ -30,8 +31,9 @@ __device__ __forceinline__ IntPart group_sum(IntPart p) {
 }
 
 // As matvec_kernel (matvec_cuda.cu): glu 0 the targets' rows, glu 1 / 2 act(gate) * up.
-template <class Id>
-__global__ void matvec_int_kernel(const MatTargets targets, const ActRows a, int n, int glu, int wpr) {
+// kTail: as matvec_kernel's.
+template <class Id, bool kTail>
+__global__ void matvec_int_kernel(const MatTargets targets, const ActRows a, int n, int glu, int wpr, const Tail tail) {
   const MvPlace pl = mv_place(targets, wpr);
   const int64_t blocks = a.cols / Id::kBlock, tasks = blocks * Id::kTasks;
   mv_rows(targets, n, glu, wpr, pl, [&](const MatTarget&, const uint8_t* wr, int i0, int m, float(&acc)[kRows]) {
@@ -65,11 +67,12 @@ __global__ void matvec_int_kernel(const MatTargets targets, const ActRows a, int
       }
     }
   });
+  if (kTail) run_tail(tail);
 }
 
 template <class Id>
 void launch(Queue s, const MatTargets& targets, const float* x, int n, int64_t cols, int glu,
-            const MatConfig& cfg) {
+            const MatConfig& cfg, const Tail& tail) {
   if (cols % Id::kBlock != 0) throw Error(cat("CUDA integer matvec: ", cols, " columns are not whole blocks"));
   ActState* st = cfg.act_state;
   const bool there = st && st->x == x && st->n == n && st->cols == cols && st->type == Id::kAct;
@@ -77,7 +80,8 @@ void launch(Queue s, const MatTargets& targets, const float* x, int n, int64_t c
                           : quantize_act(s, Id::kAct, x, n, cols, cfg.act, cfg.act_bytes);
   if (st) *st = ActState{x, n, cols, Id::kAct};
   const MvShape shape = mv_shape(targets, glu, cols / Id::kBlock * Id::kTasks, cfg.sm_count);
-  TOVA_LAUNCH(matvec_int_kernel<Id>, shape.grid, kMvWarps * kWarp, s)(targets, a, n, glu, shape.wpr);
+  auto* kernel = tail.kind != Tail::None ? matvec_int_kernel<Id, true> : matvec_int_kernel<Id, false>;
+  TOVA_LAUNCH(kernel, shape.grid, kMvWarps * kWarp, s)(targets, a, n, glu, shape.wpr, tail);
   check_launch(s, "integer matvec");
 }
 
@@ -108,7 +112,7 @@ ActType matvec_int_act(GgmlType t) {
 }
 
 bool matvec_int(Queue s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n, int glu,
-                const MatConfig& cfg) {
+                const MatConfig& cfg, const Tail& tail) {
   if (!matvec_int_supports(t) || !cfg.act) return false;
   // 2-byte loads of the blocks (Q4_K: 16-byte loads of its quants)
   const size_t align = t == GgmlType::Q4_K ? 16 : 2;
@@ -116,12 +120,12 @@ bool matvec_int(Queue s, GgmlType t, const MatTargets& targets, int64_t cols, co
     if (reinterpret_cast<uintptr_t>(targets.t[j].w) % align != 0 || targets.t[j].row_bytes % align != 0) return false;
   if (n <= 0 || targets.n <= 0 || targets.max_rows <= 0) return true;
   switch (t) {
-    case GgmlType::Q4_0: launch<IdQ4_0>(s, targets, x, n, cols, glu, cfg); break;
-    case GgmlType::Q4_1: launch<IdQ4_1>(s, targets, x, n, cols, glu, cfg); break;
-    case GgmlType::Q5_0: launch<IdQ5_0>(s, targets, x, n, cols, glu, cfg); break;
-    case GgmlType::Q8_0: launch<IdQ8_0>(s, targets, x, n, cols, glu, cfg); break;
-    case GgmlType::Q4_K: launch<IdQ4_K>(s, targets, x, n, cols, glu, cfg); break;
-    case GgmlType::Q6_K: launch<IdQ6_K>(s, targets, x, n, cols, glu, cfg); break;
+    case GgmlType::Q4_0: launch<IdQ4_0>(s, targets, x, n, cols, glu, cfg, tail); break;
+    case GgmlType::Q4_1: launch<IdQ4_1>(s, targets, x, n, cols, glu, cfg, tail); break;
+    case GgmlType::Q5_0: launch<IdQ5_0>(s, targets, x, n, cols, glu, cfg, tail); break;
+    case GgmlType::Q8_0: launch<IdQ8_0>(s, targets, x, n, cols, glu, cfg, tail); break;
+    case GgmlType::Q4_K: launch<IdQ4_K>(s, targets, x, n, cols, glu, cfg, tail); break;
+    case GgmlType::Q6_K: launch<IdQ6_K>(s, targets, x, n, cols, glu, cfg, tail); break;
     default: return false;
   }
   return true;

@@ -8,6 +8,7 @@
 
 #include "activation.cuh"
 #include "ops_cuda.h"
+#include "tail.cuh"
 #include "warp.cuh"
 
 namespace tova {
@@ -15,6 +16,7 @@ namespace cuda {
 
 constexpr int kMvWarps = 4;  // warps per block
 constexpr int kMvRows = 8;   // input rows per pass over a weight row
+static_assert(kMvWarps * kWarp == kNormThreads, "a tail norms as the norm's own kernel does (tail.cuh)");
 
 // Warps per output row: 1, or 2 or 4 while the product's rows (all targets') give fewer than 32
 // warps a multiprocessor (sm_count of them; 0: never split) and each warp still has a unit of

@@ -5,6 +5,8 @@
 // the chunked kernel (matvec_cuda.cu) does not handle.
 #include <cuda_fp16.h>
 
+#include <cstring>
+
 #include "act_quant.cuh"
 #include "activation.cuh"
 #include "cuda_check.h"
@@ -14,6 +16,7 @@
 #include "matvec_cuda.h"
 #include "ops_cuda.h"
 #include "rope_pair.cuh"
+#include "tail.cuh"
 #include "warp.cuh"
 #include "with_type.cuh"
 
@@ -63,44 +66,10 @@ __global__ void embed_kernel(const uint8_t* w, size_t row_bytes, int64_t width, 
   }
 }
 
-// With `a`: x += a first (each thread updates, then reads back, its own elements), as the
-// separate add kernel would.
-// block 0: y alone; 32 or 256: y also quantized into q (act_quant.cuh: the bytes quantize_act
-// writes from y, read back by the warps after the block has written it).
+// One block a row (tail.cuh's norm_row): block 0 y alone; 32 or 256: y also quantized into q.
 __global__ void rms_norm_kernel(float* x, const float* a, const float* w, float* y, int64_t width, float eps,
                                 ActRows q, int block) {
-  float* xr = x + static_cast<int64_t>(blockIdx.x) * width;
-  float* yr = y + static_cast<int64_t>(blockIdx.x) * width;
-  __shared__ double part[kWarp];
-  double ss = 0.0;
-  if (a) {
-    const float* ar = a + static_cast<int64_t>(blockIdx.x) * width;
-    for (int64_t e = threadIdx.x; e < width; e += blockDim.x) xr[e] += ar[e];
-  }
-  for (int64_t e = threadIdx.x; e < width; e += blockDim.x) ss += static_cast<double>(xr[e]) * xr[e];
-  for (int o = kWarp / 2; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-  if (threadIdx.x % kWarp == 0) part[threadIdx.x / kWarp] = ss;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double t = 0.0;
-    for (int i = 0; i < static_cast<int>(blockDim.x / kWarp); ++i) t += part[i];
-    part[0] = t;
-  }
-  __syncthreads();
-  const float scale = static_cast<float>(1.0 / sqrt(part[0] / static_cast<double>(width) + eps));
-  for (int64_t e = threadIdx.x; e < width; e += blockDim.x) {
-    const float s = xr[e] * scale;
-    yr[e] = w ? s * w[e] : s;
-  }
-  if (block == 0) return;
-  __syncthreads();  // y of the whole row written
-  const int lane = threadIdx.x % kWarp;
-  for (int64_t b = threadIdx.x / kWarp; b < width / block; b += blockDim.x / kWarp) {
-    if (block == kQK)
-      quantize_q8_32(yr, q, blockIdx.x, b, lane);
-    else
-      quantize_q8_256(yr, q, blockIdx.x, b, lane);
-  }
+  norm_row(x, a, w, y, width, eps, q, block, blockIdx.x);
 }
 
 __global__ void rope_kernel(bool neox, RopeTarget t0, RopeTarget t1, int head_dim, int pairs, const float* cs,
@@ -131,6 +100,12 @@ __global__ void add_kernel(float* x, const float* y, int64_t count) {
     x[i] += y[i];
 }
 
+float eps_of(const Tail& t) {
+  float eps;
+  std::memcpy(&eps, &t.eps_bits, sizeof eps);
+  return eps;
+}
+
 unsigned grid_for(int64_t count, int threads) {
   const int64_t g = (count + threads - 1) / threads;
   return static_cast<unsigned>(g < 65535 ? (g < 1 ? 1 : g) : 65535);
@@ -143,13 +118,13 @@ bool matmul_supports(GgmlType t) {
 }
 
 void matmul(Queue s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n,
-            const MatConfig& cfg) {
+            const MatConfig& cfg, const Tail& tail) {
   if (targets.n < 1 || targets.n > kMaxTargets) throw Error(cat("CUDA matmul: ", targets.n, " targets"));
   const bool tiled = cfg.tiled_from > 0 && n >= cfg.tiled_from;
-  if (tiled && matmul_tiled(s, t, targets, cols, x, n)) return;  // matmul_tiled_cuda.cu
-  if (!tiled && matvec_int(s, t, targets, cols, x, n, 0, cfg)) return;  // 8-bit activations: matvec_int_cuda.cu
-  if (matvec(s, t, targets, cols, x, n, 0, cfg.sm_count)) return;  // the real models' types: matvec_cuda.cu
-  if (n <= 0 || targets.max_rows <= 0) return;
+  if (tiled && matmul_tiled(s, t, targets, cols, x, n)) return tail_apart(s, tail);  // matmul_tiled_cuda.cu
+  if (!tiled && matvec_int(s, t, targets, cols, x, n, 0, cfg, tail)) return;  // 8-bit activations: matvec_int_cuda.cu
+  if (matvec(s, t, targets, cols, x, n, 0, cfg.sm_count, tail)) return;  // the real models' types: matvec_cuda.cu
+  if (n <= 0 || targets.max_rows <= 0) return tail_apart(s, tail);
   const dim3 grid(static_cast<unsigned>((targets.max_rows + kMatWarps - 1) / kMatWarps),
                   static_cast<unsigned>(targets.n));
   const bool ok = with_type(t, [&](auto dq) {
@@ -157,18 +132,20 @@ void matmul(Queue s, GgmlType t, const MatTargets& targets, int64_t cols, const 
   });
   if (!ok) throw Error(cat("CUDA backend: no matrix kernel for type ", type_traits(t).name));
   check_launch(s, "matmul");
+  tail_apart(s, tail);
 }
 
 void matmul_glu(Queue s, GgmlType t, const MatTargets& targets, FfnActivation act, int64_t cols,
-                const float* x, int n, const MatConfig& cfg) {
+                const float* x, int n, const MatConfig& cfg, const Tail& tail) {
   if (targets.n != 2 || targets.t[0].rows != targets.t[1].rows)
     throw Error("CUDA matmul_glu: a gate and an up matrix of the same shape");
   const bool tiled = cfg.tiled_from > 0 && n >= cfg.tiled_from;  // then the two products, and act_mul
   const int glu = act == FfnActivation::GeluTanh ? 2 : 1;
-  if (!tiled && matvec_int(s, t, targets, cols, x, n, glu, cfg)) return;
-  if (!tiled && matvec(s, t, targets, cols, x, n, glu, cfg.sm_count)) return;
+  if (!tiled && matvec_int(s, t, targets, cols, x, n, glu, cfg, tail)) return;
+  if (!tiled && matvec(s, t, targets, cols, x, n, glu, cfg.sm_count, tail)) return;
   matmul(s, t, targets, cols, x, n, cfg);
   act_mul(s, act, targets.t[0].y, targets.t[1].y, static_cast<int64_t>(n) * targets.t[0].rows);
+  tail_apart(s, tail);
 }
 
 void embed(Queue s, GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, int n, float scale,
@@ -185,14 +162,14 @@ void embed(Queue s, GgmlType t, const uint8_t* w, size_t row_bytes, int64_t widt
 void rms_norm(Queue s, const float* x, const float* w, float* y, int64_t rows, int64_t width, float eps) {
   if (rows <= 0) return;
   // x is only read without an addend
-  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), 256, s)(const_cast<float*>(x), nullptr, w, y, width, eps,
+  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), kNormThreads, s)(const_cast<float*>(x), nullptr, w, y, width, eps,
                                                                     ActRows{}, 0);
   check_launch(s, "rms_norm");
 }
 
 void add_rms_norm(Queue s, float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps) {
   if (rows <= 0) return;
-  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), 256, s)(x, a, w, y, width, eps, ActRows{}, 0);
+  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), kNormThreads, s)(x, a, w, y, width, eps, ActRows{}, 0);
   check_launch(s, "add_rms_norm");
 }
 
@@ -201,7 +178,7 @@ void rms_norm_act(Queue s, float* x, const float* a, const float* w, float* y, i
   if (!cfg.act || !cfg.act_state) throw Error("CUDA rms_norm_act: no 8-bit buffer");
   const ActRows q = act_rows(t, static_cast<int>(rows), width, cfg.act, cfg.act_bytes);
   if (rows <= 0) return;
-  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), 256, s)(x, a, w, y, width, eps, q, act_block(t));
+  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), kNormThreads, s)(x, a, w, y, width, eps, q, act_block(t));
   check_launch(s, "rms_norm (quantized)");
   *cfg.act_state = ActState{y, static_cast<int>(rows), width, t};
 }
@@ -226,6 +203,46 @@ void add(Queue s, float* x, const float* y, int64_t count) {
   if (count <= 0) return;
   TOVA_LAUNCH(add_kernel, grid_for(count, 256), 256, s)(x, y, count);
   check_launch(s, "add");
+}
+
+void tail_apart(Queue s, const Tail& t) {
+  if (t.kind == Tail::None || t.rows <= 0) return;
+  if (t.kind == Tail::Quant) return quantize_rows(s, t.x, t.rows, t.q, t.quant_block);
+  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(t.rows), kNormThreads, s)(t.x, t.a, t.w, t.y, t.width, eps_of(t), t.q,
+                                                                      t.quant_block);
+  check_launch(s, "rms_norm");
+}
+
+Tail norm_tail(unsigned* counter, float* x, const float* a, const float* w, float* y, int rows, int64_t width,
+               float eps) {
+  Tail t;
+  t.counter = counter;
+  t.kind = Tail::Norm;
+  t.x = x;
+  t.a = a;
+  t.w = w;
+  t.y = y;
+  t.rows = rows;
+  t.width = width;
+  std::memcpy(&t.eps_bits, &eps, sizeof eps);
+  return t;
+}
+
+Tail quant_tail(unsigned* counter, const float* x, int rows, int64_t cols, ActType type, const MatConfig& cfg) {
+  Tail t;
+  t.counter = counter;
+  t.kind = Tail::Quant;
+  t.x = const_cast<float*>(x);  // read only
+  t.rows = rows;
+  t.width = cols;
+  quantize_output(t, type, cfg);
+  return t;
+}
+
+void quantize_output(Tail& t, ActType type, const MatConfig& cfg) {
+  if (!cfg.act) throw Error("CUDA tail: no 8-bit buffer");
+  t.q = act_rows(type, t.rows, t.width, cfg.act, cfg.act_bytes);
+  t.quant_block = act_block(type);
 }
 
 }  // namespace cuda

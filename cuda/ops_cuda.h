@@ -45,6 +45,18 @@ struct MatTargets {
 // of the quants) in blocks of 32; q8_K (float d and the sums of each 16 quants) in blocks of 256.
 enum class ActType { Q8_0, Q8_1, Q8_K };
 
+// n rows of `cols` quants (row i at q + i * cols) with, per block b of row i, d[i * nb + b] and
+// s[i * nb + b] (nb = cols / 32: q8_0 / q8_1; cols / 256: q8_K, whose s is unused), and for q8_K
+// the sums of 16 quants at bsum[i * cols / 16 + g]. Scales as floats, fp16-rounded where the CPU
+// stores fp16.
+struct ActRows {
+  int8_t* q = nullptr;
+  float* d = nullptr;
+  float* s = nullptr;
+  int* bsum = nullptr;
+  int64_t cols = 0;
+};
+
 // What the 8-bit buffer holds now: x (n rows of cols) quantized as `type`; x null: nothing
 // known. Set by whoever quantizes into it (a product, or the RMS norm that quantizes what it
 // writes); a product whose input it is reads it instead of quantizing again. Its owner clears
@@ -55,6 +67,29 @@ struct ActState {
   int64_t cols = 0;
   ActType type = ActType::Q8_0;
 };
+
+// What runs after a decode-step product in the product's own kernel (tail.cuh): its last block to
+// finish (counted on `counter`, zero between launches) takes the product's output and does what a
+// kernel of its own would have, one launch fewer (a graph node, and the gap before it, fewer).
+//   kind Norm: as rms_norm_act / add_rms_norm / rms_norm (x, a, w, y, rows, width, eps), and
+//              with quant_block 32 or 256 y also quantized into q (the bytes quantize_act writes);
+//   kind Quant: x's rows quantized into q (quantize_act), quant_block elements a block.
+// One block does the tail's rows one after another: for a few rows only (kTailRows).
+struct Tail {
+  enum Kind : int32_t { None = 0, Norm = 1, Quant = 2 };
+  unsigned* counter = nullptr;
+  float* x = nullptr;
+  const float* a = nullptr;
+  const float* w = nullptr;
+  float* y = nullptr;
+  int64_t width = 0;
+  int32_t rows = 0;
+  int32_t kind = None;
+  uint32_t eps_bits = 0;  // the norm's eps as bits (recorded arguments are compared as bytes)
+  int32_t quant_block = 0;
+  ActRows q;
+};
+constexpr int kTailRows = 4;
 
 // How the matrix products are launched (CudaBackend: from the device and the environment).
 struct MatConfig {
@@ -67,6 +102,7 @@ struct MatConfig {
   void* act = nullptr;
   size_t act_bytes = 0;
   ActState* act_state = nullptr;  // null: every product quantizes its input
+  bool tails = true;  // a decode step's product takes its output's norm or quantizer (Tail)
 };
 
 // y[i * rows + r] = W_r . x[i * cols ...] (+ bias[r]) for i < n and each target: weights in type
@@ -74,14 +110,28 @@ struct MatConfig {
 // float activations); the bias is added to the finished sum, as the CPU adds it. From
 // cfg.tiled_from input rows on the tiled kernel (matmul_tiled_cuda.h), which reads each weight
 // once for 64 input rows; below it, the kernels that read it once for up to 8.
+// tail: what the product's output then goes through (Tail), in the product's kernel where that
+// kernel takes tails (the decode kernels of matvec_cuda.h), else launched after it.
 void matmul(Queue s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n,
-            const MatConfig& cfg);
+            const MatConfig& cfg, const Tail& tail = Tail{});
 
 // The gated feed-forward's first product: gate.y = act(W_gate x) * (W_up x) (targets t[0] =
 // gate, t[1] = up, one type; up.y is scratch). One kernel that computes both rows of a warp's
 // output where the chunked kernel takes the type, else the two products and act_mul.
 void matmul_glu(Queue s, GgmlType t, const MatTargets& targets, FfnActivation act, int64_t cols,
-                const float* x, int n, const MatConfig& cfg);
+                const float* x, int n, const MatConfig& cfg, const Tail& tail = Tail{});
+
+// A tail launched as the kernels of its own it stands for (rms_norm / add_rms_norm / rms_norm_act;
+// quantize_act): the same floats and bytes.
+void tail_apart(Queue s, const Tail& t);
+// The norm of rms_norm / add_rms_norm (a null: none added) as a tail counted on `counter`
+// (device memory, zero); quantize_output adds rms_norm_act's quantization of y.
+Tail norm_tail(unsigned* counter, float* x, const float* a, const float* w, float* y, int rows, int64_t width,
+               float eps);
+// x (rows of cols) quantized as quantize_act does, as a tail.
+Tail quant_tail(unsigned* counter, const float* x, int rows, int64_t cols, ActType type, const MatConfig& cfg);
+// The tail's output (a norm's y, a quantizer's x: rows of width) quantized as `type` into cfg.act.
+void quantize_output(Tail& t, ActType type, const MatConfig& cfg);
 
 // x[i * width + e] = scale * W_{tokens[i]}[e] (tokens: device int32).
 void embed(Queue s, GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, int n, float scale,

@@ -493,6 +493,47 @@ def test_cuda_unchanged_steps_relaunch_their_graph(tmp_path, monkeypatch, policy
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.parametrize("float_activations", [False, True])
+def test_cuda_products_run_the_norm_or_quantizer_after_them(tmp_path, monkeypatch, float_activations):
+    """A decode step's product runs what takes its output next in its own kernel's last block
+    (cuda::Tail): the residual add and norm after the attention's output product and after the
+    down product (quantized there for the next product on the 8-bit path), and, on the 8-bit
+    path, the quantizer of the gated product's output for the down product. The logits equal,
+    bit for bit, those of the same kernels launched apart (TOVA_CUDA_TAILS=0), and so do the kept
+    positions; a step has 3 launches a layer fewer on the 8-bit path (2 with float activations),
+    but one: the last layer's down product is followed by an add, not a norm. Batches of 3
+    sequences (up to 4 rows take tails) and of 6 (launched apart) generate the same texts."""
+    path = tmp_path / "m.gguf"
+    n_layer = 3
+    write_llama_gguf(path, arch="qwen2", seed=31, weight_type="Q4_K", n_embd=256, n_ff=512, n_head=4, n_head_kv=2,
+                     n_layer=n_layer)
+    kw = dict(policy="tova", kv_size=8, n_seq=6, float_activations=float_activations)
+    with monkeypatch.context() as m:
+        m.setenv("TOVA_CUDA_TAILS", "0")
+        apart = tova.Engine(path, device="cuda", **kw)
+    fused = tova.Engine(path, device="cuda", **kw)
+    with apart, fused:
+        ids = _ids(28, fused.n_vocab, seed=31)
+        apart.eval(ids[:12])
+        fused.eval(ids[:12])
+        for i, t in enumerate(ids[12:]):
+            before = {e: e._e._backend_counters() for e in (apart, fused)}
+            assert np.array_equal(apart.eval([t]), fused.eval([t])), i
+            for layer in range(n_layer):
+                assert apart.kv_positions(layer).tolist() == fused.kv_positions(layer).tolist(), (i, layer)
+        step = {e: {k: v - before[e].get(k, 0) for k, v in e._e._backend_counters().items()} for e in (apart, fused)}
+        saved = (2 if float_activations else 3) * n_layer - 1
+        assert step[fused]["cuda_tails"] == saved, step[fused]
+        assert step[apart].get("cuda_tails", 0) == 0
+        assert step[apart]["cuda_graph_nodes"] - step[fused]["cuda_graph_nodes"] == saved, step
+        prompts = [_ids(n, fused.n_vocab, seed=n) for n in (3, 9, 14, 5, 11, 7)]
+        for batch in (prompts[:3], prompts):
+            texts = fused.generate_batch(batch, max_tokens=8, temperature=0, ignore_eos=True)
+            assert texts == apart.generate_batch(batch, max_tokens=8, temperature=0, ignore_eos=True)
+
+
+@pytest.mark.cuda
+@needs_gpu
 @pytest.mark.skipif(not tova._core._cuda_simulated(),
                     reason="breaks captures on purpose, which only the simulator can (tests/cuda_sim.sh runs it)")
 @pytest.mark.parametrize("policy,every", [("full", 3), ("tova", 3), ("tova", 1)])
