@@ -10,12 +10,15 @@
 // query quantized block by block; quantized values are decoded element by element.
 #include <cuda_fp16.h>
 
+#include "act_quant_cuda.h"
 #include "cuda_check.h"
 #include "hadamard.cuh"
 #include "kv_quant.cuh"
 #include "launch.cuh"
 #include "rope_pair.cuh"
 #include "ops_cuda.h"
+#include "policy_step.cuh"
+#include "tail.cuh"
 #include "warp.cuh"
 
 namespace tova {
@@ -24,6 +27,7 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 128;
+static_assert(kThreads == kPolicyThreads, "a row's last block runs its policy step (policy_step.cuh)");
 constexpr int kMaxHeadDim = 256;  // the weighted sum's registers and shared memory
 constexpr int kMaxGroup = 8;      // query heads per block (sharing one K/V head)
 
@@ -150,8 +154,9 @@ struct Scratch {
 // format f_lo) read through the run-time type. Scores of the block's slots for its heads, their
 // largest and sum of exponentials, and each tier's sum of values weighted by the exponentials.
 template <int kKey, int kValue>
-__global__ void attend_kernel(const KvFormat f, const KvFormat f_lo, const AttnDesc* rows, const int32_t* idx_all,
-                              int n_head, int group, int per_block, int head_dim, float scale, const Scratch sc) {
+__device__ __forceinline__ void attend_block(const KvFormat& f, const KvFormat& f_lo, const AttnDesc* rows,
+                                             const int32_t* idx_all, int n_head, int group, int per_block,
+                                             int head_dim, float scale, const Scratch& sc) {
   const AttnDesc r = rows[blockIdx.x];
   const Run run = run_of(r.n_idx, sc.max_runs, static_cast<int>(blockIdx.z));
   if (run.j0 >= run.j1) return;  // the whole block: this row has fewer runs
@@ -295,15 +300,14 @@ __global__ void attend_kernel(const KvFormat f, const KvFormat f_lo, const AttnD
   }
 }
 
-// Pass 2, a block per (row, query head): the runs' statistics give the softmax's largest score M
+// Pass 2 for query head h of row i (r): the runs' statistics give the softmax's largest score M
 // and sum L; the probabilities exp(score - M) / L written where the row asks for them; each
 // tier's output the runs' sums weighted by exp(m - M) / L, rotated back where the tier's values
-// are stored rotated (H is its own inverse), the lower tier's added to the upper's.
-__global__ void attend_combine_kernel(const KvFormat f, const KvFormat f_lo, const AttnDesc* rows, int n_head,
-                                      int head_dim, const Scratch sc, float* probs) {
-  const AttnDesc r = rows[blockIdx.x];
-  const int h = blockIdx.y;
-  const int64_t rh = static_cast<int64_t>(blockIdx.x) * n_head + h;
+// are stored rotated (H is its own inverse), the lower tier's added to the upper's. Every thread
+// of the block calls it.
+__device__ inline void combine_head(const KvFormat& f, const KvFormat& f_lo, const AttnDesc& r, int64_t i, int h,
+                                    int n_head, int head_dim, const Scratch& sc, float* probs) {
+  const int64_t rh = i * n_head + h;
   const int n_split = attn_splits(r.n_idx, sc.max_runs);
   const float* st = sc.stats + rh * sc.max_split * 2;
   __shared__ float weight[kAttnMaxRuns];
@@ -334,6 +338,36 @@ __global__ void attend_combine_kernel(const KvFormat f, const KvFormat f_lo, con
   __syncthreads();
   float* out = r.out + static_cast<int64_t>(h) * head_dim;
   for (int e = threadIdx.x; e < head_dim; e += kThreads) out[e] = tiered ? o[0][e] + o[1][e] : o[0][e];
+  __syncthreads();  // weight and o are rewritten for the next head
+}
+
+// Pass 2 as a kernel of its own: a block per (row, query head).
+__global__ void attend_combine_kernel(const KvFormat f, const KvFormat f_lo, const AttnDesc* rows, int n_head,
+                                      int head_dim, const Scratch sc, float* probs) {
+  const AttnDesc r = rows[blockIdx.x];
+  combine_head(f, f_lo, r, blockIdx.x, static_cast<int>(blockIdx.y), n_head, head_dim, sc, probs);
+}
+
+// What follows pass 1 in its kernel (AttnPost with counters): the row's last block combines
+// every head of the row, then runs the row's policy step and quantizes its output.
+__device__ inline void attend_post(const KvFormat& f, const KvFormat& f_lo, const AttnDesc* rows,
+                                   const int32_t* idx_all, int n_head, int head_dim, const Scratch& sc, float* probs,
+                                   const AttnPost& post) {
+  if (!last_block(post.counters + blockIdx.x, gridDim.y * gridDim.z)) return;
+  const AttnDesc r = rows[blockIdx.x];
+  for (int h = 0; h < n_head; ++h) combine_head(f, f_lo, r, blockIdx.x, h, n_head, head_dim, sc, probs);
+  if (post.means)
+    head_mean_row(r, n_head, 1.0f / static_cast<float>(n_head), probs, post.means, idx_all, post.victims);
+  if (post.quant_block) quantize_row(post.quant_x, post.q, post.quant_block, blockIdx.x);
+}
+
+// Pass 1, then (kPost) attend_post.
+template <int kKey, int kValue, bool kPost>
+__global__ void attend_kernel(const KvFormat f, const KvFormat f_lo, const AttnDesc* rows, const int32_t* idx_all,
+                              int n_head, int group, int per_block, int head_dim, float scale, const Scratch sc,
+                              float* probs, const AttnPost post) {
+  attend_block<kKey, kValue>(f, f_lo, rows, idx_all, n_head, group, per_block, head_dim, scale, sc);
+  if (kPost) attend_post(f, f_lo, rows, idx_all, n_head, head_dim, sc, probs, post);
 }
 
 // Positions "cache_index": block (row, KV head), warp w the keys j = w, w + kWarps, ... of it,
@@ -379,23 +413,32 @@ void rank_keys(Queue s, const KvFormat& f, const AttnDesc* rows, int n_rows, con
 
 namespace {
 
+// A launch's arguments (the kernel's parameters after its template's).
+struct AttendArgs {
+  KvFormat f, f_lo;
+  dim3 grid;
+  const AttnDesc* rows;
+  const int32_t* idx;
+  int n_head, group, per_block, head_dim;
+  float scale;
+  Scratch sc;
+  float* probs;
+  AttnPost post;
+};
+
 template <int kKey, int kValue>
-void launch_attend(Queue s, const KvFormat& f, const KvFormat& f_lo, dim3 grid, const AttnDesc* rows, const int32_t* idx, int n_head,
-                   int group, int per_block, int head_dim, float scale, const Scratch& sc) {
-  TOVA_LAUNCH((attend_kernel<kKey, kValue>), grid, kThreads, s)(f, f_lo, rows, idx, n_head, group, per_block, head_dim,
-                                                               scale, sc);
+void launch_attend(Queue s, const AttendArgs& a) {
+  auto* kernel = a.post.counters ? attend_kernel<kKey, kValue, true> : attend_kernel<kKey, kValue, false>;
+  TOVA_LAUNCH(kernel, a.grid, kThreads, s)(a.f, a.f_lo, a.rows, a.idx, a.n_head, a.group, a.per_block, a.head_dim,
+                                           a.scale, a.sc, a.probs, a.post);
 }
 
 template <int kKey>
-void launch_attend_v(KvKind value, Queue s, const KvFormat& f, const KvFormat& f_lo, dim3 grid, const AttnDesc* rows,
-                     const int32_t* idx, int n_head, int group, int per_block, int head_dim, float scale, const Scratch& sc) {
+void launch_attend_v(KvKind value, Queue s, const AttendArgs& a) {
   switch (value) {
-    case kKindF32:
-      return launch_attend<kKey, kKindF32>(s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, sc);
-    case kKindF16:
-      return launch_attend<kKey, kKindF16>(s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, sc);
-    case kKindQuant:
-      return launch_attend<kKey, kKindQuant>(s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, sc);
+    case kKindF32: return launch_attend<kKey, kKindF32>(s, a);
+    case kKindF16: return launch_attend<kKey, kKindF16>(s, a);
+    case kKindQuant: return launch_attend<kKey, kKindQuant>(s, a);
   }
 }
 
@@ -408,7 +451,8 @@ size_t attend_scratch_floats(int n_rows, int n_head, int head_dim, int max_idx, 
 }
 
 void attend(Queue s, const KvFormat& f, const KvFormat& f_lo, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head,
-            int n_head_kv, int head_dim, float scale, int max_idx, bool tiered, int max_runs, float* scratch, float* probs) {
+            int n_head_kv, int head_dim, float scale, int max_idx, bool tiered, int max_runs, float* scratch, float* probs,
+            const AttnPost& post) {
   if (n_rows <= 0) return;
   if (max_runs < 1 || max_runs > kAttnMaxRuns)
     throw Error(cat("CUDA attention: ", max_runs, " runs a row (1 to ", kAttnMaxRuns, ")"));
@@ -436,24 +480,25 @@ void attend(Queue s, const KvFormat& f, const KvFormat& f_lo, const AttnDesc* ro
   int per_block = 1;
   for (int d = 1; d <= kMaxGroup && d <= group; ++d)
     if (group % d == 0) per_block = d;
-  const dim3 grid(static_cast<unsigned>(n_rows), static_cast<unsigned>(n_head / per_block),
-                  static_cast<unsigned>(sc.max_split));
+  const AttendArgs a{f,         f_lo,     dim3(static_cast<unsigned>(n_rows), static_cast<unsigned>(n_head / per_block),
+                                          static_cast<unsigned>(sc.max_split)),
+                     rows,      idx,      n_head,
+                     group,     per_block, head_dim,
+                     scale,     sc,       probs,
+                     post};
   const KvKind value = kind_of(f.v);
   switch (kind_of(f.k)) {
-    case kKindF32:
-      launch_attend_v<kKindF32>(value, s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, sc);
-      break;
-    case kKindF16:
-      launch_attend_v<kKindF16>(value, s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, sc);
-      break;
-    case kKindQuant:
-      launch_attend_v<kKindQuant>(value, s, f, f_lo, grid, rows, idx, n_head, group, per_block, head_dim, scale, sc);
-      break;
+    case kKindF32: launch_attend_v<kKindF32>(value, s, a); break;
+    case kKindF16: launch_attend_v<kKindF16>(value, s, a); break;
+    case kKindQuant: launch_attend_v<kKindQuant>(value, s, a); break;
   }
   check_launch(s, "attend");
+  if (post.counters) return;  // the rest ran in the rows' last blocks
   const dim3 heads(static_cast<unsigned>(n_rows), static_cast<unsigned>(n_head));
   TOVA_LAUNCH(attend_combine_kernel, heads, kThreads, s)(f, f_lo, rows, n_head, head_dim, sc, probs);
   check_launch(s, "attend (combine)");
+  if (post.means) head_mean(s, rows, n_rows, n_head, 1.0f / static_cast<float>(n_head), probs, post.means, idx, post.victims);
+  if (post.quant_block) quantize_rows(s, post.quant_x, n_rows, post.q, post.quant_block);
 }
 
 }  // namespace cuda

@@ -98,8 +98,11 @@ class CudaBackend : public Backend {
       bufs_[b].reserve(bytes, "activation buffers", &stream_);
       check(cudaMemsetAsync(bufs_[b].get(), 0, bytes, stream_.eager()), "activation buffers");
     }
-    tail_counter_ = static_cast<unsigned*>(tail_counter_buf_.reserve(sizeof(unsigned), "tail counter", &stream_));
-    check(cudaMemsetAsync(tail_counter_, 0, sizeof(unsigned), stream_.eager()), "tail counter");
+    // The tails' counters: a product's, and the attention's one a row (cuda::Tail, AttnPost).
+    const size_t counters = (1 + static_cast<size_t>(max_rows)) * sizeof(unsigned);
+    tail_counter_ = static_cast<unsigned*>(tail_counter_buf_.reserve(counters, "tail counters", &stream_));
+    attn_counters_ = tail_counter_ + 1;
+    check(cudaMemsetAsync(tail_counter_, 0, counters, stream_.eager()), "tail counters");
     if (!float_activations) {
       mat_.act_bytes = cuda::act_rows_bytes(static_cast<int64_t>(widest), max_rows);
       mat_.act = act_.reserve(mat_.act_bytes, "8-bit activations", &stream_);
@@ -541,6 +544,7 @@ class CudaBackend : public Backend {
   } prod_;
   DeviceBuffer tail_counter_buf_;
   unsigned* tail_counter_ = nullptr;  // the blocks of a kernel with a tail that have finished
+  unsigned* attn_counters_ = nullptr;  // and of the attention, a row at a time (max_rows_ of them)
   uint64_t tails_ = 0, tails_quantized_ = 0;
   uint64_t norms_quantized_ = 0;
   std::vector<cuda::KvWrite> writes_;     // K/V rows not stored yet (write_kv)
@@ -721,6 +725,26 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
     flush_pending();
     return;
   }
+  // What comes back goes into pinned memory: the probabilities and head means by copies in stream
+  // order (the device buffers are rewritten by the next layer's call, after these copies), the
+  // victims written there by the kernel that selects them (pinned memory is the device's to
+  // address under unified addressing): no copy a layer on the path of a decode step.
+  // flush_host() waits once and scatters them. Taken before this call's uploads: making room
+  // waits for the stream, which then forgets what was staged.
+  static_assert(sizeof(float) == sizeof(int32_t), "the victims follow the floats in the readback");
+  const size_t bytes = static_cast<size_t>(n_full + n_mean_back + n_victims) * sizeof(float);
+  float* host = nullptr;
+  if (n_probs > 0) {
+    if (!pending_.empty() && !readback_.fits(bytes)) {
+      // Full mid-step: wait this once, and make room for a whole step of them next time.
+      const size_t need = readback_.used() + bytes;
+      flush_host();
+      readback_.grow(2 * need, "probabilities");
+    }
+    host = static_cast<float*>(readback_.take(bytes, "probabilities"));
+    policy_bytes_ += bytes;
+  }
+  auto* host_victims = reinterpret_cast<int32_t*>(host + n_full + n_mean_back);
   // The demotions and K/V rows to store, the attention rows and their slot lists in one copy;
   // the slots moved and the rows stored (two launches) before the attention reads them.
   static_assert(sizeof(cuda::KvDemote) % alignof(cuda::KvWrite) == 0 &&
@@ -746,34 +770,23 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
       "attention scratch", &stream_));
   auto* probs = static_cast<float*>(attn_probs_.reserve(static_cast<size_t>(std::max<int64_t>(n_probs, 1)) *
                                                             sizeof(float), "attention probabilities", &stream_));
-  cuda::attend(op(), format, lo_format, d_desc, n_rows, d_idx, shape.n_head, shape.n_head_kv, shape.head_dim, shape.scale, max_idx,
-               tiered, attn_runs_, scratch, probs);
-  if (n_probs == 0) return;
-  // What comes back goes into pinned memory: the probabilities and head means by copies in stream
-  // order (the device buffers are rewritten by the next layer's call, after these copies), the
-  // victims written there by the kernel that selects them (pinned memory is the device's to
-  // address under unified addressing): no copy a layer on the path of a decode step.
-  // flush_host() waits once and scatters them.
-  static_assert(sizeof(float) == sizeof(int32_t), "the victims follow the floats in the readback");
-  const size_t bytes = static_cast<size_t>(n_full + n_mean_back + n_victims) * sizeof(float);
-  if (!pending_.empty() && !readback_.fits(bytes)) {
-    // Full mid-step: wait this once, and make room for a whole step of them next time.
-    const size_t need = readback_.used() + bytes;
-    flush_host();
-    readback_.grow(2 * need, "probabilities");
-  }
-  auto* host = static_cast<float*>(readback_.take(bytes, "probabilities"));
-  policy_bytes_ += bytes;
-  auto* host_victims = reinterpret_cast<int32_t*>(host + n_full + n_mean_back);
+  // The runs combined, the head means and the policies' steps in the attention's kernel (the
+  // rows' last blocks), unless TOVA_CUDA_TAILS=0.
+  cuda::AttnPost post;
+  post.counters = mat_.tails ? attn_counters_ : nullptr;
+  float* means = nullptr;
   if (n_mean > 0) {
-    auto* means = static_cast<float*>(
+    means = static_cast<float*>(
         attn_means_.reserve(static_cast<size_t>(n_mean) * sizeof(float), "attention means", &stream_));
-    cuda::head_mean(op(), d_desc, n_rows, shape.n_head, 1.0f / static_cast<float>(shape.n_head), probs, means, d_idx,
-                    n_victims > 0 ? host_victims : nullptr);
-    if (n_mean_back > 0)
-      cuda::copy_async(stream_.op(), host + n_full, means, static_cast<size_t>(n_mean_back) * sizeof(float),
-                       cudaMemcpyDeviceToHost, "probabilities");
+    post.means = means;
+    post.victims = n_victims > 0 ? host_victims : nullptr;
   }
+  cuda::attend(op(), format, lo_format, d_desc, n_rows, d_idx, shape.n_head, shape.n_head_kv, shape.head_dim, shape.scale, max_idx,
+               tiered, attn_runs_, scratch, probs, post);
+  if (n_probs == 0) return;
+  if (n_mean_back > 0)
+    cuda::copy_async(stream_.op(), host + n_full, means, static_cast<size_t>(n_mean_back) * sizeof(float),
+                     cudaMemcpyDeviceToHost, "probabilities");
   if (n_full > 0)
     cuda::copy_async(stream_.op(), host, probs, static_cast<size_t>(n_full) * sizeof(float), cudaMemcpyDeviceToHost,
                      "probabilities");

@@ -10,6 +10,7 @@
 #include "cpu/attention_cpu.h"
 #include "cpu/kv_cpu.h"
 #include "cpu/thread_pool.h"
+#include "act_quant_cuda.h"
 #include "kernel_check.h"
 #include "rope.h"
 
@@ -325,7 +326,7 @@ void check_attention(std::mt19937& rng, std::vector<std::string>& bad) {
       const void* v_dev = to_device(bv, tier_bytes(false, 0));
       const void* kl_dev = c.n_lo ? to_device(bkl, tier_bytes(true, 1)) : nullptr;
       const void* vl_dev = c.n_lo ? to_device(bvl, tier_bytes(false, 1)) : nullptr;
-      int64_t probs_at = 0, ranked_at = 0;
+      int64_t probs_at = 0, ranked_at = 0, means_at = 0;
       int max_idx = 1;
       for (int i = 0; i < n_rows; ++i) {
         cuda::AttnDesc& g = descs[static_cast<size_t>(i)];
@@ -341,6 +342,8 @@ void check_attention(std::mt19937& rng, std::vector<std::string>& bad) {
         g.out = out_dev + static_cast<size_t>(i) * sh.n_head * d;
         g.probs_off = probs_at;
         probs_at += static_cast<int64_t>(sh.n_head) * sizes[i];
+        g.mean_off = means_at;  // the head means (AttnPost)
+        means_at += sizes[i];
         if (c.by_rank) {
           g.ranked = ranked + ranked_at;
           ranked_at += static_cast<int64_t>(sh.n_head_kv) * sizes[i] * d;
@@ -356,15 +359,44 @@ void check_attention(std::mt19937& rng, std::vector<std::string>& bad) {
       const int32_t* i_dev = to_device(bi, idx_all);
       const cuda::KvFormat f = cuda::kv_format(lo), f_lo = cuda::kv_format(lo.lo);
       if (c.by_rank) cuda::rank_keys(0, f, d_dev, n_rows, i_dev, sh.n_head_kv, d, cs_dev, sn_dev);
+      // What follows the runs (AttnPost): the head means and the outputs quantized, in kernels of
+      // their own and in the rows' last blocks, the same floats and bytes.
+      const int64_t width = static_cast<int64_t>(sh.n_head) * d;
+      const size_t act_bytes = cuda::act_rows_bytes(width, n_rows);
+      DeviceBuffer bm, ba, bc;
+      auto* counters = static_cast<unsigned*>(bc.reserve(n_rows * sizeof(unsigned), "kernel check"));
+      check(cudaMemset(counters, 0, n_rows * sizeof(unsigned)), "kernel check");
       for (int runs : {cuda::kAttnMaxRuns, 3, 1}) {  // the default, a bound that cuts, one block per row
-        check(cudaMemset(out_dev, 0, q.size() * sizeof(float)), "kernel check");  // written anew by this run
-        float* probs_dev = to_device(bp, std::vector<float>(static_cast<size_t>(probs_at), 0.0f));
-        float* scratch = to_device(
-            bs, std::vector<float>(cuda::attend_scratch_floats(n_rows, sh.n_head, d, max_idx, c.n_lo > 0, runs), 0.0f));
-        cuda::attend(0, f, f_lo, d_dev, n_rows, i_dev, sh.n_head, sh.n_head_kv, d, shape.scale, max_idx, c.n_lo > 0, runs,
-                     scratch, probs_dev);
-        const std::vector<float> out_gpu = to_host(out_dev, q.size());
-        const std::vector<float> probs_gpu = to_host(probs_dev, static_cast<size_t>(probs_at));
+        std::vector<float> outs[2], probs[2], means[2];
+        std::vector<uint8_t> acts[2];
+        for (int fused = 0; fused < 2; ++fused) {
+          check(cudaMemset(out_dev, 0, q.size() * sizeof(float)), "kernel check");  // written anew by this run
+          float* probs_dev = to_device(bp, std::vector<float>(static_cast<size_t>(probs_at), 0.0f));
+          float* scratch = to_device(
+              bs, std::vector<float>(cuda::attend_scratch_floats(n_rows, sh.n_head, d, max_idx, c.n_lo > 0, runs), 0.0f));
+          cuda::AttnPost post;
+          post.counters = fused ? counters : nullptr;
+          post.means = to_device(bm, std::vector<float>(static_cast<size_t>(means_at), 0.0f));
+          void* act = ba.reserve(act_bytes, "kernel check");
+          check(cudaMemset(act, 0, act_bytes), "kernel check");
+          post.quant_x = out_dev;
+          post.q = cuda::act_rows(cuda::ActType::Q8_0, n_rows, width, act, act_bytes);
+          post.quant_block = cuda::act_block(cuda::ActType::Q8_0);
+          cuda::attend(0, f, f_lo, d_dev, n_rows, i_dev, sh.n_head, sh.n_head_kv, d, shape.scale, max_idx, c.n_lo > 0,
+                       runs, scratch, probs_dev, post);
+          outs[fused] = to_host(out_dev, q.size());
+          probs[fused] = to_host(probs_dev, static_cast<size_t>(probs_at));
+          means[fused] = to_host(post.means, static_cast<size_t>(means_at));
+          acts[fused] = to_host(static_cast<const uint8_t*>(act), act_bytes);
+        }
+        if (outs[0] != outs[1] || probs[0] != probs[1] || means[0] != means[1] || acts[0] != acts[1] ||
+            to_host(counters, static_cast<size_t>(n_rows)) != std::vector<unsigned>(static_cast<size_t>(n_rows), 0u))
+          bad.push_back(cat("attend ", c.name, " heads ", sh.n_head, "/", sh.n_head_kv, " head_dim ", d, " runs ", runs,
+                            ": the rows' last blocks differ from the kernels apart (out ", outs[0] != outs[1],
+                            ", probabilities ", probs[0] != probs[1], ", means ", means[0] != means[1], ", 8-bit ",
+                            acts[0] != acts[1], ") or left a counter set"));
+        const std::vector<float>& out_gpu = outs[1];
+        const std::vector<float>& probs_gpu = probs[1];
         float worst_out = 0.0f, worst_p = 0.0f, scale_out = 0.0f;
         for (float v : out_cpu) scale_out = std::max(scale_out, std::fabs(v));
         for (size_t e = 0; e < out_cpu.size(); ++e) worst_out = std::max(worst_out, std::fabs(out_gpu[e] - out_cpu[e]));

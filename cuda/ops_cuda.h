@@ -224,6 +224,22 @@ struct KvDemote {
 void demote_kv(Queue s, const KvFormat& hi, const KvFormat& lo, const KvDemote* demotes, int n, int n_head_kv,
                int head_dim);
 
+// What the attention does after a row's slots are attended (in the row's last block of the
+// attention's kernel, as a Tail: tail.cuh, where `counters` is set, [n_rows] zeros; else in
+// kernels of their own): the runs combined, then, where `means` is set, each row's head mean and
+// policy step (head_mean's means and victims), then, where quant_block is 32 or 256, the rows'
+// outputs (row i at quant_x + i * q.cols: the host checks) quantized into q for the product
+// that takes them.
+struct AttnPost {
+  unsigned* counters = nullptr;
+  float* means = nullptr;
+  int32_t* victims = nullptr;
+  const float* quant_x = nullptr;
+  ActRows q;
+  int32_t quant_block = 0;
+  int32_t unused = 0;
+};
+
 // One query row of the attention, for every head (attention_cuda.cu).
 struct AttnDesc {
   const void* k = nullptr;  // the layer's K: [n_head_kv][n_hi] rows (KvFormat), the upper tier
@@ -267,13 +283,15 @@ void rank_keys(Queue s, const KvFormat& f, const AttnDesc* rows, int n_rows, con
 // vec_dot_type), rotated keys met by a query rotated alike, each tier's weighted sum of values
 // apart, a rotated tier's sum rotated back, then added (the CPU's order).
 // A row's slots are attended in runs (64 slots or more, max_runs at most, a count that depends
-// on the row's n_idx alone) by blocks of their own, then combined (two launches). max_idx: at
+// on the row's n_idx alone) by blocks of their own, then combined (AttnPost: by the row's last
+// block, else a second launch). max_idx: at
 // least the rows' largest n_idx (a larger bound changes nothing but the scratch's strides, and
 // the launch only where it has more runs); tiered: some row has a lower tier; scratch:
 // attend_scratch_floats(n_rows, n_head, head_dim, max_idx, tiered, max_runs) floats.
 constexpr int kAttnMaxRuns = 16;
 void attend(Queue s, const KvFormat& f, const KvFormat& f_lo, const AttnDesc* rows, int n_rows, const int32_t* idx, int n_head, int n_head_kv,
-            int head_dim, float scale, int max_idx, bool tiered, int max_runs, float* scratch, float* probs);
+            int head_dim, float scale, int max_idx, bool tiered, int max_runs, float* scratch, float* probs,
+            const AttnPost& post);
 size_t attend_scratch_floats(int n_rows, int n_head, int head_dim, int max_idx, bool tiered, int max_runs);
 // For the rows with mean_off >= 0: means[mean_off + j] = (sum over h in order of
 // probs[probs_off + h * n_idx + j]) * inv_head, the host's arithmetic (kv_attention.cpp); for

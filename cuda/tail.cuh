@@ -73,14 +73,14 @@ __device__ inline void quantize_row(const float* x, ActRows q, int block, int64_
   }
 }
 
-// True in the block that finishes last, once the writes of every block are visible to it.
-// Every thread of every block of the grid calls it, after its last write.
-__device__ inline bool last_block(unsigned* counter) {
+// True in the block that finishes last of the `blocks` counted on `counter`, once the writes of
+// every one of them are visible to it. Every thread of each of those blocks calls it, after its
+// last write.
+__device__ inline bool last_block(unsigned* counter, unsigned blocks) {
   __shared__ unsigned is_last;
   __threadfence();  // this thread's writes, before its block counts itself done
   __syncthreads();
   if (threadIdx.x == 0) {
-    const unsigned blocks = gridDim.x * gridDim.y * gridDim.z;
     is_last = atomicAdd(counter, 1u) == blocks - 1 ? 1u : 0u;
     if (is_last) atomicExch(counter, 0u);  // every block has counted: ready for the next launch
   }
@@ -94,7 +94,7 @@ __device__ inline bool last_block(unsigned* counter) {
 // The tail of a kernel (Tail, ops_cuda.h), run by its last block. Every thread of every block
 // calls it at the kernel's end.
 __device__ inline void run_tail(const Tail& t) {
-  if (t.kind == Tail::None || !last_block(t.counter)) return;
+  if (t.kind == Tail::None || !last_block(t.counter, gridDim.x * gridDim.y * gridDim.z)) return;
 #pragma unroll 1
   for (int64_t i = 0; i < t.rows; ++i) {
     if (t.kind == Tail::Norm)

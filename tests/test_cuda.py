@@ -498,11 +498,13 @@ def test_cuda_products_run_the_norm_or_quantizer_after_them(tmp_path, monkeypatc
     """A decode step's product runs what takes its output next in its own kernel's last block
     (cuda::Tail): the residual add and norm after the attention's output product and after the
     down product (quantized there for the next product on the 8-bit path), and, on the 8-bit
-    path, the quantizer of the gated product's output for the down product. The logits equal,
-    bit for bit, those of the same kernels launched apart (TOVA_CUDA_TAILS=0), and so do the kept
-    positions; a step has 3 launches a layer fewer on the 8-bit path (2 with float activations),
-    but one: the last layer's down product is followed by an add, not a norm. Batches of 3
-    sequences (up to 4 rows take tails) and of 6 (launched apart) generate the same texts."""
+    path, the quantizer of the gated product's output for the down product. The attention's
+    kernel combines a row's runs and runs TOVA's step (head mean, victims) in the row's last
+    block (cuda::AttnPost). The logits equal, bit for bit, those of the same kernels launched
+    apart (TOVA_CUDA_TAILS=0), and so do the kept positions; a step has 5 launches a layer fewer
+    on the 8-bit path (4 with float activations), but one: the last layer's down product is
+    followed by an add, not a norm. Batches of 3 sequences (up to 4 rows take the products'
+    tails) and of 6 (those launched apart) generate the same texts."""
     path = tmp_path / "m.gguf"
     n_layer = 3
     write_llama_gguf(path, arch="qwen2", seed=31, weight_type="Q4_K", n_embd=256, n_ff=512, n_head=4, n_head_kv=2,
@@ -525,7 +527,8 @@ def test_cuda_products_run_the_norm_or_quantizer_after_them(tmp_path, monkeypatc
         saved = (2 if float_activations else 3) * n_layer - 1
         assert step[fused]["cuda_tails"] == saved, step[fused]
         assert step[apart].get("cuda_tails", 0) == 0
-        assert step[apart]["cuda_graph_nodes"] - step[fused]["cuda_graph_nodes"] == saved, step
+        # and the attention's combine and head-mean kernels
+        assert step[apart]["cuda_graph_nodes"] - step[fused]["cuda_graph_nodes"] == saved + 2 * n_layer, step
         prompts = [_ids(n, fused.n_vocab, seed=n) for n in (3, 9, 14, 5, 11, 7)]
         for batch in (prompts[:3], prompts):
             texts = fused.generate_batch(batch, max_tokens=8, temperature=0, ignore_eos=True)
