@@ -124,6 +124,7 @@ class CudaBackend : public Backend {
 
   // Deferred with the K/V writes (before them: a demotion reads the slot a write then fills).
   void demote_kv(KvPayload& payload, int layer, int src, int dst) override {
+    if (attn_.on) flush_attend();
     if (prod_.on) flush_product();
     if (norm_.on) flush_norm();
     if (rope_.n_targets > 0) flush_rope();  // as write_kv: whatever is stored first is rotated
@@ -208,6 +209,7 @@ class CudaBackend : public Backend {
   // The queries' rotation waits for the keys' (forward.cpp rotates both at the same positions, one
   // after the other): one launch for both. Any other operation launches it first (op()).
   void rope(const Rope& r, float* x, int n, int n_heads, int head_dim, const int64_t* positions) override {
+    if (attn_.on) flush_attend();
     if (prod_.on) flush_product();
     const bool pairs_up = rope_.n_targets == 1 && rope_.rope == &r && rope_.positions == positions && rope_.n == n &&
                           rope_.head_dim == head_dim;
@@ -273,6 +275,7 @@ class CudaBackend : public Backend {
   // other operation stores them first (op()).
   void write_kv(KvPayload& payload, int layer, const int32_t* slots, int n, const float* k,
                 const float* v) override {
+    if (attn_.on) flush_attend();
     if (prod_.on) flush_product();
     if (norm_.on) flush_norm();
     if (rope_.n_targets > 0) flush_rope();  // the rows stored are the rotated ones
@@ -325,7 +328,8 @@ class CudaBackend : public Backend {
     return stream_.op();
   }
   void flush_pending() {
-    if (prod_.on) flush_product();          // deferred first (with the norm it takes, if any)
+    if (attn_.on) flush_attend();           // deferred first (nothing is deferred with it)
+    if (prod_.on) flush_product();          // then (with the norm it takes, if any)
     if (norm_.on) flush_norm();             // (nothing is deferred after it but a rotation)
     if (rope_.n_targets > 0) flush_rope();  // then: the K/V rows to store are the rotated ones
     if (!writes_.empty() || !demotes_.empty()) flush_writes();
@@ -379,6 +383,7 @@ class CudaBackend : public Backend {
   // a pending norm that wrote x launched as the kernel that quantizes it for this product, where
   // the product takes the integer path (else op() launches the plain norm).
   void norm_for_product(const float* x, int n, const Matrix& w) {
+    if (attn_.on && quantized_by_attention(x, n, w)) return;
     if (prod_.on && quantized_by_product(x, n, w)) return;
     act_state_ = cuda::ActState{};
     if (!norm_.on || norm_.y != x || norm_.rows != n || norm_.width != w.cols || !mat_.act ||
@@ -414,6 +419,37 @@ class CudaBackend : public Backend {
     act_state_ = cuda::ActState{x, n, w.cols, cuda::matvec_int_act(w.type)};
     ++tails_quantized_;
     return true;
+  }
+  // Whether this product's input is the pending attention's output, quantized by the attention's
+  // rows' last blocks (AttnPost): the attention launched either way.
+  bool quantized_by_attention(const float* x, int n, const Matrix& w) {
+    const bool q8 = mat_.act && cuda::matvec_int_supports(w.type) && (mat_.tiled_from == 0 || n < mat_.tiled_from);
+    const bool fits = q8 && attn_.out == x && attn_.n_rows == n && attn_.width == w.cols &&
+                      w.cols % cuda::act_block(cuda::matvec_int_act(w.type)) == 0;
+    if (fits) {
+      const cuda::ActType t = cuda::matvec_int_act(w.type);
+      attn_.post.quant_x = x;
+      attn_.post.q = cuda::act_rows(t, n, w.cols, mat_.act, mat_.act_bytes);
+      attn_.post.quant_block = cuda::act_block(t);
+    }
+    flush_attend();
+    if (!fits) return false;
+    act_state_ = cuda::ActState{x, n, w.cols, cuda::matvec_int_act(w.type)};
+    ++tails_quantized_;
+    return true;
+  }
+  // The attention and the copies back after it.
+  void flush_attend() {
+    attn_.on = false;
+    const PendingAttend& a = attn_;
+    cuda::attend(stream_.op(), a.format, a.lo_format, a.desc, a.n_rows, a.idx, a.shape.n_head, a.shape.n_head_kv,
+                 a.shape.head_dim, a.shape.scale, a.max_idx, a.tiered, attn_runs_, a.scratch, a.probs, a.post);
+    if (a.mean_back_bytes > 0)
+      cuda::copy_async(stream_.op(), a.host + a.n_full, a.post.means, a.mean_back_bytes, cudaMemcpyDeviceToHost,
+                       "probabilities");
+    if (a.n_full > 0)
+      cuda::copy_async(stream_.op(), a.host, a.probs, static_cast<size_t>(a.n_full) * sizeof(float),
+                       cudaMemcpyDeviceToHost, "probabilities");
   }
   // A decode step's product (a target, or glu's two) waits for what follows (prod_); false: launch it now.
   bool defer_product(GgmlType type, const cuda::MatTargets& ts, int64_t cols, const float* x, int n, bool glu,
@@ -532,6 +568,24 @@ class CudaBackend : public Backend {
     float eps = 0.0f;
     bool tail = false;  // of the pending product (prod_), whose output it takes
   } norm_;
+  struct PendingAttend {  // an attention not launched yet (attend, flush_attend)
+    bool on = false;
+    cuda::KvFormat format, lo_format;
+    const cuda::AttnDesc* desc = nullptr;
+    int n_rows = 0;
+    const int32_t* idx = nullptr;
+    AttnShape shape;
+    int max_idx = 0;
+    bool tiered = false;
+    float* scratch = nullptr;
+    float* probs = nullptr;
+    cuda::AttnPost post;
+    const float* out = nullptr;  // row i's output at out + i * width; null: not so (no quantization)
+    int64_t width = 0;
+    float* host = nullptr;       // the probabilities (n_full floats), then the head means coming back
+    int64_t n_full = 0;
+    size_t mean_back_bytes = 0;
+  } attn_;
   struct PendingProduct {  // a decode step's product not launched yet (defer_product)
     bool on = false;
     bool glu = false;  // matmul_glu (targets gate, up), else matmul (one target)
@@ -621,6 +675,7 @@ void CudaBackend::upload_weights() {
 }
 
 void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows) {
+  if (attn_.on) flush_attend();
   if (prod_.on) flush_product();
   if (norm_.on) flush_norm();
   if (rope_.n_targets > 0) flush_rope();  // the queries and keys read are the rotated ones
@@ -781,15 +836,18 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
     post.means = means;
     post.victims = n_victims > 0 ? host_victims : nullptr;
   }
-  cuda::attend(op(), format, lo_format, d_desc, n_rows, d_idx, shape.n_head, shape.n_head_kv, shape.head_dim, shape.scale, max_idx,
-               tiered, attn_runs_, scratch, probs, post);
+  // Launched when the next operation comes (flush_attend): a product of the rows' outputs (all
+  // rows one after another in one buffer) then has them quantized by the attention's kernel.
+  flush_pending();
+  attn_ = PendingAttend{true, format, lo_format, d_desc, n_rows, d_idx, shape, max_idx, tiered, scratch, probs, post,
+                        nullptr, static_cast<int64_t>(shape.n_head) * shape.head_dim, host, n_full,
+                        static_cast<size_t>(n_mean_back) * sizeof(float)};
+  if (mat_.tails) {
+    attn_.out = descs_[0].out;
+    for (int i = 1; i < n_rows && attn_.out; ++i)
+      if (descs_[static_cast<size_t>(i)].out != attn_.out + i * attn_.width) attn_.out = nullptr;
+  }
   if (n_probs == 0) return;
-  if (n_mean_back > 0)
-    cuda::copy_async(stream_.op(), host + n_full, means, static_cast<size_t>(n_mean_back) * sizeof(float),
-                     cudaMemcpyDeviceToHost, "probabilities");
-  if (n_full > 0)
-    cuda::copy_async(stream_.op(), host, probs, static_cast<size_t>(n_full) * sizeof(float), cudaMemcpyDeviceToHost,
-                     "probabilities");
   for (int i = 0; i < n_rows; ++i) {
     const AttnRow& r = rows[i];
     const cuda::AttnDesc& d = descs_[static_cast<size_t>(i)];

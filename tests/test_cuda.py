@@ -499,11 +499,12 @@ def test_cuda_products_run_the_norm_or_quantizer_after_them(tmp_path, monkeypatc
     (cuda::Tail): the residual add and norm after the attention's output product and after the
     down product (quantized there for the next product on the 8-bit path), and, on the 8-bit
     path, the quantizer of the gated product's output for the down product. The attention's
-    kernel combines a row's runs and runs TOVA's step (head mean, victims) in the row's last
-    block (cuda::AttnPost). The logits equal, bit for bit, those of the same kernels launched
-    apart (TOVA_CUDA_TAILS=0), and so do the kept positions; a step has 5 launches a layer fewer
-    on the 8-bit path (4 with float activations), but one: the last layer's down product is
-    followed by an add, not a norm. Batches of 3 sequences (up to 4 rows take the products'
+    kernel combines a row's runs, runs TOVA's step (head mean, victims) and, on the 8-bit path,
+    quantizes its output for the next product in the row's last block (cuda::AttnPost). The
+    logits equal, bit for bit, those of the same kernels launched apart (TOVA_CUDA_TAILS=0), and
+    so do the kept positions; a step has 6 launches a layer fewer on the 8-bit path (4 with
+    float activations), but one: the last layer's down product is followed by an add, not a
+    norm. Batches of 3 sequences (up to 4 rows take the products'
     tails) and of 6 (those launched apart) generate the same texts."""
     path = tmp_path / "m.gguf"
     n_layer = 3
@@ -526,9 +527,12 @@ def test_cuda_products_run_the_norm_or_quantizer_after_them(tmp_path, monkeypatc
         step = {e: {k: v - before[e].get(k, 0) for k, v in e._e._backend_counters().items()} for e in (apart, fused)}
         saved = (2 if float_activations else 3) * n_layer - 1
         assert step[fused]["cuda_tails"] == saved, step[fused]
+        # (the attention output quantized for the product after it, a layer; the products: all but one)
+        assert step[fused]["cuda_tails_quantized"] == (0 if float_activations else 4 * n_layer - 1), step[fused]
         assert step[apart].get("cuda_tails", 0) == 0
-        # and the attention's combine and head-mean kernels
-        assert step[apart]["cuda_graph_nodes"] - step[fused]["cuda_graph_nodes"] == saved + 2 * n_layer, step
+        # and the attention's combine, head-mean and (8-bit path) quantizer kernels
+        attn = (2 if float_activations else 3) * n_layer
+        assert step[apart]["cuda_graph_nodes"] - step[fused]["cuda_graph_nodes"] == saved + attn, step
         prompts = [_ids(n, fused.n_vocab, seed=n) for n in (3, 9, 14, 5, 11, 7)]
         for batch in (prompts[:3], prompts):
             texts = fused.generate_batch(batch, max_tokens=8, temperature=0, ignore_eos=True)
