@@ -127,7 +127,7 @@ class CudaBackend : public Backend {
     if (attn_.on) flush_attend();
     if (prod_.on) flush_product();
     if (norm_.on) flush_norm();
-    if (rope_.n_targets > 0) flush_rope();  // as write_kv: whatever is stored first is rotated
+    // (a pending rotation stays so: a demotion moves stored rows, never the step's own)
     auto& kv = static_cast<CudaKv&>(payload);
     pend_stores(kv);
     cuda::KvDemote d;
@@ -207,7 +207,8 @@ class CudaBackend : public Backend {
   }
 
   // The queries' rotation waits for the keys' (forward.cpp rotates both at the same positions, one
-  // after the other): one launch for both. Any other operation launches it first (op()).
+  // after the other): one launch for both; and both wait for the K/V write of those keys, which
+  // does them (launch_stores). Any other operation launches it first (op()).
   void rope(const Rope& r, float* x, int n, int n_heads, int head_dim, const int64_t* positions) override {
     if (attn_.on) flush_attend();
     if (prod_.on) flush_product();
@@ -235,10 +236,7 @@ class CudaBackend : public Backend {
     }
     const float* d = a.dev;
     rope_.targets[rope_.n_targets++] = {x, n_heads};
-    if (pairs_up) {
-      flush_rope();
-      return;
-    }
+    if (pairs_up) return;  // both wait: for the K/V write of the keys (launch_stores), or any other operation
     rope_.rope = &r;
     rope_.positions = positions;
     rope_.n = n;
@@ -278,7 +276,7 @@ class CudaBackend : public Backend {
     if (attn_.on) flush_attend();
     if (prod_.on) flush_product();
     if (norm_.on) flush_norm();
-    if (rope_.n_targets > 0) flush_rope();  // the rows stored are the rotated ones
+    // (a pending rotation stays so: launch_stores has the write do it, or launches it first)
     auto& kv = static_cast<CudaKv&>(payload);
     const KvLayout& lo = kv.layout();
     pend_stores(kv);
@@ -318,6 +316,7 @@ class CudaBackend : public Backend {
             {"cuda_norms_quantized", norms_quantized_},
             {"cuda_tails", tails_},
             {"cuda_tails_quantized", tails_quantized_},
+            {"cuda_ropes_in_writes", ropes_in_writes_},
             {"cuda_policy_bytes_to_host", policy_bytes_}};
   }
 
@@ -331,8 +330,8 @@ class CudaBackend : public Backend {
     if (attn_.on) flush_attend();           // deferred first (nothing is deferred with it)
     if (prod_.on) flush_product();          // then (with the norm it takes, if any)
     if (norm_.on) flush_norm();             // (nothing is deferred after it but a rotation)
-    if (rope_.n_targets > 0) flush_rope();  // then: the K/V rows to store are the rotated ones
-    if (!writes_.empty() || !demotes_.empty()) flush_writes();
+    if (!writes_.empty() || !demotes_.empty()) flush_writes();  // with the rotation, or after it
+    if (rope_.n_targets > 0) flush_rope();
   }
   // Demotions and writes wait together for sequences of one K/V format (every sequence of an
   // engine has the same): those of another are stored first.
@@ -347,15 +346,42 @@ class CudaBackend : public Backend {
     writes_heads_ = lo.n_head_kv;
     writes_dim_ = lo.head_dim;
   }
-  // The pending demotions, then the pending writes, from their device copies.
+  // The pending demotions, then the pending writes, from their device copies; a pending rotation
+  // done by the writes (rope_for_writes) or launched first.
   void launch_stores(const uint8_t* d_demotes, const uint8_t* d_writes) {
+    const cuda::WriteRope rope = rope_for_writes();
     const int n_demotes = static_cast<int>(demotes_.size()), n_writes = static_cast<int>(writes_.size());
     demotes_.clear();
     writes_.clear();
     cuda::demote_kv(stream_.op(), writes_format_, writes_lo_format_, reinterpret_cast<const cuda::KvDemote*>(d_demotes),
                     n_demotes, writes_heads_, writes_dim_);
     cuda::write_kv(stream_.op(), writes_format_, reinterpret_cast<const cuda::KvWrite*>(d_writes), n_writes,
-                   writes_heads_, writes_dim_);
+                   writes_heads_, writes_dim_, rope);
+  }
+  // The pending rotation of queries and keys as the pending K/V writes' (WriteRope): where write i
+  // stores the keys of row i of the rotation, every row, and TOVA_CUDA_TAILS is not 0. Else the
+  // rotation is launched now (before the writes read the keys).
+  cuda::WriteRope rope_for_writes() {
+    cuda::WriteRope wr;
+    if (rope_.n_targets == 0) return wr;
+    const cuda::RopeTarget& k = rope_.targets[rope_.n_targets - 1];
+    const int64_t width = static_cast<int64_t>(k.n_heads) * rope_.head_dim;
+    bool fits = mat_.tails && rope_.n_targets == 2 && writes_.size() == static_cast<size_t>(rope_.n) &&
+                rope_.head_dim == writes_dim_ && k.n_heads == writes_heads_;
+    for (size_t i = 0; fits && i < writes_.size(); ++i) fits = writes_[i].src_k == k.x + static_cast<int64_t>(i) * width;
+    if (!fits) {
+      flush_rope();
+      return wr;
+    }
+    rope_.n_targets = 0;
+    wr.q = rope_.targets[0];
+    wr.k = k;
+    wr.cs = rope_.cs;
+    wr.sn = rope_.sn;
+    wr.pairs = rope_.pairs;
+    wr.neox = rope_.style == RopeStyle::NeoX ? 1 : 0;
+    ++ropes_in_writes_;
+    return wr;
   }
   void norm(float* x, const float* a, const Vector& w, float* y, int64_t rows, int64_t width, float eps) {
     // The norm of a pending product's output (the residual it is added to, or the product's
@@ -599,7 +625,7 @@ class CudaBackend : public Backend {
   DeviceBuffer tail_counter_buf_;
   unsigned* tail_counter_ = nullptr;  // the blocks of a kernel with a tail that have finished
   unsigned* attn_counters_ = nullptr;  // and of the attention, a row at a time (max_rows_ of them)
-  uint64_t tails_ = 0, tails_quantized_ = 0;
+  uint64_t tails_ = 0, tails_quantized_ = 0, ropes_in_writes_ = 0;
   uint64_t norms_quantized_ = 0;
   std::vector<cuda::KvWrite> writes_;     // K/V rows not stored yet (write_kv)
   std::vector<cuda::KvDemote> demotes_;  // slots not moved down yet (demote_kv)
@@ -678,7 +704,7 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
   if (attn_.on) flush_attend();
   if (prod_.on) flush_product();
   if (norm_.on) flush_norm();
-  if (rope_.n_targets > 0) flush_rope();  // the queries and keys read are the rotated ones
+  // (a pending rotation: launch_stores, below, has it done before the attention reads q and k)
   descs_.clear();
   idx_.clear();
   ranked_at_.clear();

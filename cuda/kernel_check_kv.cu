@@ -86,6 +86,46 @@ void check_kv_writes(std::mt19937& rng, std::vector<std::string>& bad) {
         if (!same)
           bad.push_back(cat("write_kv ", kv_type_name(tk), "/", kv_type_name(tv), " head_dim ", head_dim,
                             rotate ? " rotated" : ""));
+        // The step's RoPE rotation done by the write (WriteRope) against rope() and then the
+        // write: the queries, the keys and every byte stored the same (NeoX with a partial
+        // rotation where rotated, else whole pairs).
+        const int n_head_q = 5, pairs = rotate ? head_dim / 4 : head_dim / 2;
+        const std::vector<float> q = random_floats(static_cast<size_t>(n * n_head_q * head_dim), rng);
+        const std::vector<float> cs = random_floats(static_cast<size_t>(n * pairs), rng);
+        const std::vector<float> sn = random_floats(static_cast<size_t>(n * pairs), rng);
+        DeviceBuffer dcs, dsn, fq[2], fk[2], fc[2][2], fw[2];
+        const float* cs_dev = to_device(dcs, cs);
+        const float* sn_dev = to_device(dsn, sn);
+        std::vector<float> got_q[2], got_kr[2];
+        std::vector<uint8_t> got_c[2][2];
+        for (int fused = 0; fused < 2; ++fused) {
+          float* qd = to_device(fq[fused], q);
+          float* kd = to_device(fk[fused], src_k);
+          auto* kc = to_device(fc[fused][0], std::vector<uint8_t>(k_bytes, 0));
+          auto* vc = to_device(fc[fused][1], std::vector<uint8_t>(v_bytes, 0));
+          std::vector<cuda::KvWrite> ws = writes;
+          for (int i = 0; i < n; ++i) {
+            ws[i].k = kc;
+            ws[i].v = vc;
+            ws[i].src_k = kd + static_cast<size_t>(i) * width;
+          }
+          const cuda::RopeTarget targets[2] = {{qd, n_head_q, 0}, {kd, n_head_kv, 0}};
+          const RopeStyle style = rotate ? RopeStyle::NeoX : RopeStyle::Normal;
+          cuda::WriteRope wr;
+          if (fused) {
+            wr = {targets[0], targets[1], cs_dev, sn_dev, pairs, rotate ? 1 : 0};
+          } else {
+            cuda::rope(0, style, targets, 2, n, head_dim, pairs, cs_dev, sn_dev);
+          }
+          cuda::write_kv(0, cuda::kv_format(lo), to_device(fw[fused], ws), n, n_head_kv, head_dim, wr);
+          got_q[fused] = to_host(qd, q.size());
+          got_kr[fused] = to_host(kd, src_k.size());
+          got_c[fused][0] = to_host(kc, k_bytes);
+          got_c[fused][1] = to_host(vc, v_bytes);
+        }
+        if (got_q[0] != got_q[1] || got_kr[0] != got_kr[1] || got_c[0][0] != got_c[1][0] || got_c[0][1] != got_c[1][1])
+          bad.push_back(cat("write_kv with the rotation ", kv_type_name(tk), "/", kv_type_name(tv), " head_dim ",
+                            head_dim, rotate ? " rotated" : "", ": not rope() then write_kv"));
       }
 }
 

@@ -1,7 +1,8 @@
 // Storing K/V rows on the device: a layer's new rows of every sequence in one launch, one block
 // per row, each head's key and value vector converted to the sequence's K/V types as the CPU
 // backend stores them (cpu/kv_cpu.cpp): f32, f16, or quantized blocks, rotated first where the
-// format says so. The same bytes as the CPU's, so the two backends hold the same cache. And the
+// format says so. The same bytes as the CPU's, so the two backends hold the same cache. The
+// step's RoPE rotation of those rows may be done here first (WriteRope). And the
 // demotion of a slot from the upper KV tier to the lower one, converted as the CPU converts it.
 #include <cuda_fp16.h>
 
@@ -10,6 +11,7 @@
 #include "kv_quant.cuh"
 #include "launch.cuh"
 #include "ops_cuda.h"
+#include "rope_pair.cuh"
 
 namespace tova {
 namespace cuda {
@@ -39,8 +41,22 @@ __device__ void store_row(KvType t, bool rotate, float* x, int head_dim, uint8_t
   for (int b = threadIdx.x; b < n_blocks; b += blockDim.x) quantize_kv_block(t, x + b * kQK, row + b * block_bytes);
 }
 
-__global__ void write_kv_kernel(const KvFormat f, const KvWrite* writes, int n_head_kv, int head_dim) {
+__global__ void write_kv_kernel(const KvFormat f, const KvWrite* writes, int n_head_kv, int head_dim,
+                                const WriteRope rope) {
   const KvWrite w = writes[blockIdx.x];
+  if (rope.pairs > 0) {  // row blockIdx.x of q and k rotated first (the keys this block stores)
+    const int64_t i = blockIdx.x;
+    const float* c = rope.cs + i * rope.pairs;
+    const float* s = rope.sn + i * rope.pairs;
+    for (int part = 0; part < 2; ++part) {
+      const RopeTarget& tg = part == 0 ? rope.q : rope.k;
+      for (int t = threadIdx.x; t < tg.n_heads * rope.pairs; t += blockDim.x) {
+        const int h = t / rope.pairs, p = t % rope.pairs;
+        rotate_pair(tg.x + (i * tg.n_heads + h) * head_dim, p, rope.pairs, rope.neox != 0, c[p], s[p]);
+      }
+    }
+    __syncthreads();  // the keys rotated before any thread stores them
+  }
   if (threadIdx.x == 0 && w.state) w.state[w.slot] = 0.0f;
   auto row = [&](bool key, int h) {
     return static_cast<uint8_t*>(key ? w.k : w.v) +
@@ -103,12 +119,13 @@ void demote_kv(Queue s, const KvFormat& hi, const KvFormat& lo, const KvDemote* 
   check_launch(s, "demote_kv");
 }
 
-void write_kv(Queue s, const KvFormat& f, const KvWrite* writes, int n, int n_head_kv, int head_dim) {
+void write_kv(Queue s, const KvFormat& f, const KvWrite* writes, int n, int n_head_kv, int head_dim,
+              const WriteRope& rope) {
   if (n <= 0) return;
   if (head_dim > kMaxHeadDim) throw Error(cat("CUDA write_kv: head_dim ", head_dim, " > ", kMaxHeadDim));
   if ((kv_quantized(f.k) || kv_quantized(f.v)) && head_dim % kQK != 0)
     throw Error(cat("CUDA write_kv: head_dim ", head_dim, " is not a multiple of the quantized block (", kQK, ")"));
-  TOVA_LAUNCH(write_kv_kernel, static_cast<unsigned>(n), kThreads, s)(f, writes, n_head_kv, head_dim);
+  TOVA_LAUNCH(write_kv_kernel, static_cast<unsigned>(n), kThreads, s)(f, writes, n_head_kv, head_dim, rope);
   check_launch(s, "write_kv");
 }
 

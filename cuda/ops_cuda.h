@@ -203,9 +203,20 @@ struct KvWrite {
   int n_slots = 0;
   int slot = 0;
 };
+// The RoPE rotation of a step's rows done by the K/V write of those rows (one launch fewer): the
+// block that stores write i first rotates row i of q and of k (the keys it stores: writes[i].src_k
+// is row i of k), as rope() does (cs / sn [n][pairs]). pairs 0: no rotation.
+struct WriteRope {
+  RopeTarget q, k;
+  const float* cs = nullptr;
+  const float* sn = nullptr;
+  int32_t pairs = 0;
+  int32_t neox = 0;
+};
 // Stores n rows (writes: device memory) in format f, rotated and quantized as the CPU backend
 // stores them (the same bytes): every sequence's rows of a layer in one launch. head_dim <= 256.
-void write_kv(Queue s, const KvFormat& f, const KvWrite* writes, int n, int n_head_kv, int head_dim);
+void write_kv(Queue s, const KvFormat& f, const KvWrite* writes, int n, int n_head_kv, int head_dim,
+              const WriteRope& rope = WriteRope{});
 
 // One slot moved from a layer's upper tier (slot src of n_hi, format hi) to its lower tier (row
 // dst of its n_lo, i.e. slot n_hi + dst; format lo), every KV head's key and value converted

@@ -1,6 +1,7 @@
 // One RoPE pair rotated on the device, Rope::rotate's arithmetic (rope.cpp): the pair (2p, 2p + 1),
 // or with NeoX (p, p + pairs), of vector v by the angle whose cosine and sine are c and s. Shared
-// by the rotation of a step's rows (ops_cuda.cu) and the rotation by rank (attention_cuda.cu).
+// by the rotation of a step's rows (ops_cuda.cu; or in the K/V write: kv_write_cuda.cu) and the
+// rotation by rank (attention_cuda.cu).
 #pragma once
 
 namespace tova {
