@@ -22,7 +22,9 @@
 #             driver older than the toolkit would make every CUDA test skip, not fail).
 #   tests     the kernel checks (every kernel against its CPU twin), then pytest -m cuda (the
 #             SmolLM2 case only when the model is in ~/.cache/tova). The first failing test is
-#             run again with CUDA_LAUNCH_BLOCKING=1 TOVA_CUDA_GRAPHS=0: a fault then names its kernel.
+#             run again with CUDA_LAUNCH_BLOCKING=1 TOVA_CUDA_GRAPHS=0 (a fault then names its
+#             kernel), and with TOVA_CUDA_TAILS=0 (whether the work a kernel's last block does
+#             for the kernel after it is at fault).
 #   speed     writes SmolLM2-shape (Q4_1) and Qwen2.5-1.5B-shape (Q4_K_M mix) models with random
 #             weights (bench/synthetic_shapes.py) and benchmarks them at batch 1 with the
 #             bandwidth speed of light: first the numbers issue #13 asks for (prefill 512, decode
@@ -36,12 +38,15 @@
 #
 # Variants timed in `speed` (tova 512 unless said): default (graphs, the policy's step on the
 # device, 8-bit activations, the tiled prompt product, rows split among warps); at depth 1024
-# replay0 (every step captured, no relaunch as it is: TOVA_CUDA_REPLAY=0) and graphs0 (issued
-# directly: TOVA_CUDA_GRAPHS=0); then graphs0, victims0 (the host's policy fed the head mean:
-# TOVA_CUDA_VICTIMS=0), kvq (keys q8_0, values q4_1), tiled0 (the prompt's products by the
-# warp-per-row kernels: TOVA_CUDA_TILED_FROM=0), split0 (both caches: one warp per matrix row,
-# one attention block per row and K/V head: TOVA_CUDA_ROW_SPLIT=0 TOVA_CUDA_ATTN_RUNS=1) and
-# float (float activations instead of 8-bit ones and integer products).
+# replay0 (every step captured, no relaunch as it is: TOVA_CUDA_REPLAY=0), graphs0 (issued
+# directly: TOVA_CUDA_GRAPHS=0) and tails0 (the norms, quantizers, the attention's combine and
+# policy step and the rotation as kernels of their own: TOVA_CUDA_TAILS=0, 174 -> 369 launches
+# a step for the Qwen2.5-1.5B shape; the products that take them use more registers); then
+# victims0 (the host's policy fed the head mean: TOVA_CUDA_VICTIMS=0), kvq (keys q8_0, values
+# q4_1), tiled0 (the prompt's products by the warp-per-row kernels: TOVA_CUDA_TILED_FROM=0),
+# split0 (both caches: one warp per matrix row, one attention block per row and K/V head:
+# TOVA_CUDA_ROW_SPLIT=0 TOVA_CUDA_ATTN_RUNS=1) and float (float activations instead of 8-bit
+# ones and integer products).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 OUT=${OUT:-bench/results/cuda}
@@ -127,6 +132,12 @@ if wanted tests; then
         > "$OUT/pytest_blocking.log" 2>&1
       grep -E "^E |passed|failed" "$OUT/pytest_blocking.log" | head -20 | tee -a "$REPORT"
     fi
+    if [ -n "$first" ] && has_time 60 "the first failure again, no tails"; then
+      log "the first failure again, TOVA_CUDA_TAILS=0: $first"
+      TOVA_CUDA_TAILS=0 timeout "$(limit 120)" "$PY" -m pytest -q -x -p no:cacheprovider "$first" \
+        > "$OUT/pytest_tails0.log" 2>&1
+      grep -E "^E |passed|failed" "$OUT/pytest_tails0.log" | head -20 | tee -a "$REPORT"
+    fi
   fi
 fi
 
@@ -137,6 +148,7 @@ bench() {
   case $variant in
     graphs0) env=(TOVA_CUDA_GRAPHS=0) ;;
     replay0) env=(TOVA_CUDA_REPLAY=0) ;;
+    tails0) env=(TOVA_CUDA_TAILS=0) ;;
     victims0) env=(TOVA_CUDA_VICTIMS=0) ;;
     tiled0) env=(TOVA_CUDA_TILED_FROM=0) ;;
     split0) env=(TOVA_CUDA_ROW_SPLIT=0 TOVA_CUDA_ATTN_RUNS=1) ;;
@@ -172,6 +184,7 @@ if wanted speed; then
     for m in qwen15 smollm2; do
       bench $m tova replay0 1
       bench $m tova graphs0 1
+      bench $m tova tails0 1
       for variant in float kvq victims0 tiled0 split0; do bench $m tova $variant 0; done
       bench $m full split0 0
     done
