@@ -188,7 +188,7 @@ class CudaBackend : public Backend {
       cuda::MatTargets ts;
       for (; j < n_jobs && ts.n < cuda::kMaxTargets && jobs[j].w->type == type && jobs[j].w->cols == cols; ++j)
         add_target(ts, *jobs[j].w, jobs[j].y, jobs[j].bias);
-      if (j == n_jobs && ts.n == 1 && defer_product(type, ts, cols, x, n, false, FfnActivation::SiLU)) return;
+      if (j == n_jobs && defer_product(type, ts, cols, x, n, false, FfnActivation::SiLU)) return;
       cuda::matmul(op(), type, ts, cols, x, n, mat_);
     }
   }
@@ -210,8 +210,7 @@ class CudaBackend : public Backend {
   // after the other): one launch for both; and both wait for the K/V write of those keys, which
   // does them (launch_stores). Any other operation launches it first (op()).
   void rope(const Rope& r, float* x, int n, int n_heads, int head_dim, const int64_t* positions) override {
-    if (attn_.on) flush_attend();
-    if (prod_.on) flush_product();
+    if (attn_.on) flush_attend();  // (a pending product stays so: it runs before the rotation whatever comes)
     const bool pairs_up = rope_.n_targets == 1 && rope_.rope == &r && rope_.positions == positions && rope_.n == n &&
                           rope_.head_dim == head_dim;
     if (!pairs_up && rope_.n_targets > 0) flush_rope();
@@ -273,8 +272,7 @@ class CudaBackend : public Backend {
   // other operation stores them first (op()).
   void write_kv(KvPayload& payload, int layer, const int32_t* slots, int n, const float* k,
                 const float* v) override {
-    if (attn_.on) flush_attend();
-    if (prod_.on) flush_product();
+    if (attn_.on) flush_attend();  // (a pending product stays so: launch_stores runs it first)
     if (norm_.on) flush_norm();
     // (a pending rotation stays so: launch_stores has the write do it, or launches it first)
     auto& kv = static_cast<CudaKv&>(payload);
@@ -317,6 +315,7 @@ class CudaBackend : public Backend {
             {"cuda_tails", tails_},
             {"cuda_tails_quantized", tails_quantized_},
             {"cuda_ropes_in_writes", ropes_in_writes_},
+            {"cuda_stores_in_products", stores_in_products_},
             {"cuda_policy_bytes_to_host", policy_bytes_}};
   }
 
@@ -349,6 +348,18 @@ class CudaBackend : public Backend {
   // The pending demotions, then the pending writes, from their device copies; a pending rotation
   // done by the writes (rope_for_writes) or launched first.
   void launch_stores(const uint8_t* d_demotes, const uint8_t* d_writes) {
+    if (prod_.on) {  // the product of q, k and v (attend left it pending): the writes are its tail
+      cuda::WriteRope wr;
+      if (demotes_.empty() && !writes_.empty() && take_rope_for_writes(&wr)) {
+        const int n = static_cast<int>(writes_.size());
+        writes_.clear();
+        launch_product(cuda::store_tail(tail_counter_, writes_format_, reinterpret_cast<const cuda::KvWrite*>(d_writes),
+                                        n, writes_heads_, writes_dim_, wr));
+        ++stores_in_products_;
+        return;
+      }
+      flush_product();
+    }
     const cuda::WriteRope rope = rope_for_writes();
     const int n_demotes = static_cast<int>(demotes_.size()), n_writes = static_cast<int>(writes_.size());
     demotes_.clear();
@@ -363,16 +374,20 @@ class CudaBackend : public Backend {
   // rotation is launched now (before the writes read the keys).
   cuda::WriteRope rope_for_writes() {
     cuda::WriteRope wr;
-    if (rope_.n_targets == 0) return wr;
+    if (!take_rope_for_writes(&wr)) flush_rope();
+    return wr;
+  }
+  // The pending rotation (if any) into *wr where the writes can do it (then no longer pending);
+  // false where they cannot (it stays pending).
+  bool take_rope_for_writes(cuda::WriteRope* out) {
+    cuda::WriteRope& wr = *out;
+    if (rope_.n_targets == 0) return true;
     const cuda::RopeTarget& k = rope_.targets[rope_.n_targets - 1];
     const int64_t width = static_cast<int64_t>(k.n_heads) * rope_.head_dim;
     bool fits = mat_.tails && rope_.n_targets == 2 && writes_.size() == static_cast<size_t>(rope_.n) &&
                 rope_.head_dim == writes_dim_ && k.n_heads == writes_heads_;
     for (size_t i = 0; fits && i < writes_.size(); ++i) fits = writes_[i].src_k == k.x + static_cast<int64_t>(i) * width;
-    if (!fits) {
-      flush_rope();
-      return wr;
-    }
+    if (!fits) return false;
     rope_.n_targets = 0;
     wr.q = rope_.targets[0];
     wr.k = k;
@@ -381,13 +396,13 @@ class CudaBackend : public Backend {
     wr.pairs = rope_.pairs;
     wr.neox = rope_.style == RopeStyle::NeoX ? 1 : 0;
     ++ropes_in_writes_;
-    return wr;
+    return true;
   }
   void norm(float* x, const float* a, const Vector& w, float* y, int64_t rows, int64_t width, float eps) {
     // The norm of a pending product's output (the residual it is added to, or the product's
     // rows normed in place) is its tail.
-    const bool tail = prod_.on && !norm_.on && (a ? a : x) == prod_.ts.t[0].y && rows == prod_.n &&
-                      width == prod_.ts.t[0].rows;
+    const bool tail = prod_.on && prod_.one_output() && !norm_.on && (a ? a : x) == prod_.ts.t[0].y &&
+                      rows == prod_.n && width == prod_.ts.t[0].rows;
     if (!tail) flush_pending();
     norm_ = PendingNorm{true, x, a, w.empty() ? nullptr : vec(w), y, rows, width, eps, tail};
     if (!mat_.act || (mat_.tiled_from > 0 && rows >= mat_.tiled_from)) flush_norm();  // no 8-bit product follows
@@ -435,7 +450,7 @@ class CudaBackend : public Backend {
       cuda::quantize_output(t, cuda::matvec_int_act(w.type), mat_);
       ++norms_quantized_;
     } else {
-      if (!q8 || prod_.ts.t[0].y != x || prod_.n != n || prod_.ts.t[0].rows != w.cols) {
+      if (!q8 || !prod_.one_output() || prod_.ts.t[0].y != x || prod_.n != n || prod_.ts.t[0].rows != w.cols) {
         flush_product();
         return false;
       }
@@ -500,6 +515,7 @@ class CudaBackend : public Backend {
       cuda::matmul(stream_.op(), prod_.type, prod_.ts, prod_.cols, prod_.x, prod_.n, mat_, tail);
   }
   void flush_rope() {
+    if (prod_.on) flush_product();  // the rotation reads what the product writes
     const int n = rope_.n_targets;
     rope_.n_targets = 0;
     cuda::rope(stream_.op(), rope_.style, rope_.targets, n, rope_.n, rope_.head_dim, rope_.pairs, rope_.cs, rope_.sn);
@@ -621,11 +637,12 @@ class CudaBackend : public Backend {
     int64_t cols = 0;
     const float* x = nullptr;
     int n = 0;
+    bool one_output() const { return glu || ts.n == 1; }  // else q, k and v: the K/V write is its tail
   } prod_;
   DeviceBuffer tail_counter_buf_;
   unsigned* tail_counter_ = nullptr;  // the blocks of a kernel with a tail that have finished
   unsigned* attn_counters_ = nullptr;  // and of the attention, a row at a time (max_rows_ of them)
-  uint64_t tails_ = 0, tails_quantized_ = 0, ropes_in_writes_ = 0;
+  uint64_t tails_ = 0, tails_quantized_ = 0, ropes_in_writes_ = 0, stores_in_products_ = 0;
   uint64_t norms_quantized_ = 0;
   std::vector<cuda::KvWrite> writes_;     // K/V rows not stored yet (write_kv)
   std::vector<cuda::KvDemote> demotes_;  // slots not moved down yet (demote_kv)
@@ -702,7 +719,8 @@ void CudaBackend::upload_weights() {
 
 void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows) {
   if (attn_.on) flush_attend();
-  if (prod_.on) flush_product();
+  // A pending product (q, k and v) stays so when the K/V writes can be its tail (launch_stores).
+  if (prod_.on && !(mat_.tails && !norm_.on && demotes_.empty() && !writes_.empty())) flush_product();
   if (norm_.on) flush_norm();
   // (a pending rotation: launch_stores, below, has it done before the attention reads q and k)
   descs_.clear();

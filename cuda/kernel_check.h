@@ -48,6 +48,7 @@ void check_matmul_int(GgmlType t, std::mt19937& rng, Bad& bad);
 void check_elementwise(std::mt19937& rng, Bad& bad);
 void check_norm_act(std::mt19937& rng, Bad& bad);
 void check_tails(std::mt19937& rng, Bad& bad);
+void check_store_tail(std::mt19937& rng, Bad& bad);
 void check_policy_steps(std::mt19937& rng, Bad& bad);
 void check_kv_writes(std::mt19937& rng, Bad& bad);
 void check_kv_demote(std::mt19937& rng, Bad& bad);

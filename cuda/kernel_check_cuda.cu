@@ -64,6 +64,7 @@ std::vector<std::string> cuda_kernel_check() {
   check_elementwise(rng, bad);
   check_norm_act(rng, bad);
   check_tails(rng, bad);
+  check_store_tail(rng, bad);
   check_policy_steps(rng, bad);
   check_kv_writes(rng, bad);
   check_kv_demote(rng, bad);

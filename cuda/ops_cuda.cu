@@ -206,8 +206,9 @@ void add(Queue s, float* x, const float* y, int64_t count) {
 }
 
 void tail_apart(Queue s, const Tail& t) {
-  if (t.kind == Tail::None || t.rows <= 0) return;
+  if (t.kind == Tail::None || (t.kind != Tail::Store && t.rows <= 0)) return;
   if (t.kind == Tail::Quant) return quantize_rows(s, t.x, t.rows, t.q, t.quant_block);
+  if (t.kind == Tail::Store) return write_kv(s, t.kv, t.writes, t.n_writes, t.n_head_kv, t.head_dim, t.rope);
   TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(t.rows), kNormThreads, s)(t.x, t.a, t.w, t.y, t.width, eps_of(t), t.q,
                                                                       t.quant_block);
   check_launch(s, "rms_norm");
@@ -236,6 +237,23 @@ Tail quant_tail(unsigned* counter, const float* x, int rows, int64_t cols, ActTy
   t.rows = rows;
   t.width = cols;
   quantize_output(t, type, cfg);
+  return t;
+}
+
+Tail store_tail(unsigned* counter, const KvFormat& f, const KvWrite* writes, int n, int n_head_kv, int head_dim,
+                const WriteRope& rope) {
+  if (head_dim > kKvMaxHeadDim) throw Error(cat("CUDA write_kv: head_dim ", head_dim, " > ", kKvMaxHeadDim));
+  if ((kv_quantized(f.k) || kv_quantized(f.v)) && head_dim % kQK != 0)
+    throw Error(cat("CUDA write_kv: head_dim ", head_dim, " is not a multiple of the quantized block (", kQK, ")"));
+  Tail t;
+  t.counter = counter;
+  t.kind = Tail::Store;
+  t.kv = f;
+  t.writes = writes;
+  t.n_writes = n;
+  t.n_head_kv = n_head_kv;
+  t.head_dim = head_dim;
+  t.rope = rope;
   return t;
 }
 

@@ -68,28 +68,6 @@ struct ActState {
   ActType type = ActType::Q8_0;
 };
 
-// What runs after a decode-step product in the product's own kernel (tail.cuh): its last block to
-// finish (counted on `counter`, zero between launches) takes the product's output and does what a
-// kernel of its own would have, one launch fewer (a graph node, and the gap before it, fewer).
-//   kind Norm: as rms_norm_act / add_rms_norm / rms_norm (x, a, w, y, rows, width, eps), and
-//              with quant_block 32 or 256 y also quantized into q (the bytes quantize_act writes);
-//   kind Quant: x's rows quantized into q (quantize_act), quant_block elements a block.
-// One block does the tail's rows one after another: for a few rows only (kTailRows).
-struct Tail {
-  enum Kind : int32_t { None = 0, Norm = 1, Quant = 2 };
-  unsigned* counter = nullptr;
-  float* x = nullptr;
-  const float* a = nullptr;
-  const float* w = nullptr;
-  float* y = nullptr;
-  int64_t width = 0;
-  int32_t rows = 0;
-  int32_t kind = None;
-  uint32_t eps_bits = 0;  // the norm's eps as bits (recorded arguments are compared as bytes)
-  int32_t quant_block = 0;
-  ActRows q;
-};
-constexpr int kTailRows = 4;
 
 // How the matrix products are launched (CudaBackend: from the device and the environment).
 struct MatConfig {
@@ -104,34 +82,6 @@ struct MatConfig {
   ActState* act_state = nullptr;  // null: every product quantizes its input
   bool tails = true;  // a decode step's product takes its output's norm or quantizer (Tail)
 };
-
-// y[i * rows + r] = W_r . x[i * cols ...] (+ bias[r]) for i < n and each target: weights in type
-// t, x float rows of `cols`. Float accumulation of dequantized weights (as the CPU backend with
-// float activations); the bias is added to the finished sum, as the CPU adds it. From
-// cfg.tiled_from input rows on the tiled kernel (matmul_tiled_cuda.h), which reads each weight
-// once for 64 input rows; below it, the kernels that read it once for up to 8.
-// tail: what the product's output then goes through (Tail), in the product's kernel where that
-// kernel takes tails (the decode kernels of matvec_cuda.h), else launched after it.
-void matmul(Queue s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n,
-            const MatConfig& cfg, const Tail& tail = Tail{});
-
-// The gated feed-forward's first product: gate.y = act(W_gate x) * (W_up x) (targets t[0] =
-// gate, t[1] = up, one type; up.y is scratch). One kernel that computes both rows of a warp's
-// output where the chunked kernel takes the type, else the two products and act_mul.
-void matmul_glu(Queue s, GgmlType t, const MatTargets& targets, FfnActivation act, int64_t cols,
-                const float* x, int n, const MatConfig& cfg, const Tail& tail = Tail{});
-
-// A tail launched as the kernels of its own it stands for (rms_norm / add_rms_norm / rms_norm_act;
-// quantize_act): the same floats and bytes.
-void tail_apart(Queue s, const Tail& t);
-// The norm of rms_norm / add_rms_norm (a null: none added) as a tail counted on `counter`
-// (device memory, zero); quantize_output adds rms_norm_act's quantization of y.
-Tail norm_tail(unsigned* counter, float* x, const float* a, const float* w, float* y, int rows, int64_t width,
-               float eps);
-// x (rows of cols) quantized as quantize_act does, as a tail.
-Tail quant_tail(unsigned* counter, const float* x, int rows, int64_t cols, ActType type, const MatConfig& cfg);
-// The tail's output (a norm's y, a quantizer's x: rows of width) quantized as `type` into cfg.act.
-void quantize_output(Tail& t, ActType type, const MatConfig& cfg);
 
 // x[i * width + e] = scale * W_{tokens[i]}[e] (tokens: device int32).
 void embed(Queue s, GgmlType t, const uint8_t* w, size_t row_bytes, int64_t width, const int32_t* tokens, int n, float scale,
@@ -217,6 +167,67 @@ struct WriteRope {
 // stores them (the same bytes): every sequence's rows of a layer in one launch. head_dim <= 256.
 void write_kv(Queue s, const KvFormat& f, const KvWrite* writes, int n, int n_head_kv, int head_dim,
               const WriteRope& rope = WriteRope{});
+
+// What runs after a decode-step product in the product's own kernel (tail.cuh): its last block to
+// finish (counted on `counter`, zero between launches) takes the product's output and does what a
+// kernel of its own would have, one launch fewer (a graph node, and the gap before it, fewer).
+//   kind Norm: as rms_norm_act / add_rms_norm / rms_norm (x, a, w, y, rows, width, eps), and
+//              with quant_block 32 or 256 y also quantized into q (the bytes quantize_act writes);
+//   kind Quant: x's rows quantized into q (quantize_act), quant_block elements a block;
+//   kind Store: the K/V writes (n_writes of them at `writes`, device memory) as write_kv stores
+//              them in format kv, the rotation `rope` first (the product computed q, k and v).
+// One block does the tail's rows one after another: for a few rows only (kTailRows).
+struct Tail {
+  enum Kind : int32_t { None = 0, Norm = 1, Quant = 2, Store = 3 };
+  unsigned* counter = nullptr;
+  float* x = nullptr;
+  const float* a = nullptr;
+  const float* w = nullptr;
+  float* y = nullptr;
+  int64_t width = 0;
+  int32_t rows = 0;
+  int32_t kind = None;
+  uint32_t eps_bits = 0;  // the norm's eps as bits (recorded arguments are compared as bytes)
+  int32_t quant_block = 0;
+  ActRows q;
+  KvFormat kv;
+  const KvWrite* writes = nullptr;
+  WriteRope rope;
+  int32_t n_writes = 0, n_head_kv = 0, head_dim = 0, unused = 0;
+};
+constexpr int kTailRows = 4;
+
+// y[i * rows + r] = W_r . x[i * cols ...] (+ bias[r]) for i < n and each target: weights in type
+// t, x float rows of `cols`. Float accumulation of dequantized weights (as the CPU backend with
+// float activations); the bias is added to the finished sum, as the CPU adds it. From
+// cfg.tiled_from input rows on the tiled kernel (matmul_tiled_cuda.h), which reads each weight
+// once for 64 input rows; below it, the kernels that read it once for up to 8.
+// tail: what the product's output then goes through (Tail), in the product's kernel where that
+// kernel takes tails (the decode kernels of matvec_cuda.h), else launched after it.
+void matmul(Queue s, GgmlType t, const MatTargets& targets, int64_t cols, const float* x, int n,
+            const MatConfig& cfg, const Tail& tail = Tail{});
+
+// The gated feed-forward's first product: gate.y = act(W_gate x) * (W_up x) (targets t[0] =
+// gate, t[1] = up, one type; up.y is scratch). One kernel that computes both rows of a warp's
+// output where the chunked kernel takes the type, else the two products and act_mul.
+void matmul_glu(Queue s, GgmlType t, const MatTargets& targets, FfnActivation act, int64_t cols,
+                const float* x, int n, const MatConfig& cfg, const Tail& tail = Tail{});
+
+// A tail launched as the kernels of its own it stands for (rms_norm / add_rms_norm / rms_norm_act;
+// quantize_act; write_kv): the same floats and bytes.
+void tail_apart(Queue s, const Tail& t);
+// The norm of rms_norm / add_rms_norm (a null: none added) as a tail counted on `counter`
+// (device memory, zero); quantize_output adds rms_norm_act's quantization of y.
+Tail norm_tail(unsigned* counter, float* x, const float* a, const float* w, float* y, int rows, int64_t width,
+               float eps);
+// x (rows of cols) quantized as quantize_act does, as a tail.
+Tail quant_tail(unsigned* counter, const float* x, int rows, int64_t cols, ActType type, const MatConfig& cfg);
+// The tail's output (a norm's y, a quantizer's x: rows of width) quantized as `type` into cfg.act.
+void quantize_output(Tail& t, ActType type, const MatConfig& cfg);
+// The K/V writes of write_kv (with its rotation) as a tail.
+Tail store_tail(unsigned* counter, const KvFormat& f, const KvWrite* writes, int n, int n_head_kv, int head_dim,
+                const WriteRope& rope);
+
 
 // One slot moved from a layer's upper tier (slot src of n_hi, format hi) to its lower tier (row
 // dst of its n_lo, i.e. slot n_hi + dst; format lo), every KV head's key and value converted

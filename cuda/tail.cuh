@@ -9,6 +9,7 @@
 #pragma once
 
 #include "act_quant.cuh"
+#include "kv_write.cuh"
 #include "ops_cuda.h"
 #include "warp.cuh"
 
@@ -95,6 +96,11 @@ __device__ inline bool last_block(unsigned* counter, unsigned blocks) {
 // calls it at the kernel's end.
 __device__ inline void run_tail(const Tail& t) {
   if (t.kind == Tail::None || !last_block(t.counter, gridDim.x * gridDim.y * gridDim.z)) return;
+  if (t.kind == Tail::Store) {
+#pragma unroll 1
+    for (int64_t i = 0; i < t.n_writes; ++i) write_row(t.kv, t.writes, i, t.n_head_kv, t.head_dim, t.rope);
+    return;
+  }
 #pragma unroll 1
   for (int64_t i = 0; i < t.rows; ++i) {
     if (t.kind == Tail::Norm)

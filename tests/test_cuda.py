@@ -501,10 +501,11 @@ def test_cuda_products_run_the_norm_or_quantizer_after_them(tmp_path, monkeypatc
     path, the quantizer of the gated product's output for the down product. The attention's
     kernel combines a row's runs, runs TOVA's step (head mean, victims) and, on the 8-bit path,
     quantizes its output for the next product in the row's last block (cuda::AttnPost); the
-    K/V write rotates the queries and keys it stores (cuda::WriteRope). The logits equal, bit
-    for bit, those of the same kernels launched apart (TOVA_CUDA_TAILS=0), and so do the kept
-    positions; a step has 7 launches a layer fewer on the 8-bit path (5 with float
-    activations), but one: the last layer's down product is followed by an add, not a norm. Batches of 3 sequences (up to 4 rows take the products'
+    product of q, k and v stores the keys and values, rotated with the queries
+    (cuda::WriteRope), in its last block. The logits equal, bit for bit, those of the same
+    kernels launched apart (TOVA_CUDA_TAILS=0), and so do the kept positions; a step has 8
+    launches a layer fewer on the 8-bit path (6 with float activations), but one: the last
+    layer's down product is followed by an add, not a norm. Batches of 3 sequences (up to 4 rows take the products'
     tails) and of 6 (those launched apart) generate the same texts."""
     path = tmp_path / "m.gguf"
     n_layer = 3
@@ -525,13 +526,15 @@ def test_cuda_products_run_the_norm_or_quantizer_after_them(tmp_path, monkeypatc
             for layer in range(n_layer):
                 assert apart.kv_positions(layer).tolist() == fused.kv_positions(layer).tolist(), (i, layer)
         step = {e: {k: v - before[e].get(k, 0) for k, v in e._e._backend_counters().items()} for e in (apart, fused)}
-        saved = (2 if float_activations else 3) * n_layer - 1
+        saved = (3 if float_activations else 4) * n_layer - 1  # with the K/V writes
+        assert step[fused]["cuda_stores_in_products"] == n_layer
         assert step[fused]["cuda_tails"] == saved, step[fused]
         # (the attention output quantized for the product after it, a layer; the products: all but one)
         assert step[fused]["cuda_tails_quantized"] == (0 if float_activations else 4 * n_layer - 1), step[fused]
         assert step[apart].get("cuda_tails", 0) == 0
         assert step[fused]["cuda_ropes_in_writes"] == n_layer and step[apart]["cuda_ropes_in_writes"] == 0
-        # and the attention's combine, head-mean and (8-bit path) quantizer kernels, and the rotation
+        # and the attention's combine, head-mean and (8-bit path) quantizer kernels, and the
+        # rotation (done by the K/V writes)
         attn = (3 if float_activations else 4) * n_layer
         assert step[apart]["cuda_graph_nodes"] - step[fused]["cuda_graph_nodes"] == saved + attn, step
         prompts = [_ids(n, fused.n_vocab, seed=n) for n in (3, 9, 14, 5, 11, 7)]
