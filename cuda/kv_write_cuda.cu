@@ -55,12 +55,16 @@ void demote_kv(Queue s, const KvFormat& hi, const KvFormat& lo, const KvDemote* 
   check_launch(s, "demote_kv");
 }
 
-void write_kv(Queue s, const KvFormat& f, const KvWrite* writes, int n, int n_head_kv, int head_dim,
-              const WriteRope& rope) {
-  if (n <= 0) return;
+void check_write_kv(const KvFormat& f, int head_dim) {
   if (head_dim > kMaxHeadDim) throw Error(cat("CUDA write_kv: head_dim ", head_dim, " > ", kMaxHeadDim));
   if ((kv_quantized(f.k) || kv_quantized(f.v)) && head_dim % kQK != 0)
     throw Error(cat("CUDA write_kv: head_dim ", head_dim, " is not a multiple of the quantized block (", kQK, ")"));
+}
+
+void write_kv(Queue s, const KvFormat& f, const KvWrite* writes, int n, int n_head_kv, int head_dim,
+              const WriteRope& rope) {
+  if (n <= 0) return;
+  check_write_kv(f, head_dim);
   TOVA_LAUNCH(write_kv_kernel, static_cast<unsigned>(n), kThreads, s)(f, writes, n_head_kv, head_dim, rope);
   check_launch(s, "write_kv");
 }

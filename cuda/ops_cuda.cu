@@ -242,9 +242,7 @@ Tail quant_tail(unsigned* counter, const float* x, int rows, int64_t cols, ActTy
 
 Tail store_tail(unsigned* counter, const KvFormat& f, const KvWrite* writes, int n, int n_head_kv, int head_dim,
                 const WriteRope& rope) {
-  if (head_dim > kKvMaxHeadDim) throw Error(cat("CUDA write_kv: head_dim ", head_dim, " > ", kKvMaxHeadDim));
-  if ((kv_quantized(f.k) || kv_quantized(f.v)) && head_dim % kQK != 0)
-    throw Error(cat("CUDA write_kv: head_dim ", head_dim, " is not a multiple of the quantized block (", kQK, ")"));
+  check_write_kv(f, head_dim);
   Tail t;
   t.counter = counter;
   t.kind = Tail::Store;

@@ -167,6 +167,8 @@ struct WriteRope {
 // stores them (the same bytes): every sequence's rows of a layer in one launch. head_dim <= 256.
 void write_kv(Queue s, const KvFormat& f, const KvWrite* writes, int n, int n_head_kv, int head_dim,
               const WriteRope& rope = WriteRope{});
+// Error unless write_kv stores rows of head_dim in format f.
+void check_write_kv(const KvFormat& f, int head_dim);
 
 // What runs after a decode-step product in the product's own kernel (tail.cuh): its last block to
 // finish (counted on `counter`, zero between launches) takes the product's output and does what a
