@@ -86,6 +86,10 @@ class CudaBackend : public Backend {
       : m_(model), max_rows_(max_rows), select_victims_(select_victims), mat_(mat), attn_runs_(attn_runs),
         device_(use_device_0()), stream_(graphs, replay),
         staging_(&stream_, true), readback_(&stream_) {
+    // A pending rotation reads its angles from the staging arena: issued before the arena starts over.
+    staging_.on_restart([this] {
+      if (rope_.n_targets > 0) flush_rope();
+    });
     if (m_.hp().head_dim > 256)
       throw ArgumentError(cat("the CUDA backend handles head_dim up to 256; this model has ", m_.hp().head_dim));
     if (mat_.sm_count < 0)
@@ -211,11 +215,9 @@ class CudaBackend : public Backend {
   // does them (launch_stores). Any other operation launches it first (op()).
   void rope(const Rope& r, float* x, int n, int n_heads, int head_dim, const int64_t* positions) override {
     if (attn_.on) flush_attend();  // (a pending product stays so: it runs before the rotation whatever comes)
-    const bool pairs_up = rope_.n_targets == 1 && rope_.rope == &r && rope_.positions == positions && rope_.n == n &&
-                          rope_.head_dim == head_dim;
-    if (!pairs_up && rope_.n_targets > 0) flush_rope();
     // Every layer of a step rotates at the same positions: the angles are computed and uploaded
-    // once per step and Rope.
+    // once per step and Rope. (First: an upload that starts the arena over issues a pending
+    // rotation, which reads its own angles there.)
     Angles& a = angles_[&r];
     const int pairs = r.pairs();
     const bool moved =
@@ -234,6 +236,9 @@ class CudaBackend : public Backend {
       a.dropped = stream_.dropped();  // an upload in dropped work never happened
     }
     const float* d = a.dev;
+    const bool pairs_up = rope_.n_targets == 1 && rope_.rope == &r && rope_.positions == positions && rope_.n == n &&
+                          rope_.head_dim == head_dim && rope_.cs == d;
+    if (!pairs_up && rope_.n_targets > 0) flush_rope();
     rope_.targets[rope_.n_targets++] = {x, n_heads};
     if (pairs_up) return;  // both wait: for the K/V write of the keys (launch_stores), or any other operation
     rope_.rope = &r;

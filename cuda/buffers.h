@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <vector>
@@ -52,6 +53,7 @@ class Staging {
   void* take(size_t bytes, const char* what) {
     bytes = (bytes + 255) & ~static_cast<size_t>(255);
     if (used_ + bytes > cap_) {
+      if (before_restart_) before_restart_();  // what waits to be issued with pieces of the arena
       wait_for(stream_, what);  // every copy reading the arena has run
       // Grow when one piece does not fit, or when a step's uploads filled it (else every later
       // layer of such steps would wait for the device again).
@@ -70,6 +72,10 @@ class Staging {
   }
   // Changes whenever the arena starts over: what put() returned before is no longer there.
   uint64_t generation() const { return generation_; }
+  // Called when a take() must start the arena over (before it waits for the device and grows):
+  // an owner holding operations not issued yet that read pieces of the arena issues them there.
+  // It must not take from the arena itself.
+  void on_restart(std::function<void()> f) { before_restart_ = std::move(f); }
   // Host bytes to the twin (a Staging made with one): see the class. Returns their device address.
   const void* put(std::initializer_list<Part> parts, const char* what);
   // Whether take(bytes) would be served without waiting for the device (or growing).
@@ -84,6 +90,7 @@ class Staging {
   size_t cap_ = 0, used_ = 0;
   uint64_t generation_ = 0;
   std::unique_ptr<DeviceBuffer> twin_;  // null: no twin
+  std::function<void()> before_restart_;
 };
 
 // Device memory owned by one object; grows (never shrinks) on demand.

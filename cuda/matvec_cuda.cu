@@ -75,7 +75,10 @@ bool matvec(Queue s, GgmlType t, const MatTargets& targets, int64_t cols, const 
   if (reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
   for (int j = 0; j < targets.n; ++j)
     if (reinterpret_cast<uintptr_t>(targets.t[j].w) % 2 != 0 || targets.t[j].row_bytes % 2 != 0) return false;
-  if (n <= 0 || targets.n <= 0 || targets.max_rows <= 0) return true;
+  if (n <= 0 || targets.n <= 0 || targets.max_rows <= 0) {
+    tail_apart(s, tail);  // nothing to launch it in
+    return true;
+  }
   switch (t) {
     case GgmlType::Q4_0: launch<ChQ4_0>(s, targets, cols, x, n, glu, sm_count, tail); return true;
     case GgmlType::Q4_1: launch<ChQ4_1>(s, targets, cols, x, n, glu, sm_count, tail); return true;

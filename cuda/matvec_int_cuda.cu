@@ -118,7 +118,10 @@ bool matvec_int(Queue s, GgmlType t, const MatTargets& targets, int64_t cols, co
   const size_t align = t == GgmlType::Q4_K ? 16 : 2;
   for (int j = 0; j < targets.n; ++j)
     if (reinterpret_cast<uintptr_t>(targets.t[j].w) % align != 0 || targets.t[j].row_bytes % align != 0) return false;
-  if (n <= 0 || targets.n <= 0 || targets.max_rows <= 0) return true;
+  if (n <= 0 || targets.n <= 0 || targets.max_rows <= 0) {
+    tail_apart(s, tail);  // nothing to launch it in
+    return true;
+  }
   switch (t) {
     case GgmlType::Q4_0: launch<IdQ4_0>(s, targets, x, n, cols, glu, cfg, tail); break;
     case GgmlType::Q4_1: launch<IdQ4_1>(s, targets, x, n, cols, glu, cfg, tail); break;

@@ -5,7 +5,8 @@
 // The last block: every block writes its part of the product, fences, and counts itself done on
 // the tail's counter; the one that counts last (in whatever order the blocks ran) fences again
 // and reads what all of them wrote (the threadFenceReduction pattern of the CUDA programming
-// guide), then puts the counter back to zero for the next launch. No block waits for another.
+// guide; nvcc makes sm_90's fence MEMBAR.SC.GPU with an L1 invalidation, CCTL.IVALL), then puts
+// the counter back to zero for the next launch. No block waits for another.
 #pragma once
 
 #include "act_quant.cuh"
@@ -77,18 +78,23 @@ __device__ inline void quantize_row(const float* x, ActRows q, int block, int64_
 // True in the block that finishes last of the `blocks` counted on `counter`, once the writes of
 // every one of them are visible to it. Every thread of each of those blocks calls it, after its
 // last write.
+// One thread fences for the block, as cooperative groups' grid sync does: the barrier orders
+// every thread's writes before thread 0's fence and count, and thread 0's fence after the count
+// (which also drops the multiprocessor's L1 lines) before every thread's reads.
 __device__ inline bool last_block(unsigned* counter, unsigned blocks) {
   __shared__ unsigned is_last;
-  __threadfence();  // this thread's writes, before its block counts itself done
-  __syncthreads();
+  __syncthreads();  // every thread's writes, before the block counts itself done
   if (threadIdx.x == 0) {
+    __threadfence();
     is_last = atomicAdd(counter, 1u) == blocks - 1 ? 1u : 0u;
-    if (is_last) atomicExch(counter, 0u);  // every block has counted: ready for the next launch
+    if (is_last) {
+      atomicExch(counter, 0u);  // every block has counted: ready for the next launch
+      __threadfence();          // what the other blocks wrote, before this block reads it
+    }
   }
   __syncthreads();
   const bool last = is_last != 0;
   __syncthreads();  // is_last read by every thread before anyone could rewrite it
-  if (last) __threadfence();
   return last;
 }
 

@@ -493,6 +493,26 @@ def test_cuda_unchanged_steps_relaunch_their_graph(tmp_path, monkeypatch, policy
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.parametrize("n,chunk", [(600, 600), (1500, 64)])
+def test_cuda_long_prompts_start_the_staging_arena_over(tmp_path, n, chunk):
+    """A prompt whose uploads fill the staging arena (one chunk of 600 rows; or 1500 tokens in
+    chunks of 64, the attention's slot lists growing) makes the arena wait for the device and
+    start over while the queries' and keys' rotation, whose angles it holds, has not been issued
+    yet (it waits for the K/V write): the rotation is issued before the arena starts over. Every
+    row's logits equal the CPU's. (Before: the rotation read freed memory, a crash.)"""
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, seed=3, weight_type="F32", n_embd=64, n_ff=96, n_head=4, n_head_kv=2, context_length=2048)
+    kw = dict(policy="full", n_ctx=n + 64, chunk=chunk)
+    cpu, gpu = _pair(path, **kw)
+    with cpu, gpu:
+        ids = _ids(n, cpu.n_vocab, seed=n)
+        want = cpu.eval(ids, all_logits=True)
+        np.testing.assert_allclose(gpu.eval(ids, all_logits=True), want, atol=TOL * max(1.0, float(np.abs(want).max())),
+                                   rtol=0)
+
+
+@pytest.mark.cuda
+@needs_gpu
 @pytest.mark.parametrize("float_activations", [False, True])
 def test_cuda_products_run_the_norm_or_quantizer_after_them(tmp_path, monkeypatch, float_activations):
     """A decode step's product runs what takes its output next in its own kernel's last block
