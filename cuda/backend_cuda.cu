@@ -428,13 +428,15 @@ class CudaBackend : public Backend {
   // Before a product of x: the 8-bit buffer's content forgotten (x may have changed since), and
   // a pending norm that wrote x launched as the kernel that quantizes it for this product, where
   // the product takes the integer path (else op() launches the plain norm).
+  // Whether a product of n input rows with weights w takes its input in 8 bits (matvec_int).
+  bool takes_8bit_input(int n, const Matrix& w) const {
+    return mat_.act && cuda::matvec_int_supports(w.type) && (mat_.tiled_from == 0 || n < mat_.tiled_from);
+  }
   void norm_for_product(const float* x, int n, const Matrix& w) {
     if (attn_.on && quantized_by_attention(x, n, w)) return;
     if (prod_.on && quantized_by_product(x, n, w)) return;
     act_state_ = cuda::ActState{};
-    if (!norm_.on || norm_.y != x || norm_.rows != n || norm_.width != w.cols || !mat_.act ||
-        !cuda::matvec_int_supports(w.type))
-      return;
+    if (!norm_.on || norm_.y != x || norm_.rows != n || norm_.width != w.cols || !takes_8bit_input(n, w)) return;
     norm_.on = false;
     cuda::rms_norm_act(stream_.op(), norm_.x, norm_.a, norm_.w, norm_.y, norm_.rows, norm_.width, norm_.eps,
                        cuda::matvec_int_act(w.type), mat_);
@@ -443,7 +445,7 @@ class CudaBackend : public Backend {
   // Whether this product's input is quantized by the pending product's tail (its norm's output,
   // or its own output): the pending product launched either way.
   bool quantized_by_product(const float* x, int n, const Matrix& w) {
-    const bool q8 = mat_.act && cuda::matvec_int_supports(w.type) && (mat_.tiled_from == 0 || n < mat_.tiled_from);
+    const bool q8 = takes_8bit_input(n, w);
     cuda::Tail t;
     if (norm_.on) {  // the pending product's (norm() attached it)
       norm_.on = false;
@@ -469,8 +471,7 @@ class CudaBackend : public Backend {
   // Whether this product's input is the pending attention's output, quantized by the attention's
   // rows' last blocks (AttnPost): the attention launched either way.
   bool quantized_by_attention(const float* x, int n, const Matrix& w) {
-    const bool q8 = mat_.act && cuda::matvec_int_supports(w.type) && (mat_.tiled_from == 0 || n < mat_.tiled_from);
-    const bool fits = q8 && attn_.out == x && attn_.n_rows == n && attn_.width == w.cols &&
+    const bool fits = takes_8bit_input(n, w) && attn_.out == x && attn_.n_rows == n && attn_.width == w.cols &&
                       w.cols % cuda::act_block(cuda::matvec_int_act(w.type)) == 0;
     if (fits) {
       const cuda::ActType t = cuda::matvec_int_act(w.type);
