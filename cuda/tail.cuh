@@ -17,6 +17,19 @@
 namespace tova {
 namespace cuda {
 
+// Row `row` of x (q.cols wide) quantized into q in blocks of `block` (32 or 256), a warp a block.
+__device__ inline void quantize_row(const float* x, ActRows q, int block, int64_t row) {
+  const int lane = threadIdx.x % kWarp;
+  const float* xr = x + row * q.cols;
+#pragma unroll 1
+  for (int64_t b = threadIdx.x / kWarp; b < q.cols / block; b += blockDim.x / kWarp) {
+    if (block == kQK)
+      quantize_q8_32(xr, q, row, b, lane);
+    else
+      quantize_q8_256(xr, q, row, b, lane);
+  }
+}
+
 // Threads of a block that norms rows, in its own kernel or as a product's tail (the matrix-vector
 // kernels' blocks: matvec_rows.cuh): each thread's share of a row's sum of squares, and so the
 // norm, the same either way.
@@ -51,28 +64,7 @@ __device__ inline void norm_row(float* x, const float* a, const float* w, float*
     yr[e] = w ? s * w[e] : s;
   }
   __syncthreads();  // y of the whole row written; part free for the next row
-  if (block == 0) return;
-  const int lane = threadIdx.x % kWarp;
-#pragma unroll 1
-  for (int64_t b = threadIdx.x / kWarp; b < width / block; b += blockDim.x / kWarp) {
-    if (block == kQK)
-      quantize_q8_32(yr, q, row, b, lane);
-    else
-      quantize_q8_256(yr, q, row, b, lane);
-  }
-}
-
-// Row `row` of x (q.cols wide) quantized into q in blocks of `block` (32 or 256), a warp a block.
-__device__ inline void quantize_row(const float* x, ActRows q, int block, int64_t row) {
-  const int lane = threadIdx.x % kWarp;
-  const float* xr = x + row * q.cols;
-#pragma unroll 1
-  for (int64_t b = threadIdx.x / kWarp; b < q.cols / block; b += blockDim.x / kWarp) {
-    if (block == kQK)
-      quantize_q8_32(xr, q, row, b, lane);
-    else
-      quantize_q8_256(xr, q, row, b, lane);
-  }
+  if (block != 0) quantize_row(y, q, block, row);  // q.cols == width
 }
 
 // True in the block that finishes last of the `blocks` counted on `counter`, once the writes of
