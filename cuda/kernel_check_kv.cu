@@ -47,7 +47,7 @@ void check_kv_writes(std::mt19937& rng, std::vector<std::string>& bad) {
         KvLayout lo;
         lo.n_head_kv = n_head_kv;
         lo.head_dim = head_dim;
-        lo.n_slots = {n_slots};
+        lo.n_slots.assign(1, n_slots);
         set_tier(lo, tk, tv, head_dim, rotate);
         CpuKv cpu(lo);
         const size_t width = static_cast<size_t>(n_head_kv * head_dim);
@@ -146,8 +146,8 @@ void check_kv_demote(std::mt19937& rng, std::vector<std::string>& bad) {
       KvLayout lo;
       lo.n_head_kv = n_head_kv;
       lo.head_dim = head_dim;
-      lo.n_slots = {n_hi + n_lo};
-      lo.n_lo = {n_lo};
+      lo.n_slots.assign(1, n_hi + n_lo);
+      lo.n_lo.assign(1, n_lo);
       set_tier(lo, c.hk, c.hv, head_dim, rotate);
       set_tier(lo.lo, c.lk, c.lv, head_dim, rotate);
       CpuKv cpu(lo);
@@ -220,7 +220,7 @@ void check_rank_keys(std::mt19937& rng, std::vector<std::string>& bad) {
           KvLayout lo;
           lo.n_head_kv = n_head_kv;
           lo.head_dim = head_dim;
-          lo.n_slots = {n_slots};
+          lo.n_slots.assign(1, n_slots);
           set_tier(lo, t, KvType::F16, head_dim, rotate);
           CpuKv cpu(lo);
           for (int h = 0; h < n_head_kv; ++h)
@@ -294,7 +294,7 @@ void check_attention(std::mt19937& rng, std::vector<std::string>& bad) {
       KvLayout lo;
       lo.n_head_kv = sh.n_head_kv;
       lo.head_dim = d;
-      lo.n_slots = {n_slots};
+      lo.n_slots.assign(1, n_slots);
       if (c.n_lo) lo.n_lo = {c.n_lo};
       set_tier(lo, c.k, c.v, d, c.rotate);
       set_tier(lo.lo, c.lk, c.lv, d, c.rotate);
