@@ -40,5 +40,6 @@ if [ "${TOVA_SIM_MODELS:-1}" = 1 ] && [ -n "$SMOL" ]; then
 fi
 PYTHONPATH="$PWD/$PKG${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
   "import tova; assert tova._core._cuda_simulated(), tova._core.__file__; print('device cuda: the CPU simulator,', tova._core.__file__)"
+echo "built; the tests start at $(date -u +%T)"
 PYTHONPATH="$PWD/$PKG${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m pytest -q -rs -p no:cacheprovider -m "$MARK" \
   tests/test_cuda.py tests/test_cuda_sim.py "$@"
