@@ -111,6 +111,14 @@ unsigned grid_for(int64_t count, int threads) {
   return static_cast<unsigned>(g < 65535 ? (g < 1 ? 1 : g) : 65535);
 }
 
+// rms_norm_kernel over `rows` rows, as every norm below launches it (quant_block 0: y alone).
+void launch_norm(Queue s, float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps,
+                 const ActRows& q, int quant_block, const char* what) {
+  if (rows <= 0) return;
+  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), kNormThreads, s)(x, a, w, y, width, eps, q, quant_block);
+  check_launch(s, what);
+}
+
 }  // namespace
 
 bool matmul_supports(GgmlType t) {
@@ -160,17 +168,12 @@ void embed(Queue s, GgmlType t, const uint8_t* w, size_t row_bytes, int64_t widt
 }
 
 void rms_norm(Queue s, const float* x, const float* w, float* y, int64_t rows, int64_t width, float eps) {
-  if (rows <= 0) return;
   // x is only read without an addend
-  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), kNormThreads, s)(const_cast<float*>(x), nullptr, w, y, width, eps,
-                                                                    ActRows{}, 0);
-  check_launch(s, "rms_norm");
+  launch_norm(s, const_cast<float*>(x), nullptr, w, y, rows, width, eps, ActRows{}, 0, "rms_norm");
 }
 
 void add_rms_norm(Queue s, float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps) {
-  if (rows <= 0) return;
-  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), kNormThreads, s)(x, a, w, y, width, eps, ActRows{}, 0);
-  check_launch(s, "add_rms_norm");
+  launch_norm(s, x, a, w, y, rows, width, eps, ActRows{}, 0, "add_rms_norm");
 }
 
 void rms_norm_act(Queue s, float* x, const float* a, const float* w, float* y, int64_t rows, int64_t width, float eps,
@@ -178,8 +181,7 @@ void rms_norm_act(Queue s, float* x, const float* a, const float* w, float* y, i
   if (!cfg.act || !cfg.act_state) throw Error("CUDA rms_norm_act: no 8-bit buffer");
   const ActRows q = act_rows(t, static_cast<int>(rows), width, cfg.act, cfg.act_bytes);
   if (rows <= 0) return;
-  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(rows), kNormThreads, s)(x, a, w, y, width, eps, q, act_block(t));
-  check_launch(s, "rms_norm (quantized)");
+  launch_norm(s, x, a, w, y, rows, width, eps, q, act_block(t), "rms_norm (quantized)");
   *cfg.act_state = ActState{y, static_cast<int>(rows), width, t};
 }
 
@@ -209,9 +211,7 @@ void tail_apart(Queue s, const Tail& t) {
   if (t.kind == Tail::None || (t.kind != Tail::Store && t.rows <= 0)) return;
   if (t.kind == Tail::Quant) return quantize_rows(s, t.x, t.rows, t.q, t.quant_block);
   if (t.kind == Tail::Store) return write_kv(s, t.kv, t.writes, t.n_writes, t.n_head_kv, t.head_dim, t.rope);
-  TOVA_LAUNCH(rms_norm_kernel, static_cast<unsigned>(t.rows), kNormThreads, s)(t.x, t.a, t.w, t.y, t.width, eps_of(t), t.q,
-                                                                      t.quant_block);
-  check_launch(s, "rms_norm");
+  launch_norm(s, t.x, t.a, t.w, t.y, t.rows, t.width, eps_of(t), t.q, t.quant_block, "rms_norm");
 }
 
 Tail norm_tail(unsigned* counter, float* x, const float* a, const float* w, float* y, int rows, int64_t width,
