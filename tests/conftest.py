@@ -62,3 +62,23 @@ def reference_dir() -> Path:
         pytest.fail(f"reference folder not found at {path} (from {how}); "
                     "set TOVA_SHARED to the shared/ folder", pytrace=False)
     return path
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``TOVA_TEST_SHARD=k/n`` keeps every n-th selected test from the k-th (k from 0): n
+    processes, one for each k, run the selection once between them. tests/cuda_sim.sh runs the
+    simulated CUDA tests so, in parallel, when TOVA_SIM_SHARDS is above 1."""
+    spec = os.environ.get("TOVA_TEST_SHARD")
+    if not spec:
+        return
+    try:
+        k, n = (int(v) for v in spec.split("/"))
+        if not 0 <= k < n:
+            raise ValueError
+    except ValueError:
+        raise pytest.UsageError(f"TOVA_TEST_SHARD={spec!r}: expected k/n with 0 <= k < n") from None
+    kept = items[k::n]
+    kept_ids = {id(item) for item in kept}
+    config.hook.pytest_deselected(items=[item for item in items if id(item) not in kept_ids])
+    items[:] = kept

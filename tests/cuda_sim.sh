@@ -6,6 +6,7 @@
 # the speed and the device's own math need a GPU (bench/cuda_check.sh).
 #
 #     bash tests/cuda_sim.sh [BUILD_DIR] [pytest args...]     # default build/cuda-sim
+#     TOVA_SIM_SHARDS=2 bash tests/cuda_sim.sh ...               # the tests in two processes
 #
 # Needs the Python of the test suite (numpy, pytest, gguf, nanobind) on PATH. SmolLM2 itself
 # (the `model` test) runs when it is already downloaded, for TOVA_CUDA_STEPS decode steps
@@ -41,5 +42,26 @@ fi
 PYTHONPATH="$PWD/$PKG${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
   "import tova; assert tova._core._cuda_simulated(), tova._core.__file__; print('device cuda: the CPU simulator,', tova._core.__file__)"
 echo "built; the tests start at $(date -u +%T)"
-PYTHONPATH="$PWD/$PKG${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m pytest -q -rs -p no:cacheprovider -m "$MARK" \
-  tests/test_cuda.py tests/test_cuda_sim.py "$@"
+run_tests() {
+  PYTHONPATH="$PWD/$PKG${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m pytest -q -rs -p no:cacheprovider -m "$MARK" \
+    tests/test_cuda.py tests/test_cuda_sim.py "$@"
+}
+# The simulator runs one thread: TOVA_SIM_SHARDS=n splits the tests over n processes
+# (TOVA_TEST_SHARD, tests/conftest.py), each with its own log, shown in turn when all are done.
+SHARDS="${TOVA_SIM_SHARDS:-1}"
+if [ "$SHARDS" -le 1 ]; then
+  run_tests "$@"
+  exit
+fi
+pids=()
+for ((k = 0; k < SHARDS; ++k)); do
+  TOVA_TEST_SHARD="$k/$SHARDS" run_tests --basetemp="$B/tmp-shard-$k" "$@" > "$B/shard-$k.log" 2>&1 &
+  pids+=("$!")
+done
+rc=0
+for ((k = 0; k < SHARDS; ++k)); do
+  wait "${pids[$k]}" || rc=1
+  echo "-- tests, part $((k + 1)) of $SHARDS (TOVA_TEST_SHARD=$k/$SHARDS), ended at $(date -u +%T):"
+  cat "$B/shard-$k.log"
+done
+exit "$rc"
