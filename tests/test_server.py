@@ -225,6 +225,19 @@ def test_n_choices_and_seeds(server: Server, engine: tova.Engine) -> None:
         assert c.message.content == want
 
 
+@pytest.mark.model
+def test_usage_of_several_prompts_streamed_or_not(server: Server, engine: tova.Engine) -> None:
+    prompts = ["The capital of France is", "1, 2, 3,"]
+    body = {"model": MODEL_ID, "prompt": prompts, "max_tokens": 3, "temperature": 0}
+    whole = server.post("/v1/completions", body).json()["usage"]
+    assert whole["prompt_tokens"] == sum(len(engine.tokenize(p)) for p in prompts)
+    r = server.post("/v1/completions", dict(body, stream=True, stream_options={"include_usage": True}))
+    events = [json.loads(line[6:]) for line in r.text.splitlines()
+              if line.startswith("data: ") and line != "data: [DONE]"]
+    streamed = events[-1]["usage"]
+    assert events[-1]["choices"] == [] and streamed == whole
+
+
 # ---- errors ----------------------------------------------------------------------------------------
 @pytest.mark.model
 @pytest.mark.parametrize("path,body,status,param", [
@@ -242,6 +255,19 @@ def test_n_choices_and_seeds(server: Server, engine: tova.Engine) -> None:
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "word " * 1500}]}, 400, "messages"),
     ("/v1/completions", {"prompt": 5}, 400, "prompt"),
     ("/v1/completions", {"prompt": "x", "max_tokens": -3}, 400, "max_tokens"),
+    # more generations than the server can ever hold (2 sequences + a queue of 2): not a 429
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 5}, 400, "n"),
+    ("/v1/completions", {"prompt": ["a", "b", "c", "d", "e"]}, 400, "prompt"),
+    ("/v1/completions", {"prompt": "word " * 1500}, 400, "prompt"),  # --max-prompt-tokens 1000
+    ("/v1/completions", {"prompt": "hi \ud800"}, 400, "prompt"),  # a lone surrogate
+    ("/v1/chat/completions", {"model": "\ud800", "messages": [{"role": "user", "content": "hi"}]},
+     404, "model"),
+    ("/v1/completions", {"prompt": [5, 10 ** 9]}, 400, "prompt"),
+    ("/v1/completions", {"prompt": "x", "seed": -2}, 400, "seed"),
+    ("/v1/completions", {"prompt": "x", "top_k": 2 ** 31}, 400, "top_k"),
+    ("/v1/completions", b'{"prompt": "x", "temperature": NaN}', 400, "temperature"),
+    ("/v1/chat/completions", b'{"messages": ' + b"[" * 100000 + b"]" * 100000 + b"}", 400, None),
+    ("/v1/completions", b'{"prompt": "' + b"a" * (9 << 20) + b'"}', 413, None),  # over 8 MiB
 ])
 def test_bad_requests(server: Server, path: str, body: Any, status: int, param: Optional[str]) -> None:
     r = server.post(path, body)
@@ -386,6 +412,61 @@ def _long_conversation(server: Server, turns: int) -> None:
     assert server.metrics()["tova_kv_evictions_total"] > 0
     # Memory is flat: what grows is the conversation the client sends, not the server.
     assert rss[1] - rss[0] < 8 * 1024, rss  # KiB: flat
+
+
+# ---- stopping the server ------------------------------------------------------------------------------
+@pytest.mark.model
+def test_sigterm_to_the_tova_program_stops_the_server(smollm2_path: Path) -> None:
+    """`tova serve` (the native program) runs the Python server in its own process, so that a
+    service manager's SIGTERM reaches it: the server stops and frees its port."""
+    from tova._cli import binary
+
+    port = _free_port()
+    p = subprocess.Popen([str(binary()), "serve", "-m", str(smollm2_path), "--host", HOST, "--port", str(port),
+                          "--n-seq", "1", "--kv-size", "64", "--threads", "1", "--log-level", "warning"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert p.poll() is None and time.time() < deadline, "the server did not start"
+            try:
+                if httpx.get(f"http://{HOST}:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=30)  # the process that answered is the one signalled
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://{HOST}:{port}/health", timeout=2)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.model
+def test_answer_cut_by_shutdown_is_an_openai_error(smollm2_path: Path) -> None:
+    """A request still generating when the server's graceful shutdown runs out gets a JSON 503,
+    not a bare 500."""
+    s = Server(smollm2_path, "--n-seq", "1", "--kv-size", "64")
+    try:
+        body = {"model": MODEL_ID, "prompt": "Once upon a time", "max_tokens": 100000,
+                "ignore_eos": True, "temperature": 0}
+        with httpx.Client(timeout=60) as c:
+            import threading
+
+            out: Dict[str, Any] = {}
+            t = threading.Thread(target=lambda: out.update(r=c.post(s.base + "/v1/completions", json=body)))
+            t.start()
+            assert _wait_active(s, 1) == 1
+            s.proc.send_signal(signal.SIGINT)
+            t.join(timeout=60)
+        r = out["r"]
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "server_shutting_down"
+        assert s.proc.wait(timeout=30) == 0
+    finally:
+        s.stop()
 
 
 def test_serve_refuses_bad_engine_settings(tmp_path) -> None:

@@ -161,6 +161,20 @@ void bind_engine(nb::module_& m) {
              return e.tokenize(text, add_bos, special);
            },
            nb::arg("text"), nb::arg("add_bos"), nb::arg("special"))
+      // (n, ids), or (n, None) where n > limit: a caller that refuses long prompts (the HTTP
+      // server) never holds a Python list of a huge one.
+      .def("tokenize_within",
+           [](const Engine& e, const std::string& text, bool add_bos, bool special, int64_t limit) {
+             std::vector<int32_t> ids;
+             {
+               nb::gil_scoped_release release;
+               ids = e.tokenize(text, add_bos, special);
+             }
+             const auto n = static_cast<int64_t>(ids.size());
+             if (limit >= 0 && n > limit) return nb::make_tuple(n, nb::none());
+             return nb::make_tuple(n, nb::cast(ids));
+           },
+           nb::arg("text"), nb::arg("add_bos"), nb::arg("special"), nb::arg("limit"))
       .def("detokenize",
            [](const Engine& e, const std::vector<int32_t>& ids, bool special) {
              std::string s = e.detokenize(ids, special);

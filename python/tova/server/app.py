@@ -78,6 +78,14 @@ class _Gate:
         await send({"type": "http.response.body", "body": body})
 
 
+class _ErrorJSON(JSONResponse):
+    """An error's JSON, non-ASCII escaped: a message that quotes the request (a lone surrogate
+    in a model name, say) can always be encoded."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
 def create_app(engine: Engine, config: Optional[ServeConfig] = None) -> FastAPI:
     """An OpenAI-compatible HTTP application serving ``engine``.
 
@@ -113,22 +121,22 @@ def create_app(engine: Engine, config: Optional[ServeConfig] = None) -> FastAPI:
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        return _ErrorJSON(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return JSONResponse(error_body(str(exc.detail), kind, None, None), status_code=exc.status_code)
+        return _ErrorJSON(error_body(str(exc.detail), kind, None, None), status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(error_body(str(exc), "invalid_request_error", None, None), status_code=400)
+        return _ErrorJSON(error_body(str(exc), "invalid_request_error", None, None), status_code=400)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("request failed")
-        return JSONResponse(error_body(f"internal error: {exc}", "server_error", None, None),
-                            status_code=500)
+        return _ErrorJSON(error_body(f"internal error: {exc}", "server_error", None, None),
+                          status_code=500)
 
     app.add_middleware(_Gate, service=service)  # type: ignore[arg-type]
     return app

@@ -9,6 +9,16 @@ from typing import List, Optional, Sequence
 __all__ = ["main", "build_parser"]
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0 to 65535)")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tova serve",
@@ -17,14 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "engine sequence; the KV cache of each stays in fixed memory.")
     p.add_argument("-m", "--model", required=True, help="GGUF path or registry name")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0: any free port)")
     seqs = p.add_mutually_exclusive_group()
     seqs.add_argument("--n-seq", type=int, default=None,
                       help="sequences decoded together (default 8)")
     seqs.add_argument("--kv-budget", default=None,
                       help="bytes for all KV stores ('256MiB'): as many sequences as fit")
     p.add_argument("--kv-size", type=int, default=512, help="tokens kept per layer and sequence")
-    p.add_argument("--policy", default="tova", help="tova (default), h2o, sink, window, full")
+    p.add_argument("--policy", default="tova", help="tova (default), tova_ema, h2o, sink, window, full")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
     p.add_argument("--kv-type", default=None, help="KV element type: f16 (default), q8_0, q5_1, q4_1, ... or K/V "
                    "(q8_0/q4_1; values may also be q3_0)")
@@ -38,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests that may wait for a sequence; more are answered 429 (default 64)")
     p.add_argument("--max-prompt-tokens", type=int, default=32768,
                    help="longest prompt accepted per request, 0 = no limit (default 32768)")
+    p.add_argument("--max-body-bytes", type=int, default=8 << 20,
+                   help="largest request body accepted; larger ones are answered 413 (default 8 MiB)")
     p.add_argument("--max-tokens", type=int, default=1024,
                    help="max_tokens of a chat request that sets none (default 1024)")
     p.add_argument("--api-key", default=os.environ.get("TOVA_API_KEY"),
@@ -66,7 +78,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .service import ServeConfig
 
     n_seq = args.n_seq if args.n_seq is not None or args.kv_budget is not None else 8
-    for name in ("n_seq", "kv_size", "threads", "max_queue", "max_prompt_tokens", "max_tokens"):
+    for name in ("n_seq", "kv_size", "threads", "max_queue", "max_prompt_tokens", "max_tokens",
+                 "max_body_bytes"):
         v = getattr(args, name)
         if v is not None and v < (0 if name in ("max_queue", "max_prompt_tokens") else 1):
             print(f"tova serve: --{name.replace('_', '-')} must be positive", file=sys.stderr)
@@ -82,7 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     config = ServeConfig(model_id=args.model_id or _model_id(args.model), max_queue=args.max_queue,
                          max_prompt_tokens=args.max_prompt_tokens, api_key=args.api_key or None,
-                         default_max_tokens=args.max_tokens)
+                         default_max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes)
     app = create_app(engine, config)
     print(f"tova serve: {config.model_id} ({engine.n_seq} sequences, kv_size {engine.kv_size}, "
           f"KV {engine.kv_bytes / 2**20:.1f} MiB) on http://{args.host}:{args.port}/v1",

@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator, Dict, List, Optional
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from .. import _check
 from .. import chat as _chat
 from .errors import APIError, error_body
 from .schemas import Sampling, parse_chat, parse_completion
@@ -31,11 +32,33 @@ def _service(request: Request) -> Service:
 
 
 async def _json_body(request: Request) -> Any:
-    raw = await request.body()
+    """The request's JSON, read up to ``max_body_bytes`` (413 beyond: a huge body is refused
+    before it is held, parsed or tokenized)."""
+    limit = _service(request).config.max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks: List[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from e
+    except RecursionError as e:
+        raise APIError(400, "the request body is not valid JSON: nested too deeply",
+                       code="invalid_json") from e
+
+
+def _too_large(size: int, limit: int) -> APIError:
+    return APIError(413, f"the request body has {'more than ' if size > limit else ''}{size} bytes; "
+                    f"this server accepts at most {limit} (--max-body-bytes)",
+                    code="request_too_large")
 
 
 def _check_model(service: Service, s: Sampling) -> str:
@@ -46,14 +69,34 @@ def _check_model(service: Service, s: Sampling) -> str:
     return model_id
 
 
-def _check_prompt(service: Service, ids: List[int]) -> None:
-    if not ids:
-        raise APIError(400, "the prompt is empty: it tokenizes to no tokens", param="prompt")
+def _check_prompt(service: Service, ids: List[int], param: str, n: Optional[int] = None) -> None:
+    """An empty prompt, or one longer than ``max_prompt_tokens`` (``n`` tokens where the ids
+    were not kept), is a 400 naming ``param``."""
+    n = len(ids) if n is None else n
+    if not n:
+        raise APIError(400, "the prompt is empty: it tokenizes to no tokens", param=param)
     limit = service.config.max_prompt_tokens
-    if limit and len(ids) > limit:
-        raise APIError(400, f"the prompt has {len(ids)} tokens; this server accepts at most {limit} "
-                       "per request (--max-prompt-tokens)", param="messages",
+    if limit and n > limit:
+        raise APIError(400, f"the prompt has {n} tokens; this server accepts at most {limit} "
+                       "per request (--max-prompt-tokens)", param=param,
                        code="context_length_exceeded")
+
+
+async def _tokenize(service: Service, text: str, *, special: bool, param: str) -> List[int]:
+    """``text``'s token ids (with the model's BOS unless ``special``: a rendered chat carries
+    its own), off the event loop; a 400 naming ``param`` for text that is not valid Unicode or
+    is longer than ``max_prompt_tokens`` (then never held as a Python list)."""
+    engine = service.engine
+    try:
+        _check.text(param, text)
+    except ValueError as e:
+        raise APIError(400, str(e), param=param, code="invalid_value") from e
+    add_bos = False if special else bool(engine.model_info["add_bos"])
+    limit = service.config.max_prompt_tokens or -1
+    n, ids = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: engine._e.tokenize_within(text, add_bos, special, limit))
+    _check_prompt(service, ids or [], param, n)
+    return list(ids)
 
 
 def _finish(reason: str) -> str:
@@ -74,11 +117,15 @@ def _logprobs_content(svc: Any, entries: List[Any], drop_final_eog: bool) -> Dic
                         for t, lp, top in entries]}
 
 
-def _usage(batch: Batch) -> Dict[str, Any]:
-    # A request with n choices reads its prompt n times; OpenAI counts it once. Cached: prompt
+def _usage(batch: Batch, n: int) -> Dict[str, Any]:
+    # A request with n choices a prompt reads it n times; OpenAI counts it once. Cached: prompt
     # tokens a sequence already held from the conversation's previous request (not read again).
-    p = max((c.prompt_tokens for c in batch.choices), default=0)
-    cached = max((c.cached_tokens for c in batch.choices), default=0)
+    # Choices k*n .. k*n+n-1 read prompt k (completions with several prompts): each counted once.
+    groups: Dict[int, List[Any]] = {}
+    for c in batch.choices:
+        groups.setdefault(c.index // n, []).append(c)
+    p = sum(max(c.prompt_tokens for c in g) for g in groups.values())
+    cached = sum(max(c.cached_tokens for c in g) for g in groups.values())
     done = sum(c.completion_tokens for c in batch.choices)
     return {"prompt_tokens": p, "completion_tokens": done, "total_tokens": p + done,
             "prompt_tokens_details": {"cached_tokens": cached}}
@@ -101,6 +148,11 @@ async def _collect(request: Request, batch: Batch) -> List[str]:
                 batch.cancel()
         task.result()  # a failed choice raises here
         return texts
+    except asyncio.CancelledError:
+        # The server stops (its graceful shutdown's time ran out) before the answer is whole:
+        # an error the client can read instead of the server's bare 500.
+        raise APIError(503, "the server is shutting down; the generation was stopped",
+                       type="server_error", code="server_shutting_down") from None
     finally:
         if not task.done():
             task.cancel()
@@ -111,9 +163,11 @@ def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def _stream(batch: Batch, chunk: Any, s: Sampling, usage_chunk: Any) -> AsyncIterator[str]:
+async def _stream(batch: Batch, chunk: Any, s: Sampling, usage_chunk: Any,
+                  n: int) -> AsyncIterator[str]:
     """Server-sent events of a batch: ``chunk(index, piece, finish)`` for every piece and end,
-    then the usage chunk (``stream_options.include_usage``), then ``[DONE]``. Cancels the
+    then the usage chunk (``stream_options.include_usage``; ``n`` choices a prompt), then
+    ``[DONE]``. Cancels the
     choices when the client goes away (the generator is closed or cancelled)."""
     try:
         try:
@@ -127,7 +181,7 @@ async def _stream(batch: Batch, chunk: Any, s: Sampling, usage_chunk: Any) -> As
             yield "data: [DONE]\n\n"
             return
         if s.include_usage:
-            yield _sse(usage_chunk(_usage(batch)))
+            yield _sse(usage_chunk(_usage(batch, n)))
         yield "data: [DONE]\n\n"
     finally:
         batch.cancel()
@@ -184,10 +238,10 @@ async def chat_completions(request: Request) -> Response:
         prompt = _chat.render_prompt(engine, req.messages)
     except (ValueError, TypeError) as e:
         raise APIError(400, str(e), param="messages") from e
-    ids = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: engine.tokenize(prompt, add_bos=False, special=True))
-    _check_prompt(svc, ids)
-    batch = svc.start([ids] * s.n, s.fields)
+    n = s.n
+    svc.check_fits(n, "n")
+    ids = await _tokenize(svc, prompt, special=True, param="messages")
+    batch = svc.start([ids] * n, s.fields)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     if s.stream:
@@ -221,7 +275,7 @@ async def chat_completions(request: Request) -> Response:
             return {"id": rid, "object": "chat.completion.chunk", "created": created,
                     "model": model, "choices": [], "usage": usage}
 
-        return StreamingResponse(_stream(batch, chunk, s, usage_chunk),
+        return StreamingResponse(_stream(batch, chunk, s, usage_chunk, n),
                                  media_type="text/event-stream", headers=_SSE_HEADERS)
 
     texts = await _collect(request, batch)
@@ -233,7 +287,7 @@ async def chat_completions(request: Request) -> Response:
                                   _logprobs_content(svc, c.handle.logprobs(), c.finish_reason == "stop")),
                      "finish_reason": _finish(c.finish_reason)}
                     for c in batch.choices],
-        "usage": _usage(batch),
+        "usage": _usage(batch, n),
     })
 
 
@@ -246,14 +300,21 @@ async def completions(request: Request) -> Response:
     s = req.sampling
     model = _check_model(svc, s)
     engine = svc.engine
-    loop = asyncio.get_running_loop()
+    n = s.n
+    svc.check_fits(len(req.prompts) * n, "n" if len(req.prompts) == 1 else "prompt")
     prompt_ids: List[List[int]] = []
     for p in req.prompts:
-        ids = (await loop.run_in_executor(None, engine.tokenize, p)) if isinstance(p, str) else list(p)
-        _check_prompt(svc, ids)
+        if isinstance(p, str):
+            ids = await _tokenize(svc, p, special=False, param="prompt")
+        else:
+            ids = list(p)
+            bad = next((t for t in ids if not 0 <= t < engine.n_vocab), None)
+            if bad is not None:
+                raise APIError(400, f"token id {bad} is out of range [0, {engine.n_vocab})",
+                               param="prompt", code="invalid_value")
+            _check_prompt(svc, ids, "prompt")
         prompt_ids.append(ids)
     # Choice k is prompt k // n with seed + k % n (OpenAI orders choices prompt by prompt).
-    n = s.n
     batch = svc.start([ids for ids in prompt_ids for _ in range(n)],
                       lambda k: s.fields(k % n))
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -279,19 +340,16 @@ async def completions(request: Request) -> Response:
             return {"id": rid, "object": "text_completion", "created": created, "model": model,
                     "choices": [], "usage": usage}
 
-        return StreamingResponse(_stream(batch, chunk, s, usage_chunk),
+        return StreamingResponse(_stream(batch, chunk, s, usage_chunk, n),
                                  media_type="text/event-stream", headers=_SSE_HEADERS)
 
     texts = await _collect(request, batch)
-    # Usage over all prompts: each prompt once, every choice's tokens.
-    prompt_tokens = sum(len(ids) for ids in prompt_ids)
-    done = sum(c.completion_tokens for c in batch.choices)
+    usage = _usage(batch, n)
     return JSONResponse({
         "id": rid, "object": "text_completion", "created": created, "model": model,
         "choices": [{"index": c.index,
                      "text": (echo[c.index // n] if echo else "") + texts[c.index],
                      "logprobs": None, "finish_reason": _finish(c.finish_reason)}
                     for c in batch.choices],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": done,
-                  "total_tokens": prompt_tokens + done},
+        "usage": usage,
     })

@@ -74,8 +74,10 @@ def _number(body: Mapping[str, Any], name: str, default: float, lo: float, hi: f
     v = body.get(name)
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise invalid(f"'{name}' must be a number, got {_kind(v)}", name, "invalid_type")
+    if not math.isfinite(v):
+        raise invalid(f"'{name}' must be a finite number, got {v}", name, "invalid_value")
     if not lo <= v <= hi:
         raise invalid(f"'{name}' must be between {lo:g} and {hi:g}, got {v}", name, "invalid_value")
     return float(v)
@@ -156,7 +158,11 @@ def _sampling(body: Mapping[str, Any], default_max_tokens: int, max_tokens_cap: 
         raise invalid("'stream_options' must be an object", "stream_options", "invalid_type")
     include_usage = _bool(opts or {}, "include_usage", False)
     logprobs = _logprobs(body, chat)
-    seed = _int(body, "seed", None, lo=-(2 ** 62), hi=2 ** 62)
+    # -1 asks for a random seed (llama.cpp's convention), as no seed does; choice i of n draws
+    # with seed + i, which must stay an int64.
+    seed = _int(body, "seed", None, lo=-1, hi=2 ** 63 - 1 - 128)
+    if seed == -1:
+        seed = None
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
     return Sampling(
         model=model, max_tokens=max_tokens, stop=_stop(body),
@@ -165,7 +171,7 @@ def _sampling(body: Mapping[str, Any], default_max_tokens: int, max_tokens_cap: 
         seed=seed,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=top_p if top_p > 0 else 1e-6,  # 0 would mean "nothing": keep the top token
-        top_k=_int(body, "top_k", 0, lo=0) or 0,
+        top_k=_int(body, "top_k", 0, lo=0, hi=2 ** 31 - 1) or 0,
         min_p=_number(body, "min_p", 0.0, 0.0, 1.0),
         repeat_penalty=_number(body, "repeat_penalty", 1.0, 1e-6, 100.0),
         presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),

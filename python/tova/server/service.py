@@ -40,6 +40,7 @@ class ServeConfig:
         api_key: when set, ``/v1/*`` requires ``Authorization: Bearer <api_key>``.
         default_max_tokens: ``max_tokens`` of a chat request that gives none.
         max_tokens_cap: the largest ``max_tokens`` accepted.
+        max_body_bytes: the largest request body accepted (413 beyond).
     """
     model_id: str
     max_queue: int = 64
@@ -47,6 +48,7 @@ class ServeConfig:
     api_key: Optional[str] = None
     default_max_tokens: int = 1024
     max_tokens_cap: int = 1 << 20
+    max_body_bytes: int = 8 << 20
 
     def __post_init__(self) -> None:
         if not _check.text("model_id", self.model_id):
@@ -58,6 +60,7 @@ class ServeConfig:
         _check.integer("max_tokens_cap", self.max_tokens_cap, minimum=1)
         _check.integer("default_max_tokens", self.default_max_tokens, minimum=1,
                        maximum=self.max_tokens_cap)
+        _check.integer("max_body_bytes", self.max_body_bytes, minimum=1)
 
 
 class Choice:
@@ -148,7 +151,16 @@ class Service:
             max_workers=self.capacity + 4, thread_name_prefix="tova-serve")
 
     # ---- admission --------------------------------------------------------------------------------
+    def check_fits(self, n: int, param: str) -> None:
+        """A 400 naming ``param`` when a request asks for more generations than the server can
+        ever hold at once (waiting would not help: not the 429 of a full queue)."""
+        if n > self.capacity:
+            raise APIError(400, f"the request asks for {n} generations; this server runs or queues at "
+                           f"most {self.capacity} at once ({self.engine.n_seq} sequences, queue of "
+                           f"{self.config.max_queue})", param=param, code="invalid_value")
+
     def _reserve(self, n: int) -> None:
+        self.check_fits(n, "n")
         with self._lock:
             if self._admitted + n > self.capacity:
                 busy = self._admitted
