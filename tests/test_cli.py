@@ -38,6 +38,60 @@ def test_unknown_command_and_option():
     assert r.returncode == 2 and r.stderr.strip() == "tova: error: unknown option --bogus (see --help)"
 
 
+def test_each_command_has_help():
+    for cmd, first in (("bench", "usage: tova bench"), ("info", "usage: tova info"), ("run", "usage: tova")):
+        r = run(cmd, "--help")
+        assert r.returncode == 0 and r.stdout.startswith(first), (cmd, r.stderr)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from reference.synthetic import write_llama_gguf
+
+    path = tmp_path_factory.mktemp("cli") / "tiny.gguf"
+    write_llama_gguf(path)
+    return path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "-p", "hi", "-n", "2", "extra", "words"], "unexpected argument 'extra'"),
+    (["bench", "-p", "8", "-n", "2", "extra"], "unexpected argument 'extra'"),
+    (["run", "-p", "hi", "--json"], "unknown option --json"),  # bench's options are bench's
+    (["run", "-p", "hi", "-r", "5"], "unknown option -r"),
+    (["run", "-p", "hi", "--seed", "9223372036854775808"], "option --seed is out of range"),
+    (["run", "-p", "hi", "--policy-args", "x"], "--policy-args are arguments for a --policy-plugin"),
+    (["run", "-p", "hi", "--policy", "h2o", "--policy-plugin", "x.so"], "give one"),
+    (["bench", "-p", "2000000000", "-n", "2000000000"], "-d + -p + -n = 4000000000 tokens"),
+])
+def test_refused_arguments(tiny_model, args, message):
+    r = run(*args, "-m", tiny_model)
+    assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_info_takes_one_model(tiny_model):
+    r = run("info", tiny_model, "extra")
+    assert r.returncode == 2 and "takes one model" in r.stderr
+
+
+def test_a_directory_as_the_prompt_file(tiny_model, tmp_path):
+    r = run("run", "-m", tiny_model, "-f", tmp_path)
+    assert r.returncode == 1 and "Is a directory" in r.stderr, r.stderr
+
+
+def test_unknown_kernel_tier_is_said(tiny_model):
+    env = dict(os.environ, TOVA_PYTHON=sys.executable, TOVA_CPU_KERNELS="AVX2")
+    r = subprocess.run([str(binary()), "info", str(tiny_model)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "TOVA_CPU_KERNELS=AVX2 is not a kernel tier" in r.stderr
+
+
+def test_bench_json_escapes_the_file_name(tiny_model, tmp_path):
+    odd = tmp_path / 'my"model\\x.gguf'
+    odd.symlink_to(tiny_model)
+    r = run("bench", "-m", odd, "-p", "8", "-n", "0", "-r", "1", "-t", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["model_filename"] == odd.name
+
+
 def test_missing_model():
     r = run("run", "-m", "/nonexistent/m.gguf", "-p", "hi")
     assert r.returncode == 1

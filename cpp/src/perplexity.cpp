@@ -57,7 +57,7 @@ PerplexityPlan plan_perplexity(int64_t n, const PerplexityParams& p, bool bos) {
       throw ArgumentError(cat(p.stride_name, " must be smaller than ", p.context_name, " ", N,
                               " (or unset for non-overlapping windows), got ", S));
   }
-  const int def = p.stride ? N - S - 1 : N / 2;
+  const int def = std::min(p.stride ? N - S - 1 : N / 2, N - 2);
   plan.score_from = p.score_from ? at_least(p.score_from_name, *p.score_from, 0) : def;
   if (plan.score_from > N - 2)
     throw ArgumentError(cat(p.score_from_name, " must be at most ", p.context_name, " - 2 = ",

@@ -11,6 +11,7 @@
 #include "common.h"
 #include "cpu/kernels_cpu.h"
 #include "engine.h"
+#include "cli_io.h"
 #include "quant.h"
 
 namespace tova {
@@ -27,6 +28,24 @@ const std::map<std::string, std::string> kBenchAliases = {
     {"-m", "--model"}, {"-p", "--prompt"}, {"-n", "--n-predict"}, {"-t", "--threads"},
     {"-ctk", "--kv-type-k"}, {"-ctv", "--kv-type-v"},
     {"-r", "--repetitions"}, {"-d", "--depth"}, {"-h", "--help"}};
+
+const char* kBenchUsage = R"(usage: tova bench -m MODEL [options]
+
+llama-bench style: prompt processing (ppN: N random tokens read in chunks) and generation (tgN:
+N tokens one at a time) of one sequence, each the mean and spread of its repetitions after a
+warm-up; with --batch / --kv-budget, the total generation speed of sequences decoding together.
+
+  -m, --model MODEL          model path or registry name
+  -p, --prompt N             prompt tokens (default 512; 0: no pp test)
+  -n, --n-predict N          generated tokens (default 128; 0: no tg test)
+  -r, --repetitions N        repetitions of each test (default 3)
+  -d, --depth D              run each test after D tokens of history (llama-bench -d)
+      --batch N              N sequences decoding together (total tokens/s)
+      --kv-budget B          as --batch, with as many sequences as fit in B bytes ("256MiB")
+      --json                 one JSON object per test
+  The engine options of tova run (tova --help): -t, --policy (default full here), --kv-size,
+  --kv-type, --ctx, --chunk, --device, ...
+)";
 
 struct MeanSd {
   double mean, sd;
@@ -83,6 +102,11 @@ double batch_decode(Engine& e, std::mt19937& rng, int n_prompt, int n_gen) {
 
 int cmd_bench(const std::vector<std::string>& argv, std::string (*resolve_model)(const std::string&)) {
   CliArgs a(argv, kBenchValues, kBenchFlags, kBenchAliases);
+  if (a.has("--help")) {
+    std::fputs(kBenchUsage, stdout);
+    return 0;
+  }
+  if (!a.positional().empty()) throw ArgumentError(cat("unexpected argument '", a.positional()[0], "' (see tova bench --help)"));
   const int n_prompt = a.integer("--prompt", 512);
   const int n_gen = a.integer("--n-predict", 128);
   const int reps = a.integer("--repetitions", 3);
@@ -90,11 +114,15 @@ int cmd_bench(const std::vector<std::string>& argv, std::string (*resolve_model)
   const int depth = a.integer("--depth", 0);
   if (n_prompt < 0 || n_gen < 0 || reps < 1 || depth < 0) throw ArgumentError("-p, -n, -d must be >= 0 and -r >= 1");
   const bool batch = a.has("--batch") || a.has("--kv-budget");
+  // The context a test needs (the default --ctx): counted in 64 bits, named by the options.
+  const int64_t need = int64_t{depth} + n_prompt + n_gen + (batch ? 1 : 0);
+  if (need > Limits::kMaxCtx)
+    throw ArgumentError(cat("-d + -p + -n = ", need, " tokens: more than the largest context, ", Limits::kMaxCtx));
   if (batch && depth > 0) throw ArgumentError("--depth applies to single-sequence tests, not --batch / --kv-budget");
   EngineParams ep = engine_params_from(a, "full");
   if (a.has("--batch")) ep.n_seq = a.integer("--batch", 1);
   if (a.has("--batch") && a.has("--kv-budget")) throw ArgumentError("give --batch or --kv-budget, not both");
-  if (!a.has("--ctx")) ep.n_ctx = std::max(depth + n_prompt + n_gen + (batch ? 1 : 0), 16);
+  if (!a.has("--ctx")) ep.n_ctx = std::max(static_cast<int>(need), 16);
   const std::string path = resolve_model(a.str("--model", ""));
   Engine engine(path, std::move(ep));
   const int V = engine.model().hp().n_vocab;
@@ -137,13 +165,14 @@ int cmd_bench(const std::vector<std::string>& argv, std::string (*resolve_model)
     for (size_t i = 0; i < tests.size(); ++i) {
       const Test& t = tests[i];
       MeanSd ms = mean_sd(t.ts);
-      std::printf("  {\"model_filename\": \"%s\", \"model_type\": \"%s %s\", \"n_threads\": %d, "
+      std::printf("  {\"model_filename\": %s, \"model_type\": %s, \"n_threads\": %d, "
                   "\"n_prompt\": %d, \"n_gen\": %d, \"n_depth\": %d, \"n_seq\": %d, \"policy\": \"%s\", \"kv_size\": %d, "
                   "\"type_k\": \"%s\", \"type_v\": \"%s\", \"kv_lo_type\": \"%s\", \"kv_hi_size\": %d, "
                   "\"kv_bytes\": %llu, \"backend\": \"%s\", "
                   "\"weight_bytes\": %llu, \"cpu_kernels\": \"%s\", \"avg_ts\": %.6f, "
                   "\"stddev_ts\": %.6f, \"samples_ts\": [",
-                  model_name.c_str(), engine.model().hp().arch.c_str(), engine.model().quant_summary().c_str(),
+                  json_string(model_name).c_str(),
+                  json_string(cat(engine.model().hp().arch, " ", engine.model().quant_summary())).c_str(),
                   engine.n_threads(), t.n_prompt, t.n_gen, depth, t.n_seq, engine.policy_name(), kv,
                   kv_type_name(P.kv_type_k), kv_type_name(P.kv_type_v), P.kv_lo_type_label().c_str(), P.hi_size(),
                   static_cast<unsigned long long>(engine.kv_bytes()),

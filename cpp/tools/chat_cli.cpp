@@ -18,6 +18,7 @@
 #include "cli_args.h"
 #include "common.h"
 #include "engine.h"
+#include "cli_io.h"
 #include "line_editor.h"
 
 namespace tova {
@@ -110,29 +111,6 @@ struct ReplyingScope {
   ReplyingScope() { g_replying = 1; }
   ~ReplyingScope() { g_replying = 0; }
 };
-
-std::string json_string(const std::string& s) {
-  std::string out = "\"";
-  for (const char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += ch;
-        }
-    }
-  }
-  return out + "\"";
-}
 
 std::string trim(const std::string& s) {
   const size_t b = s.find_first_not_of(" \t\r\n");

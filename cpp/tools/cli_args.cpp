@@ -1,5 +1,6 @@
 #include "cli_args.h"
 
+#include <cerrno>
 #include <cstdlib>
 
 #include "common.h"
@@ -52,9 +53,11 @@ long long CliArgs::integer64(const std::string& name, long long def) const {
   auto it = values_.find(name);
   if (it == values_.end()) return def;
   char* end = nullptr;
+  errno = 0;
   long long v = std::strtoll(it->second.c_str(), &end, 10);
   if (it->second.empty() || *end != '\0')
     throw ArgumentError(cat("option ", name, " needs an integer, got '", it->second, "'"));
+  if (errno == ERANGE) throw ArgumentError(cat("option ", name, " is out of range: ", it->second));
   return v;
 }
 
@@ -103,6 +106,10 @@ EngineParams engine_params_from(const CliArgs& a, const std::string& default_pol
     throw ArgumentError("--device and --backend disagree: give one");
   p.backend = parse_backend(a.str("--device", backend));
   if (a.has("--kv-budget")) p.kv_budget = parse_bytes(a.str("--kv-budget", ""));
+  if (a.has("--policy-plugin") && a.has("--policy"))
+    throw ArgumentError("--policy and --policy-plugin both choose the eviction policy: give one");
+  if (a.has("--policy-args") && !a.has("--policy-plugin"))
+    throw ArgumentError("--policy-args are arguments for a --policy-plugin, and none is given");
   if (a.has("--policy-plugin"))
     p.plugin = load_policy_plugin(a.str("--policy-plugin", ""), a.str("--policy-args", ""));
   return p;

@@ -22,6 +22,7 @@
 #include <set>
 
 #include "cli_args.h"
+#include "cli_io.h"
 #include "common.h"
 #include "engine.h"
 #include "perplexity.h"
@@ -76,17 +77,6 @@ PerplexityParams ppl_params(const CliArgs& a) {
   return p;
 }
 
-std::string read_all(const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) throw FileNotFound(cat(path, ": cannot open: ", std::strerror(errno)));
-  std::string s;
-  char buf[65536];
-  size_t k;
-  while ((k = std::fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, k);
-  std::fclose(f);
-  return s;
-}
-
 }  // namespace
 
 int cmd_perplexity(const std::vector<std::string>& argv,
@@ -100,7 +90,7 @@ int cmd_perplexity(const std::vector<std::string>& argv,
   if (!a.positional().empty())
     throw ArgumentError(cat("unexpected argument '", a.positional()[0], "' (see --help)"));
   PerplexityParams pp = ppl_params(a);
-  const std::string text = read_all(a.str("--file", ""));
+  const std::string text = read_text_file(a.str("--file", ""));
   const std::string path = resolve_model(a.str("--model", ""));
   EngineParams ep = engine_params_from(a, "full");
 

@@ -21,6 +21,7 @@
 #include "chat_cli.h"
 #include "perplexity_cli.h"
 #include "cli_args.h"
+#include "cli_io.h"
 #include "common.h"
 #include "bench_cli.h"
 #include "cpu/kernels_cpu.h"
@@ -91,7 +92,7 @@ run / bench options:
       --policy-args TEXT     arguments for the plugin's tova_policy_create
       --ignore-eos           do not stop at end-of-generation tokens
       --device D, --backend D   cpu (default) or cuda (the whole model on GPU 0; needs a
-                             build with TOVA_CUDA and f16/f32 KV)
+                             build with TOVA_CUDA)
   bench only: -r, --repetitions N (default 3), --json,
       --batch N              also measure N sequences decoding together (total tokens/s)
       --kv-budget B          as --batch, with as many sequences as fit in B bytes ("256MiB")
@@ -117,10 +118,11 @@ std::string python_exe() {
     buf[n] = '\0';
     std::string dir(buf);
     dir = dir.substr(0, dir.rfind('/'));
-    for (const char* name : {"/python3", "/python"}) {
-      if (is_file(dir + name)) return dir + name;
-      if (is_file(dir + "/../../../bin" + name)) return dir + "/../../../bin" + name;  // tova/bin/
-    }
+    // Beside it (a venv's bin/), or from the package's own copy (PREFIX/lib/pythonX.Y/
+    // site-packages/tova/bin/) up to PREFIX/bin/.
+    for (const char* up : {"", "/../../../../../bin"})
+      for (const char* name : {"/python3", "/python"})
+        if (is_file(dir + up + name)) return dir + up + name;
   }
   return "python3";
 }
@@ -132,12 +134,22 @@ std::string shell_quote(const std::string& s) {
 }
 
 // `python -m MODULE ARGS` with the interpreter that carries the package: pull and list
-// (tova.models) and serve (tova.server, the HTTP server of tova[server]) are Python.
+// (tova.models) and serve (tova.server, the HTTP server of tova[server]) are Python. The
+// interpreter replaces this process (exec), so that signals (a terminal's Ctrl-C, a service
+// manager's or `docker stop`'s SIGTERM) and the exit status are the Python program's own; returns
+// only when it cannot be started.
 int run_python_cli(const char* module, const std::vector<std::string>& args) {
-  std::string cmd = shell_quote(python_exe()) + " -m " + module;
-  for (const auto& a : args) cmd += " " + shell_quote(a);
-  int rc = std::system(cmd.c_str());
-  return rc == -1 ? 1 : WEXITSTATUS(rc);
+  const std::string exe = python_exe();
+  std::vector<std::string> argv_s = {exe, "-m", module};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(&a[0]);
+  argv.push_back(nullptr);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  ::execvp(exe.c_str(), argv.data());
+  std::fprintf(stderr, "tova: cannot run %s -m %s: %s\n", exe.c_str(), module, std::strerror(errno));
+  return 127;
 }
 
 int run_models_cli(const std::vector<std::string>& args) { return run_python_cli("tova.models", args); }
@@ -161,31 +173,37 @@ std::string resolve_model(const std::string& model) {
   return nl == std::string::npos ? out : out.substr(nl + 1);
 }
 
-std::string read_text_file(const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) throw FileNotFound(cat(path, ": cannot open: ", std::strerror(errno)));
-  std::string s;
-  char buf[65536];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
-  std::fclose(f);
-  return s;
-}
-
 const std::set<std::string> kValueOpts = {
     "--model", "--prompt", "--n-predict", "--threads", "--temp", "--top-k", "--top-p", "--min-p",
     "--repeat-penalty", "--seed", "--kv-size", "--policy", "--n-sink", "--kv-type", "--kv-type-k", "--kv-type-v", "--kv-lo-type", "--kv-hi-size", "--ctx",
-    "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--repetitions", "--file",
+    "--chunk", "--prefill", "--positions", "--policy-plugin", "--policy-args", "--file",
     "--backend", "--device"};
-const std::set<std::string> kFlags = {"--json", "--ignore-eos", "--help", "--no-kv-hadamard", "--float-activations"};
+const std::set<std::string> kFlags = {"--ignore-eos", "--help", "--no-kv-hadamard", "--float-activations"};
 const std::map<std::string, std::string> kAliases = {
     {"-m", "--model"}, {"-p", "--prompt"}, {"-n", "--n-predict"}, {"-t", "--threads"},
-    {"-r", "--repetitions"}, {"-s", "--seed"}, {"-h", "--help"}, {"-f", "--file"},
+    {"-s", "--seed"}, {"-h", "--help"}, {"-f", "--file"},
     {"-ctk", "--kv-type-k"}, {"-ctv", "--kv-type-v"}};
 
+// Arguments that are not options are errors (a command that takes none: run, bench).
+void no_positional(const CliArgs& a, const char* command) {
+  if (!a.positional().empty())
+    throw ArgumentError(cat("unexpected argument '", a.positional()[0], "' (see tova ", command, " --help)"));
+}
+
+const char* kInfoUsage = R"(usage: tova info MODEL   (or -m MODEL)
+
+Prints the model's GGUF metadata, tensor types, hyperparameters, tokenizer, the CPU kernels
+this machine runs, the load time and the memory it takes (weights are mapped, not copied).
+)";
+
 int cmd_info(const std::vector<std::string>& argv) {
-  CliArgs a(argv, kValueOpts, kFlags, kAliases);
-  if (a.positional().empty() && !a.has("--model")) throw ArgumentError("usage: tova info MODEL");
+  CliArgs a(argv, {"--model"}, {"--help"}, {{"-m", "--model"}, {"-h", "--help"}});
+  if (a.has("--help")) {
+    std::fputs(kInfoUsage, stdout);
+    return 0;
+  }
+  const size_t given = a.positional().size() + (a.has("--model") ? 1 : 0);
+  if (given != 1) throw ArgumentError(given == 0 ? "no model given (tova info MODEL)" : "tova info takes one model");
   const std::string path = resolve_model(a.has("--model") ? a.str("--model", "") : a.positional()[0]);
   const uint64_t rss0 = resident_bytes();
   double t0 = now_seconds();
@@ -247,6 +265,7 @@ int cmd_run(const std::vector<std::string>& argv) {
     std::fputs(kUsage, stdout);
     return 0;
   }
+  no_positional(a, "run");
   if (!a.has("--prompt") && !a.has("--file"))
     throw ArgumentError("no prompt given (-p PROMPT or -f FILE)");
   std::string prompt = a.str("--prompt", "");
