@@ -35,6 +35,9 @@ def _load_error(path, pattern):
     ({"llama.vocab_size": (2 ** 40, VT.UINT64)}, r"vocab_size = 1099511627776 is larger than"),
     ({"llama.rope.dimension_count": 7}, "rope.dimension_count 7 must be even"),
     ({"llama.attention.key_length": 1 << 20}, r"key_length = 1048576 is larger than"),
+    ({"llama.rope.freq_base": float("nan")}, r"llama.rope.freq_base = nan is not in"),
+    ({"llama.rope.freq_base": -1.0}, r"llama.rope.freq_base = -1 is not in"),
+    ({"llama.attention.layer_norm_rms_epsilon": float("inf")}, r"layer_norm_rms_epsilon = inf is not in"),
 ])
 def test_absurd_hyperparameters(tmp_path, kv, pattern):
     path = tmp_path / "m.gguf"

@@ -1,5 +1,7 @@
 #include "arch.h"
 
+#include <cmath>
+
 #include <cstdint>
 
 #include "common.h"
@@ -26,9 +28,18 @@ const ArchSpec& find_arch(const std::string& name, const std::string& file) {
 
 namespace {
 
+// A float hyperparameter (its default when absent), finite and within [lo, hi]: a corrupt value
+// (NaN, say) is an error naming the key, not a model that loads and writes garbage.
+double float_hparam(const GgufFile& f, const std::string& key, double def, double lo, double hi) {
+  const double v = f.get_float(key, def);
+  if (!std::isfinite(v) || v < lo || v > hi)
+    throw FormatError(cat(f.path(), ": hyperparameter ", key, " = ", v, " is not in [", lo, ", ", hi, "]"));
+  return v;
+}
+
 void read_rope_scaling(const GgufFile& f, const std::string& a, HParams& hp) {
   std::string type = f.get_string(a + ".rope.scaling.type", "none");
-  double factor = f.get_float(a + ".rope.scaling.factor", 0.0);
+  double factor = float_hparam(f, a + ".rope.scaling.factor", 0.0, 0.0, 1e6);
   if (type == "none" || factor == 0.0 || factor == 1.0) {
     hp.rope_scaling = RopeScaling::None;
   } else if (type == "linear") {
@@ -37,8 +48,8 @@ void read_rope_scaling(const GgufFile& f, const std::string& a, HParams& hp) {
     hp.rope_scaling = RopeScaling::Yarn;
     hp.rope_orig_ctx = static_cast<int>(
         f.get_int(a + ".rope.scaling.original_context_length", hp.n_ctx_train));
-    hp.yarn_beta_fast = static_cast<float>(f.get_float(a + ".rope.scaling.yarn_beta_fast", 32.0));
-    hp.yarn_beta_slow = static_cast<float>(f.get_float(a + ".rope.scaling.yarn_beta_slow", 1.0));
+    hp.yarn_beta_fast = static_cast<float>(float_hparam(f, a + ".rope.scaling.yarn_beta_fast", 32.0, -1e6, 1e6));
+    hp.yarn_beta_slow = static_cast<float>(float_hparam(f, a + ".rope.scaling.yarn_beta_slow", 1.0, -1e6, 1e6));
   } else {
     throw FormatError(cat(f.path(), ": unsupported RoPE scaling type '", type,
                           "' (supported: none, linear, yarn)"));
@@ -85,8 +96,8 @@ HParams load_hparams(const GgufFile& f) {
   if (hp.n_head % hp.n_head_kv != 0)
     throw FormatError(cat(f.path(), ": head_count ", hp.n_head,
                           " is not a multiple of head_count_kv ", hp.n_head_kv));
-  hp.rms_eps = static_cast<float>(f.get_float(a + ".attention.layer_norm_rms_epsilon", 1e-5));
-  hp.rope_base = static_cast<float>(f.get_float(a + ".rope.freq_base", 10000.0));
+  hp.rms_eps = static_cast<float>(float_hparam(f, a + ".attention.layer_norm_rms_epsilon", 1e-5, 0.0, 1.0));
+  hp.rope_base = static_cast<float>(float_hparam(f, a + ".rope.freq_base", 10000.0, 1.0, 1e12));
   hp.rope_dim = hparam(f, a + ".rope.dimension_count", hp.head_dim, INT32_MIN, INT32_MAX);
   if (hp.rope_dim <= 0 || hp.rope_dim > hp.head_dim || hp.rope_dim % 2 != 0)
     throw FormatError(cat(f.path(), ": rope.dimension_count ", hp.rope_dim,

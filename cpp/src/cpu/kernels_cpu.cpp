@@ -6,6 +6,7 @@
 #include <array>
 #include <cstdint>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 
 #include "common.h"
@@ -233,7 +234,14 @@ CpuTier choose_tier() {
     if (tier_supported(t)) best = t;
   if (const char* want = std::getenv("TOVA_CPU_KERNELS")) {
     for (CpuTier t : {CpuTier::Scalar, CpuTier::Avx2, CpuTier::Avx512})
-      if (std::strcmp(want, tier_name(t)) == 0 && tier_supported(t)) return t;
+      if (std::strcmp(want, tier_name(t)) == 0) {
+        if (tier_supported(t)) return t;
+        std::fprintf(stderr, "tova: TOVA_CPU_KERNELS=%s: this CPU cannot run that tier; using %s\n", want,
+                     tier_name(best));
+        return best;
+      }
+    std::fprintf(stderr, "tova: TOVA_CPU_KERNELS=%s is not a kernel tier (scalar, avx2, avx512); using %s\n", want,
+                 tier_name(best));
   }
   return best;
 }
