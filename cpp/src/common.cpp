@@ -1,7 +1,10 @@
 #include "common.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <unistd.h>
 
 namespace tova {
@@ -27,6 +30,44 @@ uint64_t resident_bytes() {
   std::fclose(f);
   if (n != 2) return 0;
   return static_cast<uint64_t>(resident) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+namespace {
+
+// The first unsigned number in the file at `path` after `key` (the file's start when key is
+// empty); false when there is none ("max", a missing file).
+bool read_number(const char* path, const char* key, uint64_t* out) {
+  FILE* f = std::fopen(path, "r");
+  if (!f) return false;
+  char line[256];
+  bool found = false;
+  while (!found && std::fgets(line, sizeof line, f)) {
+    const size_t k = std::strlen(key);
+    if (std::strncmp(line, key, k) != 0) continue;
+    unsigned long long v = 0;
+    found = std::sscanf(line + k, " %llu", &v) == 1;
+    *out = v;
+  }
+  std::fclose(f);
+  return found;
+}
+
+}  // namespace
+
+uint64_t available_memory_bytes() {
+  uint64_t have = UINT64_MAX;  // unknown
+  auto lower = [&have](uint64_t v) { have = std::min(have, v); };
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0) lower(static_cast<uint64_t>(pages) * static_cast<uint64_t>(page));
+  uint64_t kib = 0, limit = 0, used = 0;
+  if (read_number("/proc/meminfo", "MemAvailable:", &kib)) lower(kib * 1024);
+  // A container's own limit (cgroup v2, then v1), less what the container already uses.
+  if (read_number("/sys/fs/cgroup/memory.max", "", &limit) && read_number("/sys/fs/cgroup/memory.current", "", &used))
+    lower(limit > used ? limit - used : 0);
+  else if (read_number("/sys/fs/cgroup/memory/memory.limit_in_bytes", "", &limit) &&
+           read_number("/sys/fs/cgroup/memory/memory.usage_in_bytes", "", &used) && limit < (uint64_t{1} << 60))
+    lower(limit > used ? limit - used : 0);
+  return have;
 }
 
 double now_seconds() {

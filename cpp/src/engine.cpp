@@ -1,21 +1,10 @@
 #include "engine.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 
 #include "common.h"
 
 namespace tova {
-
-namespace {
-
-uint64_t physical_memory() {
-  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
-  return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 0;
-}
-
-}  // namespace
 
 Engine::Engine(const std::string& model_path, EngineParams params) : params_(std::move(params)) {
   params_.validate();
@@ -56,11 +45,12 @@ Engine::Engine(const std::string& model_path, EngineParams params) : params_(std
   const uint64_t act = static_cast<uint64_t>(n_batch_) * sizeof(float) *
                        (4ull * h.n_embd + 2ull * h.n_head * h.head_dim + 2ull * h.n_head_kv * h.head_dim + 2ull * h.n_ff);
   const uint64_t need = per_seq * static_cast<uint64_t>(n_seq) + act;
-  const uint64_t have = physical_memory();
-  if (have > 0 && need > have)
+  const uint64_t have = available_memory_bytes();
+  if (need > have)
     throw ArgumentError(cat("these settings need ", format_bytes(need), " (KV ", format_bytes(per_seq), " x ",
                             n_seq, " sequences + activations for ", n_batch_, " tokens per step), more than "
-                            "this machine's ", format_bytes(have), ": lower n_seq, kv_size, n_ctx or chunk"));
+                            "this machine's available memory, ", format_bytes(have),
+                            ": lower n_seq, kv_size, n_ctx or chunk"));
 
   policy_ = params_.plugin ? std::move(params_.plugin) : make_builtin_policy(tova::policy_name(params_.policy));
   if (params_.plugin || policy_.origin().rfind("built-in", 0) != 0) params_.policy = PolicyKind::Plugin;

@@ -1,6 +1,8 @@
 // C++ unit tests of the core that need no Python and no model: run by .ci/run (and by pytest's
 // test_cpp_units.py when the binary is built). Prints one line per failure and a closing
 // "N passed, N failed" line; exits non-zero on any failure.
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <thread>
@@ -555,9 +557,27 @@ void test_q3_0_codec() {
   CHECK(zeros);
 }
 
+// The memory an engine may still take: known on Linux, within the machine's, not more than
+// MemAvailable says.
+void test_available_memory() {
+  const uint64_t have = available_memory_bytes();
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  CHECK(have > 0 && have != UINT64_MAX);
+  CHECK(have <= static_cast<uint64_t>(pages) * static_cast<uint64_t>(page));
+  FILE* f = std::fopen("/proc/meminfo", "r");
+  char line[256];
+  unsigned long long kib = 0;
+  while (f && std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "MemAvailable: %llu", &kib) == 1) break;
+  if (f) std::fclose(f);
+  // (read a moment later: within 1 GiB of it)
+  CHECK(kib == 0 || have <= kib * 1024 + (uint64_t{1} << 30));
+}
+
 }  // namespace
 
 int main() {
+  test_available_memory();
   test_thread_pool();
   test_gguf_buffer();
   test_half_precision();
