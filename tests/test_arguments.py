@@ -103,6 +103,8 @@ CASES = [
      tova.TovaError, r"select\(\) must return a sequence of slot indices"),
     ("Policy answer floats", lambda e, g, m: _evicting(m, _policy(select=lambda self, layer, view: [0.5])),
      tova.TovaError, r"select\(\) must return slot indices"),
+    ("Policy answer bools", lambda e, g, m: _evicting(m, _policy(select=lambda self, layer, view: [True])),
+     tova.TovaError, r"select\(\) must return slot indices"),
     ("Policy answer count", lambda e, g, m: _evicting(m, _policy(select=lambda self, layer, view: [])),
      tova.TovaError, "returned 0 slots, expected 1"),
     # tokens

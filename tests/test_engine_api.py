@@ -157,6 +157,69 @@ def test_closed_engine(smollm2_path):
         e.generate("Hi")
 
 
+def test_close_after_chat_frees_the_engine(smollm2_path):
+    """close() lets the core engine go even after chat() (whose feed held it), and a closed
+    engine refuses reset_chat() as it refuses the rest."""
+    import weakref
+
+    e = tova.Engine(smollm2_path, kv_size=64, n_threads=1)
+    e.chat([{"role": "user", "content": "hi"}], max_tokens=2, temperature=0)
+    core = weakref.ref(e._core) if hasattr(type(e._core), "__weakref__") else None
+    e.close()
+    import gc
+
+    gc.collect()
+    assert "_chat_feed" not in e.__dict__
+    if core is not None:
+        assert core() is None
+    with pytest.raises(RuntimeError, match="closed"):
+        e.reset_chat()
+
+
+def test_ctrl_c_during_a_python_policy_stops_the_callers_own_generation(smollm2_path):
+    """A thread waiting for its generation runs steps for every sequence, so Ctrl-C can land in a
+    Python policy deciding for another thread's sequence: the interrupted caller stops, the other
+    thread's generation goes on and equals its answer alone."""
+    code = textwrap.dedent(f"""
+        import _thread, signal, threading, time
+        import numpy as np, tova
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        class SlowTova(tova.Policy):
+            name = "slow"
+            def select(self, layer, view):
+                time.sleep(0.002)
+                score = view.probs_mean + (view.pos < 0) * 10 + view.protect * 10
+                return [int(i) for i in np.argsort(score, kind="stable")[:view.n_evict]]
+
+        e = tova.Engine({str(smollm2_path)!r}, n_threads=1, policy=SlowTova(), kv_size=64, n_seq=2)
+        bg_prompt = "Once upon a time in a land far away there lived " * 12
+        expected = e.generate(bg_prompt, max_tokens=40, ignore_eos=True, temperature=0)
+        for trial in range(3):
+            res = {{}}
+            def bg():
+                try:
+                    res["r"] = e.generate(bg_prompt, max_tokens=40, ignore_eos=True, temperature=0)
+                except BaseException as ex:
+                    res["r"] = ex
+            t = threading.Thread(target=bg)
+            # (the main thread's generate starts first: it drives the steps, the other's too)
+            threading.Timer(0.2, t.start).start()
+            threading.Timer(0.8, _thread.interrupt_main).start()
+            try:
+                e.generate("Hello", max_tokens=400, ignore_eos=True, temperature=0)
+                print("main NOT INTERRUPTED")
+            except KeyboardInterrupt:
+                print("main interrupted")
+            t.join(300)
+            print("background", "correct" if res.get("r") == expected else repr(res.get("r"))[:200])
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("main interrupted") == 3, r.stdout
+    assert r.stdout.count("background correct") == 3, r.stdout
+
+
 def test_gil_released_during_generation(engine):
     """Another Python thread keeps running while the core computes."""
     ticks = []

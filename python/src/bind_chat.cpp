@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bindings.h"
+#include "interrupts.h"
 #include "chat.h"
 #include "chat_session.h"
 #include "common.h"
@@ -89,7 +90,7 @@ void bind_chat(nb::module_& m) {
           nb::gil_scoped_release release;
           piece = g.next();
         }
-        if (PyErr_CheckSignals() != 0) {
+        if (tova::py::check_signals() != 0) {
           g.cancel();
           throw nb::python_error();
         }
@@ -102,7 +103,7 @@ void bind_chat(nb::module_& m) {
             nb::gil_scoped_release release;
             text += g.next();
           }
-          if (PyErr_CheckSignals() != 0) {
+          if (tova::py::check_signals() != 0) {
             g.cancel();
             throw nb::python_error();
           }

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "bindings.h"
+#include "interrupts.h"
 #include "common.h"
 #include "engine.h"
 #include "policy_adapter.h"
@@ -39,7 +40,7 @@ nb::ndarray<nb::numpy, int32_t> to_numpy_i32(std::vector<int32_t>&& v) {
 
 // Raises KeyboardInterrupt (or whatever a signal handler raised) in the calling thread.
 void check_signals() {
-  if (PyErr_CheckSignals() != 0) throw nb::python_error();
+  if (tova::py::check_signals() != 0) throw nb::python_error();
 }
 
 // A request as Python holds it: the engine (kept alive by the binding) and the request. Dropping
@@ -142,7 +143,7 @@ void bind_engine(nb::module_& m) {
              // Ctrl-C between the chunks of a long prompt: KeyboardInterrupt, sequence reset.
              self->interrupt_hook = [] {
                nb::gil_scoped_acquire gil;
-               if (PyErr_CheckSignals() != 0) throw nb::python_error();
+               if (tova::py::check_signals() != 0) throw nb::python_error();
              };
            },
            nb::arg("path"), nb::arg("n_threads") = d.n_threads, nb::arg("policy") = std::string(policy_name(d.policy)),
@@ -354,7 +355,7 @@ void bind_engine(nb::module_& m) {
                nb::gil_scoped_release release;
                w = r.engine->next(*r.req, piece, timeout);
              }
-             if (PyErr_CheckSignals() != 0) {
+             if (tova::py::check_signals() != 0) {
                r.req->cancel();
                throw nb::python_error();
              }

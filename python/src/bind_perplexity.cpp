@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "bindings.h"
+#include "interrupts.h"
 #include "common.h"
 #include "engine.h"
 #include "perplexity.h"
@@ -52,7 +53,7 @@ nb::dict perplexity(Engine& engine, const std::vector<int32_t>& tokens, std::opt
   auto on_piece = [&progress](const PerplexityProgress& pr) {
     nb::gil_scoped_acquire gil;
     if (!progress.is_none()) progress(pr.tokens_done, pr.tokens_total, pr.nll_sum, pr.n_scored);
-    if (PyErr_CheckSignals() != 0) throw nb::python_error();
+    if (tova::py::check_signals() != 0) throw nb::python_error();
   };
   PerplexityResult r;
   try {

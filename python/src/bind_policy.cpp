@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "bindings.h"
+#include "interrupts.h"
 #include "common.h"
 #include "policy_adapter.h"
 
@@ -50,6 +51,9 @@ struct PyAdapter {
   tova_policy c{};
 };
 
+// Calls f(view) with the GIL. A Ctrl-C that lands in the Python method is the waiting thread's
+// (interrupts.h): kept aside for its next check, and the method runs again (a few times at most;
+// then the interrupt goes out as the policy's error).
 template <class F>
 auto with_view(PyAdapter* a, const tova_policy_view* v, F&& f) {
   nb::gil_scoped_acquire gil;
@@ -58,7 +62,14 @@ auto with_view(PyAdapter* a, const tova_policy_view* v, F&& f) {
     nb::object& o;
     ~Invalidate() { nb::cast<PolicyView&>(o).v = nullptr; }
   } inv{view_obj};
-  return f(view_obj);
+  for (int attempt = 0;; ++attempt) {
+    try {
+      return f(view_obj);
+    } catch (nb::python_error& e) {
+      if (attempt == 3 || !tova::py::is_interrupt(e)) throw;
+      tova::py::stash_interrupt(e);
+    }
+  }
 }
 
 int py_select(void* user, const tova_policy_view* v, int32_t* out) {
@@ -71,7 +82,10 @@ int py_select(void* user, const tova_policy_view* v, int32_t* out) {
       throw Error(cat("Python policy '", a->name, "': select() must return a sequence of slot indices (ints), got ",
                       nb::cast<std::string>(nb::str(nb::handle(r.type())))));
     try {
-      for (nb::handle h : r) slots.push_back(nb::cast<int64_t>(h));
+      for (nb::handle h : r) {
+        if (PyBool_Check(h.ptr())) throw nb::cast_error();  // True is not slot 1
+        slots.push_back(nb::cast<int64_t>(h));
+      }
     } catch (const nb::cast_error&) {
       throw Error(cat("Python policy '", a->name, "': select() must return slot indices (ints), got ",
                       nb::cast<std::string>(nb::str(nb::handle(r.type())))));
