@@ -198,5 +198,8 @@ def test_tier_settings_refused_clearly(smollm2_path):
     with pytest.raises(ValueError, match="built-in policies only"):
         _engine(smollm2_path, kv_size=64, kv_lo_type="q4_0", kv_hi_size=8, policy=Oldest())
     with _engine(smollm2_path, kv_size=64, kv_lo_type="q4_0", kv_hi_size=8) as e:
-        with pytest.raises(ValueError, match="tier must be 0"):
+        with pytest.raises(ValueError, match=r"tier must be in \[0, 1\]"):
             e.kv_positions(0, tier=2)
+        for wrong in (True, 1.0):  # an int, never a bool or a float
+            with pytest.raises(TypeError, match="tier must be an int"):
+                e.kv_positions(0, tier=wrong)

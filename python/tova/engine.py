@@ -173,8 +173,10 @@ class Engine:
 
     # ---- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
-        """Releases the model and the KV store. The engine cannot be used afterwards."""
+        """Releases the model and the KV store. The engine cannot be used afterwards (handles
+        still held keep them until they are dropped)."""
         self._core = None
+        self.__dict__.pop("_chat_feed", None)  # tova.chat's feed holds the core engine too
 
     def __enter__(self) -> "Engine":
         return self
@@ -413,9 +415,8 @@ class Engine:
         """Sorted absolute positions of the tokens layer ``layer`` of sequence ``seq`` keeps now;
         with ``tier=0`` / ``tier=1`` only those of the upper / lower tier (``kv_lo_type``)."""
         layer = _check.index("layer", layer, int(self._info["n_layer"]))
-        if tier is not None and tier not in (0, 1):
-            raise ValueError(f"tier must be 0 (upper), 1 (lower) or None (both), got {tier!r}")
-        return self._e.kv_positions(layer, self._seq(seq), -1 if tier is None else int(tier))
+        tier = _check.optional_integer("tier", tier, minimum=0, maximum=1)
+        return self._e.kv_positions(layer, self._seq(seq), -1 if tier is None else tier)
 
     def __repr__(self) -> str:
         i = self._info
@@ -498,6 +499,7 @@ class Engine:
         """Forgets the conversation held in the sequence (the next chat reads its prompt in full)."""
         from . import chat as _chat
 
+        self._e  # a closed engine says so  # noqa: B018
         _chat.reset(self)
 
     # ---- perplexity (tova/perplexity.py) --------------------------------------------------------
