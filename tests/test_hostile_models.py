@@ -13,7 +13,7 @@ from gguf import GGUFValueType as VT
 
 import tova
 from reference.synthetic import write_gemma3_gguf, write_llama_gguf
-from tova.chat import MAX_RANGE_ITEMS, render_template
+from tova.chat import MAX_LOOP_ITEMS, render_template
 
 
 def _load_error(path, pattern):
@@ -120,6 +120,20 @@ MESSAGES = [{"role": "user", "content": "hi"}]
     ("{{ 'x' * 1000000000 }}", r"'\*' would make"),
     ("{% for i in range(90000) %}{{ 'y' * 100000 }}{% endfor %}", "range|rendered text exceeds"),
     ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursion too deep"),
+    # loops over lists (not range), and what a template makes one operation at a time
+    ("{% set l = [0] * 100000 %}{% for a in l %}{% for b in l %}{% endfor %}{% endfor %}x", "loops"),
+    ("{% for a in [1, 1] recursive %}{{ loop([1, 1]) }}{% endfor %}", "loops|recursion"),
+    ("{{ lipsum(n=2000000, html=False) | length }}", "lipsum"),
+    ("{% set ns = namespace(s='a') %}{% for i in range(29) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+     "made a value of"),
+    ("{% set ns = namespace(s='a') %}{% for i in range(29) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+     "made a value of"),
+    ("{{ ('x' | center(2000000000)) | length }}", "center filter pads"),
+    ("{{ 'x'.ljust(2000000000) | length }}", "ljust pads"),
+    ("{{ '%2000000000s' % 'x' }}", "format pads"),
+    ("{{ '%2000000000s' | format('x') }}", "format pads"),
+    ("{{ '{:>2000000000}'.format('x') }}", "format pads"),
+    ("{{ 'x' | indent(2000000000, true) }}", "indent filter pads"),
 ])
 def test_hostile_chat_templates_fail_fast(template, pattern):
     t = time.time()
@@ -131,9 +145,10 @@ def test_hostile_chat_templates_fail_fast(template, pattern):
 def test_template_limits_leave_real_templates_alone():
     ok = "{% for m in messages %}{% for i in range(3) %}{{ m['content'] }}{% endfor %}{% endfor %}"
     assert render_template(ok, MESSAGES * 10) == "hi" * 30
-    # the range budget is per render, not per process: 4 x 90000 items per render, five renders
+    # the loop budget is per render, not per process: 4 x (90000 + 90000) items per render (each
+    # range() and its loop), five renders
     loops = "{% for i in range(90000) %}{% endfor %}" * 4
-    assert 4 * 90000 < MAX_RANGE_ITEMS < 5 * 4 * 90000
+    assert 4 * 2 * 90000 < MAX_LOOP_ITEMS < 5 * 4 * 2 * 90000
     for _ in range(5):
         assert render_template(loops + "ok", MESSAGES) == "ok"
 

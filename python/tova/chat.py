@@ -26,6 +26,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _check, _core
+from ._template_sandbox import (MAX_LOOP_ITEMS, MAX_RENDERED_CHARS, MAX_TEMPLATE_BYTES, budget,
+                                compile_template, jinja2_module)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -77,73 +79,7 @@ FALLBACK_TEMPLATES: Dict[str, str] = {
 }
 
 
-# ---- jinja2, the Hugging Face way ----------------------------------------------------------------
-def _jinja2() -> Any:
-    try:
-        import jinja2
-    except ImportError as e:  # an optional dependency: say which extra brings it
-        raise ImportError("chat templates need jinja2: pip install 'tova[chat]' (or jinja2)") from e
-    return jinja2
-
-
-# Limits on what a chat template (text from the model file, written by anyone) may cost: its size,
-# the items all its range() calls produce together, the length of a string or list made by `*`,
-# and the rendered text. Real templates stay orders of magnitude below each.
-MAX_TEMPLATE_BYTES = 1 << 20
-MAX_RANGE_ITEMS = 1_000_000
-MAX_RENDERED_CHARS = 8 << 20
-
-_budget = threading.local()
-
-
-def _spend(n: int) -> None:
-    left = getattr(_budget, "range_items", MAX_RANGE_ITEMS) - n
-    if left < 0:
-        raise ValueError(f"chat template: its loops exceed {MAX_RANGE_ITEMS} range() items")
-    _budget.range_items = left
-
-
-def _budgeted_range(*args: int) -> range:
-    r = range(*args)
-    _spend(len(r))
-    return r
-
-
-@functools.lru_cache(maxsize=16)
-def _compile(template: str) -> Any:
-    jinja2 = _jinja2()
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class BoundedEnvironment(ImmutableSandboxedEnvironment):
-        """The sandbox, plus a size check on `*` (a string or list repeated)."""
-        intercepted_binops = frozenset(["*"])
-
-        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-            if operator == "*":
-                for seq, k in ((left, right), (right, left)):
-                    if isinstance(seq, (str, list, tuple)) and isinstance(k, int) and len(seq) * k > MAX_RENDERED_CHARS:
-                        raise ValueError(f"chat template: '*' would make {len(seq) * k} items")
-            return super().call_binop(context, operator, left, right)
-
-    def raise_exception(message: str) -> None:
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x: Any, ensure_ascii: bool = False, indent: Optional[int] = None,
-               separators: Any = None, sort_keys: bool = False) -> str:
-        # Hugging Face replaces jinja's tojson (which escapes HTML characters) with plain json.dumps.
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                          sort_keys=sort_keys)
-
-    def strftime_now(fmt: str) -> str:
-        return datetime.now().strftime(fmt)
-
-    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.globals["range"] = _budgeted_range
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = strftime_now
-    return env.from_string(template)
+# ---- jinja2, the Hugging Face way (tova/_template_sandbox.py bounds what a template may cost) ----
 
 
 def render_template(
@@ -158,22 +94,23 @@ def render_template(
     """Renders a chat template as ``transformers``' ``apply_chat_template(tokenize=False)``
     does: sandboxed jinja2 with ``trim_blocks`` and ``lstrip_blocks``, ``raise_exception``,
     ``tojson``, ``strftime_now``, and ``messages``, ``add_generation_prompt``, ``bos_token``,
-    ``eos_token`` (plus ``extra``) as variables. A template over the limits above (size, range
-    items, ``*`` results, rendered length: text from a model file is untrusted) raises
-    ``ValueError`` instead of hanging or filling memory. A template's ``raise_exception`` or a template
+    ``eos_token`` (plus ``extra``) as variables. A template over the limits of
+    :mod:`tova._template_sandbox` (its size, its loops' items, the size of what it makes, the
+    rendered length: text from a model file is untrusted) raises ``ValueError`` instead of hanging
+    or filling memory. A template's ``raise_exception`` or a template
     error becomes a ``ValueError``."""
     _check.text("template", template)
     _check_messages(messages)
     add_generation_prompt = _check.boolean("add_generation_prompt", add_generation_prompt)
     bos_token = _check.text("bos_token", bos_token)
     eos_token = _check.text("eos_token", eos_token)
-    jinja2 = _jinja2()
+    jinja2 = jinja2_module()
     if len(template) > MAX_TEMPLATE_BYTES:
         raise ValueError(f"chat template: {len(template)} characters, more than the {MAX_TEMPLATE_BYTES} "
                          "tova renders")
-    _budget.range_items = MAX_RANGE_ITEMS
+    budget()
     try:
-        compiled = _compile(template)
+        compiled = compile_template(template)
         pieces, size = [], 0
         for piece in compiled.generate(messages=list(messages), tools=extra.pop("tools", None),
                                        documents=extra.pop("documents", None),
