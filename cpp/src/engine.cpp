@@ -41,12 +41,14 @@ Engine::Engine(const std::string& model_path, EngineParams params) : params_(std
     n_seq = static_cast<int>(std::min<uint64_t>(fit, Limits::kMaxSeq));
   }
   n_batch_ = params_.n_batch > 0 ? params_.n_batch : std::min(Limits::kMaxBatch, params_.chunk + n_seq);
-  // Refuse what cannot fit in this machine's memory before allocating any of it.
+  // Refuse what cannot fit in this machine's memory before allocating any of it. (On a GPU the
+  // K/V and activations are device memory: an allocation there that fails is the error; the CPU
+  // simulator's device memory is this machine's.)
   const uint64_t act = static_cast<uint64_t>(n_batch_) * sizeof(float) *
                        (4ull * h.n_embd + 2ull * h.n_head * h.head_dim + 2ull * h.n_head_kv * h.head_dim + 2ull * h.n_ff);
   const uint64_t need = per_seq * static_cast<uint64_t>(n_seq) + act;
   const uint64_t have = available_memory_bytes();
-  if (need > have)
+  if ((params_.backend == BackendKind::Cpu || cuda_simulated()) && need > have)
     throw ArgumentError(cat("these settings need ", format_bytes(need), " (KV ", format_bytes(per_seq), " x ",
                             n_seq, " sequences + activations for ", n_batch_, " tokens per step), more than "
                             "this machine's available memory, ", format_bytes(have),
