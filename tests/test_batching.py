@@ -377,3 +377,69 @@ def test_reuse_prefix_continues_a_conversation_exactly(smollm2_path, policy):
         h3 = e.submit(e.tokenize(PROMPTS[1]), reuse_prefix=True, **kw)
         assert h3.result() == e.generate(PROMPTS[1], **kw)
         assert h3.stats["cached_tokens"] == 0
+
+
+@pytest.mark.model
+def test_dropped_failed_request_does_not_deadlock_readers(smollm2_path, tmp_path):
+    """A request whose policy failed (its error a Python exception) and whose handle was dropped
+    is released after the step, not under the engine's lock: a thread reading a handle then
+    (holding the GIL) cannot deadlock the stepping thread (which needs the GIL to free it)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import faulthandler, threading, time
+        import numpy as np, tova
+        faulthandler.dump_traceback_later(60, exit=True)  # a hang prints the stacks and fails
+        in_reset = threading.Event()
+
+        class P(tova.Policy):
+            name = "resetfail"
+            needs_probs = False
+            def select(self, layer, view):
+                pos = np.array(view.pos)
+                cand = [i for i in range(view.n_slots) if pos[i] >= 0 and not view.protect[i]]
+                return sorted(cand, key=lambda i: pos[i])[:view.n_evict]
+            def reset_sequence(self, seq):
+                if seq == 1:
+                    in_reset.set()
+                    time.sleep(0.5)  # (the GIL released) the handle is dropped meanwhile
+                    raise RuntimeError("reset_sequence failed for seq 1")
+
+        e = tova.Engine({str(smollm2_path)!r}, n_threads=1, n_seq=2, kv_size=16, chunk=8, policy=P())
+        h1 = e.submit("Hello " * 20, max_tokens=100, temperature=0, ignore_eos=True)
+        h2 = e.submit("World " * 20, max_tokens=100, temperature=0, ignore_eos=True)
+        t = threading.Thread(target=lambda: [None for _ in h1], daemon=True)
+        t.start()
+        in_reset.wait(30)
+        del h2  # a client that went away
+        stop = False
+        def poll():
+            while not stop:
+                h1.tokens  # the engine's lock, taken with the GIL held
+        threading.Thread(target=poll, daemon=True).start()
+        t.join(60)
+        stop = True
+        print("finished", not t.is_alive(), h1.finish_reason)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and "finished True length" in r.stdout, (r.stdout, r.stderr[-3000:])
+
+
+@pytest.mark.model
+def test_last_stats_keep_the_occupancy_of_the_finished_generation(smollm2_path):
+    """last_stats' n_past and evictions are those of the generation that finished, not of what
+    its sequence runs afterwards."""
+    with tova.Engine(smollm2_path, n_threads=1, kv_size=32, chunk=8, n_seq=2) as e:
+        e.generate("The capital of France is", max_tokens=5, temperature=0, ignore_eos=True)
+        first = e.last_stats
+        assert first["evictions"] == 0 and first["n_past"] == first["prompt_tokens"] + 4
+        h = e.submit("Once upon a time there was a fox. " * 12, max_tokens=50, temperature=0, ignore_eos=True)
+        for _ in range(3):
+            h.next()
+        assert h.stats["evictions"] > 0  # the new one evicts in the same sequence ...
+        later = e.last_stats
+        for key in ("n_past", "evictions", "demotions", "prompt_tokens", "seq"):
+            assert later[key] == first[key], key  # ... but the finished one's figures stay
+        h.cancel()

@@ -159,9 +159,13 @@ class Engine {
   bool drive(std::unique_lock<std::mutex>& lk, Ready ready, double timeout_s);
   void run_step();  // the step itself: stepping_ is held by the caller
   void step_locked(std::unique_lock<std::mutex>& lk);
-  void admit(double now);
+  // Requests that leave the queue or their sequence go to `retired`, released by the caller
+  // after mu_: a request's last reference may hold a Python exception, whose release takes the
+  // GIL, which a thread waiting for mu_ may hold.
+  using Retired = std::vector<std::shared_ptr<Request>>;
+  void admit(double now, Retired& retired);
   void fail(Request& r, std::exception_ptr e, double now);
-  void publish(double now);
+  void publish(double now, Retired& retired);
 
   EngineParams params_;
   std::unique_ptr<Model> model_;

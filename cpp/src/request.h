@@ -41,6 +41,9 @@ struct Stats {
   double generation_seconds = 0;
   FinishReason finish = FinishReason::None;
   int32_t seq = -1;  // the sequence it ran in
+  // That sequence's KV occupancy after the request's last step: tokens read into it, and the
+  // evictions and demotions of its store so far (every layer).
+  int64_t n_past = 0, evictions = 0, demotions = 0;
   double prompt_tps() const { return prompt_seconds > 0 ? prompt_tokens / prompt_seconds : 0; }
   double generation_tps() const {
     return generation_seconds > 0 ? completion_tokens / generation_seconds : 0;

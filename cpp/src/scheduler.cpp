@@ -182,7 +182,7 @@ void Engine::fail(Request& r, std::exception_ptr e, double now) {
 
 // Under mu_: cancelled requests finish, queued ones take free sequences (lowest index first; a
 // request for a given sequence waits for it).
-void Engine::admit(double now) {
+void Engine::admit(double now, Retired& retired) {
   const bool cancel_all = cancel_requested.exchange(false);
   for (auto& r : running_)
     if ((cancel_all || r->cancel_requested()) && r->phase_ != Request::Phase::Done)
@@ -193,6 +193,7 @@ void Engine::admit(double now) {
       r.finish(FinishReason::Cancelled, now);
       r.pub_stats_ = r.stats_;
       r.done_ = true;
+      retired.push_back(std::move(*it));
       it = queue_.erase(it);
       continue;
     }
@@ -233,9 +234,10 @@ void Engine::admit(double now) {
 
 void Engine::run_step() {
   double now = now_seconds();
+  Retired retired;  // released when this step returns, after mu_ (declared before the locks)
   {
     std::lock_guard<std::mutex> lk(mu_);
-    admit(now);
+    admit(now, retired);
   }
   const Tokenizer& tok = model_->tokenizer();
   const int V = model_->hp().n_vocab;
@@ -350,12 +352,12 @@ void Engine::run_step() {
     }
   }
   std::lock_guard<std::mutex> lk(mu_);
-  publish(now);
+  publish(now, retired);
 }
 
 // Under mu_: the step's text, tokens and statistics become visible; finished requests leave
 // their sequences.
-void Engine::publish(double now) {
+void Engine::publish(double now, Retired& retired) {
   for (auto it = running_.begin(); it != running_.end();) {
     Request& r = **it;
     if (!r.produced_.empty()) {
@@ -367,6 +369,12 @@ void Engine::publish(double now) {
     r.pub_logprobs_.insert(r.pub_logprobs_.end(),
                            r.logprobs_.begin() + static_cast<std::ptrdiff_t>(r.pub_logprobs_.size()), r.logprobs_.end());
     if (r.phase_ == Request::Phase::Decode && r.t_first_ > 0) r.stats_.generation_seconds = now - r.t_first_;
+    if (r.seq_ >= 0) {
+      const Sequence& s = *seqs_[static_cast<size_t>(r.seq_)];
+      r.stats_.n_past = s.n_past;
+      r.stats_.evictions = s.store->evictions();
+      r.stats_.demotions = s.store->demotions();
+    }
     r.pub_stats_ = r.stats_;
     if (r.failure_) {
       r.error_ = r.failure_;
@@ -377,6 +385,7 @@ void Engine::publish(double now) {
       seqs_[static_cast<size_t>(r.seq_)]->busy = false;
       // What it leaves may be continued by the conversation's next request: others go elsewhere.
       if (r.reuse_prefix_ && !r.error_) seqs_[static_cast<size_t>(r.seq_)]->kept = true;
+      retired.push_back(std::move(*it));
       it = running_.erase(it);
     } else {
       ++it;

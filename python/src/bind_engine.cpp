@@ -85,6 +85,9 @@ nb::dict stats_dict(const Stats& s) {
   d["generation_tokens_per_second"] = s.generation_tps();
   d["finish_reason"] = finish_reason_name(s.finish);
   d["seq"] = s.seq;
+  d["n_past"] = s.n_past;
+  d["evictions"] = s.evictions;
+  d["demotions"] = s.demotions;
   return d;
 }
 

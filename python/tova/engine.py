@@ -389,23 +389,21 @@ class Engine:
     @property
     def last_stats(self) -> Dict[str, Any]:
         """Prompt and completion token counts, seconds, tokens/s and finish reason of the last
-        generation this thread finished, with its sequence's KV occupancy (``seq``,
-        ``kv_bytes`` of that sequence, ``n_past``, ``evictions``, ``demotions``: tokens moved to
-        the lower tier with ``kv_lo_type``)."""
+        generation this thread finished, with its sequence's KV occupancy when it finished
+        (``seq``, ``kv_bytes`` of that sequence, ``n_past``, ``evictions``, ``demotions``: tokens
+        moved to the lower tier with ``kv_lo_type``), whatever that sequence runs since."""
         stats = dict(getattr(self._local, "last", None) or {
             "prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0, "prompt_seconds": 0.0,
             "generation_seconds": 0.0, "prompt_tokens_per_second": 0.0,
-            "generation_tokens_per_second": 0.0, "finish_reason": "none", "seq": 0})
-        seq = max(0, int(stats["seq"]))
+            "generation_tokens_per_second": 0.0, "finish_reason": "none", "seq": 0,
+            "n_past": 0, "evictions": 0, "demotions": 0})
         stats["kv_bytes"] = self.kv_bytes_per_seq
-        stats["n_past"] = self.n_past_of(seq)
-        stats["evictions"] = int(self._e.evictions_of(seq))
-        stats["demotions"] = int(self._e.demotions_of(seq))
         return stats
 
     @property
     def stats(self) -> Dict[str, Any]:
-        """Same as :attr:`last_stats` plus the per-layer KV occupancy summary of that sequence."""
+        """Same as :attr:`last_stats` plus the per-layer KV occupancy summary of that sequence
+        now (``kv_layers``)."""
         s = self.last_stats
         s["kv_layers"] = self._e.kv_layer_summary(max(0, int(s["seq"])))
         return s

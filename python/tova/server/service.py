@@ -99,13 +99,7 @@ class Choice:
         if n and self.finish_reason == "stop" and toks[-1] in self._service.eog_ids:
             n -= 1  # the end-of-turn token is not part of the answer (as OpenAI counts)
         self.completion_tokens = n
-        evictions = 0
-        seq = int(stats.get("seq", -1))
-        if seq >= 0:
-            try:  # best effort: the sequence may already hold the next request
-                evictions = int(self._service.engine._e.evictions_of(seq))
-            except Exception:  # noqa: BLE001
-                evictions = 0
+        evictions = int(stats.get("evictions", 0))  # its sequence's, when it finished
         self._service.metrics.generation(self.prompt_tokens, self.completion_tokens, evictions,
                                          self.finish_reason == "cancelled")
 
