@@ -284,12 +284,29 @@ def test_special_tokens_only_when_parsed(smollm2, gemma3, qwen05):
 
 @pytest.mark.model
 def test_end_of_generation(smollm2, gemma3, qwen05):
-    # EOS plus the end-of-turn tokens the vocabulary has as control tokens.
-    assert smollm2.eog_ids == [0, 2]  # <|endoftext|>, <|im_end|> (= EOS)
-    assert gemma3.eog_ids == [1, 106]  # <eos>, <end_of_turn>
-    assert qwen05.eog_ids == [151643, 151645]  # <|endoftext|>, <|im_end|> (= EOS)
+    # As llama.cpp reads these files: EOS, the tokens on its end-of-generation list of texts,
+    # and the fill-in-the-middle pad / repo / file separator tokens it finds by text.
+    assert smollm2.eog_ids == [0, 2, 4]  # <|endoftext|>, <|im_end|> (= EOS), <reponame>
+    assert gemma3.eog_ids == [1, 106, 212]  # <eos>, <end_of_turn>, </s>
+    # <|endoftext|>, <|im_end|> (= EOS), <|fim_pad|>, <|repo_name|>, <|file_sep|>, and </s>
+    assert qwen05.eog_ids == [128247, 151643, 151645, 151662, 151663, 151664]
     assert gemma3.is_eog(106) and gemma3.is_eog(gemma3.eos_id) and not gemma3.is_eog(2)
     assert smollm2.eos_id == 2 and not smollm2.is_eog(1)
+
+
+@pytest.mark.model
+def test_tokens_llama_cpp_makes_control_by_their_text(gemma3, qwen05):
+    """A "</s>" that the file types as user-defined (Gemma 3) or normal (Qwen2.5) is on
+    llama.cpp's end-of-generation list, which makes it a control token: read from special text
+    only. (The ids are llama-tokenize's, llama.cpp 0c1e570, on these files.)"""
+    assert gemma3.encode("</s>", True, False) == [2, 954, 236751, 236813]
+    assert gemma3.encode("a</s>b", True, False) == [2, 236746, 954, 236751, 236813, 236763]
+    assert gemma3.encode("</s>", True, True) == [2, 212]
+    assert qwen05.encode("</s>", False, True) == [128247]
+    assert qwen05.encode("a</s>b", False, True) == [64, 128247, 65]
+    assert qwen05.encode("</s>", False, False) == [522, 82, 29]
+    assert qwen05.decode([64, 128247, 65]) == b"ab"  # a control token prints only when asked
+    assert qwen05.decode([64, 128247, 65], special=True) == b"a</s>b"
 
 
 @pytest.mark.model

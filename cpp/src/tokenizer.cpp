@@ -9,18 +9,12 @@
 #include "gguf.h"
 #include "tokenizer_bpe.h"
 #include "tokenizer_spm.h"
+#include "token_texts.h"
 #include "unicode.h"
 
 namespace tova {
 
 namespace {
-
-// Texts of tokens that end a turn in the chat formats tova knows; each counts as end of
-// generation when the vocabulary has it as a control or user-defined token.
-constexpr const char* kEndOfTurnTexts[] = {
-    "<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<|eot_id|>", "<|eom_id|>",
-    "<|end|>",    "<|end_of_text|>", "<EOT>",       "<end_of_utterance>",
-};
 
 int32_t read_id(const GgufFile& file, const char* key) {
   const int64_t v = file.get_int(key, -1);
@@ -69,6 +63,17 @@ TokenizerData Tokenizer::read_gguf(const GgufFile& file) {
   d.unk_id = read_id(file, "tokenizer.ggml.unknown_token_id");
   d.eot_id = read_id(file, "tokenizer.ggml.eot_token_id");
   d.eom_id = read_id(file, "tokenizer.ggml.eom_token_id");
+  // Fill-in-the-middle tokens (prefix, suffix and middle also under their older keys).
+  const char* fim_keys[][2] = {{"tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id"},
+                               {"tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id"},
+                               {"tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.middle_token_id"},
+                               {"tokenizer.ggml.fim_pad_token_id", nullptr},
+                               {"tokenizer.ggml.fim_rep_token_id", nullptr},
+                               {"tokenizer.ggml.fim_sep_token_id", nullptr}};
+  for (int k = 0; k < 6; ++k) {
+    d.fim_ids[k] = read_id(file, fim_keys[k][0]);
+    if (d.fim_ids[k] < 0 && fim_keys[k][1]) d.fim_ids[k] = read_id(file, fim_keys[k][1]);
+  }
   // SentencePiece models add BOS and a leading space unless told otherwise; BPE models do not
   // (the defaults llama.cpp applies when the keys are absent).
   const bool spm = d.model == "llama";
@@ -110,7 +115,9 @@ void Tokenizer::init_vocab(TokenizerData& d) {
                           " entries, expected ", n, " (one per token)"));
   const std::pair<const char*, int32_t> ids[] = {
       {"bos_token_id", d.bos_id}, {"eos_token_id", d.eos_id}, {"unknown_token_id", d.unk_id},
-      {"eot_token_id", d.eot_id}, {"eom_token_id", d.eom_id}};
+      {"eot_token_id", d.eot_id}, {"eom_token_id", d.eom_id}, {"fim_pre_token_id", d.fim_ids[0]},
+      {"fim_suf_token_id", d.fim_ids[1]}, {"fim_mid_token_id", d.fim_ids[2]}, {"fim_pad_token_id", d.fim_ids[3]},
+      {"fim_rep_token_id", d.fim_ids[4]}, {"fim_sep_token_id", d.fim_ids[5]}};
   for (const auto& [key, id] : ids)
     if (id < -1 || id >= static_cast<int64_t>(n))
       throw FormatError(cat(d.source, ": tokenizer.ggml.", key, " = ", id,
@@ -126,6 +133,9 @@ void Tokenizer::init_vocab(TokenizerData& d) {
   token_to_id_.reserve(n);
   for (size_t i = 0; i < n; ++i)
     token_to_id_[std::string_view(tokens_[i])] = static_cast<int32_t>(i);
+  // Types by text, and the end-of-generation tokens, as llama.cpp reads this vocabulary.
+  eog_ids_ = recognize_token_texts([this](std::string_view text) { return lookup(text); }, types_,
+                                   {d.eos_id, d.eot_id, d.eom_id}, d.fim_ids);
 
   // Special tokens, longest first (ties by id), and their trie.
   special_rank_.assign(n, -1);
@@ -166,16 +176,6 @@ void Tokenizer::init_vocab(TokenizerData& d) {
     if (trie_token_[node] < 0) trie_token_[node] = id;  // duplicate texts: the first rank wins
   }
 
-  // End of generation: EOS, EOT, EOM and the known end-of-turn tokens.
-  for (int32_t id : {d.eos_id, d.eot_id, d.eom_id})
-    if (id >= 0) eog_ids_.push_back(id);
-  for (const char* text : kEndOfTurnTexts) {
-    const int32_t id = lookup(text);
-    if (id >= 0 && (types_[id] == TokenType::Control || types_[id] == TokenType::UserDefined))
-      eog_ids_.push_back(id);
-  }
-  std::sort(eog_ids_.begin(), eog_ids_.end());
-  eog_ids_.erase(std::unique(eog_ids_.begin(), eog_ids_.end()), eog_ids_.end());
 }
 
 // ---------------------------------------------------------------------------------- shared

@@ -30,6 +30,7 @@ struct TokenizerData {
   std::vector<float> scores;        // empty: every score 0
   std::vector<std::string> merges;  // "left right", highest priority first (gpt2 only)
   int32_t bos_id = -1, eos_id = -1, unk_id = -1, eot_id = -1, eom_id = -1;
+  int32_t fim_ids[6] = {-1, -1, -1, -1, -1, -1};  // per FimKind (token_texts.h): the file's, or -1
   bool add_bos = false;
   bool add_space_prefix = false;    // llama: prepend a space to text that follows BOS or a special
 };

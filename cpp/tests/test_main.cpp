@@ -25,6 +25,7 @@
 #include "cpu/quant_kernels.h"
 #include "cpu/thread_pool.h"
 #include "tokenizer.h"
+#include "token_texts.h"
 #include "dequant.cuh"  // cuda/: the CUDA kernels' dequantizers, plain C++ without nvcc
 #include "dequant_chunks.cuh"
 #include "kv_quant.cuh"
@@ -557,6 +558,37 @@ void test_q3_0_codec() {
   CHECK(zeros);
 }
 
+// Tokens known by their text (token_texts.h): the families' exceptions on small vocabularies.
+void test_token_texts() {
+  auto run = [](std::vector<std::string> texts, std::vector<TokenType>& types, std::vector<int32_t> file_ids,
+                const int32_t (&fim)[6]) {
+    types.assign(texts.size(), TokenType::Normal);
+    auto lookup = [&texts](std::string_view t) {
+      for (size_t i = 0; i < texts.size(); ++i)
+        if (texts[i] == t) return static_cast<int32_t>(i);
+      return int32_t{-1};
+    };
+    return recognize_token_texts(lookup, types, file_ids, fim);
+  };
+  const int32_t none[6] = {-1, -1, -1, -1, -1, -1};
+  std::vector<TokenType> types;
+  // A normal "</s>" ends generation and becomes control; a FIM pad found by text too.
+  std::vector<int32_t> eog = run({"a", "</s>", "<|fim_pad|>", "<|channel|>"}, types, {0}, none);
+  CHECK((eog == std::vector<int32_t>{0, 1, 2}));
+  CHECK(types[1] == TokenType::Control && types[2] == TokenType::Control && types[0] == TokenType::Normal);
+  CHECK(types[3] == TokenType::UserDefined);
+  // A FIM kind the file names by id: its texts are left alone (pad named: id 0 ends generation).
+  const int32_t pad0[6] = {-1, -1, -1, 0, -1, -1};
+  eog = run({"a", "<|fim_pad|>"}, types, {}, pad0);
+  CHECK((eog == std::vector<int32_t>{0}) && types[1] == TokenType::Normal);
+  // harmony: <|end|> does not end generation and is user-defined.
+  eog = run({"<|return|>", "<|call|>", "<|end|>"}, types, {}, none);
+  CHECK((eog == std::vector<int32_t>{0, 1}) && types[2] == TokenType::UserDefined);
+  // plamo: with its EOS "<|plamo:eos|>", "</s>" is a normal token.
+  eog = run({"<|plamo:eos|>", "</s>"}, types, {0}, none);
+  CHECK((eog == std::vector<int32_t>{0}) && types[1] == TokenType::Normal);
+}
+
 // The memory an engine may still take: known on Linux, within the machine's, not more than
 // MemAvailable says.
 void test_available_memory() {
@@ -578,6 +610,7 @@ void test_available_memory() {
 
 int main() {
   test_available_memory();
+  test_token_texts();
   test_thread_pool();
   test_gguf_buffer();
   test_half_precision();
