@@ -265,6 +265,7 @@ def test_usage_of_several_prompts_streamed_or_not(server: Server, engine: tova.E
     ("/v1/completions", {"prompt": [5, 10 ** 9]}, 400, "prompt"),
     ("/v1/completions", {"prompt": "x", "seed": -2}, 400, "seed"),
     ("/v1/completions", {"prompt": "x", "top_k": 2 ** 31}, 400, "top_k"),
+    ("/v1/completions", {"prompt": "x", "stop": ["ok", "\ud800"]}, 400, "stop"),
     ("/v1/completions", b'{"prompt": "x", "temperature": NaN}', 400, "temperature"),
     ("/v1/chat/completions", b'{"messages": ' + b"[" * 100000 + b"]" * 100000 + b"}", 400, None),
     ("/v1/completions", b'{"prompt": "' + b"a" * (9 << 20) + b'"}', 413, None),  # over 8 MiB
@@ -277,6 +278,38 @@ def test_bad_requests(server: Server, path: str, body: Any, status: int, param: 
     assert err["message"] and err["param"] == param
     if status == 404:
         assert err["code"] == "model_not_found"
+
+
+@pytest.mark.model
+def test_methods(server: Server) -> None:
+    """HEAD where GET is (health checkers use it); a wrong method is a 405 naming the allowed
+    ones (Allow), with an OpenAI-shaped body; no CORS headers unless asked for."""
+    for path in ("/health", "/v1/models"):
+        assert httpx.head(server.base + path).status_code == 200
+    r = httpx.get(server.base + "/v1/chat/completions")
+    assert r.status_code == 405 and "POST" in r.headers.get("allow", "")
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    pre = httpx.options(server.base + "/v1/chat/completions",
+                        headers={"Origin": "https://example.com", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in pre.headers
+
+
+@pytest.mark.model
+def test_cors_origins(smollm2_path: Path) -> None:
+    """--cors-origins: a browser page of that origin may call the API (its preflight carries no
+    key); another origin gets no CORS headers."""
+    s = Server(smollm2_path, "--n-seq", "1", "--kv-size", "64", "--api-key", "k",
+               "--cors-origins", "https://example.com")
+    try:
+        ask = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+        pre = httpx.options(s.base + "/v1/chat/completions", headers={"Origin": "https://example.com", **ask})
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://example.com"
+        other = httpx.options(s.base + "/v1/chat/completions", headers={"Origin": "https://evil.example", **ask})
+        assert "access-control-allow-origin" not in other.headers
+        r = s.post("/v1/models", {}, {"Origin": "https://example.com"})  # (a POST to a GET route)
+        assert r.status_code in (401, 405)
+    finally:
+        s.stop()
 
 
 @pytest.mark.model
@@ -447,23 +480,39 @@ def test_sigterm_to_the_tova_program_stops_the_server(smollm2_path: Path) -> Non
 @pytest.mark.model
 def test_answer_cut_by_shutdown_is_an_openai_error(smollm2_path: Path) -> None:
     """A request still generating when the server's graceful shutdown runs out gets a JSON 503,
-    not a bare 500."""
+    not a bare 500; a stream gets the error in-band, then [DONE]."""
     s = Server(smollm2_path, "--n-seq", "1", "--kv-size", "64")
     try:
         body = {"model": MODEL_ID, "prompt": "Once upon a time", "max_tokens": 100000,
                 "ignore_eos": True, "temperature": 0}
-        with httpx.Client(timeout=60) as c:
-            import threading
+        import threading
 
-            out: Dict[str, Any] = {}
-            t = threading.Thread(target=lambda: out.update(r=c.post(s.base + "/v1/completions", json=body)))
+        out: Dict[str, Any] = {}
+
+        def whole() -> None:
+            with httpx.Client(timeout=60) as c:
+                out["r"] = c.post(s.base + "/v1/completions", json=body)
+
+        def streamed() -> None:
+            with httpx.Client(timeout=60) as c:
+                with c.stream("POST", s.base + "/v1/completions", json=dict(body, stream=True)) as r:
+                    out["events"] = [line for line in r.iter_lines() if line.startswith("data: ")]
+
+        threads = [threading.Thread(target=whole), threading.Thread(target=streamed)]
+        for t in threads:
             t.start()
-            assert _wait_active(s, 1) == 1
-            s.proc.send_signal(signal.SIGINT)
+        assert _wait_active(s, 1) == 1
+        time.sleep(1.0)  # (both admitted: one runs, one waits)
+        s.proc.send_signal(signal.SIGINT)
+        for t in threads:
             t.join(timeout=60)
         r = out["r"]
         assert r.status_code == 503, r.text
         assert r.json()["error"]["code"] == "server_shutting_down"
+        # The stream says so in-band and ends as a stream ends.
+        events = out["events"]
+        assert events[-1] == "data: [DONE]"
+        assert json.loads(events[-2][6:])["error"]["code"] == "server_shutting_down"
         assert s.proc.wait(timeout=30) == 0
     finally:
         s.stop()

@@ -126,7 +126,8 @@ def create_app(engine: Engine, config: Optional[ServeConfig] = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return _ErrorJSON(error_body(str(exc.detail), kind, None, None), status_code=exc.status_code)
+        return _ErrorJSON(error_body(str(exc.detail), kind, None, None), status_code=exc.status_code,
+                          headers=getattr(exc, "headers", None))  # (405: Allow)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -139,4 +140,9 @@ def create_app(engine: Engine, config: Optional[ServeConfig] = None) -> FastAPI:
                           status_code=500)
 
     app.add_middleware(_Gate, service=service)  # type: ignore[arg-type]
+    if config.cors_origins:  # outside the key check: a browser's preflight carries no key
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
+                           allow_methods=["GET", "HEAD", "POST", "OPTIONS"], allow_headers=["*"])
     return app

@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest prompt accepted per request, 0 = no limit (default 32768)")
     p.add_argument("--max-body-bytes", type=int, default=8 << 20,
                    help="largest request body accepted; larger ones are answered 413 (default 8 MiB)")
+    p.add_argument("--max-connections", type=int, default=1024,
+                   help="open connections and requests at once; more are answered 503 (default 1024)")
+    p.add_argument("--cors-origins", default="",
+                   help="comma-separated web origins allowed to call the API from a browser "
+                        "('*': any; default: none)")
     p.add_argument("--max-tokens", type=int, default=1024,
                    help="max_tokens of a chat request that sets none (default 1024)")
     p.add_argument("--api-key", default=os.environ.get("TOVA_API_KEY"),
@@ -79,7 +84,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     n_seq = args.n_seq if args.n_seq is not None or args.kv_budget is not None else 8
     for name in ("n_seq", "kv_size", "threads", "max_queue", "max_prompt_tokens", "max_tokens",
-                 "max_body_bytes"):
+                 "max_body_bytes", "max_connections"):
         v = getattr(args, name)
         if v is not None and v < (0 if name in ("max_queue", "max_prompt_tokens") else 1):
             print(f"tova serve: --{name.replace('_', '-')} must be positive", file=sys.stderr)
@@ -95,12 +100,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     config = ServeConfig(model_id=args.model_id or _model_id(args.model), max_queue=args.max_queue,
                          max_prompt_tokens=args.max_prompt_tokens, api_key=args.api_key or None,
-                         default_max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes)
+                         default_max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes,
+                         cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()))
     app = create_app(engine, config)
     print(f"tova serve: {config.model_id} ({engine.n_seq} sequences, kv_size {engine.kv_size}, "
           f"KV {engine.kv_bytes / 2**20:.1f} MiB) on http://{args.host}:{args.port}/v1",
           file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, limit_concurrency=args.max_connections)
     engine.close()
     return 0

@@ -8,12 +8,14 @@ the fixed-memory KV store evicts, so a conversation longer than ``kv_size`` stil
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 import uuid
 from typing import Any, AsyncIterator, Dict, List, Optional
 
 from fastapi import APIRouter, Request
+from starlette.requests import ClientDisconnect
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from .. import _check
@@ -40,11 +42,15 @@ async def _json_body(request: Request) -> Any:
         raise _too_large(int(declared), limit)
     chunks: List[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(size, limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit)
+            chunks.append(chunk)
+    except ClientDisconnect as e:  # (no one reads the answer; not the server's error)
+        raise APIError(400, "the client went away before its request was whole",
+                       code="client_disconnected") from e
     raw = b"".join(chunks)
     try:
         return json.loads(raw)
@@ -59,6 +65,25 @@ def _too_large(size: int, limit: int) -> APIError:
     return APIError(413, f"the request body has {'more than ' if size > limit else ''}{size} bytes; "
                     f"this server accepts at most {limit} (--max-body-bytes)",
                     code="request_too_large")
+
+
+_STOPPING = "the server is shutting down; the generation was stopped"
+
+
+def _stopping() -> APIError:
+    return APIError(503, _STOPPING, type="server_error", code="server_shutting_down")
+
+
+def _until_stopped(handler: Any) -> Any:
+    """An endpoint whose work before its answer (reading the body, tokenizing, waiting) the
+    server's shutdown may cut: a 503 the client can read, not a bare 500."""
+    @functools.wraps(handler)
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except asyncio.CancelledError:
+            raise _stopping() from None
+    return run
 
 
 def _check_model(service: Service, s: Sampling) -> str:
@@ -151,8 +176,7 @@ async def _collect(request: Request, batch: Batch) -> List[str]:
     except asyncio.CancelledError:
         # The server stops (its graceful shutdown's time ran out) before the answer is whole:
         # an error the client can read instead of the server's bare 500.
-        raise APIError(503, "the server is shutting down; the generation was stopped",
-                       type="server_error", code="server_shutting_down") from None
+        raise _stopping() from None
     finally:
         if not task.done():
             task.cancel()
@@ -180,6 +204,10 @@ async def _stream(batch: Batch, chunk: Any, s: Sampling, usage_chunk: Any,
             yield _sse(error_body(f"generation failed: {e}", "server_error"))
             yield "data: [DONE]\n\n"
             return
+        except asyncio.CancelledError:  # the server stops: say so before the stream ends
+            yield _sse(error_body(_STOPPING, "server_error", None, "server_shutting_down"))
+            yield "data: [DONE]\n\n"
+            return
         if s.include_usage:
             yield _sse(usage_chunk(_usage(batch, n)))
         yield "data: [DONE]\n\n"
@@ -191,7 +219,7 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 # ---- endpoints -------------------------------------------------------------------------------------
-@router.get("/health")
+@router.api_route("/health", methods=["GET", "HEAD"])
 async def health(request: Request) -> Dict[str, Any]:
     svc = _service(request)
     active, waiting = svc.occupancy()
@@ -199,7 +227,7 @@ async def health(request: Request) -> Dict[str, Any]:
             "queued": waiting, "n_seq": svc.engine.n_seq}
 
 
-@router.get("/metrics")
+@router.api_route("/metrics", methods=["GET", "HEAD"])
 async def metrics(request: Request) -> Response:
     svc = _service(request)
     return PlainTextResponse(svc.metrics.render(svc.gauges),
@@ -211,12 +239,12 @@ def _model_card(svc: Service) -> Dict[str, Any]:
             "owned_by": "tova"}
 
 
-@router.get("/v1/models")
+@router.api_route("/v1/models", methods=["GET", "HEAD"])
 async def list_models(request: Request) -> Dict[str, Any]:
     return {"object": "list", "data": [_model_card(_service(request))]}
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.api_route("/v1/models/{model_id:path}", methods=["GET", "HEAD"])
 async def get_model(model_id: str, request: Request) -> Dict[str, Any]:
     svc = _service(request)
     if model_id != svc.config.model_id:
@@ -226,6 +254,7 @@ async def get_model(model_id: str, request: Request) -> Dict[str, Any]:
 
 
 @router.post("/v1/chat/completions")
+@_until_stopped
 async def chat_completions(request: Request) -> Response:
     svc = _service(request)
     cfg = svc.config
@@ -292,6 +321,7 @@ async def chat_completions(request: Request) -> Response:
 
 
 @router.post("/v1/completions")
+@_until_stopped
 async def completions(request: Request) -> Response:
     svc = _service(request)
     cfg = svc.config

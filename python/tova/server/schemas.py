@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Union
 
+from .. import _check
 from .errors import invalid
 
 __all__ = ["Sampling", "ChatRequest", "CompletionRequest", "parse_chat", "parse_completion"]
@@ -117,10 +118,20 @@ def _stop(body: Mapping[str, Any]) -> List[str]:
     if v is None:
         return []
     if isinstance(v, str):
-        return [v] if v else []
+        return [_text("stop", v)] if v else []
     if isinstance(v, list) and all(isinstance(s, str) for s in v):
+        for s in v:
+            _text("stop", s)
         return [s for s in v if s]
     raise invalid("'stop' must be a string or an array of strings", "stop", "invalid_type")
+
+
+def _text(name: str, value: str) -> str:
+    """A string UTF-8 can encode (no lone surrogate), else a 400 naming the field."""
+    try:
+        return _check.text(name, value)
+    except ValueError as e:
+        raise invalid(str(e), name, "invalid_value") from None
 
 
 def _logprobs(body: Mapping[str, Any], chat: bool) -> Optional[int]:
