@@ -326,6 +326,8 @@ def test_a_failing_policy_fails_only_its_sequence(smollm2_path):
                 results.append(ex)
         failed = [i for i, r in enumerate(results) if isinstance(r, Boom)]
         assert failed == [1] and hs[1].finish_reason == "error"
+        with pytest.raises(Boom):  # every time it is asked, not once
+            hs[1].result()
         assert results[0] == solo
         assert isinstance(results[2], str) and len(hs[2].tokens) == 40
         # The engine goes on: sequence 1 was reset and serves the next request.

@@ -12,6 +12,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Handle"]
 
+
+def _core_failed() -> BaseException:
+    from . import TovaError
+
+    return TovaError("the generation failed (its error was raised to the thread that took it first)")
+
 _PIECE, _TIMEOUT, _DONE = 0, 1, 2
 _POLL = 0.1  # seconds between Ctrl-C checks while waiting
 
@@ -22,7 +28,8 @@ class Handle:
 
     Iterate it (``for piece in handle``) or, in asyncio code, ``async for piece in handle``;
     :meth:`result` returns the whole text. :meth:`cancel` stops it at the scheduler's next step
-    (its sequence is freed at once); dropping an unfinished handle cancels it too. Waiting runs
+    (which frees its sequence); dropping an unfinished handle cancels it too. A generation that
+    failed (a policy's error, say) raises that error to every call that waits for it. Waiting runs
     the scheduler's steps in the waiting thread when no other thread does, so no background
     thread is needed. Ctrl-C while waiting cancels the request and raises ``KeyboardInterrupt``.
     """
@@ -31,6 +38,25 @@ class Handle:
         self._core = core
         self._on_finish = on_finish
         self._done = False
+        self._error: Optional[BaseException] = None  # the generation's failure, raised every time
+
+    def _take(self, timeout: float) -> Tuple[int, str]:
+        """One wait on the core request; its failure is kept and raised to every later call
+        (the core hands it out once), a Ctrl-C is not (it is this caller's)."""
+        if self._error is not None:
+            raise self._error
+        try:
+            state, piece = self._core.next(timeout)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
+            self._error = e
+            raise
+        if state == _DONE and self._core.finish_reason == "error":
+            # Failed, its error taken by another thread's wait a moment ago.
+            self._error = self._error or _core_failed()
+            raise self._error
+        return state, piece
 
     # ---- the text ---------------------------------------------------------------------------
     def next(self, timeout: Optional[float] = None) -> Optional[str]:
@@ -38,12 +64,14 @@ class Handle:
         ``timeout`` seconds passed first."""
         if timeout is not None:
             timeout = _check.number("timeout", timeout, minimum=0)
+        if self._error is not None:
+            raise self._error
         if self._done:
             return ""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             step = _POLL if deadline is None else max(0.0, min(_POLL, deadline - time.monotonic()))
-            state, piece = self._core.next(step)
+            state, piece = self._take(step)
             if state == _PIECE:
                 return piece
             if state == _DONE:
@@ -68,7 +96,7 @@ class Handle:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                state, piece = await loop.run_in_executor(None, self._core.next, 0.25)
+                state, piece = await loop.run_in_executor(None, self._take, 0.25)
                 if state == _PIECE:
                     yield piece
                 elif state == _DONE:
@@ -94,6 +122,8 @@ class Handle:
     def finished(self) -> bool:
         """True when the generation has ended and every piece was taken."""
         if not self._done and self._core.finished:
+            if self._core.finish_reason == "error":
+                return True  # (its error is raised by the next wait, not swallowed here)
             self._finish()
         return self._done
 
