@@ -15,8 +15,8 @@ import uuid
 from typing import Any, AsyncIterator, Dict, List, Optional
 
 from fastapi import APIRouter, Request
-from starlette.requests import ClientDisconnect
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from .. import _check
 from .. import chat as _chat
@@ -173,11 +173,7 @@ async def _collect(request: Request, batch: Batch) -> List[str]:
                 batch.cancel()
         task.result()  # a failed choice raises here
         return texts
-    except asyncio.CancelledError:
-        # The server stops (its graceful shutdown's time ran out) before the answer is whole:
-        # an error the client can read instead of the server's bare 500.
-        raise _stopping() from None
-    finally:
+    finally:  # (the server stopping cancels this: the endpoint answers 503, _until_stopped)
         if not task.done():
             task.cancel()
         batch.cancel()  # no-op for finished choices
