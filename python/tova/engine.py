@@ -402,10 +402,15 @@ class Engine:
 
     @property
     def stats(self) -> Dict[str, Any]:
-        """Same as :attr:`last_stats` plus the per-layer KV occupancy summary of that sequence
-        now (``kv_layers``)."""
+        """:attr:`last_stats` with the KV occupancy of that sequence now, whatever ran in it since
+        (after :meth:`eval`, say): ``n_past``, ``evictions``, ``demotions``, and the per-layer
+        summary ``kv_layers``."""
         s = self.last_stats
-        s["kv_layers"] = self._e.kv_layer_summary(max(0, int(s["seq"])))
+        seq = max(0, int(s["seq"]))
+        s["n_past"] = self.n_past_of(seq)
+        s["evictions"] = int(self._e.evictions_of(seq))
+        s["demotions"] = int(self._e.demotions_of(seq))
+        s["kv_layers"] = self._e.kv_layer_summary(seq)
         return s
 
     # ---- introspection of the fixed-memory store ---------------------------------------------------
