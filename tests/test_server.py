@@ -3,6 +3,7 @@ by raw HTTP. The server runs as a subprocess on 127.0.0.1 (a free port); its ans
 with what the Engine returns for the same request (greedy)."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -278,6 +279,18 @@ def test_bad_requests(server: Server, path: str, body: Any, status: int, param: 
     assert err["message"] and err["param"] == param
     if status == 404:
         assert err["code"] == "model_not_found"
+
+
+@pytest.mark.model
+def test_compressed_body_is_415(server: Server) -> None:
+    """A body sent with Content-Encoding (gzip) is refused as such, not as broken JSON."""
+    body = gzip.compress(json.dumps({"prompt": "hi", "max_tokens": 1}).encode())
+    r = server.post("/v1/completions", body, {"Content-Encoding": "gzip"})
+    assert r.status_code == 415, r.text
+    err = r.json()["error"]
+    assert err["code"] == "unsupported_content_encoding" and "gzip" in err["message"]
+    ok = server.post("/v1/completions", {"prompt": "hi", "max_tokens": 1}, {"Content-Encoding": "identity"})
+    assert ok.status_code == 200, ok.text
 
 
 @pytest.mark.model

@@ -36,6 +36,11 @@ def _service(request: Request) -> Service:
 async def _json_body(request: Request) -> Any:
     """The request's JSON, read up to ``max_body_bytes`` (413 beyond: a huge body is refused
     before it is held, parsed or tokenized)."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise APIError(415, f"the request body is encoded '{encoding}'; this server reads only "
+                       "uncompressed JSON (send it without Content-Encoding)",
+                       code="unsupported_content_encoding")
     limit = _service(request).config.max_body_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
