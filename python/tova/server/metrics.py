@@ -67,7 +67,9 @@ class Metrics:
         with self._lock:
             reqs = sorted(self.requests.items())
             counters = [
-                ("tova_prompt_tokens_total", "Prompt tokens read.", self.prompt_tokens),
+                ("tova_prompt_tokens_total",
+                 "Prompt tokens of finished generations, as their usage counts them (the whole "
+                 "prompt, also of one cancelled while it was read).", self.prompt_tokens),
                 ("tova_completion_tokens_total", "Tokens generated.", self.completion_tokens),
                 ("tova_requests_rejected_total", "Requests answered 429 because the queue was full.",
                  self.rejected_full),
