@@ -480,3 +480,41 @@ def test_sample_accepts_any_float_array():
     assert greedy.sample(logits) == int(np.argmax(logits.astype(np.float32)))
     wide = np.repeat(logits.astype(np.float32), 2)[::2]
     assert greedy.sample(wide) == int(np.argmax(logits.astype(np.float32)))
+
+
+@pytest.mark.parametrize("t", [1e-38, 1e-40, 1e-45])
+def test_a_tiny_temperature_is_near_greedy_not_uniform(t):
+    """logit / t overflows for so small a t: the tokens must not all tie at +inf (a uniform
+    draw); the distribution is the limit, all mass on the largest logit."""
+    logits = np.array([3.0, 9.5, -2.0, 9.0, 0.5], dtype=np.float32)
+    s = SamplingParams(temperature=t, top_k=0, top_p=1.0, min_p=0.0, seed=1).sampler()
+    ids, probs = s.candidates(logits)
+    assert not np.isnan(probs).any()
+    assert probs[list(ids).index(1)] == 1.0
+    assert {s.sample(logits) for _ in range(50)} == {1}
+
+
+@pytest.mark.parametrize("value", [1e-50, -1e-50, 1e39])
+def test_values_a_32_bit_float_cannot_hold_are_refused(value):
+    """1e-50 would silently become 0 (greedy), -1e-50 would pass as -0.0: refused as given."""
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=value)
+
+
+def test_out_of_range_message_shows_the_value_in_effect():
+    with pytest.raises(ValueError, match=r"top_p = 1\.00000012 is out of range"):
+        SamplingParams(top_p=1.0000001)
+
+
+def test_extreme_penalties_never_give_nan():
+    """repeat_penalty 1e-38 and frequency_penalty 3e38 (both accepted) give inf - inf for a
+    repeated token: it is dropped, and the draw stays a proper distribution."""
+    logits = np.array([10.0, 1.0, 0.5, -1.0], dtype=np.float32)
+    s = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1e-38,
+                       frequency_penalty=3e38, seed=1).sampler()
+    s.accept(0)
+    s.accept(0)
+    ids, probs = s.candidates(logits)
+    assert not np.isnan(probs).any() and abs(float(probs.sum()) - 1.0) < 1e-5
+    assert probs[list(ids).index(0)] == 0.0
+    assert 0 not in {s.sample(logits) for _ in range(50)}

@@ -3,7 +3,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iomanip>
 #include <limits>
+#include <sstream>
 
 #include "common.h"
 
@@ -17,7 +19,9 @@ bool is_finite(float x) { return std::isfinite(x); }
 
 void SamplingParams::validate() const {
   auto fail = [](const char* field, auto value, const char* expected) {
-    throw ArgumentError(cat("sampling parameter ", field, " = ", value, " is out of range: expected ",
+    std::ostringstream v;  // every digit of the value in effect: 1.00000012, not 1
+    v << std::setprecision(9) << value;
+    throw ArgumentError(cat("sampling parameter ", field, " = ", v.str(), " is out of range: expected ",
                             expected));
   };
   // Written as !(ok) so that NaN, which fails every comparison, is rejected too.
@@ -85,6 +89,9 @@ class PenaltyStage final : public SamplerStage {
       if (count == 0) continue;
       t.logit = t.logit > 0.0f ? t.logit / repeat_ : t.logit * repeat_;
       t.logit -= static_cast<float>(count) * frequency_ + presence_;
+      // Extreme penalties (a repeat_penalty of 1e-38 with a frequency penalty of 3e38) can give
+      // inf - inf: a token so penalized is dropped, never a NaN that breaks the draw.
+      if (std::isnan(t.logit)) t.logit = -std::numeric_limits<float>::infinity();
     }
   }
 
@@ -220,7 +227,16 @@ class TemperatureStage final : public SamplerStage {
  public:
   explicit TemperatureStage(float t) : t_(t) {}
   void apply(TokenCandidates& cands) override {
-    for (auto& t : cands.data) t.logit /= t_;
+    float max_logit = -std::numeric_limits<float>::infinity();
+    for (const auto& t : cands.data) max_logit = std::max(max_logit, t.logit);
+    if (std::isfinite(max_logit) && std::isinf(max_logit / t_)) {
+      // A temperature so small that the largest logit / t overflows (1e-40): those tokens would
+      // tie at +inf. Divide the distance to the largest logit instead (softmax does not see the
+      // shift): the largest ends at 0, the rest far below, as close to greedy as t asks for.
+      for (auto& t : cands.data) t.logit = (t.logit - max_logit) / t_;
+    } else {
+      for (auto& t : cands.data) t.logit /= t_;
+    }
     // Division can round two close logits to one value, which would break the id tie-break.
     cands.sorted = false;
   }

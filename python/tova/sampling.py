@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,10 +88,18 @@ class SamplingParams:
             else:
                 try:
                     value = float(value)
+                    # The engine keeps 32-bit floats: a value that would change class on the way
+                    # (1e-50 becoming 0 or -0.0, 1e39 infinite) is refused here, as it is.
+                    narrowed = struct.unpack("f", struct.pack("f", value))[0]
                 except OverflowError:
                     raise ValueError(
                         f"sampling parameter {name} = {value!r} is out of range: too large"
                     ) from None
+                if narrowed == 0.0 and value != 0.0:
+                    raise ValueError(
+                        f"sampling parameter {name} = {value!r} is out of range: too close to 0 "
+                        "for a 32-bit float (use 0)"
+                    )
             values[name] = value
         core = _core.SamplingParams(**values)
         core.validate()
