@@ -261,6 +261,22 @@ def test_multi_turn_evaluates_only_the_new_turn(smollm2):
 
 
 @pytest.mark.model
+def test_penalties_in_a_later_turn_see_the_whole_conversation(smollm2_path):
+    """A later turn reads only its new tokens, but its repetition penalties look back over the
+    conversation as a stateless request for the same messages does (and as llama.cpp does)."""
+    kw = dict(max_tokens=30, temperature=0, repeat_penalty=1.5, penalty_last_n=-1)
+    first = [{"role": "user", "content": "List three fruits."}]
+    with tova.Engine(smollm2_path, policy="full", n_ctx=512, n_threads=2) as e:
+        conversation = first + [{"role": "assistant", "content": e.chat(first, **kw)},
+                                {"role": "user", "content": "List them again."}]
+        later_turn = e.chat(conversation, **kw)
+        assert e.last_stats["prompt_tokens"] < 25  # (it did continue the conversation)
+    with tova.Engine(smollm2_path, policy="full", n_ctx=512, n_threads=2) as fresh:
+        stateless = fresh.create_chat_completion(conversation, **kw)["choices"][0]["message"]["content"]
+    assert later_turn == stateless
+
+
+@pytest.mark.model
 def test_cxx_chat_session_feeds_only_new_tokens(smollm2):
     session = _core.ChatSession(smollm2._e)
     greedy = tova.SamplingParams(temperature=0).to_core()

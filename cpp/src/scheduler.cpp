@@ -339,7 +339,10 @@ void Engine::run_step() {
       } else {
         r.prompt_done_ += static_cast<size_t>(b.n);
         if (r.prompt_done_ == r.prompt().size()) {
-          for (int32_t t : r.prompt()) r.sampler_.accept(t);
+          // The penalties look back over the context, as if the whole of it were the prompt:
+          // a request continuing its sequence (a chat turn) sees what the sequence holds (its
+          // most recent Engine::kHistoryKeep tokens or more), not only its new tokens.
+          for (int32_t t : r.keep() ? s.history : r.prompt()) r.sampler_.accept(t);
           r.t_first_ = now;
           r.stats_.prompt_seconds = now - r.t_start_;
           r.phase_ = Request::Phase::Decode;
