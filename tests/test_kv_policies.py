@@ -277,7 +277,8 @@ class Returns(tova.Policy):
         n = view.n_evict
         return {"too_many": valid[: n + 1], "too_few": valid[: n - 1], "duplicate": [valid[0]] * 2,
                 "out_of_range": [view.n_slots + 5], "empty_slot": [int(np.where(view.pos < 0)[0][0])],
-                "not_ints": ["a"]}[self.how]
+                "not_ints": ["a"], "float": [float(valid[0])], "bool": [True], "none": None,
+                "zero_d": np.array(valid[0]), "huge": [2 ** 40]}[self.how]
 
 
 @pytest.mark.parametrize("how, pattern", [
@@ -285,7 +286,12 @@ class Returns(tova.Policy):
     ("too_few", "returned 0 slots, expected 1"),
     ("out_of_range", "is out of range"),
     ("empty_slot", "is empty"),
-    ("not_ints", "must return slot indices"),
+    ("not_ints", "at layer 0, position 8: select\\(\\) must return slot indices \\(ints\\), got an element of type str"),
+    ("float", "got an element of type float"),
+    ("bool", "got an element of type bool"),
+    ("none", "must return a sequence of 1 slot indices \\(ints\\), got NoneType"),
+    ("zero_d", "got a 0-d array"),
+    ("huge", "at layer 0, position 8: select\\(\\) returned slot 1099511627776, out of range"),
 ])
 def test_bad_python_policy_answers(smollm2_path, how, pattern):
     with tova.Engine(smollm2_path, policy=Returns(how), kv_size=8, n_threads=1) as e:
@@ -332,29 +338,97 @@ def test_policy_view_not_usable_after_call(smollm2_path):
         e.generate("Once upon a time there was a little", max_tokens=3)
     with pytest.raises(ValueError, match="only valid during the policy call"):
         kept["view"].pos
-    assert kept["pos"].shape[0] > 8  # the array itself stays readable (the engine is kept alive)
-    kept.clear()  # the array -> engine -> policy -> this dict cycle runs through numpy (no GC)
+    assert kept["pos"].shape[0] > 8  # the array itself stays readable: a copy
+
+
+def test_kept_view_arrays_keep_their_call_values_and_free_the_engine(smollm2_path):
+    """A policy may keep the arrays it was given (a log of attention): each keeps the values of
+    its call, and keeping them does not keep the engine alive (no cycle through the engine that
+    the garbage collector cannot see). Writes to `state` persist to the next call."""
+    import gc
+    import weakref
+
+    class Logger(tova.Policy):
+        name = "logger"
+
+        def __init__(self):
+            self.log = []
+            self.state_seen = []
+
+        def select(self, layer, view):
+            if layer == 0:
+                self.log.append((view.pos, view.pos.copy(), view.probs_mean, view.probs_mean.copy()))
+                self.state_seen.append(float(view.state[view.pos >= 0].max()))
+                view.state[:] = 7.0  # the policy's own value: kept when the call returns
+                assert not view.pos.flags.writeable and not view.probs.flags.writeable
+            cand = np.where((view.pos >= 0) & (view.protect == 0))[0]
+            return cand[np.argsort(view.pos[cand], kind="stable")[: view.n_evict]].tolist()
+
+    gone = []
+    for _ in range(2):
+        policy = Logger()
+        gone.append(weakref.ref(policy))
+        e = tova.Engine(smollm2_path, policy=policy, kv_size=8, n_threads=1)
+        e.generate("Once upon a time there was a little girl who lived in", max_tokens=4, temperature=0)
+        assert len(policy.log) > 4
+        for pos, pos_then, mean, mean_then in policy.log:
+            np.testing.assert_array_equal(pos, pos_then)
+            np.testing.assert_array_equal(mean, mean_then)
+        assert policy.state_seen[0] == 0.0 and 7.0 in policy.state_seen[1:]
+        e.close()
+        del e, policy
+        gc.collect()
+    assert all(ref() is None for ref in gone), "the policy (and its engine) outlived close()"
 
 
 def test_c_plugin_equals_builtin_window(smollm2_path, tmp_path):
-    """The example plugin, compiled here, loaded by the CLI: same text as the built-in window."""
+    """The example plugin, compiled against the installed header (tova.get_include()), loaded by
+    the CLI (also as a bare file name in the working directory, as a shell user writes it) and
+    from Python (tova.PluginPolicy): the same text as the built-in window."""
     from tova._cli import binary
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    include = tova.get_include()
+    assert os.path.isfile(os.path.join(include, "tova", "policy_plugin.h"))
     lib = tmp_path / "liboldest.so"
-    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-I", os.path.join(repo, "cpp", "include"),
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-I", include,
                     os.path.join(repo, "examples", "policy_plugin", "oldest_first.c"), "-o", str(lib)],
                    check=True)
     common = ["run", "-m", str(smollm2_path), "-p", "Once upon a time", "-n", "60", "--temp", "0",
               "--kv-size", "16", "-t", "2"]
     a = subprocess.run([str(binary()), *common, "--policy", "window"], capture_output=True, text=True)
-    b = subprocess.run([str(binary()), *common, "--policy-plugin", str(lib)], capture_output=True,
-                       text=True)
+    b = subprocess.run([str(binary()), *common, "--policy-plugin", lib.name], capture_output=True,
+                       text=True, cwd=tmp_path)
     assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
     assert a.stdout == b.stdout
     assert "policy oldest-first" in b.stderr
     bad = subprocess.run([str(binary()), *common, "--policy-plugin", str(tmp_path / "nope.so")],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "cannot load policy plugin" in bad.stderr
+
+    with tova.Engine(smollm2_path, policy=tova.PluginPolicy(lib), kv_size=16, n_threads=2) as e:
+        assert e.policy == "oldest-first"
+        text = e.generate("Once upon a time", max_tokens=60, temperature=0)
+    with tova.Engine(smollm2_path, policy="window", kv_size=16, n_threads=2) as w:
+        assert text == w.generate("Once upon a time", max_tokens=60, temperature=0)
+    with pytest.raises(tova.TovaError, match="cannot load policy plugin '.*nope.so'"):
+        tova.Engine(smollm2_path, policy=tova.PluginPolicy(tmp_path / "nope.so"))
+
+
+def test_probs_outside_select_and_empty_type_names(smollm2_path):
+    """view.probs in on_insert says where probabilities are given; an empty KV type name is an
+    error, not "the default"."""
+    class Inserts(PyWindow):
+        needs_probs = True
+
+        def on_insert(self, layer, slot, view):
+            view.probs_mean
+
+    with tova.Engine(smollm2_path, policy=Inserts(), kv_size=8, n_threads=1) as e:
+        with pytest.raises(ValueError, match=r"given to select\(\) only .* not to on_insert\(\)"):
+            e.generate("Once upon a time", max_tokens=2)
+    for name in ("kv_type", "kv_type_k", "kv_type_v", "kv_lo_type"):
+        with pytest.raises(ValueError, match=f"{name} is empty"):
+            tova.Engine(smollm2_path, **{name: ""})
 
 
 BAD_ABI_PLUGIN = r"""

@@ -3,6 +3,7 @@
 #include <cstddef>
 
 #include <dlfcn.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cstring>
@@ -173,7 +174,13 @@ void check_policy_abi(const tova_policy* p, const std::string& origin) {
 }
 
 PolicyHandle load_policy_plugin(const std::string& path, const std::string& args) {
-  void* lib = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  // dlopen searches the library path for a name without a slash: a file of that name here is
+  // the one meant (as a shell user expects of `--policy-plugin libmine.so`).
+  std::string open_as = path;
+  struct stat st {};
+  if (path.find('/') == std::string::npos && ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode))
+    open_as = "./" + path;
+  void* lib = ::dlopen(open_as.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!lib) {
     const char* e = ::dlerror();
     throw Error(cat("cannot load policy plugin '", path, "': ", e ? e : "unknown error"));

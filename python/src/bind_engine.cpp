@@ -105,15 +105,20 @@ void bind_engine(nb::module_& m) {
   }, "Every CUDA kernel against its CPU twin on random inputs: the mismatches (tests/test_cuda.py)");
   nb::class_<Engine>(m, "Engine", nb::type_slots(engine_slots))
       .def("__init__",
-           [](Engine* self, const std::string& path, int n_threads, nb::handle policy,
+           [](Engine* self, nb::handle path_arg, int n_threads, nb::handle policy,
               int kv_size, int n_ctx, int n_sink, const std::string& kv_type, const std::string& kv_type_k,
               const std::string& kv_type_v,
               const std::string& prefill, int chunk, const std::string& positions,
               bool float_activations, int n_seq, uint64_t kv_budget, int n_batch, bool kv_hadamard,
-              const std::string& backend, const std::string& kv_lo_type, int kv_hi_size) {
+              const std::string& backend, const std::string& kv_lo_type, int kv_hi_size,
+              const std::string& policy_plugin, const std::string& policy_args) {
+             const std::string path = fs_path(path_arg);
              EngineParams p;
              p.n_threads = n_threads;
-             if (nb::isinstance<nb::str>(policy)) {
+             if (!policy_plugin.empty()) {  // a C plugin (tova.PluginPolicy)
+               nb::gil_scoped_release release;
+               p.plugin = load_policy_plugin(policy_plugin, policy_args);
+             } else if (nb::isinstance<nb::str>(policy)) {
                p.policy = parse_policy(nb::cast<std::string>(policy));
              } else {
                p.policy = PolicyKind::Plugin;
@@ -158,7 +163,8 @@ void bind_engine(nb::module_& m) {
            nb::arg("float_activations") = d.float_activations, nb::arg("n_seq") = d.n_seq,
            nb::arg("kv_budget") = d.kv_budget, nb::arg("n_batch") = d.n_batch,
            nb::arg("kv_hadamard") = d.kv_hadamard, nb::arg("backend") = std::string(backend_name(d.backend)),
-           nb::arg("kv_lo_type") = std::string(), nb::arg("kv_hi_size") = d.kv_hi_size)
+           nb::arg("kv_lo_type") = std::string(), nb::arg("kv_hi_size") = d.kv_hi_size,
+           nb::arg("policy_plugin") = std::string(), nb::arg("policy_args") = std::string())
       .def("tokenize",
            [](const Engine& e, const std::string& text, bool add_bos, bool special) {
              nb::gil_scoped_release release;
@@ -205,10 +211,6 @@ void bind_engine(nb::module_& m) {
              return to_numpy(std::move(out), all_logits ? ids.size() : 0, V);
            },
            nb::arg("ids"), nb::arg("all_logits") = false, nb::arg("seq") = 0)
-      .def("_attach_policy_owner", [](nb::handle self) {
-        Engine& e = nb::cast<Engine&>(self);
-        set_python_policy_engine(e.policy(), self.ptr());
-      })
       .def("reset", [](Engine& e, int seq) {
         nb::gil_scoped_release release;
         e.reset(seq);
@@ -325,8 +327,8 @@ void bind_engine(nb::module_& m) {
         const Model& mo = e.model();
         const HParams& h = mo.hp();
         nb::dict d;
-        d["name"] = mo.name();
-        d["path"] = mo.path();
+        d["name"] = lenient_str(mo.name());
+        d["path"] = fs_str(mo.path());
         d["arch"] = h.arch;
         d["n_vocab"] = h.n_vocab;
         d["n_embd"] = h.n_embd;
@@ -345,7 +347,7 @@ void bind_engine(nb::module_& m) {
         d["eos_id"] = mo.tokenizer().eos_id();
         d["add_bos"] = mo.tokenizer().add_bos_default();
         d["eog_ids"] = mo.tokenizer().end_of_generation_ids();
-        d["chat_template"] = mo.file().get_string("tokenizer.chat_template", "");
+        d["chat_template"] = lenient_str(mo.file().get_string("tokenizer.chat_template", ""));
         return d;
       });
 

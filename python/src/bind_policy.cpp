@@ -1,10 +1,13 @@
 // Python eviction policies: a tova.Policy subclass is adapted onto the C ABI of
-// <tova/policy_plugin.h>. Each callback takes the GIL, builds a PolicyView whose numpy arrays
-// view the engine's own memory (no copies), and calls the Python method. A Python exception
-// propagates out of the engine as that same exception (the engine resets its sequence).
+// <tova/policy_plugin.h>. Each callback takes the GIL, builds a PolicyView, and calls the Python
+// method. A Python exception propagates out of the engine as that same exception (the engine
+// resets its sequence).
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
 
+#include <algorithm>
+#include <cstring>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -18,35 +21,64 @@ using namespace tova;
 
 namespace {
 
-// What Python sees during one callback. The arrays are views into the engine's memory, kept
-// alive by the engine object (`owner`), so a view kept after the call never dangles; the
+// What Python sees during one callback. Its arrays are copies made when first read in the call
+// (one per array and call): a policy may keep them (a log of attention) and they keep the values
+// of that call, and they hold nothing of the engine (no reference cycle through it). `state`,
+// the policy's own per-slot values, is copied back into the engine when the call returns. The
 // PolicyView itself refuses use after its call returned.
 struct PolicyView {
   const tova_policy_view* v = nullptr;
-  nb::handle owner;
+  const char* hook = "select";  // the Policy method called
+  nb::object pos, protect, probs, probs_mean, state;  // each array once per call
+  float* state_data = nullptr;                        // the state copy's buffer (kept by `state`)
 
   const tova_policy_view& get() const {
     if (!v) throw ArgumentError("a PolicyView is only valid during the policy call it was given to");
     return *v;
   }
+
+  // Ends the call: the policy's writes to `state` go back to the engine; the arrays stay the
+  // policy's, holding this call's values.
+  void close() {
+    if (v && state_data && v->state)
+      std::memcpy(v->state, state_data, sizeof(float) * static_cast<size_t>(v->n_slots));
+    v = nullptr;
+    state_data = nullptr;
+    pos = protect = probs = probs_mean = state = nb::object();
+  }
 };
 
+// A numpy array holding a copy of n_rows x n_cols values at data (1-d when n_rows is 0).
 template <class T>
-nb::ndarray<nb::numpy, T> view_array(const PolicyView& pv, T* data, size_t n) {
-  size_t shape[1] = {n};
-  return nb::ndarray<nb::numpy, T>(data, 1, shape, pv.owner);
+nb::object copy_array(const T* data, size_t n_rows, size_t n_cols, bool writable, T** buffer = nullptr) {
+  const size_t n = (n_rows ? n_rows : 1) * n_cols;
+  auto* copy = new T[std::max<size_t>(n, 1)];
+  if (n) std::memcpy(copy, data, sizeof(T) * n);
+  nb::capsule owner(copy, [](void* p) noexcept { delete[] static_cast<T*>(p); });
+  if (buffer) *buffer = copy;
+  size_t shape[2] = {n_rows ? n_rows : n_cols, n_cols};
+  const size_t ndim = n_rows ? 2 : 1;
+  if (writable) return nb::cast(nb::ndarray<nb::numpy, T>(copy, ndim, shape, owner));
+  return nb::cast(nb::ndarray<nb::numpy, const T>(copy, ndim, shape, owner));
 }
 
-nb::ndarray<nb::numpy, const float> probs_array(const PolicyView& pv) {
+[[noreturn]] void no_probs(const PolicyView& pv, const char* what) {
+  if (std::strcmp(pv.hook, "select") != 0)
+    throw ArgumentError(cat(what, " are given to select() only (of a policy with needs_probs = True), not to ",
+                            pv.hook, "()"));
+  throw ArgumentError(cat(what, " are not available: the policy did not ask for them (needs_probs = False)"));
+}
+
+nb::object probs_array(PolicyView& pv) {
   const tova_policy_view& v = pv.get();
-  if (!v.probs) throw ArgumentError("probs are not available: the policy did not ask for them (needs_probs)");
-  size_t shape[2] = {static_cast<size_t>(v.n_heads), static_cast<size_t>(v.n_slots)};
-  return nb::ndarray<nb::numpy, const float>(v.probs, 2, shape, pv.owner);
+  if (!v.probs) no_probs(pv, "probs");
+  if (!pv.probs.is_valid())
+    pv.probs = copy_array<float>(v.probs, static_cast<size_t>(v.n_heads), static_cast<size_t>(v.n_slots), false);
+  return pv.probs;
 }
 
 struct PyAdapter {
   nb::object policy;      // the tova.Policy instance
-  PyObject* engine = nullptr;  // the _core.Engine (borrowed: it owns us)
   std::string name;
   tova_policy c{};
 };
@@ -55,12 +87,15 @@ struct PyAdapter {
 // (interrupts.h): kept aside for its next check, and the method runs again (a few times at most;
 // then the interrupt goes out as the policy's error).
 template <class F>
-auto with_view(PyAdapter* a, const tova_policy_view* v, F&& f) {
+auto with_view(PyAdapter* a, const tova_policy_view* v, const char* hook, F&& f) {
   nb::gil_scoped_acquire gil;
-  nb::object view_obj = nb::cast(PolicyView{v, nb::handle(a->engine)});
+  PolicyView fresh;
+  fresh.v = v;
+  fresh.hook = hook;
+  nb::object view_obj = nb::cast(std::move(fresh));
   struct Invalidate {
     nb::object& o;
-    ~Invalidate() { nb::cast<PolicyView&>(o).v = nullptr; }
+    ~Invalidate() { nb::cast<PolicyView&>(o).close(); }
   } inv{view_obj};
   for (int attempt = 0;; ++attempt) {
     try {
@@ -74,37 +109,41 @@ auto with_view(PyAdapter* a, const tova_policy_view* v, F&& f) {
 
 int py_select(void* user, const tova_policy_view* v, int32_t* out) {
   auto* a = static_cast<PyAdapter*>(user);
-  return with_view(a, v, [&](nb::object& view) {
+  return with_view(a, v, "select", [&](nb::object& view) {
     nb::object r = a->policy.attr("select")(v->layer, view);
     if (v->n_evict == 0) return 0;  // every-step policies may return anything when nothing goes
+    auto where = [&] { return cat("Python policy '", a->name, "' at layer ", v->layer, ", position ", v->t, ": select() "); };
+    auto type_name = [](nb::handle h) { return nb::cast<std::string>(nb::str(nb::handle(h.type()).attr("__name__"))); };
     std::vector<int64_t> slots;
-    if (r.is_none() || !nb::hasattr(r, "__iter__"))
-      throw Error(cat("Python policy '", a->name, "': select() must return a sequence of slot indices (ints), got ",
-                      nb::cast<std::string>(nb::str(nb::handle(r.type())))));
-    try {
-      for (nb::handle h : r) {
-        if (PyBool_Check(h.ptr())) throw nb::cast_error();  // True is not slot 1
-        slots.push_back(nb::cast<int64_t>(h));
-      }
-    } catch (const nb::cast_error&) {
-      throw Error(cat("Python policy '", a->name, "': select() must return slot indices (ints), got ",
-                      nb::cast<std::string>(nb::str(nb::handle(r.type())))));
+    // A sequence of ints: a list, tuple, set, generator or 1-d integer array (not a str, bytes,
+    // or a 0-d array, which iterate oddly or not at all).
+    const bool zero_d = nb::hasattr(r, "ndim") && nb::isinstance<nb::int_>(r.attr("ndim")) && nb::cast<int>(r.attr("ndim")) == 0;
+    if (r.is_none() || zero_d || nb::isinstance<nb::str>(r) || nb::isinstance<nb::bytes>(r) || !nb::hasattr(r, "__iter__"))
+      throw Error(cat(where(), "must return a sequence of ", v->n_evict, " slot indices (ints), got ",
+                      zero_d ? std::string("a 0-d array") : type_name(r)));
+    for (nb::handle h : r) {
+      // True is not slot 1, nor 3.0 slot 3: an int (or numpy integer) only.
+      if (PyBool_Check(h.ptr()) || !PyIndex_Check(h.ptr()))
+        throw Error(cat(where(), "must return slot indices (ints), got an element of type ", type_name(h)));
+      nb::object index = nb::steal(PyNumber_Index(h.ptr()));
+      if (!index.is_valid()) throw nb::python_error();
+      int overflow = 0;
+      const long long value = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+      if (overflow != 0 || value < INT32_MIN || value > INT32_MAX)
+        throw Error(cat(where(), "returned slot ", nb::cast<std::string>(nb::str(h)), ", out of range [0, ",
+                        v->n_slots, ")"));
+      slots.push_back(value);
     }
     if (static_cast<int32_t>(slots.size()) != v->n_evict)
-      throw Error(cat("Python policy '", a->name, "' at layer ", v->layer, ", position ", v->t,
-                      ": select() returned ", slots.size(), " slots, expected ", v->n_evict));
-    for (size_t k = 0; k < slots.size(); ++k) {
-      if (slots[k] < INT32_MIN || slots[k] > INT32_MAX)
-        throw Error(cat("Python policy '", a->name, "': slot ", slots[k], " is out of range"));
-      out[k] = static_cast<int32_t>(slots[k]);
-    }
+      throw Error(cat(where(), "returned ", slots.size(), " slots, expected ", v->n_evict));
+    for (size_t k = 0; k < slots.size(); ++k) out[k] = static_cast<int32_t>(slots[k]);
     return 0;
   });
 }
 
 void py_on_insert(void* user, const tova_policy_view* v, int32_t slot) {
   auto* a = static_cast<PyAdapter*>(user);
-  with_view(a, v, [&](nb::object& view) {
+  with_view(a, v, "on_insert", [&](nb::object& view) {
     a->policy.attr("on_insert")(v->layer, slot, view);
     return 0;
   });
@@ -112,7 +151,7 @@ void py_on_insert(void* user, const tova_policy_view* v, int32_t slot) {
 
 void py_on_evict(void* user, const tova_policy_view* v, const int32_t* slots, int32_t n) {
   auto* a = static_cast<PyAdapter*>(user);
-  with_view(a, v, [&](nb::object& view) {
+  with_view(a, v, "on_evict", [&](nb::object& view) {
     nb::list l;
     for (int32_t k = 0; k < n; ++k) l.append(slots[k]);
     a->policy.attr("on_evict")(v->layer, l, view);
@@ -189,14 +228,10 @@ void clear_python_policy(tova_policy* p) {
   if (p && p->select == py_select) static_cast<PyAdapter*>(p->user)->policy = nb::none();
 }
 
-void set_python_policy_engine(tova_policy* p, PyObject* engine) {
-  if (p && p->select == py_select) static_cast<PyAdapter*>(p->user)->engine = engine;
-}
-
 void bind_policy(nb::module_& m) {
   nb::class_<PolicyView>(m, "PolicyView",
-                         "One layer's slots as a policy sees them during a call (arrays are views "
-                         "into the engine's memory, not copies).")
+                         "One layer's slots as a policy sees them during a call (its arrays are "
+                         "copies, made when first read in the call; the policy may keep them).")
       .def_prop_ro("layer", [](const PolicyView& p) { return p.get().layer; })
       .def_prop_ro("capacity", [](const PolicyView& p) { return p.get().capacity; })
       .def_prop_ro("n_slots", [](const PolicyView& p) { return p.get().n_slots; })
@@ -207,23 +242,30 @@ void bind_policy(nb::module_& m) {
       .def_prop_ro("new_slot", [](const PolicyView& p) { return p.get().new_slot; })
       .def_prop_ro("seq", [](const PolicyView& p) { return p.get().seq; },
                    "the engine sequence this call is for (each has its own slots)")
-      .def_prop_ro("pos", [](const PolicyView& p) {
+      .def_prop_ro("pos", [](PolicyView& p) {
         const auto& v = p.get();
-        return view_array<const int32_t>(p, v.pos, static_cast<size_t>(v.n_slots));
-      }, nb::rv_policy::reference, "int32 [n_slots]: absolute position of each slot's token, -1 for an empty slot")
-      .def_prop_ro("protect", [](const PolicyView& p) {
+        if (!p.pos.is_valid()) p.pos = copy_array<int32_t>(v.pos, 0, static_cast<size_t>(v.n_slots), false);
+        return p.pos;
+      }, "int32 [n_slots]: absolute position of each slot's token, -1 for an empty slot (read-only)")
+      .def_prop_ro("protect", [](PolicyView& p) {
         const auto& v = p.get();
-        return view_array<const uint8_t>(p, v.protect, static_cast<size_t>(v.n_slots));
-      }, nb::rv_policy::reference, "uint8 [n_slots]: 1 where the slot must not be evicted")
-      .def_prop_ro("probs", &probs_array, nb::rv_policy::reference,
-                   "float32 [n_heads, n_slots]: the current query's attention per head")
-      .def_prop_ro("probs_mean", [](const PolicyView& p) {
+        if (!p.protect.is_valid()) p.protect = copy_array<uint8_t>(v.protect, 0, static_cast<size_t>(v.n_slots), false);
+        return p.protect;
+      }, "uint8 [n_slots]: 1 where the slot must not be evicted (read-only)")
+      .def_prop_ro("probs", &probs_array,
+                   "float32 [n_heads, n_slots]: the current query's attention per head (read-only)")
+      .def_prop_ro("probs_mean", [](PolicyView& p) {
         const auto& v = p.get();
-        if (!v.probs_mean) throw ArgumentError("probs_mean is not available: the policy did not ask for it (needs_probs)");
-        return view_array<const float>(p, v.probs_mean, static_cast<size_t>(v.n_slots));
-      }, nb::rv_policy::reference, "float32 [n_slots]: probs averaged over the query heads")
-      .def_prop_ro("state", [](const PolicyView& p) {
+        if (!v.probs_mean) no_probs(p, "probs_mean");
+        if (!p.probs_mean.is_valid())
+          p.probs_mean = copy_array<float>(v.probs_mean, 0, static_cast<size_t>(v.n_slots), false);
+        return p.probs_mean;
+      }, "float32 [n_slots]: probs averaged over the query heads (read-only)")
+      .def_prop_ro("state", [](PolicyView& p) {
         const auto& v = p.get();
-        return view_array<float>(p, v.state, static_cast<size_t>(v.n_slots));
-      }, nb::rv_policy::reference, "float32 [n_slots]: a per-slot value the policy owns (writable; 0 for a new token)");
+        if (!p.state.is_valid())
+          p.state = copy_array<float>(v.state, 0, static_cast<size_t>(v.n_slots), true, &p.state_data);
+        return p.state;
+      }, "float32 [n_slots]: a per-slot value the policy owns (writable: what it holds when the "
+         "call returns is kept; 0 for a new token)");
 }

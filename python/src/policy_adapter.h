@@ -9,8 +9,6 @@ namespace nb = nanobind;
 
 // A policy handle whose callbacks call the Python object's methods (select, on_insert, ...).
 tova::PolicyHandle make_python_policy(nb::handle policy);
-// Tells the adapter which _core.Engine owns it (the owner of the arrays it hands to Python).
-void set_python_policy_engine(tova_policy* p, PyObject* engine);
 // The Python policy object behind an adapter (nullptr for other policies): for the GC.
 PyObject* python_policy_object(tova_policy* p);
 // Drops the adapter's reference to its Python policy (the GC breaking a cycle).

@@ -11,10 +11,10 @@ from ._core import GGUFError, TovaError, cuda_built, cuda_device_count
 from .engine import Engine
 from .gguf import GGUFFile, TensorInfo
 from .handle import Handle
-from .policy import Policy
+from .policy import PluginPolicy, Policy, get_include
 from .sampling import SamplingParams
 
 __version__: str = _core.__version__
 
-__all__ = ["Engine", "Handle", "SamplingParams", "Policy", "GGUFError", "TovaError", "GGUFFile", "TensorInfo",
+__all__ = ["Engine", "Handle", "SamplingParams", "Policy", "PluginPolicy", "get_include", "GGUFError", "TovaError", "GGUFFile", "TensorInfo",
            "cuda_built", "cuda_device_count", "__version__"]

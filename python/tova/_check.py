@@ -98,17 +98,22 @@ def optional_text(name: str, value: Any) -> Optional[str]:
 
 
 def choice(name: str, value: Any) -> Optional[str]:
-    """``None`` or a setting's name as a ``str`` (the core checks it is a known one)."""
-    return optional_text(name, value)
+    """``None`` or a setting's name as a ``str`` (the core checks it is a known one); an empty
+    name is not "not given"."""
+    value = optional_text(name, value)
+    if value is not None and not value.strip():
+        raise ValueError(f"{name} is empty: give a name, or leave it out for the default")
+    return value
 
 
 def policy(value: Any) -> Any:
-    """``None``, a policy name (the core checks it is known), or a :class:`tova.Policy`."""
-    from .policy import Policy
+    """``None``, a policy name (the core checks it is known), a :class:`tova.Policy` or a
+    :class:`tova.PluginPolicy`."""
+    from .policy import PluginPolicy, Policy
 
-    if value is not None and not isinstance(value, (str, Policy)):
-        raise TypeError("policy must be a policy name (str) or a tova.Policy instance, "
-                        f"got {_kind(value)}")
+    if value is not None and not isinstance(value, (str, Policy, PluginPolicy)):
+        raise TypeError("policy must be a policy name (str), a tova.Policy instance or a "
+                        f"tova.PluginPolicy, got {_kind(value)}")
     return value
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import _check, _core
 from .handle import Handle
-from .policy import Policy
+from .policy import PluginPolicy, Policy
 from .sampling import SamplingParams
 
 __all__ = ["Engine"]
@@ -35,8 +35,8 @@ class Engine:
             default 512).
         policy: ``"tova"`` (default), ``"h2o"``, ``"sink"``, ``"window"``, ``"full"``,
             ``"tova_ema"`` (TOVA's attention smoothed over steps, beyond the paper:
-            docs/policies.md), or an instance of a :class:`tova.Policy` subclass (your own
-            policy, run inside the engine).
+            docs/policies.md), an instance of a :class:`tova.Policy` subclass (your own
+            policy, run inside the engine), or a :class:`tova.PluginPolicy` (a C plugin).
         n_sink: first positions never evicted; default: 4 for ``"sink"``, 0 otherwise.
         kv_type: element type of the stored K and V: ``"f16"`` (default), ``"f32"``, ``"q8_0"``,
             ``"q5_1"``, ``"q5_0"``, ``"q4_1"``, ``"q4_0"`` (llama.cpp's ``-ctk``/``-ctv`` types:
@@ -73,7 +73,9 @@ class Engine:
             The same two paths on ``device="cuda"`` (there the prompt's products of 32 rows or
             more take float activations either way: ``TOVA_CUDA_TILED_FROM``).
         n_threads: compute threads; ``None`` = all cores.
-        seed: default seed of the sampler (``None``: a fresh random seed for every generation).
+        seed: seed of the generations that set none themselves (``None``: a fresh random seed
+            for every generation). A ``sampling=SamplingParams(...)`` object carries its own
+            ``seed`` (-1, its default, asks for a random one), which this does not override.
         n_seq: sequences held at once (each with its own ``kv_size`` slots per layer); more
             requests than that wait in a queue.
         kv_budget: bytes (``int``) or a size (``"256MiB"``) for the KV stores of all sequences
@@ -95,7 +97,7 @@ class Engine:
         *,
         n_ctx: Optional[int] = None,
         kv_size: Optional[int] = None,
-        policy: "Union[None, str, Policy]" = None,
+        policy: "Union[None, str, Policy, PluginPolicy]" = None,
         n_sink: Optional[int] = None,
         kv_type: Optional[str] = None,
         kv_type_k: Optional[str] = None,
@@ -145,10 +147,11 @@ class Engine:
                      kv_hi_size=kv_hi_size, prefill=prefill,
                      chunk=chunk, positions=positions, n_seq=n_seq, n_batch=n_batch,
                      n_threads=n_threads, n_sink=n_sink, backend=backend)
+        if isinstance(policy, PluginPolicy):  # loaded by the core, as the CLI's --policy-plugin
+            given.update(policy=None, policy_plugin=policy.path, policy_args=policy.args)
         self._core: Optional[_core.Engine] = _core.Engine(
             str(path), float_activations=float_activations, kv_budget=budget,
             **{k: v for k, v in given.items() if v is not None})
-        self._core._attach_policy_owner()
         self._local = threading.local()
         self.path = str(path)
         p = self._core.params  # the settings in effect

@@ -9,17 +9,20 @@ starts a new sequence (it stays usable).
 
 Cost: every call is a round trip from the C++ engine into Python (for every layer, at every
 step once the store is full), so a Python policy decodes noticeably slower than the built-in
-ones; ``bench/`` reports by how much. The built-ins and C plugins (``tova run --policy-plugin``)
-run through the same C ABI without that cost.
+ones; ``bench/`` reports by how much. The built-ins and C plugins (:class:`PluginPolicy`, CLI
+``--policy-plugin``) run through the same C ABI without that cost.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+import os
+from typing import TYPE_CHECKING, Sequence, Union
+
+from . import _check
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._core import PolicyView
 
-__all__ = ["Policy"]
+__all__ = ["Policy", "PluginPolicy", "get_include"]
 
 
 class Policy:
@@ -62,3 +65,26 @@ class Policy:
     def reset_sequence(self, seq: int) -> None:
         """Sequence ``seq`` was cleared (optional hook). An engine with ``n_seq > 1`` runs one
         policy object for all its sequences: ``view.seq`` says which one each call is for."""
+
+
+class PluginPolicy:
+    """A C policy plugin: a shared library exporting ``tova_policy_create`` (the ABI of
+    ``tova/policy_plugin.h``, whose folder :func:`get_include` gives), for
+    ``tova.Engine(model, policy=PluginPolicy("./libmine.so", "arg=1"))``; the CLI's
+    ``--policy-plugin PATH --policy-args ARGS``. The library is loaded when the engine is made
+    (an error there names the file)."""
+
+    def __init__(self, path: Union[str, "os.PathLike[str]"], args: str = "") -> None:
+        self.path: str = _check.path("path", path)
+        self.args: str = _check.text("args", args)
+        if "\0" in self.args:
+            raise ValueError("args contains a NUL character")
+
+    def __repr__(self) -> str:
+        return f"PluginPolicy({self.path!r}, {self.args!r})"
+
+
+def get_include() -> str:
+    """The folder holding ``tova/policy_plugin.h``, to compile a C plugin against:
+    ``cc -shared -fPIC -I"$(python -c 'import tova; print(tova.get_include())')" mine.c -o libmine.so``."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "include")
