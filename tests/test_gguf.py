@@ -147,6 +147,21 @@ def test_unsupported_version(tmp_path, valid_file):
             "unsupported GGUF version 99")
 
 
+def test_big_endian_file_is_named_as_such(tmp_path, valid_file):
+    _expect(_corrupt(tmp_path, valid_file, lambda d: d.__setitem__(slice(4, 8), struct.pack(">I", 3))),
+            "a big-endian GGUF file .*tova reads little-endian GGUF files only")
+
+
+def test_a_path_that_is_not_utf8_opens(tmp_path, valid_file):
+    """File names are bytes on Linux: one that is not UTF-8 (os.fsdecode gives a str with
+    surrogate escapes) opens from str and from bytes, and comes back as given."""
+    raw = os.fsencode(str(tmp_path)) + b"/bad\xffname.gguf"
+    os.symlink(valid_file, raw)
+    as_str = os.fsdecode(raw)
+    f = tova.GGUFFile(as_str)
+    assert f.path == as_str and f.version == tova.GGUFFile(raw).version == 3
+
+
 @pytest.mark.parametrize("cut", [3, 10, 20, 60, 200])
 def test_truncated_header(tmp_path, valid_file, cut):
     _expect(_corrupt(tmp_path, valid_file, lambda d: d.__delitem__(slice(cut, None))), "truncated")

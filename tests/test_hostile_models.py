@@ -159,3 +159,21 @@ def test_huge_template_in_the_file_loads_and_chat_says_why(tmp_path):
     with tova.Engine(path, n_threads=1) as e:
         with pytest.raises(ValueError, match="chat template"):
             e.chat(MESSAGES, max_tokens=2)
+
+
+@pytest.mark.model
+def test_model_text_that_is_not_utf8_loads(tmp_path):
+    """A name or chat template with bytes that are not UTF-8 loads (as U+FFFD), in Python as in
+    the CLI; the engine chats with that template."""
+    path = tmp_path / "bad-utf8.gguf"
+    template = (b"{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}\xff<|im_end|>\n"
+                b"{% endfor %}<|im_start|>assistant\n")
+    write_llama_gguf(path, extra_kv={"tokenizer.chat_template": (template, VT.STRING)})
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"synthetic-llama", b"\xfe\xffnthetic-llama", 1))  # the name
+    with tova.Engine(path, n_threads=1) as e:
+        info = e._e.model_info()
+        assert info["name"].startswith("\ufffd\ufffdnthetic-llama")
+        assert "\ufffd<|im_end|>" in info["chat_template"]
+        e.chat([{"role": "user", "content": "hi"}], max_tokens=2)
+

@@ -227,6 +227,11 @@ void GgufFile::parse(const uint8_t* data, size_t size) {
     throw FormatError(cat(path_, ": bad magic '", m, "': not a GGUF file (expected 'GGUF')"));
   }
   version_ = c.read<uint32_t>("version");
+  const uint32_t swapped = (version_ >> 24) | ((version_ >> 8) & 0xff00u) | ((version_ << 8) & 0xff0000u) | (version_ << 24);
+  if ((version_ & 0xffffu) == 0 && swapped >= 1 && swapped <= 3)
+    throw FormatError(cat(path_, ": a big-endian GGUF file (its version reads ", swapped,
+                          " byte-swapped); tova reads little-endian GGUF files only (convert it "
+                          "with gguf-convert-endian FILE little)"));
   if (version_ != 2 && version_ != 3)
     throw FormatError(cat(path_, ": unsupported GGUF version ", version_,
                           " (supported: 2 and 3)"));

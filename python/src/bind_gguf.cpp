@@ -26,16 +26,11 @@ nb::object array_element(const GgufValue& v, uint64_t k) {
   }
 }
 
-nb::object str_to_py(std::string_view s) {
-  // GGUF strings are UTF-8; a bad byte must not make the whole file unreadable.
-  return nb::steal(PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "replace"));
-}
-
 nb::object value_to_py(const GgufValue& v) {
   if (v.type != GgufType::ARRAY) return scalar_to_py(v);
   nb::list out;
   if (v.elem_type == GgufType::STRING) {
-    for (auto s : v.strings) out.append(str_to_py(s));
+    for (auto s : v.strings) out.append(lenient_str(s));
   } else if (v.elem_type == GgufType::ARRAY) {
     for (const auto& item : v.items) out.append(value_to_py(item));
   } else {
@@ -54,7 +49,7 @@ nb::object scalar_to_py(const GgufValue& v) {
     case GgufType::INT8: case GgufType::INT16: case GgufType::INT32: case GgufType::INT64:
       return nb::int_(v.i);
     case GgufType::FLOAT32: case GgufType::FLOAT64: return nb::float_(v.f);
-    case GgufType::STRING: return str_to_py(v.str);
+    case GgufType::STRING: return lenient_str(v.str);
     default: return nb::none();
   }
 }
@@ -75,16 +70,21 @@ nb::tuple numpy_shape(const GgufTensor& t) {
 
 void bind_gguf(nb::module_& m) {
   nb::class_<GgufFile>(m, "GGUFFile")
-      .def(nb::init<const std::string&>(), nb::arg("path"),
-           nb::call_guard<nb::gil_scoped_release>())
-      .def_prop_ro("path", &GgufFile::path)
+      .def("__init__",
+           [](GgufFile* self, nb::handle path) {
+             const std::string p = fs_path(path);
+             nb::gil_scoped_release release;
+             new (self) GgufFile(p);
+           },
+           nb::arg("path"))
+      .def_prop_ro("path", [](const GgufFile& f) { return fs_str(f.path()); })
       .def_prop_ro("version", &GgufFile::version)
       .def_prop_ro("alignment", &GgufFile::alignment)
       .def_prop_ro("data_offset", &GgufFile::data_offset)
       .def_prop_ro("file_size", &GgufFile::file_size)
       .def("metadata", [](const GgufFile& f) {
         nb::dict d;
-        for (const auto& [k, v] : f.metadata()) d[str_to_py(k)] = value_to_py(v);
+        for (const auto& [k, v] : f.metadata()) d[lenient_str(k)] = value_to_py(v);
         return d;
       }, "All metadata as a dict of Python values, in file order.")
       .def("metadata_types", [](const GgufFile& f) {
@@ -92,7 +92,7 @@ void bind_gguf(nb::module_& m) {
         for (const auto& [k, v] : f.metadata()) {
           std::string t = gguf_type_name(v.type);
           if (v.type == GgufType::ARRAY) t += cat("[", gguf_type_name(v.elem_type), "]");
-          d[str_to_py(k)] = t;
+          d[lenient_str(k)] = t;
         }
         return d;
       }, "The GGUF value type of each metadata key ('uint32', 'array[string]', ...).")
@@ -109,7 +109,7 @@ void bind_gguf(nb::module_& m) {
           info["offset"] = t.offset;
           info["nbytes"] = t.nbytes;
           info["n_elements"] = t.n_elements();
-          d[str_to_py(t.name)] = info;
+          d[lenient_str(t.name)] = info;
         }
         return d;
       }, "name -> dict(ne, shape, type_id, type, offset, nbytes, n_elements).")

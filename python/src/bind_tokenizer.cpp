@@ -54,11 +54,12 @@ void bind_tokenizer(nb::module_& m) {
                           "The tokenizer of a GGUF model (tokenizer.ggml.*): byte-level BPE "
                           "(model 'gpt2') or SentencePiece-style (model 'llama').")
       .def("__init__",
-           [](PyTokenizer* self, const std::string& path) {
+           [](PyTokenizer* self, nb::handle path) {
+             const std::string p = fs_path(path);
              std::shared_ptr<const Tokenizer> tok;
              {
                nb::gil_scoped_release release;
-               GgufFile file(path);
+               GgufFile file(p);
                tok = Tokenizer::from_gguf(file);
              }
              new (self) PyTokenizer{std::move(tok)};

@@ -3,8 +3,23 @@
 //   tova::FileNotFound -> FileNotFoundError, tova::Error -> tova.TovaError (RuntimeError).
 #include <Python.h>
 
+#include <cstring>
+
 #include "bindings.h"
 #include "common.h"
+
+namespace {
+
+// The error with its message: a message quoting bytes of a file (a path, a name) that are not
+// UTF-8 shows them as U+FFFD instead of failing to become a Python str.
+void set_error(PyObject* type, const char* what) {
+  PyObject* msg = PyUnicode_DecodeUTF8(what, static_cast<Py_ssize_t>(std::strlen(what)), "replace");
+  if (!msg) return;  // (the decoding's own error, MemoryError, is set)
+  PyErr_SetObject(type, msg);
+  Py_DECREF(msg);
+}
+
+}  // namespace
 
 NB_MODULE(_core, m) {
   m.doc() = "tova native core (private: use the tova package)";
@@ -14,13 +29,15 @@ NB_MODULE(_core, m) {
     try {
       std::rethrow_exception(p);
     } catch (const tova::FileNotFound& e) {
-      PyErr_SetString(PyExc_FileNotFoundError, e.what());
+      set_error(PyExc_FileNotFoundError, e.what());
     } catch (const tova::FormatError& e) {
-      PyErr_SetString(gguf_error.ptr(), e.what());
+      set_error(gguf_error.ptr(), e.what());
     } catch (const tova::Cancelled& e) {
-      PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
+      set_error(PyExc_KeyboardInterrupt, e.what());
     } catch (const tova::Error& e) {
-      PyErr_SetString(tova_error.ptr(), e.what());
+      set_error(tova_error.ptr(), e.what());
+    } catch (const tova::ArgumentError& e) {
+      set_error(PyExc_ValueError, e.what());
     }
   });
   m.attr("__version__") = "0.1.0";
