@@ -14,8 +14,8 @@ from tova import _core
 from tova._cli import binary
 
 
-def run(*args, timeout=300, **kw):
-    env = dict(os.environ, TOVA_PYTHON=sys.executable)
+def run(*args, timeout=300, env=None, **kw):
+    env = env or dict(os.environ, TOVA_PYTHON=sys.executable)
     return subprocess.run([str(binary()), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env, **kw)
 
@@ -95,7 +95,26 @@ def test_bench_json_escapes_the_file_name(tiny_model, tmp_path):
 def test_missing_model():
     r = run("run", "-m", "/nonexistent/m.gguf", "-p", "hi")
     assert r.returncode == 1
-    assert "no such file" in r.stderr and r.stderr.count("\n") == 1
+    assert "'/nonexistent/m.gguf' is not an existing file" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_models_are_named_as_in_python(tiny_model, tmp_path):
+    """The CLI resolves what is not a file as Python does (one resolver): a directory is named as
+    one, `~` is expanded, a name after `--` that starts with '-' is a name; a value forgotten
+    before another option is said as such. One line each, no usage text of the resolver."""
+    r = run("info", tmp_path)
+    assert r.returncode == 1 and "is a directory, not a GGUF file" in r.stderr and r.stderr.count("\n") == 1
+    r = run("info", "--", "-x")
+    assert r.returncode == 1 and "'-x' is not an existing file" in r.stderr and r.stderr.count("\n") == 1
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "m.gguf").symlink_to(tiny_model)
+    r = run("info", "~/m.gguf", env=dict(os.environ, TOVA_PYTHON=sys.executable, HOME=str(home)))
+    assert r.returncode == 0 and "GGUF v3" in r.stdout, r.stderr
+    r = run("run", "-m", "--temp", "0", "-p", "hi")
+    assert r.returncode == 2 and "option -m needs a value (got the option --temp)" in r.stderr
+    r = run("run", "-m", tiny_model, "-p", "hi", "-n", "1", "--seed", "-1", "-t", "1")
+    assert r.returncode == 0, r.stderr  # (a negative number is a value)
 
 
 def test_corrupt_model(tmp_path):
@@ -124,10 +143,13 @@ def test_run_greedy(smollm2_path):
 
 
 @pytest.mark.model
-def test_run_by_registry_name(smollm2_path):
+def test_run_by_registry_name(smollm2_path, tmp_path):
     r = run("run", "-m", "smollm2-135m-instruct", "-p", "Hello", "-n", "3", "--temp", "0")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("Hello")
+    # The registry's file name is a name too (as `tova list` shows it), from any directory.
+    r = run("info", "SmolLM2-135M-Instruct.Q4_1.gguf", cwd=tmp_path)
+    assert r.returncode == 0 and "SmolLM2-135M-Instruct.Q4_1.gguf" in r.stdout, r.stderr
 
 
 @pytest.mark.model

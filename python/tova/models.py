@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -174,8 +175,17 @@ def resolve(model: Union[str, "os.PathLike[str]"], *, download: bool = True,
         what = "a directory, not a GGUF file" if as_path.is_dir() else "not an existing file"
         raise FileNotFoundError(f"{os.fspath(model)!r} is {what} and not a known model name; "
                                 f"known models: {_known_names(models)}")
-    entry = models[name]
-    target = cache_dir() / str(entry["file"])
+    return _cached(name, models[name], download=download, progress=progress)
+
+
+def _cached(name: str, entry: Dict[str, Any], *, download: bool, progress: bool) -> Path:
+    """The cache's verified copy of the registry model ``name``, fetched when absent or damaged
+    (and ``download`` is true)."""
+    cdir = cache_dir()
+    target = cdir / str(entry["file"])
+    if cdir.exists() and not cdir.is_dir():
+        raise _error_type()(f"the model cache {cdir} is not a directory; "
+                            "set TOVA_CACHE to a writable directory")
 
     # Fast path, no lock: present and stamped as verified.
     if _cached_problem(target, entry, hash_if_needed=False, progress=progress) is None:
@@ -191,17 +201,30 @@ def resolve(model: Union[str, "os.PathLike[str]"], *, download: bool = True,
                             f"off; fetch it again with: tova pull {name}")
 
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        cdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise _error_type()(f"cannot create the model cache {target.parent}: {e}; "
+        raise _error_type()(f"cannot create the model cache {cdir}: {e}; "
                             "set TOVA_CACHE to a writable directory") from None
-    with _download.file_lock(target.with_name(f".{target.name}.lock")):
+    if not os.access(cdir, os.W_OK | os.X_OK):
+        raise _error_type()(f"the model cache {cdir} is not writable; "
+                            "set TOVA_CACHE to a writable directory")
+    with _download.file_lock(target.with_name(f".{target.name}.lock")) as locked:
         # Checked again under the lock: another process may have just fetched it.
         problem = _cached_problem(target, entry, hash_if_needed=True, progress=progress)
         if problem is None:
             return target
-        return _fetch(name, entry, target, damaged=None if problem == "absent" else problem,
-                      progress=progress)
+        try:
+            if locked:  # no fetch of this file runs now: what a killed one left is garbage
+                _download.remove_leftovers(cdir, target.name)
+            return _fetch(name, entry, target, damaged=None if problem == "absent" else problem,
+                          progress=progress)
+        except OSError as e:
+            if isinstance(e, FileNotFoundError) or e.errno is None:
+                raise
+            raise _error_type()(
+                f"cannot write {target.name} into the model cache {cdir}: {e.strerror or e}; set "
+                f"TOVA_CACHE to a writable directory with room for "
+                f"{_download.format_bytes(int(entry['bytes']))}") from None
 
 
 def _fetch(name: str, entry: Dict[str, Any], target: Path, *, damaged: Optional[str],
@@ -234,8 +257,21 @@ def _fetch(name: str, entry: Dict[str, Any], target: Path, *, damaged: Optional[
 
 
 def pull(name: str, *, progress: bool = True) -> Path:
-    """Make sure the known model ``name`` is in the cache (fetching it if needed); its path."""
-    return resolve(name, download=True, progress=progress)
+    """Make sure the known model ``name`` (a registry name, alias or file name; not a path) is in
+    the cache, fetching it if needed; its path.
+
+    Raises:
+        FileNotFoundError: ``name`` is not a known model name.
+        tova.TovaError: as :func:`resolve`.
+    """
+    name = _check.path("name", name)
+    progress = _check.boolean("progress", progress)
+    models = registry()["models"]
+    key = _lookup(models, os.fspath(name))
+    if key is None:
+        raise FileNotFoundError(f"{os.fspath(name)!r} is not a known model name (pull fetches "
+                                f"registry models); known models: {_known_names(models)}")
+    return _cached(key, models[key], download=True, progress=progress)
 
 
 def list_models() -> List[Dict[str, Any]]:
@@ -290,6 +326,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def _exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (``timeout``, a service manager) ends the command as Ctrl-C does, through the
+    fetch's cleanup (its partial file and staging folder deleted), exit status 143. For the
+    command line only (``python -m tova.models``): a library leaves signals to its program."""
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _print_list(*, as_json: bool) -> None:
     rows = list_models()
     if as_json:
@@ -304,4 +349,5 @@ def _print_list(*, as_json: bool) -> None:
 
 
 if __name__ == "__main__":
+    _exit_cleanly_on_sigterm()
     sys.exit(main())
