@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -232,6 +233,48 @@ def test_chat_in_a_terminal(tmux_chat):
         time.sleep(0.1)
     assert rc_file.read_text().strip() == "EXIT:0"
     assert "this is never sent" not in rc_file.read_text()
+
+
+@pytest.mark.model
+def test_ctrl_c_while_a_message_is_read_rereads_it_next_turn(tmux_chat, tmp_path):
+    """Ctrl-C while a long message is still being read stops the reply before it starts; the
+    sequence then holds only part of the message, so the next turn reads the conversation again
+    (not only its own new tokens, as if the whole message had been read)."""
+    t, _ = tmux_chat
+    t.wait_for(at_prompt, what="the first prompt")
+    long_message = " ".join(f"The quick brown fox number {i} jumps over the lazy dog." for i in range(300))
+    (tmp_path / "message.txt").write_text(long_message)
+    t._tmux("load-buffer", str(tmp_path / "message.txt"))  # (too long for set-buffer)
+    t._tmux("paste-buffer", "-p", "-t", t.name)
+    t.wait_for(lambda s: "lazy dog." in s, what="the pasted message")
+    t.send("Enter")
+    time.sleep(0.5)  # (reading ~4,000 tokens takes seconds)
+    t.send("C-c")
+    t.wait_for(lambda s: "[reply stopped]" in s and at_prompt(s), what="Ctrl-C while reading")
+    t.type("Hi")
+    t.send("Enter")
+    t.wait_for(lambda s: at_prompt(s) and reply_after(s, "Hi").strip(), what="the next reply")
+    t.type("/stats")
+    t.send("Enter")
+    s = t.wait_for(lambda s: "tokens so far:" in s and at_prompt(s), what="/stats")
+    last_turn = int(re.search(r"\(last turn (\d+)\)", s).group(1))
+    assert last_turn > 3000, f"the next turn read only {last_turn} tokens: the cut message was taken as read"
+
+
+@pytest.mark.model
+def test_reply_cut_by_a_full_context_says_so(smollm2_path):
+    """With the full policy a reply that fills n_ctx ends with a note naming the context, not
+    max_tokens."""
+    t = Tmux(f"{shlex.quote(str(binary()))} chat -m {shlex.quote(str(smollm2_path))} --temp 0 "
+             f"-n 200 -t 2 --policy full --ctx 60")
+    try:
+        t.wait_for(at_prompt, what="the first prompt")
+        t.type("Write a very long story about a dragon.")
+        t.send("Enter")
+        s = t.wait_for(lambda s: "[reply cut" in s and at_prompt(s), what="the cut reply")
+        assert "[reply cut: the context is full (--ctx 60" in s and "--max-tokens" not in s
+    finally:
+        t.kill()
 
 
 @pytest.mark.model

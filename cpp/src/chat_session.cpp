@@ -90,6 +90,9 @@ std::unique_ptr<Generation> ChatFeed::start_reply(const std::string& rendered_pr
     ids = tok.encode(rendered_prompt, false, true);
   }
   std::unique_ptr<Generation> gen;
+  // What the sequence holds once the prompt is read: a reply cancelled while it was read (Ctrl-C
+  // in a terminal) has less, and the next turn then reads the conversation again.
+  const int64_t n_past_after_prompt = engine_.n_past() + static_cast<int64_t>(ids.size());
   try {
     gen = std::make_unique<Generation>(engine_, ids, params);
   } catch (...) {
@@ -102,7 +105,7 @@ std::unique_ptr<Generation> ChatFeed::start_reply(const std::string& rendered_pr
   counters_.last_fed_tokens = static_cast<int64_t>(ids.size());
   pending_ = gen.get();
   pending_prompt_ = rendered_prompt;
-  pending_n_past_ = engine_.n_past();
+  pending_n_past_ = n_past_after_prompt;
   return gen;
 }
 
@@ -123,7 +126,8 @@ bool ChatFeed::finish_reply(Generation& gen) {
   const std::vector<int32_t> t = gen.tokens();
   const size_t n_eval = t.empty() ? 0 : t.size() - 1;
   if (engine_.n_past() != pending_n_past_ + static_cast<int64_t>(n_eval)) {
-    forget();  // the sequence was reset (a failed step): the next turn reads it all
+    forget();  // the prompt was not read whole (cancelled), or the sequence was reset (a failed
+               // step): the next turn reads it all
     return true;
   }
   const std::vector<int32_t> evaluated(t.begin(), t.begin() + static_cast<std::ptrdiff_t>(n_eval));

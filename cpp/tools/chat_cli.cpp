@@ -242,7 +242,9 @@ void ChatProgram::reply(const std::string& msg) {
   std::fflush(stdout);
   if (interactive_ && s.finish == FinishReason::Cancelled) note("[reply stopped]");
   if (interactive_ && s.finish == FinishReason::Length)
-    note(cat("[reply cut at --max-tokens ", gp_.max_tokens, "]"));
+    note(s.completion_tokens < gp_.max_tokens
+             ? cat("[reply cut: the context is full (--ctx ", engine_.params().n_ctx, " with policy full); /reset to start over]")
+             : cat("[reply cut at --max-tokens ", gp_.max_tokens, "]"));
 }
 
 bool ChatProgram::command(const std::string& line) {

@@ -36,6 +36,12 @@ CliArgs::CliArgs(const std::vector<std::string>& argv, const std::set<std::strin
       if (!inline_value) {
         if (i + 1 >= argv.size()) throw ArgumentError(cat("option ", a, " needs a value"));
         value = argv[++i];
+        // `-m --temp 0`: the value forgotten, the next option taken for it (a negative number
+        // such as `--seed -1` is a value: it is no option of this command).
+        const auto next = aliases.find(value);
+        const std::string next_name = next != aliases.end() ? next->second : value;
+        if (value.size() > 1 && value[0] == '-' && (flags.count(next_name) || with_value.count(next_name)))
+          throw ArgumentError(cat("option ", a, " needs a value (got the option ", value, ")"));
       }
       values_[name] = value;
     } else {

@@ -165,6 +165,14 @@ LineEditor::Result LineEditor::read_line(const std::string& prompt, std::string&
   return edit(prompt, line);
 }
 
+bool LineEditor::input_pending() {
+  pollfd p{in_fd_, POLLIN, 0};
+  int r;
+  do r = ::poll(&p, 1, 0);
+  while (r < 0 && errno == EINTR);
+  return r > 0;
+}
+
 int LineEditor::read_byte(int timeout_ms) {
   if (timeout_ms >= 0) {
     pollfd p{in_fd_, POLLIN, 0};
@@ -375,7 +383,9 @@ LineEditor::Result LineEditor::edit(const std::string& prompt, std::string& line
         }
         break;
     }
-    if (!in_paste || c == kEsc) refresh(s);
+    // Redrawn when the input pauses: a paste the terminal does not mark as one arrives as
+    // typed keys, and a redraw per byte would make it quadratic.
+    if ((!in_paste || c == kEsc) && !input_pending()) refresh(s);
   }
 }
 

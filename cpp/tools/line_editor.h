@@ -36,6 +36,7 @@ class LineEditor {
   Result read_plain(std::string& line);
   Result edit(const std::string& prompt, std::string& line);
   int read_byte(int timeout_ms);  // -1: nothing (timeout) or end of input
+  bool input_pending();           // a byte can be read at once
   void refresh(const State& s);
   void write_out(const std::string& s);
   int columns();
