@@ -111,6 +111,22 @@ def test_engine_method_reuses_or_derives_engine(llama_syn):
         assert r.policy == "full" and e.n_ctx == 16
 
 
+def test_options_given_with_an_engine_override_its_settings(llama_syn):
+    """kv_type given with an Engine sets both halves (the engine's own kv_type_k/_v do not win
+    over it); the module is reachable as tova.perplexity after a plain `import tova`."""
+    path, _ = llama_syn
+    ids = _tokens(40, 384, seed=7)
+    with tova.Engine(path, policy="full", n_ctx=64, **EXACT) as f32, \
+            tova.Engine(path, policy="full", n_ctx=64, **dict(EXACT, kv_type="f16")) as f16:
+        through_f32 = tova.perplexity.perplexity(f32, ids, kv_type="f16", progress=False)
+        direct = f16.perplexity(ids, progress=False)
+        assert through_f32.ppl == direct.ppl
+        assert f32.perplexity(ids, progress=False).ppl != direct.ppl
+    r = subprocess.run([sys.executable, "-c", "import tova; print(tova.perplexity.perplexity.__name__)"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "perplexity", r.stderr
+
+
 def test_windows_score_like_llama_perplexity(gemma_syn):
     """context=N: floor(n / N) windows from an empty cache, BOS replacing each window's first
     token (the model adds BOS), predictions at positions N/2 .. N-2 scored; chunks caps them."""

@@ -44,8 +44,8 @@ PerplexityPlan plan_perplexity(int64_t n, const PerplexityParams& p, bool bos) {
       throw ArgumentError(cat(p.chunks_name, " needs ", p.context_name, " (it caps the number of windows)"));
     plan.score_from = p.score_from ? at_least(p.score_from_name, *p.score_from, 0) : 0;
     if (n < plan.score_from + 2)
-      throw ArgumentError(cat("the text has ", n, " tokens: at least ", plan.score_from + 2,
-                              " are needed to score one"));
+      throw ArgumentError(cat("the text has ", n, " tokens", bos && n > 0 ? " (the BOS the model adds included)" : "",
+                              ": at least ", plan.score_from + 2, " are needed to score one"));
     plan.windows.push_back({0, static_cast<int>(n), plan.score_from});
     return plan;
   }

@@ -6,7 +6,8 @@
 //   every token after the first is scored;
 // - with --ctx N: non-overlapping windows of N tokens (floor(n / N), at most --chunks), each from
 //   an empty cache, BOS replacing each window's first token where the model adds BOS; the
-//   predictions at window positions N/2 .. N-2 are scored (llama-perplexity -c N); with
+//   predictions at window positions N/2 .. N-2 are scored (llama-perplexity -c N; 0 .. 0 for
+//   N = 2); with
 //   --stride S windows start every S tokens and score their last S tokens.
 // Log-softmax with float exponentials summed in double (as llama.cpp); the ± is the standard
 // error of the mean NLL, sqrt(var / (n - 1)), propagated to PPL.
@@ -38,7 +39,8 @@ Perplexity of the model reading FILE through its fixed-memory KV cache.
   -m, --model MODEL      model path or registry name
   -f, --file FILE        the text
   -c, --ctx N            window length (llama-perplexity -c N): non-overlapping windows of N
-                         tokens, each from an empty cache, scoring predictions N/2 .. N-2;
+                         tokens, each from an empty cache, scoring predictions N/2 .. N-2
+                         (-c 2: 0 .. 0);
                          default: the whole file as one stream, every token after the first
       --chunks N         read at most N windows
       --stride S         windows start every S tokens (S < N) and score their last S tokens

@@ -13,6 +13,7 @@ from .gguf import GGUFFile, TensorInfo
 from .handle import Handle
 from .policy import PluginPolicy, Policy, get_include
 from .sampling import SamplingParams
+from . import perplexity  # tova.perplexity.perplexity(...), without an import of its own
 
 __version__: str = _core.__version__
 

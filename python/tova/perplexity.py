@@ -11,7 +11,7 @@ Two ways to read the text (what is scored is stated exactly, so numbers can be c
   tokens (``floor(n / N)`` of them, at most ``chunks``; a remainder is not read), each read from an
   empty cache; where the model adds BOS, the first token of every window is replaced by BOS. The
   predictions at window positions ``score_from`` .. N-2 are scored (tokens ``score_from + 1`` ..
-  N-1), ``score_from`` defaulting to N // 2. With ``policy="full"`` this is exactly what
+  N-1), ``score_from`` defaulting to N // 2 (0 for N = 2). With ``policy="full"`` this is exactly what
   ``llama-perplexity -c N --chunks K`` computes (255 tokens scored per 512-window).
   With ``stride=S`` (1 <= S < N) windows start every S tokens instead (they overlap) and each
   scores only its last S tokens, so every token after the first window's context is scored once
@@ -113,7 +113,7 @@ def _open_engine(engine_or_model: Any, *, policy: "Union[None, str, Policy]",
     if isinstance(engine_or_model, Engine):
         e = engine_or_model
         want_policy = e.policy if policy is None else policy
-        name = want_policy if isinstance(want_policy, str) else want_policy.name
+        name = want_policy if isinstance(want_policy, str) else getattr(want_policy, "name", "plugin")
         same = (isinstance(want_policy, str) and name == e.policy and not options
                 and prefill == getattr(e, "prefill", prefill))
         if same and name == "full":
@@ -127,6 +127,13 @@ def _open_engine(engine_or_model: Any, *, policy: "Union[None, str, Policy]",
                                            "float_activations", "chunk", "n_sink", "positions", "backend")
                 if hasattr(e, k)}
         base["n_threads"] = int(e._e.n_threads)
+        # An option given overrides what it covers: kv_type both halves, device the backend.
+        if "kv_type" in options:
+            for k in ("kv_type_k", "kv_type_v"):
+                if k not in options:
+                    base.pop(k, None)
+        if "device" in options:
+            base.pop("backend", None)
         base.update(options)
         model: Any = e.path
         kv = e.kv_size if kv_size is None else kv_size
@@ -134,7 +141,7 @@ def _open_engine(engine_or_model: Any, *, policy: "Union[None, str, Policy]",
         base = dict(options)
         model = engine_or_model
         want_policy = "full" if policy is None else policy
-        name = want_policy if isinstance(want_policy, str) else want_policy.name
+        name = want_policy if isinstance(want_policy, str) else getattr(want_policy, "name", "plugin")
         kv = 512 if kv_size is None else kv_size
     kw = dict(base, policy=want_policy, prefill=prefill)
     if name == "full":
