@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -289,7 +290,7 @@ class Returns(tova.Policy):
     ("not_ints", "at layer 0, position 8: select\\(\\) must return slot indices \\(ints\\), got an element of type str"),
     ("float", "got an element of type float"),
     ("bool", "got an element of type bool"),
-    ("none", "must return a sequence of 1 slot indices \\(ints\\), got NoneType"),
+    ("none", "must return a sequence of slot indices \\(1 ints\\), got NoneType"),
     ("zero_d", "got a 0-d array"),
     ("huge", "at layer 0, position 8: select\\(\\) returned slot 1099511627776, out of range"),
 ])
@@ -379,6 +380,25 @@ def test_kept_view_arrays_keep_their_call_values_and_free_the_engine(smollm2_pat
         del e, policy
         gc.collect()
     assert all(ref() is None for ref in gone), "the policy (and its engine) outlived close()"
+
+
+def test_a_global_engine_with_a_python_policy_that_chatted_is_freed_at_exit(smollm2_path):
+    """The policy's class refers to the module that holds the engine, whose chat feed holds the
+    core engine: a cycle the garbage collector must see whole (nanobind reports leaked
+    instances at exit otherwise)."""
+    script = textwrap.dedent(f"""
+        import numpy as np, tova
+        class P(tova.Policy):
+            name = "p"
+            def select(self, layer, view):
+                score = np.where((view.protect == 1) | (view.pos < 0), np.inf, view.probs_mean)
+                return [int(i) for i in np.argsort(score, kind="stable")[:view.n_evict]]
+        e = tova.Engine({str(smollm2_path)!r}, n_threads=1, policy=P(), kv_size=16)
+        print(e.chat([{{"role": "user", "content": "hi"}}], max_tokens=3, temperature=0))
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "leaked" not in r.stderr, r.stderr
 
 
 def test_c_plugin_equals_builtin_window(smollm2_path, tmp_path):

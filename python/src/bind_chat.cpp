@@ -26,6 +26,31 @@ namespace {
 
 using Pairs = std::vector<std::pair<std::string, std::string>>;
 
+// A ChatFeed and the Python engine it feeds, held where the garbage collector sees it: an engine
+// whose Python policy refers back to the tova.Engine holding this feed (through module globals)
+// forms a cycle the collector can then free. Members go in reverse order: the feed first, then
+// the reference that keeps its engine alive until then.
+struct PyChatFeed {
+  nb::object engine;
+  ChatFeed feed;
+  PyChatFeed(nb::object e, Engine& core) : engine(std::move(e)), feed(core) {}
+};
+
+int chat_feed_traverse(PyObject* self, visitproc visit, void* arg) {
+  Py_VISIT(Py_TYPE(self));
+  if (!nb::inst_ready(self)) return 0;
+  Py_VISIT(nb::inst_ptr<PyChatFeed>(self)->engine.ptr());
+  return 0;
+}
+
+// Nothing to clear: the engine's own tp_clear (dropping its Python policy) breaks the cycle, and
+// the feed must keep its engine until the feed itself goes.
+int chat_feed_clear(PyObject*) { return 0; }
+
+PyType_Slot chat_feed_slots[] = {{Py_tp_traverse, reinterpret_cast<void*>(chat_feed_traverse)},
+                                 {Py_tp_clear, reinterpret_cast<void*>(chat_feed_clear)},
+                                 {0, nullptr}};
+
 std::vector<ChatMessage> to_messages(const Pairs& in) {
   std::vector<ChatMessage> out;
   out.reserve(in.size());
@@ -116,12 +141,17 @@ void bind_chat(nb::module_& m) {
       .def_prop_ro("finish_reason", [](const Generation& g) { return finish_reason_name(g.finish_reason()); })
       .def_prop_ro("tokens", &Generation::tokens);
 
-  nb::class_<ChatFeed>(m, "ChatFeed",
-                       "The conversation held in an engine's sequence 0: feeds only what each "
-                       "rendered prompt adds to what the sequence holds.")
-      .def(nb::init<Engine&>(), nb::arg("engine"), nb::keep_alive<1, 2>())
+  nb::class_<PyChatFeed>(m, "ChatFeed", nb::type_slots(chat_feed_slots),
+                         "The conversation held in an engine's sequence 0: feeds only what each "
+                         "rendered prompt adds to what the sequence holds.")
+      .def("__init__",
+           [](PyChatFeed* self, nb::handle engine) {
+             Engine& e = nb::cast<Engine&>(engine);
+             new (self) PyChatFeed(nb::borrow(engine), e);
+           },
+           nb::arg("engine"))
       .def("start_reply",
-           [](ChatFeed& f, const std::string& prompt, std::optional<std::pair<std::string, std::string>> pin,
+           [](PyChatFeed& f, const std::string& prompt, std::optional<std::pair<std::string, std::string>> pin,
               int max_tokens, const std::vector<std::string>& stop, bool ignore_eos, const SamplingParams& sp) {
              GenerateParams gp;
              gp.max_tokens = max_tokens;
@@ -131,26 +161,26 @@ void bind_chat(nb::module_& m) {
              SystemPinProbes probes;
              if (pin) probes = {pin->first, pin->second};
              nb::gil_scoped_release release;
-             return f.start_reply(prompt, pin ? &probes : nullptr, gp);
+             return f.feed.start_reply(prompt, pin ? &probes : nullptr, gp);
            },
            nb::arg("prompt"), nb::arg("pin").none(), nb::arg("max_tokens"), nb::arg("stop"),
            nb::arg("ignore_eos"), nb::arg("sampling"), nb::keep_alive<0, 1>(),
            "Starts the reply to a rendered prompt; pin: (probe_a, probe_b), two renderings of the "
            "system prompt + a first user message differing only in the user's text, or None.")
       .def("finish_reply",
-           [](ChatFeed& f, Generation& g) {
+           [](PyChatFeed& f, Generation& g) {
              nb::gil_scoped_release release;
-             return f.finish_reply(g);
+             return f.feed.finish_reply(g);
            },
            nb::arg("generation"),
            "Ends the reply (cancelling it if still running) and records what the sequence holds.")
-      .def("reset", [](ChatFeed& f) {
+      .def("reset", [](PyChatFeed& f) {
         nb::gil_scoped_release release;
-        f.reset();
+        f.feed.reset();
       })
-      .def_prop_ro("in_reply", &ChatFeed::in_reply)
-      .def_prop_ro("pinned_tokens", &ChatFeed::pinned_tokens)
-      .def_prop_ro("counters", [](const ChatFeed& f) { return counters_dict(f.counters()); });
+      .def_prop_ro("in_reply", [](const PyChatFeed& f) { return f.feed.in_reply(); })
+      .def_prop_ro("pinned_tokens", [](const PyChatFeed& f) { return f.feed.pinned_tokens(); })
+      .def_prop_ro("counters", [](const PyChatFeed& f) { return counters_dict(f.feed.counters()); });
 
   nb::class_<ChatSession>(m, "ChatSession")
       .def("__init__",

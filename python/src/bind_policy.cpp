@@ -119,7 +119,7 @@ int py_select(void* user, const tova_policy_view* v, int32_t* out) {
     // or a 0-d array, which iterate oddly or not at all).
     const bool zero_d = nb::hasattr(r, "ndim") && nb::isinstance<nb::int_>(r.attr("ndim")) && nb::cast<int>(r.attr("ndim")) == 0;
     if (r.is_none() || zero_d || nb::isinstance<nb::str>(r) || nb::isinstance<nb::bytes>(r) || !nb::hasattr(r, "__iter__"))
-      throw Error(cat(where(), "must return a sequence of ", v->n_evict, " slot indices (ints), got ",
+      throw Error(cat(where(), "must return a sequence of slot indices (", v->n_evict, " ints), got ",
                       zero_d ? std::string("a 0-d array") : type_name(r)));
     for (nb::handle h : r) {
       // True is not slot 1, nor 3.0 slot 3: an int (or numpy integer) only.
