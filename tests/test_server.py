@@ -270,6 +270,17 @@ def test_usage_of_several_prompts_streamed_or_not(server: Server, engine: tova.E
     ("/v1/completions", b'{"prompt": "x", "temperature": NaN}', 400, "temperature"),
     ("/v1/chat/completions", b'{"messages": ' + b"[" * 100000 + b"]" * 100000 + b"}", 400, None),
     ("/v1/completions", b'{"prompt": "' + b"a" * (9 << 20) + b'"}', 413, None),  # over 8 MiB
+    # fields that would change the answer and are not implemented: refused, not ignored
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                              "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+     400, "tools"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required"},
+     400, "tool_choice"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                              "response_format": {"type": "json_object"}}, 400, "response_format"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": -100}},
+     400, "logit_bias"),
+    ("/v1/completions", {"prompt": "def f(", "suffix": "\nprint(f())"}, 400, "suffix"),
 ])
 def test_bad_requests(server: Server, path: str, body: Any, status: int, param: Optional[str]) -> None:
     r = server.post(path, body)
@@ -279,6 +290,40 @@ def test_bad_requests(server: Server, path: str, body: Any, status: int, param: 
     assert err["message"] and err["param"] == param
     if status == 404:
         assert err["code"] == "model_not_found"
+
+
+@pytest.mark.model
+def test_off_values_of_unsupported_fields_pass(server: Server) -> None:
+    """What clients send by default (no tools used, text output, no biases) is accepted."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0,
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            "tool_choice": "none", "response_format": {"type": "text"}, "logit_bias": {}}
+    r = server.post("/v1/chat/completions", body)
+    assert r.status_code == 200, r.text
+    r = server.post("/v1/completions", {"prompt": "hi", "max_tokens": 2, "suffix": None})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.model
+def test_a_huge_conversation_does_not_stall_other_clients(server: Server) -> None:
+    """Checking and rendering a conversation of a hundred thousand messages runs off the event
+    loop: /health answers meanwhile."""
+    import threading
+    big = {"messages": [{"role": "user", "content": "a"}] * 100_000, "max_tokens": 1}
+    out: Dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", server.post("/v1/chat/completions", big)))
+    start = time.monotonic()
+    t.start()
+    worst = 0.0
+    while t.is_alive():
+        t0 = time.monotonic()
+        assert httpx.get(server.base + "/health", timeout=30).status_code in (200, 503)
+        worst = max(worst, time.monotonic() - t0)
+    t.join()
+    took = time.monotonic() - start
+    assert out["r"].status_code == 400  # (too long for the server's prompt limit)
+    # On the loop, /health would wait for nearly all of it (measured: 1.28 s of 1.5 s).
+    assert worst < 0.5 * took, f"/health waited {worst:.2f} s of the big request's {took:.2f} s"
 
 
 @pytest.mark.model

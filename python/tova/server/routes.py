@@ -12,7 +12,7 @@ import functools
 import json
 import time
 import uuid
-from typing import Any, AsyncIterator, Dict, List, Optional
+from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -57,6 +57,15 @@ async def _json_body(request: Request) -> Any:
         raise APIError(400, "the client went away before its request was whole",
                        code="client_disconnected") from e
     raw = b"".join(chunks)
+    if len(raw) > _PARSE_ON_LOOP_BYTES:  # (parsing megabytes would stall every other client)
+        return await asyncio.get_running_loop().run_in_executor(None, _parse_json, raw)
+    return _parse_json(raw)
+
+
+_PARSE_ON_LOOP_BYTES = 64 << 10
+
+
+def _parse_json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -259,15 +268,22 @@ async def get_model(model_id: str, request: Request) -> Dict[str, Any]:
 async def chat_completions(request: Request) -> Response:
     svc = _service(request)
     cfg = svc.config
-    req = parse_chat(await _json_body(request), default_max_tokens=cfg.default_max_tokens,
-                     max_tokens_cap=cfg.max_tokens_cap)
+    body = await _json_body(request)
+
+    def prepare() -> Tuple[Any, str, str]:
+        req = parse_chat(body, default_max_tokens=cfg.default_max_tokens,
+                         max_tokens_cap=cfg.max_tokens_cap)
+        model = _check_model(svc, req.sampling)
+        try:
+            prompt = _chat.render_prompt(svc.engine, req.messages)
+        except (ValueError, TypeError) as e:
+            raise APIError(400, str(e), param="messages") from e
+        return req, model, prompt
+
+    # Off the event loop: a conversation of many messages takes a while to check and render,
+    # and other clients' streams must not wait for it.
+    req, model, prompt = await asyncio.get_running_loop().run_in_executor(None, prepare)
     s = req.sampling
-    model = _check_model(svc, s)
-    engine = svc.engine
-    try:
-        prompt = _chat.render_prompt(engine, req.messages)
-    except (ValueError, TypeError) as e:
-        raise APIError(400, str(e), param="messages") from e
     n = s.n
     svc.check_fits(n, "n")
     ids = await _tokenize(svc, prompt, special=True, param="messages")

@@ -151,11 +151,37 @@ def _logprobs(body: Mapping[str, Any], chat: bool) -> Optional[int]:
     return (k or 0) if want else None
 
 
+def _unsupported(body: Mapping[str, Any], chat: bool) -> None:
+    """OpenAI fields that would change the answer and that this server does not implement: a 400
+    naming the field, never an answer that silently ignored it. Their "off" values pass."""
+    def refuse(name: str, what: str) -> None:
+        raise invalid(f"'{name}' is not supported by this server ({what})", name,
+                      "unsupported_parameter")
+
+    if body.get("logit_bias") not in (None, {}):
+        refuse("logit_bias", "no per-token biases; use stop strings or a lower temperature")
+    if not chat:
+        if body.get("suffix") not in (None, ""):
+            refuse("suffix", "no fill-in-the-middle completion")
+        return
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if tools not in (None, []) and choice != "none":
+        refuse("tools", "no function calling; send tool_choice 'none' to have the tools ignored")
+    if choice not in (None, "none", "auto") and not tools:
+        refuse("tool_choice", "no function calling")
+    if body.get("functions") not in (None, []) and body.get("function_call") not in ("none",):
+        refuse("functions", "no function calling")
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") in (None, "text")):
+        refuse("response_format", "no constrained output: only {'type': 'text'}")
+
+
 def _sampling(body: Mapping[str, Any], default_max_tokens: int, max_tokens_cap: int,
               chat: bool = False) -> Sampling:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise invalid(f"'model' must be a string, got {_kind(model)}", "model", "invalid_type")
+    _unsupported(body, chat)
     max_tokens = _int(body, "max_completion_tokens", None, lo=0)
     if max_tokens is None:
         max_tokens = _int(body, "max_tokens", None, lo=0)
