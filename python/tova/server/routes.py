@@ -44,14 +44,14 @@ async def _json_body(request: Request) -> Any:
     limit = _service(request).config.max_body_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit)
+        raise _too_large(int(declared), limit, exact=True)
     chunks: List[bytes] = []
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise _too_large(size, limit)
+                raise _too_large(size, limit, exact=False)  # (the rest is not read)
             chunks.append(chunk)
     except ClientDisconnect as e:  # (no one reads the answer; not the server's error)
         raise APIError(400, "the client went away before its request was whole",
@@ -75,8 +75,10 @@ def _parse_json(raw: bytes) -> Any:
                        code="invalid_json") from e
 
 
-def _too_large(size: int, limit: int) -> APIError:
-    return APIError(413, f"the request body has {'more than ' if size > limit else ''}{size} bytes; "
+def _too_large(size: int, limit: int, *, exact: bool) -> APIError:
+    """``size``: the declared length (exact), or what was read when the limit was passed."""
+    has = f"{size} bytes" if exact else f"more than {limit} bytes"
+    return APIError(413, f"the request body has {has}; "
                     f"this server accepts at most {limit} (--max-body-bytes)",
                     code="request_too_large")
 
