@@ -42,8 +42,10 @@ const std::pair<const char*, PositionsMode> kPositions[] = {
 const std::pair<const char*, BackendKind> kBackends[] = {{"cpu", BackendKind::Cpu}, {"cuda", BackendKind::Cuda}};
 
 void bound(const char* name, int64_t v, int64_t lo, int64_t hi, const char* hint = "") {
-  if (v < lo || v > hi)
-    throw ArgumentError(cat(name, " must be in [", lo, ", ", hi, "], got ", v, hint));
+  // With a hint the lower bound is a value of its own (0 = automatic) that Python spells None:
+  // too large a value is told against the upper bound alone.
+  if (v > hi && *hint) throw ArgumentError(cat(name, " must be at most ", hi, ", got ", v));
+  if (v < lo || v > hi) throw ArgumentError(cat(name, " must be in [", lo, ", ", hi, "], got ", v, hint));
 }
 
 }  // namespace

@@ -42,7 +42,7 @@ warm-up; with --batch / --kv-budget, the total generation speed of sequences dec
   -d, --depth D              run each test after D tokens of history (llama-bench -d)
       --batch N              N sequences decoding together (total tokens/s)
       --kv-budget B          as --batch, with as many sequences as fit in B bytes ("256MiB")
-      --json                 one JSON object per test
+      --json                 a JSON array, one object per test
   The engine options of tova run (tova --help): -t, --policy (default full here), --kv-size,
   --kv-type, --ctx, --chunk, --device, ...
 )";

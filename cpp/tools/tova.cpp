@@ -68,8 +68,8 @@ run / bench options:
   -f, --file FILE            run: read the prompt from a file (then -p TEXT is appended)
   -n, --n-predict N          tokens to generate (run: 128; bench: 128)
   -t, --threads N            compute threads (default: all cores)
-      --temp T               temperature (run: 0.8; 0 = greedy)
-      --top-k K, --top-p P, --min-p P, --repeat-penalty R, --seed S
+      --temp T               run: temperature (0.8; 0 = greedy)
+      --top-k K, --top-p P, --min-p P, --repeat-penalty R, --seed S   run: sampling
       --kv-size N            tokens kept per layer by an evicting policy (default 512)
       --policy P             tova (default), h2o, sink, window, full, tova_ema
       --n-sink N             first positions never evicted (sink: 4)
@@ -92,11 +92,11 @@ run / bench options:
                              model's trained context)
       --policy-plugin LIB    load an eviction policy from a shared library
       --policy-args TEXT     arguments for the plugin's tova_policy_create
-      --ignore-eos           do not stop at end-of-generation tokens
+      --ignore-eos           run: do not stop at end-of-generation tokens
       --device D, --backend D   cpu (default) or cuda (the whole model on GPU 0; needs a
                              build with TOVA_CUDA)
   bench only: -r, --repetitions N (default 3), --json,
-      --batch N              also measure N sequences decoding together (total tokens/s)
+      --batch N              measure N sequences decoding together instead (total tokens/s)
       --kv-budget B          as --batch, with as many sequences as fit in B bytes ("256MiB")
       -d, --depth D          run each test after D tokens of history (llama-bench -d)
   The kernels are the best this CPU runs (tova info); TOVA_CPU_KERNELS=scalar|avx2|avx512 forces

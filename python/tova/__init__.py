@@ -13,7 +13,10 @@ from .gguf import GGUFFile, TensorInfo
 from .handle import Handle
 from .policy import PluginPolicy, Policy, get_include
 from .sampling import SamplingParams
-from . import perplexity  # tova.perplexity.perplexity(...), without an import of its own
+# The submodules the documentation names (tova.models.resolve, tova.chat.render_prompt,
+# tova.perplexity.perplexity), reachable after a plain `import tova`; tova.server needs the
+# [server] extra and is imported on its own.
+from . import chat, models, perplexity  # noqa: E402
 
 __version__: str = _core.__version__
 
