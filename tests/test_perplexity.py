@@ -122,9 +122,10 @@ def test_options_given_with_an_engine_override_its_settings(llama_syn):
         direct = f16.perplexity(ids, progress=False)
         assert through_f32.ppl == direct.ppl
         assert f32.perplexity(ids, progress=False).ppl != direct.ppl
-    r = subprocess.run([sys.executable, "-c", "import tova; print(tova.perplexity.perplexity.__name__)"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.strip() == "perplexity", r.stderr
+    code = ("import tova; print(tova.perplexity.perplexity.__name__, tova.models.resolve.__name__, "
+            "tova.chat.render_prompt.__name__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.split() == ["perplexity", "resolve", "render_prompt"], r.stderr
 
 
 def test_windows_score_like_llama_perplexity(gemma_syn):
