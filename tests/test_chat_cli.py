@@ -72,7 +72,7 @@ def test_multiline_message_with_backslash(smollm2_path):
 
 
 @pytest.mark.parametrize("args, rc, message", [
-    (["-m", "/nonexistent/model.gguf"], 1, "no such file"),
+    (["-m", "/nonexistent/model.gguf"], 1, "is not an existing file"),
     (["--bogus"], 2, "unknown option --bogus"),
     ([], 2, "no model given"),
     (["-m", "x.gguf", "--chat-format", "vicuna"], 2, "unknown chat format 'vicuna'"),
