@@ -316,3 +316,17 @@ def test_ctrl_c_during_a_long_prompt_of_generate(smollm2_path):
     assert "INTERRUPTED after" in r.stdout, r.stdout
     assert float(r.stdout.split("after ")[1].split()[0]) < 5.0
     assert "AGAIN ' Paris" in r.stdout, r.stdout
+
+
+@pytest.mark.model
+def test_all_logits_larger_than_memory_is_refused_before_it_is_allocated(smollm2_path):
+    """eval(all_logits=True) returns tokens x n_vocab floats: more than the memory available is
+    a ValueError saying so, not an out-of-memory kill."""
+    with open("/proc/meminfo") as f:
+        avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    with tova.Engine(smollm2_path, n_threads=1, kv_size=64) as e:
+        n = avail // (e.n_vocab * 4) + 1
+        with pytest.raises(ValueError, match="all_logits for .* tokens needs .*evaluate the tokens in pieces"):
+            e.eval([1] * n, all_logits=True)
+        assert e.eval([1, 2, 3], all_logits=True).shape == (3, e.n_vocab)
+

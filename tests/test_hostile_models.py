@@ -134,6 +134,18 @@ MESSAGES = [{"role": "user", "content": "hi"}]
     ("{{ '%2000000000s' | format('x') }}", "format pads"),
     ("{{ '{:>2000000000}'.format('x') }}", "format pads"),
     ("{{ 'x' | indent(2000000000, true) }}", "indent filter pads"),
+    # integers without end, lists by the billion, widths and indents from arguments
+    ("{{ (3 ** 99999999) > 5 }}", r"'\*\*' would make an integer"),
+    ("{% set n = namespace(v=3) %}{% for i in range(40) %}{% set n.v = n.v * n.v %}{% endfor %}{{ n.v > 1 }}",
+     r"'\*' would make an integer"),
+    ("{{ range(10) | slice(1000000000) | list | length }}", "loops"),
+    ("{{ range(10) | batch(1) | list | length }}{{ [1] | batch(1000000000) | list }}", "loops"),
+    ("{{ '%*s' % (2147483647, 'a') }}", "width from an argument"),
+    ("{{ messages | tojson(indent=100000000) }}", "tojson indent"),
+    # the template's own failures at run time are ValueErrors too
+    ("{{ 1 / 0 }}", "ZeroDivisionError"),
+    ("{{ 'abc' | truncate(-1) }}", "AssertionError"),
+    ("{% include 'other' %}", "no loader"),
 ])
 def test_hostile_chat_templates_fail_fast(template, pattern):
     t = time.time()

@@ -7,6 +7,7 @@ TOVA's scores flip and the choices cascade, which the spec allows but does not t
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -279,7 +280,7 @@ class Returns(tova.Policy):
         return {"too_many": valid[: n + 1], "too_few": valid[: n - 1], "duplicate": [valid[0]] * 2,
                 "out_of_range": [view.n_slots + 5], "empty_slot": [int(np.where(view.pos < 0)[0][0])],
                 "not_ints": ["a"], "float": [float(valid[0])], "bool": [True], "none": None,
-                "zero_d": np.array(valid[0]), "huge": [2 ** 40]}[self.how]
+                "zero_d": np.array(valid[0]), "huge": [2 ** 40], "endless": itertools.count()}[self.how]
 
 
 @pytest.mark.parametrize("how, pattern", [
@@ -293,6 +294,7 @@ class Returns(tova.Policy):
     ("none", "must return a sequence of slot indices \\(1 ints\\), got NoneType"),
     ("zero_d", "got a 0-d array"),
     ("huge", "at layer 0, position 8: select\\(\\) returned slot 1099511627776, out of range"),
+    ("endless", "returned more than 1 slots, expected 1"),  # (read no further: no memory blow-up)
 ])
 def test_bad_python_policy_answers(smollm2_path, how, pattern):
     with tova.Engine(smollm2_path, policy=Returns(how), kv_size=8, n_threads=1) as e:
@@ -399,6 +401,13 @@ def test_a_global_engine_with_a_python_policy_that_chatted_is_freed_at_exit(smol
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "leaked" not in r.stderr, r.stderr
+
+
+def test_policy_name_that_is_not_text(smollm2_path):
+    class Odd(PyWindow):
+        name = "\ud800"
+    with pytest.raises(ValueError, match="attribute name is not valid Unicode"):
+        tova.Engine(smollm2_path, policy=Odd(), kv_size=8)
 
 
 def test_c_plugin_equals_builtin_window(smollm2_path, tmp_path):

@@ -176,6 +176,14 @@ void Engine::eval(int seq, const std::vector<int32_t>& ids, bool all_logits, std
   const int V = model_->hp().n_vocab;
   for (int32_t id : ids)
     if (id < 0 || id >= V) throw ArgumentError(cat("token id ", id, " is out of range [0, ", V, ")"));
+  if (all_logits) {  // n x n_vocab floats: refused before they are allocated, not an OOM kill
+    const uint64_t need = static_cast<uint64_t>(ids.size()) * static_cast<uint64_t>(V) * sizeof(float);
+    const uint64_t avail = available_memory_bytes();
+    if (need > avail / 2)
+      throw ArgumentError(cat("all_logits for ", ids.size(), " tokens needs ", format_bytes(need), " (tokens x ", V,
+                              " vocabulary floats), more than half the memory available now (",
+                              format_bytes(avail), "): evaluate the tokens in pieces"));
+  }
   {
     std::unique_lock<std::mutex> lk(mu_);
     acquire_direct(lk, seq);

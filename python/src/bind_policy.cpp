@@ -121,6 +121,11 @@ int py_select(void* user, const tova_policy_view* v, int32_t* out) {
     if (r.is_none() || zero_d || nb::isinstance<nb::str>(r) || nb::isinstance<nb::bytes>(r) || !nb::hasattr(r, "__iter__"))
       throw Error(cat(where(), "must return a sequence of slot indices (", v->n_evict, " ints), got ",
                       zero_d ? std::string("a 0-d array") : type_name(r)));
+    if (nb::hasattr(r, "__len__")) {  // a sized answer: its length says it all
+      const Py_ssize_t n = PyObject_Length(r.ptr());
+      if (n < 0) throw nb::python_error();
+      if (n != v->n_evict) throw Error(cat(where(), "returned ", n, " slots, expected ", v->n_evict));
+    }
     for (nb::handle h : r) {
       // True is not slot 1, nor 3.0 slot 3: an int (or numpy integer) only.
       if (PyBool_Check(h.ptr()) || !PyIndex_Check(h.ptr()))
@@ -133,6 +138,9 @@ int py_select(void* user, const tova_policy_view* v, int32_t* out) {
         throw Error(cat(where(), "returned slot ", nb::cast<std::string>(nb::str(h)), ", out of range [0, ",
                         v->n_slots, ")"));
       slots.push_back(value);
+      // An endless iterator (itertools.count()) must not grow this without bound.
+      if (static_cast<int64_t>(slots.size()) > v->n_evict)
+        throw Error(cat(where(), "returned more than ", v->n_evict, " slots, expected ", v->n_evict));
     }
     if (static_cast<int32_t>(slots.size()) != v->n_evict)
       throw Error(cat(where(), "returned ", slots.size(), " slots, expected ", v->n_evict));
@@ -188,7 +196,17 @@ T policy_attr(nb::handle policy, const char* attr, const char* expected) {
     throw nb::type_error(cat("tova.Policy attribute ", attr, " must be ", expected, ", got ",
                              nb::cast<std::string>(nb::str(nb::handle(v.type()).attr("__name__"))))
                              .c_str());
-  return nb::cast<T>(v);
+  if constexpr (std::is_same_v<T, std::string>) {
+    Py_ssize_t n = 0;
+    const char* utf8 = PyUnicode_AsUTF8AndSize(v.ptr(), &n);
+    if (!utf8) {  // a lone surrogate: not text
+      PyErr_Clear();
+      throw nb::value_error(cat("tova.Policy attribute ", attr, " is not valid Unicode text").c_str());
+    }
+    return std::string(utf8, static_cast<size_t>(n));
+  } else {
+    return nb::cast<T>(v);
+  }
 }
 
 PolicyHandle make_python_policy(nb::handle policy) {

@@ -30,10 +30,12 @@ __all__ = ["MAX_TEMPLATE_BYTES", "MAX_LOOP_ITEMS", "MAX_RENDERED_CHARS", "compil
 MAX_TEMPLATE_BYTES = 1 << 20
 MAX_LOOP_ITEMS = 1_000_000
 MAX_RENDERED_CHARS = 8 << 20
+MAX_INT_BITS = 1 << 16  # integers a template computes ('*', '**'): no arithmetic without end
 
 _state = threading.local()
 
 # A width or precision in a %-format or a str.format spec.
+_STAR_WIDTH = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(?:\*|\d*\.\*)")
 _PERCENT_WIDTHS = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\d*)(?:\.(\d*))?")
 _BRACE_WIDTHS = re.compile(r"\{[^{}]*?:[^{}]*?(\d+)(?:\.(\d+))?[^{}]*\}")
 _PADDING_METHODS = frozenset(["center", "ljust", "rjust", "zfill", "expandtabs"])
@@ -140,7 +142,7 @@ def compile_template(template: str) -> Any:
             return _wrap(nodes, "__tova_sized", self.generic_visit(node))
 
     class BoundedEnvironment(ImmutableSandboxedEnvironment):
-        intercepted_binops = frozenset(["*", "+", "%"])
+        intercepted_binops = frozenset(["*", "+", "%", "**"])
 
         def _parse(self, source: str, name: Optional[str], filename: Optional[str]) -> Any:
             tree = Bound().visit(super()._parse(source, name, filename))
@@ -152,8 +154,16 @@ def compile_template(template: str) -> Any:
                 for seq, k in ((left, right), (right, left)):
                     if isinstance(seq, (str, list, tuple)) and isinstance(k, int) and len(seq) * k > MAX_RENDERED_CHARS:
                         raise ValueError(f"chat template: '*' would make {len(seq) * k} items")
+                if _is_int(left) and _is_int(right) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+                    raise ValueError(f"chat template: '*' would make an integer of more than {MAX_INT_BITS} bits")
+            elif operator == "**":
+                if (_is_int(left) and _is_int(right) and right > 0 and abs(left) > 1
+                        and left.bit_length() * right > MAX_INT_BITS):
+                    raise ValueError(f"chat template: '**' would make an integer of more than {MAX_INT_BITS} bits")
             elif operator == "%":
                 _check_format(left, _PERCENT_WIDTHS)
+                if isinstance(left, str) and _STAR_WIDTH.search(left):
+                    raise ValueError("chat template: a '%' format takes its width from an argument ('*')")
             return _sized(super().call_binop(context, operator, left, right))
 
         def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
@@ -174,6 +184,8 @@ def compile_template(template: str) -> Any:
     def tojson(x: Any, ensure_ascii: bool = False, indent: Optional[int] = None,
                separators: Any = None, sort_keys: bool = False) -> str:
         # Hugging Face replaces jinja's tojson (which escapes HTML characters) with plain json.dumps.
+        if isinstance(indent, str) and len(indent) > 64 or _is_int(indent) and indent > 64:
+            raise ValueError("chat template: tojson indent wider than 64")
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                           sort_keys=sort_keys)
 
@@ -191,6 +203,8 @@ def compile_template(template: str) -> Any:
     for name in ("center", "indent"):
         env.filters[name] = _width_checked(env.filters[name], name)
     env.filters["format"] = _format_checked(env.filters["format"])
+    for name in ("slice", "batch"):  # as many lists as their count: charged as loop items
+        env.filters[name] = _count_charged(env.filters[name])
     return env.from_string(template)
 
 
@@ -209,3 +223,17 @@ def _format_checked(f: Any) -> Any:
         _check_format(value, _PERCENT_WIDTHS)
         return f(value, *args, **kwargs)
     return checked
+
+
+def _count_charged(f: Any) -> Any:
+    # (jinja may pass its evaluation context first: the count is the first int argument)
+    @functools.wraps(f)
+    def charged(*args: Any, **kwargs: Any) -> Any:
+        count = next((a for a in (*args, *kwargs.values()) if _is_int(a)), 0)
+        _spend(max(0, count))
+        return f(*args, **kwargs)
+    return charged
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)

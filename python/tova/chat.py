@@ -125,6 +125,15 @@ def render_template(
         raise ValueError(f"chat template: {e}") from e
     except RecursionError as e:
         raise ValueError("chat template: recursion too deep") from e
+    except ValueError:
+        raise
+    except (ArithmeticError, AssertionError, AttributeError, IndexError, KeyError, LookupError,
+            TypeError) as e:
+        # The template's own failure at run time (1/0, a filter given a bad value): text from
+        # a model file, so a ValueError naming it, like the template errors above.
+        raise ValueError(f"chat template: {type(e).__name__}: {e}") from e
+    except MemoryError as e:
+        raise ValueError("chat template: rendering ran out of memory") from e
 
 
 def _check_messages(messages: Sequence[Message]) -> None:
