@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import tova
+from reference.synthetic import write_llama_gguf
 
 pytestmark = pytest.mark.model
 N_LAYER = 30  # SmolLM2-135M
@@ -384,23 +385,51 @@ def test_kept_view_arrays_keep_their_call_values_and_free_the_engine(smollm2_pat
     assert all(ref() is None for ref in gone), "the policy (and its engine) outlived close()"
 
 
-def test_a_global_engine_with_a_python_policy_that_chatted_is_freed_at_exit(smollm2_path):
-    """The policy's class refers to the module that holds the engine, whose chat feed holds the
-    core engine: a cycle the garbage collector must see whole (nanobind reports leaked
-    instances at exit otherwise)."""
+def test_an_engine_whose_python_policy_refers_back_to_it_and_chatted_is_freed(smollm2_path):
+    """A policy that refers back to the tova.Engine holding it (as through the module globals of
+    a script), after a chat: the engine's chat feed holds the core engine, and the garbage
+    collector must see the whole cycle to free it."""
+    import gc
+    import weakref
+
+    class Back(PyWindow):
+        pass
+
+    policy = Back()
+    e = tova.Engine(smollm2_path, n_threads=1, policy=policy, kv_size=16)
+    policy.back = {"engine": e}
+    e.chat([{"role": "user", "content": "hi"}], max_tokens=3, temperature=0)
+    gone = weakref.ref(policy)
+    del e, policy
+    gc.collect()
+    assert gone() is None, "the policy <-> engine cycle through the chat feed was not collected"
+
+
+def test_a_daemon_thread_inside_tova_at_exit_does_not_abort_the_process(tmp_path):
+    """A daemon thread generating (or evaluating, or waiting on a handle) when the program ends:
+    the exit hook cancels it and lets it come back to Python before the interpreter is torn
+    down; before, the process aborted ("terminate called without an active exception")."""
+    model = tmp_path / "m.gguf"
+    write_llama_gguf(model)
     script = textwrap.dedent(f"""
-        import numpy as np, tova
-        class P(tova.Policy):
-            name = "p"
-            def select(self, layer, view):
-                score = np.where((view.protect == 1) | (view.pos < 0), np.inf, view.probs_mean)
-                return [int(i) for i in np.argsort(score, kind="stable")[:view.n_evict]]
-        e = tova.Engine({str(smollm2_path)!r}, n_threads=1, policy=P(), kv_size=16)
-        print(e.chat([{{"role": "user", "content": "hi"}}], max_tokens=3, temperature=0))
+        import sys, threading, time, tova
+        e = tova.Engine({str(model)!r}, n_threads=1, kv_size=16)
+        kind = sys.argv[1]
+        if kind == "generate":
+            f = lambda: e.generate("hi", max_tokens=10**6, ignore_eos=True)
+        elif kind == "eval":
+            f = lambda: e.eval(list(range(3, 300)) * 2000)
+        else:
+            h = e.submit("hi", max_tokens=10**6, ignore_eos=True)
+            f = lambda: [h.next(timeout=1) for _ in iter(int, 1)]
+        threading.Thread(target=f, daemon=True).start()
+        time.sleep(0.5)
+        print("exiting", flush=True)
     """)
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert "leaked" not in r.stderr, r.stderr
+    for kind in ("generate", "eval", "handle"):
+        r = subprocess.run([sys.executable, "-c", script, kind], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "exiting" in r.stdout, (kind, r.returncode, r.stderr[-2000:])
+        assert "terminate called" not in r.stderr and "Fatal Python error" not in r.stderr, r.stderr
 
 
 def test_policy_name_that_is_not_text(smollm2_path):

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bindings.h"
+#include "unlocked.h"
 #include "interrupts.h"
 #include "chat.h"
 #include "chat_session.h"
@@ -112,7 +113,7 @@ void bind_chat(nb::module_& m) {
       .def("next", [](Generation& g) {
         std::string piece;
         {
-          nb::gil_scoped_release release;
+          tova::py::Unlocked release;
           piece = g.next();
         }
         if (tova::py::check_signals() != 0) {
@@ -125,7 +126,7 @@ void bind_chat(nb::module_& m) {
         std::string text;
         while (!g.finished()) {
           {
-            nb::gil_scoped_release release;
+            tova::py::Unlocked release;
             text += g.next();
           }
           if (tova::py::check_signals() != 0) {
@@ -160,7 +161,7 @@ void bind_chat(nb::module_& m) {
              gp.sampling = sp;
              SystemPinProbes probes;
              if (pin) probes = {pin->first, pin->second};
-             nb::gil_scoped_release release;
+             tova::py::Unlocked release;
              return f.feed.start_reply(prompt, pin ? &probes : nullptr, gp);
            },
            nb::arg("prompt"), nb::arg("pin").none(), nb::arg("max_tokens"), nb::arg("stop"),
@@ -169,13 +170,13 @@ void bind_chat(nb::module_& m) {
            "system prompt + a first user message differing only in the user's text, or None.")
       .def("finish_reply",
            [](PyChatFeed& f, Generation& g) {
-             nb::gil_scoped_release release;
+             tova::py::Unlocked release;
              return f.feed.finish_reply(g);
            },
            nb::arg("generation"),
            "Ends the reply (cancelling it if still running) and records what the sequence holds.")
       .def("reset", [](PyChatFeed& f) {
-        nb::gil_scoped_release release;
+        tova::py::Unlocked release;
         f.feed.reset();
       })
       .def_prop_ro("in_reply", [](const PyChatFeed& f) { return f.feed.in_reply(); })
@@ -197,7 +198,7 @@ void bind_chat(nb::module_& m) {
              return out;
            })
       .def("reset", [](ChatSession& s) {
-        nb::gil_scoped_release release;  // it waits for the engine, whose steps may need the GIL
+        tova::py::Unlocked release;  // it waits for the engine, whose steps may need the GIL
         s.reset();
       })
       .def("start_reply",
@@ -205,12 +206,12 @@ void bind_chat(nb::module_& m) {
              GenerateParams gp;
              gp.max_tokens = max_tokens;
              gp.sampling = sp;
-             nb::gil_scoped_release release;
+             tova::py::Unlocked release;
              return s.start_reply(text, gp);
            },
            nb::arg("text"), nb::arg("max_tokens"), nb::arg("sampling"), nb::keep_alive<0, 1>())
       .def("finish_reply", [](ChatSession& s, Generation& g, const std::string& text) {
-        nb::gil_scoped_release release;
+        tova::py::Unlocked release;
         s.finish_reply(g, text);
       }, nb::arg("generation"), nb::arg("text"))
       .def_prop_ro("pinned_tokens", &ChatSession::pinned_tokens)

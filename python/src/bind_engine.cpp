@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "bindings.h"
+#include "unlocked.h"
 #include "interrupts.h"
 #include "common.h"
 #include "engine.h"
@@ -100,7 +101,7 @@ void bind_engine(nb::module_& m) {
   m.def("_cuda_simulated", &cuda_simulated,
         "True when device 'cuda' is the CPU simulator of cuda/sim (a TOVA_CUDA_SIM test build)");
   m.def("_cuda_kernel_check", [] {
-    nb::gil_scoped_release unlocked;
+    tova::py::Unlocked unlocked;
     return cuda_kernel_check();
   }, "Every CUDA kernel against its CPU twin on random inputs: the mismatches (tests/test_cuda.py)");
   nb::class_<Engine>(m, "Engine", nb::type_slots(engine_slots))
@@ -116,7 +117,7 @@ void bind_engine(nb::module_& m) {
              EngineParams p;
              p.n_threads = n_threads;
              if (!policy_plugin.empty()) {  // a C plugin (tova.PluginPolicy)
-               nb::gil_scoped_release release;
+               tova::py::Unlocked release;
                p.plugin = load_policy_plugin(policy_plugin, policy_args);
              } else if (nb::isinstance<nb::str>(policy)) {
                p.policy = parse_policy(nb::cast<std::string>(policy));
@@ -145,12 +146,12 @@ void bind_engine(nb::module_& m) {
              p.n_batch = n_batch;
              p.backend = parse_backend(backend);
              {
-               nb::gil_scoped_release release;
+               tova::py::Unlocked release;
                new (self) Engine(path, std::move(p));
              }
              // Ctrl-C between the chunks of a long prompt: KeyboardInterrupt, sequence reset.
              self->interrupt_hook = [] {
-               nb::gil_scoped_acquire gil;
+               tova::py::Locked gil;
                if (tova::py::check_signals() != 0) throw nb::python_error();
              };
            },
@@ -167,7 +168,7 @@ void bind_engine(nb::module_& m) {
            nb::arg("policy_plugin") = std::string(), nb::arg("policy_args") = std::string())
       .def("tokenize",
            [](const Engine& e, const std::string& text, bool add_bos, bool special) {
-             nb::gil_scoped_release release;
+             tova::py::Unlocked release;
              return e.tokenize(text, add_bos, special);
            },
            nb::arg("text"), nb::arg("add_bos"), nb::arg("special"))
@@ -177,7 +178,7 @@ void bind_engine(nb::module_& m) {
            [](const Engine& e, const std::string& text, bool add_bos, bool special, int64_t limit) {
              std::vector<int32_t> ids;
              {
-               nb::gil_scoped_release release;
+               tova::py::Unlocked release;
                ids = e.tokenize(text, add_bos, special);
              }
              const auto n = static_cast<int64_t>(ids.size());
@@ -204,7 +205,7 @@ void bind_engine(nb::module_& m) {
            [](Engine& e, const std::vector<int32_t>& ids, bool all_logits, int seq) {
              std::vector<float> out;
              {
-               nb::gil_scoped_release release;
+               tova::py::Unlocked release;
                e.eval(seq, ids, all_logits, out);
              }
              const size_t V = static_cast<size_t>(e.model().hp().n_vocab);
@@ -212,16 +213,16 @@ void bind_engine(nb::module_& m) {
            },
            nb::arg("ids"), nb::arg("all_logits") = false, nb::arg("seq") = 0)
       .def("reset", [](Engine& e, int seq) {
-        nb::gil_scoped_release release;
+        tova::py::Unlocked release;
         e.reset(seq);
       }, nb::arg("seq") = 0)
       .def("set_protect_below", [](Engine& e, int64_t pos, int seq) {
-        nb::gil_scoped_release release;
+        tova::py::Unlocked release;
         e.set_protect_below(pos, seq);
       }, nb::arg("pos"), nb::arg("seq") = 0)
       .def("cancel", [](Engine& e) { e.cancel_requested.store(true); })
       .def("step", [](Engine& e) {
-        nb::gil_scoped_release release;
+        tova::py::Unlocked release;
         return e.step();
       }, "Runs one scheduler step if there is work and no other thread is stepping.")
       .def("n_past_of", &Engine::n_past, nb::arg("seq") = 0)
@@ -232,17 +233,17 @@ void bind_engine(nb::module_& m) {
         return d;
       }, "What the backend counts about its own work (the CUDA backend: CUDA graphs)")
       .def("evictions_of", [](const Engine& e, int seq) {
-        nb::gil_scoped_release release;
+        tova::py::Unlocked release;
         return e.evictions(seq);
       }, nb::arg("seq") = 0)
       .def("demotions_of", [](const Engine& e, int seq) {
-        nb::gil_scoped_release release;
+        tova::py::Unlocked release;
         return e.demotions(seq);
       }, nb::arg("seq") = 0)
       .def_prop_ro("n_past", [](const Engine& e) { return e.n_past(0); })
       .def_prop_ro("history", [](const Engine& e) { return e.history(0); })
       .def_prop_ro("evictions", [](const Engine& e) {
-        nb::gil_scoped_release release;
+        tova::py::Unlocked release;
         return e.evictions(0);
       })
       .def_prop_ro("kv_bytes", &Engine::kv_bytes)
@@ -279,7 +280,7 @@ void bind_engine(nb::module_& m) {
       .def("kv_positions", [](const Engine& e, int layer, int seq, int tier) {
         std::vector<int32_t> pos;
         {
-          nb::gil_scoped_release release;  // waits for a running step, whose policy may need the GIL
+          tova::py::Unlocked release;  // waits for a running step, whose policy may need the GIL
           pos = e.kv_positions(layer, seq, tier);
         }
         return to_numpy_i32(std::move(pos));
@@ -306,7 +307,7 @@ void bind_engine(nb::module_& m) {
       .def("kv_layer_summary", [](const Engine& e, int seq) {
         std::vector<Engine::LayerSummary> layers;
         {
-          nb::gil_scoped_release release;
+          tova::py::Unlocked release;
           layers = e.layer_summary(seq);
         }
         nb::list out;
@@ -357,7 +358,7 @@ void bind_engine(nb::module_& m) {
              std::string piece;
              Engine::Wait w;
              {
-               nb::gil_scoped_release release;
+               tova::py::Unlocked release;
                w = r.engine->next(*r.req, piece, timeout);
              }
              if (tova::py::check_signals() != 0) {
@@ -370,7 +371,7 @@ void bind_engine(nb::module_& m) {
            "(0, piece) | (1, '') on timeout | (2, '') when finished and every piece was taken. "
            "Runs scheduler steps while waiting; a failed request raises its error.")
       .def("wait_prefilled", [](PyRequest& r) {
-        nb::gil_scoped_release release;
+        tova::py::Unlocked release;
         r.engine->wait_prefilled(*r.req);
       })
       .def("cancel", [](PyRequest& r) { r.req->cancel(); })

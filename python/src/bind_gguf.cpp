@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "bindings.h"
+#include "unlocked.h"
 #include "common.h"
 #include "cpu/kernels_cpu.h"
 #include "gguf.h"
@@ -73,7 +74,7 @@ void bind_gguf(nb::module_& m) {
       .def("__init__",
            [](GgufFile* self, nb::handle path) {
              const std::string p = fs_path(path);
-             nb::gil_scoped_release release;
+             tova::py::Unlocked release;
              new (self) GgufFile(p);
            },
            nb::arg("path"))
@@ -126,7 +127,7 @@ void bind_gguf(nb::module_& m) {
         size_t n = static_cast<size_t>(t.n_elements());
         std::unique_ptr<float[]> buf(new float[n > 0 ? n : 1]);
         {
-          nb::gil_scoped_release release;
+          tova::py::Unlocked release;
           dequantize_row(t.type(), t.data, buf.get(), t.n_elements());
         }
         size_t shape[4];

@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "bindings.h"
+#include "unlocked.h"
 #include "interrupts.h"
 #include "common.h"
 #include "engine.h"
@@ -51,16 +52,16 @@ nb::dict perplexity(Engine& engine, const std::vector<int32_t>& tokens, std::opt
   p.add_bos = add_bos;
   // progress(tokens_done, tokens_total, nll_sum, n_scored) after each piece; then Ctrl-C.
   auto on_piece = [&progress](const PerplexityProgress& pr) {
-    nb::gil_scoped_acquire gil;
+    tova::py::Locked gil;
     if (!progress.is_none()) progress(pr.tokens_done, pr.tokens_total, pr.nll_sum, pr.n_scored);
     if (tova::py::check_signals() != 0) throw nb::python_error();
   };
   PerplexityResult r;
   try {
-    nb::gil_scoped_release release;
+    tova::py::Unlocked release;
     r = measure_perplexity(engine, tokens, p, on_piece);
   } catch (...) {
-    nb::gil_scoped_release release;  // reset waits for the engine, whose steps may need the GIL
+    tova::py::Unlocked release;  // reset waits for the engine, whose steps may need the GIL
     engine.reset();  // not left mid-sequence
     throw;
   }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "bindings.h"
+#include "unlocked.h"
 #include "interrupts.h"
 #include "common.h"
 #include "policy_adapter.h"
@@ -88,7 +89,7 @@ struct PyAdapter {
 // then the interrupt goes out as the policy's error).
 template <class F>
 auto with_view(PyAdapter* a, const tova_policy_view* v, const char* hook, F&& f) {
-  nb::gil_scoped_acquire gil;
+  tova::py::Locked gil;
   PolicyView fresh;
   fresh.v = v;
   fresh.hook = hook;
@@ -169,19 +170,19 @@ void py_on_evict(void* user, const tova_policy_view* v, const int32_t* slots, in
 
 void py_reset(void* user) {
   auto* a = static_cast<PyAdapter*>(user);
-  nb::gil_scoped_acquire gil;
+  tova::py::Locked gil;
   a->policy.attr("reset")();
 }
 
 void py_reset_seq(void* user, int32_t seq) {
   auto* a = static_cast<PyAdapter*>(user);
-  nb::gil_scoped_acquire gil;
+  tova::py::Locked gil;
   a->policy.attr("reset_sequence")(seq);
 }
 
 void py_destroy(tova_policy* self) {
   auto* a = static_cast<PyAdapter*>(self->user);
-  nb::gil_scoped_acquire gil;
+  tova::py::Locked gil;
   delete a;
 }
 

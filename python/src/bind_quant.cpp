@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "bindings.h"
+#include "unlocked.h"
 #include "common.h"
 #include "cpu/kernels_cpu.h"
 #include "quant.h"
@@ -90,7 +91,7 @@ ArrayOut<float> dequantize(uint32_t type_id, const BytesIn& data, int64_t n_elem
   AlignedBytes src(data);
   auto* out = new float[n_elements > 0 ? n_elements : 1];
   {
-    nb::gil_scoped_release unlocked;
+    tova::py::Unlocked unlocked;
     k.dequantize(src.data(), out, n_elements);
   }
   return to_numpy(out, static_cast<size_t>(n_elements));
@@ -109,7 +110,7 @@ ArrayOut<uint8_t> quantize(uint32_t type_id, const FloatsIn& values, const std::
   // uint64_t storage keeps every block struct aligned while the kernel writes it.
   std::vector<uint64_t> buf((bytes + 7) / 8);
   {
-    nb::gil_scoped_release unlocked;
+    tova::py::Unlocked unlocked;
     k.quantize(values.data(), buf.data(), n);
   }
   auto* out = new uint8_t[bytes > 0 ? bytes : 1];
@@ -130,18 +131,18 @@ float vec_dot(uint32_t type_id, const BytesIn& x, const FloatsIn& y, const std::
   }
   AlignedBytes xs(x);
   if (mode == "f32") {
-    nb::gil_scoped_release unlocked;
+    tova::py::Unlocked unlocked;
     return k.vec_dot_f32(n, xs.data(), y.data());
   }
   if (mode != "q8") throw ArgumentError(cat("vec_dot: mode must be 'q8' or 'f32', got '", mode, "'"));
   const auto act_id = static_cast<uint32_t>(t.vec_dot_type);
   if (t.vec_dot_type == GgmlType::F32) {
-    nb::gil_scoped_release unlocked;
+    tova::py::Unlocked unlocked;
     return k.vec_dot(n, xs.data(), y.data());
   }
   const CpuKernels& act = kernels_for(act_id, isa);
   std::vector<uint64_t> ybuf((row_bytes(t.vec_dot_type, n) + 7) / 8);
-  nb::gil_scoped_release unlocked;
+  tova::py::Unlocked unlocked;
   act.quantize(y.data(), ybuf.data(), n);
   return k.vec_dot(n, xs.data(), ybuf.data());
 }
@@ -171,7 +172,7 @@ nb::ndarray<nb::numpy, float, nb::ndim<3>> gemm(uint32_t type_id, const BytesIn&
   const size_t cells = static_cast<size_t>(nr * m);
   auto* out = new float[2 * cells];
   {
-    nb::gil_scoped_release unlocked;
+    tova::py::Unlocked unlocked;
     for (int64_t k = 0; k < nr; ++k) act.quantize(y.data() + k * n, yq + k * ys, n);
     std::vector<float> g(cells);
     kern.gemm(n, xa.data(), xs, m, yq, ys, nr, g.data(), static_cast<size_t>(m));

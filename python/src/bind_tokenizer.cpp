@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "bindings.h"
+#include "unlocked.h"
 #include "common.h"
 #include "gguf.h"
 #include "tokenizer.h"
@@ -58,7 +59,7 @@ void bind_tokenizer(nb::module_& m) {
              const std::string p = fs_path(path);
              std::shared_ptr<const Tokenizer> tok;
              {
-               nb::gil_scoped_release release;
+               tova::py::Unlocked release;
                GgufFile file(p);
                tok = Tokenizer::from_gguf(file);
              }
@@ -69,7 +70,7 @@ void bind_tokenizer(nb::module_& m) {
           "encode",
           [](const PyTokenizer& self, nb::handle text, bool add_bos, bool parse_special) {
             const std::string s = text_arg(text);
-            nb::gil_scoped_release release;
+            tova::py::Unlocked release;
             return self.impl->encode(s, add_bos, parse_special);
           },
           nb::arg("text"), nb::arg("add_bos"), nb::arg("parse_special"),
@@ -81,7 +82,7 @@ void bind_tokenizer(nb::module_& m) {
           [](const PyTokenizer& self, const std::vector<int32_t>& ids, bool special) {
             std::string out;
             {
-              nb::gil_scoped_release release;
+              tova::py::Unlocked release;
               out = self.impl->decode(ids, special);
             }
             return to_bytes(out);

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "bindings.h"
+#include "unlocked.h"
 #include "common.h"
 
 namespace {
@@ -41,6 +42,15 @@ NB_MODULE(_core, m) {
     }
   });
   m.attr("__version__") = "0.1.0";
+  // nanobind's report at exit of instances still alive is meant for binding authors: a daemon
+  // thread's engine or a handle kept in a global is alive then by right. tova's reference
+  // cycles are tested with the garbage collector instead (tests/test_kv_policies.py).
+  nb::set_leak_warnings(false);
+  // The interpreter's exit, in two steps (unlocked.h; called by tova/engine.py's exit hook).
+  m.def("_exit_begin", &tova::py::begin_exit, "No new blocking call starts (the interpreter exits).");
+  m.def("_exit_park", &tova::py::park_late_returns,
+        "A blocking call still running never takes the GIL again: its thread parks.");
+  m.def("_calls_inside", &tova::py::calls_inside, "Threads inside a blocking call (GIL released).");
   bind_gguf(m);
   bind_quant(m);
   bind_tokenizer(m);

@@ -1,8 +1,11 @@
 """The Python face of the engine: ``Engine(model).generate(prompt)`` and friends."""
 from __future__ import annotations
 
+import atexit
 import os
 import threading
+import time
+import weakref
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
@@ -15,6 +18,30 @@ from .sampling import SamplingParams
 __all__ = ["Engine"]
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+# Engines alive, for the exit hook below.
+_LIVE: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+_EXIT_WAIT_S = 5.0
+
+
+def _at_exit() -> None:
+    """At interpreter exit, threads still inside tova (a daemon thread generating, a worker
+    stopped by Ctrl-C) come back to Python before it is torn down, else they would take the GIL
+    of a dying interpreter and abort the process (python/src/unlocked.h): no new call starts,
+    every running request is cancelled, the threads get a few seconds to return; one that does
+    not (a call that cannot be cancelled) is parked, never to touch Python again."""
+    _core._exit_begin()
+    for engine in list(_LIVE):
+        core = engine.__dict__.get("_core")
+        if core is not None:
+            core.cancel()
+    deadline = time.monotonic() + _EXIT_WAIT_S
+    while _core._calls_inside() > 0 and time.monotonic() < deadline:
+        time.sleep(0.005)  # (releases the GIL: the returning threads need it)
+    _core._exit_park()
+
+
+atexit.register(_at_exit)
 
 
 class Engine:
@@ -153,6 +180,7 @@ class Engine:
             str(path), float_activations=float_activations, kv_budget=budget,
             **{k: v for k, v in given.items() if v is not None})
         self._local = threading.local()
+        _LIVE.add(self)
         self.path = str(path)
         p = self._core.params  # the settings in effect
         self.n_ctx: int = int(p["n_ctx"])

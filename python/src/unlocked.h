@@ -1,0 +1,49 @@
+// The GIL released around the core's blocking calls, and the interpreter's exit.
+//
+// CPython ends a thread that tries to take the GIL while the interpreter is being torn down
+// (pthread_exit from inside the take). From a destructor, which may not be unwound, that aborts
+// the process: a daemon thread generating when the program ends, or a worker stopped by Ctrl-C
+// at exit, would kill it with "terminate called without an active exception". So every blocking
+// call releases the GIL through Unlocked, and the package's exit hook (tova/engine.py) does:
+//   1. begin_exit(): no new blocking call starts (Unlocked throws: the interpreter is exiting);
+//      the hook cancels every running request and waits a few seconds for calls_inside() to
+//      reach 0, the threads coming back to Python while it still stands;
+//   2. park_late_returns(): a call that is still running then never takes the GIL again: its
+//      thread parks (sleeps) until the process ends, as do core threads about to call a Python
+//      policy (Locked).
+// The state is process-wide, as the interpreter and its exit are.
+#pragma once
+
+#include <Python.h>
+
+namespace tova::py {
+
+class Unlocked {
+ public:
+  Unlocked();  // throws tova::Error once the exit has begun
+  ~Unlocked();
+  Unlocked(const Unlocked&) = delete;
+  Unlocked& operator=(const Unlocked&) = delete;
+
+ private:
+  PyThreadState* state_;
+};
+
+// The GIL taken by a core thread calling into Python (a policy, a progress callback): parks
+// instead once late returns park.
+class Locked {
+ public:
+  Locked();
+  ~Locked();
+  Locked(const Locked&) = delete;
+  Locked& operator=(const Locked&) = delete;
+
+ private:
+  PyGILState_STATE state_;
+};
+
+void begin_exit();
+void park_late_returns();
+int calls_inside();
+
+}  // namespace tova::py
