@@ -412,13 +412,20 @@ def test_a_daemon_thread_inside_tova_at_exit_does_not_abort_the_process(tmp_path
     model = tmp_path / "m.gguf"
     write_llama_gguf(model)
     script = textwrap.dedent(f"""
-        import sys, threading, time, tova
-        e = tova.Engine({str(model)!r}, n_threads=1, kv_size=16)
+        import sys, threading, time, numpy as np, tova
+        class P(tova.Policy):
+            name = "p"
+            def select(self, layer, view):
+                score = np.where((view.protect == 1) | (view.pos < 0), np.inf, view.probs_mean)
+                return [int(i) for i in np.argsort(score, kind="stable")[:view.n_evict]]
         kind = sys.argv[1]
+        e = tova.Engine({str(model)!r}, n_threads=1, kv_size=16, policy=P() if kind == "policy" else "tova")
         if kind == "generate":
             f = lambda: e.generate("hi", max_tokens=10**6, ignore_eos=True)
-        elif kind == "eval":
+        elif kind in ("eval", "policy"):  # (a Python policy: the core thread calls into Python)
             f = lambda: e.eval(list(range(3, 300)) * 2000)
+            threading.Thread(target=lambda: e.generate("hi", max_tokens=10**6, ignore_eos=True),
+                             daemon=True).start()
         else:
             h = e.submit("hi", max_tokens=10**6, ignore_eos=True)
             f = lambda: [h.next(timeout=1) for _ in iter(int, 1)]
@@ -426,7 +433,7 @@ def test_a_daemon_thread_inside_tova_at_exit_does_not_abort_the_process(tmp_path
         time.sleep(0.5)
         print("exiting", flush=True)
     """)
-    for kind in ("generate", "eval", "handle"):
+    for kind in ("generate", "eval", "handle", "policy", "policy"):
         r = subprocess.run([sys.executable, "-c", script, kind], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0 and "exiting" in r.stdout, (kind, r.returncode, r.stderr[-2000:])
         assert "terminate called" not in r.stderr and "Fatal Python error" not in r.stderr, r.stderr

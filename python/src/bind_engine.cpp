@@ -149,8 +149,10 @@ void bind_engine(nb::module_& m) {
                tova::py::Unlocked release;
                new (self) Engine(path, std::move(p));
              }
-             // Ctrl-C between the chunks of a long prompt: KeyboardInterrupt, sequence reset.
+             // Ctrl-C between the chunks of a long prompt: KeyboardInterrupt, sequence reset; the
+             // interpreter's exit stops it too (unlocked.h).
              self->interrupt_hook = [] {
+               if (tova::py::exiting()) throw Cancelled("the Python interpreter is exiting");
                tova::py::Locked gil;
                if (tova::py::check_signals() != 0) throw nb::python_error();
              };

@@ -51,6 +51,7 @@ NB_MODULE(_core, m) {
   m.def("_exit_park", &tova::py::park_late_returns,
         "A blocking call still running never takes the GIL again: its thread parks.");
   m.def("_calls_inside", &tova::py::calls_inside, "Threads inside a blocking call (GIL released).");
+  m.def("_taking_gil", &tova::py::taking_gil, "Threads about to take the GIL.");
   bind_gguf(m);
   bind_quant(m);
   bind_tokenizer(m);

@@ -12,6 +12,7 @@ namespace {
 
 std::atomic<int> g_phase{0};   // 0 running, 1 exiting (no new calls), 2 late returns park
 std::atomic<int> g_inside{0};  // threads inside an Unlocked call
+std::atomic<int> g_taking{0};  // threads past the phase check, taking the GIL
 
 [[noreturn]] void park() {
   for (;;) ::pause();
@@ -26,18 +27,30 @@ Unlocked::Unlocked() {
   state_ = PyEval_SaveThread();
 }
 
+// Counted as taking before the phase is read: the exit hook, having set phase 2, waits until
+// none is taking, so no thread waits for the GIL when the interpreter's teardown begins.
 Unlocked::~Unlocked() {
+  g_taking.fetch_add(1);
   if (g_phase.load() == 2) {
+    g_taking.fetch_sub(1);
     g_inside.fetch_sub(1);
     park();
   }
   PyEval_RestoreThread(state_);
+  g_taking.fetch_sub(1);
   g_inside.fetch_sub(1);
 }
 
 Locked::Locked() {
-  if (g_phase.load() == 2) park();
+  // (Not the thread that holds the GIL already: the main thread tearing the interpreter down
+  // frees engines, whose Python policy it must still be able to drop.)
+  g_taking.fetch_add(1);
+  if (g_phase.load() == 2 && !PyGILState_Check()) {
+    g_taking.fetch_sub(1);
+    park();
+  }
   state_ = PyGILState_Ensure();
+  g_taking.fetch_sub(1);
 }
 
 Locked::~Locked() { PyGILState_Release(state_); }
@@ -45,5 +58,7 @@ Locked::~Locked() { PyGILState_Release(state_); }
 void begin_exit() { g_phase.store(1); }
 void park_late_returns() { g_phase.store(2); }
 int calls_inside() { return g_inside.load(); }
+int taking_gil() { return g_taking.load(); }
+bool exiting() { return g_phase.load() != 0; }
 
 }  // namespace tova::py

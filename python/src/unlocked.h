@@ -10,7 +10,8 @@
 //      reach 0, the threads coming back to Python while it still stands;
 //   2. park_late_returns(): a call that is still running then never takes the GIL again: its
 //      thread parks (sleeps) until the process ends, as do core threads about to call a Python
-//      policy (Locked).
+//      policy (Locked); the hook then waits until no thread is still taking the GIL.
+// Direct calls (eval, a prompt's chunks) stop at their next chunk once the exit has begun.
 // The state is process-wide, as the interpreter and its exit are.
 #pragma once
 
@@ -30,7 +31,7 @@ class Unlocked {
 };
 
 // The GIL taken by a core thread calling into Python (a policy, a progress callback): parks
-// instead once late returns park.
+// instead once late returns park (unless the thread holds the GIL already).
 class Locked {
  public:
   Locked();
@@ -45,5 +46,7 @@ class Locked {
 void begin_exit();
 void park_late_returns();
 int calls_inside();
+int taking_gil();  // threads about to take the GIL (the hook waits for none after park_late_returns)
+bool exiting();    // begin_exit() was called
 
 }  // namespace tova::py

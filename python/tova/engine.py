@@ -39,6 +39,9 @@ def _at_exit() -> None:
     while _core._calls_inside() > 0 and time.monotonic() < deadline:
         time.sleep(0.005)  # (releases the GIL: the returning threads need it)
     _core._exit_park()
+    deadline = time.monotonic() + 1.0
+    while _core._taking_gil() > 0 and time.monotonic() < deadline:
+        time.sleep(0.001)  # those already taking it get it, and park at their next return
 
 
 atexit.register(_at_exit)
