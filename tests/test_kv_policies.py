@@ -329,6 +329,39 @@ def test_policy_exception_surfaces(smollm2_path):
         assert e.generate("Hi", max_tokens=2, temperature=0)
 
 
+class StopsIterating(tova.Policy):
+    def __init__(self, error=StopIteration):
+        self.error = error
+
+    def select(self, layer, view):
+        raise self.error("from the policy")
+
+
+@pytest.mark.parametrize("error", [StopIteration, StopAsyncIteration])
+def test_policy_stop_iteration_is_named_not_taken_for_the_end(smollm2_path, error):
+    """A StopIteration from a policy must not end (or be mangled by) the generator that waits
+    for the text: it is a RuntimeError naming the policy, the original its cause."""
+    import asyncio
+    prompt = "Once upon a time there was a little"
+    with tova.Engine(smollm2_path, policy=StopsIterating(error), kv_size=8, n_threads=1) as e:
+        calls = {
+            "generate": lambda: e.generate(prompt, max_tokens=5),
+            "stream": lambda: list(e.stream(prompt, max_tokens=5)),
+            "eval": lambda: e.eval(e.tokenize(prompt)),
+            "async": lambda: asyncio.run(_collect(e.submit(prompt, max_tokens=5))),
+        }
+        for how, call in calls.items():
+            with pytest.raises(RuntimeError, match=f"Python policy 'python': select\\(\\) raised {error.__name__}") as info:
+                call()
+            assert type(info.value.__cause__) is error, how
+            assert str(info.value.__cause__) == "from the policy", how
+            assert e.generate("Hi", max_tokens=2, temperature=0)  # still usable
+
+
+async def _collect(handle):
+    return [piece async for piece in handle]
+
+
 def test_policy_view_not_usable_after_call(smollm2_path):
     kept = {}
 

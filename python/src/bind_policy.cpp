@@ -84,6 +84,16 @@ struct PyAdapter {
   tova_policy c{};
 };
 
+// A StopIteration leaving a policy would end the Python generator that waits for the
+// generation (PEP 479 makes it "generator raised StopIteration", and asyncio refuses it in a
+// future): it goes out as a RuntimeError naming the policy and the method, the original its cause.
+[[noreturn]] void rethrow(nb::python_error& e, const PyAdapter* a, const char* hook) {
+  if (e.matches(PyExc_StopIteration) || e.matches(PyExc_StopAsyncIteration))
+    nb::raise_from(e, PyExc_RuntimeError, "Python policy '%s': %s() raised %s", a->name.c_str(), hook,
+                   e.matches(PyExc_StopIteration) ? "StopIteration" : "StopAsyncIteration");
+  throw;  // called only in a handler: the error as it is
+}
+
 // Calls f(view) with the GIL. A Ctrl-C that lands in the Python method is the waiting thread's
 // (interrupts.h): kept aside for its next check, and the method runs again (a few times at most;
 // then the interrupt goes out as the policy's error).
@@ -102,7 +112,7 @@ auto with_view(PyAdapter* a, const tova_policy_view* v, const char* hook, F&& f)
     try {
       return f(view_obj);
     } catch (nb::python_error& e) {
-      if (attempt == 3 || !tova::py::is_interrupt(e)) throw;
+      if (attempt == 3 || !tova::py::is_interrupt(e)) rethrow(e, a, hook);
       tova::py::stash_interrupt(e);
     }
   }
@@ -171,13 +181,21 @@ void py_on_evict(void* user, const tova_policy_view* v, const int32_t* slots, in
 void py_reset(void* user) {
   auto* a = static_cast<PyAdapter*>(user);
   tova::py::Locked gil;
-  a->policy.attr("reset")();
+  try {
+    a->policy.attr("reset")();
+  } catch (nb::python_error& e) {
+    rethrow(e, a, "reset");
+  }
 }
 
 void py_reset_seq(void* user, int32_t seq) {
   auto* a = static_cast<PyAdapter*>(user);
   tova::py::Locked gil;
-  a->policy.attr("reset_sequence")(seq);
+  try {
+    a->policy.attr("reset_sequence")(seq);
+  } catch (nb::python_error& e) {
+    rethrow(e, a, "reset_sequence");
+  }
 }
 
 void py_destroy(tova_policy* self) {
