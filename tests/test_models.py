@@ -491,3 +491,25 @@ def test_model_fixtures_give_verified_files(fixture, request):
     # resolve() verified the sha256 before handing the path out and left a stamp saying so
     stamp = json.loads((path.parent / f".{path.name}.verified").read_text())
     assert stamp["sha256"] == entry["sha256"]
+
+
+def test_cli_list_into_a_closed_pipe_is_quiet():
+    """`tova list --json | head -1`: the reader gone, the command ends by SIGPIPE as the native
+    program does, without a BrokenPipeError message (the pipe's reader is closed before the
+    command writes, so that this does not depend on timing)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        r = subprocess.run([sys.executable, "-m", "tova.models", "list", "--json"],
+                           stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert r.returncode == -signal.SIGPIPE, r.stderr
+    assert r.stderr == ""
+
+
+def test_cli_usage_names_the_public_commands(capsys):
+    with pytest.raises(SystemExit):
+        models.main(["lst"])
+    err = capsys.readouterr().err
+    assert "{list,pull}" in err and "path" not in err.split("\n")[0]

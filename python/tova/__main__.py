@@ -1,4 +1,5 @@
 """``python -m tova ...``: the tova command-line program."""
 from ._cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # (importing the module runs nothing)
+    raise SystemExit(main())

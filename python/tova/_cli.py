@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -33,5 +34,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     env = dict(os.environ)
     # The program asks this interpreter to resolve model names (tova.models).
     env.setdefault("TOVA_PYTHON", sys.executable)
+    # Python starts with SIGPIPE (and SIGXFSZ) ignored, and an ignored signal stays ignored
+    # across exec: `python -m tova run ... | head` would then generate to the end.
+    for name in ("SIGPIPE", "SIGXFSZ"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
     os.execve(exe, [exe, *args], env)
     return 0  # not reached

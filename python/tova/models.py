@@ -296,7 +296,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``list`` / ``pull`` / ``path`` subcommands; returns the exit status (errors go to
     stderr as ``tova: error: ...``; paths and listings to stdout)."""
     parser = argparse.ArgumentParser(prog="tova", description="tova's known models")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,pull}")  # (path: the CLI's)
     p_list = sub.add_parser("list", help="list known models and whether they are cached")
     p_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p_pull = sub.add_parser("pull", help="download known models into the cache")
@@ -348,6 +348,14 @@ def _print_list(*, as_json: bool) -> None:
         print(f"{r['name']:<{width}}  {size:>9}  {state:<6}  {r['file']}")
 
 
+def _stop_quietly_on_a_closed_pipe() -> None:
+    """`tova list | head -1`: a reader gone ends the command as it ends the native program
+    (SIGPIPE), not with a BrokenPipeError message. Command line only, as above."""
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
 if __name__ == "__main__":
     _exit_cleanly_on_sigterm()
+    _stop_quietly_on_a_closed_pipe()
     sys.exit(main())

@@ -1,4 +1,5 @@
 """``python -m tova.server ARGS`` = ``tova serve ARGS``."""
 from .cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # (importing the module runs nothing)
+    raise SystemExit(main())
