@@ -62,6 +62,22 @@ def test_eos_stops(engine):
     assert "<|im_end|>" not in text and len(text) > 0
 
 
+def test_text_prompts_read_control_tokens(engine):
+    """A prompt's control-token text is that token, as llama.cpp reads a prompt: the text and
+    its ids (special=True) give the same answer; ids of the plain reading give another."""
+    prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    special = engine.tokenize(prompt, special=True)
+    plain = engine.tokenize(prompt, special=False)
+    assert len(special) < len(plain)
+    text = engine.generate(prompt, max_tokens=12, temperature=0)
+    assert engine.last_stats["prompt_tokens"] == len(special)
+    assert text == engine.generate(special, max_tokens=12, temperature=0)
+    assert "".join(engine.stream(prompt, max_tokens=12, temperature=0)) == text
+    assert engine.submit(prompt, max_tokens=12, temperature=0).result() == text
+    engine.generate(plain, max_tokens=1, temperature=0)
+    assert engine.last_stats["prompt_tokens"] == len(plain)
+
+
 def test_seeded_sampling_reproduces(engine):
     a = engine.generate("Once upon a time", max_tokens=24, temperature=1.0, seed=42)
     b = engine.generate("Once upon a time", max_tokens=24, temperature=1.0, seed=42)

@@ -290,7 +290,10 @@ class Engine:
     # ---- generation -----------------------------------------------------------------------------
     def _ids(self, prompt: Union[str, Sequence[int]]) -> List[int]:
         prompt = _check.prompt_value(prompt)
-        ids = self.tokenize(prompt) if isinstance(prompt, str) else _check.token_ids(
+        # Control-token text in a prompt ("<|im_start|>") is that token, as llama.cpp and
+        # llama-cpp-python read a completion prompt; ids from tokenize(text) are the way to
+        # have such text read as plain text.
+        ids = self.tokenize(prompt, special=True) if isinstance(prompt, str) else _check.token_ids(
             "prompt", prompt, self.n_vocab)
         if not ids:
             raise ValueError("the prompt is empty: it tokenizes to no tokens")
@@ -396,7 +399,9 @@ class Engine:
         sampling: Optional[SamplingParams] = None,
         **fields: Any,
     ) -> str:
-        """Continues ``prompt`` (text or token ids) and returns the generated text.
+        """Continues ``prompt`` (text or token ids) and returns the generated text. Text is read
+        with its control tokens' text (``"<|im_start|>"``) as those tokens, as llama.cpp reads a
+        prompt; pass ``tokenize(text)``'s ids to have such text read as plain text.
 
         Stops at an end-of-generation token (unless ``ignore_eos``), at a stop string (not
         included), or after ``max_tokens`` tokens. Sampling is ``sampling`` with any
