@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -62,10 +64,122 @@ def tiny_model(tmp_path_factory):
     (["run", "-p", "hi", "--policy-args", "x"], "--policy-args are arguments for a --policy-plugin"),
     (["run", "-p", "hi", "--policy", "h2o", "--policy-plugin", "x.so"], "give one"),
     (["bench", "-p", "2000000000", "-n", "2000000000"], "-d + -p + -n = 4000000000 tokens"),
+    # -n as written is named (not max_tokens, nor the long name); -1 is no limit, -2 nothing.
+    (["run", "-p", "hi", "-n", "-2"], "option -n must be at least 0, or -1 for no limit; got -2"),
+    (["run", "-p", "hi", "-n", "x"], "option -n needs an integer, got 'x'"),
 ])
 def test_refused_arguments(tiny_model, args, message):
     r = run(*args, "-m", tiny_model)
     assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_help_documents_the_exit_statuses():
+    r = run("--help")
+    assert r.returncode == 0 and "exit status:" in r.stdout
+    for line in ("0    success", "1    a runtime error", "2    a usage error", "130  interrupted",
+                 "141  stdout's reader went away", "143  terminated"):
+        assert line in r.stdout, line
+
+
+def test_n_predict_minus_one_is_no_limit(tiny_model):
+    # The full cache of 48 ends the generation, not a token count.
+    r = run("run", "-m", tiny_model, "-p", "hi", "-n", "-1", "--ignore-eos", "--policy", "full",
+            "--ctx", "48", "-t", "1")
+    assert r.returncode == 0, r.stderr
+    assert "finish: length" in r.stderr and "generated: 0 tokens" not in r.stderr
+
+
+def test_prompt_past_the_trained_context_warns_once(tmp_path):
+    from reference.synthetic import write_llama_gguf
+
+    path = tmp_path / "ctx32.gguf"
+    write_llama_gguf(path, context_length=32)
+    prompt = "hello world " * 10  # ~120 tokens of this tokenizer
+    r = run("run", "-m", path, "-p", prompt, "-n", "2", "--kv-size", "16", "-t", "1")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("warning") == 1, r.stderr
+    assert "past the model's trained context (32) with --positions original" in r.stderr
+    r = run("run", "-m", path, "-p", prompt, "-n", "2", "--kv-size", "16", "-t", "1",
+            "--positions", "cache_index")
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
+
+# ---- stdout that cannot be written: `tova: write error: ...` and exit 1 (as GNU programs) ----------
+def run_to(stdout, *args, shell_redirect="", **kw):
+    """Runs tova with stdout sent to `stdout` (a file object), or closed (shell_redirect=">&-")."""
+    env = dict(os.environ, TOVA_PYTHON=sys.executable)
+    cmd = [str(binary()), *map(str, args)]
+    if shell_redirect:
+        cmd = ["sh", "-c", f'exec "$0" "$@" {shell_redirect}', *cmd]
+    return subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120, env=env, **kw)
+
+
+@pytest.mark.parametrize("args", [
+    ["--version"],
+    ["info", "{m}"],
+    ["bench", "-m", "{m}", "-p", "8", "-n", "2", "-r", "1", "-t", "1", "--json"],
+    ["run", "-m", "{m}", "-p", "hi", "-n", "4", "-t", "1"],
+])
+def test_a_full_disk_is_a_write_error(tiny_model, args):
+    with open("/dev/full", "w") as full:
+        r = run_to(full, *(a.format(m=tiny_model) for a in args))
+    assert r.returncode == 1 and r.stderr.endswith("tova: write error: No space left on device\n"), r.stderr
+
+
+def test_a_closed_stdout_is_a_write_error(tiny_model):
+    r = run_to(None, "run", "-m", tiny_model, "-p", "hi", "-n", "4", "-t", "1", shell_redirect=">&-")
+    assert r.returncode == 1 and "tova: write error: Bad file descriptor" in r.stderr, r.stderr
+    r = run_to(None, "info", tiny_model, shell_redirect=">&-")
+    assert r.returncode == 1 and "tova: write error: Bad file descriptor" in r.stderr, r.stderr
+
+
+def start_run_into_a_closed_pipe(model, **kw):
+    """A long generation whose reader takes the first bytes and goes away."""
+    p = subprocess.Popen([str(binary()), "run", "-m", str(model), "-p", "Hello", "-n", "100000",
+                          "--ignore-eos", "--temp", "0", "-t", "1"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=dict(os.environ, TOVA_PYTHON=sys.executable), **kw)
+    os.read(p.stdout.fileno(), 20)
+    p.stdout.close()
+    t0 = time.monotonic()
+    try:
+        p.wait(timeout=60)
+    finally:
+        p.kill()
+    return p, time.monotonic() - t0
+
+
+@pytest.mark.model
+def test_a_closed_pipe_stops_the_generation(smollm2_path):
+    # SIGPIPE ignored (as Python, nohup-like wrappers leave it): EPIPE is a write error, at once.
+    p, seconds = start_run_into_a_closed_pipe(smollm2_path, restore_signals=False)
+    assert p.returncode == 1 and seconds < 10, (p.returncode, seconds)
+    assert p.stderr.read().decode().endswith("tova: write error: Broken pipe\n")
+    # SIGPIPE as usual: the signal ends it (a shell says 141).
+    p, seconds = start_run_into_a_closed_pipe(smollm2_path)
+    assert p.returncode == -signal.SIGPIPE and seconds < 10
+
+
+@pytest.mark.model
+def test_run_reads_special_tokens_in_the_prompt(smollm2_path, tmp_path):
+    """<|im_start|> in -p / -f is the control token (llama-cli's parse_special), so a prompt in
+    the model's chat format is answered as a chat."""
+    prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    (tmp_path / "chat.txt").write_text(prompt)
+    r = run("run", "-m", smollm2_path, "-f", tmp_path / "chat.txt", "-n", "8", "--temp", "0", "-t", "1")
+    assert r.returncode == 0, r.stderr
+    with tova.Engine(smollm2_path) as e:
+        n_special = len(e.tokenize(prompt, special=True))
+        assert n_special < len(e.tokenize(prompt, special=False))
+    assert f"prompt: {n_special} tokens" in r.stderr, r.stderr
+    assert r.stdout.startswith("The capital of France is Paris"), r.stdout
+
+
+@pytest.mark.model
+def test_prompt_from_stdin(smollm2_path):
+    r = run("run", "-m", smollm2_path, "-f", "-", "-n", "3", "--temp", "0", "-t", "1",
+            input="The capital of France is")
+    assert r.returncode == 0, r.stderr
+    assert "prompt: 5 tokens" in r.stderr and "Paris" in r.stdout, (r.stdout, r.stderr)
 
 
 def test_info_takes_one_model(tiny_model):

@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <limits>
 
 #include "common.h"
 
@@ -44,10 +45,16 @@ CliArgs::CliArgs(const std::vector<std::string>& argv, const std::set<std::strin
           throw ArgumentError(cat("option ", a, " needs a value (got the option ", value, ")"));
       }
       values_[name] = value;
+      spelled_[name] = a;
     } else {
       throw ArgumentError(cat("unknown option ", a, " (see --help)"));
     }
   }
+}
+
+const std::string& CliArgs::spelled(const std::string& name) const {
+  auto it = spelled_.find(name);
+  return it == spelled_.end() ? name : it->second;
 }
 
 std::string CliArgs::str(const std::string& name, const std::string& def) const {
@@ -62,15 +69,15 @@ long long CliArgs::integer64(const std::string& name, long long def) const {
   errno = 0;
   long long v = std::strtoll(it->second.c_str(), &end, 10);
   if (it->second.empty() || *end != '\0')
-    throw ArgumentError(cat("option ", name, " needs an integer, got '", it->second, "'"));
-  if (errno == ERANGE) throw ArgumentError(cat("option ", name, " is out of range: ", it->second));
+    throw ArgumentError(cat("option ", spelled(name), " needs an integer, got '", it->second, "'"));
+  if (errno == ERANGE) throw ArgumentError(cat("option ", spelled(name), " is out of range: ", it->second));
   return v;
 }
 
 int CliArgs::integer(const std::string& name, int def) const {
   long long v = integer64(name, def);
   if (v < -2147483647LL || v > 2147483647LL)
-    throw ArgumentError(cat("option ", name, " is out of range: ", v));
+    throw ArgumentError(cat("option ", spelled(name), " is out of range: ", v));
   return static_cast<int>(v);
 }
 
@@ -80,8 +87,16 @@ double CliArgs::number(const std::string& name, double def) const {
   char* end = nullptr;
   double v = std::strtod(it->second.c_str(), &end);
   if (it->second.empty() || *end != '\0')
-    throw ArgumentError(cat("option ", name, " needs a number, got '", it->second, "'"));
+    throw ArgumentError(cat("option ", spelled(name), " needs a number, got '", it->second, "'"));
   return v;
+}
+
+int max_tokens_from(const CliArgs& a, const std::string& name, int def, int min) {
+  const int n = a.integer(name, def);
+  if (n == -1) return std::numeric_limits<int>::max();  // stops at end of generation or a full context
+  if (n < min)
+    throw ArgumentError(cat("option ", a.spelled(name), " must be at least ", min, ", or -1 for no limit; got ", n));
+  return n;
 }
 
 EngineParams engine_params_from(const CliArgs& a, const std::string& default_policy) {

@@ -24,11 +24,18 @@ class CliArgs {
   long long integer64(const std::string& name, long long def) const;
   double number(const std::string& name, double def) const;
   const std::vector<std::string>& positional() const { return positional_; }
+  // The option as the user wrote it ("-n" for --n-predict), for error messages; `name` if not given.
+  const std::string& spelled(const std::string& name) const;
 
  private:
   std::map<std::string, std::string> values_;
+  std::map<std::string, std::string> spelled_;  // long name -> as written
   std::vector<std::string> positional_;
 };
+
+// -n N, the most tokens to generate: N >= `min`, or -1 for no limit (llama.cpp's meaning);
+// `def` when not given. Errors name the option as written.
+int max_tokens_from(const CliArgs& a, const std::string& name, int def, int min);
 
 // The engine options every command shares (--threads, --policy, --kv-size, --ctx, --n-sink,
 // --kv-type, --chunk, --prefill, --positions, --policy-plugin, --policy-args,

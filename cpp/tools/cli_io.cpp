@@ -34,7 +34,8 @@ std::string json_string(const std::string& raw) {
 }
 
 std::string read_text_file(const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "rb");
+  const bool from_stdin = path == "-";
+  FILE* f = from_stdin ? stdin : std::fopen(path.c_str(), "rb");
   if (!f) throw FileNotFound(cat(path, ": cannot open: ", std::strerror(errno)));
   std::string s;
   char buf[65536];
@@ -42,9 +43,31 @@ std::string read_text_file(const std::string& path) {
   while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
   const bool failed = std::ferror(f) != 0;  // a directory, say (EISDIR)
   const int err = errno;
-  std::fclose(f);
-  if (failed) throw Error(cat(path, ": cannot read: ", std::strerror(err)));
+  if (!from_stdin) std::fclose(f);
+  if (failed) throw Error(cat(from_stdin ? "standard input" : path, ": cannot read: ", std::strerror(err)));
   return s;
+}
+
+namespace {
+
+// What a failed write to stdout says: errno's text, or (a failure recorded by an earlier write
+// whose errno is gone) a plain statement.
+WriteError write_error() {
+  return WriteError(errno ? std::strerror(errno) : "an earlier write to stdout failed");
+}
+
+}  // namespace
+
+void write_stdout(const std::string& s) {
+  errno = 0;
+  const bool written = std::fwrite(s.data(), 1, s.size(), stdout) == s.size();
+  // ferror too: a failure of an earlier, unchecked printf is not forgotten by a later write.
+  if (!written || std::fflush(stdout) != 0 || std::ferror(stdout)) throw write_error();
+}
+
+void check_stdout() {
+  errno = 0;
+  if (std::fflush(stdout) != 0 || std::ferror(stdout)) throw write_error();
 }
 
 }  // namespace tova

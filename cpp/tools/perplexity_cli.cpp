@@ -37,7 +37,7 @@ const char* kPplUsage = R"(usage: tova perplexity -m MODEL -f FILE [options]
 Perplexity of the model reading FILE through its fixed-memory KV cache.
 
   -m, --model MODEL      model path or registry name
-  -f, --file FILE        the text
+  -f, --file FILE        the text ('-': standard input)
   -c, --ctx N            window length (llama-perplexity -c N): non-overlapping windows of N
                          tokens, each from an empty cache, scoring predictions N/2 .. N-2
                          (-c 2: 0 .. 0);

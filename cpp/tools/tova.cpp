@@ -1,6 +1,7 @@
 // tova: the command-line program. Subcommands: info, run, chat, perplexity, bench, pull, list,
 // serve (pull, list and serve go through the Python package, which owns the model registry,
 // downloads and the HTTP server).
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -65,8 +66,10 @@ MODEL is a GGUF path or a registry name (see `tova list`).
 run / bench options:
   -m, --model MODEL          model path or name
   -p, --prompt TEXT          prompt (run); -p N prompt tokens (bench, default 512)
-  -f, --file FILE            run: read the prompt from a file (then -p TEXT is appended)
-  -n, --n-predict N          tokens to generate (run: 128; bench: 128)
+  -f, --file FILE            run: read the prompt from a file, '-' for stdin (then -p TEXT is
+                             appended). Special-token text in the prompt (<|im_start|>, <s>...)
+                             is read as the control token, as llama-cli does
+  -n, --n-predict N          tokens to generate (run: 128, -1 = no limit; bench: 128)
   -t, --threads N            compute threads (default: all cores)
       --temp T               run: temperature (0.8; 0 = greedy)
       --top-k K, --top-p P, --min-p P, --repeat-penalty R, --seed S   run: sampling
@@ -101,6 +104,15 @@ run / bench options:
       -d, --depth D          run each test after D tokens of history (llama-bench -d)
   The kernels are the best this CPU runs (tova info); TOVA_CPU_KERNELS=scalar|avx2|avx512 forces
   a lower tier.
+
+exit status:
+  0    success
+  1    a runtime error: a model that cannot be read, a full context in chat, stdout that
+       cannot be written ("tova: write error: ..." on stderr)
+  2    a usage error: an unknown option, a bad value, a missing argument
+  130  interrupted by Ctrl-C (SIGINT)
+  141  stdout's reader went away (SIGPIPE, e.g. `tova run ... | head`)
+  143  terminated (SIGTERM)
 )";
 
 bool is_file(const std::string& p) {
@@ -274,6 +286,16 @@ int cmd_info(const std::vector<std::string>& argv) {
   return 0;
 }
 
+// With original positions, a prompt longer than the model's trained context puts RoPE positions
+// the model never saw: the text degrades quietly, so say it once.
+void warn_past_trained_context(const Engine& engine, size_t n_prompt) {
+  const int n_train = engine.model().hp().n_ctx_train;
+  if (engine.params().positions != PositionsMode::Original || n_prompt <= static_cast<size_t>(n_train)) return;
+  std::fprintf(stderr, "tova: warning: the prompt's %zu tokens run past the model's trained context "
+               "(%d) with --positions original; expect degraded text (--positions cache_index keeps "
+               "positions within it)\n", n_prompt, n_train);
+}
+
 int cmd_run(const std::vector<std::string>& argv) {
   CliArgs a(argv, kValueOpts, kFlags, kAliases);
   if (a.has("--help")) {
@@ -283,12 +305,12 @@ int cmd_run(const std::vector<std::string>& argv) {
   no_positional(a, "run");
   if (!a.has("--prompt") && !a.has("--file"))
     throw ArgumentError("no prompt given (-p PROMPT or -f FILE)");
+  GenerateParams gp;
+  gp.max_tokens = max_tokens_from(a, "--n-predict", 128, 0);  // before the model loads
   std::string prompt = a.str("--prompt", "");
   if (a.has("--file")) prompt = read_text_file(a.str("--file", "")) + prompt;
   const bool echo_prompt = !a.has("--file");
   Engine engine(resolve_model(a.str("--model", "")), engine_params_from(a, "tova"));
-  GenerateParams gp;
-  gp.max_tokens = a.integer("--n-predict", 128);
   gp.ignore_eos = a.has("--ignore-eos");
   gp.sampling.temperature = static_cast<float>(a.number("--temp", gp.sampling.temperature));
   gp.sampling.top_k = a.integer("--top-k", gp.sampling.top_k);
@@ -297,17 +319,17 @@ int cmd_run(const std::vector<std::string>& argv) {
   gp.sampling.repeat_penalty = static_cast<float>(a.number("--repeat-penalty", gp.sampling.repeat_penalty));
   gp.sampling.seed = a.integer64("--seed", gp.sampling.seed);
   gp.sampling.validate();
-  const auto ids = engine.tokenize(prompt, engine.model().tokenizer().add_bos_default(), false);
+  // Special tokens parsed (parse_special), as llama-cli reads -p / -f: a prompt written in the
+  // model's own chat format (<|im_start|>...) means its control tokens, not their spelling.
+  const auto ids = engine.tokenize(prompt, engine.model().tokenizer().add_bos_default(), true);
   g_cancel.store(&engine.cancel_requested);
   std::signal(SIGINT, on_sigint);
   Generation g(engine, ids, gp);
-  if (echo_prompt) std::fputs(prompt.c_str(), stdout);
-  std::fflush(stdout);
+  warn_past_trained_context(engine, ids.size());  // (once it is accepted: a refusal says enough)
+  if (echo_prompt) write_stdout(prompt);
   while (!g.finished()) {
     if (g_interrupted) g.cancel();
-    std::string piece = g.next();
-    std::fputs(piece.c_str(), stdout);
-    std::fflush(stdout);
+    write_stdout(g.next());  // a failed write ends the generation (the Generation cancels)
   }
   const Stats s = g.stats();
   std::fprintf(stderr,
@@ -320,36 +342,63 @@ int cmd_run(const std::vector<std::string>& argv) {
   return g.finish_reason() == FinishReason::Cancelled ? 130 : 0;
 }
 
-}  // namespace
+// A program started with fd 0, 1 or 2 closed (`tova run ... >&-`) would give that number to the
+// next file it opens (the model, a /save file), and text meant for stdout would go there. Each
+// closed one is held by /dev/null opened the wrong way round (as gnulib's stdopen does): using it
+// fails with EBADF, so a closed stdout is a write error like any other.
+void hold_closed_std_fds() {
+  for (int fd = 0; fd <= 2; ++fd) {
+    if (::fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
+    const int got = ::open("/dev/null", fd == 0 ? O_WRONLY : O_RDONLY);
+    if (got >= 0 && got != fd) {
+      ::dup2(got, fd);
+      ::close(got);
+    }
+  }
+}
 
-int main(int argc, char** argv) {
-  std::vector<std::string> args(argv + 1, argv + argc);
+int print_version() {
+  std::printf("tova %s (kernels: %s; cuda: %s)\n", kVersion, kernel_isa(),
+              !cuda_built() ? "not built"
+              : cuda_simulated() ? "simulated on the CPU (a TOVA_CUDA_SIM test build)"
+                                 : cat("built, ", cuda_device_count(), " usable device(s)").c_str());
+  return 0;
+}
+
+// Runs the command args[0] and returns its exit status; errors are thrown for main() to print.
+int run_command(std::vector<std::string> args) {
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
     std::fputs(kUsage, args.empty() ? stderr : stdout);
     return args.empty() ? 2 : 0;
   }
   const std::string cmd = args[0];
   std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (cmd == "--version" || cmd == "version") return print_version();
+  if (cmd == "info") return cmd_info(rest);
+  if (cmd == "run") return cmd_run(rest);
+  if (cmd == "chat") return cmd_chat(rest, resolve_model);
+  if (cmd == "perplexity") return cmd_perplexity(rest, resolve_model);
+  if (cmd == "bench") return cmd_bench(rest, resolve_model);
+  if (cmd == "serve") return run_python_cli("tova.server", rest);
+  if (cmd == "pull" || cmd == "list") {
+    rest.insert(rest.begin(), cmd);
+    return run_models_cli(rest);
+  }
+  std::fprintf(stderr, "tova: unknown command '%s' (see tova --help)\n", cmd.c_str());
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  hold_closed_std_fds();
   try {
-    if (cmd == "--version" || cmd == "version") {
-      std::printf("tova %s (kernels: %s; cuda: %s)\n", kVersion, kernel_isa(),
-                  !cuda_built() ? "not built"
-                  : cuda_simulated() ? "simulated on the CPU (a TOVA_CUDA_SIM test build)"
-                                     : cat("built, ", cuda_device_count(), " usable device(s)").c_str());
-      return 0;
-    }
-    if (cmd == "info") return cmd_info(rest);
-    if (cmd == "run") return cmd_run(rest);
-    if (cmd == "chat") return cmd_chat(rest, resolve_model);
-    if (cmd == "perplexity") return cmd_perplexity(rest, resolve_model);
-    if (cmd == "bench") return cmd_bench(rest, resolve_model);
-    if (cmd == "serve") return run_python_cli("tova.server", rest);
-    if (cmd == "pull" || cmd == "list") {
-      rest.insert(rest.begin(), cmd);
-      return run_models_cli(rest);
-    }
-    std::fprintf(stderr, "tova: unknown command '%s' (see tova --help)\n", cmd.c_str());
-    return 2;
+    const int status = run_command(std::vector<std::string>(argv + 1, argv + argc));
+    check_stdout();  // output that was lost is a failure, whatever the command thought (GNU)
+    return status;
+  } catch (const WriteError& e) {
+    std::fprintf(stderr, "tova: write error: %s\n", e.what());
+    return 1;
   } catch (const ResolverFailed& e) {
     return e.status;
   } catch (const ArgumentError& e) {
