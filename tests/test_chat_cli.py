@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -71,12 +72,75 @@ def test_multiline_message_with_backslash(smollm2_path):
     assert saved["messages"][0] == {"role": "user", "content": "Say hi\nto me"}
 
 
+@pytest.mark.model
+def test_json_commands_print_to_stderr(smollm2_path):
+    """Under --json stdout holds only the replies' JSON lines; /stats, /system, /help print on
+    stderr."""
+    r = run_chat("-m", smollm2_path, "--temp", "0", "-n", "4", "-t", "1", "--json",
+                 stdin="What is 2+2?\n/stats\n/system\n/help\nAnd 3+3?\n")
+    assert r.returncode == 0, r.stderr
+    replies = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(replies) == 2
+    assert "kv occupancy:" in r.stderr and "system: (none" in r.stderr and "commands:" in r.stderr
+
+
+@pytest.mark.model
+def test_piped_lines_starting_with_a_slash_are_messages(smollm2_path, tmp_path):
+    """Piped, a '/' line that names no command (a path) is a message; //text sends /text."""
+    out = tmp_path / "chat.json"
+    r = run_chat("-m", smollm2_path, "--temp", "0", "-n", "4", "-t", "1", "--json",
+                 stdin=f"/usr/bin is a folder. What is in it?\n//stats\n/save {out}\n")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 2
+    users = [m["content"] for m in json.loads(out.read_text())["messages"] if m["role"] == "user"]
+    assert users == ["/usr/bin is a folder. What is in it?", "/stats"]
+
+
+@pytest.mark.model
+def test_piped_sigint_ends_the_program(smollm2_path, tmp_path):
+    """SIGINT to a piped chat ends it with 130 once the reply so far is printed; the next
+    messages are not answered."""
+    messages = tmp_path / "messages.txt"
+    messages.write_text("".join(f"Write a very long essay about the history of {x}.\n"
+                                for x in ("Rome", "Greece", "Egypt")))
+    with open(messages) as stdin:
+        p = subprocess.Popen([str(binary()), "chat", "-m", str(smollm2_path), "--temp", "0", "-n", "400",
+                              "-t", "1"], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=dict(os.environ, TOVA_PYTHON=sys.executable))
+    os.read(p.stdout.fileno(), 20)  # the first reply is streaming
+    p.send_signal(signal.SIGINT)
+    try:
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err  # (it used to stop that reply only, answer the rest, exit 0)
+
+
+@pytest.mark.model
+def test_a_full_context_is_a_runtime_error(smollm2_path):
+    """A message that no longer fits the full policy's context exits 1 (2 is for usage)."""
+    r = run_chat("-m", smollm2_path, "--temp", "0", "-n", "64", "-t", "1", "--policy", "full", "--ctx", "64",
+                 stdin="Tell me a long story about dragons.\nAnd another one.\n")
+    assert r.returncode == 1 and "exceed n_ctx 64" in r.stderr, r.stderr
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_a_full_disk_is_a_write_error(smollm2_path, json_mode):
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([str(binary()), "chat", "-m", str(smollm2_path), "-n", "4", "-t", "1",
+                            *(["--json"] if json_mode else [])], input="Hi\nHi again\n", stdout=full,
+                           stderr=subprocess.PIPE, text=True, timeout=120,
+                           env=dict(os.environ, TOVA_PYTHON=sys.executable))
+    assert r.returncode == 1 and r.stderr.endswith("tova: write error: No space left on device\n"), r.stderr
+
+
 @pytest.mark.parametrize("args, rc, message", [
     (["-m", "/nonexistent/model.gguf"], 1, "is not an existing file"),
     (["--bogus"], 2, "unknown option --bogus"),
     ([], 2, "no model given"),
     (["-m", "x.gguf", "--chat-format", "vicuna"], 2, "unknown chat format 'vicuna'"),
-    (["-m", "x.gguf", "-n", "0"], 2, "--max-tokens must be at least 1"),
+    (["-m", "x.gguf", "-n", "0"], 2, "option -n must be at least 1, or -1 for no limit; got 0"),
 ])
 def test_errors_are_one_clear_line(args, rc, message):
     r = run_chat(*args)
@@ -211,6 +275,12 @@ def test_chat_in_a_terminal(tmux_chat):
     t.send("End")
     t.send("Enter")
     t.wait_for(lambda s: "commands:" in s and at_prompt(s), what="/help")
+
+    # At the terminal a mistyped command is refused, not sent to the model.
+    t.type("/hepl")
+    t.send("Enter")
+    t.wait_for(lambda s: "unknown command '/hepl' (see /help; //text sends /text)" in s and at_prompt(s),
+               what="an unknown command refused")
 
     # Ctrl-C at the prompt throws the line away.
     t.type("this is never sent")

@@ -29,14 +29,22 @@ const char* kChatUsage = R"(usage: tova chat -m MODEL [options]
 
 Chat with a local model; the conversation lives in a fixed-memory KV store (the policy evicts as
 it grows, so memory never grows). With stdin piped, each input line is one message and the
-replies are printed plainly (--json: one JSON object per reply).
+replies are printed plainly (--json: one JSON object per reply). Piped, a line that starts with
+'/' but names no command below is sent as a message; Ctrl-C (SIGINT) ends the program with exit
+status 130 after the reply so far is printed.
+
+--json: stdout carries only the replies' JSON lines; what commands print (/stats, /help,
+/system) goes to stderr, as do notes.
+
+exit status: 0 at the end of input or /quit; 1 a runtime error (a message that does not fit a
+full context, a write error); 2 a bad option; 130 Ctrl-C while piped.
 
 options:
   -m, --model MODEL          model path or registry name
       --system TEXT          system prompt
       --keep-system          pin the system prompt: its tokens are never evicted
       --chat-format NAME     chatml, gemma or llama3 (default: from the model's template)
-  -n, --max-tokens N         most tokens per reply (default 512)
+  -n, --max-tokens N         most tokens per reply (default 512; -1: no limit)
       --json                 print one JSON object per reply
   -t, --threads N            compute threads (default: all cores)
       --temp T               temperature (default 0.8; 0 = greedy)
@@ -55,7 +63,9 @@ const char* kCommandHelp = R"(commands:
   /save FILE      write the conversation to FILE as JSON
   /help           this list
   /quit           leave (Ctrl-D too)
-A line ending in \ continues on the next line. Ctrl-C stops a reply; at the prompt it clears the line.
+A line ending in \ continues on the next line; //text sends /text as a message. At the terminal
+an unknown /command is refused (a typo is not sent); piped, it is sent as a message. Ctrl-C stops
+a reply; at the prompt it clears the line.
 )";
 
 const std::set<std::string> kValueOpts = {
@@ -69,13 +79,17 @@ const std::map<std::string, std::string> kAliases = {
     {"-s", "--seed"}, {"-h", "--help"}};
 
 // Signal handler state: the handler can only reach globals. g_cancel points at the engine's
-// cancel flag while a chat runs; g_replying tells whether a reply is being generated.
+// cancel flag while a chat runs; g_replying tells whether a reply is being generated;
+// g_quit that a piped chat was interrupted (it ends once the reply so far is printed).
 std::atomic<std::atomic<bool>*> g_cancel{nullptr};
 volatile std::sig_atomic_t g_replying = 0;
 volatile std::sig_atomic_t g_interactive = 0;
+volatile std::sig_atomic_t g_quit = 0;
 
 void on_sigint(int) {
   if (g_replying) {
+    // At the terminal Ctrl-C stops this reply only; a script's SIGINT means the whole program.
+    if (!g_interactive) g_quit = 1;
     if (std::atomic<bool>* c = g_cancel.load()) c->store(true);
   } else if (!g_interactive) {
     // Piped and between replies: Ctrl-C ends the program as usual.
@@ -120,8 +134,7 @@ std::string trim(const std::string& s) {
 
 GenerateParams generate_params(const CliArgs& a) {
   GenerateParams gp;
-  gp.max_tokens = a.integer("--max-tokens", 512);
-  if (gp.max_tokens < 1) throw ArgumentError(cat("--max-tokens must be at least 1, got ", gp.max_tokens));
+  gp.max_tokens = max_tokens_from(a, "--max-tokens", 512, 1);
   SamplingParams& s = gp.sampling;
   s.temperature = static_cast<float>(a.number("--temp", s.temperature));
   s.top_k = a.integer("--top-k", s.top_k);
@@ -136,7 +149,8 @@ GenerateParams generate_params(const CliArgs& a) {
 class ChatProgram {
  public:
   ChatProgram(Engine& engine, ChatSession& chat, GenerateParams gp, bool json, bool interactive)
-      : engine_(engine), chat_(chat), gp_(std::move(gp)), json_(json), interactive_(interactive) {}
+      : engine_(engine), chat_(chat), gp_(std::move(gp)), json_(json), interactive_(interactive),
+        command_out_(json ? stderr : stdout) {}
 
   // Runs until end of input or /quit.
   int run(LineEditor& ed);
@@ -144,8 +158,11 @@ class ChatProgram {
  private:
   enum class Read { Message, Interrupted, End };
   Read read_message(LineEditor& ed, std::string& msg);
+  bool turn(const std::string& msg);  // false: quit
+  bool is_command(const std::string& msg) const;
   bool command(const std::string& line);  // false: quit
   void reply(const std::string& msg);
+  void print_reply_end(const std::string& text);
   void print_stats();
   void save(const std::string& path);
   void note(const std::string& text);  // a remark for the person at the terminal
@@ -155,8 +172,16 @@ class ChatProgram {
   ChatSession& chat_;
   GenerateParams gp_;
   bool json_, interactive_;
+  // What commands print: stdout, but stderr under --json, whose stdout holds JSON lines only.
+  FILE* command_out_;
   bool have_reply_ = false;
 };
+
+const std::set<std::string> kCommands = {"/quit", "/exit", "/help", "/reset", "/stats", "/system", "/save"};
+
+std::string command_name(const std::string& line) {
+  return line.substr(0, line.find_first_of(" \t\n"));
+}
 
 void ChatProgram::note(const std::string& text) {
   std::fprintf(stderr, "%s\n", text.c_str());
@@ -189,17 +214,36 @@ int ChatProgram::run(LineEditor& ed) {
     if (trim(msg).empty()) continue;
     ed.add_history(msg);
     try {
-      if (msg[0] == '/') {
-        if (!command(trim(msg))) return 0;
-      } else {
-        reply(msg);
-      }
+      if (!turn(msg)) return 0;
+    } catch (const WriteError&) {
+      throw;  // stdout is gone: nothing more can be said there
     } catch (const std::exception& e) {
-      if (!interactive_) throw;  // a script should see the failure in the exit status
+      // A script should see the failure in the exit status: a runtime one (1), whatever its
+      // type, since the command line was fine (2 is for that).
+      if (!interactive_) throw Error(e.what());
       std::fflush(stdout);
       std::fprintf(stderr, "tova: error: %s\n", e.what());
     }
+    if (g_quit) return 130;  // Ctrl-C during a piped reply
   }
+}
+
+// A command, or a message: "//text" sends "/text"; piped, a line that starts with '/' but
+// names no command (a path, say) is a message too.
+bool ChatProgram::turn(const std::string& msg) {
+  if (msg.rfind("//", 0) == 0) {
+    reply(msg.substr(1));
+    return true;
+  }
+  if (is_command(msg)) return command(trim(msg));
+  reply(msg);
+  return true;
+}
+
+// At the terminal every /word is a command (a mistyped one is refused, not sent to the model).
+bool ChatProgram::is_command(const std::string& msg) const {
+  if (msg[0] != '/') return false;
+  return interactive_ || kCommands.count(command_name(trim(msg))) > 0;
 }
 
 void ChatProgram::reply(const std::string& msg) {
@@ -213,10 +257,7 @@ void ChatProgram::reply(const std::string& msg) {
         const std::string piece = gen->next();
         if (piece.empty()) continue;
         text += piece;
-        if (!json_) {
-          std::fwrite(piece.data(), 1, piece.size(), stdout);
-          std::fflush(stdout);
-        }
+        if (!json_) write_stdout(piece);  // a failed write ends the reply (and the chat)
       }
     } catch (...) {
       chat_.finish_reply(*gen, text);  // keeps the session usable; it notices the reset sequence
@@ -226,6 +267,12 @@ void ChatProgram::reply(const std::string& msg) {
   chat_.finish_reply(*gen, text);
   have_reply_ = true;
   last_ = gen->stats();
+  print_reply_end(text);
+}
+
+// The reply's JSON line (--json), or the line break after its streamed text; then, at the
+// terminal, a note when it was cut short.
+void ChatProgram::print_reply_end(const std::string& text) {
   const Stats& s = last_;
   if (json_) {
     std::printf("{\"role\": \"assistant\", \"content\": %s, \"finish_reason\": \"%s\", "
@@ -239,7 +286,7 @@ void ChatProgram::reply(const std::string& msg) {
   } else {
     std::fputs(interactive_ ? "\n\n" : "\n", stdout);
   }
-  std::fflush(stdout);
+  check_stdout();  // flushed for the reader; a lost reply ends the chat as a write error
   if (interactive_ && s.finish == FinishReason::Cancelled) note("[reply stopped]");
   if (interactive_ && s.finish == FinishReason::Length)
     note(s.completion_tokens < gp_.max_tokens
@@ -249,11 +296,11 @@ void ChatProgram::reply(const std::string& msg) {
 
 bool ChatProgram::command(const std::string& line) {
   const size_t sp = line.find_first_of(" \t\n");
-  const std::string name = line.substr(0, sp);
+  const std::string name = command_name(line);
   const std::string arg = sp == std::string::npos ? "" : trim(line.substr(sp));
   if (name == "/quit" || name == "/exit") return false;
   if (name == "/help") {
-    std::fputs(kCommandHelp, stdout);
+    std::fputs(kCommandHelp, command_out_);
   } else if (name == "/reset") {
     chat_.reset();
     have_reply_ = false;
@@ -263,7 +310,7 @@ bool ChatProgram::command(const std::string& line) {
   } else if (name == "/system") {
     if (arg.empty()) {
       const std::string& d = chat_.format().default_system;
-      std::printf("system: %s\n", !chat_.system().empty() ? chat_.system().c_str()
+      std::fprintf(command_out_, "system: %s\n", !chat_.system().empty() ? chat_.system().c_str()
                                   : d.empty() ? "(none)" : cat("(none; the template adds: ", d, ")").c_str());
     } else {
       chat_.set_system(arg);
@@ -273,9 +320,9 @@ bool ChatProgram::command(const std::string& line) {
     if (arg.empty()) throw ArgumentError("/save needs a file name");
     save(arg);
   } else {
-    throw ArgumentError(cat("unknown command '", name, "' (see /help)"));
+    throw ArgumentError(cat("unknown command '", name, "' (see /help; //text sends /text)"));
   }
-  std::fflush(stdout);
+  check_stdout();  // flushed for the reader; a command's output lost is a write error too
   return true;
 }
 
@@ -294,32 +341,33 @@ void ChatProgram::print_stats() {
     g.evicted += L.n_evicted;
     g.n++;
   }
-  auto line = [](const char* what, const Group& g) {
-    std::printf("kv occupancy: %s%d layers hold %d..%d of %d tokens (%.0f%% full), %lld evicted\n",
+  FILE* out = command_out_;
+  auto line = [out](const char* what, const Group& g) {
+    std::fprintf(out, "kv occupancy: %s%d layers hold %d..%d of %d tokens (%.0f%% full), %lld evicted\n",
                 what, g.n, g.min, g.max, g.capacity, g.capacity ? 100.0 * g.max / g.capacity : 0.0,
                 static_cast<long long>(g.evicted));
   };
   if (global.n) line(sliding.n ? "global: " : "", global);
   if (sliding.n) line("sliding-window: ", sliding);
   const ChatCounters& c = chat_.counters();
-  std::printf("tokens so far: %lld in the sequence; %lld prompt tokens fed over %lld turns "
+  std::fprintf(out, "tokens so far: %lld in the sequence; %lld prompt tokens fed over %lld turns "
               "(last turn %lld), %lld full re-reads\n",
               static_cast<long long>(engine_.n_past()), static_cast<long long>(c.fed_tokens),
               static_cast<long long>(c.turns), static_cast<long long>(c.last_fed_tokens),
               static_cast<long long>(c.full_refeeds));
   const bool full = std::string(engine_.policy_name()) == "full";
-  std::printf("evictions: %lld | kv memory: %s (fixed) | policy %s, %s %d%s\n",
+  std::fprintf(out, "evictions: %lld | kv memory: %s (fixed) | policy %s, %s %d%s\n",
               static_cast<long long>(engine_.evictions()), format_bytes(engine_.kv_bytes()).c_str(),
               engine_.policy_name(), full ? "n_ctx" : "kv_size",
               full ? engine_.params().n_ctx : engine_.params().kv_size,
               chat_.pinned_tokens() ? cat(", ", chat_.pinned_tokens(), " system tokens pinned").c_str() : "");
   if (have_reply_) {
     const Stats& s = last_;
-    std::printf("last reply: %lld tokens, %.1f tokens/s (prompt %lld tokens, %.1f tokens/s), finish %s\n",
+    std::fprintf(out, "last reply: %lld tokens, %.1f tokens/s (prompt %lld tokens, %.1f tokens/s), finish %s\n",
                 static_cast<long long>(s.completion_tokens), s.generation_tps(),
                 static_cast<long long>(s.prompt_tokens), s.prompt_tps(), finish_reason_name(s.finish));
   } else {
-    std::printf("last reply: none yet\n");
+    std::fprintf(out, "last reply: none yet\n");
   }
 }
 
