@@ -142,6 +142,21 @@ def test_completion_equals_engine(server: Server, engine: tova.Engine) -> None:
 
 
 @pytest.mark.model
+def test_completion_prompt_reads_control_tokens(server: Server, engine: tova.Engine) -> None:
+    """A text prompt's control-token text is those tokens (as llama.cpp's server reads it), and
+    the echo of a token-id prompt shows their text: echo + completion reads back as the prompt."""
+    prompt = "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    ids = engine.tokenize(prompt, special=True)
+    assert len(ids) < len(engine.tokenize(prompt))
+    r = server.post("/v1/completions", {"prompt": prompt, "max_tokens": 8, "temperature": 0}).json()
+    assert r["usage"]["prompt_tokens"] == len(ids)
+    assert r["choices"][0]["text"] == engine.submit(ids, max_tokens=8, **GREEDY).result()
+    echoed = server.post("/v1/completions", {"prompt": ids, "max_tokens": 8, "temperature": 0,
+                                             "echo": True}).json()
+    assert echoed["choices"][0]["text"] == prompt + r["choices"][0]["text"]
+
+
+@pytest.mark.model
 def test_chat_and_stream_equal_engine(server: Server, engine: tova.Engine) -> None:
     messages = [{"role": "system", "content": "You are terse."},
                 {"role": "user", "content": "Name three colours."}]
@@ -214,6 +229,37 @@ def test_chat_logprobs(server: Server, engine: tova.Engine) -> None:
 
 
 @pytest.mark.model
+def test_chat_logprobs_end_with_the_content(server: Server, engine: tova.Engine) -> None:
+    """Cut by a stop string, the content has logprobs for its own tokens only (not the stop
+    string's), streamed or not; usage still counts every token generated."""
+    messages = [{"role": "user", "content": "Name three colours."}]
+    h = engine.submit(_chat_ids(engine, messages), max_tokens=30, **GREEDY)
+    text = h.result()
+    toks = h.tokens
+    pieces = [engine.detokenize([t]) for t in toks]
+    assert "".join(pieces).startswith(text)
+    # A stop string that begins where token k begins (its first occurrence in the answer).
+    k = next(k for k in range(len(toks) // 2, len(toks) - 2)
+             if "".join(pieces[k:k + 2]).strip() and
+             text.find("".join(pieces[k:k + 2])) == len("".join(pieces[:k])))
+    stop = "".join(pieces[k:k + 2])
+    body = {"model": MODEL_ID, "messages": messages, "max_tokens": 30, "temperature": 0,
+            "logprobs": True, "stop": [stop]}
+    r = server.post("/v1/chat/completions", body).json()
+    choice = r["choices"][0]
+    assert choice["message"]["content"] == "".join(pieces[:k])
+    assert [e["token"] for e in choice["logprobs"]["content"]] == pieces[:k]
+    assert r["usage"]["completion_tokens"] == k + 2  # the stop string's tokens were generated
+    streamed = server.post("/v1/chat/completions", dict(body, stream=True))
+    entries = []
+    for line in streamed.text.splitlines():
+        if line.startswith("data: {"):
+            for c in json.loads(line[6:])["choices"]:
+                entries.extend((c["logprobs"] or {}).get("content") or [])
+    assert [e["token"] for e in entries] == pieces[:k]
+
+
+@pytest.mark.model
 def test_n_choices_and_seeds(server: Server, engine: tova.Engine) -> None:
     messages = [{"role": "user", "content": "Tell me a word."}]
     kw = dict(model=MODEL_ID, messages=messages, max_tokens=8, temperature=1.0, seed=7, n=2)
@@ -281,6 +327,12 @@ def test_usage_of_several_prompts_streamed_or_not(server: Server, engine: tova.E
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": -100}},
      400, "logit_bias"),
     ("/v1/completions", {"prompt": "def f(", "suffix": "\nprint(f())"}, 400, "suffix"),
+    ("/v1/completions", {"prompt": "x", "logprobs": 0}, 400, "logprobs"),  # (OpenAI: the sampled ones)
+    ("/v1/completions", {"prompt": "x", "best_of": 2}, 400, "best_of"),
+    ("/v1/completions", {"prompt": "x", "n": 2, "best_of": 1}, 400, "best_of"),  # best_of < n
+    ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role"),
+    ("/v1/completions", {"prompt": "x", "stream_options": {"include_usage": True}}, 400, "stream_options"),
+    ("/v1/completions", {"prompt": ""}, 400, "prompt"),  # (the model adds no BOS to start from)
 ])
 def test_bad_requests(server: Server, path: str, body: Any, status: int, param: Optional[str]) -> None:
     r = server.post(path, body)
@@ -300,8 +352,27 @@ def test_off_values_of_unsupported_fields_pass(server: Server) -> None:
             "tool_choice": "none", "response_format": {"type": "text"}, "logit_bias": {}}
     r = server.post("/v1/chat/completions", body)
     assert r.status_code == 200, r.text
-    r = server.post("/v1/completions", {"prompt": "hi", "max_tokens": 2, "suffix": None})
+    r = server.post("/v1/completions", {"prompt": "hi", "max_tokens": 2, "suffix": None,
+                                        "best_of": 1, "logprobs": None, "stream_options": None})
     assert r.status_code == 200, r.text
+    codes = {"unsupported_parameter": {"prompt": "hi", "best_of": 3},
+             "invalid_value": {"prompt": "hi", "best_of": 2, "n": 3}}  # (best_of < n, as OpenAI)
+    for code, bad in codes.items():
+        err = server.post("/v1/completions", bad).json()["error"]
+        assert (err["code"], err["type"]) == (code, "invalid_request_error")
+
+
+@pytest.mark.model
+def test_empty_prompt_starts_from_bos(gemma3_path: Path) -> None:
+    """``prompt: ""`` generates from the beginning-of-sequence token of a model that adds one
+    (llama-cpp-python); smollm2 adds none: a 400 (test_bad_requests)."""
+    s = Server(gemma3_path, "--n-seq", "1", "--kv-size", "64")
+    try:
+        r = s.post("/v1/completions", {"prompt": "", "max_tokens": 2, "temperature": 0})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["prompt_tokens"] == 1
+    finally:
+        s.stop()
 
 
 @pytest.mark.model
@@ -377,6 +448,34 @@ def test_unknown_fields_ignored_and_tova_fields(server: Server, engine: tova.Eng
     r = server.post("/v1/completions", body)
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["text"] == engine.submit("Once upon a time", max_tokens=6, **GREEDY).result()
+
+
+@pytest.mark.model
+def test_policy_full_takes_n_ctx(smollm2_path: Path) -> None:
+    """--policy full keeps --n-ctx tokens (-c, llama-server's --ctx-size), not --kv-size: the
+    banner and /metrics say so, and a longer prompt is a 400 naming --n-ctx."""
+    from tova.server import create_app
+    from tova.server.cli import build_parser
+
+    for flag in ("-c", "--n-ctx", "--ctx-size"):
+        assert build_parser().parse_args(["-m", "x", flag, "128"]).n_ctx == 128
+    with tova.Engine(smollm2_path, policy="full", n_ctx=64, n_seq=1, n_threads=1) as e:
+        app = create_app(e)  # the default prompt limit is what the cache takes
+        assert app.state.service.config.max_prompt_tokens == 64
+        app.state.service.close()
+    s = Server(smollm2_path, "--n-seq", "1", "--policy", "full", "-c", "64", "--kv-size", "256")
+    try:
+        assert s.metrics()["tova_kv_size"] == 64
+        r = s.post("/v1/completions", {"prompt": "word " * 100, "max_tokens": 2})
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert (err["code"], err["param"]) == ("context_length_exceeded", "prompt")
+        assert "--n-ctx" in err["message"] and "64" in err["message"]
+        assert s.post("/v1/completions", {"prompt": "word " * 20, "max_tokens": 2}).status_code == 200
+    finally:
+        s.stop()
+    out = s.proc.stdout.read() if s.proc.stdout else ""
+    assert "n_ctx 64" in out and "kv_size 256" not in out, out
 
 
 @pytest.mark.model
@@ -466,6 +565,32 @@ def test_metrics_text(server: Server) -> None:
         assert name in m
     assert m["tova_kv_bytes"] > 0
     assert any(k.startswith('tova_requests_total{endpoint="/v1/chat/completions"') for k in m)
+
+
+@pytest.mark.model
+def test_disconnected_client_counted_499(server: Server) -> None:
+    """A non-streamed request whose client went away is cancelled and counted as 499 (nginx's
+    "client closed request"), not as an answer the client got (200)."""
+    key = '/v1/chat/completions",status="{}"}}'.format
+    m = server.metrics()
+    before = {k: v for k, v in m.items() if k.startswith("tova_requests_total")}
+    body = json.dumps({"messages": [{"role": "user", "content": "Count to 1000."}],
+                       "max_tokens": 3000, "ignore_eos": True}).encode()
+    with socket.create_connection((HOST, server.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        assert _wait_active(server, 1) == 1
+    deadline = time.time() + 10
+    while True:
+        m = server.metrics()
+        after = {k: v for k, v in m.items() if k.startswith("tova_requests_total")}
+        gone = sum(v - before.get(k, 0) for k, v in after.items() if k.endswith(key(499)))
+        if gone or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert gone == 1, after
+    assert [v for k, v in after.items() if k.endswith(key(200))] == \
+        [v for k, v in before.items() if k.endswith(key(200))]
 
 
 # ---- a conversation far longer than kv_size ---------------------------------------------------------

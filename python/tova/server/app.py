@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..engine import Engine
 from .errors import APIError, error_body
 from .routes import router
-from .service import ServeConfig, Service
+from .service import ServeConfig, Service, default_max_prompt_tokens
 
 __all__ = ["create_app", "ServeConfig"]
 
@@ -92,7 +92,8 @@ def create_app(engine: Engine, config: Optional[ServeConfig] = None) -> FastAPI:
     Args:
         engine: the model; its ``n_seq`` sequences run the requests side by side.
         config: the model name clients use, the queue bound, the prompt limit and the API key
-            (default: the engine's model name, a queue of 64, 32768 prompt tokens, no key).
+            (default: the engine's model name, a queue of 64, 32768 prompt tokens or the
+            ``n_ctx`` of policy ``full`` if less, no key).
 
     The app's ``state.service`` is the :class:`Service`; closing the app (its lifespan's end)
     cancels what still runs. The engine is the caller's to close.
@@ -102,7 +103,8 @@ def create_app(engine: Engine, config: Optional[ServeConfig] = None) -> FastAPI:
     if config is not None and not isinstance(config, ServeConfig):
         raise TypeError(f"config must be a tova.server.ServeConfig, got {type(config).__name__}")
     if config is None:
-        config = ServeConfig(model_id=engine.model_info.get("name") or engine.path)
+        config = ServeConfig(model_id=engine.model_info.get("name") or engine.path,
+                             max_prompt_tokens=default_max_prompt_tokens(engine))
     service = Service(engine, config)
 
     from contextlib import asynccontextmanager

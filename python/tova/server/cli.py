@@ -33,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="sequences decoded together (default 8)")
     seqs.add_argument("--kv-budget", default=None,
                       help="bytes for all KV stores ('256MiB'): as many sequences as fit")
-    p.add_argument("--kv-size", type=int, default=512, help="tokens kept per layer and sequence")
+    p.add_argument("--kv-size", type=int, default=None,
+                   help="tokens kept per layer and sequence by an evicting policy (default 512)")
+    p.add_argument("-c", "--n-ctx", "--ctx-size", dest="n_ctx", type=int, default=None,
+                   help="with --policy full: the tokens each sequence's cache holds, the longest "
+                        "prompt plus answer (default 2048; llama-server's --ctx-size)")
     p.add_argument("--policy", default="tova", help="tova (default), tova_ema, h2o, sink, window, full")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
     p.add_argument("--kv-type", default=None, help="KV element type: f16 (default), q8_0, q5_1, q4_1, ... or K/V "
@@ -46,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu (default) or cuda (a build with the CUDA backend)")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for a sequence; more are answered 429 (default 64)")
-    p.add_argument("--max-prompt-tokens", type=int, default=32768,
-                   help="longest prompt accepted per request, 0 = no limit (default 32768)")
+    p.add_argument("--max-prompt-tokens", type=int, default=None,
+                   help="longest prompt accepted per request, 0 = no limit (default 32768, or "
+                        "--n-ctx with --policy full if less)")
     p.add_argument("--max-body-bytes", type=int, default=8 << 20,
                    help="largest request body accepted; larger ones are answered 413 (default 8 MiB)")
     p.add_argument("--max-connections", type=int, default=1024,
@@ -80,10 +85,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"tova serve needs the server extra: pip install 'tova[server]' ({e})", file=sys.stderr)
         return 1
     from ..engine import Engine
-    from .service import ServeConfig
+    from .service import ServeConfig, cache_tokens, default_max_prompt_tokens
 
     n_seq = args.n_seq if args.n_seq is not None or args.kv_budget is not None else 8
-    for name in ("n_seq", "kv_size", "threads", "max_queue", "max_prompt_tokens", "max_tokens",
+    for name in ("n_seq", "kv_size", "n_ctx", "threads", "max_queue", "max_prompt_tokens", "max_tokens",
                  "max_body_bytes", "max_connections"):
         v = getattr(args, name)
         if v is not None and v < (0 if name in ("max_queue", "max_prompt_tokens") else 1):
@@ -92,18 +97,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     k, _, v = (args.kv_type or "").partition("/")
     try:
         engine = Engine(args.model, n_seq=n_seq, kv_budget=args.kv_budget, kv_size=args.kv_size,
-                        policy=args.policy, n_threads=args.threads, device=args.device,
+                        n_ctx=args.n_ctx, policy=args.policy, n_threads=args.threads, device=args.device,
                         kv_type_k=k or None, kv_type_v=v or k or None, kv_lo_type=args.kv_lo_type,
                         kv_hi_size=args.kv_hi_size)
     except (ValueError, TypeError, RuntimeError, OSError) as e:
         print(f"tova serve: {e}", file=sys.stderr)
         return 2
+    cache, size = cache_tokens(engine)
+    if cache == "n_ctx" and args.kv_size is not None:
+        print("tova serve: --kv-size is not used by --policy full (its cache holds --n-ctx tokens)",
+              file=sys.stderr)
+    max_prompt = (default_max_prompt_tokens(engine) if args.max_prompt_tokens is None
+                  else args.max_prompt_tokens)
     config = ServeConfig(model_id=args.model_id or _model_id(args.model), max_queue=args.max_queue,
-                         max_prompt_tokens=args.max_prompt_tokens, api_key=args.api_key or None,
+                         max_prompt_tokens=max_prompt, api_key=args.api_key or None,
                          default_max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes,
                          cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()))
     app = create_app(engine, config)
-    print(f"tova serve: {config.model_id} ({engine.n_seq} sequences, kv_size {engine.kv_size}, "
+    print(f"tova serve: {config.model_id} ({engine.n_seq} sequences, {cache} {size}, "
           f"KV {engine.kv_bytes / 2**20:.1f} MiB) on http://{args.host}:{args.port}/v1",
           file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,

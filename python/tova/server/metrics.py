@@ -78,7 +78,10 @@ class Metrics:
                 ("tova_kv_evictions_total",
                  "KV evictions in the sequences of finished generations.", self.evictions),
             ]
-        metric("tova_requests_total", "counter", "HTTP requests answered, by endpoint and status.",
+        metric("tova_requests_total", "counter",
+               "HTTP requests answered, by endpoint and status (499: the client closed the "
+               "connection before its answer, nginx's 'client closed request'; its generation "
+               "was cancelled).",
                [(f'{{endpoint="{e}",status="{s}"}}', n) for (e, s), n in reqs])
         for name, help, value in counters:
             metric(name, "counter", help, [("", value)])

@@ -1,9 +1,12 @@
 """The endpoints: /v1/models, /v1/completions, /v1/chat/completions, /health, /metrics.
 
 Each request is stateless (a chat sends its whole conversation every time): its prompt is
-rendered with the model's chat template (:mod:`tova.chat`), tokenized with special tokens parsed,
-and every choice runs in its own engine sequence. ``usage.prompt_tokens`` is the tokens read;
-the fixed-memory KV store evicts, so a conversation longer than ``kv_size`` still gets answers.
+rendered with the model's chat template (:mod:`tova.chat`), tokenized with special tokens parsed
+(a completion's text prompt too, as llama.cpp's server reads it: ``<|im_start|>`` is that
+token), and every choice runs in its own engine sequence. ``usage.prompt_tokens`` is the tokens
+read, ``usage.completion_tokens`` the tokens generated (a stop string's too; not the end-of-turn
+token); the fixed-memory KV store evicts, so a conversation longer than ``kv_size`` still gets
+answers (policy ``full`` does not: a prompt longer than its ``n_ctx`` is a 400).
 """
 from __future__ import annotations
 
@@ -111,31 +114,37 @@ def _check_model(service: Service, s: Sampling) -> str:
 
 
 def _check_prompt(service: Service, ids: List[int], param: str, n: Optional[int] = None) -> None:
-    """An empty prompt, or one longer than ``max_prompt_tokens`` (``n`` tokens where the ids
-    were not kept), is a 400 naming ``param``."""
+    """An empty prompt, or one longer than the server takes (``max_prompt_tokens``, or the
+    full cache's ``n_ctx``; ``n`` tokens where the ids were not kept), is a 400 naming
+    ``param``."""
     n = len(ids) if n is None else n
     if not n:
-        raise APIError(400, "the prompt is empty: it tokenizes to no tokens", param=param)
-    limit = service.config.max_prompt_tokens
+        bos = "" if service.engine.model_info["add_bos"] else \
+            " (and this model adds no beginning-of-sequence token to start from)"
+        raise APIError(400, f"the prompt is empty: it tokenizes to no tokens{bos}", param=param)
+    limit, option = service.prompt_limit()
     if limit and n > limit:
-        raise APIError(400, f"the prompt has {n} tokens; this server accepts at most {limit} "
-                       "per request (--max-prompt-tokens)", param=param,
+        where = ("this server accepts at most {} per request (--max-prompt-tokens)"
+                 if option == "--max-prompt-tokens" else
+                 "the KV cache of a sequence holds at most {} (policy 'full' never evicts: "
+                 "raise --n-ctx or use an evicting policy)")
+        raise APIError(400, f"the prompt has {n} tokens; " + where.format(limit), param=param,
                        code="context_length_exceeded")
 
 
-async def _tokenize(service: Service, text: str, *, special: bool, param: str) -> List[int]:
-    """``text``'s token ids (with the model's BOS unless ``special``: a rendered chat carries
-    its own), off the event loop; a 400 naming ``param`` for text that is not valid Unicode or
-    is longer than ``max_prompt_tokens`` (then never held as a Python list)."""
+async def _tokenize(service: Service, text: str, *, add_bos: bool, param: str) -> List[int]:
+    """``text``'s token ids, control-token text (``<|im_start|>``) read as those tokens, with
+    the model's BOS first if ``add_bos`` (not for a rendered chat: it carries its own), off the
+    event loop; a 400 naming ``param`` for text that is not valid Unicode or is longer than the
+    server takes (then never held as a Python list)."""
     engine = service.engine
     try:
         _check.text(param, text)
     except ValueError as e:
         raise APIError(400, str(e), param=param, code="invalid_value") from e
-    add_bos = False if special else bool(engine.model_info["add_bos"])
-    limit = service.config.max_prompt_tokens or -1
+    limit = service.prompt_limit()[0] or -1
     n, ids = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: engine._e.tokenize_within(text, add_bos, special, limit))
+        None, lambda: engine._e.tokenize_within(text, add_bos, True, limit))
     _check_prompt(service, ids or [], param, n)
     return list(ids)
 
@@ -144,7 +153,7 @@ def _finish(reason: str) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _logprobs_content(svc: Any, entries: List[Any], drop_final_eog: bool) -> Dict[str, Any]:
+def _logprobs_content(svc: Any, entries: List[Any]) -> Dict[str, Any]:
     """OpenAI's chat ``logprobs`` object for ``(token, logprob, top)`` entries."""
     engine = svc.engine
 
@@ -152,10 +161,22 @@ def _logprobs_content(svc: Any, entries: List[Any], drop_final_eog: bool) -> Dic
         b = engine._e.token_bytes(int(token), True)
         return {"token": b.decode("utf-8", errors="replace"), "logprob": lp, "bytes": list(b)}
 
-    if drop_final_eog and entries and entries[-1][0] in svc.eog_ids:
-        entries = entries[:-1]  # the end-of-turn token is not part of the reply's text
     return {"content": [dict(item(t, lp), top_logprobs=[item(a, b) for a, b in top])
                         for t, lp, top in entries]}
+
+
+def _in_content(svc: Any, entries: List[Any], start: int, end: int) -> Tuple[List[Any], int]:
+    """The leading ``entries`` whose token begins before byte ``end`` of the content, the first
+    beginning at byte ``start``, and where the next one begins. A token partly inside the
+    content stays; those of a stop string (cut from the content) and the end-of-turn token (no
+    text) are left out, as the content has no text of theirs."""
+    kept: List[Any] = []
+    for entry in entries:
+        if start >= end:
+            break
+        kept.append(entry)
+        start += len(svc.engine._e.token_bytes(int(entry[0]), False))  # (the text the content has)
+    return kept, start
 
 
 def _usage(batch: Batch, n: int) -> Dict[str, Any]:
@@ -173,8 +194,10 @@ def _usage(batch: Batch, n: int) -> Dict[str, Any]:
 
 
 async def _collect(request: Request, batch: Batch) -> List[str]:
-    """Waits for every choice's whole text; cancels them if the client goes away."""
+    """Waits for every choice's whole text; cancels them if the client goes away (then a 499,
+    nginx's "client closed request", that no one reads but /metrics counts)."""
     texts = [""] * len(batch.choices)
+    gone = False
 
     async def gather() -> None:
         async for index, piece in batch.events():
@@ -186,8 +209,12 @@ async def _collect(request: Request, batch: Batch) -> List[str]:
         while not task.done():
             await asyncio.wait({task}, timeout=0.5)
             if not task.done() and await request.is_disconnected():
+                gone = True
                 batch.cancel()
         task.result()  # a failed choice raises here
+        if gone:
+            raise APIError(499, "the client closed the connection; the generation was cancelled",
+                           code="client_closed_request")
         return texts
     finally:  # (the server stopping cancels this: the endpoint answers 503, _until_stopped)
         if not task.done():
@@ -288,20 +315,26 @@ async def chat_completions(request: Request) -> Response:
     s = req.sampling
     n = s.n
     svc.check_fits(n, "n")
-    ids = await _tokenize(svc, prompt, special=True, param="messages")
+    ids = await _tokenize(svc, prompt, add_bos=False, param="messages")
     batch = svc.start([ids] * n, s.fields)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     if s.stream:
         started = set()
-        sent = [0] * len(batch.choices)  # logprobs already sent, per choice
+        # Per choice: logprobs sent, the byte where the next one's token begins, content bytes
+        # sent. A token's entry goes with the chunk that completes the text it begins.
+        sent = [0] * len(batch.choices)
+        begins = [0] * len(batch.choices)
+        content = [0] * len(batch.choices)
 
-        def chunk_logprobs(index: int, finish: Optional[str]) -> Optional[Dict[str, Any]]:
+        def chunk_logprobs(index: int, piece: Optional[str]) -> Optional[Dict[str, Any]]:
             if s.logprobs is None:
                 return None
-            new = batch.choices[index].handle.logprobs(sent[index])
+            content[index] += len(piece.encode("utf-8")) if piece else 0
+            new, begins[index] = _in_content(svc, batch.choices[index].handle.logprobs(sent[index]),
+                                             begins[index], content[index])
             sent[index] += len(new)
-            return _logprobs_content(svc, new, finish == "stop")
+            return _logprobs_content(svc, new)
 
         def chunk(index: int, piece: Optional[str], finish: Optional[str]) -> Dict[str, Any]:
             delta: Dict[str, Any] = {}
@@ -313,7 +346,7 @@ async def chat_completions(request: Request) -> Response:
             out: Dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created,
                                    "model": model,
                                    "choices": [{"index": index, "delta": delta,
-                                                "logprobs": chunk_logprobs(index, finish),
+                                                "logprobs": chunk_logprobs(index, piece),
                                                 "finish_reason": finish}]}
             if s.include_usage:
                 out["usage"] = None
@@ -327,13 +360,18 @@ async def chat_completions(request: Request) -> Response:
                                  media_type="text/event-stream", headers=_SSE_HEADERS)
 
     texts = await _collect(request, batch)
+
+    def logprobs(c: Any) -> Optional[Dict[str, Any]]:
+        if s.logprobs is None:
+            return None
+        size = len(texts[c.index].encode("utf-8"))
+        return _logprobs_content(svc, _in_content(svc, c.handle.logprobs(), 0, size)[0])
+
     return JSONResponse({
         "id": rid, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": c.index,
                      "message": {"role": "assistant", "content": texts[c.index]},
-                     "logprobs": (None if s.logprobs is None else
-                                  _logprobs_content(svc, c.handle.logprobs(), c.finish_reason == "stop")),
-                     "finish_reason": _finish(c.finish_reason)}
+                     "logprobs": logprobs(c), "finish_reason": _finish(c.finish_reason)}
                     for c in batch.choices],
         "usage": _usage(batch, n),
     })
@@ -354,7 +392,7 @@ async def completions(request: Request) -> Response:
     prompt_ids: List[List[int]] = []
     for p in req.prompts:
         if isinstance(p, str):
-            ids = await _tokenize(svc, p, special=False, param="prompt")
+            ids = await _tokenize(svc, p, add_bos=bool(engine.model_info["add_bos"]), param="prompt")
         else:
             ids = list(p)
             bad = next((t for t in ids if not 0 <= t < engine.n_vocab), None)
@@ -367,7 +405,9 @@ async def completions(request: Request) -> Response:
     batch = svc.start([ids for ids in prompt_ids for _ in range(n)],
                       lambda k: s.fields(k % n))
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-    echo = [p if isinstance(p, str) else engine.detokenize(p) for p in req.prompts] if req.echo else None
+    # (a token-id prompt with its control tokens' text: echo + completion reads back as the prompt)
+    echo = ([p if isinstance(p, str) else engine.detokenize(p, special=True) for p in req.prompts]
+            if req.echo else None)
 
     if s.stream:
         echoed = set()

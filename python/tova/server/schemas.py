@@ -1,8 +1,10 @@
 """The request bodies of the OpenAI endpoints, checked by hand so that every mistake gets a 400
 naming the field (OpenAI's shapes: https://platform.openai.com/docs/api-reference).
 
-Fields tova does not know are ignored, as OpenAI-compatible servers do. Besides OpenAI's sampling
-fields, tova's own ``top_k``, ``min_p``, ``repeat_penalty`` and ``ignore_eos`` (generate
+Fields tova does not know are ignored, as OpenAI-compatible servers do; so are
+llama-cpp-python's own (``grammar``, ``mirostat_mode``, ``typical_p``, ...). OpenAI's fields that
+would change the answer and are not implemented are refused (``_unsupported``). Besides OpenAI's
+sampling fields, tova's own ``top_k``, ``min_p``, ``repeat_penalty`` and ``ignore_eos`` (generate
 all ``max_tokens`` tokens) are accepted. Defaults follow
 OpenAI (temperature 1, top_p 1, no top-k / min-p), not tova's CLI defaults.
 """
@@ -15,9 +17,13 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 from .. import _check
 from .errors import invalid
 
-__all__ = ["Sampling", "ChatRequest", "CompletionRequest", "parse_chat", "parse_completion"]
+__all__ = ["Sampling", "ChatRequest", "CompletionRequest", "ROLES", "parse_chat", "parse_completion"]
 
 Prompt = Union[str, List[int]]
+
+# The message roles OpenAI defines ("developer" is read as "system"; "function" is the legacy
+# "tool"); another role is a 400, not text the template renders as it may.
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
 @dataclass
@@ -136,11 +142,12 @@ def _text(name: str, value: str) -> str:
 
 def _logprobs(body: Mapping[str, Any], chat: bool) -> Optional[int]:
     """Chat: ``logprobs: true`` with ``top_logprobs`` 0..20 -> that count; the completions
-    endpoint's legacy integer ``logprobs`` is not supported."""
+    endpoint's legacy integer ``logprobs`` is not supported: any value but null is refused (0
+    too: OpenAI reads it as "the sampled tokens' log-probabilities")."""
     logprobs = body.get("logprobs")
     top = body.get("top_logprobs")
     if not chat:
-        if logprobs not in (None, False, 0) or top not in (None, 0):
+        if logprobs is not None or top not in (None, 0):
             raise invalid("'logprobs' is supported on /v1/chat/completions only", "logprobs",
                           "unsupported_parameter")
         return None
@@ -163,6 +170,12 @@ def _unsupported(body: Mapping[str, Any], chat: bool) -> None:
     if not chat:
         if body.get("suffix") not in (None, ""):
             refuse("suffix", "no fill-in-the-middle completion")
+        best_of = _int(body, "best_of", None, lo=1)
+        if best_of is not None and best_of < (_int(body, "n", 1) or 1):
+            raise invalid(f"'best_of' must be >= 'n', got {best_of}", "best_of", "invalid_value")
+        if best_of not in (None, 1):
+            refuse("best_of", "no server-side choice among several generations; ask for 'n' "
+                   "choices and pick one")
         return
     tools, choice = body.get("tools"), body.get("tool_choice")
     if tools not in (None, []) and choice != "none":
@@ -190,9 +203,13 @@ def _sampling(body: Mapping[str, Any], default_max_tokens: int, max_tokens_cap: 
     if max_tokens > max_tokens_cap:
         raise invalid(f"'max_tokens' is {max_tokens}; this server allows at most {max_tokens_cap}",
                       "max_tokens", "invalid_value")
+    stream = _bool(body, "stream", False)
     opts = body.get("stream_options")
     if opts is not None and not isinstance(opts, dict):
         raise invalid("'stream_options' must be an object", "stream_options", "invalid_type")
+    if opts is not None and not stream:  # (as OpenAI answers)
+        raise invalid("'stream_options' is allowed only with 'stream': true", "stream_options",
+                      "invalid_value")
     include_usage = _bool(opts or {}, "include_usage", False)
     logprobs = _logprobs(body, chat)
     # -1 asks for a random seed (llama.cpp's convention), as no seed does; choice i of n draws
@@ -204,7 +221,7 @@ def _sampling(body: Mapping[str, Any], default_max_tokens: int, max_tokens_cap: 
     return Sampling(
         model=model, max_tokens=max_tokens, stop=_stop(body),
         n=_int(body, "n", 1, lo=1, hi=128) or 1,
-        stream=_bool(body, "stream", False), include_usage=include_usage,
+        stream=stream, include_usage=include_usage,
         seed=seed,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=top_p if top_p > 0 else 1e-6,  # 0 would mean "nothing": keep the top token
@@ -257,6 +274,9 @@ def parse_chat(body: Any, *, default_max_tokens: int, max_tokens_cap: int) -> Ch
         if not isinstance(role, str) or not role:
             raise invalid(f"messages[{i}].role must be a non-empty string", f"messages[{i}].role",
                           "invalid_type")
+        if role not in ROLES:
+            raise invalid(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}",
+                          f"messages[{i}].role", "invalid_value")
         checked.append({"role": "system" if role == "developer" else role, "content": _content(m, i)})
     return ChatRequest(checked, _sampling(body, default_max_tokens, max_tokens_cap, chat=True))
 

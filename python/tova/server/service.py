@@ -23,10 +23,13 @@ from ..handle import Handle
 from .errors import APIError
 from .metrics import Metrics
 
-__all__ = ["ServeConfig", "Service", "Batch", "Choice"]
+__all__ = ["ServeConfig", "Service", "Batch", "Choice", "cache_tokens", "default_max_prompt_tokens"]
 
 # What a batch's queue carries: (choice index, a text piece | None at the end | an exception).
 Event = Tuple[int, Union[str, None, BaseException]]
+
+
+_MAX_PROMPT_TOKENS = 32768
 
 
 @dataclass
@@ -36,7 +39,8 @@ class ServeConfig:
     Attributes:
         model_id: the name clients use in ``"model"`` (``/v1/models`` lists it).
         max_queue: choices that may wait for a sequence; more are answered 429.
-        max_prompt_tokens: the longest prompt a request may send (tokens); 0 = no limit.
+        max_prompt_tokens: the longest prompt a request may send (tokens); 0 = no limit. With
+            policy ``full`` a prompt must also fit the engine's ``n_ctx``.
         api_key: when set, ``/v1/*`` requires ``Authorization: Bearer <api_key>``.
         default_max_tokens: ``max_tokens`` of a chat request that gives none.
         max_tokens_cap: the largest ``max_tokens`` accepted.
@@ -46,7 +50,7 @@ class ServeConfig:
     """
     model_id: str
     max_queue: int = 64
-    max_prompt_tokens: int = 32768
+    max_prompt_tokens: int = _MAX_PROMPT_TOKENS
     api_key: Optional[str] = None
     default_max_tokens: int = 1024
     max_tokens_cap: int = 1 << 20
@@ -68,6 +72,21 @@ class ServeConfig:
                 isinstance(o, str) and o for o in self.cors_origins):
             raise TypeError("cors_origins must be a sequence of origins (strings), e.g. ('https://example.com',)")
         self.cors_origins = tuple(self.cors_origins)
+
+
+def cache_tokens(engine: Engine) -> Tuple[str, int]:
+    """The tokens a sequence's KV store holds per layer and the setting that says so:
+    ``("n_ctx", n)`` for policy ``full`` (it ignores ``kv_size``), else ``("kv_size", n)``."""
+    if engine.policy == "full":
+        return "n_ctx", engine.n_ctx
+    return "kv_size", engine.kv_size
+
+
+def default_max_prompt_tokens(engine: Engine) -> int:
+    """``max_prompt_tokens`` when none is given: 32768, or less where policy ``full``'s cache
+    (``n_ctx``) takes less."""
+    name, size = cache_tokens(engine)
+    return min(_MAX_PROMPT_TOKENS, size) if name == "n_ctx" else _MAX_PROMPT_TOKENS
 
 
 class Choice:
@@ -220,6 +239,15 @@ class Service:
         return Batch(choices, queue)
 
     # ---- facts ---------------------------------------------------------------------------------------
+    def prompt_limit(self) -> Tuple[int, str]:
+        """The most tokens a prompt may have (0: no limit) and the option that sets it:
+        ``--max-prompt-tokens``, or ``--n-ctx`` where policy ``full``'s cache takes no more."""
+        limit, option = self.config.max_prompt_tokens, "--max-prompt-tokens"
+        name, size = cache_tokens(self.engine)
+        if name == "n_ctx" and (not limit or size <= limit):
+            limit, option = size, "--n-ctx"
+        return limit, option
+
     def occupancy(self) -> Tuple[int, int]:
         """(choices holding a sequence, choices waiting for one)."""
         with self._lock:
@@ -236,7 +264,8 @@ class Service:
             "tova_sequences": ("Engine sequences (n_seq).", e.n_seq),
             "tova_queue_capacity": ("Generations that may wait (--max-queue).", self.config.max_queue),
             "tova_kv_bytes": ("Bytes of the KV stores of all sequences (fixed at start).", e.kv_bytes),
-            "tova_kv_size": ("Tokens kept per layer and sequence.", e.kv_size),
+            "tova_kv_size": ("Tokens a sequence's KV store holds per layer (n_ctx with policy "
+                             "full, else kv_size).", cache_tokens(e)[1]),
         }
 
     def close(self) -> None:
