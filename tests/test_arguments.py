@@ -149,7 +149,7 @@ CASES = [
     ("generate ignore_eos", lambda e, g, m: e.generate("Hi", ignore_eos="x"), TypeError, "ignore_eos must be True or False"),
     ("generate sampling dict", lambda e, g, m: e.generate("Hi", sampling={"temperature": 0}), TypeError,
      "sampling must be a tova.SamplingParams"),
-    ("generate unknown field", lambda e, g, m: e.generate("Hi", temprature=0), TypeError, "unknown sampling parameter"),
+    ("generate unknown field", lambda e, g, m: e.generate("Hi", temprature=0), TypeError, "unknown keyword argument\\(s\\) temprature; did you mean temperature\\?"),
     ("generate temperature str", lambda e, g, m: e.generate("Hi", temperature="hot"), TypeError, "temperature"),
     ("generate temperature nan", lambda e, g, m: e.generate("Hi", temperature=float("nan")), ValueError, "temperature"),
     ("stream max_tokens", lambda e, g, m: e.stream("Hi", max_tokens=1.0), TypeError, "max_tokens must be an int"),

@@ -78,7 +78,8 @@ void bind_gguf(nb::module_& m) {
              new (self) GgufFile(p);
            },
            nb::arg("path"))
-      .def_prop_ro("path", [](const GgufFile& f) { return fs_str(f.path()); })
+      .def_prop_ro("path", [](const GgufFile& f) { return fs_str(f.path()); }, nb::sig("def path(self, /) -> str"),
+                   "the file's path, as given")
       .def_prop_ro("version", &GgufFile::version)
       .def_prop_ro("alignment", &GgufFile::alignment)
       .def_prop_ro("data_offset", &GgufFile::data_offset)

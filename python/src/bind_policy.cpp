@@ -283,13 +283,16 @@ void bind_policy(nb::module_& m) {
         const auto& v = p.get();
         if (!p.pos.is_valid()) p.pos = copy_array<int32_t>(v.pos, 0, static_cast<size_t>(v.n_slots), false);
         return p.pos;
-      }, "int32 [n_slots]: absolute position of each slot's token, -1 for an empty slot (read-only)")
+      }, nb::sig("def pos(self, /) -> numpy.typing.NDArray[numpy.int32]"),
+                   "int32 [n_slots]: absolute position of each slot's token, -1 for an empty slot (read-only)")
       .def_prop_ro("protect", [](PolicyView& p) {
         const auto& v = p.get();
         if (!p.protect.is_valid()) p.protect = copy_array<uint8_t>(v.protect, 0, static_cast<size_t>(v.n_slots), false);
         return p.protect;
-      }, "uint8 [n_slots]: 1 where the slot must not be evicted (read-only)")
+      }, nb::sig("def protect(self, /) -> numpy.typing.NDArray[numpy.uint8]"),
+                   "uint8 [n_slots]: 1 where the slot must not be evicted (read-only)")
       .def_prop_ro("probs", &probs_array,
+                   nb::sig("def probs(self, /) -> numpy.typing.NDArray[numpy.float32]"),
                    "float32 [n_heads, n_slots]: the current query's attention per head (read-only)")
       .def_prop_ro("probs_mean", [](PolicyView& p) {
         const auto& v = p.get();
@@ -297,12 +300,14 @@ void bind_policy(nb::module_& m) {
         if (!p.probs_mean.is_valid())
           p.probs_mean = copy_array<float>(v.probs_mean, 0, static_cast<size_t>(v.n_slots), false);
         return p.probs_mean;
-      }, "float32 [n_slots]: probs averaged over the query heads (read-only)")
+      }, nb::sig("def probs_mean(self, /) -> numpy.typing.NDArray[numpy.float32]"),
+                   "float32 [n_slots]: probs averaged over the query heads (read-only)")
       .def_prop_ro("state", [](PolicyView& p) {
         const auto& v = p.get();
         if (!p.state.is_valid())
           p.state = copy_array<float>(v.state, 0, static_cast<size_t>(v.n_slots), true, &p.state_data);
         return p.state;
-      }, "float32 [n_slots]: a per-slot value the policy owns (writable: what it holds when the "
+      }, nb::sig("def state(self, /) -> numpy.typing.NDArray[numpy.float32]"),
+                   "float32 [n_slots]: a per-slot value the policy owns (writable: what it holds when the "
          "call returns is kept; 0 for a new token)");
 }

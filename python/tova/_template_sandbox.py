@@ -115,7 +115,8 @@ def _wrap(nodes: Any, helper: str, node: Any) -> Any:
 @functools.lru_cache(maxsize=16)
 def compile_template(template: str) -> Any:
     """The compiled template (cached by text)."""
-    jinja2 = jinja2_module()
+    jinja2_module()  # (a clear error when jinja2 is missing)
+    import jinja2.exceptions
     import jinja2.ext
     from jinja2 import nodes
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -184,7 +185,7 @@ def compile_template(template: str) -> Any:
     def tojson(x: Any, ensure_ascii: bool = False, indent: Optional[int] = None,
                separators: Any = None, sort_keys: bool = False) -> str:
         # Hugging Face replaces jinja's tojson (which escapes HTML characters) with plain json.dumps.
-        if isinstance(indent, str) and len(indent) > 64 or _is_int(indent) and indent > 64:
+        if isinstance(indent, str) and len(indent) > 64 or isinstance(indent, int) and indent > 64:
             raise ValueError("chat template: tojson indent wider than 64")
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                           sort_keys=sort_keys)

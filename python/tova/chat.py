@@ -264,13 +264,13 @@ def _pin_probes(engine: "Engine", template: str, messages: Sequence[Message]) ->
     user's text: the core pins the tokens of their common start (the system prompt and what the
     template wraps around it)."""
     system = messages[0]["content"]
-    kw = dict(bos_token=_token_text(engine, engine._info["bos_id"]),
-              eos_token=_token_text(engine, engine._info["eos_id"]), add_generation_prompt=False)
-    a = render_template(template, [{"role": "system", "content": system},
-                                   {"role": "user", "content": "a"}], **kw)
-    b = render_template(template, [{"role": "system", "content": system},
-                                   {"role": "user", "content": "b"}], **kw)
-    return a, b
+    def render(user: str) -> str:
+        return render_template(template, [{"role": "system", "content": system},
+                                          {"role": "user", "content": user}],
+                               bos_token=_token_text(engine, engine._info["bos_id"]),
+                               eos_token=_token_text(engine, engine._info["eos_id"]),
+                               add_generation_prompt=False)
+    return render("a"), render("b")
 
 
 class ChatTurn:
@@ -279,7 +279,7 @@ class ChatTurn:
     def __init__(self, engine: "Engine", messages: Sequence[Message], *,
                  chat_template: Optional[str], keep_system: bool, max_tokens: int,
                  stop: Union[None, str, Sequence[str]], ignore_eos: bool,
-                 sampling: "Optional[SamplingParams]", fields: Dict[str, Any]) -> None:
+                 sampling: "Optional[SamplingParams]", fields: Mapping[str, Any]) -> None:
         _check_messages(messages)
         if not messages:
             raise ValueError("messages is empty: a chat needs at least one message")

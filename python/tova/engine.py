@@ -6,18 +6,35 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+import sys
+from typing import TYPE_CHECKING, Any, Dict, Final, Iterator, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _check, _core
 from .handle import Handle
 from .policy import PluginPolicy, Policy
-from .sampling import SamplingParams
+from .sampling import SamplingFields, SamplingParams, unknown_names_error
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy.typing as npt
+
+    from .perplexity import PerplexityResult
+
+    if sys.version_info >= (3, 11):
+        from typing import Unpack
+    else:
+        from typing_extensions import Unpack
 
 __all__ = ["Engine"]
 
 PathLike = Union[str, "os.PathLike[str]"]
+# Token ids: a list or tuple of ints, or a 1-d integer numpy array.
+TokenIds = Union[Sequence[int], "npt.NDArray[np.integer[Any]]"]
+# A prompt: text, or token ids.
+Prompt = Union[str, TokenIds]
+# A chat message: {"role": ..., "content": ...} (an openai-style TypedDict will do).
+Message = Mapping[str, Any]
 
 # Engines alive, for the exit hook below.
 _LIVE: "weakref.WeakSet[Engine]" = weakref.WeakSet()
@@ -45,6 +62,17 @@ def _at_exit() -> None:
 
 
 atexit.register(_at_exit)
+
+
+# The settings an Engine reports (read-only attributes).
+_SETTINGS = frozenset({"path", "n_ctx", "kv_size", "policy", "n_sink", "kv_type", "kv_type_k",
+                       "kv_type_v", "kv_hadamard", "kv_lo_type", "kv_hi_size", "prefill", "chunk",
+                       "positions", "float_activations", "n_seq", "n_batch", "n_threads", "backend"})
+
+# The generation methods' own keywords (for "did you mean" when a misspelt one reaches the
+# sampling fields).
+_GENERATION_KEYWORDS = ("max_tokens", "stop", "ignore_eos", "sampling", "chat_template",
+                        "keep_system", "seq", "logprobs", "reuse_prefix")
 
 
 class Engine:
@@ -154,11 +182,11 @@ class Engine:
             _check.optional_integer(name, value, minimum=1)
         _check.optional_integer("n_sink", n_sink, minimum=0)
         _check.optional_integer("kv_hi_size", kv_hi_size, minimum=1)
-        for name, value in (("kv_type", kv_type), ("kv_type_k", kv_type_k), ("kv_type_v", kv_type_v),
+        for name, text in (("kv_type", kv_type), ("kv_type_k", kv_type_k), ("kv_type_v", kv_type_v),
                             ("kv_lo_type", kv_lo_type),
                             ("prefill", prefill), ("positions", positions), ("backend", backend),
                             ("device", device)):
-            _check.choice(name, value)
+            _check.choice(name, text)
         if device is not None:
             if backend is not None and backend != device:
                 raise ValueError(f"device={device!r} and backend={backend!r} disagree: give one")
@@ -172,11 +200,11 @@ class Engine:
         _check.policy(policy)
         path = resolve(model)
         # Settings not given take the core's defaults (written once, in cpp/src/config.h).
-        given = dict(policy=policy, kv_size=kv_size, n_ctx=n_ctx, kv_type=kv_type, kv_type_k=kv_type_k,
-                     kv_type_v=kv_type_v, kv_hadamard=kv_hadamard, kv_lo_type=kv_lo_type,
-                     kv_hi_size=kv_hi_size, prefill=prefill,
-                     chunk=chunk, positions=positions, n_seq=n_seq, n_batch=n_batch,
-                     n_threads=n_threads, n_sink=n_sink, backend=backend)
+        given: Dict[str, Any] = dict(
+            policy=policy, kv_size=kv_size, n_ctx=n_ctx, kv_type=kv_type, kv_type_k=kv_type_k,
+            kv_type_v=kv_type_v, kv_hadamard=kv_hadamard, kv_lo_type=kv_lo_type,
+            kv_hi_size=kv_hi_size, prefill=prefill, chunk=chunk, positions=positions, n_seq=n_seq,
+            n_batch=n_batch, n_threads=n_threads, n_sink=n_sink, backend=backend)
         if isinstance(policy, PluginPolicy):  # loaded by the core, as the CLI's --policy-plugin
             given.update(policy=None, policy_plugin=policy.path, policy_args=policy.args)
         self._core: Optional[_core.Engine] = _core.Engine(
@@ -184,26 +212,34 @@ class Engine:
             **{k: v for k, v in given.items() if v is not None})
         self._local = threading.local()
         _LIVE.add(self)
-        self.path = str(path)
+        self.path: Final[str] = str(path)
         p = self._core.params  # the settings in effect
-        self.n_ctx: int = int(p["n_ctx"])
-        self.kv_size: int = int(p["kv_size"])
-        self.policy: str = str(p["policy"])
-        self.n_sink: Optional[int] = n_sink  # as given (None: the policy's default)
-        self.kv_type: str = str(p["kv_type"])  # "q8_0", or "q8_0/q4_0" when K and V differ
-        self.kv_type_k: str = str(p["kv_type_k"])
-        self.kv_type_v: str = str(p["kv_type_v"])
-        self.kv_hadamard: bool = bool(p["kv_hadamard"])
-        self.kv_lo_type: Optional[str] = str(p["kv_lo_type"]) or None  # None: one tier
-        self.kv_hi_size: Optional[int] = int(p["kv_hi_size"]) if self.kv_lo_type else None
-        self.prefill: str = str(p["prefill"])
-        self.chunk: int = int(p["chunk"])
-        self.positions: str = str(p["positions"])
-        self.float_activations = float_activations
-        self.n_seq: int = int(p["n_seq"])
-        self.n_batch: int = int(p["n_batch"])
-        self.backend: str = str(p["backend"])
+        # The settings in effect, read-only (a new Engine changes them).
+        self.n_ctx: Final[int] = int(p["n_ctx"])
+        self.kv_size: Final[int] = int(p["kv_size"])
+        self.policy: Final[str] = str(p["policy"])
+        self.n_sink: Final[int] = int(p["n_sink"])  # the policy's default when not given
+        self.kv_type: Final[str] = str(p["kv_type"])  # "q8_0", or "q8_0/q4_0" when K and V differ
+        self.kv_type_k: Final[str] = str(p["kv_type_k"])
+        self.kv_type_v: Final[str] = str(p["kv_type_v"])
+        self.kv_hadamard: Final[bool] = bool(p["kv_hadamard"])
+        self.kv_lo_type: Final[Optional[str]] = str(p["kv_lo_type"]) or None  # None: one tier
+        self.kv_hi_size: Final[Optional[int]] = int(p["kv_hi_size"]) if self.kv_lo_type else None
+        self.prefill: Final[str] = str(p["prefill"])
+        self.chunk: Final[int] = int(p["chunk"])
+        self.positions: Final[str] = str(p["positions"])
+        self.float_activations: Final[bool] = bool(p["float_activations"])
+        self.n_seq: Final[int] = int(p["n_seq"])
+        self.n_batch: Final[int] = int(p["n_batch"])
+        self.n_threads: Final[int] = int(p["n_threads"])
+        self.backend: Final[str] = str(p["backend"])
         self._info: Dict[str, Any] = self._core.model_info()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SETTINGS and name in self.__dict__:
+            raise AttributeError(f"Engine.{name} is a setting the engine was made with (read-only): "
+                                 f"make a new Engine to change it")
+        super().__setattr__(name, value)
 
     # ---- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -267,14 +303,14 @@ class Engine:
             add_bos = bool(self._info["add_bos"])
         return list(self._e.tokenize(text, add_bos, _check.boolean("special", special)))
 
-    def detokenize(self, ids: Sequence[int], special: bool = False) -> str:
+    def detokenize(self, ids: TokenIds, special: bool = False) -> str:
         """Token ids to text (invalid UTF-8 is replaced by U+FFFD)."""
         ids = _check.token_ids("ids", ids, self.n_vocab)
         return self._e.detokenize(ids, _check.boolean("special", special)).decode(
             "utf-8", errors="replace")
 
     # ---- evaluation -----------------------------------------------------------------------------
-    def eval(self, ids: Sequence[int], *, all_logits: bool = False, seq: int = 0) -> np.ndarray:
+    def eval(self, ids: TokenIds, *, all_logits: bool = False, seq: int = 0) -> np.ndarray:
         """Appends tokens to sequence ``seq`` and returns float32 logits of the last position,
         or of every position (shape ``(len(ids), n_vocab)``) with ``all_logits``. Waits while
         that sequence runs a generation."""
@@ -288,7 +324,7 @@ class Engine:
         self._e.reset(self._seq(seq))
 
     # ---- generation -----------------------------------------------------------------------------
-    def _ids(self, prompt: Union[str, Sequence[int]]) -> List[int]:
+    def _ids(self, prompt: Prompt) -> List[int]:
         prompt = _check.prompt_value(prompt)
         # Control-token text in a prompt ("<|im_start|>") is that token, as llama.cpp and
         # llama-cpp-python read a completion prompt; ids from tokenize(text) are the way to
@@ -299,22 +335,26 @@ class Engine:
             raise ValueError("the prompt is empty: it tokenizes to no tokens")
         return ids
 
-    def _params(self, sampling: Optional[SamplingParams], fields: Dict[str, Any]) -> SamplingParams:
+    def _params(self, sampling: Optional[SamplingParams], fields: Mapping[str, Any]) -> SamplingParams:
         params = sampling if sampling is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise TypeError("sampling must be a tova.SamplingParams")
+        unknown = set(fields) - set(SamplingFields.__annotations__)
+        if unknown:  # (named with the generation's own keywords, for max_token -> max_tokens)
+            raise unknown_names_error(unknown, [*SamplingFields.__annotations__, *_GENERATION_KEYWORDS],
+                                      "keyword argument")
         if self._seed is not None and sampling is None and "seed" not in fields:
             fields = dict(fields, seed=self._seed)
         return params.replace(**fields) if fields else params
 
     def _start(
         self,
-        prompt: Union[str, Sequence[int]],
+        prompt: Prompt,
         max_tokens: int,
         stop: Union[None, str, Sequence[str]],
         ignore_eos: bool,
         sampling: Optional[SamplingParams],
-        fields: Dict[str, Any],
+        fields: Mapping[str, Any],
         keep_history: bool = False,
         logprobs: Optional[int] = None,
         reuse_prefix: bool = False,
@@ -345,7 +385,7 @@ class Engine:
 
     def submit(
         self,
-        prompt: Union[str, Sequence[int]],
+        prompt: Prompt,
         *,
         max_tokens: int = 128,
         stop: Union[None, str, Sequence[str]] = None,
@@ -353,7 +393,7 @@ class Engine:
         sampling: Optional[SamplingParams] = None,
         logprobs: Optional[int] = None,
         reuse_prefix: bool = False,
-        **fields: Any,
+        **fields: "Unpack[SamplingFields]",
     ) -> Handle:
         """Starts a generation beside the others and returns its :class:`tova.Handle` at once:
         iterate it (or ``async for``) for the text pieces, :meth:`Handle.result` for the whole
@@ -368,13 +408,13 @@ class Engine:
 
     def generate_batch(
         self,
-        prompts: Sequence[Union[str, Sequence[int]]],
+        prompts: Sequence[Prompt],
         *,
         max_tokens: int = 128,
         stop: Union[None, str, Sequence[str]] = None,
         ignore_eos: bool = False,
         sampling: Optional[SamplingParams] = None,
-        **fields: Any,
+        **fields: "Unpack[SamplingFields]",
     ) -> List[str]:
         """Generates a continuation of every prompt, all running together in the engine's
         sequences (those beyond ``n_seq`` join as others finish). Each text equals what
@@ -391,13 +431,13 @@ class Engine:
 
     def generate(
         self,
-        prompt: Union[str, Sequence[int]],
+        prompt: Prompt,
         *,
         max_tokens: int = 128,
         stop: Union[None, str, Sequence[str]] = None,
         ignore_eos: bool = False,
         sampling: Optional[SamplingParams] = None,
-        **fields: Any,
+        **fields: "Unpack[SamplingFields]",
     ) -> str:
         """Continues ``prompt`` (text or token ids) and returns the generated text. Text is read
         with its control tokens' text (``"<|im_start|>"``) as those tokens, as llama.cpp reads a
@@ -413,13 +453,13 @@ class Engine:
 
     def stream(
         self,
-        prompt: Union[str, Sequence[int]],
+        prompt: Prompt,
         *,
         max_tokens: int = 128,
         stop: Union[None, str, Sequence[str]] = None,
         ignore_eos: bool = False,
         sampling: Optional[SamplingParams] = None,
-        **fields: Any,
+        **fields: "Unpack[SamplingFields]",
     ) -> Iterator[str]:
         """Like :meth:`generate`, yielding text pieces as they are produced. Every piece is
         complete UTF-8; text that might begin a stop string is held back until it cannot."""
@@ -468,7 +508,7 @@ class Engine:
     # ---- chat (tova/chat.py) ------------------------------------------------------------------
     def chat(
         self,
-        messages: Sequence[Dict[str, Any]],
+        messages: Sequence[Message],
         *,
         chat_template: Optional[str] = None,
         keep_system: bool = False,
@@ -476,7 +516,7 @@ class Engine:
         stop: Union[None, str, Sequence[str]] = None,
         ignore_eos: bool = False,
         sampling: Optional[SamplingParams] = None,
-        **fields: Any,
+        **fields: "Unpack[SamplingFields]",
     ) -> str:
         """Replies to a conversation (``[{"role": "user", "content": "Hi"}, ...]``) and returns
         the assistant's text.
@@ -494,7 +534,7 @@ class Engine:
 
     def chat_stream(
         self,
-        messages: Sequence[Dict[str, Any]],
+        messages: Sequence[Message],
         *,
         chat_template: Optional[str] = None,
         keep_system: bool = False,
@@ -502,7 +542,7 @@ class Engine:
         stop: Union[None, str, Sequence[str]] = None,
         ignore_eos: bool = False,
         sampling: Optional[SamplingParams] = None,
-        **fields: Any,
+        **fields: "Unpack[SamplingFields]",
     ) -> Iterator[str]:
         """Like :meth:`chat`, yielding the reply's text pieces as they are produced."""
         from . import chat as _chat
@@ -514,7 +554,7 @@ class Engine:
 
     def create_chat_completion(
         self,
-        messages: Sequence[Dict[str, Any]],
+        messages: Sequence[Message],
         *,
         chat_template: Optional[str] = None,
         keep_system: bool = False,
@@ -522,7 +562,7 @@ class Engine:
         stop: Union[None, str, Sequence[str]] = None,
         ignore_eos: bool = False,
         sampling: Optional[SamplingParams] = None,
-        **fields: Any,
+        **fields: "Unpack[SamplingFields]",
     ) -> Dict[str, Any]:
         """:meth:`chat` returning an OpenAI-style ``chat.completion`` dict (the shape
         llama-cpp-python returns): ``id``, ``object``, ``created``, ``model``, ``choices`` (one,
@@ -545,14 +585,30 @@ class Engine:
         _chat.reset(self)
 
     # ---- perplexity (tova/perplexity.py) --------------------------------------------------------
-    def perplexity(self, text_or_tokens: Union[str, Sequence[int]], **kwargs: Any) -> Any:
+    def perplexity(
+        self,
+        text_or_tokens: Prompt,
+        *,
+        kv_size: Optional[int] = None,
+        policy: Union[None, str, Policy] = None,
+        prefill: str = "exact",
+        context: Optional[int] = None,
+        stride: Optional[int] = None,
+        chunks: Optional[int] = None,
+        score_from: Optional[int] = None,
+        add_bos: Optional[bool] = None,
+        progress: bool = True,
+        **engine_options: Any,
+    ) -> "PerplexityResult":
         """Perplexity of the model on a text read through the fixed cache (from an empty one: the
-        sequence held before is dropped); keywords and result as :func:`tova.perplexity.perplexity`
-        (``kv_size``, ``policy``, ``prefill``, ``context``, ``stride``, ``chunks``, ``progress``).
-        Settings this engine does not have are read through a new engine on the same model."""
+        sequence held before is dropped); arguments and result as
+        :func:`tova.perplexity.perplexity`. Settings this engine does not have are read
+        through a new engine on the same model (``engine_options``: its other settings)."""
         from .perplexity import perplexity
 
-        return perplexity(self, text_or_tokens, **kwargs)
+        return perplexity(self, text_or_tokens, kv_size=kv_size, policy=policy, prefill=prefill,
+                          context=context, stride=stride, chunks=chunks, score_from=score_from,
+                          add_bos=add_bos, progress=progress, **engine_options)
 
 
 def _parse_budget(budget: Union[None, int, str]) -> int:

@@ -253,18 +253,20 @@ def perplexity(
 
     # Tokens first: text needs the model's tokenizer (a model path gets a throwaway engine).
     tokens: Optional[List[int]] = None
-    if not isinstance(_check.prompt_value(text_or_tokens, "text_or_tokens"), str):
-        tokens = _check.token_ids("text_or_tokens", text_or_tokens, _check.INT32_MAX)
+    value = _check.prompt_value(text_or_tokens, "text_or_tokens")
+    text = value if isinstance(value, str) else ""
+    if not isinstance(value, str):
+        tokens = _check.token_ids("text_or_tokens", value, _check.INT32_MAX)
     src: Any = engine_or_model
     probe: Optional[Engine] = None
     try:
         if tokens is None:
             if isinstance(src, Engine):
-                tokens = src.tokenize(text_or_tokens, add_bos=add_bos)
+                tokens = src.tokenize(text, add_bos=add_bos)
             else:
                 probe = Engine(src, policy="full", n_ctx=1, n_threads=1)
                 src = probe.path
-                tokens = probe.tokenize(text_or_tokens, add_bos=add_bos)
+                tokens = probe.tokenize(text, add_bos=add_bos)
                 probe.close()
                 probe = None
         n_ctx_needed = max(1, context if context is not None else len(tokens))

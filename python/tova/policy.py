@@ -4,8 +4,9 @@ Subclass :class:`Policy` and pass an instance as ``tova.Engine(model, policy=MyP
 layer and step, when the layer holds more than ``kv_size`` tokens, the engine calls
 ``select(layer, view)``, which returns the slots to evict. The engine checks every answer (the
 right count, distinct, valid, not protected) and raises a clear error otherwise; an exception
-raised by the policy comes out of ``generate``/``eval`` as that same exception, and the engine
-starts a new sequence (it stays usable).
+raised by the policy comes out of ``generate``/``eval`` as that same exception (a
+``StopIteration`` as a ``RuntimeError`` naming the policy), and the engine starts a new sequence
+(it stays usable).
 
 Cost: every call is a round trip from the C++ engine into Python (for every layer, at every
 step once the store is full), so a Python policy decodes noticeably slower than the built-in
@@ -20,7 +21,12 @@ from typing import TYPE_CHECKING, Sequence, Union
 from . import _check
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import numpy.typing as npt
+
     from ._core import PolicyView
+
+    Slots = Union[Sequence[int], npt.NDArray[np.integer]]
 
 __all__ = ["Policy", "PluginPolicy", "get_include"]
 
@@ -36,8 +42,9 @@ class Policy:
             go (for policies that accumulate statistics, like H2O); its return value is then
             ignored.
 
-    ``view`` (a ``tova._core.PolicyView``) exposes, as numpy arrays viewing the engine's memory
-    (no copies): ``pos`` (int32 [n_slots], -1 = empty), ``protect`` (uint8, 1 = may not be
+    ``view`` (a :class:`tova.PolicyView`) exposes, as numpy arrays (read-only copies made when
+    first read in the call, which the policy may keep; ``state`` is writable and written back):
+    ``pos`` (int32 [n_slots], -1 = empty), ``protect`` (uint8, 1 = may not be
     evicted), ``probs`` (float32 [n_heads, n_slots]), ``probs_mean`` (float32 [n_slots]) and
     ``state`` (float32 [n_slots], writable, the policy's own per-slot value, 0 for a new token);
     and the numbers ``layer``, ``capacity``, ``n_slots``, ``n_valid``, ``n_evict``, ``n_heads``,
@@ -48,8 +55,9 @@ class Policy:
     needs_probs: bool = True
     every_step: bool = False
 
-    def select(self, layer: int, view: "PolicyView") -> Sequence[int]:
-        """Return exactly ``view.n_evict`` distinct slot indices to evict."""
+    def select(self, layer: int, view: "PolicyView") -> "Slots":
+        """Return exactly ``view.n_evict`` distinct slot indices to evict (a list, a tuple or
+        a 1-d integer array)."""
         raise NotImplementedError("Policy subclasses must implement select(layer, view)")
 
     def on_insert(self, layer: int, slot: int, view: "PolicyView") -> None:

@@ -17,16 +17,56 @@ temperature then reshapes the probabilities of the tokens that survived.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import numbers
 import struct
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable, TypedDict
 
 from . import _core
 
-__all__ = ["SamplingParams"]
+if TYPE_CHECKING:  # pragma: no cover
+    if sys.version_info >= (3, 11):
+        from typing import Unpack
+    else:
+        from typing_extensions import Unpack
+
+__all__ = ["SamplingParams", "SamplingFields"]
+
+
+class SamplingFields(TypedDict, total=False):
+    """The :class:`SamplingParams` fields given as keywords (``generate(p, temperature=0)``):
+    the type a checker holds ``**fields`` to, so that a misspelt or mistyped one is caught
+    before it runs. Meanings and ranges: :class:`SamplingParams` (a test keeps the two equal)."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repeat_penalty: float
+    frequency_penalty: float
+    presence_penalty: float
+    penalty_last_n: int
+    seed: int
+
+
+def unknown_names_error(unknown: Iterable[str], valid: Iterable[str], what: str) -> TypeError:
+    """``unknown ...(s) x; did you mean y?; valid names: ...``: a misspelt keyword named with
+    its closest valid spelling."""
+    valid = sorted(valid)
+    unknown = sorted(unknown)
+    hints = [m[0] for m in (difflib.get_close_matches(u, valid, n=1) for u in unknown) if m]
+    hint = f"; did you mean {', '.join(hints)}?" if hints else ""
+    return TypeError(f"unknown {what}(s) {', '.join(unknown)}{hint}; valid names: {', '.join(valid)}")
 
 _INT_FIELDS = ("top_k", "penalty_last_n", "seed")
+
+
+def _number_of_kind(value: Any, *, integral: bool) -> bool:
+    """An int (numpy's too) where ``integral``, else any real number; not a bool (an int
+    subclass: True as a top_k is almost surely a mistake)."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral if integral else numbers.Real)
 
 
 @dataclass
@@ -70,9 +110,7 @@ class SamplingParams:
         for f in dataclasses.fields(self):
             name, value = f.name, getattr(self, f.name)
             is_int_field = name in _INT_FIELDS
-            # bool is an int subclass; True as a top_k is almost surely a mistake.
-            expected = numbers.Integral if is_int_field else numbers.Real
-            if isinstance(value, bool) or not isinstance(value, expected):
+            if not _number_of_kind(value, integral=is_int_field):
                 kind = "an int" if is_int_field else "a number"
                 raise TypeError(
                     f"sampling parameter {name} = {value!r} has the wrong type: expected {kind}"
@@ -105,23 +143,20 @@ class SamplingParams:
         core.validate()
         return core
 
-    def replace(self, **fields: Any) -> "SamplingParams":
+    def replace(self, **fields: "Unpack[SamplingFields]") -> "SamplingParams":
         """A copy with some fields changed (validated); unknown names raise TypeError.
 
         ``Engine.generate(..., sampling=None, **fields)`` uses this: fields override ``sampling``."""
         names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(fields) - names)
+        unknown = set(fields) - names
         if unknown:
-            raise TypeError(
-                f"unknown sampling parameter(s) {', '.join(unknown)}; "
-                f"valid names: {', '.join(sorted(names))}"
-            )
+            raise unknown_names_error(unknown, names, "sampling parameter")
         return dataclasses.replace(self, **fields)
 
     @classmethod
-    def greedy(cls, **fields: Any) -> "SamplingParams":
+    def greedy(cls, **fields: "Unpack[SamplingFields]") -> "SamplingParams":
         """Deterministic decoding: temperature 0 (argmax, ties to the lowest id)."""
-        return cls(**{"temperature": 0.0, **fields})
+        return cls(temperature=0.0).replace(**fields)
 
     def sampler(self) -> "_core.Sampler":
         """A fresh C++ sampler chain with these settings."""

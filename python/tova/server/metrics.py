@@ -88,8 +88,8 @@ class Metrics:
         metric("tova_tokens_per_second", "gauge",
                f"Completion tokens per second over the last {_WINDOW:g} s.",
                [("", self.tokens_per_second())])
-        for name, (help, value) in gauges().items():
-            metric(name, "gauge", help, [("", value)])
+        for name, (help, level) in gauges().items():
+            metric(name, "gauge", help, [("", level)])
         return "\n".join(lines) + "\n"
 
 
