@@ -445,3 +445,25 @@ def test_last_stats_keep_the_occupancy_of_the_finished_generation(smollm2_path):
         for key in ("n_past", "evictions", "demotions", "prompt_tokens", "seq"):
             assert later[key] == first[key], key  # ... but the finished one's figures stay
         h.cancel()
+
+
+def test_generation_takes_another_sequence_than_evals(smollm2_path):
+    """What eval builds in a sequence is its caller's: a generation not given a sequence takes
+    another free one, so scoring step by step beside generations stays exact; with no other
+    free sequence, it takes that one (and clears it)."""
+    with tova.Engine(smollm2_path, n_threads=1, kv_size=64, n_seq=2) as ref:
+        a = ref.tokenize("The capital of France is Paris. The capital of Italy")
+        b = ref.tokenize(" is", add_bos=False)
+        ref.eval(a, seq=1)
+        want = ref.eval(b, seq=1)
+    for seq in (0, 1):
+        with tova.Engine(smollm2_path, n_threads=1, kv_size=64, n_seq=2) as e:
+            e.eval(a, seq=seq)
+            e.generate("Hello there", max_tokens=3, temperature=0)
+            assert e.last_stats["seq"] == 1 - seq
+            assert e.n_past_of(seq) == len(a)
+            np.testing.assert_array_equal(e.eval(b, seq=seq), want)
+    with tova.Engine(smollm2_path, n_threads=1, kv_size=64, n_seq=1) as e:
+        e.eval(a)
+        e.generate("Hello there", max_tokens=3, temperature=0)  # the only sequence
+        assert e.last_stats["seq"] == 0 and e.n_past_of(0) < len(a) + 3

@@ -220,6 +220,10 @@ void Engine::eval(int seq, const std::vector<int32_t>& ids, bool all_logits, std
     }
     std::lock_guard<std::mutex> lk(mu_);
     record(s, ids.data() + b, n);
+    // What eval builds is its caller's (scoring step by step): a generation for any sequence
+    // takes another free one first, as it does beside a conversation (only when none is left
+    // does it take this one, clearing it).
+    s.kept = true;
   }
 }
 

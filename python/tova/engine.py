@@ -313,7 +313,10 @@ class Engine:
     def eval(self, ids: TokenIds, *, all_logits: bool = False, seq: int = 0) -> np.ndarray:
         """Appends tokens to sequence ``seq`` and returns float32 logits of the last position,
         or of every position (shape ``(len(ids), n_vocab)``) with ``all_logits``. Waits while
-        that sequence runs a generation."""
+        that sequence runs a generation. A generation not given a sequence (``generate``,
+        ``submit``) takes another free sequence before this one; only when none is free does it
+        take (and clear) it: give scoring its own sequence on a busy engine (``n_seq`` one more
+        than the generations running)."""
         ids = _check.token_ids("ids", ids, self.n_vocab)
         if not ids:
             raise ValueError("eval needs at least one token")
