@@ -467,3 +467,22 @@ def test_generation_takes_another_sequence_than_evals(smollm2_path):
         e.eval(a)
         e.generate("Hello there", max_tokens=3, temperature=0)  # the only sequence
         assert e.last_stats["seq"] == 0 and e.n_past_of(0) < len(a) + 3
+
+
+def test_last_stats_of_a_stream_left_early(smollm2_path):
+    """A stream left by `break` is cancelled, and what it did is the last statistics (as a chat
+    stream's are), not the generation before it."""
+    with tova.Engine(smollm2_path, n_threads=1, kv_size=64) as e:
+        e.generate("Hi", max_tokens=3, temperature=0, ignore_eos=True)
+        prompt = "Once upon a time there was a little fox who lived in a forest"
+        for _ in e.stream(prompt, max_tokens=50, temperature=0, ignore_eos=True):
+            break
+        stats = e.last_stats
+        assert stats["prompt_tokens"] == len(e.tokenize(prompt, special=True))
+        assert stats["finish_reason"] == "cancelled"
+        assert 1 <= stats["completion_tokens"] < 50
+        h = e.submit(prompt, max_tokens=4, temperature=0, ignore_eos=True)
+        for _ in h:
+            break
+        h.result()
+        assert h.finish_reason == "cancelled"

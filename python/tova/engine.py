@@ -384,7 +384,10 @@ class Engine:
         return handle
 
     def _record_stats(self, handle: Handle) -> None:
-        self._local.last = handle.stats
+        stats = handle.stats
+        if stats["finish_reason"] == "none":  # left by its reader: cancelled at the next step
+            stats["finish_reason"] = "cancelled"
+        self._local.last = stats
 
     def submit(
         self,

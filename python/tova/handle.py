@@ -90,7 +90,7 @@ class Handle:
                     yield piece
         finally:
             if not self._done:
-                self.cancel()
+                self._abandon()
 
     async def _pieces(self) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
@@ -104,7 +104,7 @@ class Handle:
                     return
         finally:
             if not self._done:
-                self.cancel()
+                self._abandon()
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._pieces()
@@ -154,6 +154,13 @@ class Handle:
     def seq(self) -> int:
         """The engine sequence it runs in (-1 while queued)."""
         return int(self._core.seq)
+
+    def _abandon(self) -> None:
+        """The reader left before the end (``break`` out of a stream): the generation is
+        cancelled, and what it did so far is the last statistics, as a chat stream's are."""
+        self.cancel()
+        if self._on_finish is not None:
+            self._on_finish(self)
 
     def _finish(self) -> None:
         if not self._done:
