@@ -486,3 +486,19 @@ def test_last_stats_of_a_stream_left_early(smollm2_path):
             break
         h.result()
         assert h.finish_reason == "cancelled"
+
+
+def test_eval_tokens_outrank_a_conversation_and_are_not_reused(smollm2_path):
+    """With a conversation in one sequence and eval's tokens in the other, a generation takes
+    the conversation's (its next turn notices and reads it again), never eval's silently; and
+    reuse_prefix does not continue eval's tokens."""
+    with tova.Engine(smollm2_path, n_threads=1, kv_size=64, n_seq=2) as e:
+        e.chat([{"role": "user", "content": "Hi"}], max_tokens=3, temperature=0)
+        ids = e.tokenize("The capital of France is Paris. The capital of Italy")
+        e.eval(ids, seq=1)
+        e.generate("Hello there", max_tokens=3, temperature=0)
+        assert e.last_stats["seq"] == 0 and e.n_past_of(1) == len(ids)
+        h = e.submit(ids + e.tokenize(" is", add_bos=False), max_tokens=2, temperature=0,
+                     reuse_prefix=True)
+        h.result()
+        assert h.seq == 0 and h.stats["cached_tokens"] == 0 and e.n_past_of(1) == len(ids)

@@ -111,6 +111,20 @@ def test_engine_method_reuses_or_derives_engine(llama_syn):
         assert r.policy == "full" and e.n_ctx == 16
 
 
+def test_a_derived_engine_takes_the_new_policys_sinks(llama_syn):
+    """An engine's sinks were its policy's default: a derived engine for another policy gets
+    that policy's default (sink: 4; tova: 0), not the old one's."""
+    path, _ = llama_syn
+    ids = _tokens(40, 384, seed=8)
+    with tova.Engine(path, policy="tova", kv_size=10, **EXACT) as plain, \
+            tova.Engine(path, policy="sink", kv_size=10, **EXACT) as sink:
+        assert plain.perplexity(ids, policy="sink", progress=False).ppl == \
+            sink.perplexity(ids, progress=False).ppl
+        assert sink.perplexity(ids, policy="tova", progress=False).ppl == \
+            plain.perplexity(ids, progress=False).ppl
+        assert sink.perplexity(ids, policy="window", kv_size=4, progress=False).ppl > 0  # 4 sinks would not fit
+
+
 def test_options_given_with_an_engine_override_its_settings(llama_syn):
     """kv_type given with an Engine sets both halves (the engine's own kv_type_k/_v do not win
     over it); the module is reachable as tova.perplexity after a plain `import tova`."""

@@ -476,6 +476,14 @@ def test_policy_full_takes_n_ctx(smollm2_path: Path) -> None:
         s.stop()
     out = s.proc.stdout.read() if s.proc.stdout else ""
     assert "n_ctx 64" in out and "kv_size 256" not in out, out
+    # llama-server's -c given with an evicting policy: said to be unused, not silently dropped.
+    s = Server(smollm2_path, "--n-seq", "1", "-c", "8192", "--kv-size", "32")
+    try:
+        assert s.metrics()["tova_kv_size"] == 32
+    finally:
+        s.stop()
+    out = s.proc.stdout.read() if s.proc.stdout else ""
+    assert "--n-ctx is not used by --policy tova" in out, out
 
 
 @pytest.mark.model

@@ -156,6 +156,7 @@ void Engine::clear_sequence(Sequence& s) {
   s.record.clear();
   s.record_ok = true;
   s.kept = false;
+  s.scored = false;
   s.n_past = 0;
   s.protect_below = -1;
 }
@@ -221,9 +222,8 @@ void Engine::eval(int seq, const std::vector<int32_t>& ids, bool all_logits, std
     std::lock_guard<std::mutex> lk(mu_);
     record(s, ids.data() + b, n);
     // What eval builds is its caller's (scoring step by step): a generation for any sequence
-    // takes another free one first, as it does beside a conversation (only when none is left
-    // does it take this one, clearing it).
-    s.kept = true;
+    // takes another free one first (only when none is left does it take this one, clearing it).
+    s.scored = true;
   }
 }
 

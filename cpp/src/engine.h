@@ -39,7 +39,8 @@ struct Sequence {
   bool busy = false;             // running a request, or in a direct call
   uint64_t epoch = 0;            // counts clears: a holder of its content notices another use
   bool held = false;             // not given to requests for any sequence (a turn being set up)
-  bool kept = false;             // holds a conversation or eval's tokens: requests for any sequence prefer others
+  bool kept = false;             // holds a conversation: requests for any sequence prefer others
+  bool scored = false;           // holds eval's tokens: requests prefer any other (a conversation too)
   // Every token evaluated since the last clear, while there are at most kRecordCap: a request
   // whose prompt starts with them can continue this sequence instead of reading them again.
   std::vector<int32_t> record;

@@ -205,16 +205,20 @@ void Engine::admit(double now, Retired& retired) {
         const std::vector<int32_t>& p = r.prompt();
         for (auto& c : seqs_) {
           const std::vector<int32_t>& rec = c->record;
-          if (c->busy || c->held || !c->record_ok || c->protect_below >= 0 || rec.empty() || rec.size() >= p.size())
-            continue;
+          if (c->busy || c->held || c->scored || !c->record_ok || c->protect_below >= 0 || rec.empty() ||
+              rec.size() >= p.size())
+            continue;  // (not eval's tokens: they are their caller's, not a conversation to go on with)
           if ((!s || rec.size() > s->record.size()) && std::equal(rec.begin(), rec.end(), p.begin())) s = c.get();
         }
         if (s) r.reused_ = s->record.size();
       }
-      // Any free sequence that no turn is being set up in, one without a conversation first.
-      for (int pass = 0; pass < 2 && !s; ++pass)
+      // Any free sequence that no turn is being set up in: one that holds nothing of anyone's
+      // first, then one holding a conversation (its next turn notices and reads it again), and
+      // eval's tokens last (their caller cannot notice: its next eval would continue another
+      // context).
+      for (int pass = 0; pass < 3 && !s; ++pass)
         for (auto& c : seqs_)
-          if (!c->busy && !c->held && (pass == 1 || !c->kept)) {
+          if (!c->busy && !c->held && (pass == 2 || (!c->scored && (pass == 1 || !c->kept)))) {
             s = c.get();
             break;
           }

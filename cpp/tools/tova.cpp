@@ -324,8 +324,8 @@ int cmd_run(const std::vector<std::string>& argv) {
   const auto ids = engine.tokenize(prompt, engine.model().tokenizer().add_bos_default(), true);
   g_cancel.store(&engine.cancel_requested);
   std::signal(SIGINT, on_sigint);
+  warn_past_trained_context(engine, ids.size());  // (before the prompt is read: that may take long)
   Generation g(engine, ids, gp);
-  warn_past_trained_context(engine, ids.size());  // (once it is accepted: a refusal says enough)
   if (echo_prompt) write_stdout(prompt);
   while (!g.finished()) {
     if (g_interrupted) g.cancel();

@@ -219,6 +219,7 @@ class Engine:
         self.kv_size: Final[int] = int(p["kv_size"])
         self.policy: Final[str] = str(p["policy"])
         self.n_sink: Final[int] = int(p["n_sink"])  # the policy's default when not given
+        self._n_sink_given = n_sink  # (what another engine on this model inherits: perplexity)
         self.kv_type: Final[str] = str(p["kv_type"])  # "q8_0", or "q8_0/q4_0" when K and V differ
         self.kv_type_k: Final[str] = str(p["kv_type_k"])
         self.kv_type_v: Final[str] = str(p["kv_type_v"])
@@ -314,9 +315,10 @@ class Engine:
         """Appends tokens to sequence ``seq`` and returns float32 logits of the last position,
         or of every position (shape ``(len(ids), n_vocab)``) with ``all_logits``. Waits while
         that sequence runs a generation. A generation not given a sequence (``generate``,
-        ``submit``) takes another free sequence before this one; only when none is free does it
-        take (and clear) it: give scoring its own sequence on a busy engine (``n_seq`` one more
-        than the generations running)."""
+        ``submit``, also with ``reuse_prefix``) takes any other free sequence before this one,
+        even one holding a chat conversation (whose next turn reads it again); only when none is
+        free does it take (and clear) it: give scoring its own sequence on a busy engine
+        (``n_seq`` one more than the generations running)."""
         ids = _check.token_ids("ids", ids, self.n_vocab)
         if not ids:
             raise ValueError("eval needs at least one token")

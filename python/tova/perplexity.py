@@ -87,7 +87,7 @@ class PerplexityResult:
                 f"{self.n_tokens} read, {self.tokens_per_second:.1f} tokens/s)")
 
 
-def nll_stats(nlls: np.ndarray) -> Tuple[float, float, float, float]:
+def nll_stats(nlls: Union[Sequence[float], np.ndarray]) -> Tuple[float, float, float, float]:
     """(ppl, ppl_stderr, mean_nll, nll_stderr) as llama-perplexity prints them: the mean NLL,
     its standard error sqrt(var / (n - 1)) with the population variance, and ``ppl * se``
     (the core's statistics, as :func:`perplexity` reports them). ValueError when empty."""
@@ -124,8 +124,10 @@ def _open_engine(engine_or_model: Any, *, policy: "Union[None, str, Policy]",
             return e, False
         # The settings this Engine was made with carry over where it records them.
         base = {k: getattr(e, k) for k in ("kv_type_k", "kv_type_v", "kv_hadamard", "kv_lo_type", "kv_hi_size",
-                                           "float_activations", "chunk", "n_sink", "positions", "backend")
+                                           "float_activations", "chunk", "positions", "backend")
                 if hasattr(e, k)}
+        # The sinks as given: one not given is the new policy's default, not the old one's.
+        base["n_sink"] = e._n_sink_given
         base["n_threads"] = int(e._e.n_threads)
         # An option given overrides what it covers: kv_type both halves, device the backend.
         if "kv_type" in options:

@@ -107,6 +107,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if cache == "n_ctx" and args.kv_size is not None:
         print("tova serve: --kv-size is not used by --policy full (its cache holds --n-ctx tokens)",
               file=sys.stderr)
+    if cache != "n_ctx" and args.n_ctx is not None:  # (llama-server's -c: here the fixed cache is --kv-size)
+        print(f"tova serve: --n-ctx is not used by --policy {engine.policy} (its cache keeps "
+              f"--kv-size {engine.kv_size} tokens and evicts; --n-ctx sizes --policy full's)",
+              file=sys.stderr)
     max_prompt = (default_max_prompt_tokens(engine) if args.max_prompt_tokens is None
                   else args.max_prompt_tokens)
     config = ServeConfig(model_id=args.model_id or _model_id(args.model), max_queue=args.max_queue,
