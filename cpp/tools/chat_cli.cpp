@@ -252,6 +252,7 @@ void ChatProgram::reply(const std::string& msg) {
   {
     ReplyingScope replying;  // Ctrl-C from here on stops the reply instead of the program
     gen = chat_.start_reply(msg, gp_);
+    if (g_quit) gen->cancel();  // a SIGINT before the reply's request cleared the cancel flag
     try {
       while (!gen->finished()) {
         const std::string piece = gen->next();
