@@ -112,6 +112,11 @@ class Engine {
   // (exact prefill only; the longest such), reading only the rest; the result is the same.
   std::shared_ptr<Request> submit(std::vector<int32_t> prompt, const GenerateParams& params,
                                   int seq = -1, bool keep = false, bool reuse_prefix = false);
+  // A request nobody will wait for (its handle dropped), cancelled: when it is still queued and
+  // the scheduler's lock is free, it leaves the queue now instead of at the next step that some
+  // waiting caller runs (thousands of dropped handles would otherwise hold their memory until
+  // then). Never blocks.
+  void forget_queued(const std::shared_ptr<Request>& r);
   enum class Wait { Piece, Timeout, Done };
   // The request's next piece of text (Piece), or Done when it has finished and every piece was
   // taken; Timeout when timeout_s >= 0 passed first. Runs scheduler steps while waiting. A

@@ -236,6 +236,18 @@ void Engine::admit(double now, Retired& retired) {
   }
 }
 
+void Engine::forget_queued(const std::shared_ptr<Request>& r) {
+  r->cancel();
+  std::unique_lock<std::mutex> lk(mu_, std::try_to_lock);
+  if (!lk.owns_lock()) return;  // the next step's admit() finishes it
+  const auto it = std::find(queue_.begin(), queue_.end(), r);
+  if (it == queue_.end()) return;  // running: it stops at the next step
+  r->finish(FinishReason::Cancelled, now_seconds());
+  r->pub_stats_ = r->stats_;
+  r->done_ = true;
+  queue_.erase(it);  // (the caller still holds it: it is freed outside this lock)
+}
+
 void Engine::run_step() {
   double now = now_seconds();
   Retired retired;  // released when this step returns, after mu_ (declared before the locks)

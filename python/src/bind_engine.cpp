@@ -49,8 +49,8 @@ void check_signals() {
 struct PyRequest {
   Engine* engine = nullptr;
   std::shared_ptr<Request> req;
-  ~PyRequest() {
-    if (req) req->cancel();
+  ~PyRequest() {  // (the engine outlives it: keep_alive)
+    if (req && engine) engine->forget_queued(req);
   }
 };
 
