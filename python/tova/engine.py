@@ -13,13 +13,12 @@ import numpy as np
 
 from . import _check, _core
 from .handle import Handle
+from .perplexity import perplexity as _perplexity
 from .policy import PluginPolicy, Policy
 from .sampling import SamplingFields, SamplingParams, unknown_names_error
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy.typing as npt
-
-    from .perplexity import PerplexityResult
 
     if sys.version_info >= (3, 11):
         from typing import Unpack
@@ -593,30 +592,11 @@ class Engine:
         _chat.reset(self)
 
     # ---- perplexity (tova/perplexity.py) --------------------------------------------------------
-    def perplexity(
-        self,
-        text_or_tokens: Prompt,
-        *,
-        kv_size: Optional[int] = None,
-        policy: Union[None, str, Policy] = None,
-        prefill: str = "exact",
-        context: Optional[int] = None,
-        stride: Optional[int] = None,
-        chunks: Optional[int] = None,
-        score_from: Optional[int] = None,
-        add_bos: Optional[bool] = None,
-        progress: bool = True,
-        **engine_options: Any,
-    ) -> "PerplexityResult":
-        """Perplexity of the model on a text read through the fixed cache (from an empty one: the
-        sequence held before is dropped); arguments and result as
-        :func:`tova.perplexity.perplexity`. Settings this engine does not have are read
-        through a new engine on the same model (``engine_options``: its other settings)."""
-        from .perplexity import perplexity
-
-        return perplexity(self, text_or_tokens, kv_size=kv_size, policy=policy, prefill=prefill,
-                          context=context, stride=stride, chunks=chunks, score_from=score_from,
-                          add_bos=add_bos, progress=progress, **engine_options)
+    # Perplexity of the model on a text read through the fixed cache from an empty one (the
+    # sequence held before is dropped): tova.perplexity.perplexity with this engine first, the
+    # same arguments and result; settings it does not have are read through a new engine on the
+    # same model.
+    perplexity = _perplexity
 
 
 def _parse_budget(budget: Union[None, int, str]) -> int:
