@@ -459,6 +459,8 @@ def test_policy_full_takes_n_ctx(smollm2_path: Path) -> None:
 
     for flag in ("-c", "--n-ctx", "--ctx-size"):
         assert build_parser().parse_args(["-m", "x", flag, "128"]).n_ctx == 128
+    for flag in ("-t", "--threads"):  # as tova run's and llama-server's
+        assert build_parser().parse_args(["-m", "x", flag, "3"]).threads == 3
     with tova.Engine(smollm2_path, policy="full", n_ctx=64, n_seq=1, n_threads=1) as e:
         app = create_app(e)  # the default prompt limit is what the cache takes
         assert app.state.service.config.max_prompt_tokens == 64

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --policy full: the tokens each sequence's cache holds, the longest "
                         "prompt plus answer (default 2048; llama-server's --ctx-size)")
     p.add_argument("--policy", default="tova", help="tova (default), tova_ema, h2o, sink, window, full")
-    p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="compute threads (default: all cores)")
     p.add_argument("--kv-type", default=None, help="KV element type: f16 (default), q8_0, q5_1, q4_1, ... or K/V "
                    "(q8_0/q4_1; values may also be q3_0)")
     p.add_argument("--kv-lo-type", default=None,
