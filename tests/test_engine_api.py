@@ -209,13 +209,13 @@ def test_ctrl_c_during_a_python_policy_stops_the_callers_own_generation(smollm2_
                 return [int(i) for i in np.argsort(score, kind="stable")[:view.n_evict]]
 
         e = tova.Engine({str(smollm2_path)!r}, n_threads=1, policy=SlowTova(), kv_size=64, n_seq=2)
-        bg_prompt = "Once upon a time in a land far away there lived " * 12
-        expected = e.generate(bg_prompt, max_tokens=40, ignore_eos=True, temperature=0)
+        bg_prompt = "Once upon a time in a land far away there lived " * 8
+        expected = e.generate(bg_prompt, max_tokens=24, ignore_eos=True, temperature=0)
         for trial in range(3):
             res = {{}}
             def bg():
                 try:
-                    res["r"] = e.generate(bg_prompt, max_tokens=40, ignore_eos=True, temperature=0)
+                    res["r"] = e.generate(bg_prompt, max_tokens=24, ignore_eos=True, temperature=0)
                 except BaseException as ex:
                     res["r"] = ex
             t = threading.Thread(target=bg)
