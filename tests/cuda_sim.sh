@@ -43,7 +43,7 @@ PYTHONPATH="$PWD/$PKG${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
   "import tova; assert tova._core._cuda_simulated(), tova._core.__file__; print('device cuda: the CPU simulator,', tova._core.__file__)"
 echo "built; the tests start at $(date -u +%T)"
 run_tests() {
-  PYTHONPATH="$PWD/$PKG${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m pytest -q -rs -p no:cacheprovider -m "$MARK" \
+  PYTHONPATH="$PWD/$PKG${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m pytest -q -rs -p no:cacheprovider --durations=10 -m "$MARK" \
     tests/test_cuda.py tests/test_cuda_sim.py "$@"
 }
 # The simulator runs one thread: TOVA_SIM_SHARDS=n splits the tests over n processes

@@ -14,8 +14,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD="${1:-build/sanitize}"
 
-cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTOVA_SANITIZE=ON -DTOVA_BUILD_TESTS=ON -DTOVA_CUDA=OFF \
-  -DTOVA_CUDA_SIM=ON >/dev/null
+# -g1: line tables for the reports' stack traces, without the local variables' descriptions
+# (a third less compile time for the kernels than -g).
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" \
+  -DTOVA_SANITIZE=ON -DTOVA_BUILD_TESTS=ON -DTOVA_CUDA=OFF -DTOVA_CUDA_SIM=ON >/dev/null
 cmake --build "$BUILD" --target tova_tests tova_cli tova_cuda_sim_selftest >/dev/null
 
 export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0"
