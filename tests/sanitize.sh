@@ -23,8 +23,11 @@ cmake --build "$BUILD" --target tova_tests tova_cli tova_cuda_sim_selftest >/dev
 export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export LSAN_OPTIONS="exitcode=23"
+# Each step says when it starts (seconds since the script began), so a slow one shows in the log.
+say() { echo "sanitize [+${SECONDS}s]: $*"; }
+say "built"
 
-echo "sanitize: C++ unit tests"
+say "C++ unit tests"
 "$BUILD/tova_tests" | tail -1
 
 # A prompt longer than the store (kv_size 32) and than a chunk (16): every step evicts, chunks
@@ -49,7 +52,7 @@ for model in smollm2-135m-instruct gemma-3-270m; do
       read -r policy kv positions lower <<<"$config"
       tiers=()
       [ -n "$lower" ] && tiers=(--kv-lo-type "$lower" --kv-hi-size 8)
-      echo "sanitize: $model, kernels $tier, policy $policy, kv $kv${lower:+ + $lower}, positions $positions"
+      say "$model, kernels $tier, policy $policy, kv $kv${lower:+ + $lower}, positions $positions"
       if ! TOVA_CPU_KERNELS="$tier" "$BUILD/tova" run -m "$path" -p "$PROMPT" -n 8 --temp 0 -t 2 \
           --policy "$policy" --kv-size 32 --chunk 16 --ctx 128 -ctk "${kv%/*}" -ctv "${kv#*/}" \
           --positions "$positions" ${tiers[@]+"${tiers[@]}"} >/dev/null 2>"$BUILD/run.err"; then
@@ -59,7 +62,7 @@ for model in smollm2-135m-instruct gemma-3-270m; do
     done
   done
 done
-echo "sanitize: the CUDA simulator's own checks"
+say "the CUDA simulator's own checks"
 "$BUILD/tova_cuda_sim_selftest" | tail -1
 # Synthetic models (a llama with Q4_K matrices, a qwen2 with Q6_K, a Gemma 3), small enough for
 # the simulator: every built-in policy, f16, f32 and quantized K/V, two tiers, cache_index, exact
@@ -87,7 +90,7 @@ for config in "llama tova f16 f16 exact" "llama h2o f32 f32 chunked" "llama tova
               "qwen2 tova q4_0 f16 exact --positions cache_index" "llama window f16 f16 chunked --chunk 64" \
               "qwen2 h2o f16 f16 exact --float-activations"; do
   read -r arch policy kv_k kv_v prefill extra <<<"$config"
-  echo "sanitize: device cuda (simulated), $arch, policy $policy, kv $kv_k/$kv_v, prefill $prefill${extra:+, $extra}"
+  say "device cuda (simulated), $arch, policy $policy, kv $kv_k/$kv_v, prefill $prefill${extra:+, $extra}"
   # shellcheck disable=SC2086
   if ! "$BUILD/tova" run -m "$BUILD/sim-$arch.gguf" -p "$SIM_PROMPT" -n 12 --temp 0 --ignore-eos --device cuda \
       --policy "$policy" --kv-size 16 --chunk 8 --ctx 128 -ctk "$kv_k" -ctv "$kv_v" --prefill "$prefill" $extra \
@@ -96,7 +99,7 @@ for config in "llama tova f16 f16 exact" "llama h2o f32 f32 chunked" "llama tova
     exit 1
   fi
 done
-echo "sanitize: device cuda (simulated), three sequences batched (tova bench --n-seq 3)"
+say "device cuda (simulated), three sequences batched (tova bench --n-seq 3)"
 "$BUILD/tova" bench -m "$BUILD/sim-llama.gguf" --device cuda -p 24 -n 8 -r 1 --n-seq 3 --policy tova --kv-size 16 \
   >/dev/null 2>"$BUILD/run.err" || { cat "$BUILD/run.err"; exit 1; }
-echo "sanitize: clean"
+say "clean"
