@@ -124,6 +124,16 @@ int next_ready(const BlockRun& r, int place) {
   return -1;
 }
 
+// Makes the fiber at `place` the running one (for the switch to it that follows) and returns it.
+Fiber& enter(BlockRun& r, int place) {
+  const int i = fiber_at(r, place);
+  Fiber& f = r.fibers[static_cast<size_t>(i)];
+  r.place = place;
+  r.current = i;
+  threadIdx = f.tid;
+  return f;
+}
+
 // Leaves the running fiber f (its state already set) for the next ready fiber of the pass, or for
 // the scheduler when the pass is over. Straight from fiber to fiber, without the scheduler between:
 // half the switches, and each returns where the return-address predictor expects (every waiting
@@ -138,11 +148,7 @@ void leave(BlockRun& r, Fiber& f) {
 #endif
     return;
   }
-  const int i = fiber_at(r, p);
-  Fiber& g = r.fibers[static_cast<size_t>(i)];
-  r.place = p;
-  r.current = i;
-  threadIdx = g.tid;
+  Fiber& g = enter(r, p);
 #if defined(__x86_64__)
   tova_sim_switch(&f.sp, g.sp);
 #else
@@ -189,11 +195,7 @@ void start_fiber(Fiber& f, int i) {
 
 // Runs a pass from the scheduler, starting at the ready fiber at `place`; back when it is over.
 void run_pass(BlockRun& r, int place) {
-  const int i = fiber_at(r, place);
-  Fiber& f = r.fibers[static_cast<size_t>(i)];
-  r.place = place;
-  r.current = i;
-  threadIdx = f.tid;
+  Fiber& f = enter(r, place);
 #if defined(__x86_64__)
   tova_sim_switch(&r.sched_sp, f.sp);
 #else
