@@ -73,17 +73,24 @@ constexpr int kStaggerSteps = 60;
 constexpr size_t kMapBytes = kStackBytes + 128 * 1024;
 static_assert(kStaggerStep * kStaggerSteps + 64 * 1024 <= 128 * 1024, "the stagger and the guard page");
 
+// A suspended thread (or the scheduler), and the switch from the running one to another.
+#if defined(__x86_64__)
+struct Context {
+  void* sp = nullptr;  // its stack pointer, the callee-saved registers on that stack
+};
+void switch_to(Context& from, const Context& to) { tova_sim_switch(&from.sp, to.sp); }
+#else
+using Context = ucontext_t;
+void switch_to(Context& from, const Context& to) { swapcontext(&from, &to); }
+#endif
+
 enum class State { Ready, AtBarrier, AtWarp, Done };
 
 struct Fiber {
   State state = State::Ready;
   uint3 tid;
   char* stack = nullptr;  // kMapBytes, a guard page at the low end
-#if defined(__x86_64__)
-  void* sp = nullptr;
-#else
-  ucontext_t ctx;
-#endif
+  Context ctx;
   WarpOp op = WarpOp::Sync;
   unsigned mask = 0;
   int arg = 0, width = kWarpSize;
@@ -98,11 +105,7 @@ struct BlockRun {
   int current = -1;     // the running fiber
   int place = -1;       // its place in the pass's order
   bool descending = false;
-#if defined(__x86_64__)
-  void* sched_sp = nullptr;
-#else
-  ucontext_t sched;
-#endif
+  Context sched;
   std::string fault;  // set when the block cannot go on
   ~BlockRun() {
     for (Fiber& f : fibers)
@@ -141,19 +144,11 @@ Fiber& enter(BlockRun& r, int place) {
 void leave(BlockRun& r, Fiber& f) {
   const int p = next_ready(r, r.place);
   if (p < 0) {
-#if defined(__x86_64__)
-    tova_sim_switch(&f.sp, r.sched_sp);
-#else
-    swapcontext(&f.ctx, &r.sched);
-#endif
+    switch_to(f.ctx, r.sched);
     return;
   }
   Fiber& g = enter(r, p);
-#if defined(__x86_64__)
-  tova_sim_switch(&f.sp, g.sp);
-#else
-  swapcontext(&f.ctx, &g.ctx);
-#endif
+  switch_to(f.ctx, g.ctx);
 }
 
 void fiber_main() {
@@ -183,7 +178,7 @@ void start_fiber(Fiber& f, int i) {
   top[-1] = 0;
   top[-2] = reinterpret_cast<uint64_t>(&tova_sim_entry);
   for (int i = 3; i <= 8; ++i) top[-i] = 0;
-  f.sp = &top[-8];
+  f.ctx.sp = &top[-8];
 #else
   getcontext(&f.ctx);
   f.ctx.uc_stack.ss_sp = f.stack + sysconf(_SC_PAGESIZE);
@@ -196,11 +191,7 @@ void start_fiber(Fiber& f, int i) {
 // Runs a pass from the scheduler, starting at the ready fiber at `place`; back when it is over.
 void run_pass(BlockRun& r, int place) {
   Fiber& f = enter(r, place);
-#if defined(__x86_64__)
-  tova_sim_switch(&r.sched_sp, f.sp);
-#else
-  swapcontext(&r.sched, &f.ctx);
-#endif
+  switch_to(r.sched, f.ctx);
 }
 
 // The running fiber waits in state s (until the scheduler releases it in a later pass).
