@@ -52,13 +52,28 @@ void Matmul::run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* j
     return j;
   };
   if (float_activations_) {
-    pool.run(starts[n_jobs], [&](int64_t task, int) {
+    // A quantized weight row is decoded to float32 once, into this thread's row of deq_, and
+    // multiplied by every input row with the float dot product (each output computed the same
+    // way whatever n is: a prompt's rows equal the decode steps'). Float weights (F32, F16,
+    // BF16 ...) take their own dot product with float32 activations.
+    const size_t need = static_cast<size_t>(pool.size()) * static_cast<size_t>(cols);
+    if (deq_.size() < need) deq_.resize(need);
+    pool.run(starts[n_jobs], [&](int64_t task, int thread) {
       int64_t r0, r1;
       const int j = job_of(task, r0, r1);
       const Matrix& w = *jobs[j].w;
-      const auto dot = cpu_kernels(w.type).vec_dot_f32;
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t r = r0; r < r1; ++r) jobs[j].y[i * w.rows + r] = dot(cols, w.row(r), x + i * cols);
+      const CpuKernels& k = cpu_kernels(w.type);
+      float* y = jobs[j].y;
+      if (!w.traits->is_quantized) {
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t r = r0; r < r1; ++r) y[i * w.rows + r] = k.vec_dot_f32(cols, w.row(r), x + i * cols);
+        return;
+      }
+      float* row = deq_.data() + static_cast<size_t>(thread) * static_cast<size_t>(cols);
+      for (int64_t r = r0; r < r1; ++r) {
+        k.dequantize(w.row(r), row, cols);
+        for (int64_t i = 0; i < n; ++i) y[i * w.rows + r] = dot_f32(row, x + i * cols, cols);
+      }
     });
     return;
   }

@@ -24,8 +24,9 @@ struct MatmulJob {
 };
 class Matmul {
  public:
-  // float_activations: multiply by the float32 activations directly (vec_dot_f32), skipping the
-  // 8-bit quantization llama.cpp applies: slower, closer to exact, for evaluation.
+  // float_activations: multiply by the float32 activations directly (quantized weight rows
+  // decoded to float32), skipping the 8-bit quantization llama.cpp applies: slower, closer to
+  // exact, for evaluation.
   explicit Matmul(bool float_activations = false) : float_activations_(float_activations) {}
   void run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* jobs, int n_jobs);
   void run(ThreadPool& pool, const Matrix& w, const float* x, int64_t n, float* y) {
@@ -36,6 +37,7 @@ class Matmul {
  private:
   bool float_activations_;
   std::vector<uint8_t> xq_[3];  // activations quantized per distinct vec_dot_type (reused)
+  std::vector<float> deq_;      // float_activations: one decoded weight row per thread (reused)
 };
 
 }  // namespace tova
