@@ -195,10 +195,10 @@ bool chunks_match(const ChunkDecoder& ch, const std::vector<uint8_t>& raw, size_
   return same;
 }
 
-// The CUDA backend's per-element dequantizers (cuda/dequant.cuh) and chunked dequantizers
-// (cuda/dequant_chunks.cuh) equal the CPU kernels bit for bit on random blocks of every weight
-// type they handle: checked here, where no GPU is needed.
-void test_cuda_dequantizers() {
+// Every CPU tier's dequantizer, the CUDA backend's per-element dequantizers (cuda/dequant.cuh)
+// and its chunked dequantizers (cuda/dequant_chunks.cuh) equal the portable CPU kernels bit for
+// bit on random blocks of every weight type they handle: checked here, where no GPU is needed.
+void test_dequantizers_agree() {
   uint32_t seed = 12345;
   auto next = [&] {
     seed = seed * 1664525u + 1013904223u;
@@ -247,7 +247,15 @@ void test_cuda_dequantizers() {
     if (c.type == GgmlType::BF16)
       for (int64_t i = 0; i < n; ++i) raw[static_cast<size_t>(2 * i + 1)] &= 0x3F;  // finite values
     std::vector<float> want(static_cast<size_t>(n));
-    dequantize_row(c.type, raw.data(), want.data(), n);
+    tier_kernels(CpuTier::Scalar, static_cast<uint32_t>(c.type)).dequantize(raw.data(), want.data(), n);
+    for (CpuTier tier : {CpuTier::Avx2, CpuTier::Avx512}) {
+      if (!tier_supported(tier)) continue;
+      std::vector<float> got(static_cast<size_t>(n));
+      tier_kernels(tier, static_cast<uint32_t>(c.type)).dequantize(raw.data(), got.data(), n);
+      const bool tier_same = std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0;
+      if (!tier_same) std::printf("  %s dequantizer differs for %s\n", tier_name(tier), t.name);
+      CHECK(tier_same);
+    }
     bool same = true;
     for (int64_t i = 0; i < n; ++i) {
       const float got = c.elem(raw.data(), i);
@@ -614,7 +622,7 @@ int main() {
   test_thread_pool();
   test_gguf_buffer();
   test_half_precision();
-  test_cuda_dequantizers();
+  test_dequantizers_agree();
   test_cuda_kv_formats();
   test_type_registry();
   test_builtin_policies();

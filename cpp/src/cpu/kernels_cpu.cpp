@@ -171,7 +171,12 @@ Table avx2_table() {
   at(t, GgmlType::Q8_0).vec_dot_f32 = a::vec_dot_q8_0_f32;
   at(t, GgmlType::Q4_0).dequantize = a::dequantize_q4_0;
   at(t, GgmlType::Q4_1).dequantize = a::dequantize_q4_1;
+  at(t, GgmlType::Q5_0).dequantize = a::dequantize_q5_0;
+  at(t, GgmlType::Q5_1).dequantize = a::dequantize_q5_1;
   at(t, GgmlType::Q8_0).dequantize = a::dequantize_q8_0;
+  at(t, GgmlType::Q4_K).dequantize = a::dequantize_q4_K;
+  at(t, GgmlType::Q5_K).dequantize = a::dequantize_q5_K;
+  at(t, GgmlType::Q6_K).dequantize = a::dequantize_q6_K;
   simd_rows<a::vec_dot_q4_0_q8_0, a::vec_dot_rows_q4_0_q8_0>(t, GgmlType::Q4_0);
   simd_rows<a::vec_dot_q5_0_q8_0, a::vec_dot_rows_q5_0_q8_0>(t, GgmlType::Q5_0);
   simd_rows<a::vec_dot_q8_0_q8_0, a::vec_dot_rows_q8_0_q8_0>(t, GgmlType::Q8_0);

@@ -575,13 +575,15 @@ void dequantize_q3_0(const void* x, float* dst, int64_t n) {
   }
 }
 
-// q4_1: d * q + m, a multiply then an add (not fused), as the portable kernel rounds it.
-void dequantize_q4_1(const void* vx, float* dst, int64_t n) {
-  const auto* x = static_cast<const BlockQ4_1*>(vx);
+// The formats with a minimum: d * q + m, a multiply then an add (not fused), as the portable
+// kernels round it.
+template <class Block>
+void dequantize_with_min(const void* vx, float* dst, int64_t n) {
+  const auto* x = static_cast<const Block*>(vx);
   for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
     const __m256 d = _mm256_set1_ps(half_to_float(x[i].d));
     const __m256 m = _mm256_set1_ps(half_to_float(x[i].m));
-    const __m256i q = unpack_nibbles(x[i].qs);  // 0..15 in element order
+    const __m256i q = quants(x[i]);  // unsigned, in element order
     const __m128i lo = _mm256_castsi256_si128(q);
     const __m128i hi = _mm256_extracti128_si256(q, 1);
     const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
@@ -591,6 +593,10 @@ void dequantize_q4_1(const void* vx, float* dst, int64_t n) {
     }
   }
 }
+
+void dequantize_q4_1(const void* x, float* dst, int64_t n) { dequantize_with_min<BlockQ4_1>(x, dst, n); }
+void dequantize_q5_0(const void* x, float* dst, int64_t n) { dequantize_symmetric<BlockQ5_0>(x, dst, n); }
+void dequantize_q5_1(const void* x, float* dst, int64_t n) { dequantize_with_min<BlockQ5_1>(x, dst, n); }
 void dequantize_q8_0(const void* x, float* dst, int64_t n) { dequantize_symmetric<BlockQ8_0>(x, dst, n); }
 float vec_dot_q8_0_f32(int64_t n, const void* x, const float* y) { return dot_f32_symmetric<BlockQ8_0>(n, x, y); }
 

@@ -7,6 +7,7 @@
 // belong to one 16-element group, the high 16 to the next, see scale_pair). Offsets and minima
 // are folded in once per super-block through the activation block sums (bsums).
 #include <cstring>
+#include <type_traits>
 
 #include "quant_avx2_util.h"
 #include "quant_kernels.h"
@@ -275,6 +276,80 @@ float vec_dot_q6_K_q8_K(int64_t n, const void* x, const void* y) { return one_ro
 void vec_dot_rows_q4_K_q8_K(int64_t n, const void* x, const void* y, size_t s, int r, float* o) { rows<BlockQ4_K, DotQ45K>(n, x, y, s, r, o); }
 void vec_dot_rows_q5_K_q8_K(int64_t n, const void* x, const void* y, size_t s, int r, float* o) { rows<BlockQ5_K, DotQ45K>(n, x, y, s, r, o); }
 void vec_dot_rows_q6_K_q8_K(int64_t n, const void* x, const void* y, size_t s, int r, float* o) { rows<BlockQ6_K, DotQ6K>(n, x, y, s, r, o); }
+
+// --- dequantization: equal to the portable kernels bit for bit (the group scale d * sc rounded
+// to float first, then scale * q, minus the group's minimum where there is one, never fused) ---
+
+namespace {
+
+// 32 unsigned quants (one byte each, element order) times a scale, minus a minimum.
+inline void store_scaled(__m256i q, float scale, float min, float* dst) {
+  const __m256 d = _mm256_set1_ps(scale), m = _mm256_set1_ps(min);
+  const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+  const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+  for (int k = 0; k < 4; ++k) {
+    const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[k])), d);
+    _mm256_storeu_ps(dst + 8 * k, _mm256_sub_ps(v, m));
+  }
+}
+
+// Q4_K and Q5_K: sub-block j (32 elements) is nibble j % 2 of qs[32 (j / 2) ..], plus bit j of
+// each qh byte as the fifth bit for Q5_K.
+template <class Block>
+void dequantize_q45_K(const void* vx, float* dst, int64_t n) {
+  const auto* x = static_cast<const Block*>(vx);
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  for (int64_t i = 0; i < n / kQK_K; ++i, dst += kQK_K) {
+    const float d = half_to_float(x[i].d), dmin = half_to_float(x[i].dmin);
+    for (int j = 0; j < 8; ++j) {
+      uint8_t sc, m;
+      kquant_scale_min(x[i].scales, j, &sc, &m);
+      const __m256i packed = load256(x[i].qs + 32 * (j / 2));
+      __m256i q = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(packed, 4) : packed, m4);
+      if constexpr (std::is_same_v<Block, BlockQ5_K>) {
+        const __m256i bit = _mm256_and_si256(_mm256_srli_epi16(load256(x[i].qh), j), _mm256_set1_epi8(1));
+        q = _mm256_or_si256(q, _mm256_slli_epi16(bit, 4));
+      }
+      store_scaled(q, d * static_cast<float>(sc), dmin * static_cast<float>(m), dst + 32 * j);
+    }
+  }
+}
+
+// 16 signed quants (int8, element order) times a scale.
+inline void store_scaled16(__m128i q, float scale, float* dst) {
+  const __m256 d = _mm256_set1_ps(scale);
+  _mm256_storeu_ps(dst, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+  _mm256_storeu_ps(dst + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), d));
+}
+
+}  // namespace
+
+void dequantize_q4_K(const void* x, float* dst, int64_t n) { dequantize_q45_K<BlockQ4_K>(x, dst, n); }
+void dequantize_q5_K(const void* x, float* dst, int64_t n) { dequantize_q45_K<BlockQ5_K>(x, dst, n); }
+
+// Q6_K: elements 128h + 32t + l (l in 0..31) are the quants q[t] of DotQ6K's half h, minus 32;
+// their group is 8h + 2t for l < 16, the next one above.
+void dequantize_q6_K(const void* vx, float* dst, int64_t n) {
+  const auto* x = static_cast<const BlockQ6_K*>(vx);
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
+  for (int64_t i = 0; i < n / kQK_K; ++i, dst += kQK_K) {
+    const float d = half_to_float(x[i].d);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i ql0 = load256(x[i].ql + 64 * h), ql1 = load256(x[i].ql + 64 * h + 32);
+      const __m256i qh = load256(x[i].qh + 32 * h);
+      const __m256i low[4] = {ql0, ql1, _mm256_srli_epi16(ql0, 4), _mm256_srli_epi16(ql1, 4)};
+      for (int t = 0; t < 4; ++t) {
+        const __m256i high = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * t), m2);
+        const __m256i q = _mm256_sub_epi8(
+            _mm256_or_si256(_mm256_and_si256(low[t], m4), _mm256_slli_epi16(high, 4)), off);
+        const int g = 8 * h + 2 * t;
+        float* out = dst + 128 * h + 32 * t;
+        store_scaled16(_mm256_castsi256_si128(q), d * static_cast<float>(x[i].scales[g]), out);
+        store_scaled16(_mm256_extracti128_si256(q, 1), d * static_cast<float>(x[i].scales[g + 1]), out + 16);
+      }
+    }
+  }
+}
 
 float vec_dot_q8_K_q8_K(int64_t n, const void* vx, const void* vy) {
   const auto* x = static_cast<const BlockQ8_K*>(vx);

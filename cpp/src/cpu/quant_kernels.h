@@ -196,10 +196,16 @@ float vec_dot_q5_1_q8_1(int64_t n, const void* x, const void* y);
 float vec_dot_q8_0_q8_0(int64_t n, const void* x, const void* y);
 float vec_dot_q4_0_f32(int64_t n, const void* x, const float* y);
 float vec_dot_q8_0_f32(int64_t n, const void* x, const float* y);
+// The dequantizers equal the portable ones bit for bit.
 void dequantize_q4_0(const void* src, float* dst, int64_t n);
 void dequantize_q4_1(const void* src, float* dst, int64_t n);
+void dequantize_q5_0(const void* src, float* dst, int64_t n);
+void dequantize_q5_1(const void* src, float* dst, int64_t n);
 void dequantize_q8_0(const void* src, float* dst, int64_t n);
-void dequantize_q3_0(const void* src, float* dst, int64_t n);  // equals the portable one bit for bit
+void dequantize_q3_0(const void* src, float* dst, int64_t n);
+void dequantize_q4_K(const void* src, float* dst, int64_t n);
+void dequantize_q5_K(const void* src, float* dst, int64_t n);
+void dequantize_q6_K(const void* src, float* dst, int64_t n);
 
 void quantize_q8_K(const float* src, void* dst, int64_t n);
 float vec_dot_q2_K_q8_K(int64_t n, const void* x, const void* y);
