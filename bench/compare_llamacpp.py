@@ -52,7 +52,8 @@ def llama_bench(root: Path) -> Path:
     if exe.exists():
         return exe
     root.mkdir(parents=True, exist_ok=True)
-    sh([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
+    # (pip reads the sdist's metadata in an isolated environment: its build backend need not be here)
+    sh([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
         f"llama-cpp-python=={VERSION}", "-d", str(root)])
     with tarfile.open(root / f"llama_cpp_python-{VERSION}.tar.gz") as tar:
         tar.extractall(root)
