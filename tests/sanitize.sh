@@ -40,24 +40,28 @@ for model in smollm2-135m-instruct gemma-3-270m; do
   path="$(python -m tova.models path "$model")"
   for tier in $TIERS; do
     # f16 slots with tova and the full cache; 4-bit keys (rotated) and values with tova_ema,
-    # original and cache_index positions; two KV tiers (a lower type after the 4th field, 4
-    # tokens in the upper tier) with tova_ema and the full cache; 3-bit values (q3_0) in both.
+    # original and cache_index positions; two KV tiers (a lower type in the 4th field, "-" for
+    # none; 4 tokens in the upper tier) with tova_ema and the full cache; 3-bit values (q3_0) in
+    # both; float32 activations (each weight row decoded to float32) with h2o and f32 slots.
     for config in "tova f16 original" "full f16 original" "tova_ema q4_1/q4_0 original" \
                   "tova q8_0/q4_1 cache_index" "tova_ema q8_0/q4_1 original q4_0" "full f16 original q4_0/q4_1" \
-                  "tova_ema q8_0/q3_0 original q4_0/q3_0"; do
+                  "tova_ema q8_0/q3_0 original q4_0/q3_0" "h2o f32 original - --float-activations"; do
       # The scalar kernels (plain loops, several times slower than the vector tiers under the
       # sanitizers) take the four settings that between them hold every KV type, both position
       # modes, the lower tier and the full cache: f16 slots are in the full cache's upper tier.
       case "$tier:$config" in
-        "scalar:tova f16 original" | "scalar:full f16 original" | "scalar:tova_ema q8_0/q4_1 original q4_0") continue ;;
+        "scalar:tova f16 original" | "scalar:full f16 original" | "scalar:tova_ema q8_0/q4_1 original q4_0" | \
+          "scalar:h2o f32 original - --float-activations") continue ;;
       esac
-      read -r policy kv positions lower <<<"$config"
+      read -r policy kv positions lower extra <<<"$config"
+      [ "$lower" = - ] && lower=""
       tiers=()
       [ -n "$lower" ] && tiers=(--kv-lo-type "$lower" --kv-hi-size 4)
-      say "$model, kernels $tier, policy $policy, kv $kv${lower:+ + $lower}, positions $positions"
+      say "$model, kernels $tier, policy $policy, kv $kv${lower:+ + $lower}, positions $positions${extra:+, $extra}"
+      # shellcheck disable=SC2086
       if ! TOVA_CPU_KERNELS="$tier" "$BUILD/tova" run -m "$path" -p "$PROMPT" -n 8 --temp 0 -t 2 \
           --policy "$policy" --kv-size 16 --chunk 8 --ctx 128 -ctk "${kv%/*}" -ctv "${kv#*/}" \
-          --positions "$positions" ${tiers[@]+"${tiers[@]}"} >/dev/null 2>"$BUILD/run.err"; then
+          --positions "$positions" ${tiers[@]+"${tiers[@]}"} $extra >/dev/null 2>"$BUILD/run.err"; then
         cat "$BUILD/run.err"
         exit 1
       fi
