@@ -55,7 +55,8 @@ void Matmul::run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* j
     // A quantized weight row is decoded to float32 once, into this thread's row of deq_, and
     // multiplied by every input row with the float dot product (each output computed the same
     // way whatever n is: a prompt's rows equal the decode steps'). Float weights (F32, F16,
-    // BF16 ...) take their own dot product with float32 activations.
+    // BF16 ...), and the types this tier has a SIMD float-activation kernel for (Q4_0, Q8_0 on
+    // x86), take that kernel for every input row instead.
     const size_t need = static_cast<size_t>(pool.size()) * static_cast<size_t>(cols);
     if (deq_.size() < need) deq_.resize(need);
     pool.run(starts[n_jobs], [&](int64_t task, int thread) {
@@ -64,7 +65,8 @@ void Matmul::run(ThreadPool& pool, const float* x, int64_t n, const MatmulJob* j
       const Matrix& w = *jobs[j].w;
       const CpuKernels& k = cpu_kernels(w.type);
       float* y = jobs[j].y;
-      if (!w.traits->is_quantized) {
+      const CpuKernels& portable = tier_kernels(CpuTier::Scalar, static_cast<uint32_t>(w.type));
+      if (!w.traits->is_quantized || k.vec_dot_f32 != portable.vec_dot_f32) {
         for (int64_t i = 0; i < n; ++i)
           for (int64_t r = r0; r < r1; ++r) y[i * w.rows + r] = k.vec_dot_f32(cols, w.row(r), x + i * cols);
         return;
