@@ -581,16 +581,8 @@ template <class Block>
 void dequantize_with_min(const void* vx, float* dst, int64_t n) {
   const auto* x = static_cast<const Block*>(vx);
   for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
-    const __m256 d = _mm256_set1_ps(half_to_float(x[i].d));
-    const __m256 m = _mm256_set1_ps(half_to_float(x[i].m));
-    const __m256i q = quants(x[i]);  // unsigned, in element order
-    const __m128i lo = _mm256_castsi256_si128(q);
-    const __m128i hi = _mm256_extracti128_si256(q, 1);
-    const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
-    for (int k = 0; k < 4; ++k) {
-      const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[k])), d);
-      _mm256_storeu_ps(dst + 8 * k, _mm256_add_ps(v, m));
-    }
+    store_scaled_u8<false>(quants(x[i]), _mm256_set1_ps(half_to_float(x[i].d)),
+                           _mm256_set1_ps(half_to_float(x[i].m)), dst);
   }
 }
 

@@ -282,17 +282,6 @@ void vec_dot_rows_q6_K_q8_K(int64_t n, const void* x, const void* y, size_t s, i
 
 namespace {
 
-// 32 unsigned quants (one byte each, element order) times a scale, minus a minimum.
-inline void store_scaled(__m256i q, float scale, float min, float* dst) {
-  const __m256 d = _mm256_set1_ps(scale), m = _mm256_set1_ps(min);
-  const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
-  const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
-  for (int k = 0; k < 4; ++k) {
-    const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[k])), d);
-    _mm256_storeu_ps(dst + 8 * k, _mm256_sub_ps(v, m));
-  }
-}
-
 // Q4_K and Q5_K: sub-block j (32 elements) is nibble j % 2 of qs[32 (j / 2) ..], plus bit j of
 // each qh byte as the fifth bit for Q5_K.
 template <class Block>
@@ -310,7 +299,8 @@ void dequantize_q45_K(const void* vx, float* dst, int64_t n) {
         const __m256i bit = _mm256_and_si256(_mm256_srli_epi16(load256(x[i].qh), j), _mm256_set1_epi8(1));
         q = _mm256_or_si256(q, _mm256_slli_epi16(bit, 4));
       }
-      store_scaled(q, d * static_cast<float>(sc), dmin * static_cast<float>(m), dst + 32 * j);
+      store_scaled_u8<true>(q, _mm256_set1_ps(d * static_cast<float>(sc)),
+                            _mm256_set1_ps(dmin * static_cast<float>(m)), dst + 32 * j);
     }
   }
 }

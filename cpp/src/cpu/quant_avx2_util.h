@@ -70,6 +70,18 @@ static inline __m256i bits_to_bytes(uint32_t bits) {
   return _mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1));
 }
 
+// 32 unsigned quants (bytes in element order) -> q * d + m, or q * d - m with kSubtract: a
+// multiply, then an add or subtract, never fused (as the portable decoders round them).
+template <bool kSubtract>
+static inline void store_scaled_u8(__m256i q, __m256 d, __m256 m, float* dst) {
+  const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+  const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+  for (int k = 0; k < 4; ++k) {
+    const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[k])), d);
+    _mm256_storeu_ps(dst + 8 * k, kSubtract ? _mm256_sub_ps(v, m) : _mm256_add_ps(v, m));
+  }
+}
+
 // Four vectors of 8 int32 (values within int8) -> 32 int8 in element order.
 static inline __m256i pack_i32_to_i8(__m256i a, __m256i b, __m256i c, __m256i d) {
   const __m256i ab = _mm256_packs_epi32(a, b);  // per 128-bit lane, so the order is interleaved
