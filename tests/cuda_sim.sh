@@ -11,34 +11,43 @@
 # Needs the Python of the test suite (numpy, pytest, gguf, nanobind) on PATH. SmolLM2 itself
 # (the `model` test) runs when it is already downloaded, for TOVA_CUDA_STEPS decode steps
 # (default here 16, a few minutes for its two cases; the test's own default is 256);
-# TOVA_SIM_MODELS=0 skips it.
+# TOVA_SIM_MODELS=0 skips it; TOVA_SIM_MODELS=only runs it alone, on the build and package an
+# earlier run of this script made (it touches neither, so that run's tests may still be going:
+# .ci/run runs the two side by side).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${1:-build/cuda-sim}
 shift || true
 PY=${PYTHON:-python}
 
-"$PY" -c "import nanobind" 2> /dev/null || "$PY" -m pip install -q "nanobind>=2.0"
-cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DTOVA_CUDA=OFF -DTOVA_CUDA_SIM=ON -DTOVA_BUILD_PYTHON=ON \
-  -DTOVA_BUILD_TESTS=OFF -DPython_EXECUTABLE="$(command -v "$PY")" > "$B.configure.log" 2>&1 \
-  || { tail -20 "$B.configure.log"; exit 1; }
-cmake --build "$B" --target _core tova_cli tova_cuda_sim_selftest
-
-# The package as an install would lay it out, from the source tree and this build.
 PKG="$B/python"
-rm -rf "$PKG"
-mkdir -p "$PKG/tova/bin"
-cp -r python/tova/. "$PKG/tova/"
-cp "$B"/_core*.so models/registry.json "$PKG/tova/"
-cp "$B/tova" "$PKG/tova/bin/"
-cp "$B/tova_cuda_sim_selftest" "$PKG/tova/bin/"
+if [ "${TOVA_SIM_MODELS:-1}" != only ]; then
+  "$PY" -c "import nanobind" 2> /dev/null || "$PY" -m pip install -q "nanobind>=2.0"
+  cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DTOVA_CUDA=OFF -DTOVA_CUDA_SIM=ON -DTOVA_BUILD_PYTHON=ON \
+    -DTOVA_BUILD_TESTS=OFF -DPython_EXECUTABLE="$(command -v "$PY")" > "$B.configure.log" 2>&1 \
+    || { tail -20 "$B.configure.log"; exit 1; }
+  cmake --build "$B" --target _core tova_cli tova_cuda_sim_selftest
+
+  # The package as an install would lay it out, from the source tree and this build.
+  rm -rf "$PKG"
+  mkdir -p "$PKG/tova/bin"
+  cp -r python/tova/. "$PKG/tova/"
+  cp "$B"/_core*.so models/registry.json "$PKG/tova/"
+  cp "$B/tova" "$PKG/tova/bin/"
+  cp "$B/tova_cuda_sim_selftest" "$PKG/tova/bin/"
+elif [ ! -d "$PKG/tova" ]; then
+  echo "TOVA_SIM_MODELS=only: no simulator build packaged in $PKG (run this script without it first)" >&2
+  exit 1
+fi
 
 MARK="cuda and not model"
 SMOL="$(PYTHONPATH="$PWD/$PKG" "$PY" -c "from tova.models import resolve; print(resolve('smollm2-135m-instruct', download=False))" 2>/dev/null || true)"
-if [ "${TOVA_SIM_MODELS:-1}" = 1 ] && [ -n "$SMOL" ]; then
-  MARK="cuda"
-  export TOVA_CUDA_STEPS="${TOVA_CUDA_STEPS:-16}"
-fi
+case "${TOVA_SIM_MODELS:-1}:${SMOL:+found}" in
+  1:found) MARK="cuda" ;;
+  only:found) MARK="cuda and model" ;;
+  only:) echo "TOVA_SIM_MODELS=only: SmolLM2 is not downloaded" >&2; exit 1 ;;
+esac
+export TOVA_CUDA_STEPS="${TOVA_CUDA_STEPS:-16}"
 PYTHONPATH="$PWD/$PKG${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
   "import tova; assert tova._core._cuda_simulated(), tova._core.__file__; print('device cuda: the CPU simulator,', tova._core.__file__)"
 echo "built; the tests start at $(date -u +%T)"
