@@ -32,6 +32,23 @@ def test_stream_equals_generate(engine):
         p.encode("utf-8")  # every piece is complete UTF-8 (a str with no lone surrogates)
 
 
+def test_a_character_cut_by_max_tokens_is_dropped(engine):
+    """max_tokens may end a generation between the bytes of one character (byte-level BPE splits
+    an emoji over several tokens): those bytes are dropped, not turned into U+FFFD, streamed or
+    not, as llama-cpp-python does. The text is a prefix of a longer generation's."""
+    prompt = "Emoji: \U0001F600\U0001F600\U0001F600\U0001F600\U0001F600\U0001F600"
+    h = engine.submit(prompt, max_tokens=8, temperature=0, ignore_eos=True)
+    longer = h.result()
+    toks = h.tokens
+    cuts = [k for k in range(1, len(toks)) if engine.detokenize(toks[:k]).endswith("\ufffd")]
+    assert cuts, f"no generation step ends inside a character here: {longer!r}"  # what is tested
+    for k in cuts:
+        text = engine.generate(prompt, max_tokens=k, temperature=0, ignore_eos=True)
+        pieces = list(engine.stream(prompt, max_tokens=k, temperature=0, ignore_eos=True))
+        assert "\ufffd" not in text and "".join(pieces) == text
+        assert longer.startswith(text) and text == engine.detokenize(toks[:k]).rstrip("\ufffd")
+
+
 def test_last_stats(engine):
     engine.generate("The capital of France is", max_tokens=7, temperature=0, ignore_eos=True)
     s = engine.last_stats

@@ -49,7 +49,10 @@ void Request::finish(FinishReason why, double now) {
 
 std::string Request::release_text(bool final) {
   if (final) {
-    held_ += utf8_.flush();
+    // The bytes of a character the last token left unfinished (max_tokens or a cancel cut it)
+    // are dropped: the text is complete UTF-8 (llama-cpp-python drops them too). Bytes that can
+    // never be UTF-8 were replaced by U+FFFD as they came.
+    utf8_.reset();
     std::string out;
     out.swap(held_);
     return out;
