@@ -28,7 +28,7 @@ def test_sampling_fields_are_the_sampling_params():
 
 def test_misspelt_keywords_are_named_with_their_spelling(smollm2_path):
     with tova.Engine(smollm2_path, n_threads=1, kv_size=16) as e:
-        with pytest.raises(TypeError, match="unknown keyword argument\\(s\\) max_token; did you mean max_tokens\\?"):
+        with pytest.raises(TypeError, match="unknown generate\\(\\) keyword argument\\(s\\) max_token; did you mean max_tokens\\?"):
             e.generate("Hi", max_token=3)
     with pytest.raises(TypeError, match="did you mean temperature\\?"):
         tova.SamplingParams().replace(temprature=0.1)

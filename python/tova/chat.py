@@ -279,7 +279,7 @@ class ChatTurn:
     def __init__(self, engine: "Engine", messages: Sequence[Message], *,
                  chat_template: Optional[str], keep_system: bool, max_tokens: int,
                  stop: Union[None, str, Sequence[str]], ignore_eos: bool,
-                 sampling: "Optional[SamplingParams]", fields: Mapping[str, Any]) -> None:
+                 sampling: "Optional[SamplingParams]", fields: Mapping[str, Any], method: str = "chat") -> None:
         _check_messages(messages)
         if not messages:
             raise ValueError("messages is empty: a chat needs at least one message")
@@ -294,7 +294,7 @@ class ChatTurn:
         pin = None
         if keep_system and messages[0]["role"] == "system":
             pin = _pin_probes(engine, template, messages)
-        params = engine._params(sampling, fields)
+        params = engine._params(sampling, fields, method)
         self._engine = engine
         self._recorded = True  # nothing to record until the reply starts
         self._lock = _turn_lock(engine)

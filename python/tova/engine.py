@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
 import threading
 import time
@@ -68,10 +69,29 @@ _SETTINGS = frozenset({"path", "n_ctx", "kv_size", "policy", "n_sink", "kv_type"
                        "kv_type_v", "kv_hadamard", "kv_lo_type", "kv_hi_size", "prefill", "chunk",
                        "positions", "float_activations", "n_seq", "n_batch", "n_threads", "backend"})
 
-# The generation methods' own keywords (for "did you mean" when a misspelt one reaches the
-# sampling fields).
-_GENERATION_KEYWORDS = ("max_tokens", "stop", "ignore_eos", "sampling", "chat_template",
-                        "keep_system", "seq", "logprobs", "reuse_prefix")
+# The generation methods, for errors that say which one takes a keyword another was given
+# ("logprobs" is submit's).
+_GENERATION_METHODS = ("generate", "stream", "submit", "generate_batch", "chat", "chat_stream",
+                       "create_chat_completion")
+
+
+def _keywords_of(method: str) -> List[str]:
+    """The keyword-only arguments of Engine.<method> (the sampling fields come as **fields)."""
+    params = inspect.signature(getattr(Engine, method)).parameters.values()
+    return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def _unknown_keywords_error(method: str, unknown: Sequence[str]) -> TypeError:
+    """Names the keywords ``method`` does not take, its valid ones, and for a keyword that
+    another generation method takes, that method."""
+    elsewhere = []
+    for name in sorted(unknown):
+        takers = [f"{m}()" for m in _GENERATION_METHODS if name in _keywords_of(m)]
+        if takers:
+            elsewhere.append(f"{name} is an argument of {', '.join(takers)}, not of {method}()")
+    err = unknown_names_error([u for u in unknown], [*SamplingFields.__annotations__, *_keywords_of(method)],
+                              f"{method}() keyword argument")
+    return TypeError(f"{err}{'; ' if elsewhere else ''}{'; '.join(elsewhere)}")
 
 
 class Engine:
@@ -339,14 +359,14 @@ class Engine:
             raise ValueError("the prompt is empty: it tokenizes to no tokens")
         return ids
 
-    def _params(self, sampling: Optional[SamplingParams], fields: Mapping[str, Any]) -> SamplingParams:
+    def _params(self, sampling: Optional[SamplingParams], fields: Mapping[str, Any], method: str) -> SamplingParams:
+        """The sampling of a call of ``method`` (for the error naming a keyword it does not take)."""
         params = sampling if sampling is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise TypeError("sampling must be a tova.SamplingParams")
         unknown = set(fields) - set(SamplingFields.__annotations__)
-        if unknown:  # (named with the generation's own keywords, for max_token -> max_tokens)
-            raise unknown_names_error(unknown, [*SamplingFields.__annotations__, *_GENERATION_KEYWORDS],
-                                      "keyword argument")
+        if unknown:
+            raise _unknown_keywords_error(method, sorted(unknown))
         if self._seed is not None and sampling is None and "seed" not in fields:
             fields = dict(fields, seed=self._seed)
         return params.replace(**fields) if fields else params
@@ -359,6 +379,7 @@ class Engine:
         ignore_eos: bool,
         sampling: Optional[SamplingParams],
         fields: Mapping[str, Any],
+        method: str,
         keep_history: bool = False,
         logprobs: Optional[int] = None,
         reuse_prefix: bool = False,
@@ -370,7 +391,7 @@ class Engine:
         ignore_eos = _check.boolean("ignore_eos", ignore_eos)
         reuse_prefix = _check.boolean("reuse_prefix", reuse_prefix)
         logprobs = _check.optional_integer("logprobs", logprobs, minimum=0, maximum=20)
-        params = self._params(sampling, fields)
+        params = self._params(sampling, fields, method)
         ids = self._ids(prompt)
         if self.policy == "full" and len(ids) + (self.n_past if keep_history else 0) > self.n_ctx:
             raise ValueError(
@@ -410,7 +431,7 @@ class Engine:
         holds a prefix of this prompt (a conversation's previous turn, say), continue it and read
         only the rest (``stats["cached_tokens"]``); the text is the same as reading it all
         (exact prefill only)."""
-        return self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields, logprobs=logprobs,
+        return self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields, "submit", logprobs=logprobs,
                            reuse_prefix=reuse_prefix)
 
     def generate_batch(
@@ -428,7 +449,8 @@ class Engine:
         :meth:`generate` returns for that prompt alone."""
         if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
             raise TypeError(f"prompts must be a list of prompts, got {type(prompts).__name__}")
-        handles = [self._start(p, max_tokens, stop, ignore_eos, sampling, fields) for p in prompts]
+        handles = [self._start(p, max_tokens, stop, ignore_eos, sampling, fields, "generate_batch")
+                   for p in prompts]
         try:
             return [h.result() for h in handles]
         finally:
@@ -456,7 +478,7 @@ class Engine:
         greedy). Ctrl-C raises ``KeyboardInterrupt`` within one token; the engine stays usable.
         Statistics of the run are in :attr:`last_stats`.
         """
-        return self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields).result()
+        return self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields, "generate").result()
 
     def stream(
         self,
@@ -470,7 +492,7 @@ class Engine:
     ) -> Iterator[str]:
         """Like :meth:`generate`, yielding text pieces as they are produced. Every piece is
         complete UTF-8; text that might begin a stop string is held back until it cannot."""
-        return iter(self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields))
+        return iter(self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields, "stream"))
 
     @property
     def last_stats(self) -> Dict[str, Any]:
@@ -535,9 +557,8 @@ class Engine:
         messages extended evaluates only the new turn's tokens. ``keep_system`` pins the system
         prompt (never evicted). Stopping and sampling options are those of :meth:`generate`.
         """
-        return "".join(self.chat_stream(
-            messages, chat_template=chat_template, keep_system=keep_system, max_tokens=max_tokens,
-            stop=stop, ignore_eos=ignore_eos, sampling=sampling, **fields))
+        return "".join(self._chat_turn("chat", messages, chat_template, keep_system, max_tokens, stop,
+                                       ignore_eos, sampling, fields).pieces())
 
     def chat_stream(
         self,
@@ -552,12 +573,8 @@ class Engine:
         **fields: "Unpack[SamplingFields]",
     ) -> Iterator[str]:
         """Like :meth:`chat`, yielding the reply's text pieces as they are produced."""
-        from . import chat as _chat
-
-        turn = _chat.ChatTurn(self, messages, chat_template=chat_template, keep_system=keep_system,
-                              max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos,
-                              sampling=sampling, fields=fields)
-        return turn.pieces()
+        return self._chat_turn("chat_stream", messages, chat_template, keep_system, max_tokens, stop, ignore_eos,
+                               sampling, fields).pieces()
 
     def create_chat_completion(
         self,
@@ -578,11 +595,20 @@ class Engine:
         final end-of-turn token, ``total_tokens``)."""
         from . import chat as _chat
 
-        turn = _chat.ChatTurn(self, messages, chat_template=chat_template, keep_system=keep_system,
-                              max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos,
-                              sampling=sampling, fields=fields)
+        turn = self._chat_turn("create_chat_completion", messages, chat_template, keep_system, max_tokens, stop,
+                               ignore_eos, sampling, fields)
         content = "".join(turn.pieces())
         return _chat.completion_dict(self, turn, content)
+
+    def _chat_turn(self, method: str, messages: Sequence[Message], chat_template: Optional[str], keep_system: bool,
+                   max_tokens: int, stop: Union[None, str, Sequence[str]], ignore_eos: bool,
+                   sampling: Optional[SamplingParams], fields: Mapping[str, Any]) -> Any:
+        """The reply of a call of ``method`` (chat, chat_stream, create_chat_completion)."""
+        from . import chat as _chat
+
+        return _chat.ChatTurn(self, messages, chat_template=chat_template, keep_system=keep_system,
+                              max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos, sampling=sampling,
+                              fields=fields, method=method)
 
     def reset_chat(self) -> None:
         """Forgets the conversation held in the sequence (the next chat reads its prompt in full)."""

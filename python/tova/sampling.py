@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import numbers
 import struct
 import sys
@@ -56,7 +57,9 @@ def unknown_names_error(unknown: Iterable[str], valid: Iterable[str], what: str)
     its closest valid spelling."""
     valid = sorted(valid)
     unknown = sorted(unknown)
-    hints = [m[0] for m in (difflib.get_close_matches(u, valid, n=1) for u in unknown) if m]
+    # The closest spelling, else a valid name the unknown one begins (temp -> temperature).
+    hints = [m[0] for m in ((difflib.get_close_matches(u, valid, n=1) or
+                             [v for v in valid if len(u) >= 3 and v.startswith(u)][:1]) for u in unknown) if m]
     hint = f"; did you mean {', '.join(hints)}?" if hints else ""
     return TypeError(f"unknown {what}(s) {', '.join(unknown)}{hint}; valid names: {', '.join(valid)}")
 
@@ -161,3 +164,21 @@ class SamplingParams:
     def sampler(self) -> "_core.Sampler":
         """A fresh C++ sampler chain with these settings."""
         return _core.Sampler(self.to_core())
+
+
+def _checked_init(init: Any) -> Any:
+    """The dataclass's __init__, with unknown keywords named as :meth:`SamplingParams.replace`
+    names them (with their closest valid spelling) instead of Python's bare message."""
+    names = [f.name for f in dataclasses.fields(SamplingParams)]
+
+    @functools.wraps(init)
+    def checked(self: SamplingParams, *args: Any, **fields: Any) -> None:
+        unknown = set(fields) - set(names)
+        if unknown:
+            raise unknown_names_error(unknown, names, "sampling parameter")
+        init(self, *args, **fields)
+
+    return checked
+
+
+SamplingParams.__init__ = _checked_init(SamplingParams.__init__)  # type: ignore[method-assign]
