@@ -309,7 +309,7 @@ def test_kv_types_on_the_command_line(smollm2_path):
             "--kv-size", "32", "-ctk", "q4_0", "-ctv", "q4_0")
     assert r.returncode == 0 and "Paris" in r.stdout, r.stderr
     r = run("run", "-m", smollm2_path, "-p", "Hi", "-n", "1", "-ctv", "q3_k")
-    assert r.returncode != 0 and "unknown kv_type 'q3_k'" in r.stderr
+    assert r.returncode != 0 and "unknown --kv-type-v (-ctv) 'q3_k'" in r.stderr
 
 
 @pytest.mark.model

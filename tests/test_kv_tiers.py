@@ -185,8 +185,12 @@ def test_tier_settings_refused_clearly(smollm2_path):
         _engine(smollm2_path, kv_size=64, kv_lo_type="q4_0", kv_hi_size=100)
     with pytest.raises(ValueError, match=r"kv_hi_size 100 \+ chunk 64 .* smaller than kv_size 160"):
         tova.Engine(smollm2_path, kv_size=160, kv_lo_type="q4_0", kv_hi_size=100, chunk=64, n_threads=1)
-    with pytest.raises(ValueError, match="unknown kv_type 'q3'"):
+    with pytest.raises(ValueError, match="unknown kv_lo_type 'q3'"):
         _engine(smollm2_path, kv_size=64, kv_lo_type="q3", kv_hi_size=8)
+    with pytest.raises(ValueError, match=r"unknown kv_lo_type \(keys\) ''"):
+        _engine(smollm2_path, kv_size=64, kv_lo_type="/q4_0", kv_hi_size=8)
+    with pytest.raises(ValueError, match="kv_lo_type 'q4_0/q4_0/q4_0' has more than one '/'"):
+        _engine(smollm2_path, kv_size=64, kv_lo_type="q4_0/q4_0/q4_0", kv_hi_size=8)
     with pytest.raises(ValueError, match="cache_index"):
         _engine(smollm2_path, kv_size=64, kv_lo_type="q4_0", kv_hi_size=8, positions="cache_index")
     with pytest.raises(ValueError, match=r"kv_lo_type \(keys\) q3_0: q3_0 is for values only"):

@@ -51,7 +51,7 @@ void bound(const char* name, int64_t v, int64_t lo, int64_t hi, const char* hint
 }  // namespace
 
 PolicyKind parse_policy(const std::string& name) { return parse_enum("policy", name, kPolicies); }
-KvType parse_kv_type(const std::string& name) { return parse_enum("kv_type", name, kKvTypes); }
+KvType parse_kv_type(const std::string& name, const char* what) { return parse_enum(what, name, kKvTypes); }
 PrefillMode parse_prefill(const std::string& name) { return parse_enum("prefill mode", name, kPrefill); }
 PositionsMode parse_positions(const std::string& name) {
   return parse_enum("positions mode", name, kPositions);
@@ -75,13 +75,16 @@ std::string kv_pair_label(KvType k, KvType v) {
 
 std::string EngineParams::kv_type_label() const { return kv_pair_label(kv_type_k, kv_type_v); }
 
-std::pair<KvType, KvType> parse_kv_type_pair(const std::string& text) {
+std::pair<KvType, KvType> parse_kv_type_pair(const std::string& text, const char* what) {
   const size_t slash = text.find('/');
   if (slash == std::string::npos) {
-    const KvType t = parse_kv_type(text);
+    const KvType t = parse_kv_type(text, what);
     return {t, t};
   }
-  return {parse_kv_type(text.substr(0, slash)), parse_kv_type(text.substr(slash + 1))};
+  if (text.find('/', slash + 1) != std::string::npos)
+    throw ArgumentError(cat(what, " '", text, "' has more than one '/' (a type, or the keys' type/the values' type)"));
+  const std::string k = text.substr(0, slash), v = text.substr(slash + 1);
+  return {parse_kv_type(k, cat(what, " (keys)").c_str()), parse_kv_type(v, cat(what, " (values)").c_str())};
 }
 
 std::string EngineParams::kv_lo_type_label() const {

@@ -20,9 +20,10 @@ enum class BackendKind { Cpu, Cuda };  // Cuda: built with TOVA_CUDA (cuda/)
 
 // parse_*: ArgumentError listing the known names for an unknown one.
 PolicyKind parse_policy(const std::string& name);  // a built-in name ("plugin" is not one)
-KvType parse_kv_type(const std::string& name);     // "f32", "f16", "q8_0", "q5_x", "q4_x", "q3_0"
+// "f32", "f16", "q8_0", "q5_x", "q4_x", "q3_0"; `what` names the setting in the error.
+KvType parse_kv_type(const std::string& name, const char* what = "kv_type");
 // "q4_0" (keys and values) or "q8_0/q4_1" (keys / values).
-std::pair<KvType, KvType> parse_kv_type_pair(const std::string& text);
+std::pair<KvType, KvType> parse_kv_type_pair(const std::string& text, const char* what);
 PrefillMode parse_prefill(const std::string& name);  // "exact", "chunked"
 PositionsMode parse_positions(const std::string& name);  // "original", "cache_index"
 BackendKind parse_backend(const std::string& name);      // "cpu"

@@ -108,13 +108,13 @@ EngineParams engine_params_from(const CliArgs& a, const std::string& default_pol
   p.n_sink = a.integer("--n-sink", p.n_sink);
   // --kv-type sets keys and values; --kv-type-k / --kv-type-v (llama.cpp's -ctk / -ctv) one each.
   const std::string both = a.str("--kv-type", kv_type_name(p.kv_type_k));
-  p.kv_type_k = parse_kv_type(a.str("--kv-type-k", both));
-  p.kv_type_v = parse_kv_type(a.str("--kv-type-v", both));
+  p.kv_type_k = parse_kv_type(a.str("--kv-type-k", both), a.has("--kv-type-k") ? "--kv-type-k (-ctk)" : "--kv-type");
+  p.kv_type_v = parse_kv_type(a.str("--kv-type-v", both), a.has("--kv-type-v") ? "--kv-type-v (-ctv)" : "--kv-type");
   p.kv_hadamard = !a.has("--no-kv-hadamard");
   p.float_activations = a.has("--float-activations");
   if (a.has("--kv-lo-type")) {
     p.kv_lo = true;
-    std::tie(p.kv_lo_type_k, p.kv_lo_type_v) = parse_kv_type_pair(a.str("--kv-lo-type", ""));
+    std::tie(p.kv_lo_type_k, p.kv_lo_type_v) = parse_kv_type_pair(a.str("--kv-lo-type", ""), "--kv-lo-type");
   }
   p.kv_hi_size = a.integer("--kv-hi-size", p.kv_hi_size);
   p.chunk = a.integer("--chunk", p.chunk);

@@ -129,8 +129,8 @@ void bind_engine(nb::module_& m) {
              p.n_ctx = n_ctx;
              p.n_sink = n_sink;
              // kv_type sets keys and values; kv_type_k / kv_type_v ("" = as kv_type) one each.
-             p.kv_type_k = parse_kv_type(kv_type_k.empty() ? kv_type : kv_type_k);
-             p.kv_type_v = parse_kv_type(kv_type_v.empty() ? kv_type : kv_type_v);
+             p.kv_type_k = kv_type_k.empty() ? parse_kv_type(kv_type) : parse_kv_type(kv_type_k, "kv_type_k");
+             p.kv_type_v = kv_type_v.empty() ? parse_kv_type(kv_type) : parse_kv_type(kv_type_v, "kv_type_v");
              p.prefill = parse_prefill(prefill);
              p.chunk = chunk;
              p.positions = parse_positions(positions);
@@ -138,7 +138,7 @@ void bind_engine(nb::module_& m) {
              p.kv_hadamard = kv_hadamard;
              if (!kv_lo_type.empty()) {  // "" = one tier
                p.kv_lo = true;
-               std::tie(p.kv_lo_type_k, p.kv_lo_type_v) = parse_kv_type_pair(kv_lo_type);
+               std::tie(p.kv_lo_type_k, p.kv_lo_type_v) = parse_kv_type_pair(kv_lo_type, "kv_lo_type");
              }
              p.kv_hi_size = kv_hi_size;
              p.n_seq = n_seq;
