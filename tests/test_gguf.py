@@ -99,6 +99,8 @@ def test_missing_tensor_is_key_error(valid_file: Path) -> None:
 def test_missing_file() -> None:
     with pytest.raises(FileNotFoundError, match="no such file"):
         tova.GGUFFile("/nonexistent/model.gguf")
+    with pytest.raises(FileNotFoundError, match="not a regular file \\(a directory\\)"):
+        tova.GGUFFile(Path(__file__).parent)
 
 
 # ---- malformed files: each case corrupts the valid file at a known field -----------------------

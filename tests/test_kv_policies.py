@@ -281,7 +281,9 @@ class Returns(tova.Policy):
         return {"too_many": valid[: n + 1], "too_few": valid[: n - 1], "duplicate": [valid[0]] * 2,
                 "out_of_range": [view.n_slots + 5], "empty_slot": [int(np.where(view.pos < 0)[0][0])],
                 "not_ints": ["a"], "float": [float(valid[0])], "bool": [True], "none": None,
-                "zero_d": np.array(valid[0]), "huge": [2 ** 40], "endless": itertools.count()}[self.how]
+                "zero_d": np.array(valid[0]), "two_d": np.array(valid[:n]).reshape(1, -1),
+                "column": np.array(valid[:n]).reshape(-1, 1), "nested": [[valid[0]]],
+                "huge": [2 ** 40], "endless": itertools.count()}[self.how]
 
 
 @pytest.mark.parametrize("how, pattern", [
@@ -294,6 +296,9 @@ class Returns(tova.Policy):
     ("bool", "got an element of type bool"),
     ("none", "must return a sequence of slot indices \\(1 ints\\), got NoneType"),
     ("zero_d", "got a 0-d array"),
+    ("two_d", "got a 2-d array"),
+    ("column", "got a 2-d array"),
+    ("nested", "got an element of type list"),
     ("huge", "at layer 0, position 8: select\\(\\) returned slot 1099511627776, out of range"),
     ("endless", "returned more than 1 slots, expected 1"),  # (read no further: no memory blow-up)
 ])
@@ -508,8 +513,14 @@ def test_c_plugin_equals_builtin_window(smollm2_path, tmp_path):
         text = e.generate("Once upon a time", max_tokens=60, temperature=0)
     with tova.Engine(smollm2_path, policy="window", kv_size=16, n_threads=2) as w:
         assert text == w.generate("Once upon a time", max_tokens=60, temperature=0)
-    with pytest.raises(tova.TovaError, match="cannot load policy plugin '.*nope.so'"):
+    with pytest.raises(FileNotFoundError, match="cannot load policy plugin '.*nope.so': no such file"):
         tova.Engine(smollm2_path, policy=tova.PluginPolicy(tmp_path / "nope.so"))
+    # A file that is not a plugin, or a library without the entry point: ValueError.
+    (tmp_path / "text.so").write_text("not a library")
+    with pytest.raises(ValueError, match="cannot load policy plugin '.*text.so'"):
+        tova.Engine(smollm2_path, policy=tova.PluginPolicy(tmp_path / "text.so"))
+    with pytest.raises(ValueError, match="does not export tova_policy_create"):
+        tova.Engine(smollm2_path, policy=tova.PluginPolicy(tova._core.__file__))
 
 
 def test_probs_outside_select_and_empty_type_names(smollm2_path):

@@ -2,6 +2,7 @@
 
 #include <cstddef>
 
+#include <cerrno>
 #include <dlfcn.h>
 #include <sys/stat.h>
 
@@ -180,15 +181,19 @@ PolicyHandle load_policy_plugin(const std::string& path, const std::string& args
   struct stat st {};
   if (path.find('/') == std::string::npos && ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode))
     open_as = "./" + path;
+  // A path to no file (a name searched in the library path aside) is FileNotFound; a file that
+  // is not a plugin, an argument error (Python: FileNotFoundError, ValueError).
+  if (path.find('/') != std::string::npos && ::stat(path.c_str(), &st) != 0 && errno == ENOENT)
+    throw FileNotFound(cat("cannot load policy plugin '", path, "': no such file"));
   void* lib = ::dlopen(open_as.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!lib) {
     const char* e = ::dlerror();
-    throw Error(cat("cannot load policy plugin '", path, "': ", e ? e : "unknown error"));
+    throw ArgumentError(cat("cannot load policy plugin '", path, "': ", e ? e : "unknown error"));
   }
   std::shared_ptr<void> holder(lib, [](void* h) { ::dlclose(h); });
   auto create = reinterpret_cast<tova_policy_create_fn>(::dlsym(lib, "tova_policy_create"));
   if (!create)
-    throw Error(cat("policy plugin '", path, "' does not export tova_policy_create"));
+    throw ArgumentError(cat("policy plugin '", path, "' does not export tova_policy_create"));
   tova_policy* p = create(args.c_str());
   const std::string origin = cat("policy plugin '", path, "'");
   try {

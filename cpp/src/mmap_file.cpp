@@ -26,7 +26,7 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    throw Error(cat(path, ": not a regular file"));
+    throw FileNotFound(cat(path, ": not a regular file", S_ISDIR(st.st_mode) ? " (a directory)" : ""));
   }
   size_ = static_cast<size_t>(st.st_size);
   if (size_ > 0) {

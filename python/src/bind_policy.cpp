@@ -128,10 +128,11 @@ int py_select(void* user, const tova_policy_view* v, int32_t* out) {
     std::vector<int64_t> slots;
     // A sequence of ints: a list, tuple, set, generator or 1-d integer array (not a str, bytes,
     // or a 0-d array, which iterate oddly or not at all).
-    const bool zero_d = nb::hasattr(r, "ndim") && nb::isinstance<nb::int_>(r.attr("ndim")) && nb::cast<int>(r.attr("ndim")) == 0;
-    if (r.is_none() || zero_d || nb::isinstance<nb::str>(r) || nb::isinstance<nb::bytes>(r) || !nb::hasattr(r, "__iter__"))
+    // (An array's ndim: 0 and 2 or more are refused by name, not by what iterating them does.)
+    const int ndim = nb::hasattr(r, "ndim") && nb::isinstance<nb::int_>(r.attr("ndim")) ? nb::cast<int>(r.attr("ndim")) : 1;
+    if (r.is_none() || ndim != 1 || nb::isinstance<nb::str>(r) || nb::isinstance<nb::bytes>(r) || !nb::hasattr(r, "__iter__"))
       throw Error(cat(where(), "must return a sequence of slot indices (", v->n_evict, " ints), got ",
-                      zero_d ? std::string("a 0-d array") : type_name(r)));
+                      ndim != 1 ? cat("a ", ndim, "-d array") : type_name(r)));
     if (nb::hasattr(r, "__len__")) {  // a sized answer: its length says it all
       const Py_ssize_t n = PyObject_Length(r.ptr());
       if (n < 0) throw nb::python_error();
@@ -142,7 +143,10 @@ int py_select(void* user, const tova_policy_view* v, int32_t* out) {
       if (PyBool_Check(h.ptr()) || !PyIndex_Check(h.ptr()))
         throw Error(cat(where(), "must return slot indices (ints), got an element of type ", type_name(h)));
       nb::object index = nb::steal(PyNumber_Index(h.ptr()));
-      if (!index.is_valid()) throw nb::python_error();
+      if (!index.is_valid()) {  // an index-like object that refuses to be one (a 1-d array)
+        PyErr_Clear();
+        throw Error(cat(where(), "must return slot indices (ints), got an element of type ", type_name(h)));
+      }
       int overflow = 0;
       const long long value = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
       if (overflow != 0 || value < INT32_MIN || value > INT32_MAX)
