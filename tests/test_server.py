@@ -568,6 +568,63 @@ def test_full_queue_answers_429(server: Server) -> None:
 
 
 @pytest.mark.model
+def test_requests_beyond_max_connections_answer_503(smollm2_path: Path) -> None:
+    """--max-connections N: N requests are handled at once (a stream until it ends), idle
+    keep-alive connections not counted; one more is answered 503 with an OpenAI-shaped error
+    and Retry-After."""
+    s = Server(smollm2_path, "--n-seq", "1", "--kv-size", "64", "--max-connections", "2")
+    idle = [httpx.Client(timeout=30) for _ in range(2)]
+    try:
+        for c in idle:  # two keep-alive connections, left open
+            assert c.get(s.base + "/health").status_code == 200
+        body = {"prompt": "A long tale:", "max_tokens": 400, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", s.base + "/v1/completions", json=body, timeout=60) as a, \
+             httpx.stream("POST", s.base + "/v1/completions", json=body, timeout=60) as b:
+            assert a.status_code == 200 and b.status_code == 200  # (b waits for the sequence)
+            r = s.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                                "max_tokens": 2})
+            assert r.status_code == 503 and r.headers["content-type"] == "application/json"
+            assert r.headers["retry-after"] == "1"
+            err = r.json()["error"]
+            assert err["code"] == "server_busy" and "--max-connections" in err["message"]
+        assert _wait_active(s, 0, timeout=5) == 0
+        r = s.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert r.status_code == 200
+    finally:
+        for c in idle:
+            c.close()
+        s.stop()
+
+
+@pytest.mark.model
+def test_port_0_is_shown_as_the_port_bound(smollm2_path: Path) -> None:
+    """--port 0 takes any free port; the start-up line names that port, not 0."""
+    p = subprocess.Popen([sys.executable, "-m", "tova", "serve", "-m", str(smollm2_path), "--host", HOST,
+                          "--port", "0", "--threads", "1", "--n-seq", "1", "--log-level", "warning"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert p.stdout is not None
+        line = next(line for line in p.stdout if line.startswith("tova serve:"))
+        port = int(line.rsplit(f"http://{HOST}:", 1)[1].split("/")[0])
+        assert port > 0
+        deadline = time.time() + 60
+        while True:
+            try:
+                assert httpx.get(f"http://{HOST}:{port}/health", timeout=2).status_code == 200
+                break
+            except httpx.HTTPError:
+                assert time.time() < deadline, line
+                time.sleep(0.2)
+    finally:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.model
 def test_metrics_text(server: Server) -> None:
     m = server.metrics()
     for name in ("tova_prompt_tokens_total", "tova_completion_tokens_total", "tova_tokens_per_second",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from typing import Any, Awaitable, Callable, Dict, MutableMapping, Optional
+from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Optional, Tuple
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,14 +30,15 @@ _ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health"
 
 
 class _Gate:
-    """Pure ASGI middleware (it does not buffer streams): the API key of ``/v1/*`` and the
-    request counter of ``/metrics``."""
+    """Pure ASGI middleware (it does not buffer streams): the bound on requests handled at once,
+    the API key of ``/v1/*`` and the request counter of ``/metrics``."""
 
     def __init__(self, app: ASGIApp, service: Service) -> None:
         self.app = app
         self.service = service
         key = service.config.api_key
         self.key = key.encode() if key else None
+        self.inside = 0  # requests being handled (the event loop's thread alone counts them)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,11 +53,23 @@ class _Gate:
                 status["code"] = int(message["status"])
             await send(message)
 
+        limit = self.service.config.max_requests
         try:
-            if self.key is not None and path.startswith("/v1/") and not self._authorized(scope):
-                await self._reject(send_counting)
+            if self.inside >= limit:
+                await self._send_error(send_counting, 503, error_body(
+                    f"the server is handling {limit} requests at once, its limit (--max-connections); "
+                    "retry later", "server_error", None, "server_busy"), [(b"retry-after", b"1")])
                 return
-            await self.app(scope, receive, send_counting)
+            if self.key is not None and path.startswith("/v1/") and not self._authorized(scope):
+                await self._send_error(send_counting, 401, error_body(
+                    "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
+                    "authentication_error", None, "invalid_api_key"), [(b"www-authenticate", b"Bearer")])
+                return
+            self.inside += 1
+            try:
+                await self.app(scope, receive, send_counting)
+            finally:
+                self.inside -= 1
         finally:
             self.service.metrics.request(endpoint, status["code"])
 
@@ -67,14 +80,12 @@ class _Gate:
                 return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key or b"")
         return False
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps(error_body(
-            "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
-            "authentication_error", None, "invalid_api_key")).encode()
-        await send({"type": "http.response.start", "status": 401,
+    @staticmethod
+    async def _send_error(send: Send, status: int, error: Dict[str, Any], headers: List[Tuple[bytes, bytes]]) -> None:
+        body = json.dumps(error).encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"www-authenticate", b"Bearer")]})
+                                (b"content-length", str(len(body)).encode()), *headers]})
         await send({"type": "http.response.body", "body": body})
 
 

@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=8 << 20,
                    help="largest request body accepted; larger ones are answered 413 (default 8 MiB)")
     p.add_argument("--max-connections", type=int, default=1024,
-                   help="open connections and requests at once; more are answered 503 (default 1024)")
+                   help="requests handled at once (a stream until it ends); more are answered 503 "
+                        "(default 1024); open connections, idle keep-alive ones included, are held "
+                        "to twice that, at least 64 more")
     p.add_argument("--cors-origins", default="",
                    help="comma-separated web origins allowed to call the API from a browser "
                         "('*': any; default: none)")
@@ -116,12 +118,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = ServeConfig(model_id=args.model_id or _model_id(args.model), max_queue=args.max_queue,
                          max_prompt_tokens=max_prompt, api_key=args.api_key or None,
                          default_max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes,
+                         max_requests=args.max_connections,
                          cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()))
     app = create_app(engine, config)
+    # The app bounds the requests handled at once (an OpenAI-shaped 503); uvicorn's own bound, on
+    # connections and requests together (a plain-text 503; idle keep-alive connections and the
+    # new one counted), is a backstop at twice that, at least 64 more.
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                           timeout_graceful_shutdown=5,
+                                           limit_concurrency=max(2 * args.max_connections, args.max_connections + 64) + 1))
+    sock = server.config.bind_socket()  # (exits saying why when the address is taken)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in str(host) else host
     print(f"tova serve: {config.model_id} ({engine.n_seq} sequences, {cache} {size}, "
-          f"KV {engine.kv_bytes / 2**20:.1f} MiB) on http://{args.host}:{args.port}/v1",
+          f"KV {engine.kv_bytes / 2**20:.1f} MiB) on http://{shown}:{port}/v1",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5, limit_concurrency=args.max_connections)
-    engine.close()
-    return 0
+    try:
+        server.run(sockets=[sock])  # (re-raises the signal that stopped it once it has shut down)
+    except KeyboardInterrupt:  # Ctrl-C (SIGINT) ends the server cleanly: exit status 0
+        pass
+    finally:
+        sock.close()
+        engine.close()
+    return 0 if server.started else 1

@@ -45,6 +45,8 @@ class ServeConfig:
         default_max_tokens: ``max_tokens`` of a chat request that gives none.
         max_tokens_cap: the largest ``max_tokens`` accepted.
         max_body_bytes: the largest request body accepted (413 beyond).
+        max_requests: HTTP requests handled at once (a stream until it ends); more are answered
+            503 with an OpenAI-shaped error (``tova serve --max-connections``).
         cors_origins: web origins whose pages may call the API from a browser (CORS; ``"*"``:
             any); empty: none (no CORS headers).
     """
@@ -55,6 +57,7 @@ class ServeConfig:
     default_max_tokens: int = 1024
     max_tokens_cap: int = 1 << 20
     max_body_bytes: int = 8 << 20
+    max_requests: int = 1024
     cors_origins: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -68,6 +71,7 @@ class ServeConfig:
         _check.integer("default_max_tokens", self.default_max_tokens, minimum=1,
                        maximum=self.max_tokens_cap)
         _check.integer("max_body_bytes", self.max_body_bytes, minimum=1)
+        _check.integer("max_requests", self.max_requests, minimum=1)
         if isinstance(self.cors_origins, str) or not all(
                 isinstance(o, str) and o for o in self.cors_origins):
             raise TypeError("cors_origins must be a sequence of origins (strings), e.g. ('https://example.com',)")
