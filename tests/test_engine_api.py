@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -349,6 +350,66 @@ def test_ctrl_c_during_a_long_prompt_of_generate(smollm2_path):
     assert "INTERRUPTED after" in r.stdout, r.stdout
     assert float(r.stdout.split("after ")[1].split()[0]) < 5.0
     assert "AGAIN ' Paris" in r.stdout, r.stdout
+
+
+def test_ctrl_c_inside_one_long_prompt_chunk(smollm2_path):
+    """A prompt chunk is one scheduler step (here 2048 tokens, seconds of work), and a Python
+    policy is called for every row of an exact walk: SIGINT stops both within a layer or a
+    policy call, not at the step's end; the engine then answers as before."""
+    code = textwrap.dedent(f"""
+        import os, signal, threading, time
+        import numpy as np, tova
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        class Slow(tova.Policy):
+            name = "slow"
+            def select(self, layer, view):
+                time.sleep(0.02)
+                score = view.probs_mean + (view.pos < 0) * 10 + view.protect * 10
+                return [int(i) for i in np.argsort(score, kind="stable")[:view.n_evict]]
+
+        def interrupted(e, prompt):
+            threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+            t0 = time.time()
+            try:
+                e.generate(prompt, max_tokens=4)
+                return "NOT INTERRUPTED"
+            except KeyboardInterrupt:
+                return "%.2f" % (time.time() - t0)
+
+        for name, e, prompt in [
+                ("chunk", tova.Engine({str(smollm2_path)!r}, policy="tova", kv_size=64, chunk=2048, n_threads=1),
+                 "word " * 3000),
+                ("python policy", tova.Engine({str(smollm2_path)!r}, policy=Slow(), kv_size=16, n_threads=1),
+                 "word " * 60)]:
+            print(name, "interrupted after", interrupted(e, prompt))
+            print(name, "again", repr(e.generate("The capital of France is", max_tokens=2, temperature=0)))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for name in ("chunk", "python policy"):
+        # (reading the chunk whole takes several seconds here, the policy's calls about 20)
+        secs = float(r.stdout.split(f"{name} interrupted after ")[1].split()[0])
+        assert secs < 2.5, r.stdout
+        assert f"{name} again ' Paris" in r.stdout, r.stdout
+
+
+def test_a_request_cancelled_inside_a_long_prompt_chunk_stops_at_once(smollm2_path):
+    """Handle.cancel() from another thread (a server's client gone) while the request's prompt
+    chunk is being read ends it within a layer; the sequence is then read afresh."""
+    with tova.Engine(smollm2_path, policy="tova", kv_size=64, chunk=2048, n_threads=1) as e:
+        ids = e.tokenize("word " * 3000)
+        h = e.submit(ids, max_tokens=4)
+        threading.Timer(0.5, h.cancel).start()
+        t0 = time.time()
+        assert h.result() == ""
+        assert time.time() - t0 < 2.5 and h.finish_reason == "cancelled"
+        want = e.generate("The capital of France is", max_tokens=4, temperature=0)
+        assert want.startswith(" Paris")
+        # The same prompt read whole afterwards gives what a fresh engine gives.
+        got = e.generate(ids[:300], max_tokens=4, temperature=0, ignore_eos=True)
+    with tova.Engine(smollm2_path, policy="tova", kv_size=64, chunk=2048, n_threads=1) as fresh:
+        assert got == fresh.generate(ids[:300], max_tokens=4, temperature=0, ignore_eos=True)
 
 
 @pytest.mark.model

@@ -183,6 +183,10 @@ class Backend {
   // device backend then keeps their state and copies back the slots to evict, not a float per
   // kept slot.
   virtual bool selects_victims() const { return false; }
+  // True when a step's sequences may stop taking part between two layers (a request cancelled
+  // during a long prompt chunk): the host computes each layer before it moves on. A backend that
+  // records the step to issue it later says false, and its steps run to their end.
+  virtual bool cancels_mid_step() const { return false; }
   // What the backend counts about its own work, by name (the CUDA backend: graphs launched,
   // instantiated, updated); for tests and benchmark reports.
   virtual std::vector<std::pair<std::string, uint64_t>> counters() const { return {}; }

@@ -71,6 +71,7 @@ Engine::Engine(const std::string& model_path, EngineParams params) : params_(std
 
   backend_ = make_backend(params_.backend, *model_, n_batch_, params_.n_threads, params_.float_activations);
   forward_ = std::make_unique<Forward>(*model_, *backend_, policies_);
+  forward_->set_cancel_poll([this] { poll_cancel(); });
   for (int i = 0; i < n_seq; ++i) {
     auto s = std::make_unique<Sequence>();
     s->id = i;

@@ -138,6 +138,11 @@ class Engine {
   // Called between the prefill chunks of a long direct eval; may throw to abort it (the
   // sequence is then reset). Python installs a Ctrl-C check here, the CLI a check of its flag.
   std::function<void()> interrupt_hook;
+  // Called on the stepping thread during a step, between layers (every 50 ms at most), while
+  // that thread runs the step as it waits for a request of its own: true cancels that request
+  // (its sequence leaves the step at once, and is reset). Python installs a Ctrl-C check here
+  // for the main thread (it keeps the KeyboardInterrupt for the waiting call to raise).
+  std::function<bool()> interrupt_probe;
 
   const char* policy_name() const;
   tova_policy* policy() const { return policy_.get(); }
@@ -161,10 +166,14 @@ class Engine {
   void check_not_reentrant() const;
   // Until ready() holds (under mu_): runs steps when there is work and nobody steps, else
   // waits. False when timeout_s >= 0 passed first.
+  // `waiting`: the request the calling thread waits for (interrupt_probe's; may be null).
   template <class Ready>
-  bool drive(std::unique_lock<std::mutex>& lk, Ready ready, double timeout_s);
+  bool drive(std::unique_lock<std::mutex>& lk, Ready ready, double timeout_s, Request* waiting = nullptr);
   void run_step();  // the step itself: stepping_ is held by the caller
-  void step_locked(std::unique_lock<std::mutex>& lk);
+  void step_locked(std::unique_lock<std::mutex>& lk, Request* waiting = nullptr);
+  // Between the layers of a step (Forward's cancel poll): an engine-wide cancel reaches the
+  // step's requests, and interrupt_probe may cancel the stepping thread's own.
+  void poll_cancel();
   // Requests that leave the queue or their sequence go to `retired`, released by the caller
   // after mu_: a request's last reference may hold a Python exception, whose release takes the
   // GIL, which a thread waiting for mu_ may hold.
@@ -191,6 +200,9 @@ class Engine {
   std::vector<SeqBatch> batch_;  // the step being run (stepping thread only)
   uint64_t step_count_ = 0;
   std::vector<Request*> batch_req_;
+  bool in_forward_ = false;          // run_step's forward pass is running (batch_req_ is its)
+  Request* step_waiting_ = nullptr;  // the stepping thread's own request, during a step
+  double last_probe_ = 0;            // when interrupt_probe last ran (stepping thread)
 };
 
 // A C++ convenience over one request on sequence 0, continuing what it holds (the CLI's run and

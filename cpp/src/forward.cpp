@@ -27,7 +27,9 @@ Forward::Forward(const Model& model, Backend& backend, const LayerPolicies& poli
       be_(backend),
       lp_(policies),
       rope_(model.hp(), model.hp().rope_base, model.rope_freqs),
-      rope_swa_(unscaled_rope(model.hp()), model.hp().rope_base_swa) {}
+      rope_swa_(unscaled_rope(model.hp()), model.hp().rope_base_swa) {
+  cancel_.enabled = backend.cancels_mid_step();
+}
 
 void Forward::run(std::vector<SeqBatch>& batch) {
   try {
@@ -60,6 +62,7 @@ void Forward::step(std::vector<SeqBatch>& batch) {
     r.n = b.n;
     r.t0 = b.t0;
     r.protect_below = b.protect_below;
+    r.cancel = b.cancel;
     rows_.push_back(r);
     for (int i = 0; i < b.n; ++i) {
       const int32_t tok = b.tokens[i];
@@ -91,6 +94,8 @@ void Forward::step(std::vector<SeqBatch>& batch) {
   attention_.begin_step();
   be_.rms_norm(x, m_.layers[0].attn_norm, xn, n, E, h.rms_eps);
   for (int l = 0; l < h.n_layer; ++l) {
+    // Every sequence cancelled (a long prompt chunk's request): the rest of the step is nobody's.
+    if (l > 0 && cancel_.check(rows_)) break;
     const LayerWeights& w = m_.layers[static_cast<size_t>(l)];
     const bool swa = h.is_swa_layer(l);
     const Rope& rope = swa ? rope_swa_ : rope_;
@@ -116,7 +121,7 @@ void Forward::step(std::vector<SeqBatch>& batch) {
     // layers always walk row by row once their window is full.
     rule.chunked = lp_.chunked && !swa;
     rule.rank_rope = lp_.cache_index ? &rope : nullptr;
-    attention_.run(be_, shape, rule, rows_, q, k, v, att);
+    attention_.run(be_, shape, rule, rows_, q, k, v, att, &cancel_);
 
     const Backend::MatJob wo[1] = {{&w.wo, o}};
     be_.matmul(att, n, wo, 1);

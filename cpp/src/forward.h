@@ -3,8 +3,10 @@
 // matrix is read once for all of them, and attention runs per sequence over its own slots.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <vector>
 
 #include "backend.h"
@@ -36,6 +38,9 @@ struct SeqBatch {
   float* logits = nullptr;
   bool all_logits = false;
   std::exception_ptr error;       // set when this sequence failed (its store is then undefined)
+  // Its request's cancel flag (null: none): once set, the sequence may stop between two layers
+  // of the step (error Cancelled) where the backend allows it (Backend::cancels_mid_step).
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 class Forward {
@@ -47,6 +52,10 @@ class Forward {
   // The rows of all sequences together must be at most backend.max_rows().
   void run(std::vector<SeqBatch>& batch);
 
+  // Called between layers (and rows of an exact walk) before the cancel flags are read: may
+  // cancel requests (the engine's Ctrl-C check).
+  void set_cancel_poll(std::function<void()> poll) { cancel_.poll = std::move(poll); }
+
  private:
   void step(std::vector<SeqBatch>& batch);
   void logits(std::vector<SeqBatch>& batch);
@@ -56,6 +65,7 @@ class Forward {
   const LayerPolicies& lp_;
   Rope rope_, rope_swa_;
   KvAttention attention_;
+  StepCancel cancel_;
   std::vector<int32_t> tokens_;
   std::vector<int64_t> positions_;
   std::vector<SeqRows> rows_;

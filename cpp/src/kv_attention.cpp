@@ -35,8 +35,20 @@ void guarded(SeqRows& s, F&& f) {
 
 }  // namespace
 
+bool StepCancel::check(std::vector<SeqRows>& seqs) const {
+  if (!enabled) return false;
+  if (poll) poll();
+  bool left = false;
+  for (SeqRows& s : seqs) {
+    if (!s.error && s.cancel && s.cancel->load(std::memory_order_relaxed))
+      s.error = std::make_exception_ptr(Cancelled("the request was cancelled during the step"));
+    left |= !s.error;
+  }
+  return !left;
+}
+
 void KvAttention::run(Backend& be, const AttnShape& shape, const LayerRule& rule, std::vector<SeqRows>& seqs,
-                      float* q, float* k, float* v, float* out) {
+                      float* q, float* k, float* v, float* out, const StepCancel* cancel) {
   if (scratch_.size() < seqs.size()) scratch_.resize(seqs.size());
   rows_.clear();
   // Wave 0: every row of the sequences read at once, the first row of those walked row by row.
@@ -74,6 +86,7 @@ void KvAttention::run(Backend& be, const AttnShape& shape, const LayerRule& rule
       }
     }
     if (!walking) break;
+    if (cancel) cancel->check(seqs);  // (between two rows of the walk: every row's call is done)
     rows_.clear();
     walking = false;
     for (size_t i = 0; i < seqs.size(); ++i) {

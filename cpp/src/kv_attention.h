@@ -6,8 +6,10 @@
 // failed and the others go on.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <vector>
 
 #include "backend.h"
@@ -24,6 +26,18 @@ struct SeqRows {
   int64_t t0 = 0;
   int64_t protect_below = -1;       // positions below this are protected (pinned prompt)
   std::exception_ptr error;         // set when this sequence failed during the step
+  const std::atomic<bool>* cancel = nullptr;  // its request's cancel flag (none: null)
+};
+
+// Requests cancelled while a step runs (during a long prompt chunk, a slow Python policy): their
+// sequences stop taking part at the next layer, or the next row of an exact walk, failed with
+// Cancelled (their stores are then undefined: the caller clears them). Only where the backend
+// computes as the host goes (Backend::cancels_mid_step).
+struct StepCancel {
+  bool enabled = false;
+  std::function<void()> poll;  // first: may cancel requests (a Ctrl-C check); may be empty
+  // Marks the sequences whose request was cancelled failed; true when none is left.
+  bool check(std::vector<SeqRows>& seqs) const;
 };
 
 // What one layer's attention needs besides the stores.
@@ -50,8 +64,9 @@ class KvAttention {
   void begin_step() { n_deferred_ = 0; }
 
   // q, k, v, out: backend buffers, row i of the batch at i * width.
+  // cancel (may be null) is checked between the rows of an exact walk.
   void run(Backend& be, const AttnShape& shape, const LayerRule& rule, std::vector<SeqRows>& seqs,
-           float* q, float* k, float* v, float* out);
+           float* q, float* k, float* v, float* out, const StepCancel* cancel = nullptr);
 
   // Runs the deferred policy calls, layer by layer in the order run() met them (after
   // be.flush_host(): the probabilities are complete). A failing policy marks its sequence failed.

@@ -43,25 +43,45 @@ void Engine::check_not_reentrant() const {
 }
 
 // Under mu_ (released meanwhile): runs one step as the stepping thread.
-void Engine::step_locked(std::unique_lock<std::mutex>& lk) {
+void Engine::step_locked(std::unique_lock<std::mutex>& lk, Request* waiting) {
   stepping_ = true;
   stepper_ = std::this_thread::get_id();
+  step_waiting_ = waiting;
   lk.unlock();
   try {
     run_step();
   } catch (...) {
     lk.lock();
+    step_waiting_ = nullptr;
     stepping_ = false;
     cv_.notify_all();
     throw;
   }
   lk.lock();
+  step_waiting_ = nullptr;
   stepping_ = false;
   cv_.notify_all();
 }
 
+void Engine::poll_cancel() {
+  if (!in_forward_) return;  // (a direct eval's chunk: its caller checks between chunks)
+  if (cancel_requested.load())
+    for (Request* r : batch_req_) r->cancel();
+  Request* mine = step_waiting_;
+  if (!mine || !interrupt_probe || mine->cancel_requested()) return;
+  const double now = now_seconds();
+  if (now - last_probe_ < 0.05) return;
+  last_probe_ = now;
+  bool stop = false;
+  try {
+    stop = interrupt_probe();
+  } catch (...) {  // (a probe that fails stops nothing: the waiting call checks again itself)
+  }
+  if (stop) mine->cancel();
+}
+
 template <class Ready>
-bool Engine::drive(std::unique_lock<std::mutex>& lk, Ready ready, double timeout_s) {
+bool Engine::drive(std::unique_lock<std::mutex>& lk, Ready ready, double timeout_s, Request* waiting) {
   check_not_reentrant();
   if (timeout_s > 1e6) timeout_s = -1;  // a day or more: no deadline (and no overflow)
   const auto deadline = std::chrono::steady_clock::now() +
@@ -69,7 +89,7 @@ bool Engine::drive(std::unique_lock<std::mutex>& lk, Ready ready, double timeout
                             std::chrono::duration<double>(timeout_s >= 0 ? timeout_s : 0));
   while (!ready()) {
     if (!stepping_ && has_work()) {
-      step_locked(lk);
+      step_locked(lk, waiting);
       // A waiter with a deadline returns between steps, so that its caller can check for
       // Ctrl-C even while the steps are other requests' (or its own long prompt's).
       if (timeout_s >= 0 && !ready() && std::chrono::steady_clock::now() >= deadline) return false;
@@ -96,7 +116,7 @@ void Engine::acquire_direct(std::unique_lock<std::mutex>& lk, int seq, int seq2)
 
 Engine::Wait Engine::next(Request& r, std::string& piece, double timeout_s) {
   std::unique_lock<std::mutex> lk(mu_);
-  const bool ok = drive(lk, [&] { return !r.out_.empty() || r.done_; }, timeout_s);
+  const bool ok = drive(lk, [&] { return !r.out_.empty() || r.done_; }, timeout_s, &r);
   if (!ok) return Wait::Timeout;
   if (!r.out_.empty()) {
     piece = std::move(r.out_.front());
@@ -128,7 +148,7 @@ void Engine::wait_prefilled(Request& r) {
   std::unique_lock<std::mutex> lk(mu_);
   auto ready = [&] { return r.done_ || r.pub_stats_.completion_tokens > 0; };
   // With an interrupt hook (Python's Ctrl-C check), wait in slices and ask it between them.
-  while (!drive(lk, ready, interrupt_hook ? 0.1 : -1)) {
+  while (!drive(lk, ready, interrupt_hook ? 0.1 : -1, &r)) {
     lk.unlock();
     try {
       interrupt_hook();
@@ -291,6 +311,10 @@ void Engine::run_step() {
     b.tokens = ids;
     b.n = n;
     b.logits = want_logits ? r.logits_.data() : nullptr;
+    // A prompt chunk may leave the step when its request is cancelled (a long chunk is seconds
+    // of work); a decode row finishes its step, which is short, and its sequence stays whole
+    // (a conversation stopped mid-answer is continued from it).
+    b.cancel = n > 1 ? &r.cancel_flag_ : nullptr;
     batch_.push_back(b);
     batch_req_.push_back(&r);
     budget -= n;
@@ -324,9 +348,12 @@ void Engine::run_step() {
     add(r, r.prompt().data() + r.prompt_done_, n, static_cast<size_t>(n) == left);
   }
   if (!batch_.empty()) {
+    in_forward_ = true;
     try {
       forward_->run(batch_);
+      in_forward_ = false;
     } catch (...) {
+      in_forward_ = false;
       // The backend itself failed: every sequence in the step is undefined.
       for (SeqBatch& b : batch_) b.error = std::current_exception();
     }
@@ -341,7 +368,8 @@ void Engine::run_step() {
         clear_sequence(s);
       } catch (...) {  // the policy's reset failed too: the step's error is the one to report
       }
-      fail(r, b.error, now);
+      if (r.cancel_requested()) r.finish(FinishReason::Cancelled, now);  // (it left the step for that)
+      else fail(r, b.error, now);
       continue;
     }
     {

@@ -156,6 +156,8 @@ void bind_engine(nb::module_& m) {
                tova::py::Locked gil;
                if (tova::py::check_signals() != 0) throw nb::python_error();
              };
+             // ... and during a step that reads a long prompt chunk for the main thread's call.
+             self->interrupt_probe = [] { return tova::py::probe_signals(); };
            },
            nb::arg("path"), nb::arg("n_threads") = d.n_threads, nb::arg("policy") = std::string(policy_name(d.policy)),
            nb::arg("kv_size") = d.kv_size, nb::arg("n_ctx") = d.n_ctx, nb::arg("n_sink") = d.n_sink,
@@ -373,8 +375,14 @@ void bind_engine(nb::module_& m) {
            "(0, piece) | (1, '') on timeout | (2, '') when finished and every piece was taken. "
            "Runs scheduler steps while waiting; a failed request raises its error.")
       .def("wait_prefilled", [](PyRequest& r) {
-        tova::py::Unlocked release;
-        r.engine->wait_prefilled(*r.req);
+        {
+          tova::py::Unlocked release;
+          r.engine->wait_prefilled(*r.req);
+        }
+        if (tova::py::check_signals() != 0) {  // (an interrupt the step's probe kept)
+          r.req->cancel();
+          throw nb::python_error();
+        }
       })
       .def("cancel", [](PyRequest& r) { r.req->cancel(); })
       .def_prop_ro("finished", [](const PyRequest& r) { return r.engine->finished(*r.req); })

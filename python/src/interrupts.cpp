@@ -1,5 +1,9 @@
 #include "interrupts.h"
 
+#include <atomic>
+
+#include "unlocked.h"
+
 namespace tova::py {
 
 namespace {
@@ -25,6 +29,26 @@ void stash_interrupt(nanobind::python_error& e) {
     return;
   }
   PyErr_Fetch(&t_kept.type, &t_kept.value, &t_kept.traceback);
+}
+
+namespace {
+// The main thread's ident, set once at module init (process-wide, as the interpreter is).
+std::atomic<unsigned long> g_main_ident{0};
+}  // namespace
+
+void note_main_thread() {
+  nanobind::object main = nanobind::module_::import_("threading").attr("main_thread")();
+  g_main_ident.store(nanobind::cast<unsigned long>(main.attr("ident")));
+}
+
+bool probe_signals() {
+  if (PyThread_get_thread_ident() != g_main_ident.load()) return false;
+  if (exiting()) return true;  // (the exit hook cancels every request anyway)
+  Locked gil;
+  if (check_signals() == 0) return false;
+  nanobind::python_error e;  // (takes the error indicator)
+  stash_interrupt(e);
+  return true;
 }
 
 int check_signals() {

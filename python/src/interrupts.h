@@ -22,4 +22,12 @@ void stash_interrupt(nanobind::python_error& e);
 // or a signal handler raises now (PyErr_CheckSignals); else 0.
 int check_signals();
 
+// Engine::interrupt_probe: on the main thread (where Python runs signal handlers), takes the GIL
+// and runs them; an interrupt they raise is kept for this thread's next check_signals (the
+// waiting call raises it) and the answer is true. Elsewhere false at once, with no GIL taken.
+bool probe_signals();
+
+// Records which thread is the main one (module init, with the GIL).
+void note_main_thread();
+
 }  // namespace tova::py

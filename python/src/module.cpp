@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "bindings.h"
+#include "interrupts.h"
 #include "unlocked.h"
 #include "common.h"
 
@@ -59,6 +60,7 @@ NB_MODULE(_core, m) {
         "A blocking call still running never takes the GIL again: its thread parks.");
   m.def("_calls_inside", &tova::py::calls_inside, "Threads inside a blocking call (GIL released).");
   m.def("_taking_gil", &tova::py::taking_gil, "Threads about to take the GIL.");
+  tova::py::note_main_thread();  // (probe_signals: Ctrl-C is the main thread's)
   bind_gguf(m);
   bind_quant(m);
   bind_tokenizer(m);

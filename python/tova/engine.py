@@ -475,7 +475,8 @@ class Engine:
         Stops at an end-of-generation token (unless ``ignore_eos``), at a stop string (not
         included), or after ``max_tokens`` tokens. Sampling is ``sampling`` with any
         :class:`SamplingParams` field given as a keyword overriding it (``temperature=0`` is
-        greedy). Ctrl-C raises ``KeyboardInterrupt`` within one token; the engine stays usable.
+        greedy). Ctrl-C raises ``KeyboardInterrupt`` within one token (while the prompt is read: within
+        one layer of its chunk); the engine stays usable.
         Statistics of the run are in :attr:`last_stats`.
         """
         return self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields, "generate").result()

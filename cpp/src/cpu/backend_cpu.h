@@ -35,6 +35,7 @@ class CpuBackend : public Backend {
   void write_kv(KvPayload& kv, int layer, const int32_t* slots, int n, const float* k, const float* v) override;
   void attend(const AttnShape& shape, const AttnRow* rows, int n_rows) override;
   bool defer_policy_calls() const override { return defer_; }
+  bool cancels_mid_step() const override { return true; }
 
  private:
   // f(i) for rows [0, n_rows) of `width` elements: on the caller for small work, else over the pool.
