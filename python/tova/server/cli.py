@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional, Sequence
+import threading
+from typing import Any, List, Optional, Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -72,6 +73,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Seconds a stopping server gives the requests still running (SIGTERM, Ctrl-C); one before the
+# end, the generations still running are ended, so that their answers (a 503, a stream's error
+# event and [DONE]) complete and uvicorn has no request left to cut off.
+_GRACE_S = 5
+
+
+def _server_class(uvicorn: Any) -> Any:
+    """uvicorn.Server, ending the service's generations shortly before the graceful shutdown's
+    time is up (uvicorn imported by the caller: the server extra is optional)."""
+
+    class Server(uvicorn.Server):  # type: ignore[misc, name-defined]
+        def __init__(self, config: Any, service: Any) -> None:
+            super().__init__(config)
+            self._service = service
+            self._timer: Optional[threading.Timer] = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            if self._timer is None:
+                self._timer = threading.Timer(_GRACE_S - 1.0, self._service.stop_generations)
+                self._timer.daemon = True
+                self._timer.start()
+
+    return Server
+
+
 def _model_id(model: str) -> str:
     base = os.path.basename(model)
     return base[:-5] if base.endswith(".gguf") else base
@@ -124,9 +151,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # The app bounds the requests handled at once (an OpenAI-shaped 503); uvicorn's own bound, on
     # connections and requests together (a plain-text 503; idle keep-alive connections and the
     # new one counted), is a backstop at twice that, at least 64 more.
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                           timeout_graceful_shutdown=5,
-                                           limit_concurrency=max(2 * args.max_connections, args.max_connections + 64) + 1))
+    config_uv = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                               timeout_graceful_shutdown=_GRACE_S,
+                               limit_concurrency=max(2 * args.max_connections, args.max_connections + 64) + 1)
+    server = _server_class(uvicorn)(config_uv, app.state.service)
     sock = server.config.bind_socket()  # (exits saying why when the address is taken)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in str(host) else host

@@ -29,6 +29,11 @@ __all__ = ["ServeConfig", "Service", "Batch", "Choice", "cache_tokens", "default
 Event = Tuple[int, Union[str, None, BaseException]]
 
 
+class Stopped(asyncio.CancelledError):
+    """A choice the server's shutdown ended (Service.stop_generations): the endpoints answer it
+    as they answer their own cancellation at shutdown (a 503; a stream's last event)."""
+
+
 _MAX_PROMPT_TOKENS = 32768
 
 
@@ -137,19 +142,23 @@ class Choice:
 class Batch:
     """The ``n`` choices of one request, their pieces arriving on one asyncio queue."""
 
-    def __init__(self, choices: List[Choice], queue: "asyncio.Queue[Event]") -> None:
+    def __init__(self, choices: List[Choice], queue: "asyncio.Queue[Event]", service: "Service") -> None:
         self.choices = choices
         self._queue = queue
+        self._service = service
 
     async def events(self) -> AsyncIterator[Tuple[int, Optional[str]]]:
         """Yields ``(index, piece)`` as pieces come, and ``(index, None)`` when a choice ends;
-        returns when all have ended. A failed choice raises its error here."""
+        returns when all have ended. A failed choice raises its error here; one the server's
+        shutdown ended raises :class:`Stopped`."""
         open_ = len(self.choices)
         while open_:
             index, item = await self._queue.get()
             if isinstance(item, BaseException):
                 raise item
             if item is None:
+                if self._service.stopping and self.choices[index].finish_reason == "cancelled":
+                    raise Stopped("the server is shutting down")
                 open_ -= 1
             yield index, item
 
@@ -171,6 +180,7 @@ class Service:
         self._lock = threading.Lock()
         self._live: Set[Choice] = set()
         self._admitted = 0
+        self.stopping = False  # stop_generations() was called: no new generation starts
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.capacity + 4, thread_name_prefix="tova-serve")
 
@@ -211,6 +221,8 @@ class Service:
         """Submits one choice per prompt (``fields(i)``: the submit keywords of choice i) and
         returns them as a :class:`Batch`; 429 (:class:`APIError`) when the queue is full."""
         n = len(prompts)
+        if self.stopping:
+            raise APIError(503, "the server is shutting down", type="server_error", code="server_shutting_down")
         self._reserve(n)
         loop = asyncio.get_running_loop()
         queue: "asyncio.Queue[Event]" = asyncio.Queue()
@@ -240,7 +252,7 @@ class Service:
 
         for c in choices:
             self._pool.submit(c.drain, post)
-        return Batch(choices, queue)
+        return Batch(choices, queue, self)
 
     # ---- facts ---------------------------------------------------------------------------------------
     def prompt_limit(self) -> Tuple[int, str]:
@@ -271,6 +283,16 @@ class Service:
             "tova_kv_size": ("Tokens a sequence's KV store holds per layer (n_ctx with policy "
                              "full, else kv_size).", cache_tokens(e)[1]),
         }
+
+    def stop_generations(self) -> None:
+        """The server stops (its graceful shutdown's time is nearly up): every generation still
+        running ends now, so that its answer completes before the server cuts the connection;
+        new ones are refused (503). Any thread."""
+        self.stopping = True
+        with self._lock:
+            live = list(self._live)
+        for c in live:
+            c.handle.cancel()
 
     def close(self) -> None:
         with self._lock:
