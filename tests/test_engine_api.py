@@ -210,21 +210,29 @@ def test_close_after_chat_frees_the_engine(smollm2_path):
         e.reset_chat()
 
 
-def test_ctrl_c_during_a_python_policy_stops_the_callers_own_generation(smollm2_path):
-    """A thread waiting for its generation runs steps for every sequence, so Ctrl-C can land in a
-    Python policy deciding for another thread's sequence: the interrupted caller stops, the other
-    thread's generation goes on and equals its answer alone."""
-    code = textwrap.dedent(f"""
-        import _thread, signal, threading, time
+def _slow_tova(seconds: float) -> str:
+    """Source of a child process's first lines: the imports, and SlowTova, a Python TOVA that
+    sleeps ``seconds`` in every call (for Ctrl-C to land in)."""
+    return textwrap.dedent(f"""
+        import time
         import numpy as np, tova
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
         class SlowTova(tova.Policy):
             name = "slow"
             def select(self, layer, view):
-                time.sleep(0.002)
+                time.sleep({seconds})
                 score = view.probs_mean + (view.pos < 0) * 10 + view.protect * 10
                 return [int(i) for i in np.argsort(score, kind="stable")[:view.n_evict]]
+    """)
+
+
+def test_ctrl_c_during_a_python_policy_stops_the_callers_own_generation(smollm2_path):
+    """A thread waiting for its generation runs steps for every sequence, so Ctrl-C can land in a
+    Python policy deciding for another thread's sequence: the interrupted caller stops, the other
+    thread's generation goes on and equals its answer alone."""
+    code = _slow_tova(0.002) + textwrap.dedent(f"""
+        import _thread, signal, threading
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
         e = tova.Engine({str(smollm2_path)!r}, n_threads=1, policy=SlowTova(), kv_size=64, n_seq=2)
         bg_prompt = "Once upon a time in a land far away there lived " * 8
@@ -356,17 +364,9 @@ def test_ctrl_c_inside_one_long_prompt_chunk(smollm2_path):
     """A prompt chunk is one scheduler step (here 2048 tokens, seconds of work), and a Python
     policy is called for every row of an exact walk: SIGINT stops both within a layer or a
     policy call, not at the step's end; the engine then answers as before."""
-    code = textwrap.dedent(f"""
-        import os, signal, threading, time
-        import numpy as np, tova
+    code = _slow_tova(0.02) + textwrap.dedent(f"""
+        import os, signal, threading
         signal.signal(signal.SIGINT, signal.default_int_handler)
-
-        class Slow(tova.Policy):
-            name = "slow"
-            def select(self, layer, view):
-                time.sleep(0.02)
-                score = view.probs_mean + (view.pos < 0) * 10 + view.protect * 10
-                return [int(i) for i in np.argsort(score, kind="stable")[:view.n_evict]]
 
         def interrupted(e, prompt):
             threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
@@ -380,7 +380,7 @@ def test_ctrl_c_inside_one_long_prompt_chunk(smollm2_path):
         for name, e, prompt in [
                 ("chunk", tova.Engine({str(smollm2_path)!r}, policy="tova", kv_size=64, chunk=2048, n_threads=1),
                  "word " * 3000),
-                ("python policy", tova.Engine({str(smollm2_path)!r}, policy=Slow(), kv_size=16, n_threads=1),
+                ("python policy", tova.Engine({str(smollm2_path)!r}, policy=SlowTova(), kv_size=16, n_threads=1),
                  "word " * 60)]:
             print(name, "interrupted after", interrupted(e, prompt))
             print(name, "again", repr(e.generate("The capital of France is", max_tokens=2, temperature=0)))
