@@ -3,6 +3,9 @@ documented turn format, Engine.chat / chat_stream / create_chat_completion, mult
 that evaluate only the new turn, and a long chat in fixed memory."""
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 import tova
@@ -301,6 +304,36 @@ def test_cxx_chat_session_feeds_only_new_tokens(smollm2):
     gen = session.start_reply("Thanks.", 4, greedy)
     session.finish_reply(gen, gen.run_to_end())
     assert session.counters["full_refeeds"] == 1
+
+
+@pytest.mark.model
+def test_cxx_chat_session_stopped_while_reading_a_message(smollm2_path):
+    """Ctrl-C while the CLI's session reads a long message (the engine's cancel, as its SIGINT
+    handler does): the reply ends before its first token, the message is not kept, and the next
+    turn re-reads the conversation (counted) and answers as a fresh session does."""
+    greedy = tova.SamplingParams(temperature=0).to_core()
+    with tova.Engine(smollm2_path, kv_size=512, chunk=2048, n_threads=1) as e:
+        session = _core.ChatSession(e._e)
+        gen = session.start_reply("Hi!", 8, greedy)
+        session.finish_reply(gen, gen.run_to_end())
+        threading.Timer(0.5, e._e.cancel).start()
+        t0 = time.time()
+        gen = session.start_reply("word " * 1500, 8, greedy)
+        assert gen.run_to_end() == "" and gen.finish_reason == "cancelled"
+        assert time.time() - t0 < 2.5  # (within a layer of the 1500-token chunk)
+        assert session.finish_reply(gen, "") is False
+        assert [r for r, _ in session.messages()] == ["user", "assistant"]
+        gen = session.start_reply("Name a color.", 8, greedy)
+        answer = gen.run_to_end()
+        assert session.finish_reply(gen, answer) is True
+        assert session.counters["full_refeeds"] == 1
+        msgs = session.messages()
+    with tova.Engine(smollm2_path, kv_size=512, chunk=2048, n_threads=1) as fresh:
+        again = _core.ChatSession(fresh._e)
+        gen = again.start_reply("Hi!", 8, greedy)
+        again.finish_reply(gen, gen.run_to_end())
+        gen = again.start_reply("Name a color.", 8, greedy)
+        assert again.messages() == msgs[:3] and gen.run_to_end() == answer
 
 
 @pytest.mark.model

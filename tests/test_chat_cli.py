@@ -306,10 +306,10 @@ def test_chat_in_a_terminal(tmux_chat):
 
 
 @pytest.mark.model
-def test_ctrl_c_while_a_message_is_read_rereads_it_next_turn(tmux_chat, tmp_path):
-    """Ctrl-C while a long message is still being read stops the reply before it starts; the
-    sequence then holds only part of the message, so the next turn reads the conversation again
-    (not only its own new tokens, as if the whole message had been read)."""
+def test_ctrl_c_while_a_message_is_read_drops_it(tmux_chat, tmp_path):
+    """Ctrl-C while a long message is still being read stops it within a layer of its chunk,
+    before the reply starts: the message is not kept (the note says so), and the next turn reads
+    the conversation again without it (a full re-read, counted)."""
     t, _ = tmux_chat
     t.wait_for(at_prompt, what="the first prompt")
     long_message = " ".join(f"The quick brown fox number {i} jumps over the lazy dog." for i in range(300))
@@ -320,7 +320,8 @@ def test_ctrl_c_while_a_message_is_read_rereads_it_next_turn(tmux_chat, tmp_path
     t.send("Enter")
     time.sleep(0.5)  # (reading ~4,000 tokens takes seconds)
     t.send("C-c")
-    t.wait_for(lambda s: "[reply stopped]" in s and at_prompt(s), what="Ctrl-C while reading")
+    t.wait_for(lambda s: "[stopped before the reply began: the message is not kept]" in s and at_prompt(s),
+               what="Ctrl-C while reading")
     t.type("Hi")
     t.send("Enter")
     t.wait_for(lambda s: at_prompt(s) and reply_after(s, "Hi").strip(), what="the next reply")
@@ -328,7 +329,8 @@ def test_ctrl_c_while_a_message_is_read_rereads_it_next_turn(tmux_chat, tmp_path
     t.send("Enter")
     s = t.wait_for(lambda s: "tokens so far:" in s and at_prompt(s), what="/stats")
     last_turn = int(re.search(r"\(last turn (\d+)\)", s).group(1))
-    assert last_turn > 3000, f"the next turn read only {last_turn} tokens: the cut message was taken as read"
+    assert last_turn < 100, f"the next turn read {last_turn} tokens: the dropped message was read again"
+    assert re.search(r"over 2 turns \(last turn \d+\), 1 full re-reads", s), s
 
 
 @pytest.mark.model

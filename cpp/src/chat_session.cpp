@@ -35,6 +35,7 @@ void ChatFeed::reset() {
   forget();
   pending_ = nullptr;
   pinned_ = 0;
+  turns_at_reset_ = counters_.turns;
   engine_.reset();
 }
 
@@ -79,7 +80,7 @@ std::unique_ptr<Generation> ChatFeed::start_reply(const std::string& rendered_pr
       const int64_t n = common_prefix_tokens(tok, pin->a, pin->b);
       if (check_system_pin(engine_.params(), n)) n_pin = n;
     }
-    if (fed_n_past_ > 0) counters_.full_refeeds++;
+    if (counters_.turns > turns_at_reset_) counters_.full_refeeds++;
     forget();
     pinned_ = 0;
     engine_.reset();
@@ -177,11 +178,16 @@ std::unique_ptr<Generation> ChatSession::start_reply(const std::string& user_tex
   return gen;
 }
 
-void ChatSession::finish_reply(Generation& gen, const std::string& text) {
+bool ChatSession::finish_reply(Generation& gen, const std::string& text) {
   if (!in_reply_) throw ArgumentError("finish_reply: no reply in progress (start_reply)");
   if (!feed_.finish_reply(gen)) throw ArgumentError("finish_reply: generation is not this session's reply in progress");
   in_reply_ = false;
+  if (gen.finish_reason() == FinishReason::Cancelled && gen.tokens().empty()) {
+    turns_.pop_back();  // (its user message: stopped before the reply began)
+    return false;
+  }
   turns_.push_back({"assistant", text});
+  return true;
 }
 
 }  // namespace tova

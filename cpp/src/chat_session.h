@@ -20,7 +20,9 @@ struct ChatCounters {
   int64_t turns = 0;         // replies started
   int64_t fed_tokens = 0;    // prompt tokens evaluated over all turns (only what was new)
   int64_t last_fed_tokens = 0;
-  int64_t full_refeeds = 0;  // turns whose rendering did not extend what the sequence held: reset + re-read
+  int64_t full_refeeds = 0;  // turns after the first (since a reset) that re-read the whole conversation:
+                             // its rendering did not extend what the sequence held, or a cancelled
+                             // prompt left it unknown
 };
 
 // What to pin: two renderings of the conversation's start (system prompt + first user message,
@@ -95,6 +97,7 @@ class ChatFeed {
   std::string pending_prompt_;    // its rendered prompt
   int64_t pending_n_past_ = -1;   // n_past after that prompt was evaluated
   int64_t pinned_ = 0;
+  int64_t turns_at_reset_ = 0;    // counters_.turns at the last reset (the next turn reads all)
 };
 
 // The CLI's conversation: the system prompt and the turns, rendered with the built-in renderer
@@ -119,8 +122,10 @@ class ChatSession {
 
   // Adds the user's message and starts the reply (see ChatFeed::start_reply).
   std::unique_ptr<Generation> start_reply(const std::string& user_text, const GenerateParams& params);
-  // Records the reply (the text next() returned, also when cancelled) as the assistant's message.
-  void finish_reply(Generation& gen, const std::string& text);
+  // Records the reply (the text next() returned, also when cancelled) as the assistant's message;
+  // a reply cancelled before its first token (Ctrl-C while the message was read) drops the
+  // user's message instead (returns false then).
+  bool finish_reply(Generation& gen, const std::string& text);
 
   const ChatCounters& counters() const { return feed_.counters(); }
   int64_t pinned_tokens() const { return feed_.pinned_tokens(); }

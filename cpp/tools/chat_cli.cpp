@@ -288,7 +288,8 @@ void ChatProgram::print_reply_end(const std::string& text) {
     std::fputs(interactive_ ? "\n\n" : "\n", stdout);
   }
   check_stdout();  // flushed for the reader; a lost reply ends the chat as a write error
-  if (interactive_ && s.finish == FinishReason::Cancelled) note("[reply stopped]");
+  if (interactive_ && s.finish == FinishReason::Cancelled)
+    note(s.completion_tokens == 0 ? "[stopped before the reply began: the message is not kept]" : "[reply stopped]");
   if (interactive_ && s.finish == FinishReason::Length)
     note(s.completion_tokens < gp_.max_tokens
              ? cat("[reply cut: the context is full (--ctx ", engine_.params().n_ctx, " with policy full); /reset to start over]")

@@ -212,8 +212,10 @@ void bind_chat(nb::module_& m) {
            nb::arg("text"), nb::arg("max_tokens"), nb::arg("sampling"), nb::keep_alive<0, 1>())
       .def("finish_reply", [](ChatSession& s, Generation& g, const std::string& text) {
         tova::py::Unlocked release;
-        s.finish_reply(g, text);
-      }, nb::arg("generation"), nb::arg("text"))
+        return s.finish_reply(g, text);
+      }, nb::arg("generation"), nb::arg("text"),
+      "Records the reply; False when it was cancelled before its first token (the user's message "
+      "is dropped then).")
       .def_prop_ro("pinned_tokens", &ChatSession::pinned_tokens)
       .def_prop_ro("counters", [](const ChatSession& s) { return counters_dict(s.counters()); });
 }
