@@ -251,6 +251,10 @@ def test_cli_bench_batch(smollm2_path):
     rows = json.loads(out.stdout)
     batch = [r for r in rows if r.get("n_seq") == 3]
     assert batch and batch[0]["n_gen"] == 8 and batch[0]["avg_ts"] > 0
+    # It measures decoding: no tokens to decode is a usage error, not a row of zeros.
+    out = subprocess.run([str(_cli.binary()), "bench", "-m", str(smollm2_path), "-p", "16", "-n", "0",
+                          "--batch", "2"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "-n must be at least 1" in out.stderr, out.stderr
 
 
 @pytest.mark.model

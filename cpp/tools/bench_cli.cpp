@@ -119,6 +119,7 @@ int cmd_bench(const std::vector<std::string>& argv, std::string (*resolve_model)
   if (need > Limits::kMaxCtx)
     throw ArgumentError(cat("-d + -p + -n = ", need, " tokens: more than the largest context, ", Limits::kMaxCtx));
   if (batch && depth > 0) throw ArgumentError("--depth applies to single-sequence tests, not --batch / --kv-budget");
+  if (batch && n_gen < 1) throw ArgumentError("--batch / --kv-budget measure decoding: -n must be at least 1");
   EngineParams ep = engine_params_from(a, "full");
   if (a.has("--batch")) ep.n_seq = a.integer("--batch", 1);
   if (a.has("--batch") && a.has("--kv-budget")) throw ArgumentError("give --batch or --kv-budget, not both");
