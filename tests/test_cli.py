@@ -67,6 +67,8 @@ def tiny_model(tmp_path_factory):
     # -n as written is named (not max_tokens, nor the long name); -1 is no limit, -2 nothing.
     (["run", "-p", "hi", "-n", "-2"], "option -n must be at least 0, or -1 for no limit; got -2"),
     (["run", "-p", "hi", "-n", "x"], "option -n needs an integer, got 'x'"),
+    (["run", "-p", "hi", "--n-sink", "-1"], "--n-sink must be >= 0, got -1"),  # (-1: the core's "default")
+    (["run", "-p", "hi", "-ctk", "q3_k"], "unknown --kv-type-k (-ctk) 'q3_k'"),
 ])
 def test_refused_arguments(tiny_model, args, message):
     r = run(*args, "-m", tiny_model)
@@ -164,7 +166,7 @@ def test_run_reads_special_tokens_in_the_prompt(smollm2_path, tmp_path):
     """<|im_start|> in -p / -f is the control token (llama-cli's parse_special), so a prompt in
     the model's chat format is answered as a chat."""
     prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
-    (tmp_path / "chat.txt").write_text(prompt)
+    (tmp_path / "chat.txt").write_text(prompt + "\n")  # (an editor's final line break: not read)
     r = run("run", "-m", smollm2_path, "-f", tmp_path / "chat.txt", "-n", "8", "--temp", "0", "-t", "1")
     assert r.returncode == 0, r.stderr
     with tova.Engine(smollm2_path) as e:
@@ -177,9 +179,26 @@ def test_run_reads_special_tokens_in_the_prompt(smollm2_path, tmp_path):
 @pytest.mark.model
 def test_prompt_from_stdin(smollm2_path):
     r = run("run", "-m", smollm2_path, "-f", "-", "-n", "3", "--temp", "0", "-t", "1",
-            input="The capital of France is")
+            input="The capital of France is\n")  # (echo's line break: not part of the prompt)
     assert r.returncode == 0, r.stderr
     assert "prompt: 5 tokens" in r.stderr and "Paris" in r.stdout, (r.stdout, r.stderr)
+
+
+@pytest.mark.model
+def test_run_stopped_by_ctrl_c_while_reading_the_prompt(smollm2_path, tmp_path):
+    """SIGINT while `tova run` reads a long prompt as one chunk stops it within a layer: exit
+    130, and the summary says the reading was interrupted (no speed for a prompt not read)."""
+    (tmp_path / "long.txt").write_text("word " * 3000)
+    p = subprocess.Popen([str(binary()), "run", "-m", str(smollm2_path), "-f", str(tmp_path / "long.txt"),
+                          "-n", "8", "-t", "1", "--policy", "full", "--ctx", "4096", "--chunk", "3072"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # (loaded, and reading: about 5 s of work on one thread)
+    t0 = time.time()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert time.time() - t0 < 2.5
+    assert "prompt: 3001 tokens, reading interrupted | generated: 0 tokens" in err, err
 
 
 def test_info_takes_one_model(tiny_model):
@@ -359,3 +378,11 @@ def test_list_and_pull_go_through_the_registry(smollm2_path):
     assert r.stdout.strip().endswith(".gguf") or "SmolLM2" in (r.stdout + r.stderr)
     r = run("pull", "no-such-model")
     assert r.returncode != 0 and "no-such-model" in r.stderr
+    # Usage errors and write errors read as the native commands' do: one line, 2 or 1.
+    for args in (("list", "extra"), ("list", "--bogus"), ("pull",)):
+        r = run(*args)
+        assert r.returncode == 2 and r.stderr.startswith("tova: error: ") and r.stderr.count("\n") == 1, r.stderr
+    if os.path.exists("/dev/full"):
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([str(binary()), "list"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+        assert r.returncode == 1 and r.stderr == "tova: write error: No space left on device\n", r.stderr

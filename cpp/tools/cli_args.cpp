@@ -106,6 +106,8 @@ EngineParams engine_params_from(const CliArgs& a, const std::string& default_pol
   p.kv_size = a.integer("--kv-size", p.kv_size);
   p.n_ctx = a.integer("--ctx", p.n_ctx);
   p.n_sink = a.integer("--n-sink", p.n_sink);
+  // (-1 is the core's "the policy's default", which leaving the option out gives)
+  if (a.has("--n-sink") && p.n_sink < 0) throw ArgumentError(cat("--n-sink must be >= 0, got ", p.n_sink));
   // --kv-type sets keys and values; --kv-type-k / --kv-type-v (llama.cpp's -ctk / -ctv) one each.
   const std::string both = a.str("--kv-type", kv_type_name(p.kv_type_k));
   p.kv_type_k = parse_kv_type(a.str("--kv-type-k", both), a.has("--kv-type-k") ? "--kv-type-k (-ctk)" : "--kv-type");

@@ -66,9 +66,10 @@ MODEL is a GGUF path or a registry name (see `tova list`).
 run / bench options:
   -m, --model MODEL          model path or name
   -p, --prompt TEXT          prompt (run); -p N prompt tokens (bench, default 512)
-  -f, --file FILE            run: read the prompt from a file, '-' for stdin (then -p TEXT is
-                             appended). Special-token text in the prompt (<|im_start|>, <s>...)
-                             is read as the control token, as llama-cli does
+  -f, --file FILE            run: read the prompt from a file, '-' for stdin, less one final
+                             line break (then -p TEXT is appended; not echoed). Special-token
+                             text in the prompt (<|im_start|>, <s>...) is read as the control
+                             token, as llama-cli does
   -n, --n-predict N          tokens to generate (run: 128, -1 = no limit; bench: 128)
   -t, --threads N            compute threads (default: all cores)
       --temp T               run: temperature (0.8; 0 = greedy)
@@ -308,7 +309,12 @@ int cmd_run(const std::vector<std::string>& argv) {
   GenerateParams gp;
   gp.max_tokens = max_tokens_from(a, "--n-predict", 128, 0);  // before the model loads
   std::string prompt = a.str("--prompt", "");
-  if (a.has("--file")) prompt = read_text_file(a.str("--file", "")) + prompt;
+  if (a.has("--file")) {
+    // One trailing line break (an editor's, echo's) is not part of the prompt, as llama-cli's -f.
+    std::string text = read_text_file(a.str("--file", ""));
+    if (!text.empty() && text.back() == '\n') text.pop_back();
+    prompt = text + prompt;
+  }
   const bool echo_prompt = !a.has("--file");
   Engine engine(resolve_model(a.str("--model", "")), engine_params_from(a, "tova"));
   gp.ignore_eos = a.has("--ignore-eos");
@@ -332,10 +338,15 @@ int cmd_run(const std::vector<std::string>& argv) {
     write_stdout(g.next());  // a failed write ends the generation (the Generation cancels)
   }
   const Stats s = g.stats();
+  // Ctrl-C before the first token: the prompt was not read whole (no speed to report).
+  const bool cut_reading = s.finish == FinishReason::Cancelled && s.completion_tokens == 0;
+  char speed[48];
+  std::snprintf(speed, sizeof speed, "%.1f tokens/s", s.prompt_tps());
   std::fprintf(stderr,
-               "\n\nprompt: %lld tokens, %.1f tokens/s | generated: %lld tokens, %.1f tokens/s | "
+               "\n\nprompt: %lld tokens, %s | generated: %lld tokens, %.1f tokens/s | "
                "finish: %s | kv: %s, policy %s\n",
-               static_cast<long long>(s.prompt_tokens), s.prompt_tps(),
+               static_cast<long long>(s.prompt_tokens),
+               cut_reading ? "reading interrupted" : speed,
                static_cast<long long>(s.completion_tokens), s.generation_tps(),
                finish_reason_name(s.finish), format_bytes(engine.kv_bytes()).c_str(),
                engine.policy_name());

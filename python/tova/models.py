@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Union
 
 from . import _check, _download
 
@@ -295,7 +295,7 @@ def list_models() -> List[Dict[str, Any]]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``list`` / ``pull`` / ``path`` subcommands; returns the exit status (errors go to
     stderr as ``tova: error: ...``; paths and listings to stdout)."""
-    parser = argparse.ArgumentParser(prog="tova", description="tova's known models")
+    parser = _Parser(prog="tova", description="tova's known models")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{list,pull}")  # (path: the CLI's)
     p_list = sub.add_parser("list", help="list known models and whether they are cached")
     p_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -313,10 +313,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _print_list(as_json=args.json)
         elif args.command == "pull":
             for name in args.names:
-                print(pull(name, progress=not args.quiet), flush=True)
+                _out(str(pull(name, progress=not args.quiet)))
         else:
-            print(resolve(args.model, download=not args.no_download,
-                          progress=not args.quiet), flush=True)
+            _out(str(resolve(args.model, download=not args.no_download, progress=not args.quiet)))
+    except _WriteError as e:
+        print(f"tova: write error: {e}", file=sys.stderr)
+        return 1
     except (OSError, RuntimeError) as e:
         print(f"tova: error: {e}", file=sys.stderr)
         return 1
@@ -335,17 +337,43 @@ def _exit_cleanly_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as the native commands give them: one line, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"tova: error: {message} (see tova --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+class _WriteError(Exception):
+    """Standard output could not be written (a full disk, a closed pipe with SIGPIPE ignored)."""
+
+
+def _out(text: str) -> None:
+    """Prints a line to standard output, flushed; a failure is a _WriteError naming its cause
+    (and what is still buffered is dropped, so the exit does not report it again)."""
+    try:
+        print(text, flush=True)
+    except OSError as e:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        raise _WriteError(e.strerror or str(e)) from None
+
+
 def _print_list(*, as_json: bool) -> None:
     rows = list_models()
     if as_json:
-        print(json.dumps([{**r, "path": str(r["path"])} for r in rows], indent=2))
+        _out(json.dumps([{**r, "path": str(r["path"])} for r in rows], indent=2))
         return
-    print(f"cache: {cache_dir()}")
+    lines = [f"cache: {cache_dir()}"]
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         state = "cached" if r["cached"] else "-"
         size = _download.format_bytes(int(r["bytes"]))
-        print(f"{r['name']:<{width}}  {size:>9}  {state:<6}  {r['file']}")
+        lines.append(f"{r['name']:<{width}}  {size:>9}  {state:<6}  {r['file']}")
+    _out("\n".join(lines))
 
 
 def _stop_quietly_on_a_closed_pipe() -> None:
