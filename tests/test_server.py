@@ -773,6 +773,29 @@ def test_answer_cut_by_shutdown_is_an_openai_error(smollm2_path: Path) -> None:
         s.stop()
 
 
+def test_serve_refuses_an_address_or_a_model_file_it_cannot_use(tmp_path) -> None:
+    """A port in use or a host that does not resolve is said before the model loads, a missing
+    or malformed model file as `tova run` says it: one line of ours, exit status 1."""
+    from reference.synthetic import write_llama_gguf
+
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path)
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF" + b"\0" * 64)
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        cases = [(["-m", str(path), "--host", HOST, "--port", port], f"cannot listen on {HOST}:{port}: "),
+                 (["-m", str(path), "--host", "no-such-host.invalid", "--port", "0"], "cannot listen on no-such-host"),
+                 (["-m", str(tmp_path / "nope.gguf"), "--port", "0"], "nope.gguf"),
+                 (["-m", str(tmp_path / "bad.gguf"), "--port", "0"], "bad.gguf")]
+        for args, needle in cases:
+            r = subprocess.run([sys.executable, "-m", "tova", "serve", *args], capture_output=True, text=True,
+                               timeout=120)
+            assert r.returncode == 1 and r.stderr.startswith("tova serve: ") and needle in r.stderr, r.stderr
+            assert r.stderr.count("\n") == 1, r.stderr
+
+
 def test_serve_refuses_bad_engine_settings(tmp_path) -> None:
     """An engine setting the engine refuses (an unknown --kv-type; --device cuda where there is
     no GPU) ends `tova serve` with the reason and exit status 2, not a traceback."""

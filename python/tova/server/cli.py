@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import threading
 from typing import Any, List, Optional, Sequence
@@ -99,6 +100,19 @@ def _server_class(uvicorn: Any) -> Any:
     return Server
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (port 0: any free one), as uvicorn binds its own."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
 def _model_id(model: str) -> str:
     base = os.path.basename(model)
     return base[:-5] if base.endswith(".gguf") else base
@@ -114,6 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"tova serve needs the server extra: pip install 'tova[server]' ({e})", file=sys.stderr)
         return 1
     from ..engine import Engine
+    from .._core import GGUFError
     from .service import ServeConfig, cache_tokens, default_max_prompt_tokens
 
     n_seq = args.n_seq if args.n_seq is not None or args.kv_budget is not None else 8
@@ -123,13 +138,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if v is not None and v < (0 if name in ("max_queue", "max_prompt_tokens") else 1):
             print(f"tova serve: --{name.replace('_', '-')} must be positive", file=sys.stderr)
             return 2
+    # The address first: a port in use or a host that does not resolve is told before the model
+    # loads (seconds), as a line of ours, exit status 1.
+    try:
+        sock = _listen(args.host, args.port)
+    except OSError as e:
+        print(f"tova serve: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
+        return 1
     k, _, v = (args.kv_type or "").partition("/")
     try:
         engine = Engine(args.model, n_seq=n_seq, kv_budget=args.kv_budget, kv_size=args.kv_size,
                         n_ctx=args.n_ctx, policy=args.policy, n_threads=args.threads, device=args.device,
                         kv_type_k=k or None, kv_type_v=v or k or None, kv_lo_type=args.kv_lo_type,
                         kv_hi_size=args.kv_hi_size)
-    except (ValueError, TypeError, RuntimeError, OSError) as e:
+    except (FileNotFoundError, GGUFError) as e:  # the model file: a runtime error, as tova run says
+        sock.close()
+        print(f"tova serve: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, RuntimeError, OSError) as e:  # the settings
+        sock.close()
         print(f"tova serve: {e}", file=sys.stderr)
         return 2
     cache, size = cache_tokens(engine)
@@ -155,7 +182,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                timeout_graceful_shutdown=_GRACE_S,
                                limit_concurrency=max(2 * args.max_connections, args.max_connections + 64) + 1)
     server = _server_class(uvicorn)(config_uv, app.state.service)
-    sock = server.config.bind_socket()  # (exits saying why when the address is taken)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in str(host) else host
     print(f"tova serve: {config.model_id} ({engine.n_seq} sequences, {cache} {size}, "
