@@ -110,6 +110,29 @@ def test_cancelled_handle_frees_its_sequence(smollm2_path):
 
 
 @pytest.mark.model
+def test_a_chunk_cancelled_mid_step_leaves_the_others_exact(smollm2_path):
+    """Two long prompts read in the same steps (one chunk each): cancelling one mid-step takes
+    its rows out at the next layer; the other's answer is still exactly its answer alone, and the
+    cancelled one's sequence serves the next request as a fresh one."""
+    kw = dict(max_tokens=8, temperature=0, ignore_eos=True)
+    settings = dict(kv_size=64, n_seq=2, chunk=1024, n_batch=2048, n_threads=1)
+    with tova.Engine(smollm2_path, **settings) as e:
+        a_ids = e.tokenize(" ".join(PROMPTS) * 12)[:1500]
+        b_ids = e.tokenize(" ".join(reversed(PROMPTS)) * 12)[:1400]
+        alone = e.generate(b_ids, **kw)
+        a = e.submit(a_ids, **kw)
+        b = e.submit(b_ids, **kw)
+        threading.Timer(0.4, a.cancel).start()  # (the first step, two 1024-row chunks, takes seconds)
+        assert b.result() == alone
+        assert a.result() == "" and a.finish_reason == "cancelled" and len(a.tokens) == 0
+        assert a.stats["n_past"] == 0  # left mid-step: its sequence reset, not holding a chunk
+        after = [e.submit(p, **kw) for p in PROMPTS[2:4]]  # (both sequences)
+        after = [h.result() for h in after]
+    with tova.Engine(smollm2_path, **settings) as fresh:
+        assert after == [fresh.generate(p, **kw) for p in PROMPTS[2:4]]
+
+
+@pytest.mark.model
 def test_dropped_handle_is_cancelled(smollm2_path):
     with tova.Engine(smollm2_path, kv_size=64, n_seq=1, n_threads=2) as e:
         h = e.submit(PROMPTS[0], max_tokens=500, ignore_eos=True, temperature=0)
