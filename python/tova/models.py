@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -341,6 +342,11 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors as the native commands give them: one line, exit status 2."""
 
     def error(self, message: str) -> NoReturn:
+        # (an unknown command, as the native program words it: argparse's would list "path", the
+        # native program's own use of this module, not a command for people)
+        bad = re.search(r"invalid choice: '([^']*)'", message) if message.startswith("argument {") else None
+        if bad:
+            message = f"unknown command '{bad.group(1)}'"
         print(f"tova: error: {message} (see tova --help)", file=sys.stderr)
         sys.exit(2)
 
