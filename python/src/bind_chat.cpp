@@ -116,10 +116,7 @@ void bind_chat(nb::module_& m) {
           tova::py::Unlocked release;
           piece = g.next();
         }
-        if (tova::py::check_signals() != 0) {
-          g.cancel();
-          throw nb::python_error();
-        }
+        tova::py::raise_if_interrupted([&] { g.cancel(); });
         return nb::str(piece.data(), piece.size());
       })
       .def("run_to_end", [](Generation& g) {
@@ -129,10 +126,7 @@ void bind_chat(nb::module_& m) {
             tova::py::Unlocked release;
             text += g.next();
           }
-          if (tova::py::check_signals() != 0) {
-            g.cancel();
-            throw nb::python_error();
-          }
+          tova::py::raise_if_interrupted([&] { g.cancel(); });
         }
         return nb::str(text.data(), text.size());
       })

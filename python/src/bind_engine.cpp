@@ -365,10 +365,7 @@ void bind_engine(nb::module_& m) {
                tova::py::Unlocked release;
                w = r.engine->next(*r.req, piece, timeout);
              }
-             if (tova::py::check_signals() != 0) {
-               r.req->cancel();
-               throw nb::python_error();
-             }
+             tova::py::raise_if_interrupted([&] { r.req->cancel(); });
              return nb::make_tuple(static_cast<int>(w), nb::str(piece.data(), piece.size()));
            },
            nb::arg("timeout") = -1.0,
@@ -379,10 +376,7 @@ void bind_engine(nb::module_& m) {
           tova::py::Unlocked release;
           r.engine->wait_prefilled(*r.req);
         }
-        if (tova::py::check_signals() != 0) {  // (an interrupt the step's probe kept)
-          r.req->cancel();
-          throw nb::python_error();
-        }
+        tova::py::raise_if_interrupted([&] { r.req->cancel(); });  // (one the step's probe kept, too)
       })
       .def("cancel", [](PyRequest& r) { r.req->cancel(); })
       .def_prop_ro("finished", [](const PyRequest& r) { return r.engine->finished(*r.req); })

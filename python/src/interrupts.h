@@ -22,6 +22,15 @@ void stash_interrupt(nanobind::python_error& e);
 // or a signal handler raises now (PyErr_CheckSignals); else 0.
 int check_signals();
 
+// With the GIL held: when an interrupt is pending (check_signals), calls cancel() (the caller's
+// request or generation) and raises it. The check after each wait of a blocking call.
+template <class Cancel>
+void raise_if_interrupted(Cancel&& cancel) {
+  if (check_signals() == 0) return;
+  cancel();
+  throw nanobind::python_error();
+}
+
 // Engine::interrupt_probe: on the main thread (where Python runs signal handlers), takes the GIL
 // and runs them; an interrupt they raise is kept for this thread's next check_signals (the
 // waiting call raises it) and the answer is true. Elsewhere false at once, with no GIL taken.
