@@ -89,7 +89,7 @@ def _unknown_keywords_error(method: str, unknown: Sequence[str]) -> TypeError:
         takers = [f"{m}()" for m in _GENERATION_METHODS if name in _keywords_of(m)]
         if takers:
             elsewhere.append(f"{name} is an argument of {', '.join(takers)}, not of {method}()")
-    err = unknown_names_error([u for u in unknown], [*SamplingFields.__annotations__, *_keywords_of(method)],
+    err = unknown_names_error(unknown, [*SamplingFields.__annotations__, *_keywords_of(method)],
                               f"{method}() keyword argument")
     return TypeError(f"{err}{'; ' if elsewhere else ''}{'; '.join(elsewhere)}")
 
