@@ -106,6 +106,17 @@ def test_prompt_past_the_trained_context_warns_once(tmp_path):
     assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
 
 
+def test_run_without_kv_size_on_a_model_trained_on_fewer_than_512_tokens(tmp_path):
+    from reference.synthetic import write_llama_gguf
+
+    path = tmp_path / "ctx32.gguf"
+    write_llama_gguf(path, context_length=32)
+    r = run("run", "-m", path, "-p", "hello world", "-n", "2", "-t", "1")
+    assert r.returncode == 0, r.stderr
+    r = run("run", "-m", path, "-p", "hello world", "-n", "2", "-t", "1", "--kv-size", "64")
+    assert r.returncode != 0 and "kv_size 64 is larger than the model's context 32" in r.stderr
+
+
 # ---- stdout that cannot be written: `tova: write error: ...` and exit 1 (as GNU programs) ----------
 def run_to(stdout, *args, shell_redirect="", **kw):
     """Runs tova with stdout sent to `stdout` (a file object), or closed (shell_redirect=">&-")."""

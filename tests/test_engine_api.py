@@ -172,6 +172,28 @@ def test_bad_engine_arguments(smollm2_path, kwargs, exc, pattern):
         tova.Engine(smollm2_path, **kwargs)
 
 
+def test_default_kv_size_fits_a_model_trained_on_fewer_tokens(tmp_path):
+    """kv_size not given: 512, or the model's training context when that is shorter (a model
+    trained on 64 tokens opens with the defaults); a kv_size given larger is still refused."""
+    from reference.synthetic import write_llama_gguf
+
+    path = tmp_path / "ctx64.gguf"
+    write_llama_gguf(path, context_length=64)
+    with tova.Engine(path, n_threads=1) as e:
+        assert e.kv_size == 64
+        out = e.generate("hello world " * 40, max_tokens=4, temperature=0, ignore_eos=True)
+        assert e.last_stats["finish_reason"] == "length" and isinstance(out, str)
+    with pytest.raises(ValueError, match="kv_size 128 is larger than the model's context 64"):
+        tova.Engine(path, kv_size=128, n_threads=1)
+    with tova.Engine(path, kv_size=32, n_threads=1) as e:
+        assert e.kv_size == 32
+
+
+def test_default_kv_size_is_512(smollm2_path):
+    with tova.Engine(smollm2_path, n_threads=1) as e:
+        assert e.kv_size == 512
+
+
 def test_missing_model_file():
     with pytest.raises(FileNotFoundError):
         tova.Engine("/nonexistent/model.gguf")

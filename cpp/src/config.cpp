@@ -98,7 +98,7 @@ int EngineParams::hi_size() const {
 
 void EngineParams::validate() const {
   bound("n_threads", n_threads, 0, Limits::kMaxThreads, " (0 = all cores)");
-  bound("kv_size", kv_size, 1, Limits::kMaxCtx);
+  bound("kv_size", kv_size, 0, Limits::kMaxCtx, " (0 = 512, or the model's context when shorter)");
   bound("n_ctx", n_ctx, 1, Limits::kMaxCtx);
   bound("chunk", chunk, 1, Limits::kMaxChunk);
   bound("n_seq", n_seq, 1, Limits::kMaxSeq);
@@ -109,8 +109,8 @@ void EngineParams::validate() const {
   if (n_sink < -1) throw ArgumentError(cat("n_sink must be >= 0, got ", n_sink));
   if (!plugin && policy == PolicyKind::Plugin)
     throw ArgumentError("policy 'plugin' needs a plugin object");
-  if (!full() && kv_size < sink() + 1)
-    throw ArgumentError(cat("kv_size ", kv_size, " is too small: it must exceed n_sink ", sink(),
+  if (!full() && kv_tokens() < sink() + 1)
+    throw ArgumentError(cat("kv_size ", kv_tokens(), " is too small: it must exceed n_sink ", sink(),
                             " (at least ", sink() + 1, ")"));
   if (kv_hi_size < 0) throw ArgumentError(cat("kv_hi_size must be >= 0, got ", kv_hi_size));
   auto values_only = [](const char* what, KvType t) {

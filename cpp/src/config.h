@@ -43,9 +43,12 @@ struct Limits {
 };
 
 struct EngineParams {
+  static constexpr int kDefaultKvSize = 512;
   int n_threads = 0;               // 0: the number of cores (at most 16)
   PolicyKind policy = PolicyKind::Tova;  // ignored when plugin is set (then Plugin)
-  int kv_size = 512;               // C: tokens kept per layer (evicting policies)
+  // C: tokens kept per layer (evicting policies); 0: kDefaultKvSize, or the model's training
+  // context when that is shorter (the Engine resolves it when it reads the model).
+  int kv_size = 0;
   int n_ctx = 2048;                // full policy: the cache size and the most tokens a sequence holds
   int n_sink = -1;                 // -1: the policy's default (sink: 4, others 0)
   KvType kv_type_k = KvType::F16;  // element type of the stored keys
@@ -74,7 +77,8 @@ struct EngineParams {
   // "f16" when keys and values share a type, else "K/V" ("q8_0/q4_0").
   std::string kv_type_label() const;
   std::string kv_lo_type_label() const;  // "" without a lower tier
-  int cache_size() const { return full() ? n_ctx : kv_size; }
+  int kv_tokens() const { return kv_size > 0 ? kv_size : kDefaultKvSize; }  // kv_size, 0 read as the default
+  int cache_size() const { return full() ? n_ctx : kv_tokens(); }
   int hi_size() const;  // tokens of the upper tier (kv_lo), else 0
   // Throws ArgumentError naming the first setting out of bounds.
   void validate() const;

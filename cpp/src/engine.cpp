@@ -11,8 +11,12 @@ Engine::Engine(const std::string& model_path, EngineParams params) : params_(std
   model_ = std::make_unique<Model>(model_path);
   const HParams& h = model_->hp();
   const bool full = params_.full();
-  if (!full && params_.kv_size > h.n_ctx_train)
+  if (params_.kv_size == 0) {  // the default: 512, or the model's whole training context when shorter
+    params_.kv_size = std::min(EngineParams::kDefaultKvSize, h.n_ctx_train);
+    params_.validate();
+  } else if (!full && params_.kv_size > h.n_ctx_train) {
     throw ArgumentError(cat("kv_size ", params_.kv_size, " is larger than the model's context ", h.n_ctx_train));
+  }
 
   KvConfig kc;
   kc.capacity = full ? params_.n_ctx : params_.kv_size;

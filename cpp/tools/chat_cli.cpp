@@ -49,7 +49,8 @@ options:
   -t, --threads N            compute threads (default: all cores)
       --temp T               temperature (default 0.8; 0 = greedy)
       --top-k K, --top-p P, --min-p P, --repeat-penalty R, --seed S
-      --kv-size N            tokens kept per layer (default 512)
+      --kv-size N            tokens kept per layer (default 512, or the model's context
+                             when shorter)
       --policy P             tova (default), h2o, sink, window, full, tova_ema
       --n-sink N, --kv-type T, --kv-type-k T, --kv-type-v T, --kv-lo-type T, --kv-hi-size N,
       --ctx N, --chunk N, --prefill MODE, --positions MODE,

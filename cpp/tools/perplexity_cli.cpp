@@ -46,7 +46,8 @@ Perplexity of the model reading FILE through its fixed-memory KV cache.
       --stride S         windows start every S tokens (S < N) and score their last S tokens
       --score-from I     first scored prediction position in each window
       --policy P         full (default), tova, h2o, sink, window, tova_ema
-      --kv-size N        tokens kept per layer by an evicting policy (default 512)
+      --kv-size N        tokens kept per layer by an evicting policy (default 512,
+                         or the model's context when shorter)
       --n-sink N, --kv-type T, --kv-type-k T, --kv-type-v T, --kv-lo-type T, --kv-hi-size N,
       --chunk N, --prefill MODE, --positions MODE,
       --policy-plugin LIB, --policy-args TEXT   as for tova run

@@ -74,7 +74,8 @@ run / bench options:
   -t, --threads N            compute threads (default: all cores)
       --temp T               run: temperature (0.8; 0 = greedy)
       --top-k K, --top-p P, --min-p P, --repeat-penalty R, --seed S   run: sampling
-      --kv-size N            tokens kept per layer by an evicting policy (default 512)
+      --kv-size N            tokens kept per layer by an evicting policy (default 512,
+                             or the model's context when shorter)
       --policy P             tova (default), h2o, sink, window, full, tova_ema
       --n-sink N             first positions never evicted (sink: 4)
       --kv-type T            element type of the stored keys and values: f16 (default), f32,

@@ -109,7 +109,7 @@ class Engine:
             (llama.cpp's ``n_ctx``; default 2048); ignored by evicting policies, which never run
             out.
         kv_size: ``C``, the tokens kept per layer by an evicting policy (the multi-state size;
-            default 512).
+            default 512, or the model's training context when that is shorter).
         policy: ``"tova"`` (default), ``"h2o"``, ``"sink"``, ``"window"``, ``"full"``,
             ``"tova_ema"`` (TOVA's attention smoothed over steps, beyond the paper:
             docs/policies.md), an instance of a :class:`tova.Policy` subclass (your own

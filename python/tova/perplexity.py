@@ -144,11 +144,11 @@ def _open_engine(engine_or_model: Any, *, policy: "Union[None, str, Policy]",
         model = engine_or_model
         want_policy = "full" if policy is None else policy
         name = want_policy if isinstance(want_policy, str) else getattr(want_policy, "name", "plugin")
-        kv = 512 if kv_size is None else kv_size
+        kv = kv_size  # None: the engine's default
     kw = dict(base, policy=want_policy, prefill=prefill)
     if name == "full":
         kw["n_ctx"] = max(int(kw.get("n_ctx", 0) or 0), n_ctx_needed)
-    else:
+    elif kv is not None:
         kw["kv_size"] = kv
     return Engine(model, **kw), True
 
@@ -223,7 +223,7 @@ def perplexity(
         engine_or_model: an :class:`tova.Engine`, or a GGUF path / registry name.
         text_or_tokens: text (tokenized with the model's BOS setting) or token ids.
         kv_size, policy: the cache to read through. ``None``: the engine's own; with a model
-            path, ``"full"`` and 512. An Engine whose settings differ (or a full-cache Engine
+            path, ``"full"`` and the default ``kv_size``. An Engine whose settings differ (or a full-cache Engine
             whose ``n_ctx`` is too small) is not changed: a new one is opened on the same model.
         prefill: ``"exact"`` (the default: as decoding token by token) or ``"chunked"``.
         context: window length N (llama-perplexity's ``-c``); None: read the text as one stream.

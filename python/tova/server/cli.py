@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     seqs.add_argument("--kv-budget", default=None,
                       help="bytes for all KV stores ('256MiB'): as many sequences as fit")
     p.add_argument("--kv-size", type=int, default=None,
-                   help="tokens kept per layer and sequence by an evicting policy (default 512)")
+                   help="tokens kept per layer and sequence by an evicting policy (default 512, "
+                        "or the model's context when shorter)")
     p.add_argument("-c", "--n-ctx", "--ctx-size", dest="n_ctx", type=int, default=None,
                    help="with --policy full: the tokens each sequence's cache holds, the longest "
                         "prompt plus answer (default 2048; llama-server's --ctx-size)")
