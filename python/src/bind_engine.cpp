@@ -152,7 +152,7 @@ void bind_engine(nb::module_& m) {
              // Ctrl-C between the chunks of a long prompt: KeyboardInterrupt, sequence reset; the
              // interpreter's exit stops it too (unlocked.h).
              self->interrupt_hook = [] {
-               if (tova::py::exiting()) throw Cancelled("the Python interpreter is exiting");
+               if (tova::py::exiting()) throw tova::py::InterpreterExiting();
                tova::py::Locked gil;
                if (tova::py::check_signals() != 0) throw nb::python_error();
              };

@@ -1,6 +1,7 @@
 // tova._core: the compiled part of the tova package. Errors map to Python as:
 //   tova::FormatError -> tova.GGUFError (ValueError), tova::ArgumentError -> ValueError,
-//   tova::FileNotFound -> FileNotFoundError, tova::Error -> tova.TovaError (RuntimeError).
+//   tova::FileNotFound -> FileNotFoundError, tova::Error -> tova.TovaError (RuntimeError),
+//   tova::Cancelled -> KeyboardInterrupt, and a call at the interpreter's exit -> SystemExit.
 #include <Python.h>
 
 #include <cstring>
@@ -37,6 +38,9 @@ NB_MODULE(_core, m) {
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {
       std::rethrow_exception(p);
+    } catch (const tova::py::InterpreterExiting& e) {
+      // SystemExit itself: a thread's end passes over it (that type alone) in silence.
+      set_error(PyExc_SystemExit, e.what());
     } catch (const tova::FileNotFound& e) {
       set_error(PyExc_FileNotFoundError, e.what());
     } catch (const tova::FormatError& e) {

@@ -21,8 +21,7 @@ std::atomic<int> g_taking{0};  // threads past the phase check, taking the GIL
 }  // namespace
 
 Unlocked::Unlocked() {
-  if (g_phase.load() != 0)
-    throw Error("the Python interpreter is exiting: tova starts no new call");
+  if (g_phase.load() != 0) throw InterpreterExiting();
   g_inside.fetch_add(1);
   state_ = PyEval_SaveThread();
 }

@@ -5,7 +5,7 @@
 // the process: a daemon thread generating when the program ends, or a worker stopped by Ctrl-C
 // at exit, would kill it with "terminate called without an active exception". So every blocking
 // call releases the GIL through Unlocked, and the package's exit hook (tova/engine.py) does:
-//   1. begin_exit(): no new blocking call starts (Unlocked throws: the interpreter is exiting);
+//   1. begin_exit(): no new blocking call starts (Unlocked throws InterpreterExiting);
 //      the hook cancels every running request and waits a few seconds for calls_inside() to
 //      reach 0, the threads coming back to Python while it still stands;
 //   2. park_late_returns(): a call that is still running then never takes the GIL again: its
@@ -17,11 +17,21 @@
 
 #include <Python.h>
 
+#include "common.h"
+
 namespace tova::py {
+
+// A call refused or stopped because the interpreter is exiting (Python: SystemExit, which a
+// thread's end passes over in silence: a daemon thread inside tova when the program ends stops
+// without a traceback).
+class InterpreterExiting : public Cancelled {
+ public:
+  InterpreterExiting() : Cancelled("the Python interpreter is exiting: tova starts no new call") {}
+};
 
 class Unlocked {
  public:
-  Unlocked();  // throws tova::Error once the exit has begun
+  Unlocked();  // throws InterpreterExiting once the exit has begun
   ~Unlocked();
   Unlocked(const Unlocked&) = delete;
   Unlocked& operator=(const Unlocked&) = delete;
