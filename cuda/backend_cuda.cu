@@ -810,6 +810,7 @@ void CudaBackend::attend(const AttnShape& shape, const AttnRow* rows, int n_rows
       d.rule = r.rule;
       d.state = kv.state(r.layer);
       d.new_slot = r.new_slot;
+      d.new_tail = r.new_tail;
       if (r.n_evict <= 0) continue;
       d.sel_off = static_cast<int64_t>(idx_.size());
       idx_.insert(idx_.end(), r.evict_pos, r.evict_pos + r.n_idx);

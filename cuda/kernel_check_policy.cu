@@ -13,8 +13,10 @@ namespace kcheck {
 // The head mean and the steps of the built-in policies the device runs (head_mean: tova, h2o,
 // tova_ema) against the host's policies (kv_policy.cpp) on the same probabilities, three steps
 // in a row (the state carried over): rows of 1 to 600 slots, probabilities drawn from a few
-// values (tied keys, broken by position), protected slots, several victims, and more victims
-// than candidates (the host's policy fails; the device marks the missing -1).
+// values (tied keys, broken by position), protected slots, several victims, more victims than
+// candidates (the host's policy fails; the device marks the missing -1), and tokens written in
+// the step beside the new one (a chunk's: the last new_tail of idx; the host hears of them by
+// on_insert, as from the store).
 void check_policy_steps(std::mt19937& rng, std::vector<std::string>& bad) {
   const int n_head = 3;
   const float inv_head = 1.0f / static_cast<float>(n_head);
@@ -63,6 +65,7 @@ void check_policy_steps(std::mt19937& rng, std::vector<std::string>& bad) {
       n_mean += c.n_idx;
       d.rule = rule;
       d.new_slot = slots[0];
+      d.new_tail = descs.size() % 3 == 1 ? std::min(3, c.n_idx) : 0;
       d.n_evict = c.n_evict;
       d.victims_off = n_victims;
       n_victims += c.n_evict;
@@ -113,6 +116,11 @@ void check_policy_steps(std::mt19937& rng, std::vector<std::string>& bad) {
         v.protect = protect_of[c].data();
         v.probs_mean = mean.data();
         v.state = state_of[c].data();
+        if (policy->on_insert) {
+          policy->on_insert(policy->user, &v, d.new_slot);
+          for (int j = d.n_idx - d.new_tail; j < d.n_idx; ++j)
+            policy->on_insert(policy->user, &v, idx_all[static_cast<size_t>(d.idx_off + j)]);
+        }
         std::vector<int32_t> want(static_cast<size_t>(std::max(d.n_evict, 1)), -1);
         const bool host_failed = policy->select(policy->user, &v, want.data()) != 0;
         want.resize(static_cast<size_t>(d.n_evict));

@@ -279,12 +279,14 @@ struct AttnDesc {
   int64_t probs_off = -1;   // probabilities [n_head][n_idx] at probs + probs_off; -1: not wanted
   int64_t mean_off = -1;    // with probs: their mean over heads [n_idx] at means + mean_off (head_mean)
   // With a mean, a built-in policy's step (head_mean; AttnRow::rule): the state of idx's slots
-  // updated (h2o, tova_ema; new_slot inserted by this row), then the n_evict slots of idx with the
+  // updated (h2o, tova_ema; new_slot inserted by this row, and idx's last new_tail entries by its
+  // step: AttnRow::new_tail), then the n_evict slots of idx with the
   // lowest (key, position) among those whose position idx[sel_off + j] is >= 0 (-1: not a
   // candidate) at victims[victims_off..].
   BuiltinRule rule = BuiltinRule::None;
   float* state = nullptr;   // [n_slots] of the layer (h2o, tova_ema)
   int32_t new_slot = -1;
+  int new_tail = 0;
   int64_t sel_off = -1;
   int64_t victims_off = -1;
   int n_evict = 0;

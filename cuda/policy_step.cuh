@@ -69,7 +69,8 @@ __device__ inline void head_mean_row(const AttnDesc& r, int n_head, float inv_he
     const float a = kTovaEmaDecay, b = 1.0f - kTovaEmaDecay;
     for (int j = threadIdx.x; j < r.n_idx; j += blockDim.x) {
       float& st = r.state[idx[j]];
-      st = idx[j] == r.new_slot ? mean[j] : __fadd_rn(__fmul_rn(a, st), __fmul_rn(b, mean[j]));
+      const bool written = idx[j] == r.new_slot || j >= r.n_idx - r.new_tail;  // in this step
+      st = written ? mean[j] : __fadd_rn(__fmul_rn(a, st), __fmul_rn(b, mean[j]));
     }
   }
   if (r.n_evict <= 0) return;

@@ -758,23 +758,27 @@ def test_cuda_two_kv_tiers(tmp_path, policy, kv_k, kv_v, lo):
 
 @pytest.mark.cuda
 @needs_gpu
-@pytest.mark.parametrize("arch,kv_type", [(a, t) for a in ("llama", "qwen2") for t in ("f32", "f16", "q8_0", "q4_0")]
-                         + [("gemma3", "f32"), ("gemma3", "q8_0")])
-def test_cuda_cache_index_positions(tmp_path, arch, kv_type):
+@pytest.mark.parametrize("arch,kv_type,prefill",
+                         [(a, t, "exact") for a in ("llama", "qwen2") for t in ("f32", "f16", "q8_0", "q4_0")]
+                         + [("gemma3", "f32", "exact"), ("gemma3", "q8_0", "exact"), ("llama", "f32", "chunked"),
+                            ("qwen2", "q8_0", "chunked"), ("gemma3", "f32", "chunked")])
+def test_cuda_cache_index_positions(tmp_path, arch, kv_type, prefill):
     """Positions "cache_index" on the device: keys stored unrotated (quantized and
     Hadamard-rotated where the type says so) are decoded, rotated back and rotated by their rank
     before each attention, the query by the largest rank (normal and NeoX RoPE; Gemma 3's two
     RoPEs, global and sliding layers): logits equal the CPU's, and the kept positions at every
     step. With quantized keys the logits agree within a
     quantum's effect (see test_cuda_two_kv_tiers: keys unrotated by RoPE meet the quantizer with
-    other last bits than the CPU's and may take the neighbouring level)."""
+    other last bits than the CPU's and may take the neighbouring level). Chunked prefill too: the
+    rows of a chunk in one pass, each ranking the keys it sees."""
     path = tmp_path / "m.gguf"
     if arch == "gemma3":
         write_gemma3_gguf(path, seed=18, weight_type="Q8_0", n_embd=256, n_ff=512, head_dim=64)
     else:
         write_llama_gguf(path, seed=18, weight_type="Q8_0", n_embd=256, n_ff=96, n_head=4, n_head_kv=2, arch=arch)
     n_layer = 6 if arch == "gemma3" else 2
-    cpu, gpu = _pair(path, policy="tova", kv_size=20, chunk=8, kv_type=kv_type, positions="cache_index")
+    cpu, gpu = _pair(path, policy="tova", kv_size=20, chunk=8, kv_type=kv_type, positions="cache_index",
+                     prefill=prefill)
     with cpu, gpu:
         ids = _ids(44, cpu.n_vocab, seed=18)
         want, got = cpu.eval(ids[:28], all_logits=True), gpu.eval(ids[:28], all_logits=True)

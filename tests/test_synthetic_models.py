@@ -156,6 +156,54 @@ def test_policy_matches_spec_reference(policy_model, policy, chunk):
     np.testing.assert_allclose(np.concatenate(got_logits), want["logits"], atol=EXACT_TOL, rtol=0)
 
 
+@pytest.mark.parametrize("policy", ["window", "sink", "h2o", "tova", "tova_ema"])
+@pytest.mark.parametrize("chunk", [5, 16])
+@pytest.mark.parametrize("positions", ["original", "cache_index"])
+def test_chunked_prefill_matches_spec_reference(policy_model, policy, chunk, positions):
+    """prefill='chunked' (spec section 5): a chunk attends over the kept slots plus its causal
+    prefix, then the policy evicts down to C on the chunk's last row; tova_ema scores each of the
+    chunk's tokens by that row (before, all but the last started at 0.05 of it and were evicted
+    first); with positions 'cache_index' each row ranks the keys it sees (before, such an engine
+    read its prompt exactly while it said 'chunked'). The kept sets after every chunk and the
+    logits equal the reference's."""
+    path, ref = policy_model
+    ids = _tokens(61, 384, seed=7)
+    C = 12
+    want = run_policy(ref, ids, kv_size=C, policy=policy, chunk=chunk, prefill="chunked", positions=positions)
+    exact = run_policy(ref, ids, kv_size=C, policy=policy, chunk=chunk, positions=positions)
+    assert np.abs(want["logits"] - exact["logits"]).max() > 10 * EXACT_TOL  # the modes differ here
+    with _engine(path, policy=policy, kv_size=C, chunk=chunk, prefill="chunked", positions=positions) as e:
+        got_logits = []
+        for s in range(0, len(ids), chunk):
+            part = ids[s:s + chunk]
+            got_logits.append(e.eval(part, all_logits=True))
+            t = s + len(part) - 1
+            got = [e.kv_positions(l).tolist() for l in range(3)]
+            assert got == _kept_after(want["victims"], t, 3), f"after step {t}"
+    np.testing.assert_allclose(np.concatenate(got_logits), want["logits"], atol=EXACT_TOL, rtol=0)
+
+
+@pytest.mark.parametrize("policy", ["tova", "h2o", "tova_ema"])
+def test_exact_ties_go_by_position(tmp_path, policy):
+    """Equal keys score equally wherever their slots fall in the kernels' blocks, so ties go by
+    position (spec section 4: the smallest position among equal scores is evicted). A model whose
+    RoPE does not turn (frequency factors 1e30) fed one token over and over has every key of its
+    first layer equal (the next layers' differ in their last bits: near ties, float noise);
+    before, the key in a block's remainder scored one ulp apart and tova kept the oldest tokens."""
+    path = tmp_path / "norope.gguf"
+    write_llama_gguf(path, seed=11, n_head=4, n_head_kv=2, weight_type="F32",
+                     extra_tensors={"rope_freqs.weight": np.full(8, 1e30, np.float32)})
+    ids, C = [17] * 21, 8
+    want = run_policy(LlamaRef(str(path)), ids, kv_size=C, policy=policy)["kept"]
+    for kv_type in ("f32", "f16"):
+        with _engine(path, policy=policy, kv_size=C, kv_type=kv_type, float_activations=True) as e:
+            for t in ids:
+                e.eval([t])
+            assert e.kv_positions(0).tolist() == list(want[0]), kv_type
+    if policy == "tova":
+        assert list(want[0]) == list(range(21 - C, 21))  # the newest: the oldest lost every tie
+
+
 @pytest.mark.parametrize("policy", ["sink", "tova"])
 def test_cache_index_positions_match_reference(policy_model, policy):
     """positions='cache_index': every row rotates the kept keys by their rank and the query by the

@@ -84,12 +84,15 @@ struct AttnRow {
   // With a backend that selects_victims(), for a built-in policy it runs itself (`rule`, see
   // kv_policy.h) instead of probabilities: the row's step of that policy. It updates the
   // per-slot state it keeps (h2o, tova_ema; idx covers every valid slot, new_slot is the token
-  // this row inserted; a slot's state is 0 from its write_kv on), then selects the n_evict
+  // this row inserted and the last new_tail entries of idx the tokens its step wrote (a chunk's
+  // last row, idx in position order; 0 otherwise); a slot's state is 0 from its write_kv on),
+  // then selects the n_evict
   // slots of idx with the lowest (key, position) among those with evict_pos[j] >= 0 (the
   // position of idx[j]; -1: not a candidate), in that order, into host `victims` (complete
   // after flush_host(); -1 for each the candidates do not cover).
   BuiltinRule rule = BuiltinRule::None;
   int32_t new_slot = -1;
+  int new_tail = 0;
   const int32_t* evict_pos = nullptr;
   int n_evict = 0;
   int32_t* victims = nullptr;

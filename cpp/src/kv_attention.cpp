@@ -135,7 +135,10 @@ void KvAttention::start(Backend& be, const AttnShape& shape, const LayerRule& ru
   if (rule.never_evicts && !fits)
     throw Error(cat("context full: ", L.n_valid, " tokens cached + ", s.n, " new > n_ctx ", L.capacity));
   const bool simple = rule.never_evicts || (fits && !every_step && !(pol && pol->on_insert));
-  x.walk = rule.rank_rope || !(simple || (rule.chunked && s.n > 1));
+  // (Positions cache_index rotate each row's keys by rank: a chunk read in one pass still works,
+  // its rows' slots in position order; a chunk without eviction is walked.)
+  const bool one_pass = rule.chunked && s.n > 1;
+  x.walk = rule.rank_rope ? !one_pass : !(simple || one_pass);
   x.evict_once = false;
   x.mean_only = x.select = false;
   x.cursor = 0;
@@ -172,7 +175,9 @@ void KvAttention::start(Backend& be, const AttnShape& shape, const LayerRule& ru
     r.q = q + (s.row0 + i) * QW;
     r.out = out + (s.row0 + i) * QW;
     r.n_slots = L.n_slots;
-    if (x.evict_once && i == s.n - 1) ask_policy_input(be, shape, pol, L, x.slot_of[static_cast<size_t>(i)], x, r);
+    r.rank_rope = rule.rank_rope;
+    if (x.evict_once && i == s.n - 1)  // (the chunk's tokens are the last s.n of idx)
+      ask_policy_input(be, shape, pol, L, x.slot_of[static_cast<size_t>(i)], s.n, x, r);
     rows_.push_back(r);
   }
 }
@@ -209,7 +214,7 @@ void KvAttention::walk_row(Backend& be, const AttnShape& shape, const LayerRule&
   r.out = out + (s.row0 + i) * QW;
   r.n_slots = L.n_slots;
   r.rank_rope = rule.rank_rope;
-  ask_policy_input(be, shape, rule.policy, L, slot, x, r);
+  ask_policy_input(be, shape, rule.policy, L, slot, 0, x, r);
   rows_.push_back(r);
 }
 
@@ -217,7 +222,7 @@ void KvAttention::walk_row(Backend& be, const AttnShape& shape, const LayerRule&
 // room), else the probabilities, or their head mean, when the policy reads them. Two tiers rank
 // demotions by the head mean: the host's policy then.
 void KvAttention::ask_policy_input(const Backend& be, const AttnShape& shape, const tova_policy* pol,
-                                   const LayerCells& L, int new_slot, Scratch& x, AttnRow& r) {
+                                   const LayerCells& L, int new_slot, int new_tail, Scratch& x, AttnRow& r) {
   const BuiltinRule rule = be.selects_victims() && L.attention.empty() ? builtin_rule(pol) : BuiltinRule::None;
   x.select = rule != BuiltinRule::None;
   x.mean_only = false;
@@ -236,6 +241,7 @@ void KvAttention::ask_policy_input(const Backend& be, const AttnShape& shape, co
     }
     r.rule = rule;
     r.new_slot = new_slot;
+    r.new_tail = new_tail;
     r.evict_pos = x.evict_pos.data();
     r.n_evict = n_evict;
     r.victims = x.victims.data();

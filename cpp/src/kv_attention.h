@@ -98,7 +98,7 @@ class KvAttention {
                 float* q, float* k, float* v, float* out);
   // Asks the backend, on the row the policy call follows, for what that call reads.
   static void ask_policy_input(const Backend& be, const AttnShape& shape, const tova_policy* pol,
-                               const LayerCells& L, int new_slot, Scratch& x, AttnRow& r);
+                               const LayerCells& L, int new_slot, int new_tail, Scratch& x, AttnRow& r);
   void finish_row(const AttnShape& shape, const LayerRule& rule, SeqRows& s, Scratch& x, int i);
 
   std::vector<Scratch> scratch_;

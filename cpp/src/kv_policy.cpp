@@ -59,13 +59,16 @@ int h2o_select(void*, const tova_policy_view* v, int32_t* out) {
 }
 
 // tova_ema (docs/policies.md): TOVA's head-mean attention smoothed over steps, every step:
-// state = a * state + (1 - a) * p_mean for the kept tokens, p_mean for the new one; evict the
-// lowest state.
+// state = a * state + (1 - a) * p_mean for the kept tokens, p_mean for the tokens written in this
+// step (the new one; a chunk's in chunked prefill); evict the lowest state. A token written is
+// marked unseen (kTovaEmaUnseen: an average is never negative) until its first select().
+void tova_ema_insert(void*, const tova_policy_view* v, int32_t slot) { v->state[slot] = kTovaEmaUnseen; }
+
 int tova_ema_select(void*, const tova_policy_view* v, int32_t* out) {
   const float a = kTovaEmaDecay, b = 1.0f - kTovaEmaDecay;
   for (int32_t s = 0; s < v->n_slots; ++s) {
     if (v->pos[s] < 0) continue;
-    v->state[s] = s == v->new_slot ? v->probs_mean[s] : a * v->state[s] + b * v->probs_mean[s];
+    v->state[s] = v->state[s] < 0.0f ? v->probs_mean[s] : a * v->state[s] + b * v->probs_mean[s];
   }
   if (v->n_evict == 0) return 0;
   return select_lowest(v, out, [v](int32_t s) { return v->state[s]; }, [](int32_t) { return false; });
@@ -149,8 +152,10 @@ PolicyHandle make_builtin_policy(const std::string& name) {
   if (name == "tova") p = new_builtin("tova", kMean, tova_select, not_enough);
   else if (name == "h2o")
     p = new_builtin("h2o", kMean | TOVA_POLICY_EVERY_STEP, h2o_select, not_enough);
-  else if (name == "tova_ema")
+  else if (name == "tova_ema") {
     p = new_builtin("tova_ema", kMean | TOVA_POLICY_EVERY_STEP, tova_ema_select, not_enough);
+    p->on_insert = tova_ema_insert;
+  }
   else if (name == "window") p = new_builtin("window", 0, window_select, not_enough);
   else if (name == "sink") p = new_builtin("sink", 0, window_select, not_enough);
   else if (name == "full") p = new_builtin("full", 0, full_select, full_error);

@@ -36,6 +36,8 @@ class PolicyHandle {
 // tova_ema's decay per step (tuned on one text, reported on another: bench/RESULTS.md, "Quality
 // per KV byte").
 constexpr float kTovaEmaDecay = 0.95f;
+// tova_ema's state of a token written and not yet seen by a select() (on_insert sets it).
+constexpr float kTovaEmaUnseen = -1.0f;
 
 // Names of the built-in policies, in the order `tova --help` lists them.
 const std::vector<std::string>& builtin_policy_names();
@@ -59,7 +61,8 @@ void check_policy_abi(const tova_policy* p, const std::string& origin);
 //   H2o:     the state, += head mean every step; the positions at or above h2o_recent_start()
 //            are not candidates;
 //   TovaEma: the state, = kTovaEmaDecay * state + (1 - kTovaEmaDecay) * head mean every step
-//            (the head mean itself for the token just inserted).
+//            (the head mean itself for the tokens written in this step: the new one, or a
+//            chunk's in chunked prefill).
 // None for every other policy (plugins included).
 enum class BuiltinRule { None, Tova, H2o, TovaEma };
 BuiltinRule builtin_rule(const tova_policy* p);

@@ -18,6 +18,12 @@ Semantics implemented (section numbers of the spec):
   many tokens go through one `forward` call (default: all, so the projections are matrix products
   and a 128-token run on SmolLM2 takes about a second); by construction the evictions are the same
   for any chunk, which the self-check confirms against chunk=1 (literally token by token).
+  `prefill="chunked"` (§5): the `chunk` tokens of a forward call attend over what was kept before
+  it plus their causal prefix, nothing evicted between them; after the chunk the policy evicts
+  down to C by its rule on the chunk's last row (h2o adds that row once; tova_ema scores each of
+  the chunk's tokens by that row, its first observation).
+- tova_ema (docs/policies.md): ema = p for a token's first observation, then
+  a * ema + (1 - a) * p every step.
 - Positions `original` (§6): RoPE at the absolute position, applied before K is cached.
 - Sliding-window layers (Gemma 3, §6) keep their window: a window policy with C = n_swa there,
   whatever `policy` and `kv_size` say (those apply to the global layers). The model's own mask
@@ -50,6 +56,7 @@ class _PolicyHook:
         self.n_head = model.hp.n_head
         self.acc = [dict() for _ in range(model.hp.n_layer)]  # h2o: pos -> accumulated score
         self.victims: dict[int, list[list[int]]] = {i: [] for i in range(model.hp.n_layer)}
+        self.last_row: int | None = None  # chunked prefill: the position of the chunk's last row
 
     def select(self, layer: int, q_pos: int, key_pos: np.ndarray):
         return None  # the cache holds exactly the valid entries: nothing to hide
@@ -68,6 +75,8 @@ class _PolicyHook:
             if cached.size > n_swa:
                 self._evict(layer, q_pos, [int(p) for p in cached[: cached.size - n_swa]])
             return
+        if self.last_row is not None and q_pos != self.last_row:
+            return  # chunked prefill: the policy acts on the chunk's last row alone
         n_valid = key_pos.size
         dt = probs.dtype.type
         head_mean = probs.sum(axis=0) / dt(self.n_head)  # (n_keys,), mean over ALL query heads
@@ -75,10 +84,10 @@ class _PolicyHook:
             acc = self.acc[layer]
             for p, s in zip(key_pos.tolist(), head_mean):
                 acc[p] = dt(acc.get(p, dt(0)) + s)
-        elif self.policy == "tova_ema":  # kept tokens: a * ema + (1 - a) * p; the new one: p
+        elif self.policy == "tova_ema":  # kept tokens: a * ema + (1 - a) * p; those new: p
             acc, a = self.acc[layer], dt(TOVA_EMA_DECAY)
             for p, s in zip(key_pos.tolist(), head_mean):
-                acc[p] = s if p == q_pos else dt(a * acc[p] + (dt(1) - a) * s)
+                acc[p] = dt(a * acc[p] + (dt(1) - a) * s) if p in acc else s
         n_evict = n_valid - self.C
         if n_evict <= 0:
             return
@@ -106,7 +115,7 @@ class _PolicyHook:
 
 def run_policy(model_ref: LlamaRef, tokens, *, kv_size: int, policy: str,
                n_sink: int | None = None, h2o_recent: int | None = None,
-               chunk: int | None = None, positions: str = "original") -> dict:
+               chunk: int | None = None, positions: str = "original", prefill: str = "exact") -> dict:
     """Feed `tokens` from position 0 under a fixed-size KV store.
 
     Returns dict(logits=(n_tokens, vocab) array, kept={layer: sorted positions kept at the end},
@@ -120,6 +129,8 @@ def run_policy(model_ref: LlamaRef, tokens, *, kv_size: int, policy: str,
     chunk = tokens.size if chunk is None else chunk
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if prefill not in ("exact", "chunked"):
+        raise ValueError(f"prefill must be 'exact' or 'chunked', got {prefill!r}")
     if n_sink is None:
         n_sink = 4 if policy == "sink" else 0
     if h2o_recent is None:
@@ -134,6 +145,8 @@ def run_policy(model_ref: LlamaRef, tokens, *, kv_size: int, policy: str,
                        h2o_recent=h2o_recent)
     logits = []
     for s in range(0, tokens.size, chunk):
+        if prefill == "chunked":
+            hook.last_row = min(s + chunk, tokens.size) - 1
         logits.append(model_ref.forward(tokens[s: s + chunk], start_pos=s, cache=cache, hook=hook,
                                         positions=positions))
     kept = {layer: cache.positions(layer) for layer in range(model_ref.hp.n_layer)}

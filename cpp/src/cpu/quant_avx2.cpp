@@ -1,6 +1,7 @@
 // AVX2 + FMA + F16C kernels of the float types and the 32-element formats. Only called when
 // cpu_features() reports all three (kernels_cpu.cpp picks them); results equal the portable kernels'
 // up to the order of float additions, and quantize_q8_0 equals them bit for bit.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -67,28 +68,34 @@ inline __m256 hsum8(const __m256* v) {
 }
 
 // Scores of eight gathered rows per step: each row's dot in its own accumulator, the eight
-// reduced together. d % 8 != 0 (no model has such a head size) falls back to one row at a time.
+// reduced together. Every row's score is the same chain of operations wherever the row falls:
+// a last block of fewer than eight rows repeats its last row in the lanes past n (not stored),
+// so equal keys score equally and the policies' ties go by position alone. d % 8 != 0 (no
+// model has such a head size) falls back to one row at a time.
 template <class T, __m256 (*Load8)(const T*), float (*Load1)(const T*)>
 void gather_dot(const T* base, size_t stride, const int32_t* idx, int n, const float* q, int d,
                 float scale, float* scores) {
-  int j = 0;
-  if (d % 8 == 0) {
-    const __m256 vs = _mm256_set1_ps(scale);
-    for (; j + 8 <= n; j += 8) {
-      const T* r[8];
-      __m256 acc[8];
-      for (int k = 0; k < 8; ++k) {
-        r[k] = base + static_cast<size_t>(idx[j + k]) * stride;
-        acc[k] = _mm256_setzero_ps();
-      }
-      for (int c = 0; c < d; c += 8) {
-        const __m256 qv = _mm256_loadu_ps(q + c);
-        for (int k = 0; k < 8; ++k) acc[k] = _mm256_fmadd_ps(Load8(r[k] + c), qv, acc[k]);
-      }
-      _mm256_storeu_ps(scores + j, _mm256_mul_ps(hsum8(acc), vs));
-    }
+  if (d % 8 != 0) {
+    for (int j = 0; j < n; ++j) scores[j] = dot<T, Load8, Load1>(d, base + static_cast<size_t>(idx[j]) * stride, q) * scale;
+    return;
   }
-  for (; j < n; ++j) scores[j] = dot<T, Load8, Load1>(d, base + static_cast<size_t>(idx[j]) * stride, q) * scale;
+  const __m256 vs = _mm256_set1_ps(scale);
+  for (int j = 0; j < n; j += 8) {
+    const int m = std::min(8, n - j);
+    const T* r[8];
+    __m256 acc[8];
+    for (int k = 0; k < 8; ++k) {
+      r[k] = base + static_cast<size_t>(idx[j + std::min(k, m - 1)]) * stride;
+      acc[k] = _mm256_setzero_ps();
+    }
+    for (int c = 0; c < d; c += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + c);
+      for (int k = 0; k < 8; ++k) acc[k] = _mm256_fmadd_ps(Load8(r[k] + c), qv, acc[k]);
+    }
+    alignas(32) float sums[8];
+    _mm256_store_ps(sums, _mm256_mul_ps(hsum8(acc), vs));
+    std::memcpy(scores + j, sums, static_cast<size_t>(m) * sizeof(float));
+  }
 }
 
 // out += sum_j p[j] * row_j, 32 outputs at a time held in registers over all rows.
@@ -120,8 +127,9 @@ inline int head_group(int left) {
 }
 
 // gather_dot for nh heads: four rows times up to three heads per step (16 registers), each score
-// with gather_dot's operations in its order (rows of full 8-row blocks reduced by hsum8, whose
-// lane k depends on v[k] alone; the remaining rows by dot), so equal to it bit for bit.
+// with gather_dot's operations in its order (every row's chain reduced by hsum8, whose lane k
+// depends on v[k] alone; a last block of fewer than four rows repeats its last row), so equal
+// to it bit for bit.
 template <class T, __m256 (*Load8)(const T*), float (*Load1)(const T*)>
 void gather_dot_heads(const T* base, size_t stride, const int32_t* idx, int n, const float* q, size_t q_stride,
                       int nh, int d, float scale, float* scores, size_t s_stride) {
@@ -133,10 +141,10 @@ void gather_dot_heads(const T* base, size_t stride, const int32_t* idx, int n, c
       continue;
     }
     const __m256 vs = _mm256_set1_ps(scale);
-    const int n8 = n / 8 * 8;
-    for (int j = 0; j < n8; j += 4) {
+    for (int j = 0; j < n; j += 4) {
+      const int m = std::min(4, n - j);
       const T* r[4];
-      for (int k = 0; k < 4; ++k) r[k] = base + static_cast<size_t>(idx[j + k]) * stride;
+      for (int k = 0; k < 4; ++k) r[k] = base + static_cast<size_t>(idx[j + std::min(k, m - 1)]) * stride;
       // acc[4 h + k]: head h0 + h, row j + k; hsum8 reduces eight of them at once.
       __m256 acc[4 * (kHeadGroup + 1)];
       for (auto& v : acc) v = _mm256_setzero_ps();
@@ -151,14 +159,10 @@ void gather_dot_heads(const T* base, size_t stride, const int32_t* idx, int n, c
       for (int h = 0; h < g; h += 2) {
         alignas(32) float sums[8];
         _mm256_store_ps(sums, _mm256_mul_ps(hsum8(acc + 4 * h), vs));
-        std::memcpy(scores + (h0 + h) * s_stride + j, sums, 4 * sizeof(float));
-        if (h + 1 < g) std::memcpy(scores + (h0 + h + 1) * s_stride + j, sums + 4, 4 * sizeof(float));
+        std::memcpy(scores + (h0 + h) * s_stride + j, sums, static_cast<size_t>(m) * sizeof(float));
+        if (h + 1 < g) std::memcpy(scores + (h0 + h + 1) * s_stride + j, sums + 4, static_cast<size_t>(m) * sizeof(float));
       }
     }
-    for (int h = h0; h < h0 + g; ++h)
-      for (int j = n8; j < n; ++j)
-        scores[h * s_stride + j] =
-            dot<T, Load8, Load1>(d, base + static_cast<size_t>(idx[j]) * stride, q + h * q_stride) * scale;
   }
 }
 
