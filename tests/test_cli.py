@@ -340,6 +340,15 @@ def test_kv_types_on_the_command_line(smollm2_path):
     assert r.returncode == 0 and "Paris" in r.stdout, r.stderr
     r = run("run", "-m", smollm2_path, "-p", "Hi", "-n", "1", "-ctv", "q3_k")
     assert r.returncode != 0 and "unknown --kv-type-v (-ctv) 'q3_k'" in r.stderr
+    # K/V in --kv-type (as tova serve and Engine(kv_type=...) take it, and Engine.kv_type reads)
+    r = run("bench", "-m", smollm2_path, "-p", "0", "-n", "4", "-r", "1", "--json", "--policy", "tova",
+            "--kv-size", "64", "--kv-type", "q8_0/q4_1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["kv_bytes"] == row["kv_bytes"]
+    with tova.Engine(smollm2_path, policy="tova", kv_size=64, kv_type="q8_0/q4_1") as e:
+        assert (e.kv_type, e.kv_type_k, e.kv_type_v, e.kv_bytes) == ("q8_0/q4_1", "q8_0", "q4_1", row["kv_bytes"])
+    r = run("run", "-m", smollm2_path, "-p", "Hi", "-n", "1", "--kv-type", "q8_0/q3_0/q4_0")
+    assert r.returncode == 2 and "--kv-type 'q8_0/q3_0/q4_0' has more than one '/'" in r.stderr, r.stderr
 
 
 @pytest.mark.model

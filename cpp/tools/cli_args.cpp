@@ -108,10 +108,12 @@ EngineParams engine_params_from(const CliArgs& a, const std::string& default_pol
   p.n_sink = a.integer("--n-sink", p.n_sink);
   // (-1 is the core's "the policy's default", which leaving the option out gives)
   if (a.has("--n-sink") && p.n_sink < 0) throw ArgumentError(cat("--n-sink must be >= 0, got ", p.n_sink));
-  // --kv-type sets keys and values; --kv-type-k / --kv-type-v (llama.cpp's -ctk / -ctv) one each.
-  const std::string both = a.str("--kv-type", kv_type_name(p.kv_type_k));
-  p.kv_type_k = parse_kv_type(a.str("--kv-type-k", both), a.has("--kv-type-k") ? "--kv-type-k (-ctk)" : "--kv-type");
-  p.kv_type_v = parse_kv_type(a.str("--kv-type-v", both), a.has("--kv-type-v") ? "--kv-type-v (-ctv)" : "--kv-type");
+  // --kv-type sets keys and values (a type, or K/V); --kv-type-k / --kv-type-v (llama.cpp's -ctk /
+  // -ctv) one each.
+  if (a.has("--kv-type"))
+    std::tie(p.kv_type_k, p.kv_type_v) = parse_kv_type_pair(a.str("--kv-type", ""), "--kv-type");
+  if (a.has("--kv-type-k")) p.kv_type_k = parse_kv_type(a.str("--kv-type-k", ""), "--kv-type-k (-ctk)");
+  if (a.has("--kv-type-v")) p.kv_type_v = parse_kv_type(a.str("--kv-type-v", ""), "--kv-type-v (-ctv)");
   p.kv_hadamard = !a.has("--no-kv-hadamard");
   p.float_activations = a.has("--float-activations");
   if (a.has("--kv-lo-type")) {

@@ -79,7 +79,7 @@ run / bench options:
       --policy P             tova (default), h2o, sink, window, full, tova_ema
       --n-sink N             first positions never evicted (sink: 4)
       --kv-type T            element type of the stored keys and values: f16 (default), f32,
-                             q8_0, q5_1, q5_0, q4_1, q4_0
+                             q8_0, q5_1, q5_0, q4_1, q4_0; or K/V (q8_0/q4_1) apart
       --kv-type-k T, --kv-type-v T   (-ctk, -ctv) the keys' / the values' type alone; values
                              may also be q3_0 (tova's 3-bit format, values only)
       --kv-lo-type T         a second, lower-precision tier: tokens beyond the --kv-hi-size

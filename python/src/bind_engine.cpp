@@ -128,9 +128,11 @@ void bind_engine(nb::module_& m) {
              p.kv_size = kv_size;
              p.n_ctx = n_ctx;
              p.n_sink = n_sink;
-             // kv_type sets keys and values; kv_type_k / kv_type_v ("" = as kv_type) one each.
-             p.kv_type_k = kv_type_k.empty() ? parse_kv_type(kv_type) : parse_kv_type(kv_type_k, "kv_type_k");
-             p.kv_type_v = kv_type_v.empty() ? parse_kv_type(kv_type) : parse_kv_type(kv_type_v, "kv_type_v");
+             // kv_type sets keys and values (a type, or K/V as Engine.kv_type reads back); kv_type_k /
+             // kv_type_v ("" = as kv_type) one each.
+             std::tie(p.kv_type_k, p.kv_type_v) = parse_kv_type_pair(kv_type, "kv_type");
+             if (!kv_type_k.empty()) p.kv_type_k = parse_kv_type(kv_type_k, "kv_type_k");
+             if (!kv_type_v.empty()) p.kv_type_v = parse_kv_type(kv_type_v, "kv_type_v");
              p.prefill = parse_prefill(prefill);
              p.chunk = chunk;
              p.positions = parse_positions(positions);

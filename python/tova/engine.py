@@ -117,8 +117,9 @@ class Engine:
         n_sink: first positions never evicted; default: 4 for ``"sink"``, 0 otherwise.
         kv_type: element type of the stored K and V: ``"f16"`` (default), ``"f32"``, ``"q8_0"``,
             ``"q5_1"``, ``"q5_0"``, ``"q4_1"``, ``"q4_0"`` (llama.cpp's ``-ctk``/``-ctv`` types:
-            8.5, 6, 5.5, 5 and 4.5 bits per element). Settings left at ``None`` take the core's
-            defaults (shown here; ``cpp/src/config.h``).
+            8.5, 6, 5.5, 5 and 4.5 bits per element), or ``"K/V"`` for keys and values apart
+            (``"q8_0/q4_1"``, as :attr:`kv_type` reads back). Settings left at ``None`` take the
+            core's defaults (shown here; ``cpp/src/config.h``).
         kv_type_k, kv_type_v: the keys' or the values' type alone (default: ``kv_type``); keys
             and values tolerate quantization differently. Values may also be ``"q3_0"``, tova's
             own 3-bit format (3.5 bits per element; refused for keys, which need 4 bits or more).

@@ -146,11 +146,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OSError as e:
         print(f"tova serve: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
         return 1
-    k, _, v = (args.kv_type or "").partition("/")
     try:
         engine = Engine(args.model, n_seq=n_seq, kv_budget=args.kv_budget, kv_size=args.kv_size,
                         n_ctx=args.n_ctx, policy=args.policy, n_threads=args.threads, device=args.device,
-                        kv_type_k=k or None, kv_type_v=v or k or None, kv_lo_type=args.kv_lo_type,
+                        kv_type=args.kv_type, kv_lo_type=args.kv_lo_type,
                         kv_hi_size=args.kv_hi_size)
     except (FileNotFoundError, GGUFError) as e:  # the model file: a runtime error, as tova run says
         sock.close()
