@@ -203,7 +203,7 @@ def test_chat_greedy_is_stable_and_completion_usage(smollm2, smollm2_path):
     assert u["prompt_tokens"] == len(token_ids(smollm2, render_prompt(smollm2, QUESTION)))
     if stats["finish_reason"] == "stop":  # ended by <|im_end|>: that token is not content
         assert choice["finish_reason"] == "stop"
-        assert u["completion_tokens"] == stats["completion_tokens"] - 1
+        assert u["completion_tokens"] == stats["completion_tokens"] - 1 == stats["answer_tokens"]
     else:
         assert choice["finish_reason"] == "length" and u["completion_tokens"] == 24
     assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]

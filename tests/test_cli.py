@@ -193,6 +193,10 @@ def test_prompt_from_stdin(smollm2_path):
             input="The capital of France is\n")  # (echo's line break: not part of the prompt)
     assert r.returncode == 0, r.stderr
     assert "prompt: 5 tokens" in r.stderr and "Paris" in r.stdout, (r.stdout, r.stderr)
+    # A file from Windows: a byte order mark and a final CR LF are not part of the prompt either.
+    w = run("run", "-m", smollm2_path, "-f", "-", "-n", "3", "--temp", "0", "-t", "1",
+            input="\ufeffThe capital of France is\r\n")
+    assert w.returncode == 0 and "prompt: 5 tokens" in w.stderr and w.stdout == r.stdout, (w.stdout, w.stderr)
 
 
 @pytest.mark.model
@@ -215,6 +219,12 @@ def test_run_stopped_by_ctrl_c_while_reading_the_prompt(smollm2_path, tmp_path):
 def test_info_takes_one_model(tiny_model):
     r = run("info", tiny_model, "extra")
     assert r.returncode == 2 and "takes one model" in r.stderr
+
+
+def test_bench_refuses_n_seq(tiny_model):
+    """--n-seq would hold N caches and still measure one sequence: bench says to use --batch."""
+    r = run("bench", "-m", tiny_model, "-p", "0", "-n", "2", "--n-seq", "3")
+    assert r.returncode == 2 and "--batch N measures N sequences" in r.stderr, r.stderr
 
 
 def test_a_directory_as_the_prompt_file(tiny_model, tmp_path):

@@ -109,6 +109,7 @@ void Request::on_logits(const Tokenizer& tok, double now) {
   unpublished_.push_back(t);
   stats_.completion_tokens++;
   if (!params_.ignore_eos && tok.is_end_of_generation(t)) {
+    stats_.end_token = true;
     finish(FinishReason::Stop, now);
     return;
   }

@@ -36,7 +36,8 @@ struct GenerateParams {
 struct Stats {
   int64_t prompt_tokens = 0;
   int64_t cached_tokens = 0;  // of those, held by the sequence already (reuse_prefix): not read
-  int64_t completion_tokens = 0;
+  int64_t completion_tokens = 0;  // every token sampled, a final end-of-generation token included
+  bool end_token = false;         // it ended on an end-of-generation token (not part of the text)
   double prompt_seconds = 0;
   double generation_seconds = 0;
   FinishReason finish = FinishReason::None;
@@ -44,6 +45,9 @@ struct Stats {
   // That sequence's KV occupancy after the request's last step: tokens read into it, and the
   // evictions and demotions of its store so far (every layer).
   int64_t n_past = 0, evictions = 0, demotions = 0;
+  // The answer's tokens, as OpenAI and llama-cpp-python count them (usage.completion_tokens):
+  // without the final end-of-generation token.
+  int64_t answer_tokens() const { return completion_tokens - (end_token ? 1 : 0); }
   double prompt_tps() const { return prompt_seconds > 0 ? prompt_tokens / prompt_seconds : 0; }
   double generation_tps() const {
     return generation_seconds > 0 ? completion_tokens / generation_seconds : 0;

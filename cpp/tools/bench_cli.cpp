@@ -114,6 +114,8 @@ int cmd_bench(const std::vector<std::string>& argv, std::string (*resolve_model)
   const int depth = a.integer("--depth", 0);
   if (n_prompt < 0 || n_gen < 0 || reps < 1 || depth < 0) throw ArgumentError("-p, -n, -d must be >= 0 and -r >= 1");
   const bool batch = a.has("--batch") || a.has("--kv-budget");
+  if (a.has("--n-seq"))  // (it would hold N caches and still measure one sequence)
+    throw ArgumentError("--n-seq is not a bench option: --batch N measures N sequences decoding together");
   // The context a test needs (the default --ctx): counted in 64 bits, named by the options.
   const int64_t need = int64_t{depth} + n_prompt + n_gen + (batch ? 1 : 0);
   if (need > Limits::kMaxCtx)

@@ -281,7 +281,7 @@ void ChatProgram::print_reply_end(const std::string& text) {
                 "\"prompt_tokens\": %lld, \"completion_tokens\": %lld, \"tokens_per_second\": %.2f, "
                 "\"n_past\": %lld, \"evictions\": %lld, \"kv_bytes\": %llu}\n",
                 json_string(text).c_str(), finish_reason_name(s.finish),
-                static_cast<long long>(s.prompt_tokens), static_cast<long long>(s.completion_tokens),
+                static_cast<long long>(s.prompt_tokens), static_cast<long long>(s.answer_tokens()),
                 s.generation_tps(), static_cast<long long>(engine_.n_past()),
                 static_cast<long long>(engine_.evictions()),
                 static_cast<unsigned long long>(engine_.kv_bytes()));

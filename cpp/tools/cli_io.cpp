@@ -48,6 +48,19 @@ std::string read_text_file(const std::string& path) {
   return s;
 }
 
+bool drop_utf8_bom(std::string& text) {
+  if (text.compare(0, 3, "\xEF\xBB\xBF") != 0) return false;
+  text.erase(0, 3);
+  return true;
+}
+
+bool drop_final_line_break(std::string& text) {
+  if (text.empty() || text.back() != '\n') return false;
+  text.pop_back();
+  if (!text.empty() && text.back() == '\r') text.pop_back();
+  return true;
+}
+
 namespace {
 
 // What a failed write to stdout says: errno's text, or (a failure recorded by an earlier write

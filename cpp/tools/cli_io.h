@@ -32,4 +32,11 @@ std::string json_string(const std::string& s);
 // FileNotFound when it cannot be opened, Error when it cannot be read (a directory, say).
 std::string read_text_file(const std::string& path);
 
+// Drops a UTF-8 byte order mark at the start of `text` (an editor's marker, not text); true if
+// there was one.
+bool drop_utf8_bom(std::string& text);
+
+// Drops one final line break ("\n" or "\r\n") from `text`; true if there was one.
+bool drop_final_line_break(std::string& text);
+
 }  // namespace tova

@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "cli_io.h"
+
 namespace tova {
 
 namespace {
@@ -197,6 +199,8 @@ LineEditor::Result LineEditor::read_plain(std::string& line) {
       line = pending_.substr(0, nl);
       pending_.erase(0, nl + 1);
       if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (first_line_) drop_utf8_bom(line);  // (a file's marker, not text: "/stats" stays a command)
+      first_line_ = false;
       return Result::Line;
     }
     char buf[4096];
@@ -206,6 +210,8 @@ LineEditor::Result LineEditor::read_plain(std::string& line) {
       if (pending_.empty()) return Result::EndOfInput;
       line.swap(pending_);  // a last line without its newline
       pending_.clear();
+      if (first_line_) drop_utf8_bom(line);
+      first_line_ = false;
       return Result::Line;
     }
     pending_.append(buf, static_cast<size_t>(n));

@@ -45,6 +45,7 @@ class LineEditor {
   bool interactive_;
   std::vector<std::string> history_;
   std::string pending_;  // bytes read past the end of a plain line
+  bool first_line_ = true;  // (plain input: a byte order mark before it is dropped)
 };
 
 }  // namespace tova

@@ -67,16 +67,16 @@ run / bench options:
   -m, --model MODEL          model path or name
   -p, --prompt TEXT          prompt (run); -p N prompt tokens (bench, default 512)
   -f, --file FILE            run: read the prompt from a file, '-' for stdin, less one final
-                             line break (then -p TEXT is appended; not echoed). Special-token
-                             text in the prompt (<|im_start|>, <s>...) is read as the control
-                             token, as llama-cli does
+                             line break and a byte order mark (then -p TEXT is appended; not
+                             echoed). Special-token text in the prompt (<|im_start|>, <s>...)
+                             is read as the control token, as llama-cli does
   -n, --n-predict N          tokens to generate (run: 128, -1 = no limit; bench: 128)
   -t, --threads N            compute threads (default: all cores)
       --temp T               run: temperature (0.8; 0 = greedy)
       --top-k K, --top-p P, --min-p P, --repeat-penalty R, --seed S   run: sampling
       --kv-size N            tokens kept per layer by an evicting policy (default 512,
                              or the model's context when shorter)
-      --policy P             tova (default), h2o, sink, window, full, tova_ema
+      --policy P             tova (default; bench: full), h2o, sink, window, full, tova_ema
       --n-sink N             first positions never evicted (sink: 4)
       --kv-type T            element type of the stored keys and values: f16 (default), f32,
                              q8_0, q5_1, q5_0, q4_1, q4_0; or K/V (q8_0/q4_1) apart
@@ -90,7 +90,8 @@ run / bench options:
                              rotated by a Walsh-Hadamard transform first, queries alike)
       --float-activations    float32 inputs to the matrix products (default: quantized to
                              8 bits, integer products; on the CPU and the GPU alike)
-      --ctx N                n_ctx for the full policy (default 2048)
+      --ctx N                n_ctx for the full policy (default 2048; bench: what the test
+                             holds, depth + prompt + generated)
       --chunk N              prefill chunk size (default 64)
       --prefill MODE         exact (default: as if token by token) or chunked (faster, approximate)
       --positions MODE       original (default) or cache_index (RoPE by rank: runs past the
@@ -311,9 +312,11 @@ int cmd_run(const std::vector<std::string>& argv) {
   gp.max_tokens = max_tokens_from(a, "--n-predict", 128, 0);  // before the model loads
   std::string prompt = a.str("--prompt", "");
   if (a.has("--file")) {
-    // One trailing line break (an editor's, echo's) is not part of the prompt, as llama-cli's -f.
+    // One trailing line break (an editor's, echo's; "\r\n" too) is not part of the prompt, as
+    // llama-cli's -f, nor is a byte order mark.
     std::string text = read_text_file(a.str("--file", ""));
-    if (!text.empty() && text.back() == '\n') text.pop_back();
+    drop_utf8_bom(text);
+    drop_final_line_break(text);
     prompt = text + prompt;
   }
   const bool echo_prompt = !a.has("--file");

@@ -80,6 +80,7 @@ nb::dict stats_dict(const Stats& s) {
   d["prompt_tokens"] = s.prompt_tokens;
   d["cached_tokens"] = s.cached_tokens;
   d["completion_tokens"] = s.completion_tokens;
+  d["answer_tokens"] = s.answer_tokens();
   d["prompt_seconds"] = s.prompt_seconds;
   d["generation_seconds"] = s.generation_seconds;
   d["prompt_tokens_per_second"] = s.prompt_tps();

@@ -347,10 +347,7 @@ class ChatTurn:
     @property
     def completion_tokens(self) -> int:
         """Generated tokens, not counting a final end-of-generation token (as llama-cpp-python)."""
-        toks = list(self.gen.tokens)
-        if toks and self.gen.finish_reason == "stop" and toks[-1] in self._engine._info["eog_ids"]:
-            return len(toks) - 1
-        return len(toks)
+        return int(self.gen.stats["answer_tokens"])
 
 
 def completion_dict(engine: "Engine", turn: ChatTurn, content: str) -> Dict[str, Any]:

@@ -499,11 +499,13 @@ class Engine:
     @property
     def last_stats(self) -> Dict[str, Any]:
         """Prompt and completion token counts, seconds, tokens/s and finish reason of the last
-        generation this thread finished, with its sequence's KV occupancy when it finished
+        generation this thread finished (``completion_tokens``: every token sampled, a final
+        end-of-generation token included; ``answer_tokens``: without it, what OpenAI's
+        ``usage.completion_tokens`` counts), with its sequence's KV occupancy when it finished
         (``seq``, ``kv_bytes`` of that sequence, ``n_past``, ``evictions``, ``demotions``: tokens
         moved to the lower tier with ``kv_lo_type``), whatever that sequence runs since."""
         stats = dict(getattr(self._local, "last", None) or {
-            "prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0, "prompt_seconds": 0.0,
+            "prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0, "answer_tokens": 0, "prompt_seconds": 0.0,
             "generation_seconds": 0.0, "prompt_tokens_per_second": 0.0,
             "generation_tokens_per_second": 0.0, "finish_reason": "none", "seq": 0,
             "n_past": 0, "evictions": 0, "demotions": 0})

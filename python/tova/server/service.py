@@ -129,11 +129,7 @@ class Choice:
         self.finish_reason = h.finish_reason
         self.prompt_tokens = int(stats.get("prompt_tokens", self.prompt_tokens))
         self.cached_tokens = int(stats.get("cached_tokens", 0))
-        toks = h.tokens
-        n = len(toks)
-        if n and self.finish_reason == "stop" and toks[-1] in self._service.eog_ids:
-            n -= 1  # the end-of-turn token is not part of the answer (as OpenAI counts)
-        self.completion_tokens = n
+        self.completion_tokens = int(stats["answer_tokens"])  # (not the end-of-turn token, as OpenAI counts)
         evictions = int(stats.get("evictions", 0))  # its sequence's, when it finished
         self._service.metrics.generation(self.prompt_tokens, self.completion_tokens, evictions,
                                          self.finish_reason == "cancelled")
@@ -175,7 +171,6 @@ class Service:
         self.engine = engine
         self.config = config
         self.metrics = Metrics()
-        self.eog_ids = frozenset(int(t) for t in engine.model_info["eog_ids"])
         self.capacity = engine.n_seq + max(0, config.max_queue)
         self._lock = threading.Lock()
         self._live: Set[Choice] = set()
