@@ -428,8 +428,8 @@ int cmd_chat(const std::vector<std::string>& argv, const ModelResolver& resolve_
                  "(from the %s; choose with --chat-format)\n", chat_family_name(fc.format.family),
                  fc.source == "fallback" ? "default" : fc.source.c_str());
   if (a.has("--keep-system") && !a.has("--system"))
-    std::fprintf(stderr, "tova: warning: --keep-system pins the --system prompt; there is none yet "
-                 "(set one with /system)\n");
+    std::fprintf(stderr, "tova: warning: --keep-system pins the --system prompt; none is set (a default "
+                 "the template adds is not pinned; set one with /system)\n");
   ChatSession chat(engine, fc.format, a.has("--keep-system"));
   if (a.has("--system")) chat.set_system(a.str("--system", ""));
 

@@ -134,8 +134,9 @@ class Engine:
             A new token enters the upper tier; when it is full, its token with the lowest policy
             score (``tova_ema``, ``h2o``), else the least attended at the last step (``tova``),
             else the oldest (``window``, ``sink``, ``full``) moves down. More
-            tokens in the same bytes: see ``bench/RESULTS.md``, "Quality per KV byte". CPU
-            backend, built-in policies, ``positions="original"``.
+            tokens in the same bytes: see ``bench/RESULTS.md``, "Quality per KV byte". Built-in
+            policies, ``positions="original"``; both backends (the CUDA one so far tested on
+            its CPU simulator only).
         kv_hi_size: tokens of the upper tier with ``kv_lo_type`` (default: a quarter of the
             cache).
         prefill: how prompts longer than ``kv_size`` are read: ``"exact"`` (default; equal to
