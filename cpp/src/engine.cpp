@@ -172,7 +172,7 @@ void Engine::release_direct(int seq, int seq2) {
   std::lock_guard<std::mutex> lk(mu_);
   seqs_[static_cast<size_t>(seq)]->busy = false;
   if (seq2 >= 0) seqs_[static_cast<size_t>(seq2)]->busy = false;
-  stepping_ = false;
+  drop_compute();
   cv_.notify_all();
 }
 

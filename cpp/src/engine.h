@@ -164,6 +164,8 @@ class Engine {
   void release_compute();
   // Throws if the calling thread is the one running a step (a policy callback calling back).
   void check_not_reentrant() const;
+  void take_compute();  // under mu_: this thread runs a step or a direct call (stepping_)
+  void drop_compute();  // under mu_: it has ended
   // Until ready() holds (under mu_): runs steps when there is work and nobody steps, else
   // waits. False when timeout_s >= 0 passed first.
   // `waiting`: the request the calling thread waits for (interrupt_probe's; may be null).

@@ -13,6 +13,26 @@
 
 namespace tova {
 
+namespace {
+
+// The engine whose compute this thread holds (a step or a direct call), or null. Per thread by
+// nature: a policy callback runs on that thread, and a call from it into an engine, its own or
+// another, would wait for a step (two engines whose policies call each other: forever).
+thread_local const Engine* tls_computing = nullptr;
+
+}  // namespace
+
+void Engine::take_compute() {
+  stepping_ = true;
+  stepper_ = std::this_thread::get_id();
+  tls_computing = this;
+}
+
+void Engine::drop_compute() {
+  stepping_ = false;
+  if (tls_computing == this) tls_computing = nullptr;
+}
+
 std::shared_ptr<Request> Engine::submit(std::vector<int32_t> prompt, const GenerateParams& params, int seq,
                                         bool keep, bool reuse_prefix) {
   if (seq >= 0) seq_at(seq);  // range check
@@ -38,14 +58,16 @@ std::shared_ptr<Request> Engine::submit(std::vector<int32_t> prompt, const Gener
 bool Engine::has_work() const { return !queue_.empty() || !running_.empty(); }
 
 void Engine::check_not_reentrant() const {
-  if (stepping_ && stepper_ == std::this_thread::get_id())
+  if (tls_computing == this || (stepping_ && stepper_ == std::this_thread::get_id()))
     throw Error("the engine was called from inside its own step (a policy callback may not use the engine)");
+  if (tls_computing)
+    throw Error("an engine was called from inside another engine's step (a policy callback may not use an "
+                "engine: two engines whose policies call each other would wait for each other forever)");
 }
 
 // Under mu_ (released meanwhile): runs one step as the stepping thread.
 void Engine::step_locked(std::unique_lock<std::mutex>& lk, Request* waiting) {
-  stepping_ = true;
-  stepper_ = std::this_thread::get_id();
+  take_compute();
   step_waiting_ = waiting;
   lk.unlock();
   try {
@@ -53,13 +75,13 @@ void Engine::step_locked(std::unique_lock<std::mutex>& lk, Request* waiting) {
   } catch (...) {
     lk.lock();
     step_waiting_ = nullptr;
-    stepping_ = false;
+    drop_compute();
     cv_.notify_all();
     throw;
   }
   lk.lock();
   step_waiting_ = nullptr;
-  stepping_ = false;
+  drop_compute();
   cv_.notify_all();
 }
 
@@ -108,8 +130,7 @@ void Engine::acquire_direct(std::unique_lock<std::mutex>& lk, int seq, int seq2)
   Sequence& s = *seqs_[static_cast<size_t>(seq)];
   Sequence* s2 = seq2 >= 0 ? seqs_[static_cast<size_t>(seq2)].get() : nullptr;
   drive(lk, [&] { return !stepping_ && !s.busy && !(s2 && s2->busy); }, -1);
-  stepping_ = true;
-  stepper_ = std::this_thread::get_id();
+  take_compute();
   s.busy = true;
   if (s2) s2->busy = true;
 }
@@ -134,13 +155,12 @@ Engine::Wait Engine::next(Request& r, std::string& piece, double timeout_s) {
 
 void Engine::acquire_compute(std::unique_lock<std::mutex>& lk) {
   drive(lk, [&] { return !stepping_; }, -1);
-  stepping_ = true;
-  stepper_ = std::this_thread::get_id();
+  take_compute();
 }
 
 void Engine::release_compute() {
   std::lock_guard<std::mutex> lk(mu_);
-  stepping_ = false;
+  drop_compute();
   cv_.notify_all();
 }
 

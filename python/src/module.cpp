@@ -64,6 +64,10 @@ NB_MODULE(_core, m) {
         "A blocking call still running never takes the GIL again: its thread parks.");
   m.def("_calls_inside", &tova::py::calls_inside, "Threads inside a blocking call (GIL released).");
   m.def("_taking_gil", &tova::py::taking_gil, "Threads about to take the GIL.");
+  m.def("_after_fork_in_child", &tova::py::after_fork_in_child,
+        "In a forked child: the calls that were inside tova in the parent; the counts reset.");
+  m.def("_leak", [](nb::handle o) { o.inc_ref(); },
+        "Keeps an object alive to the end of the process, its destructor never run.");
   tova::py::note_main_thread();  // (probe_signals: Ctrl-C is the main thread's)
   bind_gguf(m);
   bind_quant(m);

@@ -54,6 +54,13 @@ Locked::Locked() {
 
 Locked::~Locked() { PyGILState_Release(state_); }
 
+int after_fork_in_child() {
+  // The calls that were inside tova went on in threads the child does not have.
+  const int inside = g_inside.exchange(0);
+  g_taking.store(0);
+  return inside;
+}
+
 void begin_exit() { g_phase.store(1); }
 void park_late_returns() { g_phase.store(2); }
 int calls_inside() { return g_inside.load(); }

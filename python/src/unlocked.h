@@ -53,6 +53,10 @@ class Locked {
   PyGILState_STATE state_;
 };
 
+// In a child made by fork(): the number of calls that were inside tova in the parent (threads
+// the child does not have), the counts reset.
+int after_fork_in_child();
+
 void begin_exit();
 void park_late_returns();
 int calls_inside();

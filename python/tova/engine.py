@@ -64,6 +64,44 @@ def _at_exit() -> None:
 atexit.register(_at_exit)
 
 
+class _LeftInParent:
+    """In a child made by fork() while a thread was inside tova: stands for the core object of an
+    Engine or Handle made before it, whose state that thread (absent from the child) was changing.
+    Any use is a RuntimeError saying so; the core object itself is kept, never destroyed (its
+    destructor would wait for the parent's threads)."""
+
+    __slots__ = ("_what",)
+
+    def __init__(self, what: str) -> None:
+        object.__setattr__(self, "_what", what)
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(
+            f"this {self._what} was made before the process forked while another thread was inside tova; "
+            f"its state stayed with threads the child does not have: make a new Engine in the child "
+            f"(or fork before generating, or use multiprocessing's 'spawn' start method)")
+
+
+def _after_fork_in_child() -> None:
+    """fork(): engines idle at the fork go on in the child (their compute threads start anew);
+    when a thread was inside tova, every engine and handle made before is refused instead."""
+    if _core._after_fork_in_child() == 0:
+        return
+    from .handle import _LIVE_HANDLES
+    for engine in list(_LIVE):
+        _LIVE.discard(engine)
+        for attr in ("_core", "_chat_feed"):
+            obj = engine.__dict__.get(attr)
+            if obj is not None:
+                _core._leak(obj)
+                engine.__dict__[attr] = _LeftInParent("Engine")
+    for handle in list(_LIVE_HANDLES):
+        handle._left_in_parent(_LeftInParent("Handle"))
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 # The settings an Engine reports (read-only attributes).
 _SETTINGS = frozenset({"path", "n_ctx", "kv_size", "policy", "n_sink", "kv_type", "kv_type_k",
                        "kv_type_v", "kv_hadamard", "kv_lo_type", "kv_hi_size", "prefill", "chunk",

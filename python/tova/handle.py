@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Tuple
 
 from . import _check
@@ -17,6 +18,9 @@ def _core_failed() -> BaseException:
     from . import TovaError
 
     return TovaError("the generation failed (its error was raised to the thread that took it first)")
+
+# Handles alive, for the fork hook (tova/engine.py: _after_fork_in_child).
+_LIVE_HANDLES: "weakref.WeakSet[Handle]" = weakref.WeakSet()
 
 _PIECE, _TIMEOUT, _DONE = 0, 1, 2
 _POLL = 0.1  # seconds between Ctrl-C checks while waiting
@@ -39,6 +43,20 @@ class Handle:
         self._on_finish = on_finish
         self._done = False
         self._error: Optional[BaseException] = None  # the generation's failure, raised every time
+        _LIVE_HANDLES.add(self)
+
+    def _left_in_parent(self, stand_in: Any) -> None:
+        """In a child made by fork() while a thread was inside tova: every use raises the
+        stand-in's error; the core request is kept, never destroyed."""
+        from . import _core
+
+        _core._leak(self._core)
+        self._core = stand_in
+        try:
+            stand_in.next
+        except RuntimeError as e:
+            self._error = e
+        self._done = True  # (nothing to cancel when dropped)
 
     def _take(self, timeout: float) -> Tuple[int, str]:
         """One wait on the core request; its failure is kept and raised to every later call

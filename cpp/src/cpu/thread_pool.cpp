@@ -1,5 +1,9 @@
 #include "thread_pool.h"
 
+#include <pthread.h>
+
+#include <new>
+
 #include "common.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -17,15 +21,66 @@ namespace {
 // About 20-50 microseconds of polling before sleeping: long enough to bridge the gap between
 // two matrix products of one token, short enough not to matter to other processes.
 constexpr int kSpinIterations = 1 << 11;
+
+// How many fork() calls lie between the program's start and this process: a fact of the process,
+// counted by pthread_atfork's child hook (registered with the first pool).
+std::atomic<uint64_t> g_forks{0};
+
+uint64_t forks_so_far() {
+  static const bool hooked = [] {
+    pthread_atfork(nullptr, nullptr, [] { g_forks.fetch_add(1); });
+    return true;
+  }();
+  (void)hooked;
+  return g_forks.load(std::memory_order_relaxed);
+}
+
+// The thread objects of workers that live in another process (the parent of a fork): joining
+// them would wait forever and destroying them aborts, so they are kept, untouched, to the end.
+void abandon(std::vector<std::thread>& threads) {
+  if (!threads.empty()) new std::vector<std::thread>(std::move(threads));  // (kept on purpose)
+  threads.clear();
+}
+
 }  // namespace
 
-ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads) {
+ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads), forks_(forks_so_far()) {
   if (n_threads < 1) throw ArgumentError(cat("n_threads must be at least 1, got ", n_threads));
-  threads_.reserve(static_cast<size_t>(n_threads - 1));
-  for (int i = 1; i < n_threads; ++i) threads_.emplace_back([this, i] { worker(i); });
+  start_workers();
+}
+
+void ThreadPool::start_workers() {
+  threads_.reserve(static_cast<size_t>(n_threads_ - 1));
+  for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this, i] { worker(i); });
+}
+
+// In a child made by fork() while this pool was idle: the workers are the parent's and absent
+// here. The pool starts from scratch with workers of its own (its lock and condition made anew:
+// a worker of the parent may have held them when it forked).
+void ThreadPool::restart_after_fork() {
+  abandon(threads_);
+  new (&mu_) std::mutex();
+  new (&cv_) std::condition_variable();
+  generation_.store(0);
+  sleepers_.store(0);
+  stop_.store(false);
+  for (Job& j : jobs_) {
+    j.id.store(-1);
+    j.refs.store(0);
+    j.next.store(0);
+    j.done.store(0);
+    j.failed.store(false);
+    j.error = nullptr;
+  }
+  forks_ = forks_so_far();
+  start_workers();
 }
 
 ThreadPool::~ThreadPool() {
+  if (forks_so_far() != forks_) {  // made before a fork, its workers in the parent
+    abandon(threads_);
+    return;
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_.store(true);
@@ -75,6 +130,7 @@ void ThreadPool::worker(int index) {
 }
 
 void ThreadPool::run_impl(int64_t n_tasks, Call call, void* ctx) {
+  if (forks_so_far() != forks_) restart_after_fork();
   const int64_t g = generation_.load(std::memory_order_relaxed) + 1;
   Job& j = jobs_[g & 1];
   j.id.store(-1);  // seq_cst: a worker entering now sees -1 and leaves, or we see its ref

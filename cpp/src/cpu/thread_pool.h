@@ -3,7 +3,8 @@
 // an idle or contended pool does not burn cores that other programs need. A job never waits for
 // a sleeping worker to wake up: the caller runs tasks itself, a worker joins whatever job is
 // current when it wakes, and a job is complete when its tasks are (not when every worker has
-// checked in), so the cost of waking a thread is never on the critical path.
+// checked in), so the cost of waking a thread is never on the critical path. In a child made by
+// fork() the pool starts workers of its own at its next job (the parent's are not there).
 #pragma once
 
 #include <atomic>
@@ -71,10 +72,13 @@ class ThreadPool {
     std::exception_ptr error;         // the first task's exception (written by the thread that set failed)
   };
   void run_impl(int64_t n_tasks, Call call, void* ctx);
+  void start_workers();
+  void restart_after_fork();
   void worker(int index);
   static void participate(Job& j, int index);
 
   int n_threads_;
+  uint64_t forks_;  // the process's fork count when the workers started (restart_after_fork)
   std::vector<std::thread> threads_;
   Job jobs_[2];
   std::atomic<int64_t> generation_{0};  // the latest job posted
