@@ -215,6 +215,12 @@ def test_chat_greedy_is_stable_and_completion_usage(smollm2, smollm2_path):
 
 
 @pytest.mark.model
+def test_a_template_that_renders_nothing_is_a_clear_error(smollm2):
+    with pytest.raises(ValueError, match="the chat template rendered the conversation as empty text"):
+        smollm2.chat([{"role": "user", "content": "x"}], chat_template="{# renders nothing #}")
+    assert smollm2.chat([{"role": "user", "content": "Hi"}], max_tokens=2)  # the engine goes on
+
+
 def test_multi_turn_evaluates_only_the_new_turn(smollm2):
     smollm2.reset_chat()
     start = counters(smollm2).full_refeeds

@@ -2,6 +2,7 @@
 seeds, argument validation, Ctrl-C, context management."""
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -31,6 +32,22 @@ def test_stream_equals_generate(engine):
     assert len(pieces) > 5  # really incremental
     for p in pieces:
         p.encode("utf-8")  # every piece is complete UTF-8 (a str with no lone surrogates)
+
+
+def test_a_stream_starts_when_read(engine):
+    """stream() checks its arguments at once and starts, as a Python generator does, when its
+    first piece is asked for: a stream made and not read holds no sequence, so a generate() on
+    this one-sequence engine after it answers at once (before, it waited for the whole unread
+    generation)."""
+    with pytest.raises(ValueError, match="max_tokens"):
+        engine.stream("Once upon a time", max_tokens=-1)
+    s = engine.stream("Once upon a time", max_tokens=10**6, ignore_eos=True)
+    text = engine.generate("Once upon a time", max_tokens=8, temperature=0)
+    assert engine.last_stats["completion_tokens"] == 8
+    assert "".join(itertools.islice(engine.stream("Once upon a time", max_tokens=8, temperature=0), 100)) == text
+    first = next(s)  # now it runs
+    assert isinstance(first, str)
+    s.close()  # and is cancelled
 
 
 def test_a_character_cut_by_max_tokens_is_dropped(engine):

@@ -57,7 +57,9 @@ bool ChatFeed::holds_prefix_of(const std::string& rendered) const {
 
 std::unique_ptr<Generation> ChatFeed::start_reply(const std::string& rendered_prompt, const SystemPinProbes* pin,
                                                   const GenerateParams& params) {
-  if (rendered_prompt.empty()) throw ArgumentError("start_reply: rendered_prompt is empty");
+  if (rendered_prompt.empty())
+    throw ArgumentError("the chat template rendered the conversation as empty text: nothing to answer "
+                        "(check the template, chat_template)");
   params.validate();
   if (pending_ != nullptr) {  // the previous reply was abandoned: what the sequence holds is unknown
     pending_ = nullptr;

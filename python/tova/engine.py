@@ -8,7 +8,7 @@ import threading
 import time
 import weakref
 import sys
-from typing import TYPE_CHECKING, Any, Dict, Final, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Final, Iterator, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -426,6 +426,23 @@ class Engine:
     ) -> Handle:
         """Submits a generation. ``keep_history``: continue what sequence 0 holds (chat) and
         return once the prompt was read; otherwise any free sequence, from empty."""
+        return self._prepare(prompt, max_tokens, stop, ignore_eos, sampling, fields, method, keep_history,
+                             logprobs, reuse_prefix)()
+
+    def _prepare(
+        self,
+        prompt: Prompt,
+        max_tokens: int,
+        stop: Union[None, str, Sequence[str]],
+        ignore_eos: bool,
+        sampling: Optional[SamplingParams],
+        fields: Mapping[str, Any],
+        method: str,
+        keep_history: bool = False,
+        logprobs: Optional[int] = None,
+        reuse_prefix: bool = False,
+    ) -> Callable[[], Handle]:
+        """:meth:`_start`'s checks, now; the submission, when the returned function is called."""
         _check.integer("max_tokens", max_tokens, minimum=0)
         stops = _check.stop_strings(stop)
         ignore_eos = _check.boolean("ignore_eos", ignore_eos)
@@ -437,13 +454,17 @@ class Engine:
             raise ValueError(
                 f"prompt of {len(ids)} tokens is longer than n_ctx={self.n_ctx} "
                 "(policy 'full' never evicts: raise n_ctx or use an evicting policy)")
-        core = self._e.submit(ids, max_tokens, stops, ignore_eos, params.to_core(),
-                              0 if keep_history else -1, bool(keep_history),
-                              -1 if logprobs is None else logprobs, reuse_prefix)
-        handle = Handle(core, self._record_stats)
-        if keep_history:
-            core.wait_prefilled()
-        return handle
+
+        def submit() -> Handle:
+            core = self._e.submit(ids, max_tokens, stops, ignore_eos, params.to_core(),
+                                  0 if keep_history else -1, bool(keep_history),
+                                  -1 if logprobs is None else logprobs, reuse_prefix)
+            handle = Handle(core, self._record_stats)
+            if keep_history:
+                core.wait_prefilled()
+            return handle
+
+        return submit
 
     def _record_stats(self, handle: Handle) -> None:
         stats = handle.stats
@@ -532,8 +553,15 @@ class Engine:
         **fields: "Unpack[SamplingFields]",
     ) -> Iterator[str]:
         """Like :meth:`generate`, yielding text pieces as they are produced. Every piece is
-        complete UTF-8; text that might begin a stop string is held back until it cannot."""
-        return iter(self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields, "stream"))
+        complete UTF-8; text that might begin a stop string is held back until it cannot. The
+        arguments are checked now; as with any Python generator, the generation starts when the
+        first piece is asked for (a stream made and not read holds no sequence)."""
+        submit = self._prepare(prompt, max_tokens, stop, ignore_eos, sampling, fields, "stream")
+
+        def pieces() -> Iterator[str]:
+            yield from submit()
+
+        return pieces()
 
     @property
     def last_stats(self) -> Dict[str, Any]:

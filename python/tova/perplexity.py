@@ -138,7 +138,7 @@ def _open_engine(engine_or_model: Any, *, policy: "Union[None, str, Policy]",
             base.pop("backend", None)
         base.update(options)
         model: Any = e.path
-        kv = e.kv_size if kv_size is None else kv_size
+        kv: Optional[int] = e.kv_size if kv_size is None else kv_size
     else:
         base = dict(options)
         model = engine_or_model
