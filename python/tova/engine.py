@@ -411,24 +411,6 @@ class Engine:
             fields = dict(fields, seed=self._seed)
         return params.replace(**fields) if fields else params
 
-    def _start(
-        self,
-        prompt: Prompt,
-        max_tokens: int,
-        stop: Union[None, str, Sequence[str]],
-        ignore_eos: bool,
-        sampling: Optional[SamplingParams],
-        fields: Mapping[str, Any],
-        method: str,
-        keep_history: bool = False,
-        logprobs: Optional[int] = None,
-        reuse_prefix: bool = False,
-    ) -> Handle:
-        """Submits a generation. ``keep_history``: continue what sequence 0 holds (chat) and
-        return once the prompt was read; otherwise any free sequence, from empty."""
-        return self._prepare(prompt, max_tokens, stop, ignore_eos, sampling, fields, method, keep_history,
-                             logprobs, reuse_prefix)()
-
     def _prepare(
         self,
         prompt: Prompt,
@@ -438,11 +420,11 @@ class Engine:
         sampling: Optional[SamplingParams],
         fields: Mapping[str, Any],
         method: str,
-        keep_history: bool = False,
         logprobs: Optional[int] = None,
         reuse_prefix: bool = False,
     ) -> Callable[[], Handle]:
-        """:meth:`_start`'s checks, now; the submission, when the returned function is called."""
+        """A generation's checks, now; its submission (any free sequence, from empty, or one
+        holding a prefix with ``reuse_prefix``) when the returned function is called."""
         _check.integer("max_tokens", max_tokens, minimum=0)
         stops = _check.stop_strings(stop)
         ignore_eos = _check.boolean("ignore_eos", ignore_eos)
@@ -450,19 +432,15 @@ class Engine:
         logprobs = _check.optional_integer("logprobs", logprobs, minimum=0, maximum=20)
         params = self._params(sampling, fields, method)
         ids = self._ids(prompt)
-        if self.policy == "full" and len(ids) + (self.n_past if keep_history else 0) > self.n_ctx:
+        if self.policy == "full" and len(ids) > self.n_ctx:
             raise ValueError(
                 f"prompt of {len(ids)} tokens is longer than n_ctx={self.n_ctx} "
                 "(policy 'full' never evicts: raise n_ctx or use an evicting policy)")
 
         def submit() -> Handle:
-            core = self._e.submit(ids, max_tokens, stops, ignore_eos, params.to_core(),
-                                  0 if keep_history else -1, bool(keep_history),
+            core = self._e.submit(ids, max_tokens, stops, ignore_eos, params.to_core(), -1, False,
                                   -1 if logprobs is None else logprobs, reuse_prefix)
-            handle = Handle(core, self._record_stats)
-            if keep_history:
-                core.wait_prefilled()
-            return handle
+            return Handle(core, self._record_stats)
 
         return submit
 
@@ -492,8 +470,8 @@ class Engine:
         holds a prefix of this prompt (a conversation's previous turn, say), continue it and read
         only the rest (``stats["cached_tokens"]``); the text is the same as reading it all
         (exact prefill only)."""
-        return self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields, "submit", logprobs=logprobs,
-                           reuse_prefix=reuse_prefix)
+        return self._prepare(prompt, max_tokens, stop, ignore_eos, sampling, fields, "submit", logprobs=logprobs,
+                             reuse_prefix=reuse_prefix)()
 
     def generate_batch(
         self,
@@ -510,7 +488,7 @@ class Engine:
         :meth:`generate` returns for that prompt alone."""
         if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
             raise TypeError(f"prompts must be a list of prompts, got {type(prompts).__name__}")
-        handles = [self._start(p, max_tokens, stop, ignore_eos, sampling, fields, "generate_batch")
+        handles = [self._prepare(p, max_tokens, stop, ignore_eos, sampling, fields, "generate_batch")()
                    for p in prompts]
         try:
             return [h.result() for h in handles]
@@ -540,7 +518,7 @@ class Engine:
         one layer of its chunk); the engine stays usable.
         Statistics of the run are in :attr:`last_stats`.
         """
-        return self._start(prompt, max_tokens, stop, ignore_eos, sampling, fields, "generate").result()
+        return self._prepare(prompt, max_tokens, stop, ignore_eos, sampling, fields, "generate")().result()
 
     def stream(
         self,
