@@ -92,10 +92,11 @@ def test_lower_tier_of_the_same_type_changes_only_the_sum_order(smollm2_path, kv
     # A token moved to a lower tier of its own type keeps its values: only the order of the
     # softmax and value sums changes, upper tier first. Logits agree to float noise and the
     # policy's decisions are the same, but for a near tie that this noise may decide: at most
-    # one kept position of one layer differs (measured: none with f32 slots; with f16 ones, whose
-    # logits move more, 6e-3, one swap in layer 22 in chunked prefill). (Quantized keys are left
-    # out: the query is quantized to 8 bits for them, and rounding-level noise may flip one of
-    # its steps.)
+    # one kept position of one layer differs, and the logits after it then differ by that one
+    # token's part in that layer (measured: none with f32 slots; with f16 ones, one swap in
+    # layer 20 in exact prefill, logits 0.22 apart of 32.7; before the score kernel summed every
+    # row alike, one in layer 22 in chunked prefill instead). (Quantized keys are left out: the
+    # query is quantized to 8 bits for them, and rounding-level noise may flip one of its steps.)
     ids = None
     out = {}
     for tiered in (False, True):
@@ -108,10 +109,11 @@ def test_lower_tier_of_the_same_type_changes_only_the_sum_order(smollm2_path, kv
                            [len(e.kv_positions(layer, tier=1)) for layer in range(30)])
     assert len(ids) > 32 + 16
     assert min(out[True][2]) > 0 and max(out[False][2]) == 0  # the lower tier is in use
-    np.testing.assert_allclose(out[True][0], out[False][0], rtol=0, atol=2e-3 * np.abs(out[False][0]).max())
     differ = [(layer, sorted(set(a) ^ set(b))) for layer, (a, b) in enumerate(zip(out[True][1], out[False][1]))
               if a != b]
     assert len(differ) <= 1 and all(len(d) == 2 for _, d in differ), differ
+    tol = (1e-2 if differ else 2e-3) * np.abs(out[False][0]).max()
+    np.testing.assert_allclose(out[True][0], out[False][0], rtol=0, atol=tol)
     if kv_type == "f32":
         assert not differ
 
