@@ -119,7 +119,7 @@ for config in "llama tova f16 f16 exact" "llama h2o f32 f32 chunked" "llama tova
     exit 1
   fi
 done
-say "device cuda (simulated), three sequences batched (tova bench --n-seq 3)"
-"$BUILD/tova" bench -m "$BUILD/sim-llama.gguf" --device cuda -p 24 -n 8 -r 1 --n-seq 3 --policy tova --kv-size 16 \
+say "device cuda (simulated), three sequences batched (tova bench --batch 3)"
+"$BUILD/tova" bench -m "$BUILD/sim-llama.gguf" --device cuda -p 24 -n 8 -r 1 --batch 3 --policy tova --kv-size 16 \
   >/dev/null 2>"$BUILD/run.err" || { cat "$BUILD/run.err"; exit 1; }
 say "clean"
