@@ -88,6 +88,17 @@ def test_json_commands_print_to_stderr(smollm2_path):
 
 
 @pytest.mark.model
+def test_keep_system_without_room_is_a_usage_error(smollm2_path):
+    """--keep-system with a cache too small to pin the --system prompt: exit 2 before the first
+    message (a bad option value), naming kv_size."""
+    r = run_chat("-m", smollm2_path, "-t", "1", "--keep-system", "--kv-size", "32",
+                 "--system", "You are a very helpful assistant who answers every question in great detail.",
+                 stdin="Hi\n")
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    assert "pinning it needs kv_size >= 44 (got 32)" in r.stderr, r.stderr
+
+
+@pytest.mark.model
 def test_piped_input_with_a_byte_order_mark(smollm2_path):
     """A file saved with a byte order mark: the marker is not text, so a first line '/stats'
     is still the command (before, it became a message)."""

@@ -149,6 +149,19 @@ bool ChatFeed::finish_reply(Generation& gen) {
 ChatSession::ChatSession(Engine& engine, ChatFormat format, bool keep_system)
     : feed_(engine), format_(std::move(format)), keep_system_(keep_system) {}
 
+SystemPinProbes ChatSession::pin_probes() const {
+  SystemPinProbes probes;
+  probes.a = render_chat(format_, {{"system", system_}, {"user", "a"}}, false);
+  probes.b = render_chat(format_, {{"system", system_}, {"user", "b"}}, false);
+  return probes;
+}
+
+void ChatSession::check_pin() const {
+  if (!pins()) return;
+  const SystemPinProbes probes = pin_probes();
+  check_system_pin(feed_.engine().params(), common_prefix_tokens(feed_.engine().model().tokenizer(), probes.a, probes.b));
+}
+
 std::vector<ChatMessage> ChatSession::messages() const {
   std::vector<ChatMessage> out;
   out.reserve(turns_.size() + 1);
@@ -168,12 +181,8 @@ std::unique_ptr<Generation> ChatSession::start_reply(const std::string& user_tex
   std::vector<ChatMessage> msgs = messages();
   msgs.push_back({"user", user_text});
   const std::string rendered = render_chat(format_, msgs, true);
-  SystemPinProbes probes;
-  const bool pin = keep_system_ && !system_.empty();
-  if (pin) {
-    probes.a = render_chat(format_, {{"system", system_}, {"user", "a"}}, false);
-    probes.b = render_chat(format_, {{"system", system_}, {"user", "b"}}, false);
-  }
+  const bool pin = pins();
+  const SystemPinProbes probes = pin ? pin_probes() : SystemPinProbes{};
   std::unique_ptr<Generation> gen = feed_.start_reply(rendered, pin ? &probes : nullptr, params);
   turns_.push_back({"user", user_text});
   in_reply_ = true;

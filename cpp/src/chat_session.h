@@ -114,6 +114,9 @@ class ChatSession {
   // the conversation, since its start changed).
   void set_system(std::string text) { system_ = std::move(text); }
   const std::string& system() const { return system_; }
+  // With keep_system and a system prompt: the ArgumentError its next turn would raise if the
+  // store cannot pin it (check_system_pin), raised now.
+  void check_pin() const;
   // The conversation: the system message (when set) followed by the turns.
   std::vector<ChatMessage> messages() const;
   int64_t n_turn_messages() const { return static_cast<int64_t>(turns_.size()); }
@@ -131,6 +134,9 @@ class ChatSession {
   int64_t pinned_tokens() const { return feed_.pinned_tokens(); }
 
  private:
+  bool pins() const { return keep_system_ && !system_.empty(); }
+  SystemPinProbes pin_probes() const;
+
   ChatFeed feed_;
   ChatFormat format_;
   bool keep_system_;

@@ -432,6 +432,7 @@ int cmd_chat(const std::vector<std::string>& argv, const ModelResolver& resolve_
                  "the template adds is not pinned; set one with /system)\n");
   ChatSession chat(engine, fc.format, a.has("--keep-system"));
   if (a.has("--system")) chat.set_system(a.str("--system", ""));
+  chat.check_pin();  // (a cache too small to pin it: a usage error now, not at the first turn)
 
   LineEditor ed(STDIN_FILENO, ::isatty(STDOUT_FILENO) ? STDOUT_FILENO : STDERR_FILENO);
   const bool interactive = ed.interactive();
