@@ -9,7 +9,8 @@ namespace tova {
 int64_t common_prefix_tokens(const Tokenizer& tok, const std::string& a, const std::string& b) {
   size_t k = 0;
   while (k < a.size() && k < b.size() && a[k] == b[k]) ++k;
-  return static_cast<int64_t>(tok.encode(std::string_view(a).substr(0, k), false, true).size());
+  while (k > 0 && k < a.size() && (static_cast<unsigned char>(a[k]) & 0xc0) == 0x80) --k;  // whole characters
+  return static_cast<int64_t>(tok.encode_chat(std::string_view(a).substr(0, k), false).size());
 }
 
 bool check_system_pin(const EngineParams& params, int64_t n) {
@@ -75,7 +76,7 @@ std::unique_ptr<Generation> ChatFeed::start_reply(const std::string& rendered_pr
   const Tokenizer& tok = engine_.model().tokenizer();
   std::vector<int32_t> ids;
   if (holds_prefix_of(rendered_prompt))
-    ids = tok.encode(std::string_view(rendered_prompt).substr(fed_.size()), false, true);
+    ids = tok.encode_chat(std::string_view(rendered_prompt).substr(fed_.size()), false);
   if (ids.empty()) {
     int64_t n_pin = 0;
     if (pin != nullptr) {  // checked before anything changes, so an error leaves the sequence as it was
@@ -90,7 +91,7 @@ std::unique_ptr<Generation> ChatFeed::start_reply(const std::string& rendered_pr
       engine_.set_protect_below(n_pin);
       pinned_ = n_pin;
     }
-    ids = tok.encode(rendered_prompt, false, true);
+    ids = tok.encode_chat(rendered_prompt, false);
   }
   std::unique_ptr<Generation> gen;
   // What the sequence holds once the prompt is read: a reply cancelled while it was read (Ctrl-C
@@ -149,10 +150,16 @@ bool ChatFeed::finish_reply(Generation& gen) {
 ChatSession::ChatSession(Engine& engine, ChatFormat format, bool keep_system)
     : feed_(engine), format_(std::move(format)), keep_system_(keep_system) {}
 
+std::vector<ChatMessage> ChatSession::marked(std::vector<ChatMessage> msgs) const {
+  const Tokenizer& tok = feed_.engine().model().tokenizer();
+  for (ChatMessage& m : msgs) m.content = tok.mark_literal(m.content);
+  return msgs;
+}
+
 SystemPinProbes ChatSession::pin_probes() const {
   SystemPinProbes probes;
-  probes.a = render_chat(format_, {{"system", system_}, {"user", "a"}}, false);
-  probes.b = render_chat(format_, {{"system", system_}, {"user", "b"}}, false);
+  probes.a = render_chat(format_, marked({{"system", system_}, {"user", "a"}}), false);
+  probes.b = render_chat(format_, marked({{"system", system_}, {"user", "b"}}), false);
   return probes;
 }
 
@@ -180,7 +187,7 @@ std::unique_ptr<Generation> ChatSession::start_reply(const std::string& user_tex
   if (in_reply_) throw ArgumentError("start_reply: the previous reply was not finished (finish_reply)");
   std::vector<ChatMessage> msgs = messages();
   msgs.push_back({"user", user_text});
-  const std::string rendered = render_chat(format_, msgs, true);
+  const std::string rendered = render_chat(format_, marked(std::move(msgs)), true);
   const bool pin = pins();
   const SystemPinProbes probes = pin ? pin_probes() : SystemPinProbes{};
   std::unique_ptr<Generation> gen = feed_.start_reply(rendered, pin ? &probes : nullptr, params);

@@ -1,6 +1,8 @@
 // The multi-turn conversation held in the engine's sequence 0, one implementation for every face:
 // ChatFeed takes prompts already rendered (the CLI renders with the built-in renderers of chat.h,
-// Python with the model's own jinja template) and decides what to evaluate, pins the system
+// Python with the model's own jinja template) from messages whose text is marked
+// (Tokenizer::mark_literal: a message spelling "<|im_end|>" is read as text, not as that
+// token), and decides what to evaluate, pins the system
 // prompt, starts the reply and records what the sequence holds afterwards. ChatSession is the
 // CLI's conversation: it keeps the messages, renders them with render_chat and calls ChatFeed.
 #pragma once
@@ -32,7 +34,7 @@ struct SystemPinProbes {
   std::string a, b;
 };
 
-// Tokens of the common start of two renderings (special tokens parsed, no BOS added).
+// Tokens of the common start of two renderings (Tokenizer::encode_chat, no BOS added).
 int64_t common_prefix_tokens(const Tokenizer& tok, const std::string& a, const std::string& b);
 
 // The one pinning rule: pinning `n` tokens with `params` needs max(n, sink) * 2 <= kv_size (a
@@ -89,7 +91,7 @@ class ChatFeed {
 
   Engine& engine_;
   ChatCounters counters_;
-  std::string fed_;               // the text the sequence holds (special tokens as text)
+  std::string fed_;               // the text the sequence holds (special tokens as text; marks kept)
   int64_t fed_n_past_ = -1;       // engine.n_past() when fed_ was recorded; -1 = nothing known
   uint64_t fed_epoch_ = 0;        // engine.epoch() then (a clear since means someone else used it)
   std::vector<int32_t> fed_tail_; // the sequence's latest tokens then
@@ -136,6 +138,8 @@ class ChatSession {
  private:
   bool pins() const { return keep_system_ && !system_.empty(); }
   SystemPinProbes pin_probes() const;
+  // The messages with their text marked (Tokenizer::mark_literal): what they spell is text.
+  std::vector<ChatMessage> marked(std::vector<ChatMessage> msgs) const;
 
   ChatFeed feed_;
   ChatFormat format_;

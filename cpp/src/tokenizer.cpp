@@ -180,8 +180,8 @@ void Tokenizer::init_vocab(TokenizerData& d) {
 
 // ---------------------------------------------------------------------------------- shared
 
-std::vector<Tokenizer::Fragment> Tokenizer::split_special(std::string_view text,
-                                                          bool parse_special) const {
+std::vector<Tokenizer::Fragment> Tokenizer::split_special(std::string_view text, bool parse_special,
+                                                          const Spans& literal) const {
   std::vector<Fragment> out;
   const size_t n = text.size();
   if (n == 0) return out;
@@ -191,6 +191,20 @@ std::vector<Tokenizer::Fragment> Tokenizer::split_special(std::string_view text,
   }
   const auto allowed = [&](int32_t id) {
     return parse_special || types_[id] == TokenType::UserDefined;
+  };
+  // in_literal[i]: byte i lies in a literal span (empty when there is none).
+  std::vector<uint8_t> in_literal;
+  if (parse_special && !literal.empty()) {
+    in_literal.assign(n, 0);
+    for (const auto& [b, e] : literal)
+      std::fill(in_literal.begin() + static_cast<std::ptrdiff_t>(std::min(b, n)),
+                in_literal.begin() + static_cast<std::ptrdiff_t>(std::min(e, n)), 1);
+  }
+  const auto literal_at = [&](int32_t id, size_t q, size_t len) {
+    if (in_literal.empty() || types_[id] == TokenType::UserDefined) return false;
+    for (size_t i = q; i < q + len; ++i)
+      if (in_literal[i]) return true;
+    return false;
   };
   // Which allowed special tokens occur at all (by rank).
   std::vector<uint8_t> seen(special_by_rank_.size(), 0);
@@ -234,6 +248,10 @@ std::vector<Tokenizer::Fragment> Tokenizer::split_special(std::string_view text,
         from = claimed_end[blocked];
         continue;
       }
+      if (literal_at(id, q, len)) {  // spelled in a message: text, as the bytes around it
+        from = q + 1;
+        continue;
+      }
       std::fill(claimed_end.begin() + q, claimed_end.begin() + q + len, q + len);
       specials.push_back({id, q, q + len});
       from = q + len;
@@ -249,6 +267,63 @@ std::vector<Tokenizer::Fragment> Tokenizer::split_special(std::string_view text,
   }
   if (at < n) out.push_back({-1, at, n});
   return out;
+}
+
+// ---- chat messages as text: the marks ---------------------------------------------------------
+namespace {
+// U+FDD0 and U+FDD1 in UTF-8; U+FFFD replaces them in a message.
+constexpr std::string_view kOpenMark = "\xEF\xB7\x90", kCloseMark = "\xEF\xB7\x91",
+                           kReplacement = "\xEF\xBF\xBD";
+
+bool mark_at(std::string_view text, size_t i, std::string_view mark) {
+  return text.compare(i, mark.size(), mark) == 0;
+}
+
+// Appends text with the marks it holds replaced by U+FFFD.
+void append_unmarked(std::string& out, std::string_view text) {
+  for (size_t i = 0; i < text.size();) {
+    if (mark_at(text, i, kOpenMark) || mark_at(text, i, kCloseMark)) {
+      out += kReplacement;
+      i += kOpenMark.size();
+    } else {
+      out += text[i++];
+    }
+  }
+}
+}  // namespace
+
+std::string Tokenizer::mark_literal(std::string_view message_text) const {
+  std::string out;
+  out.reserve(message_text.size());
+  for (const Fragment& f : split_special(message_text, /*parse_special=*/true)) {
+    const std::string_view piece = message_text.substr(f.begin, f.end - f.begin);
+    const bool spelled = f.token >= 0 && types_[f.token] != TokenType::UserDefined;
+    if (spelled) out += kOpenMark;
+    append_unmarked(out, piece);
+    if (spelled) out += kCloseMark;
+  }
+  return out;
+}
+
+std::vector<int32_t> Tokenizer::encode_chat(std::string_view marked, bool add_bos) const {
+  std::string text;
+  text.reserve(marked.size());
+  Spans literal;
+  size_t open = std::string_view::npos;  // where the current span began in `text`
+  for (size_t i = 0; i < marked.size();) {
+    if (mark_at(marked, i, kOpenMark)) {
+      if (open == std::string_view::npos) open = text.size();
+      i += kOpenMark.size();
+    } else if (mark_at(marked, i, kCloseMark)) {
+      if (open != std::string_view::npos) literal.emplace_back(open, text.size());
+      open = std::string_view::npos;
+      i += kCloseMark.size();
+    } else {
+      text += marked[i++];
+    }
+  }
+  if (open != std::string_view::npos) literal.emplace_back(open, text.size());  // (cut by a template)
+  return encode_with(text, add_bos, /*parse_special=*/true, literal);
 }
 
 void Tokenizer::check_id(int32_t id) const {

@@ -53,8 +53,19 @@ class Tokenizer {
 
   // Text -> ids. add_bos: prepend BOS. parse_special: text of control / user-defined tokens
   // ("<|im_start|>") becomes that token; otherwise it is tokenized as plain text.
-  virtual std::vector<int32_t> encode(std::string_view text, bool add_bos,
-                                      bool parse_special) const = 0;
+  std::vector<int32_t> encode(std::string_view text, bool add_bos, bool parse_special) const {
+    return encode_with(text, add_bos, parse_special, {});
+  }
+
+  // Chat messages are text: a message that spells a control token ("<|im_end|>") must not
+  // become that token, while the template's own markers around it must. mark_literal() wraps
+  // each spelling of a control / unknown token in a message's text between two marks (U+FDD0
+  // ... U+FDD1, Unicode noncharacters; any the text already had become U+FFFD) and leaves other
+  // text as it is; render the marked messages, then encode_chat() reads the prompt with special
+  // tokens parsed except between marks, which it drops: the spelled token is tokenized as
+  // plain text, in context, as encode(..., false) would.
+  std::string mark_literal(std::string_view message_text) const;
+  std::vector<int32_t> encode_chat(std::string_view marked, bool add_bos) const;
 
   // The bytes one token stands for (may be part of a UTF-8 character). Control tokens give
   // their text only when `special` is true, otherwise "".
@@ -81,6 +92,12 @@ class Tokenizer {
  protected:
   Tokenizer() = default;
 
+  // [begin, end) byte ranges of the text read as plain text whatever parse_special says
+  // (sorted, not overlapping); user-defined tokens are still cut there, as plain text cuts them.
+  using Spans = std::vector<std::pair<size_t, size_t>>;
+  virtual std::vector<int32_t> encode_with(std::string_view text, bool add_bos, bool parse_special,
+                                           const Spans& literal) const = 0;
+
   // A piece of the input: special token `token`, or (token < 0) text bytes [begin, end).
   struct Fragment {
     int32_t token;
@@ -93,8 +110,10 @@ class Tokenizer {
   bool special_token_bytes(int32_t id, bool special, std::string& out) const;
   // Cuts the special tokens out of `text` the way llama.cpp does: tokens in order of decreasing
   // length, each taking its leftmost non-overlapping occurrences in what earlier ones left.
-  // User-defined tokens are always cut; control and unknown tokens only with parse_special.
-  std::vector<Fragment> split_special(std::string_view text, bool parse_special) const;
+  // User-defined tokens are always cut; control and unknown tokens only with parse_special, and
+  // not where they overlap a `literal` span.
+  std::vector<Fragment> split_special(std::string_view text, bool parse_special,
+                                      const Spans& literal = {}) const;
   // Token with exactly this text, or -1 (the last one when texts repeat, as llama.cpp does).
   int32_t lookup(std::string_view text) const {
     auto it = token_to_id_.find(text);

@@ -283,13 +283,13 @@ BpeTokenizer::BpeTokenizer(TokenizerData data) {
   }
 }
 
-std::vector<int32_t> BpeTokenizer::encode(std::string_view text, bool add_bos,
-                                          bool parse_special) const {
+std::vector<int32_t> BpeTokenizer::encode_with(std::string_view text, bool add_bos,
+                                               bool parse_special, const Spans& literal) const {
   std::vector<int32_t> out;
   if (add_bos && bos_id_ >= 0) out.push_back(bos_id_);
   Workspace ws;
   std::string word;
-  for (const Fragment& frag : split_special(text, parse_special)) {
+  for (const Fragment& frag : split_special(text, parse_special, literal)) {
     if (frag.token >= 0) {
       out.push_back(frag.token);
       continue;

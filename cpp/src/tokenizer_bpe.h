@@ -43,10 +43,12 @@ class BpeTokenizer final : public Tokenizer {
  public:
   explicit BpeTokenizer(TokenizerData data);
 
-  std::vector<int32_t> encode(std::string_view text, bool add_bos,
-                              bool parse_special) const override;
   std::string token_bytes(int32_t id, bool special = false) const override;
   PreTokenizer pre_kind() const { return pre_kind_; }
+
+ protected:
+  std::vector<int32_t> encode_with(std::string_view text, bool add_bos, bool parse_special,
+                                   const Spans& literal) const override;
 
  private:
   struct Merge {

@@ -58,13 +58,13 @@ SpmTokenizer::SpmTokenizer(TokenizerData data) {
   }
 }
 
-std::vector<int32_t> SpmTokenizer::encode(std::string_view text, bool add_bos,
-                                          bool parse_special) const {
+std::vector<int32_t> SpmTokenizer::encode_with(std::string_view text, bool add_bos,
+                                               bool parse_special, const Spans& literal) const {
   std::vector<int32_t> out;
   if (add_bos && bos_id_ >= 0) out.push_back(bos_id_);
   Workspace ws;
   bool after_special = true;  // the start of the text counts as following a special token
-  for (const Fragment& frag : split_special(text, parse_special)) {
+  for (const Fragment& frag : split_special(text, parse_special, literal)) {
     if (frag.token >= 0) {
       out.push_back(frag.token);
       after_special = true;

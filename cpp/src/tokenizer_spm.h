@@ -19,10 +19,12 @@ class SpmTokenizer final : public Tokenizer {
  public:
   explicit SpmTokenizer(TokenizerData data);
 
-  std::vector<int32_t> encode(std::string_view text, bool add_bos,
-                              bool parse_special) const override;
   std::string token_bytes(int32_t id, bool special = false) const override;
   bool add_space_prefix() const { return add_space_prefix_; }
+
+ protected:
+  std::vector<int32_t> encode_with(std::string_view text, bool add_bos, bool parse_special,
+                                   const Spans& literal) const override;
 
  private:
   struct Workspace;

@@ -180,19 +180,28 @@ void bind_engine(nb::module_& m) {
            },
            nb::arg("text"), nb::arg("add_bos"), nb::arg("special"))
       // (n, ids), or (n, None) where n > limit: a caller that refuses long prompts (the HTTP
-      // server) never holds a Python list of a huge one.
+      // server) never holds a Python list of a huge one. chat: `text` is a prompt rendered from
+      // marked messages (mark_literal), read by Tokenizer::encode_chat (`special` unused).
       .def("tokenize_within",
-           [](const Engine& e, const std::string& text, bool add_bos, bool special, int64_t limit) {
+           [](const Engine& e, const std::string& text, bool add_bos, bool special, int64_t limit,
+              bool chat) {
              std::vector<int32_t> ids;
              {
                tova::py::Unlocked release;
-               ids = e.tokenize(text, add_bos, special);
+               ids = chat ? e.model().tokenizer().encode_chat(text, add_bos)
+                          : e.tokenize(text, add_bos, special);
              }
              const auto n = static_cast<int64_t>(ids.size());
              if (limit >= 0 && n > limit) return nb::make_tuple(n, nb::none());
              return nb::make_tuple(n, nb::cast(ids));
            },
-           nb::arg("text"), nb::arg("add_bos"), nb::arg("special"), nb::arg("limit"))
+           nb::arg("text"), nb::arg("add_bos"), nb::arg("special"), nb::arg("limit"),
+           nb::arg("chat") = false)
+      // A chat message's text with its spellings of control tokens marked as text
+      // (Tokenizer::mark_literal), to be rendered into a prompt for tokenize_within(chat=True).
+      .def("mark_literal",
+           [](const Engine& e, const std::string& text) { return e.model().tokenizer().mark_literal(text); },
+           nb::arg("text"))
       .def("detokenize",
            [](const Engine& e, const std::vector<int32_t>& ids, bool special) {
              std::string s = e.detokenize(ids, special);

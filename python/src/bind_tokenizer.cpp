@@ -78,6 +78,22 @@ void bind_tokenizer(nb::module_& m) {
           "of control tokens such as '<|im_start|>' becomes those tokens (user-defined tokens "
           "always do, as in llama.cpp).")
       .def(
+          "mark_literal",
+          [](const PyTokenizer& self, nb::handle text) { return self.impl->mark_literal(text_arg(text)); },
+          nb::arg("text"),
+          "A chat message's text with each spelling of a control token between marks (U+FDD0 "
+          "... U+FDD1), for encode_chat: such spellings are read as text.")
+      .def(
+          "encode_chat",
+          [](const PyTokenizer& self, nb::handle text, bool add_bos) {
+            const std::string s = text_arg(text);
+            tova::py::Unlocked release;
+            return self.impl->encode_chat(s, add_bos);
+          },
+          nb::arg("text"), nb::arg("add_bos") = false,
+          "Token ids of a prompt rendered from marked messages: special tokens parsed except "
+          "between marks, which are dropped.")
+      .def(
           "decode",
           [](const PyTokenizer& self, const std::vector<int32_t>& ids, bool special) {
             std::string out;

@@ -23,7 +23,8 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import (TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
+                    Union)
 
 from . import _check, _core
 from ._template_sandbox import (MAX_LOOP_ITEMS, MAX_RENDERED_CHARS, MAX_TEMPLATE_BYTES, budget,
@@ -188,12 +189,41 @@ def chat_template_for(engine: "Engine", chat_template: Optional[str] = None) -> 
 
 def render_prompt(engine: "Engine", messages: Sequence[Message], *,
                   chat_template: Optional[str] = None, add_generation_prompt: bool = True) -> str:
-    """The prompt text of ``messages`` for ``engine``'s model (see :func:`chat_template_for`)."""
+    """The prompt text of ``messages`` for ``engine``'s model (see :func:`chat_template_for`).
+
+    A chat reads the messages' text as text: a message that spells a control token
+    (``"<|im_end|>"``) does not end its turn (:func:`render_marked`). Tokenizing this text with
+    ``special=True`` would read such a spelling as the token."""
     _check_engine(engine)
-    return render_template(chat_template_for(engine, chat_template), messages,
-                           add_generation_prompt=add_generation_prompt,
+    return _render(engine, chat_template_for(engine, chat_template), messages,
+                   add_generation_prompt=add_generation_prompt)
+
+
+def _render(engine: "Engine", template: str, messages: Sequence[Message], *,
+            add_generation_prompt: bool) -> str:
+    return render_template(template, messages, add_generation_prompt=add_generation_prompt,
                            bos_token=_token_text(engine, engine._info["bos_id"]),
                            eos_token=_token_text(engine, engine._info["eos_id"]))
+
+
+def _marked(engine: "Engine", messages: Sequence[Message]) -> List[Dict[str, Any]]:
+    """The messages with the text of each marked (the core's ``Tokenizer::mark_literal``): what
+    it spells of control tokens is read as text by ``tokenize_within(..., chat=True)``."""
+    _check_messages(messages)
+    return [dict(m, content=engine._e.mark_literal(m["content"])) for m in messages]
+
+
+def _render_marked(engine: "Engine", messages: Sequence[Message], *,
+                  chat_template: Optional[str] = None) -> str:
+    """The prompt of ``messages`` (with the generation prompt) rendered from marked text, for
+    ``engine._e.tokenize_within(prompt, False, True, limit, chat=True)``: the template's own
+    control tokens are tokens, what the messages spell is text (as OpenAI reads a conversation;
+    llama.cpp's server and llama-cpp-python would read ``"<|im_end|>"`` in a message as the
+    token that ends a turn). The marks are Unicode noncharacters a message cannot carry (they
+    become U+FFFD)."""
+    _check_engine(engine)
+    return _render(engine, chat_template_for(engine, chat_template), _marked(engine, messages),
+                   add_generation_prompt=True)
 
 
 # ---- the conversation held in the engine's sequence ---------------------------------------------
@@ -265,11 +295,9 @@ def _pin_probes(engine: "Engine", template: str, messages: Sequence[Message]) ->
     template wraps around it)."""
     system = messages[0]["content"]
     def render(user: str) -> str:
-        return render_template(template, [{"role": "system", "content": system},
-                                          {"role": "user", "content": user}],
-                               bos_token=_token_text(engine, engine._info["bos_id"]),
-                               eos_token=_token_text(engine, engine._info["eos_id"]),
-                               add_generation_prompt=False)
+        return _render(engine, template, _marked(engine, [{"role": "system", "content": system},
+                                                          {"role": "user", "content": user}]),
+                       add_generation_prompt=False)
     return render("a"), render("b")
 
 
@@ -288,9 +316,8 @@ class ChatTurn:
         ignore_eos = _check.boolean("ignore_eos", ignore_eos)
         stops = _check.stop_strings(stop)
         template = chat_template_for(engine, chat_template)
-        self.prompt = render_template(template, messages, add_generation_prompt=True,
-                                      bos_token=_token_text(engine, engine._info["bos_id"]),
-                                      eos_token=_token_text(engine, engine._info["eos_id"]))
+        # (marked: what the messages spell is text; the core's ChatFeed reads it so)
+        self.prompt = _render(engine, template, _marked(engine, messages), add_generation_prompt=True)
         pin = None
         if keep_system and messages[0]["role"] == "system":
             pin = _pin_probes(engine, template, messages)
@@ -352,7 +379,7 @@ class ChatTurn:
 
 def completion_dict(engine: "Engine", turn: ChatTurn, content: str) -> Dict[str, Any]:
     """The OpenAI / llama-cpp-python ``chat.completion`` object of a finished turn."""
-    prompt_tokens = len(engine._e.tokenize(turn.prompt, False, True))
+    prompt_tokens = int(engine._e.tokenize_within(turn.prompt, False, True, -1, chat=True)[0])
     completion_tokens = turn.completion_tokens
     finish = turn.gen.finish_reason
     return {
