@@ -63,7 +63,7 @@ class _Gate:
             if self.key is not None and path.startswith("/v1/") and not self._authorized(scope):
                 await self._send_error(send_counting, 401, error_body(
                     "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
-                    "authentication_error", None, "invalid_api_key"), [(b"www-authenticate", b"Bearer")])
+                    "invalid_request_error", None, "invalid_api_key"), [(b"www-authenticate", b"Bearer")])
                 return
             self.inside += 1
             try:
@@ -138,8 +138,11 @@ def create_app(engine: Engine, config: Optional[ServeConfig] = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return _ErrorJSON(error_body(str(exc.detail), kind, None, None), status_code=exc.status_code,
+        message = str(exc.detail)
+        if exc.status_code == 404:  # (OpenAI's words for a path it does not serve)
+            message = f"Invalid URL ({request.method} {request.url.path})"
+        return _ErrorJSON(error_body(message, "invalid_request_error", None, None),
+                          status_code=exc.status_code,
                           headers=getattr(exc, "headers", None))  # (405: Allow)
 
     @app.exception_handler(RequestValidationError)

@@ -12,8 +12,8 @@ class APIError(Exception):
     Args:
         status: the HTTP status (400, 401, 404, 429, 500, 503).
         message: what went wrong, for a person to read.
-        type: OpenAI's error class: ``invalid_request_error``, ``authentication_error``,
-            ``not_found_error``, ``rate_limit_error``, ``server_error``.
+        type: OpenAI's error class: ``invalid_request_error``,
+            ``rate_limit_error``, ``server_error``.
         param: the request field at fault, if one is.
         code: a short machine-readable code (``model_not_found``, ``context_length_exceeded``, ...).
     """

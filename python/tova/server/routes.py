@@ -1,9 +1,11 @@
 """The endpoints: /v1/models, /v1/completions, /v1/chat/completions, /health, /metrics.
 
 Each request is stateless (a chat sends its whole conversation every time): its prompt is
-rendered with the model's chat template (:mod:`tova.chat`), tokenized with special tokens parsed
-(a completion's text prompt too, as llama.cpp's server reads it: ``<|im_start|>`` is that
-token), and every choice runs in its own engine sequence. ``usage.prompt_tokens`` is the tokens
+rendered with the model's chat template (:mod:`tova.chat`), the template's control tokens read
+as tokens and the messages as text (as OpenAI reads them: a message spelling ``<|im_end|>``
+does not end its turn), a completion's text prompt with special tokens parsed (as llama.cpp's
+server reads it: ``<|im_start|>`` is that token), and every choice runs in its own engine
+sequence. ``usage.prompt_tokens`` is the tokens
 read, ``usage.completion_tokens`` the tokens generated (a stop string's too; not the end-of-turn
 token); the fixed-memory KV store evicts, so a conversation longer than ``kv_size`` still gets
 answers (policy ``full`` does not: a prompt longer than its ``n_ctx`` is a 400).
@@ -109,7 +111,7 @@ def _check_model(service: Service, s: Sampling) -> str:
     model_id = service.config.model_id
     if s.model is not None and s.model != model_id:
         raise APIError(404, f"The model '{s.model}' does not exist; this server serves '{model_id}'",
-                       type="not_found_error", param="model", code="model_not_found")
+                       param="model", code="model_not_found")
     return model_id
 
 
@@ -124,16 +126,20 @@ def _check_prompt(service: Service, ids: List[int], param: str, n: Optional[int]
         raise APIError(400, f"the prompt is empty: it tokenizes to no tokens{bos}", param=param)
     limit, option = service.prompt_limit()
     if limit and n > limit:
-        where = ("this server accepts at most {} per request (--max-prompt-tokens)"
-                 if option == "--max-prompt-tokens" else
-                 "the KV cache of a sequence holds at most {} (policy 'full' never evicts: "
-                 "raise --n-ctx or use an evicting policy)")
-        raise APIError(400, f"the prompt has {n} tokens; " + where.format(limit), param=param,
+        # (OpenAI's words, which clients such as litellm recognize, then tova's reason)
+        why = ("this server's limit per request, --max-prompt-tokens"
+               if option == "--max-prompt-tokens" else
+               "the KV cache of a sequence: policy 'full' never evicts; raise --n-ctx or use an "
+               "evicting policy")
+        raise APIError(400, f"This model's maximum context length is {limit} tokens ({why}). "
+                       f"However, your {param} resulted in {n} tokens.", param=param,
                        code="context_length_exceeded")
 
 
-async def _tokenize(service: Service, text: str, *, add_bos: bool, param: str) -> List[int]:
-    """``text``'s token ids, control-token text (``<|im_start|>``) read as those tokens, with
+async def _tokenize(service: Service, text: str, *, add_bos: bool, param: str,
+                    chat: bool = False) -> List[int]:
+    """``text``'s token ids, control-token text (``<|im_start|>``) read as those tokens (for a
+    ``chat`` prompt, rendered from marked messages: only the template's own), with
     the model's BOS first if ``add_bos`` (not for a rendered chat: it carries its own), off the
     event loop; a 400 naming ``param`` for text that is not valid Unicode or is longer than the
     server takes (then never held as a Python list)."""
@@ -144,7 +150,7 @@ async def _tokenize(service: Service, text: str, *, add_bos: bool, param: str) -
         raise APIError(400, str(e), param=param, code="invalid_value") from e
     limit = service.prompt_limit()[0] or -1
     n, ids = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: engine._e.tokenize_within(text, add_bos, True, limit))
+        None, lambda: engine._e.tokenize_within(text, add_bos, True, limit, chat=chat))
     _check_prompt(service, ids or [], param, n)
     return list(ids)
 
@@ -162,7 +168,7 @@ def _logprobs_content(svc: Any, entries: List[Any]) -> Dict[str, Any]:
         return {"token": b.decode("utf-8", errors="replace"), "logprob": lp, "bytes": list(b)}
 
     return {"content": [dict(item(t, lp), top_logprobs=[item(a, b) for a, b in top])
-                        for t, lp, top in entries]}
+                        for t, lp, top in entries], "refusal": None}
 
 
 def _in_content(svc: Any, entries: List[Any], start: int, end: int) -> Tuple[List[Any], int]:
@@ -287,8 +293,8 @@ async def list_models(request: Request) -> Dict[str, Any]:
 async def get_model(model_id: str, request: Request) -> Dict[str, Any]:
     svc = _service(request)
     if model_id != svc.config.model_id:
-        raise APIError(404, f"The model '{model_id}' does not exist", type="not_found_error",
-                       param="model", code="model_not_found")
+        raise APIError(404, f"The model '{model_id}' does not exist", param="model",
+                       code="model_not_found")
     return _model_card(svc)
 
 
@@ -304,7 +310,7 @@ async def chat_completions(request: Request) -> Response:
                          max_tokens_cap=cfg.max_tokens_cap)
         model = _check_model(svc, req.sampling)
         try:
-            prompt = _chat.render_prompt(svc.engine, req.messages)
+            prompt = _chat._render_marked(svc.engine, req.messages)  # (messages are text)
         except (ValueError, TypeError) as e:
             raise APIError(400, str(e), param="messages") from e
         return req, model, prompt
@@ -315,7 +321,7 @@ async def chat_completions(request: Request) -> Response:
     s = req.sampling
     n = s.n
     svc.check_fits(n, "n")
-    ids = await _tokenize(svc, prompt, add_bos=False, param="messages")
+    ids = await _tokenize(svc, prompt, add_bos=False, param="messages", chat=True)
     batch = svc.start([ids] * n, s.fields)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -370,7 +376,7 @@ async def chat_completions(request: Request) -> Response:
     return JSONResponse({
         "id": rid, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": c.index,
-                     "message": {"role": "assistant", "content": texts[c.index]},
+                     "message": {"role": "assistant", "content": texts[c.index], "refusal": None},
                      "logprobs": logprobs(c), "finish_reason": _finish(c.finish_reason)}
                     for c in batch.choices],
         "usage": _usage(batch, n),

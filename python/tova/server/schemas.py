@@ -55,8 +55,8 @@ class Sampling:
             repeat_penalty=self.repeat_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, ignore_eos=self.ignore_eos,
             reuse_prefix=True)  # a conversation's next request continues its sequence
-        if self.seed is not None:
-            f["seed"] = self.seed + index
+        if self.seed is not None:  # any int64 (OpenAI's range), folded into the engine's 0..2^63-1
+            f["seed"] = (self.seed + index) % 2 ** 63
         if self.logprobs is not None:
             f["logprobs"] = self.logprobs
         return f
@@ -184,6 +184,11 @@ def _unsupported(body: Mapping[str, Any], chat: bool) -> None:
         refuse("tool_choice", "no function calling")
     if body.get("functions") not in (None, []) and body.get("function_call") not in ("none",):
         refuse("functions", "no function calling")
+    modalities = body.get("modalities")
+    if modalities not in (None, ["text"]) or body.get("audio") is not None:
+        refuse("modalities" if body.get("audio") is None else "audio", "text output only")
+    if body.get("web_search_options") is not None:
+        refuse("web_search_options", "no web search")
     fmt = body.get("response_format")
     if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") in (None, "text")):
         refuse("response_format", "no constrained output: only {'type': 'text'}")
@@ -195,14 +200,16 @@ def _sampling(body: Mapping[str, Any], default_max_tokens: int, max_tokens_cap: 
     if model is not None and not isinstance(model, str):
         raise invalid(f"'model' must be a string, got {_kind(model)}", "model", "invalid_type")
     _unsupported(body, chat)
-    max_tokens = _int(body, "max_completion_tokens", None, lo=0)
+    name = "max_completion_tokens"
+    max_tokens = _int(body, name, None, lo=0)
     if max_tokens is None:
-        max_tokens = _int(body, "max_tokens", None, lo=0)
+        name = "max_tokens"
+        max_tokens = _int(body, name, None, lo=0)
     if max_tokens is None:
         max_tokens = default_max_tokens
     if max_tokens > max_tokens_cap:
-        raise invalid(f"'max_tokens' is {max_tokens}; this server allows at most {max_tokens_cap}",
-                      "max_tokens", "invalid_value")
+        raise invalid(f"'{name}' is {max_tokens}; this server allows at most {max_tokens_cap}",
+                      name, "invalid_value")
     stream = _bool(body, "stream", False)
     opts = body.get("stream_options")
     if opts is not None and not isinstance(opts, dict):
@@ -213,8 +220,8 @@ def _sampling(body: Mapping[str, Any], default_max_tokens: int, max_tokens_cap: 
     include_usage = _bool(opts or {}, "include_usage", False)
     logprobs = _logprobs(body, chat)
     # -1 asks for a random seed (llama.cpp's convention), as no seed does; choice i of n draws
-    # with seed + i, which must stay an int64.
-    seed = _int(body, "seed", None, lo=-1, hi=2 ** 63 - 1 - 128)
+    # with seed + i (modulo 2^63, so every int64 OpenAI allows is a seed).
+    seed = _int(body, "seed", None, lo=-2 ** 63, hi=2 ** 63 - 1)
     if seed == -1:
         seed = None
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
@@ -238,16 +245,21 @@ def _sampling(body: Mapping[str, Any], default_max_tokens: int, max_tokens_cap: 
 def _content(m: Mapping[str, Any], i: int) -> str:
     c = m.get("content")
     if c is None:
+        if m.get("role") != "assistant":  # (an assistant's may be null, as OpenAI allows)
+            raise invalid(f"messages[{i}].content is required for role '{m.get('role')}'",
+                          f"messages[{i}].content", "missing_required_parameter")
         return ""
     if isinstance(c, str):
         return c
-    if isinstance(c, list):  # content parts: only text parts can be read
+    if isinstance(c, list):  # content parts: only text (and an assistant's refusal) can be read
         out = []
         for part in c:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            key = "refusal" if isinstance(part, dict) and part.get("type") == "refusal" else "text"
+            if (not isinstance(part, dict) or part.get("type") not in ("text", "refusal")
+                    or not isinstance(part.get(key), str)):
                 raise invalid(f"messages[{i}].content: only text parts are supported",
                               f"messages[{i}].content", "unsupported_content")
-            out.append(part["text"])
+            out.append(part[key])
         return "".join(out)
     raise invalid(f"messages[{i}].content must be a string or an array of text parts, got {_kind(c)}",
                   f"messages[{i}].content", "invalid_type")
@@ -277,6 +289,10 @@ def parse_chat(body: Any, *, default_max_tokens: int, max_tokens_cap: int) -> Ch
         if role not in ROLES:
             raise invalid(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}",
                           f"messages[{i}].role", "invalid_value")
+        for calls in ("tool_calls", "function_call"):  # (history the template would drop)
+            if m.get(calls) not in (None, []):
+                raise invalid(f"messages[{i}].{calls}: function calling is not supported by this "
+                              "server", f"messages[{i}].{calls}", "unsupported_parameter")
         checked.append({"role": "system" if role == "developer" else role, "content": _content(m, i)})
     return ChatRequest(checked, _sampling(body, default_max_tokens, max_tokens_cap, chat=True))
 
