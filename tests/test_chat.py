@@ -578,3 +578,20 @@ def test_a_message_spelling_the_turn_end_is_text(smollm2) -> None:
     assert counters(smollm2).full_refeeds == refeeds
     # render_prompt's text says what the prompt says, the spelled markers as they were typed.
     assert spelled in render_prompt(smollm2, messages)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("kind", ["chat_stream", "stream", "handle"])
+def test_a_stream_left_half_read_at_exit_is_silent(smollm2_path, kind) -> None:
+    """A script that ends with a stream half read: no "Exception ignored ... SystemExit"
+    (a chat stream's end records the reply, which the core refuses once the interpreter exits)."""
+    import subprocess
+    import sys
+    make = {"chat_stream": "e.chat_stream([{'role': 'user', 'content': 'Tell a story'}], max_tokens=50)",
+            "stream": "e.stream('Once upon a time', max_tokens=50)",
+            "handle": "iter(e.submit('Once upon a time', max_tokens=50))"}[kind]
+    script = (f"import tova\ne = tova.Engine({str(smollm2_path)!r}, n_threads=1)\n"
+              f"it = {make}\nprint(repr(next(it)), flush=True)\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    assert "Exception ignored" not in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -56,7 +56,7 @@ PrefillMode parse_prefill(const std::string& name) { return parse_enum("prefill 
 PositionsMode parse_positions(const std::string& name) {
   return parse_enum("positions mode", name, kPositions);
 }
-BackendKind parse_backend(const std::string& name) { return parse_enum("backend", name, kBackends); }
+BackendKind parse_backend(const std::string& name) { return parse_enum("device", name, kBackends); }
 const char* backend_name(BackendKind b) { return enum_name(b, kBackends); }
 const char* policy_name(PolicyKind p) { return p == PolicyKind::Plugin ? "plugin" : enum_name(p, kPolicies); }
 const char* kv_type_name(KvType t) { return enum_name(t, kKvTypes); }
@@ -118,8 +118,8 @@ void EngineParams::validate() const {
       throw ArgumentError(cat(what, " q3_0: q3_0 is for values only, keys need 4 bits or more (give keys and "
                               "values apart, e.g. keys q8_0 or q4_0 with values q3_0)"));
   };
-  values_only("kv_type (keys)", kv_type_k);
-  if (kv_lo) values_only("kv_lo_type (keys)", kv_lo_type_k);
+  values_only("kv_type_k (kv_type's keys)", kv_type_k);
+  if (kv_lo) values_only("kv_lo_type_k (kv_lo_type's keys)", kv_lo_type_k);
   if (kv_lo) {
     // The upper tier also holds a step's working slots (chunk): without room beyond both, the
     // lower tier would never be used.
@@ -137,14 +137,14 @@ void EngineParams::validate() const {
   }
 }
 
-uint64_t parse_bytes(const std::string& text) {
+uint64_t parse_bytes(const std::string& text, const char* what) {
   size_t i = 0;
   while (i < text.size() && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
   const char* begin = text.c_str() + i;
   char* end = nullptr;
   const double v = std::strtod(begin, &end);
   if (end == begin || !std::isfinite(v) || v < 0)
-    throw ArgumentError(cat("'", text, "' is not a size (examples: 256MiB, 1.5GB, 1048576)"));
+    throw ArgumentError(cat(what, ": '", text, "' is not a size (examples: 256MiB, 1.5GB, 1048576)"));
   std::string unit(end);
   while (!unit.empty() && std::isspace(static_cast<unsigned char>(unit.front()))) unit.erase(0, 1);
   while (!unit.empty() && std::isspace(static_cast<unsigned char>(unit.back()))) unit.pop_back();
@@ -157,10 +157,10 @@ uint64_t parse_bytes(const std::string& text) {
   for (const auto& [u, f] : units)
     if (unit == u) {
       const double bytes = v * f;
-      if (bytes > 1.8e19) throw ArgumentError(cat("size '", text, "' is too large"));
+      if (bytes > 1.8e19) throw ArgumentError(cat(what, ": size '", text, "' is too large"));
       return static_cast<uint64_t>(bytes);
     }
-  throw ArgumentError(cat("unknown size unit '", unit, "' in '", text, "' (use B, KiB, MiB, GiB, KB, MB, GB)"));
+  throw ArgumentError(cat(what, ": unknown size unit '", unit, "' in '", text, "' (use B, KiB, MiB, GiB, KB, MB, GB)"));
 }
 
 }  // namespace tova

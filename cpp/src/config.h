@@ -84,7 +84,7 @@ struct EngineParams {
   void validate() const;
 };
 
-// Parses "256MiB", "1.5 GB", "1048576" (bytes); ArgumentError otherwise.
-uint64_t parse_bytes(const std::string& text);
+// Parses "256MiB", "1.5 GB", "1048576" (bytes); ArgumentError naming `what` (the setting) otherwise.
+uint64_t parse_bytes(const std::string& text, const char* what);
 
 }  // namespace tova

@@ -130,7 +130,7 @@ EngineParams engine_params_from(const CliArgs& a, const std::string& default_pol
   if (a.has("--device") && a.has("--backend") && a.str("--device", "") != backend)
     throw ArgumentError("--device and --backend disagree: give one");
   p.backend = parse_backend(a.str("--device", backend));
-  if (a.has("--kv-budget")) p.kv_budget = parse_bytes(a.str("--kv-budget", ""));
+  if (a.has("--kv-budget")) p.kv_budget = parse_bytes(a.str("--kv-budget", ""), "--kv-budget");
   if (a.has("--policy-plugin") && a.has("--policy"))
     throw ArgumentError("--policy and --policy-plugin both choose the eviction policy: give one");
   if (a.has("--policy-args") && !a.has("--policy-plugin"))

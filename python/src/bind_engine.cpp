@@ -95,7 +95,8 @@ nb::dict stats_dict(const Stats& s) {
 
 void bind_engine(nb::module_& m) {
   const EngineParams d;  // the defaults, written once (config.h)
-  m.def("parse_bytes", &parse_bytes, nb::arg("text"), "'256MiB' -> bytes (ValueError for a malformed size)");
+  m.def("parse_bytes", &parse_bytes, nb::arg("text"), nb::arg("what"),
+        "'256MiB' -> bytes (ValueError naming `what` for a malformed size)");
   m.def("cuda_device_count", &cuda_device_count,
         "CUDA devices this build can use (0: built without CUDA, or no driver / GPU)");
   m.def("cuda_built", &cuda_built, "True when this build has the CUDA backend (TOVA_CUDA)");

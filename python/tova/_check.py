@@ -148,15 +148,18 @@ def token_ids(name: str, value: Any, n_vocab: int) -> List[int]:
             if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral):
                 raise TypeError(f"{name}[{i}] must be an int token id, got {_kind(t)}")
         ids = [int(t) for t in ids]
-    for t in ids:
+    for i, t in enumerate(ids):
         if not 0 <= t < n_vocab:
-            raise ValueError(f"token id {t} is out of range [0, {n_vocab})")
+            bound = f"[0, {n_vocab})" if n_vocab < INT32_MAX else "(must be >= 0)"  # (vocabulary unknown)
+            raise ValueError(f"{name}[{i}]: token id {t} is out of range {bound}")
     return ids
 
 
 def prompt_value(value: Any, name: str = "prompt") -> Union[str, Sequence[int], np.ndarray]:
     """A prompt must be text or token ids; anything else is a ``TypeError`` naming both."""
-    if isinstance(value, str) or isinstance(value, np.ndarray):
+    if isinstance(value, str):
+        return text(name, value)
+    if isinstance(value, np.ndarray):
         return value
     if isinstance(value, (bytes, bytearray)) or not isinstance(value, Sequence):
         raise TypeError(f"{name} must be a str or a sequence of token ids, got {_kind(value)}")

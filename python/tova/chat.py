@@ -346,7 +346,10 @@ class ChatTurn:
         finally:
             if not gen.finished:
                 gen.cancel()
-            self._record()
+            try:
+                self._record()
+            except SystemExit:  # the interpreter is exiting (the core starts no call): nothing
+                pass            # to record for, and a stream's end then makes no traceback
 
     def _record(self) -> None:
         """Tells the core what the sequence now holds, and keeps the statistics of the reply

@@ -678,7 +678,7 @@ def _parse_budget(budget: Union[None, int, str]) -> int:
     if budget is None:
         return 0
     if isinstance(budget, str):
-        value = _core.parse_bytes(_check.text("kv_budget", budget))
+        value = _core.parse_bytes(_check.text("kv_budget", budget), "kv_budget")
     elif isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, np.integer)):
         raise TypeError(f"kv_budget must be bytes (int) or a size like '256MiB', got {type(budget).__name__}")
     else:

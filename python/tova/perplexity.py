@@ -97,6 +97,8 @@ def nll_stats(nlls: Union[Sequence[float], np.ndarray]) -> Tuple[float, float, f
         x = np.asarray(nlls, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as e:
         raise TypeError(f"nlls must be a sequence of numbers: {e}") from None
+    if x.size == 0:
+        raise ValueError("nlls is empty: no tokens were scored")
     return tuple(_core.nll_stats(x.tolist()))  # type: ignore[return-value]
 
 
@@ -257,7 +259,7 @@ def perplexity(
     tokens: Optional[List[int]] = None
     value = _check.prompt_value(text_or_tokens, "text_or_tokens")
     text = value if isinstance(value, str) else ""
-    if not isinstance(value, str):
+    if not isinstance(value, str):  # (in the vocabulary: checked once the model is known)
         tokens = _check.token_ids("text_or_tokens", value, _check.INT32_MAX)
     src: Any = engine_or_model
     probe: Optional[Engine] = None
@@ -275,6 +277,7 @@ def perplexity(
         engine, opened = _open_engine(src, policy=policy, kv_size=kv_size, prefill=prefill,
                                       n_ctx_needed=n_ctx_needed, options=engine_options)
         try:
+            _check.token_ids("text_or_tokens", tokens, engine.n_vocab)
             return _measure(engine, tokens, context=context, stride=stride, chunks=chunks,
                             score_from=score_from, add_bos=add_bos, progress=progress,
                             prefill=prefill)
