@@ -2,6 +2,7 @@
 engine, the scheduler's joins and leaves, and the bounds of the settings."""
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 
@@ -509,11 +510,27 @@ def test_last_stats_of_a_stream_left_early(smollm2_path):
         assert stats["prompt_tokens"] == len(e.tokenize(prompt, special=True))
         assert stats["finish_reason"] == "cancelled"
         assert 1 <= stats["completion_tokens"] < 50
-        h = e.submit(prompt, max_tokens=4, temperature=0, ignore_eos=True)
-        for _ in h:
+        # A handle is not a stream: leaving a loop over it does not stop it (as with a file);
+        # a later loop or result() goes on where the last one left.
+        whole = e.submit(prompt, max_tokens=6, temperature=0, ignore_eos=True).result()
+        h = e.submit(prompt, max_tokens=6, temperature=0, ignore_eos=True)
+        first = ""
+        for first in h:
             break
-        h.result()
-        assert h.finish_reason == "cancelled"
+        second = next(iter(h))
+        assert first + second + h.result() == whole and h.finish_reason == "length"
+
+        async def read_in_two_loops() -> str:
+            h = e.submit(prompt, max_tokens=6, temperature=0, ignore_eos=True)
+            text = ""
+            async for piece in h:
+                text += piece
+                break
+            async for piece in h:
+                text += piece
+            return text
+
+        assert asyncio.run(read_in_two_loops()) == whole
 
 
 def test_eval_tokens_outrank_a_conversation_and_are_not_reused(smollm2_path):

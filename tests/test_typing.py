@@ -89,6 +89,19 @@ def test_settings_are_the_ones_in_effect_and_read_only(smollm2_path):
         with pytest.raises(AttributeError, match="Engine.n_ctx is a setting the engine was made with"):
             e.n_ctx = 4  # type: ignore[misc]
         assert e.n_ctx == 2048
+        with pytest.raises(AttributeError, match="read-only"):
+            del e.policy  # (before, deleting let a later assignment change what the checks read)
+        assert e.policy == "sink"
+        for name in ("temperature", "seed", "max_tokens"):  # (llama-cpp-python habits)
+            with pytest.raises(AttributeError, match=f"Engine.{name}: sampling settings are given per call"):
+                setattr(e, name, 0)
         e.user_note = "mine"  # other attributes are the user's
+        import copy
+        import pickle
+        for clone in (copy.copy, copy.deepcopy, pickle.dumps):
+            with pytest.raises(TypeError, match="a tova.Engine cannot be pickled or copied"):
+                clone(e)
+    with pytest.raises(tova.TovaError, match="this Engine was closed"):
+        e.generate("hi")
     with tova.Engine(smollm2_path, kv_size=16, n_threads=1) as e:
         assert e.n_sink == 0

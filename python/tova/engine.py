@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import inspect
 import os
 import threading
@@ -106,6 +107,9 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 _SETTINGS = frozenset({"path", "n_ctx", "kv_size", "policy", "n_sink", "kv_type", "kv_type_k",
                        "kv_type_v", "kv_hadamard", "kv_lo_type", "kv_hi_size", "prefill", "chunk",
                        "positions", "float_activations", "n_seq", "n_batch", "n_threads", "backend"})
+
+# Per-call settings a llama-cpp-python user may try to set on the engine.
+_SAMPLING_NAMES = frozenset({f.name for f in dataclasses.fields(SamplingParams)} | {"max_tokens", "stop"})
 
 # The generation methods, for errors that say which one takes a keyword another was given
 # ("logprobs" is submit's).
@@ -299,7 +303,20 @@ class Engine:
         if name in _SETTINGS and name in self.__dict__:
             raise AttributeError(f"Engine.{name} is a setting the engine was made with (read-only): "
                                  f"make a new Engine to change it")
+        if name in _SAMPLING_NAMES:  # (llama-cpp-python habits: llm.temperature = 0 does nothing)
+            raise AttributeError(f"Engine.{name}: sampling settings are given per call "
+                                 f"(generate(..., {name}=...), or sampling=SamplingParams(...)), "
+                                 f"not set on the engine")
         super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in _SETTINGS:
+            raise AttributeError(f"Engine.{name} is a setting the engine was made with (read-only)")
+        super().__delattr__(name)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a tova.Engine cannot be pickled or copied (it holds a model and its KV "
+                        "store): make an Engine in each process from the model's path")
 
     # ---- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -317,7 +334,7 @@ class Engine:
     @property
     def _e(self) -> "_core.Engine":
         if self._core is None:
-            raise RuntimeError("this Engine was closed")
+            raise _core.TovaError("this Engine was closed")
         return self._core
 
     # ---- model facts ----------------------------------------------------------------------------
@@ -537,7 +554,12 @@ class Engine:
         submit = self._prepare(prompt, max_tokens, stop, ignore_eos, sampling, fields, "stream")
 
         def pieces() -> Iterator[str]:
-            yield from submit()
+            handle = submit()
+            try:
+                yield from handle
+            finally:  # (a stream left by break, or dropped, stops its generation)
+                if not handle.finished:
+                    handle._abandon()
 
         return pieces()
 

@@ -31,8 +31,10 @@ class Handle:
     sequences (continuous batching) and streams its text.
 
     Iterate it (``for piece in handle``) or, in asyncio code, ``async for piece in handle``;
-    :meth:`result` returns the whole text. :meth:`cancel` stops it at the scheduler's next step
-    (which frees its sequence); dropping an unfinished handle cancels it too. A generation that
+    :meth:`result` returns the whole text. Leaving a loop over it (``break``) does not stop it:
+    a later loop or :meth:`result` goes on where the last one left, as with a file. :meth:`cancel`
+    stops it at the scheduler's next step (which frees its sequence); so do dropping an
+    unfinished handle and cancelling the asyncio task that is waiting in ``async for``. A generation that
     failed (a policy's error, say) raises that error to every call that waits for it. Waiting runs
     the scheduler's steps in the waiting thread when no other thread does, so no background
     thread is needed. Ctrl-C while waiting cancels the request and raises ``KeyboardInterrupt``.
@@ -99,16 +101,12 @@ class Handle:
                 return None
 
     def __iter__(self) -> Iterator[str]:
-        try:
-            while True:
-                piece = self.next()
-                if piece == "" and self._done:
-                    return
-                if piece:
-                    yield piece
-        finally:
-            if not self._done:
-                self._abandon()
+        while True:
+            piece = self.next()
+            if piece == "" and self._done:
+                return
+            if piece:
+                yield piece
 
     async def _pieces(self) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
@@ -120,9 +118,10 @@ class Handle:
                 elif state == _DONE:
                     self._finish()
                     return
-        finally:
-            if not self._done:
+        except asyncio.CancelledError:  # the task waiting for it was cancelled: no one reads on
+            if not self._done:          # (the wait in the executor may have taken a piece)
                 self._abandon()
+            raise
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._pieces()
@@ -173,9 +172,14 @@ class Handle:
         """The engine sequence it runs in (-1 while queued)."""
         return int(self._core.seq)
 
+    def __reduce__(self) -> Any:
+        raise TypeError("a tova.Handle cannot be pickled or copied (it is a generation running "
+                        "in this process's engine)")
+
     def _abandon(self) -> None:
-        """The reader left before the end (``break`` out of a stream): the generation is
-        cancelled, and what it did so far is the last statistics, as a chat stream's are."""
+        """The reader left before the end (``break`` out of a stream, a cancelled asyncio task):
+        the generation is cancelled, and what it did so far is the last statistics, as a chat
+        stream's are."""
         self.cancel()
         if self._on_finish is not None:
             self._on_finish(self)
