@@ -106,3 +106,28 @@ def test_policies_calling_each_others_engines_are_refused(model):
     """, model)
     assert r.returncode == 0, (r.stdout, r.stderr)
     assert r.stdout.count("called from inside another engine's step") == 2, r.stdout
+
+
+def test_a_policy_may_not_submit_to_an_engine(model):
+    """submit() from a policy callback is refused as every other engine call is (before, it
+    queued a request that the callback could never see run)."""
+    r = run_script("""
+        target = {}
+        class Q(tova.Policy):
+            name = "q"
+            def select(self, layer, view):
+                if layer == 0: target["e"].submit("hi", max_tokens=2)
+                score = np.where((view.protect == 1) | (view.pos < 0), np.inf, view.probs_mean)
+                return [int(i) for i in np.argsort(score, kind="stable")[:view.n_evict]]
+        for own in (True, False):
+            e = tova.Engine(M, kv_size=4, policy=Q(), n_threads=1)
+            target["e"] = e if own else tova.Engine(M, kv_size=4, n_threads=1)
+            try:
+                e.generate("hello world again", max_tokens=4, temperature=0, ignore_eos=True)
+                print("accepted", flush=True)
+            except tova.TovaError as ex:
+                print("refused:", ex, flush=True)
+    """, model)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "accepted" not in r.stdout, r.stdout
+    assert "inside its own step" in r.stdout and "inside another engine's step" in r.stdout, r.stdout

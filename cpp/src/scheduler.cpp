@@ -50,6 +50,7 @@ std::shared_ptr<Request> Engine::submit(std::vector<int32_t> prompt, const Gener
                               params_.n_ctx, " (policy 'full' never evicts: raise n_ctx or use an evicting policy)"));
   }
   std::lock_guard<std::mutex> lk(mu_);
+  check_not_reentrant();  // (from a policy callback: refused as every other call is)
   queue_.push_back(r);
   cv_.notify_all();
   return r;

@@ -643,7 +643,10 @@ class Engine:
         sampling: Optional[SamplingParams] = None,
         **fields: "Unpack[SamplingFields]",
     ) -> Iterator[str]:
-        """Like :meth:`chat`, yielding the reply's text pieces as they are produced."""
+        """Like :meth:`chat`, yielding the reply's text pieces as they are produced. The
+        conversation has one sequence, so turns take turns: ``close()`` a stream you stop reading
+        (or leave it by ``break`` and drop it); a next turn started while one is held unfinished
+        (by another coroutine on this thread, say) first lets that reply finish, then answers."""
         return self._chat_turn("chat_stream", messages, chat_template, keep_system, max_tokens, stop, ignore_eos,
                                sampling, fields).pieces()
 
