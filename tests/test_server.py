@@ -245,6 +245,38 @@ def test_chat_logprobs(server: Server, engine: tova.Engine) -> None:
 
 
 @pytest.mark.model
+def test_completion_logprobs(server: Server, engine: tova.Engine) -> None:
+    """The completions endpoint's legacy logprobs: the generated tokens, their log-probabilities,
+    the likeliest alternatives and where each begins in the text; streamed, the same entries."""
+    prompt = "The capital of France is"
+    h = engine.submit(prompt, max_tokens=10, logprobs=3, **GREEDY)
+    want_text, want = h.result(), h.logprobs()
+    client = server.client()
+    r = client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=10, temperature=0, logprobs=3)
+    choice = r.choices[0]
+    assert choice.text == want_text
+    lp = choice.logprobs
+    assert lp.tokens == [engine.detokenize([t], special=True) for t, _, _ in want]
+    assert lp.token_logprobs == pytest.approx([x for _, x, _ in want], abs=1e-6)
+    for got, (_, x, top) in zip(lp.top_logprobs, want):
+        assert len(got) == 3 and max(got.values()) == pytest.approx(x, abs=1e-6)  # greedy
+    starts = [len(engine.detokenize([t for t, _, _ in want[:i]])) for i in range(len(want))]
+    assert lp.text_offset == starts and lp.text_offset[0] == 0
+    streamed: Dict[str, List[Any]] = {"tokens": [], "token_logprobs": [], "text_offset": []}
+    for c in client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=10, temperature=0,
+                                       logprobs=3, stream=True):
+        for ch in c.choices:
+            if ch.logprobs:
+                for key in streamed:
+                    streamed[key] += getattr(ch.logprobs, key)
+    assert streamed["tokens"] == lp.tokens and streamed["text_offset"] == lp.text_offset
+    assert streamed["token_logprobs"] == pytest.approx(lp.token_logprobs, abs=1e-6)
+    zero = server.post("/v1/completions", {"prompt": prompt, "max_tokens": 3, "temperature": 0,
+                                           "logprobs": 0}).json()["choices"][0]["logprobs"]
+    assert len(zero["tokens"]) == 3 and zero["top_logprobs"] == [{}, {}, {}]
+
+
+@pytest.mark.model
 def test_chat_logprobs_end_with_the_content(server: Server, engine: tova.Engine) -> None:
     """Cut by a stop string, the content has logprobs for its own tokens only (not the stop
     string's), streamed or not; usage still counts every token generated."""
@@ -347,7 +379,8 @@ def test_usage_of_several_prompts_streamed_or_not(server: Server, engine: tova.E
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": -100}},
      400, "logit_bias"),
     ("/v1/completions", {"prompt": "def f(", "suffix": "\nprint(f())"}, 400, "suffix"),
-    ("/v1/completions", {"prompt": "x", "logprobs": 0}, 400, "logprobs"),  # (OpenAI: the sampled ones)
+    ("/v1/completions", {"prompt": "x", "logprobs": 1, "echo": True}, 400, "logprobs"),  # (prompt not scored)
+    ("/v1/completions", {"prompt": "x", "logprobs": 6}, 400, "logprobs"),  # (OpenAI: 0..5)
     ("/v1/completions", {"prompt": "x", "best_of": 2}, 400, "best_of"),
     ("/v1/completions", {"prompt": "x", "n": 2, "best_of": 1}, 400, "best_of"),  # best_of < n
     ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role"),

@@ -171,6 +171,27 @@ def _logprobs_content(svc: Any, entries: List[Any]) -> Dict[str, Any]:
                         for t, lp, top in entries], "refusal": None}
 
 
+def _completion_logprobs(svc: Any, entries: List[Any], text: str, start: int) -> Dict[str, Any]:
+    """The completions endpoint's legacy ``logprobs`` object for the ``(token, logprob, top)``
+    entries of ``text``'s tokens, the first beginning at byte ``start`` of ``text`` (the text
+    returned so far, an echoed prompt included): tokens, their log-probabilities, the likeliest
+    alternatives as ``{token: logprob}``, and where each begins in ``text`` (characters)."""
+    engine = svc.engine
+    raw = text.encode("utf-8")
+
+    def name(token: int) -> str:
+        return engine._e.token_bytes(int(token), True).decode("utf-8", errors="replace")
+
+    out: Dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for token, lp, top in entries:
+        out["tokens"].append(name(token))
+        out["token_logprobs"].append(lp)
+        out["top_logprobs"].append({name(a): b for a, b in top})
+        out["text_offset"].append(len(raw[:start].decode("utf-8", errors="ignore")))
+        start += len(engine._e.token_bytes(int(token), False))
+    return out
+
+
 def _in_content(svc: Any, entries: List[Any], start: int, end: int) -> Tuple[List[Any], int]:
     """The leading ``entries`` whose token begins before byte ``end`` of the content, the first
     beginning at byte ``start``, and where the next one begins. A token partly inside the
@@ -417,6 +438,22 @@ async def completions(request: Request) -> Response:
 
     if s.stream:
         echoed = set()
+        # Per choice: the text sent so far, logprobs entries sent, the byte where the next
+        # entry's token begins (as the chat stream's).
+        so_far = [""] * len(batch.choices)
+        sent = [0] * len(batch.choices)
+        begins = [0] * len(batch.choices)
+
+        def chunk_logprobs(index: int, text: str) -> Optional[Dict[str, Any]]:
+            if s.logprobs is None:
+                return None
+            so_far[index] += text
+            new, end = _in_content(svc, batch.choices[index].handle.logprobs(sent[index]),
+                                   begins[index], len(so_far[index].encode("utf-8")))
+            sent[index] += len(new)
+            out = _completion_logprobs(svc, new, so_far[index], begins[index])
+            begins[index] = end
+            return out
 
         def chunk(index: int, piece: Optional[str], finish: Optional[str]) -> Dict[str, Any]:
             text = piece or ""
@@ -425,7 +462,8 @@ async def completions(request: Request) -> Response:
                 text = echo[index // n] + text
             out: Dict[str, Any] = {"id": rid, "object": "text_completion", "created": created,
                                    "model": model,
-                                   "choices": [{"index": index, "text": text, "logprobs": None,
+                                   "choices": [{"index": index, "text": text,
+                                                "logprobs": chunk_logprobs(index, text),
                                                 "finish_reason": finish}]}
             if s.include_usage:
                 out["usage"] = None
@@ -440,11 +478,19 @@ async def completions(request: Request) -> Response:
 
     texts = await _collect(request, batch)
     usage = _usage(batch, n)
+
+    def logprobs(c: Any) -> Optional[Dict[str, Any]]:
+        if s.logprobs is None:  # (no echo here: refused with logprobs)
+            return None
+        text = texts[c.index]
+        entries = _in_content(svc, c.handle.logprobs(), 0, len(text.encode("utf-8")))[0]
+        return _completion_logprobs(svc, entries, text, 0)
+
     return JSONResponse({
         "id": rid, "object": "text_completion", "created": created, "model": model,
         "choices": [{"index": c.index,
                      "text": (echo[c.index // n] if echo else "") + texts[c.index],
-                     "logprobs": None, "finish_reason": _finish(c.finish_reason)}
+                     "logprobs": logprobs(c), "finish_reason": _finish(c.finish_reason)}
                     for c in batch.choices],
         "usage": usage,
     })

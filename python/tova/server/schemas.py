@@ -141,16 +141,19 @@ def _text(name: str, value: str) -> str:
 
 
 def _logprobs(body: Mapping[str, Any], chat: bool) -> Optional[int]:
-    """Chat: ``logprobs: true`` with ``top_logprobs`` 0..20 -> that count; the completions
-    endpoint's legacy integer ``logprobs`` is not supported: any value but null is refused (0
-    too: OpenAI reads it as "the sampled tokens' log-probabilities")."""
+    """Chat: ``logprobs: true`` with ``top_logprobs`` 0..20 -> that count. Completions: the
+    legacy integer ``logprobs`` 0..5 (OpenAI's range; 0: the sampled tokens' log-probabilities
+    alone), for the generated tokens: with ``echo`` OpenAI also scores the prompt's tokens, which
+    this server does not, so that pair is refused."""
     logprobs = body.get("logprobs")
     top = body.get("top_logprobs")
     if not chat:
-        if logprobs is not None or top not in (None, 0):
-            raise invalid("'logprobs' is supported on /v1/chat/completions only", "logprobs",
+        k = _int(body, "logprobs", None, lo=0, hi=5)
+        if k is not None and body.get("echo") is True:
+            raise invalid("'logprobs' with 'echo' is not supported by this server (the prompt's "
+                          "tokens are not scored); ask without 'echo'", "logprobs",
                           "unsupported_parameter")
-        return None
+        return k
     want = _bool(body, "logprobs", False)
     k = _int(body, "top_logprobs", None, lo=0, hi=20)
     if k is not None and not want:
