@@ -2,6 +2,7 @@
 // built from small vocabularies here, each encoding the input with and without special-token
 // parsing. Every id must be in the vocabulary, and byte-level BPE must give valid UTF-8 text
 // back exactly (invalid bytes become U+FFFD first, as in llama.cpp: then the sanitized text).
+// A chat message's text marked by mark_literal reads as plain text through encode_chat.
 #include <exception>
 #include <string>
 #include <vector>
@@ -62,14 +63,35 @@ std::unique_ptr<tova::Tokenizer> make_spm() {
   return tova::Tokenizer::from_data(std::move(d));
 }
 
+// `text` without the chat marks (U+FDD0, U+FDD1) mark_literal puts around spelled tokens.
+std::string unmarked(const std::string& text) {
+  std::string out;
+  for (size_t i = 0; i < text.size();) {
+    if (text.compare(i, 3, "\xEF\xB7\x90") == 0 || text.compare(i, 3, "\xEF\xB7\x91") == 0) {
+      i += 3;
+    } else {
+      out += text[i++];
+    }
+  }
+  return out;
+}
+
+void check_ids(const tova::Tokenizer& tok, const std::vector<int32_t>& ids) {
+  for (int32_t id : ids)
+    if (id < 0 || id >= tok.n_vocab()) __builtin_trap();
+}
+
 void check(const tova::Tokenizer& tok, const std::string& text, bool exact) {
   for (bool special : {false, true}) {
     const std::vector<int32_t> ids = tok.encode(text, special, special);
-    for (int32_t id : ids)
-      if (id < 0 || id >= tok.n_vocab()) __builtin_trap();
+    check_ids(tok, ids);
     const std::string back = tok.decode(ids, special);
     if (exact && !special && back != tova::unicode::sanitize_utf8(text)) __builtin_trap();
   }
+  // Chat: any marks at all (paired or not) read safely; a message's marked text reads as plain.
+  check_ids(tok, tok.encode_chat(text, true));
+  const std::string marked = tok.mark_literal(text);
+  if (tok.encode_chat(marked, false) != tok.encode(unmarked(marked), false, false)) __builtin_trap();
 }
 
 }  // namespace
