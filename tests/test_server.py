@@ -276,6 +276,20 @@ def test_completion_logprobs(server: Server, engine: tova.Engine) -> None:
     assert len(zero["tokens"]) == 3 and zero["top_logprobs"] == [{}, {}, {}]
 
 
+def test_text_offsets_count_characters() -> None:
+    """text_offset is in characters of the text, also for a token that begins inside a
+    character (it counts the characters before it) and for text arriving in pieces."""
+    from tova.server.routes import _Offsets
+
+    whole = "aé😀b"  # bytes: a 0, é 1-2, 😀 3-6, b 7
+    for pieces in (["aé😀b"], ["a", "é", "😀b"]):
+        o = _Offsets()
+        for p in pieces:
+            o.add(p)
+        assert [o.chars_before(b) for b in (0, 1, 2, 3, 5, 7, 8)] == [0, 1, 1, 2, 2, 3, 4]
+    assert len(whole) == 4
+
+
 @pytest.mark.model
 def test_chat_logprobs_end_with_the_content(server: Server, engine: tova.Engine) -> None:
     """Cut by a stop string, the content has logprobs for its own tokens only (not the stop

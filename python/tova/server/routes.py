@@ -171,13 +171,32 @@ def _logprobs_content(svc: Any, entries: List[Any]) -> Dict[str, Any]:
                         for t, lp, top in entries], "refusal": None}
 
 
-def _completion_logprobs(svc: Any, entries: List[Any], text: str, start: int) -> Dict[str, Any]:
+class _Offsets:
+    """A choice's text as it grows, and where its bytes fall in characters (the legacy
+    ``text_offset``), counted once: the bytes asked for only move forward."""
+
+    def __init__(self) -> None:
+        self.raw = bytearray()
+        self._byte = self._char = 0  # a character boundary counted so far
+
+    def add(self, text: str) -> int:
+        """Appends ``text``; returns the text's length in bytes."""
+        self.raw += text.encode("utf-8")
+        return len(self.raw)
+
+    def chars_before(self, at: int) -> int:
+        n = self._char + len(bytes(self.raw[self._byte:at]).decode("utf-8", errors="ignore"))
+        if at >= len(self.raw) or self.raw[at] & 0xC0 != 0x80:  # a boundary: count from here
+            self._byte, self._char = at, n
+        return n
+
+
+def _completion_logprobs(svc: Any, entries: List[Any], offsets: _Offsets, start: int) -> Dict[str, Any]:
     """The completions endpoint's legacy ``logprobs`` object for the ``(token, logprob, top)``
-    entries of ``text``'s tokens, the first beginning at byte ``start`` of ``text`` (the text
-    returned so far, an echoed prompt included): tokens, their log-probabilities, the likeliest
-    alternatives as ``{token: logprob}``, and where each begins in ``text`` (characters)."""
+    entries of a choice's tokens, the first beginning at byte ``start`` of its text: tokens,
+    their log-probabilities, the likeliest alternatives as ``{token: logprob}``, and where each
+    begins in the text (characters)."""
     engine = svc.engine
-    raw = text.encode("utf-8")
 
     def name(token: int) -> str:
         return engine._e.token_bytes(int(token), True).decode("utf-8", errors="replace")
@@ -187,7 +206,7 @@ def _completion_logprobs(svc: Any, entries: List[Any], text: str, start: int) ->
         out["tokens"].append(name(token))
         out["token_logprobs"].append(lp)
         out["top_logprobs"].append({name(a): b for a, b in top})
-        out["text_offset"].append(len(raw[:start].decode("utf-8", errors="ignore")))
+        out["text_offset"].append(offsets.chars_before(start))
         start += len(engine._e.token_bytes(int(token), False))
     return out
 
@@ -440,16 +459,16 @@ async def completions(request: Request) -> Response:
         echoed = set()
         # Per choice: the text sent so far, logprobs entries sent, the byte where the next
         # entry's token begins (as the chat stream's).
-        so_far = [""] * len(batch.choices)
+        so_far = [_Offsets() for _ in batch.choices]
         sent = [0] * len(batch.choices)
         begins = [0] * len(batch.choices)
 
         def chunk_logprobs(index: int, text: str) -> Optional[Dict[str, Any]]:
             if s.logprobs is None:
                 return None
-            so_far[index] += text
+            size = so_far[index].add(text)
             new, end = _in_content(svc, batch.choices[index].handle.logprobs(sent[index]),
-                                   begins[index], len(so_far[index].encode("utf-8")))
+                                   begins[index], size)
             sent[index] += len(new)
             out = _completion_logprobs(svc, new, so_far[index], begins[index])
             begins[index] = end
@@ -482,9 +501,9 @@ async def completions(request: Request) -> Response:
     def logprobs(c: Any) -> Optional[Dict[str, Any]]:
         if s.logprobs is None:  # (no echo here: refused with logprobs)
             return None
-        text = texts[c.index]
-        entries = _in_content(svc, c.handle.logprobs(), 0, len(text.encode("utf-8")))[0]
-        return _completion_logprobs(svc, entries, text, 0)
+        offsets = _Offsets()
+        entries = _in_content(svc, c.handle.logprobs(), 0, offsets.add(texts[c.index]))[0]
+        return _completion_logprobs(svc, entries, offsets, 0)
 
     return JSONResponse({
         "id": rid, "object": "text_completion", "created": created, "model": model,
