@@ -718,7 +718,7 @@ void CudaBackend::upload_weights() {
   for (const LayerWeights& L : m_.layers) {
     for (const Matrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) matrix(*w);
     for (const Vector* v : {&L.attn_norm, &L.attn_post_norm, &L.ffn_norm, &L.ffn_post_norm, &L.q_norm, &L.k_norm,
-                            &L.bq, &L.bk, &L.bv})
+                            &L.bq, &L.bk, &L.bv, &L.bo})
       vector(*v);
   }
 }

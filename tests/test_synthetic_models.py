@@ -292,6 +292,65 @@ def test_rope_frequency_factors(tmp_path):
         tova.Engine(bad)
 
 
+def test_llama_with_attention_biases(tmp_path):
+    """A llama converted with attention_bias (q, k, v and output biases): used, as llama.cpp does
+    (before, they were dropped: logits off by up to 12 of a spread of 21)."""
+    rng = np.random.default_rng(5)
+    q_dim, kv_dim, E = 4 * 16, 2 * 16, 64  # (write_llama_gguf's defaults: 4 heads, 2 KV heads)
+    biases = {}
+    for l in range(2):
+        for name, n in (("attn_q", q_dim), ("attn_k", kv_dim), ("attn_v", kv_dim), ("attn_output", E)):
+            biases[f"blk.{l}.{name}.bias"] = rng.normal(0, 0.5, n).astype(np.float32)
+    path = tmp_path / "bias.gguf"
+    write_llama_gguf(path, seed=9, extra_tensors=biases)
+    ref = LlamaRef(str(path))
+    ids = _tokens(20, 384, seed=3)
+    with _engine(path, policy="full", n_ctx=64, float_activations=True) as e:
+        got = e.eval(ids, all_logits=True)
+    np.testing.assert_allclose(got, ref.forward(ids), atol=EXACT_TOL, rtol=0)
+    bad = tmp_path / "ffn_bias.gguf"
+    write_llama_gguf(bad, seed=9, extra_tensors={"blk.0.ffn_down.bias": np.zeros(E, np.float32)})
+    with pytest.raises(tova.GGUFError, match="blk.0.ffn_down.bias': feed-forward biases .* not supported"):
+        tova.Engine(bad)
+
+
+def test_gemma3_pattern_and_local_rope_base_from_the_file(tmp_path):
+    """Gemma 3 files that state the sliding-window pattern and the local layers' RoPE base (newer
+    converters): both are used (before, 6 and 10000 whatever the file said)."""
+    path = tmp_path / "gemma3_keys.gguf"
+    write_gemma3_gguf(path, seed=4, n_layer=4, sliding_window=6,
+                      extra_kv={"gemma3.attention.sliding_window_pattern": 2,
+                                "gemma3.rope.freq_base_swa": 5000.0})
+    ref = LlamaRef(str(path))
+    assert ref.hp.swa_layers == (True, False, True, False) and ref.hp.rope_base_swa == 5000.0
+    ids = _tokens(20, 512, seed=2)
+    with _engine(path, policy="full", n_ctx=64, float_activations=True) as e:
+        got = e.eval(ids, all_logits=True)
+        assert len(e.kv_positions(0)) == 5 and len(e.kv_positions(1)) == 20
+    np.testing.assert_allclose(got, ref.forward(ids), atol=EXACT_TOL, rtol=0)
+
+
+def test_files_tova_does_not_run_say_why(tmp_path):
+    """A split GGUF part, a mixture-of-experts llama and fused q/k/v: refused naming the reason,
+    not as a missing tensor."""
+    split = tmp_path / "m-00001-of-00002.gguf"
+    write_llama_gguf(split, seed=1, extra_kv={"split.no": 0, "split.count": 2, "split.tensors.count": 10})
+    with pytest.raises(tova.GGUFError, match=r"part 1 of 2 of a split GGUF model.*llama-gguf-split --merge"):
+        tova.Engine(split)
+    moe = tmp_path / "moe.gguf"
+    write_llama_gguf(moe, seed=1, extra_kv={"llama.expert_count": 8, "llama.expert_used_count": 2})
+    with pytest.raises(tova.GGUFError, match=r"mixture-of-experts model \(llama.expert_count = 8\)"):
+        tova.Engine(moe)
+    fused = tmp_path / "fused.gguf"
+    write_llama_gguf(fused, seed=1, extra_tensors={"blk.0.attn_qkv.weight": np.zeros((128, 64), np.float32)})
+    data = bytearray(fused.read_bytes())
+    i = data.find(b"blk.0.attn_q.weight")  # (renamed away: q, k and v only in the fused matrix)
+    data[i:i + 19] = b"blk.0.attn_X.weight"
+    fused.write_bytes(bytes(data))
+    with pytest.raises(tova.GGUFError, match=r"attn_qkv.weight' holds q, k and v in one matrix"):
+        tova.Engine(fused)
+
+
 def test_unknown_architecture_lists_supported(tmp_path):
     import gguf
     path = tmp_path / "mamba.gguf"

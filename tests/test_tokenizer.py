@@ -587,8 +587,8 @@ def test_bpe_synthetic_merges_and_ignore_merges(tmp_path):
         path = write_tokenizer_gguf(tmp_path / f"{pre}.gguf", pre=pre, tokens=tokens, types=types,
                                     merges=merges,
                                     extra={"tokenizer.ggml.eos_token_id": ids["<|end|>"]})
-        tok = _core.Tokenizer(path)
-        assert tok.model == "gpt2" and tok.add_bos is False
+        tok = _core.Tokenizer(path)  # (no add_bos_token key: Llama 3's BPE adds BOS, as llama.cpp's)
+        assert tok.model == "gpt2" and tok.add_bos is (pre == "llama3")
         assert tok.encode("xyz", False, False) == want_xyz
         # " ab": "a b" (rank 0) goes before "Ġ a" (rank 2), and "Ġ ab" is no merge.
         assert tok.encode("abc ab", False, False) == [ids["abc"], ids[G], ids["ab"]]
@@ -625,17 +625,21 @@ def test_spm_synthetic_space_prefix_and_byte_fallback(tmp_path):
 
 def test_bad_tokenizer_metadata(tmp_path):
     chars = _byte_chars()
-    tokens = [chars[b] for b in range(256)]
-    path = write_tokenizer_gguf(tmp_path / "pre.gguf", pre="no-such-pre", tokens=tokens)
+    tokens = [chars[b] for b in range(256)] + ["ab"]
+    merges = ["a b"]
+    path = write_tokenizer_gguf(tmp_path / "pre.gguf", pre="no-such-pre", tokens=tokens, merges=merges)
     with pytest.raises(_core.GGUFError, match=r"no-such-pre.*supported.*smollm.*qwen2"):
         _core.Tokenizer(path)
     path = write_tokenizer_gguf(tmp_path / "model.gguf", model="bert", tokens=tokens)
     with pytest.raises(_core.GGUFError, match="bert"):
         _core.Tokenizer(path)
-    path = write_tokenizer_gguf(tmp_path / "types.gguf", tokens=tokens, types=[NORMAL] * 10)
-    with pytest.raises(_core.GGUFError, match="token_type has 10 entries, expected 256"):
+    path = write_tokenizer_gguf(tmp_path / "types.gguf", tokens=tokens, types=[NORMAL] * 10, merges=merges)
+    with pytest.raises(_core.GGUFError, match="token_type has 10 entries, expected 257"):
         _core.Tokenizer(path)
-    path = write_tokenizer_gguf(tmp_path / "bos.gguf", tokens=tokens,
+    path = write_tokenizer_gguf(tmp_path / "merges.gguf", tokens=tokens)
+    with pytest.raises(_core.GGUFError, match="'tokenizer.ggml.merges' is missing"):
+        _core.Tokenizer(path)
+    path = write_tokenizer_gguf(tmp_path / "bos.gguf", tokens=tokens, merges=merges,
                                 extra={"tokenizer.ggml.bos_token_id": 999})
     with pytest.raises(_core.GGUFError, match="bos_token_id = 999"):
         _core.Tokenizer(path)
@@ -675,3 +679,31 @@ def test_a_message_spelling_control_tokens_is_text(name, request):
         assert tok.decode(ids, True) == (before + message.replace("\ufdd0", "\ufffd") + after).encode()
     # The marks: U+FDD0 and U+FDD1 around each spelling.
     assert tok.mark_literal(f"a{spelled}b") == f"a\ufdd0{spelled}\ufdd1b"
+
+
+# ------------------------------------------------------------------------------ defaults of files without the keys
+
+
+def test_defaults_of_files_without_tokenizer_keys(tmp_path):
+    """What llama.cpp assumes when a key is absent: Llama 3's byte-level BPE adds BOS (older
+    Llama 3 files have no add_bos_token), others do not; a SentencePiece vocabulary's ids are
+    unknown 0, BOS 1, EOS 2; token scores may be int32; a byte-level BPE without merges is
+    refused (every word would fall apart into bytes)."""
+    import gguf
+    from reference.synthetic import write_gemma3_gguf, write_llama_gguf
+
+    for pre, bos in (("llama-bpe", True), ("llama3", True), ("smollm", False), ("qwen2", False)):
+        path = tmp_path / f"{pre}.gguf"
+        write_llama_gguf(path, seed=1, tokenizer_pre=pre, extra_kv={"tokenizer.ggml.add_bos_token": None})
+        assert _core.Tokenizer(str(path)).add_bos == bos, pre
+    path = tmp_path / "no_merges.gguf"
+    write_llama_gguf(path, seed=1, extra_kv={"tokenizer.ggml.merges": None})
+    with pytest.raises(ValueError, match="'tokenizer.ggml.merges' is missing"):
+        _core.Tokenizer(str(path))
+    path = tmp_path / "spm_ids.gguf"
+    model = write_gemma3_gguf(path, seed=1, extra_kv={
+        "tokenizer.ggml.bos_token_id": None, "tokenizer.ggml.eos_token_id": None,
+        "tokenizer.ggml.unknown_token_id": None,
+        "tokenizer.ggml.scores": ([int(-i) for i in range(512)], gguf.GGUFValueType.ARRAY)})
+    tok = _core.Tokenizer(str(path))  # (the integer scores read: before, a refusal)
+    assert (tok.bos_id, tok.encode("hello", True, False)[0]) == (1, 1) and len(model.tokens) == tok.n_vocab

@@ -26,16 +26,14 @@ const ArchSpec& find_arch(const std::string& name, const std::string& file) {
   throw FormatError(cat(file, ": unsupported architecture '", name, "' (supported: ", known, ")"));
 }
 
-namespace {
-
-// A float hyperparameter (its default when absent), finite and within [lo, hi]: a corrupt value
-// (NaN, say) is an error naming the key, not a model that loads and writes garbage.
 double float_hparam(const GgufFile& f, const std::string& key, double def, double lo, double hi) {
   const double v = f.get_float(key, def);
   if (!std::isfinite(v) || v < lo || v > hi)
     throw FormatError(cat(f.path(), ": hyperparameter ", key, " = ", v, " is not in [", lo, ", ", hi, "]"));
   return v;
 }
+
+namespace {
 
 void read_rope_scaling(const GgufFile& f, const std::string& a, HParams& hp) {
   std::string type = f.get_string(a + ".rope.scaling.type", "none");
@@ -77,9 +75,18 @@ int hparam(const GgufFile& f, const std::string& key, int64_t def, int64_t lo, i
 
 HParams load_hparams(const GgufFile& f) {
   HParams hp;
+  // One part of a model split by llama.cpp's gguf-split: the others hold the rest of its tensors.
+  const int64_t parts = f.get_int("split.count", 1);
+  if (parts > 1)
+    throw FormatError(cat(f.path(), ": part ", f.get_int("split.no", 0) + 1, " of ", parts,
+                          " of a split GGUF model; tova reads one file: merge the parts first "
+                          "(llama-gguf-split --merge FIRST_PART OUT.gguf)"));
   hp.arch = f.require_string("general.architecture");
   const ArchSpec& spec = find_arch(hp.arch, f.path());
   const std::string& a = hp.arch;
+  if (f.get_int(a + ".expert_count", 0) > 0)
+    throw FormatError(cat(f.path(), ": a mixture-of-experts model (", a, ".expert_count = ",
+                          f.get_int(a + ".expert_count", 0), "), which tova does not run"));
   // Every size is read as the 64-bit value the file holds and bounded before it is narrowed:
   // a hostile value fails here with its key named, not later as a wrapped int or an allocation.
   hp.n_embd = hparam(f, a + ".embedding_length", kRequired, 1, HParamLimits::kWidth);

@@ -84,5 +84,8 @@ struct HParamLimits {
 // the file; `def` when absent, or kRequired to make absence an error.
 constexpr int64_t kRequired = INT64_MIN;
 int hparam(const GgufFile& file, const std::string& key, int64_t def, int64_t lo, int64_t hi);
+// A float hyperparameter (its default when absent), finite and within [lo, hi]: a corrupt value
+// (NaN, say) is an error naming the key, not a model that loads and writes garbage.
+double float_hparam(const GgufFile& file, const std::string& key, double def, double lo, double hi);
 
 }  // namespace tova

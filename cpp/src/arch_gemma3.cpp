@@ -19,18 +19,20 @@ ArchSpec arch_gemma3() {
             // Not in the GGUF metadata; fixed by the architecture (Hugging Face Gemma3Config and
             // the Gemma 3 technical report): query_pre_attn_scalar = head_dim for the released
             // text models except the 27B (62 layers), whose configuration sets it to
-            // n_embd / n_head (168, while its head_dim is 128); local layers use RoPE base 10000
+            // n_embd / n_head (168, while its head_dim is 128). Local layers use RoPE base 10000
             // (unscaled: forward_cpu.cpp), and five sliding-window layers alternate with one
-            // global layer (sliding_window_pattern = 6: layer l is global when (l + 1) % 6 == 0).
+            // global layer (sliding_window_pattern = 6: layer l is global when (l + 1) % 6 == 0),
+            // unless the file says otherwise (newer converters write both keys).
             const int qpas = hp.n_layer == 62 ? hp.n_embd / hp.n_head : hp.head_dim;
             hp.attn_scale = 1.0f / std::sqrt(static_cast<float>(qpas));
-            hp.rope_base_swa = 10000.0f;
+            hp.rope_base_swa = static_cast<float>(float_hparam(f, "gemma3.rope.freq_base_swa", 10000.0, 1.0, 1e12));
+            const int pattern = hparam(f, "gemma3.attention.sliding_window_pattern", 6, 1, HParamLimits::kLayers);
             // 0 or absent: no sliding layers; else at most the trained context
             hp.n_swa = hparam(f, "gemma3.attention.sliding_window", 0, 0, hp.n_ctx_train);
             if (hp.n_swa > 0) {
               hp.is_swa.assign(static_cast<size_t>(hp.n_layer), true);
               for (int l = 0; l < hp.n_layer; ++l)
-                if ((l + 1) % 6 == 0) hp.is_swa[static_cast<size_t>(l)] = false;
+                if ((l + 1) % pattern == 0) hp.is_swa[static_cast<size_t>(l)] = false;
             }
           }};
 }

@@ -99,10 +99,7 @@ void Forward::step(std::vector<SeqBatch>& batch) {
     const LayerWeights& w = m_.layers[static_cast<size_t>(l)];
     const bool swa = h.is_swa_layer(l);
     const Rope& rope = swa ? rope_swa_ : rope_;
-    const bool bias = h.qkv_bias;
-    const Backend::MatJob qkv[3] = {{&w.wq, q, bias ? &w.bq : nullptr},
-                                    {&w.wk, k, bias ? &w.bk : nullptr},
-                                    {&w.wv, v, bias ? &w.bv : nullptr}};
+    const Backend::MatJob qkv[3] = {{&w.wq, q, &w.bq}, {&w.wk, k, &w.bk}, {&w.wv, v, &w.bv}};
     be_.matmul(xn, n, qkv, 3);
     if (h.qk_norm) {
       be_.rms_norm(q, w.q_norm, q, static_cast<int64_t>(n) * h.n_head, D, h.rms_eps);
@@ -123,7 +120,7 @@ void Forward::step(std::vector<SeqBatch>& batch) {
     rule.rank_rope = lp_.cache_index ? &rope : nullptr;
     attention_.run(be_, shape, rule, rows_, q, k, v, att, &cancel_);
 
-    const Backend::MatJob wo[1] = {{&w.wo, o}};
+    const Backend::MatJob wo[1] = {{&w.wo, o, &w.bo}};
     be_.matmul(att, n, wo, 1);
     if (h.post_norms) be_.rms_norm(o, w.attn_post_norm, o, n, E, h.rms_eps);
     be_.add_rms_norm(x, o, w.ffn_norm, xn, n, E, h.rms_eps);

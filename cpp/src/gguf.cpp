@@ -386,12 +386,13 @@ std::string GgufFile::require_string(std::string_view key) const {
 const GgufValue* GgufFile::find_array(std::string_view key, GgufType elem) const {
   const GgufValue* v = find(key);
   if (!v) return nullptr;
+  const auto is_float = [](GgufType t) { return t == GgufType::FLOAT32 || t == GgufType::FLOAT64; };
   bool ok = v->type == GgufType::ARRAY &&
             (v->elem_type == elem ||
-             // integer arrays of any width are accepted where integers are wanted
-             (scalar_size(elem) > 0 && elem != GgufType::FLOAT32 && elem != GgufType::FLOAT64 &&
-              scalar_size(v->elem_type) > 0 && v->elem_type != GgufType::FLOAT32 &&
-              v->elem_type != GgufType::FLOAT64));
+             // integer arrays of any width are accepted where integers are wanted, and numbers of
+             // any kind where floats are (llama.cpp reads int32 token scores)
+             (scalar_size(elem) > 0 && scalar_size(v->elem_type) > 0 &&
+              (is_float(elem) ? v->elem_type != GgufType::BOOL : !is_float(v->elem_type))));
   if (!ok)
     throw FormatError(cat(path_, ": metadata '", key, "' should be an array of ",
                           gguf_type_name(elem), ", found ",

@@ -30,15 +30,23 @@ Model::Model(const std::string& path) : file_(path), hp_(load_hparams(file_)) {
     LayerWeights& w = layers[static_cast<size_t>(l)];
     const std::string p = cat("blk.", l, ".");
     w.attn_norm = vector(p + "attn_norm.weight", E);
+    if (file_.find_tensor(p + "attn_qkv.weight") && !file_.find_tensor(p + "attn_q.weight"))
+      throw FormatError(cat(path, ": tensor '", p, "attn_qkv.weight' holds q, k and v in one matrix, which "
+                            "tova does not read (it needs attn_q, attn_k and attn_v)"));
     w.wq = matrix(p + "attn_q.weight", E, q_out);
     w.wk = matrix(p + "attn_k.weight", E, kv_out);
     w.wv = matrix(p + "attn_v.weight", E, kv_out);
     w.wo = matrix(p + "attn_output.weight", q_out, E);
-    if (h.qkv_bias) {
-      w.bq = vector(p + "attn_q.bias", q_out);
-      w.bk = vector(p + "attn_k.bias", kv_out);
-      w.bv = vector(p + "attn_v.bias", kv_out);
-    }
+    // Attention biases: qwen2 has q, k and v's; any architecture may carry them and o's (a
+    // llama converted with attention_bias), used when present.
+    w.bq = vector(p + "attn_q.bias", q_out, h.qkv_bias);
+    w.bk = vector(p + "attn_k.bias", kv_out, h.qkv_bias);
+    w.bv = vector(p + "attn_v.bias", kv_out, h.qkv_bias);
+    w.bo = vector(p + "attn_output.bias", E, /*required=*/false);
+    for (const char* ffn : {"ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"})
+      if (file_.find_tensor(p + ffn))
+        throw FormatError(cat(path, ": tensor '", p, ffn, "': feed-forward biases (a model converted with "
+                              "mlp_bias) are not supported"));
     if (h.qk_norm) {
       w.q_norm = vector(p + "attn_q_norm.weight", D);
       w.k_norm = vector(p + "attn_k_norm.weight", D);

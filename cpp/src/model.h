@@ -34,7 +34,7 @@ struct LayerWeights {
   Vector attn_norm, attn_post_norm, ffn_norm, ffn_post_norm;
   Vector q_norm, k_norm;  // per-head norms (head_dim)
   Matrix wq, wk, wv, wo;
-  Vector bq, bk, bv;
+  Vector bq, bk, bv, bo;  // attention biases (empty: none)
   Matrix w_gate, w_up, w_down;
 };
 

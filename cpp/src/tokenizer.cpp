@@ -57,6 +57,11 @@ TokenizerData Tokenizer::read_gguf(const GgufFile& file) {
   if (const GgufValue* merges = file.find_array("tokenizer.ggml.merges", GgufType::STRING)) {
     d.merges.reserve(merges->strings.size());
     for (std::string_view m : merges->strings) d.merges.emplace_back(m);
+  } else if (d.model == "gpt2") {
+    // (files written by converters that did not understand a tokenizer's merges: without them
+    // every word falls apart into bytes; llama.cpp refuses them too)
+    throw FormatError(cat(file.path(), ": required metadata 'tokenizer.ggml.merges' is missing (a byte-level "
+                          "BPE tokenizer needs its merges; convert the model again with a current converter)"));
   }
   d.bos_id = read_id(file, "tokenizer.ggml.bos_token_id");
   d.eos_id = read_id(file, "tokenizer.ggml.eos_token_id");
@@ -74,11 +79,20 @@ TokenizerData Tokenizer::read_gguf(const GgufFile& file) {
     d.fim_ids[k] = read_id(file, fim_keys[k][0]);
     if (d.fim_ids[k] < 0 && fim_keys[k][1]) d.fim_ids[k] = read_id(file, fim_keys[k][1]);
   }
-  // SentencePiece models add BOS and a leading space unless told otherwise; BPE models do not
-  // (the defaults llama.cpp applies when the keys are absent).
+  // SentencePiece models add BOS and a leading space unless told otherwise; BPE models do not,
+  // except Llama 3's (the defaults llama.cpp applies when the keys are absent: older Llama 3
+  // files have no add_bos_token key). SentencePiece files without the ids get llama.cpp's
+  // defaults: unknown 0, BOS 1, EOS 2.
   const bool spm = d.model == "llama";
-  d.add_bos = file.get_bool("tokenizer.ggml.add_bos_token", spm);
+  PreTokenizer pre = PreTokenizer::Default;
+  const bool llama3 = !spm && parse_pre_tokenizer(d.pre, &pre) && pre == PreTokenizer::Llama3;
+  d.add_bos = file.get_bool("tokenizer.ggml.add_bos_token", spm || llama3);
   d.add_space_prefix = file.get_bool("tokenizer.ggml.add_space_prefix", spm);
+  if (spm && d.tokens.size() > 2) {
+    if (!file.find("tokenizer.ggml.unknown_token_id")) d.unk_id = 0;
+    if (!file.find("tokenizer.ggml.bos_token_id")) d.bos_id = 1;
+    if (!file.find("tokenizer.ggml.eos_token_id")) d.eos_id = 2;
+  }
   return d;
 }
 

@@ -46,7 +46,8 @@ _ARCHS = {
     "llama": {"rope_neox": False, "embd_scale": False, "act": "silu", "swa_period": 0},
     "qwen2": {"rope_neox": True, "embd_scale": False, "act": "silu", "swa_period": 0},
     # Gemma 3: layers il with (il + 1) % 6 != 0 use sliding-window attention (llama.cpp's and HF's
-    # pattern); their RoPE base is fixed at 10000 (not in the GGUF metadata).
+    # pattern); their RoPE base is 10000 (both unless the file's attention.sliding_window_pattern
+    # and rope.freq_base_swa say otherwise).
     "gemma3": {"rope_neox": True, "embd_scale": True, "act": "gelu_tanh", "swa_period": 6,
                "rope_base_swa": 10000.0},
 }
@@ -104,7 +105,8 @@ def read_hparams(reader: gguf.GGUFReader) -> Hparams:
     n_swa, swa_layers = 0, ()
     if a["swa_period"]:
         n_swa = int(_field(reader, p + "attention.sliding_window"))
-        swa_layers = tuple((il + 1) % a["swa_period"] != 0 for il in range(n_layer))
+        period = int(_field(reader, p + "attention.sliding_window_pattern", a["swa_period"]))
+        swa_layers = tuple((il + 1) % period != 0 for il in range(n_layer))
     factor, yarn = 1.0, None
     scaling = _field(reader, p + "rope.scaling.type", "none")
     if scaling == "linear":
@@ -133,7 +135,7 @@ def read_hparams(reader: gguf.GGUFReader) -> Hparams:
         embd_scale=float(np.sqrt(n_embd)) if a["embd_scale"] else 1.0,
         n_swa=n_swa,
         swa_layers=swa_layers,
-        rope_base_swa=float(a.get("rope_base_swa", 10000.0)),
+        rope_base_swa=float(_field(reader, p + "rope.freq_base_swa", a.get("rope_base_swa", 10000.0))),
         rope_linear_factor=factor,
         rope_yarn=yarn,
     )
@@ -337,6 +339,7 @@ class LlamaRef:
                 "bk": get(b + "attn_k.bias", (kv_dim,), required=False),
                 "bv": get(b + "attn_v.bias", (kv_dim,), required=False),
                 "wo": get(b + "attn_output.weight", (hp.n_embd, q_dim)),
+                "bo": get(b + "attn_output.bias", (hp.n_embd,), required=False),
                 "q_norm": get(b + "attn_q_norm.weight", (hp.head_dim,), required=False),
                 "k_norm": get(b + "attn_k_norm.weight", (hp.head_dim,), required=False),
                 "post_attn_norm": get(b + "post_attention_norm.weight", (hp.n_embd,),
@@ -511,6 +514,8 @@ class LlamaRef:
                 q, k = self.rope(q, pos, li), self.rope(k, pos, li)
             cache.append(li, k, v.reshape(n, hp.n_head_kv, hp.head_dim), pos)
             a = self._attention(li, q, pos, cache, hook, by_rank=positions == "cache_index") @ L["wo"].T
+            if L["bo"] is not None:
+                a = a + L["bo"]
             if L["post_attn_norm"] is not None:
                 a = _rms_norm(a, L["post_attn_norm"], hp.rms_eps)
             x = x + a

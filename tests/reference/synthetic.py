@@ -358,9 +358,13 @@ def _random_init(rng: np.random.Generator):
 
 def _add_extra_kv(w, extra_kv) -> None:
     """Metadata added (or overriding what the writer put there: gguf's writer keeps the last
-    value of a key): str, float (float32), int (uint32), list of str, or (value, GGUFValueType)."""
+    value of a key): str, float (float32), int (uint32), list of str, or (value, GGUFValueType);
+    None removes the key (a file written without it)."""
     for key, value in (extra_kv or {}).items():  # e.g. RoPE scaling keys
-        if isinstance(value, tuple):
+        if value is None:
+            for kv in w.kv_data:
+                kv.pop(key, None)
+        elif isinstance(value, tuple):
             w.add_key_value(key, value[0], value[1])
         elif isinstance(value, str):
             w.add_string(key, value)
