@@ -233,6 +233,27 @@ def test_cuda_runs_builtin_policies_on_the_device(tmp_path, monkeypatch, policy,
 
 @pytest.mark.cuda
 @needs_gpu
+def test_cuda_llama_attention_biases(tmp_path):
+    """A llama with q, k, v and output biases (attention_bias): the device adds them as the CPU
+    does, in the prompt's products and in captured decode steps."""
+    rng = np.random.default_rng(6)
+    biases = {f"blk.{l}.{name}.bias": rng.normal(0, 0.5, n).astype(np.float32)
+              for l in range(2) for name, n in (("attn_q", 64), ("attn_k", 32), ("attn_v", 32),
+                                                 ("attn_output", 64))}
+    path = tmp_path / "bias.gguf"
+    write_llama_gguf(path, seed=9, weight_type="Q8_0", extra_tensors=biases)
+    cpu, gpu = _pair(path, policy="tova", kv_size=24, chunk=8)
+    with cpu, gpu:
+        ids = _ids(30, cpu.n_vocab, seed=4)
+        want, got = cpu.eval(ids, all_logits=True), gpu.eval(ids, all_logits=True)
+        np.testing.assert_allclose(got, want, atol=TOL * max(1.0, float(np.abs(want).max())), rtol=0)
+        for t in _ids(12, cpu.n_vocab, seed=5):
+            np.testing.assert_allclose(gpu.eval([t]), cpu.eval([t]), atol=TOL * max(1.0, float(np.abs(want).max())),
+                                       rtol=0)
+
+
+@pytest.mark.cuda
+@needs_gpu
 def test_cuda_gemma3_sliding_layers(tmp_path):
     """Gemma 3's shape (sliding-window layers, GELU, post norms, tied output) on the GPU."""
     path = tmp_path / "g.gguf"
