@@ -142,6 +142,31 @@ MESSAGES = [{"role": "user", "content": "hi"}]
     ("{{ range(10) | batch(1) | list | length }}{{ [1] | batch(1000000000) | list }}", "loops"),
     ("{{ '%*s' % (2147483647, 'a') }}", "width from an argument"),
     ("{{ messages | tojson(indent=100000000) }}", "tojson indent"),
+    # a tuple nested deeply enough crashes Python when hashed (no recursion check in C): what a
+    # namespace keeps is nested at most 32 deep, and holds at most its share of characters
+    ("{% set ns = namespace(t=()) %}{% for i in range(200000) %}{% set ns.t = (ns.t,) %}{% endfor %}"
+     "{{ {ns.t: 1} | length }}", "nested more than 32 deep"),
+    ("{% set big = 'x' * 8000000 %}{% set ns = namespace(l=[]) %}{% for i in range(200) %}"
+     "{% set ns.l = ns.l + [big ~ i] %}{% endfor %}", "namespace value would be more than"),
+    ("{% set big = 'x' * 8000000 %}{% set ns = namespace() %}{% set ns.a = big ~ 1 %}{% set ns.b = big ~ 2 %}"
+     "{% set ns.c = big ~ 3 %}{% set ns.d = big ~ 4 %}{% set ns.e = big ~ 5 %}", "namespace values would hold"),
+    # text made of many copies of one long string, refused before it is made
+    ("{{ ('{0}' * 200).format('x' * 8000000) | length }}", "format with 200 places"),
+    ("{{ (('%(a)s' * 200) % {'a': 'x' * 8000000}) | length }}", "format with 200 places"),
+    ("{{ ('{0:>8000000}' * 200).format('') | length }}", "format pads"),
+    ("{{ '{0:>{1}}'.format('', 1600000000) | length }}", "format pads"),
+    ("{{ ('a\n' * 200) | indent('x' * 8000000) | length }}", "indent filter would make"),
+    ("{% set big = 'x' * 8000000 %}{{ ([big] * 200) | join | length }}", "joined text"),
+    ("{% set big = 'x' * 8000000 %}{{ ''.join([big] * 200) | length }}", "joined text"),
+    ("{% set big = 'x' * 8000000 %}{{ big.replace('x', 'x' * 200) | length }}", "replace would make"),
+    ("{% set big = 'x' * 8000000 %}{{ ([big] * 200) | tojson | length }}", "tojson's text"),
+    ("{% set big = 'x' * 8000000 %}{{ ([big] * 200) | string | length }}", "string filter's text"),
+    ("{% set big = 'x' * 8000000 %}{{ [big] * 200 }}", "printed value"),
+    ("{% set big = 'x' * 8000000 %}{{ 'a' ~ [big] * 200 }}", "printed value"),
+    ("{{ strftime_now('%1000000000Y') }}", "strftime_now pads"),
+    # time: each operation on an 8M-item value takes seconds; the rendering stops at 5 s
+    ("{% set l = ('x' * 8000000) | list %}{% for i in range(1000) %}{% if l | sort | first %}{% endif %}"
+     "{% endfor %}ok", "rendering took more than 5 s"),
     # the template's own failures at run time are ValueErrors too
     ("{{ 1 / 0 }}", "ZeroDivisionError"),
     ("{{ 'abc' | truncate(-1) }}", "AssertionError"),
@@ -157,6 +182,11 @@ def test_hostile_chat_templates_fail_fast(template, pattern):
 def test_template_limits_leave_real_templates_alone():
     ok = "{% for m in messages %}{% for i in range(3) %}{{ m['content'] }}{% endfor %}{% endfor %}"
     assert render_template(ok, MESSAGES * 10) == "hi" * 30
+    # namespaces as real templates use them: flags, indexes, a text growing turn by turn
+    kept = ("{% set ns = namespace(n=0, seen=false, text='') %}{% for m in messages %}"
+            "{% set ns.n = ns.n + 1 %}{% set ns.seen = true %}{% set ns.text = ns.text ~ m['content'] %}"
+            "{% endfor %}{{ ns.n }} {{ ns.text | length }} {{ '%s-%s' % (ns.n, 'x') }} {{ '{0}'.format(ns.n) }}")
+    assert render_template(kept, [{"role": "user", "content": "y" * 1000}] * 2000) == "2000 2000000 2000-x 2000"
     # the loop budget is per render, not per process: 4 x (90000 + 90000) items per render (each
     # range() and its loop), five renders
     loops = "{% for i in range(90000) %}{% endfor %}" * 4
@@ -189,3 +219,17 @@ def test_model_text_that_is_not_utf8_loads(tmp_path):
         assert "\ufffd<|im_end|>" in info["chat_template"]
         e.chat([{"role": "user", "content": "hi"}], max_tokens=2)
 
+
+
+def test_jinja2_whose_sandbox_leaks_is_refused(monkeypatch):
+    """jinja2 before 3.1.6 lets a template escape its sandbox (CVE-2025-27516: '|attr("format")'
+    reads the process's environment): refused, saying how to upgrade."""
+    import jinja2
+
+    from tova._template_sandbox import jinja2_module
+
+    monkeypatch.setattr(jinja2, "__version__", "3.1.5")
+    with pytest.raises(ImportError, match=r"jinja2 >= 3.1.6 .*CVE-2025-27516"):
+        jinja2_module()
+    monkeypatch.setattr(jinja2, "__version__", "3.1.6")
+    assert jinja2_module() is jinja2
