@@ -379,6 +379,9 @@ def test_usage_of_several_prompts_streamed_or_not(server: Server, engine: tova.E
     ("/v1/completions", {"prompt": "x", "seed": 2 ** 63}, 400, "seed"),  # (OpenAI: an int64)
     ("/v1/completions", {"prompt": "x", "top_k": 2 ** 31}, 400, "top_k"),
     ("/v1/completions", {"prompt": "x", "stop": ["ok", "\ud800"]}, 400, "stop"),
+    # checked after every token of every sequence: bounded, so that one request cannot slow all
+    ("/v1/completions", {"prompt": "x", "stop": ["s%d" % i for i in range(17)]}, 400, "stop"),
+    ("/v1/completions", {"prompt": "x", "stop": "s" * 1025}, 400, "stop"),
     ("/v1/completions", b'{"prompt": "x", "temperature": NaN}', 400, "temperature"),
     ("/v1/chat/completions", b'{"messages": ' + b"[" * 100000 + b"]" * 100000 + b"}", 400, None),
     ("/v1/completions", b'{"prompt": "' + b"a" * (9 << 20) + b'"}', 413, None),  # over 8 MiB
@@ -527,6 +530,37 @@ def test_methods(server: Server) -> None:
     pre = httpx.options(server.base + "/v1/chat/completions",
                         headers={"Origin": "https://example.com", "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in pre.headers
+
+
+@pytest.mark.model
+def test_host_header_on_a_loopback_address(server: Server) -> None:
+    """Served on 127.0.0.1, the API answers requests for its own address only: a page whose
+    name resolves to this machine (DNS rebinding) gets a 421, not the model's answers."""
+    for host in ("127.0.0.1", "localhost", f"localhost:{server.port}", f"127.0.0.1:{server.port}", "[::1]:1"):
+        assert httpx.get(server.base + "/v1/models", headers={"Host": host}).status_code == 200, host
+    for host in ("evil.example", f"evil.example:{server.port}", "127.0.0.1.evil.example"):
+        r = httpx.get(server.base + "/v1/models", headers={"Host": host})
+        assert r.status_code == 421 and r.json()["error"]["code"] == "misdirected_request", host
+
+
+@pytest.mark.model
+def test_an_empty_api_key_is_refused_and_exposure_is_said(smollm2_path: Path) -> None:
+    """An empty key (an unset secret in $TOVA_API_KEY, say) is a usage error, not an open API;
+    listening beyond this machine without a key is said at start."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TOVA_API_KEY="")
+    r = subprocess.run([sys.executable, "-m", "tova", "serve", "-m", str(smollm2_path), "--port", "0"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 2 and "--api-key (or $TOVA_API_KEY) is empty" in r.stderr, r.stderr
+    s = Server(smollm2_path, "--n-seq", "1", "--host", "0.0.0.0")
+    try:
+        assert httpx.get(s.base + "/v1/models", headers={"Host": "anything.example"}).status_code == 200
+    finally:
+        s.stop()
+    out = s.proc.stdout.read() if s.proc.stdout else ""
+    assert "listening on 0.0.0.0 without --api-key" in out, out
 
 
 @pytest.mark.model
@@ -750,7 +784,7 @@ def test_disconnected_client_counted_499(server: Server) -> None:
     body = json.dumps({"messages": [{"role": "user", "content": "Count to 1000."}],
                        "max_tokens": 3000, "ignore_eos": True}).encode()
     with socket.create_connection((HOST, server.port)) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                      b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         assert _wait_active(server, 1) == 1
     deadline = time.time() + 10

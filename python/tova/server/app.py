@@ -55,6 +55,11 @@ class _Gate:
 
         limit = self.service.config.max_requests
         try:
+            if not self._host_allowed(scope):
+                await self._send_error(send_counting, 421, error_body(
+                    "this server answers requests for its own address only (the Host header names "
+                    "another: a DNS-rebinding page?)", "invalid_request_error", None, "misdirected_request"), [])
+                return
             if self.inside >= limit:
                 await self._send_error(send_counting, 503, error_body(
                     f"the server is handling {limit} requests at once, its limit (--max-connections); "
@@ -72,6 +77,20 @@ class _Gate:
                 self.inside -= 1
         finally:
             self.service.metrics.request(endpoint, status["code"])
+
+    def _host_allowed(self, scope: Scope) -> bool:
+        allowed = self.service.config.allowed_hosts
+        if not allowed:
+            return True
+        for name, value in scope.get("headers", []):
+            if name == b"host":
+                host = value.decode("latin-1").strip().lower()
+                if host.startswith("["):  # [::1]:8080
+                    host = host[1:host.find("]")] if "]" in host else host
+                else:
+                    host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+                return host in allowed
+        return False  # (HTTP/1.1 requires a Host header)
 
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope.get("headers", []):

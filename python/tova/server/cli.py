@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import socket
 import sys
@@ -101,6 +102,16 @@ def _server_class(uvicorn: Any) -> Any:
     return Server
 
 
+def _is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name: whatever it resolves to, not known to be private
+        return False
+
+
 def _listen(host: str, port: int) -> socket.socket:
     """A socket bound to host:port (port 0: any free one), as uvicorn binds its own."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -139,6 +150,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if v is not None and v < (0 if name in ("max_queue", "max_prompt_tokens") else 1):
             print(f"tova serve: --{name.replace('_', '-')} must be positive", file=sys.stderr)
             return 2
+    if args.api_key is not None and not args.api_key.strip():  # (an unset secret, say: not "no key")
+        print("tova serve: --api-key (or $TOVA_API_KEY) is empty: give a key, or leave it unset to "
+              "serve without one", file=sys.stderr)
+        return 2
     # The address first: a port in use or a host that does not resolve is told before the model
     # loads (seconds), as a line of ours, exit status 1.
     try:
@@ -169,8 +184,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               file=sys.stderr)
     max_prompt = (default_max_prompt_tokens(engine) if args.max_prompt_tokens is None
                   else args.max_prompt_tokens)
+    loopback = _is_loopback(args.host)
+    if not loopback and args.api_key is None:
+        print(f"tova serve: listening on {args.host} without --api-key: anyone who can reach this "
+              "address can use the API", file=sys.stderr)
     config = ServeConfig(model_id=args.model_id or _model_id(args.model), max_queue=args.max_queue,
-                         max_prompt_tokens=max_prompt, api_key=args.api_key or None,
+                         max_prompt_tokens=max_prompt, api_key=args.api_key,
+                         allowed_hosts=("localhost", "127.0.0.1", "::1") if loopback else (),
                          default_max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes,
                          max_requests=args.max_connections,
                          cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()))

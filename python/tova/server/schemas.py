@@ -119,17 +119,29 @@ def _kind(v: Any) -> str:
     return names.get(type(v), type(v).__name__)
 
 
+# Stop strings are checked after every token of every running sequence: a request may not make
+# that work unbounded for the others (OpenAI takes 4).
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 1024
+
+
 def _stop(body: Mapping[str, Any]) -> List[str]:
     v = body.get("stop")
     if v is None:
         return []
     if isinstance(v, str):
-        return [_text("stop", v)] if v else []
-    if isinstance(v, list) and all(isinstance(s, str) for s in v):
-        for s in v:
-            _text("stop", s)
-        return [s for s in v if s]
-    raise invalid("'stop' must be a string or an array of strings", "stop", "invalid_type")
+        v = [v]
+    if not (isinstance(v, list) and all(isinstance(s, str) for s in v)):
+        raise invalid("'stop' must be a string or an array of strings", "stop", "invalid_type")
+    if len(v) > MAX_STOP_STRINGS:
+        raise invalid(f"'stop' has {len(v)} strings; this server takes at most {MAX_STOP_STRINGS}",
+                      "stop", "invalid_value")
+    for s in v:
+        _text("stop", s)
+        if len(s) > MAX_STOP_CHARS:
+            raise invalid(f"a 'stop' string has {len(s)} characters; this server takes at most "
+                          f"{MAX_STOP_CHARS}", "stop", "invalid_value")
+    return [s for s in v if s]
 
 
 def _text(name: str, value: str) -> str:

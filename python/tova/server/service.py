@@ -54,6 +54,10 @@ class ServeConfig:
             503 with an OpenAI-shaped error (``tova serve --max-connections``).
         cors_origins: web origins whose pages may call the API from a browser (CORS; ``"*"``:
             any); empty: none (no CORS headers).
+        allowed_hosts: the names a request's ``Host`` header may give (any port); others are
+            answered 421. Empty: any. ``tova serve`` on a loopback address allows only
+            ``localhost``, ``127.0.0.1`` and ``::1``, so that a web page whose name resolves to
+            this machine (DNS rebinding) cannot read the API.
     """
     model_id: str
     max_queue: int = 64
@@ -64,6 +68,7 @@ class ServeConfig:
     max_body_bytes: int = 8 << 20
     max_requests: int = 1024
     cors_origins: Tuple[str, ...] = ()
+    allowed_hosts: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _check.text("model_id", self.model_id):
@@ -81,6 +86,9 @@ class ServeConfig:
                 isinstance(o, str) and o for o in self.cors_origins):
             raise TypeError("cors_origins must be a sequence of origins (strings), e.g. ('https://example.com',)")
         self.cors_origins = tuple(self.cors_origins)
+        if isinstance(self.allowed_hosts, str) or not all(isinstance(h, str) and h for h in self.allowed_hosts):
+            raise TypeError("allowed_hosts must be a sequence of host names (strings), e.g. ('localhost',)")
+        self.allowed_hosts = tuple(h.lower() for h in self.allowed_hosts)
 
 
 def cache_tokens(engine: Engine) -> Tuple[str, int]:
