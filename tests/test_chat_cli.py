@@ -428,3 +428,16 @@ def test_a_message_spelling_the_turn_end_is_text(smollm2_path):
     assert first["prompt_tokens"] == json.loads(alone.stdout)["prompt_tokens"] + n_text
     assert marked["prompt_tokens"] < first["prompt_tokens"]  # (only the new turn was read)
     assert plain["completion_tokens"] > 0
+
+
+def test_a_template_of_many_system_heads_starts_at_once(tmp_path):
+    """The default system prompt is looked for in one pass over the template: 200,000
+    '<|im_start|>system' heads with one end took the old search minutes (quadratic), so a
+    hostile model file stalled `tova chat` before its first prompt."""
+    from reference.synthetic import write_llama_gguf
+
+    path = tmp_path / "heads.gguf"
+    write_llama_gguf(path, extra_kv={"tokenizer.chat_template": "<|im_start|>system\n'" * 200_000 + "<|im_end|>"})
+    r = run_chat("-m", path, "-n", "2", "--temp", "0", "-t", "1", "--json", stdin="hi\n", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["completion_tokens"] >= 1

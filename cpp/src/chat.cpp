@@ -129,7 +129,10 @@ std::optional<ChatFamily> chat_family_from_template(const std::string& tmpl) {
 std::string chatml_default_system(const std::string& tmpl) {
   // A literal string in the template: '<|im_start|>system' + newline (real or escaped) + plain
   // text + '<|im_end|>'. Text holding quotes, braces or '+' is template code, not a literal.
+  // One pass whatever the template holds: the next '<|im_end|>' and the next character a literal
+  // cannot hold only move forward (a hostile template of many heads and no end took minutes).
   const std::string head = "<|im_start|>system";
+  size_t end = 0, bad = 0;
   for (size_t at = tmpl.find(head); at != std::string::npos; at = tmpl.find(head, at + 1)) {
     size_t p = at + head.size();
     if (tmpl.compare(p, 1, "\n") == 0) {
@@ -139,10 +142,11 @@ std::string chatml_default_system(const std::string& tmpl) {
     } else {
       continue;
     }
-    const size_t end = tmpl.find("<|im_end|>", p);
+    if (end < p) end = tmpl.find("<|im_end|>", p);
     if (end == std::string::npos) break;
+    if (bad < p) bad = tmpl.find_first_of("'\"{}+", p);
+    if (end == p || bad < end) continue;
     const std::string text = tmpl.substr(p, end - p);
-    if (text.empty() || text.find_first_of("'\"{}+") != std::string::npos) continue;
     std::string out;  // undo the jinja string escapes a literal may use
     for (size_t i = 0; i < text.size(); ++i) {
       if (text[i] == '\\' && i + 1 < text.size()) {
