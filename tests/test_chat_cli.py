@@ -68,9 +68,28 @@ def test_piped_commands_save_reset_stats(smollm2_path, tmp_path):
 
 
 @pytest.mark.model
+def test_save_writes_a_new_file_only(smollm2_path, tmp_path):
+    """/save makes a new file, its owner's alone, and never overwrites one nor writes through a
+    link: a prompt file piped in cannot turn '/save ~/.bashrc' into a damaged file."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "elsewhere.json")
+    new = tmp_path / "new.json"
+    for target, said in ((victim, f"/save: {victim} exists"), (link, f"/save: {link} exists")):
+        r = run_chat("-m", smollm2_path, "--temp", "0", "-n", "2", "-t", "1", stdin=f"Hi\n/save {target}\n")
+        assert r.returncode == 1 and said in r.stderr, r.stderr  # (piped: an error ends the run)
+    assert victim.read_text() == "keep me\n" and not (tmp_path / "elsewhere.json").exists()
+    r = run_chat("-m", smollm2_path, "--temp", "0", "-n", "2", "-t", "1", stdin=f"Hi\n/save {new}\n")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(new.read_text())["messages"][0] == {"role": "user", "content": "Hi"}
+    assert (new.stat().st_mode & 0o777) == 0o600
+
+
+@pytest.mark.model
 def test_multiline_message_with_backslash(smollm2_path):
     r = run_chat("-m", smollm2_path, "--temp", "0", "-n", "8", "--json",
-                 stdin="Say hi\\\nto me\n/save /dev/stdout\n")
+                 stdin="Say hi\\\nto me\n/save -\n")
     assert r.returncode == 0, r.stderr
     saved = json.loads(r.stdout[r.stdout.index("\n") + 1:])
     assert saved["messages"][0] == {"role": "user", "content": "Say hi\nto me"}

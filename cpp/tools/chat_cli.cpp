@@ -2,14 +2,16 @@
 // piped), streams the replies, and keeps the conversation in the engine's fixed KV store.
 #include "chat_cli.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
-#include <fstream>
+#include <cstring>
 #include <map>
 #include <set>
 
@@ -61,7 +63,7 @@ const char* kCommandHelp = R"(commands:
   /reset          start a new conversation (the system prompt stays)
   /stats          KV occupancy per layer, tokens so far, evictions, the last reply's speed
   /system [TEXT]  show the system prompt, or set it (applies from the next message)
-  /save FILE      write the conversation to FILE as JSON
+  /save FILE      write the conversation to a new file FILE as JSON (-: standard output)
   /help           this list
   /quit           leave (Ctrl-D too)
 A line ending in \ continues on the next line; //text sends /text as a message. At the terminal
@@ -384,10 +386,32 @@ void ChatProgram::save(const std::string& path) {
     out += cat(i ? "," : "", "\n    {\"role\": ", json_string(msgs[i].role),
                ", \"content\": ", json_string(msgs[i].content), "}");
   out += msgs.empty() ? "]\n}\n" : "\n  ]\n}\n";
-  std::ofstream f(path, std::ios::binary);
-  f << out;
-  f.close();
-  if (!f) throw Error(cat("/save: cannot write ", path));
+  if (path == "-") {  // standard output
+    if (std::fwrite(out.data(), 1, out.size(), stdout) != out.size() || std::fflush(stdout) != 0)
+      throw Error("/save: cannot write to standard output");
+    return;
+  }
+  // A new file only, readable by its owner, never through a symbolic link: a /save line in
+  // piped input (a prompt file from elsewhere) cannot overwrite ~/.bashrc.
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == EEXIST)
+      throw Error(cat("/save: ", path, " exists; /save writes a new file (choose another name)"));
+    throw Error(cat("/save: cannot write ", path, ": ", std::strerror(err)));
+  }
+  size_t done = 0;
+  while (done < out.size()) {
+    const ssize_t n = ::write(fd, out.data() + done, out.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = errno;
+      ::close(fd);
+      throw Error(cat("/save: cannot write ", path, ": ", std::strerror(err)));
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::close(fd) != 0) throw Error(cat("/save: cannot write ", path, ": ", std::strerror(errno)));
   note(cat("[saved ", msgs.size(), " messages to ", path, "]"));
 }
 
