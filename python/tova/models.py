@@ -18,11 +18,13 @@ Command line (the ``tova pull`` / ``tova list`` CLI calls this)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional, Sequence, Union
 
@@ -117,9 +119,16 @@ def _write_stamp(target: Path, sha256: str) -> None:
              "inode": st.st_ino}
     path = _stamp_path(target)
     try:
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(stamp), encoding="utf-8")
-        os.replace(tmp, path)
+        # A new file of an unguessable name (never one planted there, nor through a link)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(stamp))
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     except OSError:
         pass
 
