@@ -503,6 +503,19 @@ def test_a_huge_conversation_does_not_stall_other_clients(server: Server) -> Non
 
 
 @pytest.mark.model
+def test_a_body_a_web_page_could_send_unasked_is_415(server: Server) -> None:
+    """text/plain and multipart bodies (what a page on another site may send without a CORS
+    preflight) are refused; JSON, and curl's default label for -d, are read."""
+    body = json.dumps({"prompt": "hi", "max_tokens": 1}).encode()
+    for kind in ("text/plain", "text/plain; charset=utf-8", "multipart/form-data; boundary=x"):
+        r = httpx.post(server.base + "/v1/completions", content=body, headers={"Content-Type": kind})
+        assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type", kind
+    for kind in ("application/json", "application/x-www-form-urlencoded"):
+        r = httpx.post(server.base + "/v1/completions", content=body, headers={"Content-Type": kind})
+        assert r.status_code == 200, (kind, r.text)
+
+
+@pytest.mark.model
 def test_compressed_body_is_415(server: Server) -> None:
     """A body sent with Content-Encoding (gzip) is refused as such, not as broken JSON."""
     body = gzip.compress(json.dumps({"prompt": "hi", "max_tokens": 1}).encode())

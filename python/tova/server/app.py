@@ -170,9 +170,9 @@ def create_app(engine: Engine, config: Optional[ServeConfig] = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("request failed")
-        return _ErrorJSON(error_body(f"internal error: {exc}", "server_error", None, None),
-                          status_code=500)
+        log.exception("request failed")  # (what failed is in the server's log, not the answer)
+        return _ErrorJSON(error_body("internal error (the server's log says what failed)",
+                                     "server_error", None, None), status_code=500)
 
     app.add_middleware(_Gate, service=service)  # type: ignore[arg-type]
     if config.cors_origins:  # outside the key check: a browser's preflight carries no key

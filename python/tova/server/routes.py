@@ -46,6 +46,12 @@ async def _json_body(request: Request) -> Any:
         raise APIError(415, f"the request body is encoded '{encoding}'; this server reads only "
                        "uncompressed JSON (send it without Content-Encoding)",
                        code="unsupported_content_encoding")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind in ("text/plain", "multipart/form-data"):
+        # (what a web page may send anywhere without asking: a form or a no-cors fetch, which
+        # could make this server work for a page on another site)
+        raise APIError(415, f"the request body is sent as '{kind}'; send JSON "
+                       "(Content-Type: application/json)", code="unsupported_media_type")
     limit = _service(request).config.max_body_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
