@@ -195,9 +195,9 @@ def test_tier_settings_refused_clearly(smollm2_path):
         _engine(smollm2_path, kv_size=64, kv_lo_type="q4_0/q4_0/q4_0", kv_hi_size=8)
     with pytest.raises(ValueError, match="cache_index"):
         _engine(smollm2_path, kv_size=64, kv_lo_type="q4_0", kv_hi_size=8, positions="cache_index")
-    with pytest.raises(ValueError, match=r"kv_lo_type \(keys\) q3_0: q3_0 is for values only"):
+    with pytest.raises(ValueError, match=r"kv_lo_type_k \(kv_lo_type's keys\) q3_0: q3_0 is for values only"):
         _engine(smollm2_path, kv_size=64, kv_lo_type="q3_0", kv_hi_size=8)
-    with pytest.raises(ValueError, match=r"kv_type \(keys\) q3_0: q3_0 is for values only"):
+    with pytest.raises(ValueError, match=r"kv_type_k \(kv_type's keys\) q3_0: q3_0 is for values only"):
         _engine(smollm2_path, kv_size=64, kv_type="q3_0")
     with pytest.raises(ValueError, match="kv_hi_size must be >= 1"):
         _engine(smollm2_path, kv_size=64, kv_lo_type="q4_0", kv_hi_size=0)
