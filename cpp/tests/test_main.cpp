@@ -30,13 +30,16 @@
 #include "dequant_chunks.cuh"
 #include "kv_quant.cuh"
 
+#include "check.h"
+
 using namespace tova;
+using tova_test::throws;
 
 namespace {
-
 int g_passed = 0, g_failed = 0;
+}  // namespace
 
-void check(bool ok, const char* what, const char* file, int line) {
+void tova_test::check(bool ok, const char* what, const char* file, int line) {
   if (ok) {
     ++g_passed;
   } else {
@@ -44,19 +47,8 @@ void check(bool ok, const char* what, const char* file, int line) {
     std::printf("FAILED %s:%d: %s\n", file, line, what);
   }
 }
-#define CHECK(c) check((c), #c, __FILE__, __LINE__)
 
-template <class E, class F>
-bool throws(F&& f, const char* needle) {
-  try {
-    f();
-  } catch (const E& e) {
-    return std::strstr(e.what(), needle) != nullptr;
-  } catch (...) {
-    return false;
-  }
-  return false;
-}
+namespace {
 
 void test_thread_pool() {
   for (int n : {1, 2, 4}) {
@@ -248,8 +240,8 @@ void test_dequantizers_agree() {
       for (int64_t i = 0; i < n; ++i) raw[static_cast<size_t>(2 * i + 1)] &= 0x3F;  // finite values
     std::vector<float> want(static_cast<size_t>(n));
     tier_kernels(CpuTier::Scalar, static_cast<uint32_t>(c.type)).dequantize(raw.data(), want.data(), n);
-    for (CpuTier tier : {CpuTier::Avx2, CpuTier::Avx512}) {
-      if (!tier_supported(tier)) continue;
+    for (CpuTier tier : kCpuTiers) {
+      if (tier == CpuTier::Scalar || !tier_supported(tier)) continue;
       std::vector<float> got(static_cast<size_t>(n));
       tier_kernels(tier, static_cast<uint32_t>(c.type)).dequantize(raw.data(), got.data(), n);
       const bool tier_same = std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0;
@@ -419,7 +411,7 @@ void test_type_registry() {
     }
     ++n_computable;
     // Every supported tier's table is complete for every computable type.
-    for (CpuTier tier : {CpuTier::Scalar, CpuTier::Avx2, CpuTier::Avx512}) {
+    for (CpuTier tier : kCpuTiers) {
       if (!tier_supported(tier)) continue;
       const CpuKernels& k = tier_kernels(tier, id);
       CHECK(k.dequantize != nullptr && k.vec_dot != nullptr && k.vec_dot_f32 != nullptr && k.gemm != nullptr);
@@ -630,6 +622,7 @@ int main() {
   test_perplexity_plan();
   test_nll_stats();
   test_q3_0_codec();
+  tova_test::test_kernel_tiers();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }

@@ -37,16 +37,17 @@ const TypeTraits& known_type(uint32_t type_id) {
 }
 
 // The CPU kernels for the `isa` argument: "best" (the tier the engine uses) or a tier's name
-// ("scalar", "avx2", "avx512"), which must be one this CPU runs.
+// (tier_name: "scalar", "avx2", "avx512", "neon", "neon_dot"), which must be one this CPU runs.
 const CpuKernels& kernels_for(uint32_t type_id, const std::string& isa) {
   known_type(type_id);
   if (isa == "best") return cpu_kernels(type_id);
-  for (CpuTier t : {CpuTier::Scalar, CpuTier::Avx2, CpuTier::Avx512}) {
+  for (CpuTier t : kCpuTiers) {
     if (isa != tier_name(t)) continue;
     if (!tier_supported(t)) throw ArgumentError(cat("isa '", isa, "' is not supported by this CPU"));
     return tier_kernels(t, type_id);
   }
-  throw ArgumentError(cat("isa must be 'best', 'scalar', 'avx2' or 'avx512', got '", isa, "'"));
+  throw ArgumentError(
+      cat("isa must be 'best', 'scalar', 'avx2', 'avx512', 'neon' or 'neon_dot', got '", isa, "'"));
 }
 
 // Kernels read blocks through structs; a numpy view at an odd offset is copied to aligned memory.
@@ -243,7 +244,7 @@ void bind_quant(nb::module_& m) {
         "(rows of y, m, 2): the matrix product of m weight rows (x) with each row of y, and vec_dot's.");
   m.def("cpu_tiers", []() {
     std::vector<std::string> out;
-    for (CpuTier t : {CpuTier::Scalar, CpuTier::Avx2, CpuTier::Avx512})
+    for (CpuTier t : kCpuTiers)
       if (tier_supported(t)) out.emplace_back(tier_name(t));
     return out;
   }, "The kernel tiers this CPU runs, lowest first (each a valid isa= argument).");

@@ -3,6 +3,15 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)  // Linux's arch/arm64 hwcap bit, for older C library headers
+#endif
+#endif
+#if defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
 
 namespace tova {
 
@@ -40,6 +49,16 @@ CpuFeatures detect() {
     f.avx512vl = f.avx512f && ((b >> 31) & 1);
     f.avx512vnni = f.avx512f && ((c >> 11) & 1);
   }
+#endif
+#if defined(__aarch64__)
+  f.neon = true;  // Advanced SIMD is part of the AArch64 base ABI
+#if defined(__linux__)
+  f.dotprod = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#elif defined(__APPLE__)
+  int has = 0;
+  size_t size = sizeof(has);
+  f.dotprod = sysctlbyname("hw.optional.arm.FEAT_DotProd", &has, &size, nullptr, 0) == 0 && has != 0;
+#endif
 #endif
   return f;
 }

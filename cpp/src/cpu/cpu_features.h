@@ -15,6 +15,8 @@ struct CpuFeatures {
   bool avx512vl = false;
   bool avx512dq = false;
   bool avx512vnni = false;
+  bool neon = false;     // AArch64 Advanced SIMD (always there on AArch64)
+  bool dotprod = false;  // AArch64 SDOT / UDOT (Armv8.2 dot-product extension)
 
   // Everything the kernels in quant_avx2*.cpp need.
   bool has_avx2_kernels() const { return avx2 && fma && f16c; }

@@ -1,6 +1,7 @@
 // The CPU kernel tables, one per tier, each built once on first use from the tier below it:
-// scalar (portable), AVX2 (swaps in quant_avx2*.cpp), AVX-512 (swaps in quant_avx512*.cpp). The
-// engine reads the active tier's table; nothing else picks kernels.
+// scalar (portable), AVX2 (swaps in quant_avx2*.cpp), AVX-512 (swaps in quant_avx512*.cpp), or
+// on AArch64 NEON and NEON with dot products (quant_neon*.cpp, built twice). The engine reads the
+// active tier's table; nothing else picks kernels.
 #include "kernels_cpu.h"
 
 #include <array>
@@ -218,8 +219,55 @@ Table avx512_table() {
 }
 #endif
 
+#if defined(TOVA_ARM64)
+// The NEON tiers: the same kernels built for the base ISA (namespace neon) or with the
+// dot-product extension (neon_dot). What they leave out (dequantizers, activation quantizers,
+// the rarer formats Q2_K / Q3_K / Q8_K, the activation functions) stays portable.
+#define TOVA_NEON_TABLE(ns)                                                                         \
+  Table ns##_table() {                                                                              \
+    Table t = scalar_table();                                                                       \
+    simd_number<ns::vec_dot_f32_f32>(t, GgmlType::F32);                                             \
+    simd_number<ns::vec_dot_f16_f32>(t, GgmlType::F16);                                             \
+    simd_number<ns::vec_dot_bf16_f32>(t, GgmlType::BF16);                                           \
+    simd_rows<ns::vec_dot_q4_0_q8_0, ns::vec_dot_rows_q4_0_q8_0>(t, GgmlType::Q4_0);                \
+    simd_rows<ns::vec_dot_q4_1_q8_1, ns::vec_dot_rows_q4_1_q8_1>(t, GgmlType::Q4_1);                \
+    simd_rows<ns::vec_dot_q5_0_q8_0, ns::vec_dot_rows_q5_0_q8_0>(t, GgmlType::Q5_0);                \
+    simd_rows<ns::vec_dot_q5_1_q8_1, ns::vec_dot_rows_q5_1_q8_1>(t, GgmlType::Q5_1);                \
+    simd_rows<ns::vec_dot_q8_0_q8_0, ns::vec_dot_rows_q8_0_q8_0>(t, GgmlType::Q8_0);                \
+    simd_rows<ns::vec_dot_q4_K_q8_K, ns::vec_dot_rows_q4_K_q8_K>(t, GgmlType::Q4_K);                \
+    simd_rows<ns::vec_dot_q5_K_q8_K, ns::vec_dot_rows_q5_K_q8_K>(t, GgmlType::Q5_K);                \
+    simd_rows<ns::vec_dot_q6_K_q8_K, ns::vec_dot_rows_q6_K_q8_K>(t, GgmlType::Q6_K);                \
+    t.floats.dot_f32 = ns::vec_dot_f32_f32;                                                         \
+    t.floats.dot_f16 = ns::vec_dot_f16_f32;                                                         \
+    t.floats.axpy_f32 = ns::axpy_f32;                                                               \
+    t.floats.axpy_f16 = ns::axpy_f16;                                                               \
+    t.floats.gather_dot_f32 = ns::gather_dot_f32;                                                   \
+    t.floats.gather_dot_f16 = ns::gather_dot_f16;                                                   \
+    t.floats.gather_axpy_f32 = ns::gather_axpy_f32;                                                 \
+    t.floats.gather_axpy_f16 = ns::gather_axpy_f16;                                                 \
+    t.floats.gather_dot_heads_f32 = ns::gather_dot_heads_f32;                                       \
+    t.floats.gather_dot_heads_f16 = ns::gather_dot_heads_f16;                                       \
+    t.floats.gather_axpy_heads_f32 = ns::gather_axpy_heads_f32;                                     \
+    t.floats.gather_axpy_heads_f16 = ns::gather_axpy_heads_f16;                                     \
+    return t;                                                                                       \
+  }
+TOVA_NEON_TABLE(neon)
+TOVA_NEON_TABLE(neon_dot)
+#undef TOVA_NEON_TABLE
+#endif
+
 const Table& tier_table(CpuTier tier) {
   static const Table scalar = scalar_table();
+#if defined(TOVA_ARM64)
+  if (tier == CpuTier::NeonDot && tier_supported(CpuTier::NeonDot)) {
+    static const Table t = neon_dot_table();
+    return t;
+  }
+  if (tier == CpuTier::Neon && tier_supported(CpuTier::Neon)) {
+    static const Table t = neon_table();
+    return t;
+  }
+#endif
 #if defined(TOVA_X86)
   if (tier == CpuTier::Avx512 && tier_supported(CpuTier::Avx512)) {
     static const Table t = avx512_table();
@@ -235,18 +283,19 @@ const Table& tier_table(CpuTier tier) {
 
 CpuTier choose_tier() {
   CpuTier best = CpuTier::Scalar;
-  for (CpuTier t : {CpuTier::Avx2, CpuTier::Avx512})
+  for (CpuTier t : kCpuTiers)  // in rising order within each architecture
     if (tier_supported(t)) best = t;
   if (const char* want = std::getenv("TOVA_CPU_KERNELS")) {
-    for (CpuTier t : {CpuTier::Scalar, CpuTier::Avx2, CpuTier::Avx512})
+    for (CpuTier t : kCpuTiers)
       if (std::strcmp(want, tier_name(t)) == 0) {
         if (tier_supported(t)) return t;
         std::fprintf(stderr, "tova: TOVA_CPU_KERNELS=%s: this CPU cannot run that tier; using %s\n", want,
                      tier_name(best));
         return best;
       }
-    std::fprintf(stderr, "tova: TOVA_CPU_KERNELS=%s is not a kernel tier (scalar, avx2, avx512); using %s\n", want,
-                 tier_name(best));
+    std::fprintf(stderr,
+                 "tova: TOVA_CPU_KERNELS=%s is not a kernel tier (scalar, avx2, avx512, neon, neon_dot); using %s\n",
+                 want, tier_name(best));
   }
   return best;
 }
@@ -265,6 +314,8 @@ const char* tier_name(CpuTier tier) {
     case CpuTier::Scalar: return "scalar";
     case CpuTier::Avx2: return "avx2";
     case CpuTier::Avx512: return "avx512";
+    case CpuTier::Neon: return "neon";
+    case CpuTier::NeonDot: return "neon_dot";
   }
   return "?";
 }
@@ -275,6 +326,10 @@ bool tier_supported(CpuTier tier) {
 #if defined(TOVA_X86)
     case CpuTier::Avx2: return cpu_features().has_avx2_kernels();
     case CpuTier::Avx512: return cpu_features().has_avx512_kernels();
+#endif
+#if defined(TOVA_ARM64)
+    case CpuTier::Neon: return cpu_features().neon;
+    case CpuTier::NeonDot: return cpu_features().neon && cpu_features().dotprod;
 #endif
     default: return false;
   }

@@ -47,16 +47,18 @@ struct CpuKernels {
   GemmFn gemm = nullptr;                // with vec_dot
 };
 
-// The kernel tiers, each a whole table: the portable scalar kernels, AVX2 (+FMA, F16C), and
-// AVX-512 (F, BW, VL, DQ, VNNI: the tiled int8 matrix products). Higher tiers replace what they
-// implement and keep the rest of the tier below.
-enum class CpuTier { Scalar, Avx2, Avx512 };
+// The kernel tiers, each a whole table: the portable scalar kernels; on x86-64 AVX2 (+FMA, F16C)
+// and AVX-512 (F, BW, VL, DQ, VNNI: the tiled int8 matrix products); on AArch64 NEON and NEON
+// with the dot-product extension (whose quantized dot products equal the scalar tier's bit for
+// bit). Higher tiers replace what they implement and keep the rest of the tier below.
+enum class CpuTier { Scalar, Avx2, Avx512, Neon, NeonDot };
+constexpr CpuTier kCpuTiers[] = {CpuTier::Scalar, CpuTier::Avx2, CpuTier::Avx512, CpuTier::Neon, CpuTier::NeonDot};
 const char* tier_name(CpuTier tier);
 bool tier_supported(CpuTier tier);  // can this CPU (and OS) run it
 
 // The tier the engine uses: the best this CPU supports, or the one named by the environment
-// variable TOVA_CPU_KERNELS (scalar, avx2, avx512) when set and supported (tests use it to run
-// every path this machine has); read once.
+// variable TOVA_CPU_KERNELS (a tier_name) when set and supported (tests use it to run every path
+// this machine has); read once.
 CpuTier active_tier();
 
 // The kernels this process runs (the active tier's table).
@@ -71,7 +73,8 @@ const CpuKernels& tier_kernels(CpuTier tier, uint32_t type_id);
 // norm vectors, GGUFFile.tensor); throws ArgumentError for a type without a CPU dequantizer.
 void dequantize_row(GgmlType type, const void* src, float* dst, int64_t n);
 
-// The active tier's name ("scalar", "avx2", "avx512"); for `tova info` and benchmarks.
+// The active tier's name ("scalar", "avx2", "avx512", "neon", "neon_dot"); for `tova info` and
+// benchmarks.
 const char* kernel_isa();
 
 // Plain float helpers for attention, from the active tier's table (any n, no alignment needed).

@@ -248,4 +248,52 @@ TOVA_AVX512_DECL(q6_K_q8_K)
 }  // namespace avx512
 #endif
 
+// --- NEON kernels (quant_neon.cpp, quant_neon_k.cpp; AArch64 only) -----------------------------
+// Two copies: namespace neon (the base ISA) and neon_dot (with the dot-product extension). The
+// quantized dot products equal the portable ones bit for bit; the float helpers are within
+// rounding of them.
+#if defined(TOVA_ARM64)
+#define TOVA_NEON_DECLS                                                                                         \
+  float vec_dot_f32_f32(int64_t n, const void* x, const float* y);                                            \
+  float vec_dot_f16_f32(int64_t n, const void* x, const float* y);                                            \
+  float vec_dot_bf16_f32(int64_t n, const void* x, const float* y);                                           \
+  void axpy_f32(float a, const float* x, float* y, int64_t n);                                                \
+  void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);                                             \
+  void gather_dot_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, int d,     \
+                      float scale, float* scores);                                                            \
+  void gather_dot_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q, int d,  \
+                      float scale, float* scores);                                                            \
+  void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, int d,    \
+                       float* out);                                                                           \
+  void gather_axpy_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p, int d, \
+                       float* out);                                                                           \
+  void gather_dot_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q,      \
+                            size_t q_stride, int nh, int d, float scale, float* scores, size_t s_stride);     \
+  void gather_dot_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q,   \
+                            size_t q_stride, int nh, int d, float scale, float* scores, size_t s_stride);     \
+  void gather_axpy_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p,     \
+                             size_t p_stride, int nh, int d, float* out, size_t o_stride);                    \
+  void gather_axpy_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p,  \
+                             size_t p_stride, int nh, int d, float* out, size_t o_stride);                    \
+  float vec_dot_q4_0_q8_0(int64_t n, const void* x, const void* y);                                           \
+  float vec_dot_q4_1_q8_1(int64_t n, const void* x, const void* y);                                           \
+  float vec_dot_q5_0_q8_0(int64_t n, const void* x, const void* y);                                           \
+  float vec_dot_q5_1_q8_1(int64_t n, const void* x, const void* y);                                           \
+  float vec_dot_q8_0_q8_0(int64_t n, const void* x, const void* y);                                           \
+  float vec_dot_q4_K_q8_K(int64_t n, const void* x, const void* y);                                           \
+  float vec_dot_q5_K_q8_K(int64_t n, const void* x, const void* y);                                           \
+  float vec_dot_q6_K_q8_K(int64_t n, const void* x, const void* y);                                           \
+  void vec_dot_rows_q4_0_q8_0(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out); \
+  void vec_dot_rows_q4_1_q8_1(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out); \
+  void vec_dot_rows_q5_0_q8_0(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out); \
+  void vec_dot_rows_q5_1_q8_1(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out); \
+  void vec_dot_rows_q8_0_q8_0(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out); \
+  void vec_dot_rows_q4_K_q8_K(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out); \
+  void vec_dot_rows_q5_K_q8_K(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out); \
+  void vec_dot_rows_q6_K_q8_K(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
+namespace neon { TOVA_NEON_DECLS }
+namespace neon_dot { TOVA_NEON_DECLS }
+#undef TOVA_NEON_DECLS
+#endif
+
 }  // namespace tova
