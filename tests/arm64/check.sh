@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The AArch64 build (edge boards: Raspberry Pi, Jetson, phones) checked without ARM hardware:
+# cross-compiles the core, the CLI and the C++ unit tests with Debian's aarch64 cross compiler
+# and runs them under qemu-user.
+# - The unit tests under each kernel tier (cpp/tests/test_kernel_tiers.cpp compares every tier
+#   with the portable kernels): neon_dot (qemu's default CPU has the dot-product extension),
+#   neon and scalar (TOVA_CPU_KERNELS).
+# - The tier detection: neon_dot on qemu's default CPU, neon on a Cortex-A72 (the Raspberry Pi
+#   4's core, without dot products), where the unit tests run once more.
+# - With SmolLM2 in the model cache (tova pull smollm2-135m-instruct): a greedy generation that
+#   must be byte for byte the same under neon_dot, neon and scalar (their quantized dot products
+#   are equal bit for bit; the float helpers of the NEON tiers are shared by the two).
+# The Python tests on AArch64: tests/arm64/pytest_arm64.sh.
+#
+#   bash tests/arm64/check.sh [BUILD_DIR]     (default build/arm64; installs the cross tools
+#                                             with apt-get when they are missing)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BUILD="${1:-build/arm64}"
+
+need=()
+command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 || need+=(g++-aarch64-linux-gnu)
+command -v qemu-aarch64 >/dev/null 2>&1 || need+=(qemu-user)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}"
+  apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cmake -S . -B "$BUILD" -DCMAKE_TOOLCHAIN_FILE=tests/arm64/aarch64-linux-gnu.cmake -DCMAKE_BUILD_TYPE=Release \
+  -DTOVA_CUDA=OFF -DTOVA_BUILD_TESTS=ON >/dev/null
+cmake --build "$BUILD" --target tova_tests tova_cli
+export QEMU_LD_PREFIX=/usr/aarch64-linux-gnu
+
+fail=0
+expect() {  # expect WHAT WANT GOT
+  if [ "$2" = "$3" ]; then echo "ok: $1"; else echo "FAILED: $1: want '$2', got '$3'"; fail=1; fi
+}
+tier_of() { "$@" "$BUILD/tova" --version | sed -n 's/.*kernels: \([a-z_0-9]*\);.*/\1/p'; }
+
+expect "qemu's default CPU runs the neon_dot tier" neon_dot "$(tier_of qemu-aarch64)"
+expect "a Cortex-A72 (no dot products) runs the neon tier" neon "$(tier_of qemu-aarch64 -cpu cortex-a72)"
+for tier in neon_dot neon scalar; do
+  expect "TOVA_CPU_KERNELS=$tier is honoured" "$tier" "$(tier_of env TOVA_CPU_KERNELS=$tier qemu-aarch64)"
+done
+
+unit() {  # unit LABEL COMMAND...: the C++ unit tests
+  local label=$1 out
+  shift
+  if out=$("$@" "$BUILD/tova_tests" 2>&1); then
+    echo "ok: unit tests, $label: $(tail -n 1 <<<"$out")"
+  else
+    echo "FAILED: unit tests, $label:"; tail -n 30 <<<"$out"; fail=1
+  fi
+}
+for tier in neon_dot neon scalar; do unit "tier $tier" env TOVA_CPU_KERNELS=$tier qemu-aarch64; done
+unit "Cortex-A72" qemu-aarch64 -cpu cortex-a72
+
+model="${TOVA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tova}/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ -f "$model" ]; then
+  gen() {
+    TOVA_CPU_KERNELS=$1 qemu-aarch64 "$BUILD/tova" run -m "$model" -p "The three primary colours are" \
+      -n 12 --temp 0 -t 2 2>/dev/null
+  }
+  want=$(gen scalar)
+  echo "SmolLM2, scalar tier: $want"
+  expect "SmolLM2 greedy, neon = scalar" "$want" "$(gen neon)"
+  expect "SmolLM2 greedy, neon_dot = scalar" "$want" "$(gen neon_dot)"
+else
+  echo "skipped: the generation check ($model is not in the model cache)"
+fi
+exit $fail
