@@ -249,7 +249,7 @@ def test_kv_budget_sizes_n_seq(smollm2_path):
     (dict(n_threads=10**6), "n_threads must be at most 512"),
     (dict(kv_size=10**9), "kv_size must be at most"),
     (dict(policy="full", n_ctx=10**9), "n_ctx must be in"),
-    (dict(policy="full", n_ctx=4_000_000, n_seq=1000), "more than this machine's"),
+    (dict(policy="full", n_ctx=4_000_000, n_seq=1000), "more than the memory this process can take"),
     (dict(n_batch=8, chunk=64), "smaller than chunk"),
     (dict(kv_type="f8"), "unknown kv_type 'f8'"),
     (dict(prefill="lazy"), "unknown prefill mode 'lazy'"),
@@ -259,6 +259,34 @@ def test_kv_budget_sizes_n_seq(smollm2_path):
 def test_settings_out_of_bounds_raise(smollm2_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         tova.Engine(smollm2_path, **kwargs)
+
+
+@pytest.mark.model
+def test_settings_beyond_the_address_space_limit_raise(smollm2_path):
+    """Under `ulimit -v` (RLIMIT_AS) the memory a process can take is its limit less what it maps:
+    settings that need more are refused before anything is allocated, saying so, not a bare
+    std::bad_alloc (tova run printed "error: std::bad_alloc")."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import resource, tova
+        with open("/proc/self/status") as f:
+            mapped = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
+        limit = mapped + (1 << 30)  # what Python maps now, and 1 GiB more (the model is 98 MiB)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+        try:
+            tova.Engine({str(smollm2_path)!r}, n_threads=1, n_seq=64, kv_size=8192)
+        except ValueError as e:
+            print("refused:", e)
+        with tova.Engine({str(smollm2_path)!r}, n_threads=1, kv_size=64) as e:  # small settings still run
+            print("ran:", len(e.generate("Hi", max_tokens=2, temperature=0)) >= 0)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "refused: these settings need" in r.stdout and "ulimit -v" in r.stdout, r.stdout
+    assert "ran: True" in r.stdout, r.stdout
 
 
 @pytest.mark.model

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <sys/resource.h>
 #include <unistd.h>
 
 namespace tova {
@@ -67,6 +68,17 @@ uint64_t available_memory_bytes() {
   else if (read_number("/sys/fs/cgroup/memory/memory.limit_in_bytes", "", &limit) &&
            read_number("/sys/fs/cgroup/memory/memory.usage_in_bytes", "", &used) && limit < (uint64_t{1} << 60))
     lower(limit > used ? limit - used : 0);
+  // Address space: the process's limit (ulimit -v, RLIMIT_AS) and, in a 32-bit process, the 3 GiB
+  // a 32-bit Linux gives user space, less what the process maps already (VmSize: the model's
+  // mapping included).
+  uint64_t mapped_kib = 0;
+  if (read_number("/proc/self/status", "VmSize:", &mapped_kib)) {
+    const uint64_t mapped = mapped_kib * 1024;
+    auto lower_space = [&](uint64_t space) { lower(space > mapped ? space - mapped : 0); };
+    struct rlimit rl {};
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) lower_space(static_cast<uint64_t>(rl.rlim_cur));
+    if (sizeof(void*) == 4) lower_space(uint64_t{3} << 30);
+  }
   return have;
 }
 

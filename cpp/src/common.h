@@ -63,8 +63,9 @@ std::string format_bytes(uint64_t bytes);
 // Resident set size of this process in bytes (0 where unknown).
 uint64_t resident_bytes();
 // Memory this process can still take: the least of the machine's memory, what the kernel counts
-// as available (MemAvailable) and what the container's cgroup limit leaves; UINT64_MAX when
-// none of them can be read.
+// as available (MemAvailable), what the container's cgroup limit leaves and what the process's
+// address space leaves (ulimit -v; a 32-bit process's 3 GiB); UINT64_MAX when none of them can
+// be read.
 uint64_t available_memory_bytes();
 
 // Monotonic wall-clock seconds.

@@ -1,5 +1,6 @@
 #include "engine.h"
 
+#include <new>
 #include <algorithm>
 
 #include "common.h"
@@ -55,7 +56,8 @@ Engine::Engine(const std::string& model_path, EngineParams params) : params_(std
   if ((params_.backend == BackendKind::Cpu || cuda_simulated()) && need > have)
     throw ArgumentError(cat("these settings need ", format_bytes(need), " (KV ", format_bytes(per_seq), " x ",
                             n_seq, " sequences + activations for ", n_batch_, " tokens per step), more than "
-                            "this machine's available memory, ", format_bytes(have),
+                            "the memory this process can take now, ", format_bytes(have),
+                            " (the machine's available memory, less any container or ulimit -v limit)",
                             ": lower n_seq, kv_size, n_ctx or chunk"));
 
   policy_ = params_.plugin ? std::move(params_.plugin) : make_builtin_policy(tova::policy_name(params_.policy));
@@ -73,14 +75,20 @@ Engine::Engine(const std::string& model_path, EngineParams params) : params_(std
   policies_.cache_index = params_.positions == PositionsMode::CacheIndex;
   policies_.chunked = params_.prefill == PrefillMode::Chunked;
 
-  backend_ = make_backend(params_.backend, *model_, n_batch_, params_.n_threads, params_.float_activations);
-  forward_ = std::make_unique<Forward>(*model_, *backend_, policies_);
-  forward_->set_cancel_poll([this] { poll_cancel(); });
-  for (int i = 0; i < n_seq; ++i) {
-    auto s = std::make_unique<Sequence>();
-    s->id = i;
-    s->store = std::make_unique<KvStore>(h, kc, *backend_);
-    seqs_.push_back(std::move(s));
+  try {
+    backend_ = make_backend(params_.backend, *model_, n_batch_, params_.n_threads, params_.float_activations);
+    forward_ = std::make_unique<Forward>(*model_, *backend_, policies_);
+    forward_->set_cancel_poll([this] { poll_cancel(); });
+    for (int i = 0; i < n_seq; ++i) {
+      auto s = std::make_unique<Sequence>();
+      s->id = i;
+      s->store = std::make_unique<KvStore>(h, kc, *backend_);
+      seqs_.push_back(std::move(s));
+    }
+  } catch (const std::bad_alloc&) {  // past the check above: memory taken meanwhile, or fragmented
+    throw Error(cat("cannot allocate the engine's ", format_bytes(need), " (KV ", format_bytes(per_seq), " x ", n_seq,
+                    " sequences + activations): the system refused it (", format_bytes(available_memory_bytes()),
+                    " available now); lower n_seq, kv_size, n_ctx or chunk"));
   }
   params_.n_seq = n_seq;
 }
