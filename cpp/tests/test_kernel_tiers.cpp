@@ -3,10 +3,11 @@
 // - every SIMD tier this CPU runs: vec_dot of every quantized weight format within float
 //   reassociation of the scalar tier's (the NEON tiers: bit for bit, as they promise), and its
 //   gemm equal to its vec_dot for every pair of rows;
-// - the float dot products of every tier within rounding of the scalar tier's;
-// - the active tier's gathered attention helpers against a double-precision sum, the helpers for
-//   several query heads bit for bit the one-head ones (run the binary under TOVA_CPU_KERNELS=...
-//   to check each tier's).
+// - the float dot products of every tier within rounding of a double-precision sum (the NEON
+//   tiers: bit for bit the scalar tier's);
+// - the active tier's gathered attention helpers against a double-precision sum (the NEON tiers:
+//   bit for bit the scalar tier's), the helpers for several query heads bit for bit the one-head
+//   ones (run the binary under TOVA_CPU_KERNELS=... to check each tier's).
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -138,7 +139,10 @@ void check_float_dots() {
       for (CpuTier tier : kCpuTiers) {
         if (!tier_supported(tier)) continue;
         const float got = tier_kernels(tier, static_cast<uint32_t>(type)).vec_dot_f32(n, x.data() + 1, y.data());
-        const bool ok = std::fabs(got - want) <= 1e-5 * scale + 1e-30;
+        const float portable =
+            tier_kernels(CpuTier::Scalar, static_cast<uint32_t>(type)).vec_dot_f32(n, x.data() + 1, y.data());
+        const bool ok = std::fabs(got - want) <= 1e-5 * scale + 1e-30 &&
+                        (!tier_is_exact(tier) || std::memcmp(&got, &portable, sizeof got) == 0);
         if (!ok) std::printf("  %s float dot of %s, n = %lld: %g, want %g\n", tier_name(tier), type_traits(type).name,
                              static_cast<long long>(n), got, want);
         CHECK(ok);
@@ -206,9 +210,22 @@ void check_gathered_helpers() {
       }
       const bool heads_same = std::memcmp(scores.data(), heads.data(), scores.size() * sizeof(float)) == 0 &&
                               std::memcmp(out.data(), out_heads.data(), out.size() * sizeof(float)) == 0;
+      if (tier_is_exact(active_tier())) {  // the scalar tier's own helpers, bit for bit
+        std::vector<float> s_scores(scores.size()), s_out(out.size(), 0.5f);
+        if (half)
+          scalar::gather_dot_heads_f16(store16.data(), stride, idx, n, q.data(), d, nh, d, scale, s_scores.data(), n);
+        else
+          scalar::gather_dot_heads_f32(store.data(), stride, idx, n, q.data(), d, nh, d, scale, s_scores.data(), n);
+        if (half)
+          scalar::gather_axpy_heads_f16(store16.data(), stride, idx, n, p.data(), n, nh, d, s_out.data(), d);
+        else
+          scalar::gather_axpy_heads_f32(store.data(), stride, idx, n, p.data(), n, nh, d, s_out.data(), d);
+        close &= std::memcmp(scores.data(), s_scores.data(), scores.size() * sizeof(float)) == 0 &&
+                 std::memcmp(out.data(), s_out.data(), out.size() * sizeof(float)) == 0;
+      }
       if (!close || !heads_same)
         std::printf("  %s gathered helpers (%s, d = %d): %s\n", kernel_isa(), half ? "f16" : "f32", d,
-                    close ? "the heads' versions differ from the one-head ones" : "off the double sum");
+                    close ? "the heads' versions differ from the one-head ones" : "off the double sum or the scalar tier's");
       CHECK(close);
       CHECK(heads_same);
     }

@@ -8,8 +8,11 @@
 # - The tier detection: neon_dot on qemu's default CPU, neon on a Cortex-A72 (the Raspberry Pi
 #   4's core, without dot products), where the unit tests run once more.
 # - With SmolLM2 in the model cache (tova pull smollm2-135m-instruct): a greedy generation that
-#   must be byte for byte the same under neon_dot, neon and scalar (their quantized dot products
-#   are equal bit for bit; the float helpers of the NEON tiers are shared by the two).
+#   must be byte for byte the same under neon_dot, neon and scalar, and, given an x86-64 build of
+#   the CLI (HOST_TOVA, default build/ci-cmake/tova when present), the perplexity of a text read
+#   through a 32-token TOVA cache, which must print the same numbers as that build's scalar tier
+#   (the NEON kernels compute the scalar tier's results bit for bit, and the core is compiled
+#   without contraction on both).
 # The Python tests on AArch64: tests/arm64/pytest_arm64.sh.
 #
 #   bash tests/arm64/check.sh [BUILD_DIR]     (default build/arm64; installs the cross tools
@@ -65,6 +68,20 @@ if [ -f "$model" ]; then
   echo "SmolLM2, scalar tier: $want"
   expect "SmolLM2 greedy, neon = scalar" "$want" "$(gen neon)"
   expect "SmolLM2 greedy, neon_dot = scalar" "$want" "$(gen neon_dot)"
+  host="${HOST_TOVA:-build/ci-cmake/tova}"
+  if [ -x "$host" ]; then
+    text=$(mktemp)
+    head -c 400 "${TOVA_SHARED:-../shared}/texts/botchan_natsume_en1919.txt" > "$text" 2>/dev/null ||
+      printf 'The quick brown fox jumps over the lazy dog. %.0s' $(seq 20) > "$text"
+    ppl() { "$@" perplexity -m "$model" -f "$text" --policy tova --kv-size 32 -t 2 --no-progress 2>&1 | tail -n 1 |
+              sed 's/, [0-9.]* tokens\/s//'; }
+    want=$(TOVA_CPU_KERNELS=scalar ppl "$host")
+    echo "SmolLM2 perplexity, kv_size 32, x86-64 scalar tier: $want"
+    expect "the same perplexity on AArch64 (neon_dot)" "$want" "$(ppl qemu-aarch64 "$BUILD/tova")"
+    rm -f "$text"
+  else
+    echo "skipped: the comparison with x86-64 ($host is not built)"
+  fi
 else
   echo "skipped: the generation check ($model is not in the model cache)"
 fi

@@ -49,8 +49,8 @@ struct CpuKernels {
 
 // The kernel tiers, each a whole table: the portable scalar kernels; on x86-64 AVX2 (+FMA, F16C)
 // and AVX-512 (F, BW, VL, DQ, VNNI: the tiled int8 matrix products); on AArch64 NEON and NEON
-// with the dot-product extension (whose quantized dot products equal the scalar tier's bit for
-// bit). Higher tiers replace what they implement and keep the rest of the tier below.
+// with the dot-product extension (whose kernels compute the scalar tier's results bit for bit).
+// Higher tiers replace what they implement and keep the rest of the tier below.
 enum class CpuTier { Scalar, Avx2, Avx512, Neon, NeonDot };
 constexpr CpuTier kCpuTiers[] = {CpuTier::Scalar, CpuTier::Avx2, CpuTier::Avx512, CpuTier::Neon, CpuTier::NeonDot};
 const char* tier_name(CpuTier tier);

@@ -1,6 +1,8 @@
 // Portable kernels of the plain number types: F32, F16, BF16, F64 and the integer types.
-// Dot products accumulate in double: this is the reference the SIMD kernels are tested against,
-// and the fallback on CPUs without them.
+// F32, F16 and BF16 dot products follow the fixed order of quant_kernels.h (16 fused running
+// sums; the NEON tier computes the same bits), axpy fuses each update; the other types' dot
+// products accumulate in double. This is the reference the SIMD kernels are tested against, and
+// the fallback on CPUs without them.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -73,18 +75,28 @@ void quantize_bf16(const float* src, void* dst, int64_t n) {
   }
 }
 
-float vec_dot_f32_f32(int64_t n, const void* x, const float* y) { return dot_plain<float>(n, x, y); }
+namespace {
+
+// sum x(i) * y[i] in the order of reduce_dot_lanes.
+template <class Load>
+float dot_lanes(int64_t n, Load x, const float* y) {
+  float a[kDotLanes] = {};
+  for (int64_t i = 0; i < n; ++i) a[i % kDotLanes] = std::fma(x(i), y[i], a[i % kDotLanes]);
+  return reduce_dot_lanes(a);
+}
+
+}  // namespace
+
+float vec_dot_f32_f32(int64_t n, const void* x, const float* y) {
+  return dot_lanes(n, [x](int64_t i) { return load<float>(x, i); }, y);
+}
 
 float vec_dot_f16_f32(int64_t n, const void* x, const float* y) {
-  double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(fp16_to_fp32(load<uint16_t>(x, i))) * y[i];
-  return static_cast<float>(sum);
+  return dot_lanes(n, [x](int64_t i) { return fp16_to_fp32(load<uint16_t>(x, i)); }, y);
 }
 
 float vec_dot_bf16_f32(int64_t n, const void* x, const float* y) {
-  double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(bf16_to_fp32(load<uint16_t>(x, i))) * y[i];
-  return static_cast<float>(sum);
+  return dot_lanes(n, [x](int64_t i) { return bf16_to_fp32(load<uint16_t>(x, i)); }, y);
 }
 
 float vec_dot_f64_f32(int64_t n, const void* x, const float* y) { return dot_plain<double>(n, x, y); }
@@ -121,11 +133,11 @@ void gelu_tanh_mul(float* gate, const float* up, int64_t n) {
 }
 
 void axpy_f32(float a, const float* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+  for (int64_t i = 0; i < n; ++i) y[i] = std::fma(a, x[i], y[i]);
 }
 
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * fp16_to_fp32(x[i]);
+  for (int64_t i = 0; i < n; ++i) y[i] = std::fma(a, fp16_to_fp32(x[i]), y[i]);
 }
 
 float vec_dot_dequant_f32(DequantizeFn dequantize, int64_t block_size, size_t type_size,

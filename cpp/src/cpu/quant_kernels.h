@@ -56,6 +56,17 @@ static inline void q3k_scales(const uint8_t* s, int8_t* out) {
   }
 }
 
+// The order of the float dot products (F32, F16 and BF16 rows against float32, attention's
+// scores), shared bit for bit by the scalar and NEON tiers: 16 running float sums, value i fused
+// into sum i % 16 (one rounding: fma), then the 16 summed by reduce_dot_lanes. Any vector width
+// that divides 16 follows it exactly (NEON: four vectors of four lanes).
+constexpr int kDotLanes = 16;
+static inline float reduce_dot_lanes(const float* a) {
+  float r[4];
+  for (int j = 0; j < 4; ++j) r[j] = (a[j] + a[4 + j]) + (a[8 + j] + a[12 + j]);
+  return (r[0] + r[1]) + (r[2] + r[3]);
+}
+
 // Dot products of one row x with n_rows (1..kMaxDotRows) activation rows `stride` bytes apart,
 // bit for bit vec_dot's (the AVX2 prompt kernels; kernels_cpu.cpp makes a GemmFn of them).
 using VecDotRowsFn = void (*)(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
@@ -249,9 +260,8 @@ TOVA_AVX512_DECL(q6_K_q8_K)
 #endif
 
 // --- NEON kernels (quant_neon.cpp, quant_neon_k.cpp; AArch64 only) -----------------------------
-// Two copies: namespace neon (the base ISA) and neon_dot (with the dot-product extension). The
-// quantized dot products equal the portable ones bit for bit; the float helpers are within
-// rounding of them.
+// Two copies: namespace neon (the base ISA) and neon_dot (with the dot-product extension). Both
+// compute the portable kernels' results bit for bit.
 #if defined(TOVA_ARM64)
 #define TOVA_NEON_DECLS                                                                                         \
   float vec_dot_f32_f32(int64_t n, const void* x, const float* y);                                            \

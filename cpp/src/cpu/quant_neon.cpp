@@ -8,10 +8,14 @@
 // NEON tiers compute the same logits as the scalar tier, and a row's product against several
 // activation rows (the prompt's matrix products) is vec_dot's for each.
 //
-// The float helpers use fused multiply-adds in four lanes and are within rounding of the scalar
-// tier's (which sums in double); the helpers for several query heads repeat the one-head helper
-// per head, so they agree with it bit for bit.
+// So are the float helpers: their dot products follow the scalar tier's fixed order of 16 fused
+// running sums (quant_kernels.h), axpy fuses each update as the scalar tier does, and the helpers
+// for several query heads repeat the one-head helper per head. With the rest of the core compiled
+// without contraction on AArch64 (CMakeLists.txt), an AArch64 build computes the scalar tier's
+// logits, whichever of its tiers runs.
 #include "quant_neon_util.h"
+
+#include <cmath>
 
 #include "quant_kernels.h"
 
@@ -150,12 +154,13 @@ inline const float* advance(const float* x, int64_t i) { return x + i; }
 inline const uint16_t* advance(const uint16_t* x, int64_t i) { return x + i; }
 inline Bf16 advance(Bf16 x, int64_t i) { return {x.p + i}; }
 
-// sum x[i] * y[i], any n: 16 values a step in four accumulators, then 8, then one at a time.
+// sum x[i] * y[i], any n, in the scalar tier's order (quant_kernels.h): lane j of vector k is
+// running sum 4k + j; the last n % 16 values join their sums one at a time.
 template <class X>
 float dot(X x, const float* y, int64_t n) {
   float32x4_t s0 = vdupq_n_f32(0.0f), s1 = s0, s2 = s0, s3 = s0;
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
+  for (; i + kDotLanes <= n; i += kDotLanes) {
     float32x4_t a, b, c, d;
     load8(advance(x, i), &a, &b);
     load8(advance(x, i + 8), &c, &d);
@@ -164,18 +169,16 @@ float dot(X x, const float* y, int64_t n) {
     s2 = vfmaq_f32(s2, c, vld1q_f32(y + i + 8));
     s3 = vfmaq_f32(s3, d, vld1q_f32(y + i + 12));
   }
-  for (; i + 8 <= n; i += 8) {
-    float32x4_t a, b;
-    load8(advance(x, i), &a, &b);
-    s0 = vfmaq_f32(s0, a, vld1q_f32(y + i));
-    s1 = vfmaq_f32(s1, b, vld1q_f32(y + i + 4));
-  }
-  float s = vaddvq_f32(vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
-  for (; i < n; ++i) s += one(x, i) * y[i];
-  return s;
+  float lanes[kDotLanes];
+  vst1q_f32(lanes, s0);
+  vst1q_f32(lanes + 4, s1);
+  vst1q_f32(lanes + 8, s2);
+  vst1q_f32(lanes + 12, s3);
+  for (; i < n; ++i) lanes[i % kDotLanes] = std::fma(one(x, i), y[i], lanes[i % kDotLanes]);
+  return reduce_dot_lanes(lanes);
 }
 
-// y[i] += a * x[i], any n.
+// y[i] += a * x[i], any n, each fused as the scalar tier's.
 template <class X>
 void axpy(float a, X x, float* y, int64_t n) {
   const float32x4_t va = vdupq_n_f32(a);
@@ -186,7 +189,7 @@ void axpy(float a, X x, float* y, int64_t n) {
     vst1q_f32(y + i, vfmaq_f32(vld1q_f32(y + i), p, va));
     vst1q_f32(y + i + 4, vfmaq_f32(vld1q_f32(y + i + 4), q, va));
   }
-  for (; i < n; ++i) y[i] += a * one(x, i);
+  for (; i < n; ++i) y[i] = std::fma(a, one(x, i), y[i]);
 }
 
 }  // namespace
