@@ -1,8 +1,13 @@
 // Portable kernels of the plain number types: F32, F16, BF16, F64 and the integer types.
-// F32, F16 and BF16 dot products follow the fixed order of quant_kernels.h (16 fused running
-// sums; the NEON tier computes the same bits), axpy fuses each update; the other types' dot
-// products accumulate in double. This is the reference the SIMD kernels are tested against, and
-// the fallback on CPUs without them.
+// F32, F16 and BF16 dot products follow the fixed order of quant_kernels.h (16 running sums; the
+// NEON tier computes the same bits); the other types' dot products accumulate in double. Nothing
+// here is contracted into fused multiply-adds. This is the reference the SIMD kernels are tested
+// against, and the fallback on CPUs without them.
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__) && defined(__FP_FAST_FMAF)
+#pragma GCC optimize("fp-contract=off")
+#endif
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -81,7 +86,7 @@ namespace {
 template <class Load>
 float dot_lanes(int64_t n, Load x, const float* y) {
   float a[kDotLanes] = {};
-  for (int64_t i = 0; i < n; ++i) a[i % kDotLanes] = std::fma(x(i), y[i], a[i % kDotLanes]);
+  for (int64_t i = 0; i < n; ++i) a[i % kDotLanes] += x(i) * y[i];
   return reduce_dot_lanes(a);
 }
 
@@ -133,11 +138,11 @@ void gelu_tanh_mul(float* gate, const float* up, int64_t n) {
 }
 
 void axpy_f32(float a, const float* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = std::fma(a, x[i], y[i]);
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = std::fma(a, fp16_to_fp32(x[i]), y[i]);
+  for (int64_t i = 0; i < n; ++i) y[i] += a * fp16_to_fp32(x[i]);
 }
 
 float vec_dot_dequant_f32(DequantizeFn dequantize, int64_t block_size, size_t type_size,

@@ -57,9 +57,10 @@ static inline void q3k_scales(const uint8_t* s, int8_t* out) {
 }
 
 // The order of the float dot products (F32, F16 and BF16 rows against float32, attention's
-// scores), shared bit for bit by the scalar and NEON tiers: 16 running float sums, value i fused
-// into sum i % 16 (one rounding: fma), then the 16 summed by reduce_dot_lanes. Any vector width
-// that divides 16 follows it exactly (NEON: four vectors of four lanes).
+// scores), shared bit for bit by the scalar and NEON tiers: 16 running float sums, the product of
+// value i rounded to float and added to sum i % 16 (never fused: the same on CPUs without FMA),
+// then the 16 summed by reduce_dot_lanes. Any vector width that divides 16 follows it exactly
+// (NEON: four vectors of four lanes).
 constexpr int kDotLanes = 16;
 static inline float reduce_dot_lanes(const float* a) {
   float r[4];

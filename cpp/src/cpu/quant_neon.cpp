@@ -8,14 +8,12 @@
 // NEON tiers compute the same logits as the scalar tier, and a row's product against several
 // activation rows (the prompt's matrix products) is vec_dot's for each.
 //
-// So are the float helpers: their dot products follow the scalar tier's fixed order of 16 fused
-// running sums (quant_kernels.h), axpy fuses each update as the scalar tier does, and the helpers
+// So are the float helpers: their dot products follow the scalar tier's fixed order of 16 running
+// sums (quant_kernels.h), nothing is fused, as in the scalar tier, and the helpers
 // for several query heads repeat the one-head helper per head. With the rest of the core compiled
 // without contraction on AArch64 (CMakeLists.txt), an AArch64 build computes the scalar tier's
 // logits, whichever of its tiers runs.
 #include "quant_neon_util.h"
-
-#include <cmath>
 
 #include "quant_kernels.h"
 
@@ -164,21 +162,21 @@ float dot(X x, const float* y, int64_t n) {
     float32x4_t a, b, c, d;
     load8(advance(x, i), &a, &b);
     load8(advance(x, i + 8), &c, &d);
-    s0 = vfmaq_f32(s0, a, vld1q_f32(y + i));
-    s1 = vfmaq_f32(s1, b, vld1q_f32(y + i + 4));
-    s2 = vfmaq_f32(s2, c, vld1q_f32(y + i + 8));
-    s3 = vfmaq_f32(s3, d, vld1q_f32(y + i + 12));
+    s0 = vaddq_f32(s0, vmulq_f32(a, vld1q_f32(y + i)));
+    s1 = vaddq_f32(s1, vmulq_f32(b, vld1q_f32(y + i + 4)));
+    s2 = vaddq_f32(s2, vmulq_f32(c, vld1q_f32(y + i + 8)));
+    s3 = vaddq_f32(s3, vmulq_f32(d, vld1q_f32(y + i + 12)));
   }
   float lanes[kDotLanes];
   vst1q_f32(lanes, s0);
   vst1q_f32(lanes + 4, s1);
   vst1q_f32(lanes + 8, s2);
   vst1q_f32(lanes + 12, s3);
-  for (; i < n; ++i) lanes[i % kDotLanes] = std::fma(one(x, i), y[i], lanes[i % kDotLanes]);
+  for (; i < n; ++i) lanes[i % kDotLanes] += one(x, i) * y[i];
   return reduce_dot_lanes(lanes);
 }
 
-// y[i] += a * x[i], any n, each fused as the scalar tier's.
+// y[i] += a * x[i], any n, the product rounded first as in the scalar tier.
 template <class X>
 void axpy(float a, X x, float* y, int64_t n) {
   const float32x4_t va = vdupq_n_f32(a);
@@ -186,10 +184,10 @@ void axpy(float a, X x, float* y, int64_t n) {
   for (; i + 8 <= n; i += 8) {
     float32x4_t p, q;
     load8(advance(x, i), &p, &q);
-    vst1q_f32(y + i, vfmaq_f32(vld1q_f32(y + i), p, va));
-    vst1q_f32(y + i + 4, vfmaq_f32(vld1q_f32(y + i + 4), q, va));
+    vst1q_f32(y + i, vaddq_f32(vld1q_f32(y + i), vmulq_f32(va, p)));
+    vst1q_f32(y + i + 4, vaddq_f32(vld1q_f32(y + i + 4), vmulq_f32(va, q)));
   }
-  for (; i < n; ++i) y[i] = std::fma(a, one(x, i), y[i]);
+  for (; i < n; ++i) y[i] += a * one(x, i);
 }
 
 }  // namespace
