@@ -416,3 +416,22 @@ def test_list_and_pull_go_through_the_registry(smollm2_path):
         with open("/dev/full", "w") as full:
             r = subprocess.run([str(binary()), "list"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
         assert r.returncode == 1 and r.stderr == "tova: write error: No space left on device\n", r.stderr
+
+
+@pytest.mark.model
+def test_out_of_memory_is_an_error_message(smollm2_path, tmp_path):
+    """A prompt file larger than the process may allocate (under `ulimit -v`): an error that says
+    out of memory and exit 1, not "std::bad_alloc" or a crash."""
+    import resource
+
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:
+        f.truncate(400 << 20)  # sparse: 400 MiB of zero bytes to read
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (350 << 20, resource.RLIM_INFINITY))
+
+    r = subprocess.run([str(binary()), "run", "-m", str(smollm2_path), "-f", str(big), "-n", "1", "-t", "1"],
+                       capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert r.returncode == 1, r.stderr
+    assert "tova: error: out of memory" in r.stderr and "ulimit -v" in r.stderr, r.stderr

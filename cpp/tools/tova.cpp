@@ -18,6 +18,7 @@
 #include <map>
 #include <random>
 #include <stdexcept>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -419,6 +420,10 @@ int main(int argc, char** argv) {
   } catch (const ArgumentError& e) {
     std::fprintf(stderr, "tova: error: %s\n", e.what());
     return 2;
+  } catch (const std::bad_alloc&) {  // where no check came first: say what it means
+    std::fprintf(stderr, "tova: error: out of memory (the machine's, or a limit on this process: ulimit -v, "
+                         "a container's)\n");
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "tova: error: %s\n", e.what());
     return 1;
