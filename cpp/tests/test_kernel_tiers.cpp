@@ -211,15 +211,15 @@ void check_gathered_helpers() {
       const bool heads_same = std::memcmp(scores.data(), heads.data(), scores.size() * sizeof(float)) == 0 &&
                               std::memcmp(out.data(), out_heads.data(), out.size() * sizeof(float)) == 0;
       if (tier_is_exact(active_tier())) {  // the scalar tier's own helpers, bit for bit
+        using S = GatherByRows<scalar::vec_dot_f32_f32, scalar::vec_dot_f16_f32, scalar::axpy_f32, scalar::axpy_f16>;
         std::vector<float> s_scores(scores.size()), s_out(out.size(), 0.5f);
-        if (half)
-          scalar::gather_dot_heads_f16(store16.data(), stride, idx, n, q.data(), d, nh, d, scale, s_scores.data(), n);
-        else
-          scalar::gather_dot_heads_f32(store.data(), stride, idx, n, q.data(), d, nh, d, scale, s_scores.data(), n);
-        if (half)
-          scalar::gather_axpy_heads_f16(store16.data(), stride, idx, n, p.data(), n, nh, d, s_out.data(), d);
-        else
-          scalar::gather_axpy_heads_f32(store.data(), stride, idx, n, p.data(), n, nh, d, s_out.data(), d);
+        if (half) {
+          S::dot_heads(store16.data(), stride, idx, n, q.data(), d, nh, d, scale, s_scores.data(), n);
+          S::axpy_heads(store16.data(), stride, idx, n, p.data(), n, nh, d, s_out.data(), d);
+        } else {
+          S::dot_heads(store.data(), stride, idx, n, q.data(), d, nh, d, scale, s_scores.data(), n);
+          S::axpy_heads(store.data(), stride, idx, n, p.data(), n, nh, d, s_out.data(), d);
+        }
         close &= std::memcmp(scores.data(), s_scores.data(), scores.size() * sizeof(float)) == 0 &&
                  std::memcmp(out.data(), s_out.data(), out.size() * sizeof(float)) == 0;
       }

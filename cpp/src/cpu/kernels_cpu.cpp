@@ -18,9 +18,6 @@ namespace tova {
 
 namespace {
 
-using AxpyF32Fn = void (*)(float, const float*, float*, int64_t);
-using AxpyF16Fn = void (*)(float, const uint16_t*, float*, int64_t);
-
 // The plain float helpers of attention (kernels_cpu.h), per tier like the type kernels.
 struct FloatKernels {
   VecDotF32Fn dot_f32, dot_f16;
@@ -136,10 +133,10 @@ Table scalar_table() {
   at(t, GgmlType::F32).quantize = s::quantize_f32;
   at(t, GgmlType::F16).quantize = s::quantize_f16;
   at(t, GgmlType::BF16).quantize = s::quantize_bf16;
+  using G = GatherByRows<s::vec_dot_f32_f32, s::vec_dot_f16_f32, s::axpy_f32, s::axpy_f16>;
   t.floats = {s::vec_dot_f32_f32, s::vec_dot_f16_f32, s::axpy_f32,       s::axpy_f16,
-              s::gather_dot_f32,  s::gather_dot_f16,  s::gather_axpy_f32, s::gather_axpy_f16,
-              s::gather_dot_heads_f32, s::gather_dot_heads_f16, s::gather_axpy_heads_f32,
-              s::gather_axpy_heads_f16,
+              G::dot_f32,         G::dot_f16,         G::axpy_f32,       G::axpy_f16,
+              G::dot_heads<float>, G::dot_heads<uint16_t>, G::axpy_heads<float>, G::axpy_heads<uint16_t>,
               s::silu_mul,        s::gelu_tanh_mul,   s::softmax_f32};
 
   quant<BlockQ4_0, kQK, s::dequantize_q4_0, s::vec_dot_q4_0_q8_0>(t, GgmlType::Q4_0, s::quantize_q4_0);
@@ -241,14 +238,15 @@ Table avx512_table() {
     t.floats.dot_f16 = ns::vec_dot_f16_f32;                                                         \
     t.floats.axpy_f32 = ns::axpy_f32;                                                               \
     t.floats.axpy_f16 = ns::axpy_f16;                                                               \
-    t.floats.gather_dot_f32 = ns::gather_dot_f32;                                                   \
-    t.floats.gather_dot_f16 = ns::gather_dot_f16;                                                   \
-    t.floats.gather_axpy_f32 = ns::gather_axpy_f32;                                                 \
-    t.floats.gather_axpy_f16 = ns::gather_axpy_f16;                                                 \
-    t.floats.gather_dot_heads_f32 = ns::gather_dot_heads_f32;                                       \
-    t.floats.gather_dot_heads_f16 = ns::gather_dot_heads_f16;                                       \
-    t.floats.gather_axpy_heads_f32 = ns::gather_axpy_heads_f32;                                     \
-    t.floats.gather_axpy_heads_f16 = ns::gather_axpy_heads_f16;                                     \
+    using G = GatherByRows<ns::vec_dot_f32_f32, ns::vec_dot_f16_f32, ns::axpy_f32, ns::axpy_f16>;     \
+    t.floats.gather_dot_f32 = G::dot_f32;                                                           \
+    t.floats.gather_dot_f16 = G::dot_f16;                                                           \
+    t.floats.gather_axpy_f32 = G::axpy_f32;                                                         \
+    t.floats.gather_axpy_f16 = G::axpy_f16;                                                         \
+    t.floats.gather_dot_heads_f32 = G::dot_heads<float>;                                            \
+    t.floats.gather_dot_heads_f16 = G::dot_heads<uint16_t>;                                         \
+    t.floats.gather_axpy_heads_f32 = G::axpy_heads<float>;                                          \
+    t.floats.gather_axpy_heads_f16 = G::axpy_heads<uint16_t>;                                       \
     return t;                                                                                       \
   }
 TOVA_NEON_TABLE(neon)

@@ -161,45 +161,5 @@ float vec_dot_dequant_f32(DequantizeFn dequantize, int64_t block_size, size_t ty
   return static_cast<float>(sum);
 }
 
-void gather_dot_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, int d,
-                    float scale, float* scores) {
-  for (int j = 0; j < n; ++j) scores[j] = vec_dot_f32_f32(d, base + idx[j] * stride, q) * scale;
-}
-
-void gather_dot_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q,
-                    int d, float scale, float* scores) {
-  for (int j = 0; j < n; ++j) scores[j] = vec_dot_f16_f32(d, base + idx[j] * stride, q) * scale;
-}
-
-void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, int d,
-                     float* out) {
-  for (int j = 0; j < n; ++j) axpy_f32(p[j], base + idx[j] * stride, out, d);
-}
-
-void gather_axpy_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p,
-                     int d, float* out) {
-  for (int j = 0; j < n; ++j) axpy_f16(p[j], base + idx[j] * stride, out, d);
-}
-
-void gather_dot_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, size_t q_stride,
-                          int nh, int d, float scale, float* scores, size_t s_stride) {
-  for (int h = 0; h < nh; ++h) gather_dot_f32(base, stride, idx, n, q + h * q_stride, d, scale, scores + h * s_stride);
-}
-
-void gather_dot_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q,
-                          size_t q_stride, int nh, int d, float scale, float* scores, size_t s_stride) {
-  for (int h = 0; h < nh; ++h) gather_dot_f16(base, stride, idx, n, q + h * q_stride, d, scale, scores + h * s_stride);
-}
-
-void gather_axpy_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, size_t p_stride,
-                           int nh, int d, float* out, size_t o_stride) {
-  for (int h = 0; h < nh; ++h) gather_axpy_f32(base, stride, idx, n, p + h * p_stride, d, out + h * o_stride);
-}
-
-void gather_axpy_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p,
-                           size_t p_stride, int nh, int d, float* out, size_t o_stride) {
-  for (int h = 0; h < nh; ++h) gather_axpy_f16(base, stride, idx, n, p + h * p_stride, d, out + h * o_stride);
-}
-
 }  // namespace scalar
 }  // namespace tova

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels_cpu.h"
 #include "quant_blocks.h"
@@ -92,6 +93,51 @@ using GatherAxpyHeadsF32Fn = void (*)(const float*, size_t, const int32_t*, int,
 using GatherAxpyHeadsF16Fn = void (*)(const uint16_t*, size_t, const int32_t*, int, const float*, size_t, int, int,
                                       float*, size_t);
 
+using AxpyF32Fn = void (*)(float a, const float* x, float* y, int64_t n);
+using AxpyF16Fn = void (*)(float a, const uint16_t* x, float* y, int64_t n);
+
+// The gathered attention helpers made of a tier's one-row float kernels: row by row, head by head
+// (the scalar and NEON tiers; the AVX tiers read each row once for several heads).
+template <VecDotF32Fn DotF32, VecDotF32Fn DotF16, AxpyF32Fn AxpyF32, AxpyF16Fn AxpyF16>
+struct GatherByRows {
+  static void dot_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, int d, float scale,
+                      float* scores) {
+    for (int j = 0; j < n; ++j) scores[j] = DotF32(d, base + idx[j] * stride, q) * scale;
+  }
+  static void dot_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q, int d,
+                      float scale, float* scores) {
+    for (int j = 0; j < n; ++j) scores[j] = DotF16(d, base + idx[j] * stride, q) * scale;
+  }
+  static void axpy_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, int d,
+                       float* out) {
+    for (int j = 0; j < n; ++j) AxpyF32(p[j], base + idx[j] * stride, out, d);
+  }
+  static void axpy_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p, int d,
+                       float* out) {
+    for (int j = 0; j < n; ++j) AxpyF16(p[j], base + idx[j] * stride, out, d);
+  }
+  template <class T>
+  static void dot_heads(const T* base, size_t stride, const int32_t* idx, int n, const float* q, size_t q_stride,
+                        int nh, int d, float scale, float* scores, size_t s_stride) {
+    for (int h = 0; h < nh; ++h) {
+      if constexpr (std::is_same_v<T, float>)
+        dot_f32(base, stride, idx, n, q + h * q_stride, d, scale, scores + h * s_stride);
+      else
+        dot_f16(base, stride, idx, n, q + h * q_stride, d, scale, scores + h * s_stride);
+    }
+  }
+  template <class T>
+  static void axpy_heads(const T* base, size_t stride, const int32_t* idx, int n, const float* p, size_t p_stride,
+                         int nh, int d, float* out, size_t o_stride) {
+    for (int h = 0; h < nh; ++h) {
+      if constexpr (std::is_same_v<T, float>)
+        axpy_f32(base, stride, idx, n, p + h * p_stride, d, out + h * o_stride);
+      else
+        axpy_f16(base, stride, idx, n, p + h * p_stride, d, out + h * o_stride);
+    }
+  }
+};
+
 // --- portable kernels (quant_float.cpp, quant_legacy.cpp, quant_kquants.cpp) -----------------
 namespace scalar {
 
@@ -119,18 +165,6 @@ void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
 void silu_mul(float* gate, const float* up, int64_t n);
 void gelu_tanh_mul(float* gate, const float* up, int64_t n);
 void softmax_f32(float* s, int n);
-void gather_dot_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, int d, float scale, float* scores);
-void gather_dot_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q, int d, float scale, float* scores);
-void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, int d, float* out);
-void gather_axpy_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p, int d, float* out);
-void gather_dot_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, size_t q_stride,
-                          int nh, int d, float scale, float* scores, size_t s_stride);
-void gather_dot_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q,
-                          size_t q_stride, int nh, int d, float scale, float* scores, size_t s_stride);
-void gather_axpy_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, size_t p_stride,
-                           int nh, int d, float* out, size_t o_stride);
-void gather_axpy_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p,
-                           size_t p_stride, int nh, int d, float* out, size_t o_stride);
 
 void dequantize_q3_0(const void* src, float* dst, int64_t n);  // tova's KV value format
 void dequantize_q4_0(const void* src, float* dst, int64_t n);
@@ -270,22 +304,6 @@ TOVA_AVX512_DECL(q6_K_q8_K)
   float vec_dot_bf16_f32(int64_t n, const void* x, const float* y);                                           \
   void axpy_f32(float a, const float* x, float* y, int64_t n);                                                \
   void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);                                             \
-  void gather_dot_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, int d,     \
-                      float scale, float* scores);                                                            \
-  void gather_dot_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q, int d,  \
-                      float scale, float* scores);                                                            \
-  void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, int d,    \
-                       float* out);                                                                           \
-  void gather_axpy_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p, int d, \
-                       float* out);                                                                           \
-  void gather_dot_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q,      \
-                            size_t q_stride, int nh, int d, float scale, float* scores, size_t s_stride);     \
-  void gather_dot_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q,   \
-                            size_t q_stride, int nh, int d, float scale, float* scores, size_t s_stride);     \
-  void gather_axpy_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p,     \
-                             size_t p_stride, int nh, int d, float* out, size_t o_stride);                    \
-  void gather_axpy_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p,  \
-                             size_t p_stride, int nh, int d, float* out, size_t o_stride);                    \
   float vec_dot_q4_0_q8_0(int64_t n, const void* x, const void* y);                                           \
   float vec_dot_q4_1_q8_1(int64_t n, const void* x, const void* y);                                           \
   float vec_dot_q5_0_q8_0(int64_t n, const void* x, const void* y);                                           \

@@ -9,8 +9,8 @@
 // activation rows (the prompt's matrix products) is vec_dot's for each.
 //
 // So are the float helpers: their dot products follow the scalar tier's fixed order of 16 running
-// sums (quant_kernels.h), nothing is fused, as in the scalar tier, and the helpers
-// for several query heads repeat the one-head helper per head. With the rest of the core compiled
+// sums (quant_kernels.h) and nothing is fused, as in the scalar tier; the gathered attention
+// helpers are GatherByRows of these (kernels_cpu.cpp), as the scalar tier's are. With the rest of the core compiled
 // without contraction on AArch64 (CMakeLists.txt), an AArch64 build computes the scalar tier's
 // logits, whichever of its tiers runs.
 #include "quant_neon_util.h"
@@ -208,45 +208,6 @@ float vec_dot_f16_f32(int64_t n, const void* x, const float* y) { return dot(sta
 float vec_dot_bf16_f32(int64_t n, const void* x, const float* y) { return dot(Bf16{static_cast<const uint16_t*>(x)}, y, n); }
 void axpy_f32(float a, const float* x, float* y, int64_t n) { axpy(a, x, y, n); }
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) { axpy(a, x, y, n); }
-
-void gather_dot_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, int d, float scale,
-                    float* scores) {
-  for (int j = 0; j < n; ++j) scores[j] = dot(base + idx[j] * stride, q, d) * scale;
-}
-
-void gather_dot_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q, int d,
-                    float scale, float* scores) {
-  for (int j = 0; j < n; ++j) scores[j] = dot(base + idx[j] * stride, q, d) * scale;
-}
-
-void gather_axpy_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, int d, float* out) {
-  for (int j = 0; j < n; ++j) axpy(p[j], base + idx[j] * stride, out, d);
-}
-
-void gather_axpy_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p, int d,
-                     float* out) {
-  for (int j = 0; j < n; ++j) axpy(p[j], base + idx[j] * stride, out, d);
-}
-
-void gather_dot_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* q, size_t q_stride,
-                          int nh, int d, float scale, float* scores, size_t s_stride) {
-  for (int h = 0; h < nh; ++h) gather_dot_f32(base, stride, idx, n, q + h * q_stride, d, scale, scores + h * s_stride);
-}
-
-void gather_dot_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* q,
-                          size_t q_stride, int nh, int d, float scale, float* scores, size_t s_stride) {
-  for (int h = 0; h < nh; ++h) gather_dot_f16(base, stride, idx, n, q + h * q_stride, d, scale, scores + h * s_stride);
-}
-
-void gather_axpy_heads_f32(const float* base, size_t stride, const int32_t* idx, int n, const float* p, size_t p_stride,
-                           int nh, int d, float* out, size_t o_stride) {
-  for (int h = 0; h < nh; ++h) gather_axpy_f32(base, stride, idx, n, p + h * p_stride, d, out + h * o_stride);
-}
-
-void gather_axpy_heads_f16(const uint16_t* base, size_t stride, const int32_t* idx, int n, const float* p,
-                           size_t p_stride, int nh, int d, float* out, size_t o_stride) {
-  for (int h = 0; h < nh; ++h) gather_axpy_f16(base, stride, idx, n, p + h * p_stride, d, out + h * o_stride);
-}
 
 }  // namespace TOVA_NEON_NS
 }  // namespace tova
