@@ -12,7 +12,7 @@
 #   the CLI (HOST_TOVA, default build/ci-cmake/tova when present), the perplexity of a text read
 #   through a 32-token TOVA cache, which must print the same numbers as that build's scalar tier
 #   (the NEON kernels compute the scalar tier's results bit for bit, and the core is compiled
-#   without contraction on both).
+#   without contraction on both); Gemma 3's too when it is cached.
 # The Python tests on AArch64: tests/arm64/pytest_arm64.sh.
 #
 #   bash tests/arm64/check.sh [BUILD_DIR]     (default build/arm64; installs the cross tools
@@ -78,6 +78,18 @@ if [ -f "$model" ]; then
     want=$(TOVA_CPU_KERNELS=scalar ppl "$host")
     echo "SmolLM2 perplexity, kv_size 32, x86-64 scalar tier: $want"
     expect "the same perplexity on AArch64 (neon_dot)" "$want" "$(ppl qemu-aarch64 "$BUILD/tova")"
+    # Gemma 3 as well when cached (the test suite fetches it): Q4_K / Q6_K / Q5_0 weights, GELU,
+    # sliding-window layers; the first 200 bytes of the text.
+    gemma="$(dirname "$model")/gemma-3-270m-q4_k_m.gguf"
+    if [ -f "$gemma" ]; then
+      head -c 200 "$text" > "$text.200"
+      gppl() { "$@" perplexity -m "$gemma" -f "$text.200" --policy tova --kv-size 16 -t 2 --no-progress 2>&1 |
+                 tail -n 1 | sed 's/, [0-9.]* tokens\/s//'; }
+      want=$(TOVA_CPU_KERNELS=scalar gppl "$host")
+      echo "Gemma 3 perplexity, kv_size 16, x86-64 scalar tier: $want"
+      expect "the same perplexity on AArch64 (neon_dot)" "$want" "$(gppl qemu-aarch64 "$BUILD/tova")"
+      rm -f "$text.200"
+    fi
     rm -f "$text"
   else
     echo "skipped: the comparison with x86-64 ($host is not built)"
