@@ -53,6 +53,23 @@ bool read_number(const char* path, const char* key, uint64_t* out) {
   return found;
 }
 
+// The bytes of this process's address space in use: the sum of its mappings (what RLIMIT_AS
+// counts); false where /proc/self/maps cannot be read.
+bool mapped_bytes(uint64_t* out) {
+  FILE* f = std::fopen("/proc/self/maps", "r");
+  if (!f) return false;
+  char line[4352];  // (PATH_MAX and the fields before the path)
+  uint64_t total = 0;
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long long lo = 0, hi = 0;
+    if (std::sscanf(line, "%llx-%llx", &lo, &hi) == 2 && hi > lo) total += hi - lo;
+    // (a line longer than the buffer: its rest is read as lines that do not parse)
+  }
+  std::fclose(f);
+  *out = total;
+  return true;
+}
+
 }  // namespace
 
 uint64_t available_memory_bytes() {
@@ -69,11 +86,10 @@ uint64_t available_memory_bytes() {
            read_number("/sys/fs/cgroup/memory/memory.usage_in_bytes", "", &used) && limit < (uint64_t{1} << 60))
     lower(limit > used ? limit - used : 0);
   // Address space: the process's limit (ulimit -v, RLIMIT_AS) and, in a 32-bit process, the 3 GiB
-  // a 32-bit Linux gives user space, less what the process maps already (VmSize: the model's
-  // mapping included).
-  uint64_t mapped_kib = 0;
-  if (read_number("/proc/self/status", "VmSize:", &mapped_kib)) {
-    const uint64_t mapped = mapped_kib * 1024;
+  // a 32-bit Linux gives user space, less what the process maps already (the model's mapping
+  // included; summed from /proc/self/maps, which qemu-user also answers for its guest).
+  uint64_t mapped = 0;
+  if (mapped_bytes(&mapped)) {
     auto lower_space = [&](uint64_t space) { lower(space > mapped ? space - mapped : 0); };
     struct rlimit rl {};
     if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) lower_space(static_cast<uint64_t>(rl.rlim_cur));

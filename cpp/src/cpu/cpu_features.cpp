@@ -55,9 +55,11 @@ CpuFeatures detect() {
 #if defined(__linux__)
   f.dotprod = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
 #elif defined(__APPLE__)
-  int has = 0;
+  // (Every Apple Silicon CPU has it; macOS before 12 has no name for it.)
+  int has = 1;
   size_t size = sizeof(has);
-  f.dotprod = sysctlbyname("hw.optional.arm.FEAT_DotProd", &has, &size, nullptr, 0) == 0 && has != 0;
+  if (sysctlbyname("hw.optional.arm.FEAT_DotProd", &has, &size, nullptr, 0) != 0) has = 1;
+  f.dotprod = has != 0;
 #endif
 #endif
   return f;

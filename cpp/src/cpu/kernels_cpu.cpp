@@ -250,17 +250,21 @@ Table avx512_table() {
     return t;                                                                                       \
   }
 TOVA_NEON_TABLE(neon)
+#if defined(TOVA_ARM64_DOT)
 TOVA_NEON_TABLE(neon_dot)
+#endif
 #undef TOVA_NEON_TABLE
 #endif
 
 const Table& tier_table(CpuTier tier) {
   static const Table scalar = scalar_table();
-#if defined(TOVA_ARM64)
+#if defined(TOVA_ARM64_DOT)
   if (tier == CpuTier::NeonDot && tier_supported(CpuTier::NeonDot)) {
     static const Table t = neon_dot_table();
     return t;
   }
+#endif
+#if defined(TOVA_ARM64)
   if (tier == CpuTier::Neon && tier_supported(CpuTier::Neon)) {
     static const Table t = neon_table();
     return t;
@@ -327,6 +331,8 @@ bool tier_supported(CpuTier tier) {
 #endif
 #if defined(TOVA_ARM64)
     case CpuTier::Neon: return cpu_features().neon;
+#endif
+#if defined(TOVA_ARM64_DOT)  // (a compiler without the extension builds the neon tier alone)
     case CpuTier::NeonDot: return cpu_features().neon && cpu_features().dotprod;
 #endif
     default: return false;

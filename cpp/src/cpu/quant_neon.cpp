@@ -118,12 +118,14 @@ float one_row(int64_t n, const void* x, const void* y) {
 // --- float helpers -------------------------------------------------------------------------------
 
 // Eight values of x as float32 (two vectors), for each element type of the float dot products.
+// Rows may sit at any byte address (a tensor in a file, a numpy view): loaded as bytes.
 inline void load8(const float* x, float32x4_t* a, float32x4_t* b) {
-  *a = vld1q_f32(x);
-  *b = vld1q_f32(x + 4);
+  const auto* p = reinterpret_cast<const uint8_t*>(x);
+  *a = vreinterpretq_f32_u8(vld1q_u8(p));
+  *b = vreinterpretq_f32_u8(vld1q_u8(p + 16));
 }
 inline void load8(const uint16_t* x, float32x4_t* a, float32x4_t* b) {  // f16
-  const float16x8_t h = vreinterpretq_f16_u16(vld1q_u16(x));
+  const float16x8_t h = vreinterpretq_f16_u8(vld1q_u8(reinterpret_cast<const uint8_t*>(x)));
   *a = vcvt_f32_f16(vget_low_f16(h));
   *b = vcvt_high_f32_f16(h);
 }
@@ -131,22 +133,22 @@ struct Bf16 {
   const uint16_t* p;
 };
 inline void load8(Bf16 x, float32x4_t* a, float32x4_t* b) {
-  const uint16x8_t h = vld1q_u16(x.p);
+  const uint16x8_t h = vreinterpretq_u16_u8(vld1q_u8(reinterpret_cast<const uint8_t*>(x.p)));
   *a = vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(h), 16));
   *b = vreinterpretq_f32_u32(vshll_high_n_u16(h, 16));
 }
 
-inline float one(const float* x, int64_t i) {
-  float v;
-  std::memcpy(&v, x + i, sizeof(v));
+template <class T>
+inline T load_one(const void* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(v));
   return v;
 }
-inline float one(const uint16_t* x, int64_t i) { return half_to_float(x[i]); }
+inline float one(const float* x, int64_t i) { return load_one<float>(x + i); }
+inline float one(const uint16_t* x, int64_t i) { return half_to_float(load_one<uint16_t>(x + i)); }
 inline float one(Bf16 x, int64_t i) {
-  const uint32_t u = static_cast<uint32_t>(x.p[i]) << 16;
-  float v;
-  std::memcpy(&v, &u, sizeof(v));
-  return v;
+  const uint32_t u = static_cast<uint32_t>(load_one<uint16_t>(x.p + i)) << 16;
+  return load_one<float>(&u);
 }
 inline const float* advance(const float* x, int64_t i) { return x + i; }
 inline const uint16_t* advance(const uint16_t* x, int64_t i) { return x + i; }

@@ -15,13 +15,14 @@ namespace TOVA_NEON_NS {
 
 namespace {
 
-// sum over j of m[j] * (bsums[2j] + bsums[2j + 1]): a Q4_K / Q5_K block's minimum term.
+// sum over j of m[j] * (bsums[2j] + bsums[2j + 1]): a Q4_K / Q5_K block's minimum term, in 32 bits
+// as the scalar kernel sums it (whatever the bsums hold).
 inline int mins_dot_bsums(const uint8_t* mins, const int16_t* bsums) {
-  const int16x8_t pairs = vpaddq_s16(vld1q_s16(bsums), vld1q_s16(bsums + 8));
-  const int16x8_t m = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(mins)));
-  const int32x4_t s = vmlal_s16(vmull_s16(vget_low_s16(pairs), vget_low_s16(m)), vget_high_s16(pairs),
-                                vget_high_s16(m));
-  return vaddvq_s32(s);
+  const int32x4_t p0 = vpaddlq_s16(vld1q_s16(bsums)), p1 = vpaddlq_s16(vld1q_s16(bsums + 8));
+  const uint16x8_t m = vmovl_u8(vld1_u8(mins));
+  const int32x4_t m0 = vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(m)));
+  const int32x4_t m1 = vreinterpretq_s32_u32(vmovl_high_u16(m));
+  return vaddvq_s32(vmlaq_s32(vmulq_s32(p0, m0), p1, m1));
 }
 
 // Q4_K and Q5_K: sub-block j (32 quants) is nibble j % 2 of qs[32 (j / 2) ..], plus bit j of each
