@@ -26,7 +26,11 @@ command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 || need+=(g++-aarch64-linux-gnu
 command -v qemu-aarch64 >/dev/null 2>&1 || need+=(qemu-user)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
-  apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
+  if ! { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; }; then
+    # (as .ci/run does for tmux: a machine that cannot install them cannot run this check)
+    echo "SKIPPED: the AArch64 check needs ${need[*]} (apt-get install failed); nothing was checked"
+    exit 0
+  fi
 fi
 
 cmake -S . -B "$BUILD" -DCMAKE_TOOLCHAIN_FILE=tests/arm64/aarch64-linux-gnu.cmake -DCMAKE_BUILD_TYPE=Release \

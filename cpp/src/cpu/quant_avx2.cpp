@@ -21,10 +21,20 @@ inline __m256 load8_f16(const uint16_t* p) { return _mm256_cvtph_ps(load128(p));
 inline __m256 load8_bf16(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(load128(p)), 16));
 }
-inline float load1_f32(const float* p) { return *p; }
-inline float load1_f16(const uint16_t* p) { return half_to_float(*p); }
+// (Single values through memcpy: a row of a file's tensor may sit at any byte address.)
+inline float load1_f32(const float* p) {
+  float f;
+  std::memcpy(&f, p, 4);
+  return f;
+}
+inline uint16_t load1_u16(const uint16_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return h;
+}
+inline float load1_f16(const uint16_t* p) { return half_to_float(load1_u16(p)); }
 inline float load1_bf16(const uint16_t* p) {
-  const uint32_t bits = static_cast<uint32_t>(*p) << 16;
+  const uint32_t bits = static_cast<uint32_t>(load1_u16(p)) << 16;
   float f;
   std::memcpy(&f, &bits, 4);
   return f;
