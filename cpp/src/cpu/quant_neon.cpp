@@ -22,6 +22,8 @@ namespace TOVA_NEON_NS {
 
 namespace {
 
+static_assert(kMaxDotRows == 4, "by_row_count (quant_neon_util.h) dispatches 1..4 rows");
+
 // --- the 32-element formats: each block's quants as two int8 vectors (elements 0..15, 16..31) ---
 
 struct Q4_0 {
@@ -100,12 +102,7 @@ void rows_n(int64_t n, const void* vx, const void* vy, size_t stride, float* out
 
 template <class F>
 void rows(int64_t n, const void* x, const void* y, size_t stride, int nr, float* out) {
-  switch (nr) {
-    case 1: rows_n<F, 1>(n, x, y, stride, out); break;
-    case 2: rows_n<F, 2>(n, x, y, stride, out); break;
-    case 3: rows_n<F, 3>(n, x, y, stride, out); break;
-    default: rows_n<F, kMaxDotRows>(n, x, y, stride, out); break;
-  }
+  by_row_count(nr, [&](auto r) { rows_n<F, decltype(r)::value>(n, x, y, stride, out); });
 }
 
 template <class F>

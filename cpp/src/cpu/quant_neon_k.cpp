@@ -111,21 +111,11 @@ void rows_q6_K(int64_t n, const void* vx, const void* vy, size_t stride, float* 
 
 template <class Block>
 void rows_q45(int64_t n, const void* x, const void* y, size_t stride, int nr, float* out) {
-  switch (nr) {
-    case 1: rows_q45_K<Block, 1>(n, x, y, stride, out); break;
-    case 2: rows_q45_K<Block, 2>(n, x, y, stride, out); break;
-    case 3: rows_q45_K<Block, 3>(n, x, y, stride, out); break;
-    default: rows_q45_K<Block, kMaxDotRows>(n, x, y, stride, out); break;
-  }
+  by_row_count(nr, [&](auto r) { rows_q45_K<Block, decltype(r)::value>(n, x, y, stride, out); });
 }
 
 void rows_q6(int64_t n, const void* x, const void* y, size_t stride, int nr, float* out) {
-  switch (nr) {
-    case 1: rows_q6_K<1>(n, x, y, stride, out); break;
-    case 2: rows_q6_K<2>(n, x, y, stride, out); break;
-    case 3: rows_q6_K<3>(n, x, y, stride, out); break;
-    default: rows_q6_K<kMaxDotRows>(n, x, y, stride, out); break;
-  }
+  by_row_count(nr, [&](auto r) { rows_q6_K<decltype(r)::value>(n, x, y, stride, out); });
 }
 
 }  // namespace
