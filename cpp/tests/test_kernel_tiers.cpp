@@ -3,7 +3,8 @@
 // - every SIMD tier this CPU runs: vec_dot of every quantized weight format within float
 //   reassociation of the scalar tier's (the NEON tiers: bit for bit, as they promise, for the
 //   finite data here; a NaN's payload may differ), and its gemm equal to its vec_dot for every
-//   pair of rows, for 1, 2, 3, 7 and 9 activation rows;
+//   pair of rows, for 1, 2, 3, 7 and 9 activation rows; rows of 1, 3, 9 and 520 blocks (the
+//   AVX2 32-quant products keep an activation group's scales on the stack up to 512 blocks);
 // - the float dot products of every tier within rounding of a double-precision sum (the NEON
 //   tiers: bit for bit the scalar tier's);
 // - the active tier's gathered attention helpers against a double-precision sum (the NEON tiers:
@@ -83,7 +84,7 @@ void check_quantized_dots() {
     const TypeTraits& t = type_traits(f.type);
     const GgmlType act = t.vec_dot_type;
     const CpuKernels& portable = tier_kernels(CpuTier::Scalar, static_cast<uint32_t>(f.type));
-    for (int64_t blocks : {1, 3, 9}) {
+    for (int64_t blocks : {1, 3, 9, 520}) {
       const int64_t n = t.block_size * blocks;
       const int m = 5, nr = 9;  // weight rows; activation rows
       const size_t xs = row_bytes(f.type, n), ys = row_bytes(act, n);

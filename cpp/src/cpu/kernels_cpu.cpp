@@ -111,6 +111,13 @@ void simd_rows(Table& t, GgmlType id) {
   at(t, id).vec_dot = Dot;
   at(t, id).gemm = gemm_by_rows<Rows>;
 }
+// A matrix-product kernel (a tiled one): vec_dot is its 1 x 1 product.
+template <VecDotFn Dot, GemmFn Gemm>
+void tiled(Table& t, GgmlType id) {
+  at(t, id).vec_dot = Dot;
+  at(t, id).gemm = Gemm;
+}
+
 template <VecDotF32Fn Dot>
 void simd_number(Table& t, GgmlType id) {
   at(t, id).vec_dot_f32 = Dot;
@@ -175,11 +182,11 @@ Table avx2_table() {
   at(t, GgmlType::Q4_K).dequantize = a::dequantize_q4_K;
   at(t, GgmlType::Q5_K).dequantize = a::dequantize_q5_K;
   at(t, GgmlType::Q6_K).dequantize = a::dequantize_q6_K;
-  simd_rows<a::vec_dot_q4_0_q8_0, a::vec_dot_rows_q4_0_q8_0>(t, GgmlType::Q4_0);
-  simd_rows<a::vec_dot_q5_0_q8_0, a::vec_dot_rows_q5_0_q8_0>(t, GgmlType::Q5_0);
-  simd_rows<a::vec_dot_q8_0_q8_0, a::vec_dot_rows_q8_0_q8_0>(t, GgmlType::Q8_0);
-  simd_rows<a::vec_dot_q4_1_q8_1, a::vec_dot_rows_q4_1_q8_1>(t, GgmlType::Q4_1);
-  simd_rows<a::vec_dot_q5_1_q8_1, a::vec_dot_rows_q5_1_q8_1>(t, GgmlType::Q5_1);
+  tiled<a::vec_dot_q4_0_q8_0, a::gemm_q4_0_q8_0>(t, GgmlType::Q4_0);
+  tiled<a::vec_dot_q5_0_q8_0, a::gemm_q5_0_q8_0>(t, GgmlType::Q5_0);
+  tiled<a::vec_dot_q8_0_q8_0, a::gemm_q8_0_q8_0>(t, GgmlType::Q8_0);
+  tiled<a::vec_dot_q4_1_q8_1, a::gemm_q4_1_q8_1>(t, GgmlType::Q4_1);
+  tiled<a::vec_dot_q5_1_q8_1, a::gemm_q5_1_q8_1>(t, GgmlType::Q5_1);
   simd_rows<a::vec_dot_q4_K_q8_K, a::vec_dot_rows_q4_K_q8_K>(t, GgmlType::Q4_K);
   simd_rows<a::vec_dot_q5_K_q8_K, a::vec_dot_rows_q5_K_q8_K>(t, GgmlType::Q5_K);
   simd_rows<a::vec_dot_q6_K_q8_K, a::vec_dot_rows_q6_K_q8_K>(t, GgmlType::Q6_K);
@@ -192,13 +199,6 @@ Table avx2_table() {
               a::gather_axpy_heads_f16,
               a::silu_mul,        a::gelu_tanh_mul,   a::softmax_f32};
   return t;
-}
-
-// A tiled kernel: vec_dot is its 1 x 1 tile.
-template <VecDotFn Dot, GemmFn Gemm>
-void tiled(Table& t, GgmlType id) {
-  at(t, id).vec_dot = Dot;
-  at(t, id).gemm = Gemm;
 }
 
 Table avx512_table() {

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
+#include <vector>
 
 #include "quant_avx2_util.h"
 #include "quant_kernels.h"
@@ -444,89 +446,132 @@ inline __m256i quants(const BlockQ5_1& b) {
   return _mm256_or_si256(unpack_nibbles(b.qs), _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
 }
 
-// x . y_k for R activation rows at once (the weight block is decoded once for all of them) for
-// the symmetric formats: sum of d_x * d_y * (q_x . q_y). Two blocks per step with separate
-// accumulators, so consecutive FMAs do not wait on each other. For each row the operations and
-// their order are those of R = 1: every row's result is bit-identical to the one-row kernel's.
-template <class Block, int R>
-void dot_symmetric(int64_t n, const void* vx, const void* vy, size_t stride, float* out) {
-  const auto* x = static_cast<const Block*>(vx);
-  const YRows<BlockQ8_0, R> y(vy, stride);
-  const int64_t nb = n / kQK;
-  __m256 acc0[R], acc1[R];
-  for (int k = 0; k < R; ++k) acc0[k] = acc1[k] = _mm256_setzero_ps();
-  // |q_x| and q_y with q_x's sign: dot_s8_s8 split so that the x half is shared by the rows.
-  auto step = [&](int64_t i, __m256* acc) {
-    const __m256i qx = quants(x[i]);
-    const __m256i ax = _mm256_sign_epi8(qx, qx);
-    const float dx = half_to_float(x[i].d);
-    for (int k = 0; k < R; ++k) {
-      const __m256i p = dot_u8_s8(ax, _mm256_sign_epi8(load256(y.r[k][i].qs), qx));
-      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dx * half_to_float(y.r[k][i].d)), acc[k]);
-    }
-  };
-  int64_t i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    step(i, acc0);
-    step(i + 1, acc1);
-  }
-  if (i < nb) step(i, acc0);
-  for (int k = 0; k < R; ++k) out[k] = hsum_ps(_mm256_add_ps(acc0[k], acc1[k]));
-}
+// The 32-quant formats as matrix products (GemmFn): m weight rows times nr activation rows, the
+// activation rows in groups of up to kMaxDotRows (R), each weight block decoded once per group.
+// Symmetric formats (Q4_0, Q5_0, Q8_0) against Q8_0: per block d_x d_y (q_x . q_y); formats with
+// a minimum (Q4_1, Q5_1) against Q8_1: d_x d_y (q_x . q_y) + m_x s_y, s_y = d_y sum(q_y).
+//
+// The activations' f16 scales do not depend on the weight row, so they are converted once per
+// group (`prepare`) into kPrep floats per block: d_y of the R rows, then s_y of the R rows (zero
+// past the group's rows). A step then takes them with a broadcast load instead of converting
+// them for every weight row; a decode step (one activation row) spent half its time there.
+//
+// Every output is the same chain of operations whatever R, m and its place are: two blocks per
+// step into separate accumulators (consecutive FMAs do not wait on each other), the minimum
+// terms in two FMA chains (lane k: row k), one hsum at the end. vec_dot is the 1 x 1 product,
+// so vec_dot and gemm agree bit for bit and a sequence decoded alone equals it in a batch.
+constexpr int kPrep = 2 * kMaxDotRows;
 
-// The formats with a minimum m against Q8_1 activations:
-// d_x * d_y * (q_x . q_y) + m_x * s_y, with s_y = d_y * sum(q_y) stored in the block. Two blocks
-// per step with separate vector accumulators; the minimum terms add up in scalar.
-template <class Block, int R>
-void dot_with_min(int64_t n, const void* vx, const void* vy, size_t stride, float* out) {
-  const auto* x = static_cast<const Block*>(vx);
-  const YRows<BlockQ8_1, R> y(vy, stride);
-  const int64_t nb = n / kQK;
-  __m256 acc0[R], acc1[R];
-  float mins0[R], mins1[R];
-  for (int k = 0; k < R; ++k) {
-    acc0[k] = acc1[k] = _mm256_setzero_ps();
-    mins0[k] = mins1[k] = 0.0f;
-  }
-  auto step = [&](int64_t i, __m256* acc, float* mins) {
-    const __m256i qx = quants(x[i]);
-    const float dx = half_to_float(x[i].d), mx = half_to_float(x[i].m);
-    for (int k = 0; k < R; ++k) {
-      const __m256i p = dot_u8_s8(qx, load256(y.r[k][i].qs));
-      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dx * half_to_float(y.r[k][i].d)), acc[k]);
-      mins[k] += mx * half_to_float(y.r[k][i].s);
-    }
-  };
-  int64_t i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    step(i, acc0, mins0);
-    step(i + 1, acc1, mins1);
-  }
-  if (i < nb) step(i, acc0, mins0);
-  for (int k = 0; k < R; ++k) out[k] = hsum_ps(_mm256_add_ps(acc0[k], acc1[k])) + (mins0[k] + mins1[k]);
-}
+template <class Block, bool kMin>
+struct Legacy {
+  using YBlock = typename std::conditional<kMin, BlockQ8_1, BlockQ8_0>::type;
 
-template <class Block, int R>
-struct Symmetric {
-  static void run(int64_t n, const void* x, const void* y, size_t s, float* o) { dot_symmetric<Block, R>(n, x, y, s, o); }
-};
-template <class Block, int R>
-struct WithMin {
-  static void run(int64_t n, const void* x, const void* y, size_t s, float* o) { dot_with_min<Block, R>(n, x, y, s, o); }
+  static void prepare(int64_t nb, const uint8_t* y, size_t ys, int nk, float* pre) {
+    for (int64_t i = 0; i < nb; ++i) {
+      float* p = pre + i * kPrep;
+      for (int k = 0; k < kMaxDotRows; ++k) {
+        const YBlock* b = reinterpret_cast<const YBlock*>(y + k * ys);
+        p[k] = k < nk ? half_to_float(b[i].d) : 0.0f;
+        if constexpr (kMin) {
+          p[kMaxDotRows + k] = k < nk ? half_to_float(b[i].s) : 0.0f;
+        } else {
+          p[kMaxDotRows + k] = 0.0f;
+        }
+      }
+    }
+  }
+
+  // out[k * os] = x . y_k for the R activation rows of a prepared group.
+  template <int R>
+  static void run(int64_t nb, const Block* x, const uint8_t* y, size_t ys, const float* pre, float* out, size_t os) {
+    const YRows<YBlock, R> yr(y, ys);
+    __m256 acc0[R], acc1[R];
+    for (int k = 0; k < R; ++k) acc0[k] = acc1[k] = _mm256_setzero_ps();
+    __m128 mins0 = _mm_setzero_ps(), mins1 = _mm_setzero_ps();
+    auto step = [&](int64_t i, __m256* acc, __m128& mins) {
+      const float* p = pre + i * kPrep;
+      const __m256i qx = quants(x[i]);
+      __m256 vdx;
+      if constexpr (kMin) {
+        // d and m are adjacent halves: one conversion for both (lane 0: d, lane 1: m).
+        uint32_t dm;
+        std::memcpy(&dm, &x[i].d, 4);
+        const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dm)));
+        vdx = _mm256_broadcastss_ps(f);
+        mins = _mm_fmadd_ps(_mm_permute_ps(f, 0x55), _mm_loadu_ps(p + kMaxDotRows), mins);
+      } else {
+        vdx = _mm256_set1_ps(half_to_float(x[i].d));
+      }
+      // Symmetric formats: |q_x| and q_y with q_x's sign (dot_s8_s8, the x half shared by the rows).
+      const __m256i ax = kMin ? qx : _mm256_sign_epi8(qx, qx);
+      for (int k = 0; k < R; ++k) {
+        const __m256i yq = load256(yr.r[k][i].qs);
+        const __m256i prod = dot_u8_s8(ax, kMin ? yq : _mm256_sign_epi8(yq, qx));
+        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), _mm256_mul_ps(vdx, _mm256_broadcast_ss(p + k)), acc[k]);
+      }
+    };
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+      step(i, acc0, mins0);
+      step(i + 1, acc1, mins1);
+    }
+    if (i < nb) step(i, acc0, mins0);
+    alignas(16) float mins[4];
+    _mm_store_ps(mins, _mm_add_ps(mins0, mins1));
+    for (int k = 0; k < R; ++k) {
+      const float s = hsum_ps(_mm256_add_ps(acc0[k], acc1[k]));
+      out[k * os] = kMin ? s + mins[k] : s;
+    }
+  }
+
+  static void gemm(int64_t n, const void* vx, size_t xs, int64_t m, const void* vy, size_t ys, int64_t nr,
+                   float* out, size_t os) {
+    const int64_t nb = n / kQK;
+    // The prepared scales of one group: on the stack up to 512 blocks (16384 values), else heap.
+    constexpr int64_t kStackBlocks = 512;
+    alignas(32) float stack[kStackBlocks * kPrep];
+    std::vector<float> heap(nb > kStackBlocks ? static_cast<size_t>(nb * kPrep) : 0);
+    float* pre = nb > kStackBlocks ? heap.data() : stack;
+    const auto* x = static_cast<const uint8_t*>(vx);
+    const auto* y = static_cast<const uint8_t*>(vy);
+    for (int64_t k0 = 0; k0 < nr; k0 += kMaxDotRows) {
+      const int nk = static_cast<int>(std::min<int64_t>(kMaxDotRows, nr - k0));
+      const uint8_t* yk = y + static_cast<size_t>(k0) * ys;
+      prepare(nb, yk, ys, nk, pre);
+      float* ok = out + static_cast<size_t>(k0) * os;
+      for (int64_t r = 0; r < m; ++r) {
+        const auto* xr = reinterpret_cast<const Block*>(x + static_cast<size_t>(r) * xs);
+        switch (nk) {
+          case 4: run<4>(nb, xr, yk, ys, pre, ok + r, os); break;
+          case 3: run<3>(nb, xr, yk, ys, pre, ok + r, os); break;
+          case 2: run<2>(nb, xr, yk, ys, pre, ok + r, os); break;
+          default: run<1>(nb, xr, yk, ys, pre, ok + r, os); break;
+        }
+      }
+    }
+  }
+
+  static float one(int64_t n, const void* x, const void* y) {
+    float r;
+    gemm(n, x, 0, 1, y, 0, 1, &r, 1);
+    return r;
+  }
 };
 
 }  // namespace
 
-float vec_dot_q4_0_q8_0(int64_t n, const void* x, const void* y) { return one_row<Symmetric<BlockQ4_0, 1>::run>(n, x, y); }
-float vec_dot_q5_0_q8_0(int64_t n, const void* x, const void* y) { return one_row<Symmetric<BlockQ5_0, 1>::run>(n, x, y); }
-float vec_dot_q8_0_q8_0(int64_t n, const void* x, const void* y) { return one_row<Symmetric<BlockQ8_0, 1>::run>(n, x, y); }
-float vec_dot_q4_1_q8_1(int64_t n, const void* x, const void* y) { return one_row<WithMin<BlockQ4_1, 1>::run>(n, x, y); }
-float vec_dot_q5_1_q8_1(int64_t n, const void* x, const void* y) { return one_row<WithMin<BlockQ5_1, 1>::run>(n, x, y); }
-void vec_dot_rows_q4_0_q8_0(int64_t n, const void* x, const void* y, size_t s, int r, float* o) { rows<BlockQ4_0, Symmetric>(n, x, y, s, r, o); }
-void vec_dot_rows_q5_0_q8_0(int64_t n, const void* x, const void* y, size_t s, int r, float* o) { rows<BlockQ5_0, Symmetric>(n, x, y, s, r, o); }
-void vec_dot_rows_q8_0_q8_0(int64_t n, const void* x, const void* y, size_t s, int r, float* o) { rows<BlockQ8_0, Symmetric>(n, x, y, s, r, o); }
-void vec_dot_rows_q4_1_q8_1(int64_t n, const void* x, const void* y, size_t s, int r, float* o) { rows<BlockQ4_1, WithMin>(n, x, y, s, r, o); }
-void vec_dot_rows_q5_1_q8_1(int64_t n, const void* x, const void* y, size_t s, int r, float* o) { rows<BlockQ5_1, WithMin>(n, x, y, s, r, o); }
+#define TOVA_AVX2_LEGACY(name, Block, kMin)                                                          \
+  float vec_dot_##name(int64_t n, const void* x, const void* y) { return Legacy<Block, kMin>::one(n, x, y); } \
+  void gemm_##name(int64_t n, const void* x, size_t xs, int64_t m, const void* y, size_t ys, int64_t nr, \
+                   float* o, size_t os) {                                                            \
+    Legacy<Block, kMin>::gemm(n, x, xs, m, y, ys, nr, o, os);                                        \
+  }
+TOVA_AVX2_LEGACY(q4_0_q8_0, BlockQ4_0, false)
+TOVA_AVX2_LEGACY(q5_0_q8_0, BlockQ5_0, false)
+TOVA_AVX2_LEGACY(q8_0_q8_0, BlockQ8_0, false)
+TOVA_AVX2_LEGACY(q4_1_q8_1, BlockQ4_1, true)
+TOVA_AVX2_LEGACY(q5_1_q8_1, BlockQ5_1, true)
+#undef TOVA_AVX2_LEGACY
 
 // --- dot products with float32 y (quantized KV entries against a float query) -------------------
 

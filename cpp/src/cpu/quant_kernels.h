@@ -240,6 +240,12 @@ float vec_dot_q4_1_q8_1(int64_t n, const void* x, const void* y);
 float vec_dot_q5_0_q8_0(int64_t n, const void* x, const void* y);
 float vec_dot_q5_1_q8_1(int64_t n, const void* x, const void* y);
 float vec_dot_q8_0_q8_0(int64_t n, const void* x, const void* y);
+// Their matrix products (GemmFn); each vec_dot above is the 1 x 1 product, equal bit for bit.
+void gemm_q4_0_q8_0(int64_t n, const void* x, size_t xs, int64_t m, const void* y, size_t ys, int64_t nr, float* out, size_t os);
+void gemm_q4_1_q8_1(int64_t n, const void* x, size_t xs, int64_t m, const void* y, size_t ys, int64_t nr, float* out, size_t os);
+void gemm_q5_0_q8_0(int64_t n, const void* x, size_t xs, int64_t m, const void* y, size_t ys, int64_t nr, float* out, size_t os);
+void gemm_q5_1_q8_1(int64_t n, const void* x, size_t xs, int64_t m, const void* y, size_t ys, int64_t nr, float* out, size_t os);
+void gemm_q8_0_q8_0(int64_t n, const void* x, size_t xs, int64_t m, const void* y, size_t ys, int64_t nr, float* out, size_t os);
 float vec_dot_q4_0_f32(int64_t n, const void* x, const float* y);
 float vec_dot_q8_0_f32(int64_t n, const void* x, const float* y);
 // The dequantizers equal the portable ones bit for bit.
@@ -262,11 +268,6 @@ float vec_dot_q6_K_q8_K(int64_t n, const void* x, const void* y);
 float vec_dot_q8_K_q8_K(int64_t n, const void* x, const void* y);
 
 // The same dot products against 1..kMaxDotRows activation rows (VecDotRowsFn).
-void vec_dot_rows_q4_0_q8_0(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
-void vec_dot_rows_q5_0_q8_0(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
-void vec_dot_rows_q8_0_q8_0(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
-void vec_dot_rows_q4_1_q8_1(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
-void vec_dot_rows_q5_1_q8_1(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
 void vec_dot_rows_q4_K_q8_K(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
 void vec_dot_rows_q5_K_q8_K(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
 void vec_dot_rows_q6_K_q8_K(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
