@@ -500,7 +500,8 @@ struct Legacy {
         vdx = _mm256_broadcastss_ps(f);
         mins = _mm_fmadd_ps(_mm_permute_ps(f, 0x55), _mm_loadu_ps(p + kMaxDotRows), mins);
       } else {
-        vdx = _mm256_set1_ps(half_to_float(x[i].d));
+        // (as half_to_float, kept in a vector register for the broadcast)
+        vdx = _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(x[i].d))));
       }
       // Symmetric formats: |q_x| and q_y with q_x's sign (dot_s8_s8, the x half shared by the rows).
       const __m256i ax = kMin ? qx : _mm256_sign_epi8(qx, qx);

@@ -141,19 +141,18 @@ float vec_dot_q3_K_q8_K(int64_t n, const void* vx, const void* vy) {
 
 namespace {
 
-// The 8 scales and 8 mins of a Q4_K / Q5_K block (kquant_scales_mins, quant_kernels.h).
-inline void unpack_scales_mins(const uint8_t* packed, uint8_t* scales, uint8_t* mins) {
-  uint8_t sm[16];
-  kquant_scales_mins(packed, sm);
-  std::memcpy(scales, sm, 8);
-  std::memcpy(mins, sm + 8, 8);
+// The 8 scales and 8 mins of a Q4_K / Q5_K block (kquant_scales_words, quant_kernels.h) as
+// 16-bit words: the scales in the low 128-bit lane, the mins in the high one.
+inline __m256i scales_mins16(const uint8_t* packed) {
+  uint32_t w[4];
+  kquant_scales_words(packed, w);
+  return _mm256_cvtepu8_epi16(_mm_setr_epi32(static_cast<int>(w[0]), static_cast<int>(w[1]),
+                                             static_cast<int>(w[2]), static_cast<int>(w[3])));
 }
 
-// Q4_K and Q5_K: the min part, -dmin * sum_j m_j * (bsums of sub-block j), as 4 float lanes.
-inline __m128 min_part(const uint8_t* mins, const BlockQ8_K& y, float dmin) {
-  uint64_t m8;
-  std::memcpy(&m8, mins, 8);
-  const __m128i m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(m8)));
+// Q4_K and Q5_K: the min part, -dmin * sum_j m_j * (bsums of sub-block j), as 4 float lanes;
+// m16: the 8 mins as 16-bit words.
+inline __m128 min_part(__m128i m16, const BlockQ8_K& y, float dmin) {
   const __m128i bsum8 = _mm_hadd_epi16(load128(y.bsums), load128(y.bsums + 8));  // per 32 quants
   return _mm_mul_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(_mm_madd_epi16(m16, bsum8)));
 }
@@ -186,11 +185,12 @@ struct DotQ45K {
       acc_min[k] = _mm_setzero_ps();
     }
     for (int64_t i = 0; i < n / kQK_K; ++i) {
-      uint8_t scales[8], mins[8];
-      unpack_scales_mins(x[i].scales, scales, mins);
+      const __m256i sm16 = scales_mins16(x[i].scales);
+      // The scales (words 0..7) in both 128-bit lanes, for word_of to pick from.
+      const __m256i scales = _mm256_permute2x128_si256(sm16, sm16, 0x00);
       const float dx = half_to_float(x[i].d), dmin = half_to_float(x[i].dmin);
       for (int k = 0; k < R; ++k)
-        acc_min[k] = _mm_add_ps(acc_min[k], min_part(mins, y.r[k][i], y.r[k][i].d * dmin));
+        acc_min[k] = _mm_add_ps(acc_min[k], min_part(_mm256_extracti128_si256(sm16, 1), y.r[k][i], y.r[k][i].d * dmin));
       __m256i hbits = _mm256_setzero_si256();
       if constexpr (kFive) hbits = load256(x[i].qh);
       __m256i sumi[R];
@@ -205,7 +205,7 @@ struct DotQ45K {
           hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 1), m1), 4));
           hbits = _mm256_srli_epi16(hbits, 2);
         }
-        const __m256i slo = _mm256_set1_epi16(scales[2 * c]), shi = _mm256_set1_epi16(scales[2 * c + 1]);
+        const __m256i slo = word_of(scales, 2 * c), shi = word_of(scales, 2 * c + 1);
         for (int k = 0; k < R; ++k) {
           const __m256i plo = _mm256_maddubs_epi16(lo, load256(y.r[k][i].qs + 64 * c));
           const __m256i phi = _mm256_maddubs_epi16(hi, load256(y.r[k][i].qs + 64 * c + 32));
@@ -235,6 +235,8 @@ struct DotQ6K {
       __m256i sumi[R];
       for (int k = 0; k < R; ++k) sumi[k] = _mm256_setzero_si256();
       for (int h = 0; h < 2; ++h) {
+        // The scales of this half (words 8h .. 8h + 7 of sc16) in both 128-bit lanes.
+        const __m256i sch = h == 0 ? _mm256_permute2x128_si256(sc16, sc16, 0x00) : _mm256_permute2x128_si256(sc16, sc16, 0x11);
         const __m256i ql0 = load256(x[i].ql + 64 * h);
         const __m256i ql1 = load256(x[i].ql + 64 * h + 32);
         const __m256i qh = load256(x[i].qh + 32 * h);
@@ -248,8 +250,7 @@ struct DotQ6K {
         q[2] = _mm256_or_si256(q[2], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
         q[3] = _mm256_or_si256(q[3], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
         for (int t = 0; t < 4; ++t) {
-          const int g = 8 * h + 2 * t;
-          const __m256i s = scale_pair(sc[g], sc[g + 1]);
+          const __m256i s = word_pair_of(sch, t);  // scale_pair(sc[8h + 2t], sc[8h + 2t + 1])
           for (int k = 0; k < R; ++k) {
             const __m256i p = _mm256_maddubs_epi16(q[t], load256(y.r[k][i].qs + 128 * h + 32 * t));
             sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(p, s));

@@ -33,7 +33,9 @@ static inline int hsum_epi32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
+// vmovd + vcvtph2ps (_cvtsh_ss compiles to a vpinsrw that merges into whatever register it picks,
+// possibly one a load has just written: a false dependency in the hot loops).
+static inline float half_to_float(uint16_t h) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h))); }
 
 static inline __m256i load256(const void* p) {
   return _mm256_loadu_si256(static_cast<const __m256i*>(p));
@@ -93,6 +95,31 @@ static inline __m256i pack_i32_to_i8(__m256i a, __m256i b, __m256i c, __m256i d)
 // A scale pair for madd on a 32-quant product: the low 16 lanes get s0, the high 16 get s1.
 static inline __m256i scale_pair(int s0, int s1) {
   return _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(s1)), _mm_set1_epi16(static_cast<int16_t>(s0)));
+}
+
+// Shuffle masks that spread one 16-bit word over a 128-bit lane (vpshufb works per lane):
+// word[j] takes word j of a lane (bytes 2j, 2j + 1) into all 8 of its 16-bit lanes; pair[t] does
+// that with word 2t in the low lane and word 2t + 1 in the high one. Plain bytes,
+// constant-initialized (no code runs at start-up), each read by one load.
+struct WordMasks {
+  alignas(32) uint8_t pair[4][32];
+  alignas(16) uint8_t word[8][16];
+  constexpr WordMasks() : pair{}, word{} {
+    for (int j = 0; j < 8; ++j)
+      for (int b = 0; b < 16; ++b) word[j][b] = static_cast<uint8_t>(2 * j + (b & 1));
+    for (int t = 0; t < 4; ++t)
+      for (int b = 0; b < 32; ++b) pair[t][b] = static_cast<uint8_t>(2 * (2 * t + b / 16) + (b & 1));
+  }
+};
+static constexpr WordMasks kWordMasks{};
+
+// Word j of v's lanes in every 16-bit lane of each (a madd scale from a vector of 16-bit scales).
+static inline __m256i word_of(__m256i v, int j) {
+  return _mm256_shuffle_epi8(v, _mm256_broadcastsi128_si256(load128(kWordMasks.word[j])));
+}
+// Word 2t of v's low lane in the low half, word 2t + 1 of its high lane in the high half.
+static inline __m256i word_pair_of(__m256i v, int t) {
+  return _mm256_shuffle_epi8(v, load256(kWordMasks.pair[t]));
 }
 
 // The activation rows of a multi-row dot product: R rows `stride` bytes apart.
