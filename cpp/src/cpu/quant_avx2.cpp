@@ -452,19 +452,18 @@ inline __m256i quants(const BlockQ5_1& b) {
 // a minimum (Q4_1, Q5_1) against Q8_1: d_x d_y (q_x . q_y) + m_x s_y, s_y = d_y sum(q_y).
 //
 // The activations' f16 scales do not depend on the weight row, so they are converted once per
-// group (`prepare`) into kPrep floats per block: d_y of the R rows, then s_y of the R rows (zero
-// past the group's rows). A step then takes them with a broadcast load instead of converting
+// group (`prepare`) into kPrep floats per block: d_y of the R rows, then (formats with a minimum)
+// s_y of the R rows, zero past the group's rows. A step then takes them with a broadcast load instead of converting
 // them for every weight row; a decode step (one activation row) spent half its time there.
 //
 // Every output is the same chain of operations whatever R, m and its place are: two blocks per
 // step into separate accumulators (consecutive FMAs do not wait on each other), the minimum
 // terms in two FMA chains (lane k: row k), one hsum at the end. vec_dot is the 1 x 1 product,
 // so vec_dot and gemm agree bit for bit and a sequence decoded alone equals it in a batch.
-constexpr int kPrep = 2 * kMaxDotRows;
-
 template <class Block, bool kMin>
 struct Legacy {
   using YBlock = typename std::conditional<kMin, BlockQ8_1, BlockQ8_0>::type;
+  static constexpr int kPrep = kMin ? 2 * kMaxDotRows : kMaxDotRows;  // no s_y without a minimum
 
   static void prepare(int64_t nb, const uint8_t* y, size_t ys, int nk, float* pre) {
     for (int64_t i = 0; i < nb; ++i) {
@@ -472,11 +471,7 @@ struct Legacy {
       for (int k = 0; k < kMaxDotRows; ++k) {
         const YBlock* b = reinterpret_cast<const YBlock*>(y + k * ys);
         p[k] = k < nk ? half_to_float(b[i].d) : 0.0f;
-        if constexpr (kMin) {
-          p[kMaxDotRows + k] = k < nk ? half_to_float(b[i].s) : 0.0f;
-        } else {
-          p[kMaxDotRows + k] = 0.0f;
-        }
+        if constexpr (kMin) p[kMaxDotRows + k] = k < nk ? half_to_float(b[i].s) : 0.0f;
       }
     }
   }
