@@ -537,12 +537,7 @@ struct Legacy {
       float* ok = out + static_cast<size_t>(k0) * os;
       for (int64_t r = 0; r < m; ++r) {
         const auto* xr = reinterpret_cast<const Block*>(x + static_cast<size_t>(r) * xs);
-        switch (nk) {
-          case 4: run<4>(nb, xr, yk, ys, pre, ok + r, os); break;
-          case 3: run<3>(nb, xr, yk, ys, pre, ok + r, os); break;
-          case 2: run<2>(nb, xr, yk, ys, pre, ok + r, os); break;
-          default: run<1>(nb, xr, yk, ys, pre, ok + r, os); break;
-        }
+        by_row_count(nk, [&](auto k) { run<decltype(k)::value>(nb, xr, yk, ys, pre, ok + r, os); });
       }
     }
   }

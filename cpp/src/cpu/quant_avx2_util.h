@@ -9,6 +9,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "quant_kernels.h"  // kMaxDotRows, by_row_count
+
 namespace tova {
 namespace avx2 {
 
@@ -143,12 +145,7 @@ static inline float one_row(int64_t n, const void* x, const void* y) {
 // ... and as vec_dot_rows (1 to 4 rows).
 template <class Block, template <class, int> class Kernel>
 static inline void rows(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out) {
-  switch (n_rows) {
-    case 4: return Kernel<Block, 4>::run(n, x, y, stride, out);
-    case 3: return Kernel<Block, 3>::run(n, x, y, stride, out);
-    case 2: return Kernel<Block, 2>::run(n, x, y, stride, out);
-    default: return Kernel<Block, 1>::run(n, x, y, stride, out);
-  }
+  by_row_count(n_rows, [&](auto r) { Kernel<Block, decltype(r)::value>::run(n, x, y, stride, out); });
 }
 
 }  // namespace avx2

@@ -81,6 +81,19 @@ static inline float reduce_dot_lanes(const float* a) {
 using VecDotRowsFn = void (*)(int64_t n, const void* x, const void* y, size_t stride, int n_rows, float* out);
 constexpr int kMaxDotRows = 4;
 
+// Calls f(std::integral_constant<int, R>) for a row count nr of 1..kMaxDotRows (more: the most),
+// so that a multi-row kernel of any tier keeps its R accumulators in registers.
+template <class F>
+static inline void by_row_count(int nr, F&& f) {
+  static_assert(kMaxDotRows == 4, "by_row_count dispatches 1..4 rows");
+  switch (nr) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    default: f(std::integral_constant<int, 4>{}); break;
+  }
+}
+
 using ActMulFn = void (*)(float* gate, const float* up, int64_t n);
 using SoftmaxFn = void (*)(float* s, int n);
 

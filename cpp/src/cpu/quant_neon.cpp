@@ -22,7 +22,6 @@ namespace TOVA_NEON_NS {
 
 namespace {
 
-static_assert(kMaxDotRows == 4, "by_row_count (quant_neon_util.h) dispatches 1..4 rows");
 
 // --- the 32-element formats: each block's quants as two int8 vectors (elements 0..15, 16..31) ---
 

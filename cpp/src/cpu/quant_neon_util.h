@@ -9,7 +9,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 
 #if defined(TOVA_NEON_DOTPROD)
 #define TOVA_NEON_NS neon_dot
@@ -54,18 +53,6 @@ static inline uint8x16_t bits_to_0x10(const uint8_t* bits) {
   const uint8x16_t rep = vcombine_u8(vdup_n_u8(bits[0]), vdup_n_u8(bits[1]));
   static const uint8_t kBit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
   return vandq_u8(vtstq_u8(rep, vld1q_u8(kBit)), vdupq_n_u8(0x10));
-}
-
-// Calls f(std::integral_constant<int, R>) for a row count nr of 1..4 (more: 4), so that a
-// multi-row kernel keeps its R accumulators in registers.
-template <class F>
-static inline void by_row_count(int nr, F&& f) {
-  switch (nr) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 3: f(std::integral_constant<int, 3>{}); break;
-    default: f(std::integral_constant<int, 4>{}); break;
-  }
 }
 
 }  // namespace TOVA_NEON_NS
