@@ -341,10 +341,10 @@ def _metadata_from_reader(r: gguf.GGUFReader) -> dict:
 
 @pytest.mark.model
 @pytest.mark.parametrize("fixture", ["smollm2_path", "gemma3_path"])
-def test_real_model_matches_gguf_package(fixture, request):
+def test_real_model_matches_gguf_package(fixture, request, gguf_reader):
     path = request.getfixturevalue(fixture)
     f = tova.GGUFFile(path)
-    r = gguf.GGUFReader(str(path))
+    r = gguf_reader(path)
     ref_md = _metadata_from_reader(r)
     md = f.metadata
     assert list(md) == list(ref_md)
@@ -360,8 +360,15 @@ def test_real_model_matches_gguf_package(fixture, request):
         assert info.type_id == int(t.tensor_type), t.name
         assert info.nbytes == int(t.n_bytes), t.name
         assert f.data_offset + info.offset == int(t.data_offset), t.name
-        # Every tensor dequantizes bit-for-bit like the gguf package.
-        ref = gguf.quants.dequantize(t.data, t.tensor_type)
+        # Every tensor dequantizes bit-for-bit like the gguf package: all of its rows, or for a
+        # tensor of over 4M values (Gemma 3's 262k-row embedding: 20 s of NumPy) 1,024 rows
+        # spread over it and its last row (the gguf package's arrays are one row of blocks per
+        # index of the first axis).
         got = f.tensor(t.name)
         assert got.dtype == np.float32
-        np.testing.assert_array_equal(got.reshape(-1), ref.reshape(-1).astype(np.float32), err_msg=t.name)
+        rows = np.arange(t.data.shape[0])
+        if int(t.n_elements) > 1 << 22 and t.data.ndim == 2:
+            rows = np.unique(np.append(np.linspace(0, len(rows) - 1, 1024).astype(np.int64), len(rows) - 1))
+        ref = gguf.quants.dequantize(t.data[rows], t.tensor_type)
+        np.testing.assert_array_equal(got.reshape(t.data.shape[0], -1)[rows].reshape(-1),
+                                      ref.reshape(-1).astype(np.float32), err_msg=t.name)

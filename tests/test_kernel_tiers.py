@@ -33,7 +33,12 @@ def run_under(tier: str, *args: str) -> tuple[subprocess.CompletedProcess, subpr
 
 @pytest.mark.parametrize("tier", LOWER_TIERS)
 def test_smollm2_reference_under_tier(tier, smollm2_path):
-    isa, r = run_under(tier, str(HERE / "test_generate_reference.py"))
+    # The scalar tier (plain loops) takes the tokenization, the logits after every prompt and the
+    # greedy continuations; its prefill-equals-decode and generate-API checks (half of its time
+    # here) test no kernel that those do not: its prompt products call the vec_dot per pair of
+    # rows (kernels_cpu.cpp, gemm_by_pairs).
+    select = ["-k", "not prefill_equals and not generate_api"] if tier == "scalar" else []
+    isa, r = run_under(tier, str(HERE / "test_generate_reference.py"), *select)
     assert isa.stdout.strip() == tier, isa.stderr
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and "skipped" not in r.stdout, r.stdout[-500:]

@@ -393,10 +393,10 @@ def test_smollm2_cached_decode_matches_llamacpp_steps(smollm2_ref, load_json):
 @pytest.mark.model
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["gemma3", "qwen05"])
-def test_other_architectures_match_llamacpp(request, load_json, reference_dir, model):
+def test_other_architectures_match_llamacpp(request, load_json, reference_dir, gguf_reader, model):
     """gemma3 (sliding window, q/k norms, post norms, GELU) and qwen2 (NeoX RoPE, biases) against
     llama.cpp. Prompts are short, so the 512-key sliding window never bites here."""
-    ref = LlamaRef(request.getfixturevalue(f"{model}_path"))  # not cached: ~1-2 GB as float32
+    ref = LlamaRef(gguf_reader(request.getfixturevalue(f"{model}_path")))  # not cached: ~1-2 GB as float32
     data = load_json(f"{model}_greedy.json")
     # measured top-10 |diff|: gemma3 0.18..0.48, qwen05 0.09..0.28
     _check_last_logits(ref, data, reference_dir, 0.75)

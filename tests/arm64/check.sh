@@ -7,10 +7,11 @@
 #   neon and scalar (TOVA_CPU_KERNELS).
 # - The tier detection: neon_dot on qemu's default CPU, neon on a Cortex-A72 (the Raspberry Pi
 #   4's core, without dot products), where the unit tests run once more.
-# - With SmolLM2 in the model cache (tova pull smollm2-135m-instruct): a greedy generation that
-#   must be byte for byte the same under neon_dot, neon and scalar, and, given an x86-64 build of
-#   the CLI (HOST_TOVA, default build/ci-cmake/tova when present), the perplexity of a text read
-#   through a 32-token TOVA cache, which must print the same numbers as that build's scalar tier
+# - With SmolLM2 in the model cache (tova pull smollm2-135m-instruct): a greedy generation under
+#   neon_dot and neon that must be byte for byte the scalar tier's, computed by an x86-64 build of
+#   the CLI (HOST_TOVA, default build/ci-cmake/tova when present; else this build's scalar tier
+#   under qemu), and, given that build, the perplexity of a text read through a 32-token TOVA
+#   cache, which must print the same numbers as that build's scalar tier
 #   (the NEON kernels compute the scalar tier's results bit for bit, and the core is compiled
 #   without contraction on both); Gemma 3's too when it is cached.
 # The Python tests on AArch64: tests/arm64/pytest_arm64.sh.
@@ -65,37 +66,48 @@ for tier in neon_dot neon scalar; do unit "tier $tier" env TOVA_CPU_KERNELS=$tie
 unit "Cortex-A72" qemu-aarch64 -cpu cortex-a72
 
 model="${TOVA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tova}/SmolLM2-135M-Instruct.Q4_1.gguf"
+host="${HOST_TOVA:-build/ci-cmake/tova}"
 if [ -f "$model" ]; then
-  for tier in scalar neon neon_dot; do
-    TOVA_CPU_KERNELS=$tier qemu-aarch64 "$BUILD/tova" run -m "$model" -p "The three primary colours are" \
-      -n 12 --temp 0 -t 2 > "$BUILD/gen-$tier.out" 2> "$BUILD/gen-$tier.err" ||
-      { echo "FAILED: tova run, tier $tier:"; cat "$BUILD/gen-$tier.err"; fail=1; }
-  done
+  gen() {  # gen TIER OUT PROGRAM...: SmolLM2's greedy text under TIER
+    local tier=$1 out=$2
+    shift 2
+    TOVA_CPU_KERNELS=$tier "$@" run -m "$model" -p "The three primary colours are" -n 12 --temp 0 -t 2 \
+      > "$out" 2> "$out.err" || { echo "FAILED: tova run, tier $tier ($*):"; cat "$out.err"; fail=1; }
+  }
+  # The scalar tier's text: the x86-64 build's when there is one (the kernels give the same bits
+  # on both), else this build's under qemu.
+  if [ -x "$host" ]; then
+    gen scalar "$BUILD/gen-scalar.out" "$host"
+    label="x86-64 scalar tier"
+  else
+    gen scalar "$BUILD/gen-scalar.out" qemu-aarch64 "$BUILD/tova"
+    label="scalar tier"
+  fi
+  for tier in neon neon_dot; do gen $tier "$BUILD/gen-$tier.out" qemu-aarch64 "$BUILD/tova"; done
   want=$(cat "$BUILD/gen-scalar.out")
-  echo "SmolLM2, scalar tier: $want"
-  expect "SmolLM2 greedy, neon = scalar" "$want" "$(cat "$BUILD/gen-neon.out")"
-  expect "SmolLM2 greedy, neon_dot = scalar" "$want" "$(cat "$BUILD/gen-neon_dot.out")"
-  host="${HOST_TOVA:-build/ci-cmake/tova}"
+  echo "SmolLM2, $label: $want"
+  expect "SmolLM2 greedy, neon = $label" "$want" "$(cat "$BUILD/gen-neon.out")"
+  expect "SmolLM2 greedy, neon_dot = $label" "$want" "$(cat "$BUILD/gen-neon_dot.out")"
   if [ -x "$host" ]; then
     text=$(mktemp)
-    head -c 400 "${TOVA_SHARED:-../shared}/texts/botchan_natsume_en1919.txt" > "$text" 2>/dev/null ||
-      printf 'The quick brown fox jumps over the lazy dog. %.0s' $(seq 20) > "$text"
+    head -c 240 "${TOVA_SHARED:-../shared}/texts/botchan_natsume_en1919.txt" > "$text" 2>/dev/null ||
+      printf 'The quick brown fox jumps over the lazy dog. %.0s' $(seq 6) > "$text"
     ppl() { "$@" perplexity -m "$model" -f "$text" --policy tova --kv-size 32 -t 2 --no-progress 2>&1 | tail -n 1 |
               sed 's/, [0-9.]* tokens\/s//'; }
     want=$(TOVA_CPU_KERNELS=scalar ppl "$host")
     echo "SmolLM2 perplexity, kv_size 32, x86-64 scalar tier: $want"
     expect "the same perplexity on AArch64 (neon_dot)" "$want" "$(ppl qemu-aarch64 "$BUILD/tova")"
     # Gemma 3 as well when cached (the test suite fetches it): Q4_K / Q6_K / Q5_0 weights, GELU,
-    # sliding-window layers; the first 200 bytes of the text.
+    # sliding-window layers; the first 120 bytes of the text (48 tokens: 3 times the store).
     gemma="$(dirname "$model")/gemma-3-270m-q4_k_m.gguf"
     if [ -f "$gemma" ]; then
-      head -c 200 "$text" > "$text.200"
-      gppl() { "$@" perplexity -m "$gemma" -f "$text.200" --policy tova --kv-size 16 -t 2 --no-progress 2>&1 |
+      head -c 120 "$text" > "$text.head"
+      gppl() { "$@" perplexity -m "$gemma" -f "$text.head" --policy tova --kv-size 16 -t 2 --no-progress 2>&1 |
                  tail -n 1 | sed 's/, [0-9.]* tokens\/s//'; }
       want=$(TOVA_CPU_KERNELS=scalar gppl "$host")
       echo "Gemma 3 perplexity, kv_size 16, x86-64 scalar tier: $want"
       expect "the same perplexity on AArch64 (neon_dot)" "$want" "$(gppl qemu-aarch64 "$BUILD/tova")"
-      rm -f "$text.200"
+      rm -f "$text.head"
     fi
     rm -f "$text"
   else
