@@ -10,7 +10,7 @@
 #
 # Needs the Python of the test suite (numpy, pytest, gguf, nanobind) on PATH. SmolLM2 itself
 # (the `model` test) runs when it is already downloaded, for TOVA_CUDA_STEPS decode steps
-# (default here 16, a few minutes for its two cases; the test's own default is 256);
+# (default here 8, about a minute for its two cases; the test's own default is 256);
 # TOVA_SIM_MODELS=0 skips it; TOVA_SIM_MODELS=only runs it alone, on the build and package an
 # earlier run of this script made (it touches neither, so that run's tests may still be going:
 # .ci/run runs the two side by side).
@@ -47,7 +47,7 @@ case "${TOVA_SIM_MODELS:-1}:${SMOL:+found}" in
   only:found) MARK="cuda and model" ;;
   only:) echo "TOVA_SIM_MODELS=only: SmolLM2 is not downloaded" >&2; exit 1 ;;
 esac
-export TOVA_CUDA_STEPS="${TOVA_CUDA_STEPS:-16}"
+export TOVA_CUDA_STEPS="${TOVA_CUDA_STEPS:-8}"
 PYTHONPATH="$PWD/$PKG${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
   "import tova; assert tova._core._cuda_simulated(), tova._core.__file__; print('device cuda: the CPU simulator,', tova._core.__file__)"
 echo "built; the tests start at $(date -u +%T)"

@@ -317,7 +317,7 @@ def test_cuda_smollm2_256_steps(smollm2_path, policy):
     and the logits comparable; the GPU's own choice must equal the CPU's at every call except
     at a near tie (the CPU's two candidates within 1e-3 of each other, where float noise in the
     probabilities decides, and either is TOVA). TOVA_CUDA_STEPS sets fewer steps (the simulator
-    runs 16 in CI, about 95 s there, with kv_size 8 so that it evicts)."""
+    runs 8 in CI, about 35 s each there, with kv_size 8 so that it evicts from its first steps)."""
     import os
     steps = int(os.environ.get("TOVA_CUDA_STEPS", "256"))
     if policy == "full":
