@@ -819,7 +819,7 @@ def test_disconnected_client_counted_499(server: Server) -> None:
 def test_long_conversation_keeps_answering(smollm2_path: Path) -> None:
     # Each request sends the whole conversation; the server continues the sequence that holds
     # the previous turn (prefix reuse), so each turn reads only its new tokens.
-    # 100 turns: a conversation of about 1,700 tokens, over six times the store (TOVA_SERVE_TURNS
+    # 100 turns: a conversation of about 1,800 tokens, seven times the store (TOVA_SERVE_TURNS
     # sets more; bench/soak.py holds a 500-turn chat).
     turns = int(os.environ.get("TOVA_SERVE_TURNS", "100"))
     server = Server(smollm2_path, "--n-seq", "1", "--kv-size", "256", "--max-prompt-tokens", "0")
