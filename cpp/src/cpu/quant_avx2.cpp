@@ -453,8 +453,9 @@ inline __m256i quants(const BlockQ5_1& b) {
 //
 // The activations' f16 scales do not depend on the weight row, so they are converted once per
 // group (`prepare`) into kPrep floats per block: d_y of the R rows, then (formats with a minimum)
-// s_y of the R rows, zero past the group's rows. A step then takes them with a broadcast load instead of converting
-// them for every weight row; a decode step (one activation row) spent half its time there.
+// s_y of the R rows, zero past the group's rows. A step then takes them with a broadcast load
+// instead of converting them for every weight row; a decode step (one activation row) spent half
+// its time there.
 //
 // Every output is the same chain of operations whatever R, m and its place are: two blocks per
 // step into separate accumulators (consecutive FMAs do not wait on each other), the minimum

@@ -22,7 +22,6 @@ namespace TOVA_NEON_NS {
 
 namespace {
 
-
 // --- the 32-element formats: each block's quants as two int8 vectors (elements 0..15, 16..31) ---
 
 struct Q4_0 {
