@@ -11,6 +11,7 @@
 
 #include "quant_avx2_util.h"
 #include "quant_kernels.h"
+#include "quant_x86.h"
 
 namespace tova {
 namespace avx2 {
@@ -141,14 +142,9 @@ float vec_dot_q3_K_q8_K(int64_t n, const void* vx, const void* vy) {
 
 namespace {
 
-// The 8 scales and 8 mins of a Q4_K / Q5_K block (kquant_scales_words, quant_kernels.h) as
-// 16-bit words: the scales in the low 128-bit lane, the mins in the high one.
-inline __m256i scales_mins16(const uint8_t* packed) {
-  uint32_t w[4];
-  kquant_scales_words(packed, w);
-  return _mm256_cvtepu8_epi16(_mm_setr_epi32(static_cast<int>(w[0]), static_cast<int>(w[1]),
-                                             static_cast<int>(w[2]), static_cast<int>(w[3])));
-}
+// The 8 scales and 8 mins of a Q4_K / Q5_K block (its first 16 bytes `head`) as 16-bit words:
+// the scales in the low 128-bit lane, the mins in the high one.
+inline __m256i scales_mins16(__m128i head) { return _mm256_cvtepu8_epi16(x86::kquant_scales_mins(head)); }
 
 // Q4_K and Q5_K: the min part, -dmin * sum_j m_j * (bsums of sub-block j), as 4 float lanes;
 // m16: the 8 mins as 16-bit words.
@@ -184,11 +180,15 @@ struct DotQ45K {
       acc[k] = _mm256_setzero_ps();
       acc_min[k] = _mm_setzero_ps();
     }
+    const bool ahead = R == 1 && x86::short_rows(static_cast<size_t>(n / kQK_K) * sizeof(Block));
     for (int64_t i = 0; i < n / kQK_K; ++i) {
-      const __m256i sm16 = scales_mins16(x[i].scales);
+      if (ahead) x86::prefetch_ahead(x + i, sizeof(Block));
+      const __m128i head = load128(x + i);
+      const __m256i sm16 = scales_mins16(head);
       // The scales (words 0..7) in both 128-bit lanes, for word_of to pick from.
       const __m256i scales = _mm256_permute2x128_si256(sm16, sm16, 0x00);
-      const float dx = half_to_float(x[i].d), dmin = half_to_float(x[i].dmin);
+      const __m128 d_dmin = _mm_cvtph_ps(head);
+      const float dx = _mm_cvtss_f32(d_dmin), dmin = _mm_cvtss_f32(_mm_movehdup_ps(d_dmin));
       for (int k = 0; k < R; ++k)
         acc_min[k] = _mm_add_ps(acc_min[k], min_part(_mm256_extracti128_si256(sm16, 1), y.r[k][i], y.r[k][i].d * dmin));
       __m256i hbits = _mm256_setzero_si256();
@@ -229,7 +229,9 @@ struct DotQ6K {
     const __m256i m2 = _mm256_set1_epi8(3);
     __m256 acc[R];
     for (int k = 0; k < R; ++k) acc[k] = _mm256_setzero_ps();
+    const bool ahead = R == 1 && x86::short_rows(static_cast<size_t>(n / kQK_K) * sizeof(BlockQ6_K));
     for (int64_t i = 0; i < n / kQK_K; ++i) {
+      if (ahead) x86::prefetch_ahead(x + i, sizeof(BlockQ6_K));
       const int8_t* sc = x[i].scales;
       const __m256i sc16 = _mm256_cvtepi8_epi16(load128(sc));
       __m256i sumi[R];

@@ -54,6 +54,18 @@ static inline void reduce_sums(const __m512* v, int count, float* out, size_t st
   for (int i = 0; i < count; ++i) out[i * stride] = r[i];
 }
 
+// reduce_sums of nr (any count) accumulators of 8 lanes: out[k * stride] = the sum of acc[k].
+// Each is widened to 16 lanes with zeros (which change no sum, but for the sign of a zero), so that
+// the order of its additions stays the one reduce_sums gives it alone.
+static inline void reduce_halves(const __m256* acc, int nr, float* out, size_t stride) {
+  for (int k0 = 0; k0 < nr; k0 += 8) {
+    __m512 v[8];
+    const int count = nr - k0 < 8 ? nr - k0 : 8;
+    for (int k = 0; k < count; ++k) v[k] = _mm512_zextps256_ps512(acc[k0 + k]);
+    reduce_sums(v, count, out + k0 * stride, stride);
+  }
+}
+
 // Two f16 scales as 16 float lanes: a in lanes 0..7, b in lanes 8..15.
 static inline __m512 pair_of_halves(uint16_t a, uint16_t b) {
   const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(a | (static_cast<uint32_t>(b) << 16))));
@@ -67,12 +79,6 @@ static inline __m512i nibbles_pair(const uint8_t* a, const uint8_t* b) {
   const __m256i ab = _mm256_inserti128_si256(_mm256_castsi128_si256(load128(a)), load128(b), 1);
   const __m512i v = _mm512_permutexvar_epi64(_mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0), _mm512_zextsi256_si512(ab));
   return _mm512_and_si512(_mm512_srlv_epi64(v, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0)), _mm512_set1_epi8(0x0F));
-}
-
-// 32 packed bytes -> 64 nibbles: the 32 low nibbles, then the 32 high ones.
-static inline __m512i nibbles_64(const uint8_t* q) {
-  const __m512i v = _mm512_broadcast_i64x4(load256(q));
-  return _mm512_and_si512(_mm512_srlv_epi64(v, _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0)), _mm512_set1_epi8(0x0F));
 }
 
 // Runs Tile::run<MR', NR'>(...) over an m x nr product in tiles of at most MR x NR: activation

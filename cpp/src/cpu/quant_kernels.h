@@ -39,19 +39,15 @@ static inline void kquant_scale_min(const uint8_t* s, int j, uint8_t* sc, uint8_
 }
 
 // The 8 scales and 8 mins of a Q4_K / Q5_K block (6 bits each, as kquant_scale_min), unpacked
-// four at a time from 32-bit words: out[0..7] the scales, out[8..15] the mins.
-// kquant_scales_words gives the same 16 bytes as four little-endian words (for a vector register).
-static inline void kquant_scales_words(const uint8_t* packed, uint32_t* w) {
-  uint32_t u[3];
+// four at a time from 32-bit words: out[0..7] the scales, out[8..15] the mins. (The x86 tiers
+// do the same in a vector register: x86::kquant_scales_mins, quant_x86.h.)
+static inline void kquant_scales_mins(const uint8_t* packed, uint8_t* out) {
+  uint32_t u[3], w[4];
   std::memcpy(u, packed, 12);
   w[0] = u[0] & 0x3F3F3F3F;
   w[1] = (u[2] & 0x0F0F0F0F) | ((u[0] >> 2) & 0x30303030);
   w[2] = u[1] & 0x3F3F3F3F;
   w[3] = ((u[2] >> 4) & 0x0F0F0F0F) | ((u[1] >> 2) & 0x30303030);
-}
-static inline void kquant_scales_mins(const uint8_t* packed, uint8_t* out) {
-  uint32_t w[4];
-  kquant_scales_words(packed, w);
   std::memcpy(out, w, 16);
 }
 
