@@ -180,9 +180,7 @@ struct DotQ45K {
       acc[k] = _mm256_setzero_ps();
       acc_min[k] = _mm_setzero_ps();
     }
-    const bool ahead = R == 1 && x86::short_rows(static_cast<size_t>(n / kQK_K) * sizeof(Block));
     for (int64_t i = 0; i < n / kQK_K; ++i) {
-      if (ahead) x86::prefetch_ahead(x + i, sizeof(Block));
       const __m128i head = load128(x + i);
       const __m256i sm16 = scales_mins16(head);
       // The scales (words 0..7) in both 128-bit lanes, for word_of to pick from.
@@ -229,9 +227,7 @@ struct DotQ6K {
     const __m256i m2 = _mm256_set1_epi8(3);
     __m256 acc[R];
     for (int k = 0; k < R; ++k) acc[k] = _mm256_setzero_ps();
-    const bool ahead = R == 1 && x86::short_rows(static_cast<size_t>(n / kQK_K) * sizeof(BlockQ6_K));
     for (int64_t i = 0; i < n / kQK_K; ++i) {
-      if (ahead) x86::prefetch_ahead(x + i, sizeof(BlockQ6_K));
       const int8_t* sc = x[i].scales;
       const __m256i sc16 = _mm256_cvtepi8_epi16(load128(sc));
       __m256i sumi[R];

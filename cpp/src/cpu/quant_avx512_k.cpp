@@ -82,7 +82,7 @@ struct Q45K {
   template <int MR, int NR>
   static void run(int64_t n, const uint8_t* x, size_t xs, const uint8_t*, size_t, const float* pre, float* out,
                   size_t os) {
-    const bool ahead = MR == 1 && x86::short_rows(xs);
+    const bool ahead = MR == 1 && short_rows(xs);
     const __m512i m4 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
     __m256 acc[MR][NR];
     for (int r = 0; r < MR; ++r)
@@ -92,7 +92,7 @@ struct Q45K {
       const uint8_t* yq[NR];
       for (int r = 0; r < MR; ++r) xb[r] = reinterpret_cast<const Block*>(x + r * xs) + i;
       for (int k = 0; k < NR; ++k) yq[k] = reinterpret_cast<const uint8_t*>(pre + (i * NR + k) * kPrep);
-      if (ahead) x86::prefetch_ahead(xb[0], sizeof(Block));
+      if (ahead) prefetch_ahead(xb[0], sizeof(Block));
       __m128i sc[MR], mn[MR];
       __m128 dm[MR];
       for (int r = 0; r < MR; ++r) block_head(xb[r], &sc[r], &mn[r], &dm[r]);
@@ -163,7 +163,6 @@ struct Q6K {
   template <int MR, int NR>
   static void run(int64_t n, const uint8_t* x, size_t xs, const uint8_t* y, size_t ys, const float*, float* out,
                   size_t os) {
-    const bool ahead = MR == 1 && x86::short_rows(xs);
     __m256 acc[MR][NR];
     for (int r = 0; r < MR; ++r)
       for (int k = 0; k < NR; ++k) acc[r][k] = _mm256_setzero_ps();
@@ -174,7 +173,6 @@ struct Q6K {
       const BlockQ8_K* yb[NR];
       for (int r = 0; r < MR; ++r) xb[r] = reinterpret_cast<const BlockQ6_K*>(x + r * xs) + i;
       for (int k = 0; k < NR; ++k) yb[k] = reinterpret_cast<const BlockQ8_K*>(y + k * ys) + i;
-      if (ahead) x86::prefetch_ahead(xb[0], sizeof(BlockQ6_K));
       __m256i sc16[MR];  // the 16 scales as int16
       for (int r = 0; r < MR; ++r) sc16[r] = _mm256_cvtepi8_epi16(load128(xb[r]->scales));
       __m512i sumi[MR][NR];

@@ -1,6 +1,6 @@
 // What the AVX2 and AVX-512 tiers share (quant_avx2_k.cpp, quant_avx512_k.cpp): 128-bit helpers
-// for the k-quants and the software prefetch of streamed weight rows. Include only from files
-// compiled with -mavx2 -mf16c; everything is `static` (see quant_avx2_util.h).
+// for the k-quants. Include only from files compiled with -mavx2; everything is `static` (see
+// quant_avx2_util.h).
 #pragma once
 
 #include <immintrin.h>
@@ -21,18 +21,6 @@ static inline __m128i kquant_scales_mins(__m128i head) {
   const __m128i b = _mm_srli_epi32(_mm_shuffle_epi32(head, _MM_SHUFFLE(2, 2, 1, 1)), 2);
   return _mm_or_si128(_mm_and_si128(a, _mm_set_epi32(0x0F0F0F0F, 0x3F3F3F3F, 0x0F0F0F0F, 0x3F3F3F3F)),
                       _mm_and_si128(b, _mm_set_epi32(0x30303030, 0, 0x30303030, 0)));
-}
-
-// Software prefetch of weights a kernel streams from memory one row at a time, 4 KB ahead of the
-// block it starts: the lines of [block + 4096, block + 4096 + bytes). Measured on a Zen 4 core
-// (bench/kernel_stream.cpp) streaming Q4_K rows of 864 to 1,728 bytes against one activation
-// row, the hardware prefetcher alone fell 15 to 25 % short of this; from rows of about 4 KB on it
-// did as well or better alone, so kernels prefetch only rows shorter than that (short_rows).
-constexpr size_t kPrefetchAhead = 4096;
-static inline bool short_rows(size_t row_bytes) { return row_bytes < kPrefetchAhead; }
-static inline void prefetch_ahead(const void* block, size_t bytes) {
-  const char* p = static_cast<const char*>(block) + kPrefetchAhead;
-  for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
 }
 
 }  // namespace x86
