@@ -6,17 +6,15 @@
 // tova_old, the new ones' into tova_new) and says how to run it.
 #include <algorithm>
 #include <chrono>
-#include <cstddef>
 #include <cmath>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
 
-#include <immintrin.h>
-
-#include "cpu/kernels_cpu.h"
+#include "kernel_bench.h"
 #include "quant.h"
 #include "quant_blocks.h"
 
@@ -65,18 +63,6 @@ Pair kernels(bool avx512, GgmlType t) {
   return {by_rows<tova_old::avx2::vec_dot_rows_q6_K_q8_K>, by_rows<tova_new::avx2::vec_dot_rows_q6_K_q8_K>};
 }
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-uint64_t plain_read(const uint8_t* p, size_t bytes) {
-  __m256i s = _mm256_setzero_si256();
-  for (size_t i = 0; i + 128 <= bytes; i += 128)
-    for (size_t j = 0; j < 128; j += 32)
-      s = _mm256_xor_si256(s, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + j)));
-  return static_cast<uint64_t>(_mm256_extract_epi64(s, 0) ^ _mm256_extract_epi64(s, 3));
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -98,12 +84,8 @@ int main(int argc, char** argv) {
   const TypeTraits& tt = type_traits(type);
   const size_t xs = row_bytes(type, n), ys = row_bytes(tt.vec_dot_type, n);
   const int64_t m = static_cast<int64_t>((mib << 20) / xs);
-  std::vector<uint8_t> x(xs * static_cast<size_t>(m));
   std::mt19937 rng(1);
-  for (size_t i = 0; i + 4 <= x.size(); i += 4) {
-    const uint32_t v = rng();
-    std::memcpy(&x[i], &v, 4);
-  }
+  std::vector<uint8_t> x = kernel_bench::random_bytes(xs * static_cast<size_t>(m), rng);
   // Finite f16 scales (d, and dmin where there is one), so that the two outputs can be compared.
   const size_t d_at = type == GgmlType::Q6_K ? offsetof(BlockQ6_K, d) : 0;
   for (size_t b = 0; b < x.size() / tt.type_size; ++b) {
@@ -122,13 +104,13 @@ int main(int argc, char** argv) {
   for (int p = 0; p < passes; ++p) {
     auto t0 = std::chrono::steady_clock::now();
     k.old_fn(n, x.data(), xs, m, y.data(), ys, 1, out_old.data(), static_cast<size_t>(m));
-    best_old = std::min(best_old, seconds_since(t0));
+    best_old = std::min(best_old, kernel_bench::seconds_since(t0));
     t0 = std::chrono::steady_clock::now();
     k.new_fn(n, x.data(), xs, m, y.data(), ys, 1, out_new.data(), static_cast<size_t>(m));
-    best_new = std::min(best_new, seconds_since(t0));
+    best_new = std::min(best_new, kernel_bench::seconds_since(t0));
     t0 = std::chrono::steady_clock::now();
-    sink = sink ^ plain_read(x.data(), x.size());
-    best_read = std::min(best_read, seconds_since(t0));
+    sink = sink ^ kernel_bench::plain_read(x.data(), x.size());
+    best_read = std::min(best_read, kernel_bench::seconds_since(t0));
   }
   // How far apart the two are, relative to the size of the products' terms.
   double worst = 0;

@@ -5,23 +5,16 @@
 //   /tmp/km [scalar|avx2|avx512|neon|neon_dot]     (default avx2)
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <random>
 #include <vector>
 
-#include "cpu/kernels_cpu.h"
+#include "kernel_bench.h"
 #include "quant.h"
 
 using namespace tova;
 
 int main(int argc, char** argv) {
-  CpuTier tier = CpuTier::Avx2;
-  for (CpuTier t : kCpuTiers)
-    if (argc > 1 && std::strcmp(argv[1], tier_name(t)) == 0) tier = t;
-  if (!tier_supported(tier)) {
-    std::fprintf(stderr, "tier %s: not supported by this CPU or build\n", tier_name(tier));
-    return 1;
-  }
+  const CpuTier tier = kernel_bench::tier_arg(argc, argv, 1);
   std::mt19937 rng(1);
   for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K,
                      GgmlType::Q5_K, GgmlType::Q6_K}) {
@@ -29,10 +22,7 @@ int main(int argc, char** argv) {
     const int m = 64;
     const TypeTraits& tt = type_traits(t);
     const size_t xs = row_bytes(t, n), ys = row_bytes(tt.vec_dot_type, n);
-    // Random bytes as weights: the timing does not depend on the values (some f16 scales are then
-    // NaN or infinite, which costs nothing extra).
-    std::vector<uint8_t> x(xs * m);
-    for (auto& b : x) b = static_cast<uint8_t>(rng() & 0xFF);
+    const std::vector<uint8_t> x = kernel_bench::random_bytes(xs * m, rng);
     std::vector<float> yf(static_cast<size_t>(n) * 4);
     for (auto& v : yf) v = static_cast<float>(rng() % 2000) / 1000.0f - 1.0f;
     const CpuKernels& k = tier_kernels(tier, static_cast<uint32_t>(t));
@@ -45,7 +35,7 @@ int main(int argc, char** argv) {
       for (int rep = 0; rep < 7; ++rep) {
         const auto t0 = std::chrono::steady_clock::now();
         for (int it = 0; it < 200; ++it) k.gemm(n, x.data(), xs, m, y.data(), ys, nr, out.data(), m);
-        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        const double s = kernel_bench::seconds_since(t0);
         best = s < best ? s : best;
       }
       std::printf("%-5s %s rows=%d  %.2f ns\n", tier_name(tier), tt.name, nr, best * 1e9 / (200.0 * m * nr * n / 32));
