@@ -86,7 +86,9 @@ void check_quantized_dots() {
     const CpuKernels& portable = tier_kernels(CpuTier::Scalar, static_cast<uint32_t>(f.type));
     for (int64_t blocks : {1, 3, 9, 520}) {
       const int64_t n = t.block_size * blocks;
-      const int m = 5, nr = 9;  // weight rows; activation rows
+      // Weight rows (11: decode's tiles of three far-apart rows, rows 0, 3, 6 to 2, 5, 8, then
+      // rows 9 and 10 alone; quant_avx512_util.h); activation rows.
+      const int m = 11, nr = 9;
       const size_t xs = row_bytes(f.type, n), ys = row_bytes(act, n);
       const std::vector<uint8_t> x = random_rows(rng, f, n, m);
       std::vector<float> yf(static_cast<size_t>(n * nr));

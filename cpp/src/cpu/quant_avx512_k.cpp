@@ -82,7 +82,8 @@ struct Q45K {
   template <int MR, int NR>
   static void run(int64_t n, const uint8_t* x, size_t xs, const uint8_t*, size_t, const float* pre, float* out,
                   size_t os) {
-    const bool ahead = MR == 1 && short_rows(xs);
+    // Decode's tiles over short rows (kFarRows apart, quant_avx512_util.h) and single short rows.
+    const bool ahead = (NR == 1 && MR > 1) || (MR == 1 && short_rows(xs));
     const __m512i m4 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
     __m256 acc[MR][NR];
     for (int r = 0; r < MR; ++r)
@@ -92,7 +93,8 @@ struct Q45K {
       const uint8_t* yq[NR];
       for (int r = 0; r < MR; ++r) xb[r] = reinterpret_cast<const Block*>(x + r * xs) + i;
       for (int k = 0; k < NR; ++k) yq[k] = reinterpret_cast<const uint8_t*>(pre + (i * NR + k) * kPrep);
-      if (ahead) prefetch_ahead(xb[0], sizeof(Block));
+      if (ahead)
+        for (int r = 0; r < MR; ++r) prefetch_ahead(xb[r], sizeof(Block));
       __m128i sc[MR], mn[MR];
       __m128 dm[MR];
       for (int r = 0; r < MR; ++r) block_head(xb[r], &sc[r], &mn[r], &dm[r]);

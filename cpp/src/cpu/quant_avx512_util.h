@@ -81,11 +81,20 @@ static inline __m512i nibbles_pair(const uint8_t* a, const uint8_t* b) {
   return _mm512_and_si512(_mm512_srlv_epi64(v, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0)), _mm512_set1_epi8(0x0F));
 }
 
-// Software prefetch for a tile that streams weight rows from memory one at a time (MR = 1), 4 KB
-// ahead of the block it starts: the lines of [block + 4096, block + 4096 + bytes). The Q4_K and
-// Q5_K tiles use it on rows shorter than that (short_rows): on a Zen 4 core, streaming Q4_K rows
-// of 864 bytes against one activation row went 24-30 % faster with it (bench/kernel_stream.cpp);
-// rows of 5 KB and the Q6_K tile (nearer the read bandwidth already) gained nothing or lost.
+// Decode's matrix product (one activation row) streams every weight row from memory once. Rows
+// shorter than 4 KB (short_rows) go in tiles of kFarRows rows taken from kFarRows regions of the
+// matrix, rows r, r + m / 3 and r + 2 m / 3: three sequential streams, each activation load shared
+// by three rows. On a Zen 4 core, streaming 128 MiB of weights (bench/kernel_stream.cpp), that
+// raised the share of a plain read's speed from 39-77 % to 60-104 % for Q4_0, Q4_1, Q5_0, Q8_0,
+// Q4_K and Q6_K rows of 360 to 1,260 bytes. Neighbouring rows read side by side instead ran at
+// half the speed of one row at a time (the hardware prefetcher takes them for one stream read out
+// of order), and long rows gained nothing or lost, so they go one at a time.
+//
+// Software prefetch, 4 KB ahead of the block a tile starts: the lines of [block + 4096, block +
+// 4096 + bytes). The Q4_K and Q5_K tiles use it in decode and on short rows (streaming Q4_K rows
+// of 864 bytes one at a time went 24-30 % faster with it); Q6_K's tile and longer rows gained
+// nothing or lost.
+constexpr int kFarRows = 3;
 constexpr size_t kPrefetchAhead = 4096;
 static inline bool short_rows(size_t row_bytes) { return row_bytes < kPrefetchAhead; }
 static inline void prefetch_ahead(const void* block, size_t bytes) {
@@ -95,10 +104,11 @@ static inline void prefetch_ahead(const void* block, size_t bytes) {
 
 // Runs Tile::run<MR', NR'>(...) over an m x nr product in tiles of at most MR x NR: activation
 // rows outer (a group of NR stays in L1), weight rows inner (the caller keeps them in L2). The
-// first group of activation rows takes the weight rows one at a time: that pass streams them from
-// memory, and reading several rows interleaved defeats the hardware prefetcher (measured 3x
-// slower for one activation row); later groups find them in cache and share each activation
-// load between MR weight rows.
+// first group of activation rows streams the weight rows from memory: one at a time, since
+// reading neighbouring rows interleaved defeats the hardware prefetcher (measured 2-3x slower for
+// one activation row), or in decode, on short rows, kFarRows far-apart rows at a time
+// (decode_far); later groups find them in cache and share each activation load between MR
+// weight rows.
 //
 // A Tile may also precompute, once per group of activation rows, what every weight row needs of
 // them (Tile::kPrep floats per row and block, by Tile::prepare) instead of redoing it per tile;
@@ -139,6 +149,10 @@ struct Gemm {
       const uint8_t* yk = y + static_cast<size_t>(k0) * ys;
       float* ok = out + static_cast<size_t>(k0) * os;
       if constexpr (Tile::kPrep > 0) Tile::prepare(n, yk, ys, nk, pre.data());
+      if (k0 == 0 && nk == 1 && short_rows(xs) && m >= kFarRows) {
+        decode_far(n, x, xs, m, yk, ys, pre.data(), ok);
+        continue;
+      }
       const int64_t step = k0 == 0 ? 1 : MR;
       for (int64_t r0 = 0; r0 < m; r0 += step) {
         const int mr = static_cast<int>(std::min<int64_t>(step, m - r0));
@@ -146,6 +160,18 @@ struct Gemm {
         by_cols(mr, nk, n, xr, xs, yk, ys, pre.data(), ok + r0, os);
       }
     }
+  }
+  // Decode over short rows (see kFarRows): rows r, r + part, r + 2 part in one tile, then the
+  // rows left over one at a time.
+  static void decode_far(int64_t n, const uint8_t* x, size_t xs, int64_t m, const uint8_t* y, size_t ys,
+                         const float* pre, float* out) {
+    const int64_t part = m / kFarRows;
+    for (int64_t r0 = 0; r0 < part; ++r0) {
+      float o[kFarRows];
+      tile<kFarRows, 1>(n, x + static_cast<size_t>(r0) * xs, static_cast<size_t>(part) * xs, y, ys, pre, o, 1);
+      for (int f = 0; f < kFarRows; ++f) out[r0 + f * part] = o[f];
+    }
+    for (int64_t r = kFarRows * part; r < m; ++r) tile<1, 1>(n, x + static_cast<size_t>(r) * xs, xs, y, ys, pre, out + r, 1);
   }
   static float one(int64_t n, const void* x, const void* y) {
     float r;
