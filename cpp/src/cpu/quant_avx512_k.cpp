@@ -135,7 +135,8 @@ struct Q45K {
         const float* p = pre + (i * NR + k) * kPrep;
         const __m256 f = _mm256_loadu_ps(p + 64);
         for (int r = 0; r < MR; ++r) {
-          const __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(sumi[r][k]), _mm512_extracti64x4_epi64(sumi[r][k], 1));
+          const __m256i s8 =
+              _mm256_add_epi32(_mm512_castsi512_si256(sumi[r][k]), _mm512_extracti64x4_epi64(sumi[r][k], 1));
           acc[r][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s8), _mm256_set1_ps(dx[r] * p[72]), acc[r][k]);
           acc[r][k] = _mm256_fmadd_ps(wm[r], f, acc[r][k]);
         }
@@ -187,10 +188,10 @@ struct Q6K {
         for (int r = 0; r < MR; ++r) {
           const __m512i ql = load512(xb[r]->ql + 64 * h);
           const __m512i qh = _mm512_broadcast_i64x4(load256(xb[r]->qh + 32 * h));
-          u0[r] = _mm512_or_si512(_mm512_and_si512(ql, m4),
-                                  _mm512_and_si512(_mm512_sllv_epi64(qh, _mm512_set_epi64(2, 2, 2, 2, 4, 4, 4, 4)), m30));
-          u1[r] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi64(ql, 4), m4),
-                                  _mm512_and_si512(_mm512_srlv_epi64(qh, _mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0)), m30));
+          const __m512i h0 = _mm512_sllv_epi64(qh, _mm512_set_epi64(2, 2, 2, 2, 4, 4, 4, 4));
+          const __m512i h1 = _mm512_srlv_epi64(qh, _mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0));
+          u0[r] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(h0, m30));
+          u1[r] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi64(ql, 4), m4), _mm512_and_si512(h1, m30));
           s[r] = _mm512_permutexvar_epi16(h == 0 ? s_lo : s_hi, _mm512_castsi256_si512(sc16[r]));
         }
         for (int k = 0; k < NR; ++k) {

@@ -55,8 +55,8 @@ static inline void reduce_sums(const __m512* v, int count, float* out, size_t st
 }
 
 // reduce_sums of nr (any count) accumulators of 8 lanes: out[k * stride] = the sum of acc[k].
-// Each is widened to 16 lanes with zeros (which change no sum, but for the sign of a zero), so that
-// the order of its additions stays the one reduce_sums gives it alone.
+// Each is widened to 16 lanes with zeros (which change no sum, but for the sign of a zero), so
+// that the order of its additions stays the one reduce_sums gives it alone.
 static inline void reduce_halves(const __m256* acc, int nr, float* out, size_t stride) {
   for (int k0 = 0; k0 < nr; k0 += 8) {
     __m512 v[8];
@@ -87,8 +87,8 @@ static inline __m512i nibbles_pair(const uint8_t* a, const uint8_t* b) {
 // by three rows. On a Zen 4 core, streaming 128 MiB of weights (bench/kernel_stream.cpp), that
 // raised the share of a plain read's speed from 39-77 % to 60-104 % for Q4_0, Q4_1, Q5_0, Q8_0,
 // Q4_K and Q6_K rows of 360 to 1,260 bytes. Neighbouring rows read side by side instead ran at
-// half the speed of one row at a time (the hardware prefetcher takes them for one stream read out
-// of order), and long rows gained nothing or lost, so they go one at a time.
+// half the speed of one row at a time, and long rows gained nothing or lost, so they go one at
+// a time.
 //
 // Software prefetch, 4 KB ahead of the block a tile starts: the lines of [block + 4096, block +
 // 4096 + bytes). The Q4_K and Q5_K tiles use it in decode and on short rows (streaming Q4_K rows
@@ -171,7 +171,8 @@ struct Gemm {
       tile<kFarRows, 1>(n, x + static_cast<size_t>(r0) * xs, static_cast<size_t>(part) * xs, y, ys, pre, o, 1);
       for (int f = 0; f < kFarRows; ++f) out[r0 + f * part] = o[f];
     }
-    for (int64_t r = kFarRows * part; r < m; ++r) tile<1, 1>(n, x + static_cast<size_t>(r) * xs, xs, y, ys, pre, out + r, 1);
+    for (int64_t r = kFarRows * part; r < m; ++r)
+      tile<1, 1>(n, x + static_cast<size_t>(r) * xs, xs, y, ys, pre, out + r, 1);
   }
   static float one(int64_t n, const void* x, const void* y) {
     float r;
