@@ -143,7 +143,8 @@ struct Gemm {
     const auto* x = static_cast<const uint8_t*>(vx);
     const auto* y = static_cast<const uint8_t*>(vy);
     const int64_t steps = (n + Tile::kBlock - 1) / Tile::kBlock;
-    std::vector<float> pre(Tile::kPrep > 0 ? static_cast<size_t>(Tile::kPrep * steps * NR) : 0);
+    // (Sized for the largest group of activation rows there is: decode's one row, not NR.)
+    std::vector<float> pre(Tile::kPrep > 0 ? static_cast<size_t>(Tile::kPrep * steps * std::min<int64_t>(NR, nr)) : 0);
     for (int64_t k0 = 0; k0 < nr; k0 += NR) {
       const int nk = static_cast<int>(std::min<int64_t>(NR, nr - k0));
       const uint8_t* yk = y + static_cast<size_t>(k0) * ys;
